@@ -1,0 +1,71 @@
+# sparsing-law: `make figures` (train, measure, fit, draw; PROFILE=cpu by default) and `make test`.
+# `make help` lists every target.
+
+PROFILE ?= cpu
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+EXEC := runs/$(PROFILE)/notebooks
+NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
+EXECUTED := $(patsubst notebooks/%,$(EXEC)/%,$(NOTEBOOKS))
+LIB := $(wildcard lib/sparsinglaw/*.py)
+
+export SOURCE_DATE_EPOCH := 0
+export PYTHONUNBUFFERED := 1
+export TOKENIZERS_PARALLELISM := true
+
+.DEFAULT_GOAL := help
+.DELETE_ON_ERROR:
+.PHONY: help setup test test-fast figures bench lint format strip clean clean-runs runs
+
+help: ## list every target
+	@echo "usage: make TARGET [PROFILE=smoke|cpu|gpu|paper]   (PROFILE=$(PROFILE))"
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
+
+$(STAMP): requirements.txt pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (sparsing-law)" >/dev/null
+	@touch $@
+
+setup: $(STAMP) ## create or refresh .venv from requirements.txt and install the package (editable)
+
+test: $(STAMP) ## run the whole test suite (unit tests + every notebook on the smoke profile)
+	$(PY) -m pytest
+
+test-fast: $(STAMP) ## run the unit tests only (no notebooks)
+	$(PY) -m pytest -m "not notebooks"
+
+$(EXEC)/%.ipynb: notebooks/%.ipynb configs/$(PROFILE).yaml $(LIB) $(STAMP)
+	@mkdir -p $(EXEC)
+	$(PY) -m papermill $< $(abspath $@) -k python3 -p profile $(PROFILE) --log-output --cwd $(CURDIR)
+
+figures: $(EXECUTED) ## execute every notebook for PROFILE: train, measure, fit, write figures/PROFILE
+
+nb-%: $(STAMP) ## execute one notebook, e.g. make nb-01 PROFILE=smoke
+	@nb=$$(ls notebooks/$*_*.ipynb) && mkdir -p $(EXEC) && \
+	$(PY) -m papermill $$nb $(abspath $(EXEC))/$$(basename $$nb) -k python3 -p profile $(PROFILE) --log-output --cwd $(CURDIR)
+
+runs: $(STAMP) ## list the runs of PROFILE and their state
+	$(PY) -m sparsinglaw runs --profile $(PROFILE)
+
+bench: $(STAMP) ## training throughput of the cpu profile's reference config (tokens/s, GFLOP/s)
+	$(PY) bench/train_speed.py
+
+lint: $(STAMP) ## ruff check
+	$(PY) -m ruff check lib tests bench
+
+format: $(STAMP) ## ruff format
+	$(PY) -m ruff format lib tests bench
+
+strip: $(STAMP) ## strip outputs and execution counts from notebooks/
+	$(PY) -c "import sparsinglaw.notebooks as n; n.strip_all('notebooks')"
+
+clean: ## remove executed notebooks and caches (keeps checkpoints)
+	rm -rf runs/*/notebooks .pytest_cache .ruff_cache
+	find . -name __pycache__ -not -path './.venv/*' -prune -exec rm -rf {} +
+
+clean-runs: ## delete runs/PROFILE (checkpoints and logs of this profile only)
+	rm -rf runs/$(PROFILE)

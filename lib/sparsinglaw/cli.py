@@ -1,0 +1,73 @@
+"""Command line: `python -m sparsinglaw train|runs ...` for scripts, make and clusters.
+
+Every run of a sweep is an independent command (`train --profile P --run NAME`), so a scheduler's
+job array spreads a sweep over a cluster; `-j N` spreads it over local cores. Errors the user can fix
+print one paragraph and exit 2; `--debug` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m sparsinglaw", description=__doc__.split("\n")[0])
+    p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def common(sp):
+        sp.add_argument("--profile", required=True, help="profile name in configs/ (smoke, cpu, gpu, paper) or a YAML path")
+        sp.add_argument("--runs-dir", default=None, help="root for checkpoints and logs (default: runs/)")
+        sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+                        help="override a config field, e.g. train.lr=3e-3 or runs.relu-s1.train.tokens=1e6 (repeatable)")
+        sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
+
+    t = sub.add_parser("train", help="train the runs of a profile (skips finished runs, resumes partial ones)")
+    common(t)
+    t.add_argument("--run", action="append", default=None, metavar="NAME", help="train only this run (repeatable)")
+    t.add_argument("-j", "--jobs", type=int, default=None, help="parallel processes (default: compute.jobs; 0 = one per core)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    r = sub.add_parser("runs", help="list the runs of a profile and their state")
+    common(r)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = _parser()
+    args = parser.parse_args(argv)
+    from .config import SparsingLawError
+
+    try:
+        return _dispatch(args)
+    except SparsingLawError as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args) -> int:
+    import pandas as pd
+
+    from .config import ConfigError, load_profile
+    from .runs import states_table, train_profile
+
+    profile = load_profile(args.profile, overrides=args.overrides)
+    if args.command == "train":
+        if args.jobs is not None and args.jobs < 0:
+            raise ConfigError(f"-j/--jobs: expected a number of processes >= 0, got {args.jobs}")
+        states = train_profile(profile, names=args.run, jobs=args.jobs, runs_dir=args.runs_dir,
+                               progress=not args.no_progress, overrides=args.overrides)
+        print(f"{sum(s.status == 'done' for s in states)}/{len(states)} runs done")
+        return 0
+    if args.command == "runs":
+        with pd.option_context("display.width", 200, "display.max_columns", 20):
+            print(states_table(profile, args.runs_dir).drop(columns=["key"]).to_string(index=False))
+        return 0
+    raise AssertionError(args.command)

@@ -1,0 +1,416 @@
+"""Profile configuration: dataclasses, YAML loading and validation.
+
+A profile (configs/<name>.yaml) is the only source of numbers: the corpus, the model grid, the token
+budgets, the checkpoint marks and the measurement settings. It is loaded into the dataclasses below
+and validated *before any work*; every error names the file and the field (``runs[3].model.d_model``)
+and says what was expected. Code never branches on a profile's name.
+
+Run identity: a run is keyed by a hash of its resolved config (data + model + train) plus
+``SCHEMA_VERSION``, which is bumped whenever code changes what a config means; the compute settings
+(threads, device, compile) are not part of the identity.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .model import ACTIVATIONS, ModelConfig
+
+SCHEMA_VERSION = 1  # bump when code changes the meaning of a config (invalidates cached runs)
+
+
+class SparsingLawError(Exception):
+    """An error the user can fix; the CLI prints its message (no traceback unless --debug)."""
+
+
+class ConfigError(SparsingLawError, ValueError):
+    """A profile, run or override that cannot be used; the message names the field and the fix."""
+
+
+# -----------------------------------------------------------------------------------------------
+# dataclasses
+
+
+@dataclass
+class DataConfig:
+    corpus: str = "python-env"  # "python-env" (offline default) or a path: .txt, folder, .jsonl, .parquet
+    packages: list[str] = field(default_factory=lambda: ["stdlib", "torch", "numpy", "scipy"])  # python-env only
+    max_mb: float = 30.0  # cap on corpus text used (MB of UTF-8); files are taken in a fixed hashed order
+    val_fraction: float = 0.02  # share of files held out for validation (split by file)
+    vocab_size: int = 4096  # byte-level BPE vocabulary size (tokens)
+    tokenizer_mb: float = 10.0  # MB of training text used to learn the BPE merges
+    text_field: str = "text"  # .jsonl field / .parquet column holding the text (user corpora)
+    seed: int = 0  # seed of the file order and train/validation split
+
+
+@dataclass
+class TrainConfig:
+    tokens: int = 2_000_000  # total training tokens (warmup + stable + decay)
+    batch_size: int = 16  # sequences per micro-batch
+    grad_accum: int = 1  # micro-batches per optimizer step
+    lr: float = 0.01  # peak learning rate (hidden matrices get lr / width_mult, muP)
+    weight_decay: float = 0.1  # AdamW decoupled weight decay (not on norm weights)
+    beta1: float = 0.9  # AdamW beta1
+    beta2: float = 0.95  # AdamW beta2
+    grad_clip: float = 1.0  # global gradient-norm clip
+    warmup_frac: float = 0.01  # share of steps with linear warmup
+    decay_frac: float = 0.0  # share of steps in the final exponential decay (0: no decay stage)
+    decay_min_lr_frac: float = 0.1  # lr at the very end of the decay, as a fraction of the peak
+    checkpoints: int = 24  # number of checkpoint marks, geometric between first_checkpoint and stable end
+    first_checkpoint_frac: float = 0.05  # first mark as a share of the stable-stage tokens
+    checkpoint_tokens: list[int] = field(default_factory=list)  # explicit marks (tokens); overrides the grid
+    eval_tokens: int = 32_768  # validation tokens scored at every checkpoint
+    log_every: int = 20  # optimizer steps between train-loss rows in log.csv
+    resume_every: int = 200  # optimizer steps between resume snapshots (ckpt_last.pt)
+    seed: int = 0  # seed of the initial weights and of the batch order
+
+
+@dataclass
+class ComputeConfig:
+    """How to run, not what to run: not part of any run's identity."""
+
+    device: str = "auto"  # "auto" (cuda if available), "cpu" or "cuda"
+    threads: int = 1  # torch threads per process on CPU (1 avoids OpenMP spin-wait stalls)
+    compile: bool = False  # torch.compile the model
+    jobs: int = 0  # parallel training processes; 0 = one per CPU core
+
+
+@dataclass
+class RunConfig:
+    name: str  # unique within the profile; used in file names
+    groups: list[str]  # analyses the run feeds: "scale", "width_depth", ...
+    model: ModelConfig
+    train: TrainConfig
+
+    def identity(self, data: DataConfig) -> dict:
+        return {
+            "schema": SCHEMA_VERSION,
+            "data": dataclasses.asdict(data),
+            "model": dataclasses.asdict(self.model),
+            "train": dataclasses.asdict(self.train),
+        }
+
+    def config_hash(self, data: DataConfig) -> str:
+        return stable_hash(self.identity(data))
+
+    def key(self, data: DataConfig) -> str:
+        return f"{self.name}-{self.config_hash(data)[:10]}"
+
+
+@dataclass
+class ProfileConfig:
+    name: str  # profile name (file stem); used only in output paths
+    description: str
+    data: DataConfig
+    compute: ComputeConfig
+    runs: list[RunConfig]
+    sparsity: dict = field(default_factory=dict)  # measurement settings (validated by sparsity.py)
+    fit: dict = field(default_factory=dict)  # law-fit settings (validated by laws.py)
+    path: str = ""  # the YAML file it was loaded from
+
+    def run(self, name: str) -> RunConfig:
+        for r in self.runs:
+            if r.name == name:
+                return r
+        known = ", ".join(r.name for r in self.runs)
+        raise ConfigError(f"{self.path}: no run named {name!r}; this profile has: {known}")
+
+    def config_hash(self) -> str:
+        body = {"data": dataclasses.asdict(self.data), "runs": [r.identity(self.data) for r in self.runs],
+                "sparsity": self.sparsity, "fit": self.fit}
+        return stable_hash(body)
+
+
+def stable_hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+# -----------------------------------------------------------------------------------------------
+# checkpoint marks and schedule lengths (pure functions of TrainConfig + ModelConfig)
+
+
+def tokens_per_step(model: ModelConfig, train: TrainConfig) -> int:
+    return train.batch_size * train.grad_accum * model.seq_len
+
+
+def total_steps(model: ModelConfig, train: TrainConfig) -> int:
+    return max(1, math.ceil(train.tokens / tokens_per_step(model, train)))
+
+
+def stage_steps(model: ModelConfig, train: TrainConfig) -> tuple[int, int, int]:
+    """(warmup, stable, decay) optimizer steps of the WSD schedule."""
+    n = total_steps(model, train)
+    warmup = int(round(train.warmup_frac * n))
+    decay = int(round(train.decay_frac * n))
+    return warmup, n - warmup - decay, decay
+
+
+def checkpoint_steps(model: ModelConfig, train: TrainConfig) -> list[int]:
+    """Optimizer steps after which a checkpoint is kept: the first step whose tokens reach each mark.
+
+    Marks are geometric between first_checkpoint_frac of the stable-stage end and the stable-stage
+    end itself (so every mark is a pre-decay checkpoint, as the laws require), unless explicit
+    checkpoint_tokens are given.
+    """
+    tps = tokens_per_step(model, train)
+    warmup, stable, _ = stage_steps(model, train)
+    stable_end = warmup + stable
+    if train.checkpoint_tokens:
+        marks = sorted(train.checkpoint_tokens)
+    else:
+        hi = stable_end * tps
+        lo = train.first_checkpoint_frac * hi
+        n = train.checkpoints
+        marks = [hi] if n == 1 else [lo * (hi / lo) ** (i / (n - 1)) for i in range(n)]
+    steps = sorted({max(1, math.ceil(m / tps)) for m in marks})
+    return [s for s in steps if s <= stable_end]
+
+
+# -----------------------------------------------------------------------------------------------
+# loading and validation
+
+
+def _build(cls, raw: Any, where: str):
+    """Dataclass from a mapping, rejecting unknown fields and wrong types with the field's path."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping of fields, got {type(raw).__name__} {raw!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ConfigError(f"{where}.{unknown[0]}: unknown field; expected one of: {', '.join(fields)}")
+    kwargs = {}
+    defaults = cls()
+    for name, value in raw.items():
+        kwargs[name] = _coerce(value, getattr(defaults, name), f"{where}.{name}")
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, default: Any, where: str) -> Any:
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if isinstance(default, int):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    if isinstance(default, list):
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return list(value)
+    return value
+
+
+def _check(cond: bool, where: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{where}: {msg}")
+
+
+def validate_model(m: ModelConfig, where: str) -> None:
+    for f in ("vocab_size", "d_model", "n_layers", "head_dim", "d_ff", "seq_len", "dim_model_base"):
+        _check(getattr(m, f) > 0, f"{where}.{f}", f"must be a positive integer, got {getattr(m, f)}")
+    _check(m.d_model % m.head_dim == 0, f"{where}.head_dim",
+           f"must divide d_model={m.d_model}, got {m.head_dim}")
+    _check(m.head_dim % 2 == 0, f"{where}.head_dim", f"must be even for rotary embeddings, got {m.head_dim}")
+    _check(m.activation in ACTIVATIONS, f"{where}.activation",
+           f"unknown activation {m.activation!r}; expected one of: {', '.join(sorted(ACTIVATIONS))}")
+    for f in ("rope_theta", "norm_eps", "scale_emb", "scale_depth", "init_std"):
+        _check(getattr(m, f) > 0, f"{where}.{f}", f"must be > 0, got {getattr(m, f)}")
+
+
+def validate_train(t: TrainConfig, m: ModelConfig, where: str) -> None:
+    for f in ("tokens", "batch_size", "grad_accum", "checkpoints", "eval_tokens", "log_every", "resume_every"):
+        _check(getattr(t, f) > 0, f"{where}.{f}", f"must be a positive integer, got {getattr(t, f)}")
+    _check(t.lr > 0, f"{where}.lr", f"must be > 0, got {t.lr}")
+    _check(t.weight_decay >= 0, f"{where}.weight_decay", f"must be >= 0, got {t.weight_decay}")
+    _check(0 <= t.beta1 < 1 and 0 <= t.beta2 < 1, f"{where}.beta1/beta2", "must lie in [0, 1)")
+    _check(t.grad_clip > 0, f"{where}.grad_clip", f"must be > 0, got {t.grad_clip}")
+    _check(0 <= t.warmup_frac < 1, f"{where}.warmup_frac", f"must lie in [0, 1), got {t.warmup_frac}")
+    _check(0 <= t.decay_frac < 1, f"{where}.decay_frac", f"must lie in [0, 1), got {t.decay_frac}")
+    _check(t.warmup_frac + t.decay_frac < 1, f"{where}.decay_frac",
+           "warmup_frac + decay_frac must leave a stable stage (< 1)")
+    _check(0 < t.decay_min_lr_frac <= 1, f"{where}.decay_min_lr_frac", "must lie in (0, 1]")
+    _check(0 < t.first_checkpoint_frac <= 1, f"{where}.first_checkpoint_frac", "must lie in (0, 1]")
+    n = total_steps(m, t)
+    _check(n >= 2, f"{where}.tokens", f"{t.tokens} tokens is under two optimizer steps of "
+           f"{tokens_per_step(m, t)} tokens; raise tokens or lower batch_size/seq_len")
+    warmup, stable, _ = stage_steps(m, t)
+    stable_end_tokens = (warmup + stable) * tokens_per_step(m, t)
+    for mark in t.checkpoint_tokens:
+        _check(isinstance(mark, int) and 0 < mark <= stable_end_tokens, f"{where}.checkpoint_tokens",
+               f"each mark must be an integer in (0, {stable_end_tokens}] (the stable-stage end), got {mark!r}")
+    if not t.checkpoint_tokens:
+        first_step = max(1, math.ceil(t.first_checkpoint_frac * stable_end_tokens / tokens_per_step(m, t)))
+        _check(first_step > warmup, f"{where}.first_checkpoint_frac",
+               f"the first checkpoint (step {first_step}) must come after the warmup ({warmup} steps) so "
+               "that every checkpoint is in the stable stage; raise first_checkpoint_frac")
+        got = len(checkpoint_steps(m, t))
+        _check(got == t.checkpoints, f"{where}.checkpoints",
+               f"{t.checkpoints} marks collapse to {got} distinct optimizer steps; lower checkpoints, "
+               "raise first_checkpoint_frac or train more tokens")
+
+
+def validate_data(d: DataConfig, where: str) -> None:
+    _check(d.max_mb > 0, f"{where}.max_mb", f"must be > 0, got {d.max_mb}")
+    _check(0 < d.val_fraction < 0.5, f"{where}.val_fraction", f"must lie in (0, 0.5), got {d.val_fraction}")
+    _check(256 < d.vocab_size <= 2**32, f"{where}.vocab_size",
+           f"must exceed the 256 byte tokens of byte-level BPE, got {d.vocab_size}")
+    _check(d.tokenizer_mb > 0, f"{where}.tokenizer_mb", f"must be > 0, got {d.tokenizer_mb}")
+    _check(bool(d.packages) or d.corpus != "python-env", f"{where}.packages",
+           "the python-env corpus needs at least one package (e.g. stdlib)")
+
+
+def validate_compute(c: ComputeConfig, where: str) -> None:
+    _check(c.device in ("auto", "cpu", "cuda"), f"{where}.device", f"expected auto, cpu or cuda, got {c.device!r}")
+    _check(c.threads >= 1, f"{where}.threads", f"must be >= 1, got {c.threads}")
+    _check(c.jobs >= 0, f"{where}.jobs", f"must be >= 0 (0 = one per core), got {c.jobs}")
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    out.update(over or {})
+    return out
+
+
+def parse_profile(raw: Any, path: str, name: str) -> ProfileConfig:
+    """Validate a loaded YAML mapping into a ProfileConfig (errors name `path` and the field)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a YAML mapping at the top level, got {type(raw).__name__}")
+    top = {"description", "data", "compute", "model", "train", "runs", "sparsity", "fit"}
+    unknown = sorted(set(raw) - top)
+    if unknown:
+        raise ConfigError(f"{path}: {unknown[0]}: unknown top-level field; expected one of: {', '.join(sorted(top))}")
+    data = _build(DataConfig, raw.get("data"), f"{path}: data")
+    validate_data(data, f"{path}: data")
+    compute = _build(ComputeConfig, raw.get("compute"), f"{path}: compute")
+    validate_compute(compute, f"{path}: compute")
+    model_defaults = raw.get("model") or {}
+    train_defaults = raw.get("train") or {}
+    for sect, val in (("model", model_defaults), ("train", train_defaults)):
+        if not isinstance(val, dict):
+            raise ConfigError(f"{path}: {sect}: expected a mapping of fields, got {val!r}")
+    if "vocab_size" in model_defaults:
+        raise ConfigError(f"{path}: model.vocab_size: set it in data.vocab_size (the tokenizer decides it)")
+    runs_raw = raw.get("runs")
+    if not isinstance(runs_raw, list) or not runs_raw:
+        raise ConfigError(f"{path}: runs: expected a non-empty list of runs (name, groups, model, train)")
+    runs, seen = [], set()
+    for i, r in enumerate(runs_raw):
+        where = f"{path}: runs[{i}]"
+        if not isinstance(r, dict):
+            raise ConfigError(f"{where}: expected a mapping with name, groups, model, train; got {r!r}")
+        unknown = sorted(set(r) - {"name", "groups", "model", "train"})
+        if unknown:
+            raise ConfigError(f"{where}.{unknown[0]}: unknown field; expected name, groups, model, train")
+        rname = r.get("name")
+        if not isinstance(rname, str) or not rname or not all(ch.isalnum() or ch in "-_." for ch in rname):
+            raise ConfigError(f"{where}.name: expected a non-empty name of letters, digits, '-', '_', '.'; got {rname!r}")
+        if rname in seen:
+            raise ConfigError(f"{where}.name: duplicate run name {rname!r}")
+        seen.add(rname)
+        groups = r.get("groups", [])
+        if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
+            raise ConfigError(f"{where}.groups: expected a list of names, got {groups!r}")
+        mraw = _merge(model_defaults, r.get("model") or {})
+        if "vocab_size" in mraw:
+            raise ConfigError(f"{where}.model.vocab_size: set it in data.vocab_size (the tokenizer decides it)")
+        mraw["vocab_size"] = data.vocab_size
+        model = _build(ModelConfig, mraw, f"{where}.model")
+        validate_model(model, f"{where}.model")
+        train = _build(TrainConfig, _merge(train_defaults, r.get("train") or {}), f"{where}.train")
+        validate_train(train, model, f"{where}.train")
+        runs.append(RunConfig(name=rname, groups=list(groups), model=model, train=train))
+    desc = raw.get("description", "")
+    if not isinstance(desc, str):
+        raise ConfigError(f"{path}: description: expected a string, got {desc!r}")
+    for sect in ("sparsity", "fit"):
+        if raw.get(sect) is not None and not isinstance(raw.get(sect), dict):
+            raise ConfigError(f"{path}: {sect}: expected a mapping of fields, got {raw.get(sect)!r}")
+    return ProfileConfig(name=name, description=desc, data=data, compute=compute, runs=runs,
+                         sparsity=dict(raw.get("sparsity") or {}), fit=dict(raw.get("fit") or {}), path=path)
+
+
+def resolve_profile_path(profile: str, configs_dir: Path) -> Path:
+    """A profile is a name in configs/ (``cpu``) or a path to a YAML file."""
+    p = Path(profile)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        if not p.is_file():
+            raise ConfigError(f"profile {profile!r}: no such file; give a name in {configs_dir} or a YAML path")
+        return p
+    cand = configs_dir / f"{profile}.yaml"
+    if not cand.is_file():
+        known = ", ".join(sorted(q.stem for q in configs_dir.glob("*.yaml"))) or "(none)"
+        raise ConfigError(f"profile {profile!r}: not found; known profiles in {configs_dir}: {known}, "
+                          "or give a path to a YAML file")
+    return cand
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Dotted overrides ``section.field=value`` (value parsed as YAML), e.g. ``train.lr=3e-3``.
+
+    ``model.*`` and ``train.*`` change the defaults of every run; ``runs.NAME.train.tokens=...``
+    changes one run.
+    """
+    for ov in overrides:
+        if "=" not in ov:
+            raise ConfigError(f"--set {ov!r}: expected KEY=VALUE, e.g. train.lr=3e-3")
+        key, val = ov.split("=", 1)
+        parts = key.strip().split(".")
+        try:
+            value = yaml.safe_load(val)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {ov!r}: value is not valid YAML ({e})") from None
+        if parts[0] == "runs":
+            if len(parts) < 4:
+                raise ConfigError(f"--set {ov!r}: expected runs.NAME.model|train.FIELD=VALUE")
+            matches = [r for r in raw.get("runs") or [] if isinstance(r, dict) and r.get("name") == parts[1]]
+            if not matches:
+                raise ConfigError(f"--set {ov!r}: no run named {parts[1]!r}")
+            node = matches[0]
+            parts = parts[2:]
+        else:
+            node = raw
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {ov!r}: {p} is not a section")
+        node[parts[-1]] = value
+    return raw
+
+
+def load_profile(profile: str | Path, configs_dir: Path | None = None, overrides: list[str] | None = None
+                 ) -> ProfileConfig:
+    """Load and validate a profile by name (configs/<name>.yaml) or path."""
+    if configs_dir is None:
+        from .runs import repo_root
+
+        configs_dir = repo_root() / "configs"
+    path = resolve_profile_path(str(profile), configs_dir)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text; save the profile as UTF-8 YAML") from None
+    raw = apply_overrides(raw if isinstance(raw, dict) else raw, overrides or [])
+    return parse_profile(raw, str(path), path.stem)

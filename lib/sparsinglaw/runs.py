@@ -1,0 +1,283 @@
+"""Where things live and the "get or compute" cache: run folders, per-run locks, logs, checkpoints,
+results tables with provenance.
+
+Roots (each overridable by an environment variable, which tests use to write into tmp folders):
+    repo root      SPARSINGLAW_ROOT      (found by walking up to this project's pyproject.toml)
+    runs/          SPARSINGLAW_RUNS      checkpoints and logs (git-ignored)
+    runs/_data/    SPARSINGLAW_DATA      corpus, tokenizer and token caches (git-ignored)
+    results/       SPARSINGLAW_RESULTS   small committed tables
+    figures/       SPARSINGLAW_FIGURES   committed figures
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from .config import ProfileConfig, RunConfig, SparsingLawError, load_profile
+from .train import atomic_write_text, checkpoint_problem, read_meta
+
+
+# -----------------------------------------------------------------------------------------------
+# roots
+
+
+def repo_root() -> Path:
+    env = os.environ.get("SPARSINGLAW_ROOT")
+    if env:
+        return Path(env).resolve()
+    for p in Path(__file__).resolve().parents:
+        pp = p / "pyproject.toml"
+        if pp.is_file() and 'name = "sparsinglaw"' in pp.read_text():
+            return p
+    return Path.cwd()
+
+
+def _root(env: str, default: str, override: str | Path | None = None) -> Path:
+    if override is not None:
+        return Path(override)
+    return Path(os.environ.get(env) or repo_root() / default)
+
+
+def runs_root(runs_dir: str | Path | None = None) -> Path:
+    return _root("SPARSINGLAW_RUNS", "runs", runs_dir)
+
+
+def results_dir(profile: str) -> Path:
+    return _root("SPARSINGLAW_RESULTS", "results") / profile
+
+
+def figures_dir(profile: str) -> Path:
+    return _root("SPARSINGLAW_FIGURES", "figures") / profile
+
+
+def data_cache_dir(runs_dir: str | Path | None = None) -> Path:
+    """Corpus and tokenizer caches: SPARSINGLAW_DATA, else <runs root>/_data."""
+    env = os.environ.get("SPARSINGLAW_DATA")
+    return Path(env) if env else runs_root(runs_dir) / "_data"
+
+
+def run_dir(profile: ProfileConfig, run: RunConfig, runs_dir: str | Path | None = None) -> Path:
+    return runs_root(runs_dir) / profile.name / run.key(profile.data)
+
+
+# -----------------------------------------------------------------------------------------------
+# provenance
+
+
+def git_state() -> dict:
+    root = repo_root()
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip() != ""
+    except (OSError, subprocess.SubprocessError):
+        sha, dirty = "", None
+    return {"git_sha": sha or "unknown", "git_dirty": dirty}
+
+
+def provenance(profile: ProfileConfig, **extra) -> dict:
+    from .train import versions
+
+    import torch
+
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    return {"profile": profile.name, "config_hash": profile.config_hash(), **git_state(),
+            "versions": versions(), "device": device, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra}
+
+
+# -----------------------------------------------------------------------------------------------
+# per-run lock and state
+
+
+@contextlib.contextmanager
+def run_lock(path: Path, what: str):
+    """Exclusive lock on `path`/.lock so two processes never train (or measure) one run twice; the
+    second waits and then finds the work done."""
+    path.mkdir(parents=True, exist_ok=True)
+    with open(path / ".lock", "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"{what}: another process holds {path / '.lock'}; waiting for it", file=sys.stderr, flush=True)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@dataclass
+class RunState:
+    name: str
+    key: str
+    status: str  # "done", "partial" or "new"
+    tokens_seen: int
+    tokens_total: int
+    checkpoints: int  # valid mark checkpoints on disk
+    path: Path
+
+
+def checkpoints(profile: ProfileConfig, run: RunConfig, runs_dir=None) -> pd.DataFrame:
+    """Valid mark checkpoints of a run: step, tokens, stage, loss, val_loss, path (sorted by step)."""
+    d = run_dir(profile, run, runs_dir)
+    h = run.config_hash(profile.data)
+    rows = []
+    for p in sorted(d.glob("ckpt_[0-9]*.pt")):
+        tag = p.name[5:-3]
+        if checkpoint_problem(d, tag, h) is None:
+            m = read_meta(d, tag)
+            rows.append({"step": m["step"], "tokens": m["tokens"], "stage": m["stage"], "loss": m["loss"],
+                         "val_loss": m["val_loss"], "path": str(p)})
+    return pd.DataFrame(rows, columns=["step", "tokens", "stage", "loss", "val_loss", "path"])
+
+
+def run_state(profile: ProfileConfig, run: RunConfig, runs_dir=None) -> RunState:
+    from .config import tokens_per_step, total_steps
+
+    d = run_dir(profile, run, runs_dir)
+    total = total_steps(run.model, run.train) * tokens_per_step(run.model, run.train)
+    done = d / "DONE"
+    ck = checkpoints(profile, run, runs_dir) if d.exists() else pd.DataFrame(columns=["tokens"])
+    if done.exists() and json.loads(done.read_text()).get("config_hash") == run.config_hash(profile.data):
+        return RunState(run.name, d.name, "done", total, total, len(ck), d)
+    seen = 0
+    if d.exists():
+        h = run.config_hash(profile.data)
+        for p in d.glob("meta_*.json"):
+            tag = p.name[5:-5]
+            if checkpoint_problem(d, tag, h) is None:
+                seen = max(seen, read_meta(d, tag)["tokens"])
+    return RunState(run.name, d.name, "partial" if seen else "new", seen, total, len(ck), d)
+
+
+def load_log(profile: ProfileConfig, run: RunConfig, runs_dir=None) -> pd.DataFrame:
+    """The run's log.csv; rows repeated after a resume are dropped (the last one of each step wins)."""
+    path = run_dir(profile, run, runs_dir) / "log.csv"
+    if not path.exists():
+        raise SparsingLawError(f"{path}: no training log; train the run first "
+                               f"(python -m sparsinglaw train --profile {profile.name} --run {run.name})")
+    df = pd.read_csv(path)
+    return df.drop_duplicates(subset=["step", "split"], keep="last").sort_values(["split", "step"]).reset_index(drop=True)
+
+
+# -----------------------------------------------------------------------------------------------
+# training a profile (the "get or compute" entry point of notebook 01 and the CLI)
+
+
+def _train_one(profile_path: str, overrides: list[str], name: str, runs_dir: str | None, progress: bool) -> dict:
+    """Train one run in this process (used directly and as a worker of the process pool)."""
+    from .data import prepare
+    from .train import train
+
+    profile = load_profile(profile_path, overrides=overrides)
+    run = profile.run(name)
+    d = run_dir(profile, run, runs_dir)
+    tokens = prepare(profile.data, data_cache_dir(runs_dir), progress=False)
+    with run_lock(d, f"run {name}"):
+        c = profile.compute
+        return train(run, profile.data, d, tokens, device=c.device, threads=c.threads, compile=c.compile,
+                     progress=progress)
+
+
+def train_profile(profile: ProfileConfig, names: list[str] | None = None, jobs: int | None = None,
+                  runs_dir: str | Path | None = None, progress: bool = True, overrides: list[str] | None = None
+                  ) -> list[RunState]:
+    """Train every run of `profile` (or those named) that is not finished; finished runs are skipped.
+
+    Independent runs go to `jobs` parallel processes (default compute.jobs, 0 = one per core), each
+    with compute.threads torch threads, longest runs first.
+    """
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    import multiprocessing as mp
+
+    from .data import prepare
+
+    runs = [profile.run(n) for n in names] if names else list(profile.runs)
+    todo = [r for r in runs if run_state(profile, r, runs_dir).status != "done"]
+    if todo:
+        prepare(profile.data, data_cache_dir(runs_dir), progress=progress)  # once, before the workers
+        todo.sort(key=lambda r: -r.train.tokens * r.model.d_model * r.model.n_layers)
+        jobs = jobs or profile.compute.jobs or os.cpu_count() or 1
+        jobs = max(1, min(jobs, len(todo)))
+        args = (profile.path, overrides or [])
+        rd = str(runs_dir) if runs_dir is not None else None
+        if jobs == 1:
+            for r in todo:
+                _train_one(*args, r.name, rd, progress)
+        else:
+            errors = []
+            with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+                futs = {pool.submit(_train_one, *args, r.name, rd, progress): r for r in todo}
+                for fut in as_completed(futs):
+                    try:
+                        fut.result()
+                    except SparsingLawError as e:
+                        errors.append(str(e))
+            if errors:
+                raise SparsingLawError("some runs failed:\n" + "\n".join(errors))
+    return [run_state(profile, r, runs_dir) for r in runs]
+
+
+def states_table(profile: ProfileConfig, runs_dir=None) -> pd.DataFrame:
+    """One row per run: name, groups, activation, width, depth, width-depth ratio, params, status."""
+    from .model import num_params_from_config
+
+    rows = []
+    for r in profile.runs:
+        s = run_state(profile, r, runs_dir)
+        m = r.model
+        rows.append({"run": r.name, "groups": ",".join(r.groups), "activation": m.activation,
+                     "d_model": m.d_model, "n_layers": m.n_layers, "d_ff": m.d_ff,
+                     "width_depth": m.d_model / m.n_layers,
+                     "non_embedding_params": num_params_from_config(m, non_embedding=True),
+                     "tokens": r.train.tokens, "status": s.status,
+                     "progress": f"{s.tokens_seen / max(s.tokens_total, 1):.0%}",
+                     "checkpoints": s.checkpoints, "key": s.key})
+    return pd.DataFrame(rows)
+
+
+# -----------------------------------------------------------------------------------------------
+# results tables with provenance
+
+
+def write_table(df: pd.DataFrame, path: Path, meta: dict) -> Path:
+    """Write `df` as CSV and `meta` (plus the CSV's sha256) as <name>.meta.json, both atomically."""
+    import hashlib
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = df.to_csv(index=False).encode()
+    from .train import atomic_write_bytes
+
+    atomic_write_bytes(path, data)
+    meta = dict(meta, file=path.name, sha256=hashlib.sha256(data).hexdigest(), rows=len(df))
+    atomic_write_text(path.with_suffix(".meta.json"), json.dumps(meta, indent=1, sort_keys=True, default=str))
+    return path
+
+
+def group_runs(profile: ProfileConfig, group: str | None = None) -> list[RunConfig]:
+    """Runs of `profile` that feed analysis `group` ("scale", "width_depth"; None = all)."""
+    return [r for r in profile.runs if group is None or group in r.groups]
+
+
+def final_losses(profile: ProfileConfig, group: str | None = None, runs_dir=None) -> pd.DataFrame:
+    """Per finished run: non-embedding parameters, width-depth ratio, tokens and last validation loss."""
+    info = states_table(profile, runs_dir)
+    rows = []
+    for r in group_runs(profile, group):
+        log = load_log(profile, r, runs_dir)
+        val = log[log["split"] == "val"]
+        rows.append({"run": r.name, "final_val_loss": float(val["loss"].iloc[-1]) if len(val) else float("nan")})
+    return info.merge(pd.DataFrame(rows), on="run")[
+        ["run", "activation", "d_model", "n_layers", "width_depth", "non_embedding_params", "tokens",
+         "status", "final_val_loss"]]

@@ -1,0 +1,356 @@
+"""Training loop: AdamW + WSD schedule, checkpoints at token marks, exact resume.
+
+`train(run, data_cfg, run_dir, tokens)` trains one run of a profile into `run_dir`:
+
+    run_dir/config.yaml          resolved config (written once)
+    run_dir/log.csv              append-only: step, tokens, split, loss, lr, tok_s, mfu
+    run_dir/ckpt_0000123.pt      checkpoint after optimizer step 123 (model, optimizer, RNG)
+    run_dir/meta_0000123.json    its sidecar: config, step, tokens, data cursor, RNG, losses,
+                                 versions, sha256 of the .pt (written last: the commit marker)
+    run_dir/ckpt_last.pt (+ meta_last.json)   resume snapshot every `resume_every` steps
+    run_dir/DONE                 written when the run finished (summary JSON)
+
+Exact resume: batches are a pure function of (seed, step, micro-batch), the schedule a pure function
+of the step, and model, optimizer and RNG states are restored, so a killed and resumed run ends with
+the same weights as an uninterrupted one on CPU (tests/test_resume.py checks this bit for bit).
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from . import __version__
+from .config import (
+    DataConfig,
+    RunConfig,
+    SparsingLawError,
+    checkpoint_steps,
+    stage_steps,
+    tokens_per_step,
+    total_steps,
+)
+from .data import TokenData, eval_batches, get_batch
+from .model import Transformer
+
+LOG_FIELDS = ["step", "tokens", "split", "loss", "lr", "tok_s", "mfu"]
+
+
+class TrainingDiverged(SparsingLawError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class CheckpointError(SparsingLawError):
+    """A checkpoint that cannot be used (truncated, corrupted, or from another config)."""
+
+
+# -----------------------------------------------------------------------------------------------
+# schedule and batches (pure functions of the step: the basis of exact resume)
+
+
+def lr_factor(step: int, warmup: int, stable: int, decay: int, min_frac: float) -> float:
+    """WSD schedule factor for optimizer step `step` (0-based): linear warmup, constant, then
+    exponential decay to `min_frac` of the peak over the last `decay` steps (MiniCPM's WSD)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if step < warmup + stable or decay == 0:
+        return 1.0
+    return min_frac ** ((step - warmup - stable + 1) / decay)
+
+
+def batch_seed(seed: int, step: int, micro: int, rank: int = 0) -> int:
+    """Seed of the generator that draws micro-batch `micro` of optimizer step `step` on `rank`."""
+    h = hashlib.blake2b(f"{seed}:{step}:{micro}:{rank}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") & (2**63 - 1)
+
+
+# -----------------------------------------------------------------------------------------------
+# device and threads
+
+
+def setup_torch(device: str = "auto", threads: int = 1) -> torch.device:
+    """Pick the device; on CPU use `threads` threads (1 by default: with 2 threads and any other busy
+    process OpenMP spin-waits and training slows several-fold) and flush denormals (a 4x fp32 cost
+    was measured without it)."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SparsingLawError("compute.device is 'cuda' but torch sees no CUDA device; use auto or cpu")
+    if device == "cpu":
+        torch.set_num_threads(threads)
+        torch.set_flush_denormal(True)
+    return torch.device(device)
+
+
+def versions() -> dict:
+    return {"sparsinglaw": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "numpy": np.__version__, "platform": platform.platform()}
+
+
+# -----------------------------------------------------------------------------------------------
+# atomic files and checkpoints
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _rng_b64() -> str:
+    return base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode()
+
+
+def save_checkpoint(run_dir: Path, tag: str, model: Transformer, opt: torch.optim.Optimizer, meta: dict) -> Path:
+    """Write ckpt_<tag>.pt, then meta_<tag>.json carrying its sha256 (the sidecar commits it)."""
+    import io
+
+    buf = io.BytesIO()
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                "rng": torch.get_rng_state(), "step": meta["step"], "tokens": meta["tokens"]}, buf)
+    data = buf.getvalue()
+    pt = run_dir / f"ckpt_{tag}.pt"
+    atomic_write_bytes(pt, data)
+    meta = dict(meta, file=pt.name, sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
+    atomic_write_text(run_dir / f"meta_{tag}.json", json.dumps(meta, indent=1, sort_keys=True))
+    return pt
+
+
+def checkpoint_problem(run_dir: Path, tag: str, config_hash: str) -> str | None:
+    """Why checkpoint `tag` cannot be used, or None when it is valid."""
+    meta_path, pt = run_dir / f"meta_{tag}.json", run_dir / f"ckpt_{tag}.pt"
+    if not meta_path.exists():
+        return f"{pt.name}: no sidecar {meta_path.name} (an interrupted write)"
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        return f"{meta_path}: unreadable sidecar ({e})"
+    if meta.get("config_hash") != config_hash:
+        return f"{pt}: written by another config (hash {str(meta.get('config_hash'))[:10]}, expected {config_hash[:10]})"
+    if not pt.exists():
+        return f"{pt}: missing although {meta_path.name} names it"
+    if pt.stat().st_size != meta.get("bytes"):
+        return f"{pt}: truncated ({pt.stat().st_size} bytes, sidecar says {meta.get('bytes')})"
+    if sha256_file(pt) != meta.get("sha256"):
+        return f"{pt}: checksum mismatch (corrupted file)"
+    return None
+
+
+def checkpoint_tags(run_dir: Path) -> list[str]:
+    """Tags of checkpoint files present (mark checkpoints and the resume snapshot)."""
+    return sorted(p.name[len("ckpt_"):-len(".pt")] for p in run_dir.glob("ckpt_*.pt"))
+
+
+def read_meta(run_dir: Path, tag: str) -> dict:
+    return json.loads((run_dir / f"meta_{tag}.json").read_text())
+
+
+def load_checkpoint(run_dir: Path, tag: str, config_hash: str, map_location="cpu") -> dict:
+    problem = checkpoint_problem(run_dir, tag, config_hash)
+    if problem:
+        raise CheckpointError(f"refusing checkpoint {problem}")
+    return torch.load(run_dir / f"ckpt_{tag}.pt", map_location=map_location, weights_only=True)
+
+
+def latest_valid_checkpoint(run_dir: Path, config_hash: str, warn=print) -> tuple[str, dict] | None:
+    """(tag, meta) of the valid checkpoint with the most steps; invalid ones are reported and skipped."""
+    best = None
+    for tag in checkpoint_tags(run_dir):
+        problem = checkpoint_problem(run_dir, tag, config_hash)
+        if problem:
+            warn(f"warning: skipping checkpoint {problem}")
+            continue
+        meta = read_meta(run_dir, tag)
+        if best is None or meta["step"] > best[1]["step"]:
+            best = (tag, meta)
+    return best
+
+
+# -----------------------------------------------------------------------------------------------
+# the log
+
+
+def append_log(path: Path, rows: list[dict]) -> None:
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=LOG_FIELDS)
+        if new:
+            w.writeheader()
+        for r in rows:
+            w.writerow({k: r.get(k, "") for k in LOG_FIELDS})
+        f.flush()
+        os.fsync(f.fileno())
+
+
+@torch.no_grad()
+def evaluate(model: Transformer, tokens: np.ndarray, seq_len: int, batch_size: int, max_tokens: int,
+             device: torch.device) -> float:
+    """Mean next-token loss over the first `max_tokens` validation tokens (fixed windows)."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for x, y in eval_batches(tokens, seq_len, batch_size, max_tokens):
+        _, loss = model(x.to(device), y.to(device), reduction="none")
+        total += loss.double().sum().item()
+        count += y.numel()
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+# -----------------------------------------------------------------------------------------------
+# training
+
+
+def train(run: RunConfig, data_cfg: DataConfig, run_dir: Path, tokens: TokenData, *, device: str = "auto",
+          threads: int = 1, compile: bool = False, progress: bool = True, stop_after_step: int | None = None,
+          fault: dict | None = None) -> dict:
+    """Train `run` into `run_dir`, resuming from its latest valid checkpoint; returns the DONE summary.
+
+    `stop_after_step` ends the loop early (for tests); `fault` injects failures (tests only):
+    {"nan_at_step": s} makes the loss at step s NaN.
+    """
+    from tqdm.auto import tqdm
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    mcfg, tcfg = run.model, run.train
+    config_hash = run.config_hash(data_cfg)
+    done_path = run_dir / "DONE"
+    if done_path.exists():
+        done = json.loads(done_path.read_text())
+        if done.get("config_hash") == config_hash:
+            return done
+    cfg_yaml = yaml.safe_dump(run.identity(data_cfg) | {"name": run.name, "groups": run.groups}, sort_keys=False)
+    if not (run_dir / "config.yaml").exists():
+        atomic_write_text(run_dir / "config.yaml", cfg_yaml)
+    if tokens.vocab_size != mcfg.vocab_size:
+        raise SparsingLawError(f"run {run.name}: model vocab {mcfg.vocab_size} != tokenizer vocab {tokens.vocab_size}")
+
+    dev = setup_torch(device, threads)
+    torch.manual_seed(tcfg.seed)
+    model = Transformer(mcfg).to(dev)
+    groups = model.param_groups(tcfg.lr, tcfg.weight_decay)
+    opt = torch.optim.AdamW(groups, lr=tcfg.lr, betas=(tcfg.beta1, tcfg.beta2), weight_decay=tcfg.weight_decay,
+                            fused=dev.type == "cuda")
+    n_steps = total_steps(mcfg, tcfg)
+    warmup, stable, decay = stage_steps(mcfg, tcfg)
+    marks = set(checkpoint_steps(mcfg, tcfg))
+    tps = tokens_per_step(mcfg, tcfg)
+
+    step = 0
+    found = latest_valid_checkpoint(run_dir, config_hash)
+    if found is not None:
+        tag, meta = found
+        state = load_checkpoint(run_dir, tag, config_hash, map_location=dev)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"].cpu())
+        step = int(state["step"])
+
+    fwd = torch.compile(model) if compile else model
+    base_meta = {"run": run.name, "config_hash": config_hash, "config": run.identity(data_cfg),
+                 "corpus": tokens.fingerprint, "versions": versions(), "device": str(dev)}
+
+    def meta_for(step_: int, loss: float, val_loss: float | None) -> dict:
+        return base_meta | {
+            "step": step_, "tokens": step_ * tps, "loss": loss, "val_loss": val_loss,
+            "stage": "warmup" if step_ <= warmup else ("stable" if step_ <= warmup + stable else "decay"),
+            "data_cursor": {"next_step": step_, "rule": "micro-batch m of step s is drawn by "
+                            "data.get_batch with a generator seeded by train.batch_seed(seed, s, m, rank)"},
+            "rng": {"torch_cpu": _rng_b64()}, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+
+    log_path = run_dir / "log.csv"
+    bar = tqdm(total=n_steps * tps, initial=step * tps, unit="tok", unit_scale=True, desc=run.name,
+               disable=not progress, mininterval=2.0, dynamic_ncols=True)
+    gen = torch.Generator()
+    last_loss = float("nan")
+    acc_loss, acc_n, t_last, tok_last = 0.0, 0, time.perf_counter(), step * tps
+    model.train()
+    while step < n_steps:
+        if stop_after_step is not None and step >= stop_after_step:
+            bar.close()
+            return {"stopped_at": step}
+        f = lr_factor(step, warmup, stable, decay, tcfg.decay_min_lr_frac)
+        for g in opt.param_groups:
+            g["lr"] = g["base_lr"] * f
+        step_loss = 0.0
+        for micro in range(tcfg.grad_accum):
+            gen.manual_seed(batch_seed(tcfg.seed, step, micro))
+            x, y = get_batch(tokens.train, tcfg.batch_size, mcfg.seq_len, gen)
+            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+            _, loss = fwd(x, y)
+            (loss / tcfg.grad_accum).backward()
+            step_loss += loss.item() / tcfg.grad_accum
+        if fault and fault.get("nan_at_step") == step + 1:
+            step_loss = float("nan")
+        if not math.isfinite(step_loss):
+            bar.close()
+            raise TrainingDiverged(
+                f"run {run.name}: training loss is {step_loss} at step {step + 1}; stopped without saving. "
+                f"The last good checkpoint in {run_dir} is kept; lower train.lr or check the data.")
+        torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        step += 1
+        last_loss = step_loss
+        acc_loss += step_loss
+        acc_n += 1
+        bar.update(tps)
+        rows = []
+        if step % tcfg.log_every == 0 or step == n_steps:
+            now = time.perf_counter()
+            tok_s = (step * tps - tok_last) / max(now - t_last, 1e-9)
+            rows.append({"step": step, "tokens": step * tps, "split": "train", "loss": f"{acc_loss / acc_n:.6f}",
+                         "lr": f"{tcfg.lr * f:.6g}", "tok_s": f"{tok_s:.1f}", "mfu": ""})
+            bar.set_postfix(loss=f"{acc_loss / acc_n:.3f}")
+            acc_loss, acc_n, t_last, tok_last = 0.0, 0, now, step * tps
+        if step in marks or step == n_steps:
+            val = evaluate(model, tokens.val, mcfg.seq_len, tcfg.batch_size, tcfg.eval_tokens, dev)
+            rows.append({"step": step, "tokens": step * tps, "split": "val", "loss": f"{val:.6f}",
+                         "lr": f"{tcfg.lr * f:.6g}", "tok_s": "", "mfu": ""})
+            save_checkpoint(run_dir, f"{step:07d}", model, opt, meta_for(step, last_loss, val))
+        elif step % tcfg.resume_every == 0:
+            save_checkpoint(run_dir, "last", model, opt, meta_for(step, last_loss, None))
+        if rows:
+            append_log(log_path, rows)
+    bar.close()
+
+    for stale in ("ckpt_last.pt", "meta_last.json"):
+        (run_dir / stale).unlink(missing_ok=True)
+    done = {"run": run.name, "config_hash": config_hash, "steps": n_steps, "tokens": n_steps * tps,
+            "final_loss": last_loss, "checkpoints": sorted(marks | {n_steps}),
+            "non_embedding_params": model.num_params(non_embedding=True),
+            "flops_per_token": model.flops_per_token(), "versions": versions()}
+    atomic_write_text(done_path, json.dumps(done, indent=1))
+    return done

@@ -1,0 +1,58 @@
+"""Shared fixtures: every test writes into tmp folders (never runs/, results/ or figures/ of the
+repo), torch uses one thread, and the smoke corpus is built once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+torch.set_flush_denormal(True)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def session_roots(tmp_path_factory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("roots")
+    roots = {"SPARSINGLAW_RUNS": base / "runs", "SPARSINGLAW_RESULTS": base / "results",
+             "SPARSINGLAW_FIGURES": base / "figures", "SPARSINGLAW_DATA": base / "data"}
+    for p in roots.values():
+        p.mkdir()
+    return roots
+
+
+@pytest.fixture(autouse=True)
+def isolated_roots(session_roots, monkeypatch):
+    """Point runs/, results/ and figures/ at session tmp folders (shared corpus cache)."""
+    for k, v in session_roots.items():
+        monkeypatch.setenv(k, str(v))
+    return session_roots
+
+
+@pytest.fixture(scope="session")
+def smoke_tokens(session_roots):
+    """The smoke profile's corpus and tokenizer, built once into the session's runs root."""
+    from sparsinglaw.config import load_profile
+    from sparsinglaw.data import prepare
+
+    profile = load_profile("smoke")
+    return prepare(profile.data, session_roots["SPARSINGLAW_DATA"], progress=False)
+
+
+# A tiny variant of the smoke profile used by the training tests (CLI --set syntax).
+TINY = ["train.tokens=12288", "train.checkpoints=4", "train.first_checkpoint_frac=0.3", "train.resume_every=3",
+        "train.log_every=2", "train.eval_tokens=1024", "model.d_model=16", "model.n_layers=2", "model.d_ff=40"]
+
+
+@pytest.fixture
+def tiny_profile():
+    from sparsinglaw.config import load_profile
+
+    return load_profile("smoke", overrides=list(TINY))

@@ -1,0 +1,113 @@
+"""Every profile loads and validates; bad configs fail before any work, naming the field."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sparsinglaw.config import (
+    ConfigError,
+    checkpoint_steps,
+    load_profile,
+    parse_profile,
+    stage_steps,
+    tokens_per_step,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+PROFILES = sorted(p.stem for p in (REPO / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", PROFILES)
+def test_every_profile_loads(name):
+    p = load_profile(name)
+    assert p.runs, name
+    for r in p.runs:
+        assert r.model.vocab_size == p.data.vocab_size
+        ck = checkpoint_steps(r.model, r.train)
+        warmup, stable, _ = stage_steps(r.model, r.train)
+        assert len(ck) == r.train.checkpoints or r.train.checkpoint_tokens
+        assert all(warmup < s <= warmup + stable for s in ck), (r.name, ck[:3], warmup)
+
+
+def test_every_key_is_commented():
+    """litgpt style: every key line of every profile carries a comment (meaning and unit)."""
+    for name in PROFILES:
+        for i, line in enumerate((REPO / "configs" / f"{name}.yaml").read_text().splitlines(), 1):
+            s = line.strip()
+            if not s or s.startswith("#") or s.startswith("- {"):
+                continue
+            if ":" in s and not s.startswith("-"):
+                assert "#" in s, f"configs/{name}.yaml:{i}: key without a comment: {s}"
+
+
+def _smoke_raw():
+    return yaml.safe_load((REPO / "configs" / "smoke.yaml").read_text())
+
+
+BAD = [
+    (lambda r: r["model"].update(d_modle=3), "model.d_modle"),
+    (lambda r: r["model"].update(head_dim=5), "head_dim"),
+    (lambda r: r["runs"][0]["model"].update(activation="tanhh"), "runs[0].model.activation"),
+    (lambda r: r["train"].update(lr=-1), "train.lr"),
+    (lambda r: r["train"].update(tokens="many"), "train.tokens"),
+    (lambda r: r["train"].update(warmup_frac=0.6, decay_frac=0.5), "decay_frac"),
+    (lambda r: r["train"].update(checkpoints=400), "checkpoints"),
+    (lambda r: r["train"].update(first_checkpoint_frac=0.001), "first_checkpoint_frac"),
+    (lambda r: r["data"].update(vocab_size=100), "data.vocab_size"),
+    (lambda r: r["data"].update(val_fraction=0.9), "data.val_fraction"),
+    (lambda r: r["compute"].update(device="tpu"), "compute.device"),
+    (lambda r: r["runs"].append(copy.deepcopy(r["runs"][0])), "duplicate run name"),
+    (lambda r: r["runs"][0].update(name="a b"), "runs[0].name"),
+    (lambda r: r["runs"][1]["model"].update(vocab_size=99), "vocab_size"),
+    (lambda r: r.update(runs=[]), "runs"),
+    (lambda r: r.update(extra=1), "extra"),
+]
+
+
+@pytest.mark.parametrize("mutate,field", BAD, ids=[b[1] for b in BAD])
+def test_bad_config_names_the_field(mutate, field):
+    raw = _smoke_raw()
+    mutate(raw)
+    with pytest.raises(ConfigError) as e:
+        parse_profile(raw, "configs/smoke.yaml", "smoke")
+    assert field in str(e.value) and "configs/smoke.yaml" in str(e.value)
+
+
+def test_overrides_and_unknown_profile(tmp_path):
+    p = load_profile("smoke", overrides=["train.lr=0.003", "runs.relu-s1.train.tokens=20480"])
+    assert p.run("silu-s1").train.lr == 0.003 and p.run("relu-s1").train.tokens == 20480
+    with pytest.raises(ConfigError, match="train.lr"):
+        load_profile("smoke", overrides=["train.lr=oops"])
+    with pytest.raises(ConfigError, match="known profiles"):
+        load_profile("no-such-profile")
+    with pytest.raises(ConfigError, match="no run named"):
+        load_profile("smoke", overrides=["runs.nope.train.lr=1"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_profile(str(bad))
+
+
+def test_run_identity():
+    a, b = load_profile("smoke"), load_profile("smoke", overrides=["compute.threads=2", "compute.compile=true"])
+    assert [r.key(a.data) for r in a.runs] == [r.key(b.data) for r in b.runs]  # compute is not identity
+    c = load_profile("smoke", overrides=["train.lr=0.02"])
+    assert all(r.key(a.data) != s.key(c.data) for r, s in zip(a.runs, c.runs))
+    assert a.run("relu-s1").key(a.data).startswith("relu-s1-")
+
+
+def test_checkpoint_marks_are_geometric():
+    p = load_profile("smoke", overrides=["train.tokens=1048576", "train.checkpoints=20",
+                                         "train.first_checkpoint_frac=0.02", "train.warmup_frac=0.01"])
+    r = p.run("relu-s1")
+    tps = tokens_per_step(r.model, r.train)
+    ck = checkpoint_steps(r.model, r.train)
+    assert len(ck) == 20
+    ratios = [b / a for a, b in zip(ck[5:], ck[6:])]
+    assert max(ratios) / min(ratios) < 1.1  # geometric spacing (up to rounding to whole steps)
+    warmup, stable, _ = stage_steps(r.model, r.train)
+    assert ck[-1] == warmup + stable and ck[-1] * tps <= r.train.tokens
