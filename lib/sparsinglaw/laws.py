@@ -1,0 +1,655 @@
+"""The paper's laws and how we fit them (PAPER.md section 3, DESIGN.md section 7).
+
+Read top to bottom: the law forms (Eq. 4, Eq. 5, the rebuttal's two alternatives and a limit-loss
+law) and their registry `FORMS`; `FitSpec`, everything that determines a fit; `fit`, the one entry
+point, and its `FitResult`; `compare_forms`; then the width-depth helpers (Fig. 5-6) and the scale
+helpers (Fig. 7-8, 12). D is always training tokens / 1e9, the paper's unit.
+
+Published numbers live in paper.py and are never read here: no fitted constant, start or default
+in this module comes from the paper.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+import numbers
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import statsmodels.api as sm
+from scipy import optimize, stats
+
+TOKENS_PER_D = 1e9  # D = training tokens / TOKENS_PER_D (the paper's unit, "1e9 tokens")
+
+
+def tokens_to_D(tokens):
+    """Training tokens -> D in units of 1e9 tokens."""
+    return np.asarray(tokens, dtype=float) / TOKENS_PER_D
+
+
+# ----------------------------------------------------------------------------- law forms
+
+
+def logspace_power(D, alpha, b, c, A0):
+    # Eq. 4 (ReLU): A(D) = exp(-c * D**alpha + b) + A0, decreasing towards the limit A0
+    return np.exp(-c * D**alpha + b) + A0
+
+
+def power(D, alpha, c, A0):
+    # Eq. 5 (SiLU): A(D) = -c * D**(-alpha) + A0, increasing towards the limit A0
+    return -c * D ** (-alpha) + A0
+
+
+def log(D, a, b, c, A0):
+    # rebuttal alternative: A(D) = c * log(a*D + b) + A0; no limit, and only a/b and A0 + c*log(b)
+    # are identified (scaling a and b by s is undone by A0 -> A0 - c*log(s))
+    return c * np.log(a * D + b) + A0
+
+
+def sigmoid(D, a, b, c, d):
+    # rebuttal alternative: A(D) = a - 1 / (1 + b*exp(c*D + d)); only b*exp(d) is identified
+    with np.errstate(over="ignore"):  # exp -> inf is the form's own limit, A -> a
+        return a - 1.0 / (1.0 + b * np.exp(c * D + d))
+
+
+def loss_power(D, E, B, beta):
+    # limit-loss law (ours; the paper states none): L(D) = E + B * D**(-beta), limit loss E
+    return E + B * D ** (-beta)
+
+
+# Fixed starting grids. Each is a rule of the data's simple statistics (min, max, spread, geometric
+# mean and quantiles of D), the same rule for every data set; n values per grid axis. Parameters that
+# enter linearly are solved from the others (they make the curve pass through an anchor point).
+
+
+def _axis(lo, hi, n, log=True):
+    """n values from lo to hi (geometric or linear); their middle when n == 1."""
+    if n == 1:
+        return np.array([math.sqrt(lo * hi) if log else (lo + hi) / 2])
+    return np.geomspace(lo, hi, n) if log else np.linspace(lo, hi, n)
+
+
+def _starts_logspace_power(D, A, n):
+    # alpha in [0.1, 2]; c puts c*D**alpha in [0.3, 3] at the geometric-mean D; A0 at 50-95% of
+    # min(A); b makes the curve pass through max(A) at the smallest D
+    Dm = np.exp(np.mean(np.log(D)))
+    for alpha, k, t in itertools.product(_axis(0.1, 2, n), _axis(0.3, 3, n), _axis(0.5, 0.95, n, False)):
+        c = k / Dm**alpha
+        A0 = t * A.min()
+        yield alpha, np.log(max(A.max() - A0, 1e-9)) + c * D.min() ** alpha, c, A0
+
+
+def _starts_power(D, A, n):
+    # alpha in [0.1, 2]; A0 above max(A) by 1-100% of the spread of A; c makes the curve pass
+    # through min(A) at the smallest D
+    for alpha, s in itertools.product(_axis(0.1, 2, n), _axis(0.01, 1, n)):
+        A0 = A.max() + s * np.ptp(A)
+        yield alpha, (A0 - A.min()) * D.min() ** alpha, A0
+
+
+def _starts_log(D, A, n):
+    # b = 1 (a/b is what matters); a*D in [0.1, 10] at the geometric-mean D; c and A0 by least
+    # squares of A on log(a*D + 1)
+    Dm = np.exp(np.mean(np.log(D)))
+    for k in _axis(0.1, 10, n):
+        a = k / Dm
+        c, A0 = np.polyfit(np.log(a * D + 1.0), A, 1)
+        yield a, 1.0, c, A0
+
+
+def _starts_sigmoid(D, A, n):
+    # b = 1 (b*exp(d) is what matters); |c| * (max D - min D) in [1, 10], both signs; the midpoint
+    # c*D + d = 0 at the 25-75% quantiles of D; a by least squares given the others
+    for sign, k, q in itertools.product((-1.0, 1.0), _axis(1, 10, n), _axis(0.25, 0.75, n, False)):
+        c = sign * k / np.ptp(D)
+        d = -c * np.quantile(D, q)
+        yield np.mean(A + 1.0 / (1.0 + np.exp(c * D + d))), 1.0, c, d
+
+
+def _starts_loss_power(D, L, n):
+    # beta in [0.1, 1]; E at 50-95% of min(L); B makes the curve pass through max(L) at the smallest D
+    for beta, t in itertools.product(_axis(0.1, 1, n), _axis(0.5, 0.95, n, False)):
+        E = t * L.min()
+        yield E, (L.max() - E) * D.min() ** beta, beta
+
+
+@dataclass(frozen=True)
+class Form:
+    f: Callable  # f(D, *params) -> A
+    symbols: tuple  # parameter names, the paper's symbols, in f's order
+    lower: tuple  # lower bounds (same order)
+    upper: tuple  # upper bounds
+    starts: Callable  # starts(D, A, n) -> iterable of start vectors (the fixed grid rule)
+    equation: str  # where the form comes from
+
+
+inf = np.inf
+FORMS = {
+    # c, alpha > 0; 0 < A0 < 1; b <= 0 so that A(0) = exp(b) + A0 stays a ratio (b >= -30: exp(b) > 0)
+    "logspace_power": Form(
+        logspace_power, ("alpha", "b", "c", "A0"), (0, -30, 0, 0), (10, 0, inf, 1),
+        _starts_logspace_power, "Eq. 4 (ReLU)",
+    ),
+    # c, alpha > 0; 0 < A0 < 1
+    "power": Form(power, ("alpha", "c", "A0"), (0, 0, 0), (10, inf, 1), _starts_power, "Eq. 5 (SiLU)"),
+    # a, b > 0 keep a*D + b > 0; c of either sign (decreasing or increasing); A0 is an intercept
+    "log": Form(log, ("a", "b", "c", "A0"), (0, 0, -inf, -inf), (inf, inf, inf, inf), _starts_log,
+                "rebuttal, logarithmic"),
+    # b > 0 (no pole); c of either sign; the limit (a or a - 1) in (0, 1) needs 0 < a < 2
+    "sigmoid": Form(sigmoid, ("a", "b", "c", "d"), (0, 0, -inf, -inf), (2, inf, inf, inf), _starts_sigmoid,
+                    "rebuttal, sigmoid-like"),
+    # E, B, beta > 0
+    "loss_power": Form(loss_power, ("E", "B", "beta"), (0, 0, 0), (inf, inf, 10), _starts_loss_power,
+                       "limit-loss law (ours)"),
+}
+
+
+# ----------------------------------------------------------------------------- fit specification
+
+LOSSES = ("linear", "soft_l1", "huber", "cauchy", "arctan")  # scipy.optimize.least_squares losses
+
+
+@dataclass
+class FitSpec:
+    n_boot: int = 1000  # bootstrap resamples for the intervals (0: no intervals)
+    bootstrap: str = "residual"  # "residual": keep D, resample rescaled residuals; "pairs": resample points
+    level: float = 0.95  # confidence level of the percentile intervals
+    seed: int = 0  # seed of the bootstrap random generator
+    loss: str = "linear"  # least-squares loss: "linear" or a robust one ("soft_l1", "huber", "cauchy", ...)
+    f_scale: float = 0.01  # residual size (units of A) beyond which a robust loss down-weights a point
+    log_residuals: bool = False  # fit log(A) - log(f(D)) instead of A - f(D) (needs A > 0)
+    drop_first_n: int = 0  # drop this many points with the smallest D (warmup)
+    drop_first_frac: float = 0.0  # drop the floor(frac * n) points with the smallest D (warmup)
+    min_D: float = 0.0  # drop points with D < min_D (1e9 tokens)
+    holdout_frac: float = 0.2  # hold out the ceil(frac * n_used) largest-D points for the extrapolation check
+    n_grid: int = 3  # starting values per grid axis (the fixed rule of each form; see FORMS)
+    tol: float = 1e-10  # ftol = xtol = gtol of each least-squares run
+    max_nfev: int = 2000  # function evaluations allowed per least-squares run
+    min_boot_ok: float = 0.9  # report intervals only if at least this share of resamples converge
+
+    def __post_init__(self):
+        kinds = {"int": numbers.Integral, "float": numbers.Real, "str": str, "bool": bool}
+        values = {f.name: (getattr(self, f.name), f.type) for f in dataclasses.fields(self)}
+        mistyped = [f"{name}={v!r} (expected {t})" for name, (v, t) in values.items()
+                    if not isinstance(v, kinds[t]) or isinstance(v, bool) != (t == "bool")]
+        if mistyped:
+            raise ValueError(f"FitSpec: wrong type for {', '.join(mistyped)}")
+        checks = {
+            "n_boot": self.n_boot >= 0,
+            "bootstrap": self.bootstrap in ("residual", "pairs"),
+            "level": 0 < self.level < 1,
+            "loss": self.loss in LOSSES,
+            "f_scale": self.f_scale > 0,
+            "drop_first_n": self.drop_first_n >= 0,
+            "drop_first_frac": 0 <= self.drop_first_frac < 1,
+            "min_D": self.min_D >= 0,
+            "holdout_frac": 0 <= self.holdout_frac < 1,
+            "n_grid": self.n_grid >= 1,
+            "tol": self.tol > 0,
+            "max_nfev": self.max_nfev >= 1,
+            "min_boot_ok": 0 <= self.min_boot_ok <= 1,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"FitSpec: invalid {', '.join(f'{b}={getattr(self, b)!r}' for b in bad)}")
+
+    @classmethod
+    def from_dict(cls, fields):
+        """FitSpec from a mapping such as a profile's `fit:` section; unknown or mistyped fields raise
+        ValueError naming them."""
+        return _resolve_spec(None, dict(fields))
+
+
+def _resolve_spec(spec, overrides):
+    spec = spec if spec is not None else FitSpec()
+    names = {f.name for f in dataclasses.fields(FitSpec)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise ValueError(f"unknown FitSpec field(s) {unknown}; fields are {sorted(names)}")
+    return dataclasses.replace(spec, **overrides)
+
+
+# ----------------------------------------------------------------------------- fitting pieces
+
+
+def _form(name):
+    if name not in FORMS:
+        raise ValueError(f"unknown law form {name!r}; forms are {list(FORMS)}")
+    return FORMS[name]
+
+
+def _check_data(D, A, log_residuals):
+    D, A = np.asarray(D, dtype=float).ravel(), np.asarray(A, dtype=float).ravel()
+    if D.shape != A.shape:
+        raise ValueError(f"D and A differ in length: {D.size} vs {A.size}")
+    for name, v in (("D", D), ("A", A)):
+        bad = np.flatnonzero(~np.isfinite(v))
+        if bad.size:
+            raise ValueError(f"{name} has {bad.size} non-finite value(s) at index {bad.tolist()}; "
+                             "remove them explicitly before fitting")
+    if np.any(D <= 0):
+        raise ValueError(f"D must be > 0 (1e9 tokens); got min {D.min()}")
+    if log_residuals and np.any(A <= 0):
+        raise ValueError("log_residuals=True needs A > 0")
+    return D, A
+
+
+def _drop(D, A, spec):
+    """Mask of the points kept, and one record per dropped point (index, D, A, reason)."""
+    order = np.argsort(D, kind="stable")
+    reasons = {}
+    for i in order[: spec.drop_first_n]:
+        reasons[i] = f"drop_first_n={spec.drop_first_n}"
+    for i in order[: int(math.floor(spec.drop_first_frac * D.size))]:
+        reasons.setdefault(i, f"drop_first_frac={spec.drop_first_frac}")
+    for i in np.flatnonzero(D < spec.min_D):
+        reasons.setdefault(i, f"min_D={spec.min_D}")
+    keep = np.ones(D.size, dtype=bool)
+    keep[list(reasons)] = False
+    dropped = [{"index": int(i), "D": float(D[i]), "A": float(A[i]), "reason": reasons[i]}
+               for i in sorted(reasons)]
+    return keep, dropped
+
+
+def _residuals(theta, f, D, A, log_residuals):
+    with np.errstate(all="ignore"):
+        pred = f(D, *theta)
+        r = np.log(pred) - np.log(A) if log_residuals else pred - A
+    return np.where(np.isfinite(r), r, 1e3)  # a start that leaves the domain gets a flat penalty
+
+
+def _lsq(form, D, A, x0, spec):
+    x0 = np.array(x0, dtype=float)
+    lo, hi = np.array(form.lower, float), np.array(form.upper, float)
+    pad = 1e-6 * (1 + np.abs(np.where(np.isfinite(lo), lo, 0)))
+    x0 = np.minimum(np.maximum(x0, lo + pad), hi - 1e-6 * (1 + np.abs(np.where(np.isfinite(hi), hi, 0))))
+    return optimize.least_squares(
+        _residuals, x0, bounds=(lo, hi), args=(form.f, D, A, spec.log_residuals), method="trf",
+        loss=spec.loss, f_scale=spec.f_scale, ftol=spec.tol, xtol=spec.tol, gtol=spec.tol,
+        max_nfev=spec.max_nfev,
+    )
+
+
+def _ok(res):
+    return res.status > 0 and np.all(np.isfinite(res.x)) and np.isfinite(res.cost)
+
+
+def _multistart(form, D, A, spec):
+    """Best converged least-squares run over the form's fixed grid of starts (None if none converged)."""
+    best, n_starts, n_ok = None, 0, 0
+    for x0 in form.starts(D, A, spec.n_grid):
+        n_starts += 1
+        if not np.all(np.isfinite(x0)):
+            continue
+        res = _lsq(form, D, A, x0, spec)
+        if _ok(res):
+            n_ok += 1
+            if best is None or res.cost < best.cost:
+                best = res
+    return best, f"best of {n_starts} starts ({n_ok} converged)"
+
+
+def _at_bounds(form, x):
+    """Symbols whose value sits on a finite bound (the optimum left the meaningful region)."""
+    out = []
+    for s, v, lo, hi in zip(form.symbols, x, form.lower, form.upper, strict=True):
+        for bound in (lo, hi):
+            if np.isfinite(bound) and abs(v - bound) <= 1e-6 * (1 + abs(bound)):
+                out.append(f"{s}={v:.3g} at bound {bound:g}")
+    return out
+
+
+def _unidentified(form, D, x):
+    """Symbols that the data cannot separate (null space of the column-scaled Jacobian at x)."""
+    J = np.empty((D.size, x.size))
+    for j in range(x.size):  # central differences (error ~h^2, far below the 1e-7 threshold) within bounds
+        h = 1e-5 * (1 + abs(x[j]))
+        up, dn = x.copy(), x.copy()
+        up[j], dn[j] = min(x[j] + h, form.upper[j]), max(x[j] - h, form.lower[j])
+        with np.errstate(all="ignore"):
+            J[:, j] = (form.f(D, *up) - form.f(D, *dn)) / (up[j] - dn[j])
+    if not np.all(np.isfinite(J)):
+        return list(form.symbols)
+    norms = np.linalg.norm(J, axis=0)
+    zero = norms <= 1e-12 * max(norms.max(), 1e-300)
+    _, s, Vt = np.linalg.svd(J[:, ~zero] / norms[~zero], full_matrices=False)
+    null = Vt[s <= 1e-7 * s[0]] if s.size else np.empty((0, 0))
+    free = np.array(form.symbols)[~zero]
+    involved = set(free[np.any(np.abs(null) > 0.1, axis=0)]) if null.size else set()
+    return [sym for sym, z in zip(form.symbols, zero, strict=True) if z or sym in involved]
+
+
+def _judge(form, D, A, res):
+    """(converged, notes): a fit converges when the optimizer succeeded, everything is finite, no
+    parameter sits on a bound and A is not constant."""
+    if res is None:
+        return False, ["no start converged"]
+    notes = [] if _ok(res) else [f"optimizer: {res.message}"]
+    notes += _at_bounds(form, res.x)
+    if np.ptp(A) == 0:
+        notes.append("A is constant over the used points: no law is identified")
+    return not notes, notes
+
+
+def _bootstrap(form, D, A, x, spec):
+    """Percentile-bootstrap samples of the parameters, each resample started from the full-data fit x."""
+    rng = np.random.default_rng(spec.seed)
+    n, k = D.size, x.size
+    pred = form.f(D, *x)
+    r = np.log(A) - np.log(pred) if spec.log_residuals else A - pred
+    r = (r - r.mean()) * math.sqrt(n / (n - k))  # rescaled so that resampled residuals are not too small
+    out = np.full((spec.n_boot, k), np.nan)
+    for i in range(spec.n_boot):
+        if spec.bootstrap == "residual":
+            Db, rb = D, rng.choice(r, n)
+            Ab = pred * np.exp(rb) if spec.log_residuals else pred + rb
+        else:
+            idx = rng.integers(0, n, n)
+            Db, Ab = D[idx], A[idx]
+            if np.unique(Db).size < k + 1:
+                continue
+        res = _lsq(form, Db, Ab, x, spec)
+        if _ok(res):
+            out[i] = res.x
+    return out
+
+
+def _holdout(form, D, A, spec):
+    """Fit on the smallest-D points, report the error on the ceil(frac * n) largest-D ones."""
+    out = {"frac": spec.holdout_frac, "n_fit": 0, "n_test": 0, "D_split": np.nan,
+           "mse": np.nan, "mae": np.nan, "converged": False, "message": "no hold-out (holdout_frac=0)"}
+    if spec.holdout_frac == 0:
+        return out
+    order = np.argsort(D, kind="stable")
+    n_test = math.ceil(spec.holdout_frac * D.size)
+    fit_i, test_i = order[: D.size - n_test], order[D.size - n_test:]
+    out.update(n_fit=fit_i.size, n_test=test_i.size, D_split=float(D[test_i].min()))
+    if fit_i.size < len(form.symbols) + 1:
+        out["message"] = f"too few points to fit before the split ({fit_i.size})"
+        return out
+    res, starts = _multistart(form, D[fit_i], A[fit_i], spec)
+    converged, notes = _judge(form, D[fit_i], A[fit_i], res)
+    out.update(converged=converged, message="; ".join([starts, *notes]))
+    if res is not None:
+        err = A[test_i] - form.f(D[test_i], *res.x)
+        out.update(mse=float(np.mean(err**2)), mae=float(np.mean(np.abs(err))))
+    return out
+
+
+# ----------------------------------------------------------------------------- the fit
+
+
+@dataclass
+class FitResult:
+    form: str  # key in FORMS
+    params: dict  # paper symbol -> value (NaN when no start converged)
+    intervals: dict  # paper symbol -> (lo, hi), percentile bootstrap at spec.level; NaN when not available
+    mse: float  # mean squared residual of A over the used points
+    mae: float  # mean absolute residual
+    aic: float  # Gaussian AIC from the plain residuals (whatever the loss): n*log(RSS/n) + 2*(k+1)
+    bic: float  # Gaussian BIC: n*log(RSS/n) + (k+1)*log(n); k parameters plus the noise variance
+    residuals: np.ndarray  # A - f(D) over the used points, in input order
+    converged: bool  # optimizer success, finite, no parameter on a bound, A not constant
+    message: str  # how the fit went, and every caveat
+    n_used: int  # points fitted after the drop rule
+    dropped: list  # one dict per dropped point: index (input order), D, A, reason
+    holdout: dict  # frac, n_fit, n_test, D_split, mse, mae, converged, message
+    spec: FitSpec  # the specification used
+    unidentified: list = field(default_factory=list)  # symbols the data cannot separate (intervals NaN)
+    boot: np.ndarray = field(default_factory=lambda: np.empty((0, 0)))  # bootstrap parameter samples
+    D: np.ndarray = field(default_factory=lambda: np.empty(0))  # the used D
+    A: np.ndarray = field(default_factory=lambda: np.empty(0))  # the used A
+
+    def predict(self, D):
+        """The fitted law at D (1e9 tokens)."""
+        return FORMS[self.form].f(np.asarray(D, dtype=float), **self.params)
+
+    def band(self, D):
+        """Pointwise percentile-bootstrap band (lo, hi) of the fitted curve at D, at spec.level."""
+        D = np.asarray(D, dtype=float)
+        ok = self.boot[np.all(np.isfinite(self.boot), axis=1)] if self.boot.size else self.boot
+        if not len(ok):
+            return np.full(D.shape, np.nan), np.full(D.shape, np.nan)
+        with np.errstate(all="ignore"):
+            curves = np.array([FORMS[self.form].f(D, *theta) for theta in ok])
+        q = 50 * (1 - self.spec.level)
+        return np.percentile(curves, q, axis=0), np.percentile(curves, 100 - q, axis=0)
+
+    def to_row(self):
+        """One flat dict for a CSV row: fit quality, parameters with intervals, hold-out, spec."""
+        row = {"form": self.form, "converged": self.converged, "n_used": self.n_used,
+               "n_dropped": len(self.dropped),
+               "dropped_index": ";".join(str(d["index"]) for d in self.dropped),
+               "mse": self.mse, "mae": self.mae, "aic": self.aic, "bic": self.bic}
+        for s, v in self.params.items():
+            row[s], (row[f"{s}_lo"], row[f"{s}_hi"]) = v, self.intervals[s]
+        row.update({f"holdout_{k}": v for k, v in self.holdout.items()})
+        row["unidentified"] = ";".join(self.unidentified)
+        row["message"] = self.message
+        row.update({f"spec_{k}": v for k, v in dataclasses.asdict(self.spec).items()})
+        return row
+
+
+def fit(form, D, A, spec=None, **overrides) -> FitResult:
+    """Fit law `form` (a key of FORMS) to activation ratios A at D (1e9 tokens).
+
+    `spec` (a FitSpec, default FitSpec()) and keyword overrides of its fields determine everything:
+    the drop rule is applied first, then multi-start bounded least squares over the form's fixed grid
+    keeps the lowest-cost converged start, then the percentile bootstrap (resamples started from that
+    fit) gives the intervals, and a separate fit on the smallest-D points gives the hold-out error.
+    Raises ValueError for non-finite or non-positive D, non-finite A, or fewer points than
+    parameters + 1 after dropping. A failed fit is returned with converged=False and the reason in
+    `message`; intervals are then NaN.
+    """
+    spec = _resolve_spec(spec, overrides)
+    law = _form(form)
+    D, A = _check_data(D, A, spec.log_residuals)
+    keep, dropped = _drop(D, A, spec)
+    Du, Au, k = D[keep], A[keep], len(law.symbols)
+    if Du.size < k + 1:
+        raise ValueError(f"form {form!r} has {k} parameters and needs at least {k + 1} points; "
+                         f"{Du.size} left of {D.size} after dropping {len(dropped)} by the drop rule")
+
+    res, starts = _multistart(law, Du, Au, spec)
+    converged, notes = _judge(law, Du, Au, res)
+    x = res.x if res is not None else np.full(k, np.nan)
+    unidentified = _unidentified(law, Du, x) if res is not None else list(law.symbols)
+    if unidentified and res is not None:
+        notes.append(f"not separately identified: {', '.join(unidentified)} (intervals NaN)")
+
+    boot = np.empty((0, k))
+    intervals = dict.fromkeys(law.symbols, (np.nan, np.nan))
+    if converged and spec.n_boot > 0:
+        boot = _bootstrap(law, Du, Au, x, spec)
+        good = boot[np.all(np.isfinite(boot), axis=1)]
+        if len(good) >= spec.min_boot_ok * spec.n_boot:
+            q = 50 * (1 - spec.level)
+            lo, hi = np.percentile(good, q, axis=0), np.percentile(good, 100 - q, axis=0)
+            intervals = {s: (np.nan, np.nan) if s in unidentified else (float(lo[j]), float(hi[j]))
+                         for j, s in enumerate(law.symbols)}
+            if len(good) < spec.n_boot:
+                notes.append(f"bootstrap: {spec.n_boot - len(good)}/{spec.n_boot} resamples failed")
+        else:
+            notes.append(f"only {len(good)}/{spec.n_boot} bootstrap resamples converged: no intervals")
+    elif not converged:
+        notes.append("no bootstrap for a fit that did not converge")
+
+    with np.errstate(all="ignore"):
+        resid = Au - law.f(Du, *x)
+    n, rss = Du.size, float(np.sum(resid**2))
+    ll = n * math.log(max(rss, 1e-300) / n) if np.isfinite(rss) else np.nan
+    return FitResult(
+        form=form, params={s: float(v) for s, v in zip(law.symbols, x, strict=True)}, intervals=intervals,
+        mse=rss / n, mae=float(np.mean(np.abs(resid))), aic=ll + 2 * (k + 1), bic=ll + (k + 1) * math.log(n),
+        residuals=resid, converged=converged, message="; ".join([starts, *notes]), n_used=int(n),
+        dropped=dropped, holdout=_holdout(law, Du, Au, spec), spec=spec, unidentified=unidentified,
+        boot=boot, D=Du, A=Au,
+    )
+
+
+def compare_forms(D, A, forms=("logspace_power", "power", "log", "sigmoid"), spec=None) -> pd.DataFrame:
+    """One row per form (MSE, MAE, AIC, BIC, converged, hold-out errors), sorted by AIC.
+
+    Same data, drop rule and spec for every form; the bootstrap is skipped (n_boot=0) because the
+    table reports no intervals.
+    """
+    spec = dataclasses.replace(spec if spec is not None else FitSpec(), n_boot=0)
+    rows = []
+    for name in forms:
+        r = fit(name, D, A, spec)
+        rows.append({"form": name, "n_params": len(r.params), "n_used": r.n_used, "mse": r.mse, "mae": r.mae,
+                     "aic": r.aic, "bic": r.bic, "converged": r.converged,
+                     "holdout_mse": r.holdout["mse"], "holdout_mae": r.holdout["mae"], "message": r.message})
+    return pd.DataFrame(rows).sort_values("aic", kind="stable").reset_index(drop=True)
+
+
+# ----------------------------------------------------------------------------- width-depth (Fig. 5-6)
+
+
+@dataclass
+class PiecewiseFit:
+    above: str  # "flat" (constant above the breakpoint) or "linear"
+    breakpoint: float  # profile-least-squares breakpoint (the bottleneck)
+    breakpoint_interval: tuple  # profile-likelihood F-test interval at `level` (hull of accepted candidates)
+    intercept: float  # b0
+    slope_below: float  # b1
+    slope_below_interval: tuple  # OLS interval at the chosen breakpoint
+    slope_above: float  # b1 + b2 ("linear") or 0 ("flat")
+    slope_above_interval: tuple  # OLS interval at the chosen breakpoint ((0, 0) for "flat")
+    rss: float  # residual sum of squares at the breakpoint
+    n: int  # points
+    level: float  # confidence level
+    message: str  # caveats (e.g. an interval cut by the candidate range)
+    profile: pd.DataFrame  # candidate breakpoint, rss, accepted (inside the interval)
+    ols: object = field(repr=False, default=None)  # statsmodels results at the chosen breakpoint
+
+    def predict(self, x):
+        return self.ols.predict(_hinge(np.asarray(x, dtype=float), self.breakpoint, self.above))
+
+    def to_row(self):
+        row = {"above": self.above, "breakpoint": self.breakpoint, "intercept": self.intercept,
+               "slope_below": self.slope_below, "slope_above": self.slope_above}
+        for name in ("breakpoint", "slope_below", "slope_above"):
+            row[f"{name}_lo"], row[f"{name}_hi"] = getattr(self, f"{name}_interval")
+        return row | {"rss": self.rss, "n": self.n, "level": self.level, "message": self.message}
+
+
+def _hinge(x, bp, above):
+    # continuous: y = b0 + b1*x + b2*max(x - bp, 0) ("linear"), or y = b0 + b1*min(x, bp) ("flat")
+    if above == "linear":
+        return np.column_stack([np.ones_like(x), x, np.maximum(x - bp, 0)])
+    return np.column_stack([np.ones_like(x), np.minimum(x, bp)])
+
+
+def fit_piecewise_linear(x, y, above="flat", level=0.95, grid_per_gap=50) -> PiecewiseFit:
+    """Continuous one-breakpoint fit of y (limit activation ratio) vs x (width-depth ratio d_h/L).
+
+    Linear below the breakpoint, constant (`above="flat"`) or linear (`above="linear"`) above. The
+    breakpoint minimises the profile residual sum of squares over `grid_per_gap` candidates in every
+    gap between sorted data x (statsmodels OLS at each candidate), with at least two points below and
+    one ("flat") or two ("linear") above. Its interval is the profile-likelihood F-test set
+    {bp : (RSS(bp) - RSS_min) / (RSS_min / (n - p)) <= F(level; 1, n - p)}, p counting the breakpoint,
+    reported as the hull of accepted candidates. Slope intervals are statsmodels OLS intervals at the
+    chosen breakpoint, so they do not carry the breakpoint's own uncertainty.
+    """
+    if above not in ("flat", "linear"):
+        raise ValueError(f"above must be 'flat' or 'linear', got {above!r}")
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if x.shape != y.shape or not np.all(np.isfinite(x)) or not np.all(np.isfinite(y)):
+        raise ValueError("x and y must be finite arrays of the same length")
+    p = 4 if above == "linear" else 3  # b0, b1, (b2,) bp
+    xs = np.unique(x)
+    if x.size < p + 1 or xs.size < p:
+        raise ValueError(f"piecewise fit with above={above!r} needs at least {p + 1} points, {p} distinct x")
+    knots = xs[1: xs.size - (2 if above == "linear" else 1)]  # >= 2 points below, >= 1 or 2 above
+    gaps = [np.linspace(a, b, grid_per_gap) for a, b in zip(knots[:-1], knots[1:], strict=True)]
+    cand = np.unique(np.concatenate(gaps or [knots]))
+    rss = np.array([sm.OLS(y, _hinge(x, bp, above)).fit().ssr for bp in cand])
+    i = int(np.argmin(rss))
+    bp, rss_min = float(cand[i]), float(rss[i])
+    accepted = (rss - rss_min) / max(rss_min / (x.size - p), 1e-300) <= stats.f.ppf(level, 1, x.size - p)
+    lo, hi = float(cand[accepted].min()), float(cand[accepted].max())
+    message = ""
+    if accepted[0] or accepted[-1]:
+        message = "breakpoint interval reaches the edge of the candidate range (it may be wider)"
+    ols = sm.OLS(y, _hinge(x, bp, above)).fit()
+    alpha = 1 - level
+    ci = np.asarray(ols.conf_int(alpha=alpha))
+    if above == "linear":
+        t = ols.t_test([0, 1, 1])
+        slope_above, slope_above_ci = float(ols.params[1] + ols.params[2]), tuple(
+            float(v) for v in np.asarray(t.conf_int(alpha=alpha)).ravel())
+    else:
+        slope_above, slope_above_ci = 0.0, (0.0, 0.0)
+    return PiecewiseFit(
+        above=above, breakpoint=bp, breakpoint_interval=(lo, hi), intercept=float(ols.params[0]),
+        slope_below=float(ols.params[1]), slope_below_interval=(float(ci[1, 0]), float(ci[1, 1])),
+        slope_above=slope_above, slope_above_interval=slope_above_ci, rss=rss_min, n=int(x.size), level=level,
+        message=message, ols=ols,
+        profile=pd.DataFrame({"breakpoint": cand, "rss": rss, "accepted": accepted}),
+    )
+
+
+def best_range(x, loss, tol):
+    """(lo, hi): the data x around the minimum of `loss` whose loss is within `tol` (absolute, loss units)
+    of the minimum, walking outwards from the minimum and stopping at the first point above it (the
+    paper's "best range" of width-depth ratios). No interpolation: lo and hi are data x."""
+    x, loss = np.asarray(x, dtype=float), np.asarray(loss, dtype=float)
+    order = np.argsort(x)
+    x, loss = x[order], loss[order]
+    i = int(np.argmin(loss))
+    threshold = loss[i] + tol
+    lo = hi = i
+    while lo > 0 and loss[lo - 1] <= threshold:
+        lo -= 1
+    while hi < x.size - 1 and loss[hi + 1] <= threshold:
+        hi += 1
+    return float(x[lo]), float(x[hi])
+
+
+# ----------------------------------------------------------------------------- scale (Fig. 7-8, 12)
+
+
+def fit_A0_vs_scale(N, A0, A0_lo=None, A0_hi=None, level=0.95) -> dict:
+    """OLS of the limit A0 on log10(N), N = non-embedding parameters (statsmodels).
+
+    With A0_lo and A0_hi (intervals at the same `level`), weighted least squares with
+    sigma = (hi - lo) / (2 z). Returns slope (per decade of N) with its interval, intercept, the
+    fitted change slope * log10(max N / min N), the observed change A0(max N) - A0(min N), and the
+    statsmodels results under "ols".
+    """
+    N, A0 = np.asarray(N, dtype=float), np.asarray(A0, dtype=float)
+    if N.size < 3:
+        raise ValueError(f"fit_A0_vs_scale needs at least 3 scales, got {N.size}")
+    X = sm.add_constant(np.log10(N))
+    if A0_lo is not None and A0_hi is not None:
+        sigma = (np.asarray(A0_hi, float) - np.asarray(A0_lo, float)) / (2 * stats.norm.ppf(0.5 + level / 2))
+        ols = sm.WLS(A0, X, weights=1 / sigma**2).fit()
+    else:
+        ols = sm.OLS(A0, X).fit()
+    lo, hi = np.asarray(ols.conf_int(alpha=1 - level))[1]
+    return {"slope": float(ols.params[1]), "slope_lo": float(lo), "slope_hi": float(hi),
+            "intercept": float(ols.params[0]),
+            "change_fit": float(ols.params[1] * np.log10(N.max() / N.min())),
+            "change_observed": float(A0[np.argmax(N)] - A0[np.argmin(N)]), "n": int(N.size),
+            "weighted": A0_lo is not None and A0_hi is not None, "level": level, "ols": ols}
+
+
+def convergence_speed(result, N, D_grid, rel_step=1e-4):
+    """(ratio, dA/dratio): the slope of a fitted sparsity-data curve against the data-scale ratio
+    D_tokens / N (N non-embedding parameters), at D_grid (1e9 tokens), by central differences of
+    result.predict with step rel_step * D (error ~rel_step**2, relative)."""
+    D = np.asarray(D_grid, dtype=float)
+    h = rel_step * D
+    dA_dD = (result.predict(D + h) - result.predict(D - h)) / (2 * h)
+    return D * TOKENS_PER_D / N, dA_dD * N / TOKENS_PER_D  # dD/dratio = N / 1e9
+
+
+def fit_limit_loss(D, loss, spec=None, **overrides) -> FitResult:
+    """Limit-loss fit of one run: L(D) = E + B * D**(-beta) (form "loss_power"), through `fit`; the
+    limit loss is params["E"]."""
+    return fit("loss_power", D, loss, spec, **overrides)

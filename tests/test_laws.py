@@ -1,0 +1,343 @@
+"""laws.py on synthetic data with known parameters (seeded, deterministic).
+
+Data: D log-spaced over 0.01-100 (1e9 tokens), 32 points, Gaussian noise sd 0.002 in activation
+ratio; ReLU-like curves fall over ~0.07-0.28, SiLU-like curves rise over ~0.22-0.42.
+Over 40 seeds (n_boot=200), the 95% intervals held the true value in 90-97% of fits per parameter,
+so one fixed seed is a fair test, not a lucky one.
+"""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from sparsinglaw import laws
+
+D = np.geomspace(0.01, 100, 32)
+SD = 0.002
+TRUTH = {
+    "logspace_power": {"alpha": 0.5, "b": -1.5, "c": 0.5, "A0": 0.07},  # ReLU-like, 0.28 -> 0.07
+    "power": {"alpha": 0.5, "c": 0.02, "A0": 0.42},  # SiLU-like, 0.22 -> 0.42
+    "log": {"a": 2.0, "b": 1.0, "c": -0.03, "A0": 0.28},  # 0.28 -> 0.12
+    "sigmoid": {"a": 1.08, "b": 1.0, "c": -0.1, "d": -1.27},  # 0.30 -> 0.08
+}
+
+
+def synthetic(form, seed=1, D=D):
+    rng = np.random.default_rng(seed)
+    return laws.FORMS[form].f(D, **TRUTH[form]) + rng.normal(0, SD, D.size)
+
+
+def inside(result, symbol, value):
+    lo, hi = result.intervals[symbol]
+    return lo <= value <= hi
+
+
+# ----------------------------------------------------------------------------- forms
+
+
+def test_forms_are_the_papers_equations():
+    assert laws.logspace_power(2.0, 0.5, -1.0, 0.3, 0.1) == pytest.approx(math.exp(-0.3 * 2**0.5 - 1) + 0.1)
+    assert laws.power(4.0, 0.5, 0.02, 0.4) == pytest.approx(0.4 - 0.02 / 2)
+    assert laws.log(3.0, 2.0, 1.0, -0.1, 0.3) == pytest.approx(-0.1 * math.log(7) + 0.3)
+    assert laws.sigmoid(1.0, 1.1, 2.0, -0.5, 0.2) == pytest.approx(1.1 - 1 / (1 + 2 * math.exp(-0.3)))
+    assert laws.loss_power(4.0, 2.0, 1.5, 0.5) == pytest.approx(2.75)
+    assert laws.tokens_to_D(3e9) == pytest.approx(3.0)
+    for name, form in laws.FORMS.items():
+        assert len(form.symbols) == len(form.lower) == len(form.upper), name
+        assert all(lo < hi for lo, hi in zip(form.lower, form.upper, strict=True)), name
+    assert laws.FORMS["logspace_power"].symbols == ("alpha", "b", "c", "A0")
+    assert laws.FORMS["power"].symbols == ("alpha", "c", "A0")
+    assert laws.FORMS["log"].symbols == ("a", "b", "c", "A0")
+    assert laws.FORMS["sigmoid"].symbols == ("a", "b", "c", "d")
+
+
+def test_starting_grid_is_a_fixed_rule_of_the_data():
+    A = synthetic("logspace_power")
+    starts = list(laws.FORMS["logspace_power"].starts(D, A, 3))
+    assert len(starts) == 27
+    assert starts == list(laws.FORMS["logspace_power"].starts(D, A, 3))
+    # A0 starts below min(A), at fixed fractions of it
+    assert sorted({round(s[3] / A.min(), 6) for s in starts}) == [0.5, 0.725, 0.95]
+
+
+# ----------------------------------------------------------------------------- recovery, one test per form
+
+
+@pytest.mark.parametrize("form", ["logspace_power", "power"])
+def test_limit_laws_recover_known_parameters(form):
+    A = synthetic(form)
+    r = laws.fit(form, D, A, n_boot=300, seed=0)
+    assert r.converged, r.message
+    assert r.unidentified == []
+    for s, v in TRUTH[form].items():
+        assert inside(r, s, v), (s, v, r.params[s], r.intervals[s])
+        lo, hi = r.intervals[s]
+        assert hi - lo < 0.2 * abs(v)  # informative, not just wide
+    assert r.mse == pytest.approx(SD**2, rel=0.5)
+    assert r.mae == pytest.approx(np.mean(np.abs(r.residuals)))
+    assert r.n_used == D.size and r.dropped == []
+    assert r.holdout["converged"], r.holdout["message"]
+    # the true form beats every other form on AIC (40 of 40 seeds) and on hold-out error
+    table = laws.compare_forms(D, A)
+    assert table.form[0] == form
+    assert list(table.aic) == sorted(table.aic)
+    assert table.holdout_mse[0] == table.holdout_mse.min() == pytest.approx(r.holdout["mse"])
+
+
+def test_log_form_recovers_its_identified_parts():
+    # c*log(a*D + b) + A0 has a one-dimensional ridge: (a, b, A0) -> (s*a, s*b, A0 - c*log(s)) gives the
+    # same curve, so a, b and A0 are not separately identified. We check c, the identified combinations
+    # a/b and A0 + c*log(b), and the pointwise bootstrap band against the true curve.
+    form, truth = "log", TRUTH["log"]
+    A = synthetic(form)
+    r = laws.fit(form, D, A, n_boot=300, seed=0)
+    assert r.converged, r.message
+    assert sorted(r.unidentified) == ["A0", "a", "b"]
+    assert all(np.isnan(r.intervals[s]).all() for s in ("a", "b", "A0"))
+    assert inside(r, "c", truth["c"])
+    p = r.params
+    assert p["a"] / p["b"] == pytest.approx(truth["a"] / truth["b"], rel=0.15)
+    assert p["A0"] + p["c"] * np.log(p["b"]) == pytest.approx(truth["A0"], abs=3 * SD)
+    grid = np.geomspace(0.01, 100, 9)
+    lo, hi = r.band(grid)
+    true_curve = laws.log(grid, **truth)
+    assert np.all((lo <= true_curve) & (true_curve <= hi))
+    table = laws.compare_forms(D, A)
+    assert table.form[0] == "log"
+
+
+def test_sigmoid_form_recovers_its_identified_parts():
+    # a - 1/(1 + b*exp(c*D + d)): b*exp(d) is one parameter, so b and d are not separately identified;
+    # a, c and the combination d + log(b) are.
+    form, truth = "sigmoid", TRUTH["sigmoid"]
+    A = synthetic(form)
+    r = laws.fit(form, D, A, n_boot=300, seed=0)
+    assert r.converged, r.message
+    assert sorted(r.unidentified) == ["b", "d"]
+    assert inside(r, "a", truth["a"]) and inside(r, "c", truth["c"])
+    p = r.params
+    assert p["d"] + np.log(p["b"]) == pytest.approx(truth["d"] + np.log(truth["b"]), abs=0.1)
+    # beats the log and power forms on AIC; logspace_power mimics this curve closely on 0.01-100
+    # (it wins AIC on ~40% of seeds), so it is not the comparison here
+    table = laws.compare_forms(D, A).set_index("form")
+    assert table.aic["sigmoid"] < table.aic["log"] and table.aic["sigmoid"] < table.aic["power"]
+    assert table.holdout_mse["sigmoid"] < table.holdout_mse["log"]
+
+
+def test_default_bootstrap_has_1000_resamples():
+    A = synthetic("logspace_power", seed=2)
+    r = laws.fit("logspace_power", D, A)  # FitSpec() defaults
+    assert r.spec.n_boot == 1000 and r.spec.level == 0.95
+    assert r.boot.shape == (1000, 4)
+    assert np.isfinite(r.boot).all(axis=1).sum() >= 900
+    assert r.converged, r.message
+    for s, v in TRUTH["logspace_power"].items():
+        assert inside(r, s, v), (s, r.intervals[s])
+    # seeded: the same spec gives the same intervals
+    again = laws.fit("logspace_power", D, A, n_boot=50)
+    assert again.intervals == laws.fit("logspace_power", D, A, n_boot=50).intervals
+
+
+def test_starts_do_not_depend_on_the_unit_of_D():
+    # the grid is a rule of the data: the same curve on D/1000 fits just as well
+    D_small = D / 1000
+    A = synthetic("power", D=D)
+    r = laws.fit("power", D_small, A, n_boot=0)
+    assert r.converged, r.message
+    assert r.params["alpha"] == pytest.approx(laws.fit("power", D, A, n_boot=0).params["alpha"], rel=1e-4)
+
+
+def test_robust_loss_resists_an_outlier():
+    A = synthetic("power")
+    A[20] += 0.05  # one bad checkpoint
+    plain = laws.fit("power", D, A, n_boot=0)
+    robust = laws.fit("power", D, A, n_boot=0, loss="soft_l1", f_scale=2 * SD)
+    truth = TRUTH["power"]["A0"]
+    assert abs(robust.params["A0"] - truth) < abs(plain.params["A0"] - truth)
+    assert robust.converged and robust.spec.loss == "soft_l1"
+
+
+def test_pairs_bootstrap_and_log_residuals_run():
+    A = synthetic("power")
+    r = laws.fit("power", D, A, n_boot=100, bootstrap="pairs", log_residuals=True)
+    assert r.converged, r.message
+    assert inside(r, "A0", TRUTH["power"]["A0"])
+
+
+# ----------------------------------------------------------------------------- drop rule, spec, failures
+
+
+def test_drop_rule_drops_exactly_the_configured_points():
+    A = synthetic("power")
+    order = np.random.default_rng(0).permutation(D.size)  # input order must not matter
+    Dp, Ap = D[order], A[order]
+    r = laws.fit("power", Dp, Ap, n_boot=0, drop_first_n=2, drop_first_frac=0.1, min_D=0.05)
+    n_frac = math.floor(0.1 * D.size)  # 3 smallest D
+    expected = set(np.flatnonzero(Dp < 0.05)) | set(np.argsort(Dp)[:n_frac])
+    assert {d["index"] for d in r.dropped} == expected
+    assert r.n_used == D.size - len(expected) == r.residuals.size
+    assert all(d["D"] == Dp[d["index"]] and d["A"] == Ap[d["index"]] for d in r.dropped)
+    reasons = {d["index"]: d["reason"] for d in r.dropped}
+    assert reasons[int(np.argmin(Dp))] == "drop_first_n=2"
+    assert any(v == "min_D=0.05" for v in reasons.values())
+    assert r.D.min() >= 0.05
+    row = r.to_row()
+    assert row["n_dropped"] == len(expected) and row["spec_min_D"] == 0.05
+
+
+def test_too_few_points_raise():
+    A = synthetic("logspace_power")
+    with pytest.raises(ValueError, match="needs at least 5 points"):
+        laws.fit("logspace_power", D[:4], A[:4])
+    with pytest.raises(ValueError, match="after dropping"):
+        laws.fit("logspace_power", D, A, min_D=50)
+
+
+def test_nan_and_bad_input_raise():
+    A = synthetic("power")
+    A[3] = np.nan
+    with pytest.raises(ValueError, match=r"A has 1 non-finite value\(s\) at index \[3\]"):
+        laws.fit("power", D, A)
+    with pytest.raises(ValueError, match="D must be > 0"):
+        laws.fit("power", np.r_[0.0, D[1:]], synthetic("power"))
+    with pytest.raises(ValueError, match="unknown law form"):
+        laws.fit("cubic", D, synthetic("power"))
+    with pytest.raises(ValueError, match="unknown FitSpec field"):
+        laws.fit("power", D, synthetic("power"), nboot=10)
+    with pytest.raises(ValueError, match="loss='l2'"):
+        laws.FitSpec(loss="l2")
+
+
+def test_fit_spec_from_config_mapping():
+    spec = laws.FitSpec.from_dict({"n_boot": 200, "min_D": 1, "loss": "huber", "log_residuals": True})
+    assert spec.n_boot == 200 and spec.min_D == 1 and spec.loss == "huber" and spec.log_residuals
+    with pytest.raises(ValueError, match=r"unknown FitSpec field\(s\) \['drop_first'\]"):
+        laws.FitSpec.from_dict({"drop_first": 2})
+    with pytest.raises(ValueError, match="wrong type for n_boot='1000'"):
+        laws.FitSpec.from_dict({"n_boot": "1000"})
+    with pytest.raises(ValueError, match="wrong type for log_residuals=1"):
+        laws.FitSpec.from_dict({"log_residuals": 1})
+
+
+@pytest.mark.parametrize("form", ["logspace_power", "power", "log", "sigmoid"])
+def test_constant_A_is_not_reported_as_converged(form):
+    r = laws.fit(form, D, np.full(D.size, 0.1), n_boot=20)
+    assert not r.converged
+    assert "A is constant" in r.message
+    assert all(np.isnan(v).all() for v in r.intervals.values())
+
+
+def test_wrong_direction_is_flagged_not_converged():
+    # decreasing ReLU-like data cannot be an increasing SiLU power law: c is pushed onto its bound
+    r = laws.fit("power", D, synthetic("logspace_power"), n_boot=0)
+    assert not r.converged
+    assert "at bound" in r.message
+
+
+def test_result_row_and_predict():
+    A = synthetic("power")
+    r = laws.fit("power", D, A, n_boot=50, holdout_frac=0.25)
+    assert r.predict(D) == pytest.approx(A - r.residuals)
+    assert r.holdout["n_test"] == math.ceil(0.25 * D.size)
+    assert r.holdout["D_split"] == pytest.approx(np.sort(D)[D.size - r.holdout["n_test"]])
+    row = r.to_row()
+    for key in ("form", "converged", "mse", "mae", "aic", "bic", "alpha", "alpha_lo", "alpha_hi",
+                "holdout_mse", "holdout_mae", "message", "spec_n_boot", "spec_seed"):
+        assert key in row
+    assert all(not isinstance(v, (dict, list, tuple, np.ndarray)) for v in row.values())
+    pd.DataFrame([row])  # one CSV row
+    k, n = 3, D.size
+    assert r.aic == pytest.approx(n * np.log(np.sum(r.residuals**2) / n) + 2 * (k + 1))
+    assert r.bic - r.aic == pytest.approx((k + 1) * (np.log(n) - 2))
+
+
+# ----------------------------------------------------------------------------- width-depth
+
+
+X_RATIO = np.array([14, 20, 28, 36, 45, 57, 74, 90, 105, 128, 150, 200, 282, 400, 600], dtype=float)
+
+
+def test_piecewise_flat_recovers_breakpoint_and_slope():
+    bp, slope, b0 = 114.0, 5e-4, 0.02  # 0.02 + 5e-4 * 114 = 0.077 above: "hovers around 8%"
+    rng = np.random.default_rng(3)
+    y = b0 + slope * np.minimum(X_RATIO, bp) + rng.normal(0, 0.002, X_RATIO.size)
+    r = laws.fit_piecewise_linear(X_RATIO, y, above="flat")
+    lo, hi = r.breakpoint_interval
+    assert lo <= bp <= hi and hi - lo < 60
+    assert r.slope_below_interval[0] <= slope <= r.slope_below_interval[1]
+    assert r.slope_above == 0.0
+    assert r.profile.rss.min() == pytest.approx(r.rss)
+    assert r.predict(np.array([600.0]))[0] == pytest.approx(r.intercept + r.slope_below * r.breakpoint)
+    assert set(r.to_row()) >= {"breakpoint", "breakpoint_lo", "breakpoint_hi", "slope_below_lo"}
+
+
+def test_piecewise_linear_above_recovers_both_slopes():
+    bp, s1, s2 = 100.0, 6e-4, 5e-5
+    rng = np.random.default_rng(4)
+    x = np.linspace(10, 400, 25)
+    y = 0.02 + s1 * np.minimum(x, bp) + s2 * np.maximum(x - bp, 0) + rng.normal(0, 0.001, x.size)
+    r = laws.fit_piecewise_linear(x, y, above="linear")
+    assert r.breakpoint_interval[0] <= bp <= r.breakpoint_interval[1]
+    assert r.slope_below_interval[0] <= s1 <= r.slope_below_interval[1]
+    assert r.slope_above_interval[0] <= s2 <= r.slope_above_interval[1]
+    with pytest.raises(ValueError, match="needs at least 5 points"):
+        laws.fit_piecewise_linear(x[:4], y[:4], above="linear")
+
+
+def test_best_range_on_a_u_shaped_curve():
+    x = np.array([14, 20, 28, 40, 57, 74, 100, 150, 200, 282, 400, 600], dtype=float)
+    loss = 3.3 + 0.05 * (np.log(x) - np.log(150)) ** 2  # minimum at 150
+    lo, hi = laws.best_range(x, loss, tol=0.02)
+    # within tol where |log(x / 150)| <= sqrt(0.4) = 0.632, i.e. x in [79.7, 282.3]
+    assert (lo, hi) == (100.0, 282.0)
+    assert laws.best_range(x, loss, tol=0.0) == (150.0, 150.0)
+
+
+# ----------------------------------------------------------------------------- scale
+
+
+def test_A0_vs_scale_recovers_a_known_slope():
+    N = np.array([1.08e8, 2.41e8, 4.52e8, 7.60e8, 1.18e9])
+    slope = 0.015
+    rng = np.random.default_rng(5)
+    A0 = 0.06 + slope * np.log10(N / N[0]) + rng.normal(0, 0.001, N.size)
+    r = laws.fit_A0_vs_scale(N, A0)
+    assert r["slope_lo"] <= slope <= r["slope_hi"]
+    assert r["change_fit"] == pytest.approx(r["slope"] * np.log10(N[-1] / N[0]))
+    assert r["change_observed"] == pytest.approx(A0[-1] - A0[0])
+    w = laws.fit_A0_vs_scale(N, A0, A0 - 0.002, A0 + 0.002)
+    assert w["weighted"] and w["slope"] == pytest.approx(r["slope"])  # equal weights: same slope
+
+
+def test_convergence_speed_matches_the_analytic_derivative():
+    A = synthetic("power")
+    r = laws.fit("power", D, A, n_boot=0)
+    N = 1e8
+    D_grid = np.geomspace(0.1, 50, 20)
+    ratio, dA = laws.convergence_speed(r, N, D_grid)
+    alpha, c = r.params["alpha"], r.params["c"]
+    analytic = c * alpha * D_grid ** (-alpha - 1) * N / laws.TOKENS_PER_D  # dA/dD * dD/d(D/N)
+    assert ratio == pytest.approx(D_grid * 1e9 / N)
+    assert dA == pytest.approx(analytic, rel=1e-6)
+
+
+def test_limit_loss_fit():
+    rng = np.random.default_rng(6)
+    E, B, beta = 3.1, 1.2, 0.4
+    loss = laws.loss_power(D, E, B, beta) + rng.normal(0, 0.005, D.size)
+    r = laws.fit_limit_loss(D, loss, n_boot=200)
+    assert r.form == "loss_power" and r.converged, r.message
+    for s, v in {"E": E, "B": B, "beta": beta}.items():
+        assert inside(r, s, v), (s, r.intervals[s])
+
+
+def test_laws_does_not_import_paper():
+    import ast
+    import inspect
+
+    tree = ast.parse(inspect.getsource(laws))
+    names = {a.name for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names}
+    modules = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert "paper" not in names and not any(m and "paper" in m for m in modules)

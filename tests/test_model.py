@@ -1,0 +1,414 @@
+"""Tests for sparsinglaw.model: every check compares against an independent hand-written oracle."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sparsinglaw.model import (
+    ACTIVATIONS,
+    GatedFFN,
+    ModelConfig,
+    Transformer,
+    apply_rotary,
+    flops_per_token,
+    get_activation,
+    num_params_from_config,
+    register_activation,
+    sparse,
+)
+
+TINY = ModelConfig(vocab_size=97, d_model=32, n_layers=2, head_dim=8, d_ff=80, activation="silu",
+                   seq_len=32, dim_model_base=16)
+
+
+def make(cfg: ModelConfig = TINY, seed: int = 0, double: bool = True) -> Transformer:
+    torch.manual_seed(seed)
+    m = Transformer(cfg).eval()
+    return m.double() if double else m
+
+
+def tokens(B: int = 2, T: int = 16, vocab: int = TINY.vocab_size, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab, (B, T), generator=g)
+
+
+def rmsnorm_oracle(x, w, eps):
+    return x / torch.sqrt((x * x).mean(-1, keepdim=True) + eps) * w
+
+
+# ----------------------------------------------------------------------------- shapes, causality, sizes
+
+
+def test_shapes_and_causality():
+    m, idx = make(), tokens()
+    logits, loss = m(idx)
+    assert logits.shape == (2, 16, TINY.vocab_size) and loss is None
+    t = 9
+    idx2 = idx.clone()
+    idx2[:, t:] = (idx2[:, t:] + 1) % TINY.vocab_size
+    logits2, _ = m(idx2)
+    torch.testing.assert_close(logits2[:, :t], logits[:, :t], rtol=0, atol=1e-12)
+    assert (logits2[:, t:] - logits[:, t:]).abs().max() > 1e-3  # the future did change
+    with pytest.raises(ValueError, match="seq_len"):
+        m(tokens(T=TINY.seq_len + 1))
+
+
+def test_num_params_matches_hand_formula():
+    L, d, f, V = TINY.n_layers, TINY.d_model, TINY.d_ff, TINY.vocab_size
+    hand = L * (4 * d * d + 3 * d * f + 2 * d) + d
+    assert hand == 2 * (4096 + 7680 + 64) + 32 == 23712
+    m = make()
+    assert m.num_params() == m.num_params(non_embedding=True) == hand == num_params_from_config(TINY)
+    assert m.num_params(non_embedding=False) == hand + V * d == num_params_from_config(TINY, False)
+    cfg = dataclasses.replace(TINY, d_model=24, d_ff=56, n_layers=3, head_dim=12)
+    assert Transformer(cfg).num_params() == num_params_from_config(cfg)
+
+
+def test_flops_per_token_by_hand():
+    # N_matmul = 2 * (4*32^2 + 3*32*80) = 23552; 6*23552 + 6*32*97 + 12*2*32*32 = 141312 + 18624 + 24576
+    assert flops_per_token(TINY) == 184512.0
+    assert make().flops_per_token() == 184512.0
+    assert make().flops_per_token(seq_len=16) == flops_per_token(TINY, seq_len=16) == 184512.0 - 12288.0
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="must divide"):
+        Transformer(dataclasses.replace(TINY, head_dim=12))
+    assert TINY.n_heads == 4 and TINY.width_mult == 2.0 and TINY.width_depth_ratio == 16.0
+
+
+# ----------------------------------------------------------------------------- activations
+
+
+@pytest.mark.parametrize(
+    "name, oracle",
+    [
+        ("relu", lambda v: max(v, 0.0)),
+        ("silu", lambda v: v / (1.0 + math.exp(-v))),
+        ("gelu", lambda v: 0.5 * v * (1.0 + math.erf(v / math.sqrt(2.0)))),
+        ("gelu_tanh", lambda v: 0.5 * v * (1.0 + math.tanh(math.sqrt(2 / math.pi) * (v + 0.044715 * v**3)))),
+        ("relu2", lambda v: max(v, 0.0) ** 2),
+    ],
+)
+def test_activation_formulas(name, oracle):
+    x = torch.linspace(-4, 4, 41, dtype=torch.float64)
+    want = torch.tensor([oracle(v) for v in x.tolist()], dtype=torch.float64)
+    torch.testing.assert_close(get_activation(name)(x), want, rtol=1e-12, atol=1e-12)
+
+
+def test_gelu_exact_differs_from_tanh():
+    x = torch.tensor([-2.5, -1.3, 0.7], dtype=torch.float64)
+    assert (ACTIVATIONS["gelu"](x) - ACTIVATIONS["gelu_tanh"](x)).abs().max() > 1e-5
+
+
+def test_unknown_activation_names_known_ones():
+    with pytest.raises(ValueError, match="unknown activation 'nope'") as e:
+        Transformer(dataclasses.replace(TINY, activation="nope"))
+    for name in ("relu", "silu", "gelu", "gelu_tanh", "relu2"):
+        assert name in str(e.value)
+
+
+def test_register_activation_is_used_by_the_model():
+    register_activation("test_abs", torch.abs)
+    try:
+        with pytest.raises(ValueError, match="already registered"):
+            register_activation("test_abs", torch.abs)
+        ffn = GatedFFN(dataclasses.replace(TINY, activation="test_abs")).double()
+        x = torch.randn(3, TINY.d_model, dtype=torch.float64)
+        want = ((x @ ffn.w_gate.weight.T).abs() * (x @ ffn.w_up.weight.T)) @ ffn.w_down.weight.T
+        torch.testing.assert_close(ffn(x), want)
+    finally:
+        ACTIVATIONS.pop("test_abs")
+
+
+# ----------------------------------------------------------------------------- hook point
+
+
+def test_hooked_h_equals_hand_computation():
+    m, idx = make(), tokens()
+    blk = m.blocks[1]
+    seen = {}
+    blk.norm2.register_forward_pre_hook(lambda mod, args: seen.__setitem__("pre_norm", args[0]))
+    blk.ffn.register_forward_pre_hook(lambda mod, args: seen.__setitem__("x", args[0]))
+    m.get_submodule("blocks.1.ffn.h").register_forward_hook(lambda mod, a, out: seen.__setitem__("h", out))
+    m(idx)
+    x = rmsnorm_oracle(seen["pre_norm"], blk.norm2.weight, TINY.norm_eps)
+    torch.testing.assert_close(seen["x"], x)  # the FFN input is the RMS-normed residual stream
+    want = F.silu(x @ blk.ffn.w_gate.weight.T) * (x @ blk.ffn.w_up.weight.T)  # Eq. 1-2
+    torch.testing.assert_close(seen["h"], want)
+    assert m.hook_names() == ["blocks.0.ffn.h", "blocks.1.ffn.h"]
+    assert [f is b.ffn for f, b in zip(m.ffns(), m.blocks, strict=True)] == [True, True]
+
+
+def test_hook_returning_zeros_zeroes_the_ffn():
+    m, idx = make(), tokens()
+    out = {}
+    m.blocks[0].ffn.h.register_forward_hook(lambda mod, a, h: torch.zeros_like(h))
+    m.blocks[0].ffn.register_forward_hook(lambda mod, a, y: out.__setitem__("y", y))
+    logits, _ = m(idx)
+    assert out["y"].abs().max() == 0
+    ref = make()  # same seed, same weights, no hooks; its first FFN silenced by a zero W_down
+    ref.blocks[0].ffn.w_down.weight.data.zero_()
+    torch.testing.assert_close(logits, ref(idx)[0], rtol=0, atol=0)
+    assert (logits - make()(idx)[0]).abs().max() > 1e-3
+
+
+# ----------------------------------------------------------------------------- sparsity controls
+
+
+def threshold_oracle(ffn: GatedFFN, x: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Loop over neurons: keep h_i * W_down[:, i] when |h_i| * ||W_down[:, i]|| >= tau."""
+    Wg, Wu, Wd = ffn.w_gate.weight, ffn.w_up.weight, ffn.w_down.weight
+    h = ffn.act(x @ Wg.T) * (x @ Wu.T)
+    y = torch.zeros(*x.shape[:-1], Wd.shape[0], dtype=x.dtype)
+    active = torch.zeros_like(h, dtype=torch.bool)
+    for i in range(Wd.shape[1]):
+        col = Wd[:, i]
+        col_norm = math.sqrt(sum(v * v for v in col.tolist()))
+        keep = h[..., i].abs() * col_norm >= tau
+        active[..., i] = keep
+        y += torch.where(keep, h[..., i], 0.0)[..., None] * col
+    return y, active
+
+
+def test_down_col_norms():
+    ffn = make().blocks[0].ffn
+    W = ffn.w_down.weight
+    want = torch.tensor([math.sqrt(sum(v * v for v in W[:, i].tolist())) for i in range(W.shape[1])],
+                        dtype=W.dtype)
+    assert W.shape == (TINY.d_model, TINY.d_ff)
+    torch.testing.assert_close(ffn.down_col_norms(), want)
+
+
+def test_threshold_intermediate_matches_neuron_loop():
+    ffn = make().blocks[0].ffn
+    x = torch.randn(4, 5, TINY.d_model, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        h = ffn.act(ffn.w_gate(x)) * ffn.w_up(x)
+        n = (h.abs() * ffn.down_col_norms()).flatten().sort().values
+    mid = n.numel() // 2
+    tau = float(n[mid - 1] + n[mid]) / 2  # between two neuron norms, away from rounding ties
+    want, active = threshold_oracle(ffn, x, tau)
+    assert 0.3 < active.double().mean() < 0.7  # the threshold really splits the neurons
+    ffn.threshold = torch.tensor(tau, dtype=torch.float64)
+    torch.testing.assert_close(ffn(x), want)
+    ffn.threshold = None
+    assert (ffn(x) - want).abs().max() > 1e-4
+
+
+def test_threshold_boundary_keeps_equal_norm():
+    ffn = make().blocks[0].ffn
+    x = torch.randn(3, TINY.d_model, dtype=torch.float64, generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        h = ffn.act(ffn.w_gate(x)) * ffn.w_up(x)
+        n = h.abs() * ffn.down_col_norms()
+    t, i = divmod(int(n.argmax()), TINY.d_ff)
+    ffn.threshold = n.max().detach().clone()  # tau = the largest norm: only that neuron stays (n_i >= tau)
+    want = torch.zeros(3, TINY.d_model, dtype=torch.float64)
+    want[t] = h[t, i] * ffn.w_down.weight[:, i]
+    torch.testing.assert_close(ffn(x), want, rtol=1e-12, atol=1e-15)
+
+
+def test_threshold_zero_is_bit_identical_and_huge_is_no_ffn():
+    m, idx = make(double=False), tokens()
+    dense, _ = m(idx)
+    for f in m.ffns():
+        f.threshold = torch.tensor(0.0)
+    assert torch.equal(m(idx)[0], dense)
+    m.set_thresholds([1e30, 1e30])
+    ref = copy.deepcopy(m)
+    ref.set_thresholds(None)
+    for f in ref.ffns():
+        f.w_down.weight.data.zero_()
+    torch.testing.assert_close(m(idx)[0], ref(idx)[0], rtol=0, atol=0)
+    assert (m(idx)[0] - dense).abs().max() > 1e-3
+    m.set_thresholds([0.0, -1.0])
+    assert [f.threshold for f in m.ffns()] == [None, None]
+
+
+def test_model_thresholds_match_hook_oracle():
+    m, idx = make(), tokens()
+    taus = [0.02, 0.05]
+    m.set_thresholds(taus)
+    sparse_logits, _ = m(idx)
+    ref = make()  # same seed, same weights; zero inactive neurons from a hook instead
+    counts = []
+    for ffn, tau in zip(ref.ffns(), taus, strict=True):
+        col = torch.sqrt((ffn.w_down.weight**2).sum(0))
+
+        def zero_inactive(mod, args, h, col=col, tau=tau):
+            keep = h.abs() * col >= tau
+            counts.append(keep.double().mean().item())
+            return h * keep
+
+        ffn.h.register_forward_hook(zero_inactive)
+    torch.testing.assert_close(sparse_logits, ref(idx)[0])
+    assert all(0.05 < c < 0.95 for c in counts), counts  # both layers genuinely sparse
+
+
+def test_masks_match_zeroed_columns():
+    m, idx = make(), tokens()
+    g = torch.Generator().manual_seed(5)
+    masks = [torch.rand(TINY.d_ff, generator=g) < 0.5, None]
+    m.set_masks(masks)
+    ref = make()
+    ref.blocks[0].ffn.w_down.weight.data[:, ~masks[0]] = 0
+    torch.testing.assert_close(m(idx)[0], ref(idx)[0])
+    with pytest.raises(ValueError, match="expected shape"):
+        m.set_masks([torch.ones(3), None])
+    with pytest.raises(ValueError, match="one per layer"):
+        m.set_thresholds([0.1])
+
+
+def test_sparse_context_restores_previous_state():
+    m, idx = make(), tokens()
+    m.set_thresholds([0.01, 0.0])
+    before, _ = m(idx)
+    mask = torch.zeros(TINY.d_ff, dtype=torch.bool)
+    with sparse(m, taus=[0.05, 0.05], masks=[None, mask]):
+        assert float(m.blocks[1].ffn.threshold) == 0.05 and m.blocks[1].ffn.mask is mask
+        inside, _ = m(idx)
+    assert (inside - before).abs().max() > 1e-3
+    assert float(m.blocks[0].ffn.threshold) == 0.01 and m.blocks[1].ffn.threshold is None
+    assert all(f.mask is None for f in m.ffns())
+    assert torch.equal(m(idx)[0], before)
+    with pytest.raises(RuntimeError), sparse(m):  # restored on error too; sparse(m) = dense inside
+        assert all(f.threshold is None for f in m.ffns())
+        raise RuntimeError
+    assert float(m.blocks[0].ffn.threshold) == 0.01
+    assert "blocks.0.ffn.threshold" not in m.state_dict()
+
+
+# ----------------------------------------------------------------------------- attention and rotary
+
+
+def rotation_matrix(pos: int, head_dim: int, theta: float) -> torch.Tensor:
+    """Half-split RoPE as an explicit matrix: pair (j, j + hd/2) rotated by pos * theta^(-2j/hd)."""
+    R, half = torch.zeros(head_dim, head_dim, dtype=torch.float64), head_dim // 2
+    for j in range(half):
+        a = pos * theta ** (-2 * j / head_dim)
+        R[j, j], R[j, j + half], R[j + half, j], R[j + half, j + half] = (
+            math.cos(a), -math.sin(a), math.sin(a), math.cos(a))
+    return R
+
+
+def test_attention_matches_slow_oracle():
+    m = make()
+    attn, B, T, d, hd = m.blocks[0].attn, 2, 7, TINY.d_model, TINY.head_dim
+    x = torch.randn(B, T, d, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    cos, sin = m.rotary(T)
+    got = attn(x, cos, sin)
+    Wq, Wk, Wv = attn.qkv.weight.split(d, 0)
+    y = torch.zeros(B, T, d, dtype=torch.float64)
+    for b in range(B):
+        for h in range(TINY.n_heads):
+            sl = slice(h * hd, (h + 1) * hd)
+            q = [rotation_matrix(t, hd, TINY.rope_theta) @ (Wq[sl] @ x[b, t]) for t in range(T)]
+            k = [rotation_matrix(t, hd, TINY.rope_theta) @ (Wk[sl] @ x[b, t]) for t in range(T)]
+            for t in range(T):
+                scores = torch.stack([q[t] @ k[s] / math.sqrt(hd) for s in range(t + 1)])
+                p = torch.exp(scores - scores.max())
+                p = p / p.sum()
+                y[b, t, sl] = sum(p[s] * (Wv[sl] @ x[b, s]) for s in range(t + 1))
+    torch.testing.assert_close(got, y @ attn.proj.weight.T)
+
+
+def test_rotary_is_relative():
+    m = make()
+    cos, sin = m.rotary(TINY.seq_len)
+    g = torch.Generator().manual_seed(6)
+    q, k = torch.randn(TINY.head_dim, generator=g).double(), torch.randn(TINY.head_dim, generator=g).double()
+
+    def dot(mpos, npos):
+        return float(apply_rotary(q, cos[mpos], sin[mpos]) @ apply_rotary(k, cos[npos], sin[npos]))
+
+    assert dot(5, 2) == pytest.approx(dot(20, 17), rel=1e-5, abs=1e-6)
+    assert dot(3, 3) == pytest.approx(dot(0, 0), rel=1e-5) == pytest.approx(float(q @ k), rel=1e-5)
+    assert abs(dot(5, 2) - dot(5, 4)) > 1e-3
+
+
+# ----------------------------------------------------------------------------- muP knobs
+
+
+def test_full_forward_matches_hand_composition():
+    m, idx = make(), tokens()
+    rs = TINY.scale_depth / math.sqrt(TINY.n_layers)
+    assert m.blocks[0].res_scale == pytest.approx(1.4 / math.sqrt(2))
+    cos, sin = m.rotary(idx.size(1))
+    x = m.embed.weight[idx] * 12.0
+    for b in m.blocks:
+        x = x + rs * b.attn(rmsnorm_oracle(x, b.norm1.weight, 1e-5), cos, sin)
+        x = x + rs * b.ffn(rmsnorm_oracle(x, b.norm2.weight, 1e-5))
+    logits = (rmsnorm_oracle(x, m.norm.weight, 1e-5) / (32 / 16)) @ m.embed.weight.T
+    torch.testing.assert_close(m(idx)[0], logits)
+
+
+def test_logits_scale_with_inverse_width_mult():
+    a = make()
+    b = Transformer(dataclasses.replace(TINY, dim_model_base=64)).double().eval()
+    b.load_state_dict(a.state_dict())
+    idx = tokens()
+    # width_mult 2.0 vs 0.5: same hidden state, logits differ by the factor 2.0 / 0.5 = 4
+    torch.testing.assert_close(b(idx)[0], 4.0 * a(idx)[0])
+
+
+def test_param_groups_mup():
+    m = make()
+    groups = m.param_groups(lr=0.01, weight_decay=0.1)
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert len(ids) == len(set(ids)) and set(ids) == {id(p) for p in m.parameters()}
+    by = {g["name"]: g for g in groups}
+    assert (by["matrix"]["lr"], by["matrix"]["weight_decay"]) == (0.01 / 2.0, 0.1)
+    assert (by["embedding"]["lr"], by["embedding"]["weight_decay"]) == (0.01, 0.1)
+    assert (by["norm"]["lr"], by["norm"]["weight_decay"]) == (0.01, 0.0)
+    assert all(g["base_lr"] == g["lr"] for g in groups)
+    assert all(p.ndim == 2 for p in by["matrix"]["params"]) and len(by["matrix"]["params"]) == 2 * 5
+    assert len(by["norm"]["params"]) == 2 * 2 + 1 and by["embedding"]["params"] == [m.embed.weight]
+    opt = torch.optim.AdamW(groups)
+    assert [g["lr"] for g in opt.param_groups] == [g["lr"] for g in groups]
+
+
+# ----------------------------------------------------------------------------- loss and init
+
+
+def test_loss_reductions_and_ignore_index():
+    m, idx = make(), tokens()
+    targets = tokens(seed=2)
+    targets[0, :5] = -1
+    logits, mean = m(idx, targets)
+    _, per = m(idx, targets, reduction="none")
+    assert per.shape == targets.shape and per.dtype == torch.float64
+    keep = targets != -1
+    assert torch.all(per[~keep] == 0)
+    logp = torch.log_softmax(logits, -1)
+    nll = -logp.gather(-1, targets.clamp(min=0)[..., None])[..., 0]
+    torch.testing.assert_close(per[keep], nll[keep])
+    torch.testing.assert_close(mean, per[keep].mean())
+    torch.testing.assert_close(m(idx, targets, reduction="sum")[1], per.sum())
+
+
+def test_loss_float32_under_autocast():
+    m, idx = make(double=False), tokens()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, loss = m(idx, tokens(seed=2))
+    assert logits.dtype == torch.bfloat16 and loss.dtype == torch.float32
+    assert loss.item() == pytest.approx(m(idx, tokens(seed=2))[1].item(), rel=0.05)
+
+
+def test_init_is_seeded_with_mup_stds():
+    a, b, c = make(seed=0, double=False), make(seed=0, double=False), make(seed=1, double=False)
+    sa, sb, sc = a.state_dict(), b.state_dict(), c.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not torch.equal(sa["embed.weight"], sc["embed.weight"])
+    cfg = dataclasses.replace(TINY, vocab_size=512, d_model=64, d_ff=160, dim_model_base=256)
+    m = make(cfg, double=False)
+    assert m.embed.weight.std().item() == pytest.approx(0.1, rel=0.03)
+    w = torch.cat([p.flatten() for n, p in m.named_parameters() if n.startswith("blocks.") and p.ndim == 2])
+    assert w.std().item() == pytest.approx(0.1 / math.sqrt(64 / 256), rel=0.03)
+    assert all(torch.equal(p, torch.ones_like(p)) for n, p in m.named_parameters() if "norm" in n)

@@ -1,0 +1,61 @@
+"""paper.py: the published numbers are transcribed consistently and each carries the citation."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from sparsinglaw import paper
+
+
+def test_table3_ratio_and_shapes():
+    t = paper.table3()
+    assert list(t.scale) == ["0.1B", "0.2B", "0.4B", "0.8B", "1.2B"]
+    # w/d = d_h / L to the published one-decimal rounding
+    assert np.allclose(t.width_depth, (t.d_h / t.L).round(1))
+    assert (t.d_f == 2.5 * t.d_h).all()  # PAPER.md: d_f = 2.5 d_h
+    # non-embedding parameters ~ L * (4 d_h^2 attention + 3 d_h d_f gated FFN), within 1%
+    assert np.allclose(t.n_nonemb, t.L * (4 * t.d_h**2 + 3 * t.d_h * t.d_f), rtol=0.01)
+
+
+def test_table2_rows():
+    t = paper.table2()
+    assert len(t) == 11
+    assert len(paper.table2("v1")) == 10
+    main = t[t.version == "v1"]
+    assert sorted(main.activation.value_counts().items()) == [("relu", 5), ("silu", 5)]
+    v4 = t[t.version == "v4"]
+    assert v4[["activation", "scale", "alpha", "b", "c", "A0"]].values.tolist() == [
+        ["relu", "2.4B", 1.53, -3.46, 1.56e-4, 0.0648]]
+    assert t[t.activation == "silu"].b.isna().all()  # Eq. 5 has no b
+    assert t[t.activation == "relu"].b.notna().all()
+    assert ((t.A0 > 0) & (t.A0 < 1)).all() and (t.alpha > 0).all() and (t.c > 0).all()
+    assert t.loc[(t.activation == "relu") & (t.scale == "1.2B"), "c"].item() == pytest.approx(0.000903)
+
+
+def test_scalar_constants():
+    assert paper.WIDTH_DEPTH["bottleneck"] == 114.0
+    assert paper.WIDTH_DEPTH["best_range"] == (74.0, 282.0)
+    assert paper.WIDTH_DEPTH["limit_activation_ratio_above"] == 0.08
+    assert paper.A0_SCALE_CHANGE["relu_points"] == 1.7 and paper.A0_SCALE_CHANGE["silu_points"] == -2.7
+    t1 = paper.table1_averages().set_index("setting")
+    assert t1.loc["PPL-1%"].tolist() == [-0.16, -0.30]
+    assert t1.loc["PPL-10%"].tolist() == [-0.45, -3.64]
+
+
+def test_every_constant_carries_the_citation():
+    assert "2411.02335" in paper.CITATION
+    constants = {n: v for n, v in vars(paper).items() if n.isupper() and n != "CITATION"}
+    assert {"TABLE2", "TABLE3", "TABLE1_AVERAGES", "WIDTH_DEPTH", "A0_SCALE_CHANGE"} <= set(constants)
+    for name, v in constants.items():
+        if isinstance(v, pd.DataFrame):
+            assert v.attrs["citation"] == paper.CITATION and v.attrs["source"], name
+        else:
+            assert v["citation"] == paper.CITATION and v["source"], name
+    for df in (paper.table2(), paper.table2("v1"), paper.table3(), paper.table1_averages()):
+        assert df.attrs["citation"] == paper.CITATION
+
+
+def test_accessors_return_copies():
+    t = paper.table3()
+    t.loc[0, "d_h"] = -1
+    assert paper.table3().d_h[0] == 768
