@@ -20,7 +20,7 @@ def _cli(*args, debug=False):
 @pytest.mark.parametrize("args,expect", [
     (["train", "--profile", "nope"], "known profiles"),
     (["train", "--profile", "smoke", "--set", "train.lr=-1"], "train.lr"),
-    (["train", "--profile", "smoke", "--set", "model.activation=tanhh"], "activation"),
+    (["train", "--profile", "smoke", "--set", "runs.relu-s1.model.activation=tanhh"], "runs[0].model.activation"),
     (["train", "--profile", "smoke", "--run", "nope"], "no run named"),
     (["train", "--profile", "smoke", "-j", "-3"], "--jobs"),
     (["train", "--profile", "smoke", "--set", "lr"], "KEY=VALUE"),

@@ -63,7 +63,7 @@ def _dispatch(args) -> int:
         if args.jobs is not None and args.jobs < 0:
             raise ConfigError(f"-j/--jobs: expected a number of processes >= 0, got {args.jobs}")
         states = train_profile(profile, names=args.run, jobs=args.jobs, runs_dir=args.runs_dir,
-                               progress=not args.no_progress, overrides=args.overrides)
+                               progress=not args.no_progress)
         print(f"{sum(s.status == 'done' for s in states)}/{len(states)} runs done")
         return 0
     if args.command == "runs":

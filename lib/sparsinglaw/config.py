@@ -115,6 +115,7 @@ class ProfileConfig:
     sparsity: dict = field(default_factory=dict)  # measurement settings (validated by sparsity.py)
     fit: dict = field(default_factory=dict)  # law-fit settings (validated by laws.py)
     path: str = ""  # the YAML file it was loaded from
+    overrides: list[str] = field(default_factory=list)  # --set overrides applied on top of the file
 
     def run(self, name: str) -> RunConfig:
         for r in self.runs:
@@ -412,5 +413,8 @@ def load_profile(profile: str | Path, configs_dir: Path | None = None, overrides
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not UTF-8 text; save the profile as UTF-8 YAML") from None
-    raw = apply_overrides(raw if isinstance(raw, dict) else raw, overrides or [])
-    return parse_profile(raw, str(path), path.stem)
+    if isinstance(raw, dict):
+        raw = apply_overrides(raw, overrides or [])
+    profile = parse_profile(raw, str(path), path.stem)
+    profile.overrides = list(overrides or [])
+    return profile

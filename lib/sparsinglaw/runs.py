@@ -191,8 +191,7 @@ def _train_one(profile_path: str, overrides: list[str], name: str, runs_dir: str
 
 
 def train_profile(profile: ProfileConfig, names: list[str] | None = None, jobs: int | None = None,
-                  runs_dir: str | Path | None = None, progress: bool = True, overrides: list[str] | None = None
-                  ) -> list[RunState]:
+                  runs_dir: str | Path | None = None, progress: bool = True) -> list[RunState]:
     """Train every run of `profile` (or those named) that is not finished; finished runs are skipped.
 
     Independent runs go to `jobs` parallel processes (default compute.jobs, 0 = one per core), each
@@ -210,7 +209,7 @@ def train_profile(profile: ProfileConfig, names: list[str] | None = None, jobs: 
         todo.sort(key=lambda r: -r.train.tokens * r.model.d_model * r.model.n_layers)
         jobs = jobs or profile.compute.jobs or os.cpu_count() or 1
         jobs = max(1, min(jobs, len(todo)))
-        args = (profile.path, overrides or [])
+        args = (profile.path, profile.overrides)  # workers reload the same profile
         rd = str(runs_dir) if runs_dir is not None else None
         if jobs == 1:
             for r in todo:

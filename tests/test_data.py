@@ -1,0 +1,399 @@
+"""data.py: corpus determinism, split and cap, prose tagging, tokenizer, cache, user corpora, batches.
+
+Everything is tiny: user corpora are a few KB written into tmp_path; one module-scoped build of the
+real python-env corpus is capped at 1 MB of the standard library.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sparsinglaw import data
+from sparsinglaw.config import DataConfig, SparsingLawError
+from sparsinglaw.data import (
+    CorpusError,
+    Document,
+    corpus_documents,
+    eval_batches,
+    get_batch,
+    prepare,
+    python_segments,
+    segment_documents,
+    token_dtype,
+)
+
+PY_SOURCE = '''"""Module docstring: explains the module."""
+import os  # why os is imported
+
+# a full-line comment
+CONST = "a string that is not a docstring"
+
+
+class Greeter:
+    """Class docstring."""
+
+    def greet(self, name):
+        """Say hello
+        over two lines."""
+        msg = f"hello {name}"  # trailing comment
+        "a stand-alone string statement"
+        return msg.upper()
+'''
+
+UNICODE = "naïve café — 日本語のテキスト 🙂 Ελληνικά\n\ttabs\r\nand CRLF, <|endoftext|> as text\n"
+
+
+def prose_words(i: int) -> str:
+    """A few hundred bytes of varied English-like text (enough merges for small vocabularies)."""
+    words = ["the", "model", "sparsity", "activation", "ratio", "grows", "with", "data", "and", "width",
+             "depth", "neurons", "fire", "rarely", "law", "power", "loss", "tokens", "train", "layer"]
+    rng = np.random.default_rng(i)
+    lines = [" ".join(rng.choice(words, size=12)) + "." for _ in range(6)]
+    return f"Document {i}.\n" + "\n".join(lines) + "\n"
+
+
+def make_folder(root: Path, n: int = 30) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        sub = root / ("sub" if i % 3 == 0 else ".") / f"doc{i:03d}.txt"
+        sub.parent.mkdir(exist_ok=True)
+        sub.write_text(prose_words(i), encoding="utf-8")
+    return root
+
+
+def user_cfg(corpus: Path, **kw) -> DataConfig:
+    return DataConfig(**{"corpus": str(corpus), "vocab_size": 300, "max_mb": 1.0, "val_fraction": 0.1, **kw})
+
+
+def assert_corpus_error(cfg: DataConfig, *needles: str, tmp: Path | None = None) -> str:
+    with pytest.raises(CorpusError) as ei:
+        if tmp is None:
+            corpus_documents(cfg)
+        else:
+            prepare(cfg, tmp, progress=False)
+    msg = str(ei.value)
+    for n in needles:
+        assert n in msg, (n, msg)
+    assert isinstance(ei.value, SparsingLawError)
+    return msg
+
+
+# -----------------------------------------------------------------------------------------------
+# prose tagging
+
+
+def test_python_segments_concatenate_and_tag_prose():
+    segs = python_segments(PY_SOURCE)
+    assert "".join(t for t, _ in segs) == PY_SOURCE
+    prose = [t for t, d in segs if d == "prose"]
+    code = "".join(t for t, d in segs if d == "code")
+    wanted = ['"""Module docstring: explains the module."""', "# why os is imported", "# a full-line comment",
+              '"""Class docstring."""', '"""Say hello\n        over two lines."""', "# trailing comment",
+              '"a stand-alone string statement"']
+    for want in wanted:
+        assert want in prose, want
+    for want in ("import os", "class Greeter:", "def greet(self, name):", 'CONST = "a string that is not',
+                 'msg = f"hello {name}"', "return msg.upper()"):
+        assert want in code, want
+    assert all(d in ("code", "prose") for _, d in segs)
+
+
+def test_python_segments_unparseable_and_unicode():
+    bad = "def f(:\n    x = '''never closed\n"
+    assert python_segments(bad) == [(bad, "code")]
+    src = "# héllo 🙂\r\nx = 'ü'  # ça\r\n"
+    segs = python_segments(src)
+    assert "".join(t for t, _ in segs) == src
+    assert [t for t, d in segs if d == "prose"] == ["# héllo 🙂", "# ça"]
+
+
+def test_segment_documents_parallel_equals_serial(monkeypatch):
+    docs = [Document(f"m{i}.py", "train", PY_SOURCE * (i + 1), "code", True) for i in range(4)]
+    docs.append(Document("notes.txt", "train", "plain prose\n", "prose"))
+    serial = segment_documents(docs, workers=1)
+    monkeypatch.setattr(data, "PARALLEL_SEGMENT_BYTES", 0)
+    assert segment_documents(docs, workers=2) == serial
+    assert serial[-1] == [("plain prose\n", "prose")]
+
+
+# -----------------------------------------------------------------------------------------------
+# the python-env corpus (real standard library, capped)
+
+
+@pytest.fixture(scope="module")
+def env_cfg() -> DataConfig:
+    return DataConfig(packages=["stdlib"], max_mb=1.0, vocab_size=1024, tokenizer_mb=1.0, val_fraction=0.05)
+
+
+@pytest.fixture(scope="module")
+def env_tokens(env_cfg, tmp_path_factory) -> data.TokenData:
+    return prepare(env_cfg, tmp_path_factory.mktemp("envcache"), progress=False)
+
+
+def test_python_env_documents_deterministic_split_and_capped(env_cfg):
+    docs, fp = corpus_documents(env_cfg)
+    docs2, fp2 = corpus_documents(env_cfg)
+    assert fp == fp2 and [d.name for d in docs] == [d.name for d in docs2]
+    assert set(fp) == {"source", "files", "bytes", "sha256"} and fp["source"].startswith("python-env")
+    assert 0.9 * data.MB < fp["bytes"] <= env_cfg.max_mb * data.MB  # the cap, nearly filled
+    assert fp["files"] == len(docs) and sum(len(d.text.encode()) for d in docs) == fp["bytes"]
+    names = [d.name for d in docs]
+    assert len(set(names)) == len(names) and all(n.startswith("stdlib/") for n in names)
+    assert not any(n.startswith("stdlib/test/") or "site-packages" in n or "/" == n[0] for n in names)
+    assert all(d.name.endswith((".py", ".txt", ".rst", ".md")) for d in docs)
+    train = {d.name for d in docs if d.split == "train"}
+    val = {d.name for d in docs if d.split == "val"}
+    assert train and val and not train & val
+    # another seed gives another order, hence another fingerprint
+    other = DataConfig(**{**env_cfg.__dict__, "seed": 1})
+    assert corpus_documents(other)[1]["sha256"] != fp["sha256"]
+
+
+def test_unknown_package_names_the_field():
+    cfg = DataConfig(packages=["stdlib", "no_such_pkg_xyz"])
+    assert_corpus_error(cfg, "data.packages", "no_such_pkg_xyz", "install it")
+
+
+def test_env_tokens_dtype_vocab_and_meta(env_tokens, env_cfg):
+    td = env_tokens
+    assert td.train.dtype == np.uint16 and td.val.dtype == np.uint16
+    assert td.train_domain.dtype == np.uint8 and len(td.train_domain) == len(td.train)
+    assert len(td.val_domain) == len(td.val) and len(td.val) > 0
+    assert td.tokenizer().get_vocab_size() == env_cfg.vocab_size == td.vocab_size
+    assert int(td.train.max()) < td.vocab_size and td.eot == td.tokenizer().token_to_id("<|endoftext|>")
+    assert td.domains == ["code", "prose"]
+    meta = td.meta()
+    assert meta["fingerprint"] == td.fingerprint == corpus_documents(env_cfg)[1]
+    assert meta["tokens"] == {"train": len(td.train), "val": len(td.val)}
+    assert sum(meta["domain_tokens"]["train"].values()) == len(td.train)
+    assert meta["domain_tokens"]["train"]["prose"] > 0.1 * len(td.train)  # docstrings + comments
+    assert "timings" not in meta
+    assert td.root.name == f"{td.fingerprint['sha256'][:12]}-v{env_cfg.vocab_size}"
+
+
+def test_token_dtype_helper():
+    assert token_dtype(300) is np.uint16 and token_dtype(65536) is np.uint16
+    assert token_dtype(65537) is np.uint32 and token_dtype(200_000) is np.uint32
+
+
+def test_tokenizer_round_trip(env_tokens):
+    tok = env_tokens.tokenizer()
+    for text in (PY_SOURCE, prose_words(7), UNICODE, "    x = {'a': [1, 2.5e-3]}\n\n\n", ""):
+        ids = tok.encode(text).ids
+        assert tok.decode(ids) == text
+    assert env_tokens.eot not in tok.encode("<|endoftext|>").ids  # literal text is not the separator
+
+
+def test_domain_arrays_align_with_tokens(env_tokens, env_cfg):
+    """The first training document, decoded whole and by its prose-tagged tokens."""
+    td, tok = env_tokens, env_tokens.tokenizer()
+    docs, _ = corpus_documents(env_cfg)
+    py_first = [d for d in docs if d.split == "train"]
+    ids = np.asarray(td.train)
+    ends = np.flatnonzero(ids == td.eot)
+    assert len(ends) == len(py_first)  # one separator after every document
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    prose_id = td.domains.index("prose")
+    checked = 0
+    for doc, s, e in zip(py_first, starts, ends, strict=True):
+        if not doc.python or "#" not in doc.text:
+            continue
+        doc_ids, dom = ids[s:e], np.asarray(td.train_domain[s:e])
+        assert tok.decode(doc_ids.tolist()) == doc.text
+        prose = "".join(t for t, d in doc.segments if d == "prose")
+        assert tok.decode(doc_ids[dom == prose_id].tolist()) == prose
+        assert "#" in prose
+        checked += 1
+        if checked == 3:
+            break
+    assert checked == 3
+
+
+def test_two_builds_identical(tmp_path):
+    cfg = DataConfig(packages=["stdlib"], max_mb=0.25, vocab_size=400, tokenizer_mb=0.25, seed=3)
+    a, b = prepare(cfg, tmp_path / "a", progress=False), prepare(cfg, tmp_path / "b", progress=False)
+    assert a.fingerprint == b.fingerprint and a.root.name == b.root.name
+    for f in data.CACHE_FILES:
+        assert (a.root / f).read_bytes() == (b.root / f).read_bytes(), f
+
+
+# -----------------------------------------------------------------------------------------------
+# cache
+
+
+def test_cache_reused_without_retokenizing(tmp_path, monkeypatch):
+    cfg = user_cfg(make_folder(tmp_path / "corpus"))
+    td = prepare(cfg, tmp_path / "cache", progress=False)
+    mtimes = {f: (td.root / f).stat().st_mtime_ns for f in (*data.CACHE_FILES, "meta.json")}
+
+    def boom(*a, **k):
+        raise AssertionError("retokenized a complete cache")
+
+    monkeypatch.setattr(data, "train_tokenizer", boom)
+    td2 = prepare(cfg, tmp_path / "cache", progress=False)
+    assert td2.root == td.root and np.array_equal(td2.train, td.train)
+    assert mtimes == {f: (td.root / f).stat().st_mtime_ns for f in mtimes}
+    # a different tokenizer budget is a different build: rebuilt in place
+    monkeypatch.undo()
+    cfg.tokenizer_mb = 0.001
+    td3 = prepare(cfg, tmp_path / "cache", progress=False)
+    assert td3.root == td.root and json.loads((td.root / "meta.json").read_text())["tokenizer_mb"] == 0.001
+
+
+def test_concurrent_prepare_builds_once(tmp_path, monkeypatch):
+    cfg = user_cfg(make_folder(tmp_path / "corpus"))
+    calls, real = [], data._build
+
+    def counting(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(data, "_build", counting)
+    out = []
+    threads = [threading.Thread(target=lambda: out.append(prepare(cfg, tmp_path / "c", progress=False)))
+               for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(out) == 2 and len(calls) == 1 and out[0].root == out[1].root
+
+
+# -----------------------------------------------------------------------------------------------
+# user corpora
+
+
+def test_folder_corpus_split_by_file_and_cap(tmp_path):
+    root = make_folder(tmp_path / "corpus", n=40)
+    (root / ".hidden").write_text("skip me")
+    docs, fp = corpus_documents(user_cfg(root, val_fraction=0.2))
+    names = [d.name for d in docs]
+    assert fp["files"] == 40 and len(set(names)) == 40 and ".hidden" not in names
+    assert "sub/doc000.txt" in names  # portable relative names
+    val = [d for d in docs if d.split == "val"]
+    assert 1 <= len(val) < 20
+    per_file = sum(len(d.text.encode()) for d in docs) / 40
+    docs_c, fp_c = corpus_documents(user_cfg(root, max_mb=10 * per_file / data.MB))
+    assert fp_c["bytes"] <= 10 * per_file and 5 <= fp_c["files"] <= 10
+    assert [d.name for d in docs_c] == [n for n in names if n in {d.name for d in docs_c}]  # same order
+
+
+def test_tiny_corpora_get_a_validation_split(tmp_path):
+    root = make_folder(tmp_path / "three", n=3)
+    docs, _ = corpus_documents(user_cfg(root, val_fraction=0.01))
+    assert sorted(d.split for d in docs) == ["train", "train", "val"]
+    one = tmp_path / "book.txt"
+    one.write_text("".join(prose_words(i) for i in range(10)))
+    docs, fp = corpus_documents(user_cfg(one, val_fraction=0.1))
+    assert [d.split for d in docs] == ["train", "val"] and fp["files"] == 1
+    assert docs[0].text + docs[1].text == one.read_text() and docs[0].text.endswith("\n")
+    assert 0.05 < len(docs[1].text) / len(one.read_text()) < 0.2
+    (tmp_path / "line.txt").write_text("just one line\n")
+    assert_corpus_error(user_cfg(tmp_path / "line.txt"), "line.txt", "too small", "add text")
+
+
+def test_each_user_format_loads(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    texts = [prose_words(i) for i in range(12)]
+    txt = tmp_path / "one.txt"
+    txt.write_text("".join(texts))
+    jsonl = tmp_path / "c.jsonl"
+    jsonl.write_text("\n".join(json.dumps({"text": t, "domain": "ab"[i % 2], "id": i})
+                               for i, t in enumerate(texts)) + "\n\n")
+    parquet = tmp_path / "c.parquet"
+    pq.write_table(pa.table({"body": texts, "n": list(range(12))}), parquet)
+    folder = make_folder(tmp_path / "f", n=12)
+    for corpus, kw, n_docs, domains in ((txt, {}, 2, ["text"]), (jsonl, {}, 12, ["a", "b"]),
+                                        (parquet, {"text_field": "body"}, 12, ["text"]),
+                                        (folder, {}, 12, ["text"])):
+        cfg = user_cfg(corpus, **kw)
+        docs, fp = corpus_documents(cfg)
+        assert len(docs) == n_docs and fp["source"] == f"corpus: {corpus}"
+        td = prepare(cfg, tmp_path / "cache", progress=False)
+        assert td.domains == domains and len(td.val) > 0 and len(td.train) > len(td.val)
+        assert td.tokenizer().decode(np.asarray(td.val).tolist()).strip()
+        if corpus == jsonl:  # domain ids follow the records' 'domain' values
+            doms = np.asarray(td.train_domain)
+            assert set(np.unique(doms)) == {0, 1}
+
+
+def test_user_corpus_errors_name_file_and_fix(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    assert_corpus_error(user_cfg(tmp_path / "nope.txt"), "nope.txt", "not found", "data.corpus")
+    (tmp_path / "empty.txt").write_text("")
+    assert_corpus_error(user_cfg(tmp_path / "empty.txt"), "empty.txt", "empty")
+    (tmp_path / "emptydir").mkdir()
+    assert_corpus_error(user_cfg(tmp_path / "emptydir"), "emptydir", "no text")
+    (tmp_path / "latin1.txt").write_bytes(b"caf\xe9 au lait\n" * 3)
+    assert_corpus_error(user_cfg(tmp_path / "latin1.txt"), "latin1.txt", "not UTF-8", "byte offset 3",
+                        "save it as UTF-8")
+    d = make_folder(tmp_path / "mixed", n=3)
+    (d / "bin.dat").write_bytes(b"\x00\xff\xfe")
+    assert_corpus_error(user_cfg(d), "bin.dat", "byte offset 1", "remove it")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n{"text": "broken\n')
+    assert_corpus_error(user_cfg(bad), "bad.jsonl:2", "invalid JSON", "one JSON object")
+    bad.write_bytes(b'{"text": "ok"}\n{"text": "caf\xe9"}\n')
+    assert_corpus_error(user_cfg(bad), "bad.jsonl:2", "not UTF-8", "byte offset 28")
+    bad.write_text('{"text": "ok"}\n{"body": "x", "id": 3}\n')
+    assert_corpus_error(user_cfg(bad), "bad.jsonl:2", "'body', 'id'", "data.text_field")
+    bad.write_text('{"text": 5}\n')
+    assert_corpus_error(user_cfg(bad), "bad.jsonl:1", "not a string", "data.text_field")
+    bad.write_text('[1, 2]\n')
+    assert_corpus_error(user_cfg(bad), "bad.jsonl:1", "JSON object")
+    pq.write_table(pa.table({"body": ["x"], "id": [1]}), tmp_path / "p.parquet")
+    assert_corpus_error(user_cfg(tmp_path / "p.parquet"), "p.parquet", "columns there: body, id",
+                        "data.text_field")
+    assert_corpus_error(user_cfg(tmp_path / "p.parquet", text_field="id"), "p.parquet", "not string")
+    small = make_folder(tmp_path / "small", n=3)
+    assert_corpus_error(user_cfg(small, vocab_size=5000), "small", "lower data.vocab_size",
+                        tmp=tmp_path / "c")
+
+
+# -----------------------------------------------------------------------------------------------
+# batches
+
+
+def test_get_batch_shapes_shift_and_determinism():
+    tokens = np.arange(1000, dtype=np.uint16)
+    g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    x, y = get_batch(tokens, 4, 16, g1)
+    x2, y2 = get_batch(tokens, 4, 16, g2)
+    assert x.shape == y.shape == (4, 16) and x.dtype == y.dtype == torch.int64
+    assert torch.equal(x[:, 1:], y[:, :-1]) and torch.equal(y, x + 1)  # arange: y is x shifted by one
+    assert torch.equal(x, x2) and torch.equal(y, y2)
+    x3, _ = get_batch(tokens, 4, 16, g1)
+    assert not torch.equal(x, x3)
+    with pytest.raises(CorpusError, match="seq_len"):
+        get_batch(tokens[:17], 2, 16, g1)
+
+
+def test_get_batch_on_memmap(env_tokens):
+    x, y = get_batch(env_tokens.val, 3, 32, torch.Generator().manual_seed(0))
+    assert x.shape == (3, 32) and torch.equal(x[:, 1:], y[:, :-1])
+
+
+def test_eval_batches_cover_exactly_the_requested_tokens():
+    tokens = np.arange(1000, dtype=np.uint32)
+    dom = (np.arange(1000) % 3).astype(np.uint8)
+    batches = list(eval_batches(tokens, 16, 5, 480))
+    ys = torch.cat([y.reshape(-1) for _, y in batches])
+    assert [x.shape[0] for x, _ in batches] == [5, 5, 5, 5, 5, 5] and len(ys) == 480
+    assert torch.equal(ys, torch.arange(1, 481))
+    assert torch.equal(torch.cat([x.reshape(-1) for x, _ in batches]), torch.arange(480))
+    out = list(eval_batches(tokens, 16, 4, 10_000, domain=dom))  # capped by what is there: 999 // 16
+    assert sum(y.numel() for _, y, _ in out) == 62 * 16 and out[-1][0].shape == (2, 16)
+    for _, y, d in out:
+        assert torch.equal(d, y % 3)
+    with pytest.raises(CorpusError, match="seq_len"):
+        list(eval_batches(tokens[:10], 16, 4, 100))
