@@ -1,7 +1,10 @@
 """Training throughput of the cpu profile's reference config: tokens/s (median of 3 timed windows),
 FLOPs per token and achieved GFLOP/s, eager and torch.compile side by side in one process.
 
-    python bench/train_speed.py [--profile cpu] [--run NAME] [--steps 20] [--threads 1] [--no-compile]
+    python bench/train_speed.py [--profile cpu] [--run NAME] [--steps 20] [--threads 1] [--no-compile] [--neighbor]
+
+--neighbor runs a busy Python loop in another process while timing, as when two runs share 2 cores:
+it shows why the trainer uses one thread per process (see bench/RESULTS.md).
 
 Batches are random token ids (throughput does not depend on the text), so no corpus is needed.
 The reference run is the largest ReLU run of the profile's scale grid unless --run names another.
@@ -11,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
+import sys
 import time
 
 import torch
@@ -59,7 +64,17 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20, help="optimizer steps per timed window")
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile measurement")
+    ap.add_argument("--neighbor", action="store_true", help="keep another core busy while timing")
     a = ap.parse_args()
+    neighbor = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if a.neighbor else None
+    try:
+        run_bench(a)
+    finally:
+        if neighbor is not None:
+            neighbor.kill()
+
+
+def run_bench(a) -> None:
     p = load_profile(a.profile)
     if a.run:
         run = p.run(a.run)
@@ -69,12 +84,13 @@ def main() -> None:
     m = run.model
     print(f"profile {p.name}, run {run.name}: d_model={m.d_model} n_layers={m.n_layers} d_ff={m.d_ff} "
           f"vocab={m.vocab_size} seq={m.seq_len} batch={run.train.batch_size}x{run.train.grad_accum}, "
-          f"torch {torch.__version__}, {a.threads} thread(s)")
+          f"torch {torch.__version__}, {a.threads} thread(s){', busy neighbor process' if a.neighbor else ''}")
     modes = [False] if a.no_compile else [False, True]
     results = [bench(run, a.steps, c, a.threads) for c in modes]
     for r in results:
         print(f"  {r['mode']:9s} {r['tok_s']:10,.0f} tok/s (median of {', '.join(f'{v:,.0f}' for v in r['rates'])})  "
-              f"{r['flops_per_token'] / 1e6:.2f} MFLOP/token  {r['gflop_s']:.2f} GFLOP/s  warm-up {r['warmup_s']:.1f} s")
+              f"{r['flops_per_token'] / 1e6:.2f} MFLOP/token  {r['gflop_s']:.2f} GFLOP/s  "
+              f"warm-up {r['warmup_s']:.1f} s")
     if len(results) == 2:
         print(f"  compiled / eager = {results[1]['tok_s'] / results[0]['tok_s']:.2f}x")
     print("  MFU: unknown (no peak FLOP/s is known for this CPU)")

@@ -13,10 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import REPO, TINY
 from sparsinglaw import runs
 from sparsinglaw.config import load_profile
-
-from conftest import REPO, TINY
 
 pytestmark = pytest.mark.slow
 

@@ -17,16 +17,20 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def common(sp):
-        sp.add_argument("--profile", required=True, help="profile name in configs/ (smoke, cpu, gpu, paper) or a YAML path")
+        sp.add_argument("--profile", required=True,
+                        help="profile name in configs/ (smoke, cpu, gpu, paper) or a YAML path")
         sp.add_argument("--runs-dir", default=None, help="root for checkpoints and logs (default: runs/)")
         sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
-                        help="override a config field, e.g. train.lr=3e-3 or runs.relu-s1.train.tokens=1e6 (repeatable)")
-        sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
+                        help="override a config field, e.g. train.lr=3e-3 or runs.relu-s1.train.tokens=1e6 "
+                        "(repeatable)")
+        sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show full tracebacks on errors")
 
     t = sub.add_parser("train", help="train the runs of a profile (skips finished runs, resumes partial ones)")
     common(t)
     t.add_argument("--run", action="append", default=None, metavar="NAME", help="train only this run (repeatable)")
-    t.add_argument("-j", "--jobs", type=int, default=None, help="parallel processes (default: compute.jobs; 0 = one per core)")
+    t.add_argument("-j", "--jobs", type=int, default=None,
+                   help="parallel processes (default: compute.jobs; 0 = one per core)")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     r = sub.add_parser("runs", help="list the runs of a profile and their state")

@@ -325,7 +325,8 @@ def parse_profile(raw: Any, path: str, name: str) -> ProfileConfig:
             raise ConfigError(f"{where}.{unknown[0]}: unknown field; expected name, groups, model, train")
         rname = r.get("name")
         if not isinstance(rname, str) or not rname or not all(ch.isalnum() or ch in "-_." for ch in rname):
-            raise ConfigError(f"{where}.name: expected a non-empty name of letters, digits, '-', '_', '.'; got {rname!r}")
+            raise ConfigError(f"{where}.name: expected a non-empty name of letters, digits, '-', '_', '.'; "
+                              f"got {rname!r}")
         if rname in seen:
             raise ConfigError(f"{where}.name: duplicate run name {rname!r}")
         seen.add(rname)

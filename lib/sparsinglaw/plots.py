@@ -36,6 +36,16 @@ def style() -> None:
                          "xtick.labelsize": 7, "ytick.labelsize": 7, "pdf.fonttype": 42})
 
 
+def log_x(ax) -> None:
+    """Log-scaled x axis with plain tick labels (1, 2, 5, ...)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def color(activation: str) -> str:
     return ACTIVATION_COLORS.get(activation, "#444444")
 
@@ -89,9 +99,10 @@ def loss_curves(logs: dict[str, pd.DataFrame], info: pd.DataFrame, title: str = 
             log = logs[r["run"]]
             tr, va = log[log["split"] == "train"], log[log["split"] == "val"]
             label = f"{r['run']} ({r['non_embedding_params'] / 1e6:.2f}M)"
-            ax.plot(tr["tokens"] / 1e6, tr["loss"].rolling(5, min_periods=1).mean(), color=cmap(i), lw=1, label=label)
+            smooth = tr["loss"].rolling(5, min_periods=1, center=True).mean()
+            ax.plot(tr["tokens"] / 1e6, smooth, color=cmap(i), lw=1, label=label)
             ax.plot(va["tokens"] / 1e6, va["loss"], "o", color=cmap(i), ms=2)
-        ax.set_xscale("log")
+        log_x(ax)
         ax.set_xlabel("training tokens (millions)")
         ax.set_title(f"{act}")
         ax.legend(frameon=False)

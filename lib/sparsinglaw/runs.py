@@ -26,7 +26,6 @@ import pandas as pd
 from .config import ProfileConfig, RunConfig, SparsingLawError, load_profile
 from .train import atomic_write_text, checkpoint_problem, read_meta
 
-
 # -----------------------------------------------------------------------------------------------
 # roots
 
@@ -87,9 +86,9 @@ def git_state() -> dict:
 
 
 def provenance(profile: ProfileConfig, **extra) -> dict:
-    from .train import versions
-
     import torch
+
+    from .train import versions
 
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     return {"profile": profile.name, "config_hash": profile.config_hash(), **git_state(),
@@ -168,7 +167,8 @@ def load_log(profile: ProfileConfig, run: RunConfig, runs_dir=None) -> pd.DataFr
         raise SparsingLawError(f"{path}: no training log; train the run first "
                                f"(python -m sparsinglaw train --profile {profile.name} --run {run.name})")
     df = pd.read_csv(path)
-    return df.drop_duplicates(subset=["step", "split"], keep="last").sort_values(["split", "step"]).reset_index(drop=True)
+    df = df.drop_duplicates(subset=["step", "split"], keep="last")
+    return df.sort_values(["split", "step"]).reset_index(drop=True)
 
 
 # -----------------------------------------------------------------------------------------------
@@ -197,8 +197,8 @@ def train_profile(profile: ProfileConfig, names: list[str] | None = None, jobs: 
     Independent runs go to `jobs` parallel processes (default compute.jobs, 0 = one per core), each
     with compute.threads torch threads, longest runs first.
     """
-    from concurrent.futures import ProcessPoolExecutor, as_completed
     import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
 
     from .data import prepare
 
@@ -238,7 +238,7 @@ def states_table(profile: ProfileConfig, runs_dir=None) -> pd.DataFrame:
         m = r.model
         rows.append({"run": r.name, "groups": ",".join(r.groups), "activation": m.activation,
                      "d_model": m.d_model, "n_layers": m.n_layers, "d_ff": m.d_ff,
-                     "width_depth": m.d_model / m.n_layers,
+                     "width_depth": round(m.d_model / m.n_layers, 2),
                      "non_embedding_params": num_params_from_config(m, non_embedding=True),
                      "tokens": r.train.tokens, "status": s.status,
                      "progress": f"{s.tokens_seen / max(s.tokens_total, 1):.0%}",

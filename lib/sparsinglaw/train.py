@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import base64
 import csv
-import dataclasses
 import hashlib
 import json
 import math
@@ -157,7 +156,8 @@ def checkpoint_problem(run_dir: Path, tag: str, config_hash: str) -> str | None:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         return f"{meta_path}: unreadable sidecar ({e})"
     if meta.get("config_hash") != config_hash:
-        return f"{pt}: written by another config (hash {str(meta.get('config_hash'))[:10]}, expected {config_hash[:10]})"
+        got = str(meta.get("config_hash"))[:10]
+        return f"{pt}: written by another config (hash {got}, expected {config_hash[:10]})"
     if not pt.exists():
         return f"{pt}: missing although {meta_path.name} names it"
     if pt.stat().st_size != meta.get("bytes"):
