@@ -28,7 +28,9 @@ def _parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train the runs of a profile (skips finished runs, resumes partial ones)")
     common(t)
-    t.add_argument("--run", action="append", default=None, metavar="NAME", help="train only this run (repeatable)")
+    t.add_argument("--run", "--name", action="append", default=None, metavar="NAME", dest="run",
+                   help="train only this run (repeatable); spell it --name under torchrun, whose own parser "
+                   "claims --run")
     t.add_argument("-j", "--jobs", type=int, default=None,
                    help="parallel processes (default: compute.jobs; 0 = one per core)")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")

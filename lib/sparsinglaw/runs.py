@@ -184,8 +184,10 @@ def _train_one(profile_path: str, overrides: list[str], name: str, runs_dir: str
     run = profile.run(name)
     d = run_dir(profile, run, runs_dir)
     tokens = prepare(profile.data, data_cache_dir(runs_dir), progress=False)
-    with run_lock(d, f"run {name}"):
-        c = profile.compute
+    c = profile.compute
+    # under torchrun only rank 0 takes the run's lock (the other ranks follow it in lockstep)
+    lock = run_lock(d, f"run {name}") if int(os.environ.get("RANK", "0")) == 0 else contextlib.nullcontext()
+    with lock:
         return train(run, profile.data, d, tokens, device=c.device, threads=c.threads, compile=c.compile,
                      progress=progress)
 
@@ -209,6 +211,8 @@ def train_profile(profile: ProfileConfig, names: list[str] | None = None, jobs: 
         todo.sort(key=lambda r: -r.train.tokens * r.model.d_model * r.model.n_layers)
         jobs = jobs or profile.compute.jobs or os.cpu_count() or 1
         jobs = max(1, min(jobs, len(todo)))
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            jobs = 1  # under torchrun all ranks train one run after another together
         args = (profile.path, profile.overrides)  # workers reload the same profile
         rd = str(runs_dir) if runs_dir is not None else None
         if jobs == 1:

@@ -25,6 +25,8 @@ import math
 import os
 import platform
 import time
+from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -91,6 +93,35 @@ def setup_torch(device: str = "auto", threads: int = 1) -> torch.device:
         torch.set_num_threads(threads)
         torch.set_flush_denormal(True)
     return torch.device(device)
+
+
+@dataclass
+class Dist:
+    """Process-group facts under torchrun (rank 0 of 1 otherwise)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: str) -> Dist:
+    """Join the torchrun process group when WORLD_SIZE > 1 (nccl on CUDA, gloo on CPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Dist()
+    import torch.distributed as dist
+
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    if not dist.is_initialized():
+        if use_cuda:
+            torch.cuda.set_device(local)
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    return Dist(rank=rank, world=world, local_rank=local)
 
 
 def versions() -> dict:
@@ -251,13 +282,21 @@ def train(run: RunConfig, data_cfg: DataConfig, run_dir: Path, tokens: TokenData
         if done.get("config_hash") == config_hash:
             return done
     cfg_yaml = yaml.safe_dump(run.identity(data_cfg) | {"name": run.name, "groups": run.groups}, sort_keys=False)
-    if not (run_dir / "config.yaml").exists():
+    if not (run_dir / "config.yaml").exists() and int(os.environ.get("RANK", "0")) == 0:
         atomic_write_text(run_dir / "config.yaml", cfg_yaml)
     if tokens.vocab_size != mcfg.vocab_size:
         raise SparsingLawError(f"run {run.name}: model vocab {mcfg.vocab_size} != tokenizer vocab {tokens.vocab_size}")
 
+    ddp = init_distributed(device)
     dev = setup_torch(device, threads)
-    torch.manual_seed(tcfg.seed)
+    if dev.type == "cuda":
+        dev = torch.device("cuda", ddp.local_rank)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if tcfg.grad_accum % ddp.world:
+        raise SparsingLawError(f"run {run.name}: train.grad_accum={tcfg.grad_accum} must be a multiple of the "
+                               f"{ddp.world} torchrun processes (each takes every {ddp.world}th micro-batch)")
+    torch.manual_seed(tcfg.seed)  # the same initial weights on every rank
     model = Transformer(mcfg).to(dev)
     groups = model.param_groups(tcfg.lr, tcfg.weight_decay)
     opt = torch.optim.AdamW(groups, lr=tcfg.lr, betas=(tcfg.beta1, tcfg.beta2), weight_decay=tcfg.weight_decay,
@@ -265,10 +304,10 @@ def train(run: RunConfig, data_cfg: DataConfig, run_dir: Path, tokens: TokenData
     n_steps = total_steps(mcfg, tcfg)
     warmup, stable, decay = stage_steps(mcfg, tcfg)
     marks = set(checkpoint_steps(mcfg, tcfg))
-    tps = tokens_per_step(mcfg, tcfg)
+    tps = tokens_per_step(mcfg, tcfg)  # global tokens per optimizer step
 
     step = 0
-    found = latest_valid_checkpoint(run_dir, config_hash)
+    found = latest_valid_checkpoint(run_dir, config_hash, warn=print if ddp.main else (lambda _m: None))
     if found is not None:
         tag, meta = found
         state = load_checkpoint(run_dir, tag, config_hash, map_location=dev)
@@ -277,23 +316,37 @@ def train(run: RunConfig, data_cfg: DataConfig, run_dir: Path, tokens: TokenData
         torch.set_rng_state(state["rng"].cpu())
         step = int(state["step"])
 
-    fwd = torch.compile(model) if compile else model
+    wrapped = model
+    if ddp.world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        wrapped = DistributedDataParallel(model, device_ids=[ddp.local_rank] if dev.type == "cuda" else None)
+    fwd = torch.compile(wrapped) if compile else wrapped
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else nullcontext())
     base_meta = {"run": run.name, "config_hash": config_hash, "config": run.identity(data_cfg),
-                 "corpus": tokens.fingerprint, "versions": versions(), "device": str(dev)}
+                 "corpus": tokens.fingerprint, "versions": versions(), "device": str(dev), "world_size": ddp.world}
 
     def meta_for(step_: int, loss: float, val_loss: float | None) -> dict:
         return base_meta | {
             "step": step_, "tokens": step_ * tps, "loss": loss, "val_loss": val_loss,
             "stage": "warmup" if step_ <= warmup else ("stable" if step_ <= warmup + stable else "decay"),
             "data_cursor": {"next_step": step_, "rule": "micro-batch m of step s is drawn by "
-                            "data.get_batch with a generator seeded by train.batch_seed(seed, s, m, rank)"},
+                            "data.get_batch with a generator seeded by train.batch_seed(seed, s, m); "
+                            "under torchrun rank r takes the micro-batches m with m % world == r"},
             "rng": {"torch_cpu": _rng_b64()}, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
 
+    def barrier() -> None:
+        if ddp.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
     log_path = run_dir / "log.csv"
     bar = tqdm(total=n_steps * tps, initial=step * tps, unit="tok", unit_scale=True, desc=run.name,
-               disable=not progress, mininterval=2.0, dynamic_ncols=True)
+               disable=not (progress and ddp.main), mininterval=2.0, dynamic_ncols=True)
     gen = torch.Generator()
+    mine = list(range(ddp.rank, tcfg.grad_accum, ddp.world))  # this rank's micro-batches
     last_loss = float("nan")
     acc_loss, acc_n, t_last, tok_last = 0.0, 0, time.perf_counter(), step * tps
     model.train()
@@ -304,14 +357,24 @@ def train(run: RunConfig, data_cfg: DataConfig, run_dir: Path, tokens: TokenData
         f = lr_factor(step, warmup, stable, decay, tcfg.decay_min_lr_frac)
         for g in opt.param_groups:
             g["lr"] = g["base_lr"] * f
-        step_loss = 0.0
-        for micro in range(tcfg.grad_accum):
+        step_loss = torch.zeros((), device=dev, dtype=torch.float64)
+        for i, micro in enumerate(mine):
             gen.manual_seed(batch_seed(tcfg.seed, step, micro))
             x, y = get_batch(tokens.train, tcfg.batch_size, mcfg.seq_len, gen)
             x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-            _, loss = fwd(x, y)
-            (loss / tcfg.grad_accum).backward()
-            step_loss += loss.item() / tcfg.grad_accum
+            # all-reduce gradients only after the last micro-batch of the step
+            sync = nullcontext() if (ddp.world == 1 or i == len(mine) - 1) else wrapped.no_sync()
+            with sync, autocast:
+                _, loss = fwd(x, y)
+                # DDP averages over ranks, so each rank scales by world / grad_accum: the sum over all
+                # micro-batches / grad_accum, exactly as in one process
+                (loss * (ddp.world / tcfg.grad_accum)).backward()
+            step_loss += loss.detach().double() / tcfg.grad_accum
+        if ddp.world > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(step_loss)
+        step_loss = step_loss.item()
         if fault and fault.get("nan_at_step") == step + 1:
             step_loss = float("nan")
         if not math.isfinite(step_loss):
@@ -336,16 +399,22 @@ def train(run: RunConfig, data_cfg: DataConfig, run_dir: Path, tokens: TokenData
             bar.set_postfix(loss=f"{acc_loss / acc_n:.3f}")
             acc_loss, acc_n, t_last, tok_last = 0.0, 0, now, step * tps
         if step in marks or step == n_steps:
-            val = evaluate(model, tokens.val, mcfg.seq_len, tcfg.batch_size, tcfg.eval_tokens, dev)
-            rows.append({"step": step, "tokens": step * tps, "split": "val", "loss": f"{val:.6f}",
-                         "lr": f"{tcfg.lr * f:.6g}", "tok_s": "", "mfu": ""})
-            save_checkpoint(run_dir, f"{step:07d}", model, opt, meta_for(step, last_loss, val))
+            if ddp.main:
+                val = evaluate(model, tokens.val, mcfg.seq_len, tcfg.batch_size, tcfg.eval_tokens, dev)
+                rows.append({"step": step, "tokens": step * tps, "split": "val", "loss": f"{val:.6f}",
+                             "lr": f"{tcfg.lr * f:.6g}", "tok_s": "", "mfu": ""})
+                save_checkpoint(run_dir, f"{step:07d}", model, opt, meta_for(step, last_loss, val))
+            barrier()
         elif step % tcfg.resume_every == 0:
-            save_checkpoint(run_dir, "last", model, opt, meta_for(step, last_loss, None))
-        if rows:
+            if ddp.main:
+                save_checkpoint(run_dir, "last", model, opt, meta_for(step, last_loss, None))
+            barrier()
+        if rows and ddp.main:
             append_log(log_path, rows)
     bar.close()
-
+    if not ddp.main:
+        barrier()  # rank 0 writes DONE
+        return json.loads(done_path.read_text())
     for stale in ("ckpt_last.pt", "meta_last.json"):
         (run_dir / stale).unlink(missing_ok=True)
     done = {"run": run.name, "config_hash": config_hash, "steps": n_steps, "tokens": n_steps * tps,
@@ -353,4 +422,5 @@ def train(run: RunConfig, data_cfg: DataConfig, run_dir: Path, tokens: TokenData
             "non_embedding_params": model.num_params(non_embedding=True),
             "flops_per_token": model.flops_per_token(), "versions": versions()}
     atomic_write_text(done_path, json.dumps(done, indent=1))
+    barrier()
     return done

@@ -1,0 +1,81 @@
+"""DDP under torchrun on CPU (gloo): two processes give the same weights as one process with the same
+global batch (float tolerance), and a killed DDP run resumes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO, TINY
+from sparsinglaw import runs
+from sparsinglaw.config import load_profile
+
+pytestmark = pytest.mark.slow
+
+ARGS = TINY + ["train.grad_accum=2", "train.batch_size=4", "train.tokens=16384"]
+
+
+def _cmd(runs_dir: Path, nproc: int) -> list[str]:
+    sets = sum((["--set", s] for s in ARGS), [])
+    cli = ["-m", "sparsinglaw", "train", "--profile", "smoke", "--name", "relu-s2", "--runs-dir", str(runs_dir),
+           "--no-progress", *sets]
+    if nproc == 1:
+        return [sys.executable, *cli]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", *cli]
+
+
+def _env(session_roots):
+    return dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO / "lib"),
+                SPARSINGLAW_DATA=str(session_roots["SPARSINGLAW_DATA"]))
+
+
+def _final(runs_dir: Path) -> dict:
+    p = load_profile("smoke", overrides=ARGS)
+    d = runs.run_dir(p, p.run("relu-s2"), runs_dir)
+    assert (d / "DONE").exists()
+    return torch.load(sorted(d.glob("ckpt_0*.pt"))[-1], weights_only=True)["model"]
+
+
+def _close(a: dict, b: dict) -> None:
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_two_gloo_processes_equal_one(tmp_path, session_roots, smoke_tokens):
+    env = _env(session_roots)
+    for n in (1, 2):
+        r = subprocess.run(_cmd(tmp_path / f"n{n}", n), env=env, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+    one, two = _final(tmp_path / "n1"), _final(tmp_path / "n2")
+    _close(one, two)
+    assert any(not torch.equal(one[k], torch.zeros_like(one[k])) for k in one)
+    log = (next((tmp_path / "n2").glob("smoke/*/log.csv"))).read_text().splitlines()
+    steps = [line.split(",")[0] for line in log[1:]]
+    assert len(steps) == len(set((s, line.split(",")[2]) for s, line in zip(steps, log[1:]))), "rank 0 logs once"
+
+
+def test_killed_ddp_run_resumes(tmp_path, session_roots, smoke_tokens):
+    env = _env(session_roots)
+    ref = subprocess.run(_cmd(tmp_path / "ref", 2), env=env, capture_output=True, text=True, timeout=300)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    proc = subprocess.Popen(_cmd(tmp_path / "kill", 2), env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    start = time.time()
+    kill_dir = tmp_path / "kill"
+    while proc.poll() is None and not list(kill_dir.glob("smoke/*/meta_0*.json")) and time.time() - start < 120:
+        time.sleep(0.01)
+    killed = proc.poll() is None
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert killed, "the DDP run finished before it could be killed"
+    assert not list((tmp_path / "kill").glob("smoke/*/DONE"))
+    again = subprocess.run(_cmd(tmp_path / "kill", 2), env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    _close(_final(tmp_path / "ref"), _final(tmp_path / "kill"))
