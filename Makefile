@@ -17,11 +17,11 @@ export TOKENIZERS_PARALLELISM := true
 
 .DEFAULT_GOAL := help
 .DELETE_ON_ERROR:
-.PHONY: help setup test test-fast figures bench lint format strip clean clean-runs runs
+.PHONY: help setup test test-fast figures bench lint format strip clean clean-runs runs measure
 
 help: ## list every target
 	@echo "usage: make TARGET [PROFILE=smoke|cpu|gpu|paper]   (PROFILE=$(PROFILE))"
-	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
+	@grep -hE '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -48,11 +48,19 @@ nb-%: $(STAMP) ## execute one notebook, e.g. make nb-01 PROFILE=smoke
 	@nb=$$(ls notebooks/$*_*.ipynb) && mkdir -p $(EXEC) && \
 	$(PY) -m papermill $$nb $(abspath $(EXEC))/$$(basename $$nb) -k python3 -p profile $(PROFILE) --log-output --cwd $(CURDIR)
 
+measure: $(STAMP) ## measure PPL-p% sparsity on every checkpoint of PROFILE (trains missing runs first)
+	$(PY) -m sparsinglaw train --profile $(PROFILE)
+	$(PY) -m sparsinglaw measure --profile $(PROFILE)
+
 runs: $(STAMP) ## list the runs of PROFILE and their state
 	$(PY) -m sparsinglaw runs --profile $(PROFILE)
 
-bench: $(STAMP) ## training throughput of the cpu profile's reference config (tokens/s, GFLOP/s)
+bench: $(STAMP) ## training tokens/s (cpu reference run) and PPL-1% fast vs reference (wall time, answers, memory)
 	$(PY) bench/train_speed.py
+	@ck=$$(ls runs/cpu/relu-s4-*/ckpt_0*.pt 2>/dev/null | tail -n 1); \
+	if [ -n "$$ck" ]; then $(PY) bench/ppl_p_speed.py --checkpoint $$ck --eval-tokens 32768 --search both; \
+	else echo "(no trained cpu checkpoint: PPL-1% benchmark on a random model; run make figures first)"; \
+	$(PY) bench/ppl_p_speed.py --synthetic; fi
 
 lint: $(STAMP) ## ruff check
 	$(PY) -m ruff check lib tests bench

@@ -35,6 +35,16 @@ def _parser() -> argparse.ArgumentParser:
                    help="parallel processes (default: compute.jobs; 0 = one per core)")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
 
+    m = sub.add_parser("measure", help="PPL-p%% sparsity etc. on every checkpoint of trained runs (cached)")
+    common(m)
+    m.add_argument("--run", "--name", action="append", default=None, metavar="NAME", dest="run",
+                   help="measure only this run (repeatable); results tables are written when all runs are measured")
+    m.add_argument("-j", "--jobs", type=int, default=None,
+                   help="parallel processes (default: compute.jobs; 0 = one per core)")
+    m.add_argument("--impl", choices=["fast", "reference"], default=None,
+                   help="PPL-p%% implementation (default: sparsity.impl of the profile)")
+    m.add_argument("--no-progress", action="store_true", help="no progress bars")
+
     r = sub.add_parser("runs", help="list the runs of a profile and their state")
     common(r)
     return p
@@ -71,6 +81,18 @@ def _dispatch(args) -> int:
         states = train_profile(profile, names=args.run, jobs=args.jobs, runs_dir=args.runs_dir,
                                progress=not args.no_progress)
         print(f"{sum(s.status == 'done' for s in states)}/{len(states)} runs done")
+        return 0
+    if args.command == "measure":
+        from .measure import measure_profile
+
+        if args.jobs is not None and args.jobs < 0:
+            raise ConfigError(f"-j/--jobs: expected a number of processes >= 0, got {args.jobs}")
+        table = measure_profile(profile, names=args.run, jobs=args.jobs, runs_dir=args.runs_dir,
+                                progress=not args.no_progress, impl=args.impl)
+        cols = ["run", "tokens", "p", "cett", "ppl_ratio", "activation_ratio", "dead_ratio"]
+        last = table.sort_values("tokens").groupby(["run", "p"]).tail(1)[cols]
+        with pd.option_context("display.width", 200):
+            print(last.to_string(index=False))
         return 0
     if args.command == "runs":
         with pd.option_context("display.width", 200, "display.max_columns", 20):

@@ -84,6 +84,25 @@ class ComputeConfig:
 
 
 @dataclass
+class SparsityConfig:
+    """How activation sparsity is measured on every checkpoint (paper Section 3, Algorithm 1)."""
+
+    p: list[float] = field(default_factory=lambda: [1.0])  # PPL-p% levels in percent; 1 is always measured
+    eval_tokens: int = 32_768  # validation tokens for thresholds and PPL (the authors: first 10 batches)
+    batch_size: int = 16  # sequences per evaluation batch
+    n_grid: int = 65_536  # candidate thresholds per layer (authors' code)
+    tol: float = 1e-3  # Algorithm 1: stop when the bracket on c is this narrow
+    search: str = "bisect"  # fast search on c: "bisect" (the reference's probes) or "secant" (fewer passes)
+    n_last: int = 5  # last stable-stage checkpoints searched jointly for the run's one c
+    impl: str = "fast"  # "fast" or "reference" (same answer, far slower)
+    dead_freq: float = 0.001  # a neuron active on fewer than this share of tokens is dead
+    pareto_runs: list[str] = field(default_factory=list)  # runs whose final checkpoint gets Pareto sweeps
+    cett_sweep: list[float] = field(default_factory=lambda: [0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5])  # c values
+    topk_fracs: list[float] = field(default_factory=lambda: [0.05, 0.1, 0.2, 0.3, 0.5, 0.7])  # k / d_ff
+    fat_eps: list[float] = field(default_factory=lambda: [0.01, 0.03, 0.1, 0.3, 1.0])  # eps on |act(W_gate x)|
+
+
+@dataclass
 class RunConfig:
     name: str  # unique within the profile; used in file names
     groups: list[str]  # analyses the run feeds: "scale", "width_depth", ...
@@ -112,7 +131,7 @@ class ProfileConfig:
     data: DataConfig
     compute: ComputeConfig
     runs: list[RunConfig]
-    sparsity: dict = field(default_factory=dict)  # measurement settings (validated by sparsity.py)
+    sparsity: SparsityConfig = field(default_factory=SparsityConfig)  # measurement settings
     fit: dict = field(default_factory=dict)  # law-fit settings (validated by laws.py)
     path: str = ""  # the YAML file it was loaded from
     overrides: list[str] = field(default_factory=list)  # --set overrides applied on top of the file
@@ -126,7 +145,7 @@ class ProfileConfig:
 
     def config_hash(self) -> str:
         body = {"data": dataclasses.asdict(self.data), "runs": [r.identity(self.data) for r in self.runs],
-                "sparsity": self.sparsity, "fit": self.fit}
+                "sparsity": dataclasses.asdict(self.sparsity), "fit": self.fit}
         return stable_hash(body)
 
 
@@ -281,6 +300,25 @@ def validate_data(d: DataConfig, where: str) -> None:
            "the python-env corpus needs at least one package (e.g. stdlib)")
 
 
+def validate_sparsity(s: SparsityConfig, run_names: list[str], where: str) -> None:
+    _check(bool(s.p) and all(isinstance(v, int | float) and v > 0 for v in s.p), f"{where}.p",
+           f"expected a list of positive percentages, got {s.p!r}")
+    _check(1 in s.p or 1.0 in s.p, f"{where}.p", f"must include 1 (PPL-1% is the paper's main setting), got {s.p}")
+    for f in ("eval_tokens", "batch_size", "n_grid", "n_last"):
+        _check(getattr(s, f) > 0, f"{where}.{f}", f"must be a positive integer, got {getattr(s, f)}")
+    _check(0 < s.tol < 0.5, f"{where}.tol", f"must lie in (0, 0.5), got {s.tol}")
+    _check(s.search in ("bisect", "secant"), f"{where}.search", f"expected bisect or secant, got {s.search!r}")
+    _check(s.impl in ("fast", "reference"), f"{where}.impl", f"expected fast or reference, got {s.impl!r}")
+    _check(0 < s.dead_freq < 1, f"{where}.dead_freq", f"must lie in (0, 1), got {s.dead_freq}")
+    for name in s.pareto_runs:
+        _check(name in run_names, f"{where}.pareto_runs", f"no run named {name!r}; runs: {', '.join(run_names)}")
+    _check(all(isinstance(c, int | float) and 0 <= c <= 1 for c in s.cett_sweep), f"{where}.cett_sweep",
+           "expected CETT values in [0, 1]")
+    _check(all(isinstance(k, int | float) and 0 < k <= 1 for k in s.topk_fracs), f"{where}.topk_fracs",
+           "expected fractions of d_ff in (0, 1]")
+    _check(all(isinstance(e, int | float) and e > 0 for e in s.fat_eps), f"{where}.fat_eps", "expected eps > 0")
+
+
 def validate_compute(c: ComputeConfig, where: str) -> None:
     _check(c.device in ("auto", "cpu", "cuda"), f"{where}.device", f"expected auto, cpu or cuda, got {c.device!r}")
     _check(c.threads >= 1, f"{where}.threads", f"must be >= 1, got {c.threads}")
@@ -345,11 +383,12 @@ def parse_profile(raw: Any, path: str, name: str) -> ProfileConfig:
     desc = raw.get("description", "")
     if not isinstance(desc, str):
         raise ConfigError(f"{path}: description: expected a string, got {desc!r}")
-    for sect in ("sparsity", "fit"):
-        if raw.get(sect) is not None and not isinstance(raw.get(sect), dict):
-            raise ConfigError(f"{path}: {sect}: expected a mapping of fields, got {raw.get(sect)!r}")
-    return ProfileConfig(name=name, description=desc, data=data, compute=compute, runs=runs,
-                         sparsity=dict(raw.get("sparsity") or {}), fit=dict(raw.get("fit") or {}), path=path)
+    if raw.get("fit") is not None and not isinstance(raw.get("fit"), dict):
+        raise ConfigError(f"{path}: fit: expected a mapping of fields, got {raw.get('fit')!r}")
+    sparsity = _build(SparsityConfig, raw.get("sparsity"), f"{path}: sparsity")
+    validate_sparsity(sparsity, [r.name for r in runs], f"{path}: sparsity")
+    return ProfileConfig(name=name, description=desc, data=data, compute=compute, runs=runs, sparsity=sparsity,
+                         fit=dict(raw.get("fit") or {}), path=path)
 
 
 def resolve_profile_path(profile: str, configs_dir: Path) -> Path:

@@ -13,6 +13,7 @@ import matplotlib
 if "MPLBACKEND" not in os.environ and "ipykernel" not in sys.modules:
     matplotlib.use("Agg")  # non-interactive backend outside notebooks: figures are files
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .config import ProfileConfig  # noqa: E402
@@ -121,3 +122,75 @@ def loss_curves_for(profile: ProfileConfig, group: str | None = None, runs_dir=N
     logs = {r.name: load_log(profile, r, runs_dir) for r in group_runs(profile, group)}
     what = f"{group.replace('_', '-')} grid" if group else "all runs"
     return loss_curves(logs, info, title=f"Training loss, {what} (profile {profile.name})")
+
+
+# -----------------------------------------------------------------------------------------------
+# figures of notebook 02
+
+METHOD_STYLE = {"cett": ("PPL-p% (CETT swept)", "-", "o"), "topk": ("Top-k per token", "--", "s"),
+                "topk_batch": ("Top-k per batch (authors)", ":", "s"), "fat": ("FAT-eps", "-.", "^")}
+
+
+def pareto_curves(df: pd.DataFrame):
+    """PPL vs activation ratio for each method on each run's final checkpoint (paper Fig. 3, v4 Fig. 2)."""
+    style()
+    runs_ = list(dict.fromkeys(df["run"]))
+    fig, axes = plt.subplots(1, len(runs_), figsize=DOUBLE, squeeze=False)
+    for ax, run in zip(axes[0], runs_):
+        sub = df[df["run"] == run]
+        for method, (label, ls, mk) in METHOD_STYLE.items():
+            m = sub[sub["method"] == method].sort_values("activation_ratio")
+            if len(m):
+                ax.plot(m["activation_ratio"], m["ppl"], ls=ls, marker=mk, ms=3, lw=1, label=label)
+        z = sub[sub["method"] == "zeros"]
+        if len(z):
+            ax.plot(z["activation_ratio"], z["ppl"], "kx", ms=6, label="exact zeros (ReLU)")
+        for _, r in sub[sub["method"].str.startswith("ppl-")].iterrows():
+            ax.plot(r["activation_ratio"], r["ppl"], "*", color="crimson", ms=9, label=r["method"].upper())
+        ax.axhline(sub["dense_loss"].map(np.exp).iloc[0], color="grey", lw=0.8, ls=":", label="dense")
+        ax.set_xlabel("activation ratio")
+        ax.set_title(f"{run} ({sub['activation'].iloc[0]})")
+        top = sub["dense_loss"].map(np.exp).iloc[0] * 1.3
+        ax.set_ylim(top=min(ax.get_ylim()[1], top))
+    axes[0][0].set_ylabel("validation perplexity")
+    axes[0][0].legend(frameon=False, fontsize=6)
+    fig.tight_layout()
+    return fig
+
+
+def cett_sweep(df: pd.DataFrame):
+    """PPL ratio and activation ratio vs the CETT value c (v4 Fig. 15: both grow monotonically)."""
+    style()
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=DOUBLE)
+    for run, sub in df[df["method"] == "cett"].groupby("run", sort=False):
+        sub = sub.sort_values("param")
+        kw = {"color": color(sub["activation"].iloc[0]), "marker": "o", "ms": 3, "lw": 1, "label": run}
+        a1.plot(sub["param"], sub["ppl_ratio"], **kw)
+        a2.plot(sub["param"], sub["activation_ratio"], **kw)
+    a1.axhline(1.01, color="grey", ls=":", lw=0.8)
+    a1.set(xlabel="CETT value c", ylabel="PPL ratio (sparse / dense)", yscale="log")
+    a2.set(xlabel="CETT value c", ylabel="activation ratio")
+    a2.legend(frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def layer_thresholds(table: pd.DataFrame, p: float = 1.0):
+    """Per-layer thresholds tau_l and activation ratios at PPL-p% on each run's final checkpoint."""
+    style()
+    fin = table[(table["p"] == p)].sort_values("tokens").groupby("run", sort=False).tail(1)
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=DOUBLE)
+    for _, r in fin.iterrows():
+        taus = [float(v) for v in r["taus"].split(";")]
+        ratios = [float(v) for v in r["layer_ratios"].split(";")]
+        kw = {"color": color(r["activation"]), "marker": "o", "ms": 3, "lw": 1,
+              "alpha": 0.4 + 0.6 * (r["non_embedding_params"] / fin["non_embedding_params"].max()),
+              "label": f"{r['run']} (L={r['n_layers']})"}
+        x = np.arange(1, len(taus) + 1)
+        a1.plot(x, taus, **kw)
+        a2.plot(x, ratios, **kw)
+    a1.set(xlabel="layer", ylabel=r"threshold $\tau_l$", yscale="log")
+    a2.set(xlabel="layer", ylabel=f"activation ratio at PPL-{p:g}%")
+    a2.legend(frameon=False, fontsize=5.5, ncol=2)
+    fig.tight_layout()
+    return fig

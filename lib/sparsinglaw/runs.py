@@ -199,9 +199,6 @@ def train_profile(profile: ProfileConfig, names: list[str] | None = None, jobs: 
     Independent runs go to `jobs` parallel processes (default compute.jobs, 0 = one per core), each
     with compute.threads torch threads, longest runs first.
     """
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
     from .data import prepare
 
     runs = [profile.run(n) for n in names] if names else list(profile.runs)
@@ -215,21 +212,29 @@ def train_profile(profile: ProfileConfig, names: list[str] | None = None, jobs: 
             jobs = 1  # under torchrun all ranks train one run after another together
         args = (profile.path, profile.overrides)  # workers reload the same profile
         rd = str(runs_dir) if runs_dir is not None else None
-        if jobs == 1:
-            for r in todo:
-                _train_one(*args, r.name, rd, progress)
-        else:
-            errors = []
-            with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
-                futs = {pool.submit(_train_one, *args, r.name, rd, progress): r for r in todo}
-                for fut in as_completed(futs):
-                    try:
-                        fut.result()
-                    except SparsingLawError as e:
-                        errors.append(str(e))
-            if errors:
-                raise SparsingLawError("some runs failed:\n" + "\n".join(errors))
+        run_parallel(_train_one, [(*args, r.name, rd, progress) for r in todo], jobs, "training")
     return [run_state(profile, r, runs_dir) for r in runs]
+
+
+def run_parallel(fn, calls: list[tuple], jobs: int, what: str) -> None:
+    """fn(*args) for each args in `calls`: in this process when jobs == 1, else in `jobs` spawned
+    processes; every call runs even when another fails, then the user errors are reported together."""
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    if jobs == 1:
+        for args in calls:
+            fn(*args)
+        return
+    errors = []
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+        for fut in as_completed([pool.submit(fn, *args) for args in calls]):
+            try:
+                fut.result()
+            except SparsingLawError as e:
+                errors.append(str(e))
+    if errors:
+        raise SparsingLawError(f"{what} failed for {len(errors)} run(s):\n" + "\n".join(errors))
 
 
 def states_table(profile: ProfileConfig, runs_dir=None) -> pd.DataFrame:

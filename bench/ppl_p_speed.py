@@ -1,0 +1,140 @@
+"""PPL-p% sparsity, fast vs reference implementation: wall time, speedup, both answers, peak memory.
+
+    python bench/ppl_p_speed.py --synthetic [--eval-tokens 16384] [--p 1] [--threads 1] [--search both]
+    python bench/ppl_p_speed.py --checkpoint runs/cpu/<run>/ckpt_XXXXXXX.pt [--eval-tokens 32768]
+
+Both implementations run on the same model and the same evaluation tokens, each in its own
+subprocess so that its peak resident memory (``ru_maxrss``) is its own; the memory taken by setup
+(model, tokens, torch) is reported separately, as "setup", so the difference is the algorithm's.
+--checkpoint reads the model from a trainer checkpoint (state dict under "model", the run's
+config.yaml next to it) and the first --eval-tokens validation tokens of the run's corpus.
+--synthetic trains nothing: a random-init model of the cpu-profile size (d_model 64, 4 layers,
+d_ff 160, vocab 4096, seq 256, SiLU unless --activation) and uniformly random tokens.
+--search picks the fast implementation's search on c: "bisect" (the reference's probes, hence its
+answer), "secant" (fewer sparse passes, possibly another crossing of a noisy ratio) or "both".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from sparsinglaw import sparsity
+from sparsinglaw.model import ModelConfig, Transformer
+
+SYNTHETIC = dict(vocab_size=4096, d_model=64, n_layers=4, head_dim=16, d_ff=160, seq_len=256)
+
+
+def maxrss_mb() -> float:
+    """Peak resident set size of this process so far (MiB; Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def load_setup(args) -> tuple[Transformer, list, str]:
+    """The model and the evaluation batches (identical in both workers: everything is seeded)."""
+    if args.synthetic:
+        torch.manual_seed(args.seed)
+        cfg = ModelConfig(**SYNTHETIC, activation=args.activation)
+        model = Transformer(cfg).eval()
+        g = torch.Generator().manual_seed(args.seed + 1)
+        n_seq = max(args.eval_tokens // cfg.seq_len, 1)
+        toks = torch.randint(0, cfg.vocab_size, (n_seq, cfg.seq_len + 1), generator=g)
+        batches = [(toks[i:i + args.batch_size, :-1], toks[i:i + args.batch_size, 1:])
+                   for i in range(0, n_seq, args.batch_size)]
+        return model, batches, f"synthetic random-init {cfg.activation} model, random tokens"
+    import yaml
+
+    from sparsinglaw.config import DataConfig
+    from sparsinglaw.data import eval_batches, prepare
+    from sparsinglaw.runs import data_cache_dir
+
+    path = Path(args.checkpoint)
+    cfg_all = yaml.safe_load((path.parent / "config.yaml").read_text())
+    cfg = ModelConfig(**cfg_all["model"])
+    model = Transformer(cfg)
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["model"])
+    model.eval()
+    data = prepare(DataConfig(**cfg_all["data"]), data_cache_dir(path.parents[2]), progress=False)
+    batches = list(eval_batches(data.val, cfg.seq_len, args.batch_size, args.eval_tokens))
+    return model, batches, f"{path} ({cfg.activation}, d_model {cfg.d_model}, {cfg.n_layers} layers)"
+
+
+def worker(args) -> None:
+    """Run one implementation and print its answer as one JSON line."""
+    torch.set_num_threads(args.threads)
+    model, batches, what = load_setup(args)
+    n_tokens = sparsity.count_tokens(batches)
+    setup_mb = maxrss_mb()
+    t0 = time.perf_counter()
+    impl, _, search = args.worker.partition("-")
+    res = sparsity.ppl_p_sparsity(model, batches, p=args.p, impl=impl, tol=args.tol, search=search or "bisect")
+    wall = time.perf_counter() - t0
+    print(json.dumps({
+        "impl": args.worker, "what": what, "n_tokens": n_tokens, "wall_s": wall, "setup_mb": setup_mb,
+        "peak_mb": maxrss_mb(), "cett": res.cett, "bracket": res.bracket, "ppl_ratio": res.mean_ratio,
+        "activation_ratio": res.activation_ratio[0], "per_layer": res.active_per_layer[0],
+        "thresholds": res.thresholds[0], "dense_loss": res.dense_loss[0], "n_dense": res.n_dense_passes,
+        "n_sparse": res.n_sparse_passes, "trace": res.trace}))
+
+
+def run_worker(impl: str, argv: list[str]) -> dict:
+    out = subprocess.run([sys.executable, __file__, *argv, "--worker", impl], capture_output=True, text=True)
+    if out.returncode:
+        sys.exit(f"{impl} worker failed:\n{out.stderr}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def report(fasts: list[dict], ref: dict, p: float, tol: float) -> None:
+    print(f"model: {ref['what']}; {ref['n_tokens']} evaluation tokens; PPL-{p:g}%")
+    print(f"{'':>14} {'wall s':>8} {'c':>9} {'act ratio':>10} {'PPL ratio':>10} {'dense/sparse':>13} "
+          f"{'peak MiB':>9} {'setup MiB':>9}")
+    for r in (*fasts, ref):
+        print(f"{r['impl']:>14} {r['wall_s']:8.2f} {r['cett']:9.6f} {r['activation_ratio']:10.5f} "
+              f"{r['ppl_ratio']:10.6f} {r['n_dense']:>6}/{r['n_sparse']:<6} {r['peak_mb']:9.0f} {r['setup_mb']:9.0f}")
+    for f in fasts:
+        d_c, d_a = abs(f["cett"] - ref["cett"]), abs(f["activation_ratio"] - ref["activation_ratio"])
+        d_r = abs(f["ppl_ratio"] - ref["ppl_ratio"])
+        same = d_c <= tol and d_a <= 0.002 and d_r <= 0.001
+        print(f"{f['impl']}: speedup {ref['wall_s'] / f['wall_s']:.1f}x; same answer: {same} (|dc| = {d_c:.1e}, "
+              f"|d activation| = {d_a:.1e}, |d PPL ratio| = {d_r:.1e}); identical thresholds: "
+              f"{f['thresholds'] == ref['thresholds']}")
+        print("  c tried (c, mean ratio): " + ", ".join(f"({c:.4f}, {r:.5f})" for c, r in f["trace"]))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="trainer checkpoint .pt (config.yaml in the same folder)")
+    src.add_argument("--synthetic", action="store_true", help="random-init cpu-size model, random tokens")
+    ap.add_argument("--eval-tokens", type=int, default=16384, help="evaluation tokens (default 16384)")
+    ap.add_argument("--batch-size", type=int, default=16, help="sequences per evaluation batch")
+    ap.add_argument("--p", type=float, default=1.0, help="PPL-p%%: allowed perplexity increase in percent")
+    ap.add_argument("--tol", type=float, default=sparsity.TOL, help="bisection tolerance on c")
+    ap.add_argument("--activation", default="silu", help="activation of the --synthetic model")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the --synthetic model and tokens")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads in each worker")
+    ap.add_argument("--search", choices=["bisect", "secant", "both"], default="both",
+                    help="search on c of the fast implementation (default: run both)")
+    ap.add_argument("--json", help="also write all answers to this JSON file")
+    ap.add_argument("--worker", choices=["fast-bisect", "fast-secant", "reference"], help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        return worker(args)
+    argv = list(sys.argv[1:])
+    searches = ["bisect", "secant"] if args.search == "both" else [args.search]
+    fasts = [run_worker(f"fast-{s}", argv) for s in searches]
+    ref = run_worker("reference", argv)
+    report(fasts, ref, args.p, args.tol)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"fast": fasts, "reference": ref}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,311 @@
+"""The measurement stage: PPL-p% sparsity and its companions on every checkpoint of every run.
+
+For each run of a profile (cached per run, resumable, locked like training):
+  1. the run's one CETT value c per p is searched on its last `n_last` stable-stage checkpoints jointly
+     (Algorithm 1; v4 App. E), then applied to every checkpoint, each with its own thresholds tau_l(c);
+  2. per checkpoint: dense loss, activation ratio overall and per layer at PPL-p%, exact-zero ratio
+     (ReLU only), dead-neuron ratio (neurons active on < dead_freq of the tokens at PPL-1%);
+  3. on the final stable checkpoint: activation frequency of every neuron per data domain and the
+     per-token activation ratio per vocabulary id (at PPL-1%), for Fig. 9 and 10.
+
+Results of one run: runs/<profile>/<run key>/sparsity-<measure hash>.json (+ .npz of the neuron and
+token arrays), written atomically; `measure_profile` then writes results/<profile>/sparsity.csv,
+neurons.csv and tokens.csv, each with a provenance sidecar.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .config import ProfileConfig, RunConfig, SparsingLawError, stable_hash
+from .runs import (
+    checkpoints,
+    data_cache_dir,
+    provenance,
+    results_dir,
+    run_dir,
+    run_lock,
+    run_parallel,
+    run_state,
+    write_table,
+)
+from .train import atomic_write_bytes, atomic_write_text, versions
+
+MEASURE_VERSION = 1  # bump when the measurement changes meaning (invalidates cached measurements)
+
+
+# -----------------------------------------------------------------------------------------------
+# inputs
+
+
+def load_model(run: RunConfig, path: str | Path):
+    """A Transformer with the weights of checkpoint `path` (validated by runs.checkpoints)."""
+    from .model import Transformer
+
+    model = Transformer(run.model)
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["model"])
+    return model.eval()
+
+
+def eval_set(profile: ProfileConfig, tokens, seq_len: int) -> list[tuple[torch.Tensor, ...]]:
+    """The fixed validation batches (x, y, domain) every measurement of the profile uses."""
+    from .data import eval_batches
+
+    s = profile.sparsity
+    return list(eval_batches(tokens.val, seq_len, s.batch_size, s.eval_tokens, domain=tokens.val_domain))
+
+
+def measure_key(profile: ProfileConfig, run: RunConfig) -> str:
+    """Hash of everything the measurement of `run` depends on."""
+    return stable_hash({"v": MEASURE_VERSION, "run": run.config_hash(profile.data),
+                        "sparsity": dataclasses.asdict(profile.sparsity)})[:10]
+
+
+def stable_checkpoints(profile: ProfileConfig, run: RunConfig, runs_dir=None) -> pd.DataFrame:
+    ck = checkpoints(profile, run, runs_dir)
+    return ck[ck["stage"] == "stable"].reset_index(drop=True)
+
+
+# -----------------------------------------------------------------------------------------------
+# one run
+
+
+def measure_run(profile: ProfileConfig, run: RunConfig, runs_dir=None, progress: bool = True,
+                impl: str | None = None) -> dict:
+    """Measure every stable checkpoint of a finished run (cached); returns the cached record."""
+    from tqdm.auto import tqdm
+
+    from . import sparsity as sp
+    from .data import prepare
+
+    st = run_state(profile, run, runs_dir)
+    if st.status != "done":
+        raise SparsingLawError(f"run {run.name} is not trained ({st.status}, {st.tokens_seen:,} of "
+                               f"{st.tokens_total:,} tokens); train it first: python -m sparsinglaw train "
+                               f"--profile {profile.name} --run {run.name}")
+    scfg = profile.sparsity
+    if impl is not None and impl != scfg.impl:
+        profile = dataclasses.replace(profile, sparsity=dataclasses.replace(scfg, impl=impl))
+        scfg = profile.sparsity
+    d = run_dir(profile, run, runs_dir)
+    out = d / f"sparsity-{scfg.impl}-{measure_key(profile, run)}.json"
+    with run_lock(d, f"measure {run.name}"):
+        if out.exists():
+            return json.loads(out.read_text())
+        tokens = prepare(profile.data, data_cache_dir(runs_dir), progress=False)
+        batches = eval_set(profile, tokens, run.model.seq_len)
+        ck = stable_checkpoints(profile, run, runs_dir)
+        if len(ck) == 0:
+            raise SparsingLawError(f"run {run.name}: no valid stable-stage checkpoint in {d}")
+        loaders = [lambda path=p: load_model(run, path) for p in ck["path"]]
+        search_idx = list(range(len(ck)))[-scfg.n_last:]
+        ps = sorted({float(v) for v in scfg.p})
+        bar = tqdm(total=len(ps) * 11 + len(ck), desc=f"measure {run.name}", disable=not progress,
+                   mininterval=2.0, dynamic_ncols=True)
+        searches = {}
+        for p in ps:  # Algorithm 1 on the last stable checkpoints jointly: one c per run and p
+            res = sp.ppl_p_sparsity([loaders[i] for i in search_idx], batches, p, impl=scfg.impl, tol=scfg.tol,
+                                    n_grid=scfg.n_grid, search=scfg.search,
+                                    progress=lambda e: bar.update(int(e.get("stage") == "search")))
+            searches[p] = res
+        rows, final_arrays = [], None
+        relu = run.model.activation == "relu"
+        for i, row in ck.iterrows():
+            model = loaders[i]()
+            curves = sp.cett_curves(model, batches, scfg.n_grid) if scfg.impl == "fast" else None
+            zeros = sp.activation_stats(model, batches, rule=sp.zeros_rule()) if relu else None
+            last = i == len(ck) - 1
+            for p in ps:
+                c = searches[p].cett
+                if curves is not None:
+                    taus, dense = sp.thresholds_from_cett(curves, c), curves.dense_loss
+                else:
+                    ref = sp.apply_cett([model], batches, c, impl="reference", n_grid=scfg.n_grid)[0]
+                    taus, dense = ref.taus, ref.dense_loss
+                stats = sp.activation_stats(model, batches, taus=taus, per_neuron=True,
+                                            per_token=last and p == 1.0)
+                rows.append({
+                    "step": int(row["step"]), "tokens": int(row["tokens"]), "p": p, "cett": c,
+                    "dense_loss": dense, "sparse_loss": stats.loss, "ppl_ratio": math.exp(stats.loss - dense),
+                    "activation_ratio": stats.activation_ratio,
+                    "layer_ratios": ";".join(f"{v:.6f}" for v in stats.active_per_layer),
+                    "taus": ";".join(f"{v:.6g}" for v in taus),
+                    "exact_zero_ratio": zeros.activation_ratio if zeros is not None else float("nan"),
+                    "dead_ratio": stats.dead_ratio(scfg.dead_freq), "searched": i in search_idx,
+                    "n_tokens": stats.n_tokens,
+                })
+                if last and p == 1.0:
+                    final_arrays = {"domain_frequency": stats.domain_frequency().numpy(),
+                                    "neuron_frequency": stats.neuron_frequency().numpy(),
+                                    "token_sum": stats.token_sum.numpy(), "token_count": stats.token_count.numpy(),
+                                    "step": np.array(int(row["step"]))}
+            bar.update(1)
+        bar.close()
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **final_arrays)
+        atomic_write_bytes(out.with_suffix(".npz"), buf.getvalue())
+        record = {"run": run.name, "key": measure_key(profile, run), "impl": scfg.impl,
+                  "config_hash": run.config_hash(profile.data), "corpus": tokens.fingerprint,
+                  "versions": versions(), "sparsity": dataclasses.asdict(scfg), "rows": rows,
+                  "search": {str(p): {"cett": r.cett, "bracket": list(r.bracket), "trace": r.trace,
+                                      "n_dense_passes": r.n_dense_passes, "n_sparse_passes": r.n_sparse_passes,
+                                      "wall_time": r.wall_time, "checkpoints": [int(ck["step"][i]) for i in search_idx]}
+                             for p, r in searches.items()}}
+        atomic_write_text(out, json.dumps(record, indent=1))
+        return record
+
+
+def final_arrays(profile: ProfileConfig, run: RunConfig, runs_dir=None) -> dict[str, np.ndarray]:
+    """The neuron and token arrays of a measured run's final stable checkpoint."""
+    d = run_dir(profile, run, runs_dir)
+    path = d / f"sparsity-{profile.sparsity.impl}-{measure_key(profile, run)}.npz"
+    if not path.exists():
+        raise SparsingLawError(f"{path}: run {run.name} is not measured; run python -m sparsinglaw measure "
+                               f"--profile {profile.name} --run {run.name}")
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files}
+
+
+# -----------------------------------------------------------------------------------------------
+# a whole profile
+
+
+def _measure_one(profile_path: str, overrides: list[str], name: str, runs_dir, progress: bool, impl) -> None:
+    from .config import load_profile
+    from .train import setup_torch
+
+    profile = load_profile(profile_path, overrides=overrides)
+    setup_torch("cpu", profile.compute.threads)
+    measure_run(profile, profile.run(name), runs_dir, progress, impl)
+
+
+def measure_profile(profile: ProfileConfig, names: list[str] | None = None, jobs: int | None = None,
+                    runs_dir=None, progress: bool = True, impl: str | None = None) -> pd.DataFrame:
+    """Measure every run (parallel processes, like training), then write the profile's results tables."""
+    runs = [profile.run(n) for n in names] if names else list(profile.runs)
+    jobs = jobs or profile.compute.jobs or os.cpu_count() or 1
+    jobs = max(1, min(jobs, len(runs)))
+    calls = [(profile.path, profile.overrides, r.name, runs_dir, progress, impl) for r in runs]
+    run_parallel(_measure_one, calls, jobs, "measurement")
+    return write_results(profile, runs_dir, impl) if not names else sparsity_table(profile, runs, runs_dir, impl)
+
+
+def sparsity_table(profile: ProfileConfig, runs: list[RunConfig], runs_dir=None, impl=None) -> pd.DataFrame:
+    from .model import num_params_from_config
+
+    frames = []
+    for r in runs:
+        rec = measure_run(profile, r, runs_dir, progress=False, impl=impl)
+        df = pd.DataFrame(rec["rows"])
+        m = r.model
+        df.insert(0, "run", r.name)
+        df.insert(1, "activation", m.activation)
+        df.insert(2, "groups", ",".join(r.groups))
+        df.insert(3, "d_model", m.d_model)
+        df.insert(4, "n_layers", m.n_layers)
+        df.insert(5, "width_depth", m.d_model / m.n_layers)
+        df.insert(6, "non_embedding_params", num_params_from_config(m, non_embedding=True))
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True)
+
+
+def write_results(profile: ProfileConfig, runs_dir=None, impl=None) -> pd.DataFrame:
+    """results/<profile>/{sparsity,neurons,tokens}.csv with provenance sidecars."""
+    from .data import prepare
+
+    table = sparsity_table(profile, profile.runs, runs_dir, impl)
+    tokens = prepare(profile.data, data_cache_dir(runs_dir), progress=False)
+    meta = provenance(profile, corpus=tokens.fingerprint, sparsity=dataclasses.asdict(profile.sparsity))
+    out = results_dir(profile.name)
+    write_table(table, out / "sparsity.csv", meta)
+    neurons, toks = [], []
+    for r in profile.runs:
+        a = final_arrays(profile, r, runs_dir)
+        dom = a["domain_frequency"]  # (n_domains, L, d_ff)
+        freq = a["neuron_frequency"]  # (L, d_ff)
+        L, F = freq.shape
+        layer, neuron = np.divmod(np.arange(L * F), F)
+        cols = {"run": r.name, "step": int(a["step"]), "layer": layer, "neuron": neuron, "all": freq.ravel()}
+        for k, name in enumerate(tokens.domains[: dom.shape[0]]):
+            cols[name] = dom[k].ravel()
+        neurons.append(pd.DataFrame(cols))
+        count = a["token_count"]
+        seen = np.nonzero(count)[0]
+        ratio = a["token_sum"].mean(0)[seen] / count[seen]
+        toks.append(pd.DataFrame({"run": r.name, "token_id": seen, "count": count[seen], "activation_ratio": ratio}))
+    write_table(pd.concat(neurons, ignore_index=True), out / "neurons.csv", meta)
+    write_table(pd.concat(toks, ignore_index=True), out / "tokens.csv", meta)
+    return table
+
+
+# -----------------------------------------------------------------------------------------------
+# Pareto curves on a final checkpoint (notebook 02: paper Fig. 3 / v4 Fig. 2 and v4 Fig. 15)
+
+
+def pareto_run(profile: ProfileConfig, run: RunConfig, runs_dir=None, progress: bool = True) -> pd.DataFrame:
+    """(activation ratio, PPL) points of PPL-p% (CETT swept), Top-k (per token and the authors' per-batch
+    variant), FAT-eps and exact zeros (ReLU) on the run's final stable checkpoint (cached)."""
+    from . import sparsity as sp
+    from .data import prepare
+
+    scfg = profile.sparsity
+    d = run_dir(profile, run, runs_dir)
+    out = d / f"pareto-{measure_key(profile, run)}.csv"
+    if out.exists():
+        return pd.read_csv(out)
+    record = measure_run(profile, run, runs_dir, progress=progress)
+    with run_lock(d, f"pareto {run.name}"):
+        tokens = prepare(profile.data, data_cache_dir(runs_dir), progress=False)
+        batches = eval_set(profile, tokens, run.model.seq_len)
+        ck = stable_checkpoints(profile, run, runs_dir).iloc[-1]
+        model = load_model(run, ck["path"])
+        d_ff = run.model.d_ff
+        ks = sorted({max(1, round(f * d_ff)) for f in scfg.topk_fracs})
+        points = sp.sweep_cett(model, batches, scfg.cett_sweep, scfg.n_grid)
+        points += sp.sweep_topk(model, batches, ks) + sp.sweep_topk(model, batches, ks, per_batch=True)
+        points += sp.sweep_fat(model, batches, scfg.fat_eps)
+        if run.model.activation == "relu":
+            points.append(sp.zeros_point(model, batches, points[0].dense_loss))
+        rows = [{"method": pt.method, "param": pt.param, "dense_loss": pt.dense_loss, "sparse_loss": pt.sparse_loss,
+                 "ppl": pt.ppl, "ppl_ratio": pt.ppl_ratio, "activation_ratio": pt.activation_ratio} for pt in points]
+        final = [r for r in record["rows"] if r["step"] == int(ck["step"])]
+        for r in final:  # the PPL-p% points themselves
+            rows.append({"method": f"ppl-{r['p']:g}%", "param": r["cett"], "dense_loss": r["dense_loss"],
+                         "sparse_loss": r["sparse_loss"], "ppl": math.exp(r["sparse_loss"]),
+                         "ppl_ratio": r["ppl_ratio"], "activation_ratio": r["activation_ratio"]})
+        df = pd.DataFrame(rows)
+        df.insert(0, "run", run.name)
+        df.insert(1, "activation", run.model.activation)
+        df.insert(2, "step", int(ck["step"]))
+        atomic_write_bytes(out, df.to_csv(index=False).encode())
+        return df
+
+
+def pareto_profile(profile: ProfileConfig, runs_dir=None, progress: bool = True) -> pd.DataFrame:
+    """Pareto points of every run in sparsity.pareto_runs -> results/<profile>/pareto.csv."""
+    from .data import prepare
+
+    names = profile.sparsity.pareto_runs
+    if not names:
+        raise SparsingLawError(f"{profile.path}: sparsity.pareto_runs is empty; name the runs to sweep")
+    df = pd.concat([pareto_run(profile, profile.run(n), runs_dir, progress) for n in names], ignore_index=True)
+    tokens = prepare(profile.data, data_cache_dir(runs_dir), progress=False)
+    meta = provenance(profile, corpus=tokens.fingerprint, sparsity=dataclasses.asdict(profile.sparsity))
+    write_table(df, results_dir(profile.name) / "pareto.csv", meta)
+    return df
+
+
+def summary(table: pd.DataFrame) -> pd.DataFrame:
+    """The final stable checkpoint of each run and p: CETT, PPL ratio, activation ratio, exact zeros, dead."""
+    cols = ["run", "activation", "non_embedding_params", "width_depth", "tokens", "p", "cett", "ppl_ratio",
+            "activation_ratio", "exact_zero_ratio", "dead_ratio"]
+    return table.sort_values("tokens").groupby(["run", "p"], sort=False).tail(1)[cols].reset_index(drop=True)

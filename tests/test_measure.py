@@ -1,0 +1,84 @@
+"""The measurement stage: every stable checkpoint measured at the run's one CETT value, cached,
+results tables with provenance, clear errors for untrained runs."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import TINY
+from sparsinglaw import measure, runs
+from sparsinglaw.config import SparsingLawError, load_profile
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def tiny():
+    return load_profile("smoke", overrides=TINY + ["sparsity.eval_tokens=1024", "sparsity.n_grid=4096",
+                                                   "sparsity.pareto_runs=[relu-s1]"])
+
+
+def test_measure_run(tiny, smoke_tokens):
+    runs.train_profile(tiny, names=["relu-s1", "silu-s1"], jobs=1, progress=False)
+    run = tiny.run("relu-s1")
+    rec = measure.measure_run(tiny, run, progress=False)
+    rows = pd.DataFrame(rec["rows"])
+    ck = measure.stable_checkpoints(tiny, run)
+    assert list(rows["step"]) == list(ck["step"])  # every stable checkpoint, in order
+    assert rows["cett"].nunique() == 1 and rows["cett"].iloc[0] == rec["search"]["1.0"]["cett"]
+    searched = rows[rows["searched"]]
+    assert len(searched) == min(5, len(rows)) and searched["step"].tolist() == ck["step"].tolist()[-5:]
+    assert searched["ppl_ratio"].mean() < 1.01  # Algorithm 1's constraint at the reported c
+    assert rows[["activation_ratio", "dense_loss", "exact_zero_ratio", "dead_ratio"]].notna().all().all()
+    assert ((rows["activation_ratio"] > 0) & (rows["activation_ratio"] <= 1)).all()
+    # per-layer ratios average to the overall ratio; exact zeros of ReLU keep more than PPL-1% here
+    for _, r in rows.iterrows():
+        layers = [float(v) for v in r["layer_ratios"].split(";")]
+        assert len(layers) == run.model.n_layers and math.isclose(np.mean(layers), r["activation_ratio"], abs_tol=1e-5)
+    arrays = measure.final_arrays(tiny, run)
+    assert arrays["neuron_frequency"].shape == (run.model.n_layers, run.model.d_ff)
+    assert arrays["domain_frequency"].shape[0] == 2 and arrays["token_count"].sum() == rows["n_tokens"].iloc[-1]
+    # cached: a second call reads the record instead of recomputing
+    path = runs.run_dir(tiny, run) / f"sparsity-fast-{measure.measure_key(tiny, run)}.json"
+    mtime = path.stat().st_mtime_ns
+    assert measure.measure_run(tiny, run, progress=False) == json.loads(path.read_text())
+    assert path.stat().st_mtime_ns == mtime
+
+
+def test_results_tables_have_provenance(tiny, smoke_tokens, isolated_roots):
+    runs.train_profile(tiny, names=["relu-s1", "silu-s1"], jobs=1, progress=False)
+    sub = load_profile("smoke", overrides=tiny.overrides)
+    sub.runs = [sub.run("relu-s1"), sub.run("silu-s1")]
+    table = measure.write_results(sub)
+    out = isolated_roots["SPARSINGLAW_RESULTS"] / "smoke"
+    for name in ("sparsity", "neurons", "tokens"):
+        meta = json.loads((out / f"{name}.meta.json").read_text())
+        for key in ("git_sha", "git_dirty", "config_hash", "corpus", "versions", "device", "sha256"):
+            assert key in meta, (name, key)
+        assert meta["corpus"]["sha256"] == smoke_tokens.fingerprint["sha256"]
+    assert set(table["run"]) == {"relu-s1", "silu-s1"}
+    assert table.loc[table["activation"] == "silu", "exact_zero_ratio"].isna().all()
+    neurons = pd.read_csv(out / "neurons.csv")
+    assert {"run", "layer", "neuron", "all", "code", "prose"} <= set(neurons.columns)
+    assert neurons["all"].between(0, 1).all()
+
+
+def test_pareto_points(tiny, smoke_tokens):
+    runs.train_profile(tiny, names=["relu-s1"], jobs=1, progress=False)
+    df = measure.pareto_run(tiny, tiny.run("relu-s1"), progress=False)
+    assert {"cett", "topk", "topk_batch", "fat", "zeros", "ppl-1%"} <= set(df["method"])
+    zeros = df[df["method"] == "zeros"].iloc[0]
+    assert zeros["ppl_ratio"] == pytest.approx(1.0, abs=1e-6)  # dropping exact zeros of ReLU changes nothing
+    cett = df[df["method"] == "cett"].sort_values("param")
+    assert cett["activation_ratio"].is_monotonic_decreasing
+
+
+def test_untrained_run_is_refused(tiny):
+    fresh = load_profile("smoke", overrides=TINY + ["train.seed=12345"])
+    with pytest.raises(SparsingLawError, match="not trained"):
+        measure.measure_run(fresh, fresh.run("relu-wd1"), progress=False)

@@ -1,0 +1,426 @@
+"""Tests for sparsinglaw.sparsity: the fast implementation against the reference one, Eq. 3 against a
+per-token numpy oracle, edge cases (zero rows, a dead layer, padding, one token, one sequence), the
+search on c, the baselines and the activation statistics. Tiny models, one thread (conftest)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from sparsinglaw import sparsity as S
+from sparsinglaw.model import ModelConfig, Transformer, sparse
+
+V, T = 64, 32
+CFG = dict(vocab_size=V, d_model=32, n_layers=2, head_dim=8, d_ff=80, seq_len=T, dim_model_base=16)
+SMALL_GRID = 1024  # the reference bisects with one masked matmul per candidate: fewer candidates in most tests
+
+
+def markov(n_seq: int, seed: int, length: int = T) -> torch.Tensor:
+    """A learnable synthetic language: next = (5 * cur + 3 + noise) mod V, noise in {0, 1, 2} 30% of the time."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.empty(n_seq, length + 1, dtype=torch.long)
+    x[:, 0] = torch.randint(0, V, (n_seq,), generator=g)
+    for t in range(length):
+        noise = torch.randint(0, 3, (n_seq,), generator=g) * (torch.rand(n_seq, generator=g) < 0.3)
+        x[:, t + 1] = (5 * x[:, t] + 3 + noise) % V
+    return x
+
+
+def batches_of(seqs: torch.Tensor, bs: int = 32) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return [(seqs[i:i + bs, :-1], seqs[i:i + bs, 1:]) for i in range(0, len(seqs), bs)]
+
+
+def train(act: str, steps: int = 150, seed: int = 0, snapshots: tuple[int, ...] = ()) -> tuple[Transformer, list]:
+    """A tiny model trained briefly on ``markov`` (seeded), so it has a real loss to lose."""
+    torch.manual_seed(seed)
+    model = Transformer(ModelConfig(**CFG, activation=act))
+    opt = torch.optim.AdamW(model.param_groups(1e-2, 0.0), lr=1e-2)
+    data, g, states = markov(1024, seed + 1), torch.Generator().manual_seed(seed + 2), []
+    for step in range(1, steps + 1):
+        b = data[torch.randint(0, len(data), (16,), generator=g)]
+        _, loss = model(b[:, :-1], b[:, 1:])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step in snapshots:
+            states.append({k: v.clone() for k, v in model.state_dict().items()})
+    return model.eval(), states
+
+
+def random_model(act: str, seed: int = 0) -> tuple[Transformer, list]:
+    """A random-init model scored on its own greedy predictions (on random targets it barely reacts)."""
+    torch.manual_seed(seed)
+    model = Transformer(ModelConfig(**CFG, activation=act, init_std=0.3)).eval()
+    x = markov(96, seed + 7)[:, :-1]
+    with torch.no_grad():
+        y = model(x)[0].argmax(-1)
+    return model, [(x[i:i + 32], y[i:i + 32]) for i in range(0, 96, 32)]
+
+
+@pytest.fixture(scope="module")
+def trained():
+    return {act: train(act)[0] for act in ("relu", "silu", "gelu")}
+
+
+@pytest.fixture(scope="module")
+def val():
+    return batches_of(markov(96, 99))
+
+
+# ----------------------------------------------------------------------------- fast == reference
+
+
+def assert_valid_bracket(res: S.PPLpResult) -> None:
+    """lo = c has mean ratio < 1 + p/100; hi, when tested, has mean ratio >= 1 + p/100; hi - lo <= tol."""
+    lo, hi = res.bracket
+    tested = dict(res.trace)
+    assert res.cett == lo and 0 < hi - lo <= S.TOL and res.mean_ratio < 1 + res.p / 100
+    assert hi == 1.0 or tested[hi] >= 1 + res.p / 100
+
+
+def assert_same_answer(f: S.PPLpResult, r: S.PPLpResult, tol: float = S.TOL) -> None:
+    assert abs(f.cett - r.cett) <= tol
+    assert abs(f.activation_ratio[0] - r.activation_ratio[0]) <= 0.002
+    assert abs(f.mean_ratio - r.mean_ratio) <= 0.001
+    assert all(math.isfinite(t) for ts in f.thresholds + r.thresholds for t in ts)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("act", ["relu", "silu", "gelu"])
+@pytest.mark.parametrize("kind", ["trained", "random"])
+def test_fast_equals_reference(act, kind, trained, val):
+    model, batches = (trained[act], val) if kind == "trained" else random_model(act)
+    f = S.ppl_p_sparsity(model, batches, p=1.0, impl="fast", n_grid=SMALL_GRID)
+    r = S.ppl_p_sparsity(model, batches, p=1.0, impl="reference", n_grid=SMALL_GRID)
+    assert_same_answer(f, r)
+    assert f.cett == r.cett and f.thresholds == r.thresholds and f.ratios == r.ratios  # bit-identical
+    assert f.mean_ratio < 1.01 and 0 < f.activation_ratio[0] < 1  # a random model may even gain
+    assert r.n_dense_passes == r.n_sparse_passes == 10 and f.n_dense_passes == 2 and f.n_sparse_passes <= 10
+    assert [c for c, _ in f.trace] == [c for c, _ in r.trace] and r.trace[0][0] == 0.5
+    assert_valid_bracket(f)
+    s = S.ppl_p_sparsity(model, batches, p=1.0, impl="fast", n_grid=SMALL_GRID, search="secant")
+    assert_valid_bracket(s)
+    assert s.n_sparse_passes <= 12 and abs(s.cett - f.cett) <= 8 * S.TOL  # another crossing, if any, is near
+
+
+@pytest.mark.slow
+def test_fast_equals_reference_on_the_full_grid(trained, val):
+    f = S.ppl_p_sparsity(trained["silu"], val, p=1.0, impl="fast")
+    r = S.ppl_p_sparsity(trained["silu"], val, p=1.0, impl="reference")
+    assert_same_answer(f, r)
+    assert f.thresholds == r.thresholds
+    curves = S.cett_curves(trained["silu"], val)
+    assert curves.grid.shape == curves.cett.shape == (2, S.N_GRID)
+
+
+def test_curve_equals_masked_matmul_cett(trained, val):
+    model = trained["gelu"]
+    curves = S.cett_curves(model, val, n_grid=4096)
+    rows, dense = S.dense_rows(model, val)
+    assert dense == pytest.approx(curves.dense_loss, abs=1e-6)
+    g = torch.Generator().manual_seed(0)
+    for l, (ffn, h) in enumerate(zip(model.ffns(), rows, strict=True)):
+        for i in torch.randint(0, 4096, (24,), generator=g).tolist() + [0, 4095]:
+            ref = S.cett_per_token(h, ffn.w_down.weight, curves.grid[l, i]).double().mean().item()
+            assert curves.cett[l, i].item() == pytest.approx(ref, abs=2e-6)
+
+
+# ----------------------------------------------------------------------------- Eq. 3 against numpy
+
+
+def oracle_cett(h: np.ndarray, w: np.ndarray, tau: float) -> float:
+    """Eq. 3 token by token in float64: ||sum_{i: n_i < tau} h_i w_i|| / ||sum_i h_i w_i||, 0 if the output is 0."""
+    col = np.linalg.norm(w, axis=0)
+    vals = []
+    for row in h:
+        out = w @ row
+        tail = w @ np.where(np.abs(row) * col < tau, row, 0.0)
+        den = np.linalg.norm(out)
+        vals.append(np.linalg.norm(tail) / den if den > 0 else 0.0)
+    return float(np.mean(vals))
+
+
+def oracle_tau_index(h: np.ndarray, w: np.ndarray, grid: np.ndarray, c: float) -> int:
+    left, right = 0, len(grid)
+    while left < right:
+        mid = (left + right) // 2
+        if oracle_cett(h, w, grid[mid]) > c:
+            right = mid
+        else:
+            left = mid + 1
+    return max(left - 1, 0)
+
+
+def test_thresholds_match_a_per_token_numpy_oracle(trained):
+    model = trained["silu"]
+    batches = batches_of(markov(5, 3))  # 160 tokens
+    curves = S.cett_curves(model, batches)  # the full 65,536-point grid
+    rows, _ = S.dense_rows(model, batches)
+    for l, (ffn, h) in enumerate(zip(model.ffns(), rows, strict=True)):
+        h64, w64 = h.double().numpy(), ffn.w_down.weight.double().detach().numpy()
+        n = np.abs(h64) * np.linalg.norm(w64, axis=0)  # float64: our float32 norms agree to ~1 ulp
+        stride = max(n.size // S.N_GRID, 1)
+        assert curves.grid[l, 0].item() == pytest.approx(n.min(), rel=1e-6)
+        assert curves.grid[l, -1].item() == pytest.approx(np.quantile(n.ravel()[::stride], 0.99), rel=1e-6)
+        grid = curves.grid[l].double().numpy()
+        for c in (0.02, 0.1, 0.25, 0.5):
+            want = oracle_tau_index(h64, w64, grid, c)
+            got = S.invert_cett(lambda i, l=l: curves.cett[l, i].item(), S.N_GRID, c)
+            assert abs(got - want) <= 1, (l, c, got, want)
+            assert S.thresholds_from_cett(curves, c)[l] == curves.grid[l, got].item()
+
+
+def test_cett_is_not_monotone_per_token_but_the_mean_nearly_is(trained, val):
+    # three neurons along one direction with outputs +1, -1.5, +3 (norms 1, 1.5, 3): FFN(x) = 2.5
+    w = torch.tensor([[1.0, -1.0, 1.0]])
+    h = torch.tensor([[1.0, 1.5, 3.0]])
+    got = [S.cett_per_token(h, w, tau).item() for tau in (0.5, 1.2, 2.0, 4.0)]
+    assert got == pytest.approx([0.0, 0.4, 0.2, 1.0])  # adding neuron 2 to D shortens the tail
+    for act, model in trained.items():
+        cett = S.cett_curves(model, val, n_grid=4096).cett
+        assert (cett[:, 0] == 0).all() and (cett[:, -1] > 0.5).all() and (cett[:, -1] <= 1.0).all(), act
+        assert (cett.cummax(1).values - cett).max() < 1e-3, act  # cancellations are rare and small
+        assert (cett[:, ::256].diff(dim=1) > 0).all(), act
+
+
+# ----------------------------------------------------------------------------- c = 0 and edge cases
+
+
+@pytest.mark.parametrize("act", ["relu", "silu", "gelu"])
+def test_c_zero_keeps_every_neuron(act, trained, val):
+    model = trained[act]
+    curves = S.cett_curves(model, val, n_grid=SMALL_GRID)
+    taus = S.thresholds_from_cett(curves, 0.0)
+    res = S.evaluate(model, val, taus=taus)
+    assert res.loss == curves.dense_loss  # exactly: only exact zeros may be dropped
+    if act != "relu":
+        assert res.activation_ratio == 1.0
+    rows, _ = S.dense_rows(model, val)
+    assert S.reference_thresholds(model, rows, 0.0, SMALL_GRID) == taus
+
+
+def zero_rows_hook(model: Transformer, token: int):
+    """Make h exactly zero in layer 0 wherever the input token is ``token`` (all-zero rows)."""
+    state = {}
+    pre = model.embed.register_forward_hook(lambda m, i, o: state.__setitem__("x", i[0]))
+    hook = model.ffns()[0].h.register_forward_hook(
+        lambda m, i, o: o.masked_fill((state["x"] == token).unsqueeze(-1), 0.0))
+    return pre, hook
+
+
+def test_all_zero_rows_and_a_dead_layer(trained, val):
+    model = train("silu", steps=60)[0]
+    with torch.no_grad():
+        model.ffns()[1].w_gate.weight.zero_()  # layer 1 is dead: s = silu(0) = 0, so h = 0 for every token
+    handles = zero_rows_hook(model, token=int(val[0][0][0, 0]))
+    try:
+        curves = S.cett_curves(model, val, n_grid=SMALL_GRID)
+        assert torch.isfinite(curves.cett).all()
+        assert (curves.cett[1] == 0).all() and (curves.grid[1] == 0).all()
+        f = S.ppl_p_sparsity(model, val, impl="fast", n_grid=SMALL_GRID, search="bisect")
+        r = S.ppl_p_sparsity(model, val, impl="reference", n_grid=SMALL_GRID)
+        assert f.cett == r.cett and f.thresholds == r.thresholds and f.ratios == r.ratios
+        assert_valid_bracket(S.ppl_p_sparsity(model, val, n_grid=SMALL_GRID))
+        assert f.thresholds[0][1] == 0.0  # degenerate grid {0}: the dead layer runs dense (counted active)
+        assert f.active_per_layer[0][1] == 1.0 and f.active_per_layer[0][0] < 1.0
+        st = S.activation_stats(model, val, rule=S.zeros_rule(), per_neuron=True)
+        assert st.active_per_layer[1] == 0.0 and st.dead_ratio() >= 0.5
+    finally:
+        for hd in handles:
+            hd.remove()
+    h = torch.zeros(3, 5)
+    w = torch.randn(4, 5)
+    assert S.cett_per_token(h, w, 1.0).tolist() == [0.0, 0.0, 0.0]
+    vals, inc = S._curve_increments(h, w.t().contiguous(), w.norm(dim=0), torch.empty(1 << 10))
+    assert (inc == 0).all() and (vals == 0).all()
+
+
+def test_padding_is_excluded_everywhere(trained):
+    model = trained["relu"]
+    seqs = markov(40, 5)
+    keep = 20  # the last T - keep targets of every sequence are padding
+    padded = [(x, y.masked_fill(torch.arange(T) >= keep, -1)) for x, y in batches_of(seqs, 16)]
+    short = batches_of(seqs[:, :keep + 1], 16)  # causal model: the same tokens see the same context
+    assert S.count_tokens(padded) == S.count_tokens(short) == 40 * keep
+    cp, cs = S.cett_curves(model, padded, SMALL_GRID), S.cett_curves(model, short, SMALL_GRID)
+    assert cp.n_tokens == cs.n_tokens and cp.dense_loss == pytest.approx(cs.dense_loss, abs=1e-6)
+    torch.testing.assert_close(cp.grid, cs.grid, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(cp.cett, cs.cett, rtol=0, atol=1e-6)
+    fp = S.ppl_p_sparsity(model, padded, impl="fast", n_grid=SMALL_GRID)
+    fs = S.ppl_p_sparsity(model, short, impl="fast", n_grid=SMALL_GRID)
+    assert_same_answer(fp, fs)
+    st = S.activation_stats(model, padded, taus=fp.thresholds[0], per_token=True, per_neuron=True)
+    assert st.n_tokens == 800 and int(st.token_count.sum()) == 800
+    assert st.activation_ratio == pytest.approx(fp.activation_ratio[0], abs=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, T)], ids=["single-token", "one-sequence"])
+def test_single_token_and_single_sequence(shape, trained):
+    model = trained["gelu"]
+    seq = markov(1, 11)[:, :shape[1] + 1]
+    batches = [(seq[:, :-1], seq[:, 1:])]
+    f = S.ppl_p_sparsity(model, batches, impl="fast", n_grid=256, search="bisect")
+    r = S.ppl_p_sparsity(model, batches, impl="reference", n_grid=256)
+    assert f.cett == r.cett and f.thresholds == r.thresholds and f.ratios == r.ratios
+    assert f.checkpoints[0].dense_loss == pytest.approx(r.checkpoints[0].dense_loss, abs=1e-6)
+    assert_valid_bracket(S.ppl_p_sparsity(model, batches, n_grid=256))  # few tokens: a noisy ratio
+
+
+def test_bad_inputs(trained, val):
+    model = trained["silu"]
+    with pytest.raises(TypeError, match="re-iterable"):
+        S.cett_curves(model, (b for b in val))
+    with pytest.raises(ValueError, match="no valid tokens"):
+        S.cett_curves(model, [(val[0][0], torch.full_like(val[0][1], -1))])
+    with pytest.raises(ValueError, match="impl"):
+        S.ppl_p_sparsity(model, val, impl="slow")
+    with pytest.raises(ValueError, match="p must be"):
+        S.ppl_p_sparsity(model, val, p=0)
+    with pytest.raises(ValueError, match="c must be"):
+        S.invert_cett(lambda i: 0.0, 8, -0.1)
+
+
+# ----------------------------------------------------------------------------- the search on c
+
+
+def test_levels_and_bisection_cell():
+    assert S._levels(1e-3) == 10 and S._levels(1e-6) == 20 and S._levels(0.5) == 1
+    calls = []
+
+    def f(j):
+        calls.append(j)
+        return math.exp(0.0100 * (j / 1024 / 0.3) ** 2)  # crosses 1.01 at c = 0.3 * sqrt(log(1.01) / 0.01)
+
+    a, b = S._bisect(f, 10, 1.01)
+    root = 0.3 * math.sqrt(math.log(1.01) / 0.01) * 1024
+    assert a < root <= b and b - a == 1 and len(calls) == 10 and calls[:2] == [512, 256]
+
+
+@pytest.mark.parametrize("power", [1.0, 2.0, 3.0])
+@pytest.mark.parametrize("c_star", [0.01, 0.2, 0.77, 0.999])
+def test_secant_search_finds_the_bisection_cell_with_fewer_probes(power, c_star):
+    def ratio(j):
+        return math.exp(min(math.log(1.01) * (j / 1024 / c_star) ** power, 50.0))
+
+    probes = []
+    got = S._secant_search(lambda j: probes.append(j) or ratio(j), 10, 1.01, 0.125)
+    assert got == S._bisect(ratio, 10, 1.01)
+    assert len(probes) <= 10 if c_star < 0.99 else len(probes) <= 12
+
+
+def test_secant_search_stays_bounded_on_noise():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        walk = 1 + np.cumsum(rng.normal(0, 0.002, 1025))
+        walk[0] = 1.0
+        probes: list[int] = []
+
+        def f(j, walk=walk, probes=probes):
+            probes.append(j)
+            return float(walk[j])
+
+        a, b = S._secant_search(f, 10, 1.01, 0.125)
+        assert b - a == 1 and (a == 0 or walk[a] < 1.01) and (b == 1024 or walk[b] >= 1.01)
+        assert len(probes) <= 20
+
+
+# ----------------------------------------------------------------------------- lists of checkpoints
+
+
+def test_list_of_checkpoints_and_the_run_protocol(val):
+    model, states = train("relu", steps=120, snapshots=(40, 80, 120))
+
+    def loader(sd):
+        def load():
+            m = Transformer(ModelConfig(**CFG, activation="relu"))
+            m.load_state_dict(sd)
+            return m
+
+        return load
+
+    ckpts = [loader(sd) for sd in states]
+    run = S.run_protocol(ckpts, val, p=1.0, n_last=2, n_grid=SMALL_GRID)
+    assert len(run.checkpoints) == 3 and run.search.checkpoints == run.checkpoints[1:]
+    assert {r.cett for r in run.checkpoints} == {run.search.cett}
+    assert run.search.mean_ratio < 1.01 and len({tuple(r.taus) for r in run.checkpoints}) == 3
+    ref = S.ppl_p_sparsity(ckpts[1:], val, p=1.0, impl="reference", n_grid=SMALL_GRID)
+    assert_same_answer(run.search, ref)
+    assert ref.n_dense_passes == ref.n_sparse_passes == 20
+    again = S.apply_cett([ckpts[0]], val, run.search.cett, impl="reference", n_grid=SMALL_GRID)[0]
+    assert again.taus == run.checkpoints[0].taus and again.sparse_loss == run.checkpoints[0].sparse_loss
+
+
+# ----------------------------------------------------------------------------- baselines and statistics
+
+
+def test_threshold_rule_equals_the_models_sparse_forward(trained, val):
+    model = trained["silu"]
+    curves = S.cett_curves(model, val, SMALL_GRID)
+    taus = S.thresholds_from_cett(curves, 0.2)
+    cols = [ffn.down_col_norms() for ffn in model.ffns()]
+    rule = lambda l, h, s, valid: ~(S.neuron_norms(h, cols[l]) < taus[l])
+    a, b = S.evaluate(model, val, taus=taus), S.evaluate(model, val, rule=rule)
+    assert a.loss == b.loss and a.active_per_layer == b.active_per_layer
+    with sparse(model, taus=taus), torch.no_grad():
+        manual = sum(model(x, y, reduction="sum")[1].item() for x, y in val) / S.count_tokens(val)
+    assert a.loss == pytest.approx(manual, rel=1e-6)
+
+
+def test_baselines(trained, val):
+    model, d_ff = trained["relu"], CFG["d_ff"]
+    dense = S.evaluate(model, val).loss
+    pts = S.sweep_topk(model, val, [8, 40, d_ff])
+    assert [p.activation_ratio for p in pts] == [8 / d_ff, 40 / d_ff, 1.0]
+    assert pts[-1].sparse_loss == pytest.approx(dense, abs=1e-6) and pts[0].ppl_ratio > pts[1].ppl_ratio
+    batch = S.topk_point(model, val, 8, per_batch=True, dense_loss=dense)
+    assert batch.method == "topk_batch" and batch.activation_ratio == pytest.approx(8 / d_ff, abs=1e-9)
+    st = S.activation_stats(model, val, rule=S.topk_rule(8, per_batch=True), per_token=True)
+    per_tok = st.token_sum.sum(0)[st.token_count > 0] / st.token_count[st.token_count > 0]
+    assert per_tok.std() > 0  # a token may keep more or fewer than k
+    fat = S.sweep_fat(model, val, [0.0, 0.05, 0.5])
+    assert fat[0].activation_ratio == 1.0 and fat[0].sparse_loss == pytest.approx(dense, abs=1e-6)
+    assert fat[0].activation_ratio > fat[1].activation_ratio > fat[2].activation_ratio
+    zeros = S.zeros_point(model, val, dense_loss=dense)
+    assert zeros.sparse_loss == dense and zeros.ppl_ratio == 1.0 and zeros.ppl == math.exp(dense)
+    nz = exact_nonzero_share(model, val)
+    assert zeros.active_per_layer == pytest.approx(nz, abs=1e-12)
+    cett = S.sweep_cett(model, val, [0.0, 0.1, 0.3], n_grid=SMALL_GRID)
+    assert cett[0].ppl_ratio == 1.0 and cett[0].activation_ratio > cett[1].activation_ratio > cett[2].activation_ratio
+
+
+def exact_nonzero_share(model: Transformer, batches) -> list[float]:
+    """Share of s = act(W_gate x) != 0 per layer, read straight from the gate projection."""
+    counts, n = [0, 0], 0
+    handles = [ffn.w_gate.register_forward_hook(
+        lambda m, i, o, l=l: counts.__setitem__(l, counts[l] + int((torch.relu(o) != 0).sum())))
+        for l, ffn in enumerate(model.ffns())]
+    with torch.no_grad():
+        for x, _ in batches:
+            model(x)
+            n += x.numel()
+    for hd in handles:
+        hd.remove()
+    return [c / (n * CFG["d_ff"]) for c in counts]
+
+
+def test_activation_stats_per_token_neuron_and_domain(trained):
+    model = trained["silu"]
+    seqs = markov(64, 21)
+    dom = (seqs[:, 1:] % 3 == 0).long()  # two "domains" per token
+    batches = [(x, y, dom[i:i + 32]) for i, (x, y) in zip(range(0, 64, 32), batches_of(seqs), strict=True)]
+    taus = S.ppl_p_sparsity(model, batches, n_grid=SMALL_GRID).thresholds[0]
+    st = S.activation_stats(model, batches, taus=taus, per_token=True, per_neuron=True)
+    n, L = 64 * T, CFG["n_layers"]
+    assert st.n_tokens == n and int(st.token_count.sum()) == n
+    assert st.token_sum.sum().item() / (n * L) == pytest.approx(st.activation_ratio, abs=1e-12)
+    assert st.neuron_frequency().mean().item() == pytest.approx(st.activation_ratio, abs=1e-12)
+    seen = st.token_count > 0
+    ratio = st.token_ratio()
+    assert torch.isnan(ratio[~seen]).all() and ((ratio[seen] >= 0) & (ratio[seen] <= 1)).all()
+    assert st.domain_tokens.tolist() == [int((dom == 0).sum()), int((dom == 1).sum())]
+    assert (st.domain_neuron_active.sum(0) == st.neuron_active).all()
+    assert st.domain_frequency().shape == (2, L, CFG["d_ff"])
+    assert 0.0 <= st.dead_ratio() <= 1.0 and st.dead_ratio(min_freq=2.0) == 1.0
