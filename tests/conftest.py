@@ -56,3 +56,36 @@ def tiny_profile():
     from sparsinglaw.config import load_profile
 
     return load_profile("smoke", overrides=list(TINY))
+
+
+# The smoke profile cut to two runs (one ReLU, one SiLU) and small measurement settings: the cheapest
+# profile that goes through training, measurement and the results tables (fault and bad-input tests).
+MINI = TINY + ["sparsity.eval_tokens=1024", "sparsity.n_grid=4096"]
+
+
+@pytest.fixture(scope="session")
+def mini_path(tmp_path_factory) -> Path:
+    """configs/smoke.yaml with runs relu-s1 and silu-s1 only, written as <tmp>/mini.yaml."""
+    import yaml
+
+    raw = yaml.safe_load((REPO / "configs" / "smoke.yaml").read_text())
+    raw["runs"] = [r for r in raw["runs"] if r["name"] in ("relu-s1", "silu-s1")]
+    raw["sparsity"]["pareto_runs"] = []
+    path = tmp_path_factory.mktemp("profiles") / "mini.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="session")
+def measured_mini(session_roots, mini_path, smoke_tokens):
+    """The mini profile trained and measured into the session roots (results/mini/*.csv written)."""
+    from sparsinglaw import measure, runs
+    from sparsinglaw.config import load_profile
+
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in session_roots.items():
+            mp.setenv(k, str(v))
+        profile = load_profile(mini_path, overrides=MINI)
+        runs.train_profile(profile, jobs=1, progress=False)
+        measure.measure_profile(profile, jobs=1, progress=False)
+    return profile

@@ -111,3 +111,12 @@ def test_checkpoint_marks_are_geometric():
     assert max(ratios) / min(ratios) < 1.1  # geometric spacing (up to rounding to whole steps)
     warmup, stable, _ = stage_steps(r.model, r.train)
     assert ck[-1] == warmup + stable and ck[-1] * tps <= r.train.tokens
+
+
+def test_exponents_without_a_dot_are_numbers():
+    """YAML 1.1 reads 3e-3 and 1e6 as strings; the CLI help's own examples must still work."""
+    p = load_profile("smoke", overrides=["train.lr=3e-3", "runs.relu-s1.train.tokens=49152"])
+    assert p.run("silu-s1").train.lr == 0.003
+    assert load_profile("smoke", overrides=["train.tokens=3.2e4"]).run("relu-s1").train.tokens == 32000
+    with pytest.raises(ConfigError, match="train.lr: expected a number, got 'nan'"):
+        load_profile("smoke", overrides=["train.lr=nan"])

@@ -1,72 +1,125 @@
-"""Killed + resumed == uninterrupted, bit for bit on CPU: a training subprocess is SIGKILLed
-mid-run (several times), resumed, and its final weights compared with an uninterrupted run."""
+"""Killed + resumed == uninterrupted, bit for bit on CPU: a training subprocess is SIGKILLed at five
+seeded points (three at random steps, one while a checkpoint's temp files are written but not yet
+renamed, one between a checkpoint and its sidecar), resumed each time, and its final weights, optimizer
+state and log compared with an uninterrupted run's. Partial checkpoints are never loaded and the temp
+files of killed writes are cleaned by the next run."""
 
 from __future__ import annotations
 
 import os
+import random
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
 from conftest import REPO, TINY
 from sparsinglaw import runs
-from sparsinglaw.config import load_profile
+from sparsinglaw.config import checkpoint_steps, load_profile
+from sparsinglaw.train import checkpoint_problem, latest_valid_checkpoint, train
 
 pytestmark = pytest.mark.slow
 
 ARGS = TINY + ["train.tokens=40960", "train.resume_every=2"]
+RUN = "relu-s2"
 
 
 def _cmd(runs_dir: Path) -> list[str]:
     sets = sum((["--set", s] for s in ARGS), [])
-    return [sys.executable, "-m", "sparsinglaw", "train", "--profile", "smoke", "--run", "relu-s2",
+    return [sys.executable, "-m", "sparsinglaw", "train", "--profile", "smoke", "--run", RUN,
             "--runs-dir", str(runs_dir), "--no-progress", *sets]
 
 
-def _env(session_roots):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO / "lib"))
+def _env(session_roots, fault: str | None = None) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO / "lib"), PYTHONUNBUFFERED="1")
     env["SPARSINGLAW_DATA"] = str(session_roots["SPARSINGLAW_DATA"])  # shared token cache
+    env.pop("SPARSINGLAW_TEST_FAULT", None)
+    if fault:
+        env["SPARSINGLAW_TEST_FAULT"] = fault
     return env
 
 
-def _final_state(runs_dir: Path):
-    p = load_profile("smoke", overrides=ARGS)
-    run = p.run("relu-s2")
-    d = runs.run_dir(p, run, runs_dir)
-    assert (d / "DONE").exists()
-    last = sorted(d.glob("ckpt_0*.pt"))[-1]
-    return torch.load(last, weights_only=True)
+def _logged_step(log: Path) -> int:
+    """The last optimizer step in log.csv (0 when there is none yet)."""
+    if not log.exists():
+        return 0
+    steps = [int(h) for h in (line.split(",", 1)[0] for line in log.read_text().splitlines()[1:]) if h.isdigit()]
+    return max(steps, default=0)
 
 
-def test_kill_and_resume_equals_uninterrupted(tmp_path, session_roots, smoke_tokens):
-    env = _env(session_roots)
-    ref_dir, kill_dir = tmp_path / "ref", tmp_path / "killed"
-    subprocess.run(_cmd(ref_dir), env=env, check=True, capture_output=True, timeout=300)
-    kills = 0
-    for delay in (0.2, 0.5, 0.9):  # kill at three different points, resuming each time
-        proc = subprocess.Popen(_cmd(kill_dir), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        start = time.time()
-        # wait until the process has written something in its run folder, then a little longer
-        while proc.poll() is None and not list(kill_dir.glob("smoke/*/meta_*.json")) and time.time() - start < 60:
-            time.sleep(0.01)
-        time.sleep(delay)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            kills += 1
-        proc.wait()
-    assert kills >= 1, "the run finished before it could be killed; make it longer"
-    assert not list(kill_dir.glob("smoke/*/DONE"))
-    done = subprocess.run(_cmd(kill_dir), env=env, capture_output=True, text=True, timeout=300)
+def _run_until(cmd: list[str], env: dict, out: Path, stop, delay: float = 0.0) -> bool:
+    """Run `cmd` (output to `out`) and SIGKILL it `delay` s after stop() holds; True if it was killed."""
+    with open(out, "w") as f:
+        proc = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.time() + 180
+            while proc.poll() is None and not stop() and time.time() < deadline:
+                time.sleep(0.005)
+            time.sleep(delay)
+            killed = proc.poll() is None
+            if killed:
+                proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return killed
+
+
+def test_five_kills_then_resume_equals_uninterrupted(tmp_path, session_roots, smoke_tokens):
+    profile = load_profile("smoke", overrides=ARGS)
+    run = profile.run(RUN)
+    h = run.config_hash(profile.data)
+    ref = runs.run_dir(profile, run, tmp_path / "ref")
+    train(run, profile.data, ref, smoke_tokens, progress=False)  # uninterrupted, in this process
+    d = runs.run_dir(profile, run, tmp_path / "killed")
+    marks = checkpoint_steps(run.model, run.train)  # [24, 36, 54, 80]
+    rng = random.Random(6)
+    plan = [("step", rng.randint(4, marks[0] - 4)),
+            ("stall", f"ckpt_{marks[1]:07d}.pt"),  # both temp files written, nothing renamed yet
+            ("step", rng.randint(marks[1] + 2, marks[2] - 4)),
+            ("stall", f"meta_{marks[2]:07d}.json"),  # the checkpoint renamed, its sidecar not
+            ("step", rng.randint(marks[2] + 2, marks[3] - 4))]
+    outputs = []
+    for i, (kind, arg) in enumerate(plan):
+        out = tmp_path / f"run{i}.txt"
+        if kind == "step":
+            killed = _run_until(_cmd(d.parents[1]), _env(session_roots), out,
+                                lambda t=arg: _logged_step(d / "log.csv") >= t, delay=rng.uniform(0, 0.05))
+        else:
+            killed = _run_until(_cmd(d.parents[1]), _env(session_roots, f"stall:{arg}"), out,
+                                lambda out=out: "test fault: stalled" in out.read_text())
+        outputs.append(out.read_text())
+        assert killed, f"kill {i} ({kind} {arg}) came too late: the run finished\n{outputs[-1]}"
+        assert not (d / "DONE").exists()
+        found = latest_valid_checkpoint(d, h, warn=lambda _m: None)
+        if found:  # what a resume would load is a complete checkpoint
+            torch.load(d / f"ckpt_{found[0]}.pt", weights_only=True)
+        if kind == "stall" and arg.startswith("ckpt_"):  # a partial checkpoint: temp files only
+            assert not (d / arg).exists() and list(d.glob(f".{arg}.*.tmp"))
+            assert found[1]["step"] < marks[1]
+        if kind == "stall" and arg.startswith("meta_"):  # a checkpoint without its sidecar
+            pt = f"ckpt_{marks[2]:07d}.pt"
+            assert (d / pt).exists() and "no sidecar" in checkpoint_problem(d, f"{marks[2]:07d}", h)
+            assert found[1]["step"] < marks[2]
+    # the run after the sidecar-less checkpoint skipped it, naming it
+    assert f"skipping checkpoint ckpt_{marks[2]:07d}.pt: no sidecar" in outputs[4]
+    done = subprocess.run(_cmd(d.parents[1]), env=_env(session_roots), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    ref, got = _final_state(ref_dir), _final_state(kill_dir)
-    assert ref["step"] == got["step"]
-    for k in ref["model"]:
-        assert torch.equal(ref["model"][k], got["model"][k]), k
-    for k, v in ref["optimizer"]["state"].items():
+    assert not list(d.glob("*.tmp")) and not list(d.glob(".*.tmp")), "temp files of killed writes remain"
+    a, b = (torch.load(sorted(x.glob("ckpt_0*.pt"))[-1], weights_only=True) for x in (ref, d))
+    assert a["step"] == b["step"] == marks[-1]
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for k, v in a["optimizer"]["state"].items():
         for name, t in v.items():
-            assert torch.equal(t, got["optimizer"]["state"][k][name]), (k, name)
+            assert torch.equal(t, b["optimizer"]["state"][k][name]), (k, name)
+    # the log too: every row once, the same numbers (only the timing column differs)
+    la, lb = (pd.read_csv(x / "log.csv").drop(columns=["tok_s"]) for x in (ref, d))
+    pd.testing.assert_frame_equal(la, lb)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -63,6 +64,11 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a file the user can fix (disk full, permissions), raised outside our own checks
+        if args.debug:
+            raise
+        print(f"error: {e}; rerun with --debug for the traceback", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
         return 130
@@ -75,9 +81,11 @@ def _dispatch(args) -> int:
     from .runs import states_table, train_profile
 
     profile = load_profile(args.profile, overrides=args.overrides)
+    if args.runs_dir is not None and Path(args.runs_dir).exists() and not Path(args.runs_dir).is_dir():
+        raise ConfigError(f"--runs-dir {args.runs_dir}: not a folder; expected a folder for checkpoints and logs")
+    if getattr(args, "jobs", None) is not None and args.jobs < 0:
+        raise ConfigError(f"-j/--jobs: expected a number of processes >= 0, got {args.jobs}")
     if args.command == "train":
-        if args.jobs is not None and args.jobs < 0:
-            raise ConfigError(f"-j/--jobs: expected a number of processes >= 0, got {args.jobs}")
         states = train_profile(profile, names=args.run, jobs=args.jobs, runs_dir=args.runs_dir,
                                progress=not args.no_progress)
         print(f"{sum(s.status == 'done' for s in states)}/{len(states)} runs done")
@@ -85,8 +93,6 @@ def _dispatch(args) -> int:
     if args.command == "measure":
         from .measure import measure_profile
 
-        if args.jobs is not None and args.jobs < 0:
-            raise ConfigError(f"-j/--jobs: expected a number of processes >= 0, got {args.jobs}")
         table = measure_profile(profile, names=args.run, jobs=args.jobs, runs_dir=args.runs_dir,
                                 progress=not args.no_progress, impl=args.impl)
         cols = ["run", "tokens", "p", "cett", "ppl_ratio", "activation_ratio", "dead_ratio"]

@@ -215,11 +215,25 @@ def _build(cls, raw: Any, where: str):
     return cls(**kwargs)
 
 
+def _yaml_number(value: Any) -> Any:
+    """YAML 1.1 reads 3e-3 and 1e6 (no dot) as strings: take them as the numbers they spell."""
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return value
+        if math.isfinite(number):
+            return number
+    return value
+
+
 def _coerce(value: Any, default: Any, where: str) -> Any:
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: expected true or false, got {value!r}")
         return value
+    if isinstance(default, int | float):
+        value = _yaml_number(value)
     if isinstance(default, int):
         if isinstance(value, float) and value.is_integer():
             value = int(value)
@@ -271,6 +285,8 @@ def validate_train(t: TrainConfig, m: ModelConfig, where: str) -> None:
            "warmup_frac + decay_frac must leave a stable stage (< 1)")
     _check(0 < t.decay_min_lr_frac <= 1, f"{where}.decay_min_lr_frac", "must lie in (0, 1]")
     _check(0 < t.first_checkpoint_frac <= 1, f"{where}.first_checkpoint_frac", "must lie in (0, 1]")
+    _check(t.eval_tokens >= m.seq_len, f"{where}.eval_tokens",
+           f"must be at least one window of model.seq_len={m.seq_len} tokens, got {t.eval_tokens}")
     n = total_steps(m, t)
     _check(n >= 2, f"{where}.tokens", f"{t.tokens} tokens is under two optimizer steps of "
            f"{tokens_per_step(m, t)} tokens; raise tokens or lower batch_size/seq_len")
@@ -387,6 +403,9 @@ def parse_profile(raw: Any, path: str, name: str) -> ProfileConfig:
         raise ConfigError(f"{path}: fit: expected a mapping of fields, got {raw.get('fit')!r}")
     sparsity = _build(SparsityConfig, raw.get("sparsity"), f"{path}: sparsity")
     validate_sparsity(sparsity, [r.name for r in runs], f"{path}: sparsity")
+    longest = max(r.model.seq_len for r in runs)
+    _check(sparsity.eval_tokens >= longest, f"{path}: sparsity.eval_tokens",
+           f"must be at least one window of the longest model.seq_len={longest} tokens, got {sparsity.eval_tokens}")
     return ProfileConfig(name=name, description=desc, data=data, compute=compute, runs=runs, sparsity=sparsity,
                          fit=dict(raw.get("fit") or {}), path=path)
 
@@ -406,6 +425,15 @@ def resolve_profile_path(profile: str, configs_dir: Path) -> Path:
     return cand
 
 
+def yaml_error(e: yaml.YAMLError) -> str:
+    """A YAML parse error on one line: where, what, and in what construct."""
+    mark = getattr(e, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    what = getattr(e, "problem", None) or str(e).splitlines()[0]
+    context = getattr(e, "context", None)
+    return f"{where}{what}" + (f" ({context})" if context else "")
+
+
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     """Dotted overrides ``section.field=value`` (value parsed as YAML), e.g. ``train.lr=3e-3``.
 
@@ -420,7 +448,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
         try:
             value = yaml.safe_load(val)
         except yaml.YAMLError as e:
-            raise ConfigError(f"--set {ov!r}: value is not valid YAML ({e})") from None
+            raise ConfigError(f"--set {ov!r}: value is not valid YAML ({yaml_error(e)})") from None
         if parts[0] == "runs":
             if len(parts) < 4:
                 raise ConfigError(f"--set {ov!r}: expected runs.NAME.model|train.FIELD=VALUE")
@@ -450,7 +478,7 @@ def load_profile(profile: str | Path, configs_dir: Path | None = None, overrides
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        raise ConfigError(f"{path}: not valid YAML: {yaml_error(e)}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not UTF-8 text; save the profile as UTF-8 YAML") from None
     if isinstance(raw, dict):

@@ -56,6 +56,7 @@ import itertools
 import json
 import multiprocessing as mp
 import os
+import shutil
 import sys
 import sysconfig
 import time
@@ -671,7 +672,13 @@ def prepare(cfg: DataConfig, cache_dir: Path, progress: bool = True) -> TokenDat
     with _locked(cache_dir / f"{root.name}.lock"):
         meta = _read_meta(root, key)
         if meta is None:
-            meta = _build(cfg, docs, fingerprint, key, root, progress, t_scan)
+            fresh = not root.exists()
+            try:
+                meta = _build(cfg, docs, fingerprint, key, root, progress, t_scan)
+            except BaseException:
+                if fresh:  # a failed first build (a corpus too small for the vocabulary) leaves nothing
+                    shutil.rmtree(root, ignore_errors=True)
+                raise
     return _load(root, meta)
 
 

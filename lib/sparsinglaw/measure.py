@@ -16,10 +16,12 @@ neurons.csv and tokens.csv, each with a provenance sidecar.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import json
 import math
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +33,7 @@ from .runs import (
     checkpoints,
     data_cache_dir,
     provenance,
+    read_table,
     results_dir,
     run_dir,
     run_lock,
@@ -38,7 +41,7 @@ from .runs import (
     run_state,
     write_table,
 )
-from .train import atomic_write_bytes, atomic_write_text, versions
+from .train import atomic_write_bytes, atomic_write_files, remove_stale_temps, sha256_file, versions
 
 MEASURE_VERSION = 1  # bump when the measurement changes meaning (invalidates cached measurements)
 
@@ -100,7 +103,8 @@ def measure_run(profile: ProfileConfig, run: RunConfig, runs_dir=None, progress:
     out = d / f"sparsity-{scfg.impl}-{measure_key(profile, run)}.json"
     with run_lock(d, f"measure {run.name}"):
         if out.exists():
-            return json.loads(out.read_text())
+            return read_record(out, profile, run)
+        remove_stale_temps(d)
         tokens = prepare(profile.data, data_cache_dir(runs_dir), progress=False)
         batches = eval_set(profile, tokens, run.model.seq_len)
         ck = stable_checkpoints(profile, run, runs_dir)
@@ -152,16 +156,35 @@ def measure_run(profile: ProfileConfig, run: RunConfig, runs_dir=None, progress:
         bar.close()
         buf = io.BytesIO()
         np.savez_compressed(buf, **final_arrays)
-        atomic_write_bytes(out.with_suffix(".npz"), buf.getvalue())
+        arrays = buf.getvalue()
         record = {"run": run.name, "key": measure_key(profile, run), "impl": scfg.impl,
+                  "arrays_sha256": hashlib.sha256(arrays).hexdigest(),
                   "config_hash": run.config_hash(profile.data), "corpus": tokens.fingerprint,
                   "versions": versions(), "sparsity": dataclasses.asdict(scfg), "rows": rows,
                   "search": {str(p): {"cett": r.cett, "bracket": list(r.bracket), "trace": r.trace,
                                       "n_dense_passes": r.n_dense_passes, "n_sparse_passes": r.n_sparse_passes,
                                       "wall_time": r.wall_time, "checkpoints": [int(ck["step"][i]) for i in search_idx]}
                              for p, r in searches.items()}}
-        atomic_write_text(out, json.dumps(record, indent=1))
+        # the record is renamed last: it commits the pair and carries the arrays' sha256
+        atomic_write_files({out.with_suffix(".npz"): arrays, out: json.dumps(record, indent=1).encode()})
         return record
+
+
+def read_record(path: Path, profile: ProfileConfig, run: RunConfig) -> dict:
+    """A cached measurement record, refused (naming the file) when unreadable or not the measurement of
+    `run` under the current config and sparsity settings."""
+    fix = f"delete it to measure run {run.name} again"
+    try:
+        rec = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise SparsingLawError(f"{path}: unreadable measurement record ({e}); {fix}") from None
+    want = {"key": measure_key(profile, run), "config_hash": run.config_hash(profile.data)}
+    got = {k: rec.get(k) for k in want} if isinstance(rec, dict) else {}
+    if got != want or not isinstance(rec.get("rows"), list):
+        raise SparsingLawError(f"{path}: not the measurement of run {run.name} under this config (key "
+                               f"{str(got.get('key'))[:10]}, config hash {str(got.get('config_hash'))[:10]}; expected "
+                               f"{want['key']}, {want['config_hash'][:10]}, and a list of rows); {fix}")
+    return rec
 
 
 def final_arrays(profile: ProfileConfig, run: RunConfig, runs_dir=None) -> dict[str, np.ndarray]:
@@ -171,8 +194,17 @@ def final_arrays(profile: ProfileConfig, run: RunConfig, runs_dir=None) -> dict[
     if not path.exists():
         raise SparsingLawError(f"{path}: run {run.name} is not measured; run python -m sparsinglaw measure "
                                f"--profile {profile.name} --run {run.name}")
-    with np.load(path) as z:
-        return {k: z[k] for k in z.files}
+    rec = path.with_suffix(".json")
+    want = json.loads(rec.read_text()).get("arrays_sha256") if rec.exists() else None
+    if want and sha256_file(path) != want:
+        raise SparsingLawError(f"{path}: checksum differs from the one in {rec.name} (corrupted or replaced); "
+                               f"delete both to measure run {run.name} again")
+    try:
+        with np.load(path) as z:
+            return {k: z[k] for k in z.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        raise SparsingLawError(f"{path}: unreadable arrays ({e}); delete it and {rec.name} to measure run "
+                               f"{run.name} again") from None
 
 
 # -----------------------------------------------------------------------------------------------
@@ -192,9 +224,10 @@ def measure_profile(profile: ProfileConfig, names: list[str] | None = None, jobs
                     runs_dir=None, progress: bool = True, impl: str | None = None) -> pd.DataFrame:
     """Measure every run (parallel processes, like training), then write the profile's results tables."""
     runs = [profile.run(n) for n in names] if names else list(profile.runs)
+    order = sorted(runs, key=lambda r: -r.model.d_model * r.model.n_layers)  # longest first
     jobs = jobs or profile.compute.jobs or os.cpu_count() or 1
     jobs = max(1, min(jobs, len(runs)))
-    calls = [(profile.path, profile.overrides, r.name, runs_dir, progress, impl) for r in runs]
+    calls = [(profile.path, profile.overrides, r.name, runs_dir, progress, impl) for r in order]
     run_parallel(_measure_one, calls, jobs, "measurement")
     return write_results(profile, runs_dir, impl) if not names else sparsity_table(profile, runs, runs_dir, impl)
 
@@ -226,6 +259,8 @@ def write_results(profile: ProfileConfig, runs_dir=None, impl=None) -> pd.DataFr
     tokens = prepare(profile.data, data_cache_dir(runs_dir), progress=False)
     meta = provenance(profile, corpus=tokens.fingerprint, sparsity=dataclasses.asdict(profile.sparsity))
     out = results_dir(profile.name)
+    out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out)
     write_table(table, out / "sparsity.csv", meta)
     neurons, toks = [], []
     for r in profile.runs:
@@ -245,6 +280,32 @@ def write_results(profile: ProfileConfig, runs_dir=None, impl=None) -> pd.DataFr
     write_table(pd.concat(neurons, ignore_index=True), out / "neurons.csv", meta)
     write_table(pd.concat(toks, ignore_index=True), out / "tokens.csv", meta)
     return table
+
+
+# the columns every results table must have (read_results checks them), and which hold numbers
+RESULT_COLUMNS = {
+    "sparsity": (["run", "activation", "groups", "d_model", "n_layers", "width_depth", "non_embedding_params",
+                  "step", "tokens", "p", "cett", "dense_loss", "sparse_loss", "ppl_ratio", "activation_ratio",
+                  "layer_ratios", "taus", "exact_zero_ratio", "dead_ratio", "searched", "n_tokens"],
+                 ["d_model", "n_layers", "width_depth", "non_embedding_params", "step", "tokens", "p", "cett",
+                  "dense_loss", "sparse_loss", "ppl_ratio", "activation_ratio", "exact_zero_ratio", "dead_ratio",
+                  "n_tokens"]),
+    "neurons": (["run", "step", "layer", "neuron", "all"], ["step", "layer", "neuron", "all"]),
+    "tokens": (["run", "token_id", "count", "activation_ratio"], ["token_id", "count", "activation_ratio"]),
+    "pareto": (["run", "activation", "step", "method", "param", "dense_loss", "sparse_loss", "ppl", "ppl_ratio",
+                "activation_ratio"], ["step", "param", "dense_loss", "sparse_loss", "ppl", "ppl_ratio",
+                                      "activation_ratio"]),
+}
+
+
+def read_results(profile: ProfileConfig, name: str = "sparsity", strict: bool = False) -> pd.DataFrame:
+    """results/<profile>/<name>.csv read back with runs.read_table's checks: sidecar sha256, columns,
+    numbers, and the recorded config hash against the current profile's (a warning, or an error when
+    `strict`)."""
+    columns, numeric = RESULT_COLUMNS.get(name, ([], []))
+    return read_table(results_dir(profile.name) / f"{name}.csv", columns, numeric,
+                      expect={"config_hash": profile.config_hash()}, strict=strict,
+                      fix=f"rerun python -m sparsinglaw measure --profile {profile.name}")
 
 
 # -----------------------------------------------------------------------------------------------

@@ -13,18 +13,21 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
+import io
 import json
 import os
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from .config import ProfileConfig, RunConfig, SparsingLawError, load_profile
-from .train import atomic_write_text, checkpoint_problem, read_meta
+from .config import DataConfig, ProfileConfig, RunConfig, SparsingLawError, load_profile, stable_hash
+from .train import atomic_write_files, checkpoint_problem, read_done, read_meta
 
 # -----------------------------------------------------------------------------------------------
 # roots
@@ -86,13 +89,35 @@ def git_state() -> dict:
 
 
 def provenance(profile: ProfileConfig, **extra) -> dict:
+    """What a results table or figure was made from: profile, config hash, git sha and dirty flag,
+    package versions, device and corpus fingerprint (computed when not given)."""
     import torch
 
     from .train import versions
 
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    if "corpus" not in extra:
+        extra["corpus"] = corpus_fingerprint(profile.data)
     return {"profile": profile.name, "config_hash": profile.config_hash(), **git_state(),
             "versions": versions(), "device": device, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra}
+
+
+_FINGERPRINTS: dict[str, dict] = {}  # data config hash -> corpus fingerprint, computed once per process
+
+
+def corpus_fingerprint(data: DataConfig) -> dict:
+    """The corpus fingerprint of data.* (once per process); {"error": ...} when the corpus is unreadable."""
+    import dataclasses
+
+    from .data import corpus_documents
+
+    key = stable_hash(dataclasses.asdict(data))
+    if key not in _FINGERPRINTS:
+        try:
+            _FINGERPRINTS[key] = corpus_documents(data)[1]
+        except SparsingLawError as e:
+            return {"error": str(e)}
+    return dict(_FINGERPRINTS[key])
 
 
 # -----------------------------------------------------------------------------------------------
@@ -146,9 +171,9 @@ def run_state(profile: ProfileConfig, run: RunConfig, runs_dir=None) -> RunState
 
     d = run_dir(profile, run, runs_dir)
     total = total_steps(run.model, run.train) * tokens_per_step(run.model, run.train)
-    done = d / "DONE"
+    done = read_done(d / "DONE")
     ck = checkpoints(profile, run, runs_dir) if d.exists() else pd.DataFrame(columns=["tokens"])
-    if done.exists() and json.loads(done.read_text()).get("config_hash") == run.config_hash(profile.data):
+    if done is not None and done.get("config_hash") == run.config_hash(profile.data):
         return RunState(run.name, d.name, "done", total, total, len(ck), d)
     seen = 0
     if d.exists():
@@ -200,11 +225,14 @@ def train_profile(profile: ProfileConfig, names: list[str] | None = None, jobs: 
     with compute.threads torch threads, longest runs first.
     """
     from .data import prepare
+    from .train import check_tokens
 
     runs = [profile.run(n) for n in names] if names else list(profile.runs)
     todo = [r for r in runs if run_state(profile, r, runs_dir).status != "done"]
     if todo:
-        prepare(profile.data, data_cache_dir(runs_dir), progress=progress)  # once, before the workers
+        tokens = prepare(profile.data, data_cache_dir(runs_dir), progress=progress)  # once, before the workers
+        for r in todo:
+            check_tokens(r, tokens)  # before any run folder is made
         todo.sort(key=lambda r: -r.train.tokens * r.model.d_model * r.model.n_layers)
         jobs = jobs or profile.compute.jobs or os.cpu_count() or 1
         jobs = max(1, min(jobs, len(todo)))
@@ -259,18 +287,84 @@ def states_table(profile: ProfileConfig, runs_dir=None) -> pd.DataFrame:
 # results tables with provenance
 
 
-def write_table(df: pd.DataFrame, path: Path, meta: dict) -> Path:
-    """Write `df` as CSV and `meta` (plus the CSV's sha256) as <name>.meta.json, both atomically."""
-    import hashlib
+class TableError(SparsingLawError):
+    """A results table that cannot be used: missing, edited by hand, half-written or malformed."""
 
+
+class StaleTableWarning(UserWarning):
+    """A results table written under another config than the current one."""
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path):
+    """Exclusive flock on a folder itself (no lock file), e.g. results/<profile>/ while a table and
+    its sidecar are replaced together."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def write_table(df: pd.DataFrame, path: Path, meta: dict) -> Path:
+    """Write `df` as CSV and `meta` (plus the CSV's sha256) as <name>.meta.json, atomically as a pair
+    (the sidecar is renamed last) and under a lock on the folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
     data = df.to_csv(index=False).encode()
-    from .train import atomic_write_bytes
-
-    atomic_write_bytes(path, data)
     meta = dict(meta, file=path.name, sha256=hashlib.sha256(data).hexdigest(), rows=len(df))
-    atomic_write_text(path.with_suffix(".meta.json"), json.dumps(meta, indent=1, sort_keys=True, default=str))
+    sidecar = json.dumps(meta, indent=1, sort_keys=True, default=str).encode()
+    with folder_lock(path.parent):
+        atomic_write_files({path: data, path.with_suffix(".meta.json"): sidecar})
     return path
+
+
+def read_table(path: str | Path, columns: list[str] = (), numeric: list[str] = (), expect: dict | None = None,
+               strict: bool = False, fix: str = "rerun the stage that writes it") -> pd.DataFrame:
+    """A results table written by write_table, checked: its sidecar exists and carries the CSV's sha256
+    (else it was edited by hand or half-written), the `columns` exist, the `numeric` columns hold numbers.
+    Recorded provenance that differs from `expect` (e.g. {"config_hash": profile.config_hash()}) gives a
+    StaleTableWarning, or a TableError when `strict`. The sidecar is returned in df.attrs["meta"]."""
+    path = Path(path)
+    side = path.with_suffix(".meta.json")
+    if not path.is_file():
+        raise TableError(f"{path}: missing; {fix}")
+    if not side.is_file():
+        raise TableError(f"{path}: no provenance sidecar {side.name} next to it, so it cannot be checked; {fix}")
+    try:
+        meta = json.loads(side.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise TableError(f"{side}: unreadable sidecar ({e}); {fix}") from None
+    if not isinstance(meta, dict):
+        raise TableError(f"{side}: unreadable sidecar (expected a JSON object); {fix}")
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != meta.get("sha256"):
+        raise TableError(f"{path}: its sha256 does not match the one in {side.name} (edited by hand, or an "
+                         f"interrupted write); refusing it: {fix}")
+    try:
+        df = pd.read_csv(io.BytesIO(data))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise TableError(f"{path}: not a readable CSV table ({e}); {fix}") from None
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise TableError(f"{path}: missing column(s) {', '.join(missing)}; expected at least the columns "
+                         f"{', '.join(columns)}; {fix}")
+    for c in numeric:
+        bad = pd.to_numeric(df[c], errors="coerce").isna() & df[c].notna()
+        if bad.any():
+            i = int(bad.to_numpy().argmax())
+            raise TableError(f"{path}: line {i + 2}, column {c}: {df[c].iloc[i]!r} is not a number; {fix}")
+    for key, want in (expect or {}).items():
+        got = meta.get(key)
+        if got != want:
+            msg = (f"{path}: recorded {key} {str(got)[:12]} differs from the current {str(want)[:12]} (the "
+                   "profile changed since it was written)")
+            if strict:
+                raise TableError(f"{msg}; refusing it: {fix}")
+            warnings.warn(f"{msg}; using it anyway (a warning, not an error): {fix} to refresh it",
+                          StaleTableWarning, stacklevel=2)
+    df.attrs["meta"] = meta
+    return df
 
 
 def group_runs(profile: ProfileConfig, group: str | None = None) -> list[RunConfig]:

@@ -3,7 +3,8 @@
 `train(run, data_cfg, run_dir, tokens)` trains one run of a profile into `run_dir`:
 
     run_dir/config.yaml          resolved config (written once)
-    run_dir/log.csv              append-only: step, tokens, split, loss, lr, tok_s, mfu
+    run_dir/log.csv              step, tokens, split, loss, lr, tok_s, mfu; appended before each
+                                 checkpoint, cut back to the checkpoint a resumed run starts from
     run_dir/ckpt_0000123.pt      checkpoint after optimizer step 123 (model, optimizer, RNG)
     run_dir/meta_0000123.json    its sidecar: config, step, tokens, data cursor, RNG, losses,
                                  versions, sha256 of the .pt (written last: the commit marker)
@@ -13,17 +14,22 @@
 Exact resume: batches are a pure function of (seed, step, micro-batch), the schedule a pure function
 of the step, and model, optimizer and RNG states are restored, so a killed and resumed run ends with
 the same weights as an uninterrupted one on CPU (tests/test_resume.py checks this bit for bit).
+Every file is written atomically (temp file + rename, `atomic_write_files`); a checkpoint without a
+valid sidecar is never loaded; temp files of killed writes are removed by the next run.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import csv
+import errno
 import hashlib
 import json
 import math
 import os
 import platform
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -43,7 +49,7 @@ from .config import (
     tokens_per_step,
     total_steps,
 )
-from .data import TokenData, eval_batches, get_batch
+from .data import CorpusError, TokenData, eval_batches, get_batch
 from .model import Transformer
 
 LOG_FIELDS = ["step", "tokens", "split", "loss", "lr", "tok_s", "mfu"]
@@ -125,29 +131,95 @@ def init_distributed(device: str) -> Dist:
 
 
 def versions() -> dict:
-    return {"sparsinglaw": __version__, "python": platform.python_version(), "torch": torch.__version__,
-            "numpy": np.__version__, "platform": platform.platform()}
+    """Versions of Python, the platform and the packages results depend on."""
+    import importlib.metadata
+
+    out = {"sparsinglaw": __version__, "python": platform.python_version(), "torch": torch.__version__,
+           "numpy": np.__version__, "platform": platform.platform()}
+    for pkg in ("pandas", "scipy", "tokenizers", "matplotlib"):
+        try:
+            out[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
 
 
 # -----------------------------------------------------------------------------------------------
 # atomic files and checkpoints
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+class WriteError(SparsingLawError):
+    """A file could not be written (disk full, permissions); the previous version is kept."""
+
+
+def _test_fault(kind: str, path: Path) -> bool:
+    """Tests only: SPARSINGLAW_TEST_FAULT=<kind>:<file name> makes the atomic write of that file fail
+    ("enospc": half the temp file, then a full-disk OSError) or stop just before its rename ("stall":
+    the temp files are complete and the process sleeps, so a test can SIGKILL it mid-write)."""
+    spec = os.environ.get("SPARSINGLAW_TEST_FAULT", "")
+    return spec.partition(":")[::2] == (kind, path.name)
+
+
+def temp_path(path: Path) -> Path:
+    """The temp file of an atomic write of `path` (hidden, so no glob of final names matches it)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def atomic_write_files(files: dict[Path, bytes]) -> None:
+    """Write several files as one: every temp file is written and synced first, then each is renamed
+    over its target in order, so the last one (a sidecar) commits the set. A failing write (a full disk
+    fails while the temp files are written) raises WriteError naming the file, leaves the previous files
+    in place and removes the temp files. A rename failing after an earlier one leaves a new file beside
+    an old sidecar, which the sidecar's sha256 check then refuses."""
+    tmps = {path: temp_path(path) for path in files}
+    current = next(iter(files))
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        for current, data in files.items():
+            with open(tmps[current], "wb") as f:
+                if _test_fault("enospc", current):
+                    f.write(data[: len(data) // 2])
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmps[current]))
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        for current in files:
+            if _test_fault("stall", current):
+                print(f"test fault: stalled before renaming {current}", file=sys.stderr, flush=True)
+                time.sleep(3600)
+            os.replace(tmps[current], current)
+    except OSError as e:
+        raise WriteError(f"{current}: could not write it ({e.strerror or e}); the previous version, if any, "
+                         "is kept. Free disk space or fix the folder's permissions, then rerun.") from e
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        for tmp in tmps.values():
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    atomic_write_files({path: data})
 
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def remove_stale_temps(folder: Path) -> list[Path]:
+    """Delete the temp files of atomic writes whose process is gone (killed between write and rename)."""
+    removed = []
+    for p in folder.glob(".*.tmp"):
+        pid = p.name.rsplit(".", 2)[-2]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # the writer still runs
+        except ProcessLookupError:
+            p.unlink(missing_ok=True)
+            removed.append(p)
+        except PermissionError:
+            continue
+    return removed
 
 
 def sha256_file(path: Path) -> str:
@@ -171,9 +243,9 @@ def save_checkpoint(run_dir: Path, tag: str, model: Transformer, opt: torch.opti
                 "rng": torch.get_rng_state(), "step": meta["step"], "tokens": meta["tokens"]}, buf)
     data = buf.getvalue()
     pt = run_dir / f"ckpt_{tag}.pt"
-    atomic_write_bytes(pt, data)
     meta = dict(meta, file=pt.name, sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
-    atomic_write_text(run_dir / f"meta_{tag}.json", json.dumps(meta, indent=1, sort_keys=True))
+    sidecar = json.dumps(meta, indent=1, sort_keys=True).encode()
+    atomic_write_files({pt: data, run_dir / f"meta_{tag}.json": sidecar})
     return pt
 
 
@@ -186,6 +258,8 @@ def checkpoint_problem(run_dir: Path, tag: str, config_hash: str) -> str | None:
         meta = json.loads(meta_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         return f"{meta_path}: unreadable sidecar ({e})"
+    if not isinstance(meta, dict):
+        return f"{meta_path}: unreadable sidecar (expected a JSON object, got {type(meta).__name__})"
     if meta.get("config_hash") != config_hash:
         got = str(meta.get("config_hash"))[:10]
         return f"{pt}: written by another config (hash {got}, expected {config_hash[:10]})"
@@ -194,7 +268,7 @@ def checkpoint_problem(run_dir: Path, tag: str, config_hash: str) -> str | None:
     if pt.stat().st_size != meta.get("bytes"):
         return f"{pt}: truncated ({pt.stat().st_size} bytes, sidecar says {meta.get('bytes')})"
     if sha256_file(pt) != meta.get("sha256"):
-        return f"{pt}: checksum mismatch (corrupted file)"
+        return f"{pt}: checksum mismatch (a corrupted file, or a write interrupted between it and its sidecar)"
     return None
 
 
@@ -233,15 +307,51 @@ def latest_valid_checkpoint(run_dir: Path, config_hash: str, warn=print) -> tupl
 
 
 def append_log(path: Path, rows: list[dict]) -> None:
-    new = not path.exists()
-    with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=LOG_FIELDS)
-        if new:
-            w.writeheader()
-        for r in rows:
-            w.writerow({k: r.get(k, "") for k in LOG_FIELDS})
-        f.flush()
-        os.fsync(f.fileno())
+    """Append rows to log.csv; a failing write (disk full) cuts the file back to its previous end."""
+    size = path.stat().st_size if path.exists() else 0
+    new = size == 0
+    try:
+        with open(path, "a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=LOG_FIELDS)
+            if new:
+                w.writeheader()
+            for r in rows:
+                w.writerow({k: r.get(k, "") for k in LOG_FIELDS})
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.truncate(path, size)
+        raise WriteError(f"{path}: could not append to the training log ({e.strerror or e}); it is kept as it "
+                         "was. Free disk space, then rerun to resume from the last checkpoint.") from e
+
+
+def trim_log(path: Path, step: int) -> None:
+    """Keep the rows of log.csv up to optimizer step `step` (the checkpoint a run resumes from): rows
+    written after it, and a partial last line, are dropped and logged again by the resumed run."""
+    if not path.exists():
+        return
+    with open(path, encoding="utf-8", errors="replace", newline="") as f:
+        text = f.read()  # newline="": the csv module's \r\n line ends are kept as they are
+    keep = [line for line in text.splitlines(keepends=True)[1:]
+            if line.endswith("\n") and (s := _log_step(line)) is not None and s <= step]
+    trimmed = ",".join(LOG_FIELDS) + "\r\n" + "".join(keep)
+    if trimmed != text:
+        atomic_write_text(path, trimmed)
+
+
+def _log_step(line: str) -> int | None:
+    fields = next(csv.reader([line]), [])
+    return int(fields[0]) if len(fields) == len(LOG_FIELDS) and fields[0].isdigit() else None
+
+
+def read_done(path: Path) -> dict | None:
+    """The DONE summary of a run, or None when it is missing or unreadable (then the run is resumed)."""
+    try:
+        done = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return done if isinstance(done, dict) else None
 
 
 @torch.no_grad()
@@ -263,29 +373,40 @@ def evaluate(model: Transformer, tokens: np.ndarray, seq_len: int, batch_size: i
 # training
 
 
+def check_tokens(run: RunConfig, tokens: TokenData) -> None:
+    """Refuse a corpus the run cannot train on (before any file of the run is written)."""
+    mcfg = run.model
+    if tokens.vocab_size != mcfg.vocab_size:
+        raise SparsingLawError(f"run {run.name}: model vocab {mcfg.vocab_size} != tokenizer vocab {tokens.vocab_size}")
+    for split, arr, need in (("train", tokens.train, mcfg.seq_len + 2), ("validation", tokens.val, mcfg.seq_len + 1)):
+        if len(arr) < need:
+            raise CorpusError(f"data.corpus={tokens.meta().get('data', {}).get('corpus', '?')}: the {split} split has "
+                              f"{len(arr)} tokens, too few for run {run.name}'s windows of model.seq_len="
+                              f"{mcfg.seq_len} (needs at least {need}); add text, raise data.max_mb, or lower "
+                              "model.seq_len")
+
+
 def train(run: RunConfig, data_cfg: DataConfig, run_dir: Path, tokens: TokenData, *, device: str = "auto",
           threads: int = 1, compile: bool = False, progress: bool = True, stop_after_step: int | None = None,
           fault: dict | None = None) -> dict:
     """Train `run` into `run_dir`, resuming from its latest valid checkpoint; returns the DONE summary.
 
     `stop_after_step` ends the loop early (for tests); `fault` injects failures (tests only):
-    {"nan_at_step": s} makes the loss at step s NaN.
+    {"nan_at_step": s} or {"inf_at_step": s} makes the loss at step s NaN or infinite.
     """
     from tqdm.auto import tqdm
 
-    run_dir.mkdir(parents=True, exist_ok=True)
     mcfg, tcfg = run.model, run.train
     config_hash = run.config_hash(data_cfg)
     done_path = run_dir / "DONE"
-    if done_path.exists():
-        done = json.loads(done_path.read_text())
-        if done.get("config_hash") == config_hash:
-            return done
+    done = read_done(done_path)
+    if done is not None and done.get("config_hash") == config_hash:
+        return done
+    check_tokens(run, tokens)  # before anything is written
+    run_dir.mkdir(parents=True, exist_ok=True)
     cfg_yaml = yaml.safe_dump(run.identity(data_cfg) | {"name": run.name, "groups": run.groups}, sort_keys=False)
     if not (run_dir / "config.yaml").exists() and int(os.environ.get("RANK", "0")) == 0:
         atomic_write_text(run_dir / "config.yaml", cfg_yaml)
-    if tokens.vocab_size != mcfg.vocab_size:
-        raise SparsingLawError(f"run {run.name}: model vocab {mcfg.vocab_size} != tokenizer vocab {tokens.vocab_size}")
 
     ddp = init_distributed(device)
     dev = setup_torch(device, threads)
@@ -306,7 +427,7 @@ def train(run: RunConfig, data_cfg: DataConfig, run_dir: Path, tokens: TokenData
     marks = set(checkpoint_steps(mcfg, tcfg))
     tps = tokens_per_step(mcfg, tcfg)  # global tokens per optimizer step
 
-    step = 0
+    step, kept = 0, "no checkpoint was saved yet"  # kept: what a divergence leaves to resume from
     found = latest_valid_checkpoint(run_dir, config_hash, warn=print if ddp.main else (lambda _m: None))
     if found is not None:
         tag, meta = found
@@ -315,6 +436,11 @@ def train(run: RunConfig, data_cfg: DataConfig, run_dir: Path, tokens: TokenData
         opt.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"].cpu())
         step = int(state["step"])
+        kept = f"the last good checkpoint {run_dir / f'ckpt_{tag}.pt'} (step {step}) is kept"
+    log_path = run_dir / "log.csv"
+    if ddp.main:
+        remove_stale_temps(run_dir)
+        trim_log(log_path, step)  # rows after the checkpoint are logged again
 
     wrapped = model
     if ddp.world > 1:
@@ -342,7 +468,6 @@ def train(run: RunConfig, data_cfg: DataConfig, run_dir: Path, tokens: TokenData
 
             dist.barrier()
 
-    log_path = run_dir / "log.csv"
     bar = tqdm(total=n_steps * tps, initial=step * tps, unit="tok", unit_scale=True, desc=run.name,
                disable=not (progress and ddp.main), mininterval=2.0, dynamic_ncols=True)
     gen = torch.Generator()
@@ -375,13 +500,13 @@ def train(run: RunConfig, data_cfg: DataConfig, run_dir: Path, tokens: TokenData
 
             dist.all_reduce(step_loss)
         step_loss = step_loss.item()
-        if fault and fault.get("nan_at_step") == step + 1:
-            step_loss = float("nan")
+        for key, bad in (("nan_at_step", float("nan")), ("inf_at_step", float("inf"))):
+            if fault and fault.get(key) == step + 1:
+                step_loss = bad
         if not math.isfinite(step_loss):
             bar.close()
-            raise TrainingDiverged(
-                f"run {run.name}: training loss is {step_loss} at step {step + 1}; stopped without saving. "
-                f"The last good checkpoint in {run_dir} is kept; lower train.lr or check the data.")
+            raise TrainingDiverged(f"run {run.name}: training loss is {step_loss} at step {step + 1}; stopped "
+                                   f"without saving: {kept}. Lower train.lr or check the data.")
         torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -398,19 +523,24 @@ def train(run: RunConfig, data_cfg: DataConfig, run_dir: Path, tokens: TokenData
                          "lr": f"{tcfg.lr * f:.6g}", "tok_s": f"{tok_s:.1f}", "mfu": ""})
             bar.set_postfix(loss=f"{acc_loss / acc_n:.3f}")
             acc_loss, acc_n, t_last, tok_last = 0.0, 0, now, step * tps
+        # the log is written before the checkpoint: a resume trims rows past its checkpoint (trim_log)
         if step in marks or step == n_steps:
             if ddp.main:
                 val = evaluate(model, tokens.val, mcfg.seq_len, tcfg.batch_size, tcfg.eval_tokens, dev)
                 rows.append({"step": step, "tokens": step * tps, "split": "val", "loss": f"{val:.6f}",
                              "lr": f"{tcfg.lr * f:.6g}", "tok_s": "", "mfu": ""})
-                save_checkpoint(run_dir, f"{step:07d}", model, opt, meta_for(step, last_loss, val))
+                append_log(log_path, rows)
+                pt = save_checkpoint(run_dir, f"{step:07d}", model, opt, meta_for(step, last_loss, val))
+                kept = f"the last good checkpoint {pt} (step {step}) is kept"
             barrier()
-        elif step % tcfg.resume_every == 0:
-            if ddp.main:
-                save_checkpoint(run_dir, "last", model, opt, meta_for(step, last_loss, None))
-            barrier()
-        if rows and ddp.main:
-            append_log(log_path, rows)
+        else:
+            if rows and ddp.main:
+                append_log(log_path, rows)
+            if step % tcfg.resume_every == 0:
+                if ddp.main:
+                    pt = save_checkpoint(run_dir, "last", model, opt, meta_for(step, last_loss, None))
+                    kept = f"the last good checkpoint {pt} (step {step}) is kept"
+                barrier()
     bar.close()
     if not ddp.main:
         barrier()  # rank 0 writes DONE

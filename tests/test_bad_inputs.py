@@ -1,0 +1,301 @@
+"""A catalog of bad inputs (issue 6): configs, corpora, CLI arguments, notebook parameters and results
+tables edited by hand. Each one must give a clear message naming the field or file and the expected
+form, exit non-zero (or raise a SparsingLawError from the public API), show no traceback unless
+--debug is given, and write no artifact (no run folder, no results table, no figure, no half-built
+token cache).
+
+CLI cases run `sparsinglaw.cli.main` in this process (what `python -m sparsinglaw` runs; two of them
+also as real subprocesses below); "{tmp}" in arguments and messages is the case's tmp folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import MINI, REPO
+from sparsinglaw import cli, measure, runs
+from sparsinglaw.config import SparsingLawError, load_profile
+
+
+@dataclass
+class Case:
+    id: str  # category-what
+    argv: list[str]  # CLI arguments
+    expect: list[str]  # substrings of the error message
+    files: dict[str, bytes] = field(default_factory=dict)  # files created under {tmp} first
+
+
+def _python_text() -> bytes:
+    """30 kB of Python source and a last line of two bytes: with val_fraction=0.001 the validation
+    split is that line, a few tokens, shorter than one window."""
+    src = (Path(sysconfig.get_paths()["stdlib"]) / "argparse.py").read_text()[:30000]
+    return (src[: src.rfind("\n") + 1] + "x\n").encode()
+
+
+TRAIN = ["train", "--profile", "smoke", "--runs-dir", "{tmp}/runs", "--run", "relu-s1", "--no-progress"]
+CORPUS = [*TRAIN, "--set", "data.corpus={tmp}/corpus"]
+
+CLI_CASES = [
+    # configs (profile files and --set overrides): the message names the file and the field
+    Case("config-unknown-field", [*TRAIN, "--set", "model.d_modle=3"],
+         ["configs/smoke.yaml", "model.d_modle: unknown field; expected one of: vocab_size, d_model"]),
+    Case("config-wrong-type", [*TRAIN, "--set", "train.tokens=many"],
+         ["runs[0].train.tokens: expected an integer, got 'many'"]),
+    Case("config-negative-lr", [*TRAIN, "--set", "train.lr=-1"], ["runs[0].train.lr: must be > 0, got -1"]),
+    Case("config-head-dim", [*TRAIN, "--set", "model.head_dim=5"],
+         ["runs[0].model.head_dim: must divide d_model=16, got 5"]),
+    Case("config-vocab-too-small", [*TRAIN, "--set", "data.vocab_size=100"],
+         ["data.vocab_size: must exceed the 256 byte tokens of byte-level BPE, got 100"]),
+    Case("config-eval-shorter-than-a-window", [*TRAIN, "--set", "train.eval_tokens=10"],
+         ["runs[0].train.eval_tokens: must be at least one window of model.seq_len=64 tokens, got 10"]),
+    Case("config-sparsity-eval-shorter-than-a-window", [*TRAIN, "--set", "sparsity.eval_tokens=8"],
+         ["sparsity.eval_tokens: must be at least one window of the longest model.seq_len=64 tokens, got 8"]),
+    Case("config-p-without-1", [*TRAIN, "--set", "sparsity.p=[5]"],
+         ["sparsity.p: must include 1 (PPL-1% is the paper's main setting), got [5]"]),
+    Case("config-pareto-unknown-run", [*TRAIN, "--set", "sparsity.pareto_runs=[nope]"],
+         ["sparsity.pareto_runs: no run named 'nope'; runs: relu-s1"]),
+    Case("config-too-many-checkpoints", [*TRAIN, "--set", "train.checkpoints=400"],
+         ["runs[0].train.checkpoints: 400 marks collapse to"]),
+    Case("profile-not-yaml", ["runs", "--profile", "{tmp}/bad.yaml"],
+         ["{tmp}/bad.yaml: not valid YAML: line 2, column 1: expected ',' or ']', but got '<stream end>' "
+          "(while parsing a flow sequence)"],
+         {"bad.yaml": b"data: [1, 2\n"}),
+    Case("profile-a-list", ["train", "--profile", "{tmp}/list.yaml", "--runs-dir", "{tmp}/runs"],
+         ["{tmp}/list.yaml: expected a YAML mapping at the top level, got list"], {"list.yaml": b"- 1\n- 2\n"}),
+    Case("profile-empty", ["train", "--profile", "{tmp}/empty.yaml", "--runs-dir", "{tmp}/runs"],
+         ["{tmp}/empty.yaml: expected a YAML mapping at the top level, got NoneType"], {"empty.yaml": b""}),
+    Case("profile-not-utf8", ["runs", "--profile", "{tmp}/latin.yaml"],
+         ["{tmp}/latin.yaml: not UTF-8 text; save the profile as UTF-8 YAML"],
+         {"latin.yaml": "description: caf\xe9\n".encode("latin-1")}),
+    # corpora (data.corpus and data.packages)
+    Case("corpus-missing", [*CORPUS], ["{tmp}/corpus: corpus not found; set data.corpus to an existing .txt file"]),
+    Case("corpus-empty-file", [*TRAIN, "--set", "data.corpus={tmp}/empty.txt"],
+         ["{tmp}/empty.txt: the file is empty (no text)"], {"empty.txt": b" \n"}),
+    Case("corpus-not-utf8", [*TRAIN, "--set", "data.corpus={tmp}/latin.txt"],
+         ["{tmp}/latin.txt: not UTF-8 text (invalid byte 0xe9 at byte offset 3); save it as UTF-8"],
+         {"latin.txt": "caf\xe9\n".encode("latin-1") * 5}),
+    Case("corpus-folder-without-text", [*CORPUS], ["{tmp}/corpus: the folder holds no text"],
+         {"corpus/.hidden": b"text"}),
+    Case("corpus-jsonl-bad-line", [*TRAIN, "--set", "data.corpus={tmp}/c.jsonl"],
+         ["{tmp}/c.jsonl:2: invalid JSON"], {"c.jsonl": b'{"text": "a"}\n{"text": \n'}),
+    Case("corpus-jsonl-missing-field", [*TRAIN, "--set", "data.corpus={tmp}/c.jsonl"],
+         ["{tmp}/c.jsonl:1: no field 'text' (fields there: 'body'); set data.text_field"],
+         {"c.jsonl": b'{"body": "a"}\n'}),
+    Case("corpus-too-small-for-the-vocabulary", [*TRAIN, "--set", "data.corpus={tmp}/tiny.txt"],
+         ["{tmp}/tiny.txt: the tokenizer text only supports", "not data.vocab_size=512; lower data.vocab_size"],
+         {"tiny.txt": b"hello world\nbye\n"}),
+    Case("corpus-too-short-for-a-window", [*TRAIN, "--set", "data.corpus={tmp}/short.txt",
+                                           "--set", "data.val_fraction=0.001"],
+         ["data.corpus={tmp}/short.txt: the validation split has", "too few for run relu-s1's windows of "
+          "model.seq_len=64 (needs at least 65)"], {"short.txt": _python_text()}),
+    Case("corpus-package-not-installed", [*TRAIN, "--set", "data.packages=[nosuchpkg]"],
+         ["data.packages: package 'nosuchpkg' is not installed in this environment"]),
+    # command-line arguments
+    Case("cli-unknown-profile", ["train", "--profile", "nope"], ["profile 'nope': not found; known profiles in"]),
+    Case("cli-unknown-run", ["train", "--profile", "smoke", "--run", "nope"],
+         ["no run named 'nope'; this profile has: relu-s1, relu-s2"]),
+    Case("cli-negative-jobs", ["measure", "--profile", "smoke", "-j", "-3"],
+         ["-j/--jobs: expected a number of processes >= 0, got -3"]),
+    Case("cli-set-without-equals", [*TRAIN, "--set", "lr"], ["--set 'lr': expected KEY=VALUE, e.g. train.lr=3e-3"]),
+    Case("cli-set-bad-yaml", [*TRAIN, "--set", "train.lr=[1"],
+         ["--set 'train.lr=[1': value is not valid YAML (line 1, column 3: expected ','"]),
+    Case("cli-set-not-a-section", [*TRAIN, "--set", "model.d_model.x=1"],
+         ["--set 'model.d_model.x=1': d_model is not a section"]),
+    Case("cli-set-unknown-run", [*TRAIN, "--set", "runs.nope.train.lr=1"], ["no run named 'nope'"]),
+    Case("cli-set-vocab-per-run", [*TRAIN, "--set", "runs.relu-s1.model.vocab_size=99"],
+         ["runs[0].model.vocab_size: set it in data.vocab_size"]),
+    Case("cli-bad-impl", ["measure", "--profile", "smoke", "--impl", "fastest"],
+         ["argument --impl: invalid choice: 'fastest' (choose from"]),
+    Case("cli-missing-profile", ["train"], ["the following arguments are required: --profile"]),
+    Case("cli-runs-dir-is-a-file", ["train", "--profile", "smoke", "--runs-dir", "{tmp}/afile"],
+         ["--runs-dir {tmp}/afile: not a folder; expected a folder"], {"afile": b"x"}),
+    Case("cli-measure-untrained", ["measure", "--profile", "smoke", "--runs-dir", "{tmp}/runs", "--run", "relu-s1",
+                                   "-j", "1"],
+         ["run relu-s1 is not trained (new, 0 of", "train it first: python -m sparsinglaw train --profile smoke "
+          "--run relu-s1"]),
+]
+
+
+def _tree(*folders: Path) -> dict[str, str]:
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest()
+            for f in folders if f.exists() for p in sorted(f.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def roots(tmp_path, monkeypatch) -> dict[str, Path]:
+    """Fresh results/, figures/ and token-cache roots, so that anything written would show."""
+    out = {k: tmp_path / k for k in ("results", "figures", "data")}
+    for k, v in out.items():
+        monkeypatch.setenv(f"SPARSINGLAW_{k.upper()}", str(v))
+    return out
+
+
+@pytest.mark.parametrize("case", CLI_CASES, ids=[c.id for c in CLI_CASES])
+def test_bad_cli_input(case, tmp_path, roots, capsys):
+    sub = lambda s: s.replace("{tmp}", str(tmp_path))
+    for name, data in case.files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(data)
+    before = _tree(tmp_path)
+    try:
+        rc = cli.main([sub(a) for a in case.argv])
+    except SystemExit as e:  # argparse: usage and the error, exit 2
+        rc = e.code
+    err = capsys.readouterr().err
+    assert rc not in (0, None), err
+    for want in case.expect:
+        assert sub(want) in err, err
+    assert "Traceback" not in err
+    message = [line for line in err.splitlines() if line.strip() and not line.startswith(("usage:", " "))]
+    assert len(message) == 1, err  # one line (after argparse's usage, for argparse errors)
+    # no artifact: nothing new in the runs folder, results/ or figures/; no half-built token cache
+    after = _tree(tmp_path)
+    written = {p for p in set(after) - set(before) if "/data/" not in p}
+    assert not written and all(after[p] == before[p] for p in before), written
+    for cache in (roots["data"].iterdir() if roots["data"].exists() else []):
+        assert cache.suffix == ".lock" or (cache / "meta.json").exists(), f"half-built token cache {cache}"
+
+
+def test_catalog_size():
+    """The issue asks for at least 20 distinct bad inputs across the five categories."""
+    n = len(CLI_CASES) + len(TABLE_CASES) + 1  # + the notebook parameter below
+    assert n >= 20 and len({c.id for c in CLI_CASES}) == len(CLI_CASES)
+    assert {c.id.split("-")[0] for c in CLI_CASES} == {"config", "profile", "corpus", "cli"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("debug", [False])  # True: see test_cli.test_debug_shows_traceback (same mechanism)
+def test_bad_input_in_a_real_process(tmp_path, debug):
+    """The same through `python -m sparsinglaw`: exit 2, one line; the traceback only with --debug."""
+    (tmp_path / "latin.txt").write_bytes("caf\xe9\n".encode("latin-1") * 5)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO / "lib"), SPARSINGLAW_DATA=str(tmp_path / "d"))
+    args = ["--debug"] * debug + ["train", "--profile", "smoke", "--runs-dir", str(tmp_path / "runs"),
+                                  "--set", f"data.corpus={tmp_path / 'latin.txt'}"]
+    r = subprocess.run([sys.executable, "-m", "sparsinglaw", *args], capture_output=True, text=True, env=env,
+                       timeout=120)
+    assert r.returncode != 0
+    assert f"{tmp_path / 'latin.txt'}: not UTF-8 text" in r.stderr
+    assert ("Traceback" in r.stderr) == debug
+    assert not (tmp_path / "runs").exists()
+
+
+# -----------------------------------------------------------------------------------------------
+# notebook parameters
+
+
+@pytest.mark.slow
+def test_notebook_with_unknown_profile(tmp_path, roots):
+    import papermill as pm
+
+    with pytest.raises(pm.PapermillExecutionError) as e:
+        pm.execute_notebook(str(REPO / "notebooks" / "01_train.ipynb"), str(tmp_path / "out.ipynb"),
+                            parameters={"profile": "nope"}, kernel_name="python3", cwd=str(REPO),
+                            progress_bar=False)
+    msg = str(e.value)
+    assert "ConfigError" in msg and "profile 'nope': not found; known profiles in" in msg
+    assert not _tree(roots["results"], roots["figures"])
+
+
+# -----------------------------------------------------------------------------------------------
+# results tables and per-run records edited by hand (public entry points: measure.read_results,
+# measure.measure_run, measure.final_arrays)
+
+
+def _reseal(csv: Path) -> None:
+    """Update the sidecar's sha256 after an edit (a careful hand edit, or a foreign table)."""
+    side = csv.with_suffix(".meta.json")
+    meta = json.loads(side.read_text())
+    meta["sha256"] = hashlib.sha256(csv.read_bytes()).hexdigest()
+    side.write_text(json.dumps(meta))
+
+
+def _edit_csv(path: Path, fn) -> None:
+    df = fn(pd.read_csv(path))
+    path.write_text(df.to_csv(index=False))
+    _reseal(path)
+
+
+def _record(d: Path) -> Path:
+    return next(d.glob("sparsity-fast-*.json"))
+
+
+def _edit_record(d: Path, fn) -> None:
+    p = _record(d)
+    rec = json.loads(p.read_text())
+    fn(rec)
+    p.write_text(json.dumps(rec))
+
+
+def _flip(p: Path) -> None:
+    data = bytearray(p.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    p.write_bytes(bytes(data))
+
+
+TABLE = lambda res: res / "sparsity.csv"  # noqa: E731
+TABLE_CASES = [
+    # (id, edit(results folder, run folder), load(profile, run, runs dir), expected message parts)
+    ("table-value-edited", lambda res, d: TABLE(res).write_text(TABLE(res).read_text().replace("0.", "0.9", 1)),
+     "table", ["sparsity.csv: its sha256 does not match the one in sparsity.meta.json (edited by hand"]),
+    ("table-half-written", lambda res, d: TABLE(res).write_bytes(TABLE(res).read_bytes()[:200]),
+     "table", ["sparsity.csv: its sha256 does not match", "an interrupted write"]),
+    ("table-missing-column", lambda res, d: _edit_csv(TABLE(res), lambda df: df.drop(columns=["activation_ratio"])),
+     "table", ["sparsity.csv: missing column(s) activation_ratio; expected at least the columns run, activation"]),
+    ("table-not-a-number", lambda res, d: _edit_csv(TABLE(res), lambda df: df.assign(
+        ppl_ratio=df["ppl_ratio"].astype(object).where(df.index != 2, "abc"))),
+     "table", ["sparsity.csv: line 4, column ppl_ratio: 'abc' is not a number"]),
+    ("table-no-sidecar", lambda res, d: (res / "sparsity.meta.json").unlink(),
+     "table", ["sparsity.csv: no provenance sidecar sparsity.meta.json next to it"]),
+    ("table-sidecar-not-json", lambda res, d: (res / "sparsity.meta.json").write_text("{"),
+     "table", ["sparsity.meta.json: unreadable sidecar"]),
+    ("table-missing", lambda res, d: TABLE(res).unlink(),
+     "table", ["sparsity.csv: missing; rerun python -m sparsinglaw measure --profile mini"]),
+    ("table-of-another-config", lambda res, d: None,
+     "strict", ["sparsity.csv: recorded config_hash", "differs from the current", "refusing it"]),
+    ("record-wrong-key", lambda res, d: _edit_record(d, lambda r: r.update(key="0123456789")),
+     "record", ["sparsity-fast-", ".json: not the measurement of run relu-s1 under this config (key 0123456789"]),
+    ("record-other-config", lambda res, d: _edit_record(d, lambda r: r.update(config_hash="f" * 64)),
+     "record", ["not the measurement of run relu-s1 under this config", "config hash ffffffffff"]),
+    ("record-truncated", lambda res, d: _record(d).write_text(_record(d).read_text()[:100]),
+     "record", [".json: unreadable measurement record", "delete it to measure run relu-s1 again"]),
+    ("record-no-rows", lambda res, d: _edit_record(d, lambda r: r.pop("rows")),
+     "record", ["and a list of rows"]),
+    ("arrays-corrupted", lambda res, d: _flip(_record(d).with_suffix(".npz")),
+     "arrays", [".npz: checksum differs from the one in sparsity-fast-", "delete both to measure run relu-s1"]),
+]
+
+
+@pytest.mark.parametrize("cid,edit,load,expect", TABLE_CASES, ids=[c[0] for c in TABLE_CASES])
+def test_edited_results_are_refused(cid, edit, load, expect, tmp_path, monkeypatch, measured_mini, session_roots,
+                                    mini_path):
+    run = measured_mini.run("relu-s1")
+    res, rd = tmp_path / "results" / "mini", tmp_path / "runs"
+    shutil.copytree(session_roots["SPARSINGLAW_RESULTS"] / "mini", res)
+    d = runs.run_dir(measured_mini, run, rd)
+    shutil.copytree(runs.run_dir(measured_mini, run, session_roots["SPARSINGLAW_RUNS"]), d)
+    monkeypatch.setenv("SPARSINGLAW_RESULTS", str(tmp_path / "results"))
+    edit(res, d)
+    before = _tree(tmp_path)
+    with pytest.raises(SparsingLawError) as e:
+        if load == "table":
+            measure.read_results(measured_mini, "sparsity")
+        elif load == "strict":
+            measure.read_results(load_profile(mini_path, overrides=MINI + ["fit.n_boot=7"]), strict=True)
+        elif load == "record":
+            measure.measure_run(measured_mini, run, rd, progress=False)
+        else:
+            measure.final_arrays(measured_mini, run, rd)
+    for want in expect:
+        assert want in str(e.value), str(e.value)
+    assert _tree(tmp_path) == before  # refusing writes nothing

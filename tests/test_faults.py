@@ -1,0 +1,442 @@
+"""Fault injection (issue 6): kills during measurement, checkpoints from another config, NaN/inf loss,
+failing writes (full disk) of every kind of artifact, concurrent invocations on one runs folder, and
+determinism and provenance of the results tables. Kills during training: tests/test_resume.py.
+
+Faults are injected with monkeypatch (os.replace, os.fsync) or, in subprocesses, with
+SPARSINGLAW_TEST_FAULT=<enospc|stall>:<file name> (train.atomic_write_files).
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import random
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import MINI, REPO
+from sparsinglaw import cli, measure, plots, runs
+from sparsinglaw.config import checkpoint_steps, load_profile
+from sparsinglaw.train import (
+    TrainingDiverged,
+    WriteError,
+    append_log,
+    checkpoint_problem,
+    checkpoint_tags,
+    latest_valid_checkpoint,
+    train,
+    trim_log,
+)
+
+TABLES = ("sparsity", "neurons", "tokens")
+
+
+def _env(**extra) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO / "lib"), PYTHONUNBUFFERED="1", **extra)
+    if "SPARSINGLAW_TEST_FAULT" not in extra:
+        env.pop("SPARSINGLAW_TEST_FAULT", None)
+    return env
+
+
+def _sets(overrides: list[str]) -> list[str]:
+    return sum((["--set", s] for s in overrides), [])
+
+
+def _files(folder: Path) -> dict[str, str]:
+    """sha256 of every file under `folder` by relative path."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _temps(*folders: Path) -> list[Path]:
+    return [p for f in folders if f.exists() for p in f.rglob("*.tmp")]
+
+
+class Sampler(threading.Thread):
+    """Parses every file with a final name under `roots` (JSON, CSV, NPZ, YAML) every few ms while
+    other processes write them; `bad` collects any that does not parse (a half-written file)."""
+
+    def __init__(self, *roots: Path, skip: tuple[str, ...] = ()):
+        super().__init__(daemon=True)
+        self.roots, self.skip = roots, skip
+        self.bad: list[tuple[str, str]] = []
+        self.sweeps, self.files_read, self.temp_names = 0, 0, set()
+        self.halt = threading.Event()
+
+    def check(self, p: Path) -> None:
+        if p.suffix == ".json":
+            json.loads(p.read_bytes())
+        elif p.suffix == ".csv":
+            pd.read_csv(p)
+        elif p.suffix == ".npz":
+            with np.load(p) as z:
+                [z[k] for k in z.files]
+        elif p.suffix == ".yaml":
+            yaml.safe_load(p.read_text())
+        else:
+            return
+        self.files_read += 1
+
+    def run(self) -> None:
+        while not self.halt.is_set():
+            for root in self.roots:
+                for p in list(root.rglob("*")) if root.exists() else []:
+                    if p.name.endswith(".tmp"):
+                        self.temp_names.add(p.name)
+                        continue
+                    if p.name in self.skip or not p.is_file():
+                        continue
+                    try:
+                        self.check(p)
+                    except FileNotFoundError:
+                        pass  # removed on purpose (ckpt_last after the run, a stale temp)
+                    except Exception as e:  # noqa: BLE001 - any parse error is a finding
+                        self.bad.append((str(p), repr(e)[:200]))
+            self.sweeps += 1
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        self.halt.set()
+        self.join(timeout=10)
+
+
+def _tiny_run(tiny_profile, name: str, runs_dir: Path, smoke_tokens, **kw):
+    run = tiny_profile.run(name)
+    d = runs.run_dir(tiny_profile, run, runs_dir)
+    return run, d, train(run, tiny_profile.data, d, smoke_tokens, progress=False, **kw)
+
+
+# -----------------------------------------------------------------------------------------------
+# kills during measurement
+
+
+@pytest.mark.slow
+def test_kill_during_measurement_then_rerun(tmp_path, monkeypatch, mini_path, measured_mini, session_roots):
+    """SIGKILL once while runs are measured and once while a results table is being written; the rerun
+    completes, every file parses at every sampled moment, and the tables equal an uninterrupted run's."""
+    monkeypatch.setenv("SPARSINGLAW_RESULTS", str(tmp_path / "results"))
+    rd = tmp_path / "runs"
+    profile = load_profile(mini_path, overrides=MINI)
+    runs.train_profile(profile, jobs=1, runs_dir=rd, progress=False)
+    out = tmp_path / "results" / "mini"
+    cmd = [sys.executable, "-m", "sparsinglaw", "measure", "--profile", str(mini_path), "--runs-dir", str(rd),
+           "-j", "1", "--no-progress", *_sets(MINI)]
+    sampler = Sampler(rd, out.parent, skip=("log.csv",))
+    sampler.start()
+    rng = random.Random(6)
+    try:
+        for fault in (None, "stall:sparsity.csv"):
+            log = tmp_path / f"measure-{fault is None}.txt"
+            if fault is None:  # a random moment once a first run is measured
+                stop_when = lambda: list(rd.glob("mini/*/sparsity-*.json"))
+            else:  # while sparsity.csv is written (temp file complete, not yet renamed)
+                stop_when = lambda log=log: "test fault: stalled" in log.read_text()
+            with open(log, "w") as f:
+                env = _env(SPARSINGLAW_TEST_FAULT=fault) if fault else _env()
+                proc = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT)
+                deadline = time.time() + 180
+                while proc.poll() is None and not stop_when() and time.time() < deadline:
+                    time.sleep(0.005)
+                time.sleep(rng.uniform(0, 0.2) if fault is None else 0)
+                assert proc.poll() is None, f"measurement ended before the kill:\n{log.read_text()}"
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+            if fault:  # killed while writing sparsity.csv: the temp file exists, the final name does not
+                assert not (out / "sparsity.csv").exists() and list(out.glob(".sparsity.csv.*.tmp"))
+        done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+    finally:
+        sampler.stop()
+    assert done.returncode == 0, done.stderr
+    assert not sampler.bad, sampler.bad
+    assert sampler.sweeps > 10 and sampler.files_read > 0
+    assert all(n.startswith(".") for n in sampler.temp_names)  # temp files never carry a final name
+    assert not _temps(rd, out), "temp files of the killed writes remain"
+    first = session_roots["SPARSINGLAW_RESULTS"] / "mini"  # measured_mini: measured without a kill
+    for name in TABLES:  # complete tables that pass their checks and equal the uninterrupted ones
+        measure.read_results(profile, name)
+        assert (out / f"{name}.csv").read_bytes() == (first / f"{name}.csv").read_bytes(), name
+
+
+# -----------------------------------------------------------------------------------------------
+# corrupted checkpoints and diverging losses
+
+
+def test_checkpoint_from_another_config_is_refused(tmp_path, tiny_profile, smoke_tokens, capsys):
+    """A checkpoint of another config copied into a run folder is skipped with a message naming it and
+    the reason; training falls back to the last valid checkpoint and finishes (through the CLI)."""
+    from conftest import TINY
+
+    rd = tmp_path / "runs"
+    run = tiny_profile.run("relu-s1")
+    marks = checkpoint_steps(run.model, run.train)
+    _, d, _ = _tiny_run(tiny_profile, "relu-s1", rd, smoke_tokens, stop_after_step=marks[1])
+    other = load_profile("smoke", overrides=TINY + ["train.lr=0.02"])
+    _, od, _ = _tiny_run(other, "relu-s1", tmp_path / "other", smoke_tokens, stop_after_step=marks[2])
+    tag = f"{marks[2]:07d}"  # the newest checkpoint in the folder, of another config
+    for name in (f"ckpt_{tag}.pt", f"meta_{tag}.json"):
+        (d / name).write_bytes((od / name).read_bytes())
+    h = run.config_hash(tiny_profile.data)
+    assert "another config" in checkpoint_problem(d, tag, h)
+    rc = cli.main(["train", "--profile", "smoke", "--run", "relu-s1", "--runs-dir", str(rd), "--no-progress",
+                   *_sets(TINY)])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    assert f"skipping checkpoint {d / f'ckpt_{tag}.pt'}: written by another config" in out.out
+    assert (d / "DONE").exists()
+    assert checkpoint_problem(d, tag, h) is None  # trained again from the last valid one: now our own
+
+
+@pytest.mark.parametrize("kind", ["inf_at_step", "nan_at_step"])
+def test_injected_inf_or_nan_stops_and_keeps_last_good(tmp_path, tiny_profile, smoke_tokens, kind):
+    run = tiny_profile.run("silu-s1")
+    marks = checkpoint_steps(run.model, run.train)
+    with pytest.raises(TrainingDiverged) as e:
+        _tiny_run(tiny_profile, "silu-s1", tmp_path, smoke_tokens, fault={kind: marks[1] + 1})
+    d = runs.run_dir(tiny_profile, run, tmp_path)
+    msg = str(e.value)
+    assert ("inf" if kind == "inf_at_step" else "nan") in msg and f"step {marks[1] + 1}" in msg
+    assert f"{d / f'ckpt_{marks[1]:07d}.pt'} (step {marks[1]}) is kept" in msg
+    tag, meta = latest_valid_checkpoint(d, run.config_hash(tiny_profile.data))
+    assert meta["step"] == marks[1] and not (d / "DONE").exists()
+    assert pd.read_csv(d / "log.csv")["step"].max() == marks[1]  # nothing logged past the last good step
+
+
+def test_real_divergence_through_the_cli(tmp_path, capsys):
+    """lr=1e30 (YAML 1.1 reads it as a string: accepted as the number) diverges: one clear line, exit 2."""
+    from conftest import TINY
+
+    rc = cli.main(["train", "--profile", "smoke", "--run", "relu-s1", "--runs-dir", str(tmp_path), "--no-progress",
+                   *_sets(TINY + ["train.lr=1e30"])])
+    err = capsys.readouterr().err
+    assert rc == 2 and "error: run relu-s1: training loss is" in err and "Lower train.lr" in err
+    assert "Traceback" not in err
+
+
+# -----------------------------------------------------------------------------------------------
+# failing writes (a full disk)
+
+
+def _enospc(*_a, **_k):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+@pytest.mark.parametrize("fault", ["fsync", "replace", "partial_temp", "sidecar_rename"])
+def test_failing_checkpoint_or_log_write_keeps_previous_files(tmp_path, tiny_profile, smoke_tokens, monkeypatch,
+                                                              fault):
+    run = tiny_profile.run("relu-s1")
+    marks = checkpoint_steps(run.model, run.train)
+    h = run.config_hash(tiny_profile.data)
+    _, d, _ = _tiny_run(tiny_profile, "relu-s1", tmp_path, smoke_tokens, stop_after_step=marks[1])
+    before = _files(d)
+    real_replace = os.replace
+    if fault == "fsync":  # the first write after the resume, the log append, fails
+        monkeypatch.setattr(os, "fsync", _enospc)
+        expect = d / "log.csv"
+    elif fault == "replace":  # the next resume snapshot cannot be renamed into place
+        monkeypatch.setattr(os, "replace", _enospc)
+        expect = d / "ckpt_last.pt"
+    elif fault == "partial_temp":  # half the temp file is written, then the disk is full
+        monkeypatch.setenv("SPARSINGLAW_TEST_FAULT", "enospc:ckpt_last.pt")
+        expect = d / "ckpt_last.pt"
+    else:  # the checkpoint is renamed, its sidecar is not
+        monkeypatch.setattr(os, "replace", lambda a, b: _enospc() if Path(b).name.startswith("meta_")
+                            else real_replace(a, b))
+        expect = d / "meta_last.json"
+    with pytest.raises(WriteError) as e:
+        _tiny_run(tiny_profile, "relu-s1", tmp_path, smoke_tokens)
+    assert str(expect) in str(e.value) and "No space left on device" in str(e.value)
+    assert "previous version, if any, is kept" in str(e.value) or "kept as it was" in str(e.value)
+    monkeypatch.undo()
+    assert not _temps(d), "temp files left behind"
+    after = _files(d)
+    # every earlier file is intact (the log may have gained whole rows); a failed sidecar rename leaves
+    # the new ckpt_last.pt beside the old sidecar: refused below, like any checkpoint that fails its check
+    for name, sha in before.items():
+        if name != "log.csv" and not (fault == "sidecar_rename" and name == "ckpt_last.pt"):
+            assert after[name] == sha, name
+    log = (d / "log.csv").read_bytes()
+    assert log.startswith(b"step,") and log.endswith(b"\r\n")  # whole rows only
+    if fault == "fsync":
+        assert after["log.csv"] == before["log.csv"]
+    found = latest_valid_checkpoint(d, h, warn=lambda _m: None)
+    assert found[1]["step"] == marks[1]
+    if fault == "sidecar_rename":
+        assert "interrupted between it and its sidecar" in checkpoint_problem(d, "last", h)
+    _, _, done = _tiny_run(tiny_profile, "relu-s1", tmp_path, smoke_tokens)  # without the fault: finishes
+    log = pd.read_csv(d / "log.csv")
+    assert done["steps"] == log["step"].max() and not log.duplicated(["step", "split"]).any()
+
+
+def test_log_is_trimmed_to_the_resumed_checkpoint(tmp_path):
+    """Rows past the checkpoint a run resumes from, and a partial last line, are dropped; a log left
+    empty by a failed first write gets its header back."""
+    log = tmp_path / "log.csv"
+    append_log(log, [{"step": s, "tokens": s * 8, "split": "train", "loss": 1.0} for s in (2, 4, 6)])
+    with open(log, "a") as f:
+        f.write("8,64,tra")  # a write cut short
+    trim_log(log, 4)
+    assert pd.read_csv(log)["step"].tolist() == [2, 4]
+    data = log.read_bytes()
+    assert data.count(b"\r\n") == 3 and b"\n" not in data.replace(b"\r\n", b"")  # the csv module's line ends
+    trim_log(log, 99)
+    assert log.read_bytes() == data  # nothing to trim: the file is left alone
+    log.write_bytes(b"")
+    append_log(log, [{"step": 2, "tokens": 16, "split": "train", "loss": 1.0}])
+    assert pd.read_csv(log)["step"].tolist() == [2]
+
+
+def test_failing_write_through_the_cli(tmp_path, monkeypatch, capsys):
+    """Through the CLI: one line naming the file and the cause, exit 2, no traceback, nothing partial."""
+    from conftest import TINY
+
+    p = load_profile("smoke", overrides=TINY)
+    run = p.run("relu-s1")
+    mark = checkpoint_steps(run.model, run.train)[1]
+    monkeypatch.setenv("SPARSINGLAW_TEST_FAULT", f"enospc:ckpt_{mark:07d}.pt")
+    rc = cli.main(["train", "--profile", "smoke", "--run", "relu-s1", "--runs-dir", str(tmp_path), "--no-progress",
+                   *_sets(TINY)])
+    err = capsys.readouterr().err
+    d = runs.run_dir(p, run, tmp_path)
+    assert rc == 2, err
+    assert f"error: {d / f'ckpt_{mark:07d}.pt'}: could not write it (No space left on device)" in err
+    assert "Traceback" not in err
+    assert not (d / f"ckpt_{mark:07d}.pt").exists() and not _temps(d)
+    assert latest_valid_checkpoint(d, run.config_hash(p.data))[1]["step"] < mark
+
+
+@pytest.mark.parametrize("fault", ["fsync", "replace"])
+def test_failing_results_table_write_keeps_previous(tmp_path, measured_mini, monkeypatch, fault):
+    p = measured_mini
+    out = tmp_path / "results"
+    df = pd.DataFrame({"run": ["a", "b"], "x": [1.0, 2.0]})
+    runs.write_table(df, out / "t.csv", {"config_hash": p.config_hash()})
+    before = _files(out)
+    monkeypatch.setattr(os, fault, _enospc)
+    with pytest.raises(WriteError, match=f"{out / 't.csv'}: could not write it .No space left on device"):
+        runs.write_table(df.assign(x=[3.0, 4.0]), out / "t.csv", {"config_hash": p.config_hash()})
+    monkeypatch.undo()
+    assert _files(out) == before and not _temps(out)
+    assert runs.read_table(out / "t.csv", ["run", "x"], ["x"])["x"].tolist() == [1.0, 2.0]
+
+
+def test_failing_figure_write_keeps_previous(tmp_path, tiny_profile, monkeypatch):
+    monkeypatch.setenv("SPARSINGLAW_FIGURES", str(tmp_path / "figures"))
+    fig, ax = plt.subplots()
+    ax.plot([1, 2], [3, 4])
+    plots.save(fig, "99_test", tiny_profile, paper="none", notebook="test")
+    out = tmp_path / "figures" / "smoke"
+    before = _files(out)
+    ax.plot([1, 2], [4, 3])
+    monkeypatch.setattr(os, "fsync", _enospc)
+    with pytest.raises(WriteError, match="No space left on device"):
+        plots.save(fig, "99_test", tiny_profile, paper="none", notebook="test")
+    monkeypatch.undo()
+    plt.close(fig)
+    assert _files(out) == before and not _temps(out)
+
+
+# -----------------------------------------------------------------------------------------------
+# concurrency
+
+
+@pytest.mark.slow
+def test_concurrent_train_and_measure_never_train_twice(tmp_path, monkeypatch, mini_path, smoke_tokens):
+    """Two `train -j 2 && measure` pipelines at once on one runs folder (what two `make figures -j 2`
+    do): per-run locks make each run train once, and no file is ever half-written or corrupted."""
+    monkeypatch.setenv("SPARSINGLAW_RESULTS", str(tmp_path / "results"))
+    rd = tmp_path / "runs"
+    common = ["--profile", str(mini_path), "--runs-dir", str(rd), "--no-progress", *_sets(MINI)]
+    py = [sys.executable, "-m", "sparsinglaw"]
+    line = f"{shlex.join([*py, 'train', '-j', '2', *common])} && {shlex.join([*py, 'measure', '-j', '1', *common])}"
+    sampler = Sampler(rd, tmp_path / "results", skip=("log.csv",))
+    sampler.start()
+    try:
+        procs = [subprocess.Popen(["bash", "-c", line], env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True) for _ in range(2)]
+        outs = [p.communicate(timeout=400) for p in procs]
+    finally:
+        sampler.stop()
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err
+    assert sampler.sweeps > 10 and sampler.files_read > 0
+    assert not sampler.bad, sampler.bad
+    assert not _temps(rd, tmp_path / "results")
+    profile = load_profile(mini_path, overrides=MINI)
+    for run in profile.runs:
+        d = runs.run_dir(profile, run, rd)
+        log = pd.read_csv(d / "log.csv")
+        assert not log.duplicated(["step", "split"]).any(), f"{run.name} was trained twice"
+        assert set(log["split"]) == {"train", "val"}
+        h = run.config_hash(profile.data)
+        assert [checkpoint_problem(d, t, h) for t in checkpoint_tags(d)] == [None] * len(checkpoint_tags(d))
+        assert json.loads((d / "DONE").read_text())["config_hash"] == h
+        measure.measure_run(profile, run, rd, progress=False)  # the cached record passes its checks
+    for name in TABLES:
+        measure.read_results(profile, name)
+
+
+# -----------------------------------------------------------------------------------------------
+# determinism and provenance
+
+
+@pytest.mark.slow
+def test_same_seed_same_results_tables(tmp_path, monkeypatch, mini_path, measured_mini, isolated_roots):
+    """Train + measure the mini profile again into another runs folder: identical tables, byte for byte."""
+    first = isolated_roots["SPARSINGLAW_RESULTS"] / "mini"
+    monkeypatch.setenv("SPARSINGLAW_RESULTS", str(tmp_path / "results"))
+    profile = load_profile(mini_path, overrides=MINI)
+    runs.train_profile(profile, jobs=1, runs_dir=tmp_path / "runs", progress=False)
+    measure.measure_profile(profile, jobs=1, runs_dir=tmp_path / "runs", progress=False)
+    for name in TABLES:
+        assert (tmp_path / "results" / "mini" / f"{name}.csv").read_bytes() == (first / f"{name}.csv").read_bytes()
+
+
+def test_results_tables_record_provenance(measured_mini, smoke_tokens, isolated_roots):
+    out = isolated_roots["SPARSINGLAW_RESULTS"] / "mini"
+    for name in TABLES:
+        meta = measure.read_results(measured_mini, name).attrs["meta"]
+        assert meta["config_hash"] == measured_mini.config_hash()
+        assert meta["git_sha"] and "git_dirty" in meta
+        assert meta["corpus"]["sha256"] == smoke_tokens.fingerprint["sha256"]
+        assert {"torch", "numpy", "pandas", "python", "sparsinglaw"} <= set(meta["versions"])
+        assert meta["device"] and meta["sha256"] == hashlib.sha256((out / f"{name}.csv").read_bytes()).hexdigest()
+
+
+def test_figure_manifest_records_provenance(tmp_path, tiny_profile, smoke_tokens, monkeypatch):
+    monkeypatch.setenv("SPARSINGLAW_FIGURES", str(tmp_path))
+    fig, ax = plt.subplots()
+    ax.plot([0, 1])
+    plots.save(fig, "99_manifest", tiny_profile, paper="Fig. 0", notebook="test")
+    plt.close(fig)
+    rows = pd.read_csv(tmp_path / "smoke" / "MANIFEST.csv", dtype=str).set_index("file")
+    for ext in ("png", "pdf"):
+        r = rows.loc[f"99_manifest.{ext}"]
+        assert r["config_hash"] == tiny_profile.config_hash()[:12]
+        assert r["git_sha"] and r["git_dirty"] in ("True", "False")
+        assert r["corpus"] == smoke_tokens.fingerprint["sha256"][:12] and r["device"]
+        assert {"torch", "numpy", "matplotlib"} <= set(json.loads(r["versions"]))
+
+
+def test_table_of_another_config_warns_or_refuses(measured_mini, mini_path):
+    """A table whose recorded config hash differs from the current profile's: a warning that says so by
+    default, an error with strict=True."""
+    changed = load_profile(mini_path, overrides=MINI + ["fit.n_boot=7"])
+    with pytest.warns(runs.StaleTableWarning, match=r"sparsity.csv: recorded config_hash .* differs .* using it "
+                                                    r"anyway \(a warning, not an error\)"):
+        df = measure.read_results(changed)
+    assert len(df)
+    with pytest.raises(runs.TableError, match=r"sparsity.csv: recorded config_hash .* differs .*; refusing it"):
+        measure.read_results(changed, strict=True)
