@@ -17,8 +17,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .config import ProfileConfig  # noqa: E402
-from .runs import figures_dir, git_state, group_runs, load_log, states_table  # noqa: E402
-from .train import atomic_write_bytes  # noqa: E402
+from .runs import figures_dir, group_runs, load_log, states_table  # noqa: E402
 
 # one palette for activation functions, used in every figure (colour-blind safe, Okabe-Ito)
 ACTIVATION_COLORS = {"relu": "#0072B2", "silu": "#D55E00", "gelu": "#009E73", "gelu_tanh": "#56B4E9",
@@ -53,16 +52,24 @@ def color(activation: str) -> str:
 
 def save(fig, name: str, profile: ProfileConfig, paper: str, notebook: str) -> list[str]:
     """Write figures/<profile>/<name>.png and .pdf (no timestamps in their metadata, so committed
-    figures change only when data change) and upsert their MANIFEST rows."""
+    figures change only when data change) and upsert their MANIFEST rows (paper figure, notebook,
+    provenance: config hash, git sha and dirty flag, corpus fingerprint, package versions, device).
+    The three files are replaced together, MANIFEST.csv last; a failing write keeps the old ones."""
+    import json
+
+    from .runs import provenance
+    from .train import atomic_write_files
+
+    fields = [*MANIFEST_FIELDS, *(f for f in ("corpus", "versions", "device") if f not in MANIFEST_FIELDS)]
     out = figures_dir(profile.name)
     out.mkdir(parents=True, exist_ok=True)
-    written = []
+    files = {}
     for ext, meta in (("png", {"Software": None}), ("pdf", {"CreationDate": None, "ModDate": None, "Producer": None})):
         buf = io.BytesIO()
         fig.savefig(buf, format=ext, metadata=meta)
-        atomic_write_bytes(out / f"{name}.{ext}", buf.getvalue())
-        written.append(f"{name}.{ext}")
-    g = git_state()
+        files[out / f"{name}.{ext}"] = buf.getvalue()
+    written = [p.name for p in files]
+    g = provenance(profile)
     rows = {}
     manifest = out / "MANIFEST.csv"
     if manifest.exists():
@@ -70,13 +77,16 @@ def save(fig, name: str, profile: ProfileConfig, paper: str, notebook: str) -> l
             rows = {r["file"]: r for r in csv.DictReader(f)}
     for w in written:
         rows[w] = {"file": w, "paper": paper, "notebook": notebook, "profile": profile.name,
-                   "config_hash": profile.config_hash()[:12], "git_sha": g["git_sha"][:12], "git_dirty": g["git_dirty"]}
+                   "config_hash": g["config_hash"][:12], "git_sha": g["git_sha"][:12], "git_dirty": g["git_dirty"],
+                   "corpus": g["corpus"].get("sha256", g["corpus"].get("error", ""))[:12],
+                   "versions": json.dumps(g["versions"], sort_keys=True), "device": g["device"]}
     buf = io.StringIO()
-    wr = csv.DictWriter(buf, fieldnames=MANIFEST_FIELDS)
+    wr = csv.DictWriter(buf, fieldnames=fields)
     wr.writeheader()
     for k in sorted(rows):
-        wr.writerow({f: rows[k].get(f, "") for f in MANIFEST_FIELDS})
-    atomic_write_bytes(manifest, buf.getvalue().encode())
+        wr.writerow({f: rows[k].get(f, "") for f in fields})
+    files[manifest] = buf.getvalue().encode()
+    atomic_write_files(files)
     return written
 
 
@@ -192,5 +202,366 @@ def layer_thresholds(table: pd.DataFrame, p: float = 1.0):
     a1.set(xlabel="layer", ylabel=r"threshold $\tau_l$", yscale="log")
     a2.set(xlabel="layer", ylabel=f"activation ratio at PPL-{p:g}%")
     a2.legend(frameon=False, fontsize=5.5, ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+# -----------------------------------------------------------------------------------------------
+# figures of notebooks 03-05 (drawn from the tables of analysis.py, so `results/` alone redraws them)
+
+
+def _shade(activation: str, i: int, n: int):
+    """The activation's colour, lighter for smaller models: i-th of n (0 = smallest)."""
+    from matplotlib.colors import to_rgb
+
+    rgb = np.array(to_rgb(color(activation)))
+    mix = 0.65 * (1 - (i + 1) / n) if n > 1 else 0.0
+    return tuple(rgb + (1 - rgb) * mix)
+
+
+def _runs_by_size(df: pd.DataFrame, activation: str) -> list[str]:
+    sub = df[df["activation"] == activation].drop_duplicates("run")
+    return list(sub.sort_values("non_embedding_params")["run"])
+
+
+def _in_group(df: pd.DataFrame, group: str | None) -> pd.DataFrame:
+    if group is None:
+        return df
+    return df[df["groups"].fillna("").str.split(",").map(lambda gs: group in gs)]
+
+
+def _note(ax, text: str, loc: str = "upper right") -> None:
+    """A grey annotation in an axes corner (paper values quoted, never drawn as data)."""
+    x, ha = (0.98, "right") if "right" in loc else (0.02, "left")
+    y, va = (0.97, "top") if "upper" in loc else (0.03, "bottom")
+    ax.text(x, y, text, transform=ax.transAxes, ha=ha, va=va, fontsize=6, color="0.35")
+
+
+def _ticks_at(ax, values) -> None:
+    """Log x axis with one plain tick label at each model size."""
+    from matplotlib.ticker import NullFormatter, NullLocator
+
+    ax.set_xscale("log")
+    v = sorted(set(np.round(np.asarray(values, dtype=float), 1)))
+    ax.set_xticks(v, [f"{x:.0f}" for x in v])
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def _paper_note(ax, text: str) -> None:
+    """The paper's value for this panel, quoted above it (an annotation, not data)."""
+    ax.set_title(text, fontsize=6.5, color="0.35", loc="left")
+
+
+def activation_laws(table: pd.DataFrame, fits: pd.DataFrame, curves: pd.DataFrame, p: float = 1.0,
+                    group: str | None = "scale"):
+    """Activation ratio at PPL-p% vs training tokens per run, with the fitted law (Eq. 4 ReLU, Eq. 5
+    SiLU) and its bootstrap band over the fitted range (paper Fig. 4). Points dropped by the drop rule
+    are hollow; dotted lines mark the fitted limits A0. One panel per activation; runs shaded by size."""
+    style()
+    t = _in_group(table[np.isclose(table["p"], p)], group)
+    acts = list(dict.fromkeys(t["activation"]))
+    fig, axes = plt.subplots(1, max(len(acts), 1), figsize=DOUBLE, squeeze=False)
+    for ax, act in zip(axes[0], acts):
+        names = _runs_by_size(t, act)
+        for i, run in enumerate(names):
+            g, c = t[t["run"] == run].sort_values("tokens"), _shade(act, i, len(names))
+            f = fits[fits["run"] == run].iloc[0]
+            dropped = {int(v) for v in str(f.get("dropped_tokens", "") or "").split(";") if v not in ("", "nan")}
+            used = ~g["tokens"].isin(dropped)
+            ok = str(f["converged"]) == "True"  # bool, numpy bool or text, as read back from CSV
+            label = f"{run} ({g['non_embedding_params'].iloc[0] / 1e3:.0f}k)" + ("" if ok else ", no fit")
+            ax.plot(g["tokens"][used] / 1e6, g["activation_ratio"][used], "o", ms=2.5, color=c, label=label)
+            ax.plot(g["tokens"][~used] / 1e6, g["activation_ratio"][~used], "o", ms=2.5, mfc="none", color=c)
+            cv = curves[(curves["run"] == run) & (curves["D"] >= f["D_min_used"] * (1 - 1e-9))]  # fitted range
+            if ok and len(cv):
+                ax.plot(cv["D"] * 1e3, cv["A_fit"], color=c, lw=1)
+                ax.fill_between(cv["D"] * 1e3, cv["A_lo"], cv["A_hi"], color=c, alpha=0.2, lw=0)
+                ax.axhline(f["A0"], color=c, lw=0.6, ls=":")
+        log_x(ax)
+        form = fits.loc[fits["activation"] == act, "form"].iloc[0]
+        ax.set(xlabel="training tokens (millions)", title=f"{act} ({form})")
+        ax.legend(frameon=False, fontsize=5.5)
+    axes[0][0].set_ylabel(f"activation ratio at PPL-{p:g}%")
+    fig.tight_layout()
+    return fig
+
+
+def form_comparison(comparison: pd.DataFrame):
+    """MSE of each law form on each run (the rebuttal's comparison); hatched bars: the paper's form for
+    the run's activation; an x above a bar: that fit did not converge."""
+    style()
+    runs_ = list(dict.fromkeys(comparison["run"]))
+    forms = list(dict.fromkeys(comparison["form"]))
+    fig, ax = plt.subplots(figsize=(DOUBLE[0], DOUBLE[1]))
+    w = 0.8 / max(len(forms), 1)
+    for j, form in enumerate(forms):
+        sub = comparison[comparison["form"] == form].set_index("run").reindex(runs_)
+        x = np.arange(len(runs_)) + (j - (len(forms) - 1) / 2) * w
+        mse = sub["mse"].to_numpy(float)
+        bars = ax.bar(x, np.where(np.isfinite(mse), mse, np.nan), w, label=form, color=f"C{j}")
+        for b, paper_form, conv, m in zip(bars, sub["paper_form"], sub["converged"], mse):
+            if str(paper_form) == "True":
+                b.set_hatch("////")
+            if str(conv) != "True" and np.isfinite(m):
+                ax.plot(b.get_x() + w / 2, m * 1.3, "x", color="k", ms=3)
+    ax.set_yscale("log")
+    ax.set_xticks(np.arange(len(runs_)), runs_, rotation=30, ha="right")
+    ax.set_ylabel("MSE (activation ratio$^2$)")
+    ax.legend(frameon=False, ncol=len(forms))
+    fig.tight_layout()
+    return fig
+
+
+def dead_neurons(table: pd.DataFrame, p: float = 1.0, group: str | None = "scale"):
+    """Dead-neuron ratio vs tokens (left) and, for ReLU, the exact-zero ratio (solid) next to the
+    activation ratio at PPL-p% (dashed) vs tokens (right); runs shaded by size."""
+    style()
+    t = _in_group(table[np.isclose(table["p"], p)], group)
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=DOUBLE)
+    for act in dict.fromkeys(t["activation"]):
+        names = _runs_by_size(t, act)
+        for i, run in enumerate(names):
+            g, c = t[t["run"] == run].sort_values("tokens"), _shade(act, i, len(names))
+            x = g["tokens"] / 1e6
+            a1.plot(x, g["dead_ratio"], "o-", ms=2, lw=1, color=c, label=run)
+            if g["exact_zero_ratio"].notna().any():
+                a2.plot(x, g["exact_zero_ratio"], "o-", ms=2, lw=1, color=c, label=f"{run} exact non-zeros")
+                a2.plot(x, g["activation_ratio"], "--", lw=1, color=c)
+    for ax in (a1, a2):
+        log_x(ax)
+        ax.set_xlabel("training tokens (millions)")
+    a1.set_ylabel("dead-neuron ratio (share of neurons)")
+    a2.set_ylabel("activation ratio (ReLU)")
+    a1.legend(frameon=False, fontsize=5.5)
+    _note(a2, f"solid: share of non-zero ReLU outputs\ndashed: active at PPL-{p:g}%")
+    fig.tight_layout()
+    return fig
+
+
+def _piecewise_line(ax, row, x, **kw) -> None:
+    """Draw a flat-above piecewise-linear fit row (analysis.width_depth summary) over x."""
+    xs = np.linspace(min(x), max(x), 200)
+    ax.plot(xs, row["intercept"] + row["slope_below"] * np.minimum(xs, row["breakpoint"]), **kw)
+    ax.axvline(row["breakpoint"], color="0.4", lw=0.8, ls="--")
+    ax.axvspan(row["breakpoint_lo"], row["breakpoint_hi"], color="0.5", alpha=0.12, lw=0)
+
+
+def width_depth_activation(points: pd.DataFrame, summary: pd.DataFrame, paper_values: dict | None = None):
+    """Limit activation ratio vs width-depth ratio (paper Fig. 5): fitted A0 with its interval (filled),
+    the last measured activation ratio (hollow), the piecewise-linear fit with its breakpoint interval
+    (shaded). The paper's bottleneck is quoted as an annotation only (`paper_values`, paper.WIDTH_DEPTH)."""
+    style()
+    fig, ax = plt.subplots(figsize=SINGLE)
+    c = color("relu")
+    ok = points["converged"].eq(True)
+    a = points[ok]
+    ax.errorbar(a["width_depth"], a["A0"], yerr=[a["A0"] - a["A0_lo"], a["A0_hi"] - a["A0"]], fmt="o", ms=3,
+                color=c, lw=0.8, capsize=2, label="fitted limit $A_0$")
+    ax.plot(points["width_depth"], points["A_last"], "o", mfc="none", ms=3, color=c, label="last checkpoint")
+    pw = summary[(summary["kind"] == "piecewise_linear") & summary["breakpoint"].notna()]
+    if len(pw):
+        row = pw.iloc[0]
+        _piecewise_line(ax, row, points["width_depth"], color=c, lw=1,
+                        label=f"piecewise fit ({row['quantity']}), bottleneck {row['breakpoint']:.3g}")
+    else:
+        _note(ax, "no piecewise fit (too few runs)", "upper left")
+    if paper_values:
+        _paper_note(ax, f"paper (0.1B): bottleneck ~{paper_values['bottleneck']:g}, "
+                        f"~{paper_values['limit_activation_ratio_above']:.0%} above it")
+    ax.set(xlabel="width-depth ratio $d_h / L$", ylabel="limit activation ratio")
+    ax.legend(frameon=False, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def width_depth_loss(points: pd.DataFrame, summary: pd.DataFrame, paper_values: dict | None = None):
+    """Limit loss vs width-depth ratio (paper Fig. 6): fitted E with its interval (filled), last measured
+    dense loss (hollow), our best range shaded; the paper's best range quoted as an annotation."""
+    style()
+    fig, ax = plt.subplots(figsize=SINGLE)
+    c = color("relu")
+    ok = points["loss_converged"].eq(True)
+    e = points[ok]
+    ax.errorbar(e["width_depth"], e["E"], yerr=[e["E"] - e["E_lo"], e["E_hi"] - e["E"]], fmt="o", ms=3,
+                color=c, lw=0.8, capsize=2, label="fitted limit loss $E$")
+    ax.plot(points["width_depth"], points["final_loss"], "o", mfc="none", ms=3, color=c, label="last checkpoint")
+    br = summary[(summary["kind"] == "best_range") & summary["best_lo"].notna()]
+    if len(br):
+        row = br.iloc[0]
+        ax.axvspan(row["best_lo"], row["best_hi"], color=c, alpha=0.12, lw=0,
+                   label=f"best range ({row['quantity']}): {row['best_lo']:.3g}-{row['best_hi']:.3g}")
+    if paper_values:
+        lo, hi = paper_values["best_range"]
+        _paper_note(ax, f"paper (0.1B): best range {lo:g}-{hi:g}")
+    log_x(ax)
+    ax.set(xlabel="width-depth ratio $d_h / L$", ylabel="limit loss (nats/token)")
+    ax.legend(frameon=False, loc="center right", fontsize=5.5)
+    fig.tight_layout()
+    return fig
+
+
+def a0_vs_scale(points: pd.DataFrame, summary: pd.DataFrame, paper_values: dict | None = None):
+    """Limit activation ratio A0 vs non-embedding parameters (paper Fig. 7): fitted A0 with intervals
+    (filled), last measured ratio (hollow), the fitted line in log10 N with its slope; the paper's
+    change from 0.1B to 1.2B (paper.A0_SCALE_CHANGE) quoted as an annotation."""
+    style()
+    acts = list(dict.fromkeys(points["activation"]))
+    fig, axes = plt.subplots(1, max(len(acts), 1), figsize=DOUBLE, squeeze=False)
+    for ax, act in zip(axes[0], acts):
+        g, c = points[points["activation"] == act], color(act)
+        a = g[g["converged"].eq(True)]
+        ax.errorbar(a["non_embedding_params"] / 1e3, a["A0"], yerr=[a["A0"] - a["A0_lo"], a["A0_hi"] - a["A0"]],
+                    fmt="o", ms=3, color=c, lw=0.8, capsize=2, label="fitted limit $A_0$")
+        ax.plot(g["non_embedding_params"] / 1e3, g["A_last"], "o", mfc="none", ms=3, color=c, label="last checkpoint")
+        s = summary[(summary["activation"] == act) & (summary["quantity"] == "A0")]
+        if len(s) and np.isfinite(s["slope"].iloc[0]):
+            r = s.iloc[0]
+            N = np.geomspace(r["N_min"], r["N_max"], 20)
+            ax.plot(N / 1e3, r["intercept"] + r["slope"] * np.log10(N), color=c, lw=1,
+                    label=f"slope {r['slope']:+.3f} [{r['slope_lo']:+.3f}, {r['slope_hi']:+.3f}] / decade")
+        else:
+            _note(ax, f"no A0 line: {int(s['n'].iloc[0]) if len(s) else 0} converged fit(s)", "upper right")
+        _ticks_at(ax, g["non_embedding_params"] / 1e3)
+        ax.set(xlabel="non-embedding parameters N (thousands)")
+        if paper_values and f"{act}_points" in paper_values:
+            _paper_note(ax, f"{act}; paper {paper_values['from_scale']}->{paper_values['to_scale']}: "
+                            f"{paper_values[f'{act}_points']:+.1f} points")
+        else:
+            ax.set_title(act)
+        ax.legend(frameon=False, loc="lower left", fontsize=5.5)
+    axes[0][0].set_ylabel("limit activation ratio")
+    fig.tight_layout()
+    return fig
+
+
+def convergence_speed(curves: pd.DataFrame, summary: pd.DataFrame):
+    """|dA / d(D/N)| of each fitted law vs the data-scale ratio D/N (paper Fig. 8), one panel per
+    activation, runs shaded by size; the dotted line marks the common ratio of analysis.convergence."""
+    style()
+    acts = list(dict.fromkeys(curves["activation"]))
+    fig, axes = plt.subplots(1, max(len(acts), 1), figsize=DOUBLE, squeeze=False)
+    for ax, act in zip(axes[0], acts):
+        g = curves[curves["activation"] == act]
+        names = _runs_by_size(g, act)
+        for i, run in enumerate(names):
+            r = g[g["run"] == run]
+            ax.plot(r["data_scale_ratio"], r["dA_dratio"].abs(), color=_shade(act, i, len(names)), lw=1.2,
+                    label=f"{run} ({r['non_embedding_params'].iloc[0] / 1e3:.0f}k)")
+        s = summary[summary["activation"] == act]
+        if len(s) and np.isfinite(s["ratio_common"].iloc[0]):
+            ax.axvline(s["ratio_common"].iloc[0], color="0.4", lw=0.8, ls=":")
+            _note(ax, f"Spearman rho(N, speed) = {s['rho_N_speed'].iloc[0]:+.2f}", "lower left")
+        log_x(ax)
+        ax.set_yscale("log")
+        top = g["dA_dratio"].abs().max()
+        if np.isfinite(top) and top > 0:
+            ax.set_ylim(top * 1e-4, top * 3)  # a law that saturates inside its range would stretch the axis
+        ax.set(xlabel="data-scale ratio D/N (tokens per parameter)", title=act)
+        ax.legend(frameon=False, fontsize=5.5)
+    axes[0][0].set_ylabel("|dA / d(D/N)| (per token/parameter)")
+    fig.tight_layout()
+    return fig
+
+
+def domain_distributions(neurons: pd.DataFrame, table: pd.DataFrame, group: str | None = "scale", bins: int = 30):
+    """Distribution of neuron activation frequency (share of tokens on which a neuron is active,
+    PPL-1%, final checkpoint) per data domain (paper Fig. 9): rows = activations, columns = domains
+    ("all" first), one step histogram per run, shaded by size."""
+    style()
+    info = _in_group(table.drop_duplicates("run"), group)
+    doms = [c for c in neurons.columns if c not in ("run", "step", "layer", "neuron")]
+    acts = list(dict.fromkeys(info["activation"]))
+    fig, axes = plt.subplots(len(acts), len(doms), figsize=(DOUBLE[0], 1.6 * len(acts) + 0.4), squeeze=False,
+                             sharex="row")
+    for a, act in enumerate(acts):
+        names = _runs_by_size(info, act)
+        hi = neurons.loc[neurons["run"].isin(names), doms].max().max()
+        edges = np.linspace(0, hi if np.isfinite(hi) and hi > 0 else 1, bins + 1)
+        for d, dom in enumerate(doms):
+            ax = axes[a][d]
+            for i, run in enumerate(names):
+                v = neurons.loc[neurons["run"] == run, dom].dropna()
+                ax.hist(v, edges, density=True, histtype="step", color=_shade(act, i, len(names)), lw=1, label=run)
+            ax.set_title(f"{act}, {dom}")
+            ax.set_xlabel("activation frequency (share of tokens)")
+        axes[a][0].set_ylabel("density")
+        axes[a][0].legend(frameon=False, fontsize=5.5)
+    fig.tight_layout()
+    return fig
+
+
+def layer_distributions(summary: pd.DataFrame, domain: str = "all"):
+    """Neuron activation frequency per layer (v4 Fig. 16): median with the 10-90% range against the
+    relative depth (layer + 0.5) / L, per run (analysis.domain_distributions summary), one panel per
+    activation."""
+    style()
+    s = summary[(summary["domain"] == domain) & (summary["layer"] >= 0)]
+    acts = list(dict.fromkeys(s["activation"]))
+    fig, axes = plt.subplots(1, max(len(acts), 1), figsize=DOUBLE, squeeze=False, sharey=True)
+    for ax, act in zip(axes[0], acts):
+        g = s[s["activation"] == act]
+        names = _runs_by_size(g, act)
+        for i, run in enumerate(names):
+            r = g[g["run"] == run].sort_values("layer")
+            x = (r["layer"] + 0.5) / len(r)
+            c = _shade(act, i, len(names))
+            ax.errorbar(x, r["median"], yerr=[r["median"] - r["q10"], r["q90"] - r["median"]], fmt="o-", ms=3,
+                        lw=1, capsize=2, color=c, label=f"{run} (L={len(r)})")
+        ax.set(xlabel="relative depth (layer + 0.5) / L", title=f"{act}, {domain}")
+        ax.legend(frameon=False, fontsize=5.5)
+    axes[0][0].set_ylabel("activation frequency (median, 10-90%)")
+    fig.tight_layout()
+    return fig
+
+
+def token_pairs(tokens: pd.DataFrame, correlations: pd.DataFrame, max_cols: int = 6):
+    """Per-token activation ratio of one run against another of the same activation (paper Fig. 10),
+    one panel per pair (analysis.token_pairs), with Pearson r [interval] and Spearman rho; the diagonal
+    is equality."""
+    style()
+    acts = list(dict.fromkeys(correlations["activation"]))
+    ncols = max(1, min(max_cols, max((correlations["activation"] == a).sum() for a in acts) if acts else 1))
+    fig, axes = plt.subplots(max(len(acts), 1), ncols, figsize=(DOUBLE[0], 1.45 * max(len(acts), 1) + 0.3),
+                             squeeze=False)
+    for ax in axes.ravel():
+        ax.set_visible(False)
+    wide = tokens.pivot_table(index="token_id", columns="run", values="activation_ratio")
+    for a, act in enumerate(acts):
+        for j, (_, r) in enumerate(correlations[correlations["activation"] == act].head(ncols).iterrows()):
+            ax = axes[a][j]
+            ax.set_visible(True)
+            d = wide[[r["run_a"], r["run_b"]]].dropna()
+            ax.plot(d[r["run_a"]], d[r["run_b"]], ".", ms=1.5, alpha=0.4, color=color(act))
+            v = d.to_numpy()
+            lim = [float(v.min()), float(v.max())] if v.size else [0.0, 1.0]
+            ax.plot(lim, lim, color="0.5", lw=0.6, ls=":")
+            ax.set(xlim=lim, ylim=lim)
+            ax.set(xlabel=r["run_a"], ylabel=r["run_b"])
+            ax.xaxis.label.set_size(6)
+            ax.yaxis.label.set_size(6)
+            if np.isfinite(r["pearson"]):
+                ax.set_title(f"r={r['pearson']:.2f} [{r['pearson_lo']:.2f}, {r['pearson_hi']:.2f}]\n"
+                             f"rho={r['spearman']:.2f}, n={int(r['n_tokens'])}", fontsize=5.5)
+    fig.suptitle("per-token activation ratio (share of neurons active), pairs of runs", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def limit_loss_vs_scale(points: pd.DataFrame):
+    """Limit loss vs non-embedding parameters (paper Fig. 12): fitted E of L(D) = E + B D^-beta with its
+    interval (filled) and the last measured dense loss (hollow), per activation."""
+    style()
+    fig, ax = plt.subplots(figsize=SINGLE)
+    for act in dict.fromkeys(points["activation"]):
+        g, c = points[points["activation"] == act], color(act)
+        e = g[g["loss_converged"].eq(True)]
+        ax.errorbar(e["non_embedding_params"] / 1e3, e["E"], yerr=[e["E"] - e["E_lo"], e["E_hi"] - e["E"]], fmt="o-",
+                    ms=3, lw=0.8, capsize=2, color=c, label=f"{act}: fitted limit loss E")
+        ax.plot(g["non_embedding_params"] / 1e3, g["final_loss"], "o--", mfc="none", ms=3, lw=0.6, color=c,
+                label=f"{act}: last checkpoint")
+    _ticks_at(ax, points["non_embedding_params"] / 1e3)
+    ax.set(xlabel="non-embedding parameters N (thousands)", ylabel="loss (nats/token)")
+    ax.legend(frameon=False, fontsize=5.5)
     fig.tight_layout()
     return fig

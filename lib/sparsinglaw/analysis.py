@@ -1,0 +1,618 @@
+"""From measured tables to the paper's laws (notebooks 03-05): fits, derived tables and their files.
+
+Read top to bottom: constants; pure functions (measured DataFrames in, DataFrames out, nothing read
+or written): the activation laws and the fit-form comparison (Fig. 4, Table 2), limit loss, width-depth
+(Fig. 5-6), scale and convergence speed (Fig. 7-8, 12), dead neurons, per-domain and per-token
+patterns (Fig. 9-10), the side-by-side Table 2 and the trend checks; then the profile-level
+`*_for(profile)` functions, which read results/<profile>/{sparsity,neurons,tokens}.csv, compute (or
+reuse, when inputs, fit spec and code version are unchanged) and write results/<profile>/<table>.csv
+with provenance, so that every figure of notebooks 03-05 can be redrawn from committed tables.
+
+Symbols: D = training tokens / 1e9 (the paper's unit); A = activation ratio at PPL-p%; A0 its fitted
+limit; N = non-embedding parameters; D/N = data-scale ratio (training tokens / N); E = limit loss.
+Published numbers (paper.py) enter only `table2` (a side-by-side display), never a fit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from . import laws, paper
+from .config import ProfileConfig, SparsingLawError, stable_hash
+from .runs import provenance, results_dir, write_table
+
+ANALYSIS_VERSION = 1  # bump when a derived table changes meaning (invalidates the cached tables)
+
+# the paper's law for each activation: Eq. 4 for ReLU (falls towards A0), Eq. 5 for SiLU (rises
+# towards A0); the paper fits no other activation, we give ReLU-like ones Eq. 4 and smooth ones Eq. 5
+FORM = {"relu": "logspace_power", "relu2": "logspace_power", "silu": "power", "gelu": "power",
+        "gelu_tanh": "power"}
+ALTERNATIVES = ("logspace_power", "power", "log", "sigmoid")  # the forms compared (rebuttal)
+RUN_COLUMNS = ["run", "activation", "groups", "d_model", "n_layers", "width_depth", "non_embedding_params"]
+NEURON_ID = ("run", "step", "layer", "neuron")  # neurons.csv columns that are not frequencies
+
+
+def _with_intervals(*symbols):
+    return [c for s in symbols for c in (s, f"{s}_lo", f"{s}_hi")]
+
+
+# columns every table has even when no fit succeeded (so figures and checks can always index them)
+FIT_COLUMNS = RUN_COLUMNS + ["p", "n_points", "D_min", "D_max", "D_min_used", "A_first", "A_last", "rho_tokens",
+                             "dropped_tokens", "form", "converged", "n_used", "n_dropped", "dropped_index", "mse",
+                             "mae", "aic", "bic", *_with_intervals("alpha", "b", "c", "A0"), "message"]
+LOSS_COLUMNS = RUN_COLUMNS + ["n_points", "final_loss", "final_tokens", "form", "converged",
+                              *_with_intervals("E", "B", "beta"), "message"]
+WIDTH_DEPTH_COLUMNS = ["quantity", "kind", "n", "above", *_with_intervals("breakpoint", "slope_below", "slope_above"),
+                       "intercept", "rss", "level", "best_lo", "best_hi", "best_x", "best_loss", "tol", "message"]
+SCALE_COLUMNS = ["activation", "quantity", "n", *_with_intervals("slope"), "intercept", "change_fit",
+                 "change_observed", "weighted", "level", "N_min", "N_max", "message"]
+
+
+def _frame(rows: list[dict], columns: list[str]) -> pd.DataFrame:
+    """DataFrame of `rows` with at least `columns` (missing ones NaN, first in that order)."""
+    df = pd.DataFrame(rows)
+    for c in columns:
+        if c not in df:
+            df[c] = np.nan
+    return df[columns + [c for c in df.columns if c not in columns]]
+
+
+def fit_spec(profile: ProfileConfig) -> laws.FitSpec:
+    """The profile's law-fit specification: its `fit:` section (FitSpec defaults for absent keys)."""
+    return laws.FitSpec.from_dict(profile.fit)
+
+
+def form_for(activation: str) -> str:
+    if activation not in FORM:
+        raise ValueError(f"no law form for activation {activation!r}; known: {sorted(FORM)}")
+    return FORM[activation]
+
+
+def _flag(s: pd.Series) -> pd.Series:
+    """A boolean column as read back from CSV (NaN counts as False)."""
+    return s.eq(True)
+
+
+def in_group(df: pd.DataFrame, group: str | None) -> pd.DataFrame:
+    """Rows of runs that feed analysis `group` ("scale", "width_depth"; None = all) by the groups column."""
+    if group is None:
+        return df
+    return df[df["groups"].fillna("").str.split(",").map(lambda gs: group in gs)]
+
+
+def run_info(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per run of a sparsity table (RUN_COLUMNS), in the table's order."""
+    return table.drop_duplicates("run")[RUN_COLUMNS].reset_index(drop=True)
+
+
+def activation_points(table: pd.DataFrame, p: float = 1.0) -> pd.DataFrame:
+    """The rows of a sparsity table at PPL-p%, sorted by tokens within each run (runs in table order),
+    with D (1e9 tokens) and the data-scale ratio D/N (tokens per non-embedding parameter)."""
+    t = table[np.isclose(table["p"], p)]
+    if t.empty:
+        raise ValueError(f"no rows at p={p}; measured p: {sorted(table['p'].unique())}")
+    order = {r: i for i, r in enumerate(dict.fromkeys(t["run"]))}
+    t = t.assign(_o=t["run"].map(order)).sort_values(["_o", "tokens"], kind="stable").drop(columns="_o")
+    return t.assign(D=laws.tokens_to_D(t["tokens"]), data_scale_ratio=t["tokens"] / t["non_embedding_params"])
+
+
+def _info(g: pd.DataFrame) -> dict:
+    return {k: g[k].iloc[0] for k in RUN_COLUMNS}
+
+
+def _try_fit(fitter, *args):
+    """(result, "") or (None, the ValueError's message): too few points must not stop the other runs."""
+    try:
+        return fitter(*args), ""
+    except ValueError as e:
+        return None, str(e)
+
+
+def _failed(form: str, message: str, spec: laws.FitSpec) -> dict:
+    """The row of a fit that could not be attempted (its other columns become NaN in the table)."""
+    return {"form": form, "converged": False, "n_used": 0, "message": f"not fitted: {message}",
+            **{f"spec_{k}": v for k, v in dataclasses.asdict(spec).items()}}
+
+
+@dataclass
+class Law:
+    """A fitted law rebuilt from a table row (form + parameters), so derived quantities and figures
+    need only the committed tables."""
+
+    form: str
+    params: dict
+
+    def predict(self, D):
+        return laws.FORMS[self.form].f(np.asarray(D, dtype=float), **self.params)
+
+    @classmethod
+    def from_row(cls, row) -> Law:
+        return cls(row["form"], {s: float(row[s]) for s in laws.FORMS[row["form"]].symbols})
+
+
+# -----------------------------------------------------------------------------------------------
+# activation laws (Fig. 4, Table 2) and the fit-form comparison (rebuttal)
+
+
+def fit_activation_laws(table: pd.DataFrame, spec: laws.FitSpec, p: float = 1.0,
+                        n_curve: int = 64) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Fit each run's activation ratio A at PPL-p% vs D with its activation's form (FORM).
+
+    Returns (fits, curves). fits: one row per run: run columns, p, n_points, D_min/D_max (all points),
+    D_min_used, A_first/A_last (measured), rho_tokens (Spearman of A with tokens over the used points, or
+    over all points of a run that could not be fitted),
+    dropped_tokens, then `FitResult.to_row()` (params with intervals, MSE/MAE/AIC/BIC, hold-out,
+    convergence, message, dropped points, every spec field). A run with too few points gives a row with
+    converged=False and the reason, never an exception. curves: run, D, A_fit, A_lo, A_hi (pointwise
+    bootstrap band at spec.level) on n_curve log-spaced D over the run's measured range, converged fits only.
+    """
+    rows, curves = [], []
+    for run, g in activation_points(table, p).groupby("run", sort=False):
+        form = form_for(g["activation"].iloc[0])
+        D, A = g["D"].to_numpy(), g["activation_ratio"].to_numpy()
+        row = {**_info(g), "p": p, "n_points": len(g), "D_min": D.min(), "D_max": D.max(),
+               "A_first": A[0], "A_last": A[-1]}
+        r, err = _try_fit(laws.fit, form, D, A, spec)
+        Du, Au = (r.D, r.A) if r is not None else (D, A)  # the trend of the used points (all if not fitted)
+        row["rho_tokens"] = stats.spearmanr(Du, Au).statistic if Du.size > 2 and np.ptp(Au) > 0 else np.nan
+        if r is None:
+            rows.append(row | _failed(form, err, spec))
+            continue
+        row |= {"D_min_used": r.D.min(),
+                "dropped_tokens": ";".join(str(int(g["tokens"].iloc[d["index"]])) for d in r.dropped)}
+        rows.append(row | r.to_row())
+        if r.converged:
+            grid = np.geomspace(D.min(), D.max(), n_curve)
+            lo, hi = r.band(grid)
+            curves.append(pd.DataFrame({"run": run, "D": grid, "A_fit": r.predict(grid), "A_lo": lo, "A_hi": hi}))
+    cols = ["run", "D", "A_fit", "A_lo", "A_hi"]
+    return _frame(rows, FIT_COLUMNS), pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(columns=cols)
+
+
+def form_comparison(table: pd.DataFrame, spec: laws.FitSpec, p: float = 1.0,
+                    forms=ALTERNATIVES) -> pd.DataFrame:
+    """Every form of `forms` on every run (same points and drop rule; no bootstrap): MSE, MAE, AIC,
+    BIC, hold-out errors, convergence; delta_aic from the run's lowest AIC (any form with one); paper_form marks
+    the paper's form for the run's activation."""
+    out = []
+    for _, g in activation_points(table, p).groupby("run", sort=False):
+        D, A = g["D"].to_numpy(), g["activation_ratio"].to_numpy()
+        rows = []
+        for f in forms:  # one form at a time, so a form with too many parameters fails alone
+            c, err = _try_fit(laws.compare_forms, D, A, (f,), spec)
+            rows.append(c.iloc[0].to_dict() if c is not None else {"form": f, "converged": False,
+                                                                     "message": f"not fitted: {err}"})
+        c = _frame(rows, ["form", "n_params", "n_used", "mse", "mae", "aic", "bic", "converged", "holdout_mse",
+                          "holdout_mae", "message"])
+        best = c["aic"].min()  # over every form with an AIC (a fit on a bound is still a curve)
+        c = c.assign(delta_aic=c["aic"] - best, paper_form=c["form"] == form_for(g["activation"].iloc[0]))
+        for k, v in reversed(list(_info(g).items())):
+            c.insert(0, k, v)
+        out.append(c)
+    return pd.concat(out, ignore_index=True)
+
+
+# -----------------------------------------------------------------------------------------------
+# limit loss (Fig. 6, 12)
+
+
+def limit_loss(table: pd.DataFrame, spec: laws.FitSpec, p: float = 1.0) -> pd.DataFrame:
+    """Per run: L(D) = E + B * D**(-beta) (laws.fit_limit_loss) on the dense validation loss (nats/token)
+    of every stable checkpoint; E is the limit loss. final_loss is the last measured dense loss, a
+    model-free robustness column. (spec.f_scale is in units of A; it matters only for a robust loss.)"""
+    rows = []
+    for _, g in activation_points(table, p).groupby("run", sort=False):
+        D, L = g["D"].to_numpy(), g["dense_loss"].to_numpy()
+        row = {**_info(g), "n_points": len(g), "final_loss": L[-1], "final_tokens": int(g["tokens"].iloc[-1])}
+        r, err = _try_fit(laws.fit_limit_loss, D, L, spec)
+        rows.append(row | (r.to_row() if r is not None else _failed("loss_power", err, spec)))
+    return _frame(rows, LOSS_COLUMNS)
+
+
+def _with_losses(fits: pd.DataFrame, losses: pd.DataFrame) -> pd.DataFrame:
+    """Per run: N, width-depth, A0 (+ interval, convergence), A_last, E (+ interval), final_loss."""
+    a = fits[RUN_COLUMNS + ["form", "converged", "A0", "A0_lo", "A0_hi", "A_first", "A_last"]]
+    e = losses[["run", "converged", "E", "E_lo", "E_hi", "final_loss"]].rename(columns={"converged": "loss_converged"})
+    return a.merge(e, on="run", how="left")
+
+
+# -----------------------------------------------------------------------------------------------
+# width-depth (Fig. 5-6)
+
+
+def width_depth(fits: pd.DataFrame, losses: pd.DataFrame, level: float = 0.95,
+                loss_rel_tol: float = 0.01) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Limit activation ratio and limit loss vs width-depth ratio d_model / n_layers (runs of group
+    "width_depth").
+
+    Returns (points, summary). points: one row per run (A0 from the fits, A_last measured, E, final_loss).
+    summary: for y in (A0 of converged fits, A_last): the continuous piecewise-linear fit, linear below
+    the breakpoint (bottleneck) and flat above (laws.fit_piecewise_linear, breakpoint interval at
+    `level`); for y in (E of converged fits, final_loss): the best range, the ratios whose loss is within
+    loss_rel_tol (relative) of the lowest (laws.best_range). A quantity with too few runs gets a row
+    whose message says so.
+    """
+    pts = _with_losses(in_group(fits, "width_depth"), losses).sort_values("width_depth").reset_index(drop=True)
+    rows = []
+    for y, use in (("A0", _flag(pts["converged"])), ("A_last", pts["A_last"].notna())):
+        d = pts[use]
+        row = {"quantity": y, "kind": "piecewise_linear", "n": len(d)}
+        try:
+            rows.append(row | laws.fit_piecewise_linear(d["width_depth"], d[y], "flat", level).to_row())
+        except ValueError as e:
+            rows.append(row | {"message": f"not fitted: {e}"})
+    for y, use in (("E", _flag(pts["loss_converged"])), ("final_loss", pts["final_loss"].notna())):
+        d = pts[use]
+        row = {"quantity": y, "kind": "best_range", "n": len(d), "level": level}
+        if len(d) < 2:
+            rows.append(row | {"message": f"not computed: {len(d)} run(s) with a {y}"})
+            continue
+        tol = loss_rel_tol * float(d[y].min())
+        lo, hi = laws.best_range(d["width_depth"], d[y], tol)
+        best = d.loc[d[y].idxmin()]
+        rows.append(row | {"best_lo": lo, "best_hi": hi, "best_x": best["width_depth"], "best_loss": best[y],
+                           "tol": tol, "message": f"within {loss_rel_tol:.0%} of the lowest {y}"})
+    return pts, _frame(rows, WIDTH_DEPTH_COLUMNS)
+
+
+# -----------------------------------------------------------------------------------------------
+# scale (Fig. 7, 8, 12)
+
+
+def scale(fits: pd.DataFrame, losses: pd.DataFrame, level: float = 0.95) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A0, A_last and E vs non-embedding parameters N per activation (runs of group "scale").
+
+    Returns (points, summary). summary: per activation and quantity, laws.fit_A0_vs_scale (OLS of y on
+    log10 N; weighted by the bootstrap intervals when every one is finite): slope per decade of N with its
+    interval, the fitted and observed change from the smallest to the largest model.
+    """
+    pts = _with_losses(in_group(fits, "scale"), losses).sort_values(["activation", "non_embedding_params"])
+    pts = pts.reset_index(drop=True)
+    rows = []
+    for act, g in pts.groupby("activation", sort=False):
+        for y, use in (("A0", _flag(g["converged"])), ("A_last", g["A_last"].notna()),
+                       ("E", _flag(g["loss_converged"]))):
+            d = g[use]
+            row = {"activation": act, "quantity": y, "n": len(d)}
+            lo, hi = (d[f"{y}_lo"], d[f"{y}_hi"]) if f"{y}_lo" in d else (None, None)
+            if lo is not None and not (np.all(np.isfinite(lo)) and np.all(hi > lo)):
+                lo = hi = None  # unweighted when an interval is missing
+            r, err = _try_fit(laws.fit_A0_vs_scale, d["non_embedding_params"], d[y], lo, hi, level)
+            if r is None:
+                rows.append(row | {"message": f"not fitted: {err}"})
+                continue
+            r.pop("ols")
+            rows.append(row | r | {"N_min": d["non_embedding_params"].min(), "N_max": d["non_embedding_params"].max(),
+                                   "message": ""})
+    return pts, _frame(rows, SCALE_COLUMNS)
+
+
+def convergence(fits: pd.DataFrame, n: int = 64) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Convergence speed (Fig. 8): dA/d(D/N) of each converged fitted law vs the data-scale ratio D/N,
+    runs of group "scale" (laws.convergence_speed).
+
+    Returns (curves, summary). curves: run, activation, N, data_scale_ratio, dA_dratio over the run's
+    fitted range. summary: per run, the speed at ratio_common, the geometric middle of the ratio range
+    all converged runs of that activation share; rho_N_speed = Spearman of N with |speed| there
+    (negative: smaller models converge faster, the paper's claim).
+    """
+    f = in_group(fits, "scale")
+    f = f[_flag(f["converged"])]
+    cols = ["run", "activation", "non_embedding_params", "data_scale_ratio", "dA_dratio"]
+    curves, rows = [], []
+    for act, g in f.groupby("activation", sort=False):
+        N = g["non_embedding_params"].to_numpy(float)
+        lo = np.max(g["D_min_used"] * laws.TOKENS_PER_D / N)
+        hi = np.min(g["D_max"] * laws.TOKENS_PER_D / N)
+        common = math.sqrt(lo * hi) if lo < hi else np.nan
+        speeds = []
+        for (_, r), n_i in zip(g.iterrows(), N, strict=True):
+            law = Law.from_row(r)
+            ratio, dA = laws.convergence_speed(law, n_i, np.geomspace(r["D_min_used"], r["D_max"], n))
+            curves.append(pd.DataFrame(dict(zip(cols, [r["run"], act, n_i, ratio, dA], strict=True))))
+            at = laws.convergence_speed(law, n_i, [common * n_i / laws.TOKENS_PER_D])[1][0] if lo < hi else np.nan
+            speeds.append(at)
+            rows.append({"run": r["run"], "activation": act, "non_embedding_params": n_i, "ratio_common": common,
+                         "dA_dratio_common": at})
+        ok = np.isfinite(speeds)
+        rho = stats.spearmanr(N[ok], np.abs(np.asarray(speeds)[ok])).statistic if ok.sum() > 2 else np.nan
+        for row in rows[len(rows) - len(g):]:
+            row["rho_N_speed"] = rho
+    return (pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(columns=cols),
+            pd.DataFrame(rows, columns=["run", "activation", "non_embedding_params", "ratio_common",
+                                        "dA_dratio_common", "rho_N_speed"]))
+
+
+# -----------------------------------------------------------------------------------------------
+# dead neurons and exact zeros (rebuttal), per-domain and per-token patterns (Fig. 9-10)
+
+
+def dead_neurons(table: pd.DataFrame, p: float = 1.0) -> pd.DataFrame:
+    """Per run: dead-neuron ratio (active on < dead_freq of the tokens at PPL-p%) and the exact-zero
+    ratio (ReLU) at the first and last stable checkpoint, with Spearman's rho against tokens."""
+    rows = []
+    for _, g in activation_points(table, p).groupby("run", sort=False):
+        row = _info(g) | {"n_points": len(g)}
+        for y in ("dead_ratio", "exact_zero_ratio"):
+            v = g[y].to_numpy(float)
+            rho = stats.spearmanr(g["tokens"], v).statistic if np.all(np.isfinite(v)) and np.ptp(v) > 0 else np.nan
+            row |= {f"{y}_first": v[0], f"{y}_last": v[-1], f"{y}_rho_tokens": rho}
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def domains(neurons: pd.DataFrame) -> list[str]:
+    """The frequency columns of neurons.csv: "all" first, then one per data domain."""
+    return [c for c in neurons.columns if c not in NEURON_ID]
+
+
+def domain_distributions(neurons: pd.DataFrame, table: pd.DataFrame,
+                         group: str | None = "scale") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Neuron activation frequencies (share of tokens on which a neuron is active, PPL-1%, final
+    checkpoint) per data domain, for the runs of `group` (Fig. 9; v4 Fig. 16 per layer).
+
+    Returns (summary, agreement). summary: per run, domain and layer (-1 = all layers): n_neurons, mean,
+    median, q10, q90. agreement: per activation, domain and pair of runs (smaller first): the
+    Kolmogorov-Smirnov statistic and the Wasserstein distance between their distributions (all layers).
+    """
+    info = in_group(run_info(table), group)
+    nr = neurons.merge(info[["run", "activation", "non_embedding_params"]], on="run")
+    rows = []
+    for dom in domains(neurons):
+        for run, g in nr.groupby("run", sort=False):
+            rows.append({"run": run, "domain": dom, "layer": -1} | _describe(g[dom]))
+            for layer, gl in g.groupby("layer"):
+                rows.append({"run": run, "domain": dom, "layer": int(layer)} | _describe(gl[dom]))
+    summary = pd.DataFrame(rows)
+    summary = summary.merge(info[["run", "activation", "non_embedding_params"]], on="run")
+    pairs = []
+    for act, g in info.sort_values("non_embedding_params").groupby("activation", sort=False):
+        for a, b in itertools.combinations(g["run"], 2):
+            for dom in domains(neurons):
+                x, y = nr.loc[nr["run"] == a, dom].dropna(), nr.loc[nr["run"] == b, dom].dropna()
+                if len(x) and len(y):
+                    pairs.append({"activation": act, "domain": dom, "run_a": a, "run_b": b,
+                                  "ks": stats.ks_2samp(x, y).statistic, "wasserstein": stats.wasserstein_distance(x, y),
+                                  "mean_a": x.mean(), "mean_b": y.mean()})
+    cols = ["activation", "domain", "run_a", "run_b", "ks", "wasserstein", "mean_a", "mean_b"]
+    return summary, pd.DataFrame(pairs, columns=cols)
+
+
+def _describe(v: pd.Series) -> dict:
+    v = v.dropna().to_numpy(float)
+    if not v.size:
+        return {"n_neurons": 0}
+    q10, q50, q90 = np.quantile(v, [0.1, 0.5, 0.9])
+    return {"n_neurons": v.size, "mean": v.mean(), "median": q50, "q10": q10, "q90": q90}
+
+
+def token_pairs(tokens: pd.DataFrame, table: pd.DataFrame, group: str | None = "scale",
+                min_count: int = 1, level: float = 0.95) -> pd.DataFrame:
+    """Per-token activation ratios (share of neurons active on a token, averaged per vocabulary id,
+    PPL-1%, final checkpoint) compared pairwise across the runs of `group` with the same activation
+    (Fig. 10): over the tokens seen at least min_count times by both runs, Pearson's r with its Fisher-z
+    interval at `level` and Spearman's rho."""
+    info = in_group(run_info(table), group).sort_values("non_embedding_params")
+    t = tokens[tokens["count"] >= min_count]
+    wide = t.pivot_table(index="token_id", columns="run", values="activation_ratio").reindex(columns=info["run"])
+    z = stats.norm.ppf(0.5 + level / 2)
+    rows = []
+    for act, g in info.groupby("activation", sort=False):
+        N = dict(zip(g["run"], g["non_embedding_params"], strict=True))
+        for a, b in itertools.combinations(g["run"], 2):
+            d = wide[[a, b]].dropna()
+            row = {"activation": act, "run_a": a, "run_b": b, "N_a": N[a], "N_b": N[b], "n_tokens": len(d)}
+            if len(d) > 3 and d[a].std() > 0 and d[b].std() > 0:
+                r = stats.pearsonr(d[a], d[b]).statistic
+                half = z / math.sqrt(len(d) - 3)
+                row |= {"pearson": r, "pearson_lo": math.tanh(math.atanh(min(r, 1 - 1e-12)) - half),
+                        "pearson_hi": math.tanh(math.atanh(min(r, 1 - 1e-12)) + half),
+                        "spearman": stats.spearmanr(d[a], d[b]).statistic}
+            rows.append(row)
+    cols = ["activation", "run_a", "run_b", "N_a", "N_b", "n_tokens", "pearson", "pearson_lo", "pearson_hi", "spearman"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+# -----------------------------------------------------------------------------------------------
+# side by side with the paper, and the trends
+
+
+def _fmt(v, lo=np.nan, hi=np.nan) -> str:
+    if not np.isfinite(v):
+        return "-"
+    return f"{v:.3g} [{lo:.3g}, {hi:.3g}]" if np.isfinite(lo) and np.isfinite(hi) else f"{v:.3g}"
+
+
+def table2(fits: pd.DataFrame, group: str | None = "scale") -> pd.DataFrame:
+    """Our Table 2 analog (alpha, b, c, A0 with bootstrap intervals, as text) above the paper's Table 2
+    (paper.table2(), display only), per activation; our runs are named with N in thousands."""
+    rows = []
+    for _, r in in_group(fits, group).iterrows():
+        row = {"activation": r["activation"], "source": "ours",
+               "model": f"{r['run']} ({r['non_embedding_params'] / 1e3:.0f}k)", "form": r["form"]}
+        for s in ("alpha", "b", "c", "A0"):
+            row[s] = _fmt(r.get(s, np.nan), r.get(f"{s}_lo", np.nan), r.get(f"{s}_hi", np.nan))
+        row["converged"] = bool(r["converged"])
+        rows.append(row)
+    for _, r in paper.table2().iterrows():
+        rows.append({"activation": r["activation"], "source": f"paper ({r['version']})", "model": r["scale"],
+                     "form": r["form"], **{s: _fmt(r[s]) for s in ("alpha", "b", "c", "A0")}, "converged": True})
+    out = pd.DataFrame(rows)
+    out["_a"] = out["activation"].map({a: i for i, a in enumerate(dict.fromkeys(out["activation"]))})
+    return out.sort_values(["_a"], kind="stable").drop(columns="_a").reset_index(drop=True)
+
+
+def trends(fits=None, width_depth_fit=None, scale_fit=None, convergence_summary=None, domain_agreement=None,
+           token_correlations=None, min_pearson: float = 0.8) -> pd.DataFrame:
+    """The paper's qualitative trends checked on our tables (pass only what a notebook has).
+
+    One row per claim: claim, criterion, ours (the numbers), holds (True/False; None = cannot tell).
+    Criteria: ReLU falls / SiLU rises = Spearman rho of A with tokens < 0 / > 0 for every run (scale
+    group); linear below a bottleneck = the A0 piecewise fit's slope interval below the breakpoint
+    excludes 0 (A_last if A0 has no fit); A0 weakly dependent on scale = A0 slope interval per decade of N
+    includes 0 (the fitted change is reported); smaller models converge faster = rho_N_speed < 0;
+    patterns agree = every pairwise per-token Pearson r >= min_pearson (domain KS distances reported).
+    """
+    rows = []
+    if fits is not None:
+        f = in_group(fits, "scale")
+        for act, sign, word in (("relu", -1, "falls"), ("silu", 1, "rises")):
+            g = f[f["activation"] == act]
+            if len(g):
+                rho = g["rho_tokens"].to_numpy(float)
+                rows.append({"claim": f"{act} activation ratio {word} with data", "criterion":
+                             "Spearman rho(tokens, A) " + ("< 0" if sign < 0 else "> 0") + " for every run",
+                             "ours": ", ".join(f"{r}: {v:+.2f}" for r, v in zip(g["run"], rho, strict=True)),
+                             "holds": bool(np.all(sign * rho > 0)) if np.all(np.isfinite(rho)) else None})
+    if width_depth_fit is not None:
+        pw = width_depth_fit[width_depth_fit["kind"] == "piecewise_linear"].set_index("quantity")
+        fitted = [q for q in ("A0", "A_last") if q in pw.index and np.isfinite(pw.loc[q].get("breakpoint", np.nan))]
+        q = fitted[0] if fitted else None
+        if q is None:
+            rows.append({"claim": "limit activation ratio linear in width-depth ratio below a bottleneck",
+                         "criterion": "slope below the breakpoint > 0", "ours": "no piecewise fit", "holds": None})
+        else:
+            r = pw.loc[q]
+            rows.append({"claim": "limit activation ratio linear in width-depth ratio below a bottleneck",
+                         "criterion": f"slope interval below the breakpoint excludes 0 ({q})",
+                         "ours": f"breakpoint {_fmt(r['breakpoint'], r['breakpoint_lo'], r['breakpoint_hi'])}, "
+                                 f"slope {_fmt(r['slope_below'], r['slope_below_lo'], r['slope_below_hi'])} per unit",
+                         "holds": bool(r["slope_below_lo"] > 0 or r["slope_below_hi"] < 0) and r["slope_below"] > 0})
+    if scale_fit is not None:
+        for _, r in scale_fit[scale_fit["quantity"] == "A0"].iterrows():
+            ok = np.isfinite(r.get("slope", np.nan))
+            rows.append({"claim": f"{r['activation']} A0 weakly dependent on scale",
+                         "criterion": "slope of A0 per decade of N: interval includes 0",
+                         "ours": (f"slope {_fmt(r['slope'], r['slope_lo'], r['slope_hi'])}/decade, change "
+                                  f"{100 * r['change_fit']:+.1f} points over {r['N_max'] / r['N_min']:.1f}x N")
+                         if ok else r.get("message", "no fit"),
+                         "holds": bool(r["slope_lo"] <= 0 <= r["slope_hi"]) if ok else None})
+    if convergence_summary is not None:
+        for act, g in convergence_summary.groupby("activation", sort=False):
+            rho = g["rho_N_speed"].iloc[0]
+            rows.append({"claim": f"smaller {act} models converge faster",
+                         "criterion": "Spearman rho(N, |dA/d(D/N)| at a common D/N) < 0",
+                         "ours": f"rho = {rho:+.2f} at D/N = {g['ratio_common'].iloc[0]:.3g}",
+                         "holds": bool(rho < 0) if np.isfinite(rho) else None})
+    if token_correlations is not None and len(token_correlations):
+        r = token_correlations["pearson"].to_numpy(float)
+        rows.append({"claim": "per-token activation ratios agree across scales",
+                     "criterion": f"every pairwise Pearson r >= {min_pearson}",
+                     "ours": f"r from {np.nanmin(r):.2f} to {np.nanmax(r):.2f} over {len(r)} pairs",
+                     "holds": bool(np.all(r >= min_pearson)) if np.all(np.isfinite(r)) else None})
+    if domain_agreement is not None and len(domain_agreement):
+        ks = domain_agreement.groupby("domain")["ks"].max()
+        rows.append({"claim": "per-domain neuron frequency distributions agree across scales",
+                     "criterion": "reported only: largest pairwise KS statistic per domain",
+                     "ours": ", ".join(f"{d}: {v:.2f}" for d, v in ks.items()), "holds": None})
+    return pd.DataFrame(rows, columns=["claim", "criterion", "ours", "holds"])
+
+
+# -----------------------------------------------------------------------------------------------
+# profile level: results/<profile>/ tables in, derived tables out (cached by inputs + spec + version)
+
+
+def load_results(profile: ProfileConfig | str) -> dict[str, pd.DataFrame]:
+    """Every table of results/<profile>/ by name (sparsity, neurons, tokens, and derived ones present)."""
+    name = profile if isinstance(profile, str) else profile.name
+    folder = results_dir(name)
+    out = {p.stem: pd.read_csv(p) for p in sorted(folder.glob("*.csv"))}
+    if "sparsity" not in out:
+        raise SparsingLawError(f"{folder / 'sparsity.csv'}: not measured yet; run notebook 02 or "
+                               f"python -m sparsinglaw measure --profile {name}")
+    return out
+
+
+def _sha(profile: ProfileConfig, table: str) -> str:
+    path = results_dir(profile.name) / f"{table}.csv"
+    if not path.exists():
+        raise SparsingLawError(f"{path}: missing; run notebook 02 or python -m sparsinglaw measure "
+                               f"--profile {profile.name}")
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _cached(profile: ProfileConfig, outputs: tuple[str, ...], inputs: tuple[str, ...], payload: dict,
+            compute) -> tuple[pd.DataFrame, ...]:
+    """Tables `outputs` of results/<profile>/: reused when their sidecars carry the key of (inputs'
+    sha256, payload, ANALYSIS_VERSION) and their own sha256 still matches, else compute() and write
+    them with provenance. Always returned as read back from the CSV (what a replot sees)."""
+    folder = results_dir(profile.name)
+    hashes = {t: _sha(profile, t) for t in inputs}
+    key = stable_hash({"v": ANALYSIS_VERSION, "inputs": hashes, **payload})[:16]
+
+    def fresh(name):
+        meta, csv = folder / f"{name}.meta.json", folder / f"{name}.csv"
+        if not (meta.exists() and csv.exists()):
+            return False
+        m = json.loads(meta.read_text())
+        return m.get("analysis_key") == key and m.get("sha256") == hashlib.sha256(csv.read_bytes()).hexdigest()
+
+    if not all(fresh(n) for n in outputs):
+        meta = provenance(profile, analysis_key=key, analysis_version=ANALYSIS_VERSION, inputs=hashes, **payload)
+        for name, df in zip(outputs, compute(), strict=True):
+            write_table(df, folder / f"{name}.csv", meta)
+    return tuple(pd.read_csv(folder / f"{n}.csv") for n in outputs)
+
+
+def _spec_payload(profile: ProfileConfig, **args) -> dict:
+    return {"fit_spec": dataclasses.asdict(fit_spec(profile)), "args": args}
+
+
+def activation_laws_for(profile: ProfileConfig, p: float = 1.0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """fit_activation_laws on results/<profile>/sparsity.csv -> fits.csv, fit_curves.csv."""
+    return _cached(profile, ("fits", "fit_curves"), ("sparsity",), _spec_payload(profile, p=p),
+                   lambda: fit_activation_laws(load_results(profile)["sparsity"], fit_spec(profile), p))
+
+
+def form_comparison_for(profile: ProfileConfig, p: float = 1.0) -> pd.DataFrame:
+    """form_comparison on results/<profile>/sparsity.csv -> form_comparison.csv."""
+    return _cached(profile, ("form_comparison",), ("sparsity",), _spec_payload(profile, p=p),
+                   lambda: (form_comparison(load_results(profile)["sparsity"], fit_spec(profile), p),))[0]
+
+
+def limit_loss_for(profile: ProfileConfig, p: float = 1.0) -> pd.DataFrame:
+    """limit_loss on results/<profile>/sparsity.csv -> limit_loss.csv."""
+    return _cached(profile, ("limit_loss",), ("sparsity",), _spec_payload(profile, p=p),
+                   lambda: (limit_loss(load_results(profile)["sparsity"], fit_spec(profile), p),))[0]
+
+
+def width_depth_for(profile: ProfileConfig, p: float = 1.0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """width_depth from the profile's fits and limit losses -> width_depth.csv, width_depth_fit.csv."""
+    fits, _ = activation_laws_for(profile, p)
+    losses = limit_loss_for(profile, p)
+    return _cached(profile, ("width_depth", "width_depth_fit"), ("fits", "limit_loss"), {},
+                   lambda: width_depth(fits, losses, fit_spec(profile).level))
+
+
+def scale_for(profile: ProfileConfig, p: float = 1.0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """scale from the profile's fits and limit losses -> scale.csv, scale_fit.csv."""
+    fits, _ = activation_laws_for(profile, p)
+    losses = limit_loss_for(profile, p)
+    return _cached(profile, ("scale", "scale_fit"), ("fits", "limit_loss"), {},
+                   lambda: scale(fits, losses, fit_spec(profile).level))
+
+
+def convergence_for(profile: ProfileConfig, p: float = 1.0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """convergence from the profile's fits -> convergence.csv, convergence_summary.csv."""
+    fits, _ = activation_laws_for(profile, p)
+    return _cached(profile, ("convergence", "convergence_summary"), ("fits",), {}, lambda: convergence(fits))
+
+
+def patterns_for(profile: ProfileConfig) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """domain_distributions and token_pairs on neurons.csv and tokens.csv -> domains.csv,
+    domain_agreement.csv, token_pairs.csv."""
+    def compute():
+        t = load_results(profile)
+        return (*domain_distributions(t["neurons"], t["sparsity"]), token_pairs(t["tokens"], t["sparsity"]))
+
+    return _cached(profile, ("domains", "domain_agreement", "token_pairs"), ("sparsity", "neurons", "tokens"),
+                   {}, compute)

@@ -1,0 +1,280 @@
+"""analysis.py on synthetic tables shaped like results/<profile>/{sparsity,neurons,tokens}.csv, drawn from
+known laws (seeded, deterministic): parameters, breakpoint, slope and correlations are recovered, fit
+tables carry the spec and the dropped points, and too few checkpoints give a clear non-converged row.
+
+Data: 16 checkpoints log-spaced over D = 0.01-100 (1e9 tokens), Gaussian noise sd 0.002 in activation
+ratio (the regime of test_laws.py, where 95% intervals were checked to cover the truth in 90-97% of
+seeds); n_boot is small here to keep the file fast.
+"""
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from sparsinglaw import analysis, laws
+
+SD = 0.002
+TOKENS = np.geomspace(1e7, 1e11, 16).round()
+RELU = {"alpha": 0.5, "b": -1.5, "c": 0.5, "A0": 0.07}
+SILU = {"alpha": 0.5, "c": 0.02, "A0": 0.42}
+SPEC = laws.FitSpec(n_boot=100, seed=0)
+
+
+def run_rows(name, activation, params, groups="scale", d_model=32, n_layers=2, N=50_000, tokens=TOKENS, seed=0,
+             loss=(3.0, 1.0, 0.3)):
+    """Rows of a sparsity.csv for one run whose activation ratio follows the paper's law with `params`
+    and whose dense loss follows E + B D^-beta (loss = (E, B, beta))."""
+    rng = np.random.default_rng(seed)
+    D = tokens / 1e9
+    A = laws.FORMS[analysis.FORM[activation]].f(D, **params) + rng.normal(0, SD, D.size)
+    E, B, beta = loss
+    return pd.DataFrame({
+        "run": name, "activation": activation, "groups": groups, "d_model": d_model, "n_layers": n_layers,
+        "width_depth": d_model / n_layers, "non_embedding_params": N, "step": np.arange(D.size) + 1,
+        "tokens": tokens.astype(int), "p": 1.0, "cett": 0.2,
+        "dense_loss": E + B * D**-beta + rng.normal(0, 1e-3, D.size),
+        "sparse_loss": 0.0, "ppl_ratio": 1.01, "activation_ratio": A, "layer_ratios": "", "taus": "",
+        "exact_zero_ratio": A + 0.3 if activation == "relu" else np.nan,
+        "dead_ratio": np.linspace(0.1, 0.05, D.size), "searched": False, "n_tokens": 4096,
+    })
+
+
+@pytest.fixture(scope="module")
+def table():
+    return pd.concat([
+        run_rows("relu-s1", "relu", RELU, seed=1),
+        run_rows("silu-s1", "silu", SILU, seed=2),
+        run_rows("relu-short", "relu", RELU, seed=3, tokens=TOKENS[:3]),  # too few checkpoints for Eq. 4
+    ], ignore_index=True)
+
+
+@pytest.fixture(scope="module")
+def fitted(table):
+    return analysis.fit_activation_laws(table, SPEC)
+
+
+# ----------------------------------------------------------------------------- activation laws
+
+
+def test_activation_laws_recover_known_parameters(fitted):
+    fits, curves = fitted
+    for run, truth, form in (("relu-s1", RELU, "logspace_power"), ("silu-s1", SILU, "power")):
+        r = fits.set_index("run").loc[run]
+        assert r["form"] == form and r["converged"], r["message"]
+        for s, v in truth.items():
+            assert r[f"{s}_lo"] <= v <= r[f"{s}_hi"], (run, s, v, r[s], r[f"{s}_lo"], r[f"{s}_hi"])
+        assert SD**2 / 4 < r["mse"] < 2 * SD**2  # RSS / n, about SD^2 (n - k) / n
+        assert np.isfinite(r["holdout_mae"]) and r["holdout_mae"] < 5 * SD
+    rho = fits.set_index("run")["rho_tokens"]
+    assert rho["relu-s1"] < 0 < rho["silu-s1"]  # ReLU falls, SiLU rises
+    c = curves[curves["run"] == "relu-s1"]
+    assert len(c) == 64 and np.all(c["A_lo"] <= c["A_fit"] + 1e-12) and np.all(c["A_fit"] <= c["A_hi"] + 1e-12)
+    assert set(curves["run"]) == {"relu-s1", "silu-s1"}  # no curve for a run that was not fitted
+
+
+def test_too_few_checkpoints_give_a_clear_non_converged_row(fitted):
+    fits, _ = fitted
+    r = fits.set_index("run").loc["relu-short"]
+    assert not r["converged"] and r["n_points"] == 3
+    assert "not fitted" in r["message"] and "at least 5 points" in r["message"]
+    assert np.isnan(r["A0"]) and np.isnan(r["A0_lo"])
+
+
+def test_fit_rows_carry_the_spec_and_the_dropped_points(table):
+    spec = dataclasses.replace(SPEC, n_boot=0, drop_first_n=2)
+    fits, _ = analysis.fit_activation_laws(table[table["run"] == "silu-s1"], spec)
+    r = fits.iloc[0]
+    assert r["n_dropped"] == 2 and r["n_used"] == len(TOKENS) - 2
+    assert r["dropped_index"] == "0;1"
+    assert r["dropped_tokens"] == f"{int(TOKENS[0])};{int(TOKENS[1])}"
+    assert r["D_min_used"] == pytest.approx(TOKENS[2] / 1e9)
+    for k, v in dataclasses.asdict(spec).items():
+        assert r[f"spec_{k}"] == v, k
+
+
+def test_form_comparison_prefers_the_true_form(table):
+    comp = analysis.form_comparison(table[table["run"] != "relu-short"], dataclasses.replace(SPEC, n_boot=0))
+    assert set(comp["form"]) == set(analysis.ALTERNATIVES)
+    for run, form in (("relu-s1", "logspace_power"), ("silu-s1", "power")):
+        c = comp[comp["run"] == run].set_index("form")
+        assert c.loc[form, "paper_form"] and c["paper_form"].sum() == 1
+        assert c["delta_aic"].min() == 0
+        assert c.loc[form, "mse"] <= c["mse"].min() * 1.05  # the generating form fits (about) best
+    short = analysis.form_comparison(table[table["run"] == "relu-short"], dataclasses.replace(SPEC, n_boot=0))
+    assert not short["converged"].any() and short["message"].str.startswith("not fitted").all()
+
+
+# ----------------------------------------------------------------------------- width-depth, scale, losses
+
+
+def synthetic_fits(x, A0, width=0.002, groups="width_depth", activation="relu", N=None):
+    """A fits-like table (what fit_activation_laws returns) with given limits A0 at x (width-depth ratios)."""
+    n = len(x)
+    return pd.DataFrame({
+        "run": [f"r{i}" for i in range(n)], "activation": activation, "groups": groups, "d_model": 64,
+        "n_layers": 2, "width_depth": x, "non_embedding_params": N if N is not None else 1e5, "form": "logspace_power",
+        "converged": True, "A0": A0, "A0_lo": A0 - width, "A0_hi": A0 + width, "A_first": A0 + 0.1, "A_last": A0 + 0.01,
+    })
+
+
+def synthetic_losses(fits, E):
+    return pd.DataFrame({"run": fits["run"], "converged": True, "E": E, "E_lo": E - 0.01, "E_hi": E + 0.01,
+                         "final_loss": E + 0.2})
+
+
+def test_width_depth_finds_the_bottleneck_and_the_best_range():
+    rng = np.random.default_rng(0)
+    x = np.array([2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192.0])
+    A0 = 0.01 + 0.002 * np.minimum(x, 40) + rng.normal(0, 0.001, x.size)  # bottleneck at 40
+    fits = synthetic_fits(x, A0)
+    E = 3.0 + 0.05 * (np.log(x) - np.log(64)) ** 2  # best at 64
+    pts, summary = analysis.width_depth(fits, synthetic_losses(fits, E))
+    assert list(pts["width_depth"]) == sorted(x)
+    pw = summary[summary["kind"] == "piecewise_linear"].set_index("quantity")
+    r = pw.loc["A0"]
+    assert r["breakpoint_lo"] <= 40 <= r["breakpoint_hi"] and r["breakpoint_hi"] - r["breakpoint_lo"] < 30
+    assert r["slope_below"] == pytest.approx(0.002, rel=0.1) and r["slope_below_lo"] > 0
+    br = summary[summary["kind"] == "best_range"].set_index("quantity").loc["E"]
+    assert br["best_x"] == 64 and br["best_lo"] <= 64 <= br["best_hi"]
+    assert br["tol"] == pytest.approx(0.01 * E.min())
+
+
+def test_width_depth_with_too_few_runs_says_so():
+    fits = synthetic_fits(np.array([4.0, 16.0]), np.array([0.02, 0.03]))
+    _, summary = analysis.width_depth(fits, synthetic_losses(fits, np.array([3.0, 3.1])))
+    pw = summary[summary["kind"] == "piecewise_linear"]
+    assert pw["breakpoint"].isna().all() and pw["message"].str.contains("needs at least 4 points").all()
+
+
+def test_scale_recovers_the_slope_per_decade():
+    N = np.array([2e4, 5e4, 1e5, 2e5, 5e5])
+    A0 = 0.05 + 0.01 * np.log10(N) + np.random.default_rng(1).normal(0, 5e-4, N.size)
+    fits = synthetic_fits(np.full(N.size, 16.0), A0, width=1e-3, groups="scale", N=N)
+    pts, summary = analysis.scale(fits, synthetic_losses(fits, 4 - 0.2 * np.log10(N)))
+    r = summary.set_index(["activation", "quantity"]).loc[("relu", "A0")]
+    assert r["weighted"] and r["n"] == 5 and r["slope_lo"] <= 0.01 <= r["slope_hi"]
+    assert r["change_fit"] == pytest.approx(0.01 * np.log10(25), abs=3e-3)
+    e = summary.set_index(["activation", "quantity"]).loc[("relu", "E")]
+    assert e["slope"] == pytest.approx(-0.2, abs=1e-6)
+    t = analysis.trends(scale_fit=summary)
+    assert t["holds"].tolist() == [False]  # a clear slope: A0 is not scale-independent here
+
+
+def test_limit_loss_recovers_E(table):
+    losses = analysis.limit_loss(table[table["run"] == "relu-s1"], dataclasses.replace(SPEC, n_boot=50))
+    r = losses.iloc[0]
+    assert r["converged"], r["message"]
+    assert r["E_lo"] <= 3.0 <= r["E_hi"] and r["beta_lo"] <= 0.3 <= r["beta_hi"]
+    assert r["final_loss"] == pytest.approx(3 + 100**-0.3, abs=5e-3)
+
+
+def test_convergence_speed_is_the_derivative_and_ranks_sizes():
+    # the same law in units of the data-scale ratio for three sizes: A(D) = f(D * 1e9 / N); then
+    # dA/d(D/N) at a common ratio is the same, so make the smaller models' curves steeper
+    rows = []
+    for i, (N, c) in enumerate(((1e4, 2.0), (1e5, 1.0), (1e6, 0.5))):
+        rows.append({"run": f"relu-{i}", "activation": "relu", "groups": "scale", "non_embedding_params": N,
+                     "form": "power", "converged": True, "alpha": 0.5, "c": c * 0.01, "A0": 0.3,
+                     "D_min_used": 0.01, "D_max": 10.0})
+    fits = pd.DataFrame(rows)
+    curves, summary = analysis.convergence(fits, n=16)
+    one = curves[curves["run"] == "relu-1"]
+    D = one["data_scale_ratio"] * 1e5 / 1e9
+    exact = 0.5 * 0.01 * D**-1.5 * 1e5 / 1e9  # d/dD of -c D^-alpha, times dD/d(ratio) = N / 1e9
+    assert np.allclose(one["dA_dratio"], exact, rtol=1e-6)
+    ratio = summary["ratio_common"].iloc[0]
+    assert 0.01 * 1e9 / 1e4 <= ratio <= 10 * 1e9 / 1e6  # inside every run's range
+    assert summary["rho_N_speed"].iloc[0] == pytest.approx(-1.0)
+    assert analysis.trends(convergence_summary=summary)["holds"].tolist() == [True]
+
+
+# ----------------------------------------------------------------------------- patterns, dead neurons
+
+
+def test_token_pairs_recovers_the_correlation():
+    rng = np.random.default_rng(0)
+    n, r_true = 2000, 0.8
+    a = rng.normal(0, 1, n)
+    b = r_true * a + np.sqrt(1 - r_true**2) * rng.normal(0, 1, n)
+    tokens = pd.concat([pd.DataFrame({"run": run, "token_id": np.arange(n), "count": 5, "activation_ratio": v})
+                        for run, v in (("relu-s1", 0.1 + 0.01 * a), ("relu-s2", 0.1 + 0.01 * b))])
+    info = pd.concat([run_rows(r, "relu", RELU, N=N, tokens=TOKENS[:1])
+                      for r, N in (("relu-s2", 2e5), ("relu-s1", 1e5))])
+    corr = analysis.token_pairs(tokens, info)
+    r = corr.iloc[0]
+    assert (r["run_a"], r["run_b"]) == ("relu-s1", "relu-s2")  # smaller model first
+    assert r["n_tokens"] == n and r["pearson_lo"] <= r_true <= r["pearson_hi"]
+    assert r["spearman"] == pytest.approx(r_true, abs=0.05)
+    assert analysis.token_pairs(tokens, info, min_count=6)["n_tokens"].iloc[0] == 0
+
+
+def test_domain_distributions_summary_and_agreement():
+    rng = np.random.default_rng(0)
+    frames = []
+    for run in ("relu-s1", "relu-s2"):
+        L, F = 2, 500
+        layer, neuron = np.divmod(np.arange(L * F), F)
+        frames.append(pd.DataFrame({"run": run, "step": 10, "layer": layer, "neuron": neuron,
+                                    "all": rng.beta(1, 10, L * F), "code": rng.beta(1, 10, L * F),
+                                    "prose": rng.beta(1, 10, L * F)}))
+    neurons = pd.concat(frames, ignore_index=True)
+    info = pd.concat([run_rows(r, "relu", RELU, N=N, tokens=TOKENS[:1])
+                      for r, N in (("relu-s1", 1e5), ("relu-s2", 2e5))])
+    summary, agreement = analysis.domain_distributions(neurons, info)
+    assert analysis.domains(neurons) == ["all", "code", "prose"]
+    assert len(summary) == 2 * 3 * (1 + 2)  # runs x domains x (all layers + each layer)
+    whole = summary[(summary["layer"] == -1) & (summary["domain"] == "all")]
+    assert whole["n_neurons"].tolist() == [1000, 1000] and np.allclose(whole["mean"], 1 / 11, atol=0.01)
+    assert len(agreement) == 3 and (agreement["ks"] < 0.1).all()  # same distribution: small distances
+
+
+def test_dead_neurons_and_trends(table, fitted):
+    dead = analysis.dead_neurons(table).set_index("run")
+    assert dead.loc["relu-s1", "dead_ratio_first"] == pytest.approx(0.1)
+    assert dead.loc["relu-s1", "dead_ratio_rho_tokens"] == pytest.approx(-1.0)
+    assert np.isnan(dead.loc["silu-s1", "exact_zero_ratio_first"])
+    t = analysis.trends(fits=fitted[0]).set_index("claim")["holds"].to_dict()
+    assert t == {"relu activation ratio falls with data": True,  # relu-short (not fitted) falls too
+                 "silu activation ratio rises with data": True}
+
+
+def test_table2_puts_ours_next_to_the_papers(fitted):
+    t = analysis.table2(fitted[0])
+    assert {"ours", "paper (v1)", "paper (v4)"} <= set(t["source"])
+    ours = t[t["source"] == "ours"].set_index("activation")
+    assert "[" in ours.loc["silu", "A0"]  # value [lo, hi]
+    assert ours.loc["silu", "b"] == "-"  # Eq. 5 has no b
+
+
+# ----------------------------------------------------------------------------- profile level: files and cache
+
+
+def test_profile_tables_are_written_with_provenance_and_cached(table, isolated_roots, monkeypatch):
+    from sparsinglaw import runs
+    from sparsinglaw.config import load_profile
+
+    P = dataclasses.replace(load_profile("smoke"), fit={"n_boot": 20, "seed": 0})
+    folder = runs.results_dir(P.name)
+    runs.write_table(table, folder / "sparsity.csv", {"profile": P.name})
+    fits, curves = analysis.activation_laws_for(P)
+    assert (folder / "fits.csv").exists() and (folder / "fit_curves.csv").exists()
+    meta = pd.read_json(folder / "fits.meta.json", typ="series")
+    assert meta["fit_spec"]["n_boot"] == 20 and meta["analysis_version"] == analysis.ANALYSIS_VERSION
+    assert set(fits["run"]) == set(table["run"])
+    monkeypatch.setattr(analysis, "fit_activation_laws", lambda *a, **k: pytest.fail("recomputed a cached table"))
+    again, _ = analysis.activation_laws_for(P)  # same inputs and spec: read back
+    pd.testing.assert_frame_equal(fits, again)
+    monkeypatch.undo()
+    P2 = dataclasses.replace(P, fit={"n_boot": 0})  # another spec: recomputed
+    assert analysis.activation_laws_for(P2)[0]["alpha_lo"].isna().all()
+    with pytest.raises(ValueError, match="unknown FitSpec field"):
+        analysis.fit_spec(dataclasses.replace(P, fit={"nboot": 3}))
+
+
+def test_every_profile_fit_section_is_a_fit_spec():
+    from sparsinglaw.config import load_profile
+
+    for name in ("smoke", "cpu", "gpu", "paper"):
+        assert isinstance(analysis.fit_spec(load_profile(name)), laws.FitSpec)
