@@ -263,10 +263,10 @@ def test_profile_tables_are_written_with_provenance_and_cached(table, isolated_r
     meta = pd.read_json(folder / "fits.meta.json", typ="series")
     assert meta["fit_spec"]["n_boot"] == 20 and meta["analysis_version"] == analysis.ANALYSIS_VERSION
     assert set(fits["run"]) == set(table["run"])
-    monkeypatch.setattr(analysis, "fit_activation_laws", lambda *a, **k: pytest.fail("recomputed a cached table"))
-    again, _ = analysis.activation_laws_for(P)  # same inputs and spec: read back
+    with monkeypatch.context() as m:  # undo only this patch (the autouse fixture's roots stay)
+        m.setattr(analysis, "fit_activation_laws", lambda *a, **k: pytest.fail("recomputed a cached table"))
+        again, _ = analysis.activation_laws_for(P)  # same inputs and spec: read back
     pd.testing.assert_frame_equal(fits, again)
-    monkeypatch.undo()
     P2 = dataclasses.replace(P, fit={"n_boot": 0})  # another spec: recomputed
     assert analysis.activation_laws_for(P2)[0]["alpha_lo"].isna().all()
     with pytest.raises(ValueError, match="unknown FitSpec field"):
