@@ -17,7 +17,7 @@ export TOKENIZERS_PARALLELISM := true
 
 .DEFAULT_GOAL := help
 .DELETE_ON_ERROR:
-.PHONY: help setup test test-fast figures bench lint format strip clean clean-runs runs measure
+.PHONY: help setup test test-fast figures replot verify report bench lint format strip clean clean-runs runs measure
 
 help: ## list every target
 	@echo "usage: make TARGET [PROFILE=smoke|cpu|gpu|paper]   (PROFILE=$(PROFILE))"
@@ -44,6 +44,22 @@ $(EXEC)/%.ipynb: notebooks/%.ipynb configs/$(PROFILE).yaml $(LIB) $(STAMP)
 
 figures: $(EXECUTED) ## execute every notebook for PROFILE: train, measure, fit, write figures/PROFILE
 
+REPLOT := runs/$(PROFILE)/replot
+README_CLAIMS := $(if $(filter cpu gpu,$(PROFILE)),--readme README.md,)
+
+replot: $(STAMP) ## redraw every figure of PROFILE from the committed results/PROFILE tables (no training)
+	@test -f results/$(PROFILE)/sparsity.csv || { echo "error: results/$(PROFILE)/sparsity.csv is missing: nothing to replot (make figures PROFILE=$(PROFILE) computes it)" >&2; exit 1; }
+	@mkdir -p $(REPLOT)
+	@set -e; for nb in $(NOTEBOOKS); do \
+	  $(PY) -m papermill $$nb $(abspath $(REPLOT))/$$(basename $$nb) -k python3 -p profile $(PROFILE) -p replot True --cwd $(CURDIR); \
+	done
+
+verify: $(STAMP) ## check every claim of the paper on results/PROFILE: PASS/FAIL/INCONCLUSIVE table (cpu/gpu: also README)
+	$(PY) -m sparsinglaw verify --profile $(PROFILE) $(README_CLAIMS)
+
+report: $(EXECUTED) ## one HTML file of the executed notebooks of PROFILE: runs/PROFILE/report.html
+	$(PY) -m sparsinglaw.notebooks report $(EXECUTED) -o runs/$(PROFILE)/report.html --title "sparsing-law: profile $(PROFILE)"
+
 nb-%: $(STAMP) ## execute one notebook, e.g. make nb-01 PROFILE=smoke
 	@nb=$$(ls notebooks/$*_*.ipynb) && mkdir -p $(EXEC) && \
 	$(PY) -m papermill $$nb $(abspath $(EXEC))/$$(basename $$nb) -k python3 -p profile $(PROFILE) --log-output --cwd $(CURDIR)
@@ -69,7 +85,7 @@ format: $(STAMP) ## ruff format
 	$(PY) -m ruff format lib tests bench
 
 strip: $(STAMP) ## strip outputs and execution counts from notebooks/
-	$(PY) -c "import sparsinglaw.notebooks as n; n.strip_all('notebooks')"
+	$(PY) -m sparsinglaw.notebooks strip notebooks
 
 clean: ## remove executed notebooks and caches (keeps checkpoints)
 	rm -rf runs/*/notebooks .pytest_cache .ruff_cache

@@ -29,7 +29,7 @@ def test_clean(path):
     assert nb["cells"][0]["cell_type"] == "markdown" and "".join(nb["cells"][0]["source"]).startswith(
         f"# {path.name[:2]} ·"), "first cell: markdown title 'NN · title'"
     names = ast.parse("".join(params[0]["source"]))
-    assert {t.id for n in names.body for t in getattr(n, "targets", [])} <= {"profile", "force", "from_results"}
+    assert {t.id for n in names.body for t in getattr(n, "targets", [])} <= {"profile", "replot"}
     for c in code:
         src = "".join(c["source"])
         assert not any(line.lstrip().startswith(("!", "%")) for line in src.splitlines()), "shell or magic"

@@ -28,7 +28,7 @@ from scipy import stats
 
 from . import laws, paper
 from .config import ProfileConfig, SparsingLawError, stable_hash
-from .runs import provenance, results_dir, write_table
+from .runs import in_group, provenance, results_dir, write_table
 
 ANALYSIS_VERSION = 1  # bump when a derived table changes meaning (invalidates the cached tables)
 
@@ -80,13 +80,6 @@ def form_for(activation: str) -> str:
 def _flag(s: pd.Series) -> pd.Series:
     """A boolean column as read back from CSV (NaN counts as False)."""
     return s.eq(True)
-
-
-def in_group(df: pd.DataFrame, group: str | None) -> pd.DataFrame:
-    """Rows of runs that feed analysis `group` ("scale", "width_depth"; None = all) by the groups column."""
-    if group is None:
-        return df
-    return df[df["groups"].fillna("").str.split(",").map(lambda gs: group in gs)]
 
 
 def run_info(table: pd.DataFrame) -> pd.DataFrame:

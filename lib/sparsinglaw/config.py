@@ -103,6 +103,18 @@ class SparsityConfig:
 
 
 @dataclass
+class InferenceConfig:
+    """Sparse inference on held-out text (paper Table 1): fixed thresholds from PPL-p% applied to new text.
+
+    Not part of any run's identity, nor of the measurement's (measure.measure_key hashes only `sparsity`).
+    """
+
+    p: list[float] = field(default_factory=lambda: [1.0, 5.0, 10.0])  # PPL-p% levels in percent (Table 1)
+    heldout_tokens: int = 16_384  # held-out tokens, windows from the end of the validation split
+    group: str = "scale"  # the runs evaluated: those with this group
+
+
+@dataclass
 class RunConfig:
     name: str  # unique within the profile; used in file names
     groups: list[str]  # analyses the run feeds: "scale", "width_depth", ...
@@ -132,6 +144,7 @@ class ProfileConfig:
     compute: ComputeConfig
     runs: list[RunConfig]
     sparsity: SparsityConfig = field(default_factory=SparsityConfig)  # measurement settings
+    inference: InferenceConfig = field(default_factory=InferenceConfig)  # sparse-inference settings (Table 1)
     fit: dict = field(default_factory=dict)  # law-fit settings (validated by laws.py)
     path: str = ""  # the YAML file it was loaded from
     overrides: list[str] = field(default_factory=list)  # --set overrides applied on top of the file
@@ -335,6 +348,17 @@ def validate_sparsity(s: SparsityConfig, run_names: list[str], where: str) -> No
     _check(all(isinstance(e, int | float) and e > 0 for e in s.fat_eps), f"{where}.fat_eps", "expected eps > 0")
 
 
+def validate_inference(inf: InferenceConfig, runs: list[RunConfig], where: str) -> None:
+    _check(bool(inf.p) and all(isinstance(v, int | float) and not isinstance(v, bool) and v > 0 for v in inf.p),
+           f"{where}.p", f"expected a non-empty list of positive percentages, got {inf.p!r}")
+    groups = sorted({g for r in runs for g in r.groups})
+    _check(inf.group in groups, f"{where}.group",
+           f"no run has group {inf.group!r}; groups of this profile: {', '.join(groups) or '(none)'}")
+    longest = max(r.model.seq_len for r in runs)
+    _check(inf.heldout_tokens >= longest, f"{where}.heldout_tokens",
+           f"must be at least one window of the longest model.seq_len={longest} tokens, got {inf.heldout_tokens}")
+
+
 def validate_compute(c: ComputeConfig, where: str) -> None:
     _check(c.device in ("auto", "cpu", "cuda"), f"{where}.device", f"expected auto, cpu or cuda, got {c.device!r}")
     _check(c.threads >= 1, f"{where}.threads", f"must be >= 1, got {c.threads}")
@@ -351,7 +375,7 @@ def parse_profile(raw: Any, path: str, name: str) -> ProfileConfig:
     """Validate a loaded YAML mapping into a ProfileConfig (errors name `path` and the field)."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a YAML mapping at the top level, got {type(raw).__name__}")
-    top = {"description", "data", "compute", "model", "train", "runs", "sparsity", "fit"}
+    top = {"description", "data", "compute", "model", "train", "runs", "sparsity", "inference", "fit"}
     unknown = sorted(set(raw) - top)
     if unknown:
         raise ConfigError(f"{path}: {unknown[0]}: unknown top-level field; expected one of: {', '.join(sorted(top))}")
@@ -406,8 +430,10 @@ def parse_profile(raw: Any, path: str, name: str) -> ProfileConfig:
     longest = max(r.model.seq_len for r in runs)
     _check(sparsity.eval_tokens >= longest, f"{path}: sparsity.eval_tokens",
            f"must be at least one window of the longest model.seq_len={longest} tokens, got {sparsity.eval_tokens}")
+    inference = _build(InferenceConfig, raw.get("inference"), f"{path}: inference")
+    validate_inference(inference, runs, f"{path}: inference")
     return ProfileConfig(name=name, description=desc, data=data, compute=compute, runs=runs, sparsity=sparsity,
-                         fit=dict(raw.get("fit") or {}), path=path)
+                         inference=inference, fit=dict(raw.get("fit") or {}), path=path)
 
 
 def resolve_profile_path(profile: str, configs_dir: Path) -> Path:

@@ -308,6 +308,17 @@ def read_results(profile: ProfileConfig, name: str = "sparsity", strict: bool = 
                       fix=f"rerun python -m sparsinglaw measure --profile {profile.name}")
 
 
+def results_for(profile: ProfileConfig, compute: bool = True, runs_dir=None) -> pd.DataFrame:
+    """results/<profile>/sparsity.csv: measured (and the runs trained) when `compute`, else only read
+    back from the committed table (make replot)."""
+    if compute:
+        from .runs import train_profile
+
+        train_profile(profile, runs_dir=runs_dir)
+        return measure_profile(profile, runs_dir=runs_dir)
+    return read_results(profile)
+
+
 # -----------------------------------------------------------------------------------------------
 # Pareto curves on a final checkpoint (notebook 02: paper Fig. 3 / v4 Fig. 2 and v4 Fig. 15)
 
@@ -363,6 +374,11 @@ def pareto_profile(profile: ProfileConfig, runs_dir=None, progress: bool = True)
     meta = provenance(profile, corpus=tokens.fingerprint, sparsity=dataclasses.asdict(profile.sparsity))
     write_table(df, results_dir(profile.name) / "pareto.csv", meta)
     return df
+
+
+def pareto_for(profile: ProfileConfig, compute: bool = True, runs_dir=None) -> pd.DataFrame:
+    """results/<profile>/pareto.csv: pareto_profile when `compute`, else the committed table read back."""
+    return pareto_profile(profile, runs_dir) if compute else read_results(profile, "pareto")
 
 
 def summary(table: pd.DataFrame) -> pd.DataFrame:

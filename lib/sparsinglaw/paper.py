@@ -110,3 +110,41 @@ def table3():
 def table1_averages():
     """Table 1 averages (PPL-1% and PPL-10% versus dense) as a DataFrame."""
     return TABLE1_AVERAGES.copy()
+
+
+# Where each figure and table of the paper is rebuilt: (paper item, what it shows, notebook, our file
+# stem under figures/<profile>/ or table under results/<profile>/). A test checks this list against
+# the MANIFEST that the notebooks write, so it cannot drift.
+FIGURES = _table(
+    [
+        ("Table 3", "our run grid: shapes, parameters, width-depth ratios", "00_overview", "00_run_grid"),
+        ("Fig. 11", "training loss of the scale grid", "01_train", "01_train_loss"),
+        ("Fig. 6 (inputs)", "training loss of the width-depth grid", "01_train", "01_train_loss_width_depth"),
+        ("Fig. 3 (v4 Fig. 2)", "PPL vs activation ratio: PPL-p% vs Top-k, FAT-eps, exact zeros", "02_ppl_p_sparsity",
+         "02_pareto"),
+        ("v4 Fig. 15", "PPL and activation ratio as the CETT value c is swept", "02_ppl_p_sparsity", "02_cett_sweep"),
+        ("Section 3", "per-layer thresholds found by PPL-1%", "02_ppl_p_sparsity", "02_layer_thresholds"),
+        ("Fig. 4, Table 2", "activation ratio vs data with Eq. 4 / Eq. 5 fits", "03_activation_law",
+         "03_activation_law"),
+        ("Fig. 4 (seed replicas)", "activation laws of the seed replicas of the smallest scale", "03_activation_law",
+         "03_seed_replicas"),
+        ("rebuttal (fit forms)", "Eq. 4 / Eq. 5 vs alternative forms", "03_activation_law", "03_form_comparison"),
+        ("rebuttal (dead neurons)", "dead-neuron ratio vs data", "03_activation_law", "03_dead_neurons"),
+        ("Fig. 4 (width-depth runs)", "activation laws of the width-depth grid", "04_width_depth",
+         "04_width_depth_laws"),
+        ("Fig. 5", "limit activation ratio vs width-depth ratio", "04_width_depth", "04_limit_activation"),
+        ("Fig. 6", "limit loss vs width-depth ratio", "04_width_depth", "04_limit_loss"),
+        ("Fig. 7", "limit activation ratio A0 vs parameter scale", "05_parameter_scale", "05_a0_vs_scale"),
+        ("Fig. 8", "convergence speed vs data-scale ratio", "05_parameter_scale", "05_convergence_speed"),
+        ("Fig. 9", "neuron activation frequency per data domain", "05_parameter_scale", "05_domain_distributions"),
+        ("v4 Fig. 16", "neuron activation frequency per layer", "05_parameter_scale", "05_layer_distributions"),
+        ("Fig. 10", "per-token activation ratio across scales", "05_parameter_scale", "05_token_pairs"),
+        ("Fig. 11", "training loss of the scale grid", "05_parameter_scale", "05_loss_curves"),
+        ("Fig. 12", "limit loss vs parameter scale", "05_parameter_scale", "05_limit_loss"),
+        ("Table 1", "dense vs PPL-1/5/10% sparse inference on held-out text", "06_sparse_inference",
+         "06_sparse_inference"),
+        ("Sec. 4-5 claims", "verdict of every claim check", "07_claims", "07_claims"),
+    ],
+    ["paper", "what", "notebook", "file"],
+    "our notebooks",
+)

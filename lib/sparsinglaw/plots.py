@@ -17,7 +17,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .config import ProfileConfig  # noqa: E402
-from .runs import figures_dir, group_runs, load_log, states_table  # noqa: E402
+from .runs import figures_dir, in_group, train_log_table  # noqa: E402
 
 # one palette for activation functions, used in every figure (colour-blind safe, Okabe-Ito)
 ACTIVATION_COLORS = {"relu": "#0072B2", "silu": "#D55E00", "gelu": "#009E73", "gelu_tanh": "#56B4E9",
@@ -91,6 +91,35 @@ def save(fig, name: str, profile: ProfileConfig, paper: str, notebook: str) -> l
 
 
 # -----------------------------------------------------------------------------------------------
+# figure of notebook 00
+
+
+def run_grid(states: pd.DataFrame):
+    """The profile's runs: non-embedding parameters vs width-depth ratio (our Table 3 analog), one
+    marker per activation; runs at one shape share a label (activation prefix dropped, seed replicas
+    counted). `states` is runs.states_table."""
+    style()
+    fig, ax = plt.subplots(figsize=SINGLE)
+    for (act, g), marker in zip(states.groupby("activation", sort=False), "oxs^v", strict=False):
+        ax.scatter(g["width_depth"], g["non_embedding_params"], color=color(act), label=act, s=16, marker=marker,
+                   zorder=3)
+    for (wd, n), g in states.groupby(["width_depth", "non_embedding_params"]):
+        names = sorted({r.split("-", 1)[-1].split("-seed")[0] for r in g["run"]})
+        seeds = g["run"].str.contains("-seed").sum()
+        label = "/".join(names) + (f" (+{seeds} seed runs)" if seeds else "")
+        ax.annotate(label, (wd, n), fontsize=5, xytext=(4, 2), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.margins(0.2)  # room for the labels
+    ax.set_xlabel("width-depth ratio d_h / L")
+    ax.set_ylabel("non-embedding parameters")
+    ax.set_title(f"{len(states)} runs", fontsize=8)
+    ax.legend(frameon=False, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+# -----------------------------------------------------------------------------------------------
 # figures of notebook 01
 
 
@@ -124,12 +153,12 @@ def loss_curves(logs: dict[str, pd.DataFrame], info: pd.DataFrame, title: str = 
     return fig
 
 
-def loss_curves_for(profile: ProfileConfig, group: str | None = None, runs_dir=None):
-    """loss_curves for the runs of one analysis group of a trained profile."""
-    names = [r.name for r in group_runs(profile, group)]
-    info = states_table(profile, runs_dir)
-    info = info[info["run"].isin(names)]
-    logs = {r.name: load_log(profile, r, runs_dir) for r in group_runs(profile, group)}
+def loss_curves_for(profile: ProfileConfig, group: str | None = None, compute: bool = True, runs_dir=None):
+    """loss_curves for the runs of one analysis group, from results/<profile>/train_log.csv (written
+    from the runs' logs when `compute`, else read back: make replot)."""
+    table = in_group(train_log_table(profile, compute, runs_dir), group)
+    info = table.drop_duplicates("run")[["run", "activation", "non_embedding_params"]]
+    logs = {name: g for name, g in table.groupby("run", sort=False)}
     what = f"{group.replace('_', '-')} grid" if group else "all runs"
     return loss_curves(logs, info, title=f"Training loss, {what} (profile {profile.name})")
 
@@ -224,12 +253,6 @@ def _runs_by_size(df: pd.DataFrame, activation: str) -> list[str]:
     return list(sub.sort_values("non_embedding_params")["run"])
 
 
-def _in_group(df: pd.DataFrame, group: str | None) -> pd.DataFrame:
-    if group is None:
-        return df
-    return df[df["groups"].fillna("").str.split(",").map(lambda gs: group in gs)]
-
-
 def _note(ax, text: str, loc: str = "upper right") -> None:
     """A grey annotation in an axes corner (paper values quoted, never drawn as data)."""
     x, ha = (0.98, "right") if "right" in loc else (0.02, "left")
@@ -259,7 +282,7 @@ def activation_laws(table: pd.DataFrame, fits: pd.DataFrame, curves: pd.DataFram
     SiLU) and its bootstrap band over the fitted range (paper Fig. 4). Points dropped by the drop rule
     are hollow; dotted lines mark the fitted limits A0. One panel per activation; runs shaded by size."""
     style()
-    t = _in_group(table[np.isclose(table["p"], p)], group)
+    t = in_group(table[np.isclose(table["p"], p)], group)
     acts = list(dict.fromkeys(t["activation"]))
     fig, axes = plt.subplots(1, max(len(acts), 1), figsize=DOUBLE, squeeze=False)
     for ax, act in zip(axes[0], acts):
@@ -317,7 +340,7 @@ def dead_neurons(table: pd.DataFrame, p: float = 1.0, group: str | None = "scale
     """Dead-neuron ratio vs tokens (left) and, for ReLU, the exact-zero ratio (solid) next to the
     activation ratio at PPL-p% (dashed) vs tokens (right); runs shaded by size."""
     style()
-    t = _in_group(table[np.isclose(table["p"], p)], group)
+    t = in_group(table[np.isclose(table["p"], p)], group)
     fig, (a1, a2) = plt.subplots(1, 2, figsize=DOUBLE)
     for act in dict.fromkeys(t["activation"]):
         names = _runs_by_size(t, act)
@@ -469,7 +492,7 @@ def domain_distributions(neurons: pd.DataFrame, table: pd.DataFrame, group: str 
     PPL-1%, final checkpoint) per data domain (paper Fig. 9): rows = activations, columns = domains
     ("all" first), one step histogram per run, shaded by size."""
     style()
-    info = _in_group(table.drop_duplicates("run"), group)
+    info = in_group(table.drop_duplicates("run"), group)
     doms = [c for c in neurons.columns if c not in ("run", "step", "layer", "neuron")]
     acts = list(dict.fromkeys(info["activation"]))
     fig, axes = plt.subplots(len(acts), len(doms), figsize=(DOUBLE[0], 1.6 * len(acts) + 0.4), squeeze=False,
@@ -563,5 +586,44 @@ def limit_loss_vs_scale(points: pd.DataFrame):
     _ticks_at(ax, points["non_embedding_params"] / 1e3)
     ax.set(xlabel="non-embedding parameters N (thousands)", ylabel="loss (nats/token)")
     ax.legend(frameon=False, fontsize=5.5)
+    fig.tight_layout()
+    return fig
+
+
+# -----------------------------------------------------------------------------------------------
+# figure of notebook 06 (paper Table 1 analog: dense vs PPL-p% sparse inference on held-out text)
+
+
+def sparse_inference(df: pd.DataFrame):
+    """Held-out loss increase over the dense model (PPL ratio - 1, in %) vs the activation ratio reached,
+    one panel per data domain ("all" first; inference.sparse_inference_for's table). Each run is a line
+    from its dense point (p = 0, hollow: activation ratio = share of h_i != 0) through its PPL-p% points;
+    colour by activation (lighter = smaller), marker by p; dotted lines mark the calibration targets p%."""
+    from matplotlib.lines import Line2D
+
+    style()
+    domains = ["all", *[d for d in dict.fromkeys(df["domain"]) if d != "all"]]
+    ps = sorted(df["p"].unique())
+    markers = dict(zip(ps, "osD^vP*X", strict=False))
+    fig, axes = plt.subplots(1, len(domains), figsize=(DOUBLE[0], DOUBLE[1] + 0.3), sharey=True, squeeze=False)
+    for ax, dom in zip(axes[0], domains, strict=True):
+        g = df[df["domain"] == dom]
+        for act in dict.fromkeys(g["activation"]):
+            names = _runs_by_size(g, act)
+            for i, run in enumerate(names):
+                r, c = g[g["run"] == run].sort_values("p"), _shade(act, i, len(names))
+                ax.plot(r["activation_ratio"], 100 * (r["ppl_ratio"] - 1), "-", lw=0.7, color=c, label=run)
+                for _, row in r.iterrows():
+                    ax.plot(row["activation_ratio"], 100 * (row["ppl_ratio"] - 1), markers[row["p"]], ms=3.5,
+                            color=c, mfc="none" if row["p"] == 0 else c)
+        for p in ps[1:] if ps and ps[0] == 0 else ps:
+            ax.axhline(p, color="0.6", lw=0.5, ls=":")
+        n = int(g["n_tokens"].iloc[0]) if len(g) else 0
+        ax.set(xlabel="activation ratio (held-out)", title=f"{dom} ({n:,} held-out tokens)", xlim=(0, 1.02))
+    axes[0][0].set_ylabel("PPL increase over dense (%)")
+    axes[0][0].legend(frameon=False, fontsize=5.5, loc="upper right")
+    handles = [Line2D([], [], ls="", marker=markers[p], color="0.3", mfc="none" if p == 0 else "0.3", ms=3.5,
+                      label="dense" if p == 0 else f"PPL-{p:g}%") for p in ps]
+    axes[0][-1].legend(handles=handles, frameon=False, fontsize=5.5, loc="upper right")
     fig.tight_layout()
     return fig

@@ -372,14 +372,49 @@ def group_runs(profile: ProfileConfig, group: str | None = None) -> list[RunConf
     return [r for r in profile.runs if group is None or group in r.groups]
 
 
-def final_losses(profile: ProfileConfig, group: str | None = None, runs_dir=None) -> pd.DataFrame:
-    """Per finished run: non-embedding parameters, width-depth ratio, tokens and last validation loss."""
-    info = states_table(profile, runs_dir)
-    rows = []
-    for r in group_runs(profile, group):
+TRAIN_LOG_COLUMNS = ["run", "groups", "activation", "d_model", "n_layers", "width_depth", "non_embedding_params",
+                     "step", "tokens", "split", "loss"]
+
+
+def train_log_table(profile: ProfileConfig, compute: bool = True, runs_dir=None) -> pd.DataFrame:
+    """results/<profile>/train_log.csv: every run's training log (train and validation rows) with its
+    shape, so that the loss figures are redrawn from results alone (make replot). compute=True reads
+    the finished runs' log.csv files and writes the table; compute=False only reads it back."""
+    from .model import num_params_from_config
+
+    path = results_dir(profile.name) / "train_log.csv"
+    if not compute:
+        return read_table(path, TRAIN_LOG_COLUMNS, ["step", "tokens", "loss", "non_embedding_params"],
+                          expect={"config_hash": profile.config_hash()},
+                          fix=f"train first: python -m sparsinglaw train --profile {profile.name} (notebook 01)")
+    frames = []
+    for r in profile.runs:
         log = load_log(profile, r, runs_dir)
-        val = log[log["split"] == "val"]
-        rows.append({"run": r.name, "final_val_loss": float(val["loss"].iloc[-1]) if len(val) else float("nan")})
-    return info.merge(pd.DataFrame(rows), on="run")[
+        m = r.model
+        info = {"run": r.name, "groups": ",".join(r.groups), "activation": m.activation, "d_model": m.d_model,
+                "n_layers": m.n_layers, "width_depth": m.d_model / m.n_layers,
+                "non_embedding_params": num_params_from_config(m, non_embedding=True)}
+        frames.append(log[["step", "tokens", "split", "loss"]].assign(**info))
+    df = pd.concat(frames, ignore_index=True)[TRAIN_LOG_COLUMNS]
+    write_table(df, path, provenance(profile))
+    return df
+
+
+def in_group(df: pd.DataFrame, group: str | None) -> pd.DataFrame:
+    """Rows of a table with a comma-separated `groups` column that feed analysis `group` (None = all)."""
+    if group is None:
+        return df
+    return df[df["groups"].fillna("").str.split(",").map(lambda g: group in g)]
+
+
+def final_losses(profile: ProfileConfig, group: str | None = None, compute: bool = True,
+                 runs_dir=None) -> pd.DataFrame:
+    """Per run: non-embedding parameters, width-depth ratio, tokens and last validation loss (from
+    train_log_table, so it works on committed results too)."""
+    log = in_group(train_log_table(profile, compute, runs_dir), group)
+    val = log[log["split"] == "val"].sort_values("tokens")
+    last = val.groupby("run", sort=False).tail(1).rename(columns={"loss": "final_val_loss"})
+    order = {r.name: i for i, r in enumerate(profile.runs)}
+    return last.sort_values("run", key=lambda s: s.map(order))[
         ["run", "activation", "d_model", "n_layers", "width_depth", "non_embedding_params", "tokens",
-         "status", "final_val_loss"]]
+         "final_val_loss"]].reset_index(drop=True)

@@ -1,0 +1,258 @@
+"""Sparse inference on held-out text (notebook 06, the paper's Table 1 analog): the table's numbers against
+a naive loop that masks h by hand, the averaged thresholds against the reference implementation, the
+held-out windows, bad inputs, the per-run cache and the CSV round trip."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import MINI
+from sparsinglaw import inference, measure, runs
+from sparsinglaw import sparsity as sp
+from sparsinglaw.config import ConfigError, SparsingLawError, load_profile
+
+pytestmark = pytest.mark.slow
+
+HELDOUT = ["inference.heldout_tokens=1024"]  # 16 windows of 64 tokens; the smoke split has 15,744 tokens
+
+
+@pytest.fixture(scope="module")
+def inferred(session_roots, mini_path, smoke_tokens):
+    """The mini profile (relu-s1, silu-s1) trained, then evaluated: (profile, table)."""
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in session_roots.items():
+            mp.setenv(k, str(v))
+        profile = load_profile(mini_path, overrides=MINI + HELDOUT)
+        runs.train_profile(profile, jobs=1, progress=False)
+        df = inference.sparse_inference_for(profile, jobs=1, progress=False)
+    return profile, df
+
+
+def _record_path(profile, name):
+    run = profile.run(name)
+    return inference.record_path(profile, run)
+
+
+def _record(profile, name):
+    return json.loads(_record_path(profile, name).read_text())
+
+
+def _final_model(profile, name):
+    run = profile.run(name)
+    return measure.load_model(run, measure.stable_checkpoints(profile, run).iloc[-1]["path"])
+
+
+# -----------------------------------------------------------------------------------------------
+# the slow oracle: held-out windows cut by hand, h masked by hand, loss and argmax by hand
+
+
+def _heldout_by_hand(tokens, n_tokens: int, seq_len: int):
+    """The last n_tokens targets of the validation split as (x, y, domain), one row per window."""
+    val, dom = np.asarray(tokens.val).astype(np.int64), np.asarray(tokens.val_domain).astype(np.int64)
+    s0 = len(val) - 1 - n_tokens
+    x = torch.from_numpy(val[s0:s0 + n_tokens]).view(-1, seq_len)
+    y = torch.from_numpy(val[s0 + 1:s0 + n_tokens + 1]).view(-1, seq_len)
+    return x, y, torch.from_numpy(dom[s0 + 1:s0 + n_tokens + 1]).view(-1, seq_len), s0
+
+
+@torch.no_grad()
+def naive_scores(model, x, y, dom, taus, n_domains: int) -> dict:
+    """Per domain id (and "all"): (loss, accuracy, activation ratio, n) with neuron i of layer l zeroed by a
+    hook when |h_i| * ||W_down[:, i]|| < tau_l (taus None: dense, active = h_i != 0)."""
+    L, d_ff = model.cfg.n_layers, model.cfg.d_ff
+    active = np.zeros((L, n_domains))
+    handles = []
+    for l, ffn in enumerate(model.ffns()):
+        def hook(module, inputs, h, l=l, ffn=ffn):
+            if taus is None:
+                keep = h != 0
+            else:
+                keep = h.abs() * ffn.w_down.weight.norm(dim=0) >= torch.tensor(taus[l], dtype=torch.float32)
+            for k in range(n_domains):
+                active[l, k] += float(keep[dom == k].sum())
+            return h * keep
+        handles.append(ffn.h.register_forward_hook(hook))
+    try:
+        logits, _ = model(x)
+    finally:
+        for hd in handles:
+            hd.remove()
+    logits = logits.double()
+    nll = torch.logsumexp(logits, -1) - logits.gather(-1, y[..., None]).squeeze(-1)
+    hit = (logits.argmax(-1) == y).double()
+    out = {}
+    for k in [*range(n_domains), "all"]:
+        sel = torch.ones_like(dom, dtype=torch.bool) if k == "all" else dom == k
+        n = int(sel.sum())
+        if n:
+            act = active.sum() if k == "all" else active[:, k].sum()
+            out[k] = (float(nll[sel].mean()), float(hit[sel].mean()), act / (n * L * d_ff), n)
+    return out
+
+
+@pytest.mark.parametrize("name", ["relu-s1", "silu-s1"])
+def test_table_matches_naive_loop(inferred, smoke_tokens, name):
+    profile, df = inferred
+    rec = _record(profile, name)
+    model = _final_model(profile, name)
+    x, y, dom, _ = _heldout_by_hand(smoke_tokens, 1024, model.cfg.seq_len)
+    domains = smoke_tokens.domains
+    rows = df[df["run"] == name]
+    dense = naive_scores(model, x, y, dom, None, len(domains))
+    for p in [0.0, 1.0, 5.0, 10.0]:
+        want = dense if p == 0 else naive_scores(model, x, y, dom, rec["taus"][str(p)], len(domains))
+        for k, (loss, acc, ratio, n) in want.items():
+            d = "all" if k == "all" else domains[k]
+            r = rows[(rows["p"] == p) & (rows["domain"] == d)].iloc[0]
+            assert r["n_tokens"] == n
+            assert r["loss"] == pytest.approx(loss, rel=1e-5), (p, d)
+            assert r["accuracy"] == pytest.approx(acc, abs=1e-12), (p, d)
+            assert r["activation_ratio"] == pytest.approx(ratio, abs=1e-12), (p, d)
+            assert r["dense_loss"] == pytest.approx(dense[k][0], rel=1e-5)
+            assert r["dense_accuracy"] == pytest.approx(dense[k][1], abs=1e-12)
+            assert r["ppl_ratio"] == pytest.approx(math.exp(loss - dense[k][0]), rel=1e-5)
+            assert r["ppl"] == pytest.approx(math.exp(r["loss"]), rel=1e-12)
+
+
+def test_table_rows(inferred):
+    profile, df = inferred
+    assert list(df.columns) == inference.COLUMNS
+    assert set(df["run"]) == {"relu-s1", "silu-s1"}
+    assert set(df["p"]) == {0.0, 1.0, 5.0, 10.0} and set(df["domain"]) == {"all", "code", "prose"}
+    dense = df[df["p"] == 0]
+    assert dense["cett"].isna().all() and (dense["ppl_ratio"] == 1).all() and (dense["calib_ppl_ratio"] == 1).all()
+    assert (dense["loss"] == dense["dense_loss"]).all() and (dense["accuracy"] == dense["dense_accuracy"]).all()
+    assert (dense.loc[dense["activation"] == "relu", "activation_ratio"] < 0.9).all()  # ReLU: exact zeros
+    assert (dense.loc[dense["activation"] == "silu", "activation_ratio"] > 0.99).all()
+    for (_run, p), g in df.groupby(["run", "p"]):
+        by = g.set_index("domain")
+        assert by.loc["all", "n_tokens"] == by.loc[["code", "prose"], "n_tokens"].sum() == 1024
+        assert g["cett"].nunique(dropna=False) == 1 and g["calib_ppl_ratio"].nunique() == 1
+        if p > 0:  # Algorithm 1 reports a c whose calibration ratio stays under the target
+            assert 1 <= g["calib_ppl_ratio"].iloc[0] < 1 + p / 100
+    for run, g in df[df["domain"] == "all"].groupby("run"):
+        ratios = g.sort_values("p")["activation_ratio"].tolist()
+        assert ratios == sorted(ratios, reverse=True) and ratios[-1] < ratios[0], run  # sparser with p
+        assert g.sort_values("p")["cett"].dropna().is_monotonic_increasing
+    t1 = inference.table1(df)
+    assert len(t1) == 8 and t1.loc[("relu", "relu-s1", 1.0), ("code", "loss")] == pytest.approx(
+        df.query("run == 'relu-s1' and p == 1 and domain == 'code'")["loss"].iloc[0])
+    avg = inference.averages(df)
+    assert set(avg["runs"]) == {1} and len(avg) == 8
+
+
+def test_thresholds_are_mean_of_reference_per_batch(inferred, smoke_tokens):
+    profile, _ = inferred
+    rec = _record(profile, "relu-s1")
+    model = _final_model(profile, "relu-s1")
+    calib = measure.eval_set(profile, smoke_tokens, model.cfg.seq_len)
+    assert len(calib) >= 2 and rec["calibration"]["tokens"] == sp.count_tokens(calib)
+    n_grid = profile.sparsity.n_grid
+    for p in ("1.0", "10.0"):
+        c = rec["search"][p]["cett"]
+        per_batch = [sp.reference_thresholds(model, sp.dense_rows(model, [b])[0], c, n_grid) for b in calib]
+        assert rec["taus"][p] == pytest.approx(np.mean(per_batch, axis=0).tolist(), rel=1e-12, abs=0)
+        assert inference.averaged_thresholds(model, calib, [c], n_grid)[0] == rec["taus"][p]
+    # the c itself: the reference implementation of Algorithm 1 on the calibration set finds the same value
+    ref = sp.ppl_p_sparsity(model, calib, 1.0, impl="reference", tol=profile.sparsity.tol, n_grid=n_grid)
+    assert ref.cett == rec["search"]["1.0"]["cett"]
+    assert ref.mean_ratio == pytest.approx(rec["search"]["1.0"]["calib_ppl_ratio"], rel=1e-6)
+
+
+def test_heldout_windows_are_disjoint_from_calibration(smoke_tokens):
+    profile = load_profile("smoke", overrides=MINI + HELDOUT)
+    T = 64
+    held = inference.heldout_set(profile, smoke_tokens, T)
+    calib = measure.eval_set(profile, smoke_tokens, T)
+    x, y, dom, s0 = _heldout_by_hand(smoke_tokens, 1024, T)
+    assert torch.equal(torch.cat([b[0] for b in held]), x) and torch.equal(torch.cat([b[1] for b in held]), y)
+    assert torch.equal(torch.cat([b[2] for b in held]), dom)
+    assert int(y[-1, -1]) == int(smoke_tokens.val[-1])  # the held-out windows end the split
+    n_cal = sp.count_tokens(calib)  # calibration targets are tokens 1..n_cal of the split
+    assert torch.equal(calib[-1][1][-1], torch.from_numpy(np.asarray(smoke_tokens.val[n_cal - T + 1:n_cal + 1]
+                                                                     ).astype(np.int64)))
+    assert s0 > n_cal and s0 == inference.heldout_start(len(smoke_tokens.val), T, 1024)
+    assert inference.heldout_start(1000, 64, 200) == 1000 - 1 - 192  # whole windows only
+
+
+# -----------------------------------------------------------------------------------------------
+# bad inputs: one line, naming the field
+
+
+@pytest.mark.parametrize("override,field", [
+    ("inference.group=nope", "inference.group: no run has group 'nope'; groups of this profile: "),
+    ("inference.p=[1, 0]", "inference.p: expected a non-empty list of positive percentages, got [1, 0]"),
+    ("inference.p=[-5]", "inference.p"),
+    ("inference.p=[]", "inference.p"),
+    ("inference.heldout_tokens=8", "inference.heldout_tokens: must be at least one window of the longest"),
+    ("inference.top=1", "inference.top: unknown field"),
+])
+def test_bad_config(override, field):
+    with pytest.raises(ConfigError) as e:
+        load_profile("smoke", overrides=[override])
+    assert field in str(e.value) and "\n" not in str(e.value)
+
+
+def test_validation_split_too_small(smoke_tokens, isolated_roots):
+    profile = load_profile("smoke", overrides=MINI + ["inference.heldout_tokens=15000"])
+    with pytest.raises(SparsingLawError) as e:
+        inference.sparse_inference_for(profile, jobs=1, progress=False)
+    msg = str(e.value)
+    assert "\n" not in msg and "validation split has 15,744 tokens" in msg
+    assert all(f in msg for f in ("sparsity.eval_tokens=1024", "inference.heldout_tokens=15000", "data.val_fraction"))
+    assert not (isolated_roots["SPARSINGLAW_RESULTS"] / "smoke" / "sparse_inference.csv").exists()
+
+
+def test_missing_table_and_untrained_run(tmp_path, monkeypatch, smoke_tokens):
+    monkeypatch.setenv("SPARSINGLAW_RESULTS", str(tmp_path))
+    profile = load_profile("smoke")
+    with pytest.raises(SparsingLawError) as e:
+        inference.sparse_inference_for(profile, compute=False)
+    msg = str(e.value)
+    assert "\n" not in msg and str(tmp_path / "smoke" / "sparse_inference.csv") in msg
+    assert "make nb-06 PROFILE=smoke" in msg
+    fresh = load_profile("smoke", overrides=MINI + ["train.seed=4321"])
+    with pytest.raises(SparsingLawError, match="run relu-s1 is not trained .* python -m sparsinglaw train"):
+        inference.inference_run(fresh, fresh.run("relu-s1"), progress=False)
+
+
+def test_keys_are_separate():
+    """The inference settings change the inference record's key, never the measurement's."""
+    a = load_profile("smoke")
+    b = load_profile("smoke", overrides=["inference.p=[1, 2]", "inference.heldout_tokens=2048"])
+    c = load_profile("smoke", overrides=["sparsity.pareto_runs=[]", "sparsity.cett_sweep=[0.1]"])
+    for r in a.runs:
+        assert measure.measure_key(a, r) == measure.measure_key(b, b.run(r.name))
+        assert inference.inference_key(a, r) != inference.inference_key(b, r)
+        assert inference.inference_key(a, r) == inference.inference_key(c, r)  # fields the search does not use
+    assert a.config_hash() == b.config_hash()
+
+
+# -----------------------------------------------------------------------------------------------
+# cache and table
+
+
+def test_cache_is_reused_and_table_round_trips(inferred, monkeypatch, session_roots):
+    profile, df = inferred
+    paths = [_record_path(profile, n) for n in ("relu-s1", "silu-s1")]
+    mtimes = [p.stat().st_mtime_ns for p in paths]
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("recomputed a cached record")
+
+    monkeypatch.setattr(sp, "ppl_p_sparsity", no_work)
+    monkeypatch.setattr(inference, "heldout_scores", no_work)
+    again = inference.sparse_inference_for(profile, jobs=1, progress=False)
+    pd.testing.assert_frame_equal(again, df)
+    assert [p.stat().st_mtime_ns for p in paths] == mtimes
+    back = inference.sparse_inference_for(profile, compute=False)
+    pd.testing.assert_frame_equal(back, df, check_dtype=False)
+    meta = back.attrs["meta"]
+    assert meta["inference"]["heldout_tokens"] == 1024 and meta["config_hash"] == profile.config_hash()
+    assert meta["corpus"]["sha256"] and meta["rows"] == len(df)
