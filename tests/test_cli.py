@@ -46,3 +46,11 @@ def test_runs_lists_profile():
     for name in ("relu-s1", "silu-s2", "relu-wd1"):
         assert name in r.stdout
     assert "status" in r.stdout
+
+
+def test_runs_names_for_job_arrays():
+    from sparsinglaw.config import load_profile
+
+    r = _cli("runs", "--profile", "smoke", "--names")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n")[:-1] == [run.name for run in load_profile("smoke").runs]

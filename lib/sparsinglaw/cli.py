@@ -1,8 +1,9 @@
-"""Command line: `python -m sparsinglaw train|runs ...` for scripts, make and clusters.
+"""Command line: `python -m sparsinglaw train|measure|runs|verify ...` for scripts, make and clusters.
 
 Every run of a sweep is an independent command (`train --profile P --run NAME`), so a scheduler's
 job array spreads a sweep over a cluster; `-j N` spreads it over local cores. Errors the user can fix
-print one paragraph and exit 2; `--debug` shows the traceback.
+print one paragraph and exit 2 (`verify` without the results tables it reads: exit 1); `--debug` shows
+the traceback.
 """
 
 from __future__ import annotations
@@ -48,6 +49,15 @@ def _parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("runs", help="list the runs of a profile and their state")
     common(r)
+    r.add_argument("--names", action="store_true",
+                   help="print only the run names, one per line (e.g. to index a scheduler's job array)")
+
+    v = sub.add_parser("verify", help="check the paper's claims on results/<profile>/ (claims.csv, claims.md); "
+                       "exits 0 whatever the verdicts, 1 when results tables are missing")
+    common(v)
+    v.add_argument("--readme", default=None, metavar="PATH",
+                   help="also replace the block between <!-- claims:<profile>:start --> and "
+                   "<!-- claims:<profile>:end --> in this Markdown file (e.g. README.md)")
     return p
 
 
@@ -63,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return getattr(e, "exit_code", 2)
     except OSError as e:  # a file the user can fix (disk full, permissions), raised outside our own checks
         if args.debug:
             raise
@@ -101,7 +111,20 @@ def _dispatch(args) -> int:
             print(last.to_string(index=False))
         return 0
     if args.command == "runs":
+        if args.names:
+            print("\n".join(r.name for r in profile.runs))
+            return 0
         with pd.option_context("display.width", 200, "display.max_columns", 20):
             print(states_table(profile, args.runs_dir).drop(columns=["key"]).to_string(index=False))
+        return 0
+    if args.command == "verify":
+        from . import claims
+
+        df = claims.evaluate(profile)
+        md = claims.write(profile, df)
+        print(md, end="")
+        if args.readme is not None:
+            claims.update_readme(md, args.readme, profile.name)
+            print(f"updated the claims:{profile.name} block of {args.readme}")
         return 0
     raise AssertionError(args.command)

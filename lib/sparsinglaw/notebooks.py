@@ -7,6 +7,8 @@ from pathlib import Path
 
 import nbformat
 
+from .config import SparsingLawError
+
 KEEP_METADATA = {"kernelspec", "language_info"}
 
 
@@ -42,7 +44,6 @@ def report(paths: list[str | Path], out: str | Path, title: str = "sparsing-law 
     from nbconvert import HTMLExporter
     from nbformat.v4 import new_markdown_cell, new_notebook
 
-    from .config import SparsingLawError
     from .train import atomic_write_bytes
 
     paths = [Path(p) for p in paths]
@@ -68,7 +69,6 @@ def _main(argv=None) -> int:
     import argparse
     import sys
 
-    from .config import SparsingLawError
 
     ap = argparse.ArgumentParser(prog="python -m sparsinglaw.notebooks", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)

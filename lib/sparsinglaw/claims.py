@@ -1,0 +1,501 @@
+"""Each claim of the paper as a statistical check on the results tables of a profile (notebook 07,
+`python -m sparsinglaw verify`).
+
+A check states its statistic, its PASS/FAIL rule and a verdict: PASS (the rule for the claim holds),
+FAIL (the data contradict the claim by the stated rule) or INCONCLUSIVE (neither; e.g. too few runs,
+a fit that did not converge, an interval that straddles a threshold). A FAIL is a finding, not an error.
+
+Read top to bottom: the claims' texts (what, where in the paper, statistic, rule); small statistics
+helpers; one pure function per claim (DataFrames in, rows out, nothing read or written); the registry
+(which tables each check reads); then `evaluate` (reads results/<profile>/ through the cached
+`analysis.*_for` functions, never checkpoints), `write` (claims.csv + claims.md), `update_readme` and
+`figure`. Inputs: sparsity, neurons and tokens (`python -m sparsinglaw measure`), sparse_inference
+(notebook 06), and the tables derived from them by analysis.py (fits, form_comparison,
+width_depth_fit, scale_fit, convergence_summary, domain_agreement, token_pairs).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from . import analysis
+from .config import ProfileConfig, SparsingLawError
+from .runs import provenance, read_table, results_dir, write_table
+
+ALPHA = 0.05  # significance level of every test below
+COLUMNS = ["id", "claim", "paper", "statistic", "value", "threshold", "verdict", "n", "note"]
+VERDICTS = ("PASS", "FAIL", "INCONCLUSIVE")
+TREND_GROUPS = ("scale", "seeds")  # runs whose activation-vs-data trend is tested (not width_depth-only runs)
+LOSS_TOL = 0.05  # "comparable loss": dense losses within 5% (relative) of each other
+A0_BAND = 0.05  # equivalence band of the A0 slope: +-5 points of activation ratio per decade of N
+PEARSON_PASS, PEARSON_FAIL = 0.5, 0.3  # per-token agreement: every lower bound >= 0.5 / some upper bound < 0.3
+KS_PASS, KS_FAIL = 0.2, 0.5  # per-domain agreement: largest Kolmogorov-Smirnov distance <= 0.2 / > 0.5
+PPL_PASS, PPL_FAIL = 0.02, 0.05  # PPL-1% held-out perplexity increase (ratio - 1)
+ACC_PASS, ACC_FAIL = 1.0, 3.0  # PPL-1% held-out accuracy drop (percentage points)
+EXACT_MAX = 8  # exact permutation test up to this many runs (8! = 40,320 orderings)
+
+# where each base table comes from (the message of a missing one names the command)
+SOURCES = {"sparsity": "python -m sparsinglaw measure --profile {p} (or notebook 02)",
+           "neurons": "python -m sparsinglaw measure --profile {p} (or notebook 02)",
+           "tokens": "python -m sparsinglaw measure --profile {p} (or notebook 02)",
+           "sparse_inference": "notebook 06_sparse_inference (make nb-06 PROFILE={p})"}
+
+# id -> (claim, where in the paper, statistic, PASS/FAIL rule)
+_TREND_STAT = ("per run, Spearman rho(tokens, A at PPL-1%) over the checkpoints its law fit used (runs of "
+               "groups scale/seeds); one-sided p per run from rho's t-distribution (scipy's spearmanr), "
+               "combined by Stouffer's method")
+CLAIMS = {
+    "relu_falls": ("ReLU activation ratio falls with training data", "Sec. 4.2, Fig. 4 (Eq. 4)", _TREND_STAT,
+                   "PASS: every run rho < 0 and combined p(rho < 0) < 0.05; FAIL: combined p(rho > 0) < 0.05"),
+    "silu_rises": ("SiLU activation ratio rises with training data", "Sec. 4.2, Fig. 4 (Eq. 5)", _TREND_STAT,
+                   "PASS: every run rho > 0 and combined p(rho > 0) < 0.05; FAIL: combined p(rho < 0) < 0.05"),
+    "law_forms": ("Eq. 4 (ReLU) / Eq. 5 (SiLU) fit at least as well as the alternative forms",
+                  "Sec. 4.2, Eq. 4-5, Table 2; rebuttal (log, sigmoid forms)",
+                  "share of runs whose paper form has the lowest AIC or is within 2 of it (same points, "
+                  "forms Eq. 4, Eq. 5, log, sigmoid)",
+                  "PASS: share >= 2/3; FAIL: share <= 1/3"),
+    "relu_sparser": ("ReLU is sparser than SiLU at comparable loss", "Sec. 4.2, Fig. 4 (losses: Fig. 11)",
+                     "per scale, relu-X vs silu-X at the final checkpoint: A at PPL-1% and dense validation "
+                     f"loss (comparable: relative difference <= {LOSS_TOL:.0%})",
+                     "PASS: every pair comparable with A_relu < A_silu; FAIL: some comparable pair with "
+                     "A_relu >= A_silu"),
+    "width_depth_linear": ("Activation ratio rises linearly with the width-depth ratio below a bottleneck",
+                           "Sec. 4.3, Fig. 5",
+                           "continuous piecewise-linear fit (flat above the breakpoint) of A0 vs d_model/n_layers "
+                           "(A_last when A0 has no fit): slope below the breakpoint with its interval",
+                           "PASS: slope interval > 0; FAIL: slope interval <= 0"),
+    "a0_scale_weak_relu": ("ReLU limit A0 depends only weakly on scale", "Sec. 4.4, Fig. 7",
+                           "OLS slope of A0 on log10 N (runs of group scale) with its interval, per decade of N",
+                           f"equivalence: PASS: interval within +-{A0_BAND:g}; FAIL: interval outside it"),
+    "a0_scale_weak_silu": ("SiLU limit A0 depends only weakly on scale", "Sec. 4.4, Fig. 7",
+                           "OLS slope of A0 on log10 N (runs of group scale) with its interval, per decade of N",
+                           f"equivalence: PASS: interval within +-{A0_BAND:g}; FAIL: interval outside it"),
+    "small_converge_faster_relu": ("Smaller ReLU models converge faster", "Sec. 4.4, Fig. 8",
+                                   "Spearman rho(N, |dA/d(D/N)|) at the common data-scale ratio D/N of the "
+                                   "converged fits; exact one-sided permutation p (t approximation above "
+                                   f"{EXACT_MAX} runs)",
+                                   "PASS: rho < 0 and p < 0.05; FAIL: rho > 0 and p < 0.05"),
+    "small_converge_faster_silu": ("Smaller SiLU models converge faster", "Sec. 4.4, Fig. 8",
+                                   "Spearman rho(N, |dA/d(D/N)|) at the common data-scale ratio D/N of the "
+                                   "converged fits; exact one-sided permutation p (t approximation above "
+                                   f"{EXACT_MAX} runs)",
+                                   "PASS: rho < 0 and p < 0.05; FAIL: rho > 0 and p < 0.05"),
+    "patterns_agree": ("Activation patterns agree across scales (per token, per domain)", "Sec. 4.4, Fig. 9-10",
+                       "per-token activation ratios: Pearson r with Fisher-z 95% interval for every pair of runs "
+                       "of one activation; per-domain neuron-frequency distributions: largest pairwise "
+                       "Kolmogorov-Smirnov distance",
+                       f"PASS: every r lower bound >= {PEARSON_PASS} and max KS <= {KS_PASS}; FAIL: some r upper "
+                       f"bound < {PEARSON_FAIL} or max KS > {KS_FAIL}"),
+    "ppl1_lossless": ("PPL-1% sparse inference is nearly lossless", "Table 1",
+                      "over the runs, at p = 1 on held-out text (domain all): max perplexity increase "
+                      "exp(loss - dense loss) - 1 and max next-token accuracy drop",
+                      f"PASS: <= {PPL_PASS:.0%} and <= {ACC_PASS:g} point; FAIL: > {PPL_FAIL:.0%} or "
+                      f"> {ACC_FAIL:g} points"),
+}
+
+
+class MissingResults(SparsingLawError):
+    """Results tables a check needs are not there yet (the CLI exits 1: run the stage that makes them)."""
+
+    exit_code = 1
+
+
+def _row(cid: str, value: str, verdict: str, n: int, note: str = "") -> dict:
+    claim, paper, statistic, threshold = CLAIMS[cid]
+    assert verdict in VERDICTS, verdict
+    return {"id": cid, "claim": claim, "paper": paper, "statistic": statistic, "value": value,
+            "threshold": threshold, "verdict": verdict, "n": int(n), "note": note}
+
+
+def _g(v, digits: int = 3) -> str:
+    return f"{v:.{digits}g}" if v is not None and np.isfinite(v) else "-"
+
+
+def _interval(v, lo, hi) -> str:
+    return f"{_g(v)} [{_g(lo)}, {_g(hi)}]"
+
+
+def _in_groups(df: pd.DataFrame, groups) -> pd.DataFrame:
+    gs = df["groups"].fillna("").astype(str).str.split(",")
+    return df[gs.map(lambda g: any(x in g for x in groups))]
+
+
+# -----------------------------------------------------------------------------------------------
+# statistics
+
+
+def spearman_p(rho: float, n: int, alternative: str) -> float:
+    """One-sided p-value of a Spearman rho over n points ("less": rho < 0, "greater": rho > 0) from the
+    t-distribution with n - 2 degrees of freedom, as scipy.stats.spearmanr computes it; 0.5 (no evidence
+    either way) when rho is undefined or n < 3."""
+    if not np.isfinite(rho) or n < 3:
+        return 0.5
+    t = rho * math.sqrt((n - 2) / max((1 + rho) * (1 - rho), 1e-300))
+    return float(stats.t.cdf(t, n - 2) if alternative == "less" else stats.t.sf(t, n - 2))
+
+
+def stouffer(p: np.ndarray) -> float:
+    """Stouffer's combination of one-sided p-values: sf(sum(isf(p_i)) / sqrt(k)). It is symmetric (the
+    combined p of the opposite direction is 1 minus it), so at most one direction can be significant,
+    which Fisher's method does not guarantee when runs disagree."""
+    p = np.clip(np.asarray(p, float), 1e-300, 1 - 1e-16)
+    return float(stats.norm.sf(stats.norm.isf(p).sum() / math.sqrt(p.size)))
+
+
+def _spearman(x, y) -> float:
+    return float(stats.spearmanr(x, y).statistic) if np.ptp(x) > 0 and np.ptp(y) > 0 else float("nan")
+
+
+def permutation_p(x, y, alternative: str) -> float:
+    """Exact one-sided permutation p-value of Spearman's rho (every ordering of y against x; "less":
+    P(rho_perm <= rho), "greater": P(rho_perm >= rho)); above EXACT_MAX points, spearman_p."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    rho = _spearman(x, y)
+    if not np.isfinite(rho):
+        return float("nan")
+    if x.size > EXACT_MAX:
+        return spearman_p(rho, x.size, alternative)
+    rx, ry = stats.rankdata(x), stats.rankdata(y)
+    perms = np.array([ry[list(p)] for p in itertools.permutations(range(ry.size))])
+    rx, perms = rx - rx.mean(), perms - perms.mean(axis=1, keepdims=True)
+    null = perms @ rx / (np.linalg.norm(perms, axis=1) * np.linalg.norm(rx))
+    eps = 1e-9
+    return float(np.mean(null <= rho + eps) if alternative == "less" else np.mean(null >= rho - eps))
+
+
+# -----------------------------------------------------------------------------------------------
+# the claims: one pure function each (tables in, rows out)
+
+
+def _trend(fits: pd.DataFrame, cid: str, activation: str, sign: int) -> dict:
+    """relu_falls (sign -1) / silu_rises (sign +1): per-run Spearman trends combined by Stouffer."""
+    f = _in_groups(fits[fits["activation"] == activation], TREND_GROUPS)
+    if f.empty:
+        return _row(cid, "no runs", "INCONCLUSIVE", 0, f"no {activation} run in groups {'/'.join(TREND_GROUPS)}")
+    rho = f["rho_tokens"].to_numpy(float)
+    n_used = pd.to_numeric(f["n_used"], errors="coerce").fillna(0).to_numpy(int)
+    n = np.where(n_used > 0, n_used, f["n_points"].to_numpy(int))  # rho_tokens is over all points if not fitted
+    claimed, opposite = ("less", "greater") if sign < 0 else ("greater", "less")
+    p_claim = stouffer([spearman_p(r, k, claimed) for r, k in zip(rho, n, strict=True)])
+    p_opp = stouffer([spearman_p(r, k, opposite) for r, k in zip(rho, n, strict=True)])
+    all_sign = bool(np.all(np.isfinite(rho) & (sign * rho > 0)))
+    verdict = ("PASS" if all_sign and p_claim < ALPHA else "FAIL" if p_opp < ALPHA else "INCONCLUSIVE")
+    rel = "<" if sign < 0 else ">"
+    value = (f"combined p(rho {rel} 0) = {p_claim:.2g}; " + ", ".join(
+        f"{r}: {v:+.2f} (n={k})" for r, v, k in zip(f["run"], rho, n, strict=True)))
+    note = ("checkpoints of one run are autocorrelated (cumulative training), so the per-run p-values and "
+            "their combination are optimistic")
+    if np.isnan(rho).any():
+        note += f"; {int(np.isnan(rho).sum())} run(s) without a rho counted as p = 0.5"
+    return _row(cid, value, verdict, len(f), note)
+
+
+def relu_falls(fits: pd.DataFrame) -> dict:
+    return _trend(fits, "relu_falls", "relu", -1)
+
+
+def silu_rises(fits: pd.DataFrame) -> dict:
+    return _trend(fits, "silu_rises", "silu", +1)
+
+
+def law_forms(comparison: pd.DataFrame) -> dict:
+    """Share of runs whose paper form (Eq. 4 / Eq. 5) is within 2 AIC of the best form."""
+    c = comparison[comparison["paper_form"].astype(str).str.lower() == "true"].drop_duplicates("run")
+    if c.empty:
+        return _row("law_forms", "no runs", "INCONCLUSIVE", 0, "form_comparison has no paper-form rows")
+    ok = c["delta_aic"].le(2.0)  # NaN (no AIC) is not ok
+    share = float(ok.mean())
+    verdict = "PASS" if share >= 2 / 3 else "FAIL" if share <= 1 / 3 else "INCONCLUSIVE"
+    per = ", ".join(f"{a} {int(g.sum())}/{len(g)}" for a, g in ok.groupby(c["activation"], sort=False))
+    worst = c.loc[~ok, ["run", "delta_aic"]]
+    note = ("AIC on the same points and drop rule; a fit on a parameter bound still counts as a curve"
+            + ("; paper form behind: " + ", ".join(f"{r} (dAIC {_g(d)})" for r, d in worst.itertuples(index=False))
+               if len(worst) else ""))
+    return _row("law_forms", f"{int(ok.sum())}/{len(c)} runs ({share:.0%}); {per}", verdict, len(c), note)
+
+
+def relu_sparser(sparsity: pd.DataFrame) -> dict:
+    """relu-X vs silu-X (same name after the activation) at the final checkpoint, PPL-1%."""
+    last = analysis.activation_points(sparsity, 1.0).groupby("run", sort=False).tail(1).set_index("run")
+    last = _in_groups(last.reset_index(), TREND_GROUPS).set_index("run")
+    pairs = [(r, "silu" + r[4:]) for r in last.index if r.startswith("relu") and "silu" + r[4:] in last.index]
+    if not pairs:
+        return _row("relu_sparser", "no relu-X/silu-X pairs", "INCONCLUSIVE", 0,
+                    f"no silu run named like a relu run in groups {'/'.join(TREND_GROUPS)}")
+    parts, comparable, sparser = [], [], []
+    for r, s in pairs:
+        a_r, a_s = last.loc[r, "activation_ratio"], last.loc[s, "activation_ratio"]
+        l_r, l_s = last.loc[r, "dense_loss"], last.loc[s, "dense_loss"]
+        rel = abs(l_r - l_s) / min(l_r, l_s)
+        comparable.append(bool(rel <= LOSS_TOL))
+        sparser.append(bool(a_r < a_s))
+        parts.append(f"{r}/{s}: A {a_r:.3f} vs {a_s:.3f}, loss {l_r:.3f} vs {l_s:.3f} ({rel:.1%})")
+    comparable, sparser = np.array(comparable), np.array(sparser)
+    verdict = ("FAIL" if np.any(comparable & ~sparser) else "PASS" if np.all(comparable & sparser)
+               else "INCONCLUSIVE")
+    note = "" if comparable.all() else f"{int((~comparable).sum())} pair(s) with losses more than {LOSS_TOL:.0%} apart"
+    return _row("relu_sparser", "; ".join(parts), verdict, len(pairs), note)
+
+
+def width_depth_linear(wd_fit: pd.DataFrame) -> dict:
+    """The piecewise-linear fit's slope below the breakpoint (A0 if fitted, else A_last)."""
+    pw = wd_fit[wd_fit["kind"] == "piecewise_linear"].set_index("quantity")
+    fitted = [q for q in ("A0", "A_last") if q in pw.index and np.isfinite(pw.loc[q, "slope_below"])]
+    if not fitted:
+        msgs = "; ".join(f"{q}: {pw.loc[q, 'message']}" for q in pw.index)
+        return _row("width_depth_linear", "no piecewise fit", "INCONCLUSIVE", 0, msgs)
+    q = fitted[0]
+    r = pw.loc[q]
+    lo, hi = r["slope_below_lo"], r["slope_below_hi"]
+    verdict = ("PASS" if np.isfinite(lo) and lo > 0 else "FAIL" if np.isfinite(hi) and hi <= 0 else "INCONCLUSIVE")
+    value = (f"{q}: slope below {_interval(r['slope_below'], lo, hi)} per unit of d_model/n_layers; breakpoint "
+             f"{_interval(r['breakpoint'], r['breakpoint_lo'], r['breakpoint_hi'])}")
+    notes = [f"{q}: {r['message']}"] if isinstance(r["message"], str) and r["message"] else []
+    if q != "A0" and "A0" in pw.index:
+        notes.insert(0, f"A0 not used ({pw.loc['A0', 'message']})")
+    return _row("width_depth_linear", value, verdict, int(r["n"]), "; ".join(notes))
+
+
+def a0_scale_weak(scale_fit: pd.DataFrame) -> list[dict]:
+    """Equivalence test of the A0 slope per decade of N against +-A0_BAND, one row per activation."""
+    rows = []
+    for act in ("relu", "silu"):
+        cid = f"a0_scale_weak_{act}"
+        g = scale_fit[scale_fit["activation"] == act].set_index("quantity")
+        if "A0" not in g.index or not np.isfinite(g.loc["A0", "slope"]):
+            msg = g.loc["A0", "message"] if "A0" in g.index else f"no {act} row in scale_fit"
+            n = int(g.loc["A0", "n"]) if "A0" in g.index else 0
+            if "A_last" in g.index and np.isfinite(g.loc["A_last", "slope"]):
+                a = g.loc["A_last"]
+                msg += f"; for reference, A_last slope {_interval(a['slope'], a['slope_lo'], a['slope_hi'])}/decade"
+            rows.append(_row(cid, "no A0 fit", "INCONCLUSIVE", n, msg))
+            continue
+        r = g.loc["A0"]
+        lo, hi = r["slope_lo"], r["slope_hi"]
+        verdict = ("PASS" if -A0_BAND <= lo and hi <= A0_BAND else "FAIL" if lo > A0_BAND or hi < -A0_BAND
+                   else "INCONCLUSIVE")
+        value = (f"slope {_interval(r['slope'], lo, hi)} per decade of N; fitted change {100 * r['change_fit']:+.1f} "
+                 f"points over {r['N_max'] / r['N_min']:.1f}x N")
+        rows.append(_row(cid, value, verdict, int(r["n"]),
+                         "paper: ReLU +1.7, SiLU -2.7 points over ~11x N (0.1B to 1.2B)"))
+    return rows
+
+
+def small_converge_faster(conv_summary: pd.DataFrame) -> list[dict]:
+    """Spearman rho(N, |speed|) at the common D/N with an exact permutation p, one row per activation."""
+    rows = []
+    for act in ("relu", "silu"):
+        cid = f"small_converge_faster_{act}"
+        g = conv_summary[conv_summary["activation"] == act]
+        g = g[np.isfinite(g["dA_dratio_common"].to_numpy(float))]
+        if len(g) < 3:
+            rows.append(_row(cid, f"{len(g)} run(s)", "INCONCLUSIVE", len(g),
+                             f"needs >= 3 converged {act} fits of group scale sharing a D/N range"))
+            continue
+        N, speed = g["non_embedding_params"].to_numpy(float), np.abs(g["dA_dratio_common"].to_numpy(float))
+        rho = _spearman(N, speed)
+        if not np.isfinite(rho) or rho == 0:
+            rows.append(_row(cid, f"rho = {_g(rho)}", "INCONCLUSIVE", len(g), "no ordering to test"))
+            continue
+        p = permutation_p(N, speed, "less" if rho < 0 else "greater")
+        verdict = "PASS" if rho < 0 and p < ALPHA else "FAIL" if rho > 0 and p < ALPHA else "INCONCLUSIVE"
+        how = "exact permutation" if len(g) <= EXACT_MAX else "t approximation"
+        value = f"rho = {rho:+.2f} at D/N = {_g(g['ratio_common'].iloc[0])}; one-sided p = {p:.3g} ({how})"
+        note = (f"smallest attainable one-sided p with {len(g)} runs: 1/{math.factorial(len(g))} = "
+                f"{1 / math.factorial(len(g)):.3g}" if len(g) <= EXACT_MAX else "")
+        rows.append(_row(cid, value, verdict, len(g), note))
+    return rows
+
+
+def patterns_agree(domain_agreement: pd.DataFrame, token_pairs: pd.DataFrame) -> dict:
+    """Per-token Pearson intervals and per-domain KS distances across every pair of runs."""
+    tp = token_pairs[np.isfinite(token_pairs["pearson"].to_numpy(float))]
+    da = domain_agreement[np.isfinite(domain_agreement["ks"].to_numpy(float))]
+    if tp.empty and da.empty:
+        return _row("patterns_agree", "no pairs", "INCONCLUSIVE", 0, "needs >= 2 runs of one activation")
+    parts = []
+    if len(tp):
+        w = tp.loc[tp["pearson_lo"].idxmin()]
+        lowest = _interval(w["pearson"], w["pearson_lo"], w["pearson_hi"])
+        parts.append(f"Pearson r {tp['pearson'].min():.2f} to {tp['pearson'].max():.2f} over {len(tp)} pairs, "
+                     f"lowest interval {lowest} ({w['run_a']}/{w['run_b']})")
+    if len(da):
+        w = da.loc[da["ks"].idxmax()]
+        parts.append(f"max KS {w['ks']:.3f} ({w['run_a']}/{w['run_b']}, domain {w['domain']})")
+    max_ks = da["ks"].max() if len(da) else np.nan
+    fail = bool((tp["pearson_hi"] < PEARSON_FAIL).any() or max_ks > KS_FAIL)
+    ok = (len(tp) and len(tp) == len(token_pairs) and (tp["pearson_lo"] >= PEARSON_PASS).all()
+          and len(da) and max_ks <= KS_PASS)
+    verdict = "FAIL" if fail else "PASS" if ok else "INCONCLUSIVE"
+    notes = []
+    if len(tp) < len(token_pairs):
+        notes.append(f"{len(token_pairs) - len(tp)} token pair(s) without a correlation (too few shared tokens)")
+    if len(tp):
+        notes.append(f"{int(tp['n_tokens'].min())} to {int(tp['n_tokens'].max())} shared tokens per pair; "
+                     "tokens seen few times add noise that lowers r")
+    return _row("patterns_agree", "; ".join(parts), verdict, len(tp), "; ".join(notes))
+
+
+def ppl1_lossless(sparse_inference: pd.DataFrame) -> dict:
+    """Max held-out PPL increase and accuracy drop at p = 1 (domain all) over the runs."""
+    s = sparse_inference[np.isclose(sparse_inference["p"].astype(float), 1.0) & (sparse_inference["domain"] == "all")]
+    if s.empty:
+        return _row("ppl1_lossless", "no p = 1 rows", "INCONCLUSIVE", 0,
+                    "sparse_inference has no rows at p = 1, domain all")
+    if (s[["accuracy", "dense_accuracy"]].to_numpy(float) > 1).any():
+        raise SparsingLawError("sparse_inference.csv: accuracy above 1; expected a share of tokens in [0, 1]")
+    inc = s["ppl_ratio"].astype(float) - 1
+    drop = 100 * (s["dense_accuracy"].astype(float) - s["accuracy"].astype(float))
+    a, b = s.loc[inc.idxmax()], s.loc[drop.idxmax()]
+    verdict = ("FAIL" if inc.max() > PPL_FAIL or drop.max() > ACC_FAIL
+               else "PASS" if inc.max() <= PPL_PASS and drop.max() <= ACC_PASS else "INCONCLUSIVE")
+    value = (f"max PPL increase {inc.max():+.2%} ({a['run']}), max accuracy drop {drop.max():+.2f} points "
+             f"({b['run']}); mean {inc.mean():+.2%}, {drop.mean():+.2f} points")
+    note = ("held-out windows disjoint from the calibration set; calibration PPL ratio "
+            f"{s['calib_ppl_ratio'].min():.4f} to {s['calib_ppl_ratio'].max():.4f}")
+    return _row("ppl1_lossless", value, verdict, len(s), note)
+
+
+# -----------------------------------------------------------------------------------------------
+# registry: each check and the tables it reads (names of `inputs`)
+
+REGISTRY = [
+    (relu_falls, ("fits",)),
+    (silu_rises, ("fits",)),
+    (law_forms, ("form_comparison",)),
+    (relu_sparser, ("sparsity",)),
+    (width_depth_linear, ("width_depth_fit",)),
+    (a0_scale_weak, ("scale_fit",)),
+    (small_converge_faster, ("convergence_summary",)),
+    (patterns_agree, ("domain_agreement", "token_pairs")),
+    (ppl1_lossless, ("sparse_inference",)),
+]
+
+
+def check(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Every check of REGISTRY on `tables` (name -> DataFrame): the claims table (COLUMNS)."""
+    rows = []
+    for fn, needs in REGISTRY:
+        out = fn(*(tables[n] for n in needs))
+        rows.extend(out if isinstance(out, list) else [out])
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+# -----------------------------------------------------------------------------------------------
+# profile level: results/<profile>/ in, claims.csv and claims.md out
+
+
+def _profile(profile: ProfileConfig | str) -> ProfileConfig:
+    if isinstance(profile, ProfileConfig):
+        return profile
+    from .config import load_profile
+
+    return load_profile(profile)
+
+
+def missing_tables(profile: ProfileConfig) -> list[str]:
+    """The base tables (SOURCES) absent from results/<profile>/."""
+    folder = results_dir(profile.name)
+    return [t for t in SOURCES if not (folder / f"{t}.csv").is_file()]
+
+
+def inputs(profile: ProfileConfig) -> dict[str, pd.DataFrame]:
+    """Every table the checks read: the base tables and the cached derived ones of analysis.py (computed
+    and written to results/<profile>/ only when missing or stale). Raises one SparsingLawError naming
+    every missing base table and the command that makes it."""
+    missing = missing_tables(profile)
+    if missing:
+        folder = results_dir(profile.name)
+        how = "; ".join(f"{t}.csv: {SOURCES[t].format(p=profile.name)}" for t in missing)
+        raise MissingResults(f"{folder}: missing results table(s) {', '.join(missing)}; make them first: {how}")
+    fits, _ = analysis.activation_laws_for(profile)
+    _, wd_fit = analysis.width_depth_for(profile)
+    _, scale_fit = analysis.scale_for(profile)
+    _, conv_summary = analysis.convergence_for(profile)
+    _, agreement, token_pairs = analysis.patterns_for(profile)
+    si = read_table(results_dir(profile.name) / "sparse_inference.csv",
+                    ["run", "p", "domain", "accuracy", "dense_accuracy", "ppl_ratio", "calib_ppl_ratio"],
+                    ["p", "accuracy", "dense_accuracy", "ppl_ratio", "calib_ppl_ratio"],
+                    fix=f"rerun notebook 06 (make nb-06 PROFILE={profile.name})")
+    return {"fits": fits, "form_comparison": analysis.form_comparison_for(profile),
+            "sparsity": analysis.load_results(profile)["sparsity"], "width_depth_fit": wd_fit,
+            "scale_fit": scale_fit, "convergence_summary": conv_summary, "domain_agreement": agreement,
+            "token_pairs": token_pairs, "sparse_inference": si}
+
+
+def evaluate(profile: ProfileConfig | str) -> pd.DataFrame:
+    """The claims table of a profile (COLUMNS; one row per claim id, verdict PASS/FAIL/INCONCLUSIVE)."""
+    return check(inputs(_profile(profile)))
+
+
+def _cell(v) -> str:
+    return str(v).replace("|", "\\|").replace("\n", " ")
+
+
+def markdown(df: pd.DataFrame, profile_name: str, git_sha: str) -> str:
+    """claims.md: a header line naming the profile and git sha, then claim | value | threshold | verdict."""
+    counts = ", ".join(f"{(df['verdict'] == v).sum()} {v}" for v in VERDICTS)
+    lines = [f"Claims checked on profile `{profile_name}` (git {git_sha[:12]}): {counts}.", "",
+             "| claim | statistic value | threshold | verdict |", "|---|---|---|---|"]
+    for r in df.itertuples(index=False):
+        lines.append(f"| {_cell(r.claim)} (`{r.id}`) | {_cell(r.value)} | {_cell(r.threshold)} | **{r.verdict}** |")
+    return "\n".join(lines) + "\n"
+
+
+def write(profile: ProfileConfig | str, df: pd.DataFrame) -> str:
+    """Write results/<profile>/claims.csv (+ provenance sidecar) and claims.md; returns the Markdown."""
+    profile = _profile(profile)
+    meta = provenance(profile)
+    folder = results_dir(profile.name)
+    write_table(df, folder / "claims.csv", meta)
+    md = markdown(df, profile.name, meta["git_sha"])
+    tmp = folder / ".claims.md.tmp"
+    tmp.write_text(md)
+    tmp.replace(folder / "claims.md")
+    return md
+
+
+def update_readme(md_text: str, readme_path: str | Path, profile_name: str) -> None:
+    """Replace what lies between `<!-- claims:<profile>:start -->` and `<!-- claims:<profile>:end -->`
+    in the README with md_text; nothing outside the markers changes. Missing markers are an error."""
+    path = Path(readme_path)
+    start, end = f"<!-- claims:{profile_name}:start -->", f"<!-- claims:{profile_name}:end -->"
+    text = path.read_text() if path.is_file() else ""
+    i, j = text.find(start), text.find(end)
+    if i < 0 or j < i or text.count(start) != 1 or text.count(end) != 1:
+        raise SparsingLawError(f"{path}: expected one '{start}' line followed by one '{end}' line; add them "
+                               "where the claims table should go")
+    new = text[:i + len(start)] + "\n" + md_text.rstrip("\n") + "\n" + text[j:]
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(new)
+    tmp.replace(path)
+
+
+def figure(df: pd.DataFrame):
+    """The verdicts at a glance: one line per claim, a coloured verdict box and the headline number."""
+    import matplotlib.pyplot as plt
+
+    from .plots import DOUBLE, style
+
+    style()
+    colors = {"PASS": "#009E73", "FAIL": "#D55E00", "INCONCLUSIVE": "#999999"}
+    fig, ax = plt.subplots(figsize=(DOUBLE[0], 0.28 * len(df) + 0.5))
+    for i, r in enumerate(df.itertuples(index=False)):
+        y = len(df) - 1 - i
+        ax.text(0.0, y, r.id, va="center", ha="left", fontsize=7, family="monospace")
+        ax.text(0.34, y, r.verdict, va="center", ha="center", fontsize=6.5, color="white", fontweight="bold",
+                bbox={"boxstyle": "round,pad=0.25", "fc": colors[r.verdict], "ec": "none"})
+        head = str(r.value).split(";")[0]
+        ax.text(0.44, y, head if len(head) <= 70 else head[:67] + "...", va="center", ha="left", fontsize=6)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(-0.7, len(df) - 0.3)
+    ax.axis("off")
+    counts = ", ".join(f"{(df['verdict'] == v).sum()} {v.lower()}" for v in VERDICTS)
+    ax.set_title(f"Claims of the paper as statistical checks: {counts}", loc="left")
+    return fig

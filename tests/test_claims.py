@@ -1,0 +1,425 @@
+"""claims.py: every claim's check on synthetic tables with known answers (a clear PASS, a clear FAIL and
+an INCONCLUSIVE case each), the p-values against scipy's own computations, the README block
+replacement, evaluate/write on a synthetic results folder, and `python -m sparsinglaw verify`."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from scipy import stats
+
+from conftest import REPO
+from sparsinglaw import claims, config, runs
+from sparsinglaw.config import SparsingLawError
+
+# -----------------------------------------------------------------------------------------------
+# synthetic tables
+
+
+def fits(rows) -> pd.DataFrame:
+    """fits.csv rows: (run, activation, groups, rho_tokens, n_used)."""
+    return pd.DataFrame([{"run": r, "activation": a, "groups": g, "rho_tokens": rho, "n_used": n, "n_points": 24}
+                         for r, a, g, rho, n in rows])
+
+
+def verdict(row_or_rows, cid=None) -> str:
+    rows = row_or_rows if isinstance(row_or_rows, list) else [row_or_rows]
+    return next(r for r in rows if cid is None or r["id"] == cid)["verdict"]
+
+
+# -----------------------------------------------------------------------------------------------
+# statistics against independent computations
+
+
+def test_spearman_p_and_stouffer_match_scipy():
+    rng = np.random.default_rng(0)
+    ps, rhos = [], []
+    for slope, n in ((-1.0, 16), (-0.3, 12), (0.2, 20)):
+        x = np.arange(n, dtype=float)
+        y = slope * x / n + rng.normal(0, 0.3, n)
+        r = stats.spearmanr(x, y, alternative="less")
+        rhos.append((r.statistic, n))
+        ps.append(r.pvalue)
+        assert claims.spearman_p(r.statistic, n, "less") == pytest.approx(r.pvalue, rel=1e-9)
+        assert claims.spearman_p(r.statistic, n, "greater") == pytest.approx(
+            stats.spearmanr(x, y, alternative="greater").pvalue, rel=1e-9)
+    expect = stats.combine_pvalues(ps, method="stouffer").pvalue
+    assert claims.stouffer(ps) == pytest.approx(expect, rel=1e-9)
+    # the combined p that relu_falls reports is that same number
+    row = claims.relu_falls(fits([(f"relu-s{i}", "relu", "scale", rho, n) for i, (rho, n) in enumerate(rhos)]))
+    got = float(re.search(r"combined p\(rho < 0\) = ([0-9.e+-]+);", row["value"]).group(1))
+    assert got == pytest.approx(expect, rel=0.05)
+
+
+@pytest.mark.parametrize("y,alternative", [([4, 3, 2, 1], "less"), ([1, 2, 4, 3], "greater"),
+                                           ([2, 1, 4, 3], "greater"), ([3, 1, 2, 2], "less")])
+def test_permutation_p_matches_scipy(y, alternative):
+    x = [1e4, 2e4, 5e4, 1e5]
+
+    def rho(yy):
+        return stats.spearmanr(x, yy).statistic
+
+    ref = stats.permutation_test((y,), rho, permutation_type="pairings", alternative=alternative).pvalue
+    assert claims.permutation_p(x, y, alternative) == pytest.approx(ref)
+
+
+# -----------------------------------------------------------------------------------------------
+# one clear PASS, FAIL and INCONCLUSIVE per claim
+
+
+@pytest.mark.parametrize("rhos,expect", [
+    ([-0.9, -0.8, -0.95], "PASS"),
+    ([0.9, 0.8, 0.95], "FAIL"),
+    ([-0.9, 0.8, -0.2], "INCONCLUSIVE"),
+    ([-0.9, -0.8, np.nan], "INCONCLUSIVE"),  # a run without a trend cannot pass
+])
+def test_relu_falls(rhos, expect):
+    f = fits([(f"relu-s{i}", "relu", "scale", r, 16) for i, r in enumerate(rhos)])
+    assert verdict(claims.relu_falls(f)) == expect
+
+
+def test_trend_uses_scale_and_seed_runs_only():
+    f = fits([("relu-s1", "relu", "scale", -0.9, 16), ("relu-s1-seed1", "relu", "seeds", -0.8, 16),
+              ("relu-s2", "relu", "scale,width_depth", -0.7, 16), ("relu-wd1", "relu", "width_depth", 0.9, 16)])
+    row = claims.relu_falls(f)
+    assert row["verdict"] == "PASS" and row["n"] == 3 and "relu-wd1" not in row["value"]
+    f.loc[1, "rho_tokens"] = 0.9  # a seed replica going the other way blocks PASS
+    assert claims.relu_falls(f)["verdict"] != "PASS"
+    assert claims.relu_falls(f.iloc[3:])["verdict"] == "INCONCLUSIVE"  # no scale/seeds runs
+
+
+@pytest.mark.parametrize("rhos,expect", [([0.9, 0.7], "PASS"), ([-0.9, -0.7], "FAIL"), ([0.3, -0.2], "INCONCLUSIVE")])
+def test_silu_rises(rhos, expect):
+    f = fits([(f"silu-s{i}", "silu", "scale", r, 16) for i, r in enumerate(rhos)]
+             + [("relu-s1", "relu", "scale", 0.99, 16)])
+    assert verdict(claims.silu_rises(f)) == expect
+
+
+def comparison(delta_by_run: dict) -> pd.DataFrame:
+    rows = []
+    for run, d in delta_by_run.items():
+        act = run.split("-")[0]
+        for form in ("logspace_power", "power", "log", "sigmoid"):
+            paper = form == ("logspace_power" if act == "relu" else "power")
+            rows.append({"run": run, "activation": act, "form": form, "paper_form": paper,
+                         "delta_aic": d if paper else 0.0, "aic": -100 + (d if paper else 0.0)})
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("deltas,expect", [
+    ({"relu-s1": 0.0, "relu-s2": 1.5, "silu-s1": 0.0}, "PASS"),
+    ({"relu-s1": 5.0, "relu-s2": 1.5, "silu-s1": 30.0, "silu-s2": 0.0}, "INCONCLUSIVE"),  # 2/4
+    ({"relu-s1": 5.0, "relu-s2": np.nan, "silu-s1": 30.0}, "FAIL"),  # no AIC counts as not within 2
+])
+def test_law_forms(deltas, expect):
+    assert verdict(claims.law_forms(comparison(deltas))) == expect
+
+
+def sparsity(pairs) -> pd.DataFrame:
+    """sparsity.csv rows at p = 1: (suffix, A_relu, loss_relu, A_silu, loss_silu) -> two checkpoints per run."""
+    rows = []
+    for suffix, a_r, l_r, a_s, l_s in pairs:
+        for act, a, loss in (("relu", a_r, l_r), ("silu", a_s, l_s)):
+            for tokens, k in ((1e6, 1.2), (2e6, 1.0)):  # the final checkpoint is the one compared
+                rows.append({"run": f"{act}-{suffix}", "activation": act, "groups": "scale", "d_model": 16,
+                             "n_layers": 2, "width_depth": 8.0, "non_embedding_params": 5000, "p": 1.0,
+                             "tokens": tokens, "activation_ratio": a * k, "dense_loss": loss * k})
+    rows.append({**rows[0], "run": "relu-wd1", "groups": "width_depth", "activation_ratio": 0.9})  # unpaired
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("pairs,expect", [
+    ([("s1", 0.20, 4.0, 0.40, 4.05), ("s2", 0.15, 3.8, 0.38, 3.7)], "PASS"),
+    ([("s1", 0.20, 4.0, 0.40, 4.05), ("s2", 0.45, 3.8, 0.38, 3.7)], "FAIL"),
+    ([("s1", 0.20, 4.0, 0.40, 4.05), ("s2", 0.15, 3.0, 0.38, 3.7)], "INCONCLUSIVE"),  # losses 23% apart
+])
+def test_relu_sparser(pairs, expect):
+    row = claims.relu_sparser(sparsity(pairs))
+    assert row["verdict"] == expect and row["n"] == 2
+
+
+def wd_fit(lo, hi, quantity="A0") -> pd.DataFrame:
+    nan = float("nan")
+    rows = [{"quantity": q, "kind": "piecewise_linear", "n": 6, "breakpoint": 20.0, "breakpoint_lo": 12.0,
+             "breakpoint_hi": 30.0, "slope_below": (lo + hi) / 2, "slope_below_lo": lo, "slope_below_hi": hi,
+             "message": ""} if q == quantity else
+            {"quantity": q, "kind": "piecewise_linear", "n": 3, "breakpoint": nan, "breakpoint_lo": nan,
+             "breakpoint_hi": nan, "slope_below": nan, "slope_below_lo": nan, "slope_below_hi": nan,
+             "message": "not fitted: too few points"} for q in ("A0", "A_last")]
+    return pd.DataFrame(rows + [{"quantity": "E", "kind": "best_range", "n": 6}])
+
+
+@pytest.mark.parametrize("lo,hi,expect", [(0.001, 0.004, "PASS"), (-0.004, -0.001, "FAIL"),
+                                          (-0.001, 0.004, "INCONCLUSIVE")])
+def test_width_depth_linear(lo, hi, expect):
+    row = claims.width_depth_linear(wd_fit(lo, hi))
+    assert row["verdict"] == expect and "breakpoint 20 [12, 30]" in row["value"]
+
+
+def test_width_depth_falls_back_to_last_ratio():
+    row = claims.width_depth_linear(wd_fit(0.001, 0.004, "A_last"))
+    assert row["verdict"] == "PASS" and row["value"].startswith("A_last") and "A0 not used" in row["note"]
+    nothing = wd_fit(0.001, 0.004).assign(slope_below=np.nan)
+    assert claims.width_depth_linear(nothing)["verdict"] == "INCONCLUSIVE"
+
+
+def scale_fit(relu, silu) -> pd.DataFrame:
+    rows = []
+    for act, iv in (("relu", relu), ("silu", silu)):
+        lo, hi = iv if iv else (np.nan, np.nan)
+        rows.append({"activation": act, "quantity": "A0", "n": 4 if iv else 0, "slope": (lo + hi) / 2,
+                     "slope_lo": lo, "slope_hi": hi, "change_fit": 0.01, "N_min": 1e4, "N_max": 1e5,
+                     "message": "" if iv else "not fitted: needs at least 3 scales"})
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("relu,silu,expect", [
+    ((-0.02, 0.03), (-0.049, 0.0), ("PASS", "PASS")),
+    ((0.06, 0.1), (-0.3, -0.06), ("FAIL", "FAIL")),
+    ((-0.1, -0.001), None, ("INCONCLUSIVE", "INCONCLUSIVE")),  # straddles the band; no fit
+])
+def test_a0_scale_weak(relu, silu, expect):
+    rows = claims.a0_scale_weak(scale_fit(relu, silu))
+    assert [r["id"] for r in rows] == ["a0_scale_weak_relu", "a0_scale_weak_silu"]
+    assert tuple(r["verdict"] for r in rows) == expect
+
+
+def conv_summary(relu_speeds, silu_speeds=()) -> pd.DataFrame:
+    rows = []
+    for act, speeds in (("relu", relu_speeds), ("silu", silu_speeds)):
+        for N, s in zip((1e4, 2e4, 5e4, 1e5), speeds, strict=False):
+            rows.append({"run": f"{act}-{N:g}", "activation": act, "non_embedding_params": N, "ratio_common": 12.0,
+                         "dA_dratio_common": s})
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("speeds,expect", [
+    ([-4e-3, -3e-3, -2e-3, -1e-3], "PASS"),  # |speed| falls with N: rho = -1, p = 1/24
+    ([1e-3, 2e-3, 3e-3, 4e-3], "FAIL"),
+    ([-4.7e-4, 0.0, -8.8e-4, -6.4e-4], "INCONCLUSIVE"),  # the stale cpu numbers: rho = +0.6
+])
+def test_small_converge_faster(speeds, expect):
+    rows = claims.small_converge_faster(conv_summary(speeds, [1e-3, 2e-3]))
+    assert verdict(rows, "small_converge_faster_relu") == expect
+    assert verdict(rows, "small_converge_faster_silu") == "INCONCLUSIVE"  # 2 runs only
+
+
+def patterns(r_intervals, ks) -> tuple[pd.DataFrame, pd.DataFrame]:
+    tp = pd.DataFrame([{"activation": "relu", "run_a": "a", "run_b": f"b{i}", "n_tokens": 500, "pearson": (lo + hi) / 2,
+                        "pearson_lo": lo, "pearson_hi": hi} for i, (lo, hi) in enumerate(r_intervals)])
+    da = pd.DataFrame([{"activation": "relu", "domain": d, "run_a": "a", "run_b": "b", "ks": k}
+                       for d, k in zip(("all", "code"), ks, strict=True)])
+    return da, tp
+
+
+@pytest.mark.parametrize("r_intervals,ks,expect", [
+    ([(0.7, 0.8), (0.55, 0.65)], (0.1, 0.15), "PASS"),
+    ([(0.7, 0.8), (0.1, 0.25)], (0.1, 0.15), "FAIL"),  # one pair clearly uncorrelated
+    ([(0.7, 0.8), (0.55, 0.65)], (0.1, 0.6), "FAIL"),  # one domain's distributions clearly differ
+    ([(0.7, 0.8), (0.4, 0.5)], (0.1, 0.3), "INCONCLUSIVE"),
+])
+def test_patterns_agree(r_intervals, ks, expect):
+    assert verdict(claims.patterns_agree(*patterns(r_intervals, ks))) == expect
+
+
+def inference_table(ppl_ratios, acc_drops) -> pd.DataFrame:
+    rows = []
+    for i, (r, d) in enumerate(zip(ppl_ratios, acc_drops, strict=True)):
+        for p, k in ((0, 0.0), (1, 1.0), (5, 10.0)):  # p = 5 rows are far worse and must be ignored
+            for dom in ("all", "code"):
+                rows.append({"run": f"relu-s{i}", "p": p, "domain": dom, "dense_accuracy": 0.40,
+                             "accuracy": 0.40 - k * d / 100 * (1 if dom == "all" else 5),
+                             "ppl_ratio": 1 + k * (r - 1) * (1 if dom == "all" else 5), "calib_ppl_ratio": 1.01})
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("ppl,acc,expect", [
+    ([1.01, 1.015], [0.2, 0.5], "PASS"),
+    ([1.01, 1.08], [0.2, 0.5], "FAIL"),
+    ([1.01, 1.01], [0.2, 4.0], "FAIL"),
+    ([1.01, 1.03], [0.2, 0.5], "INCONCLUSIVE"),
+])
+def test_ppl1_lossless(ppl, acc, expect):
+    row = claims.ppl1_lossless(inference_table(ppl, acc))
+    assert row["verdict"] == expect and row["n"] == 2
+
+
+def test_check_gives_every_claim_once():
+    tables = {"fits": fits([("relu-s1", "relu", "scale", -0.9, 16), ("silu-s1", "silu", "scale", 0.9, 16)]),
+              "form_comparison": comparison({"relu-s1": 0.0, "silu-s1": 0.0}),
+              "sparsity": sparsity([("s1", 0.2, 4.0, 0.4, 4.0)]), "width_depth_fit": wd_fit(0.001, 0.004),
+              "scale_fit": scale_fit((-0.02, 0.03), None), "convergence_summary": conv_summary([1e-3] * 4),
+              "domain_agreement": patterns([(0.7, 0.8)], (0.1, 0.1))[0],
+              "token_pairs": patterns([(0.7, 0.8)], (0.1, 0.1))[1],
+              "sparse_inference": inference_table([1.01], [0.1])}
+    df = claims.check(tables)
+    assert list(df.columns) == claims.COLUMNS
+    assert sorted(df["id"]) == sorted(claims.CLAIMS)
+    assert set(df["verdict"]) <= set(claims.VERDICTS)
+    assert df["n"].dtype.kind == "i"
+
+
+# -----------------------------------------------------------------------------------------------
+# README block
+
+
+def test_update_readme_replaces_only_the_block(tmp_path):
+    readme = tmp_path / "README.md"
+    before = "# title\n\n<!-- claims:gpu:start -->\ngpu table\n<!-- claims:gpu:end -->\n"
+    after = "\ntail | with | pipes\n"
+    readme.write_text(before + "<!-- claims:cpu:start -->\nold table\nmore\n<!-- claims:cpu:end -->" + after)
+    claims.update_readme("new table\n", readme, "cpu")
+    text = readme.read_text()
+    assert text == before + "<!-- claims:cpu:start -->\nnew table\n<!-- claims:cpu:end -->" + after
+    claims.update_readme("newer\n", readme, "cpu")  # idempotent on the markers
+    assert readme.read_text().count("<!-- claims:cpu:start -->") == 1 and "newer" in readme.read_text()
+
+
+@pytest.mark.parametrize("text", ["no markers\n", "<!-- claims:cpu:end -->\n<!-- claims:cpu:start -->\n",
+                                  "<!-- claims:smoke:start -->\n<!-- claims:smoke:end -->\n"])
+def test_update_readme_needs_the_markers(tmp_path, text):
+    readme = tmp_path / "README.md"
+    readme.write_text(text)
+    with pytest.raises(SparsingLawError, match="claims:cpu:start"):
+        claims.update_readme("x", readme, "cpu")
+    assert readme.read_text() == text
+
+
+# -----------------------------------------------------------------------------------------------
+# evaluate / write / verify on a synthetic results folder
+
+TOKENS = np.geomspace(1e7, 1e11, 8).round()
+RUNS = {  # name: (activation, groups, N, law parameters)
+    "relu-s1": ("relu", "scale,seeds", 3000, {"alpha": 0.5, "b": -1.5, "c": 0.5, "A0": 0.07}),
+    "relu-s2": ("relu", "scale,width_depth", 10000, {"alpha": 0.6, "b": -1.5, "c": 0.4, "A0": 0.08}),
+    "silu-s1": ("silu", "scale,seeds", 3000, {"alpha": 0.5, "c": 0.02, "A0": 0.42}),
+    "silu-s2": ("silu", "scale", 10000, {"alpha": 0.6, "c": 0.02, "A0": 0.40}),
+}
+
+
+def synthetic_results(name: str, ppl_ratio: float) -> None:
+    """results/<name>/{sparsity,neurons,tokens,sparse_inference}.csv with provenance sidecars."""
+    from sparsinglaw import laws
+
+    rng = np.random.default_rng(0)
+    folder = runs.results_dir(name)
+    sp, neurons, tokens, inf = [], [], [], []
+    for run, (act, groups, N, params) in RUNS.items():
+        form = "logspace_power" if act == "relu" else "power"
+        A = laws.FORMS[form].f(TOKENS / 1e9, **params) + rng.normal(0, 0.002, TOKENS.size)
+        loss = 3.0 + (N / 1e4) ** -0.2 + (TOKENS / 1e9) ** -0.3
+        for k, t in enumerate(TOKENS):
+            sp.append({"run": run, "activation": act, "groups": groups, "d_model": 16, "n_layers": 2,
+                       "width_depth": 8.0, "non_embedding_params": N, "step": k, "tokens": t, "p": 1.0, "cett": 0.1,
+                       "dense_loss": loss[k], "sparse_loss": loss[k] + 0.01, "ppl_ratio": 1.01,
+                       "activation_ratio": A[k], "exact_zero_ratio": 0.5, "dead_ratio": 0.0, "n_tokens": 1000})
+        for layer, neuron in np.ndindex(2, 20):
+            f = rng.beta(2, 8)
+            neurons.append({"run": run, "step": 7, "layer": layer, "neuron": neuron, "all": f, "code": f, "prose": f})
+        base = rng.uniform(0.05, 0.5, 50)
+        tokens += [{"run": run, "token_id": i, "count": 5, "activation_ratio": b + rng.normal(0, 0.01)}
+                   for i, b in enumerate(base)]
+        for p in (0, 1):
+            inf.append({"run": run, "p": p, "domain": "all", "accuracy": 0.40, "dense_accuracy": 0.40,
+                        "ppl_ratio": ppl_ratio if p else 1.0, "calib_ppl_ratio": 1.01})
+    for table, rows in (("sparsity", sp), ("neurons", neurons), ("tokens", tokens), ("sparse_inference", inf)):
+        runs.write_table(pd.DataFrame(rows), folder / f"{table}.csv", {"synthetic": True})
+
+
+@pytest.fixture(scope="module")
+def synth_profile(tmp_path_factory, session_roots):
+    """configs/smoke.yaml saved as <tmp>/synth.yaml, few bootstrap resamples, with synthetic results
+    (PPL-1% ratio 1.10: ppl1_lossless FAILs)."""
+    raw = yaml.safe_load((REPO / "configs" / "smoke.yaml").read_text())
+    raw["fit"]["n_boot"] = 10
+    path = tmp_path_factory.mktemp("claims") / "synth.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in session_roots.items():
+            mp.setenv(k, str(v))
+        synthetic_results("synth", ppl_ratio=1.10)
+    return path
+
+
+def test_evaluate_and_write(synth_profile):
+    P = config.load_profile(synth_profile)
+    df = claims.evaluate(P)
+    assert sorted(df["id"]) == sorted(claims.CLAIMS)
+    v = df.set_index("id")["verdict"]
+    assert v["ppl1_lossless"] == "FAIL" and v["relu_falls"] == "PASS" and v["relu_sparser"] == "PASS"
+    md = claims.write(P, df)
+    folder = runs.results_dir("synth")
+    back = runs.read_table(folder / "claims.csv", claims.COLUMNS)
+    assert list(back["id"]) == list(df["id"]) and back.attrs["meta"]["profile"] == "synth"
+    text = (folder / "claims.md").read_text()
+    assert text == md and text.startswith("Claims checked on profile `synth` (git ")
+    assert text.count("\n| ") == len(df) + 1 and "**FAIL**" in text
+
+
+def unmeasured_profile(tmp_path):
+    """configs/smoke.yaml saved as <tmp>/unmeasured.yaml: a profile without any results."""
+    path = tmp_path / "unmeasured.yaml"
+    path.write_text((REPO / "configs" / "smoke.yaml").read_text())
+    return path
+
+
+def test_missing_tables_are_one_error(tmp_path):
+    P = config.load_profile(unmeasured_profile(tmp_path))
+    with pytest.raises(claims.MissingResults) as e:
+        claims.evaluate(P)
+    msg = str(e.value)
+    assert "\n" not in msg
+    for t in ("sparsity", "neurons", "tokens", "sparse_inference"):
+        assert f"{t}.csv" in msg
+    assert "python -m sparsinglaw measure --profile unmeasured" in msg and "notebook 06" in msg
+
+
+def _cli(*args):
+    env = dict(os.environ, PYTHONPATH=str(REPO / "lib"), OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "-m", "sparsinglaw", *args], capture_output=True, text=True, env=env,
+                          timeout=120)
+
+
+def test_verify_exits_0_with_fail_verdicts(synth_profile, tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("top\n<!-- claims:synth:start -->\n<!-- claims:synth:end -->\nbottom\n")
+    r = _cli("verify", "--profile", str(synth_profile), "--readme", str(readme))
+    assert r.returncode == 0, r.stderr
+    assert "**FAIL**" in r.stdout and "ppl1_lossless" in r.stdout
+    text = readme.read_text()
+    assert text.startswith("top\n<!-- claims:synth:start -->\nClaims checked on profile `synth`")
+    assert text.endswith(" |\n<!-- claims:synth:end -->\nbottom\n")
+    assert (runs.results_dir("synth") / "claims.md").read_text() in text
+
+
+def test_verify_exits_1_when_results_are_missing(tmp_path):
+    r = _cli("verify", "--profile", str(unmeasured_profile(tmp_path)))
+    assert r.returncode == 1
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert "sparsity" in r.stderr and "sparse_inference" in r.stderr and "measure --profile unmeasured" in r.stderr
+
+
+def test_verify_readme_without_markers_is_an_error(synth_profile, tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("nothing here\n")
+    r = _cli("verify", "--profile", str(synth_profile), "--readme", str(readme))
+    assert r.returncode == 2 and "claims:synth:start" in r.stderr and "Traceback" not in r.stderr
+    assert readme.read_text() == "nothing here\n"
+
+
+def test_figure(tmp_path):
+    df = pd.DataFrame([{"id": cid, "value": "x = 1; more", "verdict": v}
+                       for cid, v in zip(claims.CLAIMS, itertools.cycle(claims.VERDICTS))])
+    fig = claims.figure(df)
+    fig.savefig(tmp_path / "f.png")
+    assert (tmp_path / "f.png").stat().st_size > 1000
+    assert math.isfinite(fig.get_size_inches()[1])

@@ -1,0 +1,39 @@
+"""make report: one HTML file of executed notebooks, in order, outputs and figures embedded."""
+
+from __future__ import annotations
+
+import base64
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
+
+from sparsinglaw import notebooks
+
+PNG = base64.b64encode(bytes.fromhex("89504e470d0a1a0a")).decode()  # only embedded, never decoded
+
+
+def _nb(path, title, text):
+    code = new_code_cell("print(1)", outputs=[new_output("stream", name="stdout", text=text),
+                                              new_output("display_data", data={"image/png": PNG})])
+    nbformat.write(new_notebook(cells=[new_markdown_cell(f"# {title}"), code]), path)
+
+
+def test_report_joins_notebooks_in_order(tmp_path):
+    a, b = tmp_path / "01_a.ipynb", tmp_path / "02_b.ipynb"
+    _nb(a, "first notebook", "output-of-a")
+    _nb(b, "second notebook", "output-of-b")
+    out = notebooks.report([a, b], tmp_path / "r" / "report.html", title="my report")
+    html = out.read_text()
+    assert "my report" in html and html.count("data:image/png;base64," + PNG) == 2
+    assert html.index("first notebook") < html.index("output-of-a") < html.index("second notebook") < html.index(
+        "output-of-b")
+    assert 'href="#01_a"' in html and 'id="02_b"' in html
+
+
+def test_report_refuses_missing_notebooks(tmp_path, capsys):
+    with pytest.raises(notebooks.SparsingLawError, match="run make figures first"):
+        notebooks.report([tmp_path / "nope.ipynb"], tmp_path / "r.html")
+    assert notebooks._main(["report", str(tmp_path / "nope.ipynb"), "-o", str(tmp_path / "r.html")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "Traceback" not in err and not (tmp_path / "r.html").exists()
