@@ -27,4 +27,4 @@ def test_claims_block_is_the_committed_table(profile):
         assert start not in README or "not computed" in README.split(start)[1].split(end)[0]
         return
     block = README.split(start)[1].split(end)[0]
-    assert block.strip() == md.read_text().strip(), f"README's {profile} claims block differs from {md}; run make verify"
+    assert block.strip() == md.read_text().strip(), f"README claims block ({profile}) differs from {md}: make verify"
