@@ -36,7 +36,7 @@ import torch
 
 from . import sparsity as sp
 from .config import ProfileConfig, RunConfig, SparsingLawError, stable_hash, validate_inference
-from .measure import eval_set, load_model, stable_checkpoints
+from .measure import eval_set, load_model, read_cached, run_worker, stable_checkpoints
 from .model import Transformer, sparse
 from .runs import (
     data_cache_dir,
@@ -244,32 +244,13 @@ def inference_run(profile: ProfileConfig, run: RunConfig, runs_dir=None, progres
 
 
 def read_record(path: Path, profile: ProfileConfig, run: RunConfig) -> dict:
-    """A cached sparse-inference record, refused (naming the file) when unreadable or not that of `run`
-    under the current config and settings."""
-    fix = f"delete it to evaluate run {run.name} again"
-    try:
-        rec = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as e:
-        raise SparsingLawError(f"{path}: unreadable sparse-inference record ({e}); {fix}") from None
-    want = {"key": inference_key(profile, run), "config_hash": run.config_hash(profile.data)}
-    got = {k: rec.get(k) for k in want} if isinstance(rec, dict) else {}
-    if got != want or not isinstance(rec.get("rows"), list):
-        raise SparsingLawError(f"{path}: not the sparse-inference record of run {run.name} under this config "
-                               f"(key {str(got.get('key'))[:10]}, expected {want['key']}); {fix}")
-    return rec
+    """A cached sparse-inference record of `run` under the current config and settings."""
+    return read_cached(path, run, inference_key(profile, run), run.config_hash(profile.data), "sparse-inference",
+                       "evaluate")
 
 
 # -----------------------------------------------------------------------------------------------
 # a whole profile
-
-
-def _inference_one(profile_path: str, overrides: list[str], name: str, runs_dir, progress: bool) -> None:
-    from .config import load_profile
-    from .train import setup_torch
-
-    profile = load_profile(profile_path, overrides=overrides)
-    setup_torch("cpu", profile.compute.threads)
-    inference_run(profile, profile.run(name), runs_dir, progress)
 
 
 def inference_table(profile: ProfileConfig, runs: list[RunConfig], runs_dir=None) -> pd.DataFrame:
@@ -303,8 +284,8 @@ def sparse_inference_for(profile: ProfileConfig, compute: bool = True, runs_dir=
     todo = [r for r in runs if not record_path(profile, r, runs_dir).exists()]  # cached runs spawn nothing
     todo.sort(key=lambda r: -r.model.d_model * r.model.n_layers)  # longest first
     jobs = max(1, min(jobs or profile.compute.jobs or os.cpu_count() or 1, len(todo) or 1))
-    calls = [(profile.path, profile.overrides, r.name, runs_dir, progress) for r in todo]
-    run_parallel(_inference_one, calls, jobs, "sparse inference")
+    calls = [(inference_run, profile.path, profile.overrides, r.name, runs_dir, progress) for r in todo]
+    run_parallel(run_worker, calls, jobs, "sparse inference")
     df = inference_table(profile, runs, runs_dir)
     meta = provenance(profile, corpus=tokens.fingerprint, sparsity=dataclasses.asdict(profile.sparsity),
                       inference=dataclasses.asdict(profile.inference))

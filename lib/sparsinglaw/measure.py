@@ -170,21 +170,27 @@ def measure_run(profile: ProfileConfig, run: RunConfig, runs_dir=None, progress:
         return record
 
 
-def read_record(path: Path, profile: ProfileConfig, run: RunConfig) -> dict:
-    """A cached measurement record, refused (naming the file) when unreadable or not the measurement of
-    `run` under the current config and sparsity settings."""
-    fix = f"delete it to measure run {run.name} again"
+def read_cached(path: Path, run: RunConfig, key: str, config_hash: str, what: str, fix: str) -> dict:
+    """A cached per-run record (JSON with "key", "config_hash" and a list of "rows"), refused naming the
+    file when unreadable or not the `what` of `run` under the current config and settings."""
+    fix = f"delete it to {fix} run {run.name} again"
     try:
         rec = json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as e:
-        raise SparsingLawError(f"{path}: unreadable measurement record ({e}); {fix}") from None
-    want = {"key": measure_key(profile, run), "config_hash": run.config_hash(profile.data)}
+        raise SparsingLawError(f"{path}: unreadable {what} record ({e}); {fix}") from None
+    want = {"key": key, "config_hash": config_hash}
     got = {k: rec.get(k) for k in want} if isinstance(rec, dict) else {}
     if got != want or not isinstance(rec.get("rows"), list):
-        raise SparsingLawError(f"{path}: not the measurement of run {run.name} under this config (key "
+        raise SparsingLawError(f"{path}: not the {what} of run {run.name} under this config (key "
                                f"{str(got.get('key'))[:10]}, config hash {str(got.get('config_hash'))[:10]}; expected "
                                f"{want['key']}, {want['config_hash'][:10]}, and a list of rows); {fix}")
     return rec
+
+
+def read_record(path: Path, profile: ProfileConfig, run: RunConfig) -> dict:
+    """A cached measurement record of `run` under the current config and sparsity settings."""
+    return read_cached(path, run, measure_key(profile, run), run.config_hash(profile.data), "measurement",
+                       "measure")
 
 
 def final_arrays(profile: ProfileConfig, run: RunConfig, runs_dir=None) -> dict[str, np.ndarray]:
@@ -211,13 +217,15 @@ def final_arrays(profile: ProfileConfig, run: RunConfig, runs_dir=None) -> dict[
 # a whole profile
 
 
-def _measure_one(profile_path: str, overrides: list[str], name: str, runs_dir, progress: bool, impl) -> None:
+def run_worker(fn, profile_path: str, overrides: list[str], name: str, runs_dir, progress: bool, *args) -> None:
+    """fn(profile, run, runs_dir, progress, *args) in a worker process of runs.run_parallel (the profile is
+    reloaded there; torch on CPU with compute.threads threads)."""
     from .config import load_profile
     from .train import setup_torch
 
     profile = load_profile(profile_path, overrides=overrides)
     setup_torch("cpu", profile.compute.threads)
-    measure_run(profile, profile.run(name), runs_dir, progress, impl)
+    fn(profile, profile.run(name), runs_dir, progress, *args)
 
 
 def measure_profile(profile: ProfileConfig, names: list[str] | None = None, jobs: int | None = None,
@@ -227,8 +235,8 @@ def measure_profile(profile: ProfileConfig, names: list[str] | None = None, jobs
     order = sorted(runs, key=lambda r: -r.model.d_model * r.model.n_layers)  # longest first
     jobs = jobs or profile.compute.jobs or os.cpu_count() or 1
     jobs = max(1, min(jobs, len(runs)))
-    calls = [(profile.path, profile.overrides, r.name, runs_dir, progress, impl) for r in order]
-    run_parallel(_measure_one, calls, jobs, "measurement")
+    calls = [(measure_run, profile.path, profile.overrides, r.name, runs_dir, progress, impl) for r in order]
+    run_parallel(run_worker, calls, jobs, "measurement")
     return write_results(profile, runs_dir, impl) if not names else sparsity_table(profile, runs, runs_dir, impl)
 
 

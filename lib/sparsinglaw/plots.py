@@ -370,6 +370,15 @@ def _piecewise_line(ax, row, x, **kw) -> None:
     ax.axvspan(row["breakpoint_lo"], row["breakpoint_hi"], color="0.5", alpha=0.12, lw=0)
 
 
+def _fitted_and_last(ax, points: pd.DataFrame, converged: str, fitted: str, last: str, c, label: str) -> None:
+    """Per run against its width-depth ratio: the fitted limit with its interval where the fit converged
+    (filled) and the last measured value (hollow)."""
+    f = points[points[converged].eq(True)]
+    ax.errorbar(f["width_depth"], f[fitted], yerr=[f[fitted] - f[f"{fitted}_lo"], f[f"{fitted}_hi"] - f[fitted]],
+                fmt="o", ms=3, color=c, lw=0.8, capsize=2, label=label)
+    ax.plot(points["width_depth"], points[last], "o", mfc="none", ms=3, color=c, label="last checkpoint")
+
+
 def width_depth_activation(points: pd.DataFrame, summary: pd.DataFrame, paper_values: dict | None = None):
     """Limit activation ratio vs width-depth ratio (paper Fig. 5): fitted A0 with its interval (filled),
     the last measured activation ratio (hollow), the piecewise-linear fit with its breakpoint interval
@@ -377,11 +386,7 @@ def width_depth_activation(points: pd.DataFrame, summary: pd.DataFrame, paper_va
     style()
     fig, ax = plt.subplots(figsize=SINGLE)
     c = color("relu")
-    ok = points["converged"].eq(True)
-    a = points[ok]
-    ax.errorbar(a["width_depth"], a["A0"], yerr=[a["A0"] - a["A0_lo"], a["A0_hi"] - a["A0"]], fmt="o", ms=3,
-                color=c, lw=0.8, capsize=2, label="fitted limit $A_0$")
-    ax.plot(points["width_depth"], points["A_last"], "o", mfc="none", ms=3, color=c, label="last checkpoint")
+    _fitted_and_last(ax, points, "converged", "A0", "A_last", c, "fitted limit $A_0$")
     pw = summary[(summary["kind"] == "piecewise_linear") & summary["breakpoint"].notna()]
     if len(pw):
         row = pw.iloc[0]
@@ -404,11 +409,7 @@ def width_depth_loss(points: pd.DataFrame, summary: pd.DataFrame, paper_values: 
     style()
     fig, ax = plt.subplots(figsize=SINGLE)
     c = color("relu")
-    ok = points["loss_converged"].eq(True)
-    e = points[ok]
-    ax.errorbar(e["width_depth"], e["E"], yerr=[e["E"] - e["E_lo"], e["E_hi"] - e["E"]], fmt="o", ms=3,
-                color=c, lw=0.8, capsize=2, label="fitted limit loss $E$")
-    ax.plot(points["width_depth"], points["final_loss"], "o", mfc="none", ms=3, color=c, label="last checkpoint")
+    _fitted_and_last(ax, points, "loss_converged", "E", "final_loss", c, "fitted limit loss $E$")
     br = summary[(summary["kind"] == "best_range") & summary["best_lo"].notna()]
     if len(br):
         row = br.iloc[0]
