@@ -11,13 +11,15 @@ import pytest
 import torch
 
 from sparsinglaw import runs
-from sparsinglaw.config import checkpoint_steps, total_steps
+from sparsinglaw.config import SparsingLawError, checkpoint_steps, total_steps
 from sparsinglaw.train import (
+    Prefetcher,
     TrainingDiverged,
     batch_seed,
     checkpoint_problem,
     latest_valid_checkpoint,
     lr_factor,
+    peak_flops,
     train,
 )
 
@@ -134,3 +136,60 @@ def test_state_dict_has_no_wrapper_prefixes(tiny_profile, smoke_tokens):
     run, d, _ = _train(tiny_profile, "relu-s1")
     sd = torch.load(sorted(d.glob("ckpt_0*.pt"))[-1], weights_only=True)["model"]
     assert not any(k.startswith(("_orig_mod.", "module.")) for k in sd)
+
+
+def test_prefetcher_keeps_order_and_raises_the_workers_error():
+    def draw(step, micro):
+        if step == 7:
+            raise ValueError("bad batch at step 7")
+        g = torch.Generator().manual_seed(batch_seed(0, step, micro))
+        return torch.randint(0, 100, (2, 3), generator=g), torch.full((1,), step * 10 + micro)
+
+    pf = Prefetcher(draw, 5, [0, 2], depth=2, pin=False)
+    try:
+        for step in (5, 6):
+            for micro in (0, 2):
+                x, y = pf.get(step, micro)
+                want = draw(step, micro)
+                assert torch.equal(x, want[0]) and torch.equal(y, want[1])
+        with pytest.raises(ValueError, match="bad batch at step 7"):
+            pf.get(7, 0)
+    finally:
+        pf.close()
+    assert not pf.thread.is_alive()
+
+
+def test_prefetched_training_is_identical_and_logs_mfu_with_a_known_peak(tiny_profile, smoke_tokens, tmp_path,
+                                                                        monkeypatch):
+    """The CUDA path's background batches give bit-identical weights on CPU; MFU is logged once the peak
+    FLOP/s is known (here from SPARSINGLAW_PEAK_FLOPS) and left empty otherwise."""
+    from sparsinglaw.data import prepare
+
+    run = tiny_profile.run("relu-s1")
+    tokens = prepare(tiny_profile.data, runs.data_cache_dir(), progress=False)
+    train(run, tiny_profile.data, tmp_path / "inline", tokens, progress=False, prefetch=False)
+    monkeypatch.setenv("SPARSINGLAW_PEAK_FLOPS", "1e12")
+    train(run, tiny_profile.data, tmp_path / "ahead", tokens, progress=False, prefetch=True)
+    a, b = ({k: v for k, v in torch.load(sorted((tmp_path / d).glob("ckpt_0*.pt"))[-1],
+                                         weights_only=True)["model"].items()} for d in ("inline", "ahead"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    logs = {d: pd.read_csv(tmp_path / d / "log.csv") for d in ("inline", "ahead")}
+    assert logs["inline"]["loss"].tolist() == logs["ahead"]["loss"].tolist()
+    tr = logs["ahead"][logs["ahead"]["split"] == "train"]
+    assert logs["inline"]["mfu"].isna().all() and tr["mfu"].notna().all()
+    fpt = json.loads((tmp_path / "ahead" / "DONE").read_text())["flops_per_token"]
+    assert tr["mfu"].to_numpy() == pytest.approx(tr["tok_s"].to_numpy() * fpt / 1e12, rel=1e-3, abs=1e-4)
+
+
+def test_peak_flops(monkeypatch):
+    monkeypatch.delenv("SPARSINGLAW_PEAK_FLOPS", raising=False)
+    assert peak_flops(torch.device("cpu")) is None  # no MFU on CPUs: tokens/s only
+    for name, want in [("NVIDIA H200", 989e12), ("NVIDIA H200 NVL", 835e12), ("NVIDIA H100 80GB HBM3", 989e12),
+                       ("NVIDIA H100 PCIe", 756e12), ("NVIDIA A100-SXM4-80GB", 312e12), ("Tesla T4", None)]:
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda _d=None, n=name: n)
+        assert peak_flops(torch.device("cuda")) == want, name
+    monkeypatch.setenv("SPARSINGLAW_PEAK_FLOPS", "7.5e14")
+    assert peak_flops(torch.device("cpu")) == 7.5e14
+    monkeypatch.setenv("SPARSINGLAW_PEAK_FLOPS", "fast")
+    with pytest.raises(SparsingLawError, match="SPARSINGLAW_PEAK_FLOPS"):
+        peak_flops(torch.device("cpu"))

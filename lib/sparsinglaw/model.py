@@ -239,11 +239,13 @@ class Transformer(nn.Module):
         self.rotary.reset_parameters()
 
     def forward(
-        self, idx: Tensor, targets: Tensor | None = None, reduction: str = "mean"
-    ) -> tuple[Tensor, Tensor | None]:
+        self, idx: Tensor, targets: Tensor | None = None, reduction: str = "mean", return_logits: bool = True
+    ) -> tuple[Tensor | None, Tensor | None]:
         """idx (B, T) token ids -> logits (B, T, vocab) and the cross-entropy loss (ignore_index=-1).
 
         reduction: "mean" (scalar over non-ignored targets), "sum", or "none" ((B, T), 0 where ignored).
+        return_logits=False (training with targets) returns (None, loss), so a compiled graph need not
+        hand the logits back.
         """
         cos, sin = self.rotary(idx.size(1))
         x = self.embed(idx) * self.cfg.scale_emb
@@ -260,7 +262,7 @@ class Transformer(nn.Module):
             loss = F.cross_entropy(
                 logits32.flatten(0, 1), targets.flatten(), ignore_index=-1, reduction=reduction
             )
-        return logits, loss.view_as(targets) if reduction == "none" else loss
+        return (logits if return_logits else None), (loss.view_as(targets) if reduction == "none" else loss)
 
     # ---- sizes
 

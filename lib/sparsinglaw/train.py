@@ -130,6 +130,71 @@ def init_distributed(device: str) -> Dist:
     return Dist(rank=rank, world=world, local_rank=local)
 
 
+# Datasheet dense bf16 tensor-core peaks (FLOP/s) by device name; MFU is reported only for these (or
+# with SPARSINGLAW_PEAK_FLOPS set). The first matching substring wins, so the longer names come first.
+PEAK_BF16 = [("H200 NVL", 835e12), ("H200", 989e12), ("H100 NVL", 835e12), ("H100 PCIe", 756e12),
+             ("H100", 989e12), ("A100", 312e12)]
+
+
+def peak_flops(device: torch.device) -> float | None:
+    """The device's peak FLOP/s for MFU: SPARSINGLAW_PEAK_FLOPS if set, else the datasheet bf16 peak of a
+    known CUDA device, else None (CPUs and unknown GPUs: tokens/s only)."""
+    env = os.environ.get("SPARSINGLAW_PEAK_FLOPS")
+    if env:
+        try:
+            return float(env)
+        except ValueError:
+            raise SparsingLawError(f"SPARSINGLAW_PEAK_FLOPS={env!r} is not a number (FLOP/s, e.g. 989e12)") from None
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in PEAK_BF16 if key in name), None)
+
+
+class Prefetcher:
+    """Draws the micro-batches of this rank, step by step from `step`, in a background thread into pinned
+    memory, `depth` batches ahead, so the GPU never waits for the CPU's gather (CUDA only: on CPU the
+    batches are drawn inline, where a second thread would only compete for the cores)."""
+
+    def __init__(self, draw, step: int, micros: list[int], depth: int = 4, pin: bool = True):
+        import queue
+        import threading
+
+        self.q: queue.Queue = queue.Queue(maxsize=depth)
+        self.stop = threading.Event()
+
+        def work() -> None:
+            s = step
+            try:
+                while not self.stop.is_set():
+                    for m in micros:
+                        x, y = draw(s, m)
+                        item = (s, m, x.pin_memory(), y.pin_memory()) if pin else (s, m, x, y)
+                        while not self.stop.is_set():
+                            try:
+                                self.q.put(item, timeout=0.1)
+                                break
+                            except queue.Full:
+                                continue
+                    s += 1
+            except BaseException as e:  # handed to the consumer, raised there
+                self.q.put((None, None, e, None))
+
+        self.thread = threading.Thread(target=work, daemon=True, name="sparsinglaw-prefetch")
+        self.thread.start()
+
+    def get(self, step: int, micro: int) -> tuple[torch.Tensor, torch.Tensor]:
+        s, m, x, y = self.q.get()
+        if s is None:
+            raise x
+        assert (s, m) == (step, micro), f"prefetch out of order: got {(s, m)}, want {(step, micro)}"
+        return x, y
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)
+
+
 def versions() -> dict:
     """Versions of Python, the platform and the packages results depend on."""
     import importlib.metadata
@@ -388,9 +453,10 @@ def check_tokens(run: RunConfig, tokens: TokenData) -> None:
 
 def train(run: RunConfig, data_cfg: DataConfig, run_dir: Path, tokens: TokenData, *, device: str = "auto",
           threads: int = 1, compile: bool = False, progress: bool = True, stop_after_step: int | None = None,
-          fault: dict | None = None) -> dict:
+          fault: dict | None = None, prefetch: bool | None = None) -> dict:
     """Train `run` into `run_dir`, resuming from its latest valid checkpoint; returns the DONE summary.
 
+    `prefetch` draws batches in a background thread (default: on CUDA only; see Prefetcher).
     `stop_after_step` ends the loop early (for tests); `fault` injects failures (tests only):
     {"nan_at_step": s} or {"inf_at_step": s} makes the loss at step s NaN or infinite.
     """
@@ -470,78 +536,112 @@ def train(run: RunConfig, data_cfg: DataConfig, run_dir: Path, tokens: TokenData
 
     bar = tqdm(total=n_steps * tps, initial=step * tps, unit="tok", unit_scale=True, desc=run.name,
                disable=not (progress and ddp.main), mininterval=2.0, dynamic_ncols=True)
-    gen = torch.Generator()
     mine = list(range(ddp.rank, tcfg.grad_accum, ddp.world))  # this rank's micro-batches
+    gen = torch.Generator()
+
+    def draw(s: int, micro: int) -> tuple[torch.Tensor, torch.Tensor]:
+        gen.manual_seed(batch_seed(tcfg.seed, s, micro))
+        return get_batch(tokens.train, tcfg.batch_size, mcfg.seq_len, gen)
+
+    if prefetch is None:
+        prefetch = dev.type == "cuda"
+    ahead = Prefetcher(draw, step, mine, pin=dev.type == "cuda") if prefetch else None
+    next_batch = ahead.get if ahead is not None else draw
+    peak = peak_flops(dev)
+    fpt = model.flops_per_token()
+    # Step losses stay on the device and are read back (one sync) only at log, checkpoint and resume
+    # steps; a non-finite one raises there, before anything of that step is logged or saved.
+    pending: list[torch.Tensor] = []
     last_loss = float("nan")
     acc_loss, acc_n, t_last, tok_last = 0.0, 0, time.perf_counter(), step * tps
-    model.train()
-    while step < n_steps:
-        if stop_after_step is not None and step >= stop_after_step:
-            bar.close()
-            return {"stopped_at": step}
-        f = lr_factor(step, warmup, stable, decay, tcfg.decay_min_lr_frac)
-        for g in opt.param_groups:
-            g["lr"] = g["base_lr"] * f
-        step_loss = torch.zeros((), device=dev, dtype=torch.float64)
-        for i, micro in enumerate(mine):
-            gen.manual_seed(batch_seed(tcfg.seed, step, micro))
-            x, y = get_batch(tokens.train, tcfg.batch_size, mcfg.seq_len, gen)
-            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-            # all-reduce gradients only after the last micro-batch of the step
-            sync = nullcontext() if (ddp.world == 1 or i == len(mine) - 1) else wrapped.no_sync()
-            with sync, autocast:
-                _, loss = fwd(x, y)
-                # DDP averages over ranks, so each rank scales by world / grad_accum: the sum over all
-                # micro-batches / grad_accum, exactly as in one process
-                (loss * (ddp.world / tcfg.grad_accum)).backward()
-            step_loss += loss.detach().double() / tcfg.grad_accum
-        if ddp.world > 1:
-            import torch.distributed as dist
 
-            dist.all_reduce(step_loss)
-        step_loss = step_loss.item()
-        for key, bad in (("nan_at_step", float("nan")), ("inf_at_step", float("inf"))):
-            if fault and fault.get(key) == step + 1:
-                step_loss = bad
-        if not math.isfinite(step_loss):
-            bar.close()
-            raise TrainingDiverged(f"run {run.name}: training loss is {step_loss} at step {step + 1}; stopped "
-                                   f"without saving: {kept}. Lower train.lr or check the data.")
-        torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        step += 1
-        last_loss = step_loss
-        acc_loss += step_loss
-        acc_n += 1
-        bar.update(tps)
-        rows = []
-        if step % tcfg.log_every == 0 or step == n_steps:
-            now = time.perf_counter()
-            tok_s = (step * tps - tok_last) / max(now - t_last, 1e-9)
-            rows.append({"step": step, "tokens": step * tps, "split": "train", "loss": f"{acc_loss / acc_n:.6f}",
-                         "lr": f"{tcfg.lr * f:.6g}", "tok_s": f"{tok_s:.1f}", "mfu": ""})
-            bar.set_postfix(loss=f"{acc_loss / acc_n:.3f}")
-            acc_loss, acc_n, t_last, tok_last = 0.0, 0, now, step * tps
-        # the log is written before the checkpoint: a resume trims rows past its checkpoint (trim_log)
-        if step in marks or step == n_steps:
-            if ddp.main:
-                val = evaluate(model, tokens.val, mcfg.seq_len, tcfg.batch_size, tcfg.eval_tokens, dev)
-                rows.append({"step": step, "tokens": step * tps, "split": "val", "loss": f"{val:.6f}",
-                             "lr": f"{tcfg.lr * f:.6g}", "tok_s": "", "mfu": ""})
-                append_log(log_path, rows)
-                pt = save_checkpoint(run_dir, f"{step:07d}", model, opt, meta_for(step, last_loss, val))
-                kept = f"the last good checkpoint {pt} (step {step}) is kept"
-            barrier()
-        else:
-            if rows and ddp.main:
-                append_log(log_path, rows)
-            if step % tcfg.resume_every == 0:
+    def read_back() -> None:
+        nonlocal last_loss, acc_loss, acc_n
+        vals = torch.stack(pending).tolist() if pending else []
+        first = step - len(vals) + 1
+        pending.clear()
+        for k, v in enumerate(vals):
+            if not math.isfinite(v):
+                raise TrainingDiverged(f"run {run.name}: training loss is {v} at step {first + k}; stopped "
+                                       f"without saving: {kept}. Lower train.lr or check the data.")
+        if vals:
+            last_loss = vals[-1]
+            acc_loss += sum(vals)
+            acc_n += len(vals)
+
+    model.train()
+    try:
+        while step < n_steps:
+            if stop_after_step is not None and step >= stop_after_step:
+                read_back()
+                return {"stopped_at": step}
+            f = lr_factor(step, warmup, stable, decay, tcfg.decay_min_lr_frac)
+            for g in opt.param_groups:
+                g["lr"] = g["base_lr"] * f
+            step_loss = torch.zeros((), device=dev, dtype=torch.float64)
+            for i, micro in enumerate(mine):
+                x, y = next_batch(step, micro)
+                x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
+                # all-reduce gradients only after the last micro-batch of the step
+                sync = nullcontext() if (ddp.world == 1 or i == len(mine) - 1) else wrapped.no_sync()
+                with sync, autocast:
+                    _, loss = fwd(x, y, return_logits=False)
+                    # DDP averages over ranks, so each rank scales by world / grad_accum: the sum over all
+                    # micro-batches / grad_accum, exactly as in one process
+                    (loss * (ddp.world / tcfg.grad_accum)).backward()
+                step_loss += loss.detach().double() / tcfg.grad_accum
+            if ddp.world > 1:
+                import torch.distributed as dist
+
+                dist.all_reduce(step_loss)
+            for key, bad in (("nan_at_step", float("nan")), ("inf_at_step", float("inf"))):
+                if fault and fault.get(key) == step + 1:
+                    step_loss = step_loss + bad
+            pending.append(step_loss)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+            bar.update(tps)
+            mark = step in marks or step == n_steps
+            logged = step % tcfg.log_every == 0 or step == n_steps
+            if not (mark or logged or step % tcfg.resume_every == 0):
+                continue
+            read_back()  # the one device sync of these steps
+            rows = []
+            if logged:
+                now = time.perf_counter()
+                tok_s = (step * tps - tok_last) / max(now - t_last, 1e-9)
+                mfu = f"{tok_s * fpt / peak:.4f}" if peak else ""
+                rows.append({"step": step, "tokens": step * tps, "split": "train",
+                             "loss": f"{acc_loss / acc_n:.6f}", "lr": f"{tcfg.lr * f:.6g}", "tok_s": f"{tok_s:.1f}",
+                             "mfu": mfu})
+                bar.set_postfix(loss=f"{acc_loss / acc_n:.3f}", **({"mfu": mfu} if peak else {}))
+                acc_loss, acc_n, t_last, tok_last = 0.0, 0, now, step * tps
+            # the log is written before the checkpoint: a resume trims rows past its checkpoint (trim_log)
+            if mark:
                 if ddp.main:
-                    pt = save_checkpoint(run_dir, "last", model, opt, meta_for(step, last_loss, None))
+                    val = evaluate(model, tokens.val, mcfg.seq_len, tcfg.batch_size, tcfg.eval_tokens, dev)
+                    rows.append({"step": step, "tokens": step * tps, "split": "val", "loss": f"{val:.6f}",
+                                 "lr": f"{tcfg.lr * f:.6g}", "tok_s": "", "mfu": ""})
+                    append_log(log_path, rows)
+                    pt = save_checkpoint(run_dir, f"{step:07d}", model, opt, meta_for(step, last_loss, val))
                     kept = f"the last good checkpoint {pt} (step {step}) is kept"
                 barrier()
-    bar.close()
+                t_last, tok_last = time.perf_counter(), step * tps  # evaluation and saving are not training
+            else:
+                if rows and ddp.main:
+                    append_log(log_path, rows)
+                if step % tcfg.resume_every == 0:
+                    if ddp.main:
+                        pt = save_checkpoint(run_dir, "last", model, opt, meta_for(step, last_loss, None))
+                        kept = f"the last good checkpoint {pt} (step {step}) is kept"
+                    barrier()
+                    t_last, tok_last = time.perf_counter(), step * tps
+    finally:
+        bar.close()
+        if ahead is not None:
+            ahead.close()
     if not ddp.main:
         barrier()  # rank 0 writes DONE
         return json.loads(done_path.read_text())
