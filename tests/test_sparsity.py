@@ -424,3 +424,19 @@ def test_activation_stats_per_token_neuron_and_domain(trained):
     assert (st.domain_neuron_active.sum(0) == st.neuron_active).all()
     assert st.domain_frequency().shape == (2, L, CFG["d_ff"])
     assert 0.0 <= st.dead_ratio() <= 1.0 and st.dead_ratio(min_freq=2.0) == 1.0
+
+
+def test_prefix_norm_scan_equals_the_cpu_loop():
+    """The single-kernel scan used on GPUs gives the CPU loop's prefix norms up to float32 rounding, and
+    both equal a float64 oracle (norms of cumulative sums of the sorted neuron outputs)."""
+    g = torch.Generator().manual_seed(3)
+    h, w_t = torch.randn(37, 24, generator=g), torch.randn(24, 16, generator=g)
+    n = S.neuron_norms(h, w_t.norm(dim=1))
+    order = n.argsort(dim=-1)
+    buf = torch.empty(24 * 16 * 5)  # 5 tokens per block: several blocks
+    loop = S._prefix_norms(h, w_t, order, buf, scan=False)
+    scan = S._prefix_norms(h, w_t, order, buf, scan=True)
+    outs = h.double().gather(1, order).unsqueeze(-1) * w_t.double()[order]  # (tokens, d_ff, d_model)
+    oracle = outs.cumsum(1).norm(dim=-1)
+    torch.testing.assert_close(loop.double(), oracle, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(scan.double(), oracle, rtol=1e-5, atol=1e-5)

@@ -36,7 +36,7 @@ import torch
 
 from . import sparsity as sp
 from .config import ProfileConfig, RunConfig, SparsingLawError, stable_hash, validate_inference
-from .measure import eval_set, load_model, read_cached, run_worker, stable_checkpoints
+from .measure import eval_set, load_model, measure_device, read_cached, run_worker, stable_checkpoints
 from .model import Transformer, sparse
 from .runs import (
     data_cache_dir,
@@ -134,15 +134,17 @@ def heldout_scores(model: Transformer, batches: list, taus: list[float] | None, 
     dense: h_i != 0). The thresholds are set with ``model.sparse``, the model's own masking.
     """
     n_dom = len(domains)
+    dev = next(model.parameters()).device
     loss_sum, hits, count = (np.zeros(n_dom) for _ in range(3))
     with sparse(model, taus=taus):
         for x, y, dom in batches:
+            x, y, dom = x.to(dev), y.to(dev), dom.to(dev)
             logits, loss = model(x, y, reduction="none")
             valid = y != -1
             d = dom[valid]
-            loss_sum += torch.bincount(d, weights=loss[valid].double(), minlength=n_dom).numpy()
-            hits += torch.bincount(d, weights=(logits.argmax(-1) == y)[valid].double(), minlength=n_dom).numpy()
-            count += torch.bincount(d, minlength=n_dom).numpy()
+            loss_sum += torch.bincount(d, weights=loss[valid].double(), minlength=n_dom).cpu().numpy()
+            hits += torch.bincount(d, weights=(logits.argmax(-1) == y)[valid].double(), minlength=n_dom).cpu().numpy()
+            count += torch.bincount(d, minlength=n_dom).cpu().numpy()
     st = sp.activation_stats(model, batches, taus=taus, rule=nonzero_rule() if taus is None else None,
                              per_neuron=True)
     per_token = model.cfg.n_layers * model.cfg.d_ff
@@ -195,14 +197,15 @@ def inference_run(profile: ProfileConfig, run: RunConfig, runs_dir=None, progres
             return read_record(out, profile, run)
         remove_stale_temps(d)
         s = profile.sparsity
+        dev = measure_device(profile)
         tokens = prepare(profile.data, data_cache_dir(runs_dir), progress=False)
-        held = heldout_set(profile, tokens, run.model.seq_len)
-        calib = eval_set(profile, tokens, run.model.seq_len)
+        held = heldout_set(profile, tokens, run.model.seq_len)  # on the CPU: moved batch by batch
+        calib = eval_set(profile, tokens, run.model.seq_len, dev)
         ck = stable_checkpoints(profile, run, runs_dir)
         if len(ck) == 0:
             raise SparsingLawError(f"run {run.name}: no valid stable-stage checkpoint in {d}")
         ck = ck.iloc[-1]
-        model = load_model(run, ck["path"])
+        model = load_model(run, ck["path"], dev)
         ps = sorted({float(v) for v in profile.inference.p})
         steps = math.ceil(math.log2(1 / s.tol)) + 1  # passes of one bisection on c, about
         bar = tqdm(total=len(ps) * (steps + 1) + len(calib) + 1, desc=f"sparse inference {run.name}",

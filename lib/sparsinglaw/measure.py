@@ -50,21 +50,36 @@ MEASURE_VERSION = 1  # bump when the measurement changes meaning (invalidates ca
 # inputs
 
 
-def load_model(run: RunConfig, path: str | Path):
-    """A Transformer with the weights of checkpoint `path` (validated by runs.checkpoints)."""
+def measure_device(profile: ProfileConfig) -> torch.device:
+    """The device measurements run on (compute.device). Always float32; on CUDA with TF32 switched off,
+    so thresholds and losses are the float32 numbers the CPU computes, up to summation order."""
+    from .train import resolve_device
+
+    dev = resolve_device(profile.compute.device)
+    if dev == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    return torch.device(dev)
+
+
+def load_model(run: RunConfig, path: str | Path, device: torch.device | str = "cpu"):
+    """A float32 Transformer on `device` with the weights of checkpoint `path` (validated by
+    runs.checkpoints)."""
     from .model import Transformer
 
     model = Transformer(run.model)
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["model"])
-    return model.eval()
+    return model.to(device).eval()
 
 
-def eval_set(profile: ProfileConfig, tokens, seq_len: int) -> list[tuple[torch.Tensor, ...]]:
-    """The fixed validation batches (x, y, domain) every measurement of the profile uses."""
+def eval_set(profile: ProfileConfig, tokens, seq_len: int, device: torch.device | str = "cpu"
+             ) -> list[tuple[torch.Tensor, ...]]:
+    """The fixed validation batches (x, y, domain) every measurement of the profile uses, on `device`."""
     from .data import eval_batches
 
     s = profile.sparsity
-    return list(eval_batches(tokens.val, seq_len, s.batch_size, s.eval_tokens, domain=tokens.val_domain))
+    return [tuple(t.to(device) for t in b)
+            for b in eval_batches(tokens.val, seq_len, s.batch_size, s.eval_tokens, domain=tokens.val_domain)]
 
 
 def measure_key(profile: ProfileConfig, run: RunConfig) -> str:
@@ -105,12 +120,13 @@ def measure_run(profile: ProfileConfig, run: RunConfig, runs_dir=None, progress:
         if out.exists():
             return read_record(out, profile, run)
         remove_stale_temps(d)
+        dev = measure_device(profile)
         tokens = prepare(profile.data, data_cache_dir(runs_dir), progress=False)
-        batches = eval_set(profile, tokens, run.model.seq_len)
+        batches = eval_set(profile, tokens, run.model.seq_len, dev)
         ck = stable_checkpoints(profile, run, runs_dir)
         if len(ck) == 0:
             raise SparsingLawError(f"run {run.name}: no valid stable-stage checkpoint in {d}")
-        loaders = [lambda path=p: load_model(run, path) for p in ck["path"]]
+        loaders = [lambda path=p: load_model(run, path, dev) for p in ck["path"]]
         search_idx = list(range(len(ck)))[-scfg.n_last:]
         ps = sorted({float(v) for v in scfg.p})
         bar = tqdm(total=len(ps) * 11 + len(ck), desc=f"measure {run.name}", disable=not progress,
@@ -148,9 +164,10 @@ def measure_run(profile: ProfileConfig, run: RunConfig, runs_dir=None, progress:
                     "n_tokens": stats.n_tokens,
                 })
                 if last and p == 1.0:
-                    final_arrays = {"domain_frequency": stats.domain_frequency().numpy(),
-                                    "neuron_frequency": stats.neuron_frequency().numpy(),
-                                    "token_sum": stats.token_sum.numpy(), "token_count": stats.token_count.numpy(),
+                    final_arrays = {"domain_frequency": stats.domain_frequency().cpu().numpy(),
+                                    "neuron_frequency": stats.neuron_frequency().cpu().numpy(),
+                                    "token_sum": stats.token_sum.cpu().numpy(),
+                                    "token_count": stats.token_count.cpu().numpy(),
                                     "step": np.array(int(row["step"]))}
             bar.update(1)
         bar.close()
@@ -219,12 +236,12 @@ def final_arrays(profile: ProfileConfig, run: RunConfig, runs_dir=None) -> dict[
 
 def run_worker(fn, profile_path: str, overrides: list[str], name: str, runs_dir, progress: bool, *args) -> None:
     """fn(profile, run, runs_dir, progress, *args) in a worker process of runs.run_parallel (the profile is
-    reloaded there; torch on CPU with compute.threads threads)."""
+    reloaded there; torch with compute.threads threads on CPU; models on compute.device)."""
     from .config import load_profile
     from .train import setup_torch
 
     profile = load_profile(profile_path, overrides=overrides)
-    setup_torch("cpu", profile.compute.threads)
+    setup_torch("cpu", profile.compute.threads)  # CPU threads (the CPU share of the work on CUDA, too)
     fn(profile, profile.run(name), runs_dir, progress, *args)
 
 
@@ -344,10 +361,11 @@ def pareto_run(profile: ProfileConfig, run: RunConfig, runs_dir=None, progress: 
         return pd.read_csv(out)
     record = measure_run(profile, run, runs_dir, progress=progress)
     with run_lock(d, f"pareto {run.name}"):
+        dev = measure_device(profile)
         tokens = prepare(profile.data, data_cache_dir(runs_dir), progress=False)
-        batches = eval_set(profile, tokens, run.model.seq_len)
+        batches = eval_set(profile, tokens, run.model.seq_len, dev)
         ck = stable_checkpoints(profile, run, runs_dir).iloc[-1]
-        model = load_model(run, ck["path"])
+        model = load_model(run, ck["path"], dev)
         d_ff = run.model.d_ff
         ks = sorted({max(1, round(f * d_ff)) for f in scfg.topk_fracs})
         points = sp.sweep_cett(model, batches, scfg.cett_sweep, scfg.n_grid)

@@ -63,7 +63,9 @@ returning one (loaded on demand, so a long list need not sit in memory; the fast
 curves of each checkpoint, a few MB). Evaluation batches are a re-iterable sequence of (x, y) or
 (x, y, domain) LongTensor tuples of shape (B, T) (e.g. ``list(data.eval_batches(...))``) or a zero-argument
 callable returning a fresh iterator of them. Everything runs under ``torch.no_grad`` in float32 (the
-model's dtype); sums over tokens are accumulated in float64.
+model's dtype); sums over tokens are accumulated in float64. On CUDA the same code runs on the model's
+device; ``measure.measure_device`` switches TF32 off there, so matmuls are float32 as on the CPU and
+only summation orders differ (the prefix sums use one scan kernel instead of the CPU's loop).
 
 Read top to bottom: result dataclasses; Eq. 3, the grid and its inversion; inputs and hooks; keep rules
 for the baselines; evaluation passes and activation statistics; fast curves; the reference; Algorithm 1
@@ -529,13 +531,14 @@ def _grid_ranges(model: Transformer, batches: Batches, n_grid: int) -> tuple[lis
     return [_grid_from(mins[l], torch.cat(samples[l]), n_grid) for l in range(L)], loss
 
 
-def _prefix_norms(h: Tensor, w_t: Tensor, order: Tensor, buf: Tensor) -> Tensor:
+def _prefix_norms(h: Tensor, w_t: Tensor, order: Tensor, buf: Tensor, scan: bool | None = None) -> Tensor:
     """||S_k||, k = 1..d_ff, per token: S_k = sum of the outputs of the k neurons first in ``order``.
 
     Neuron outputs h_i W_down[:, i] are gathered in sorted order into a (d_ff, tokens, d_model) block and
     prefix-summed in place, one sorted position at a time (on CPU a short loop over contiguous slabs is
     several times faster than ``cumsum`` along a middle dimension). ``buf`` (>= d_ff * d_model elements)
     is reused for every block of tokens: fresh large allocations cost more than the arithmetic here.
+    On other devices (``scan``, default: not CPU) one ``cumsum_`` kernel replaces the d_ff launches.
     """
     m, f = h.shape
     d = w_t.size(1)
@@ -545,8 +548,11 @@ def _prefix_norms(h: Tensor, w_t: Tensor, order: Tensor, buf: Tensor) -> Tensor:
         o = order[i:i + chunk].t().flatten()  # sorted position major: (f * c,)
         outs = torch.index_select(w_t, 0, o, out=buf[:o.numel() * d].view(-1, d)).view(f, -1, d)
         outs.mul_(hs[i:i + chunk].t().unsqueeze(-1))
-        for k in range(1, f):
-            outs[k].add_(outs[k - 1])
+        if scan if scan is not None else outs.device.type != "cpu":
+            outs.cumsum_(dim=0)  # float32 like the loop, in another summation order
+        else:
+            for k in range(1, f):
+                outs[k].add_(outs[k - 1])
         out[i:i + chunk] = torch.linalg.vector_norm(outs, dim=-1).t()
     return out
 
@@ -603,8 +609,8 @@ def cett_curves(model: Transformer, batches: Batches, n_grid: int = N_GRID) -> C
     """
     grids, (total, count) = _grid_ranges(model, batches, n_grid)
     L = model.cfg.n_layers
-    hist = torch.zeros(L, n_grid + 1, dtype=torch.float64)
     w = model.ffns()[0].w_down.weight
+    hist = torch.zeros(L, n_grid + 1, dtype=torch.float64, device=w.device)
     buf = torch.empty(max(CHUNK, w.numel()), dtype=torch.float32, device=w.device)  # prefix-sum workspace
     b = _Batch()
 
@@ -613,12 +619,12 @@ def cett_curves(model: Transformer, batches: Batches, n_grid: int = N_GRID) -> C
         rows = h[b.valid].float()
         for i in range(0, rows.size(0), ROWS):
             vals, inc = _curve_increments(rows[i:i + ROWS], w_t, cn, buf)
-            hist[l].index_add_(0, _bins(grids[l].to(vals.device), vals).flatten().cpu(), inc.flatten().cpu())
+            hist[l].index_add_(0, _bins(grids[l].to(vals.device), vals).flatten(), inc.flatten())
         if l == L - 1:
             raise _StopForward
 
     _forward(model, batches, on_h, need_loss=False, state=b)
-    cett = hist[:, :-1].cumsum(1) / count
+    cett = hist[:, :-1].cpu().cumsum(1) / count
     return CettCurves(torch.stack(grids), cett, count, total / count)
 
 

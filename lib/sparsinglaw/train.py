@@ -87,14 +87,20 @@ def batch_seed(seed: int, step: int, micro: int, rank: int = 0) -> int:
 # device and threads
 
 
-def setup_torch(device: str = "auto", threads: int = 1) -> torch.device:
-    """Pick the device; on CPU use `threads` threads (1 by default: with 2 threads and any other busy
-    process OpenMP spin-waits and training slows several-fold) and flush denormals (a 4x fp32 cost
-    was measured without it)."""
+def resolve_device(device: str = "auto") -> str:
+    """compute.device as "cpu" or "cuda" ("auto": cuda when torch sees a GPU)."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
         raise SparsingLawError("compute.device is 'cuda' but torch sees no CUDA device; use auto or cpu")
+    return device
+
+
+def setup_torch(device: str = "auto", threads: int = 1) -> torch.device:
+    """Pick the device; on CPU use `threads` threads (1 by default: with 2 threads and any other busy
+    process OpenMP spin-waits and training slows several-fold) and flush denormals (a 4x fp32 cost
+    was measured without it)."""
+    device = resolve_device(device)
     if device == "cpu":
         torch.set_num_threads(threads)
         torch.set_flush_denormal(True)
