@@ -17,7 +17,7 @@ export TOKENIZERS_PARALLELISM := true
 
 .DEFAULT_GOAL := help
 .DELETE_ON_ERROR:
-.PHONY: help setup test test-fast figures replot verify report bench lint format strip clean clean-runs runs measure
+.PHONY: help setup test test-fast figures replot verify report bench lint format strip clean clean-runs runs measure compute
 
 help: ## list every target
 	@echo "usage: make TARGET [PROFILE=smoke|cpu|gpu|paper]   (PROFILE=$(PROFILE))"
@@ -67,6 +67,9 @@ nb-%: $(STAMP) ## execute one notebook, e.g. make nb-01 PROFILE=smoke
 measure: $(STAMP) ## measure PPL-p% sparsity on every checkpoint of PROFILE (trains missing runs first)
 	$(PY) -m sparsinglaw train --profile $(PROFILE)
 	$(PY) -m sparsinglaw measure --profile $(PROFILE)
+
+compute: $(STAMP) ## the model stages of PROFILE without notebooks (train, measure, Pareto, sparse inference) -> results/PROFILE; then make replot
+	$(PY) -m sparsinglaw compute --profile $(PROFILE)
 
 runs: $(STAMP) ## list the runs of PROFILE and their state
 	$(PY) -m sparsinglaw runs --profile $(PROFILE)

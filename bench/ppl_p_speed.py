@@ -2,6 +2,7 @@
 
     python bench/ppl_p_speed.py --synthetic [--eval-tokens 16384] [--p 1] [--threads 1] [--search both]
     python bench/ppl_p_speed.py --checkpoint runs/cpu/<run>/ckpt_XXXXXXX.pt [--eval-tokens 32768]
+    python bench/ppl_p_speed.py --checkpoint runs/gpu/<run>/ckpt_XXXXXXX.pt --compare-devices
 
 Both implementations run on the same model and the same evaluation tokens, each in its own
 subprocess so that its peak resident memory (``ru_maxrss``) is its own; the memory taken by setup
@@ -12,6 +13,9 @@ config.yaml next to it) and the first --eval-tokens validation tokens of the run
 d_ff 160, vocab 4096, seq 256, SiLU unless --activation) and uniformly random tokens.
 --search picks the fast implementation's search on c: "bisect" (the reference's probes, hence its
 answer), "secant" (fewer sparse passes, possibly another crossing of a noisy ratio) or "both".
+--device runs the workers on cuda (float32, TF32 off, as the measurement stage does there);
+--compare-devices runs the fast bisection on the CPU and on CUDA and reports how far their answers
+(c, thresholds, PPL ratio, activation ratio) lie apart: the precision check of PPL-p% on a GPU.
 """
 
 from __future__ import annotations
@@ -70,6 +74,12 @@ def worker(args) -> None:
     """Run one implementation and print its answer as one JSON line."""
     torch.set_num_threads(args.threads)
     model, batches, what = load_setup(args)
+    if args.device == "cuda":  # float32 with TF32 off, as measure.measure_device sets it
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        model = model.to("cuda")
+        batches = [tuple(t.to("cuda") for t in b) for b in batches]
+        what += " on " + torch.cuda.get_device_name(0)
     n_tokens = sparsity.count_tokens(batches)
     setup_mb = maxrss_mb()
     t0 = time.perf_counter()
@@ -77,7 +87,7 @@ def worker(args) -> None:
     res = sparsity.ppl_p_sparsity(model, batches, p=args.p, impl=impl, tol=args.tol, search=search or "bisect")
     wall = time.perf_counter() - t0
     print(json.dumps({
-        "impl": args.worker, "what": what, "n_tokens": n_tokens, "wall_s": wall, "setup_mb": setup_mb,
+        "impl": args.worker, "device": args.device, "what": what, "n_tokens": n_tokens, "wall_s": wall, "setup_mb": setup_mb,
         "peak_mb": maxrss_mb(), "cett": res.cett, "bracket": res.bracket, "ppl_ratio": res.mean_ratio,
         "activation_ratio": res.activation_ratio[0], "per_layer": res.active_per_layer[0],
         "thresholds": res.thresholds[0], "dense_loss": res.dense_loss[0], "n_dense": res.n_dense_passes,
@@ -108,6 +118,19 @@ def report(fasts: list[dict], ref: dict, p: float, tol: float) -> None:
         print("  c tried (c, mean ratio): " + ", ".join(f"({c:.4f}, {r:.5f})" for c, r in f["trace"]))
 
 
+def compare_devices(cpu: dict, cuda: dict) -> None:
+    """How far the CUDA answer lies from the CPU's (both float32, fast bisection)."""
+    print(f"model: {cuda['what']}; {cpu['n_tokens']} evaluation tokens")
+    for r in (cpu, cuda):
+        print(f"  {r['device']:>4}: c {r['cett']:.6f}  PPL ratio {r['ppl_ratio']:.6f}  activation ratio "
+              f"{r['activation_ratio']:.6f}  dense loss {r['dense_loss']:.6f}  {r['wall_s']:.2f} s")
+    rel = max(abs(a - b) / max(abs(a), 1e-30) for a, b in zip(cpu["thresholds"], cuda["thresholds"], strict=True))
+    print(f"  |dc| {abs(cpu['cett'] - cuda['cett']):.1e}; max relative threshold difference {rel:.1e}; "
+          f"|d PPL ratio| {abs(cpu['ppl_ratio'] - cuda['ppl_ratio']):.1e}; |d activation ratio| "
+          f"{abs(cpu['activation_ratio'] - cuda['activation_ratio']):.1e}; |d dense loss| "
+          f"{abs(cpu['dense_loss'] - cuda['dense_loss']):.1e}; speedup {cpu['wall_s'] / cuda['wall_s']:.1f}x")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     src = ap.add_mutually_exclusive_group(required=True)
@@ -123,11 +146,21 @@ def main() -> None:
     ap.add_argument("--search", choices=["bisect", "secant", "both"], default="both",
                     help="search on c of the fast implementation (default: run both)")
     ap.add_argument("--json", help="also write all answers to this JSON file")
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the workers run")
+    ap.add_argument("--compare-devices", action="store_true",
+                    help="fast bisection on cpu and on cuda: how far apart the answers are")
     ap.add_argument("--worker", choices=["fast-bisect", "fast-secant", "reference"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         return worker(args)
     argv = list(sys.argv[1:])
+    if args.compare_devices:
+        argv = [a for a in argv if a != "--compare-devices"]
+        runs = [run_worker("fast-bisect", [*argv, "--device", d]) for d in ("cpu", "cuda")]
+        compare_devices(*runs)
+        if args.json:
+            Path(args.json).write_text(json.dumps({"cpu": runs[0], "cuda": runs[1]}, indent=2))
+        return
     searches = ["bisect", "secant"] if args.search == "both" else [args.search]
     fasts = [run_worker(f"fast-{s}", argv) for s in searches]
     ref = run_worker("reference", argv)

@@ -54,3 +54,37 @@ def test_runs_names_for_job_arrays():
     r = _cli("runs", "--profile", "smoke", "--names")
     assert r.returncode == 0, r.stderr
     assert r.stdout.split("\n")[:-1] == [run.name for run in load_profile("smoke").runs]
+
+
+def test_compute_writes_every_results_table_replot_needs(tmp_path, monkeypatch, mini_path, smoke_tokens, capsys):
+    """`compute` runs every model stage headless (fresh runs and results roots) and leaves the tables the
+    replot notebooks read, each with a valid sidecar; a second call finds everything cached."""
+    import json
+
+    from conftest import MINI
+
+    from sparsinglaw import cli, inference, measure, runs
+    from sparsinglaw.config import load_profile
+
+    for k in ("SPARSINGLAW_RUNS", "SPARSINGLAW_RESULTS"):
+        monkeypatch.setenv(k, str(tmp_path / k))
+    args = ["compute", "--profile", str(mini_path), "--no-progress", "-j", "1"]
+    for kv in MINI:
+        args += ["--set", kv]
+    assert cli.main([*args, "--times", str(tmp_path / "times.json")]) == 0
+    out = capsys.readouterr().out
+    assert "pareto: skipped" in out and "total:" in out
+    times = json.loads((tmp_path / "times.json").read_text())
+    assert list(times["seconds"]) == ["train", "training logs", "measure", "sparse inference", "total"]
+    profile = load_profile(mini_path, overrides=MINI)
+    table = measure.read_results(profile, strict=True)
+    assert set(table["run"]) == {"relu-s1", "silu-s1"}
+    for name in ("neurons", "tokens"):
+        assert len(measure.read_results(profile, name, strict=True))
+    log = runs.train_log_table(profile, compute=False)
+    assert set(log["run"]) == {"relu-s1", "silu-s1"} and set(log["split"]) == {"train", "val"}
+    inf = inference.sparse_inference_for(profile, compute=False)
+    assert set(inf["run"]) == {r.name for r in profile.runs if profile.inference.group in r.groups}
+    assert cli.main([*args, "--times", str(tmp_path / "again.json")]) == 0  # cached: nothing trained again
+    again = json.loads((tmp_path / "again.json").read_text())["seconds"]
+    assert again["train"] < times["seconds"]["train"]

@@ -1,7 +1,9 @@
-"""Command line: `python -m sparsinglaw train|measure|runs|verify ...` for scripts, make and clusters.
+"""Command line: `python -m sparsinglaw train|measure|compute|runs|verify ...` for scripts, make and clusters.
 
 Every run of a sweep is an independent command (`train --profile P --run NAME`), so a scheduler's
-job array spreads a sweep over a cluster; `-j N` spreads it over local cores. Errors the user can fix
+job array spreads a sweep over a cluster; `-j N` spreads it over local cores. `compute` does every
+stage that needs the models (train, measure, Pareto sweeps, sparse inference, training logs) and writes
+the results/<profile> tables, so that `make replot` draws every figure elsewhere, without a GPU. Errors the user can fix
 print one paragraph and exit 2 (`verify` without the results tables it reads: exit 1); `--debug` shows
 the traceback.
 """
@@ -46,6 +48,15 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--impl", choices=["fast", "reference"], default=None,
                    help="PPL-p%% implementation (default: sparsity.impl of the profile)")
     m.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    c = sub.add_parser("compute", help="every stage that needs the models: train, measure, Pareto sweeps, sparse "
+                       "inference and the training-log table -> results/<profile>/ (then make replot draws the figures)")
+    common(c)
+    c.add_argument("-j", "--jobs", type=int, default=None,
+                   help="parallel processes (default: compute.jobs; 0 = one per core)")
+    c.add_argument("--no-progress", action="store_true", help="no progress bars")
+    c.add_argument("--times", default=None, metavar="PATH",
+                   help="also write the wall time of each stage as JSON to PATH")
 
     r = sub.add_parser("runs", help="list the runs of a profile and their state")
     common(r)
@@ -110,6 +121,8 @@ def _dispatch(args) -> int:
         with pd.option_context("display.width", 200):
             print(last.to_string(index=False))
         return 0
+    if args.command == "compute":
+        return _compute(profile, args)
     if args.command == "runs":
         if args.names:
             print("\n".join(r.name for r in profile.runs))
@@ -128,3 +141,44 @@ def _dispatch(args) -> int:
             print(f"updated the claims:{profile.name} block of {args.readme}")
         return 0
     raise AssertionError(args.command)
+
+
+def _compute(profile, args) -> int:
+    """The model stages of `make figures`, headless, each timed (`compute` command)."""
+    import json
+    import time
+
+    import torch
+
+    from . import inference, measure, runs
+    from .train import resolve_device, versions
+
+    progress = not args.no_progress
+    dev = resolve_device(profile.compute.device)
+    where = torch.cuda.get_device_name(0) if dev == "cuda" else "cpu"
+    print(f"profile {profile.name}: {len(profile.runs)} runs on {where} (torch {torch.__version__})", flush=True)
+    stages = [
+        ("train", lambda: runs.train_profile(profile, jobs=args.jobs, runs_dir=args.runs_dir, progress=progress)),
+        ("training logs", lambda: runs.train_log_table(profile, compute=True, runs_dir=args.runs_dir)),
+        ("measure", lambda: measure.measure_profile(profile, jobs=args.jobs, runs_dir=args.runs_dir,
+                                                    progress=progress)),
+        ("pareto", lambda: measure.pareto_profile(profile, runs_dir=args.runs_dir, progress=progress)),
+        ("sparse inference", lambda: inference.sparse_inference_for(profile, compute=True, runs_dir=args.runs_dir,
+                                                                    progress=progress, jobs=args.jobs)),
+    ]
+    if not profile.sparsity.pareto_runs:
+        print("pareto: skipped (sparsity.pareto_runs is empty)")
+        stages = [st for st in stages if st[0] != "pareto"]
+    times, t0 = {}, time.perf_counter()
+    for name, fn in stages:
+        t = time.perf_counter()
+        fn()
+        times[name] = round(time.perf_counter() - t, 1)
+        print(f"{name}: {times[name]:.1f} s", flush=True)
+    times["total"] = round(time.perf_counter() - t0, 1)
+    print(f"total: {times['total']:.1f} s; results in results/{profile.name}/ (make replot PROFILE={profile.name} "
+          "draws the figures)")
+    if args.times:
+        out = {"profile": profile.name, "device": where, "seconds": times, "versions": versions()}
+        Path(args.times).write_text(json.dumps(out, indent=1) + "\n")
+    return 0

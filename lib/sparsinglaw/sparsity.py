@@ -92,6 +92,7 @@ TOL = 1e-3  # Algorithm 1: stop when hi - lo <= TOL (authors' tolerance)
 DEAD_FREQ = 1e-3  # a neuron active on fewer than 0.1% of tokens is dead
 MIN_LOG_STEP = 0.05  # fast search: secant partners closer than 5% in c are too noisy for a slope
 CHUNK = 1 << 22  # float32 elements of the (d_ff, tokens, d_model) prefix-sum workspace (fast)
+CUDA_CHUNK = 1 << 28  # the same on a GPU (1 GiB): a whole block of ROWS tokens per kernel, not a few
 ROWS = 1024  # tokens per block of the fast statistics (bounds its temporaries whatever the batch size)
 
 Batch = tuple[Tensor, ...]  # (x, y) or (x, y, domain), each (B, T) int64
@@ -611,7 +612,8 @@ def cett_curves(model: Transformer, batches: Batches, n_grid: int = N_GRID) -> C
     L = model.cfg.n_layers
     w = model.ffns()[0].w_down.weight
     hist = torch.zeros(L, n_grid + 1, dtype=torch.float64, device=w.device)
-    buf = torch.empty(max(CHUNK, w.numel()), dtype=torch.float32, device=w.device)  # prefix-sum workspace
+    chunk = CHUNK if w.device.type == "cpu" else CUDA_CHUNK
+    buf = torch.empty(max(chunk, w.numel()), dtype=torch.float32, device=w.device)  # prefix-sum workspace
     b = _Batch()
 
     def on_h(l: int, ffn: GatedFFN, h: Tensor, s: Tensor | None) -> None:

@@ -1,0 +1,159 @@
+"""Our trainer against the bare GPU probe at the probe's shapes, side by side in one call.
+
+    python bench/trainer_vs_probe.py --probe PATH/gpu_probe.py [--shapes 1M,108M] [--out RESULTS.md]
+    python bench/trainer_vs_probe.py --device cpu --shapes tiny --no-compile     (the CPU smoke check)
+
+For every shape the probe (its own process, PROBE_SIZES=<shape>) and our trainer (its own process:
+`sparsinglaw.train.train` itself, with its data path, schedule, clipping, logging and step-loss checks,
+on random token ids) train the same model shape: seq 1024, vocab 8192, bf16 autocast, torch.compile,
+fused AdamW. Our tokens/s is the median of the trainer's own log.csv windows (train.log_every steps
+each) after the first two (compilation and warm-up). The table gives both and their ratio; the goal is
+>= 1.0x at 1M and 108M non-embedding parameters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# name: (d_model, n_layers, d_ff, heads, batch), as in the probe's SIZES; "tiny" is the CPU check
+SHAPES = {
+    "1M": (128, 4, 512, 2, 256),
+    "4M": (256, 4, 1024, 4, 192),
+    "16M": (384, 7, 1536, 6, 128),
+    "64M": (640, 10, 2560, 10, 64),
+    "108M": (768, 12, 3072, 12, 64),
+    "tiny": (32, 2, 64, 2, 2),
+}
+SEQ, VOCAB = 1024, 8192
+STEPS = {"1M": 160, "4M": 120, "16M": 100, "64M": 60, "108M": 60, "tiny": 8}
+
+
+def trainer_run(shape: str, device: str, compile_: bool, steps: int, log_every: int) -> dict:
+    """Train `steps` optimizer steps of `shape` with sparsinglaw's trainer; tokens/s from its log."""
+    import numpy as np
+    import pandas as pd
+    import torch
+
+    from sparsinglaw.config import DataConfig, RunConfig, TrainConfig
+    from sparsinglaw.data import TokenData
+    from sparsinglaw.model import ModelConfig, num_params_from_config
+    from sparsinglaw.train import peak_flops, train
+
+    d, L, f, heads, batch = SHAPES[shape]
+    seq = SEQ if shape != "tiny" else 128
+    model = ModelConfig(vocab_size=VOCAB, d_model=d, n_layers=L, head_dim=d // heads, d_ff=f, seq_len=seq)
+    # train.tokens so large that no checkpoint mark falls inside the timed steps
+    tcfg = TrainConfig(tokens=10**12, batch_size=batch, log_every=log_every, resume_every=10**9,
+                       eval_tokens=seq, checkpoints=2)
+    run = RunConfig(name=f"bench-{shape}", groups=[], model=model, train=tcfg)
+    rng = np.random.default_rng(0)
+    n = max(4 * batch * (seq + 1), 1 << 22)
+    ids = rng.integers(0, VOCAB, n, dtype=np.uint16)
+    tokens = TokenData(root=Path("."), train=ids, val=ids[: 4 * (seq + 1)], train_domain=np.zeros(n, np.uint8),
+                       val_domain=np.zeros(4 * (seq + 1), np.uint8), domains=["code"], vocab_size=VOCAB, eot=0,
+                       fingerprint={"source": "random", "files": 0, "bytes": n * 2, "sha256": ""},
+                       tokenizer_path=Path("none"))
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        train(run, DataConfig(), Path(tmp) / "run", tokens, device=device, compile=compile_, progress=False,
+              stop_after_step=steps)
+        wall = time.perf_counter() - t0
+        log = pd.read_csv(Path(tmp) / "run" / "log.csv")
+    rates = log[log["split"] == "train"]["tok_s"].tolist()
+    timed = rates[2:] if len(rates) > 2 else rates
+    dev = torch.device(device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    peak = peak_flops(dev)
+    tok_s = statistics.median(timed)
+    n_nonemb = num_params_from_config(model, non_embedding=True)
+    return {"shape": shape, "who": "trainer", "tok_s": tok_s, "windows": rates, "wall_s": wall,
+            "n_nonemb": n_nonemb, "batch": batch, "seq": seq, "steps": steps,
+            "mfu_nonemb": 6 * n_nonemb * tok_s / peak if peak else None, "peak": peak,
+            "mem_gib": torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else None}
+
+
+def probe_run(probe: Path, shape: str, measure_s: float) -> dict:
+    """The probe at one shape in its own process; tokens/s parsed from its summary table."""
+    env = dict(os.environ, PROBE_SIZES=shape, PROBE_MEASURE_S=str(measure_s), PROBE_BUDGET_S="600")
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, str(probe)], capture_output=True, text=True, env=env, timeout=900)
+    wall = time.perf_counter() - t0
+    sys.stderr.write(r.stdout[-3000:] + r.stderr[-3000:])
+    m = re.search(rf"^\s*{re.escape(shape)}\s+\d+\s+\d+\s+([\d.]+)M\s+(\d+)\s+([\d.]+)\s+([\d.]+)", r.stdout, re.M)
+    if not m:
+        return {"shape": shape, "who": "probe", "error": (r.stdout + r.stderr)[-300:], "wall_s": wall}
+    return {"shape": shape, "who": "probe", "tok_s": float(m.group(3)) * 1e6, "n_nonemb": float(m.group(1)) * 1e6,
+            "batch": int(m.group(2)), "mfu_nonemb": float(m.group(4)) / 100, "wall_s": wall}
+
+
+def table(results: list[dict]) -> str:
+    lines = ["| shape | non-emb params | batch x seq | probe tok/s | trainer tok/s | trainer / probe | trainer MFU (non-emb) |",
+             "|---|---|---|---|---|---|---|"]
+    for shape in dict.fromkeys(r["shape"] for r in results):
+        p = next((r for r in results if r["shape"] == shape and r["who"] == "probe"), None)
+        t = next((r for r in results if r["shape"] == shape and r["who"] == "trainer"), None)
+        pt = f"{p['tok_s']:,.0f}" if p and "tok_s" in p else ("error" if p else "not run")
+        tt = f"{t['tok_s']:,.0f}" if t and "tok_s" in t else ("error" if t else "not run")
+        ratio = f"{t['tok_s'] / p['tok_s']:.2f}x" if p and t and "tok_s" in p and "tok_s" in t else "-"
+        mfu = f"{100 * t['mfu_nonemb']:.1f}%" if t and t.get("mfu_nonemb") else "-"
+        n = t["n_nonemb"] if t else p["n_nonemb"]
+        bs = f"{t['batch']} x {t['seq']}" if t else f"{p.get('batch', '?')} x {SEQ}"
+        lines.append(f"| {shape} | {n / 1e6:.2f}M | {bs} | {pt} | {tt} | {ratio} | {mfu} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--probe", type=Path, default=None, help="path of gpu_probe.py (omit: trainer only)")
+    ap.add_argument("--shapes", default="1M,108M", help=f"comma list of {', '.join(SHAPES)}")
+    ap.add_argument("--device", default="cuda", choices=["cuda", "cpu", "auto"])
+    ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--steps", type=int, default=None, help="optimizer steps per trainer run (default per shape)")
+    ap.add_argument("--log-every", type=int, default=None, help="steps per timed window (default steps // 8)")
+    ap.add_argument("--probe-seconds", type=float, default=15.0, help="the probe's timed seconds per shape")
+    ap.add_argument("--out", type=Path, default=None, help="also write the table and the raw numbers here")
+    ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: one trainer run, JSON out
+    a = ap.parse_args()
+    shapes = [s for s in a.shapes.split(",") if s]
+    bad = [s for s in shapes if s not in SHAPES]
+    if bad:
+        ap.error(f"unknown shape(s) {bad}; known: {', '.join(SHAPES)}")
+    if a.one:
+        steps = a.steps or STEPS[a.one]
+        r = trainer_run(a.one, a.device, not a.no_compile, steps, a.log_every or max(steps // 8, 1))
+        print("RESULT " + json.dumps(r))
+        return
+    results = []
+    for shape in shapes:
+        if a.probe is not None:
+            results.append(probe_run(a.probe, shape, a.probe_seconds))
+            print(f"probe {shape}: {results[-1]}", flush=True)
+        cmd = [sys.executable, __file__, "--one", shape, "--shapes", shape, "--device", a.device]
+        cmd += ["--no-compile"] if a.no_compile else []
+        cmd += ["--steps", str(a.steps)] if a.steps else []
+        cmd += ["--log-every", str(a.log_every)] if a.log_every else []
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+        line = next((x for x in r.stdout.splitlines() if x.startswith("RESULT ")), None)
+        if line is None:
+            sys.stderr.write(r.stdout[-3000:] + r.stderr[-3000:])
+            results.append({"shape": shape, "who": "trainer", "error": r.stderr[-300:]})
+        else:
+            results.append(json.loads(line[len("RESULT "):]))
+        print(f"trainer {shape}: {results[-1]}", flush=True)
+    md = table(results)
+    print(md)
+    if a.out:
+        a.out.write_text(md + "\n\n```\n" + json.dumps(results, indent=1) + "\n```\n")
+
+
+if __name__ == "__main__":
+    main()
