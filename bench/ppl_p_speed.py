@@ -16,6 +16,8 @@ answer), "secant" (fewer sparse passes, possibly another crossing of a noisy rat
 --device runs the workers on cuda (float32, TF32 off, as the measurement stage does there);
 --compare-devices runs the fast bisection on the CPU and on CUDA and reports how far their answers
 (c, thresholds, PPL ratio, activation ratio) lie apart: the precision check of PPL-p% on a GPU.
+--compare-precision runs it in float32 and under bf16 autocast on --device: what a bf16 measurement
+would change (why the measurement stage stays in float32).
 """
 
 from __future__ import annotations
@@ -84,10 +86,12 @@ def worker(args) -> None:
     setup_mb = maxrss_mb()
     t0 = time.perf_counter()
     impl, _, search = args.worker.partition("-")
-    res = sparsity.ppl_p_sparsity(model, batches, p=args.p, impl=impl, tol=args.tol, search=search or "bisect")
+    with torch.autocast(args.device, dtype=torch.bfloat16, enabled=args.bf16):
+        res = sparsity.ppl_p_sparsity(model, batches, p=args.p, impl=impl, tol=args.tol, search=search or "bisect")
     wall = time.perf_counter() - t0
     print(json.dumps({
-        "impl": args.worker, "device": args.device, "what": what, "n_tokens": n_tokens, "wall_s": wall, "setup_mb": setup_mb,
+        "impl": args.worker, "device": args.device + (" bf16" if args.bf16 else " fp32"),
+        "what": what, "n_tokens": n_tokens, "wall_s": wall, "setup_mb": setup_mb,
         "peak_mb": maxrss_mb(), "cett": res.cett, "bracket": res.bracket, "ppl_ratio": res.mean_ratio,
         "activation_ratio": res.activation_ratio[0], "per_layer": res.active_per_layer[0],
         "thresholds": res.thresholds[0], "dense_loss": res.dense_loss[0], "n_dense": res.n_dense_passes,
@@ -119,10 +123,10 @@ def report(fasts: list[dict], ref: dict, p: float, tol: float) -> None:
 
 
 def compare_devices(cpu: dict, cuda: dict) -> None:
-    """How far the CUDA answer lies from the CPU's (both float32, fast bisection)."""
+    """How far the second answer (CUDA, or bf16) lies from the first (CPU float32); fast bisection."""
     print(f"model: {cuda['what']}; {cpu['n_tokens']} evaluation tokens")
     for r in (cpu, cuda):
-        print(f"  {r['device']:>4}: c {r['cett']:.6f}  PPL ratio {r['ppl_ratio']:.6f}  activation ratio "
+        print(f"  {r['device']:>9}: c {r['cett']:.6f}  PPL ratio {r['ppl_ratio']:.6f}  activation ratio "
               f"{r['activation_ratio']:.6f}  dense loss {r['dense_loss']:.6f}  {r['wall_s']:.2f} s")
     rel = max(abs(a - b) / max(abs(a), 1e-30) for a, b in zip(cpu["thresholds"], cuda["thresholds"], strict=True))
     print(f"  |dc| {abs(cpu['cett'] - cuda['cett']):.1e}; max relative threshold difference {rel:.1e}; "
@@ -149,17 +153,23 @@ def main() -> None:
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the workers run")
     ap.add_argument("--compare-devices", action="store_true",
                     help="fast bisection on cpu and on cuda: how far apart the answers are")
+    ap.add_argument("--bf16", action="store_true", help="run the workers under bf16 autocast")
+    ap.add_argument("--compare-precision", action="store_true",
+                    help="fast bisection in float32 and under bf16 autocast on --device")
     ap.add_argument("--worker", choices=["fast-bisect", "fast-secant", "reference"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         return worker(args)
     argv = list(sys.argv[1:])
-    if args.compare_devices:
-        argv = [a for a in argv if a != "--compare-devices"]
-        runs = [run_worker("fast-bisect", [*argv, "--device", d]) for d in ("cpu", "cuda")]
+    if args.compare_devices or args.compare_precision:
+        argv = [a for a in argv if a not in ("--compare-devices", "--compare-precision")]
+        if args.compare_devices:
+            runs = [run_worker("fast-bisect", [*argv, "--device", d]) for d in ("cpu", "cuda")]
+        else:
+            runs = [run_worker("fast-bisect", argv), run_worker("fast-bisect", [*argv, "--bf16"])]
         compare_devices(*runs)
         if args.json:
-            Path(args.json).write_text(json.dumps({"cpu": runs[0], "cuda": runs[1]}, indent=2))
+            Path(args.json).write_text(json.dumps({r["device"]: r for r in runs}, indent=2))
         return
     searches = ["bisect", "secant"] if args.search == "both" else [args.search]
     fasts = [run_worker(f"fast-{s}", argv) for s in searches]

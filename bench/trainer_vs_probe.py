@@ -14,7 +14,6 @@ each) after the first two (compilation and warm-up). The table gives both and th
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import re
@@ -96,8 +95,8 @@ def probe_run(probe: Path, shape: str, measure_s: float) -> dict:
 
 
 def table(results: list[dict]) -> str:
-    lines = ["| shape | non-emb params | batch x seq | probe tok/s | trainer tok/s | trainer / probe | trainer MFU (non-emb) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| shape | non-emb params | batch x seq | probe tok/s | trainer tok/s | trainer / probe "
+             "| trainer MFU (non-emb) |", "|---|---|---|---|---|---|---|"]
     for shape in dict.fromkeys(r["shape"] for r in results):
         p = next((r for r in results if r["shape"] == shape and r["who"] == "probe"), None)
         t = next((r for r in results if r["shape"] == shape and r["who"] == "trainer"), None)

@@ -62,7 +62,6 @@ def test_compute_writes_every_results_table_replot_needs(tmp_path, monkeypatch, 
     import json
 
     from conftest import MINI
-
     from sparsinglaw import cli, inference, measure, runs
     from sparsinglaw.config import load_profile
 

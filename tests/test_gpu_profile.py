@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 
 from conftest import REPO
-
 from sparsinglaw.config import load_profile
 from sparsinglaw.model import num_params_from_config
 

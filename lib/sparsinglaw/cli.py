@@ -50,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     c = sub.add_parser("compute", help="every stage that needs the models: train, measure, Pareto sweeps, sparse "
-                       "inference and the training-log table -> results/<profile>/ (then make replot draws the figures)")
+                       "inference and the training-log table -> results/<profile>/ (make replot draws the figures)")
     common(c)
     c.add_argument("-j", "--jobs", type=int, default=None,
                    help="parallel processes (default: compute.jobs; 0 = one per core)")
