@@ -21,8 +21,8 @@ import time
 import torch
 
 from sparsinglaw.config import load_profile, tokens_per_step
+from sparsinglaw.device import setup_torch
 from sparsinglaw.model import Transformer
-from sparsinglaw.train import setup_torch
 
 
 def measure(model, opt, fwd, x, y, steps: int, grad_accum: int) -> float:

@@ -45,8 +45,9 @@ def trainer_run(shape: str, device: str, compile_: bool, steps: int, log_every: 
 
     from sparsinglaw.config import DataConfig, RunConfig, TrainConfig
     from sparsinglaw.data import TokenData
+    from sparsinglaw.device import peak_flops
     from sparsinglaw.model import ModelConfig, num_params_from_config
-    from sparsinglaw.train import peak_flops, train
+    from sparsinglaw.train import train
 
     d, L, f, heads, batch = SHAPES[shape]
     seq = SEQ if shape != "tiny" else 128

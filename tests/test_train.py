@@ -12,14 +12,13 @@ import torch
 
 from sparsinglaw import runs
 from sparsinglaw.config import SparsingLawError, checkpoint_steps, total_steps
+from sparsinglaw.device import Prefetcher, peak_flops
 from sparsinglaw.train import (
-    Prefetcher,
     TrainingDiverged,
     batch_seed,
     checkpoint_problem,
     latest_valid_checkpoint,
     lr_factor,
-    peak_flops,
     train,
 )
 

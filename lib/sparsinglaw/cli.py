@@ -151,7 +151,8 @@ def _compute(profile, args) -> int:
     import torch
 
     from . import inference, measure, runs
-    from .train import resolve_device, versions
+    from .device import resolve_device
+    from .train import versions
 
     progress = not args.no_progress
     dev = resolve_device(profile.compute.device)

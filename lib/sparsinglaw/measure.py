@@ -53,7 +53,7 @@ MEASURE_VERSION = 1  # bump when the measurement changes meaning (invalidates ca
 def measure_device(profile: ProfileConfig) -> torch.device:
     """The device measurements run on (compute.device). Always float32; on CUDA with TF32 switched off,
     so thresholds and losses are the float32 numbers the CPU computes, up to summation order."""
-    from .train import resolve_device
+    from .device import resolve_device
 
     dev = resolve_device(profile.compute.device)
     if dev == "cuda":
@@ -238,7 +238,7 @@ def run_worker(fn, profile_path: str, overrides: list[str], name: str, runs_dir,
     """fn(profile, run, runs_dir, progress, *args) in a worker process of runs.run_parallel (the profile is
     reloaded there; torch with compute.threads threads on CPU; models on compute.device)."""
     from .config import load_profile
-    from .train import setup_torch
+    from .device import setup_torch
 
     profile = load_profile(profile_path, overrides=overrides)
     setup_torch("cpu", profile.compute.threads)  # CPU threads (the CPU share of the work on CUDA, too)

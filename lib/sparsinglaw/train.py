@@ -32,7 +32,6 @@ import platform
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +49,7 @@ from .config import (
     total_steps,
 )
 from .data import CorpusError, TokenData, eval_batches, get_batch
+from .device import Prefetcher, init_distributed, peak_flops, setup_torch
 from .model import Transformer
 
 LOG_FIELDS = ["step", "tokens", "split", "loss", "lr", "tok_s", "mfu"]
@@ -81,124 +81,6 @@ def batch_seed(seed: int, step: int, micro: int, rank: int = 0) -> int:
     """Seed of the generator that draws micro-batch `micro` of optimizer step `step` on `rank`."""
     h = hashlib.blake2b(f"{seed}:{step}:{micro}:{rank}".encode(), digest_size=8).digest()
     return int.from_bytes(h, "little") & (2**63 - 1)
-
-
-# -----------------------------------------------------------------------------------------------
-# device and threads
-
-
-def resolve_device(device: str = "auto") -> str:
-    """compute.device as "cpu" or "cuda" ("auto": cuda when torch sees a GPU)."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise SparsingLawError("compute.device is 'cuda' but torch sees no CUDA device; use auto or cpu")
-    return device
-
-
-def setup_torch(device: str = "auto", threads: int = 1) -> torch.device:
-    """Pick the device; on CPU use `threads` threads (1 by default: with 2 threads and any other busy
-    process OpenMP spin-waits and training slows several-fold) and flush denormals (a 4x fp32 cost
-    was measured without it)."""
-    device = resolve_device(device)
-    if device == "cpu":
-        torch.set_num_threads(threads)
-        torch.set_flush_denormal(True)
-    return torch.device(device)
-
-
-@dataclass
-class Dist:
-    """Process-group facts under torchrun (rank 0 of 1 otherwise)."""
-
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(device: str) -> Dist:
-    """Join the torchrun process group when WORLD_SIZE > 1 (nccl on CUDA, gloo on CPU)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return Dist()
-    import torch.distributed as dist
-
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
-    if not dist.is_initialized():
-        if use_cuda:
-            torch.cuda.set_device(local)
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-    return Dist(rank=rank, world=world, local_rank=local)
-
-
-# Datasheet dense bf16 tensor-core peaks (FLOP/s) by device name; MFU is reported only for these (or
-# with SPARSINGLAW_PEAK_FLOPS set). The first matching substring wins, so the longer names come first.
-PEAK_BF16 = [("H200 NVL", 835e12), ("H200", 989e12), ("H100 NVL", 835e12), ("H100 PCIe", 756e12),
-             ("H100", 989e12), ("A100", 312e12)]
-
-
-def peak_flops(device: torch.device) -> float | None:
-    """The device's peak FLOP/s for MFU: SPARSINGLAW_PEAK_FLOPS if set, else the datasheet bf16 peak of a
-    known CUDA device, else None (CPUs and unknown GPUs: tokens/s only)."""
-    env = os.environ.get("SPARSINGLAW_PEAK_FLOPS")
-    if env:
-        try:
-            return float(env)
-        except ValueError:
-            raise SparsingLawError(f"SPARSINGLAW_PEAK_FLOPS={env!r} is not a number (FLOP/s, e.g. 989e12)") from None
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((peak for key, peak in PEAK_BF16 if key in name), None)
-
-
-class Prefetcher:
-    """Draws the micro-batches of this rank, step by step from `step`, in a background thread into pinned
-    memory, `depth` batches ahead, so the GPU never waits for the CPU's gather (CUDA only: on CPU the
-    batches are drawn inline, where a second thread would only compete for the cores)."""
-
-    def __init__(self, draw, step: int, micros: list[int], depth: int = 4, pin: bool = True):
-        import queue
-        import threading
-
-        self.q: queue.Queue = queue.Queue(maxsize=depth)
-        self.stop = threading.Event()
-
-        def work() -> None:
-            s = step
-            try:
-                while not self.stop.is_set():
-                    for m in micros:
-                        x, y = draw(s, m)
-                        item = (s, m, x.pin_memory(), y.pin_memory()) if pin else (s, m, x, y)
-                        while not self.stop.is_set():
-                            try:
-                                self.q.put(item, timeout=0.1)
-                                break
-                            except queue.Full:
-                                continue
-                    s += 1
-            except BaseException as e:  # handed to the consumer, raised there
-                self.q.put((None, None, e, None))
-
-        self.thread = threading.Thread(target=work, daemon=True, name="sparsinglaw-prefetch")
-        self.thread.start()
-
-    def get(self, step: int, micro: int) -> tuple[torch.Tensor, torch.Tensor]:
-        s, m, x, y = self.q.get()
-        if s is None:
-            raise x
-        assert (s, m) == (step, micro), f"prefetch out of order: got {(s, m)}, want {(step, micro)}"
-        return x, y
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(timeout=5)
 
 
 def versions() -> dict:
