@@ -440,3 +440,20 @@ def test_prefix_norm_scan_equals_the_cpu_loop():
     oracle = outs.cumsum(1).norm(dim=-1)
     torch.testing.assert_close(loop.double(), oracle, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(scan.double(), oracle, rtol=1e-5, atol=1e-5)
+
+
+def test_precomputed_curves_give_the_same_answer_for_every_p(trained, val):
+    """Curves computed once and handed to the search (as sparse inference does for p = 1, 5, 10) give
+    exactly the answer of a search that computes them itself, with no dense pass of its own."""
+    model = trained["relu"]
+    curves = [S.cett_curves(model, val, SMALL_GRID)]
+    for p in (1.0, 5.0):
+        own = S.ppl_p_sparsity(model, val, p=p, n_grid=SMALL_GRID)
+        given = S.ppl_p_sparsity(model, val, p=p, n_grid=SMALL_GRID, curves=curves)
+        assert (given.cett, given.thresholds, given.ratios, given.trace) == (own.cett, own.thresholds, own.ratios,
+                                                                             own.trace)
+        assert own.n_dense_passes == 2 and given.n_dense_passes == 0
+    with pytest.raises(ValueError, match="one CettCurves per checkpoint"):
+        S.ppl_p_sparsity([model, model], val, n_grid=SMALL_GRID, curves=curves)
+    with pytest.raises(ValueError, match="impl='fast'"):
+        S.ppl_p_sparsity(model, val, n_grid=SMALL_GRID, impl="reference", curves=curves)

@@ -211,9 +211,10 @@ def inference_run(profile: ProfileConfig, run: RunConfig, runs_dir=None, progres
         bar = tqdm(total=len(ps) * (steps + 1) + len(calib) + 1, desc=f"sparse inference {run.name}",
                    disable=not progress, mininterval=2.0, dynamic_ncols=True)
         searches = {}
+        curves = [sp.cett_curves(model, calib, s.n_grid)]  # once for every p
         for p in ps:  # Algorithm 1 on the calibration set: the c of PPL-p%
             searches[p] = sp.ppl_p_sparsity(model, calib, p, impl="fast", tol=s.tol, n_grid=s.n_grid,
-                                            search=s.search,
+                                            search=s.search, curves=curves,
                                             progress=lambda e: bar.update(int(e.get("stage") == "search")))
         taus = dict(zip(ps, averaged_thresholds(model, calib, [searches[p].cett for p in ps], s.n_grid,
                                                 on_batch=lambda: bar.update(1)), strict=True))

@@ -782,7 +782,8 @@ def _fast_at(c: float, ckpts: Sequence[Checkpoint], batches: Batches, curves: li
 
 def ppl_p_sparsity(models: Checkpoint | Sequence[Checkpoint], batches: Batches, p: float = 1.0, *,
                    impl: str = "fast", tol: float = TOL, n_grid: int = N_GRID, search: str = "bisect",
-                   c0: float = 0.125, progress: Progress = None) -> PPLpResult:
+                   c0: float = 0.125, progress: Progress = None, curves: Sequence[CettCurves] | None = None
+                   ) -> PPLpResult:
     """PPL-p% sparsity (Algorithm 1): the CETT value c at which the mean PPL ratio over ``models`` reaches
     1 + p/100, each checkpoint with its own per-layer thresholds tau_l(c).
 
@@ -799,6 +800,8 @@ def ppl_p_sparsity(models: Checkpoint | Sequence[Checkpoint], batches: Batches, 
     c0: first probe of the secant search (e.g. the c of a neighbouring checkpoint).
     progress: called with {"stage": "curves", "checkpoint"} after each checkpoint's curves (fast) and
       {"stage": "search", "c", "mean_ratio", "step"} after every tested c.
+    curves (fast only): the checkpoints' ``cett_curves`` on these batches and n_grid, computed once by the
+      caller for several p (not recomputed here; nothing checks that they belong to these checkpoints).
     """
     if impl not in ("fast", "reference"):
         raise ValueError(f"impl must be 'fast' or 'reference', got {impl!r}")
@@ -810,8 +813,14 @@ def ppl_p_sparsity(models: Checkpoint | Sequence[Checkpoint], batches: Batches, 
     ckpts = [models] if isinstance(models, nn.Module) or not isinstance(models, Sequence) else list(models)
     target, m = 1.0 + p / 100.0, _levels(tol)
     counts, memo = {"dense": 0, "sparse": 0}, {}
-    curves: list[CettCurves] = []
-    for i, ck in enumerate(ckpts if impl == "fast" else []):
+    if curves is not None:
+        if impl != "fast" or len(curves) != len(ckpts):
+            raise ValueError(f"curves: give one CettCurves per checkpoint ({len(ckpts)}) with impl='fast', got "
+                             f"{len(curves)} with impl={impl!r}")
+        given, curves = True, list(curves)
+    else:
+        given, curves = False, []
+    for i, ck in enumerate(ckpts if impl == "fast" and not given else []):
         curves.append(cett_curves(_load(ck), batches, n_grid))
         counts["dense"] += 2  # the grid-range pass and the (truncated) statistics pass
         if progress:
