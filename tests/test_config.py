@@ -60,6 +60,9 @@ BAD = [
     (lambda r: r["data"].update(vocab_size=100), "data.vocab_size"),
     (lambda r: r["data"].update(val_fraction=0.9), "data.val_fraction"),
     (lambda r: r["compute"].update(device="tpu"), "compute.device"),
+    (lambda r: r["compute"].update(device=True), "compute.device"),
+    (lambda r: r["compute"].update(compile="sometimes"), "compute.compile"),
+    (lambda r: r["compute"].update(compile=1), "compute.compile"),
     (lambda r: r["runs"].append(copy.deepcopy(r["runs"][0])), "duplicate run name"),
     (lambda r: r["runs"][0].update(name="a b"), "runs[0].name"),
     (lambda r: r["runs"][1]["model"].update(vocab_size=99), "vocab_size"),
@@ -90,6 +93,12 @@ def test_overrides_and_unknown_profile(tmp_path):
     bad.write_text("data: [1, 2\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_profile(str(bad))
+
+
+def test_compile_is_auto_true_or_false():
+    assert load_profile("smoke").compute.compile is False and load_profile("cpu").compute.compile == "auto"
+    assert load_profile("smoke", overrides=["compute.compile=auto"]).compute.compile == "auto"
+    assert load_profile("cpu", overrides=["compute.compile=true"]).compute.compile is True
 
 
 def test_run_identity():

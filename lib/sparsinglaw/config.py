@@ -79,7 +79,7 @@ class ComputeConfig:
 
     device: str = "auto"  # "auto" (cuda if available), "cpu" or "cuda"
     threads: int = 1  # torch threads per process on CPU (1 avoids OpenMP spin-wait stalls)
-    compile: bool = False  # torch.compile the model
+    compile: bool | str = "auto"  # torch.compile the model: true, false, or "auto" (on CUDA only)
     jobs: int = 0  # parallel training processes; 0 = one per CPU core
 
 
@@ -241,6 +241,8 @@ def _yaml_number(value: Any) -> Any:
 
 
 def _coerce(value: Any, default: Any, where: str) -> Any:
+    if default == "auto" and isinstance(value, bool):  # fields defaulting to "auto" also take true/false
+        return value
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: expected true or false, got {value!r}")
@@ -362,6 +364,8 @@ def validate_inference(inf: InferenceConfig, runs: list[RunConfig], where: str) 
 def validate_compute(c: ComputeConfig, where: str) -> None:
     _check(c.device in ("auto", "cpu", "cuda"), f"{where}.device", f"expected auto, cpu or cuda, got {c.device!r}")
     _check(c.threads >= 1, f"{where}.threads", f"must be >= 1, got {c.threads}")
+    _check(c.compile in (True, False, "auto"), f"{where}.compile",
+           f"expected true, false or auto (on CUDA only), got {c.compile!r}")
     _check(c.jobs >= 0, f"{where}.jobs", f"must be >= 0 (0 = one per core), got {c.jobs}")
 
 

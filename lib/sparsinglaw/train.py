@@ -340,10 +340,11 @@ def check_tokens(run: RunConfig, tokens: TokenData) -> None:
 
 
 def train(run: RunConfig, data_cfg: DataConfig, run_dir: Path, tokens: TokenData, *, device: str = "auto",
-          threads: int = 1, compile: bool = False, progress: bool = True, stop_after_step: int | None = None,
+          threads: int = 1, compile: bool | str = False, progress: bool = True, stop_after_step: int | None = None,
           fault: dict | None = None, prefetch: bool | None = None) -> dict:
     """Train `run` into `run_dir`, resuming from its latest valid checkpoint; returns the DONE summary.
 
+    `compile`: torch.compile the model (True, False, or "auto": on CUDA only).
     `prefetch` draws batches in a background thread (default: on CUDA only; see Prefetcher).
     `stop_after_step` ends the loop early (for tests); `fault` injects failures (tests only):
     {"nan_at_step": s} or {"inf_at_step": s} makes the loss at step s NaN or infinite.
@@ -401,6 +402,8 @@ def train(run: RunConfig, data_cfg: DataConfig, run_dir: Path, tokens: TokenData
         from torch.nn.parallel import DistributedDataParallel
 
         wrapped = DistributedDataParallel(model, device_ids=[ddp.local_rank] if dev.type == "cuda" else None)
+    if compile == "auto":
+        compile = dev.type == "cuda"
     fwd = torch.compile(wrapped) if compile else wrapped
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else nullcontext())
     base_meta = {"run": run.name, "config_hash": config_hash, "config": run.identity(data_cfg),
