@@ -60,6 +60,25 @@ def test_spearman_p_and_stouffer_match_scipy():
     assert got == pytest.approx(expect, rel=0.05)
 
 
+@pytest.mark.parametrize("n", [3, 5, 7])
+def test_spearman_p_is_exact_for_few_points(n):
+    """Up to EXACT_MAX points the per-run p is the exact permutation p (scipy's permutation test as the
+    oracle), not the t approximation, which gives p = 0 for a perfect trend at any n."""
+    rng = np.random.default_rng(n)
+    x = np.arange(n, dtype=float)
+    for y in (x[::-1].copy(), rng.permutation(n).astype(float), x.copy()):
+        rho = stats.spearmanr(x, y).statistic
+        for alt in ("less", "greater"):
+            ref = stats.permutation_test((y,), lambda yy: stats.spearmanr(x, yy).statistic,
+                                         permutation_type="pairings", alternative=alt, n_resamples=np.inf).pvalue
+            assert claims.spearman_p(rho, n, alt) == pytest.approx(ref), (y, alt)
+    assert claims.spearman_p(-1.0, 3, "less") == pytest.approx(1 / 6)
+    assert claims.spearman_p(-1.0, 8, "less") == pytest.approx(1 / 40320)  # EXACT_MAX = 8: still exact
+    assert claims.spearman_p(-1.0, 9, "less") == 0.0  # the t approximation above it
+    row = claims.relu_falls(fits([(f"relu-s{i}", "relu", "scale", -1.0, 3) for i in range(2)]))
+    assert row["verdict"] == "INCONCLUSIVE"  # two perfect 3-point trends: combined p 0.09, not significant
+
+
 @pytest.mark.parametrize("y,alternative", [([4, 3, 2, 1], "less"), ([1, 2, 4, 3], "greater"),
                                            ([2, 1, 4, 3], "greater"), ([3, 1, 2, 2], "less")])
 def test_permutation_p_matches_scipy(y, alternative):

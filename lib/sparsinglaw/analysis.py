@@ -46,9 +46,12 @@ def _with_intervals(*symbols):
 
 
 # columns every table has even when no fit succeeded (so figures and checks can always index them)
+# the hold-out check's columns are listed too, so that they exist even when no run could be fitted
 FIT_COLUMNS = RUN_COLUMNS + ["p", "n_points", "D_min", "D_max", "D_min_used", "A_first", "A_last", "rho_tokens",
                              "dropped_tokens", "form", "converged", "n_used", "n_dropped", "dropped_index", "mse",
-                             "mae", "aic", "bic", *_with_intervals("alpha", "b", "c", "A0"), "message"]
+                             "mae", "aic", "bic", *_with_intervals("alpha", "b", "c", "A0"), "message",
+                             "holdout_frac", "holdout_n_fit", "holdout_n_test", "holdout_D_split", "holdout_mse",
+                             "holdout_mae", "holdout_converged", "holdout_message"]
 LOSS_COLUMNS = RUN_COLUMNS + ["n_points", "final_loss", "final_tokens", "form", "converged",
                               *_with_intervals("E", "B", "beta"), "message"]
 WIDTH_DEPTH_COLUMNS = ["quantity", "kind", "n", "above", *_with_intervals("breakpoint", "slope_below", "slope_above"),

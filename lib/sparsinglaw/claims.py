@@ -16,6 +16,7 @@ width_depth_fit, scale_fit, convergence_summary, domain_agreement, token_pairs).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 from pathlib import Path
@@ -48,8 +49,8 @@ SOURCES = {"sparsity": "python -m sparsinglaw measure --profile {p} (or notebook
 
 # id -> (claim, where in the paper, statistic, PASS/FAIL rule)
 _TREND_STAT = ("per run, Spearman rho(tokens, A at PPL-1%) over the checkpoints its law fit used (runs of "
-               "groups scale/seeds); one-sided p per run from rho's t-distribution (scipy's spearmanr), "
-               "combined by Stouffer's method")
+               "groups scale/seeds); one-sided p per run, exact up to 8 points, else from rho's t-distribution "
+               "(scipy's spearmanr), combined by Stouffer's method")
 CLAIMS = {
     "relu_falls": ("ReLU activation ratio falls with training data", "Sec. 4.2, Fig. 4 (Eq. 4)", _TREND_STAT,
                    "PASS: every run rho < 0 and combined p(rho < 0) < 0.05; FAIL: combined p(rho > 0) < 0.05"),
@@ -130,12 +131,25 @@ def _in_groups(df: pd.DataFrame, groups) -> pd.DataFrame:
 # statistics
 
 
+@functools.cache
+def _spearman_null(n: int) -> np.ndarray:
+    """Spearman's rho of every ordering of n untied ranks against 1..n (the exact null distribution)."""
+    r = np.arange(n, dtype=float)
+    perms = np.array(list(itertools.permutations(range(n))), dtype=float)
+    return 1 - 6 * ((perms - r) ** 2).sum(axis=1) / (n * (n * n - 1))
+
+
 def spearman_p(rho: float, n: int, alternative: str) -> float:
-    """One-sided p-value of a Spearman rho over n points ("less": rho < 0, "greater": rho > 0) from the
-    t-distribution with n - 2 degrees of freedom, as scipy.stats.spearmanr computes it; 0.5 (no evidence
-    either way) when rho is undefined or n < 3."""
+    """One-sided p-value of a Spearman rho over n points ("less": rho < 0, "greater": rho > 0): exact
+    (every ordering of n untied ranks) up to EXACT_MAX points, where the t approximation is far too
+    optimistic (it gives p = 0 for rho = -1 at n = 3, the exact p being 1/6); above, the t-distribution
+    with n - 2 degrees of freedom, as scipy.stats.spearmanr computes it. 0.5 (no evidence either way)
+    when rho is undefined or n < 3."""
     if not np.isfinite(rho) or n < 3:
         return 0.5
+    if n <= EXACT_MAX:
+        null, eps = _spearman_null(int(n)), 1e-9
+        return float(np.mean(null <= rho + eps) if alternative == "less" else np.mean(null >= rho - eps))
     t = rho * math.sqrt((n - 2) / max((1 + rho) * (1 - rho), 1e-300))
     return float(stats.t.cdf(t, n - 2) if alternative == "less" else stats.t.sf(t, n - 2))
 
@@ -153,8 +167,8 @@ def _spearman(x, y) -> float:
 
 
 def permutation_p(x, y, alternative: str) -> float:
-    """Exact one-sided permutation p-value of Spearman's rho (every ordering of y against x; "less":
-    P(rho_perm <= rho), "greater": P(rho_perm >= rho)); above EXACT_MAX points, spearman_p."""
+    """Exact one-sided permutation p-value of Spearman's rho (every ordering of y against x, ties kept;
+    "less": P(rho_perm <= rho), "greater": P(rho_perm >= rho)); above EXACT_MAX points, spearman_p."""
     x, y = np.asarray(x, float), np.asarray(y, float)
     rho = _spearman(x, y)
     if not np.isfinite(rho):
