@@ -82,6 +82,15 @@ def test_too_few_checkpoints_give_a_clear_non_converged_row(fitted):
     assert np.isnan(r["A0"]) and np.isnan(r["A0_lo"])
 
 
+def test_a_profile_whose_runs_cannot_be_fitted_still_has_every_column(table):
+    """Only too-short runs (as in a shrunk profile): the fits table has the columns notebooks 03-04 show."""
+    fits, curves = analysis.fit_activation_laws(table[table["run"] == "relu-short"], SPEC)
+    cols = ["run", "form", "converged", "n_used", "n_dropped", "mse", "holdout_mae", "rho_tokens", "message",
+            "A0", "A0_lo", "A0_hi", "A_last"]
+    assert len(fits[cols]) == 1 and not fits["converged"].iloc[0] and np.isnan(fits["holdout_mae"].iloc[0])
+    assert curves.empty and list(curves.columns) == ["run", "D", "A_fit", "A_lo", "A_hi"]
+
+
 def test_fit_rows_carry_the_spec_and_the_dropped_points(table):
     spec = dataclasses.replace(SPEC, n_boot=0, drop_first_n=2)
     fits, _ = analysis.fit_activation_laws(table[table["run"] == "silu-s1"], spec)
