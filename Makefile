@@ -45,10 +45,11 @@ $(EXEC)/%.ipynb: notebooks/%.ipynb configs/$(PROFILE).yaml $(LIB) $(STAMP)
 figures: $(EXECUTED) ## execute every notebook for PROFILE: train, measure, fit, write figures/PROFILE
 
 REPLOT := runs/$(PROFILE)/replot
+RESULTS := $(or $(SPARSINGLAW_RESULTS),results)/$(PROFILE)
 README_CLAIMS := $(if $(filter cpu gpu,$(PROFILE)),--readme README.md,)
 
 replot: $(STAMP) ## redraw every figure of PROFILE from the committed results/PROFILE tables (no training)
-	@test -f results/$(PROFILE)/sparsity.csv || { echo "error: results/$(PROFILE)/sparsity.csv is missing: nothing to replot (make figures PROFILE=$(PROFILE) computes it)" >&2; exit 1; }
+	@test -f $(RESULTS)/sparsity.csv || { echo "error: $(RESULTS)/sparsity.csv is missing: nothing to replot (make figures PROFILE=$(PROFILE) or make compute PROFILE=$(PROFILE) computes it)" >&2; exit 1; }
 	@mkdir -p $(REPLOT)
 	@set -e; for nb in $(NOTEBOOKS); do \
 	  $(PY) -m papermill $$nb $(abspath $(REPLOT))/$$(basename $$nb) -k python3 -p profile $(PROFILE) -p replot True --cwd $(CURDIR); \
