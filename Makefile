@@ -75,8 +75,11 @@ compute: $(STAMP) ## the model stages of PROFILE without notebooks (train, measu
 runs: $(STAMP) ## list the runs of PROFILE and their state
 	$(PY) -m sparsinglaw runs --profile $(PROFILE)
 
-bench: $(STAMP) ## training tokens/s (cpu reference run) and PPL-1% fast vs reference (wall time, answers, memory)
+bench: $(STAMP) ## training tokens/s (cpu reference run; on a GPU also the probe's 1M and 108M shapes) and PPL-1% fast vs reference
 	$(PY) bench/train_speed.py
+	@if $(PY) -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then \
+	$(PY) bench/trainer_vs_probe.py --shapes 1M,108M $(if $(PROBE),--probe $(PROBE),); \
+	else echo "(no GPU: the trainer-vs-probe benchmark is skipped)"; fi
 	@ck=$$(ls runs/cpu/relu-s4-*/ckpt_0*.pt 2>/dev/null | tail -n 1); \
 	if [ -n "$$ck" ]; then $(PY) bench/ppl_p_speed.py --checkpoint $$ck --eval-tokens 32768 --search both; \
 	else echo "(no trained cpu checkpoint: PPL-1% benchmark on a random model; run make figures first)"; \
