@@ -445,6 +445,7 @@ def train(run: RunConfig, data_cfg: DataConfig, run_dir: Path, tokens: TokenData
     pending: list[torch.Tensor] = []
     last_loss = float("nan")
     acc_loss, acc_n, t_last, tok_last = 0.0, 0, time.perf_counter(), step * tps
+    t_start, step_start = t_last, step
 
     def read_back() -> None:
         nonlocal last_loss, acc_loss, acc_n
@@ -543,5 +544,9 @@ def train(run: RunConfig, data_cfg: DataConfig, run_dir: Path, tokens: TokenData
             "non_embedding_params": model.num_params(non_embedding=True),
             "flops_per_token": model.flops_per_token(), "versions": versions()}
     atomic_write_text(done_path, json.dumps(done, indent=1))
+    wall = time.perf_counter() - t_start
+    rate = (n_steps - step_start) * tps / max(wall, 1e-9)  # this session's steps, evaluation and saving included
+    print(f"{run.name}: done, {n_steps * tps:,} tokens, final loss {last_loss:.4f}; this session {wall:.1f} s, "
+          f"{rate:,.0f} tokens/s" + (f", MFU {rate * fpt / peak:.1%}" if peak else "") + f" on {dev}", flush=True)
     barrier()
     return done
