@@ -9,7 +9,9 @@
 # Runs from the repository root with the machine's own python3 (torch with CUDA; no venv, no
 # notebooks: the figures are drawn afterwards anywhere with `make replot PROFILE=gpu`). Everything
 # that comes back is written under $OUT (default /tmp/gpu_session): logs, the benchmark table,
-# compute_times.json and results_gpu.tgz (results/gpu plus every run's log.csv and DONE).
+# compute_times.json, gpu_load.csv and results_gpu.tgz (results/gpu plus every run's log.csv and DONE).
+# The runs are cached: if `profile` stops at its time limit, the same call again on the still-warm
+# machine resumes where it stopped (finished runs and measurements are kept in runs/gpu).
 set -uo pipefail
 part=${1:?usage: bash bench/gpu_session.sh bench PROBE | profile | dry}
 OUT=${OUT:-/tmp/gpu_session}
@@ -34,8 +36,12 @@ case "$part" in
     ;;
   profile)
     env_info profile
+    # GPU load and memory every 5 s while the profile runs: is the GPU kept busy?
+    nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 5 > "$OUT/gpu_load.csv" 2>&1 &
+    smi=$!
     timeout 500 $PY -m sparsinglaw compute --profile gpu --no-progress --times "$OUT/compute_times.json" \
       2>&1 | tee "$OUT/compute.log"
+    kill $smi 2>/dev/null
     ck=$(ls runs/gpu/relu-s1-*/ckpt_0*.pt 2>/dev/null | tail -n 1)
     if [ -n "$ck" ]; then
       timeout 60 $PY bench/ppl_p_speed.py --checkpoint "$ck" --eval-tokens 65536 --compare-devices \
