@@ -158,6 +158,8 @@ def main() -> None:
                     help="fast bisection in float32 and under bf16 autocast on --device")
     ap.add_argument("--worker", choices=["fast-bisect", "fast-secant", "reference"], help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if (args.compare_devices or args.device == "cuda") and not torch.cuda.is_available():
+        sys.exit("error: --compare-devices and --device cuda need a CUDA GPU; torch sees none")
     if args.worker:
         return worker(args)
     argv = list(sys.argv[1:])
