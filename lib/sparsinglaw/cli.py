@@ -3,9 +3,9 @@
 Every run of a sweep is an independent command (`train --profile P --run NAME`), so a scheduler's
 job array spreads a sweep over a cluster; `-j N` spreads it over local cores. `compute` does every
 stage that needs the models (train, measure, Pareto sweeps, sparse inference, training logs) and writes
-the results/<profile> tables, so that `make replot` draws every figure elsewhere, without a GPU. Errors the user can fix
-print one paragraph and exit 2 (`verify` without the results tables it reads: exit 1); `--debug` shows
-the traceback.
+the results/<profile> tables, so that `make replot` draws every figure elsewhere, without a GPU.
+Errors the user can fix print one paragraph and exit 2 (`verify` without the results tables it reads:
+exit 1); `--debug` shows the traceback.
 """
 
 from __future__ import annotations
