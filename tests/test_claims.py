@@ -351,7 +351,8 @@ def synthetic_results(name: str, ppl_ratio: float) -> None:
             inf.append({"run": run, "p": p, "domain": "all", "accuracy": 0.40, "dense_accuracy": 0.40,
                         "ppl_ratio": ppl_ratio if p else 1.0, "calib_ppl_ratio": 1.01})
     for table, rows in (("sparsity", sp), ("neurons", neurons), ("tokens", tokens), ("sparse_inference", inf)):
-        runs.write_table(pd.DataFrame(rows), folder / f"{table}.csv", {"synthetic": True})
+        meta = {"synthetic": True, "git_sha": "0123456789abcdef"}
+        runs.write_table(pd.DataFrame(rows), folder / f"{table}.csv", meta)
 
 
 @pytest.fixture(scope="module")
@@ -380,7 +381,9 @@ def test_evaluate_and_write(synth_profile):
     back = runs.read_table(folder / "claims.csv", claims.COLUMNS)
     assert list(back["id"]) == list(df["id"]) and back.attrs["meta"]["profile"] == "synth"
     text = (folder / "claims.md").read_text()
-    assert text == md and text.startswith("Claims checked on profile `synth` (git ")
+    # the header names the commit of the measurements (sparsity.csv's sidecar), not the checking code's
+    assert text == md and text.startswith("Claims checked on profile `synth` (measurements of git 0123456789ab): ")
+    assert back.attrs["meta"]["git_sha"] != "0123456789abcdef"
     assert text.count("\n| ") == len(df) + 1 and "**FAIL**" in text
 
 

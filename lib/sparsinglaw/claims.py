@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import json
 import math
 from pathlib import Path
 
@@ -453,9 +454,10 @@ def _cell(v) -> str:
 
 
 def markdown(df: pd.DataFrame, profile_name: str, git_sha: str) -> str:
-    """claims.md: a header line naming the profile and git sha, then claim | value | threshold | verdict."""
+    """claims.md: a header line naming the profile and the git sha its measurements were made at (so the
+    file changes only when the results or the verdicts do), then claim | value | threshold | verdict."""
     counts = ", ".join(f"{(df['verdict'] == v).sum()} {v}" for v in VERDICTS)
-    lines = [f"Claims checked on profile `{profile_name}` (git {git_sha[:12]}): {counts}.", "",
+    lines = [f"Claims checked on profile `{profile_name}` (measurements of git {git_sha[:12]}): {counts}.", "",
              "| claim | statistic value | threshold | verdict |", "|---|---|---|---|"]
     for r in df.itertuples(index=False):
         lines.append(f"| {_cell(r.claim)} (`{r.id}`) | {_cell(r.value)} | {_cell(r.threshold)} | **{r.verdict}** |")
@@ -467,8 +469,10 @@ def write(profile: ProfileConfig | str, df: pd.DataFrame) -> str:
     profile = _profile(profile)
     meta = provenance(profile)
     folder = results_dir(profile.name)
-    write_table(df, folder / "claims.csv", meta)
-    md = markdown(df, profile.name, meta["git_sha"])
+    write_table(df, folder / "claims.csv", meta)  # its sidecar names the code that checked the claims
+    measured = folder / "sparsity.meta.json"
+    sha = json.loads(measured.read_text()).get("git_sha") if measured.exists() else None
+    md = markdown(df, profile.name, str(sha or meta["git_sha"]))
     tmp = folder / ".claims.md.tmp"
     tmp.write_text(md)
     tmp.replace(folder / "claims.md")
