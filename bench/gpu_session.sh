@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The prepared GPU checks, in two parts that each fit one device call (<= 10 minutes):
 #
-#   bash bench/gpu_session.sh bench PROBE   our trainer vs the bare probe at 1M and 108M (same shapes)
+#   bash bench/gpu_session.sh bench PROBE   our trainer vs the bare probe at 1M and 108M (same shapes),
+#                                           plus a torch.profiler kernel table of our trainer per shape
 #   bash bench/gpu_session.sh profile       the gpu profile's model stages (python -m sparsinglaw compute),
 #                                           timed, then PPL-1% of one checkpoint on CPU vs CUDA
 #   bash bench/gpu_session.sh dry           both on the CPU at toy sizes (checks the script itself)
@@ -32,7 +33,7 @@ case "$part" in
     probe=${2:?usage: bash bench/gpu_session.sh bench PATH/gpu_probe.py}
     env_info bench
     timeout 540 $PY bench/trainer_vs_probe.py --probe "$probe" --shapes 1M,108M \
-      --out "$OUT/trainer_vs_probe.md" 2>&1 | tee "$OUT/bench.log"
+      --out "$OUT/trainer_vs_probe.md" --profile-dir "$OUT" 2>&1 | tee "$OUT/bench.log"
     ;;
   profile)
     env_info profile
@@ -53,7 +54,7 @@ case "$part" in
   dry)
     env_info dry
     $PY bench/trainer_vs_probe.py --device cpu --shapes tiny --no-compile --out "$OUT/trainer_vs_probe.md" \
-      2>&1 | tee "$OUT/bench.log"
+      --profile-dir "$OUT" 2>&1 | tee "$OUT/bench.log"
     ;;
   *)
     echo "unknown part $part: bench PROBE | profile | dry" >&2; exit 2 ;;

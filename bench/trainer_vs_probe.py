@@ -37,8 +37,11 @@ SEQ, VOCAB = 1024, 8192
 STEPS = {"1M": 160, "4M": 120, "16M": 100, "64M": 60, "108M": 60, "tiny": 8}
 
 
-def trainer_run(shape: str, device: str, compile_: bool, steps: int, log_every: int) -> dict:
-    """Train `steps` optimizer steps of `shape` with sparsinglaw's trainer; tokens/s from its log."""
+def trainer_run(shape: str, device: str, compile_: bool, steps: int, log_every: int,
+                profile_out: Path | None = None, profile_steps: int = 12) -> dict:
+    """Train `steps` optimizer steps of `shape` with sparsinglaw's trainer; tokens/s from its log. With
+    `profile_out`, a second short run under torch.profiler writes its kernel table there (where the
+    time goes, if the trainer trails the probe)."""
     import numpy as np
     import pandas as pd
     import torch
@@ -72,6 +75,17 @@ def trainer_run(shape: str, device: str, compile_: bool, steps: int, log_every: 
     rates = log[log["split"] == "train"]["tok_s"].tolist()
     timed = rates[2:] if len(rates) > 2 else rates
     dev = torch.device(device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    if profile_out is not None:
+        from torch.profiler import ProfilerActivity, profile
+
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+        with tempfile.TemporaryDirectory() as tmp, profile(activities=acts) as prof:
+            train(run, DataConfig(), Path(tmp) / "run", tokens, device=device, compile=compile_, progress=False,
+                  stop_after_step=profile_steps)
+        key = "self_cuda_time_total" if dev.type == "cuda" else "self_cpu_time_total"
+        Path(profile_out).write_text(f"{shape}: {profile_steps} steps of sparsinglaw.train.train (compilation "
+                                     f"included on the CPU side), sorted by {key}\n"
+                                     + prof.key_averages().table(sort_by=key, row_limit=30) + "\n")
     peak = peak_flops(dev)
     tok_s = statistics.median(timed)
     n_nonemb = num_params_from_config(model, non_embedding=True)
@@ -121,6 +135,8 @@ def main() -> None:
     ap.add_argument("--log-every", type=int, default=None, help="steps per timed window (default steps // 8)")
     ap.add_argument("--probe-seconds", type=float, default=15.0, help="the probe's timed seconds per shape")
     ap.add_argument("--out", type=Path, default=None, help="also write the table and the raw numbers here")
+    ap.add_argument("--profile-dir", type=Path, default=None,
+                    help="also write a torch.profiler kernel table of our trainer per shape: DIR/trainer_<shape>.txt")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: one trainer run, JSON out
     a = ap.parse_args()
     shapes = [s for s in a.shapes.split(",") if s]
@@ -129,7 +145,8 @@ def main() -> None:
         ap.error(f"unknown shape(s) {bad}; known: {', '.join(SHAPES)}")
     if a.one:
         steps = a.steps or STEPS[a.one]
-        r = trainer_run(a.one, a.device, not a.no_compile, steps, a.log_every or max(steps // 8, 1))
+        prof = a.profile_dir / f"trainer_{a.one}.txt" if a.profile_dir else None
+        r = trainer_run(a.one, a.device, not a.no_compile, steps, a.log_every or max(steps // 8, 1), prof)
         print("RESULT " + json.dumps(r))
         return
     results = []
@@ -141,6 +158,7 @@ def main() -> None:
         cmd += ["--no-compile"] if a.no_compile else []
         cmd += ["--steps", str(a.steps)] if a.steps else []
         cmd += ["--log-every", str(a.log_every)] if a.log_every else []
+        cmd += ["--profile-dir", str(a.profile_dir)] if a.profile_dir else []
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
         line = next((x for x in r.stdout.splitlines() if x.startswith("RESULT ")), None)
         if line is None:

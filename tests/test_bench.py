@@ -30,6 +30,8 @@ def test_gpu_session_dry_run_trains_with_our_trainer(tmp_path):
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[3] == "not run" and float(cells[4].replace(",", "")) > 0  # trainer tokens/s measured
     assert (tmp_path / "env_dry.txt").exists()
+    prof = (tmp_path / "trainer_tiny.txt").read_text()
+    assert "self_cpu_time_total" in prof and "aten::" in prof  # the profiler's kernel table of our trainer
 
 
 def test_probe_summary_is_parsed(tmp_path):
