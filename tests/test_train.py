@@ -156,6 +156,13 @@ def test_prefetcher_keeps_order_and_raises_the_workers_error():
     finally:
         pf.close()
     assert not pf.thread.is_alive()
+    pf = Prefetcher(draw, 0, [0], pin=False)
+    try:
+        with pytest.raises(RuntimeError, match="out of order"):
+            pf.get(1, 0)
+    finally:
+        pf.close()
+    assert not pf.thread.is_alive()
 
 
 def test_prefetched_training_is_identical_and_logs_mfu_with_a_known_peak(tiny_profile, smoke_tokens, tmp_path,

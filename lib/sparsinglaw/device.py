@@ -117,7 +117,8 @@ class Prefetcher:
         s, m, x, y = self.q.get()
         if s is None:
             raise x
-        assert (s, m) == (step, micro), f"prefetch out of order: got {(s, m)}, want {(step, micro)}"
+        if (s, m) != (step, micro):  # the trainer asks in the order the thread draws: a bug otherwise
+            raise RuntimeError(f"prefetch out of order: got step {s} micro-batch {m}, want {step}, {micro}")
         return x, y
 
     def close(self) -> None:
