@@ -28,6 +28,7 @@ import dataclasses
 import json
 import math
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -196,6 +197,7 @@ def inference_run(profile: ProfileConfig, run: RunConfig, runs_dir=None, progres
         if out.exists():
             return read_record(out, profile, run)
         remove_stale_temps(d)
+        t0 = time.perf_counter()
         s = profile.sparsity
         dev = measure_device(profile)
         tokens = prepare(profile.data, data_cache_dir(runs_dir), progress=False)
@@ -244,6 +246,10 @@ def inference_run(profile: ProfileConfig, run: RunConfig, runs_dir=None, progres
                                       "whole_set_taus": r.thresholds[0]} for p, r in searches.items()},
                   "rows": [{k: r[k] for k in COLUMNS if k in r} for r in rows]}
         atomic_write_files({out: json.dumps(record, indent=1).encode()})
+        held_ratio = next((r["ppl_ratio"] for r in rows if r["p"] == min(ps) and r["domain"] == "all"), math.nan)
+        print(f"{run.name}: sparse inference at PPL-{'/'.join(f'{p:g}' for p in ps)}% on {sp.count_tokens(held):,} "
+              f"held-out tokens (PPL-{min(ps):g}%: held-out PPL ratio {held_ratio:.4f}) in "
+              f"{time.perf_counter() - t0:.1f} s on {dev}", flush=True)
         return record
 
 

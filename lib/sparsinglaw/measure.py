@@ -21,6 +21,7 @@ import io
 import json
 import math
 import os
+import time
 import zipfile
 from pathlib import Path
 
@@ -120,6 +121,7 @@ def measure_run(profile: ProfileConfig, run: RunConfig, runs_dir=None, progress:
         if out.exists():
             return read_record(out, profile, run)
         remove_stale_temps(d)
+        t0 = time.perf_counter()
         dev = measure_device(profile)
         tokens = prepare(profile.data, data_cache_dir(runs_dir), progress=False)
         batches = eval_set(profile, tokens, run.model.seq_len, dev)
@@ -184,6 +186,9 @@ def measure_run(profile: ProfileConfig, run: RunConfig, runs_dir=None, progress:
                              for p, r in searches.items()}}
         # the record is renamed last: it commits the pair and carries the arrays' sha256
         atomic_write_files({out.with_suffix(".npz"): arrays, out: json.dumps(record, indent=1).encode()})
+        cs = ", ".join(f"PPL-{p:g}% c = {r.cett:.4f}" for p, r in searches.items())
+        print(f"{run.name}: measured {len(ck)} checkpoints ({cs}) in {time.perf_counter() - t0:.1f} s on {dev}",
+              flush=True)
         return record
 
 
