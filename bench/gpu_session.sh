@@ -3,6 +3,7 @@
 #
 #   bash bench/gpu_session.sh bench PROBE   our trainer vs the bare probe at 1M and 108M (same shapes),
 #                                           plus a torch.profiler kernel table of our trainer per shape
+#                                           (GRAPHS=1: also the 1M shape with CUDA graphs)
 #   bash bench/gpu_session.sh profile       the gpu profile's model stages (python -m sparsinglaw compute),
 #                                           timed, then PPL-1% of one checkpoint on CPU vs CUDA
 #   bash bench/gpu_session.sh dry           both on the CPU at toy sizes (checks the script itself)
@@ -34,6 +35,10 @@ case "$part" in
     env_info bench
     timeout 540 $PY bench/trainer_vs_probe.py --probe "$probe" --shapes 1M,108M \
       --out "$OUT/trainer_vs_probe.md" --profile-dir "$OUT" 2>&1 | tee "$OUT/bench.log"
+    if [ "${GRAPHS:-0}" = 1 ]; then  # optional (about a minute): the 1M shape with CUDA graphs
+      timeout 240 $PY bench/trainer_vs_probe.py --shapes 1M --compile-mode reduce-overhead \
+        --out "$OUT/trainer_1M_cuda_graphs.md" 2>&1 | tee -a "$OUT/bench.log"
+    fi
     ;;
   profile)
     env_info profile

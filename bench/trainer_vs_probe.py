@@ -38,7 +38,7 @@ STEPS = {"1M": 160, "4M": 120, "16M": 100, "64M": 60, "108M": 60, "tiny": 8}
 
 
 def trainer_run(shape: str, device: str, compile_: bool, steps: int, log_every: int,
-                profile_out: Path | None = None, profile_steps: int = 12) -> dict:
+                profile_out: Path | None = None, profile_steps: int = 12, compile_mode: str = "default") -> dict:
     """Train `steps` optimizer steps of `shape` with sparsinglaw's trainer; tokens/s from its log. With
     `profile_out`, a second short run under torch.profiler writes its kernel table there (where the
     time goes, if the trainer trails the probe)."""
@@ -69,7 +69,7 @@ def trainer_run(shape: str, device: str, compile_: bool, steps: int, log_every: 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         train(run, DataConfig(), Path(tmp) / "run", tokens, device=device, compile=compile_, progress=False,
-              stop_after_step=steps)
+              stop_after_step=steps, compile_mode=compile_mode)
         wall = time.perf_counter() - t0
         log = pd.read_csv(Path(tmp) / "run" / "log.csv")
     rates = log[log["split"] == "train"]["tok_s"].tolist()
@@ -81,7 +81,7 @@ def trainer_run(shape: str, device: str, compile_: bool, steps: int, log_every: 
         acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
         with tempfile.TemporaryDirectory() as tmp, profile(activities=acts) as prof:
             train(run, DataConfig(), Path(tmp) / "run", tokens, device=device, compile=compile_, progress=False,
-                  stop_after_step=profile_steps)
+                  stop_after_step=profile_steps, compile_mode=compile_mode)
         key = "self_cuda_time_total" if dev.type == "cuda" else "self_cpu_time_total"
         Path(profile_out).write_text(f"{shape}: {profile_steps} steps of sparsinglaw.train.train (compilation "
                                      f"included on the CPU side), sorted by {key}\n"
@@ -89,8 +89,8 @@ def trainer_run(shape: str, device: str, compile_: bool, steps: int, log_every: 
     peak = peak_flops(dev)
     tok_s = statistics.median(timed)
     n_nonemb = num_params_from_config(model, non_embedding=True)
-    return {"shape": shape, "who": "trainer", "tok_s": tok_s, "windows": rates, "wall_s": wall,
-            "n_nonemb": n_nonemb, "batch": batch, "seq": seq, "steps": steps,
+    return {"shape": shape, "who": "trainer", "compile_mode": compile_mode, "tok_s": tok_s, "windows": rates,
+            "wall_s": wall, "n_nonemb": n_nonemb, "batch": batch, "seq": seq, "steps": steps,
             "mfu_nonemb": 6 * n_nonemb * tok_s / peak if peak else None, "peak": peak,
             "mem_gib": torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else None}
 
@@ -131,6 +131,9 @@ def main() -> None:
     ap.add_argument("--shapes", default="1M,108M", help=f"comma list of {', '.join(SHAPES)}")
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu", "auto"])
     ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--compile-mode", default="default",
+                    choices=["default", "reduce-overhead", "max-autotune-no-cudagraphs"],
+                    help="torch.compile mode of our trainer (reduce-overhead adds CUDA graphs)")
     ap.add_argument("--steps", type=int, default=None, help="optimizer steps per trainer run (default per shape)")
     ap.add_argument("--log-every", type=int, default=None, help="steps per timed window (default steps // 8)")
     ap.add_argument("--probe-seconds", type=float, default=15.0, help="the probe's timed seconds per shape")
@@ -146,7 +149,8 @@ def main() -> None:
     if a.one:
         steps = a.steps or STEPS[a.one]
         prof = a.profile_dir / f"trainer_{a.one}.txt" if a.profile_dir else None
-        r = trainer_run(a.one, a.device, not a.no_compile, steps, a.log_every or max(steps // 8, 1), prof)
+        r = trainer_run(a.one, a.device, not a.no_compile, steps, a.log_every or max(steps // 8, 1), prof,
+                        compile_mode=a.compile_mode)
         print("RESULT " + json.dumps(r))
         return
     results = []
@@ -156,6 +160,7 @@ def main() -> None:
             print(f"probe {shape}: {results[-1]}", flush=True)
         cmd = [sys.executable, __file__, "--one", shape, "--shapes", shape, "--device", a.device]
         cmd += ["--no-compile"] if a.no_compile else []
+        cmd += ["--compile-mode", a.compile_mode]
         cmd += ["--steps", str(a.steps)] if a.steps else []
         cmd += ["--log-every", str(a.log_every)] if a.log_every else []
         cmd += ["--profile-dir", str(a.profile_dir)] if a.profile_dir else []

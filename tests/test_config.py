@@ -63,6 +63,7 @@ BAD = [
     (lambda r: r["compute"].update(device=True), "compute.device"),
     (lambda r: r["compute"].update(compile="sometimes"), "compute.compile"),
     (lambda r: r["compute"].update(compile=1), "compute.compile"),
+    (lambda r: r["compute"].update(compile_mode="fastest"), "compute.compile_mode"),
     (lambda r: r["runs"].append(copy.deepcopy(r["runs"][0])), "duplicate run name"),
     (lambda r: r["runs"][0].update(name="a b"), "runs[0].name"),
     (lambda r: r["runs"][1]["model"].update(vocab_size=99), "vocab_size"),

@@ -209,11 +209,13 @@ def test_compiled_training_follows_eager(tiny_profile, smoke_tokens, tmp_path):
     run = tiny_profile.run("relu-s1")
     tokens = prepare(tiny_profile.data, runs.data_cache_dir(), progress=False)
     marks = checkpoint_steps(run.model, run.train)
-    for name, compiled in (("eager", False), ("compiled", True)):
-        train(run, tiny_profile.data, tmp_path / name, tokens, progress=False, compile=compiled,
+    for name, compiled, mode in (("eager", False, "default"), ("compiled", True, "default"),
+                                 ("graphs", True, "reduce-overhead")):  # CUDA graphs: skipped on CPU, runs
+        train(run, tiny_profile.data, tmp_path / name, tokens, progress=False, compile=compiled, compile_mode=mode,
               stop_after_step=marks[0] + 2)
-    eager, comp = (pd.read_csv(tmp_path / n / "log.csv") for n in ("eager", "compiled"))
-    assert list(eager["step"]) == list(comp["step"]) and len(eager) >= 3
+    eager, comp, graphs = (pd.read_csv(tmp_path / n / "log.csv") for n in ("eager", "compiled", "graphs"))
+    assert list(eager["step"]) == list(comp["step"]) == list(graphs["step"]) and len(eager) >= 3
     assert comp["loss"].to_numpy() == pytest.approx(eager["loss"].to_numpy(), rel=1e-4)
+    assert graphs["loss"].to_numpy() == pytest.approx(eager["loss"].to_numpy(), rel=1e-4)
     sd = torch.load(tmp_path / "compiled" / f"ckpt_{marks[0]:07d}.pt", weights_only=True)["model"]
     assert not any(k.startswith(("_orig_mod.", "module.")) for k in sd)

@@ -80,6 +80,7 @@ class ComputeConfig:
     device: str = "auto"  # "auto" (cuda if available), "cpu" or "cuda"
     threads: int = 1  # torch threads per process on CPU (1 avoids OpenMP spin-wait stalls)
     compile: bool | str = "auto"  # torch.compile the model: true, false, or "auto" (on CUDA only)
+    compile_mode: str = "default"  # default, reduce-overhead (CUDA graphs) or max-autotune-no-cudagraphs
     jobs: int = 0  # parallel training processes; 0 = one per CPU core
 
 
@@ -361,11 +362,16 @@ def validate_inference(inf: InferenceConfig, runs: list[RunConfig], where: str) 
            f"must be at least one window of the longest model.seq_len={longest} tokens, got {inf.heldout_tokens}")
 
 
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
+
+
 def validate_compute(c: ComputeConfig, where: str) -> None:
     _check(c.device in ("auto", "cpu", "cuda"), f"{where}.device", f"expected auto, cpu or cuda, got {c.device!r}")
     _check(c.threads >= 1, f"{where}.threads", f"must be >= 1, got {c.threads}")
     _check(c.compile in (True, False, "auto"), f"{where}.compile",
            f"expected true, false or auto (on CUDA only), got {c.compile!r}")
+    _check(c.compile_mode in COMPILE_MODES, f"{where}.compile_mode",
+           f"expected one of {', '.join(COMPILE_MODES)}, got {c.compile_mode!r}")
     _check(c.jobs >= 0, f"{where}.jobs", f"must be >= 0 (0 = one per core), got {c.jobs}")
 
 

@@ -214,7 +214,7 @@ def _train_one(profile_path: str, overrides: list[str], name: str, runs_dir: str
     lock = run_lock(d, f"run {name}") if int(os.environ.get("RANK", "0")) == 0 else contextlib.nullcontext()
     with lock:
         return train(run, profile.data, d, tokens, device=c.device, threads=c.threads, compile=c.compile,
-                     progress=progress)
+                     compile_mode=c.compile_mode, progress=progress)
 
 
 def train_profile(profile: ProfileConfig, names: list[str] | None = None, jobs: int | None = None,

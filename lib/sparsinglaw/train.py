@@ -341,10 +341,11 @@ def check_tokens(run: RunConfig, tokens: TokenData) -> None:
 
 def train(run: RunConfig, data_cfg: DataConfig, run_dir: Path, tokens: TokenData, *, device: str = "auto",
           threads: int = 1, compile: bool | str = False, progress: bool = True, stop_after_step: int | None = None,
-          fault: dict | None = None, prefetch: bool | None = None) -> dict:
+          fault: dict | None = None, prefetch: bool | None = None, compile_mode: str = "default") -> dict:
     """Train `run` into `run_dir`, resuming from its latest valid checkpoint; returns the DONE summary.
 
-    `compile`: torch.compile the model (True, False, or "auto": on CUDA only).
+    `compile`: torch.compile the model (True, False, or "auto": on CUDA only), in `compile_mode`
+    ("reduce-overhead" adds CUDA graphs).
     `prefetch` draws batches in a background thread (default: on CUDA only; see Prefetcher).
     `stop_after_step` ends the loop early (for tests); `fault` injects failures (tests only):
     {"nan_at_step": s} or {"inf_at_step": s} makes the loss at step s NaN or infinite.
@@ -404,7 +405,7 @@ def train(run: RunConfig, data_cfg: DataConfig, run_dir: Path, tokens: TokenData
         wrapped = DistributedDataParallel(model, device_ids=[ddp.local_rank] if dev.type == "cuda" else None)
     if compile == "auto":
         compile = dev.type == "cuda"
-    fwd = torch.compile(wrapped) if compile else wrapped
+    fwd = torch.compile(wrapped, mode=None if compile_mode == "default" else compile_mode) if compile else wrapped
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else nullcontext())
     base_meta = {"run": run.name, "config_hash": config_hash, "config": run.identity(data_cfg),
                  "corpus": tokens.fingerprint, "versions": versions(), "device": str(dev), "world_size": ddp.world}
