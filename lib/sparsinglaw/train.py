@@ -435,12 +435,12 @@ def train(run: RunConfig, data_cfg: DataConfig, run_dir: Path, tokens: TokenData
         gen.manual_seed(batch_seed(tcfg.seed, s, micro))
         return get_batch(tokens.train, tcfg.batch_size, mcfg.seq_len, gen)
 
-    if prefetch is None:
-        prefetch = dev.type == "cuda"
-    ahead = Prefetcher(draw, step, mine, pin=dev.type == "cuda") if prefetch else None
-    next_batch = ahead.get if ahead is not None else draw
     peak = peak_flops(dev)
     fpt = model.flops_per_token()
+    if prefetch is None:
+        prefetch = dev.type == "cuda"
+    ahead = Prefetcher(draw, step, mine, pin=dev.type == "cuda") if prefetch else None  # closed in finally
+    next_batch = ahead.get if ahead is not None else draw
     # Step losses stay on the device and are read back (one sync) only at log, checkpoint and resume
     # steps; a non-finite one raises there, before anything of that step is logged or saved.
     pending: list[torch.Tensor] = []
