@@ -121,6 +121,8 @@ def table(results: list[dict]) -> str:
         mfu = f"{100 * t['mfu_nonemb']:.1f}%" if t and t.get("mfu_nonemb") else "-"
         n = t["n_nonemb"] if t else p["n_nonemb"]
         bs = f"{t['batch']} x {t['seq']}" if t else f"{p.get('batch', '?')} x {SEQ}"
+        if p and t and p.get("batch") not in (None, t["batch"]):  # the probe halves its batch on OOM
+            bs += f" (probe: {p['batch']})"
         lines.append(f"| {shape} | {n / 1e6:.2f}M | {bs} | {pt} | {tt} | {ratio} | {mfu} |")
     return "\n".join(lines)
 
