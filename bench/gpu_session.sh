@@ -6,6 +6,7 @@
 #                                           (GRAPHS=1: also the 1M shape with CUDA graphs)
 #   bash bench/gpu_session.sh profile       the gpu profile's model stages (python -m sparsinglaw compute),
 #                                           timed, then PPL-1% of one checkpoint on CPU vs CUDA
+#                                           (COMPUTE_ARGS="--set KEY=VALUE ...": extra arguments)
 #   bash bench/gpu_session.sh dry           both on the CPU at toy sizes (checks the script itself)
 #
 # Runs from the repository root with the machine's own python3 (torch with CUDA; no venv, no
@@ -45,16 +46,20 @@ case "$part" in
     # GPU load and memory every 5 s while the profile runs: is the GPU kept busy?
     nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 5 > "$OUT/gpu_load.csv" 2>&1 &
     smi=$!
+    # COMPUTE_ARGS: extra arguments, e.g. "--set compute.compile=false" if compilation failed in the bench
+    # part, or "--set train.tokens=50000000" if the trainer was slower than the profile was sized for
+    # shellcheck disable=SC2086
     timeout 500 $PY -m sparsinglaw compute --profile gpu --no-progress --times "$OUT/compute_times.json" \
-      2>&1 | tee "$OUT/compute.log"
+      ${COMPUTE_ARGS:-} 2>&1 | tee "$OUT/compute.log"
     kill $smi 2>/dev/null
-    ck=$(ls runs/gpu/relu-s1-*/ckpt_0*.pt 2>/dev/null | tail -n 1)
+    runs=${SPARSINGLAW_RUNS:-runs} results=${SPARSINGLAW_RESULTS:-results}
+    ck=$(ls "$runs"/gpu/relu-s1-*/ckpt_0*.pt 2>/dev/null | tail -n 1)
     if [ -n "$ck" ]; then
       timeout 60 $PY bench/ppl_p_speed.py --checkpoint "$ck" --eval-tokens 65536 --compare-devices \
         --json "$OUT/ppl_devices.json" 2>&1 | tee "$OUT/ppl_devices.log"
     fi
-    tar czf "$OUT/results_gpu.tgz" results/gpu runs/gpu/*/log.csv runs/gpu/*/DONE runs/gpu/*/config.yaml \
-      2>/dev/null || true
+    tar czf "$OUT/results_gpu.tgz" "$results"/gpu "$runs"/gpu/*/log.csv "$runs"/gpu/*/DONE \
+      "$runs"/gpu/*/config.yaml 2>/dev/null || true
     ;;
   dry)
     env_info dry
