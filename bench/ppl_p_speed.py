@@ -122,8 +122,8 @@ def report(fasts: list[dict], ref: dict, p: float, tol: float) -> None:
         print("  c tried (c, mean ratio): " + ", ".join(f"({c:.4f}, {r:.5f})" for c, r in f["trace"]))
 
 
-def compare_devices(cpu: dict, cuda: dict) -> None:
-    """How far the second answer (CUDA, or bf16) lies from the first (CPU float32); fast bisection."""
+def compare_answers(cpu: dict, cuda: dict) -> None:
+    """How far the second answer (CUDA float32, or bf16) lies from the first (CPU float32)."""
     print(f"model: {cuda['what']}; {cpu['n_tokens']} evaluation tokens")
     for r in (cpu, cuda):
         print(f"  {r['device']:>9}: c {r['cett']:.6f}  PPL ratio {r['ppl_ratio']:.6f}  activation ratio "
@@ -169,7 +169,7 @@ def main() -> None:
             runs = [run_worker("fast-bisect", [*argv, "--device", d]) for d in ("cpu", "cuda")]
         else:
             runs = [run_worker("fast-bisect", argv), run_worker("fast-bisect", [*argv, "--bf16"])]
-        compare_devices(*runs)
+        compare_answers(*runs)
         if args.json:
             Path(args.json).write_text(json.dumps({r["device"]: r for r in runs}, indent=2))
         return

@@ -20,7 +20,6 @@ import re
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -42,15 +41,12 @@ def trainer_run(shape: str, device: str, compile_: bool, steps: int, log_every: 
     """Train `steps` optimizer steps of `shape` with sparsinglaw's trainer; tokens/s from its log. With
     `profile_out`, a second short run under torch.profiler writes its kernel table there (where the
     time goes, if the trainer trails the probe)."""
-    import numpy as np
-    import pandas as pd
     import torch
+    from trainer_cpu_speed import random_tokens, trainer_rates  # bench/, beside this file
 
-    from sparsinglaw.config import DataConfig, RunConfig, TrainConfig
-    from sparsinglaw.data import TokenData
-    from sparsinglaw.device import peak_flops
+    from sparsinglaw.config import RunConfig, TrainConfig
+    from sparsinglaw.device import peak_flops, resolve_device
     from sparsinglaw.model import ModelConfig, num_params_from_config
-    from sparsinglaw.train import train
 
     d, L, f, heads, batch = SHAPES[shape]
     seq = SEQ if shape != "tiny" else 128
@@ -59,29 +55,17 @@ def trainer_run(shape: str, device: str, compile_: bool, steps: int, log_every: 
     tcfg = TrainConfig(tokens=10**12, batch_size=batch, log_every=log_every, resume_every=10**9,
                        eval_tokens=seq, checkpoints=2)
     run = RunConfig(name=f"bench-{shape}", groups=[], model=model, train=tcfg)
-    rng = np.random.default_rng(0)
-    n = max(4 * batch * (seq + 1), 1 << 22)
-    ids = rng.integers(0, VOCAB, n, dtype=np.uint16)
-    tokens = TokenData(root=Path("."), train=ids, val=ids[: 4 * (seq + 1)], train_domain=np.zeros(n, np.uint8),
-                       val_domain=np.zeros(4 * (seq + 1), np.uint8), domains=["code"], vocab_size=VOCAB, eot=0,
-                       fingerprint={"source": "random", "files": 0, "bytes": n * 2, "sha256": ""},
-                       tokenizer_path=Path("none"))
-    with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter()
-        train(run, DataConfig(), Path(tmp) / "run", tokens, device=device, compile=compile_, progress=False,
-              stop_after_step=steps, compile_mode=compile_mode)
-        wall = time.perf_counter() - t0
-        log = pd.read_csv(Path(tmp) / "run" / "log.csv")
-    rates = log[log["split"] == "train"]["tok_s"].tolist()
+    tokens = random_tokens(VOCAB, seq, max(4 * batch * (seq + 1), 1 << 22))
+    kw = {"device": device, "compile": compile_, "compile_mode": compile_mode}
+    rates, wall = trainer_rates(run, tokens, steps, **kw)
     timed = rates[2:] if len(rates) > 2 else rates
-    dev = torch.device(device if device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = torch.device(resolve_device(device))
     if profile_out is not None:
         from torch.profiler import ProfilerActivity, profile
 
         acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
-        with tempfile.TemporaryDirectory() as tmp, profile(activities=acts) as prof:
-            train(run, DataConfig(), Path(tmp) / "run", tokens, device=device, compile=compile_, progress=False,
-                  stop_after_step=profile_steps, compile_mode=compile_mode)
+        with profile(activities=acts) as prof:
+            trainer_rates(run, tokens, profile_steps, **kw)
         key = "self_cuda_time_total" if dev.type == "cuda" else "self_cpu_time_total"
         Path(profile_out).write_text(f"{shape}: {profile_steps} steps of sparsinglaw.train.train (compilation "
                                      f"included on the CPU side), sorted by {key}\n"

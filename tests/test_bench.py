@@ -62,6 +62,6 @@ def test_device_agreement_report(capsys):
     cpu = {"device": "cpu", "what": "m", "n_tokens": 100, "cett": 0.25, "ppl_ratio": 1.0101, "activation_ratio": 0.2,
            "dense_loss": 3.0, "wall_s": 10.0, "thresholds": [1.0, 2.0]}
     cuda = dict(cpu, device="cuda", cett=0.2505, thresholds=[1.0, 2.0002], wall_s=2.0)
-    ppl.compare_devices(cpu, cuda)
+    ppl.compare_answers(cpu, cuda)
     out = capsys.readouterr().out
     assert "|dc| 5.0e-04" in out and "max relative threshold difference 1.0e-04" in out and "speedup 5.0x" in out

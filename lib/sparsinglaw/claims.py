@@ -133,11 +133,19 @@ def _in_groups(df: pd.DataFrame, groups) -> pd.DataFrame:
 
 
 @functools.cache
-def _spearman_null(n: int) -> np.ndarray:
-    """Spearman's rho of every ordering of n untied ranks against 1..n (the exact null distribution)."""
-    r = np.arange(n, dtype=float)
-    perms = np.array(list(itertools.permutations(range(n))), dtype=float)
-    return 1 - 6 * ((perms - r) ** 2).sum(axis=1) / (n * (n * n - 1))
+def _exact_null(rx: tuple[float, ...], ry: tuple[float, ...]) -> np.ndarray:
+    """Spearman's rho of every ordering of the ranks ry against the ranks rx (ties kept): the exact null
+    distribution of rho (cached: the untied ranks of n points give one per n)."""
+    x, y = np.asarray(rx), np.asarray(ry)
+    perms = np.array([y[list(p)] for p in itertools.permutations(range(y.size))])
+    x, perms = x - x.mean(), perms - perms.mean(axis=1, keepdims=True)
+    return perms @ x / (np.linalg.norm(perms, axis=1) * np.linalg.norm(x))
+
+
+def _exact_tail(null: np.ndarray, rho: float, alternative: str) -> float:
+    """P(rho_perm <= rho) ("less") or P(rho_perm >= rho) ("greater"), with a tolerance for rounding."""
+    eps = 1e-9
+    return float(np.mean(null <= rho + eps) if alternative == "less" else np.mean(null >= rho - eps))
 
 
 def spearman_p(rho: float, n: int, alternative: str) -> float:
@@ -149,8 +157,8 @@ def spearman_p(rho: float, n: int, alternative: str) -> float:
     if not np.isfinite(rho) or n < 3:
         return 0.5
     if n <= EXACT_MAX:
-        null, eps = _spearman_null(int(n)), 1e-9
-        return float(np.mean(null <= rho + eps) if alternative == "less" else np.mean(null >= rho - eps))
+        ranks = tuple(float(i) for i in range(int(n)))
+        return _exact_tail(_exact_null(ranks, ranks), rho, alternative)
     t = rho * math.sqrt((n - 2) / max((1 + rho) * (1 - rho), 1e-300))
     return float(stats.t.cdf(t, n - 2) if alternative == "less" else stats.t.sf(t, n - 2))
 
@@ -176,12 +184,8 @@ def permutation_p(x, y, alternative: str) -> float:
         return float("nan")
     if x.size > EXACT_MAX:
         return spearman_p(rho, x.size, alternative)
-    rx, ry = stats.rankdata(x), stats.rankdata(y)
-    perms = np.array([ry[list(p)] for p in itertools.permutations(range(ry.size))])
-    rx, perms = rx - rx.mean(), perms - perms.mean(axis=1, keepdims=True)
-    null = perms @ rx / (np.linalg.norm(perms, axis=1) * np.linalg.norm(rx))
-    eps = 1e-9
-    return float(np.mean(null <= rho + eps) if alternative == "less" else np.mean(null >= rho - eps))
+    null = _exact_null(tuple(stats.rankdata(x).tolist()), tuple(stats.rankdata(y).tolist()))
+    return _exact_tail(null, rho, alternative)
 
 
 # -----------------------------------------------------------------------------------------------

@@ -93,22 +93,23 @@ class Prefetcher:
         self.q: queue.Queue = queue.Queue(maxsize=depth)
         self.stop = threading.Event()
 
+        def put(item) -> None:  # waits for room, but gives up once close() was called
+            while not self.stop.is_set():
+                try:
+                    return self.q.put(item, timeout=0.1)
+                except queue.Full:
+                    continue
+
         def work() -> None:
             s = step
             try:
                 while not self.stop.is_set():
                     for m in micros:
                         x, y = draw(s, m)
-                        item = (s, m, x.pin_memory(), y.pin_memory()) if pin else (s, m, x, y)
-                        while not self.stop.is_set():
-                            try:
-                                self.q.put(item, timeout=0.1)
-                                break
-                            except queue.Full:
-                                continue
+                        put((s, m, x.pin_memory(), y.pin_memory()) if pin else (s, m, x, y))
                     s += 1
             except BaseException as e:  # handed to the consumer, raised there
-                self.q.put((None, None, e, None))
+                put((None, None, e, None))
 
         self.thread = threading.Thread(target=work, daemon=True, name="sparsinglaw-prefetch")
         self.thread.start()

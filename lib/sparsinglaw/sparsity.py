@@ -817,14 +817,14 @@ def ppl_p_sparsity(models: Checkpoint | Sequence[Checkpoint], batches: Batches, 
         if impl != "fast" or len(curves) != len(ckpts):
             raise ValueError(f"curves: give one CettCurves per checkpoint ({len(ckpts)}) with impl='fast', got "
                              f"{len(curves)} with impl={impl!r}")
-        given, curves = True, list(curves)
+        curves = list(curves)
     else:
-        given, curves = False, []
-    for i, ck in enumerate(ckpts if impl == "fast" and not given else []):
-        curves.append(cett_curves(_load(ck), batches, n_grid))
-        counts["dense"] += 2  # the grid-range pass and the (truncated) statistics pass
-        if progress:
-            progress({"stage": "curves", "checkpoint": i})
+        curves = []
+        for i, ck in enumerate(ckpts if impl == "fast" else []):
+            curves.append(cett_curves(_load(ck), batches, n_grid))
+            counts["dense"] += 2  # the grid-range pass and the (truncated) statistics pass
+            if progress:
+                progress({"stage": "curves", "checkpoint": i})
 
     def at(c: float) -> list[CheckpointResult]:
         if impl == "fast":
