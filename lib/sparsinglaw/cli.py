@@ -177,8 +177,8 @@ def _compute(profile, args) -> int:
         times[name] = round(time.perf_counter() - t, 1)
         print(f"{name}: {times[name]:.1f} s", flush=True)
     times["total"] = round(time.perf_counter() - t0, 1)
-    print(f"total: {times['total']:.1f} s; results in results/{profile.name}/ (make replot PROFILE={profile.name} "
-          "draws the figures)")
+    print(f"total: {times['total']:.1f} s; results in {runs.results_dir(profile.name)}/ (make replot "
+          f"PROFILE={profile.name} draws the figures)")
     if args.times:
         out = {"profile": profile.name, "device": where, "seconds": times, "versions": versions()}
         Path(args.times).write_text(json.dumps(out, indent=1) + "\n")

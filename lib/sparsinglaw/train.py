@@ -175,12 +175,29 @@ def remove_stale_temps(folder: Path) -> list[Path]:
     return removed
 
 
+HASH_MEMO_AGE_S = 2.0  # a file's digest is remembered only if it was last written this long before hashing
+_hashed: dict[str, tuple[tuple, str]] = {}  # absolute path -> (stat key, sha256) in this process
+
+
 def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's bytes. Remembered in this process while the file keeps its device, inode,
+    size, mtime and ctime, so that listing a run's checkpoints again (every stage checks them) does not
+    read gigabytes again; only for a file last written HASH_MEMO_AGE_S before it was hashed (as git's
+    "racily clean" rule: a rewrite within the file system's timestamp granularity could keep its mtime)."""
+    st = os.stat(path)
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    name = os.path.abspath(path)
+    hit = _hashed.get(name)
+    if hit is not None and hit[0] == key:
+        return hit[1]
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
-    return h.hexdigest()
+    digest = h.hexdigest()
+    if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > HASH_MEMO_AGE_S * 1e9:
+        _hashed[name] = (key, digest)
+    return digest
 
 
 def _rng_b64() -> str:
