@@ -1,22 +1,29 @@
 #!/usr/bin/env bash
 # The prepared GPU checks, in two parts that each fit one device call (<= 10 minutes):
 #
-#   bash bench/gpu_session.sh bench PROBE   our trainer vs the bare probe at 1M and 108M (same shapes),
-#                                           plus a torch.profiler kernel table of our trainer per shape
-#                                           (GRAPHS=1: also the 1M shape with CUDA graphs)
 #   bash bench/gpu_session.sh profile       the gpu profile's model stages (python -m sparsinglaw compute),
 #                                           timed, then PPL-1% of one checkpoint on CPU vs CUDA
 #                                           (COMPUTE_ARGS="--set KEY=VALUE ...": extra arguments)
-#   bash bench/gpu_session.sh dry           both on the CPU at toy sizes (checks the script itself)
+#   bash bench/gpu_session.sh bench PROBE   our trainer vs the bare probe at 1M and 108M (same shapes),
+#                                           then our trainer eager at 1M: does compilation pay for itself
+#                                           over one gpu-profile run? (KERNELS=1: also a torch.profiler
+#                                           kernel table of our trainer per shape; GRAPHS=1: also the 1M
+#                                           shape with CUDA graphs)
+#   bash bench/gpu_session.sh dry           the bench part on the CPU at a toy size (checks the script)
+#
+# LIMIT (default 590): the seconds this device call may run (the run tool's timeout_s, or the device
+# time left if less). Every step's timeout is taken from it, so that what was finished is always packed
+# and comes back. With 15 device-minutes a session: `profile` first with LIMIT=590, then `bench` with
+# what is left (its table is rewritten after every measurement, so a cut run keeps its finished rows),
+# or `profile` again on the still-warm machine if the first call did not finish (it resumes: finished
+# runs and measurements are kept in runs/gpu).
 #
 # Runs from the repository root with the machine's own python3 (torch with CUDA; no venv, no
 # notebooks: the figures are drawn afterwards anywhere with `make replot PROFILE=gpu`). Everything
 # that comes back is written under $OUT (default /tmp/gpu_session): logs, the benchmark table,
 # compute_times.json, gpu_load.csv and results_gpu.tgz (results/gpu plus every run's log.csv and DONE).
-# The runs are cached: if `profile` stops at its time limit, the same call again on the still-warm
-# machine resumes where it stopped (finished runs and measurements are kept in runs/gpu).
 set -uo pipefail
-part=${1:?usage: bash bench/gpu_session.sh bench PROBE | profile | dry}
+part=${1:?usage: bash bench/gpu_session.sh profile | bench PROBE | dry}
 OUT=${OUT:-/tmp/gpu_session}
 PY=${PY:-python3}
 mkdir -p "$OUT"
@@ -30,14 +37,22 @@ torch.version.cuda, '|', torch.cuda.get_device_name(0) if torch.cuda.is_availabl
   cat "$OUT/env_$1.txt"
 }
 
+limit=${LIMIT:-590}
+left() { echo $(( limit - SECONDS )); }  # SECONDS: bash's count since this script started
+upto() { local s=$(( limit - SECONDS - $1 )); echo $(( s > 1 ? s : 1 )); }  # a timeout leaving $1 s
+
 case "$part" in
   bench)
     probe=${2:?usage: bash bench/gpu_session.sh bench PATH/gpu_probe.py}
     env_info bench
-    timeout 540 $PY bench/trainer_vs_probe.py --probe "$probe" --shapes 1M,108M \
-      --out "$OUT/trainer_vs_probe.md" --profile-dir "$OUT" 2>&1 | tee "$OUT/bench.log"
-    if [ "${GRAPHS:-0}" = 1 ]; then  # optional (about a minute): the 1M shape with CUDA graphs
-      timeout 240 $PY bench/trainer_vs_probe.py --shapes 1M --compile-mode reduce-overhead \
+    tokens=$($PY -c "from sparsinglaw.config import load_profile; print(load_profile('gpu').runs[0].train.tokens)")
+    tokens=${tokens:-100000000}  # tokens per gpu-profile run: what the compile-or-eager estimate is for
+    kernels=(); [ "${KERNELS:-0}" = 1 ] && kernels=(--profile-dir "$OUT")
+    timeout "$(upto 15)" $PY bench/trainer_vs_probe.py --probe "$probe" --shapes 1M,108M --eager 1M \
+      --probe-seconds 10 --decide-tokens "$tokens" --out "$OUT/trainer_vs_probe.md" "${kernels[@]}" 2>&1 \
+      | tee "$OUT/bench.log"
+    if [ "${GRAPHS:-0}" = 1 ] && [ "$(left)" -gt 120 ]; then  # optional (about a minute): CUDA graphs at 1M
+      timeout "$(upto 10)" $PY bench/trainer_vs_probe.py --shapes 1M --compile-mode reduce-overhead \
         --out "$OUT/trainer_1M_cuda_graphs.md" 2>&1 | tee -a "$OUT/bench.log"
     fi
     ;;
@@ -46,16 +61,16 @@ case "$part" in
     # GPU load and memory every 5 s while the profile runs: is the GPU kept busy?
     nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 5 > "$OUT/gpu_load.csv" 2>&1 &
     smi=$!
-    # COMPUTE_ARGS: extra arguments, e.g. "--set compute.compile=false" if compilation failed in the bench
-    # part, or "--set train.tokens=50000000" if the trainer was slower than the profile was sized for
+    # COMPUTE_ARGS: extra arguments, e.g. "--set compute.compile=false" or "--set train.tokens=50000000"
+    # 75 s are kept for the CPU-vs-CUDA check (45 s) and the packing
     # shellcheck disable=SC2086
-    timeout 500 $PY -m sparsinglaw compute --profile gpu --no-progress --times "$OUT/compute_times.json" \
-      ${COMPUTE_ARGS:-} 2>&1 | tee "$OUT/compute.log"
+    timeout "$(upto 75)" $PY -m sparsinglaw compute --profile gpu --no-progress \
+      --times "$OUT/compute_times.json" ${COMPUTE_ARGS:-} 2>&1 | tee "$OUT/compute.log"
     kill $smi 2>/dev/null
     runs=${SPARSINGLAW_RUNS:-runs} results=${SPARSINGLAW_RESULTS:-results}
     ck=$(ls "$runs"/gpu/relu-s1-*/ckpt_0*.pt 2>/dev/null | tail -n 1)
-    if [ -n "$ck" ]; then
-      timeout 60 $PY bench/ppl_p_speed.py --checkpoint "$ck" --eval-tokens 65536 --compare-devices \
+    if [ -n "$ck" ] && [ "$(left)" -gt 60 ]; then
+      timeout 45 $PY bench/ppl_p_speed.py --checkpoint "$ck" --eval-tokens 32768 --threads 8 --compare-devices \
         --json "$OUT/ppl_devices.json" 2>&1 | tee "$OUT/ppl_devices.log"
     fi
     tar czf "$OUT/results_gpu.tgz" "$results"/gpu "$runs"/gpu/*/log.csv "$runs"/gpu/*/DONE \
@@ -63,10 +78,10 @@ case "$part" in
     ;;
   dry)
     env_info dry
-    $PY bench/trainer_vs_probe.py --device cpu --shapes tiny --no-compile --out "$OUT/trainer_vs_probe.md" \
-      --profile-dir "$OUT" 2>&1 | tee "$OUT/bench.log"
+    timeout "$(upto 10)" $PY bench/trainer_vs_probe.py --device cpu --shapes tiny --eager tiny \
+      --decide-tokens 100000000 --out "$OUT/trainer_vs_probe.md" --profile-dir "$OUT" 2>&1 | tee "$OUT/bench.log"
     ;;
   *)
-    echo "unknown part $part: bench PROBE | profile | dry" >&2; exit 2 ;;
+    echo "unknown part $part: profile | bench PROBE | dry" >&2; exit 2 ;;
 esac
 ls -la "$OUT"

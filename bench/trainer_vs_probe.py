@@ -8,7 +8,13 @@ For every shape the probe (its own process, PROBE_SIZES=<shape>) and our trainer
 on random token ids) train the same model shape: seq 1024, vocab 8192, bf16 autocast, torch.compile,
 fused AdamW. Our tokens/s is the median of the trainer's own log.csv windows (train.log_every steps
 each) after the first two (compilation and warm-up). The table gives both and their ratio; the goal is
->= 1.0x at 1M and 108M non-embedding parameters.
+>= 1.0x at 1M and 108M non-embedding parameters. It is rewritten after every shape, so a run cut off
+at its time limit keeps the rows it finished.
+
+`--eager 1M` also trains our trainer without torch.compile at that shape; `--decide-tokens N` then says
+whether a run of N tokens at that shape is done sooner compiled (warm-up, mostly compilation, plus
+N / tokens/s) or eager, and prints the `compute` arguments for it (bench/gpu_session.sh uses this to
+choose compute.compile for the gpu profile, whose runs are short: ~10-40 s of training each).
 """
 
 from __future__ import annotations
@@ -73,8 +79,10 @@ def trainer_run(shape: str, device: str, compile_: bool, steps: int, log_every: 
     peak = peak_flops(dev)
     tok_s = statistics.median(timed)
     n_nonemb = num_params_from_config(model, non_embedding=True)
-    return {"shape": shape, "who": "trainer", "compile_mode": compile_mode, "tok_s": tok_s, "windows": rates,
-            "wall_s": wall, "n_nonemb": n_nonemb, "batch": batch, "seq": seq, "steps": steps,
+    warm = max(wall - steps * batch * seq / tok_s, 0.0)  # set-up and compilation: what the steps do not explain
+    return {"shape": shape, "who": "trainer" if compile_ else "trainer-eager", "compile_mode": compile_mode,
+            "tok_s": tok_s, "windows": rates, "wall_s": wall, "warm_s": warm, "n_nonemb": n_nonemb,
+            "batch": batch, "seq": seq, "steps": steps,
             "mfu_nonemb": 6 * n_nonemb * tok_s / peak if peak else None, "peak": peak,
             "mem_gib": torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else None}
 
@@ -93,22 +101,43 @@ def probe_run(probe: Path, shape: str, measure_s: float) -> dict:
             "batch": int(m.group(2)), "mfu_nonemb": float(m.group(4)) / 100, "wall_s": wall}
 
 
+def _find(results: list[dict], shape: str, who: str) -> dict | None:
+    return next((r for r in results if r["shape"] == shape and r["who"] == who), None)
+
+
 def table(results: list[dict]) -> str:
     lines = ["| shape | non-emb params | batch x seq | probe tok/s | trainer tok/s | trainer / probe "
-             "| trainer MFU (non-emb) |", "|---|---|---|---|---|---|---|"]
+             "| trainer MFU (non-emb) | trainer warm-up s |", "|---|---|---|---|---|---|---|---|"]
     for shape in dict.fromkeys(r["shape"] for r in results):
-        p = next((r for r in results if r["shape"] == shape and r["who"] == "probe"), None)
-        t = next((r for r in results if r["shape"] == shape and r["who"] == "trainer"), None)
-        pt = f"{p['tok_s']:,.0f}" if p and "tok_s" in p else ("error" if p else "not run")
-        tt = f"{t['tok_s']:,.0f}" if t and "tok_s" in t else ("error" if t else "not run")
-        ratio = f"{t['tok_s'] / p['tok_s']:.2f}x" if p and t and "tok_s" in p and "tok_s" in t else "-"
-        mfu = f"{100 * t['mfu_nonemb']:.1f}%" if t and t.get("mfu_nonemb") else "-"
-        n = t["n_nonemb"] if t else p["n_nonemb"]
-        bs = f"{t['batch']} x {t['seq']}" if t else f"{p.get('batch', '?')} x {SEQ}"
-        if p and t and p.get("batch") not in (None, t["batch"]):  # the probe halves its batch on OOM
-            bs += f" (probe: {p['batch']})"
-        lines.append(f"| {shape} | {n / 1e6:.2f}M | {bs} | {pt} | {tt} | {ratio} | {mfu} |")
+        p = _find(results, shape, "probe")
+        for who, label in (("trainer", shape), ("trainer-eager", f"{shape} (trainer eager)")):
+            t = _find(results, shape, who)
+            if t is None and (who == "trainer-eager" or p is None):
+                continue
+            pt = f"{p['tok_s']:,.0f}" if p and "tok_s" in p else ("error" if p else "not run")
+            tt = f"{t['tok_s']:,.0f}" if t and "tok_s" in t else ("error" if t else "not run")
+            ratio = f"{t['tok_s'] / p['tok_s']:.2f}x" if p and t and "tok_s" in p and "tok_s" in t else "-"
+            mfu = f"{100 * t['mfu_nonemb']:.1f}%" if t and t.get("mfu_nonemb") else "-"
+            warm = f"{t['warm_s']:.1f}" if t and "warm_s" in t else "-"
+            n = (t or {}).get("n_nonemb") or (p or {}).get("n_nonemb", 0)
+            bs = f"{t['batch']} x {t['seq']}" if t and "batch" in t else f"{p.get('batch', '?')} x {SEQ}"
+            if p and t and "batch" in t and p.get("batch") not in (None, t["batch"]):  # the probe halves on OOM
+                bs += f" (probe: {p['batch']})"
+            lines.append(f"| {label} | {n / 1e6:.2f}M | {bs} | {pt} | {tt} | {ratio} | {mfu} | {warm} |")
     return "\n".join(lines)
+
+
+def decide_compile(results: list[dict], shape: str, tokens: float) -> tuple[bool | None, str]:
+    """Whether one run of `tokens` tokens at `shape` ends sooner compiled than eager: each costs its
+    measured warm-up plus tokens / tokens/s. (None, why) when either measurement is missing."""
+    c, e = _find(results, shape, "trainer"), _find(results, shape, "trainer-eager")
+    if not (c and e and "tok_s" in c and "tok_s" in e):
+        return None, f"no compiled and eager trainer measurements at {shape}"
+    tc = c["warm_s"] + tokens / c["tok_s"]
+    te = e["warm_s"] + tokens / e["tok_s"]
+    why = (f"{tokens:,.0f} tokens at {shape}: compiled {c['warm_s']:.1f} s warm-up + {tokens / c['tok_s']:.1f} s "
+           f"= {tc:.1f} s, eager {e['warm_s']:.1f} s + {tokens / e['tok_s']:.1f} s = {te:.1f} s")
+    return tc <= te, why
 
 
 def main() -> None:
@@ -126,12 +155,21 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="also write the table and the raw numbers here")
     ap.add_argument("--profile-dir", type=Path, default=None,
                     help="also write a torch.profiler kernel table of our trainer per shape: DIR/trainer_<shape>.txt")
+    ap.add_argument("--eager", default="", help="comma list of shapes also trained by our trainer without compile")
+    ap.add_argument("--decide-tokens", type=float, default=None,
+                    help="with --eager: say whether a run of this many tokens at the first eager shape is faster "
+                         "compiled or eager (a line 'COMPUTE_ARGS=...' for the gpu profile)")
+    ap.add_argument("--decide-from", type=Path, default=None,
+                    help="take the measurements from this --out file instead of measuring (with --decide-tokens)")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: one trainer run, JSON out
     a = ap.parse_args()
     shapes = [s for s in a.shapes.split(",") if s]
     bad = [s for s in shapes if s not in SHAPES]
     if bad:
         ap.error(f"unknown shape(s) {bad}; known: {', '.join(SHAPES)}")
+    eager = [s for s in a.eager.split(",") if s]
+    if a.profile_dir:
+        a.profile_dir.mkdir(parents=True, exist_ok=True)
     if a.one:
         steps = a.steps or STEPS[a.one]
         prof = a.profile_dir / f"trainer_{a.one}.txt" if a.profile_dir else None
@@ -139,29 +177,51 @@ def main() -> None:
                         compile_mode=a.compile_mode)
         print("RESULT " + json.dumps(r))
         return
-    results = []
-    for shape in shapes:
-        if a.probe is not None:
-            results.append(probe_run(a.probe, shape, a.probe_seconds))
-            print(f"probe {shape}: {results[-1]}", flush=True)
-        cmd = [sys.executable, __file__, "--one", shape, "--shapes", shape, "--device", a.device]
-        cmd += ["--no-compile"] if a.no_compile else []
-        cmd += ["--compile-mode", a.compile_mode]
-        cmd += ["--steps", str(a.steps)] if a.steps else []
-        cmd += ["--log-every", str(a.log_every)] if a.log_every else []
-        cmd += ["--profile-dir", str(a.profile_dir)] if a.profile_dir else []
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-        line = next((x for x in r.stdout.splitlines() if x.startswith("RESULT ")), None)
-        if line is None:
-            sys.stderr.write(r.stdout[-3000:] + r.stderr[-3000:])
-            results.append({"shape": shape, "who": "trainer", "error": r.stderr[-300:]})
-        else:
-            results.append(json.loads(line[len("RESULT "):]))
-        print(f"trainer {shape}: {results[-1]}", flush=True)
-    md = table(results)
-    print(md)
-    if a.out:
-        a.out.write_text(md + "\n\n```\n" + json.dumps(results, indent=1) + "\n```\n")
+    if a.decide_from is not None:
+        text = a.decide_from.read_text()
+        results = json.loads(text[text.index("```\n") + 4:text.rindex("```")])
+    else:
+        results = []
+        # the probe and our trainer at each shape, then the eager runs (if time is cut short, they go first)
+        todo = [(shape, who) for shape in shapes for who in ("probe", "trainer")]
+        todo += [(shape, "trainer-eager") for shape in eager if not a.no_compile]
+        for shape, who in todo:
+            if who == "probe":
+                if a.probe is None:
+                    continue
+                results.append(probe_run(a.probe, shape, a.probe_seconds))
+            else:
+                results.append(trainer_subprocess(a, shape, compiled=who == "trainer" and not a.no_compile))
+            print(f"{who} {shape}: {results[-1]}", flush=True)
+            write_table(results, a.out)
+        print(table(results))
+    if a.decide_tokens is not None and eager:
+        use, why = decide_compile(results, eager[0], a.decide_tokens)
+        print(f"compile decision: {why}", flush=True)
+        print("COMPUTE_ARGS=" + ("" if use is None else f"--set compute.compile={str(use).lower()}"), flush=True)
+
+
+def trainer_subprocess(a: argparse.Namespace, shape: str, compiled: bool) -> dict:
+    """One trainer run in its own process (a clean CUDA context and compile cache per measurement)."""
+    cmd = [sys.executable, __file__, "--one", shape, "--shapes", shape, "--device", a.device]
+    cmd += [] if compiled else ["--no-compile"]
+    cmd += ["--compile-mode", a.compile_mode]
+    cmd += ["--steps", str(a.steps)] if a.steps else []
+    cmd += ["--log-every", str(a.log_every)] if a.log_every else []
+    if a.profile_dir and (compiled or a.no_compile):  # one kernel table per shape: the compiled run's
+        cmd += ["--profile-dir", str(a.profile_dir)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    line = next((x for x in r.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if line is None:
+        sys.stderr.write(r.stdout[-3000:] + r.stderr[-3000:])
+        return {"shape": shape, "who": "trainer" if compiled else "trainer-eager", "error": r.stderr[-300:]}
+    return json.loads(line[len("RESULT "):])
+
+
+def write_table(results: list[dict], out: Path | None) -> None:
+    """The table and the raw numbers, rewritten after every measurement."""
+    if out is not None:
+        out.write_text(table(results) + "\n\n```\n" + json.dumps(results, indent=1) + "\n```\n")
 
 
 if __name__ == "__main__":

@@ -29,6 +29,12 @@ def test_gpu_session_dry_run_trains_with_our_trainer(tmp_path):
     row = next(line for line in table.splitlines() if line.startswith("| tiny"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[3] == "not run" and float(cells[4].replace(",", "")) > 0  # trainer tokens/s measured
+    eager = next(line for line in table.splitlines() if line.startswith("| tiny (trainer eager)"))
+    cells = [c.strip() for c in eager.strip("|").split("|")]
+    assert float(cells[4].replace(",", "")) > 0 and float(cells[7]) >= 0  # eager tokens/s and warm-up seconds
+    log = (tmp_path / "bench.log").read_text()
+    assert "compile decision: 100,000,000 tokens at tiny" in log
+    assert "COMPUTE_ARGS=--set compute.compile=true" in log or "COMPUTE_ARGS=--set compute.compile=false" in log
     assert (tmp_path / "env_dry.txt").exists()
     prof = (tmp_path / "trainer_tiny.txt").read_text()
     assert "self_cpu_time_total" in prof and "aten::" in prof  # the profiler's kernel table of our trainer
@@ -55,6 +61,49 @@ def test_probe_summary_is_parsed(tmp_path):
          "mfu_nonemb": 0.41}
     line = tvp.table([r, t]).splitlines()[-1]
     assert "570,000" in line and "600,000" in line and "1.05x" in line and "41.0%" in line
+
+
+def test_compile_decision_weighs_warm_up_against_speed():
+    """Compiled: 40 s warm-up at 10M tokens/s; eager: 2 s at 5M tokens/s. Equal at 380M tokens
+    (40 + T/1e7 = 2 + T/5e6), so 100M tokens go eager and 1B compiled."""
+    tvp = _load("trainer_vs_probe")
+    res = [{"shape": "1M", "who": "probe", "tok_s": 1.1e7},
+           {"shape": "1M", "who": "trainer", "tok_s": 1e7, "warm_s": 40.0},
+           {"shape": "1M", "who": "trainer-eager", "tok_s": 5e6, "warm_s": 2.0}]
+    use, why = tvp.decide_compile(res, "1M", 1e8)
+    assert use is False and "compiled 40.0 s warm-up + 10.0 s = 50.0 s" in why
+    assert "eager 2.0 s + 20.0 s = 22.0 s" in why
+    assert tvp.decide_compile(res, "1M", 1e9)[0] is True
+    assert tvp.decide_compile(res[:2], "1M", 1e8)[0] is None  # no eager measurement: no decision
+    assert tvp.decide_compile(res[:2] + [{"shape": "1M", "who": "trainer-eager", "error": "x"}], "1M", 1e8)[0] is None
+
+
+def test_benchmark_table_is_written_after_every_measurement(tmp_path, monkeypatch):
+    """A run cut off at its time limit keeps the rows it finished: the table is rewritten each time."""
+    tvp = _load("trainer_vs_probe")
+    fake = tmp_path / "probe.py"
+    fake.write_text(
+        "import os\n"
+        "n = os.environ['PROBE_SIZES']\n"
+        "print(f\"{n:>5} {128:>4} {4:>3} {1.05:>9.2f}M {256:>4} {10.63:>8.2f} {1.4:>6.1f} {2.0:>6.1f}\")\n")
+    calls = []
+
+    def trainer(a, shape, compiled):
+        calls.append((shape, compiled))
+        if len(calls) == 2:
+            raise TimeoutError("cut off")
+        return {"shape": shape, "who": "trainer", "tok_s": 1.2e7, "warm_s": 30.0, "n_nonemb": 1.05e6,
+                "batch": 256, "seq": 1024, "mfu_nonemb": 0.1}
+
+    monkeypatch.setattr(tvp, "trainer_subprocess", trainer)
+    out = tmp_path / "t.md"
+    monkeypatch.setattr(sys, "argv", ["tvp", "--probe", str(fake), "--shapes", "1M,108M", "--out", str(out)])
+    with pytest.raises(TimeoutError):
+        tvp.main()
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| 1")]
+    assert calls == [("1M", True), ("108M", True)]
+    assert len(rows) == 2 and "10,630,000" in rows[0] and "12,000,000" in rows[0] and "1.13x" in rows[0]
+    assert rows[1].startswith("| 108M") and "not run" in rows[1]  # the 108M probe finished, its trainer did not
 
 
 def test_device_agreement_report(capsys):
