@@ -4,19 +4,23 @@
 #   bash bench/gpu_session.sh profile       the gpu profile's model stages (python -m sparsinglaw compute),
 #                                           timed, then PPL-1% of one checkpoint on CPU vs CUDA
 #                                           (COMPUTE_ARGS="--set KEY=VALUE ...": extra arguments)
-#   bash bench/gpu_session.sh bench PROBE   our trainer vs the bare probe at 1M and 108M (same shapes),
-#                                           then our trainer eager at 1M: does compilation pay for itself
-#                                           over one gpu-profile run? (KERNELS=1: also a torch.profiler
-#                                           kernel table of our trainer per shape; GRAPHS=1: also the 1M
-#                                           shape with CUDA graphs)
+#   bash bench/gpu_session.sh bench PROBE   our trainer vs the bare probe at SHAPES (default 1M,108M; same
+#                                           shapes), then our trainer eager at EAGER (default 1M; empty:
+#                                           none): does compilation pay for itself over one gpu-profile
+#                                           run? The answer is kept on the machine ($STATE) for a later
+#                                           `profile` call. (KERNELS=1: also a torch.profiler kernel table
+#                                           of our trainer per shape; GRAPHS=1: also 1M with CUDA graphs)
 #   bash bench/gpu_session.sh dry           the bench part on the CPU at a toy size (checks the script)
 #
 # LIMIT (default 590): the seconds this device call may run (the run tool's timeout_s, or the device
 # time left if less). Every step's timeout is taken from it, so that what was finished is always packed
-# and comes back. With 15 device-minutes a session: `profile` first with LIMIT=590, then `bench` with
-# what is left (its table is rewritten after every measurement, so a cut run keeps its finished rows),
-# or `profile` again on the still-warm machine if the first call did not finish (it resumes: finished
-# runs and measurements are kept in runs/gpu).
+# and comes back; the benchmark table is rewritten after every measurement. With 15 device-minutes a
+# session, three calls on one warm machine (each within its 30 s of the last):
+#   SHAPES=1M LIMIT=200 bash bench/gpu_session.sh bench .device/gpu_probe.py     (~2 min)
+#   LIMIT=480 bash bench/gpu_session.sh profile                                  (compile as decided)
+#   SHAPES=108M EAGER= LIMIT=<left> bash bench/gpu_session.sh bench .device/gpu_probe.py
+# A `profile` call again on the still-warm machine resumes an unfinished one (finished runs and
+# measurements are kept in runs/gpu).
 #
 # Runs from the repository root with the machine's own python3 (torch with CUDA; no venv, no
 # notebooks: the figures are drawn afterwards anywhere with `make replot PROFILE=gpu`). Everything
@@ -38,6 +42,7 @@ torch.version.cuda, '|', torch.cuda.get_device_name(0) if torch.cuda.is_availabl
 }
 
 limit=${LIMIT:-590}
+STATE=${STATE:-/tmp/sparsinglaw_gpu_compute_args}  # the bench part's compile choice, kept on the machine
 left() { echo $(( limit - SECONDS )); }  # SECONDS: bash's count since this script started
 upto() { local s=$(( limit - SECONDS - $1 )); echo $(( s > 1 ? s : 1 )); }  # a timeout leaving $1 s
 
@@ -47,10 +52,13 @@ case "$part" in
     env_info bench
     tokens=$($PY -c "from sparsinglaw.config import load_profile; print(load_profile('gpu').runs[0].train.tokens)")
     tokens=${tokens:-100000000}  # tokens per gpu-profile run: what the compile-or-eager estimate is for
-    kernels=(); [ "${KERNELS:-0}" = 1 ] && kernels=(--profile-dir "$OUT")
-    timeout "$(upto 15)" $PY bench/trainer_vs_probe.py --probe "$probe" --shapes 1M,108M --eager 1M \
-      --probe-seconds 10 --decide-tokens "$tokens" --out "$OUT/trainer_vs_probe.md" "${kernels[@]}" 2>&1 \
-      | tee "$OUT/bench.log"
+    opts=(--shapes "${SHAPES:-1M,108M}")
+    [ -n "${EAGER-1M}" ] && opts+=(--eager "${EAGER-1M}" --decide-tokens "$tokens")
+    [ "${KERNELS:-0}" = 1 ] && opts+=(--profile-dir "$OUT")
+    timeout "$(upto 15)" $PY bench/trainer_vs_probe.py --probe "$probe" --probe-seconds 10 "${opts[@]}" \
+      --out "$OUT/trainer_vs_probe.md" 2>&1 | tee "$OUT/bench.log"
+    choice=$(grep '^COMPUTE_ARGS=' "$OUT/bench.log" | tail -n 1 | cut -d= -f2-)
+    [ -n "$choice" ] && echo "$choice" > "$STATE"  # for a later `profile` call on this machine
     if [ "${GRAPHS:-0}" = 1 ] && [ "$(left)" -gt 120 ]; then  # optional (about a minute): CUDA graphs at 1M
       timeout "$(upto 10)" $PY bench/trainer_vs_probe.py --shapes 1M --compile-mode reduce-overhead \
         --out "$OUT/trainer_1M_cuda_graphs.md" 2>&1 | tee -a "$OUT/bench.log"
@@ -61,7 +69,12 @@ case "$part" in
     # GPU load and memory every 5 s while the profile runs: is the GPU kept busy?
     nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 5 > "$OUT/gpu_load.csv" 2>&1 &
     smi=$!
-    # COMPUTE_ARGS: extra arguments, e.g. "--set compute.compile=false" or "--set train.tokens=50000000"
+    # COMPUTE_ARGS: extra arguments, e.g. "--set compute.compile=false" or "--set train.tokens=50000000";
+    # unset, the compile-or-eager choice of an earlier `bench` call on this machine, if any
+    if [ -z "${COMPUTE_ARGS+x}" ] && [ -s "$STATE" ]; then
+      COMPUTE_ARGS=$(cat "$STATE")
+      echo "compute arguments from the bench part ($STATE): $COMPUTE_ARGS"
+    fi
     # 75 s are kept for the CPU-vs-CUDA check (45 s) and the packing
     # shellcheck disable=SC2086
     timeout "$(upto 75)" $PY -m sparsinglaw compute --profile gpu --no-progress \
@@ -80,6 +93,8 @@ case "$part" in
     env_info dry
     timeout "$(upto 10)" $PY bench/trainer_vs_probe.py --device cpu --shapes tiny --eager tiny \
       --decide-tokens 100000000 --out "$OUT/trainer_vs_probe.md" --profile-dir "$OUT" 2>&1 | tee "$OUT/bench.log"
+    choice=$(grep '^COMPUTE_ARGS=' "$OUT/bench.log" | tail -n 1 | cut -d= -f2-)
+    [ -n "$choice" ] && echo "$choice" > "$STATE"
     ;;
   *)
     echo "unknown part $part: profile | bench PROBE | dry" >&2; exit 2 ;;

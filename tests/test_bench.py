@@ -21,7 +21,9 @@ def _load(name):
 
 
 def test_gpu_session_dry_run_trains_with_our_trainer(tmp_path):
-    env = dict(os.environ, OUT=str(tmp_path), PY=sys.executable, OMP_NUM_THREADS="1")
+    state = tmp_path / "state" / "compute_args"
+    state.parent.mkdir()
+    env = dict(os.environ, OUT=str(tmp_path), PY=sys.executable, OMP_NUM_THREADS="1", STATE=str(state))
     r = subprocess.run(["bash", "bench/gpu_session.sh", "dry"], cwd=REPO, env=env, capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0, r.stderr
@@ -34,10 +36,29 @@ def test_gpu_session_dry_run_trains_with_our_trainer(tmp_path):
     assert float(cells[4].replace(",", "")) > 0 and float(cells[7]) >= 0  # eager tokens/s and warm-up seconds
     log = (tmp_path / "bench.log").read_text()
     assert "compile decision: 100,000,000 tokens at tiny" in log
-    assert "COMPUTE_ARGS=--set compute.compile=true" in log or "COMPUTE_ARGS=--set compute.compile=false" in log
+    choice = next(line for line in log.splitlines() if line.startswith("COMPUTE_ARGS="))[len("COMPUTE_ARGS="):]
+    assert choice in ("--set compute.compile=true", "--set compute.compile=false")
+    assert state.read_text().strip() == choice  # kept for a later `profile` call on the same machine
     assert (tmp_path / "env_dry.txt").exists()
     prof = (tmp_path / "trainer_tiny.txt").read_text()
     assert "self_cpu_time_total" in prof and "aten::" in prof  # the profiler's kernel table of our trainer
+
+
+def test_gpu_session_profile_packs_what_it_has_when_cut_off(tmp_path):
+    """`profile` with a short LIMIT: compute is stopped at LIMIT - 75 s, the compute arguments come from
+    an earlier bench call's choice, and the results archive is still written."""
+    state = tmp_path / "compute_args"
+    state.write_text("--set compute.device=cpu --set compute.compile=false\n")
+    out = tmp_path / "out"
+    env = dict(os.environ, OUT=str(out), PY=sys.executable, OMP_NUM_THREADS="1", STATE=str(state), LIMIT="80",
+               SPARSINGLAW_RUNS=str(tmp_path / "runs"), SPARSINGLAW_RESULTS=str(tmp_path / "results"),
+               SPARSINGLAW_DATA=str(tmp_path / "data"))
+    r = subprocess.run(["bash", "bench/gpu_session.sh", "profile"], cwd=REPO, env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "compute arguments from the bench part" in r.stdout and "compute.compile=false" in r.stdout
+    assert "profile gpu: 13 runs on cpu" in (out / "compute.log").read_text()
+    assert (out / "results_gpu.tgz").exists() and not (out / "compute_times.json").exists()  # cut off
 
 
 def test_probe_summary_is_parsed(tmp_path):
