@@ -8,8 +8,8 @@ For every shape the probe (its own process, PROBE_SIZES=<shape>) and our trainer
 on random token ids) train the same model shape: seq 1024, vocab 8192, bf16 autocast, torch.compile,
 fused AdamW. Our tokens/s is the median of the trainer's own log.csv windows (train.log_every steps
 each) after the first two (compilation and warm-up). The table gives both and their ratio; the goal is
->= 1.0x at 1M and 108M non-embedding parameters. It is rewritten after every shape, so a run cut off
-at its time limit keeps the rows it finished.
+>= 1.0x at 1M and 108M non-embedding parameters. The --out file is rewritten after every measurement,
+so a run cut off at its time limit keeps the rows it finished.
 
 `--eager 1M` also trains our trainer without torch.compile at that shape; `--decide-tokens N` then says
 whether a run of N tokens at that shape is done sooner compiled (warm-up, mostly compilation, plus
