@@ -296,10 +296,13 @@ def test_update_readme_replaces_only_the_block(tmp_path):
     before = "# title\n\n<!-- claims:gpu:start -->\ngpu table\n<!-- claims:gpu:end -->\n"
     after = "\ntail | with | pipes\n"
     readme.write_text(before + "<!-- claims:cpu:start -->\nold table\nmore\n<!-- claims:cpu:end -->" + after)
-    claims.update_readme("new table\n", readme, "cpu")
+    assert claims.update_readme("new table\n", readme, "cpu") is True
     text = readme.read_text()
     assert text == before + "<!-- claims:cpu:start -->\nnew table\n<!-- claims:cpu:end -->" + after
-    claims.update_readme("newer\n", readme, "cpu")  # idempotent on the markers
+    stamp = readme.stat().st_mtime_ns
+    assert claims.update_readme("new table\n", readme, "cpu") is False  # the same block: not rewritten
+    assert readme.read_text() == text and readme.stat().st_mtime_ns == stamp
+    assert claims.update_readme("newer\n", readme, "cpu") is True  # idempotent on the markers
     assert readme.read_text().count("<!-- claims:cpu:start -->") == 1 and "newer" in readme.read_text()
 
 

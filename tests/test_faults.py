@@ -332,6 +332,25 @@ def test_failing_results_table_write_keeps_previous(tmp_path, measured_mini, mon
     assert runs.read_table(out / "t.csv", ["run", "x"], ["x"])["x"].tolist() == [1.0, 2.0]
 
 
+def test_unchanged_results_table_is_left_as_it_is(tmp_path):
+    """Writing the same table again with only time and git state changed keeps both files byte for byte
+    (and untouched); new values or other provenance (versions) rewrite them."""
+    out = tmp_path / "results"
+    df = pd.DataFrame({"run": ["a", "b"], "x": [1.0, 2.0]})
+    meta = {"config_hash": "h", "versions": {"torch": "1"}, "time": "t0", "git_sha": "s0", "git_dirty": False}
+    runs.write_table(df, out / "t.csv", meta)
+    side = out / "t.meta.json"
+    first, stamp = side.read_bytes(), side.stat().st_mtime_ns
+    runs.write_table(df, out / "t.csv", dict(meta, time="t1", git_sha="s1", git_dirty=True))
+    assert side.read_bytes() == first and side.stat().st_mtime_ns == stamp
+    assert json.loads(first)["git_sha"] == "s0"  # the code that first wrote these bytes
+    runs.write_table(df, out / "t.csv", dict(meta, versions={"torch": "2"}, time="t2"))
+    assert json.loads(side.read_text())["versions"] == {"torch": "2"} and json.loads(side.read_text())["time"] == "t2"
+    runs.write_table(df.assign(x=[3.0, 4.0]), out / "t.csv", dict(meta, versions={"torch": "2"}, time="t3"))
+    assert json.loads(side.read_text())["time"] == "t3"
+    assert runs.read_table(out / "t.csv", ["run", "x"], ["x"])["x"].tolist() == [3.0, 4.0]
+
+
 def test_failing_figure_write_keeps_previous(tmp_path, tiny_profile, monkeypatch):
     monkeypatch.setenv("SPARSINGLAW_FIGURES", str(tmp_path / "figures"))
     fig, ax = plt.subplots()

@@ -483,9 +483,10 @@ def write(profile: ProfileConfig | str, df: pd.DataFrame) -> str:
     return md
 
 
-def update_readme(md_text: str, readme_path: str | Path, profile_name: str) -> None:
+def update_readme(md_text: str, readme_path: str | Path, profile_name: str) -> bool:
     """Replace what lies between `<!-- claims:<profile>:start -->` and `<!-- claims:<profile>:end -->`
-    in the README with md_text; nothing outside the markers changes. Missing markers are an error."""
+    in the README with md_text; nothing outside the markers changes. Missing markers are an error.
+    Returns whether the file changed (an unchanged block is not rewritten)."""
     path = Path(readme_path)
     start, end = f"<!-- claims:{profile_name}:start -->", f"<!-- claims:{profile_name}:end -->"
     text = path.read_text() if path.is_file() else ""
@@ -494,9 +495,12 @@ def update_readme(md_text: str, readme_path: str | Path, profile_name: str) -> N
         raise SparsingLawError(f"{path}: expected one '{start}' line followed by one '{end}' line; add them "
                                "where the claims table should go")
     new = text[:i + len(start)] + "\n" + md_text.rstrip("\n") + "\n" + text[j:]
+    if new == text:
+        return False
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(new)
     tmp.replace(path)
+    return True
 
 
 def figure(df: pd.DataFrame):

@@ -137,8 +137,8 @@ def _dispatch(args) -> int:
         md = claims.write(profile, df)
         print(md, end="")
         if args.readme is not None:
-            claims.update_readme(md, args.readme, profile.name)
-            print(f"updated the claims:{profile.name} block of {args.readme}")
+            changed = claims.update_readme(md, args.readme, profile.name)
+            print(f"{'updated' if changed else 'unchanged:'} the claims:{profile.name} block of {args.readme}")
         return 0
     raise AssertionError(args.command)
 

@@ -307,16 +307,36 @@ def folder_lock(folder: Path):
         os.close(fd)
 
 
+VOLATILE_META = ("time", "git_sha", "git_dirty")  # provenance that changes without the table changing
+
+
 def write_table(df: pd.DataFrame, path: Path, meta: dict) -> Path:
     """Write `df` as CSV and `meta` (plus the CSV's sha256) as <name>.meta.json, atomically as a pair
-    (the sidecar is renamed last) and under a lock on the folder."""
+    (the sidecar is renamed last) and under a lock on the folder. A table already there with the same
+    bytes and the same provenance but for VOLATILE_META is left as it is (its sidecar still names the
+    code that first wrote those bytes), so recomputing unchanged results leaves the tree clean."""
     path.parent.mkdir(parents=True, exist_ok=True)
     data = df.to_csv(index=False).encode()
     meta = dict(meta, file=path.name, sha256=hashlib.sha256(data).hexdigest(), rows=len(df))
     sidecar = json.dumps(meta, indent=1, sort_keys=True, default=str).encode()
+    side = path.with_suffix(".meta.json")
     with folder_lock(path.parent):
-        atomic_write_files({path: data, path.with_suffix(".meta.json"): sidecar})
+        if not _same_table(path, side, data, json.loads(sidecar)):
+            atomic_write_files({path: data, side: sidecar})
     return path
+
+
+def _same_table(path: Path, side: Path, data: bytes, meta: dict) -> bool:
+    try:
+        if path.read_bytes() != data:
+            return False
+        old = json.loads(side.read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    if not isinstance(old, dict):
+        return False
+    return ({k: v for k, v in old.items() if k not in VOLATILE_META}
+            == {k: v for k, v in meta.items() if k not in VOLATILE_META})
 
 
 def read_table(path: str | Path, columns: list[str] = (), numeric: list[str] = (), expect: dict | None = None,
