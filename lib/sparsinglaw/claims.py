@@ -473,7 +473,7 @@ def write(profile: ProfileConfig | str, df: pd.DataFrame) -> str:
     profile = _profile(profile)
     meta = provenance(profile)
     folder = results_dir(profile.name)
-    write_table(df, folder / "claims.csv", meta)  # its sidecar names the code that checked the claims
+    write_table(df, folder / "claims.csv", meta)  # its sidecar names the code that first wrote these verdicts
     measured = folder / "sparsity.meta.json"
     sha = json.loads(measured.read_text()).get("git_sha") if measured.exists() else None
     md = markdown(df, profile.name, str(sha or meta["git_sha"]))
