@@ -61,6 +61,9 @@ def save(fig, name: str, profile: ProfileConfig, paper: str, notebook: str) -> l
     from .train import atomic_write_files
 
     fields = [*MANIFEST_FIELDS, *(f for f in ("corpus", "versions", "device") if f not in MANIFEST_FIELDS)]
+    if fig.axes and not any(ax.has_data() or ax.texts for ax in fig.axes):  # bare axes: say so
+        fig.text(0.5, 0.5, f"nothing to draw for profile {profile.name}", ha="center", va="center", fontsize=7,
+                 color="0.35")
     out = figures_dir(profile.name)
     out.mkdir(parents=True, exist_ok=True)
     files = {}
@@ -260,6 +263,12 @@ def _note(ax, text: str, loc: str = "upper right") -> None:
     ax.text(x, y, text, transform=ax.transAxes, ha=ha, va=va, fontsize=6, color="0.35")
 
 
+def _nothing(ax, why: str) -> None:
+    """An empty panel says why it is empty instead of showing bare axes."""
+    ax.text(0.5, 0.5, why, transform=ax.transAxes, ha="center", va="center", fontsize=7, color="0.35")
+    ax.set(xticks=[], yticks=[])
+
+
 def _ticks_at(ax, values) -> None:
     """Log x axis with one plain tick label at each model size."""
     from matplotlib.ticker import NullFormatter, NullLocator
@@ -285,6 +294,8 @@ def activation_laws(table: pd.DataFrame, fits: pd.DataFrame, curves: pd.DataFram
     t = in_group(table[np.isclose(table["p"], p)], group)
     acts = list(dict.fromkeys(t["activation"]))
     fig, axes = plt.subplots(1, max(len(acts), 1), figsize=DOUBLE, squeeze=False)
+    if not acts:
+        _nothing(axes[0][0], f"this profile has no run in group '{group}'")
     for ax, act in zip(axes[0], acts):
         names = _runs_by_size(t, act)
         for i, run in enumerate(names):
@@ -465,6 +476,8 @@ def convergence_speed(curves: pd.DataFrame, summary: pd.DataFrame):
     style()
     acts = list(dict.fromkeys(curves["activation"]))
     fig, axes = plt.subplots(1, max(len(acts), 1), figsize=DOUBLE, squeeze=False)
+    if not acts:
+        _nothing(axes[0][0], "no run of group 'scale' has a converged law fit: no convergence speed to draw")
     for ax, act in zip(axes[0], acts):
         g = curves[curves["activation"] == act]
         names = _runs_by_size(g, act)

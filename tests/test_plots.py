@@ -1,0 +1,41 @@
+"""Figures with nothing to draw say so, instead of showing bare axes (e.g. the seed-replica figure of a
+profile without seed replicas, or the convergence speed when no law fit converged)."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import pandas as pd
+
+from sparsinglaw import plots
+
+
+def _texts(fig) -> list[str]:
+    return [t.get_text() for ax in fig.axes for t in ax.texts] + [t.get_text() for t in fig.texts]
+
+
+def test_activation_laws_of_an_empty_group_says_so():
+    table = pd.DataFrame({"run": ["relu-s1"], "groups": ["scale"], "activation": ["relu"], "p": [1.0],
+                          "tokens": [1000], "activation_ratio": [0.2], "non_embedding_params": [1000]})
+    fig = plots.activation_laws(table, pd.DataFrame(), pd.DataFrame(), group="seeds")
+    assert "this profile has no run in group 'seeds'" in _texts(fig)
+    plt.close(fig)
+
+
+def test_convergence_speed_without_converged_fits_says_so():
+    curves = pd.DataFrame(columns=["run", "activation", "non_embedding_params", "data_scale_ratio", "dA_dratio"])
+    fig = plots.convergence_speed(curves, pd.DataFrame(columns=["run", "activation", "ratio_common"]))
+    assert any("no convergence speed to draw" in t for t in _texts(fig))
+    plt.close(fig)
+
+
+def test_save_marks_a_figure_with_bare_axes(tmp_path, monkeypatch, tiny_profile):
+    monkeypatch.setenv("SPARSINGLAW_FIGURES", str(tmp_path))
+    fig, ax = plt.subplots()
+    plots.save(fig, "99_empty", tiny_profile, paper="none", notebook="test")
+    assert f"nothing to draw for profile {tiny_profile.name}" in _texts(fig)
+    fig2, ax2 = plt.subplots()
+    ax2.plot([1, 2], [3, 4])
+    plots.save(fig2, "99_full", tiny_profile, paper="none", notebook="test")
+    assert _texts(fig2) == []  # a figure with data is left alone
+    assert (tmp_path / tiny_profile.name / "99_empty.png").exists()
+    plt.close("all")
