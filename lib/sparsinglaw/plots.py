@@ -446,8 +446,9 @@ def a0_vs_scale(points: pd.DataFrame, summary: pd.DataFrame, paper_values: dict 
     for ax, act in zip(axes[0], acts):
         g, c = points[points["activation"] == act], color(act)
         a = g[g["converged"].eq(True)]
-        ax.errorbar(a["non_embedding_params"] / 1e3, a["A0"], yerr=[a["A0"] - a["A0_lo"], a["A0_hi"] - a["A0"]],
-                    fmt="o", ms=3, color=c, lw=0.8, capsize=2, label="fitted limit $A_0$")
+        if len(a):
+            ax.errorbar(a["non_embedding_params"] / 1e3, a["A0"], yerr=[a["A0"] - a["A0_lo"], a["A0_hi"] - a["A0"]],
+                        fmt="o", ms=3, color=c, lw=0.8, capsize=2, label="fitted limit $A_0$")
         ax.plot(g["non_embedding_params"] / 1e3, g["A_last"], "o", mfc="none", ms=3, color=c, label="last checkpoint")
         s = summary[(summary["activation"] == act) & (summary["quantity"] == "A0")]
         if len(s) and np.isfinite(s["slope"].iloc[0]):
@@ -455,8 +456,8 @@ def a0_vs_scale(points: pd.DataFrame, summary: pd.DataFrame, paper_values: dict 
             N = np.geomspace(r["N_min"], r["N_max"], 20)
             ax.plot(N / 1e3, r["intercept"] + r["slope"] * np.log10(N), color=c, lw=1,
                     label=f"slope {r['slope']:+.3f} [{r['slope_lo']:+.3f}, {r['slope_hi']:+.3f}] / decade")
-        else:
-            _note(ax, f"no A0 line: {int(s['n'].iloc[0]) if len(s) else 0} converged fit(s)", "upper right")
+        else:  # said in the legend, which keeps clear of the points
+            ax.plot([], [], " ", label=f"no A0 line: {int(s['n'].iloc[0]) if len(s) else 0} converged fit(s)")
         _ticks_at(ax, g["non_embedding_params"] / 1e3)
         ax.set(xlabel="non-embedding parameters N (thousands)")
         if paper_values and f"{act}_points" in paper_values:
@@ -464,7 +465,7 @@ def a0_vs_scale(points: pd.DataFrame, summary: pd.DataFrame, paper_values: dict 
                             f"{paper_values[f'{act}_points']:+.1f} points")
         else:
             ax.set_title(act)
-        ax.legend(frameon=False, loc="lower left", fontsize=5.5)
+        ax.legend(frameon=False, loc="best", fontsize=5.5)
     axes[0][0].set_ylabel("limit activation ratio")
     fig.tight_layout()
     return fig
