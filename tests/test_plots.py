@@ -39,3 +39,30 @@ def test_save_marks_a_figure_with_bare_axes(tmp_path, monkeypatch, tiny_profile)
     assert _texts(fig2) == []  # a figure with data is left alone
     assert (tmp_path / tiny_profile.name / "99_empty.png").exists()
     plt.close("all")
+
+
+def test_redrawn_unchanged_figure_keeps_its_manifest_row(tmp_path, monkeypatch, tiny_profile):
+    """The same figure saved by another commit keeps the row naming the first; a changed one gets the new."""
+    import csv
+
+    from sparsinglaw import runs
+
+    monkeypatch.setenv("SPARSINGLAW_FIGURES", str(tmp_path))
+
+    def rows():
+        with open(tmp_path / tiny_profile.name / "MANIFEST.csv", newline="") as f:
+            return {r["file"]: r for r in csv.DictReader(f)}
+
+    def draw(y):
+        fig, ax = plt.subplots()
+        ax.plot([1, 2], y)
+        return fig
+
+    monkeypatch.setattr(runs, "git_state", lambda: {"git_sha": "a" * 40, "git_dirty": False})
+    plots.save(draw([3, 4]), "99_fig", tiny_profile, paper="none", notebook="test")
+    monkeypatch.setattr(runs, "git_state", lambda: {"git_sha": "b" * 40, "git_dirty": True})
+    plots.save(draw([3, 4]), "99_fig", tiny_profile, paper="none", notebook="test")
+    assert {r["git_sha"] for r in rows().values()} == {"a" * 12}
+    plots.save(draw([4, 3]), "99_fig", tiny_profile, paper="none", notebook="test")
+    assert {r["git_sha"] for r in rows().values()} == {"b" * 12}
+    plt.close("all")

@@ -54,6 +54,8 @@ def save(fig, name: str, profile: ProfileConfig, paper: str, notebook: str) -> l
     """Write figures/<profile>/<name>.png and .pdf (no timestamps in their metadata, so committed
     figures change only when data change) and upsert their MANIFEST rows (paper figure, notebook,
     provenance: config hash, git sha and dirty flag, corpus fingerprint, package versions, device).
+    A figure drawn again with the same bytes and provenance but for the git state keeps its row (it names
+    the commit that first drew it), so `make replot` on unchanged results leaves the tree clean.
     The three files are replaced together, MANIFEST.csv last; a failing write keeps the old ones."""
     import json
 
@@ -79,10 +81,15 @@ def save(fig, name: str, profile: ProfileConfig, paper: str, notebook: str) -> l
         with open(manifest, newline="") as f:
             rows = {r["file"]: r for r in csv.DictReader(f)}
     for w in written:
-        rows[w] = {"file": w, "paper": paper, "notebook": notebook, "profile": profile.name,
-                   "config_hash": g["config_hash"][:12], "git_sha": g["git_sha"][:12], "git_dirty": g["git_dirty"],
-                   "corpus": g["corpus"].get("sha256", g["corpus"].get("error", ""))[:12],
-                   "versions": json.dumps(g["versions"], sort_keys=True), "device": g["device"]}
+        row = {"file": w, "paper": paper, "notebook": notebook, "profile": profile.name,
+               "config_hash": g["config_hash"][:12], "git_sha": g["git_sha"][:12], "git_dirty": str(g["git_dirty"]),
+               "corpus": g["corpus"].get("sha256", g["corpus"].get("error", ""))[:12],
+               "versions": json.dumps(g["versions"], sort_keys=True), "device": g["device"]}
+        old = rows.get(w)
+        same = (old is not None and (out / w).is_file() and (out / w).read_bytes() == files[out / w]
+                and all(old.get(f, "") == row[f] for f in row if f not in ("git_sha", "git_dirty")))
+        if not same:  # an unchanged figure keeps the row naming the commit that first drew it
+            rows[w] = row
     buf = io.StringIO()
     wr = csv.DictWriter(buf, fieldnames=fields)
     wr.writeheader()
