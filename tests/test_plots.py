@@ -66,3 +66,17 @@ def test_redrawn_unchanged_figure_keeps_its_manifest_row(tmp_path, monkeypatch, 
     plots.save(draw([4, 3]), "99_fig", tiny_profile, paper="none", notebook="test")
     assert {r["git_sha"] for r in rows().values()} == {"b" * 12}
     plt.close("all")
+
+
+def test_width_depth_runs_are_ordered_and_named_by_their_ratio():
+    rows = [("relu-wd9", 2.6e6, 9.14286), ("relu-wd4", 2.5e6, 4.0), ("relu-wd64", 2.4e6, 64.0)]
+    table = pd.DataFrame([{"run": r, "groups": "width_depth", "activation": "relu", "p": 1.0, "tokens": t,
+                           "activation_ratio": 0.1, "non_embedding_params": n, "width_depth": wd}
+                          for r, n, wd in rows for t in (1000, 2000)])
+    fits = pd.DataFrame([{"run": r, "converged": False, "dropped_tokens": "", "D_min_used": 0.0,
+                          "activation": "relu", "form": "logspace_power"} for r, _, _ in rows])
+    fig = plots.activation_laws(table, fits, pd.DataFrame(columns=["run", "D"]), group="width_depth")
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert labels == ["relu-wd4 (d/L 4, 2500k), no fit", "relu-wd9 (d/L 9.14, 2600k), no fit",
+                      "relu-wd64 (d/L 64, 2400k), no fit"]
+    plt.close(fig)

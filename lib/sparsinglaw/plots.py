@@ -258,9 +258,9 @@ def _shade(activation: str, i: int, n: int):
     return tuple(rgb + (1 - rgb) * mix)
 
 
-def _runs_by_size(df: pd.DataFrame, activation: str) -> list[str]:
+def _runs_by_size(df: pd.DataFrame, activation: str, key: str = "non_embedding_params") -> list[str]:
     sub = df[df["activation"] == activation].drop_duplicates("run")
-    return list(sub.sort_values("non_embedding_params")["run"])
+    return list(sub.sort_values(key)["run"])
 
 
 def _note(ax, text: str, loc: str = "upper right") -> None:
@@ -296,22 +296,26 @@ def activation_laws(table: pd.DataFrame, fits: pd.DataFrame, curves: pd.DataFram
                     group: str | None = "scale"):
     """Activation ratio at PPL-p% vs training tokens per run, with the fitted law (Eq. 4 ReLU, Eq. 5
     SiLU) and its bootstrap band over the fitted range (paper Fig. 4). Points dropped by the drop rule
-    are hollow; dotted lines mark the fitted limits A0. One panel per activation; runs shaded by size."""
+    are hollow; dotted lines mark the fitted limits A0. One panel per activation; runs shaded by size
+    (the width-depth group: by width-depth ratio d_h / L, named in the legend)."""
     style()
     t = in_group(table[np.isclose(table["p"], p)], group)
     acts = list(dict.fromkeys(t["activation"]))
+    by_wd = group == "width_depth" and "width_depth" in t.columns
     fig, axes = plt.subplots(1, max(len(acts), 1), figsize=DOUBLE, squeeze=False)
     if not acts:
         _nothing(axes[0][0], f"this profile has no run in group '{group}'")
     for ax, act in zip(axes[0], acts):
-        names = _runs_by_size(t, act)
+        names = _runs_by_size(t, act, "width_depth" if by_wd else "non_embedding_params")
         for i, run in enumerate(names):
             g, c = t[t["run"] == run].sort_values("tokens"), _shade(act, i, len(names))
             f = fits[fits["run"] == run].iloc[0]
             dropped = {int(v) for v in str(f.get("dropped_tokens", "") or "").split(";") if v not in ("", "nan")}
             used = ~g["tokens"].isin(dropped)
             ok = str(f["converged"]) == "True"  # bool, numpy bool or text, as read back from CSV
-            label = f"{run} ({g['non_embedding_params'].iloc[0] / 1e3:.0f}k)" + ("" if ok else ", no fit")
+            size = f"{g['non_embedding_params'].iloc[0] / 1e3:.0f}k"
+            label = (f"{run} (d/L {g['width_depth'].iloc[0]:.3g}, {size})" if by_wd else f"{run} ({size})") + (
+                "" if ok else ", no fit")
             ax.plot(g["tokens"][used] / 1e6, g["activation_ratio"][used], "o", ms=2.5, color=c, label=label)
             ax.plot(g["tokens"][~used] / 1e6, g["activation_ratio"][~used], "o", ms=2.5, mfc="none", color=c)
             cv = curves[(curves["run"] == run) & (curves["D"] >= f["D_min_used"] * (1 - 1e-9))]  # fitted range
