@@ -45,6 +45,10 @@ limit=${LIMIT:-590}
 STATE=${STATE:-/tmp/sparsinglaw_gpu_compute_args}  # the bench part's compile choice, kept on the machine
 left() { echo $(( limit - SECONDS )); }  # SECONDS: bash's count since this script started
 upto() { local s=$(( limit - SECONDS - $1 )); echo $(( s > 1 ? s : 1 )); }  # a timeout leaving $1 s
+keep_choice() {  # the bench's compile-or-eager choice, for a later `profile` call on this machine
+  local choice; choice=$(grep '^COMPUTE_ARGS=' "$OUT/bench.log" | tail -n 1 | cut -d= -f2-)
+  if [ -n "$choice" ]; then echo "$choice" > "$STATE"; fi
+}
 
 case "$part" in
   bench)
@@ -57,8 +61,7 @@ case "$part" in
     [ "${KERNELS:-0}" = 1 ] && opts+=(--profile-dir "$OUT")
     timeout "$(upto 15)" $PY bench/trainer_vs_probe.py --probe "$probe" --probe-seconds 10 "${opts[@]}" \
       --out "$OUT/trainer_vs_probe.md" 2>&1 | tee "$OUT/bench.log"
-    choice=$(grep '^COMPUTE_ARGS=' "$OUT/bench.log" | tail -n 1 | cut -d= -f2-)
-    [ -n "$choice" ] && echo "$choice" > "$STATE"  # for a later `profile` call on this machine
+    keep_choice
     if [ "${GRAPHS:-0}" = 1 ] && [ "$(left)" -gt 120 ]; then  # optional (about a minute): CUDA graphs at 1M
       timeout "$(upto 10)" $PY bench/trainer_vs_probe.py --shapes 1M --compile-mode reduce-overhead \
         --out "$OUT/trainer_1M_cuda_graphs.md" 2>&1 | tee -a "$OUT/bench.log"
@@ -93,8 +96,7 @@ case "$part" in
     env_info dry
     timeout "$(upto 10)" $PY bench/trainer_vs_probe.py --device cpu --shapes tiny --eager tiny \
       --decide-tokens 100000000 --out "$OUT/trainer_vs_probe.md" --profile-dir "$OUT" 2>&1 | tee "$OUT/bench.log"
-    choice=$(grep '^COMPUTE_ARGS=' "$OUT/bench.log" | tail -n 1 | cut -d= -f2-)
-    [ -n "$choice" ] && echo "$choice" > "$STATE"
+    keep_choice
     ;;
   *)
     echo "unknown part $part: profile | bench PROBE | dry" >&2; exit 2 ;;

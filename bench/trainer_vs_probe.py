@@ -159,8 +159,6 @@ def main() -> None:
     ap.add_argument("--decide-tokens", type=float, default=None,
                     help="with --eager: say whether a run of this many tokens at the first eager shape is faster "
                          "compiled or eager (a line 'COMPUTE_ARGS=...' for the gpu profile)")
-    ap.add_argument("--decide-from", type=Path, default=None,
-                    help="take the measurements from this --out file instead of measuring (with --decide-tokens)")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: one trainer run, JSON out
     a = ap.parse_args()
     shapes = [s for s in a.shapes.split(",") if s]
@@ -177,24 +175,20 @@ def main() -> None:
                         compile_mode=a.compile_mode)
         print("RESULT " + json.dumps(r))
         return
-    if a.decide_from is not None:
-        text = a.decide_from.read_text()
-        results = json.loads(text[text.index("```\n") + 4:text.rindex("```")])
-    else:
-        results = []
-        # the probe and our trainer at each shape, then the eager runs (if time is cut short, they go first)
-        todo = [(shape, who) for shape in shapes for who in ("probe", "trainer")]
-        todo += [(shape, "trainer-eager") for shape in eager if not a.no_compile]
-        for shape, who in todo:
-            if who == "probe":
-                if a.probe is None:
-                    continue
-                results.append(probe_run(a.probe, shape, a.probe_seconds))
-            else:
-                results.append(trainer_subprocess(a, shape, compiled=who == "trainer" and not a.no_compile))
-            print(f"{who} {shape}: {results[-1]}", flush=True)
-            write_table(results, a.out)
-        print(table(results))
+    results = []
+    # the probe and our trainer at each shape, then the eager runs (if time is cut short, they go first)
+    todo = [(shape, who) for shape in shapes for who in ("probe", "trainer")]
+    todo += [(shape, "trainer-eager") for shape in eager if not a.no_compile]
+    for shape, who in todo:
+        if who == "probe":
+            if a.probe is None:
+                continue
+            results.append(probe_run(a.probe, shape, a.probe_seconds))
+        else:
+            results.append(trainer_subprocess(a, shape, compiled=who == "trainer" and not a.no_compile))
+        print(f"{who} {shape}: {results[-1]}", flush=True)
+        write_table(results, a.out)
+    print(table(results))
     if a.decide_tokens is not None and eager:
         use, why = decide_compile(results, eager[0], a.decide_tokens)
         print(f"compile decision: {why}", flush=True)

@@ -560,7 +560,7 @@ def train(run: RunConfig, data_cfg: DataConfig, run_dir: Path, tokens: TokenData
     done = {"run": run.name, "config_hash": config_hash, "steps": n_steps, "tokens": n_steps * tps,
             "final_loss": last_loss, "checkpoints": sorted(marks | {n_steps}),
             "non_embedding_params": model.num_params(non_embedding=True),
-            "flops_per_token": model.flops_per_token(), "versions": versions()}
+            "flops_per_token": fpt, "versions": versions()}
     atomic_write_text(done_path, json.dumps(done, indent=1))
     wall = time.perf_counter() - t_start
     rate = (n_steps - step_start) * tps / max(wall, 1e-9)  # this session's steps, evaluation and saving included
