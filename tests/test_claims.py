@@ -272,6 +272,39 @@ def test_ppl1_lossless(ppl, acc, expect):
     assert row["verdict"] == expect and row["n"] == 2
 
 
+def moe_table(gaps: list[float | None], other: float = -50.0) -> pd.DataFrame:
+    """measure.moe_comparison rows: one SiLU MoE per gap (percent; None: below the dense curve) at its
+    trained k, plus rows that must be ignored (another k; the dense run of the other activation)."""
+    rows = []
+    for i, g in enumerate(gaps):
+        base = {"moe_run": f"silu-moe{4 << i}", "activation": "silu", "n_experts": 4 << i,
+                "activation_ratio": 2 / (4 << i), "ppl_moe": 60.0, "ppl_dense_unsparsified": 55.0}
+        at = math.nan if g is None else 60.0 / (1 + g / 100)
+        rows.append({**base, "k": 2, "trained_k": True, "dense_run": "silu-s4", "dense_activation": "silu",
+                     "ppl_dense_at_ratio": at, "gap_pct": math.nan if g is None else g})
+        rows.append({**base, "k": 1, "trained_k": False, "dense_run": "silu-s4", "dense_activation": "silu",
+                     "ppl_dense_at_ratio": 70.0, "gap_pct": other})
+        rows.append({**base, "k": 2, "trained_k": True, "dense_run": "relu-s4", "dense_activation": "relu",
+                     "ppl_dense_at_ratio": 70.0, "gap_pct": other})
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("gaps,expect,n", [
+    ([5.0, 8.0, 3.5], "PASS", 3),
+    ([5.0, 2.0], "INCONCLUSIVE", 2),  # one within the 3% margin
+    ([5.0, -4.0], "FAIL", 2),
+    ([5.0, None], "INCONCLUSIVE", 1),  # the MoE is sparser than the dense curve reaches
+    ([], "INCONCLUSIVE", 0),
+])
+def test_dense_beats_moe(gaps, expect, n):
+    table = moe_table(gaps) if gaps else pd.DataFrame(columns=["trained_k"])
+    row = claims.dense_beats_moe(table)
+    assert row["verdict"] == expect and row["n"] == n
+    if gaps:
+        assert row["value"].startswith("silu-moe4 (k 2/4, A 0.5): PPL 60 vs silu-s4")
+        assert "relu-s4" not in row["value"]
+
+
 def test_check_gives_every_claim_once():
     tables = {"fits": fits([("relu-s1", "relu", "scale", -0.9, 16), ("silu-s1", "silu", "scale", 0.9, 16)]),
               "form_comparison": comparison({"relu-s1": 0.0, "silu-s1": 0.0}),
@@ -279,7 +312,7 @@ def test_check_gives_every_claim_once():
               "scale_fit": scale_fit((-0.02, 0.03), None), "convergence_summary": conv_summary([1e-3] * 4),
               "domain_agreement": patterns([(0.7, 0.8)], (0.1, 0.1))[0],
               "token_pairs": patterns([(0.7, 0.8)], (0.1, 0.1))[1],
-              "sparse_inference": inference_table([1.01], [0.1])}
+              "sparse_inference": inference_table([1.01], [0.1]), "moe_comparison": moe_table([5.0])}
     df = claims.check(tables)
     assert list(df.columns) == claims.COLUMNS
     assert sorted(df["id"]) == sorted(claims.CLAIMS)

@@ -69,6 +69,10 @@ BAD = [
     (lambda r: r["runs"][1]["model"].update(vocab_size=99), "vocab_size"),
     (lambda r: r.update(runs=[]), "runs"),
     (lambda r: r.update(extra=1), "extra"),
+    (lambda r: r["runs"][0]["model"].update(n_experts=3), "runs[0].model.n_experts"),  # 3 does not divide 40
+    (lambda r: r["runs"][0]["model"].update(n_experts=-2), "runs[0].model.n_experts"),
+    (lambda r: r["runs"][0]["model"].update(n_experts=4, top_k=5), "runs[0].model.top_k"),
+    (lambda r: r["runs"][0]["model"].update(n_experts=4, aux_loss_coef=-1), "runs[0].model.aux_loss_coef"),
 ]
 
 

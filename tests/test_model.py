@@ -412,3 +412,111 @@ def test_init_is_seeded_with_mup_stds():
     w = torch.cat([p.flatten() for n, p in m.named_parameters() if n.startswith("blocks.") and p.ndim == 2])
     assert w.std().item() == pytest.approx(0.1 / math.sqrt(64 / 256), rel=0.03)
     assert all(torch.equal(p, torch.ones_like(p)) for n, p in m.named_parameters() if "norm" in n)
+
+
+# ----------------------------------------------------------------------------- mixture of experts
+
+MOE = dataclasses.replace(TINY, d_ff=80, n_experts=8, top_k=2)
+
+
+@torch.no_grad()
+def moe_oracle(ffn: GatedFFN, x: torch.Tensor, k: int) -> torch.Tensor:
+    """Token by token and expert by expert: softmax router, top-k experts, weights renormalised over them,
+    each expert a gated FFN on its own slice of neurons."""
+    E = ffn.n_experts
+    width = ffn.w_gate.weight.shape[0] // E
+    act = ffn.act
+    out = torch.zeros_like(x)
+    flat, oflat = x.reshape(-1, x.shape[-1]), out.view(-1, x.shape[-1])
+    for t in range(flat.shape[0]):
+        xt = flat[t]
+        p = torch.softmax(ffn.router.weight @ xt, dim=0)
+        chosen = sorted(range(E), key=lambda e: -float(p[e]))[:k]
+        norm = sum(float(p[e]) for e in chosen)
+        for e in chosen:
+            sl = slice(e * width, (e + 1) * width)
+            h = act(ffn.w_gate.weight[sl] @ xt) * (ffn.w_up.weight[sl] @ xt)
+            oflat[t] += float(p[e]) / norm * (ffn.w_down.weight[:, sl] @ h)
+    return out
+
+
+@torch.no_grad()
+def test_moe_ffn_matches_expert_loop_oracle():
+    m = make(MOE)
+    ffn = m.blocks[0].ffn
+    x = torch.randn(2, 5, MOE.d_model, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    for k in (1, 2, 8):
+        ffn.top_k = k
+        torch.testing.assert_close(ffn(x), moe_oracle(ffn, x, k), rtol=1e-9, atol=1e-12)
+
+
+def test_moe_unrouted_neurons_are_exact_zeros_at_the_hook():
+    m = make(MOE)
+    seen = []
+    m.blocks[1].ffn.h.register_forward_hook(lambda mod, i, o: seen.append(o))
+    for k in (1, 2, 5):
+        m.set_active_experts(k)
+        seen.clear()
+        m(tokens())
+        share = float((seen[0] != 0).double().mean())
+        assert share == pytest.approx(k / MOE.n_experts)  # silu is nonzero off a measure-zero set
+    m.set_active_experts(None)
+    assert all(f.top_k == MOE.top_k for f in m.ffns())
+    with pytest.raises(ValueError, match=r"in \[1, 8\]"):
+        m.set_active_experts(9)
+    with pytest.raises(ValueError, match="dense"):
+        make().set_active_experts(1)
+
+
+def test_moe_aux_loss_is_switch_balance_loss_in_training_only():
+    m = make(MOE)
+    x, y = tokens(), tokens(seed=2)
+    _, ce = m(x, y)  # eval mode: cross-entropy only
+    m.train()
+    _, total = m(x, y)
+    # oracle: for each layer, the inputs of its FFN, then E * sum_e f_e P_e by loops
+    inputs = []
+    hooks = [b.ffn.register_forward_hook(lambda mod, i, o: inputs.append(i[0])) for b in m.blocks]
+    m(x, y)
+    for h in hooks:
+        h.remove()
+    E, k = MOE.n_experts, MOE.top_k
+    per_layer = []
+    for ffn, xin in zip(m.ffns(), inputs, strict=True):
+        flat = xin.detach().reshape(-1, MOE.d_model)
+        probs = torch.softmax(flat @ ffn.router.weight.detach().T, dim=-1)
+        counts = [0] * E
+        for t in range(flat.shape[0]):
+            for e in sorted(range(E), key=lambda e: -float(probs[t, e]))[:k]:
+                counts[e] += 1
+        f = [c / (flat.shape[0] * k) for c in counts]
+        P = probs.mean(0)
+        per_layer.append(E * sum(f[e] * float(P[e]) for e in range(E)))
+    want = float(ce.detach()) + MOE.aux_loss_coef * sum(per_layer) / len(per_layer)
+    assert float(total.detach()) == pytest.approx(want, rel=1e-9)
+    _, none = m(x, y, reduction="none")  # per-token losses carry no auxiliary term
+    m.eval()
+    _, none_eval = m(x, y, reduction="none")
+    torch.testing.assert_close(none, none_eval)
+
+
+def test_moe_params_flops_and_groups():
+    m = make(MOE)
+    d, L, E = MOE.d_model, MOE.n_layers, MOE.n_experts
+    assert m.num_params() == num_params_from_config(MOE) == num_params_from_config(TINY) + L * d * E
+    assert flops_per_token(MOE) == pytest.approx(flops_per_token(TINY) + 6 * L * d * E)
+    assert m.flops_per_token() == pytest.approx(flops_per_token(MOE))
+    groups = {g["name"]: g for g in m.param_groups(0.01, 0.1)}
+    routers = {id(b.ffn.router.weight) for b in m.blocks}
+    assert routers <= {id(p) for p in groups["matrix"]["params"]}
+
+
+@pytest.mark.parametrize("bad, msg", [
+    ({"n_experts": 7}, "must divide d_ff"),
+    ({"n_experts": -1}, ">= 0"),
+    ({"n_experts": 8, "top_k": 9}, r"top_k=9"),
+    ({"n_experts": 8, "top_k": 0}, r"top_k=0"),
+])
+def test_moe_config_errors(bad, msg):
+    with pytest.raises(ValueError, match=msg):
+        Transformer(dataclasses.replace(MOE, **bad))

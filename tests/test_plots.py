@@ -3,8 +3,11 @@ profile without seed replicas, or the convergence speed when no law fit converge
 
 from __future__ import annotations
 
+import math
+
 import matplotlib.pyplot as plt
 import pandas as pd
+import pytest
 
 from sparsinglaw import plots
 
@@ -79,4 +82,50 @@ def test_width_depth_runs_are_ordered_and_named_by_their_ratio():
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert labels == ["relu-wd4 (d/L 4, 2500k), no fit", "relu-wd9 (d/L 9.14, 2600k), no fit",
                       "relu-wd64 (d/L 64, 2400k), no fit"]
+    plt.close(fig)
+
+
+def _pareto_points() -> pd.DataFrame:
+    """Hand-made Pareto points: a dense run's PPL-p% curve and an MoE (E = 4, trained k = 2)."""
+    rows = [("silu-s2", "silu", "cett", c, 4.0, ppl, a) for c, ppl, a in
+            ((0.05, 56.0, 0.6), (0.2, 60.0, 0.3), (0.4, 70.0, 0.2))]
+    rows += [("silu-s2", "silu", "ppl-1%", 0.1, 4.0, 55.0 * 1.01, 0.45)]
+    rows += [("silu-moe4", "silu", "moe", k, 4.1, ppl, k / 4)
+             for k, ppl in ((1, 80.0), (2, 62.0), (3, 61.0), (4, 61.5))]
+    return pd.DataFrame(rows, columns=["run", "activation", "method", "param", "dense_loss", "ppl", "activation_ratio"])
+
+
+def test_moe_comparison_reads_the_dense_curve_at_the_moe_ratio(tiny_profile):
+    from sparsinglaw import measure
+
+    df = measure.moe_comparison(_pareto_points(), tiny_profile)  # smoke's silu-moe4: E = 4, top_k = 2
+    assert list(df["k"]) == [1, 2, 3, 4] and list(df["trained_k"]) == [False, True, False, False]
+    assert (df["dense_run"] == "silu-s2").all() and (df["n_experts"] == 4).all()
+    dense = math.exp(4.0)  # c = 0: the unsparsified dense model closes the curve at ratio 1
+    # k=1 (0.25): between (0.2, 70) and (0.3, 60) -> 65; k=2 (0.5): between (0.45, 55.55) and (0.6, 56)
+    want = [65.0, 55.55 + (0.05 / 0.15) * (56.0 - 55.55), 56.0 + (0.15 / 0.4) * (dense - 56.0), dense]
+    for got, w in zip(df["ppl_dense_at_ratio"], want, strict=True):
+        assert got == pytest.approx(w)
+    assert df["gap_pct"].iloc[0] == pytest.approx(100 * (80.0 / 65.0 - 1))
+    assert list(df["ppl_dense_unsparsified"]) == pytest.approx([dense] * 4)
+    below = _pareto_points()
+    below.loc[below["method"] == "moe", "activation_ratio"] = 0.1  # sparser than the dense curve reaches
+    assert measure.moe_comparison(below, tiny_profile)["ppl_dense_at_ratio"].isna().all()
+
+
+def test_moe_vs_dense_draws_both_and_says_when_there_is_no_moe(tiny_profile):
+    from sparsinglaw import measure
+
+    pts = _pareto_points()
+    fig = plots.moe_vs_dense(pts, measure.moe_comparison(pts, tiny_profile))
+    labels = [ln.get_label() for ln in fig.axes[0].lines]
+    assert any(lb.startswith("silu-s2: dense") for lb in labels)
+    assert any(lb.startswith("silu-moe4: MoE, k of 4") and "trained k=2" in lb for lb in labels)
+    plt.close(fig)
+    dense_only = pts[pts["method"] != "moe"]
+    fig = plots.moe_vs_dense(dense_only, measure.moe_comparison(dense_only, tiny_profile))
+    assert any("no MoE run" in t for t in _texts(fig))
+    plt.close(fig)
+    fig = plots.pareto_curves(pts.assign(sparse_loss=4.1, ppl_ratio=1.0))  # the MoE gets no Fig. 3 panel
+    assert [ax.get_title() for ax in fig.axes] == ["silu-s2 (silu)"]
     plt.close(fig)

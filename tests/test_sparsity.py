@@ -457,3 +457,31 @@ def test_precomputed_curves_give_the_same_answer_for_every_p(trained, val):
         S.ppl_p_sparsity([model, model], val, n_grid=SMALL_GRID, curves=curves)
     with pytest.raises(ValueError, match="impl='fast'"):
         S.ppl_p_sparsity(model, val, n_grid=SMALL_GRID, impl="reference", curves=curves)
+
+
+# ----------------------------------------------------------------------------- MoE points (paper Fig. 2)
+
+
+def test_expert_points_match_a_hand_evaluation(val):
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(**CFG, activation="silu", n_experts=8, top_k=2)).eval()
+
+    def hand_loss(k: int) -> float:  # one cross-entropy over every target, the FFNs routing k experts
+        for ffn in model.ffns():
+            ffn.top_k = k
+        with torch.no_grad():
+            logits = torch.cat([model(x)[0] for x, _ in val]).flatten(0, 1)
+        for ffn in model.ffns():
+            ffn.top_k = 2
+        return float(torch.nn.functional.cross_entropy(logits.double(), torch.cat([y for _, y in val]).flatten()))
+
+    pts = S.sweep_experts(model, val, [1, 2, 5, 8])
+    assert [p.method for p in pts] == ["moe"] * 4 and [p.param for p in pts] == [1, 2, 5, 8]
+    for p in pts:
+        assert p.sparse_loss == pytest.approx(hand_loss(int(p.param)), rel=1e-5)
+        assert p.dense_loss == pytest.approx(hand_loss(2), rel=1e-5)  # the MoE as trained
+        assert p.activation_ratio == pytest.approx(p.param / 8)
+        assert p.active_per_layer == [p.param / 8] * 2
+    assert pts[1].ppl_ratio == pytest.approx(1.0)
+    assert len({round(p.sparse_loss, 6) for p in pts}) == 4  # k changes the model's output
+    assert all(f.top_k == 2 for f in model.ffns())  # restored

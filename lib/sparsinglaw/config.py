@@ -286,6 +286,14 @@ def validate_model(m: ModelConfig, where: str) -> None:
            f"unknown activation {m.activation!r}; expected one of: {', '.join(sorted(ACTIVATIONS))}")
     for f in ("rope_theta", "norm_eps", "scale_emb", "scale_depth", "init_std"):
         _check(getattr(m, f) > 0, f"{where}.{f}", f"must be > 0, got {getattr(m, f)}")
+    _check(isinstance(m.n_experts, int) and m.n_experts >= 0, f"{where}.n_experts",
+           f"must be an integer >= 0 (0 = dense FFN), got {m.n_experts!r}")
+    if m.n_experts:
+        _check(m.d_ff % m.n_experts == 0, f"{where}.n_experts",
+               f"must divide d_ff={m.d_ff} (experts of equal width), got {m.n_experts}")
+        _check(isinstance(m.top_k, int) and 1 <= m.top_k <= m.n_experts, f"{where}.top_k",
+               f"must be an integer in [1, n_experts={m.n_experts}], got {m.top_k!r}")
+        _check(m.aux_loss_coef >= 0, f"{where}.aux_loss_coef", f"must be >= 0, got {m.aux_loss_coef}")
 
 
 def validate_train(t: TrainConfig, m: ModelConfig, where: str) -> None:

@@ -250,10 +250,21 @@ def run_worker(fn, profile_path: str, overrides: list[str], name: str, runs_dir,
     fn(profile, profile.run(name), runs_dir, progress, *args)
 
 
+def measured_runs(profile: ProfileConfig) -> list[RunConfig]:
+    """The runs measured checkpoint by checkpoint: every dense run. An MoE run (model.n_experts > 0) is
+    a baseline of paper Fig. 2 only: it gets its own Pareto curve (pareto_run), not the laws' tables."""
+    return [r for r in profile.runs if not r.model.n_experts]
+
+
 def measure_profile(profile: ProfileConfig, names: list[str] | None = None, jobs: int | None = None,
                     runs_dir=None, progress: bool = True, impl: str | None = None) -> pd.DataFrame:
-    """Measure every run (parallel processes, like training), then write the profile's results tables."""
-    runs = [profile.run(n) for n in names] if names else list(profile.runs)
+    """Measure every dense run (parallel processes, like training), then write the profile's results
+    tables."""
+    runs = [profile.run(n) for n in names] if names else measured_runs(profile)
+    moe = [r.name for r in runs if r.model.n_experts]
+    if moe:
+        raise SparsingLawError(f"{', '.join(moe)}: MoE runs are not measured checkpoint by checkpoint; their "
+                               f"curve comes with the Pareto sweeps (name them in sparsity.pareto_runs)")
     order = sorted(runs, key=lambda r: -r.model.d_model * r.model.n_layers)  # longest first
     jobs = jobs or profile.compute.jobs or os.cpu_count() or 1
     jobs = max(1, min(jobs, len(runs)))
@@ -285,7 +296,8 @@ def write_results(profile: ProfileConfig, runs_dir=None, impl=None) -> pd.DataFr
     """results/<profile>/{sparsity,neurons,tokens}.csv with provenance sidecars."""
     from .data import prepare
 
-    table = sparsity_table(profile, profile.runs, runs_dir, impl)
+    runs = measured_runs(profile)
+    table = sparsity_table(profile, runs, runs_dir, impl)
     tokens = prepare(profile.data, data_cache_dir(runs_dir), progress=False)
     meta = provenance(profile, corpus=tokens.fingerprint, sparsity=dataclasses.asdict(profile.sparsity))
     out = results_dir(profile.name)
@@ -293,7 +305,7 @@ def write_results(profile: ProfileConfig, runs_dir=None, impl=None) -> pd.DataFr
     remove_stale_temps(out)
     write_table(table, out / "sparsity.csv", meta)
     neurons, toks = [], []
-    for r in profile.runs:
+    for r in runs:
         a = final_arrays(profile, r, runs_dir)
         dom = a["domain_frequency"]  # (n_domains, L, d_ff)
         freq = a["neuron_frequency"]  # (L, d_ff)
@@ -355,7 +367,8 @@ def results_for(profile: ProfileConfig, compute: bool = True, runs_dir=None) -> 
 
 def pareto_run(profile: ProfileConfig, run: RunConfig, runs_dir=None, progress: bool = True) -> pd.DataFrame:
     """(activation ratio, PPL) points of PPL-p% (CETT swept), Top-k (per token and the authors' per-batch
-    variant), FAT-eps and exact zeros (ReLU) on the run's final stable checkpoint (cached)."""
+    variant), FAT-eps and exact zeros (ReLU) on the run's final stable checkpoint (cached). For an MoE run:
+    its PPL at every number of routed experts k = 1..E (activation ratio k / E) and its PPL-p% points."""
     from . import sparsity as sp
     from .data import prepare
 
@@ -364,7 +377,11 @@ def pareto_run(profile: ProfileConfig, run: RunConfig, runs_dir=None, progress: 
     out = d / f"pareto-{measure_key(profile, run)}.csv"
     if out.exists():
         return pd.read_csv(out)
-    record = measure_run(profile, run, runs_dir, progress=progress)
+    moe = run.model.n_experts > 0
+    if moe and run_state(profile, run, runs_dir).status != "done":
+        raise SparsingLawError(f"run {run.name} is not trained; train it first: python -m sparsinglaw train "
+                               f"--profile {profile.name} --run {run.name}")
+    record = {"rows": []} if moe else measure_run(profile, run, runs_dir, progress=progress)
     with run_lock(d, f"pareto {run.name}"):
         dev = measure_device(profile)
         tokens = prepare(profile.data, data_cache_dir(runs_dir), progress=False)
@@ -373,10 +390,13 @@ def pareto_run(profile: ProfileConfig, run: RunConfig, runs_dir=None, progress: 
         model = load_model(run, ck["path"], dev)
         d_ff = run.model.d_ff
         ks = sorted({max(1, round(f * d_ff)) for f in scfg.topk_fracs})
-        points = sp.sweep_cett(model, batches, scfg.cett_sweep, scfg.n_grid)
-        points += sp.sweep_topk(model, batches, ks) + sp.sweep_topk(model, batches, ks, per_batch=True)
-        points += sp.sweep_fat(model, batches, scfg.fat_eps)
-        if run.model.activation == "relu":
+        if run.model.n_experts:  # an MoE: its own curve, every number of routed experts (paper Fig. 2)
+            points = sp.sweep_experts(model, batches, range(1, run.model.n_experts + 1))
+        else:
+            points = sp.sweep_cett(model, batches, scfg.cett_sweep, scfg.n_grid)
+            points += sp.sweep_topk(model, batches, ks) + sp.sweep_topk(model, batches, ks, per_batch=True)
+            points += sp.sweep_fat(model, batches, scfg.fat_eps)
+        if run.model.activation == "relu" and not run.model.n_experts:
             points.append(sp.zeros_point(model, batches, points[0].dense_loss))
         rows = [{"method": pt.method, "param": pt.param, "dense_loss": pt.dense_loss, "sparse_loss": pt.sparse_loss,
                  "ppl": pt.ppl, "ppl_ratio": pt.ppl_ratio, "activation_ratio": pt.activation_ratio} for pt in points]
@@ -417,3 +437,51 @@ def summary(table: pd.DataFrame) -> pd.DataFrame:
     cols = ["run", "activation", "non_embedding_params", "width_depth", "tokens", "p", "cett", "ppl_ratio",
             "activation_ratio", "exact_zero_ratio", "dead_ratio"]
     return table.sort_values("tokens").groupby(["run", "p"], sort=False).tail(1)[cols].reset_index(drop=True)
+
+
+def moe_comparison(points: pd.DataFrame, profile: ProfileConfig) -> pd.DataFrame:
+    """Paper Fig. 2 as a table: each MoE run of the Pareto points (results/<profile>/pareto.csv) at every
+    number of routed experts k, against each dense run's PPL-p% curve (CETT swept, its PPL-p% points, and
+    c = 0, the unsparsified model at activation ratio 1) read at the same activation ratio, by linear
+    interpolation in the activation ratio (NaN below the curve's sparsest point).
+    gap_pct = 100 (ppl_moe / ppl_dense_at_ratio - 1): above 0, the dense model with PPL-p% sparsity reaches
+    a lower perplexity than the MoE at the same activation ratio."""
+    moe_runs = list(dict.fromkeys(points.loc[points["method"] == "moe", "run"]))
+    dense_runs = [r for r in dict.fromkeys(points["run"]) if r not in moe_runs]
+    rows = []
+    unsparsified = {r: math.exp(float(points.loc[points["run"] == r, "dense_loss"].iloc[0])) for r in dense_runs}
+    for name in moe_runs:
+        m = profile.run(name).model
+        for _, pt in points[(points["run"] == name) & (points["method"] == "moe")].sort_values("param").iterrows():
+            a = float(pt["activation_ratio"])
+            for dn in dense_runs:
+                sub = points[(points["run"] == dn) & ((points["method"] == "cett")
+                                                      | points["method"].str.startswith("ppl-"))]
+                sub = sub.sort_values("activation_ratio")  # + c = 0: every neuron kept, the dense PPL
+                xs = np.append(sub["activation_ratio"].to_numpy(float), 1.0)
+                ys = np.append(sub["ppl"].to_numpy(float), unsparsified[dn])
+                at = float(np.interp(a, xs, ys)) if len(xs) and xs[0] <= a <= xs[-1] else math.nan
+                rows.append({"moe_run": name, "activation": m.activation, "n_experts": m.n_experts,
+                             "k": int(pt["param"]),
+                             "trained_k": int(pt["param"]) == m.top_k, "activation_ratio": a,
+                             "ppl_moe": float(pt["ppl"]), "dense_run": dn,
+                             "dense_activation": sub["activation"].iloc[0] if len(sub) else "",
+                             "ppl_dense_at_ratio": at,
+                             "ppl_dense_unsparsified": unsparsified[dn],
+                             "gap_pct": 100 * (float(pt["ppl"]) / at - 1) if at == at else math.nan})
+    cols = ["moe_run", "activation", "n_experts", "k", "trained_k", "activation_ratio", "ppl_moe", "dense_run",
+            "dense_activation", "ppl_dense_at_ratio", "ppl_dense_unsparsified", "gap_pct"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def moe_comparison_for(profile: ProfileConfig, points: pd.DataFrame) -> pd.DataFrame:
+    """moe_comparison of the profile's Pareto points, written to results/<profile>/moe_comparison.csv with
+    the provenance of pareto.csv (left untouched when unchanged)."""
+    df = moe_comparison(points, profile)
+    out = results_dir(profile.name)
+    src = out / "pareto.csv"
+    meta = provenance(profile, sparsity=dataclasses.asdict(profile.sparsity),
+                      inputs={"pareto.csv": sha256_file(src) if src.exists() else None})
+    write_table(df, out / "moe_comparison.csv", meta)
+    return df
+

@@ -9,6 +9,13 @@ reads (or replaces) ``h`` with an ordinary ``register_forward_hook``. For sparse
 has an optional threshold ``tau_l`` (neuron i inactive when ``|h_i| * ||W_down[:, i]|| < tau_l``,
 Section 3, DESIGN.md section 6) and an optional static per-neuron mask.
 
+Mixture of experts (paper Fig. 2's baseline): with ``n_experts = E > 0`` the d_ff neurons are cut into E
+contiguous experts of d_ff / E neurons (the dense model's width, so the same parameters plus a router);
+a router picks the top_k experts per token and weights their outputs by its softmax renormalised over
+them (Mixtral); ``h`` is multiplied by those weights before the hook point, so an unrouted neuron's
+h_i is exactly 0. Every expert is computed and masked (simple, not fast). Training adds Switch
+Transformer's load-balancing loss.
+
 MiniCPM's muP knobs: embeddings times ``scale_emb``; each residual branch times
 ``scale_depth / sqrt(n_layers)``; logits from ``h / width_mult``; hidden matrices get init std and
 learning rate shrunk by ``width_mult = d_model / dim_model_base``.
@@ -41,6 +48,9 @@ class ModelConfig:
     scale_depth: float = 1.4  # muP: each residual branch is scaled by scale_depth / sqrt(n_layers)
     dim_model_base: int = 256  # muP base width (features): width_mult = d_model / dim_model_base
     init_std: float = 0.1  # init std of the embedding; hidden matrices use init_std / sqrt(width_mult)
+    n_experts: int = 0  # 0: dense FFN; E > 0: the d_ff neurons form E equal experts behind a top-k router (MoE)
+    top_k: int = 2  # MoE: experts routed per token (activation ratio top_k / n_experts); unused when dense
+    aux_loss_coef: float = 0.01  # MoE: weight of the load-balancing loss added to the training loss
 
     @property
     def n_heads(self) -> int:
@@ -174,6 +184,8 @@ class GatedFFN(nn.Module):
         self.w_gate = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
         self.w_up = nn.Linear(cfg.d_model, cfg.d_ff, bias=False)
         self.w_down = nn.Linear(cfg.d_ff, cfg.d_model, bias=False)
+        self.n_experts, self.top_k = cfg.n_experts, cfg.top_k  # top_k may be changed for inference
+        self.router = nn.Linear(cfg.d_model, cfg.n_experts, bias=False) if cfg.n_experts else None
         self.h = HookPoint()
         self.threshold: Tensor | None
         self.mask: Tensor | None
@@ -184,8 +196,22 @@ class GatedFFN(nn.Module):
         """||W_down[:, i]||_2 for every neuron i, shape (d_ff,)."""
         return self.w_down.weight.norm(dim=0)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def route(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """MoE router: (weights, probs), both (..., E) in at least float32. probs = softmax(W_r x);
+        weights = probs on the top_k experts renormalised to sum 1, 0 elsewhere."""
+        logits = self.router(x)
+        probs = F.softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1)
+        w, idx = probs.topk(self.top_k, dim=-1)
+        return torch.zeros_like(probs).scatter(-1, idx, w / w.sum(-1, keepdim=True)), probs
+
+    def forward(self, x: Tensor, aux: list[Tensor] | None = None) -> Tensor:
         h = self.act(self.w_gate(x)) * self.w_up(x)  # Eq. 1-2
+        if self.router is not None:
+            weights, probs = self.route(x)
+            h = h * weights.to(h.dtype).repeat_interleave(h.size(-1) // self.n_experts, dim=-1)
+            if aux is not None:  # Switch Transformer: E * sum_e f_e P_e (1 when perfectly balanced)
+                f = (weights > 0).float().flatten(0, -2).mean(0) / self.top_k  # share of routings to e
+                aux.append(self.n_experts * (f * probs.flatten(0, -2).mean(0)).sum())
         h = self.h(h)
         if self.threshold is not None:  # ||n_i|| = |h_i| * ||W_down[:, i]|| (Section 3)
             norms = h.abs() * self.down_col_norms().to(h.dtype)
@@ -206,9 +232,9 @@ class Block(nn.Module):
         self.norm2 = RMSNorm(cfg.d_model, cfg.norm_eps)
         self.ffn = GatedFFN(cfg)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, aux: list[Tensor] | None = None) -> Tensor:
         x = x + self.res_scale * self.attn(self.norm1(x), cos, sin)
-        return x + self.res_scale * self.ffn(self.norm2(x))
+        return x + self.res_scale * self.ffn(self.norm2(x), aux)
 
 
 # ----------------------------------------------------------------------------- model
@@ -245,12 +271,14 @@ class Transformer(nn.Module):
 
         reduction: "mean" (scalar over non-ignored targets), "sum", or "none" ((B, T), 0 where ignored).
         return_logits=False (training with targets) returns (None, loss), so a compiled graph need not
-        hand the logits back.
+        hand the logits back. An MoE model in training mode adds aux_loss_coef times its load-balancing
+        loss (mean over layers) to a "mean" loss; in eval mode the loss is the cross-entropy alone.
         """
         cos, sin = self.rotary(idx.size(1))
         x = self.embed(idx) * self.cfg.scale_emb
+        aux = [] if (self.cfg.n_experts and self.training and targets is not None and reduction == "mean") else None
         for block in self.blocks:
-            x = block(x, cos, sin)
+            x = block(x, cos, sin, aux)
         x = self.norm(x)
         logits = F.linear(x / self.cfg.width_mult, self.embed.weight)  # muP: logits from h / (d_h / base)
         if targets is None:
@@ -262,6 +290,8 @@ class Transformer(nn.Module):
             loss = F.cross_entropy(
                 logits32.flatten(0, 1), targets.flatten(), ignore_index=-1, reduction=reduction
             )
+        if aux:
+            loss = loss + self.cfg.aux_loss_coef * torch.stack(aux).mean()
         return (logits if return_logits else None), (loss.view_as(targets) if reduction == "none" else loss)
 
     # ---- sizes
@@ -305,6 +335,16 @@ class Transformer(nn.Module):
                     raise ValueError(f"masks[{l}]: expected shape ({self.cfg.d_ff},), got {tuple(m.shape)}")
             ffn.mask = m
 
+    def set_active_experts(self, k: int | None) -> None:
+        """MoE: route every token to k experts (None: the trained top_k), e.g. to trace PPL vs k / E."""
+        if not self.cfg.n_experts:
+            raise ValueError("set_active_experts: the model is dense (n_experts = 0)")
+        k = self.cfg.top_k if k is None else int(k)
+        if not 1 <= k <= self.cfg.n_experts:
+            raise ValueError(f"active experts must be in [1, {self.cfg.n_experts}], got {k}")
+        for ffn in self.ffns():
+            ffn.top_k = k
+
     # ---- optimizer
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
@@ -344,6 +384,13 @@ def _validate(cfg: ModelConfig) -> None:
     if cfg.head_dim % 2:
         raise ValueError(f"head_dim={cfg.head_dim} must be even for rotary embeddings")
     get_activation(cfg.activation)
+    if cfg.n_experts < 0:
+        raise ValueError(f"n_experts={cfg.n_experts} must be >= 0 (0 = dense FFN)")
+    if cfg.n_experts:
+        if cfg.d_ff % cfg.n_experts:
+            raise ValueError(f"n_experts={cfg.n_experts} must divide d_ff={cfg.d_ff} (experts of equal width)")
+        if not 1 <= cfg.top_k <= cfg.n_experts:
+            raise ValueError(f"top_k={cfg.top_k} must be in [1, n_experts={cfg.n_experts}]")
 
 
 def _per_layer(vals, n_layers: int, what: str) -> list:
@@ -354,9 +401,10 @@ def _per_layer(vals, n_layers: int, what: str) -> list:
 
 
 def num_params_from_config(cfg: ModelConfig, non_embedding: bool = True) -> int:
-    """Per block: attention 4 d^2, FFN 3 d d_f, two norms 2 d; plus the final norm d (and the embedding)."""
+    """Per block: attention 4 d^2, FFN 3 d d_f, MoE router d E, two norms 2 d; plus the final norm d (and
+    the embedding)."""
     d = cfg.d_model
-    n = cfg.n_layers * (4 * d * d + 3 * d * cfg.d_ff + 2 * d) + d
+    n = cfg.n_layers * (4 * d * d + 3 * d * cfg.d_ff + d * cfg.n_experts + 2 * d) + d
     return n if non_embedding else n + cfg.vocab_size * d
 
 
@@ -370,9 +418,11 @@ def _flops(n_matmul: int, cfg: ModelConfig, seq_len: int | None) -> float:
 def flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> float:
     """Training FLOPs per token = 6 N_matmul + 6 d vocab + 12 L d T (PaLM, appendix B).
 
-    N_matmul = L (4 d^2 + 3 d d_f), the non-embedding matrix parameters (norm weights excluded).
+    N_matmul = L (4 d^2 + 3 d d_f + d E), the non-embedding matrix parameters (norm weights excluded; an
+    MoE computes every expert here, so all of d_f counts).
     """
-    return _flops(cfg.n_layers * (4 * cfg.d_model**2 + 3 * cfg.d_model * cfg.d_ff), cfg, seq_len)
+    d = cfg.d_model
+    return _flops(cfg.n_layers * (4 * d**2 + 3 * d * cfg.d_ff + d * cfg.n_experts), cfg, seq_len)
 
 
 @contextmanager

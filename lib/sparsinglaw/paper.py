@@ -122,6 +122,8 @@ FIGURES = _table(
         ("Fig. 6 (inputs)", "training loss of the width-depth grid", "01_train", "01_train_loss_width_depth"),
         ("Fig. 3 (v4 Fig. 2)", "PPL vs activation ratio: PPL-p% vs Top-k, FAT-eps, exact zeros", "02_ppl_p_sparsity",
          "02_pareto"),
+        ("Fig. 2", "PPL vs activation ratio: dense models with PPL-p% vs MoE models routing k of E experts",
+         "02_ppl_p_sparsity", "02_moe_vs_dense"),
         ("v4 Fig. 15", "PPL and activation ratio as the CETT value c is swept", "02_ppl_p_sparsity", "02_cett_sweep"),
         ("Section 3", "per-layer thresholds found by PPL-1%", "02_ppl_p_sparsity", "02_layer_thresholds"),
         ("Fig. 4, Table 2", "activation ratio vs data with Eq. 4 / Eq. 5 fits", "03_activation_law",

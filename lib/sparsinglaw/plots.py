@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import os
 import sys
 
@@ -183,6 +184,7 @@ METHOD_STYLE = {"cett": ("PPL-p% (CETT swept)", "-", "o"), "topk": ("Top-k per t
 def pareto_curves(df: pd.DataFrame):
     """PPL vs activation ratio for each method on each run's final checkpoint (paper Fig. 3, v4 Fig. 2)."""
     style()
+    df = df[~df["run"].isin(df.loc[df["method"] == "moe", "run"])]  # MoE runs: moe_vs_dense
     runs_ = list(dict.fromkeys(df["run"]))
     fig, axes = plt.subplots(1, len(runs_), figsize=DOUBLE, squeeze=False)
     for ax, run in zip(axes[0], runs_):
@@ -203,6 +205,41 @@ def pareto_curves(df: pd.DataFrame):
         ax.set_ylim(top=min(ax.get_ylim()[1], top))
     axes[0][0].set_ylabel("validation perplexity")
     axes[0][0].legend(frameon=False, fontsize=6)
+    fig.tight_layout()
+    return fig
+
+
+def moe_vs_dense(df: pd.DataFrame, comparison: pd.DataFrame):
+    """PPL vs activation ratio: each MoE routing k of its E experts (k = 1..E; the trained k ringed)
+    against the dense runs' PPL-p% curves (paper Fig. 2); ``comparison`` is measure.moe_comparison."""
+    style()
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    if comparison.empty:
+        _nothing(ax, "no MoE run among sparsity.pareto_runs")
+        return fig
+    dense = df[~df["run"].isin(comparison["moe_run"])]
+    curves = dense[(dense["method"] == "cett") | dense["method"].str.startswith("ppl-")]
+    for run, sub in curves.groupby("run", sort=False):
+        sub = sub.sort_values("activation_ratio")
+        c, ppl0 = color(sub["activation"].iloc[0]), math.exp(sub["dense_loss"].iloc[0])
+        ax.plot([*sub["activation_ratio"], 1.0], [*sub["ppl"], ppl0], "-o", color=c, ms=3, lw=1.2,
+                label=f"{run}: dense, PPL-p% (c swept; c = 0 at ratio 1)")
+    moe = comparison.drop_duplicates(["moe_run", "k"])
+    names = list(dict.fromkeys(moe.sort_values("n_experts")["moe_run"]))
+    for i, run in enumerate(names):
+        sub = moe[moe["moe_run"] == run].sort_values("k")
+        c = plt.cm.Greens(0.45 + 0.5 * i / max(len(names) - 1, 1))
+        E, k = int(sub["n_experts"].iloc[0]), int(sub.loc[sub["trained_k"], "k"].iloc[0])
+        ax.plot(sub["activation_ratio"], sub["ppl_moe"], "--s", color=c, ms=3, lw=1,
+                label=f"{run}: MoE, k of {E} experts routed (trained k={k})")
+        t = sub[sub["trained_k"]]
+        ax.plot(t["activation_ratio"], t["ppl_moe"], "o", mfc="none", mec=c, ms=9, mew=1.5)
+    log_x(ax)
+    top = math.exp(dense["dense_loss"].max()) * 1.25 if len(dense) else None
+    if top:
+        ax.set_ylim(top=min(ax.get_ylim()[1], top))
+    ax.set(xlabel="activation ratio (MoE: k / E)", ylabel="validation perplexity")
+    ax.legend(frameon=False, fontsize=6)
     fig.tight_layout()
     return fig
 

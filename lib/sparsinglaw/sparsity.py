@@ -201,8 +201,8 @@ class RunResult:
 class SparsePoint:
     """One (activation ratio, PPL) point of a Pareto curve."""
 
-    method: str  # "cett", "topk", "topk_batch", "fat", "zeros"
-    param: float  # c, k, eps (nan for zeros)
+    method: str  # "cett", "topk", "topk_batch", "fat", "zeros", "moe"
+    param: float  # c, k, eps (nan for zeros), routed experts k (moe)
     dense_loss: float
     sparse_loss: float
     active_per_layer: list[float]
@@ -941,6 +941,28 @@ def sweep_fat(model: Transformer, batches: Batches, eps: Iterable[float], progre
     """FAT-eps points for every eps (one dense pass, then one pass per eps)."""
     dense = evaluate(model, batches).loss
     return _sweep(lambda e: fat_point(model, batches, e, dense), eps, progress)
+
+
+def expert_point(model: Transformer, batches: Batches, k: int, dense_loss: float | None = None) -> SparsePoint:
+    """An MoE model routing every token to k of its E experts (paper Fig. 2's baseline): the activation
+    ratio is the share of neurons in routed experts, k / E, in every layer; ``dense_loss`` is the loss at
+    the trained top_k (the MoE as trained)."""
+    cfg = model.cfg
+    if dense_loss is None:
+        dense_loss = evaluate(model, batches).loss
+    try:
+        model.set_active_experts(k)
+        loss = evaluate(model, batches).loss
+    finally:
+        model.set_active_experts(None)
+    return SparsePoint("moe", k, dense_loss, loss, [k / cfg.n_experts] * cfg.n_layers)
+
+
+def sweep_experts(model: Transformer, batches: Batches, ks: Iterable[int], progress: Progress = None
+                  ) -> list[SparsePoint]:
+    """MoE points for every number of routed experts k (one pass at the trained top_k, then one per k)."""
+    dense = evaluate(model, batches).loss
+    return _sweep(lambda k: expert_point(model, batches, int(k), dense), ks, progress)
 
 
 def sweep_cett(model: Transformer, batches: Batches, cs: Iterable[float], n_grid: int = N_GRID,
