@@ -124,9 +124,6 @@ CLI_CASES = [
                                    "-j", "1"],
          ["run relu-s1 is not trained (new, 0 of", "train it first: python -m sparsinglaw train --profile smoke "
           "--run relu-s1"]),
-    Case("cli-measure-moe", ["measure", "--profile", "smoke", "--runs-dir", "{tmp}/runs", "--run", "silu-moe4"],
-         ["silu-moe4: MoE runs are not measured checkpoint by checkpoint; their curve comes with the Pareto "
-          "sweeps (name them in sparsity.pareto_runs)"]),
     Case("config-moe-experts", [*TRAIN, "--set", "runs.relu-s1.model.n_experts=3"],
          ["runs[0].model.n_experts: must divide d_ff=40 (experts of equal width), got 3"]),
 ]

@@ -56,6 +56,14 @@ def test_runs_names_for_job_arrays():
     assert r.stdout.split("\n")[:-1] == [run.name for run in load_profile("smoke").runs]
 
 
+def test_measure_skips_an_moe_run_with_a_note(tmp_path):
+    """A job array sends every run to `measure`: an MoE run is skipped (exit 0), not refused."""
+    r = _cli("measure", "--profile", "smoke", "--runs-dir", str(tmp_path / "runs"), "--run", "silu-moe4")
+    assert r.returncode == 0, r.stderr
+    assert "silu-moe4: an MoE run, not measured checkpoint by checkpoint" in r.stdout
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.json"))
+
+
 def test_compute_writes_every_results_table_replot_needs(tmp_path, monkeypatch, mini_path, smoke_tokens, capsys):
     """`compute` runs every model stage headless (fresh runs and results roots) and leaves the tables the
     replot notebooks read, each with a valid sidecar; a second call finds everything cached."""

@@ -349,6 +349,34 @@ def test_unchanged_results_table_is_left_as_it_is(tmp_path):
     runs.write_table(df.assign(x=[3.0, 4.0]), out / "t.csv", dict(meta, versions={"torch": "2"}, time="t3"))
     assert json.loads(side.read_text())["time"] == "t3"
     assert runs.read_table(out / "t.csv", ["run", "x"], ["x"])["x"].tolist() == [3.0, 4.0]
+    dirty = dict(meta, versions={"torch": "2"}, time="t4", git_sha="s4", git_dirty=True)
+    runs.write_table(df.assign(x=[5.0, 6.0]), out / "t.csv", dirty)
+    runs.write_table(df.assign(x=[5.0, 6.0]), out / "t.csv", dict(dirty, time="t5", git_sha="s5", git_dirty=False))
+    assert json.loads(side.read_text())["git_sha"] == "s5"  # clean provenance replaces dirty provenance
+
+
+def test_dirty_flag_ignores_the_pipelines_own_outputs(tmp_path, monkeypatch):
+    """git_dirty: changed code or configs make a tree dirty; rewritten results, figures or README do not."""
+    import subprocess
+
+    def git(*a):
+        subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True)
+
+    for rel in ("lib/m.py", "configs/c.yaml", "results/cpu/t.csv", "figures/cpu/f.png", "README.md"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("0\n")
+    git("init", "-q")
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x")
+    monkeypatch.setattr(runs, "repo_root", lambda: tmp_path)
+    assert runs.git_state()["git_dirty"] is False
+    for rel in ("results/cpu/t.csv", "figures/cpu/f.png", "README.md"):
+        (tmp_path / rel).write_text("1\n")
+    assert runs.git_state()["git_dirty"] is False
+    for rel in ("lib/m.py", "configs/c.yaml"):
+        (tmp_path / rel).write_text("1\n")
+        assert runs.git_state()["git_dirty"] is True
+        git("checkout", "--", rel)
 
 
 def test_failing_figure_write_keeps_previous(tmp_path, tiny_profile, monkeypatch):

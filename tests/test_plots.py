@@ -68,6 +68,9 @@ def test_redrawn_unchanged_figure_keeps_its_manifest_row(tmp_path, monkeypatch, 
     assert {r["git_sha"] for r in rows().values()} == {"a" * 12}
     plots.save(draw([4, 3]), "99_fig", tiny_profile, paper="none", notebook="test")
     assert {r["git_sha"] for r in rows().values()} == {"b" * 12}
+    monkeypatch.setattr(runs, "git_state", lambda: {"git_sha": "c" * 40, "git_dirty": False})
+    plots.save(draw([4, 3]), "99_fig", tiny_profile, paper="none", notebook="test")
+    assert {(r["git_sha"], r["git_dirty"]) for r in rows().values()} == {("c" * 12, "False")}  # clean replaces dirty
     plt.close("all")
 
 
@@ -128,4 +131,17 @@ def test_moe_vs_dense_draws_both_and_says_when_there_is_no_moe(tiny_profile):
     plt.close(fig)
     fig = plots.pareto_curves(pts.assign(sparse_loss=4.1, ppl_ratio=1.0))  # the MoE gets no Fig. 3 panel
     assert [ax.get_title() for ax in fig.axes] == ["silu-s2 (silu)"]
+    plt.close(fig)
+
+
+def test_run_grid_labels_each_shape_once_and_marks_moe_runs():
+    states = pd.DataFrame({
+        "run": ["relu-s1", "silu-s1", "relu-s1-seed1", "silu-s4", "silu-moe16", "silu-moe4", "relu-wd9"],
+        "activation": ["relu", "silu", "relu", "silu", "silu", "silu", "relu"],
+        "n_experts": [0, 0, 0, 0, 16, 4, 0],
+        "width_depth": [16.0, 16.0, 16.0, 16.0, 16.0, 16.0, 9.0],
+        "non_embedding_params": [23712, 23712, 23712, 188992, 193088, 190016, 190000]})
+    fig = plots.run_grid(states)
+    assert sorted(t.get_text() for t in fig.axes[0].texts) == ["moe4/moe16/s4", "s1 (+1 seed runs)", "wd9"]
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["relu", "silu", "silu MoE"]
     plt.close(fig)

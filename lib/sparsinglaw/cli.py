@@ -117,9 +117,10 @@ def _dispatch(args) -> int:
         table = measure_profile(profile, names=args.run, jobs=args.jobs, runs_dir=args.runs_dir,
                                 progress=not args.no_progress, impl=args.impl)
         cols = ["run", "tokens", "p", "cett", "ppl_ratio", "activation_ratio", "dead_ratio"]
-        last = table.sort_values("tokens").groupby(["run", "p"]).tail(1)[cols]
-        with pd.option_context("display.width", 200):
-            print(last.to_string(index=False))
+        if len(table):
+            last = table.sort_values("tokens").groupby(["run", "p"]).tail(1)[cols]
+            with pd.option_context("display.width", 200):
+                print(last.to_string(index=False))
         return 0
     if args.command == "compute":
         return _compute(profile, args)

@@ -261,10 +261,13 @@ def measure_profile(profile: ProfileConfig, names: list[str] | None = None, jobs
     """Measure every dense run (parallel processes, like training), then write the profile's results
     tables."""
     runs = [profile.run(n) for n in names] if names else measured_runs(profile)
-    moe = [r.name for r in runs if r.model.n_experts]
-    if moe:
-        raise SparsingLawError(f"{', '.join(moe)}: MoE runs are not measured checkpoint by checkpoint; their "
-                               f"curve comes with the Pareto sweeps (name them in sparsity.pareto_runs)")
+    for r in runs:
+        if r.model.n_experts:  # skipped, not refused: a job array may send every run of a profile here
+            print(f"{r.name}: an MoE run, not measured checkpoint by checkpoint; its curve comes with the "
+                  f"Pareto sweeps (sparsity.pareto_runs)", flush=True)
+    runs = [r for r in runs if not r.model.n_experts]
+    if not runs:
+        return pd.DataFrame(columns=RESULT_COLUMNS["sparsity"][0])
     order = sorted(runs, key=lambda r: -r.model.d_model * r.model.n_layers)  # longest first
     jobs = jobs or profile.compute.jobs or os.cpu_count() or 1
     jobs = max(1, min(jobs, len(runs)))

@@ -7,6 +7,7 @@ import csv
 import io
 import math
 import os
+import re
 import sys
 
 import matplotlib
@@ -56,7 +57,8 @@ def save(fig, name: str, profile: ProfileConfig, paper: str, notebook: str) -> l
     figures change only when data change) and upsert their MANIFEST rows (paper figure, notebook,
     provenance: config hash, git sha and dirty flag, corpus fingerprint, package versions, device).
     A figure drawn again with the same bytes and provenance but for the git state keeps its row (it names
-    the commit that first drew it), so `make replot` on unchanged results leaves the tree clean.
+    the commit that first drew it), so `make replot` on unchanged results leaves the tree clean; only a
+    row drawn from a dirty tree is replaced by a clean one.
     The three files are replaced together, MANIFEST.csv last; a failing write keeps the old ones."""
     import json
 
@@ -88,7 +90,8 @@ def save(fig, name: str, profile: ProfileConfig, paper: str, notebook: str) -> l
                "versions": json.dumps(g["versions"], sort_keys=True), "device": g["device"]}
         old = rows.get(w)
         same = (old is not None and (out / w).is_file() and (out / w).read_bytes() == files[out / w]
-                and all(old.get(f, "") == row[f] for f in row if f not in ("git_sha", "git_dirty")))
+                and all(old.get(f, "") == row[f] for f in row if f not in ("git_sha", "git_dirty"))
+                and not (old.get("git_dirty") == "True" and row["git_dirty"] == "False"))  # clean replaces dirty
         if not same:  # an unchanged figure keeps the row naming the commit that first drew it
             rows[w] = row
     buf = io.StringIO()
@@ -107,18 +110,27 @@ def save(fig, name: str, profile: ProfileConfig, paper: str, notebook: str) -> l
 
 def run_grid(states: pd.DataFrame):
     """The profile's runs: non-embedding parameters vs width-depth ratio (our Table 3 analog), one
-    marker per activation; runs at one shape share a label (activation prefix dropped, seed replicas
-    counted). `states` is runs.states_table."""
+    marker per activation (MoE runs hollow diamonds); runs at one shape share a label (activation prefix
+    dropped, seed replicas counted). `states` is runs.states_table."""
     style()
     fig, ax = plt.subplots(figsize=SINGLE)
-    for (act, g), marker in zip(states.groupby("activation", sort=False), "oxs^v", strict=False):
-        ax.scatter(g["width_depth"], g["non_embedding_params"], color=color(act), label=act, s=16, marker=marker,
-                   zorder=3)
-    for (wd, n), g in states.groupby(["width_depth", "non_embedding_params"]):
-        names = sorted({r.split("-", 1)[-1].split("-seed")[0] for r in g["run"]})
-        seeds = g["run"].str.contains("-seed").sum()
-        label = "/".join(names) + (f" (+{seeds} seed runs)" if seeds else "")
-        ax.annotate(label, (wd, n), fontsize=5, xytext=(4, 2), textcoords="offset points")
+    moe = states.get("n_experts", pd.Series(0, index=states.index)).fillna(0).astype(int) > 0
+    kind = states["activation"].where(~moe, states["activation"] + " MoE")
+    for (k, g), marker in zip(states.groupby(kind, sort=False), "oxs^v+", strict=False):
+        c = color(k.split()[0])
+        kw = {"marker": "D", "facecolors": "none", "edgecolors": c} if k.endswith(" MoE") else {"marker": marker,
+                                                                                                   "color": c}
+        ax.scatter(g["width_depth"], g["non_embedding_params"], label=k, s=16, zorder=3, **kw)
+    # one label per shape: runs at one width-depth ratio within 3% in parameters (an MoE and its dense shape)
+    for _, at in states.groupby("width_depth"):
+        at = at.sort_values("non_embedding_params")
+        for _, g in at.groupby((at["non_embedding_params"].pct_change() > 0.03).cumsum()):
+            wd, n = g["width_depth"].iloc[0], g["non_embedding_params"].min()
+            names = sorted({r.split("-", 1)[-1].split("-seed")[0] for r in g["run"]},
+                           key=lambda v: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", v)])
+            seeds = g["run"].str.contains("-seed").sum()
+            label = "/".join(names) + (f" (+{seeds} seed runs)" if seeds else "")
+            ax.annotate(label, (wd, n), fontsize=5, xytext=(4, 2), textcoords="offset points")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.margins(0.2)  # room for the labels

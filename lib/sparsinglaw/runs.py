@@ -76,13 +76,20 @@ def run_dir(profile: ProfileConfig, run: RunConfig, runs_dir: str | Path | None 
 # provenance
 
 
+# what the pipeline itself writes into tracked files: a change there is an output, not changed code
+OUTPUT_PATHS = (":(exclude)results", ":(exclude)figures", ":(exclude)*.md")
+
+
 def git_state() -> dict:
+    """HEAD's sha and whether tracked files other than outputs (results/, figures/, Markdown such as the
+    README's claims block) differ from it: `make figures` rewriting committed tables does not make the
+    code that produced them dirty."""
     root = repo_root()
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
                              timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10).stdout.strip() != ""
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *OUTPUT_PATHS],
+                               cwd=root, capture_output=True, text=True, timeout=10).stdout.strip() != ""
     except (OSError, subprocess.SubprocessError):
         sha, dirty = "", None
     return {"git_sha": sha or "unknown", "git_dirty": dirty}
@@ -266,7 +273,8 @@ def run_parallel(fn, calls: list[tuple], jobs: int, what: str) -> None:
 
 
 def states_table(profile: ProfileConfig, runs_dir=None) -> pd.DataFrame:
-    """One row per run: name, groups, activation, width, depth, width-depth ratio, params, status."""
+    """One row per run: name, groups, activation, width, depth, FFN width, MoE experts (0: dense),
+    width-depth ratio, params, status."""
     from .model import num_params_from_config
 
     rows = []
@@ -274,7 +282,7 @@ def states_table(profile: ProfileConfig, runs_dir=None) -> pd.DataFrame:
         s = run_state(profile, r, runs_dir)
         m = r.model
         rows.append({"run": r.name, "groups": ",".join(r.groups), "activation": m.activation,
-                     "d_model": m.d_model, "n_layers": m.n_layers, "d_ff": m.d_ff,
+                     "d_model": m.d_model, "n_layers": m.n_layers, "d_ff": m.d_ff, "n_experts": m.n_experts,
                      "width_depth": round(m.d_model / m.n_layers, 2),
                      "non_embedding_params": num_params_from_config(m, non_embedding=True),
                      "tokens": r.train.tokens, "status": s.status,
@@ -314,7 +322,8 @@ def write_table(df: pd.DataFrame, path: Path, meta: dict) -> Path:
     """Write `df` as CSV and `meta` (plus the CSV's sha256) as <name>.meta.json, atomically as a pair
     (the sidecar is renamed last) and under a lock on the folder. A table already there with the same
     bytes and the same provenance but for VOLATILE_META is left as it is (its sidecar still names the
-    code that first wrote those bytes), so recomputing unchanged results leaves the tree clean."""
+    code that first wrote those bytes), so recomputing unchanged results leaves the tree clean; only a
+    sidecar written from a dirty tree is replaced by a clean one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     data = df.to_csv(index=False).encode()
     meta = dict(meta, file=path.name, sha256=hashlib.sha256(data).hexdigest(), rows=len(df))
@@ -333,8 +342,8 @@ def _same_table(path: Path, side: Path, data: bytes, meta: dict) -> bool:
         old = json.loads(side.read_text())
     except (OSError, ValueError, UnicodeDecodeError):
         return False
-    if not isinstance(old, dict):
-        return False
+    if not isinstance(old, dict) or (old.get("git_dirty") is True and meta.get("git_dirty") is False):
+        return False  # clean provenance replaces dirty provenance of the same bytes
     return ({k: v for k, v in old.items() if k not in VOLATILE_META}
             == {k: v for k, v in meta.items() if k not in VOLATILE_META})
 
