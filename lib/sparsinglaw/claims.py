@@ -10,8 +10,8 @@ helpers; one pure function per claim (DataFrames in, rows out, nothing read or w
 (which tables each check reads); then `evaluate` (reads results/<profile>/ through the cached
 `analysis.*_for` functions, never checkpoints), `write` (claims.csv + claims.md), `update_readme` and
 `figure`. Inputs: sparsity, neurons and tokens (`python -m sparsinglaw measure`), sparse_inference
-(notebook 06), pareto (notebook 02; optional), and the tables derived from them by analysis.py (fits, form_comparison,
-width_depth_fit, scale_fit, convergence_summary, domain_agreement, token_pairs).
+(notebook 06), pareto (notebook 02; optional), and the tables derived from them by analysis.py (fits,
+form_comparison, width_depth_fit, scale_fit, convergence_summary, domain_agreement, token_pairs).
 """
 
 from __future__ import annotations
@@ -100,8 +100,8 @@ CLAIMS = {
     "dense_beats_moe": ("A dense model with PPL-p% sparsity beats an MoE at the same activation ratio",
                         "Fig. 2 (Sec. 1)",
                         "per MoE run at its trained k of E experts (activation ratio k/E): its perplexity over "
-                        "that of the dense run of the same activation and shape on its PPL-p% curve (c swept) at "
-                        "the same activation ratio, minus 1 (measure.moe_comparison)",
+                        "that of each dense Pareto run of its activation on its PPL-p% curve (c swept) at the "
+                        "same activation ratio, minus 1 (measure.moe_comparison)",
                         f"PASS: every MoE above the dense curve by > {MOE_MARGIN:.0%}; FAIL: some MoE below it by "
                         f"> {MOE_MARGIN:.0%}"),
     "ppl1_lossless": ("PPL-1% sparse inference is nearly lossless", "Table 1",

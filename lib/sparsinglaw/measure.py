@@ -370,8 +370,8 @@ def results_for(profile: ProfileConfig, compute: bool = True, runs_dir=None) -> 
 
 def pareto_run(profile: ProfileConfig, run: RunConfig, runs_dir=None, progress: bool = True) -> pd.DataFrame:
     """(activation ratio, PPL) points of PPL-p% (CETT swept), Top-k (per token and the authors' per-batch
-    variant), FAT-eps and exact zeros (ReLU) on the run's final stable checkpoint (cached). For an MoE run:
-    its PPL at every number of routed experts k = 1..E (activation ratio k / E) and its PPL-p% points."""
+    variant), FAT-eps and exact zeros (ReLU) on the run's final stable checkpoint (cached). For an MoE run
+    only its PPL at every number of routed experts k = 1..E (activation ratio k / E)."""
     from . import sparsity as sp
     from .data import prepare
 
