@@ -475,6 +475,7 @@ def test_expert_points_match_a_hand_evaluation(val):
             ffn.top_k = 2
         return float(torch.nn.functional.cross_entropy(logits.double(), torch.cat([y for _, y in val]).flatten()))
 
+    model.set_active_experts(5)  # a model left routing another k: the points still start from the trained k
     pts = S.sweep_experts(model, val, [1, 2, 5, 8])
     assert [p.method for p in pts] == ["moe"] * 4 and [p.param for p in pts] == [1, 2, 5, 8]
     for p in pts:
@@ -485,3 +486,5 @@ def test_expert_points_match_a_hand_evaluation(val):
     assert pts[1].ppl_ratio == pytest.approx(1.0)
     assert len({round(p.sparse_loss, 6) for p in pts}) == 4  # k changes the model's output
     assert all(f.top_k == 2 for f in model.ffns())  # restored
+    model.set_active_experts(3)
+    assert S.expert_point(model, val, 1).dense_loss == pytest.approx(hand_loss(2), rel=1e-5)

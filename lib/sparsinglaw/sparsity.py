@@ -946,9 +946,10 @@ def sweep_fat(model: Transformer, batches: Batches, eps: Iterable[float], progre
 def expert_point(model: Transformer, batches: Batches, k: int, dense_loss: float | None = None) -> SparsePoint:
     """An MoE model routing every token to k of its E experts (paper Fig. 2's baseline): the activation
     ratio is the share of neurons in routed experts, k / E, in every layer; ``dense_loss`` is the loss at
-    the trained top_k (the MoE as trained)."""
+    the trained top_k (the MoE as trained). Leaves the model routing its trained top_k."""
     cfg = model.cfg
     if dense_loss is None:
+        model.set_active_experts(None)
         dense_loss = evaluate(model, batches).loss
     try:
         model.set_active_experts(k)
@@ -961,6 +962,7 @@ def expert_point(model: Transformer, batches: Batches, k: int, dense_loss: float
 def sweep_experts(model: Transformer, batches: Batches, ks: Iterable[int], progress: Progress = None
                   ) -> list[SparsePoint]:
     """MoE points for every number of routed experts k (one pass at the trained top_k, then one per k)."""
+    model.set_active_experts(None)
     dense = evaluate(model, batches).loss
     return _sweep(lambda k: expert_point(model, batches, int(k), dense), ks, progress)
 
