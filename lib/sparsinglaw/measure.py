@@ -98,6 +98,15 @@ def stable_checkpoints(profile: ProfileConfig, run: RunConfig, runs_dir=None) ->
 # one run
 
 
+def require_trained(profile: ProfileConfig, run: RunConfig, runs_dir=None) -> None:
+    """Raise, naming the command to run, unless `run` has finished training."""
+    st = run_state(profile, run, runs_dir)
+    if st.status != "done":
+        raise SparsingLawError(f"run {run.name} is not trained ({st.status}, {st.tokens_seen:,} of "
+                               f"{st.tokens_total:,} tokens); train it first: python -m sparsinglaw train "
+                               f"--profile {profile.name} --run {run.name}")
+
+
 def measure_run(profile: ProfileConfig, run: RunConfig, runs_dir=None, progress: bool = True,
                 impl: str | None = None) -> dict:
     """Measure every stable checkpoint of a finished run (cached); returns the cached record."""
@@ -106,11 +115,7 @@ def measure_run(profile: ProfileConfig, run: RunConfig, runs_dir=None, progress:
     from . import sparsity as sp
     from .data import prepare
 
-    st = run_state(profile, run, runs_dir)
-    if st.status != "done":
-        raise SparsingLawError(f"run {run.name} is not trained ({st.status}, {st.tokens_seen:,} of "
-                               f"{st.tokens_total:,} tokens); train it first: python -m sparsinglaw train "
-                               f"--profile {profile.name} --run {run.name}")
+    require_trained(profile, run, runs_dir)
     scfg = profile.sparsity
     if impl is not None and impl != scfg.impl:
         profile = dataclasses.replace(profile, sparsity=dataclasses.replace(scfg, impl=impl))
@@ -381,9 +386,8 @@ def pareto_run(profile: ProfileConfig, run: RunConfig, runs_dir=None, progress: 
     if out.exists():
         return pd.read_csv(out)
     moe = run.model.n_experts > 0
-    if moe and run_state(profile, run, runs_dir).status != "done":
-        raise SparsingLawError(f"run {run.name} is not trained; train it first: python -m sparsinglaw train "
-                               f"--profile {profile.name} --run {run.name}")
+    if moe:
+        require_trained(profile, run, runs_dir)
     record = {"rows": []} if moe else measure_run(profile, run, runs_dir, progress=progress)
     with run_lock(d, f"pareto {run.name}"):
         dev = measure_device(profile)
@@ -391,15 +395,14 @@ def pareto_run(profile: ProfileConfig, run: RunConfig, runs_dir=None, progress: 
         batches = eval_set(profile, tokens, run.model.seq_len, dev)
         ck = stable_checkpoints(profile, run, runs_dir).iloc[-1]
         model = load_model(run, ck["path"], dev)
-        d_ff = run.model.d_ff
-        ks = sorted({max(1, round(f * d_ff)) for f in scfg.topk_fracs})
-        if run.model.n_experts:  # an MoE: its own curve, every number of routed experts (paper Fig. 2)
+        if moe:  # its own curve, every number of routed experts (paper Fig. 2)
             points = sp.sweep_experts(model, batches, range(1, run.model.n_experts + 1))
         else:
+            ks = sorted({max(1, round(f * run.model.d_ff)) for f in scfg.topk_fracs})
             points = sp.sweep_cett(model, batches, scfg.cett_sweep, scfg.n_grid)
             points += sp.sweep_topk(model, batches, ks) + sp.sweep_topk(model, batches, ks, per_batch=True)
             points += sp.sweep_fat(model, batches, scfg.fat_eps)
-        if run.model.activation == "relu" and not run.model.n_experts:
+        if run.model.activation == "relu" and not moe:
             points.append(sp.zeros_point(model, batches, points[0].dense_loss))
         rows = [{"method": pt.method, "param": pt.param, "dense_loss": pt.dense_loss, "sparse_loss": pt.sparse_loss,
                  "ppl": pt.ppl, "ppl_ratio": pt.ppl_ratio, "activation_ratio": pt.activation_ratio} for pt in points]
@@ -442,36 +445,39 @@ def summary(table: pd.DataFrame) -> pd.DataFrame:
     return table.sort_values("tokens").groupby(["run", "p"], sort=False).tail(1)[cols].reset_index(drop=True)
 
 
+def ppl_p_curves(points: pd.DataFrame) -> dict[str, tuple[str, np.ndarray, np.ndarray]]:
+    """Each dense run's PPL-p% curve among the Pareto points: run -> (activation, activation ratios
+    ascending, perplexities), from its CETT sweep and PPL-p% points, closed by c = 0 (every neuron kept:
+    the unsparsified perplexity at ratio 1)."""
+    moe = points.loc[points["method"] == "moe", "run"]
+    keep = ~points["run"].isin(moe) & ((points["method"] == "cett") | points["method"].str.startswith("ppl-"))
+    curves = {}
+    for run, sub in points[keep].groupby("run", sort=False):
+        unsparsified = math.exp(float(sub["dense_loss"].iloc[0]))
+        sub = sub.sort_values("activation_ratio")
+        curves[run] = (sub["activation"].iloc[0], np.append(sub["activation_ratio"].to_numpy(float), 1.0),
+                       np.append(sub["ppl"].to_numpy(float), unsparsified))
+    return curves
+
+
 def moe_comparison(points: pd.DataFrame, profile: ProfileConfig) -> pd.DataFrame:
     """Paper Fig. 2 as a table: each MoE run of the Pareto points (results/<profile>/pareto.csv) at every
-    number of routed experts k, against each dense run's PPL-p% curve (CETT swept, its PPL-p% points, and
-    c = 0, the unsparsified model at activation ratio 1) read at the same activation ratio, by linear
-    interpolation in the activation ratio (NaN below the curve's sparsest point).
-    gap_pct = 100 (ppl_moe / ppl_dense_at_ratio - 1): above 0, the dense model with PPL-p% sparsity reaches
-    a lower perplexity than the MoE at the same activation ratio."""
-    moe_runs = list(dict.fromkeys(points.loc[points["method"] == "moe", "run"]))
-    dense_runs = [r for r in dict.fromkeys(points["run"]) if r not in moe_runs]
+    number of routed experts k, against each dense run's PPL-p% curve (ppl_p_curves) read at the same
+    activation ratio, by linear interpolation in the activation ratio (NaN below the curve's sparsest
+    point). gap_pct = 100 (ppl_moe / ppl_dense_at_ratio - 1): above 0, the dense model with PPL-p% sparsity
+    reaches a lower perplexity than the MoE at the same activation ratio."""
+    curves = ppl_p_curves(points)
     rows = []
-    unsparsified = {r: math.exp(float(points.loc[points["run"] == r, "dense_loss"].iloc[0])) for r in dense_runs}
-    for name in moe_runs:
+    for name, pts in points[points["method"] == "moe"].groupby("run", sort=False):
         m = profile.run(name).model
-        for _, pt in points[(points["run"] == name) & (points["method"] == "moe")].sort_values("param").iterrows():
-            a = float(pt["activation_ratio"])
-            for dn in dense_runs:
-                sub = points[(points["run"] == dn) & ((points["method"] == "cett")
-                                                      | points["method"].str.startswith("ppl-"))]
-                sub = sub.sort_values("activation_ratio")  # + c = 0: every neuron kept, the dense PPL
-                xs = np.append(sub["activation_ratio"].to_numpy(float), 1.0)
-                ys = np.append(sub["ppl"].to_numpy(float), unsparsified[dn])
-                at = float(np.interp(a, xs, ys)) if len(xs) and xs[0] <= a <= xs[-1] else math.nan
-                rows.append({"moe_run": name, "activation": m.activation, "n_experts": m.n_experts,
-                             "k": int(pt["param"]),
-                             "trained_k": int(pt["param"]) == m.top_k, "activation_ratio": a,
-                             "ppl_moe": float(pt["ppl"]), "dense_run": dn,
-                             "dense_activation": sub["activation"].iloc[0] if len(sub) else "",
-                             "ppl_dense_at_ratio": at,
-                             "ppl_dense_unsparsified": unsparsified[dn],
-                             "gap_pct": 100 * (float(pt["ppl"]) / at - 1) if at == at else math.nan})
+        for _, pt in pts.sort_values("param").iterrows():
+            a, ppl, k = float(pt["activation_ratio"]), float(pt["ppl"]), int(pt["param"])
+            for dn, (act, xs, ys) in curves.items():
+                at = float(np.interp(a, xs, ys)) if xs[0] <= a <= xs[-1] else math.nan
+                rows.append({"moe_run": name, "activation": m.activation, "n_experts": m.n_experts, "k": k,
+                             "trained_k": k == m.top_k, "activation_ratio": a, "ppl_moe": ppl, "dense_run": dn,
+                             "dense_activation": act, "ppl_dense_at_ratio": at, "ppl_dense_unsparsified": ys[-1],
+                             "gap_pct": 100 * (ppl / at - 1) if at == at else math.nan})
     cols = ["moe_run", "activation", "n_experts", "k", "trained_k", "activation_ratio", "ppl_moe", "dense_run",
             "dense_activation", "ppl_dense_at_ratio", "ppl_dense_unsparsified", "gap_pct"]
     return pd.DataFrame(rows, columns=cols)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 import os
 import re
 import sys
@@ -114,8 +113,7 @@ def run_grid(states: pd.DataFrame):
     dropped, seed replicas counted). `states` is runs.states_table."""
     style()
     fig, ax = plt.subplots(figsize=SINGLE)
-    moe = states.get("n_experts", pd.Series(0, index=states.index)).fillna(0).astype(int) > 0
-    kind = states["activation"].where(~moe, states["activation"] + " MoE")
+    kind = states["activation"].where(states["n_experts"] == 0, states["activation"] + " MoE")
     for (k, g), marker in zip(states.groupby(kind, sort=False), "oxs^v+", strict=False):
         c = color(k.split()[0])
         kw = {"marker": "D", "facecolors": "none", "edgecolors": c} if k.endswith(" MoE") else {"marker": marker,
@@ -229,13 +227,11 @@ def moe_vs_dense(df: pd.DataFrame, comparison: pd.DataFrame):
     if comparison.empty:
         _nothing(ax, "no MoE run among sparsity.pareto_runs")
         return fig
-    dense = df[~df["run"].isin(comparison["moe_run"])]
-    curves = dense[(dense["method"] == "cett") | dense["method"].str.startswith("ppl-")]
-    for run, sub in curves.groupby("run", sort=False):
-        sub = sub.sort_values("activation_ratio")
-        c, ppl0 = color(sub["activation"].iloc[0]), math.exp(sub["dense_loss"].iloc[0])
-        ax.plot([*sub["activation_ratio"], 1.0], [*sub["ppl"], ppl0], "-o", color=c, ms=3, lw=1.2,
-                label=f"{run}: dense, PPL-p% (c swept; c = 0 at ratio 1)")
+    from .measure import ppl_p_curves
+
+    curves = ppl_p_curves(df)
+    for run, (act, xs, ys) in curves.items():
+        ax.plot(xs, ys, "-o", color=color(act), ms=3, lw=1.2, label=f"{run}: dense, PPL-p% (c swept; c = 0 at ratio 1)")
     moe = comparison.drop_duplicates(["moe_run", "k"])
     names = list(dict.fromkeys(moe.sort_values("n_experts")["moe_run"]))
     for i, run in enumerate(names):
@@ -247,9 +243,8 @@ def moe_vs_dense(df: pd.DataFrame, comparison: pd.DataFrame):
         t = sub[sub["trained_k"]]
         ax.plot(t["activation_ratio"], t["ppl_moe"], "o", mfc="none", mec=c, ms=9, mew=1.5)
     log_x(ax)
-    top = math.exp(dense["dense_loss"].max()) * 1.25 if len(dense) else None
-    if top:
-        ax.set_ylim(top=min(ax.get_ylim()[1], top))
+    if curves:
+        ax.set_ylim(top=min(ax.get_ylim()[1], 1.25 * max(ys[-1] for _, _, ys in curves.values())))
     ax.set(xlabel="activation ratio (MoE: k / E)", ylabel="validation perplexity")
     ax.legend(frameon=False, fontsize=6)
     fig.tight_layout()
