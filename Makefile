@@ -17,7 +17,7 @@ export TOKENIZERS_PARALLELISM := true
 
 .DEFAULT_GOAL := help
 .DELETE_ON_ERROR:
-.PHONY: help setup test test-fast figures replot verify report bench lint format strip clean clean-runs runs measure compute
+.PHONY: help setup test test-fast figures replot verify report bench lint format strip clean clean-runs runs measure compute fit
 
 help: ## list every target
 	@echo "usage: make TARGET [PROFILE=smoke|cpu|gpu|paper]   (PROFILE=$(PROFILE))"
@@ -71,6 +71,9 @@ measure: $(STAMP) ## measure PPL-p% sparsity on every checkpoint of PROFILE (tra
 
 compute: $(STAMP) ## the model stages of PROFILE without notebooks (train, measure, Pareto, sparse inference) -> results/PROFILE; then make replot
 	$(PY) -m sparsinglaw compute --profile $(PROFILE)
+
+fit: $(STAMP) ## fit every law on results/PROFILE (Eq. 4/5, width-depth, scale, convergence; cached) and print them
+	$(PY) -m sparsinglaw fit --profile $(PROFILE)
 
 runs: $(STAMP) ## list the runs of PROFILE and their state
 	$(PY) -m sparsinglaw runs --profile $(PROFILE)

@@ -1,6 +1,6 @@
 """claims.py: every claim's check on synthetic tables with known answers (a clear PASS, a clear FAIL and
 an INCONCLUSIVE case each), the p-values against scipy's own computations, the README block
-replacement, evaluate/write on a synthetic results folder, and `python -m sparsinglaw verify`."""
+replacement, evaluate/write on a synthetic results folder, and `python -m sparsinglaw verify` and `fit`."""
 
 from __future__ import annotations
 
@@ -472,6 +472,30 @@ def test_verify_readme_without_markers_is_an_error(synth_profile, tmp_path):
     r = _cli("verify", "--profile", str(synth_profile), "--readme", str(readme))
     assert r.returncode == 2 and "claims:synth:start" in r.stderr and "Traceback" not in r.stderr
     assert readme.read_text() == "nothing here\n"
+
+
+def test_fit_prints_every_law_beside_the_paper_and_writes_its_tables(synth_profile):
+    """`fit`: the synthetic runs' Eq. 4 / Eq. 5 limits come back near the A0 they were drawn with, the
+    printed table holds exactly those numbers next to the paper's rows, and every fit table is written."""
+    from sparsinglaw import analysis
+
+    r = _cli("fit", "--profile", str(synth_profile))
+    assert r.returncode == 0, r.stderr
+    fits = pd.read_csv(runs.results_dir("synth") / "fits.csv").set_index("run")
+    for run, (_, _, _, params) in RUNS.items():
+        assert fits.loc[run, "converged"] and abs(fits.loc[run, "A0"] - params["A0"]) < 0.01, run
+        line = next(x for x in r.stdout.splitlines() if f" {run} (" in x)
+        assert analysis._fmt(fits.loc[run, "A0"], fits.loc[run, "A0_lo"], fits.loc[run, "A0_hi"]) in line
+    assert "paper (v1)" in r.stdout and "1.2B" in r.stdout
+    assert "silu activation ratio rises with data" in r.stdout
+    for name in analysis.FIT_TABLES:
+        assert (runs.results_dir("synth") / f"{name}.meta.json").is_file(), name
+
+
+def test_fit_without_results_is_one_message(tmp_path):
+    r = _cli("fit", "--profile", str(unmeasured_profile(tmp_path)))
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert "sparsity.csv" in r.stderr and "python -m sparsinglaw measure --profile unmeasured" in r.stderr
 
 
 def test_figure(tmp_path):

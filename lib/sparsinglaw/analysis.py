@@ -612,3 +612,23 @@ def patterns_for(profile: ProfileConfig) -> tuple[pd.DataFrame, pd.DataFrame, pd
 
     return _cached(profile, ("domains", "domain_agreement", "token_pairs"), ("sparsity", "neurons", "tokens"),
                    {}, compute)
+
+
+FIT_TABLES = ("fits", "fit_curves", "form_comparison", "limit_loss", "width_depth", "width_depth_fit", "scale",
+              "scale_fit", "convergence", "convergence_summary", "domains", "domain_agreement", "token_pairs")
+
+
+def fit_profile(profile: ProfileConfig, p: float = 1.0) -> dict[str, pd.DataFrame]:
+    """Every fit and comparison of notebooks 03-05 on results/<profile>/ (each cached as above), by
+    table name (FIT_TABLES): what `python -m sparsinglaw fit` prints and `verify` checks."""
+    fits, curves = activation_laws_for(profile, p)
+    wd, wd_fit = width_depth_for(profile, p)
+    sc, sc_fit = scale_for(profile, p)
+    conv, conv_summary = convergence_for(profile, p)
+    doms, agreement, pairs = patterns_for(profile)
+    out = {"fits": fits, "fit_curves": curves, "form_comparison": form_comparison_for(profile, p),
+           "limit_loss": limit_loss_for(profile, p), "width_depth": wd, "width_depth_fit": wd_fit, "scale": sc,
+           "scale_fit": sc_fit, "convergence": conv, "convergence_summary": conv_summary, "domains": doms,
+           "domain_agreement": agreement, "token_pairs": pairs}
+    assert tuple(out) == FIT_TABLES
+    return out

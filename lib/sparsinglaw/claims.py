@@ -462,11 +462,7 @@ def inputs(profile: ProfileConfig) -> dict[str, pd.DataFrame]:
         folder = results_dir(profile.name)
         how = "; ".join(f"{t}.csv: {SOURCES[t].format(p=profile.name)}" for t in missing)
         raise MissingResults(f"{folder}: missing results table(s) {', '.join(missing)}; make them first: {how}")
-    fits, _ = analysis.activation_laws_for(profile)
-    _, wd_fit = analysis.width_depth_for(profile)
-    _, scale_fit = analysis.scale_for(profile)
-    _, conv_summary = analysis.convergence_for(profile)
-    _, agreement, token_pairs = analysis.patterns_for(profile)
+    t = analysis.fit_profile(profile)
     si = read_table(results_dir(profile.name) / "sparse_inference.csv",
                     ["run", "p", "domain", "accuracy", "dense_accuracy", "ppl_ratio", "calib_ppl_ratio"],
                     ["p", "accuracy", "dense_accuracy", "ppl_ratio", "calib_ppl_ratio"],
@@ -478,10 +474,10 @@ def inputs(profile: ProfileConfig) -> dict[str, pd.DataFrame]:
         moe = moe_comparison(read_results(profile, "pareto"), profile)
     else:
         moe = pd.DataFrame(columns=["trained_k"])
-    return {"fits": fits, "form_comparison": analysis.form_comparison_for(profile),
-            "sparsity": analysis.load_results(profile)["sparsity"], "width_depth_fit": wd_fit,
-            "scale_fit": scale_fit, "convergence_summary": conv_summary, "domain_agreement": agreement,
-            "token_pairs": token_pairs, "sparse_inference": si, "moe_comparison": moe}
+    fitted = ("fits", "form_comparison", "width_depth_fit", "scale_fit", "convergence_summary", "domain_agreement",
+              "token_pairs")
+    return {**{k: t[k] for k in fitted}, "sparsity": analysis.load_results(profile)["sparsity"],
+            "sparse_inference": si, "moe_comparison": moe}
 
 
 def evaluate(profile: ProfileConfig | str) -> pd.DataFrame:

@@ -1,4 +1,4 @@
-"""Command line: `python -m sparsinglaw train|measure|compute|runs|verify ...` for scripts, make and clusters.
+"""Command line: `python -m sparsinglaw train|measure|compute|fit|runs|verify ...` for scripts, make and clusters.
 
 Every run of a sweep is an independent command (`train --profile P --run NAME`), so a scheduler's
 job array spreads a sweep over a cluster; `-j N` spreads it over local cores. `compute` does every
@@ -62,6 +62,10 @@ def _parser() -> argparse.ArgumentParser:
     common(r)
     r.add_argument("--names", action="store_true",
                    help="print only the run names, one per line (e.g. to index a scheduler's job array)")
+
+    f = sub.add_parser("fit", help="fit the paper's laws on results/<profile>/ (Eq. 4/5 per run, fit forms, "
+                       "width-depth, scale, convergence, activation patterns; cached) and print them")
+    common(f)
 
     v = sub.add_parser("verify", help="check the paper's claims on results/<profile>/ (claims.csv, claims.md); "
                        "exits 0 whatever the verdicts, 1 when results tables are missing")
@@ -131,6 +135,8 @@ def _dispatch(args) -> int:
         with pd.option_context("display.width", 200, "display.max_columns", 20):
             print(states_table(profile, args.runs_dir).drop(columns=["key"]).to_string(index=False))
         return 0
+    if args.command == "fit":
+        return _fit(profile)
     if args.command == "verify":
         from . import claims
 
@@ -142,6 +148,31 @@ def _dispatch(args) -> int:
             print(f"{'updated' if changed else 'unchanged:'} the claims:{profile.name} block of {args.readme}")
         return 0
     raise AssertionError(args.command)
+
+
+def _fit(profile) -> int:
+    """The law fits of notebooks 03-05, headless (`fit` command): Table 2 beside the paper's, then the trends."""
+    import pandas as pd
+
+    from . import analysis
+    from .runs import results_dir
+
+    t = analysis.fit_profile(profile)
+    level = analysis.fit_spec(profile).level
+    with pd.option_context("display.width", 250, "display.max_columns", 20, "display.max_colwidth", 120):
+        print(f"Activation ratio at PPL-1% vs data: Eq. 4 (ReLU) / Eq. 5 (SiLU) per run, [{level:.0%} bootstrap "
+              "interval] where the fit converged, beside the paper's Table 2")
+        print(analysis.table2(t["fits"], group=None).to_string(index=False))
+        trends = analysis.trends(fits=t["fits"], width_depth_fit=t["width_depth_fit"], scale_fit=t["scale_fit"],
+                                 convergence_summary=t["convergence_summary"], domain_agreement=t["domain_agreement"],
+                                 token_correlations=t["token_pairs"])
+        print("\nThe numbers behind the paper's trends (the verdicts, with their statistics and thresholds: verify)")
+        width = int(trends["claim"].str.len().max()) if len(trends) else 0
+        for claim, ours in zip(trends["claim"], trends["ours"], strict=True):
+            print(f"  {claim:<{width}}  {ours}")
+    print(f"\ntables in {results_dir(profile.name)}/: {', '.join(analysis.FIT_TABLES)} (.csv, each with a "
+          f".meta.json); python -m sparsinglaw verify --profile {profile.name} checks every claim")
+    return 0
 
 
 def _compute(profile, args) -> int:
