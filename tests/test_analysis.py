@@ -197,6 +197,9 @@ def test_convergence_speed_is_the_derivative_and_ranks_sizes():
     assert 0.01 * 1e9 / 1e4 <= ratio <= 10 * 1e9 / 1e6  # inside every run's range
     assert summary["rho_N_speed"].iloc[0] == pytest.approx(-1.0)
     assert analysis.trends(convergence_summary=summary)["holds"].tolist() == [True]
+    _, two = analysis.convergence(fits.iloc[:2], n=16)  # two converged fits: no rank correlation
+    t = analysis.trends(convergence_summary=two)
+    assert t["holds"].tolist() == [None] and t["ours"].iloc[0] == "no rho: 2 converged fit(s), 3 needed"
 
 
 # ----------------------------------------------------------------------------- patterns, dead neurons

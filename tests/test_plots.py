@@ -145,3 +145,25 @@ def test_run_grid_labels_each_shape_once_and_marks_moe_runs():
     assert sorted(t.get_text() for t in fig.axes[0].texts) == ["moe4/moe16/s4", "s1 (+1 seed runs)", "wd9"]
     assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["relu", "silu", "silu MoE"]
     plt.close(fig)
+
+
+def test_a_profile_without_pareto_runs_or_a_group_gets_figures_that_say_so(tiny_profile, tmp_path, monkeypatch):
+    """A profile may sweep no run (sparsity.pareto_runs: []) and lack a group (e.g. no width-depth grid):
+    notebooks 01-02 then draw panels that say why they are empty, and nothing is trained or written."""
+    from sparsinglaw import measure
+    from sparsinglaw.config import load_profile
+
+    monkeypatch.setenv("SPARSINGLAW_RUNS", str(tmp_path / "runs"))
+    P = load_profile("smoke", overrides=["sparsity.pareto_runs=[]"])
+    points = measure.pareto_for(P, compute=True)
+    assert points.empty and list(points.columns) == measure.RESULT_COLUMNS["pareto"][0]
+    assert not (tmp_path / "runs").exists() and not (measure.results_dir(P.name) / "pareto.csv").exists()
+    for fig, why in ((plots.pareto_curves(points), "no dense run among sparsity.pareto_runs"),
+                     (plots.cett_sweep(points), "no CETT sweep: no dense run among sparsity.pareto_runs"),
+                     (plots.moe_vs_dense(points, measure.moe_comparison(points, P)), "no MoE run among "
+                      "sparsity.pareto_runs"),
+                     (plots.loss_curves({}, pd.DataFrame(columns=["run", "activation", "non_embedding_params"]),
+                                        empty="this profile has no run in group 'width_depth'"),
+                      "this profile has no run in group 'width_depth'")):
+        assert why in _texts(fig)
+        plt.close(fig)

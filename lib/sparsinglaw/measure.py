@@ -434,7 +434,10 @@ def pareto_profile(profile: ProfileConfig, runs_dir=None, progress: bool = True)
 
 
 def pareto_for(profile: ProfileConfig, compute: bool = True, runs_dir=None) -> pd.DataFrame:
-    """results/<profile>/pareto.csv: pareto_profile when `compute`, else the committed table read back."""
+    """results/<profile>/pareto.csv: pareto_profile when `compute`, else the committed table read back;
+    an empty table when the profile sweeps no run (sparsity.pareto_runs: [])."""
+    if not profile.sparsity.pareto_runs:
+        return pd.DataFrame(columns=RESULT_COLUMNS["pareto"][0])
     return pareto_profile(profile, runs_dir) if compute else read_results(profile, "pareto")
 
 

@@ -144,7 +144,7 @@ def run_grid(states: pd.DataFrame):
 # figures of notebook 01
 
 
-def loss_curves(logs: dict[str, pd.DataFrame], info: pd.DataFrame, title: str = ""):
+def loss_curves(logs: dict[str, pd.DataFrame], info: pd.DataFrame, title: str = "", empty: str = "no runs to draw"):
     """Training loss vs tokens for each run (paper Fig. 11 analog): one panel per activation, runs
     coloured by non-embedding parameters; validation losses at the checkpoints as dots.
 
@@ -152,7 +152,9 @@ def loss_curves(logs: dict[str, pd.DataFrame], info: pd.DataFrame, title: str = 
     """
     style()
     acts = list(dict.fromkeys(info["activation"]))
-    fig, axes = plt.subplots(1, len(acts), figsize=(DOUBLE[0], DOUBLE[1]), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(1, max(len(acts), 1), figsize=(DOUBLE[0], DOUBLE[1]), squeeze=False, sharey=True)
+    if not acts:
+        _nothing(axes[0][0], empty)
     for ax, act in zip(axes[0], acts):
         sub = info[info["activation"] == act].sort_values("non_embedding_params")
         cmap = plt.get_cmap("viridis", max(len(sub), 2) + 1)
@@ -181,7 +183,8 @@ def loss_curves_for(profile: ProfileConfig, group: str | None = None, compute: b
     info = table.drop_duplicates("run")[["run", "activation", "non_embedding_params"]]
     logs = {name: g for name, g in table.groupby("run", sort=False)}
     what = f"{group.replace('_', '-')} grid" if group else "all runs"
-    return loss_curves(logs, info, title=f"Training loss, {what} (profile {profile.name})")
+    return loss_curves(logs, info, title=f"Training loss, {what} (profile {profile.name})",
+                       empty=f"this profile has no run in group '{group}'")
 
 
 # -----------------------------------------------------------------------------------------------
@@ -196,7 +199,10 @@ def pareto_curves(df: pd.DataFrame):
     style()
     df = df[~df["run"].isin(df.loc[df["method"] == "moe", "run"])]  # MoE runs: moe_vs_dense
     runs_ = list(dict.fromkeys(df["run"]))
-    fig, axes = plt.subplots(1, len(runs_), figsize=DOUBLE, squeeze=False)
+    fig, axes = plt.subplots(1, max(len(runs_), 1), figsize=DOUBLE, squeeze=False)
+    if not runs_:
+        _nothing(axes[0][0], "no dense run among sparsity.pareto_runs")
+        return fig
     for ax, run in zip(axes[0], runs_):
         sub = df[df["run"] == run]
         for method, (label, ls, mk) in METHOD_STYLE.items():
@@ -255,6 +261,10 @@ def cett_sweep(df: pd.DataFrame):
     """PPL ratio and activation ratio vs the CETT value c (v4 Fig. 15: both grow monotonically)."""
     style()
     fig, (a1, a2) = plt.subplots(1, 2, figsize=DOUBLE)
+    if not (df["method"] == "cett").any():
+        for ax in (a1, a2):
+            _nothing(ax, "no CETT sweep: no dense run among sparsity.pareto_runs")
+        return fig
     for run, sub in df[df["method"] == "cett"].groupby("run", sort=False):
         sub = sub.sort_values("param")
         kw = {"color": color(sub["activation"].iloc[0]), "marker": "o", "ms": 3, "lw": 1, "label": run}
