@@ -147,17 +147,18 @@ def test_run_grid_labels_each_shape_once_and_marks_moe_runs():
     plt.close(fig)
 
 
-def test_a_profile_without_pareto_runs_or_a_group_gets_figures_that_say_so(tiny_profile, tmp_path, monkeypatch):
+def test_a_profile_without_pareto_runs_or_a_group_gets_figures_that_say_so(tmp_path, monkeypatch):
     """A profile may sweep no run (sparsity.pareto_runs: []) and lack a group (e.g. no width-depth grid):
     notebooks 01-02 then draw panels that say why they are empty, and nothing is trained or written."""
     from sparsinglaw import measure
     from sparsinglaw.config import load_profile
 
-    monkeypatch.setenv("SPARSINGLAW_RUNS", str(tmp_path / "runs"))
+    for k in ("SPARSINGLAW_RUNS", "SPARSINGLAW_RESULTS"):
+        monkeypatch.setenv(k, str(tmp_path / k))
     P = load_profile("smoke", overrides=["sparsity.pareto_runs=[]"])
     points = measure.pareto_for(P, compute=True)
     assert points.empty and list(points.columns) == measure.RESULT_COLUMNS["pareto"][0]
-    assert not (tmp_path / "runs").exists() and not (measure.results_dir(P.name) / "pareto.csv").exists()
+    assert not any(tmp_path.iterdir())  # nothing trained, measured or written
     for fig, why in ((plots.pareto_curves(points), "no dense run among sparsity.pareto_runs"),
                      (plots.cett_sweep(points), "no CETT sweep: no dense run among sparsity.pareto_runs"),
                      (plots.moe_vs_dense(points, measure.moe_comparison(points, P)), "no MoE run among "
