@@ -20,7 +20,7 @@ export TOKENIZERS_PARALLELISM := true
 .PHONY: help setup test test-fast figures replot verify report bench lint format strip clean clean-runs runs measure compute fit
 
 help: ## list every target
-	@echo "usage: make TARGET [PROFILE=smoke|cpu|gpu|paper]   (PROFILE=$(PROFILE))"
+	@echo "usage: make TARGET [PROFILE=smoke|cpu|cpu-long|gpu|paper]   (PROFILE=$(PROFILE))"
 	@grep -hE '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
 
 $(STAMP): requirements.txt pyproject.toml

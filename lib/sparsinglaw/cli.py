@@ -22,7 +22,7 @@ def _parser() -> argparse.ArgumentParser:
 
     def common(sp):
         sp.add_argument("--profile", required=True,
-                        help="profile name in configs/ (smoke, cpu, gpu, paper) or a YAML path")
+                        help="profile name in configs/ (smoke, cpu, cpu-long, gpu, paper) or a YAML path")
         sp.add_argument("--runs-dir", default=None, help="root for checkpoints and logs (default: runs/)")
         sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                         help="override a config field, e.g. train.lr=3e-3 or runs.relu-s1.train.tokens=1e6 "
