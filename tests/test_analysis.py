@@ -200,6 +200,11 @@ def test_convergence_speed_is_the_derivative_and_ranks_sizes():
     _, two = analysis.convergence(fits.iloc[:2], n=16)  # two converged fits: no rank correlation
     t = analysis.trends(convergence_summary=two)
     assert t["holds"].tolist() == [None] and t["ours"].iloc[0] == "no rho: 2 converged fit(s), 3 needed"
+    apart = fits.copy()
+    apart.loc[2, ["D_min_used", "D_max"]] = [0.0005, 0.001]  # D/N 0.5-1 for N = 1e6: no range shared with the others
+    _, apart_summary = analysis.convergence(apart, n=16)
+    t = analysis.trends(convergence_summary=apart_summary)
+    assert t["holds"].tolist() == [None] and t["ours"].iloc[0].startswith("no rho: fewer than 3 finite speeds")
 
 
 # ----------------------------------------------------------------------------- patterns, dead neurons

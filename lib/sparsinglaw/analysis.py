@@ -498,7 +498,8 @@ def trends(fits=None, width_depth_fit=None, scale_fit=None, convergence_summary=
             rows.append({"claim": f"smaller {act} models converge faster",
                          "criterion": "Spearman rho(N, |dA/d(D/N)| at a common D/N) < 0",
                          "ours": f"rho = {rho:+.2f} at D/N = {g['ratio_common'].iloc[0]:.3g}" if np.isfinite(rho)
-                         else f"no rho: {len(g)} converged fit(s), 3 needed",
+                         else f"no rho: {len(g)} converged fit(s), 3 needed" if len(g) < 3
+                         else "no rho: fewer than 3 finite speeds at a D/N range the fits share",
                          "holds": bool(rho < 0) if np.isfinite(rho) else None})
     if token_correlations is not None and len(token_correlations):
         r = token_correlations["pearson"].to_numpy(float)

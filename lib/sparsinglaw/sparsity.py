@@ -952,8 +952,11 @@ def expert_point(model: Transformer, batches: Batches, k: int, dense_loss: float
         model.set_active_experts(None)
         dense_loss = evaluate(model, batches).loss
     try:
-        model.set_active_experts(k)
-        loss = evaluate(model, batches).loss
+        if k == cfg.top_k:  # the MoE as trained: no second pass
+            loss = dense_loss
+        else:
+            model.set_active_experts(k)
+            loss = evaluate(model, batches).loss
     finally:
         model.set_active_experts(None)
     return SparsePoint("moe", k, dense_loss, loss, [k / cfg.n_experts] * cfg.n_layers)
