@@ -12,6 +12,7 @@ import dataclasses
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 from sparsinglaw import analysis, laws
 
@@ -245,6 +246,44 @@ def test_domain_distributions_summary_and_agreement():
     whole = summary[(summary["layer"] == -1) & (summary["domain"] == "all")]
     assert whole["n_neurons"].tolist() == [1000, 1000] and np.allclose(whole["mean"], 1 / 11, atol=0.01)
     assert len(agreement) == 3 and (agreement["ks"] < 0.1).all()  # same distribution: small distances
+
+
+def test_seed_agreement_compares_only_runs_of_one_shape():
+    rng = np.random.default_rng(1)
+    n, L, F = 1500, 2, 400
+    base = rng.normal(0, 1, n)
+    ratio = {"relu-s1": base, "relu-s1-seed1": base + 0.5 * rng.normal(0, 1, n),  # r = 1/sqrt(1.25)
+             "relu-s1-seed2": rng.normal(0, 1, n), "relu-s2": base}  # unrelated seed; another shape
+    tokens = pd.concat([pd.DataFrame({"run": run, "token_id": np.arange(n), "count": 3,
+                                      "activation_ratio": 0.2 + 0.01 * v}) for run, v in ratio.items()])
+    layer, neuron = np.divmod(np.arange(L * F), F)
+    freq = {"relu-s1": rng.beta(1, 10, L * F), "relu-s1-seed1": rng.beta(1, 10, L * F),
+            "relu-s1-seed2": rng.beta(1, 3, L * F), "relu-s2": rng.beta(1, 10, L * F)}
+    neurons = pd.concat([pd.DataFrame({"run": run, "step": 10, "layer": layer, "neuron": neuron, "all": f,
+                                       "code": f, "prose": np.clip(f + 0.2 * (run == "relu-s1-seed2"), 0, 1)})
+                         for run, f in freq.items()])
+    info = pd.concat([run_rows("relu-s1", "relu", RELU, tokens=TOKENS[:1]),
+                      run_rows("relu-s1-seed1", "relu", RELU, groups="seeds", tokens=TOKENS[:1]),
+                      run_rows("relu-s1-seed2", "relu", RELU, groups="seeds", tokens=TOKENS[:1]),
+                      run_rows("relu-s2", "relu", RELU, d_model=40, n_layers=3, N=100_000, tokens=TOKENS[:1])])
+    seeds = analysis.seed_agreement(neurons, tokens, info)
+    pairs = {frozenset((a, b)): r for a, b, r in zip(seeds["run_a"], seeds["run_b"], seeds.itertuples(), strict=True)}
+    assert set(pairs) == {frozenset(p) for p in (("relu-s1", "relu-s1-seed1"), ("relu-s1", "relu-s1-seed2"),
+                                                 ("relu-s1-seed1", "relu-s1-seed2"))}  # relu-s2: another shape
+    near = pairs[frozenset(("relu-s1", "relu-s1-seed1"))]
+    assert near.pearson == pytest.approx(np.corrcoef(base, ratio["relu-s1-seed1"])[0, 1], abs=1e-9)
+    assert near.pearson_lo <= 1 / np.sqrt(1.25) <= near.pearson_hi and near.n_tokens == n
+    far = pairs[frozenset(("relu-s1", "relu-s1-seed2"))]
+    ks_oracle = max(stats.ks_2samp(freq["relu-s1"], g).statistic
+                    for g in (freq["relu-s1-seed2"], np.clip(freq["relu-s1-seed2"] + 0.2, 0, 1)))
+    assert far.max_ks == pytest.approx(ks_oracle) and far.max_ks_domain == "prose"
+    assert abs(far.pearson) < 0.1
+    t = analysis.trends(seed_agreement=seeds)
+    assert t["holds"].tolist() == [None] and t["ours"].iloc[0] == (
+        f"r from {seeds['pearson'].min():.2f} to {seeds['pearson'].max():.2f} over 3 pairs, "
+        f"max KS {seeds['max_ks'].max():.2f}")
+    alone = analysis.seed_agreement(neurons, tokens, info[info["run"].isin(["relu-s1", "relu-s2"])])
+    assert alone.empty and list(alone.columns) == list(seeds.columns)
 
 
 def test_dead_neurons_and_trends(table, fitted):

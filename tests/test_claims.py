@@ -250,6 +250,15 @@ def test_patterns_agree(r_intervals, ks, expect):
     assert verdict(claims.patterns_agree(*patterns(r_intervals, ks))) == expect
 
 
+def test_patterns_agree_names_the_seed_yardstick_without_using_it():
+    da, tp = patterns([(0.7, 0.8), (0.4, 0.5)], (0.1, 0.3))
+    seeds = tp.assign(pearson=[0.3, 0.6], max_ks=[0.25, 0.1])
+    row = claims.patterns_agree(da, tp, seeds)
+    assert row["verdict"] == "INCONCLUSIVE" and row["value"] == claims.patterns_agree(da, tp)["value"]
+    assert "differ only by seed: Pearson r 0.30 to 0.60 over 2 pairs, max KS 0.250" in row["note"]
+    assert "no seed replicas" in claims.patterns_agree(da, tp, seeds.iloc[:0])["note"]
+
+
 def inference_table(ppl_ratios, acc_drops) -> pd.DataFrame:
     rows = []
     for i, (r, d) in enumerate(zip(ppl_ratios, acc_drops, strict=True)):
@@ -312,6 +321,7 @@ def test_check_gives_every_claim_once():
               "scale_fit": scale_fit((-0.02, 0.03), None), "convergence_summary": conv_summary([1e-3] * 4),
               "domain_agreement": patterns([(0.7, 0.8)], (0.1, 0.1))[0],
               "token_pairs": patterns([(0.7, 0.8)], (0.1, 0.1))[1],
+              "seed_agreement": patterns([(0.7, 0.8)], (0.1, 0.1))[1].assign(max_ks=0.1),
               "sparse_inference": inference_table([1.01], [0.1]), "moe_comparison": moe_table([5.0])}
     df = claims.check(tables)
     assert list(df.columns) == claims.COLUMNS

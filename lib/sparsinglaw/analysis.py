@@ -418,6 +418,31 @@ def token_pairs(tokens: pd.DataFrame, table: pd.DataFrame, group: str | None = "
     return pd.DataFrame(rows, columns=cols)
 
 
+SHAPE_COLUMNS = ["activation", "d_model", "n_layers", "non_embedding_params"]  # runs equal in these differ by seed
+
+
+def seed_agreement(neurons: pd.DataFrame, tokens: pd.DataFrame, table: pd.DataFrame,
+                   level: float = 0.95) -> pd.DataFrame:
+    """The comparisons of Fig. 9-10 between runs of one shape (SHAPE_COLUMNS equal: seed replicas), over
+    every run of the table: how far apart two runs are when only the seed differs, the yardstick for the
+    cross-scale numbers of token_pairs and domain_distributions. One row per pair: token_pairs' columns,
+    then the largest KS statistic over the domains (max_ks) and its domain."""
+    cols = ["activation", "run_a", "run_b", "N_a", "N_b", "n_tokens", "pearson", "pearson_lo", "pearson_hi",
+            "spearman", "max_ks", "max_ks_domain"]
+    frames = []
+    for _, g in run_info(table).groupby(SHAPE_COLUMNS, sort=False):
+        if len(g) < 2:
+            continue
+        sub = table[table["run"].isin(g["run"])]
+        tp = token_pairs(tokens, sub, group=None, level=level)
+        _, da = domain_distributions(neurons, sub, group=None)
+        worst = {frozenset((r.run_a, r.run_b)): (r.ks, r.domain)
+                 for r in da.sort_values("ks").itertuples()}  # the largest KS of each pair wins
+        ks = [worst.get(frozenset((a, b)), (np.nan, "")) for a, b in zip(tp["run_a"], tp["run_b"], strict=True)]
+        frames.append(tp.assign(max_ks=[k for k, _ in ks], max_ks_domain=[d for _, d in ks]))
+    return pd.concat(frames, ignore_index=True)[cols] if frames else pd.DataFrame(columns=cols)
+
+
 # -----------------------------------------------------------------------------------------------
 # side by side with the paper, and the trends
 
@@ -448,7 +473,7 @@ def table2(fits: pd.DataFrame, group: str | None = "scale") -> pd.DataFrame:
 
 
 def trends(fits=None, width_depth_fit=None, scale_fit=None, convergence_summary=None, domain_agreement=None,
-           token_correlations=None, min_pearson: float = 0.8) -> pd.DataFrame:
+           token_correlations=None, seed_agreement=None, min_pearson: float = 0.8) -> pd.DataFrame:
     """The paper's qualitative trends checked on our tables (pass only what a notebook has).
 
     One row per claim: claim, criterion, ours (the numbers), holds (True/False; None = cannot tell).
@@ -456,7 +481,8 @@ def trends(fits=None, width_depth_fit=None, scale_fit=None, convergence_summary=
     group); linear below a bottleneck = the A0 piecewise fit's slope interval below the breakpoint
     excludes 0 (A_last if A0 has no fit); A0 weakly dependent on scale = A0 slope interval per decade of N
     includes 0 (the fitted change is reported); smaller models converge faster = rho_N_speed < 0;
-    patterns agree = every pairwise per-token Pearson r >= min_pearson (domain KS distances reported).
+    patterns agree = every pairwise per-token Pearson r >= min_pearson (domain KS distances, and both
+    numbers between seed replicas of one shape, reported).
     """
     rows = []
     if fits is not None:
@@ -512,6 +538,12 @@ def trends(fits=None, width_depth_fit=None, scale_fit=None, convergence_summary=
         rows.append({"claim": "per-domain neuron frequency distributions agree across scales",
                      "criterion": "reported only: largest pairwise KS statistic per domain",
                      "ours": ", ".join(f"{d}: {v:.2f}" for d, v in ks.items()), "holds": None})
+    if seed_agreement is not None and len(seed_agreement):
+        r = seed_agreement["pearson"].to_numpy(float)
+        rows.append({"claim": "the same between seed replicas of one shape (yardstick)",
+                     "criterion": "reported only: pairwise per-token Pearson r and largest KS statistic",
+                     "ours": f"r from {np.nanmin(r):.2f} to {np.nanmax(r):.2f} over {len(r)} pairs, "
+                             f"max KS {np.nanmax(seed_agreement['max_ks'].to_numpy(float)):.2f}", "holds": None})
     return pd.DataFrame(rows, columns=["claim", "criterion", "ours", "holds"])
 
 
@@ -605,19 +637,21 @@ def convergence_for(profile: ProfileConfig, p: float = 1.0) -> tuple[pd.DataFram
     return _cached(profile, ("convergence", "convergence_summary"), ("fits",), {}, lambda: convergence(fits))
 
 
-def patterns_for(profile: ProfileConfig) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """domain_distributions and token_pairs on neurons.csv and tokens.csv -> domains.csv,
-    domain_agreement.csv, token_pairs.csv."""
+def patterns_for(profile: ProfileConfig) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """domain_distributions, token_pairs and seed_agreement on neurons.csv and tokens.csv -> domains.csv,
+    domain_agreement.csv, token_pairs.csv, seed_agreement.csv."""
     def compute():
         t = load_results(profile)
-        return (*domain_distributions(t["neurons"], t["sparsity"]), token_pairs(t["tokens"], t["sparsity"]))
+        return (*domain_distributions(t["neurons"], t["sparsity"]), token_pairs(t["tokens"], t["sparsity"]),
+                seed_agreement(t["neurons"], t["tokens"], t["sparsity"]))
 
-    return _cached(profile, ("domains", "domain_agreement", "token_pairs"), ("sparsity", "neurons", "tokens"),
-                   {}, compute)
+    return _cached(profile, ("domains", "domain_agreement", "token_pairs", "seed_agreement"),
+                   ("sparsity", "neurons", "tokens"), {}, compute)
 
 
 FIT_TABLES = ("fits", "fit_curves", "form_comparison", "limit_loss", "width_depth", "width_depth_fit", "scale",
-              "scale_fit", "convergence", "convergence_summary", "domains", "domain_agreement", "token_pairs")
+              "scale_fit", "convergence", "convergence_summary", "domains", "domain_agreement", "token_pairs",
+              "seed_agreement")
 
 
 def fit_profile(profile: ProfileConfig, p: float = 1.0) -> dict[str, pd.DataFrame]:
@@ -627,10 +661,10 @@ def fit_profile(profile: ProfileConfig, p: float = 1.0) -> dict[str, pd.DataFram
     wd, wd_fit = width_depth_for(profile, p)
     sc, sc_fit = scale_for(profile, p)
     conv, conv_summary = convergence_for(profile, p)
-    doms, agreement, pairs = patterns_for(profile)
+    doms, agreement, pairs, seed_pairs = patterns_for(profile)
     out = {"fits": fits, "fit_curves": curves, "form_comparison": form_comparison_for(profile, p),
            "limit_loss": limit_loss_for(profile, p), "width_depth": wd, "width_depth_fit": wd_fit, "scale": sc,
            "scale_fit": sc_fit, "convergence": conv, "convergence_summary": conv_summary, "domains": doms,
-           "domain_agreement": agreement, "token_pairs": pairs}
+           "domain_agreement": agreement, "token_pairs": pairs, "seed_agreement": seed_pairs}
     assert tuple(out) == FIT_TABLES
     return out

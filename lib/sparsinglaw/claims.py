@@ -342,8 +342,11 @@ def small_converge_faster(conv_summary: pd.DataFrame) -> list[dict]:
     return rows
 
 
-def patterns_agree(domain_agreement: pd.DataFrame, token_pairs: pd.DataFrame) -> dict:
-    """Per-token Pearson intervals and per-domain KS distances across every pair of runs."""
+def patterns_agree(domain_agreement: pd.DataFrame, token_pairs: pd.DataFrame,
+                   seed_agreement: pd.DataFrame | None = None) -> dict:
+    """Per-token Pearson intervals and per-domain KS distances across every pair of runs; the note gives
+    the same numbers between seed replicas of one shape (seed_agreement), the yardstick they are read
+    against (it does not enter the verdict)."""
     tp = token_pairs[np.isfinite(token_pairs["pearson"].to_numpy(float))]
     da = domain_agreement[np.isfinite(domain_agreement["ks"].to_numpy(float))]
     if tp.empty and da.empty:
@@ -366,8 +369,14 @@ def patterns_agree(domain_agreement: pd.DataFrame, token_pairs: pd.DataFrame) ->
     if len(tp) < len(token_pairs):
         notes.append(f"{len(token_pairs) - len(tp)} token pair(s) without a correlation (too few shared tokens)")
     if len(tp):
-        notes.append(f"{int(tp['n_tokens'].min())} to {int(tp['n_tokens'].max())} shared tokens per pair; "
-                     "tokens seen few times add noise that lowers r")
+        notes.append(f"{int(tp['n_tokens'].min())} to {int(tp['n_tokens'].max())} shared tokens per pair")
+    sa = pd.DataFrame() if seed_agreement is None else seed_agreement
+    sr = sa[np.isfinite(sa["pearson"].to_numpy(float))] if len(sa) else sa
+    if len(sr):
+        notes.append(f"yardstick, runs of one shape that differ only by seed: Pearson r {sr['pearson'].min():.2f} "
+                     f"to {sr['pearson'].max():.2f} over {len(sr)} pairs, max KS {sa['max_ks'].max():.3f}")
+    else:
+        notes.append("no seed replicas of one shape to compare with")
     return _row("patterns_agree", "; ".join(parts), verdict, len(tp), "; ".join(notes))
 
 
@@ -420,7 +429,7 @@ REGISTRY = [
     (width_depth_linear, ("width_depth_fit",)),
     (a0_scale_weak, ("scale_fit",)),
     (small_converge_faster, ("convergence_summary",)),
-    (patterns_agree, ("domain_agreement", "token_pairs")),
+    (patterns_agree, ("domain_agreement", "token_pairs", "seed_agreement")),
     (ppl1_lossless, ("sparse_inference",)),
     (dense_beats_moe, ("moe_comparison",)),
 ]
@@ -475,7 +484,7 @@ def inputs(profile: ProfileConfig) -> dict[str, pd.DataFrame]:
     else:
         moe = pd.DataFrame(columns=["trained_k"])
     fitted = ("fits", "form_comparison", "width_depth_fit", "scale_fit", "convergence_summary", "domain_agreement",
-              "token_pairs")
+              "token_pairs", "seed_agreement")
     return {**{k: t[k] for k in fitted}, "sparsity": analysis.load_results(profile)["sparsity"],
             "sparse_inference": si, "moe_comparison": moe}
 

@@ -165,7 +165,7 @@ def _fit(profile) -> int:
         print(analysis.table2(t["fits"], group=None).to_string(index=False))
         trends = analysis.trends(fits=t["fits"], width_depth_fit=t["width_depth_fit"], scale_fit=t["scale_fit"],
                                  convergence_summary=t["convergence_summary"], domain_agreement=t["domain_agreement"],
-                                 token_correlations=t["token_pairs"])
+                                 token_correlations=t["token_pairs"], seed_agreement=t["seed_agreement"])
         print("\nThe numbers behind the paper's trends (the verdicts, with their statistics and thresholds: verify)")
         width = int(trends["claim"].str.len().max()) if len(trends) else 0
         for claim, ours in zip(trends["claim"], trends["ours"], strict=True):
