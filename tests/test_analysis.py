@@ -253,23 +253,25 @@ def test_seed_agreement_compares_only_runs_of_one_shape():
     n, L, F = 1500, 2, 400
     base = rng.normal(0, 1, n)
     ratio = {"relu-s1": base, "relu-s1-seed1": base + 0.5 * rng.normal(0, 1, n),  # r = 1/sqrt(1.25)
-             "relu-s1-seed2": rng.normal(0, 1, n), "relu-s2": base}  # unrelated seed; another shape
+             "relu-s1-seed2": rng.normal(0, 1, n), "relu-s2": base, "relu-s1-short": base}
     tokens = pd.concat([pd.DataFrame({"run": run, "token_id": np.arange(n), "count": 3,
                                       "activation_ratio": 0.2 + 0.01 * v}) for run, v in ratio.items()])
     layer, neuron = np.divmod(np.arange(L * F), F)
     freq = {"relu-s1": rng.beta(1, 10, L * F), "relu-s1-seed1": rng.beta(1, 10, L * F),
-            "relu-s1-seed2": rng.beta(1, 3, L * F), "relu-s2": rng.beta(1, 10, L * F)}
+            "relu-s1-seed2": rng.beta(1, 3, L * F), "relu-s2": rng.beta(1, 10, L * F),
+            "relu-s1-short": rng.beta(1, 10, L * F)}
     neurons = pd.concat([pd.DataFrame({"run": run, "step": 10, "layer": layer, "neuron": neuron, "all": f,
                                        "code": f, "prose": np.clip(f + 0.2 * (run == "relu-s1-seed2"), 0, 1)})
                          for run, f in freq.items()])
     info = pd.concat([run_rows("relu-s1", "relu", RELU, tokens=TOKENS[:1]),
                       run_rows("relu-s1-seed1", "relu", RELU, groups="seeds", tokens=TOKENS[:1]),
                       run_rows("relu-s1-seed2", "relu", RELU, groups="seeds", tokens=TOKENS[:1]),
-                      run_rows("relu-s2", "relu", RELU, d_model=40, n_layers=3, N=100_000, tokens=TOKENS[:1])])
+                      run_rows("relu-s2", "relu", RELU, d_model=40, n_layers=3, N=100_000, tokens=TOKENS[:1]),
+                      run_rows("relu-s1-short", "relu", RELU, tokens=TOKENS[:1] / 2)])  # relu-s1's shape, half the data
     seeds = analysis.seed_agreement(neurons, tokens, info)
     pairs = {frozenset((a, b)): r for a, b, r in zip(seeds["run_a"], seeds["run_b"], seeds.itertuples(), strict=True)}
     assert set(pairs) == {frozenset(p) for p in (("relu-s1", "relu-s1-seed1"), ("relu-s1", "relu-s1-seed2"),
-                                                 ("relu-s1-seed1", "relu-s1-seed2"))}  # relu-s2: another shape
+                                                 ("relu-s1-seed1", "relu-s1-seed2"))}  # not relu-s2, relu-s1-short
     near = pairs[frozenset(("relu-s1", "relu-s1-seed1"))]
     assert near.pearson == pytest.approx(np.corrcoef(base, ratio["relu-s1-seed1"])[0, 1], abs=1e-9)
     assert near.pearson_lo <= 1 / np.sqrt(1.25) <= near.pearson_hi and near.n_tokens == n

@@ -255,7 +255,7 @@ def test_patterns_agree_names_the_seed_yardstick_without_using_it():
     seeds = tp.assign(pearson=[0.3, 0.6], max_ks=[0.25, 0.1])
     row = claims.patterns_agree(da, tp, seeds)
     assert row["verdict"] == "INCONCLUSIVE" and row["value"] == claims.patterns_agree(da, tp)["value"]
-    assert "differ only by seed: Pearson r 0.30 to 0.60 over 2 pairs, max KS 0.250" in row["note"]
+    assert "(one shape and token budget): Pearson r 0.30 to 0.60 over 2 pairs, max KS 0.250" in row["note"]
     assert "no seed replicas" in claims.patterns_agree(da, tp, seeds.iloc[:0])["note"]
 
 

@@ -418,19 +418,21 @@ def token_pairs(tokens: pd.DataFrame, table: pd.DataFrame, group: str | None = "
     return pd.DataFrame(rows, columns=cols)
 
 
-SHAPE_COLUMNS = ["activation", "d_model", "n_layers", "non_embedding_params"]  # runs equal in these differ by seed
+# runs equal in these (shape and training budget: the last measured tokens) are seed replicas
+REPLICA_COLUMNS = ["activation", "d_model", "n_layers", "non_embedding_params", "budget"]
 
 
 def seed_agreement(neurons: pd.DataFrame, tokens: pd.DataFrame, table: pd.DataFrame,
                    level: float = 0.95) -> pd.DataFrame:
-    """The comparisons of Fig. 9-10 between runs of one shape (SHAPE_COLUMNS equal: seed replicas), over
-    every run of the table: how far apart two runs are when only the seed differs, the yardstick for the
-    cross-scale numbers of token_pairs and domain_distributions. One row per pair: token_pairs' columns,
-    then the largest KS statistic over the domains (max_ks) and its domain."""
+    """The comparisons of Fig. 9-10 between seed replicas (runs with equal REPLICA_COLUMNS: one shape,
+    one token budget), over every run of the table: how far apart two runs are when only the seed
+    differs, the yardstick for the cross-scale numbers of token_pairs and domain_distributions. One row
+    per pair: token_pairs' columns, then the largest KS statistic over the domains (max_ks) and its domain."""
     cols = ["activation", "run_a", "run_b", "N_a", "N_b", "n_tokens", "pearson", "pearson_lo", "pearson_hi",
             "spearman", "max_ks", "max_ks_domain"]
+    info = run_info(table).assign(budget=lambda d: d["run"].map(table.groupby("run")["tokens"].max()))
     frames = []
-    for _, g in run_info(table).groupby(SHAPE_COLUMNS, sort=False):
+    for _, g in info.groupby(REPLICA_COLUMNS, sort=False):
         if len(g) < 2:
             continue
         sub = table[table["run"].isin(g["run"])]

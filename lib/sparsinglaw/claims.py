@@ -373,7 +373,7 @@ def patterns_agree(domain_agreement: pd.DataFrame, token_pairs: pd.DataFrame,
     sa = pd.DataFrame() if seed_agreement is None else seed_agreement
     sr = sa[np.isfinite(sa["pearson"].to_numpy(float))] if len(sa) else sa
     if len(sr):
-        notes.append(f"yardstick, runs of one shape that differ only by seed: Pearson r {sr['pearson'].min():.2f} "
+        notes.append(f"yardstick, seed replicas (one shape and token budget): Pearson r {sr['pearson'].min():.2f} "
                      f"to {sr['pearson'].max():.2f} over {len(sr)} pairs, max KS {sa['max_ks'].max():.3f}")
     else:
         notes.append("no seed replicas of one shape to compare with")
