@@ -144,6 +144,25 @@ def test_run_grid_labels_each_shape_once_and_marks_moe_runs():
     fig = plots.run_grid(states)
     assert sorted(t.get_text() for t in fig.axes[0].texts) == ["moe4/moe16/s4", "s1 (+1 seed runs)", "wd9"]
     assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["relu", "silu", "silu MoE"]
+    fig.canvas.draw()
+    xlabels = [t.get_text() for t in fig.axes[0].get_xticklabels(which="both") if t.get_text()]
+    assert xlabels and not any("$" in t for t in xlabels), xlabels  # plain numbers, no 1.2x10^1 crowding
+    plt.close(fig)
+
+
+@pytest.mark.parametrize("lo,hi,expect", [
+    (2.0, 200.0, [2, 5, 10, 20, 50, 100, 200]),  # wide: 1-2-5 per decade
+    (11.0, 17.0, [11, 12, 13, 14, 15, 16, 17]),  # narrow (width-depth ratios 12-16): round values
+])
+def test_log_axis_ticks_stay_readable_on_narrow_ranges(lo, hi, expect):
+    fig, ax = plt.subplots()
+    ax.plot([lo, hi], [1, 1])
+    plots.log_x(ax)
+    ax.set_xlim(lo, hi)
+    fig.canvas.draw()
+    shown = [(lb.get_position()[0], lb.get_text()) for lb in ax.get_xticklabels() if lo <= lb.get_position()[0] <= hi]
+    assert [v for v, _ in shown] == pytest.approx(expect)
+    assert [text for _, text in shown] == [f"{v:g}" for v in expect]  # plain labels, no 1.2x10^1
     plt.close(fig)
 
 

@@ -16,6 +16,7 @@ if "MPLBACKEND" not in os.environ and "ipykernel" not in sys.modules:
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib import ticker  # noqa: E402
 
 from .config import ProfileConfig  # noqa: E402
 from .runs import figures_dir, in_group, train_log_table  # noqa: E402
@@ -38,13 +39,12 @@ def style() -> None:
 
 
 def log_x(ax) -> None:
-    """Log-scaled x axis with plain tick labels (1, 2, 5, ...)."""
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
-
+    """Log-scaled x axis with plain tick labels (1, 2, 5, ...; matplotlib's linear ticks on an axis
+    spanning too little for those, e.g. width-depth ratios 12-16), never 1.2x10^1."""
     ax.set_xscale("log")
-    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.xaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
 
 
 def color(activation: str) -> str:
@@ -120,22 +120,32 @@ def run_grid(states: pd.DataFrame):
                                                                                                    "color": c}
         ax.scatter(g["width_depth"], g["non_embedding_params"], label=k, s=16, zorder=3, **kw)
     # one label per shape: runs at one width-depth ratio within 3% in parameters (an MoE and its dense shape)
+    labels = []
     for _, at in states.groupby("width_depth"):
         at = at.sort_values("non_embedding_params")
         for _, g in at.groupby((at["non_embedding_params"].pct_change() > 0.03).cumsum()):
-            wd, n = g["width_depth"].iloc[0], g["non_embedding_params"].min()
             names = sorted({r.split("-", 1)[-1].split("-seed")[0] for r in g["run"]},
                            key=lambda v: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", v)])
             seeds = g["run"].str.contains("-seed").sum()
-            label = "/".join(names) + (f" (+{seeds} seed runs)" if seeds else "")
-            ax.annotate(label, (wd, n), fontsize=5, xytext=(4, 2), textcoords="offset points")
-    ax.set_xscale("log")
+            labels.append((g["width_depth"].iloc[0], g["non_embedding_params"].min(),
+                           "/".join(names) + (f" (+{seeds} seed runs)" if seeds else "")))
+    # labels centred on their points; shapes at about one size (a width-depth grid) take turns above and
+    # below, left to right, so that neighbours never share a side
+    labels.sort(key=lambda r: r[1])
+    band = np.cumsum(np.diff(np.log10([n for _, n, _ in labels]), prepend=np.inf) > 0.05)
+    for b in np.unique(band):
+        row = sorted((r for r, k in zip(labels, band, strict=True) if k == b), key=lambda r: r[0])
+        for i, (wd, n, label) in enumerate(row):
+            above = i % 2 == 0
+            ax.annotate(label, (wd, n), fontsize=5, xytext=(0, 4 if above else -4), textcoords="offset points",
+                        ha="center", va="bottom" if above else "top")
+    log_x(ax)
     ax.set_yscale("log")
     ax.margins(0.2)  # room for the labels
     ax.set_xlabel("width-depth ratio d_h / L")
     ax.set_ylabel("non-embedding parameters")
-    ax.set_title(f"{len(states)} runs", fontsize=8)
-    ax.legend(frameon=False, loc="lower right")
+    ax.legend(frameon=False, title=f"{len(states)} runs", title_fontsize=7, loc="upper left",
+              bbox_to_anchor=(1.0, 1.0))
     fig.tight_layout()
     return fig
 
@@ -332,13 +342,11 @@ def _nothing(ax, why: str) -> None:
 
 def _ticks_at(ax, values) -> None:
     """Log x axis with one plain tick label at each model size."""
-    from matplotlib.ticker import NullFormatter, NullLocator
-
     ax.set_xscale("log")
     v = sorted(set(np.round(np.asarray(values, dtype=float), 1)))
     ax.set_xticks(v, [f"{x:.0f}" for x in v])
-    ax.xaxis.set_minor_locator(NullLocator())
-    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.xaxis.set_minor_locator(ticker.NullLocator())
+    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
 
 
 def _paper_note(ax, text: str) -> None:
