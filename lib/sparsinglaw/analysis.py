@@ -370,17 +370,22 @@ def domain_distributions(neurons: pd.DataFrame, table: pd.DataFrame,
                 rows.append({"run": run, "domain": dom, "layer": int(layer)} | _describe(gl[dom]))
     summary = pd.DataFrame(rows)
     summary = summary.merge(info[["run", "activation", "non_embedding_params"]], on="run")
+    return summary, _distribution_pairs(neurons, info)
+
+
+def _distribution_pairs(neurons: pd.DataFrame, info: pd.DataFrame) -> pd.DataFrame:
+    """domain_distributions' agreement table for the runs of `info` (run_info rows)."""
     pairs = []
     for act, g in info.sort_values("non_embedding_params").groupby("activation", sort=False):
         for a, b in itertools.combinations(g["run"], 2):
             for dom in domains(neurons):
-                x, y = nr.loc[nr["run"] == a, dom].dropna(), nr.loc[nr["run"] == b, dom].dropna()
+                x, y = neurons.loc[neurons["run"] == a, dom].dropna(), neurons.loc[neurons["run"] == b, dom].dropna()
                 if len(x) and len(y):
                     pairs.append({"activation": act, "domain": dom, "run_a": a, "run_b": b,
                                   "ks": stats.ks_2samp(x, y).statistic, "wasserstein": stats.wasserstein_distance(x, y),
                                   "mean_a": x.mean(), "mean_b": y.mean()})
     cols = ["activation", "domain", "run_a", "run_b", "ks", "wasserstein", "mean_a", "mean_b"]
-    return summary, pd.DataFrame(pairs, columns=cols)
+    return pd.DataFrame(pairs, columns=cols)
 
 
 def _describe(v: pd.Series) -> dict:
@@ -435,9 +440,8 @@ def seed_agreement(neurons: pd.DataFrame, tokens: pd.DataFrame, table: pd.DataFr
     for _, g in info.groupby(REPLICA_COLUMNS, sort=False):
         if len(g) < 2:
             continue
-        sub = table[table["run"].isin(g["run"])]
-        tp = token_pairs(tokens, sub, group=None, level=level)
-        _, da = domain_distributions(neurons, sub, group=None)
+        tp = token_pairs(tokens, table[table["run"].isin(g["run"])], group=None, level=level)
+        da = _distribution_pairs(neurons, g)
         worst = {frozenset((r.run_a, r.run_b)): (r.ks, r.domain)
                  for r in da.sort_values("ks").itertuples()}  # the largest KS of each pair wins
         ks = [worst.get(frozenset((a, b)), (np.nan, "")) for a, b in zip(tp["run_a"], tp["run_b"], strict=True)]

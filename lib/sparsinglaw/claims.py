@@ -370,11 +370,10 @@ def patterns_agree(domain_agreement: pd.DataFrame, token_pairs: pd.DataFrame,
         notes.append(f"{len(token_pairs) - len(tp)} token pair(s) without a correlation (too few shared tokens)")
     if len(tp):
         notes.append(f"{int(tp['n_tokens'].min())} to {int(tp['n_tokens'].max())} shared tokens per pair")
-    sa = pd.DataFrame() if seed_agreement is None else seed_agreement
-    sr = sa[np.isfinite(sa["pearson"].to_numpy(float))] if len(sa) else sa
+    sr = pd.DataFrame() if seed_agreement is None else seed_agreement.dropna(subset=["pearson"])
     if len(sr):
         notes.append(f"yardstick, seed replicas (one shape and token budget): Pearson r {sr['pearson'].min():.2f} "
-                     f"to {sr['pearson'].max():.2f} over {len(sr)} pairs, max KS {sa['max_ks'].max():.3f}")
+                     f"to {sr['pearson'].max():.2f} over {len(sr)} pairs, max KS {seed_agreement['max_ks'].max():.3f}")
     else:
         notes.append("no seed replicas of one shape to compare with")
     return _row("patterns_agree", "; ".join(parts), verdict, len(tp), "; ".join(notes))
