@@ -17,7 +17,7 @@ export TOKENIZERS_PARALLELISM := true
 
 .DEFAULT_GOAL := help
 .DELETE_ON_ERROR:
-.PHONY: help setup test test-fast figures replot verify report bench lint format strip clean clean-runs runs measure compute fit
+.PHONY: help setup test test-fast test-min figures replot verify report bench lint format strip clean clean-runs runs measure compute fit
 
 help: ## list every target
 	@echo "usage: make TARGET [PROFILE=smoke|cpu|cpu-long|gpu|paper]   (PROFILE=$(PROFILE))"
@@ -37,6 +37,27 @@ test: $(STAMP) ## run the whole test suite (unit tests + every notebook on the s
 
 test-fast: $(STAMP) ## run the unit tests only (no notebooks)
 	$(PY) -m pytest -m "not notebooks"
+
+# The oldest supported versions (requirements-min.txt, the floors in pyproject.toml) in their own venv.
+VENV_MIN ?= .venv-min
+STAMP_MIN := $(VENV_MIN)/.installed
+$(STAMP_MIN): requirements-min.txt pyproject.toml
+	@test -x $(VENV_MIN)/bin/python || $(PYTHON) -m venv $(VENV_MIN)
+	$(VENV_MIN)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-min.txt
+	$(VENV_MIN)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	$(VENV_MIN)/bin/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (sparsing-law, oldest versions)" >/dev/null
+	@touch $@
+
+VERSIONS := runs/_versions
+test-min: $(STAMP_MIN) $(STAMP) ## the test suite on the oldest supported versions (requirements-min.txt, ~3 GB: torch's CUDA build), then the smoke tables of both venvs compared
+	$(VENV_MIN)/bin/python -c "import sys, torch, numpy, pandas; print('python', sys.version.split()[0], '| torch', torch.__version__, '| numpy', numpy.__version__, '| pandas', pandas.__version__)"
+	$(VENV_MIN)/bin/python -m pytest
+	rm -rf $(VERSIONS) && mkdir -p $(VERSIONS)
+	SPARSINGLAW_RUNS=$(VERSIONS)/pinned SPARSINGLAW_RESULTS=$(VERSIONS)/pinned/results $(PY) -m sparsinglaw compute --profile smoke --no-progress >$(VERSIONS)/pinned.log 2>&1 || { cat $(VERSIONS)/pinned.log; exit 1; }
+	SPARSINGLAW_RUNS=$(VERSIONS)/min SPARSINGLAW_RESULTS=$(VERSIONS)/min/results $(VENV_MIN)/bin/python -m sparsinglaw compute --profile smoke --no-progress >$(VERSIONS)/min.log 2>&1 || { cat $(VERSIONS)/min.log; exit 1; }
+	@diff -r -x '*.meta.json' $(VERSIONS)/pinned/results/smoke $(VERSIONS)/min/results/smoke >/dev/null \
+	  && echo "smoke profile: every results table of the oldest versions is byte for byte the pinned venv's ($(VERSIONS)/*/results/smoke)" \
+	  || { echo "error: the smoke tables differ between the pinned and the oldest versions: diff -r -x '*.meta.json' $(VERSIONS)/pinned/results/smoke $(VERSIONS)/min/results/smoke" >&2; exit 1; }
 
 $(EXEC)/%.ipynb: notebooks/%.ipynb configs/$(PROFILE).yaml $(LIB) $(STAMP)
 	@mkdir -p $(EXEC)

@@ -45,12 +45,13 @@ def test_gpu_session_dry_run_trains_with_our_trainer(tmp_path):
 
 
 def test_gpu_session_profile_packs_what_it_has_when_cut_off(tmp_path):
-    """`profile` with a short LIMIT: compute is stopped at LIMIT - 75 s, the compute arguments come from
-    an earlier bench call's choice, and the results archive is still written."""
+    """`profile` with a short LIMIT: compute is stopped at LIMIT - 75 s (15 s: enough to start and print its
+    plan, not to build the corpus), the compute arguments come from an earlier bench call's choice, and
+    the results archive is still written."""
     state = tmp_path / "compute_args"
     state.write_text("--set compute.device=cpu --set compute.compile=false\n")
     out = tmp_path / "out"
-    env = dict(os.environ, OUT=str(out), PY=sys.executable, OMP_NUM_THREADS="1", STATE=str(state), LIMIT="80",
+    env = dict(os.environ, OUT=str(out), PY=sys.executable, OMP_NUM_THREADS="1", STATE=str(state), LIMIT="90",
                SPARSINGLAW_RUNS=str(tmp_path / "runs"), SPARSINGLAW_RESULTS=str(tmp_path / "results"),
                SPARSINGLAW_DATA=str(tmp_path / "data"))
     r = subprocess.run(["bash", "bench/gpu_session.sh", "profile"], cwd=REPO, env=env, capture_output=True,

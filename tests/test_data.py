@@ -7,7 +7,9 @@ real python-env corpus is capped at 1 MB of the standard library.
 from __future__ import annotations
 
 import json
+import os
 import threading
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -113,13 +115,35 @@ def test_python_segments_unparseable_and_unicode():
     assert [t for t, d in segs if d == "prose"] == ["# héllo 🙂", "# ça"]
 
 
-def test_segment_documents_parallel_equals_serial(monkeypatch):
+def test_segment_documents_parallel_equals_serial_without_forking_this_process(monkeypatch):
+    """The workers tag as the serial path does, and they do not come from a fork of this process, which
+    may hold other threads (torch's, tqdm's, a notebook kernel's): their locks would be copied held
+    (Python 3.12+ warns that such a child may deadlock). A thread is alive and os.fork raises here."""
     docs = [Document(f"m{i}.py", "train", PY_SOURCE * (i + 1), "code", True) for i in range(4)]
     docs.append(Document("notes.txt", "train", "plain prose\n", "prose"))
     serial = segment_documents(docs, workers=1)
-    monkeypatch.setattr(data, "PARALLEL_SEGMENT_BYTES", 0)
-    assert segment_documents(docs, workers=2) == serial
     assert serial[-1] == [("plain prose\n", "prose")]
+    monkeypatch.setattr(data, "PARALLEL_SEGMENT_BYTES", 0)
+    contexts = []
+
+    def pool(workers, mp_context):
+        contexts.append(mp_context.get_start_method())
+        return ProcessPoolExecutor(workers, mp_context=mp_context)
+
+    def no_fork():
+        raise AssertionError("segment_documents forked the calling process")
+
+    monkeypatch.setattr(data, "ProcessPoolExecutor", pool)
+    monkeypatch.setattr(os, "fork", no_fork)
+    stop = threading.Event()
+    thread = threading.Thread(target=stop.wait)
+    thread.start()
+    try:
+        assert segment_documents(docs, workers=2) == serial
+    finally:
+        stop.set()
+        thread.join()
+    assert contexts == ["forkserver"]  # the parallel path ran (Linux has a forkserver)
 
 
 # -----------------------------------------------------------------------------------------------

@@ -1,20 +1,24 @@
-"""environment.yml and requirements.txt agree: one source of pins."""
+"""environment.yml and requirements.txt agree: one source of pins; pyproject.toml's floors are the
+versions of requirements-min.txt (what `make test-min` tests) and the pins are at or above them."""
 
+import tomllib
 from pathlib import Path
 
 import yaml
+from packaging.requirements import Requirement
+from packaging.version import Version
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _pins():
+def _pins(name: str = "requirements.txt"):
     pins = {}
-    for line in (REPO / "requirements.txt").read_text().splitlines():
+    for line in (REPO / name).read_text().splitlines():
         line = line.split("#")[0].strip()
         if line:
-            assert "==" in line, f"requirements.txt: not an exact pin: {line}"
-            name, ver = line.split("==")
-            pins[name.lower()] = ver
+            assert "==" in line, f"{name}: not an exact pin: {line}"
+            name_, ver = line.split("==")
+            pins[name_.lower()] = ver
     return pins
 
 
@@ -37,3 +41,19 @@ def test_environment_yml_installs_requirements():
         if isinstance(d, str) and "=" in d and not d.startswith("python="):
             name, ver = d.split("=", 1)
             assert pins.get(name.lower(), ver.lstrip("=")) == ver.lstrip("="), d
+
+
+def test_pyproject_floors_are_the_tested_oldest_versions():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    reqs = [Requirement(r) for r in project["dependencies"]]
+    reqs += [Requirement(r) for extra in project["optional-dependencies"].values() for r in extra]
+    floors = {}
+    for r in reqs:
+        (spec,) = r.specifier  # exactly one bound, a floor
+        assert spec.operator == ">=", r
+        floors[r.name.lower()] = spec.version
+    oldest, pins = _pins("requirements-min.txt"), _pins()
+    assert floors == oldest  # every direct dependency has a floor, and it is the version make test-min tests
+    assert oldest["torch"] == "2.11.0"  # the version on the lent CUDA machine
+    for name, floor in floors.items():
+        assert Version(pins[name]) >= Version(floor), f"requirements.txt pins {name} below its floor {floor}"

@@ -508,16 +508,21 @@ def segment_documents(docs: list[Document], workers: int | None = None) -> list[
     """``doc.segments`` for every document; Python sources are tagged in parallel processes.
 
     ``tokenize`` runs at ~4 MB/s per core, so above PARALLEL_SEGMENT_BYTES of Python text the
-    tagging is spread over ``workers`` forked processes (default: the CPU count; serial inside a
-    daemonic pool worker, which may not fork).
+    tagging is spread over ``workers`` processes (default: the CPU count; serial inside a daemonic
+    pool worker, which may have no children). They start from a forkserver (spawned where there is
+    none), never by forking this process, which may hold other threads (a notebook kernel's,
+    pyarrow's allocator, tqdm's monitor) whose locks a fork would copy held; Python 3.12+ warns that
+    such a child may deadlock. As with every start method but fork, a script that calls this (or
+    trains runs in parallel, see ``runs.run_parallel``) must guard its entry point with
+    ``if __name__ == "__main__":``, because each worker imports the script's main module.
     """
     py = [i for i, d in enumerate(docs) if d.python]
     out: list = [None if d.python else d.segments for d in docs]
     workers = workers or os.cpu_count() or 1
     py_bytes = sum(len(docs[i].text) for i in py)
-    can_fork = "fork" in mp.get_all_start_methods() and not mp.current_process().daemon
-    if workers > 1 and py_bytes > PARALLEL_SEGMENT_BYTES and can_fork:
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context("fork")) as pool:
+    if workers > 1 and py_bytes > PARALLEL_SEGMENT_BYTES and not mp.current_process().daemon:
+        method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context(method)) as pool:
             texts = (docs[i].text for i in py)
             for i, segs in zip(py, pool.map(python_segments, texts, chunksize=16), strict=True):
                 out[i] = segs
@@ -695,7 +700,7 @@ def _build(cfg: DataConfig, docs: list[Document], fingerprint: dict, key: dict, 
                           "domain arrays; merge domains or drop the 'domain' field")
 
     t0 = time.perf_counter()
-    segmented = segment_documents(docs)  # code/prose tags; forked workers, before any tokenizer threads
+    segmented = segment_documents(docs)  # code/prose tags, in parallel processes
     t_seg = time.perf_counter() - t0
 
     t0 = time.perf_counter()
