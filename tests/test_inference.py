@@ -134,8 +134,9 @@ def test_table_rows(inferred):
         by = g.set_index("domain")
         assert by.loc["all", "n_tokens"] == by.loc[["code", "prose"], "n_tokens"].sum() == 1024
         assert g["cett"].nunique(dropna=False) == 1 and g["calib_ppl_ratio"].nunique() == 1
-        if p > 0:  # Algorithm 1 reports a c whose calibration ratio stays under the target
-            assert 1 <= g["calib_ppl_ratio"].iloc[0] < 1 + p / 100
+        if p > 0:  # Algorithm 1 reports a c whose calibration ratio stays under the target (it may be
+            # below 1: zeroing weak neurons can lower the loss a little; 0.9997 on Python 3.13's corpus)
+            assert 0.9 < g["calib_ppl_ratio"].iloc[0] < 1 + p / 100
     for run, g in df[df["domain"] == "all"].groupby("run"):
         ratios = g.sort_values("p")["activation_ratio"].tolist()
         assert ratios == sorted(ratios, reverse=True) and ratios[-1] < ratios[0], run  # sparser with p
