@@ -54,6 +54,6 @@ def test_pyproject_floors_are_the_tested_oldest_versions():
         floors[r.name.lower()] = spec.version
     oldest, pins = _pins("requirements-min.txt"), _pins()
     assert floors == oldest  # every direct dependency has a floor, and it is the version make test-min tests
-    assert oldest["torch"] == "2.11.0"  # the version on the lent CUDA machine
+    assert oldest["torch"] == "2.11.0"  # the CUDA image that bench/gpu_session.sh is written for
     for name, floor in floors.items():
         assert Version(pins[name]) >= Version(floor), f"requirements.txt pins {name} below its floor {floor}"
