@@ -56,10 +56,13 @@ test-min: $(STAMP_MIN) $(STAMP) ## the test suite on the oldest supported versio
 	@a=$$($(PY) -c "$(PYVER)"); b=$$($(VENV_MIN)/bin/python -c "$(PYVER)"); if [ "$$a" = "$$b" ]; then $(MAKE) --no-print-directory compare-min; \
 	else echo "smoke tables not compared: the default corpus is the interpreter's own standard library, and $(VENV_MIN) runs Python $$b, $(VENV) $$a"; fi
 
+# $(call smoke_in,NAME,PYTHON): the smoke profile's model stages with PYTHON into $(VERSIONS)/NAME
+smoke_in = SPARSINGLAW_RUNS=$(VERSIONS)/$(1) SPARSINGLAW_RESULTS=$(VERSIONS)/$(1)/results $(2) -m sparsinglaw compute \
+  --profile smoke --no-progress >$(VERSIONS)/$(1).log 2>&1 || { cat $(VERSIONS)/$(1).log; exit 1; }
 compare-min: $(STAMP_MIN) $(STAMP)
 	rm -rf $(VERSIONS) && mkdir -p $(VERSIONS)
-	SPARSINGLAW_RUNS=$(VERSIONS)/pinned SPARSINGLAW_RESULTS=$(VERSIONS)/pinned/results $(PY) -m sparsinglaw compute --profile smoke --no-progress >$(VERSIONS)/pinned.log 2>&1 || { cat $(VERSIONS)/pinned.log; exit 1; }
-	SPARSINGLAW_RUNS=$(VERSIONS)/min SPARSINGLAW_RESULTS=$(VERSIONS)/min/results $(VENV_MIN)/bin/python -m sparsinglaw compute --profile smoke --no-progress >$(VERSIONS)/min.log 2>&1 || { cat $(VERSIONS)/min.log; exit 1; }
+	$(call smoke_in,pinned,$(PY))
+	$(call smoke_in,min,$(VENV_MIN)/bin/python)
 	@diff -r -x '*.meta.json' $(VERSIONS)/pinned/results/smoke $(VERSIONS)/min/results/smoke >/dev/null \
 	  && echo "smoke profile: every results table of the oldest versions is byte for byte the pinned venv's ($(VERSIONS)/*/results/smoke)" \
 	  || { echo "error: the smoke tables differ between the pinned and the oldest versions: diff -r -x '*.meta.json' $(VERSIONS)/pinned/results/smoke $(VERSIONS)/min/results/smoke" >&2; exit 1; }

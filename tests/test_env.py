@@ -11,14 +11,14 @@ from packaging.version import Version
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _pins(name: str = "requirements.txt"):
+def _pins(filename: str = "requirements.txt"):
     pins = {}
-    for line in (REPO / name).read_text().splitlines():
+    for line in (REPO / filename).read_text().splitlines():
         line = line.split("#")[0].strip()
         if line:
-            assert "==" in line, f"{name}: not an exact pin: {line}"
-            name_, ver = line.split("==")
-            pins[name_.lower()] = ver
+            assert "==" in line, f"{filename}: not an exact pin: {line}"
+            name, ver = line.split("==")
+            pins[name.lower()] = ver
     return pins
 
 
