@@ -193,6 +193,92 @@ def test_bad_input_in_a_real_process(tmp_path, debug):
 
 
 # -----------------------------------------------------------------------------------------------
+# torchrun's environment (monkeypatched: no real torchrun, no GPU needed)
+
+TORCHRUN_CASES = [  # id, env, compute.device, GPUs torch sees, message
+    ("rank-missing", {"WORLD_SIZE": "2"}, "cpu", 0,
+     "WORLD_SIZE=2 but RANK is not set; start the processes with torchrun"),
+    ("rank-not-a-number", {"WORLD_SIZE": "2", "RANK": "one"}, "cpu", 0, "RANK='one' is not an integer"),
+    ("rank-beyond-world", {"WORLD_SIZE": "2", "RANK": "2"}, "cpu", 0, "RANK=2: expected 0 <= RANK < WORLD_SIZE=2"),
+    ("world-not-a-number", {"WORLD_SIZE": "two", "RANK": "0"}, "cpu", 0, "WORLD_SIZE='two' is not an integer"),
+    ("cuda-without-gpu", {"WORLD_SIZE": "2", "RANK": "0"}, "cuda", 0,
+     "compute.device is 'cuda' but torch sees no CUDA device; use auto or cpu"),
+    ("local-rank-beyond-gpus", {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"}, "cuda", 1,
+     "LOCAL_RANK=1 but torch sees 1 CUDA device(s); start at most one process per GPU"),
+    ("local-rank-beyond-gpus-auto", {"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "3"}, "auto", 2,
+     "LOCAL_RANK=3 but torch sees 2 CUDA device(s)"),
+]
+
+
+@pytest.fixture
+def fake_torchrun(monkeypatch):
+    """Set torchrun's variables and the GPUs torch sees; any CUDA device or process-group call fails."""
+    import torch
+    import torch.distributed as dist
+
+    def forbidden(*_a, **_k):
+        raise AssertionError("a CUDA or process-group call before the inputs were checked")
+
+    def setup(env: dict, gpus: int) -> None:
+        for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+            monkeypatch.delenv(k, raising=False)
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+        monkeypatch.setattr(torch.cuda, "set_device", forbidden)
+        monkeypatch.setattr(dist, "init_process_group", forbidden)
+
+    return setup
+
+
+@pytest.mark.parametrize("cid, env, device, gpus, expect", TORCHRUN_CASES, ids=[c[0] for c in TORCHRUN_CASES])
+def test_bad_torchrun_environment(cid, env, device, gpus, expect, fake_torchrun):
+    """init_distributed checks the device and torchrun's variables before any CUDA or process-group call:
+    a SparsingLawError naming the variable, not a KeyError or a raw CUDA error."""
+    from sparsinglaw.device import init_distributed
+
+    fake_torchrun(env, gpus)
+    with pytest.raises(SparsingLawError) as e:
+        init_distributed(device)
+    assert expect in str(e.value)
+
+
+def test_bad_torchrun_environment_writes_nothing(tmp_path, fake_torchrun, smoke_tokens, capsys):
+    """Under torchrun with compute.device=cuda and no GPU: one error line, no traceback, and train()
+    writes no file of the run (the checks come before its folder is made)."""
+    from conftest import TINY
+    from sparsinglaw.train import train
+
+    fake_torchrun({"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0"}, 0)
+    profile = load_profile("smoke", overrides=TINY)
+    run = profile.run("relu-s1")
+    with pytest.raises(SparsingLawError, match="compute.device is 'cuda' but torch sees no CUDA device"):
+        train(run, profile.data, tmp_path / "run", smoke_tokens, device="cuda", progress=False)
+    assert not (tmp_path / "run").exists()
+    sets = sum((["--set", s] for s in [*TINY, "compute.device=cuda"]), [])
+    rc = cli.main(["train", "--profile", "smoke", "--runs-dir", str(tmp_path / "runs"), "--run", "relu-s1",
+                   "--no-progress", *sets])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: compute.device is 'cuda' but torch sees no CUDA device")
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_bad_torchrun_rank_through_the_cli_is_one_line(tmp_path, fake_torchrun, capsys):
+    """The CLI reads torchrun's variables before train() does (run lock, jobs): a RANK that is not an
+    integer is one error line there too, not a ValueError traceback."""
+    from conftest import TINY
+
+    fake_torchrun({"WORLD_SIZE": "2", "RANK": "zero", "LOCAL_RANK": "0"}, 0)
+    sets = sum((["--set", s] for s in TINY), [])
+    rc = cli.main(["train", "--profile", "smoke", "--runs-dir", str(tmp_path / "runs"), "--run", "relu-s1",
+                   "--no-progress", *sets])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: RANK='zero' is not an integer"), err
+    assert len(err.splitlines()) == 1
+
+
+# -----------------------------------------------------------------------------------------------
 # notebook parameters
 
 

@@ -79,3 +79,30 @@ def test_killed_ddp_run_resumes(tmp_path, session_roots, smoke_tokens):
     again = subprocess.run(_cmd(tmp_path / "kill", 2), env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
     _close(_final(tmp_path / "ref"), _final(tmp_path / "kill"))
+
+
+def test_ddp_does_not_broadcast_buffers(tmp_path, smoke_tokens, monkeypatch):
+    """The model's only buffers are the rotary tables, constants equal on every rank: DDP is built with
+    broadcast_buffers=False (no broadcast before every forward). Checked in this process, with the
+    process group and DDP replaced by stand-ins that record how DDP is built."""
+    from sparsinglaw import train as tr
+    from sparsinglaw.device import Dist
+    from sparsinglaw.model import Transformer
+
+    class Built(Exception):
+        pass
+
+    seen = {}
+
+    def fake_ddp(module, **kw):
+        seen.update(kw)
+        raise Built
+
+    monkeypatch.setattr(tr, "init_distributed", lambda _device: Dist(rank=0, world=2))
+    monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", fake_ddp)
+    p = load_profile("smoke", overrides=ARGS)
+    run = p.run("relu-s2")
+    with pytest.raises(Built):
+        tr.train(run, p.data, tmp_path / "run", smoke_tokens, progress=False)
+    assert seen.get("broadcast_buffers") is False
+    assert {n.rsplit(".", 1)[-1] for n, _ in Transformer(run.model).named_buffers()} == {"cos", "sin"}

@@ -214,14 +214,45 @@ def test_injected_inf_or_nan_stops_and_keeps_last_good(tmp_path, tiny_profile, s
     assert pd.read_csv(d / "log.csv")["step"].max() == marks[1]  # nothing logged past the last good step
 
 
+def test_infinite_gradient_with_finite_loss_stops_before_saving(tmp_path, tiny_profile, smoke_tokens, monkeypatch):
+    """An inf gradient at a checkpoint step: that step's loss is still finite, but clipping and AdamW
+    write NaN weights. The run stops there with the divergence error, and no checkpoint it left holds a
+    non-finite weight (the one of that step is not written)."""
+    import torch
+
+    run = tiny_profile.run("silu-s1")
+    marks = checkpoint_steps(run.model, run.train)
+    real, calls = torch.nn.utils.clip_grad_norm_, []
+
+    def poisoned(params, *a, **k):  # called once per optimizer step, before opt.step()
+        params = list(params)
+        calls.append(1)
+        if len(calls) == marks[1]:
+            params[0].grad.view(-1)[0] = float("inf")
+        return real(params, *a, **k)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", poisoned)
+    with pytest.raises(TrainingDiverged, match=rf"gradient norm is inf \(loss \d.*\) at step {marks[1]}; stopped"):
+        _tiny_run(tiny_profile, "silu-s1", tmp_path, smoke_tokens)
+    d = runs.run_dir(tiny_profile, run, tmp_path)
+    _, meta = latest_valid_checkpoint(d, run.config_hash(tiny_profile.data))
+    assert marks[0] <= meta["step"] < marks[1] and not (d / f"ckpt_{marks[1]:07d}.pt").exists()
+    for pt in d.glob("ckpt_*.pt"):
+        model = torch.load(pt, weights_only=True)["model"]
+        assert all(bool(v.isfinite().all()) for v in model.values()), pt.name
+    assert pd.read_csv(d / "log.csv")["step"].max() < marks[1]
+
+
 def test_real_divergence_through_the_cli(tmp_path, capsys):
-    """lr=1e30 (YAML 1.1 reads it as a string: accepted as the number) diverges: one clear line, exit 2."""
+    """lr=1e30 (YAML 1.1 reads it as a string: accepted as the number) diverges: one clear line, exit 2.
+    (Here the gradient norm of step 2 is NaN while its loss is still finite: it stops there.)"""
     from conftest import TINY
 
     rc = cli.main(["train", "--profile", "smoke", "--run", "relu-s1", "--runs-dir", str(tmp_path), "--no-progress",
                    *_sets(TINY + ["train.lr=1e30"])])
     err = capsys.readouterr().err
-    assert rc == 2 and "error: run relu-s1: training loss is" in err and "Lower train.lr" in err
+    assert rc == 2 and "Lower train.lr" in err and len(err.splitlines()) == 1
+    assert any(f"error: run relu-s1: {what} is" in err for what in ("training loss", "gradient norm"))
     assert "Traceback" not in err
 
 

@@ -6,6 +6,7 @@ files of killed writes are cleaned by the next run."""
 
 from __future__ import annotations
 
+import io
 import os
 import random
 import signal
@@ -21,7 +22,8 @@ import torch
 from conftest import REPO, TINY
 from sparsinglaw import runs
 from sparsinglaw.config import checkpoint_steps, load_profile
-from sparsinglaw.train import checkpoint_problem, latest_valid_checkpoint, train
+from sparsinglaw.model import Transformer
+from sparsinglaw.train import checkpoint_problem, latest_valid_checkpoint, load_optimizer, make_optimizer, train
 
 pytestmark = pytest.mark.slow
 
@@ -123,3 +125,40 @@ def test_five_kills_then_resume_equals_uninterrupted(tmp_path, session_roots, sm
     # the log too: every row once, the same numbers (only the timing column differs)
     la, lb = (pd.read_csv(x / "log.csv").drop(columns=["tok_s"]) for x in (ref, d))
     pd.testing.assert_frame_equal(la, lb)
+
+
+@pytest.mark.parametrize("saved_fused", [False, True], ids=["cpu-then-cuda", "cuda-then-cpu"])
+def test_resumed_optimizer_keeps_this_process_fused_flag(saved_fused):
+    """A run started on CPU (unfused AdamW) and resumed on CUDA trains fused, and the other way round:
+    the trainer's optimizer keeps the flag it was built with after loading a checkpoint's state (torch's
+    load_state_dict alone takes the saved flag), with the step counters where fused AdamW wants them.
+    Fused AdamW runs on CPU too, so both directions run here: the resumed step equals an uninterrupted
+    one up to float rounding."""
+    run = load_profile("smoke", overrides=ARGS).run(RUN)
+    x = torch.randint(0, run.model.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
+
+    def step(model, opt):
+        model(x, x)[1].backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    torch.manual_seed(0)
+    model = Transformer(run.model)
+    opt = make_optimizer(model, run.train, fused=saved_fused)
+    step(model, opt)
+    resumed = Transformer(run.model)
+    resumed.load_state_dict(model.state_dict())
+    opt2 = make_optimizer(resumed, run.train, fused=not saved_fused)
+    buf = io.BytesIO()
+    torch.save(opt.state_dict(), buf)  # through a file, as the trainer's checkpoint: no shared tensors
+    buf.seek(0)
+    load_optimizer(opt2, torch.load(buf, weights_only=True))
+    assert [g["fused"] for g in opt2.param_groups] == [not saved_fused] * len(opt2.param_groups)
+    assert all(g["foreach"] is None for g in opt2.param_groups)
+    for p, st in opt2.state.items():
+        assert st["step"].dtype == torch.float32 and st["step"].device == p.device and st["step"].item() == 1
+    step(model, opt)
+    step(resumed, opt2)
+    want = model.state_dict()
+    for k, v in resumed.state_dict().items():
+        torch.testing.assert_close(v, want[k], rtol=1e-5, atol=1e-6, msg=k)

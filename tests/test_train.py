@@ -19,6 +19,8 @@ from sparsinglaw.train import (
     checkpoint_problem,
     latest_valid_checkpoint,
     lr_factor,
+    mfu,
+    session_summary,
     train,
 )
 
@@ -261,3 +263,59 @@ def test_compiled_training_follows_eager(tiny_profile, smoke_tokens, tmp_path):
     assert graphs["loss"].to_numpy() == pytest.approx(eager["loss"].to_numpy(), rel=1e-4)
     sd = torch.load(tmp_path / "compiled" / f"ckpt_{marks[0]:07d}.pt", weights_only=True)["model"]
     assert not any(k.startswith(("_orig_mod.", "module.")) for k in sd)
+
+
+def test_rerun_without_done_keeps_the_final_loss(tiny_profile, smoke_tokens, tmp_path, capsys):
+    """A finished run whose DONE was lost (a failed write, a kill just before it) is rerun: its newest
+    checkpoint is the last step, so no step is trained; DONE is written again as strict JSON with the
+    first run's final loss (from the sidecar), and the closing line claims no throughput."""
+    run = tiny_profile.run("relu-s1")
+    d = tmp_path / "run"
+    first = train(run, tiny_profile.data, d, smoke_tokens, progress=False)
+    (d / "DONE").unlink()
+    capsys.readouterr()
+    again = train(run, tiny_profile.data, d, smoke_tokens, progress=False)
+    out = capsys.readouterr().out
+
+    def no_constants(c):
+        raise AssertionError(f"DONE holds {c}, not JSON")
+
+    done = json.loads((d / "DONE").read_text(), parse_constant=no_constants)
+    assert math.isfinite(first["final_loss"])
+    assert done["final_loss"] == again["final_loss"] == first["final_loss"]
+    assert "no step trained in this session" in out and "tokens/s" not in out
+
+
+def test_mfu_is_over_every_gpu():
+    """tok_s is the global throughput of all torchrun ranks, so MFU divides by the peak of all GPUs."""
+    assert mfu(2000.0, 6e6, 1e12, 1) == pytest.approx(0.012)
+    assert mfu(2000.0, 6e6, 1e12, 4) == pytest.approx(0.003)
+    assert mfu(2000.0, 6e6, None, 4) is None
+    line = session_summary(10, 200, 1.0, 6e6, 1e12, 4)  # 2000 tokens/s over 4 GPUs of 1 TFLOP/s
+    assert "2,000 tokens/s" in line and "MFU 0.3%" in line
+    assert "MFU" not in session_summary(10, 200, 1.0, 6e6, None, 4)
+
+
+def test_moe_logs_the_cross_entropy_alone(smoke_tokens, tmp_path):
+    """An MoE run trains on cross-entropy + aux_loss_coef * balance loss but logs the cross-entropy alone
+    in its train rows and sidecars, as in its val rows. Oracle: step 1 starts from the same weights and
+    batch with aux_loss_coef 0.01 and 0, so its cross-entropy, and hence the logged loss, is the same;
+    the weights after it differ (the aux loss is still trained on)."""
+    from conftest import TINY
+    from sparsinglaw.config import load_profile
+
+    got, weights = {}, {}
+    for coef in (0.01, 0.0):
+        p = load_profile("smoke", overrides=TINY + ["runs.relu-s1.model.n_experts=4",
+                                                    f"runs.relu-s1.model.aux_loss_coef={coef}",
+                                                    "train.log_every=1", "train.resume_every=1"])
+        d = tmp_path / str(coef)
+        train(p.run("relu-s1"), p.data, d, smoke_tokens, progress=False, stop_after_step=1)
+        log = pd.read_csv(d / "log.csv")
+        got[coef] = (log.loc[log["split"] == "train", "loss"].tolist(),
+                     json.loads((d / "meta_last.json").read_text())["loss"])
+        weights[coef] = torch.load(d / "ckpt_last.pt", weights_only=True)["model"]
+    assert len(got[0.0][0]) == 1 and got[0.01][0] == got[0.0][0]
+    assert got[0.01][1] == got[0.0][1] and f"{got[0.0][1]:.6f}" == f"{got[0.0][0][0]:.6f}"
+    routers = [k for k in weights[0.0] if "router" in k]
+    assert routers and any(not torch.equal(weights[0.01][k], weights[0.0][k]) for k in routers)

@@ -44,20 +44,50 @@ class Dist:
         return self.rank == 0
 
 
-def init_distributed(device: str) -> Dist:
-    """Join the torchrun process group when WORLD_SIZE > 1 (nccl on CUDA, gloo on CPU)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+def _env_int(name: str, default: str | None = None) -> int:
+    raw = os.environ.get(name, default)
+    if raw is None:
+        raise SparsingLawError(f"WORLD_SIZE={os.environ['WORLD_SIZE']} but {name} is not set; start the processes "
+                               "with torchrun, which sets WORLD_SIZE, RANK and LOCAL_RANK")
+    try:
+        return int(raw)
+    except ValueError:
+        raise SparsingLawError(f"{name}={raw!r} is not an integer (torchrun sets it)") from None
+
+
+def dist_env(device: str) -> Dist:
+    """Rank, world size and local rank from torchrun's variables (rank 0 of 1 without them), checked:
+    RANK in [0, WORLD_SIZE) and, on CUDA, LOCAL_RANK below the number of GPUs. `device` is resolved."""
+    world = _env_int("WORLD_SIZE", "1")
+    if world < 1:
+        raise SparsingLawError(f"WORLD_SIZE={world}: expected a number of processes >= 1")
     if world == 1:
         return Dist()
+    rank, local = _env_int("RANK"), _env_int("LOCAL_RANK", "0")
+    if not 0 <= rank < world:
+        raise SparsingLawError(f"RANK={rank}: expected 0 <= RANK < WORLD_SIZE={world}")
+    if local < 0:
+        raise SparsingLawError(f"LOCAL_RANK={local}: expected >= 0")
+    if device == "cuda" and local >= torch.cuda.device_count():
+        raise SparsingLawError(f"LOCAL_RANK={local} but torch sees {torch.cuda.device_count()} CUDA device(s); "
+                               "start at most one process per GPU (torchrun --nproc_per_node)")
+    return Dist(rank=rank, world=world, local_rank=local)
+
+
+def init_distributed(device: str) -> Dist:
+    """Join the torchrun process group when WORLD_SIZE > 1 (nccl on CUDA, gloo on CPU). The device and
+    torchrun's variables are checked first (SparsingLawError), before any CUDA or process-group call."""
+    device = resolve_device(device)
+    ddp = dist_env(device)
+    if ddp.world == 1:
+        return ddp
     import torch.distributed as dist
 
-    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     if not dist.is_initialized():
-        if use_cuda:
-            torch.cuda.set_device(local)
-        dist.init_process_group("nccl" if use_cuda else "gloo")
-    return Dist(rank=rank, world=world, local_rank=local)
+        if device == "cuda":
+            torch.cuda.set_device(ddp.local_rank)
+        dist.init_process_group("nccl" if device == "cuda" else "gloo")
+    return ddp
 
 
 # Datasheet dense bf16 tensor-core peaks (FLOP/s) by device name; MFU is reported only for these (or

@@ -265,14 +265,16 @@ class Transformer(nn.Module):
         self.rotary.reset_parameters()
 
     def forward(
-        self, idx: Tensor, targets: Tensor | None = None, reduction: str = "mean", return_logits: bool = True
-    ) -> tuple[Tensor | None, Tensor | None]:
+        self, idx: Tensor, targets: Tensor | None = None, reduction: str = "mean", return_logits: bool = True,
+        return_ce: bool = False,
+    ) -> tuple[Tensor | None, ...]:
         """idx (B, T) token ids -> logits (B, T, vocab) and the cross-entropy loss (ignore_index=-1).
 
         reduction: "mean" (scalar over non-ignored targets), "sum", or "none" ((B, T), 0 where ignored).
         return_logits=False (training with targets) returns (None, loss), so a compiled graph need not
         hand the logits back. An MoE model in training mode adds aux_loss_coef times its load-balancing
         loss (mean over layers) to a "mean" loss; in eval mode the loss is the cross-entropy alone.
+        return_ce=True (with targets) adds a third output, the cross-entropy alone (what the trainer logs).
         """
         cos, sin = self.rotary(idx.size(1))
         x = self.embed(idx) * self.cfg.scale_emb
@@ -282,7 +284,7 @@ class Transformer(nn.Module):
         x = self.norm(x)
         logits = F.linear(x / self.cfg.width_mult, self.embed.weight)  # muP: logits from h / (d_h / base)
         if targets is None:
-            return logits, None
+            return (logits, None, None) if return_ce else (logits, None)
         if reduction not in ("mean", "sum", "none"):
             raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
         logits32 = logits.to(torch.promote_types(logits.dtype, torch.float32))
@@ -290,9 +292,13 @@ class Transformer(nn.Module):
             loss = F.cross_entropy(
                 logits32.flatten(0, 1), targets.flatten(), ignore_index=-1, reduction=reduction
             )
+        if reduction == "none":
+            loss = loss.view_as(targets)
+        ce = loss
         if aux:
             loss = loss + self.cfg.aux_loss_coef * torch.stack(aux).mean()
-        return (logits if return_logits else None), (loss.view_as(targets) if reduction == "none" else loss)
+        out = (logits if return_logits else None), loss
+        return (*out, ce) if return_ce else out
 
     # ---- sizes
 

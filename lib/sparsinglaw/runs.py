@@ -210,6 +210,7 @@ def load_log(profile: ProfileConfig, run: RunConfig, runs_dir=None) -> pd.DataFr
 def _train_one(profile_path: str, overrides: list[str], name: str, runs_dir: str | None, progress: bool) -> dict:
     """Train one run in this process (used directly and as a worker of the process pool)."""
     from .data import prepare
+    from .device import dist_env, resolve_device
     from .train import train
 
     profile = load_profile(profile_path, overrides=overrides)
@@ -218,7 +219,7 @@ def _train_one(profile_path: str, overrides: list[str], name: str, runs_dir: str
     tokens = prepare(profile.data, data_cache_dir(runs_dir), progress=False)
     c = profile.compute
     # under torchrun only rank 0 takes the run's lock (the other ranks follow it in lockstep)
-    lock = run_lock(d, f"run {name}") if int(os.environ.get("RANK", "0")) == 0 else contextlib.nullcontext()
+    lock = run_lock(d, f"run {name}") if dist_env(resolve_device(c.device)).main else contextlib.nullcontext()
     with lock:
         return train(run, profile.data, d, tokens, device=c.device, threads=c.threads, compile=c.compile,
                      compile_mode=c.compile_mode, progress=progress)
@@ -232,6 +233,7 @@ def train_profile(profile: ProfileConfig, names: list[str] | None = None, jobs: 
     with compute.threads torch threads, longest runs first.
     """
     from .data import prepare
+    from .device import dist_env, resolve_device
     from .train import check_tokens
 
     runs = [profile.run(n) for n in names] if names else list(profile.runs)
@@ -243,7 +245,7 @@ def train_profile(profile: ProfileConfig, names: list[str] | None = None, jobs: 
         todo.sort(key=lambda r: -r.train.tokens * r.model.d_model * r.model.n_layers)
         jobs = jobs or profile.compute.jobs or os.cpu_count() or 1
         jobs = max(1, min(jobs, len(todo)))
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if dist_env(resolve_device(profile.compute.device)).world > 1:
             jobs = 1  # under torchrun all ranks train one run after another together
         args = (profile.path, profile.overrides)  # workers reload the same profile
         rd = str(runs_dir) if runs_dir is not None else None

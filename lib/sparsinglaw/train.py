@@ -4,7 +4,10 @@
 
     run_dir/config.yaml          resolved config (written once)
     run_dir/log.csv              step, tokens, split, loss, lr, tok_s, mfu; appended before each
-                                 checkpoint, cut back to the checkpoint a resumed run starts from
+                                 checkpoint, cut back to the checkpoint a resumed run starts from.
+                                 loss is the cross-entropy in train and val rows alike (an MoE's
+                                 load-balancing term is trained on, not logged); mfu is the global tok_s
+                                 over the peak FLOP/s of all torchrun GPUs together
     run_dir/ckpt_0000123.pt      checkpoint after optimizer step 123 (model, optimizer, RNG)
     run_dir/meta_0000123.json    its sidecar: config, step, tokens, data cursor, RNG, losses,
                                  versions, sha256 of the .pt (written last: the commit marker)
@@ -14,8 +17,11 @@
 Exact resume: batches are a pure function of (seed, step, micro-batch), the schedule a pure function
 of the step, and model, optimizer and RNG states are restored, so a killed and resumed run ends with
 the same weights as an uninterrupted one on CPU (tests/test_resume.py checks this bit for bit).
-Every file is written atomically (temp file + rename, `atomic_write_files`); a checkpoint without a
-valid sidecar is never loaded; temp files of killed writes are removed by the next run.
+Every file but log.csv is written atomically (temp file + rename, `atomic_write_files`); a checkpoint
+without a valid sidecar is never loaded; temp files of killed writes are removed by the next run.
+log.csv is appended in place, not atomically: an append that fails is cut back to the file's previous
+end (`append_log`); one killed midway can leave a partial last line, which the resumed run drops with
+the rows past its checkpoint (`trim_log`).
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ from .config import (
     DataConfig,
     RunConfig,
     SparsingLawError,
+    TrainConfig,
     checkpoint_steps,
     stage_steps,
     tokens_per_step,
@@ -56,7 +63,7 @@ LOG_FIELDS = ["step", "tokens", "split", "loss", "lr", "tok_s", "mfu"]
 
 
 class TrainingDiverged(SparsingLawError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
+    """The loss or the gradient norm became NaN or infinite; the last good checkpoint is kept."""
 
 
 class CheckpointError(SparsingLawError):
@@ -78,7 +85,9 @@ def lr_factor(step: int, warmup: int, stable: int, decay: int, min_frac: float) 
 
 
 def batch_seed(seed: int, step: int, micro: int, rank: int = 0) -> int:
-    """Seed of the generator that draws micro-batch `micro` of optimizer step `step` on `rank`."""
+    """Seed of the generator that draws micro-batch `micro` of optimizer step `step`. The trainer leaves
+    `rank` at 0: micro-batch indices are global (under torchrun rank r draws the micro-batches m with
+    m % world == r), so the data order does not depend on the world size."""
     h = hashlib.blake2b(f"{seed}:{step}:{micro}:{rank}".encode(), digest_size=8).digest()
     return int.from_bytes(h, "little") & (2**63 - 1)
 
@@ -343,6 +352,30 @@ def evaluate(model: Transformer, tokens: np.ndarray, seq_len: int, batch_size: i
 # training
 
 
+def mfu(tok_s: float, flops_per_token: float, peak: float | None, world: int) -> float | None:
+    """Model FLOPs utilisation of a global throughput `tok_s` over `world` devices of `peak` FLOP/s
+    each (None when the peak is unknown)."""
+    return tok_s * flops_per_token / (peak * world) if peak else None
+
+
+def make_optimizer(model: Transformer, tcfg: TrainConfig, fused: bool) -> torch.optim.AdamW:
+    """AdamW over the model's muP parameter groups (`fused` kernels on CUDA)."""
+    return torch.optim.AdamW(model.param_groups(tcfg.lr, tcfg.weight_decay), lr=tcfg.lr,
+                             betas=(tcfg.beta1, tcfg.beta2), weight_decay=tcfg.weight_decay, fused=fused)
+
+
+OPT_FLAGS = ("fused", "foreach")  # how AdamW runs, not what it learned: this process's choice wins
+
+
+def load_optimizer(opt: torch.optim.Optimizer, saved: dict) -> None:
+    """Load a saved optimizer state but keep `opt`'s fused/foreach flags (torch's load_state_dict takes
+    the saved groups' flags: a run started on CPU and resumed on CUDA would train unfused). The flags are
+    put into the saved groups before loading, so torch also places the step counters as fused AdamW needs
+    them (float32 on the parameters' device)."""
+    groups = [sg | {k: g[k] for k in OPT_FLAGS if k in g} for sg, g in zip(saved["param_groups"], opt.param_groups)]
+    opt.load_state_dict(dict(saved, param_groups=groups))
+
+
 def check_tokens(run: RunConfig, tokens: TokenData) -> None:
     """Refuse a corpus the run cannot train on (before any file of the run is written)."""
     mcfg = run.model
@@ -354,6 +387,15 @@ def check_tokens(run: RunConfig, tokens: TokenData) -> None:
                               f"{len(arr)} tokens, too few for run {run.name}'s windows of model.seq_len="
                               f"{mcfg.seq_len} (needs at least {need}); add text, raise data.max_mb, or lower "
                               "model.seq_len")
+
+
+def session_summary(steps: int, tps: int, wall: float, fpt: float, peak: float | None, world: int) -> str:
+    """This session's time and throughput (evaluation and saving included) for the closing line."""
+    if steps == 0:
+        return "no step trained in this session (the newest checkpoint was the last step)"
+    rate = steps * tps / max(wall, 1e-9)
+    util = mfu(rate, fpt, peak, world)
+    return f"this session {wall:.1f} s, {rate:,.0f} tokens/s" + (f", MFU {util:.1%}" if util is not None else "")
 
 
 def train(run: RunConfig, data_cfg: DataConfig, run_dir: Path, tokens: TokenData, *, device: str = "auto",
@@ -376,13 +418,13 @@ def train(run: RunConfig, data_cfg: DataConfig, run_dir: Path, tokens: TokenData
     if done is not None and done.get("config_hash") == config_hash:
         return done
     check_tokens(run, tokens)  # before anything is written
+    ddp = init_distributed(device)  # checks the device and torchrun's variables first
+    dev = setup_torch(device, threads)
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg_yaml = yaml.safe_dump(run.identity(data_cfg) | {"name": run.name, "groups": run.groups}, sort_keys=False)
-    if not (run_dir / "config.yaml").exists() and int(os.environ.get("RANK", "0")) == 0:
+    if not (run_dir / "config.yaml").exists() and ddp.main:
         atomic_write_text(run_dir / "config.yaml", cfg_yaml)
 
-    ddp = init_distributed(device)
-    dev = setup_torch(device, threads)
     if dev.type == "cuda":
         dev = torch.device("cuda", ddp.local_rank)
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -392,23 +434,22 @@ def train(run: RunConfig, data_cfg: DataConfig, run_dir: Path, tokens: TokenData
                                f"{ddp.world} torchrun processes (each takes every {ddp.world}th micro-batch)")
     torch.manual_seed(tcfg.seed)  # the same initial weights on every rank
     model = Transformer(mcfg).to(dev)
-    groups = model.param_groups(tcfg.lr, tcfg.weight_decay)
-    opt = torch.optim.AdamW(groups, lr=tcfg.lr, betas=(tcfg.beta1, tcfg.beta2), weight_decay=tcfg.weight_decay,
-                            fused=dev.type == "cuda")
+    opt = make_optimizer(model, tcfg, fused=dev.type == "cuda")
     n_steps = total_steps(mcfg, tcfg)
     warmup, stable, decay = stage_steps(mcfg, tcfg)
     marks = set(checkpoint_steps(mcfg, tcfg))
     tps = tokens_per_step(mcfg, tcfg)  # global tokens per optimizer step
 
     step, kept = 0, "no checkpoint was saved yet"  # kept: what a divergence leaves to resume from
+    last_loss = float("nan")  # the loss of the last step trained (from the sidecar after a resume)
     found = latest_valid_checkpoint(run_dir, config_hash, warn=print if ddp.main else (lambda _m: None))
     if found is not None:
         tag, meta = found
         state = load_checkpoint(run_dir, tag, config_hash, map_location=dev)
         model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
+        load_optimizer(opt, state["optimizer"])
         torch.set_rng_state(state["rng"].cpu())
-        step = int(state["step"])
+        step, last_loss = int(state["step"]), float(meta["loss"])
         kept = f"the last good checkpoint {run_dir / f'ckpt_{tag}.pt'} (step {step}) is kept"
     log_path = run_dir / "log.csv"
     if ddp.main:
@@ -419,7 +460,9 @@ def train(run: RunConfig, data_cfg: DataConfig, run_dir: Path, tokens: TokenData
     if ddp.world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
-        wrapped = DistributedDataParallel(model, device_ids=[ddp.local_rank] if dev.type == "cuda" else None)
+        # no buffer broadcast: the only buffers are the rotary tables, constants equal on every rank
+        wrapped = DistributedDataParallel(model, device_ids=[ddp.local_rank] if dev.type == "cuda" else None,
+                                          broadcast_buffers=False)
     if compile == "auto":
         compile = dev.type == "cuda"
     fwd = torch.compile(wrapped, mode=None if compile_mode == "default" else compile_mode) if compile else wrapped
@@ -458,10 +501,10 @@ def train(run: RunConfig, data_cfg: DataConfig, run_dir: Path, tokens: TokenData
         prefetch = dev.type == "cuda"
     ahead = Prefetcher(draw, step, mine, pin=dev.type == "cuda") if prefetch else None  # closed in finally
     next_batch = ahead.get if ahead is not None else draw
-    # Step losses stay on the device and are read back (one sync) only at log, checkpoint and resume
-    # steps; a non-finite one raises there, before anything of that step is logged or saved.
-    pending: list[torch.Tensor] = []
-    last_loss = float("nan")
+    # Step losses and gradient norms stay on the device and are read back (one sync) only at log,
+    # checkpoint and resume steps; a non-finite one raises there, before anything of that step is logged
+    # or saved (a non-finite gradient norm with a finite loss has already written NaN weights).
+    pending: list[torch.Tensor] = []  # (loss, grad norm) of each step since the last read-back
     acc_loss, acc_n, t_last, tok_last = 0.0, 0, time.perf_counter(), step * tps
     t_start, step_start = t_last, step
 
@@ -470,13 +513,15 @@ def train(run: RunConfig, data_cfg: DataConfig, run_dir: Path, tokens: TokenData
         vals = torch.stack(pending).tolist() if pending else []
         first = step - len(vals) + 1
         pending.clear()
-        for k, v in enumerate(vals):
-            if not math.isfinite(v):
-                raise TrainingDiverged(f"run {run.name}: training loss is {v} at step {first + k}; stopped "
-                                       f"without saving: {kept}. Lower train.lr or check the data.")
+        for k, (v, norm) in enumerate(vals):
+            what = (f"training loss is {v}" if not math.isfinite(v) else
+                    f"gradient norm is {norm} (loss {v:.4f})" if not math.isfinite(norm) else None)
+            if what:
+                raise TrainingDiverged(f"run {run.name}: {what} at step {first + k}; stopped without saving: "
+                                       f"{kept}. Lower train.lr or check the data.")
         if vals:
-            last_loss = vals[-1]
-            acc_loss += sum(vals)
+            last_loss = vals[-1][0]
+            acc_loss += sum(v for v, _ in vals)
             acc_n += len(vals)
 
     model.train()
@@ -495,11 +540,11 @@ def train(run: RunConfig, data_cfg: DataConfig, run_dir: Path, tokens: TokenData
                 # all-reduce gradients only after the last micro-batch of the step
                 sync = nullcontext() if (ddp.world == 1 or i == len(mine) - 1) else wrapped.no_sync()
                 with sync, autocast:
-                    _, loss = fwd(x, y, return_logits=False)
+                    _, loss, ce = fwd(x, y, return_logits=False, return_ce=True)
                     # DDP averages over ranks, so each rank scales by world / grad_accum: the sum over all
                     # micro-batches / grad_accum, exactly as in one process
                     (loss * (ddp.world / tcfg.grad_accum)).backward()
-                step_loss += loss.detach().double() / tcfg.grad_accum
+                step_loss += ce.detach().double() / tcfg.grad_accum  # logged: an MoE's aux term left out
             if ddp.world > 1:
                 import torch.distributed as dist
 
@@ -507,8 +552,8 @@ def train(run: RunConfig, data_cfg: DataConfig, run_dir: Path, tokens: TokenData
             for key, bad in (("nan_at_step", float("nan")), ("inf_at_step", float("inf"))):
                 if fault and fault.get(key) == step + 1:
                     step_loss = step_loss + bad
-            pending.append(step_loss)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.grad_clip)
+            pending.append(torch.stack((step_loss, norm.double())))
             opt.step()
             opt.zero_grad(set_to_none=True)
             step += 1
@@ -522,11 +567,11 @@ def train(run: RunConfig, data_cfg: DataConfig, run_dir: Path, tokens: TokenData
             if logged:
                 now = time.perf_counter()
                 tok_s = (step * tps - tok_last) / max(now - t_last, 1e-9)
-                mfu = f"{tok_s * fpt / peak:.4f}" if peak else ""
+                util = f"{mfu(tok_s, fpt, peak, ddp.world):.4f}" if peak else ""
                 rows.append({"step": step, "tokens": step * tps, "split": "train",
                              "loss": f"{acc_loss / acc_n:.6f}", "lr": f"{tcfg.lr * f:.6g}", "tok_s": f"{tok_s:.1f}",
-                             "mfu": mfu})
-                bar.set_postfix(loss=f"{acc_loss / acc_n:.3f}", **({"mfu": mfu} if peak else {}))
+                             "mfu": util})
+                bar.set_postfix(loss=f"{acc_loss / acc_n:.3f}", **({"mfu": util} if peak else {}))
                 acc_loss, acc_n, t_last, tok_last = 0.0, 0, now, step * tps
             # the log is written before the checkpoint: a resume trims rows past its checkpoint (trim_log)
             if mark:
@@ -562,9 +607,8 @@ def train(run: RunConfig, data_cfg: DataConfig, run_dir: Path, tokens: TokenData
             "non_embedding_params": model.num_params(non_embedding=True),
             "flops_per_token": fpt, "versions": versions()}
     atomic_write_text(done_path, json.dumps(done, indent=1))
-    wall = time.perf_counter() - t_start
-    rate = (n_steps - step_start) * tps / max(wall, 1e-9)  # this session's steps, evaluation and saving included
-    print(f"{run.name}: done, {n_steps * tps:,} tokens, final loss {last_loss:.4f}; this session {wall:.1f} s, "
-          f"{rate:,.0f} tokens/s" + (f", MFU {rate * fpt / peak:.1%}" if peak else "") + f" on {dev}", flush=True)
+    print(f"{run.name}: done, {n_steps * tps:,} tokens, final loss {last_loss:.4f}; "
+          + session_summary(n_steps - step_start, tps, time.perf_counter() - t_start, fpt, peak, ddp.world)
+          + f" on {dev}", flush=True)
     barrier()
     return done
