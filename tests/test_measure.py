@@ -3,6 +3,7 @@ results tables with provenance, clear errors for untrained runs."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -34,6 +35,8 @@ def test_measure_run(tiny, smoke_tokens):
     searched = rows[rows["searched"]]
     assert len(searched) == min(5, len(rows)) and searched["step"].tolist() == ck["step"].tolist()[-5:]
     assert searched["ppl_ratio"].mean() < 1.01  # Algorithm 1's constraint at the reported c
+    assert rows["reached"].all() and rec["search"]["1.0"]["reached"] is True  # a tested c crossed 1.01
+    assert list(rows.columns) == measure.RESULT_COLUMNS["sparsity"][0][7:]  # all but the run columns
     assert rows[["activation_ratio", "dense_loss", "exact_zero_ratio", "dead_ratio"]].notna().all().all()
     assert ((rows["activation_ratio"] > 0) & (rows["activation_ratio"] <= 1)).all()
     # per-layer ratios average to the overall ratio; exact zeros of ReLU keep more than PPL-1% here
@@ -66,6 +69,31 @@ def test_results_tables_have_provenance(tiny, smoke_tokens, isolated_roots):
     neurons = pd.read_csv(out / "neurons.csv")
     assert {"run", "layer", "neuron", "all", "code", "prose"} <= set(neurons.columns)
     assert neurons["all"].between(0, 1).all()
+
+
+def test_impl_override_reaches_the_arrays_and_the_provenance(tiny, smoke_tokens, isolated_roots):
+    """measure --impl reference on a profile whose sparsity.impl is fast: final_arrays and write_results
+    read that measurement's arrays (not the fast ones, which may not exist), and the tables' provenance
+    names the impl actually used."""
+    runs.train_profile(tiny, names=["relu-s1"], jobs=1, progress=False)
+    run = tiny.run("relu-s1")
+    rec = measure.measure_run(tiny, run, progress=False, impl="reference")
+    assert tiny.sparsity.impl == "fast" and rec["impl"] == rec["sparsity"]["impl"] == "reference"
+    ref = dataclasses.replace(tiny, sparsity=dataclasses.replace(tiny.sparsity, impl="reference"))
+    path = runs.run_dir(tiny, run) / f"sparsity-reference-{measure.measure_key(ref, run)}.npz"
+    arrays = measure.final_arrays(tiny, run, impl="reference")
+    with np.load(path) as z:
+        assert set(arrays) == set(z.files) and all(np.array_equal(arrays[k], z[k]) for k in z.files)
+    sub = load_profile("smoke", overrides=tiny.overrides)
+    sub.runs = [sub.run("relu-s1")]
+    table = measure.write_results(sub, impl="reference")
+    assert table["cett"].iloc[0] == rec["rows"][0]["cett"]
+    out = isolated_roots["SPARSINGLAW_RESULTS"] / "smoke"
+    for name in ("sparsity", "neurons", "tokens"):
+        assert json.loads((out / f"{name}.meta.json").read_text())["sparsity"]["impl"] == "reference", name
+    neurons = pd.read_csv(out / "neurons.csv")
+    np.testing.assert_allclose(neurons["all"], arrays["neuron_frequency"].ravel(), rtol=0, atol=1e-12)
+    assert measure.with_impl(tiny, "reference") == ref and measure.with_impl(tiny, None) is tiny
 
 
 def test_pareto_points(tiny, smoke_tokens):

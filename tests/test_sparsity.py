@@ -4,7 +4,9 @@ search on c, the baselines and the activation statistics. Tiny models, one threa
 
 from __future__ import annotations
 
+import contextlib
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -74,11 +76,25 @@ def val():
 
 
 def assert_valid_bracket(res: S.PPLpResult) -> None:
-    """lo = c has mean ratio < 1 + p/100; hi, when tested, has mean ratio >= 1 + p/100; hi - lo <= tol."""
+    """lo = c has mean ratio < 1 + p/100; hi, when tested, has mean ratio >= 1 + p/100; hi - lo <= tol;
+    ``reached`` exactly when hi was tested."""
     lo, hi = res.bracket
     tested = dict(res.trace)
     assert res.cett == lo and 0 < hi - lo <= S.TOL and res.mean_ratio < 1 + res.p / 100
     assert hi == 1.0 or tested[hi] >= 1 + res.p / 100
+    assert res.reached == (hi < 1.0)
+
+
+@contextlib.contextmanager
+def reached(expected: bool):
+    """Expect a TargetNotReachedWarning (expected False), or make one an error (expected True)."""
+    if not expected:
+        with pytest.warns(S.TargetNotReachedWarning, match="not reached"):
+            yield
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", S.TargetNotReachedWarning)
+        yield
 
 
 def assert_same_answer(f: S.PPLpResult, r: S.PPLpResult, tol: float = S.TOL) -> None:
@@ -93,15 +109,17 @@ def assert_same_answer(f: S.PPLpResult, r: S.PPLpResult, tol: float = S.TOL) -> 
 @pytest.mark.parametrize("kind", ["trained", "random"])
 def test_fast_equals_reference(act, kind, trained, val):
     model, batches = (trained[act], val) if kind == "trained" else random_model(act)
-    f = S.ppl_p_sparsity(model, batches, p=1.0, impl="fast", n_grid=SMALL_GRID)
-    r = S.ppl_p_sparsity(model, batches, p=1.0, impl="reference", n_grid=SMALL_GRID)
+    with reached(kind == "trained"):  # a random model scored on its own predictions only gains: out of reach
+        f = S.ppl_p_sparsity(model, batches, p=1.0, impl="fast", n_grid=SMALL_GRID)
+        r = S.ppl_p_sparsity(model, batches, p=1.0, impl="reference", n_grid=SMALL_GRID)
+        s = S.ppl_p_sparsity(model, batches, p=1.0, impl="fast", n_grid=SMALL_GRID, search="secant")
+    assert f.reached == r.reached == s.reached == (kind == "trained")
     assert_same_answer(f, r)
     assert f.cett == r.cett and f.thresholds == r.thresholds and f.ratios == r.ratios  # bit-identical
     assert f.mean_ratio < 1.01 and 0 < f.activation_ratio[0] < 1  # a random model may even gain
     assert r.n_dense_passes == r.n_sparse_passes == 10 and f.n_dense_passes == 2 and f.n_sparse_passes <= 10
     assert [c for c, _ in f.trace] == [c for c, _ in r.trace] and r.trace[0][0] == 0.5
     assert_valid_bracket(f)
-    s = S.ppl_p_sparsity(model, batches, p=1.0, impl="fast", n_grid=SMALL_GRID, search="secant")
     assert_valid_bracket(s)
     assert s.n_sparse_passes <= 12 and abs(s.cett - f.cett) <= 8 * S.TOL  # another crossing, if any, is near
 
@@ -171,6 +189,50 @@ def test_thresholds_match_a_per_token_numpy_oracle(trained):
             got = S.invert_cett(lambda i, l=l: curves.cett[l, i].item(), S.N_GRID, c)
             assert abs(got - want) <= 1, (l, c, got, want)
             assert S.thresholds_from_cett(curves, c)[l] == curves.grid[l, got].item()
+
+
+def coprime_stride(n_tokens: int, d_ff: int, n_grid: int) -> int:
+    """The grid's sample stride by brute force: the first s >= max(N d_ff // n_grid, 1) with gcd(s, d_ff) = 1."""
+    return next(s for s in range(max(n_tokens * d_ff // n_grid, 1), 10 * d_ff * n_tokens) if math.gcd(s, d_ff) == 1)
+
+
+@pytest.mark.parametrize("n_tokens,d_ff", [(160, 80), (3072, 80), (16384, 120), (16384, 80), (65536, 480)],
+                         ids=["stride-1", "stride-d_ff", "cpu", "cpu-d_ff-80", "gpu"])
+def test_grid_sample_walks_over_every_column(n_tokens, d_ff):
+    grid = 3072 if n_tokens == 3072 else S.N_GRID  # 3072 x 80 / 3072: the authors' stride is d_ff itself
+    old, s = max(n_tokens * d_ff // grid, 1), S._grid_stride(n_tokens, d_ff, grid)
+    assert s == coprime_stride(n_tokens, d_ff, grid) and s >= old
+    columns = np.arange(0, n_tokens * d_ff, s) % d_ff  # the flat indices the quantile sample takes
+    assert set(columns.tolist()) == set(range(d_ff))
+    assert len(set((np.arange(0, n_tokens * d_ff, old) % d_ff).tolist())) == d_ff // math.gcd(old, d_ff)
+
+
+def test_grid_top_sees_every_neuron():
+    """The gpu profile's geometry (stride = d_ff with the authors' rule) in small: 3 batches, 3072 tokens,
+    d_ff 80, a 3072-point grid. Neuron 0 of layer 0 is silenced (a ReLU neuron that never fires): the
+    authors' sample holds neuron 0 alone, its top is 0 and the layer ran dense. The grid top now is the
+    0.99 quantile of a sample over every column (float64 numpy oracle, near the quantile of all entries),
+    the fast grid (sampled across batches) equals the reference's, and the layer is sparsified."""
+    model, val, G = train("relu", steps=60)[0], batches_of(markov(96, 99)), 3072
+    hd = model.ffns()[0].h.register_forward_hook(lambda m, i, h: h.index_fill(-1, torch.tensor([0]), 0.0))
+    try:
+        curves = S.cett_curves(model, val, G)
+        rows, _ = S.dense_rows(model, val)
+        for l, (ffn, h) in enumerate(zip(model.ffns(), rows, strict=True)):
+            n = np.abs(h.double().numpy()) * np.linalg.norm(ffn.w_down.weight.double().detach().numpy(), axis=0)
+            s = coprime_stride(*n.shape, G)
+            assert n.shape == (3072, 80) and s == 81 and (l > 0 or (n[:, 0] == 0).all())
+            top = curves.grid[l, -1].item()
+            assert top == pytest.approx(np.quantile(n.ravel()[::s], 0.99), rel=1e-6)
+            assert top == pytest.approx(np.quantile(n, 0.99), rel=0.05)
+        zeros = S.activation_stats(model, val, rule=S.zeros_rule()).active_per_layer
+        for c in (0.05, 0.2):
+            taus = S.thresholds_from_cett(curves, c)
+            assert taus == S.reference_thresholds(model, rows, c, G)  # same grid, sample and inversion
+            active = S.activation_stats(model, val, taus=taus).active_per_layer
+            assert all(t > 0 for t in taus) and all(a < z for a, z in zip(active, zeros, strict=True))
+    finally:
+        hd.remove()
 
 
 def test_cett_is_not_monotone_per_token_but_the_mean_nearly_is(trained, val):
@@ -269,6 +331,40 @@ def test_single_token_and_single_sequence(shape, trained):
     assert_valid_bracket(S.ppl_p_sparsity(model, batches, n_grid=256))  # few tokens: a noisy ratio
 
 
+def test_dense_statistics_lift_thresholds_and_masks_set_on_the_model(trained, val):
+    """Thresholds and masks left on a model change neither its grid and curves nor the reference's rows
+    and dense loss (layer 1 and the loss would see the sparsified layer 0), and they are restored after."""
+    model = trained["silu"]
+    clean, (rows, dense) = S.cett_curves(model, val, SMALL_GRID), S.dense_rows(model, val)
+    taus, masks = [0.5, 0.5], [torch.arange(CFG["d_ff"]) % 2 == 0] * 2
+    model.set_thresholds(taus)
+    model.set_masks(masks)
+    try:
+        with_set, (rows2, dense2) = S.cett_curves(model, val, SMALL_GRID), S.dense_rows(model, val)
+        assert torch.equal(with_set.grid, clean.grid) and torch.equal(with_set.cett, clean.cett)
+        assert with_set.dense_loss == clean.dense_loss and dense2 == dense
+        assert all(torch.equal(a, b) for a, b in zip(rows, rows2, strict=True))
+        assert [f.threshold.item() for f in model.ffns()] == taus and all(f.mask is m for f, m in
+                                                                          zip(model.ffns(), masks, strict=True))
+        with torch.no_grad():  # the model's own forward is still sparse
+            assert sum(model(x, y, reduction="sum")[1].item() for x, y in val) / S.count_tokens(val) > dense + 0.01
+    finally:
+        model.set_thresholds(None)
+        model.set_masks(None)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_non_float32_models_are_refused(dtype, val):
+    """tau_l is bit-for-bit the model's threshold only in float32: the PPL-p% entry points refuse others."""
+    model = random_model("silu")[0].to(dtype)
+    calls = [lambda: S.ppl_p_sparsity(model, val, n_grid=256), lambda: S.cett_curves(model, val, 256),
+             lambda: S.ppl_p_sparsity(model, val, impl="reference", n_grid=256), lambda: S.dense_rows(model, val),
+             lambda: S.apply_cett([model], val, 0.1, n_grid=256)]
+    for call in calls:
+        with pytest.raises(ValueError, match=f"need a float32 model.*{str(dtype)}"):
+            call()
+
+
 def test_bad_inputs(trained, val):
     model = trained["silu"]
     with pytest.raises(TypeError, match="re-iterable"):
@@ -309,6 +405,34 @@ def test_secant_search_finds_the_bisection_cell_with_fewer_probes(power, c_star)
     got = S._secant_search(lambda j: probes.append(j) or ratio(j), 10, 1.01, 0.125)
     assert got == S._bisect(ratio, 10, 1.01)
     assert len(probes) <= 10 if c_star < 0.99 else len(probes) <= 12
+
+
+@pytest.mark.parametrize("nan_from,c_star", [(300, 0.5), (600, 0.2), (40, 0.5)])
+def test_nan_ratio_is_not_acceptable_in_either_search(nan_from, c_star):
+    """A NaN mean ratio (a diverged sparse pass) counts as above the target in the bisection and in both
+    phases of the secant search, so both end in the same cell and never report a c whose ratio is NaN."""
+    def ratio(j):
+        return math.nan if j >= nan_from else math.exp(math.log(1.01) * (j / 1024 / c_star) ** 2)
+
+    a, b = S._bisect(ratio, 10, 1.01)
+    assert S._secant_search(ratio, 10, 1.01, 0.125) == (a, b)
+    assert b - a == 1 and b <= nan_from and ratio(a) < 1.01
+
+
+def test_unreachable_target_is_flagged(trained, val):
+    """A target no tested c reaches (hi = 1 never tested) gives reached = False and a warning naming the
+    run and p; a reachable one gives reached = True and no warning."""
+    model = trained["relu"]
+    for impl in ("fast", "reference"):
+        with pytest.warns(S.TargetNotReachedWarning, match=r"run x: PPL-1e\+06% not reached"):
+            res = S.ppl_p_sparsity(model, val, p=1e6, tol=0.25, n_grid=SMALL_GRID, impl=impl, name="run x")
+        assert not res.reached and res.bracket == (0.75, 1.0) and [c for c, _ in res.trace] == [0.5, 0.75]
+        with reached(True):
+            res = S.ppl_p_sparsity(model, val, p=1.0, tol=0.25, n_grid=SMALL_GRID, impl=impl, name="run x")
+        assert res.reached and res.bracket[1] < 1.0
+    with reached(False):
+        run = S.run_protocol([model], val, p=1e6, tol=0.25, n_grid=SMALL_GRID, name="run x")
+    assert not run.search.reached
 
 
 def test_secant_search_stays_bounded_on_noise():

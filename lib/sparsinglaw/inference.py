@@ -11,7 +11,10 @@ For each run of the group ``inference.group`` (cached per run, locked like train
      validation split, the set every measurement uses -- with ``sparsity.ppl_p_sparsity`` (fast, with the
      measurement's tol, n_grid and search);
   2. fixed per-layer thresholds tau_l(c) are derived on each calibration batch alone and averaged over
-     the batches (``averaged_thresholds``);
+     the batches, weighted by their valid tokens (``averaged_thresholds``); these applied thresholds are
+     evaluated once on the calibration set too (``calib_applied_ppl_ratio``, next to ``calib_ppl_ratio``,
+     the search's ratio at its whole-set thresholds); ``reached`` is False where no tested c reached
+     the target ratio (the c is then a lower bound, not PPL-p%; a warning names the run);
   3. those thresholds are applied to *held-out* windows taken from the end of the validation split,
      disjoint from the calibration windows (``heldout_set``): per domain and for "all", the loss, the
      perplexity, the accuracy (argmax == target) and the activation ratio (share of (token, neuron) pairs
@@ -53,11 +56,13 @@ from .runs import (
 )
 from .train import atomic_write_files, remove_stale_temps, versions
 
-INFERENCE_VERSION = 1  # bump when the evaluation changes meaning (invalidates cached records)
+INFERENCE_VERSION = 2  # bump when the evaluation changes meaning (invalidates cached records)
+# 2: grid sample over every neuron (sparsity._grid_stride), token-weighted averaged thresholds, new columns
 TABLE = "sparse_inference"  # results/<profile>/sparse_inference.csv
 COLUMNS = ["run", "activation", "non_embedding_params", "p", "cett", "domain", "n_tokens", "loss", "ppl",
-           "accuracy", "activation_ratio", "dense_loss", "dense_accuracy", "ppl_ratio", "calib_ppl_ratio"]
-NUMERIC = [c for c in COLUMNS if c not in ("run", "activation", "domain")]
+           "accuracy", "activation_ratio", "dense_loss", "dense_accuracy", "ppl_ratio", "calib_ppl_ratio",
+           "calib_applied_ppl_ratio", "reached"]
+NUMERIC = [c for c in COLUMNS if c not in ("run", "activation", "domain", "reached")]
 CALIBRATION = ("eval_tokens", "batch_size", "n_grid", "tol", "search")  # the sparsity fields used here
 
 
@@ -104,20 +109,24 @@ def heldout_set(profile: ProfileConfig, tokens, seq_len: int) -> list[tuple[torc
 def averaged_thresholds(model: Transformer, batches: list, cs: list[float], n_grid: int = sp.N_GRID,
                         on_batch=None) -> list[list[float]]:
     """Fixed thresholds for sparse inference: for each CETT value c, tau_l(c) per layer computed on each
-    calibration batch alone (its own grid and CETT curve, Eq. 3) and averaged over the batches.
+    calibration batch alone (its own grid and CETT curve, Eq. 3) and averaged over the batches, each
+    weighted by its valid tokens.
 
     Sparse inference needs thresholds fixed in advance, not re-derived on the text being generated: the
     paper (Section 3; the thresholds behind Table 1) determines tau_l on calibration batches and the
-    authors' code averages the per-batch values; we do the same.
+    authors' code averages the per-batch values. Their batches are all full, so their plain mean is the
+    token-weighted one; ours may end with a short batch (data.eval_batches), whose thresholds come from
+    fewer tokens and must not count as much as a full batch's.
     """
-    sums = np.zeros((len(cs), model.cfg.n_layers))
+    sums, total = np.zeros((len(cs), model.cfg.n_layers)), 0
     for b in batches:
         curves = sp.cett_curves(model, [b], n_grid)
         for i, c in enumerate(cs):
-            sums[i] += sp.thresholds_from_cett(curves, c)
+            sums[i] += curves.n_tokens * np.asarray(sp.thresholds_from_cett(curves, c))
+        total += curves.n_tokens
         if on_batch:
             on_batch()
-    return (sums / len(batches)).tolist()
+    return (sums / total).tolist()
 
 
 def nonzero_rule() -> sp.Rule:
@@ -210,26 +219,31 @@ def inference_run(profile: ProfileConfig, run: RunConfig, runs_dir=None, progres
         model = load_model(run, ck["path"], dev)
         ps = sorted({float(v) for v in profile.inference.p})
         steps = math.ceil(math.log2(1 / s.tol)) + 1  # passes of one bisection on c, about
-        bar = tqdm(total=len(ps) * (steps + 1) + len(calib) + 1, desc=f"sparse inference {run.name}",
+        bar = tqdm(total=len(ps) * (steps + 2) + len(calib) + 1, desc=f"sparse inference {run.name}",
                    disable=not progress, mininterval=2.0, dynamic_ncols=True)
         searches = {}
         curves = [sp.cett_curves(model, calib, s.n_grid)]  # once for every p
         for p in ps:  # Algorithm 1 on the calibration set: the c of PPL-p%
             searches[p] = sp.ppl_p_sparsity(model, calib, p, impl="fast", tol=s.tol, n_grid=s.n_grid,
-                                            search=s.search, curves=curves,
+                                            search=s.search, curves=curves, name=f"run {run.name}",
                                             progress=lambda e: bar.update(int(e.get("stage") == "search")))
         taus = dict(zip(ps, averaged_thresholds(model, calib, [searches[p].cett for p in ps], s.n_grid,
                                                 on_batch=lambda: bar.update(1)), strict=True))
+        applied = {}  # the PPL ratio of the applied (averaged) thresholds on the calibration set itself
+        for p in ps:
+            applied[p] = sp.ppl_ratio(sp.evaluate(model, calib, taus=taus[p]).loss, curves[0].dense_loss)
+            bar.update(1)
         dense = heldout_scores(model, held, None, tokens.domains)
         bar.update(1)
         base = {r["domain"]: r for r in dense}
         rows = [dict(r, p=0.0, cett=math.nan, dense_loss=r["loss"], dense_accuracy=r["accuracy"], ppl_ratio=1.0,
-                     calib_ppl_ratio=1.0) for r in dense]
+                     calib_ppl_ratio=1.0, calib_applied_ppl_ratio=1.0, reached=True) for r in dense]
         for p in ps:
             for r in heldout_scores(model, held, taus[p], tokens.domains):
                 b = base[r["domain"]]
                 rows.append(dict(r, p=p, cett=searches[p].cett, dense_loss=b["loss"], dense_accuracy=b["accuracy"],
-                                 ppl_ratio=math.exp(r["loss"] - b["loss"]), calib_ppl_ratio=searches[p].mean_ratio))
+                                 ppl_ratio=math.exp(r["loss"] - b["loss"]), calib_ppl_ratio=searches[p].mean_ratio,
+                                 calib_applied_ppl_ratio=applied[p], reached=searches[p].reached))
             bar.update(1)
         bar.close()
         record = {"run": run.name, "key": inference_key(profile, run), "config_hash": run.config_hash(profile.data),
@@ -241,8 +255,10 @@ def inference_run(profile: ProfileConfig, run: RunConfig, runs_dir=None, progres
                                                      profile.inference.heldout_tokens),
                               "tokens": sp.count_tokens(held), "val_tokens": len(tokens.val)},
                   "taus": {str(p): t for p, t in taus.items()},
-                  "search": {str(p): {"cett": r.cett, "bracket": list(r.bracket), "trace": r.trace,
-                                      "calib_ppl_ratio": r.mean_ratio, "calib_activation_ratio": r.activation_ratio[0],
+                  "search": {str(p): {"cett": r.cett, "bracket": list(r.bracket), "reached": r.reached,
+                                      "trace": r.trace, "calib_ppl_ratio": r.mean_ratio,
+                                      "calib_applied_ppl_ratio": applied[p],
+                                      "calib_activation_ratio": r.activation_ratio[0],
                                       "whole_set_taus": r.thresholds[0]} for p, r in searches.items()},
                   "rows": [{k: r[k] for k in COLUMNS if k in r} for r in rows]}
         atomic_write_files({out: json.dumps(record, indent=1).encode()})

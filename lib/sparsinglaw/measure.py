@@ -3,6 +3,7 @@
 For each run of a profile (cached per run, resumable, locked like training):
   1. the run's one CETT value c per p is searched on its last `n_last` stable-stage checkpoints jointly
      (Algorithm 1; v4 App. E), then applied to every checkpoint, each with its own thresholds tau_l(c);
+     a p whose target ratio no tested c reaches is kept with reached = False (and a warning);
   2. per checkpoint: dense loss, activation ratio overall and per layer at PPL-p%, exact-zero ratio
      (ReLU only), dead-neuron ratio (neurons active on < dead_freq of the tokens at PPL-1%);
   3. on the final stable checkpoint: activation frequency of every neuron per data domain and the
@@ -44,7 +45,8 @@ from .runs import (
 )
 from .train import atomic_write_bytes, atomic_write_files, remove_stale_temps, sha256_file, versions
 
-MEASURE_VERSION = 1  # bump when the measurement changes meaning (invalidates cached measurements)
+MEASURE_VERSION = 2  # bump when the measurement changes meaning (invalidates cached measurements)
+# 2: the grid's quantile sample walks over every neuron (sparsity._grid_stride); rows carry `reached`
 
 
 # -----------------------------------------------------------------------------------------------
@@ -89,6 +91,14 @@ def measure_key(profile: ProfileConfig, run: RunConfig) -> str:
                         "sparsity": dataclasses.asdict(profile.sparsity)})[:10]
 
 
+def with_impl(profile: ProfileConfig, impl: str | None) -> ProfileConfig:
+    """The profile with sparsity.impl overridden (None: as configured); measure_key and the file names
+    of a measurement follow it."""
+    if impl is None or impl == profile.sparsity.impl:
+        return profile
+    return dataclasses.replace(profile, sparsity=dataclasses.replace(profile.sparsity, impl=impl))
+
+
 def stable_checkpoints(profile: ProfileConfig, run: RunConfig, runs_dir=None) -> pd.DataFrame:
     ck = checkpoints(profile, run, runs_dir)
     return ck[ck["stage"] == "stable"].reset_index(drop=True)
@@ -116,10 +126,8 @@ def measure_run(profile: ProfileConfig, run: RunConfig, runs_dir=None, progress:
     from .data import prepare
 
     require_trained(profile, run, runs_dir)
+    profile = with_impl(profile, impl)
     scfg = profile.sparsity
-    if impl is not None and impl != scfg.impl:
-        profile = dataclasses.replace(profile, sparsity=dataclasses.replace(scfg, impl=impl))
-        scfg = profile.sparsity
     d = run_dir(profile, run, runs_dir)
     out = d / f"sparsity-{scfg.impl}-{measure_key(profile, run)}.json"
     with run_lock(d, f"measure {run.name}"):
@@ -141,7 +149,7 @@ def measure_run(profile: ProfileConfig, run: RunConfig, runs_dir=None, progress:
         searches = {}
         for p in ps:  # Algorithm 1 on the last stable checkpoints jointly: one c per run and p
             res = sp.ppl_p_sparsity([loaders[i] for i in search_idx], batches, p, impl=scfg.impl, tol=scfg.tol,
-                                    n_grid=scfg.n_grid, search=scfg.search,
+                                    n_grid=scfg.n_grid, search=scfg.search, name=f"run {run.name}",
                                     progress=lambda e: bar.update(int(e.get("stage") == "search")))
             searches[p] = res
         rows, final_arrays = [], None
@@ -168,7 +176,7 @@ def measure_run(profile: ProfileConfig, run: RunConfig, runs_dir=None, progress:
                     "taus": ";".join(f"{v:.6g}" for v in taus),
                     "exact_zero_ratio": zeros.activation_ratio if zeros is not None else float("nan"),
                     "dead_ratio": stats.dead_ratio(scfg.dead_freq), "searched": i in search_idx,
-                    "n_tokens": stats.n_tokens,
+                    "n_tokens": stats.n_tokens, "reached": searches[p].reached,  # False: c is no PPL-p%
                 })
                 if last and p == 1.0:
                     final_arrays = {"domain_frequency": stats.domain_frequency().cpu().numpy(),
@@ -185,7 +193,8 @@ def measure_run(profile: ProfileConfig, run: RunConfig, runs_dir=None, progress:
                   "arrays_sha256": hashlib.sha256(arrays).hexdigest(),
                   "config_hash": run.config_hash(profile.data), "corpus": tokens.fingerprint,
                   "versions": versions(), "sparsity": dataclasses.asdict(scfg), "rows": rows,
-                  "search": {str(p): {"cett": r.cett, "bracket": list(r.bracket), "trace": r.trace,
+                  "search": {str(p): {"cett": r.cett, "bracket": list(r.bracket), "reached": r.reached,
+                                      "trace": r.trace,
                                       "n_dense_passes": r.n_dense_passes, "n_sparse_passes": r.n_sparse_passes,
                                       "wall_time": r.wall_time, "checkpoints": [int(ck["step"][i]) for i in search_idx]}
                              for p, r in searches.items()}}
@@ -220,13 +229,16 @@ def read_record(path: Path, profile: ProfileConfig, run: RunConfig) -> dict:
                        "measure")
 
 
-def final_arrays(profile: ProfileConfig, run: RunConfig, runs_dir=None) -> dict[str, np.ndarray]:
-    """The neuron and token arrays of a measured run's final stable checkpoint."""
+def final_arrays(profile: ProfileConfig, run: RunConfig, runs_dir=None, impl: str | None = None
+                 ) -> dict[str, np.ndarray]:
+    """The neuron and token arrays of a measured run's final stable checkpoint (measured with `impl`,
+    as measure_run: None is the profile's sparsity.impl)."""
+    profile = with_impl(profile, impl)
     d = run_dir(profile, run, runs_dir)
     path = d / f"sparsity-{profile.sparsity.impl}-{measure_key(profile, run)}.npz"
     if not path.exists():
         raise SparsingLawError(f"{path}: run {run.name} is not measured; run python -m sparsinglaw measure "
-                               f"--profile {profile.name} --run {run.name}")
+                               f"--profile {profile.name} --run {run.name} --impl {profile.sparsity.impl}")
     rec = path.with_suffix(".json")
     want = json.loads(rec.read_text()).get("arrays_sha256") if rec.exists() else None
     if want and sha256_file(path) != want:
@@ -301,20 +313,22 @@ def sparsity_table(profile: ProfileConfig, runs: list[RunConfig], runs_dir=None,
 
 
 def write_results(profile: ProfileConfig, runs_dir=None, impl=None) -> pd.DataFrame:
-    """results/<profile>/{sparsity,neurons,tokens}.csv with provenance sidecars."""
+    """results/<profile>/{sparsity,neurons,tokens}.csv with provenance sidecars (whose sparsity settings
+    name the impl actually used)."""
     from .data import prepare
 
     runs = measured_runs(profile)
     table = sparsity_table(profile, runs, runs_dir, impl)
     tokens = prepare(profile.data, data_cache_dir(runs_dir), progress=False)
-    meta = provenance(profile, corpus=tokens.fingerprint, sparsity=dataclasses.asdict(profile.sparsity))
+    used = with_impl(profile, impl).sparsity
+    meta = provenance(profile, corpus=tokens.fingerprint, sparsity=dataclasses.asdict(used))
     out = results_dir(profile.name)
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(out)
     write_table(table, out / "sparsity.csv", meta)
     neurons, toks = [], []
     for r in runs:
-        a = final_arrays(profile, r, runs_dir)
+        a = final_arrays(profile, r, runs_dir, impl)
         dom = a["domain_frequency"]  # (n_domains, L, d_ff)
         freq = a["neuron_frequency"]  # (L, d_ff)
         L, F = freq.shape
@@ -336,7 +350,7 @@ def write_results(profile: ProfileConfig, runs_dir=None, impl=None) -> pd.DataFr
 RESULT_COLUMNS = {
     "sparsity": (["run", "activation", "groups", "d_model", "n_layers", "width_depth", "non_embedding_params",
                   "step", "tokens", "p", "cett", "dense_loss", "sparse_loss", "ppl_ratio", "activation_ratio",
-                  "layer_ratios", "taus", "exact_zero_ratio", "dead_ratio", "searched", "n_tokens"],
+                  "layer_ratios", "taus", "exact_zero_ratio", "dead_ratio", "searched", "n_tokens", "reached"],
                  ["d_model", "n_layers", "width_depth", "non_embedding_params", "step", "tokens", "p", "cett",
                   "dense_loss", "sparse_loss", "ppl_ratio", "activation_ratio", "exact_zero_ratio", "dead_ratio",
                   "n_tokens"]),

@@ -17,11 +17,19 @@ Conventions shared by everything below (a caller must know these):
   * A token whose dense FFN output is exactly zero (an all-zero h row, a dead layer) has CETT_t := 0
     for every tau and still counts in the mean. A layer whose h is zero everywhere has the degenerate
     grid {0}, so tau_l = 0: it runs dense and, by the rule n_i >= tau_l, counts as fully active.
-  * Candidate grid (authors' code): per layer ``N_GRID`` = 65,536 float32 points
-    linspace(min n_i, q_0.99) where the 0.99 quantile (linear interpolation, computed in float64) is
-    taken on every s-th entry of the flattened (valid tokens x d_ff) matrix of n_i in batch order,
-    s = max(N d_ff // N_GRID, 1). Candidates are float32 so that the tau used for the statistics is
-    bit-for-bit the tau the model compares against.
+  * Candidate grid: per layer ``N_GRID`` = 65,536 float32 points linspace(min n_i, q_0.99) (authors'
+    code) where the 0.99 quantile (linear interpolation, computed in float64) is taken on every s-th
+    entry of the flattened (valid tokens x d_ff) matrix of n_i in batch order, s the smallest stride
+    >= max(N d_ff // N_GRID, 1) coprime with d_ff (``_grid_stride``). This departs from the authors'
+    ``norm.view(-1)[::max(norm.numel() // num_thresholds, 1)].quantile(0.99)``: sample k sits in column
+    k s mod d_ff, so their stride samples only the columns that are multiples of gcd(s, d_ff) -- 4
+    neurons per layer on our cpu profiles (s = d_ff / 4), neuron 0 alone on the gpu profile (s = d_ff),
+    where a ReLU layer whose neuron 0 is almost always zero got the degenerate grid {0} and ran dense.
+    A coprime stride walks over every column (the fast pass samples batch by batch at the same flat
+    indices). Candidates are float32 so that the tau used for the statistics is bit-for-bit the tau the
+    model compares against; hence the PPL-p% entry points refuse a model whose parameters are not
+    float32 (``_require_float32``). Under autocast (bench/ppl_p_speed.py --compare-precision, on purpose)
+    h is bf16 while the statistics are float32: tau_l is then only close to the float32 one.
   * Thresholds from c (``invert_cett``): bisection over the grid for the first candidate whose mean
     CETT exceeds c (16 probes); tau_l is the candidate just below it. CETT_l(grid[0]) = 0 (D is empty),
     so tau_l exists for every c >= 0. When CETT_l is monotone this is the largest candidate with
@@ -29,9 +37,12 @@ Conventions shared by everything below (a caller must know these):
     the tail vector when neuron outputs cancel (test_sparsity shows a 3-neuron example), so the mean
     is monotone only in practice; bisection is therefore the definition both implementations share.
   * Algorithm 1: bisection on c in [0, 1] while hi - lo > tol; a mean PPL ratio below 1 + p/100 moves
-    lo up. We report c = lo, the largest *tested* c whose mean ratio is below the target, so the
-    reported point satisfies the PPL constraint; the authors print the untested midpoint (lo + hi) / 2
-    (at most tol / 2 away). ``PPLpResult.bracket`` keeps (lo, hi).
+    lo up, any other ratio (NaN included: not acceptable) moves hi down. We report c = lo, the largest
+    *tested* c whose mean ratio is below the target, so the reported point satisfies the PPL constraint;
+    the authors print the untested midpoint (lo + hi) / 2 (at most tol / 2 away). ``PPLpResult.bracket``
+    keeps (lo, hi). When no tested c reaches the target (hi = 1 never tested), c = lo is only a lower
+    bound, not PPL-p% sparsity: ``PPLpResult.reached`` is False and a ``TargetNotReachedWarning`` names
+    the run and p.
   * Unlike the authors (who recompute thresholds and the PPL ratio per batch and average), thresholds
     come from the whole evaluation set and the ratio is exp(mean sparse loss - mean dense loss).
   * The activation ratio is the share of valid (token, neuron) pairs with n_i >= tau_l measured in the
@@ -63,9 +74,11 @@ returning one (loaded on demand, so a long list need not sit in memory; the fast
 curves of each checkpoint, a few MB). Evaluation batches are a re-iterable sequence of (x, y) or
 (x, y, domain) LongTensor tuples of shape (B, T) (e.g. ``list(data.eval_batches(...))``) or a zero-argument
 callable returning a fresh iterator of them. Everything runs under ``torch.no_grad`` in float32 (the
-model's dtype); sums over tokens are accumulated in float64. On CUDA the same code runs on the model's
-device; ``measure.measure_device`` switches TF32 off there, so matmuls are float32 as on the CPU and
-only summation orders differ (the prefix sums use one scan kernel instead of the CPU's loop).
+model's dtype, see the grid above); sums over tokens are accumulated in float64. The dense statistics
+(grid, curves, the reference's rows) run with any thresholds or masks set on the model lifted, as
+``activation_stats`` does. On CUDA the same code runs on the model's device; ``measure.measure_device``
+switches TF32 off there, so matmuls are float32 as on the CPU and only summation orders differ (the
+prefix sums use one scan kernel instead of the CPU's loop).
 
 Read top to bottom: result dataclasses; Eq. 3, the grid and its inversion; inputs and hooks; keep rules
 for the baselines; evaluation passes and activation statistics; fast curves; the reference; Algorithm 1
@@ -76,6 +89,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -99,6 +113,10 @@ Batch = tuple[Tensor, ...]  # (x, y) or (x, y, domain), each (B, T) int64
 Batches = Sequence[Batch] | Callable[[], Iterable[Batch]]
 Checkpoint = Transformer | Callable[[], Transformer]
 Progress = Callable[[dict], None] | None
+
+
+class TargetNotReachedWarning(UserWarning):
+    """No tested c raised the mean PPL ratio to 1 + p/100: the reported c is a lower bound (``reached``)."""
 
 
 # ----------------------------------------------------------------------------- results
@@ -154,6 +172,7 @@ class PPLpResult:
     impl: str
     cett: float  # c*: the largest tested c with mean PPL ratio < 1 + p/100 (0 if none)
     bracket: tuple[float, float]  # final (lo, hi) of the search; the authors report their midpoint
+    reached: bool  # a tested c (hi) reached the target; False: hi = 1 untested, c is only a lower bound
     checkpoints: list[CheckpointResult]
     n_dense_passes: int  # forward passes over the evaluation set without thresholds (all checkpoints)
     n_sparse_passes: int  # forward passes with thresholds (all checkpoints)
@@ -253,7 +272,13 @@ def _grid_from(n_min: float, sample: Tensor, n_grid: int) -> Tensor:
 
 
 def _grid_stride(n_tokens: int, d_ff: int, n_grid: int) -> int:
-    return max(n_tokens * d_ff // n_grid, 1)
+    """Stride of the quantile sample over the flattened (tokens x d_ff) norms: the smallest s >= the
+    authors' max(N d_ff // n_grid, 1) with gcd(s, d_ff) = 1, so that samples k s (column k s mod d_ff)
+    walk over every column instead of the multiples of gcd(s, d_ff) only (module docstring)."""
+    s = max(n_tokens * d_ff // n_grid, 1)
+    while math.gcd(s, d_ff) != 1:
+        s += 1
+    return s
 
 
 def invert_cett(cett_at: Callable[[int], float], n_grid: int, c: float) -> int:
@@ -291,7 +316,18 @@ def _load(ckpt: Checkpoint) -> Transformer:
     model = ckpt if isinstance(ckpt, nn.Module) else ckpt()
     if not isinstance(model, Transformer):
         raise TypeError(f"a checkpoint must be a Transformer or a callable returning one, got {type(model)}")
-    return model.eval()
+    return _require_float32(model).eval()
+
+
+def _require_float32(model: Transformer) -> Transformer:
+    """Refuse a model that is not float32: the statistics are float32 and GatedFFN compares n_i < tau_l in
+    h's dtype, so only then is tau_l bit-for-bit the threshold the model applies (module docstring)."""
+    bad = sorted({str(p.dtype) for p in model.parameters()} - {str(torch.float32)})
+    if bad:
+        raise ValueError(f"PPL-p% thresholds need a float32 model (statistics in float32 match the model's "
+                         f"comparison in h's dtype only then); this one has {', '.join(bad)} parameters: "
+                         "pass model.float()")
+    return model
 
 
 def count_tokens(batches: Batches) -> int:
@@ -528,7 +564,8 @@ def _grid_ranges(model: Transformer, batches: Batches, n_grid: int) -> tuple[lis
             samples[l].append(n[(-offset[l]) % stride::stride].clone().cpu())  # a copy: a view keeps n
         offset[l] += n.numel()
 
-    loss = _forward(model, batches, on_h, state=b)
+    with sparse(model):  # dense: thresholds or masks set on the model are lifted (as activation_stats)
+        loss = _forward(model, batches, on_h, state=b)
     return [_grid_from(mins[l], torch.cat(samples[l]), n_grid) for l in range(L)], loss
 
 
@@ -608,7 +645,7 @@ def cett_curves(model: Transformer, batches: Batches, n_grid: int = N_GRID) -> C
     the evaluation set size, and the sum over millions of increments stays exact to ~1e-12.
     The grid-range pass also gives the dense loss; the statistics pass stops after the last FFN.
     """
-    grids, (total, count) = _grid_ranges(model, batches, n_grid)
+    grids, (total, count) = _grid_ranges(_require_float32(model), batches, n_grid)
     L = model.cfg.n_layers
     w = model.ffns()[0].w_down.weight
     hist = torch.zeros(L, n_grid + 1, dtype=torch.float64, device=w.device)
@@ -625,7 +662,8 @@ def cett_curves(model: Transformer, batches: Batches, n_grid: int = N_GRID) -> C
         if l == L - 1:
             raise _StopForward
 
-    _forward(model, batches, on_h, need_loss=False, state=b)
+    with sparse(model):  # the dense statistics, as in _grid_ranges
+        _forward(model, batches, on_h, need_loss=False, state=b)
     cett = hist[:, :-1].cpu().cumsum(1) / count
     return CettCurves(torch.stack(grids), cett, count, total / count)
 
@@ -644,13 +682,15 @@ def thresholds_from_cett(curves: CettCurves, c: float) -> list[float]:
 def dense_rows(model: Transformer, batches: Batches) -> tuple[list[Tensor], float]:
     """Dense pass holding every layer's h for every valid token: ([(N, d_ff)] * L, mean loss). Memory
     grows with the evaluation set (the reference's way; the fast path never does this)."""
+    _require_float32(model)
     rows: list[list[Tensor]] = [[] for _ in range(model.cfg.n_layers)]
     b = _Batch()
 
     def on_h(l: int, ffn: GatedFFN, h: Tensor, s: Tensor | None) -> None:
         rows[l].append(h[b.valid].float())
 
-    total, count = _forward(model, batches, on_h, state=b)
+    with sparse(model):  # dense: thresholds or masks set on the model are lifted
+        total, count = _forward(model, batches, on_h, state=b)
     return [torch.cat(r) for r in rows], total / count
 
 
@@ -693,7 +733,7 @@ def _bisect(f: Callable[[int], float], m: int, target: float) -> tuple[int, int]
         j = (a + b) // 2
         if f(j) < target:
             a = j
-        else:
+        else:  # at or above the target, or NaN: not acceptable
             b = j
     return a, b
 
@@ -728,7 +768,7 @@ def _secant_search(f: Callable[[int], float], m: int, target: float, c0: float, 
         r = f(j)
         if r > 1:
             pts.append((math.log(j / n), math.log(math.log(r))))
-        if r >= target:
+        if not r < target:  # NaN is not acceptable, as in the bisection
             b = j
             break
         a, misses = j, misses + 1
@@ -782,8 +822,8 @@ def _fast_at(c: float, ckpts: Sequence[Checkpoint], batches: Batches, curves: li
 
 def ppl_p_sparsity(models: Checkpoint | Sequence[Checkpoint], batches: Batches, p: float = 1.0, *,
                    impl: str = "fast", tol: float = TOL, n_grid: int = N_GRID, search: str = "bisect",
-                   c0: float = 0.125, progress: Progress = None, curves: Sequence[CettCurves] | None = None
-                   ) -> PPLpResult:
+                   c0: float = 0.125, progress: Progress = None, curves: Sequence[CettCurves] | None = None,
+                   name: str = "") -> PPLpResult:
     """PPL-p% sparsity (Algorithm 1): the CETT value c at which the mean PPL ratio over ``models`` reaches
     1 + p/100, each checkpoint with its own per-layer thresholds tau_l(c).
 
@@ -802,6 +842,8 @@ def ppl_p_sparsity(models: Checkpoint | Sequence[Checkpoint], batches: Batches, 
       {"stage": "search", "c", "mean_ratio", "step"} after every tested c.
     curves (fast only): the checkpoints' ``cett_curves`` on these batches and n_grid, computed once by the
       caller for several p (not recomputed here; nothing checks that they belong to these checkpoints).
+    name: what the checkpoints are (e.g. the run), named by the ``TargetNotReachedWarning`` given when no
+      tested c reaches the target (``PPLpResult.reached`` False).
     """
     if impl not in ("fast", "reference"):
         raise ValueError(f"impl must be 'fast' or 'reference', got {impl!r}")
@@ -846,7 +888,14 @@ def ppl_p_sparsity(models: Checkpoint | Sequence[Checkpoint], batches: Batches, 
     a, b = _secant_search(f, m, target, c0) if secant else _bisect(f, m, target)
     if a not in tested:  # lo = 0 was never tested
         tested[a] = at(0.0)
-    return PPLpResult(p, impl, a / (1 << m), (a / (1 << m), b / (1 << m)), tested[a], counts["dense"],
+    reached = b < (1 << m)  # hi was tested (ratio >= target or NaN); else hi = 1 is the untested start
+    if not reached:
+        ratio = sum(r.ppl_ratio for r in tested[a]) / len(ckpts)
+        warnings.warn(f"{name or 'checkpoints'}: PPL-{p:g}% not reached: no tested CETT value c in [0, 1) raised "
+                      f"the mean PPL ratio to {target:g} (largest tested c = {a / (1 << m):.4f}, ratio {ratio:.4f}); "
+                      f"the reported c is a lower bound, not PPL-{p:g}% sparsity (reached = False)",
+                      TargetNotReachedWarning, stacklevel=2)
+    return PPLpResult(p, impl, a / (1 << m), (a / (1 << m), b / (1 << m)), reached, tested[a], counts["dense"],
                       counts["sparse"], time.perf_counter() - t0, trace)
 
 
@@ -869,7 +918,7 @@ def apply_cett(models: Sequence[Checkpoint], batches: Batches, c: float, *, impl
 def run_protocol(checkpoints: Sequence[Checkpoint], batches: Batches, p: float = 1.0, *,
                  search_on: Sequence[int] | None = None, n_last: int = 5, impl: str = "fast",
                  tol: float = TOL, n_grid: int = N_GRID, search: str = "bisect", c0: float = 0.125,
-                 progress: Progress = None) -> RunResult:
+                 progress: Progress = None, name: str = "") -> RunResult:
     """One training run (v4 App. E): search c on the last stable-stage checkpoints jointly, then apply
     that c to every checkpoint, each with its own thresholds.
 
@@ -882,7 +931,7 @@ def run_protocol(checkpoints: Sequence[Checkpoint], batches: Batches, p: float =
     if not idx:
         raise ValueError("no checkpoints to search on")
     found = ppl_p_sparsity([checkpoints[i] for i in idx], batches, p, impl=impl, tol=tol, n_grid=n_grid,
-                           search=search, c0=c0, progress=progress)
+                           search=search, c0=c0, progress=progress, name=name)
     done = dict(zip(idx, found.checkpoints, strict=True))
     rest = [i for i in range(len(checkpoints)) if i not in done]
     for i, r in zip(rest, apply_cett([checkpoints[i] for i in rest], batches, found.cett, impl=impl,
