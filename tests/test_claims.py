@@ -123,24 +123,32 @@ def test_silu_rises(rhos, expect):
     assert verdict(claims.silu_rises(f)) == expect
 
 
-def comparison(delta_by_run: dict) -> pd.DataFrame:
+def comparison(delta_by_run: dict, converged=True) -> pd.DataFrame:
     rows = []
     for run, d in delta_by_run.items():
         act = run.split("-")[0]
         for form in ("logspace_power", "power", "log", "sigmoid"):
             paper = form == ("logspace_power" if act == "relu" else "power")
             rows.append({"run": run, "activation": act, "form": form, "paper_form": paper,
-                         "delta_aic": d if paper else 0.0, "aic": -100 + (d if paper else 0.0)})
+                         "converged": converged or not paper, "delta_aic": 0.0,  # AIC is not what counts
+                         "delta_aicc": d if paper else 0.0, "aicc": -100 + (d if paper else 0.0)})
     return pd.DataFrame(rows)
 
 
 @pytest.mark.parametrize("deltas,expect", [
     ({"relu-s1": 0.0, "relu-s2": 1.5, "silu-s1": 0.0}, "PASS"),
     ({"relu-s1": 5.0, "relu-s2": 1.5, "silu-s1": 30.0, "silu-s2": 0.0}, "INCONCLUSIVE"),  # 2/4
-    ({"relu-s1": 5.0, "relu-s2": np.nan, "silu-s1": 30.0}, "FAIL"),  # no AIC counts as not within 2
+    ({"relu-s1": 5.0, "relu-s2": np.nan, "silu-s1": 30.0}, "FAIL"),  # no AICc counts as not within 2
 ])
 def test_law_forms(deltas, expect):
     assert verdict(claims.law_forms(comparison(deltas))) == expect
+
+
+def test_law_forms_counts_the_converged_paper_fits_without_using_them():
+    row = claims.law_forms(comparison({"relu-s1": 0.0, "relu-s2": 1.5, "silu-s1": 0.0}, converged=False))
+    assert row["verdict"] == "PASS" and row["value"].endswith("of these, 0 with a converged paper-form fit")
+    row = claims.law_forms(comparison({"relu-s1": 0.0, "relu-s2": 5.0, "silu-s1": 0.0}))
+    assert row["value"].endswith("of these, 2 with a converged paper-form fit") and "relu-s2 (dAICc 5)" in row["note"]
 
 
 def sparsity(pairs) -> pd.DataFrame:
@@ -166,22 +174,28 @@ def test_relu_sparser(pairs, expect):
     assert row["verdict"] == expect and row["n"] == 2
 
 
-def wd_fit(lo, hi, quantity="A0") -> pd.DataFrame:
+def wd_fit(lo, hi, quantity="A0", inside=True) -> pd.DataFrame:
     nan = float("nan")
     rows = [{"quantity": q, "kind": "piecewise_linear", "n": 6, "breakpoint": 20.0, "breakpoint_lo": 12.0,
              "breakpoint_hi": 30.0, "slope_below": (lo + hi) / 2, "slope_below_lo": lo, "slope_below_hi": hi,
-             "message": ""} if q == quantity else
+             "inside": inside, "message": ""} if q == quantity else
             {"quantity": q, "kind": "piecewise_linear", "n": 3, "breakpoint": nan, "breakpoint_lo": nan,
              "breakpoint_hi": nan, "slope_below": nan, "slope_below_lo": nan, "slope_below_hi": nan,
-             "message": "not fitted: too few points"} for q in ("A0", "A_last")]
+             "inside": nan, "message": "not fitted: too few points"} for q in ("A0", "A_last")]
     return pd.DataFrame(rows + [{"quantity": "E", "kind": "best_range", "n": 6}])
 
 
-@pytest.mark.parametrize("lo,hi,expect", [(0.001, 0.004, "PASS"), (-0.004, -0.001, "FAIL"),
-                                          (-0.001, 0.004, "INCONCLUSIVE")])
-def test_width_depth_linear(lo, hi, expect):
-    row = claims.width_depth_linear(wd_fit(lo, hi))
+@pytest.mark.parametrize("lo,hi,inside,expect", [
+    (0.001, 0.004, True, "PASS"),
+    (0.001, 0.004, False, "INCONCLUSIVE"),  # rising, but no bottleneck inside the data
+    (-0.004, -0.001, True, "FAIL"),
+    (-0.004, -0.001, False, "FAIL"),  # falling: contradicts the claim whether or not it flattens
+    (-0.001, 0.004, True, "INCONCLUSIVE"),
+])
+def test_width_depth_linear(lo, hi, inside, expect):
+    row = claims.width_depth_linear(wd_fit(lo, hi, inside=inside))
     assert row["verdict"] == expect and "breakpoint 20 [12, 30]" in row["value"]
+    assert ("inside the data" in row["value"]) == inside
 
 
 def test_width_depth_falls_back_to_last_ratio():
@@ -266,7 +280,8 @@ def inference_table(ppl_ratios, acc_drops) -> pd.DataFrame:
             for dom in ("all", "code"):
                 rows.append({"run": f"relu-s{i}", "p": p, "domain": dom, "dense_accuracy": 0.40,
                              "accuracy": 0.40 - k * d / 100 * (1 if dom == "all" else 5),
-                             "ppl_ratio": 1 + k * (r - 1) * (1 if dom == "all" else 5), "calib_ppl_ratio": 1.01})
+                             "ppl_ratio": 1 + k * (r - 1) * (1 if dom == "all" else 5), "calib_ppl_ratio": 1.01,
+                             "calib_applied_ppl_ratio": 1.0 + 0.001 * (i + 8), "reached": p != 5})
     return pd.DataFrame(rows)
 
 
@@ -279,6 +294,14 @@ def inference_table(ppl_ratios, acc_drops) -> pd.DataFrame:
 def test_ppl1_lossless(ppl, acc, expect):
     row = claims.ppl1_lossless(inference_table(ppl, acc))
     assert row["verdict"] == expect and row["n"] == 2
+    assert row["note"].endswith("1.0100 to 1.0100 at the search's thresholds, 1.0080 to 1.0090 at the applied "
+                                "(batch-averaged) ones")  # p = 5 rows (not reached) are not p = 1's
+
+
+def test_ppl1_lossless_names_a_run_whose_target_was_not_reached():
+    t = inference_table([1.01, 1.015], [0.2, 0.5])
+    t.loc[(t["run"] == "relu-s1") & (t["p"] == 1), "reached"] = False
+    assert claims.ppl1_lossless(t)["note"].endswith("; PPL-1% not reached for relu-s1")
 
 
 def moe_table(gaps: list[float | None], other: float = -50.0) -> pd.DataFrame:
@@ -386,7 +409,8 @@ def synthetic_results(name: str, ppl_ratio: float) -> None:
             sp.append({"run": run, "activation": act, "groups": groups, "d_model": 16, "n_layers": 2,
                        "width_depth": 8.0, "non_embedding_params": N, "step": k, "tokens": t, "p": 1.0, "cett": 0.1,
                        "dense_loss": loss[k], "sparse_loss": loss[k] + 0.01, "ppl_ratio": 1.01,
-                       "activation_ratio": A[k], "exact_zero_ratio": 0.5, "dead_ratio": 0.0, "n_tokens": 1000})
+                       "activation_ratio": A[k], "exact_zero_ratio": 0.5, "dead_ratio": 0.0, "n_tokens": 1000,
+                       "reached": True})
         for layer, neuron in np.ndindex(2, 20):
             f = rng.beta(2, 8)
             neurons.append({"run": run, "step": 7, "layer": layer, "neuron": neuron, "all": f, "code": f, "prose": f})
@@ -395,7 +419,8 @@ def synthetic_results(name: str, ppl_ratio: float) -> None:
                    for i, b in enumerate(base)]
         for p in (0, 1):
             inf.append({"run": run, "p": p, "domain": "all", "accuracy": 0.40, "dense_accuracy": 0.40,
-                        "ppl_ratio": ppl_ratio if p else 1.0, "calib_ppl_ratio": 1.01})
+                        "ppl_ratio": ppl_ratio if p else 1.0, "calib_ppl_ratio": 1.01,
+                        "calib_applied_ppl_ratio": 1.012, "reached": True})
     for table, rows in (("sparsity", sp), ("neurons", neurons), ("tokens", tokens), ("sparse_inference", inf)):
         meta = {"synthetic": True, "git_sha": "0123456789abcdef"}
         runs.write_table(pd.DataFrame(rows), folder / f"{table}.csv", meta)
@@ -497,7 +522,9 @@ def test_fit_prints_every_law_beside_the_paper_and_writes_its_tables(synth_profi
         line = next(x for x in r.stdout.splitlines() if f" {run} (" in x)
         assert analysis._fmt(fits.loc[run, "A0"], fits.loc[run, "A0_lo"], fits.loc[run, "A0_hi"]) in line
     assert "paper (v1)" in r.stdout and "1.2B" in r.stdout
-    assert "silu activation ratio rises with data" in r.stdout
+    verdicts = claims.evaluate(config.load_profile(synth_profile)).set_index("id")["verdict"]
+    for cid in ("relu_falls", "silu_rises", "law_forms", "width_depth_linear", "patterns_agree"):
+        assert f"{verdicts[cid]:<12} {cid}: " in r.stdout  # the same verdicts as `verify`
     for name in analysis.FIT_TABLES:
         assert (runs.results_dir("synth") / f"{name}.meta.json").is_file(), name
 

@@ -253,6 +253,37 @@ def test_result_row_and_predict():
     assert r.bic - r.aic == pytest.approx((k + 1) * (np.log(n) - 2))
 
 
+def test_nuisance_bound_is_accepted_only_when_the_limit_does_not_move():
+    # a pure power-law decay onto A0 = 0.17: Eq. 4's least squares runs along alpha -> 0, b -> inf and
+    # stops on b <= 0; lifting the bound to b <= 30 moves A0 by ~0.002 here
+    Dn = np.geomspace(1e-4, 3e-3, 11)
+    A = 0.02 * (Dn / 1e-4) ** -0.5 + 0.17 + np.random.default_rng(0).normal(0, 3e-4, Dn.size)
+    strict = laws.fit("logspace_power", Dn, A, n_boot=100, nuisance_tol=1e-3)
+    assert strict.params["b"] == pytest.approx(0, abs=1e-9) and not strict.converged
+    move = float(strict.message.split("A0 moves by ")[1].split(",")[0])
+    assert 1e-3 < move < 5e-3 and "more than nuisance_tol" in strict.message
+    assert all(math.isnan(v) for v in strict.intervals["A0"])
+    loose = laws.fit("logspace_power", Dn, A, n_boot=100, nuisance_tol=5e-3)
+    assert loose.converged and f"A0 moves by {move:.2g}" in loose.message and "nuisance b=" in loose.message
+    assert loose.intervals["A0"][0] <= loose.params["A0"] <= loose.intervals["A0"][1]
+    # only the bounds that Form.relaxed_upper lifts are nuisance bounds: rising data push c onto 0
+    rising = laws.fit("logspace_power", Dn, 0.2 + 0.01 * np.log(Dn / 1e-4), n_boot=0, nuisance_tol=1.0)
+    assert not rising.converged and "c=" in rising.message and "nuisance" not in rising.message
+    # a decay onto 0 (no limit): b <= 0 holds A0 at 0.078, lifting it moves A0 by 0.07: not a nuisance
+    to_zero = laws.fit("logspace_power", Dn, 0.3 * (Dn / 1e-4) ** -0.3, n_boot=0)
+    assert not to_zero.converged and "more than nuisance_tol" in to_zero.message
+
+
+def test_bootstrap_reports_resamples_with_the_limit_on_a_bound():
+    Dn = np.geomspace(1e-4, 3e-3, 11)
+    A = 0.02 * (Dn / 1e-4) ** -0.5 + 0.17 + np.random.default_rng(0).normal(0, 3e-4, Dn.size)
+    r = laws.fit("logspace_power", Dn, A, n_boot=100, nuisance_tol=5e-3)
+    good = r.boot[np.all(np.isfinite(r.boot), axis=1)]
+    on_bound = int(np.sum(np.isclose(good[:, 3], 0, atol=1e-6) | np.isclose(good[:, 3], 1, atol=2e-6)))
+    assert (f"{on_bound}/{len(good)} resamples put A0 on a bound (kept)" in r.message) == (on_bound > 0)
+    assert r.intervals["A0"][0] == pytest.approx(np.percentile(good[:, 3], 2.5))  # kept in the interval
+
+
 # ----------------------------------------------------------------------------- width-depth
 
 
@@ -286,6 +317,34 @@ def test_piecewise_linear_above_recovers_both_slopes():
         laws.fit_piecewise_linear(x[:4], y[:4], above="linear")
 
 
+def test_piecewise_slope_interval_covers_every_accepted_breakpoint():
+    rng = np.random.default_rng(3)
+    y = 0.02 + 5e-4 * np.minimum(X_RATIO, 114.0) + rng.normal(0, 0.002, X_RATIO.size)
+    r = laws.fit_piecewise_linear(X_RATIO, y, above="flat")
+    assert r.inside  # a plateau of several points: the bottleneck is located inside the data
+    # oracle: numpy least squares and the textbook t interval at every accepted breakpoint, by hand
+    from scipy import stats
+    los, his = [], []
+    for bp in r.profile.loc[r.profile["accepted"], "breakpoint"]:
+        X = np.column_stack([np.ones_like(X_RATIO), np.minimum(X_RATIO, bp)])
+        beta, rss = np.linalg.lstsq(X, y, rcond=None)[:2]
+        se = math.sqrt(rss[0] / (y.size - 2) * np.linalg.inv(X.T @ X)[1, 1])
+        t = stats.t.ppf(0.975, y.size - 2)
+        los.append(beta[1] - t * se)
+        his.append(beta[1] + t * se)
+    assert r.slope_below_interval == pytest.approx((min(los), max(his)), rel=1e-9)
+    at_best = np.asarray(r.ols.conf_int(alpha=0.05))[1]
+    assert r.slope_below_interval[0] <= at_best[0] and at_best[1] <= r.slope_below_interval[1]
+
+
+def test_piecewise_without_a_plateau_is_not_inside():
+    rng = np.random.default_rng(4)
+    y = 0.02 + 5e-4 * X_RATIO + rng.normal(0, 0.002, X_RATIO.size)  # one straight line, no bottleneck
+    r = laws.fit_piecewise_linear(X_RATIO, y, above="flat")
+    assert not r.inside and r.breakpoint_interval[1] == pytest.approx(np.unique(X_RATIO)[-2])
+    assert r.to_row()["inside"] is False
+
+
 def test_best_range_on_a_u_shaped_curve():
     x = np.array([14, 20, 28, 40, 57, 74, 100, 150, 200, 282, 400, 600], dtype=float)
     loss = 3.3 + 0.05 * (np.log(x) - np.log(150)) ** 2  # minimum at 150
@@ -309,6 +368,35 @@ def test_A0_vs_scale_recovers_a_known_slope():
     assert r["change_observed"] == pytest.approx(A0[-1] - A0[0])
     w = laws.fit_A0_vs_scale(N, A0, A0 - 0.002, A0 + 0.002)
     assert w["weighted"] and w["slope"] == pytest.approx(r["slope"])  # equal weights: same slope
+
+
+def test_A0_vs_scale_interval_grows_with_the_A0_intervals():
+    N = np.array([1e5, 3e5, 8e5])
+    A0 = np.array([0.20, 0.195, 0.19])  # nearly collinear: the residual scale alone says "precise"
+    x = np.log10(N)
+    z = 1.959963984540054
+    for half in (0.001, 0.2):
+        r = laws.fit_A0_vs_scale(N, A0, A0 - half, A0 + half)
+        # known errors sigma = half / z: slope se = sigma / sqrt(sum((x - mean x)^2)), normal quantiles
+        known = z * (half / z) / math.sqrt(np.sum((x - x.mean()) ** 2))
+        width = (r["slope_hi"] - r["slope_lo"]) / 2
+        assert width >= known * (1 - 1e-9)
+        assert r["scale"] == ("known" if half == 0.2 else "estimated")
+    assert width == pytest.approx(known)  # +-0.2 on each A0: the slope is unknown to +-0.62 per decade
+
+
+def test_information_criteria_count_identified_parameters():
+    assert [laws.FORMS[f].k for f in ("logspace_power", "power", "log", "sigmoid", "loss_power")] == [4, 3, 3, 3, 3]
+    A = synthetic("log")
+    r = laws.fit("log", D, A, n_boot=0)
+    n, rss = D.size, float(np.sum(r.residuals**2))
+    K = 3 + 1  # a/b, c, A0 + c*log(b), and the noise variance
+    assert r.aic == pytest.approx(n * math.log(rss / n) + 2 * K)
+    assert r.bic == pytest.approx(n * math.log(rss / n) + K * math.log(n))
+    assert r.aicc == pytest.approx(r.aic + 2 * K * (K + 1) / (n - K - 1))
+    assert laws.information_criteria(0.0, 5, 4)[2] == math.inf  # n <= K + 1: no AICc
+    c = laws.compare_forms(D, A)
+    assert c["aicc"].is_monotonic_increasing and set(c["k"]) == {3, 4}
 
 
 def test_convergence_speed_matches_the_analytic_derivative():

@@ -3,7 +3,8 @@
 Read top to bottom: constants; pure functions (measured DataFrames in, DataFrames out, nothing read
 or written): the activation laws and the fit-form comparison (Fig. 4, Table 2), limit loss, width-depth
 (Fig. 5-6), scale and convergence speed (Fig. 7-8, 12), dead neurons, per-domain and per-token
-patterns (Fig. 9-10), the side-by-side Table 2 and the trend checks; then the profile-level
+patterns (Fig. 9-10) and the side-by-side Table 2 (the verdicts on the paper's claims are claims.py's);
+then the profile-level
 `*_for(profile)` functions, which read results/<profile>/{sparsity,neurons,tokens}.csv, compute (or
 reuse, when inputs, fit spec and code version are unchanged) and write results/<profile>/<table>.csv
 with provenance, so that every figure of notebooks 03-05 can be redrawn from committed tables.
@@ -30,7 +31,7 @@ from . import laws, paper
 from .config import ProfileConfig, SparsingLawError, stable_hash
 from .runs import in_group, provenance, results_dir, write_table
 
-ANALYSIS_VERSION = 1  # bump when a derived table changes meaning (invalidates the cached tables)
+ANALYSIS_VERSION = 2  # bump when a derived table changes meaning (invalidates the cached tables)
 
 # the paper's law for each activation: Eq. 4 for ReLU (falls towards A0), Eq. 5 for SiLU (rises
 # towards A0); the paper fits no other activation, we give ReLU-like ones Eq. 4 and smooth ones Eq. 5
@@ -49,15 +50,16 @@ def _with_intervals(*symbols):
 # the hold-out check's columns are listed too, so that they exist even when no run could be fitted
 FIT_COLUMNS = RUN_COLUMNS + ["p", "n_points", "D_min", "D_max", "D_min_used", "A_first", "A_last", "rho_tokens",
                              "dropped_tokens", "form", "converged", "n_used", "n_dropped", "dropped_index", "mse",
-                             "mae", "aic", "bic", *_with_intervals("alpha", "b", "c", "A0"), "message",
+                             "mae", "aic", "aicc", "bic", *_with_intervals("alpha", "b", "c", "A0"), "message",
                              "holdout_frac", "holdout_n_fit", "holdout_n_test", "holdout_D_split", "holdout_mse",
                              "holdout_mae", "holdout_converged", "holdout_message"]
 LOSS_COLUMNS = RUN_COLUMNS + ["n_points", "final_loss", "final_tokens", "form", "converged",
                               *_with_intervals("E", "B", "beta"), "message"]
 WIDTH_DEPTH_COLUMNS = ["quantity", "kind", "n", "above", *_with_intervals("breakpoint", "slope_below", "slope_above"),
-                       "intercept", "rss", "level", "best_lo", "best_hi", "best_x", "best_loss", "tol", "message"]
+                       "intercept", "inside", "rss", "level", "best_lo", "best_hi", "best_x", "best_loss", "tol",
+                       "message"]
 SCALE_COLUMNS = ["activation", "quantity", "n", *_with_intervals("slope"), "intercept", "change_fit",
-                 "change_observed", "weighted", "level", "N_min", "N_max", "message"]
+                 "change_observed", "weighted", "scale", "level", "N_min", "N_max", "message"]
 
 
 def _frame(rows: list[dict], columns: list[str]) -> pd.DataFrame:
@@ -176,9 +178,9 @@ def fit_activation_laws(table: pd.DataFrame, spec: laws.FitSpec, p: float = 1.0,
 
 def form_comparison(table: pd.DataFrame, spec: laws.FitSpec, p: float = 1.0,
                     forms=ALTERNATIVES) -> pd.DataFrame:
-    """Every form of `forms` on every run (same points and drop rule; no bootstrap): MSE, MAE, AIC,
-    BIC, hold-out errors, convergence; delta_aic from the run's lowest AIC (any form with one); paper_form marks
-    the paper's form for the run's activation."""
+    """Every form of `forms` on every run (same points and drop rule; no bootstrap): MSE, MAE, AIC, AICc,
+    BIC (k identified parameters each), hold-out errors, convergence; delta_aic and delta_aicc from the run's
+    lowest (any form with one); paper_form marks the paper's form for the run's activation."""
     out = []
     for _, g in activation_points(table, p).groupby("run", sort=False):
         D, A = g["D"].to_numpy(), g["activation_ratio"].to_numpy()
@@ -187,10 +189,11 @@ def form_comparison(table: pd.DataFrame, spec: laws.FitSpec, p: float = 1.0,
             c, err = _try_fit(laws.compare_forms, D, A, (f,), spec)
             rows.append(c.iloc[0].to_dict() if c is not None else {"form": f, "converged": False,
                                                                      "message": f"not fitted: {err}"})
-        c = _frame(rows, ["form", "n_params", "n_used", "mse", "mae", "aic", "bic", "converged", "holdout_mse",
-                          "holdout_mae", "message"])
-        best = c["aic"].min()  # over every form with an AIC (a fit on a bound is still a curve)
-        c = c.assign(delta_aic=c["aic"] - best, paper_form=c["form"] == form_for(g["activation"].iloc[0]))
+        c = _frame(rows, ["form", "n_params", "k", "n_used", "mse", "mae", "aic", "aicc", "bic", "converged",
+                          "holdout_mse", "holdout_mae", "message"])
+        # over every form with a criterion (a fit on a bound is still a curve)
+        c = c.assign(delta_aic=c["aic"] - c["aic"].min(), delta_aicc=c["aicc"] - c["aicc"].min(),
+                     paper_form=c["form"] == form_for(g["activation"].iloc[0]))
         for k, v in reversed(list(_info(g).items())):
             c.insert(0, k, v)
         out.append(c)
@@ -450,7 +453,7 @@ def seed_agreement(neurons: pd.DataFrame, tokens: pd.DataFrame, table: pd.DataFr
 
 
 # -----------------------------------------------------------------------------------------------
-# side by side with the paper, and the trends
+# side by side with the paper
 
 
 def _fmt(v, lo=np.nan, hi=np.nan) -> str:
@@ -476,81 +479,6 @@ def table2(fits: pd.DataFrame, group: str | None = "scale") -> pd.DataFrame:
     out = pd.DataFrame(rows)
     out["_a"] = out["activation"].map({a: i for i, a in enumerate(dict.fromkeys(out["activation"]))})
     return out.sort_values(["_a"], kind="stable").drop(columns="_a").reset_index(drop=True)
-
-
-def trends(fits=None, width_depth_fit=None, scale_fit=None, convergence_summary=None, domain_agreement=None,
-           token_correlations=None, seed_agreement=None, min_pearson: float = 0.8) -> pd.DataFrame:
-    """The paper's qualitative trends checked on our tables (pass only what a notebook has).
-
-    One row per claim: claim, criterion, ours (the numbers), holds (True/False; None = cannot tell).
-    Criteria: ReLU falls / SiLU rises = Spearman rho of A with tokens < 0 / > 0 for every run (scale
-    group); linear below a bottleneck = the A0 piecewise fit's slope interval below the breakpoint
-    excludes 0 (A_last if A0 has no fit); A0 weakly dependent on scale = A0 slope interval per decade of N
-    includes 0 (the fitted change is reported); smaller models converge faster = rho_N_speed < 0;
-    patterns agree = every pairwise per-token Pearson r >= min_pearson (domain KS distances, and both
-    numbers between seed replicas of one shape, reported).
-    """
-    rows = []
-    if fits is not None:
-        f = in_group(fits, "scale")
-        for act, sign, word in (("relu", -1, "falls"), ("silu", 1, "rises")):
-            g = f[f["activation"] == act]
-            if len(g):
-                rho = g["rho_tokens"].to_numpy(float)
-                rows.append({"claim": f"{act} activation ratio {word} with data", "criterion":
-                             "Spearman rho(tokens, A) " + ("< 0" if sign < 0 else "> 0") + " for every run",
-                             "ours": ", ".join(f"{r}: {v:+.2f}" for r, v in zip(g["run"], rho, strict=True)),
-                             "holds": bool(np.all(sign * rho > 0)) if np.all(np.isfinite(rho)) else None})
-    if width_depth_fit is not None:
-        pw = width_depth_fit[width_depth_fit["kind"] == "piecewise_linear"].set_index("quantity")
-        fitted = [q for q in ("A0", "A_last") if q in pw.index and np.isfinite(pw.loc[q].get("breakpoint", np.nan))]
-        q = fitted[0] if fitted else None
-        if q is None:
-            rows.append({"claim": "limit activation ratio linear in width-depth ratio below a bottleneck",
-                         "criterion": "slope below the breakpoint > 0", "ours": "no piecewise fit", "holds": None})
-        else:
-            r = pw.loc[q]
-            rows.append({"claim": "limit activation ratio linear in width-depth ratio below a bottleneck",
-                         "criterion": f"slope interval below the breakpoint excludes 0 ({q})",
-                         "ours": f"breakpoint {_fmt(r['breakpoint'], r['breakpoint_lo'], r['breakpoint_hi'])}, "
-                                 f"slope {_fmt(r['slope_below'], r['slope_below_lo'], r['slope_below_hi'])} per unit",
-                         "holds": bool(r["slope_below_lo"] > 0 or r["slope_below_hi"] < 0) and r["slope_below"] > 0})
-    if scale_fit is not None:
-        for _, r in scale_fit[scale_fit["quantity"] == "A0"].iterrows():
-            ok = np.isfinite(r.get("slope", np.nan))
-            rows.append({"claim": f"{r['activation']} A0 weakly dependent on scale",
-                         "criterion": "slope of A0 per decade of N: interval includes 0",
-                         "ours": (f"slope {_fmt(r['slope'], r['slope_lo'], r['slope_hi'])}/decade, change "
-                                  f"{100 * r['change_fit']:+.1f} points over {r['N_max'] / r['N_min']:.1f}x N")
-                         if ok else r.get("message", "no fit"),
-                         "holds": bool(r["slope_lo"] <= 0 <= r["slope_hi"]) if ok else None})
-    if convergence_summary is not None:
-        for act, g in convergence_summary.groupby("activation", sort=False):
-            rho = g["rho_N_speed"].iloc[0]
-            rows.append({"claim": f"smaller {act} models converge faster",
-                         "criterion": "Spearman rho(N, |dA/d(D/N)| at a common D/N) < 0",
-                         "ours": f"rho = {rho:+.2f} at D/N = {g['ratio_common'].iloc[0]:.3g}" if np.isfinite(rho)
-                         else f"no rho: {len(g)} converged fit(s), 3 needed" if len(g) < 3
-                         else "no rho: fewer than 3 finite speeds at a D/N range the fits share",
-                         "holds": bool(rho < 0) if np.isfinite(rho) else None})
-    if token_correlations is not None and len(token_correlations):
-        r = token_correlations["pearson"].to_numpy(float)
-        rows.append({"claim": "per-token activation ratios agree across scales",
-                     "criterion": f"every pairwise Pearson r >= {min_pearson}",
-                     "ours": f"r from {np.nanmin(r):.2f} to {np.nanmax(r):.2f} over {len(r)} pairs",
-                     "holds": bool(np.all(r >= min_pearson)) if np.all(np.isfinite(r)) else None})
-    if domain_agreement is not None and len(domain_agreement):
-        ks = domain_agreement.groupby("domain")["ks"].max()
-        rows.append({"claim": "per-domain neuron frequency distributions agree across scales",
-                     "criterion": "reported only: largest pairwise KS statistic per domain",
-                     "ours": ", ".join(f"{d}: {v:.2f}" for d, v in ks.items()), "holds": None})
-    if seed_agreement is not None and len(seed_agreement):
-        r = seed_agreement["pearson"].to_numpy(float)
-        rows.append({"claim": "the same between seed replicas of one shape (yardstick)",
-                     "criterion": "reported only: pairwise per-token Pearson r and largest KS statistic",
-                     "ours": f"r from {np.nanmin(r):.2f} to {np.nanmax(r):.2f} over {len(r)} pairs, "
-                             f"max KS {np.nanmax(seed_agreement['max_ks'].to_numpy(float)):.2f}", "holds": None})
-    return pd.DataFrame(rows, columns=["claim", "criterion", "ours", "holds"])
 
 
 # -----------------------------------------------------------------------------------------------

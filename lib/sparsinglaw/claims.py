@@ -55,6 +55,9 @@ SOURCES = {"sparsity": "python -m sparsinglaw measure --profile {p} (or notebook
 _TREND_STAT = ("per run, Spearman rho(tokens, A at PPL-1%) over the checkpoints its law fit used (runs of "
                "groups scale/seeds); one-sided p per run, exact up to 8 points, else from rho's t-distribution "
                "(scipy's spearmanr), combined by Stouffer's method")
+_A0_STAT = ("slope of A0 on log10 N (runs of group scale) with its interval, per decade of N: least squares "
+            "weighted by the A0 intervals, the wider of the estimated-noise and known-error intervals "
+            "(laws.fit_A0_vs_scale; plain OLS when an A0 has no interval)")
 CLAIMS = {
     "relu_falls": ("ReLU activation ratio falls with training data", "Sec. 4.2, Fig. 4 (Eq. 4)", _TREND_STAT,
                    "PASS: every run rho < 0 and combined p(rho < 0) < 0.05; FAIL: combined p(rho > 0) < 0.05"),
@@ -62,8 +65,9 @@ CLAIMS = {
                    "PASS: every run rho > 0 and combined p(rho > 0) < 0.05; FAIL: combined p(rho < 0) < 0.05"),
     "law_forms": ("Eq. 4 (ReLU) / Eq. 5 (SiLU) fit at least as well as the alternative forms",
                   "Sec. 4.2, Eq. 4-5, Table 2; rebuttal (log, sigmoid forms)",
-                  "share of runs whose paper form has the lowest AIC or is within 2 of it (same points, "
-                  "forms Eq. 4, Eq. 5, log, sigmoid)",
+                  "share of runs whose paper form has the lowest AICc or is within 2 of it (same points, "
+                  "forms Eq. 4, Eq. 5, log, sigmoid; AICc counts identified parameters: 4 for Eq. 4, 3 for "
+                  "the others)",
                   "PASS: share >= 2/3; FAIL: share <= 1/3"),
     "relu_sparser": ("ReLU is sparser than SiLU at comparable loss", "Sec. 4.2, Fig. 4 (losses: Fig. 11)",
                      "per scale, relu-X vs silu-X at the final checkpoint: A at PPL-1% and dense validation "
@@ -73,13 +77,13 @@ CLAIMS = {
     "width_depth_linear": ("Activation ratio rises linearly with the width-depth ratio below a bottleneck",
                            "Sec. 4.3, Fig. 5",
                            "continuous piecewise-linear fit (flat above the breakpoint) of A0 vs d_model/n_layers "
-                           "(A_last when A0 has no fit): slope below the breakpoint with its interval",
-                           "PASS: slope interval > 0; FAIL: slope interval <= 0"),
+                           "(A_last when A0 has no fit): slope below the breakpoint, its interval the union of the "
+                           "intervals over the breakpoint's interval, and whether the breakpoint interval ends "
+                           "inside the data (at least two runs above every accepted breakpoint: a bottleneck seen)",
+                           "PASS: slope interval > 0 and a bottleneck seen; FAIL: slope interval < 0"),
     "a0_scale_weak_relu": ("ReLU limit A0 depends only weakly on scale", "Sec. 4.4, Fig. 7",
-                           "OLS slope of A0 on log10 N (runs of group scale) with its interval, per decade of N",
-                           f"equivalence: PASS: interval within +-{A0_BAND:g}; FAIL: interval outside it"),
-    "a0_scale_weak_silu": ("SiLU limit A0 depends only weakly on scale", "Sec. 4.4, Fig. 7",
-                           "OLS slope of A0 on log10 N (runs of group scale) with its interval, per decade of N",
+                           _A0_STAT, f"equivalence: PASS: interval within +-{A0_BAND:g}; FAIL: interval outside it"),
+    "a0_scale_weak_silu": ("SiLU limit A0 depends only weakly on scale", "Sec. 4.4, Fig. 7", _A0_STAT,
                            f"equivalence: PASS: interval within +-{A0_BAND:g}; FAIL: interval outside it"),
     "small_converge_faster_relu": ("Smaller ReLU models converge faster", "Sec. 4.4, Fig. 8",
                                    "Spearman rho(N, |dA/d(D/N)|) at the common data-scale ratio D/N of the "
@@ -174,9 +178,11 @@ def spearman_p(rho: float, n: int, alternative: str) -> float:
 
 
 def stouffer(p: np.ndarray) -> float:
-    """Stouffer's combination of one-sided p-values: sf(sum(isf(p_i)) / sqrt(k)). It is symmetric (the
-    combined p of the opposite direction is 1 minus it), so at most one direction can be significant,
-    which Fisher's method does not guarantee when runs disagree."""
+    """Stouffer's combination of one-sided p-values: sf(sum(isf(p_i)) / sqrt(k)). For continuous p-values
+    it is symmetric (the combined p of the opposite direction is 1 minus it), so at most one direction can
+    be significant, which Fisher's method does not guarantee when runs disagree. Exact p-values of few
+    points are discrete and their two one-sided p add up to more than 1 (both include the observed rho),
+    which makes both combined p larger: conservative, and still at most one direction significant."""
     p = np.clip(np.asarray(p, float), 1e-300, 1 - 1e-16)
     return float(stats.norm.sf(stats.norm.isf(p).sum() / math.sqrt(p.size)))
 
@@ -234,19 +240,22 @@ def silu_rises(fits: pd.DataFrame) -> dict:
 
 
 def law_forms(comparison: pd.DataFrame) -> dict:
-    """Share of runs whose paper form (Eq. 4 / Eq. 5) is within 2 AIC of the best form."""
+    """Share of runs whose paper form (Eq. 4 / Eq. 5) is within 2 AICc of the best form."""
     c = comparison[comparison["paper_form"].astype(str).str.lower() == "true"].drop_duplicates("run")
     if c.empty:
         return _row("law_forms", "no runs", "INCONCLUSIVE", 0, "form_comparison has no paper-form rows")
-    ok = c["delta_aic"].le(2.0)  # NaN (no AIC) is not ok
+    ok = c["delta_aicc"].le(2.0)  # NaN (no AICc) is not ok
     share = float(ok.mean())
     verdict = "PASS" if share >= 2 / 3 else "FAIL" if share <= 1 / 3 else "INCONCLUSIVE"
     per = ", ".join(f"{a} {int(g.sum())}/{len(g)}" for a, g in ok.groupby(c["activation"], sort=False))
-    worst = c.loc[~ok, ["run", "delta_aic"]]
-    note = ("AIC on the same points and drop rule; a fit on a parameter bound still counts as a curve"
-            + ("; paper form behind: " + ", ".join(f"{r} (dAIC {_g(d)})" for r, d in worst.itertuples(index=False))
+    converged = ok & (c["converged"].astype(str).str.lower() == "true")
+    worst = c.loc[~ok, ["run", "delta_aicc"]]
+    note = ("AICc on the same points and drop rule; a fit on a parameter bound still counts as a curve"
+            + ("; paper form behind: " + ", ".join(f"{r} (dAICc {_g(d)})" for r, d in worst.itertuples(index=False))
                if len(worst) else ""))
-    return _row("law_forms", f"{int(ok.sum())}/{len(c)} runs ({share:.0%}); {per}", verdict, len(c), note)
+    value = (f"{int(ok.sum())}/{len(c)} runs ({share:.0%}); {per}; of these, {int(converged.sum())} with a converged "
+             "paper-form fit")
+    return _row("law_forms", value, verdict, len(c), note)
 
 
 def relu_sparser(sparsity: pd.DataFrame) -> dict:
@@ -282,9 +291,12 @@ def width_depth_linear(wd_fit: pd.DataFrame) -> dict:
     q = fitted[0]
     r = pw.loc[q]
     lo, hi = r["slope_below_lo"], r["slope_below_hi"]
-    verdict = ("PASS" if np.isfinite(lo) and lo > 0 else "FAIL" if np.isfinite(hi) and hi <= 0 else "INCONCLUSIVE")
+    inside = str(r["inside"]).lower() == "true"
+    verdict = ("FAIL" if np.isfinite(hi) and hi < 0 else "PASS" if np.isfinite(lo) and lo > 0 and inside
+               else "INCONCLUSIVE")
     value = (f"{q}: slope below {_interval(r['slope_below'], lo, hi)} per unit of d_model/n_layers; breakpoint "
-             f"{_interval(r['breakpoint'], r['breakpoint_lo'], r['breakpoint_hi'])}")
+             f"{_interval(r['breakpoint'], r['breakpoint_lo'], r['breakpoint_hi'])}, "
+             + ("inside the data" if inside else "interval reaching the last candidate: no bottleneck seen"))
     notes = [f"{q}: {r['message']}"] if isinstance(r["message"], str) and r["message"] else []
     if q != "A0" and "A0" in pw.index:
         notes.insert(0, f"A0 not used ({pw.loc['A0', 'message']})")
@@ -309,8 +321,10 @@ def a0_scale_weak(scale_fit: pd.DataFrame) -> list[dict]:
         lo, hi = r["slope_lo"], r["slope_hi"]
         verdict = ("PASS" if -A0_BAND <= lo and hi <= A0_BAND else "FAIL" if lo > A0_BAND or hi < -A0_BAND
                    else "INCONCLUSIVE")
-        value = (f"slope {_interval(r['slope'], lo, hi)} per decade of N; fitted change {100 * r['change_fit']:+.1f} "
-                 f"points over {r['N_max'] / r['N_min']:.1f}x N")
+        how = {"known": ", weighted, A0 intervals taken as known errors",
+               "estimated": ", weighted" if str(r.get("weighted")).lower() == "true" else ""}.get(r.get("scale"), "")
+        value = (f"slope {_interval(r['slope'], lo, hi)} per decade of N{how}; fitted change "
+                 f"{100 * r['change_fit']:+.1f} points over {r['N_max'] / r['N_min']:.1f}x N")
         rows.append(_row(cid, value, verdict, int(r["n"]),
                          "paper: ReLU +1.7, SiLU -2.7 points over ~11x N (0.1B to 1.2B)"))
     return rows
@@ -395,7 +409,12 @@ def ppl1_lossless(sparse_inference: pd.DataFrame) -> dict:
     value = (f"max PPL increase {inc.max():+.2%} ({a['run']}), max accuracy drop {drop.max():+.2f} points "
              f"({b['run']}); mean {inc.mean():+.2%}, {drop.mean():+.2f} points")
     note = ("held-out windows disjoint from the calibration set; calibration PPL ratio "
-            f"{s['calib_ppl_ratio'].min():.4f} to {s['calib_ppl_ratio'].max():.4f}")
+            f"{s['calib_ppl_ratio'].min():.4f} to {s['calib_ppl_ratio'].max():.4f} at the search's thresholds")
+    if "calib_applied_ppl_ratio" in s:
+        a = s["calib_applied_ppl_ratio"].astype(float)
+        note += f", {a.min():.4f} to {a.max():.4f} at the applied (batch-averaged) ones"
+    if "reached" in s and not s["reached"].astype(str).str.lower().eq("true").all():
+        note += "; PPL-1% not reached for " + ", ".join(s.loc[~s["reached"].astype(str).str.lower().eq("true"), "run"])
     return _row("ppl1_lossless", value, verdict, len(s), note)
 
 
@@ -432,6 +451,12 @@ REGISTRY = [
     (ppl1_lossless, ("sparse_inference",)),
     (dense_beats_moe, ("moe_comparison",)),
 ]
+
+
+def summary(rows: list[dict]) -> str:
+    """Claim rows (one check or several, e.g. those of one notebook) as lines: verdict, id, value."""
+    return "\n".join(f"{r['verdict']:<12} {r['id']}: {r['value']}" + (f"  ({r['note']})" if r["note"] else "")
+                     for r in rows)
 
 
 def check(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
@@ -472,8 +497,9 @@ def inputs(profile: ProfileConfig) -> dict[str, pd.DataFrame]:
         raise MissingResults(f"{folder}: missing results table(s) {', '.join(missing)}; make them first: {how}")
     t = analysis.fit_profile(profile)
     si = read_table(results_dir(profile.name) / "sparse_inference.csv",
-                    ["run", "p", "domain", "accuracy", "dense_accuracy", "ppl_ratio", "calib_ppl_ratio"],
-                    ["p", "accuracy", "dense_accuracy", "ppl_ratio", "calib_ppl_ratio"],
+                    ["run", "p", "domain", "accuracy", "dense_accuracy", "ppl_ratio", "calib_ppl_ratio",
+                     "calib_applied_ppl_ratio", "reached"],
+                    ["p", "accuracy", "dense_accuracy", "ppl_ratio", "calib_ppl_ratio", "calib_applied_ppl_ratio"],
                     fix=f"rerun notebook 06 (make nb-06 PROFILE={profile.name})")
     pareto = results_dir(profile.name) / "pareto.csv"  # optional: a profile may sweep no run
     if pareto.is_file():

@@ -151,10 +151,11 @@ def _dispatch(args) -> int:
 
 
 def _fit(profile) -> int:
-    """The law fits of notebooks 03-05, headless (`fit` command): Table 2 beside the paper's, then the trends."""
+    """The law fits of notebooks 03-05, headless (`fit` command): Table 2 beside the paper's, then the claims
+    that the fits decide."""
     import pandas as pd
 
-    from . import analysis
+    from . import analysis, claims
     from .runs import results_dir
 
     t = analysis.fit_profile(profile)
@@ -163,13 +164,12 @@ def _fit(profile) -> int:
         print(f"Activation ratio at PPL-1% vs data: Eq. 4 (ReLU) / Eq. 5 (SiLU) per run, [{level:.0%} bootstrap "
               "interval] where the fit converged, beside the paper's Table 2")
         print(analysis.table2(t["fits"], group=None).to_string(index=False))
-        trends = analysis.trends(fits=t["fits"], width_depth_fit=t["width_depth_fit"], scale_fit=t["scale_fit"],
-                                 convergence_summary=t["convergence_summary"], domain_agreement=t["domain_agreement"],
-                                 token_correlations=t["token_pairs"], seed_agreement=t["seed_agreement"])
-        print("\nThe numbers behind the paper's trends (the verdicts, with their statistics and thresholds: verify)")
-        width = int(trends["claim"].str.len().max()) if len(trends) else 0
-        for claim, ours in zip(trends["claim"], trends["ours"], strict=True):
-            print(f"  {claim:<{width}}  {ours}")
+        rows = [claims.relu_falls(t["fits"]), claims.silu_rises(t["fits"]), claims.law_forms(t["form_comparison"]),
+                claims.width_depth_linear(t["width_depth_fit"]), *claims.a0_scale_weak(t["scale_fit"]),
+                *claims.small_converge_faster(t["convergence_summary"]),
+                claims.patterns_agree(t["domain_agreement"], t["token_pairs"], t["seed_agreement"])]
+        print("\nThe claims these fits decide (statistics and thresholds: verify, which checks every claim)")
+        print(claims.summary(rows))
     print(f"\ntables in {results_dir(profile.name)}/: {', '.join(analysis.FIT_TABLES)} (.csv, each with a "
           f".meta.json); python -m sparsinglaw verify --profile {profile.name} checks every claim")
     return 0

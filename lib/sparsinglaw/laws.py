@@ -125,26 +125,36 @@ class Form:
     upper: tuple  # upper bounds
     starts: Callable  # starts(D, A, n) -> iterable of start vectors (the fixed grid rule)
     equation: str  # where the form comes from
+    k: int  # identified parameters, what AIC, AICc and BIC count (fewer than symbols when some only act together)
+    limit: str | None = None  # the symbol of the law's limit (the quantity of interest), if it has one
+    relaxed_upper: tuple | None = None  # upper bounds for the nuisance check of `_judge` (None: bounds are hard)
 
 
 inf = np.inf
 FORMS = {
-    # c, alpha > 0; 0 < A0 < 1; b <= 0 so that A(0) = exp(b) + A0 stays a ratio (b >= -30: exp(b) > 0)
+    # c, alpha > 0; 0 < A0 < 1; b <= 0 because the transient at D -> 0, A(0) - A0 = exp(b), cannot exceed 1
+    # for a ratio A in [0, 1] and A0 >= 0 (necessary only: A(0) <= 1 would need b <= log(1 - A0), which is not
+    # imposed); b >= -30 keeps exp(b) > 0. With a long early transient the least-squares path runs along
+    # alpha -> 0, b -> +inf (the curve tends to K * D**(-c*alpha) + A0, a pure power-law decay) and stops on
+    # b <= 0; whether A0 depends on that bound is checked by refitting with b <= 30 (`_judge`).
     "logspace_power": Form(
         logspace_power, ("alpha", "b", "c", "A0"), (0, -30, 0, 0), (10, 0, inf, 1),
-        _starts_logspace_power, "Eq. 4 (ReLU)",
+        _starts_logspace_power, "Eq. 4 (ReLU)", k=4, limit="A0", relaxed_upper=(10, 30, inf, 1),
     ),
     # c, alpha > 0; 0 < A0 < 1
-    "power": Form(power, ("alpha", "c", "A0"), (0, 0, 0), (10, inf, 1), _starts_power, "Eq. 5 (SiLU)"),
-    # a, b > 0 keep a*D + b > 0; c of either sign (decreasing or increasing); A0 is an intercept
+    "power": Form(power, ("alpha", "c", "A0"), (0, 0, 0), (10, inf, 1), _starts_power, "Eq. 5 (SiLU)", k=3,
+                  limit="A0"),
+    # a, b > 0 keep a*D + b > 0; c of either sign (decreasing or increasing); A0 is an intercept. Three
+    # identified parameters: a/b, c and A0 + c*log(b)
     "log": Form(log, ("a", "b", "c", "A0"), (0, 0, -inf, -inf), (inf, inf, inf, inf), _starts_log,
-                "rebuttal, logarithmic"),
-    # b > 0 (no pole); c of either sign; the limit (a or a - 1) in (0, 1) needs 0 < a < 2
+                "rebuttal, logarithmic", k=3),
+    # b > 0 (no pole); c of either sign; the limit (a or a - 1) in (0, 1) needs 0 < a < 2. Three identified
+    # parameters: a, c and b*exp(d)
     "sigmoid": Form(sigmoid, ("a", "b", "c", "d"), (0, 0, -inf, -inf), (2, inf, inf, inf), _starts_sigmoid,
-                    "rebuttal, sigmoid-like"),
+                    "rebuttal, sigmoid-like", k=3),
     # E, B, beta > 0
     "loss_power": Form(loss_power, ("E", "B", "beta"), (0, 0, 0), (inf, inf, 10), _starts_loss_power,
-                       "limit-loss law (ours)"),
+                       "limit-loss law (ours)", k=3, limit="E"),
 }
 
 
@@ -170,6 +180,7 @@ class FitSpec:
     tol: float = 1e-10  # ftol = xtol = gtol of each least-squares run
     max_nfev: int = 2000  # function evaluations allowed per least-squares run
     min_boot_ok: float = 0.9  # report intervals only if at least this share of resamples converge
+    nuisance_tol: float = 1e-3  # a nuisance parameter may sit on its bound if lifting it moves the limit this little
 
     def __post_init__(self):
         kinds = {"int": numbers.Integral, "float": numbers.Real, "str": str, "bool": bool}
@@ -192,6 +203,7 @@ class FitSpec:
             "tol": self.tol > 0,
             "max_nfev": self.max_nfev >= 1,
             "min_boot_ok": 0 <= self.min_boot_ok <= 1,
+            "nuisance_tol": self.nuisance_tol >= 0,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -294,13 +306,20 @@ def _multistart(form, D, A, spec):
 
 
 def _at_bounds(form, x):
-    """Symbols whose value sits on a finite bound (the optimum left the meaningful region)."""
+    """(index, text) of each parameter whose value sits on a finite bound."""
     out = []
-    for s, v, lo, hi in zip(form.symbols, x, form.lower, form.upper, strict=True):
+    for j, (s, v, lo, hi) in enumerate(zip(form.symbols, x, form.lower, form.upper, strict=True)):
         for bound in (lo, hi):
             if np.isfinite(bound) and abs(v - bound) <= 1e-6 * (1 + abs(bound)):
-                out.append(f"{s}={v:.3g} at bound {bound:g}")
+                out.append((j, f"{s}={v:.3g} at bound {bound:g}"))
     return out
+
+
+def _soft(form, j, x):
+    """Whether parameter j of x sits on an upper bound that `form.relaxed_upper` lifts (a nuisance bound)."""
+    if form.relaxed_upper is None or form.symbols[j] == form.limit or form.relaxed_upper[j] == form.upper[j]:
+        return False
+    return abs(x[j] - form.upper[j]) <= 1e-6 * (1 + abs(form.upper[j]))
 
 
 def _unidentified(form, D, x):
@@ -323,16 +342,33 @@ def _unidentified(form, D, x):
     return [sym for sym, z in zip(form.symbols, zero, strict=True) if z or sym in involved]
 
 
-def _judge(form, D, A, res):
-    """(converged, notes): a fit converges when the optimizer succeeded, everything is finite, no
-    parameter sits on a bound and A is not constant."""
+def _judge(form, D, A, res, spec):
+    """(converged, notes): a fit converges when the optimizer succeeded, everything is finite, A is not
+    constant and no parameter sits on a bound, except a nuisance bound (`Form.relaxed_upper`) that the
+    limit does not depend on: refitted from the optimum with those bounds lifted, the limit moves by at
+    most spec.nuisance_tol (the move is reported either way)."""
     if res is None:
         return False, ["no start converged"]
-    notes = [] if _ok(res) else [f"optimizer: {res.message}"]
-    notes += _at_bounds(form, res.x)
+    fails = [] if _ok(res) else [f"optimizer: {res.message}"]
+    hits = _at_bounds(form, res.x)
+    soft = [text for j, text in hits if _soft(form, j, res.x)]
+    fails += [text for j, text in hits if not _soft(form, j, res.x)]
     if np.ptp(A) == 0:
-        notes.append("A is constant over the used points: no law is identified")
-    return not notes, notes
+        fails.append("A is constant over the used points: no law is identified")
+    notes = []
+    if soft:
+        relaxed = dataclasses.replace(form, upper=form.relaxed_upper)
+        again = _lsq(relaxed, D, A, res.x, spec)
+        i = form.symbols.index(form.limit)
+        move = abs(float(again.x[i] - res.x[i])) if _ok(again) else np.nan
+        lifted = ", ".join(f"{form.symbols[j]} <= {form.relaxed_upper[j]:g}" for j, _ in hits if _soft(form, j, res.x))
+        how = (f"refitted with {lifted}, {form.limit} moves by {move:.2g}" if np.isfinite(move)
+               else f"the refit with {lifted} failed")
+        if np.isfinite(move) and move <= spec.nuisance_tol:
+            notes.append(f"nuisance {'; '.join(soft)} ({how}, within nuisance_tol {spec.nuisance_tol:g})")
+        else:
+            fails.append(f"{'; '.join(soft)} ({how}, more than nuisance_tol {spec.nuisance_tol:g})")
+    return not fails, fails + notes
 
 
 def _bootstrap(form, D, A, x, spec):
@@ -358,6 +394,14 @@ def _bootstrap(form, D, A, x, spec):
     return out
 
 
+def _limit_on_bound(form, boot):
+    """How many bootstrap samples put the law's limit on one of its bounds (0 for a form without a limit)."""
+    if form.limit is None or not boot.size:
+        return 0
+    i = form.symbols.index(form.limit)
+    return sum(any(j == i for j, _ in _at_bounds(form, theta)) for theta in boot if np.all(np.isfinite(theta)))
+
+
 def _holdout(form, D, A, spec):
     """Fit on the smallest-D points, report the error on the ceil(frac * n) largest-D ones."""
     out = {"frac": spec.holdout_frac, "n_fit": 0, "n_test": 0, "D_split": np.nan,
@@ -372,7 +416,7 @@ def _holdout(form, D, A, spec):
         out["message"] = f"too few points to fit before the split ({fit_i.size})"
         return out
     res, starts = _multistart(form, D[fit_i], A[fit_i], spec)
-    converged, notes = _judge(form, D[fit_i], A[fit_i], res)
+    converged, notes = _judge(form, D[fit_i], A[fit_i], res, spec)
     out.update(converged=converged, message="; ".join([starts, *notes]))
     if res is not None:
         err = A[test_i] - form.f(D[test_i], *res.x)
@@ -383,6 +427,16 @@ def _holdout(form, D, A, spec):
 # ----------------------------------------------------------------------------- the fit
 
 
+def information_criteria(n_log_mse, n, k):
+    """(AIC, BIC, AICc) of a Gaussian least-squares fit from n*log(RSS/n), n points and k identified
+    parameters; K = k + 1 counts the noise variance too. AICc = AIC + 2K(K+1)/(n - K - 1) (Hurvich and
+    Tsai's small-sample correction; infinite when n <= K + 1)."""
+    K = k + 1
+    aic = n_log_mse + 2 * K
+    aicc = aic + 2 * K * (K + 1) / (n - K - 1) if n > K + 1 else math.inf
+    return aic, n_log_mse + K * math.log(n), aicc
+
+
 @dataclass
 class FitResult:
     form: str  # key in FORMS
@@ -391,9 +445,10 @@ class FitResult:
     mse: float  # mean squared residual of A over the used points
     mae: float  # mean absolute residual
     aic: float  # Gaussian AIC from the plain residuals (whatever the loss): n*log(RSS/n) + 2*(k+1)
-    bic: float  # Gaussian BIC: n*log(RSS/n) + (k+1)*log(n); k parameters plus the noise variance
+    aicc: float  # AICc, AIC with the small-sample correction (information_criteria); k = Form.k, identified
+    bic: float  # Gaussian BIC: n*log(RSS/n) + (k+1)*log(n); k identified parameters plus the noise variance
     residuals: np.ndarray  # A - f(D) over the used points, in input order
-    converged: bool  # optimizer success, finite, no parameter on a bound, A not constant
+    converged: bool  # optimizer success, finite, A not constant, no parameter on a bound but a harmless nuisance one
     message: str  # how the fit went, and every caveat
     n_used: int  # points fitted after the drop rule
     dropped: list  # one dict per dropped point: index (input order), D, A, reason
@@ -424,7 +479,7 @@ class FitResult:
         row = {"form": self.form, "converged": self.converged, "n_used": self.n_used,
                "n_dropped": len(self.dropped),
                "dropped_index": ";".join(str(d["index"]) for d in self.dropped),
-               "mse": self.mse, "mae": self.mae, "aic": self.aic, "bic": self.bic}
+               "mse": self.mse, "mae": self.mae, "aic": self.aic, "aicc": self.aicc, "bic": self.bic}
         for s, v in self.params.items():
             row[s], (row[f"{s}_lo"], row[f"{s}_hi"]) = v, self.intervals[s]
         row.update({f"holdout_{k}": v for k, v in self.holdout.items()})
@@ -455,7 +510,7 @@ def fit(form, D, A, spec=None, **overrides) -> FitResult:
                          f"{Du.size} left of {D.size} after dropping {len(dropped)} by the drop rule")
 
     res, starts = _multistart(law, Du, Au, spec)
-    converged, notes = _judge(law, Du, Au, res)
+    converged, notes = _judge(law, Du, Au, res, spec)
     x = res.x if res is not None else np.full(k, np.nan)
     unidentified = _unidentified(law, Du, x) if res is not None else list(law.symbols)
     if unidentified and res is not None:
@@ -473,6 +528,9 @@ def fit(form, D, A, spec=None, **overrides) -> FitResult:
                          for j, s in enumerate(law.symbols)}
             if len(good) < spec.n_boot:
                 notes.append(f"bootstrap: {spec.n_boot - len(good)}/{spec.n_boot} resamples failed")
+            on_bound = _limit_on_bound(law, good)
+            if on_bound:  # kept: such a resample is a curve the data allow, so the interval must reach there
+                notes.append(f"bootstrap: {on_bound}/{len(good)} resamples put {law.limit} on a bound (kept)")
         else:
             notes.append(f"only {len(good)}/{spec.n_boot} bootstrap resamples converged: no intervals")
     elif not converged:
@@ -482,9 +540,10 @@ def fit(form, D, A, spec=None, **overrides) -> FitResult:
         resid = Au - law.f(Du, *x)
     n, rss = Du.size, float(np.sum(resid**2))
     ll = n * math.log(max(rss, 1e-300) / n) if np.isfinite(rss) else np.nan
+    aic, bic, aicc = information_criteria(ll, n, law.k)
     return FitResult(
         form=form, params={s: float(v) for s, v in zip(law.symbols, x, strict=True)}, intervals=intervals,
-        mse=rss / n, mae=float(np.mean(np.abs(resid))), aic=ll + 2 * (k + 1), bic=ll + (k + 1) * math.log(n),
+        mse=rss / n, mae=float(np.mean(np.abs(resid))), aic=aic, aicc=aicc, bic=bic,
         residuals=resid, converged=converged, message="; ".join([starts, *notes]), n_used=int(n),
         dropped=dropped, holdout=_holdout(law, Du, Au, spec), spec=spec, unidentified=unidentified,
         boot=boot, D=Du, A=Au,
@@ -492,7 +551,7 @@ def fit(form, D, A, spec=None, **overrides) -> FitResult:
 
 
 def compare_forms(D, A, forms=("logspace_power", "power", "log", "sigmoid"), spec=None) -> pd.DataFrame:
-    """One row per form (MSE, MAE, AIC, BIC, converged, hold-out errors), sorted by AIC.
+    """One row per form (MSE, MAE, AIC, AICc, BIC, converged, hold-out errors), sorted by AICc.
 
     Same data, drop rule and spec for every form; the bootstrap is skipped (n_boot=0) because the
     table reports no intervals.
@@ -501,10 +560,10 @@ def compare_forms(D, A, forms=("logspace_power", "power", "log", "sigmoid"), spe
     rows = []
     for name in forms:
         r = fit(name, D, A, spec)
-        rows.append({"form": name, "n_params": len(r.params), "n_used": r.n_used, "mse": r.mse, "mae": r.mae,
-                     "aic": r.aic, "bic": r.bic, "converged": r.converged,
+        rows.append({"form": name, "n_params": len(r.params), "k": FORMS[name].k, "n_used": r.n_used, "mse": r.mse,
+                     "mae": r.mae, "aic": r.aic, "aicc": r.aicc, "bic": r.bic, "converged": r.converged,
                      "holdout_mse": r.holdout["mse"], "holdout_mae": r.holdout["mae"], "message": r.message})
-    return pd.DataFrame(rows).sort_values("aic", kind="stable").reset_index(drop=True)
+    return pd.DataFrame(rows).sort_values("aicc", kind="stable").reset_index(drop=True)
 
 
 # ----------------------------------------------------------------------------- width-depth (Fig. 5-6)
@@ -517,13 +576,14 @@ class PiecewiseFit:
     breakpoint_interval: tuple  # profile-likelihood F-test interval at `level` (hull of accepted candidates)
     intercept: float  # b0
     slope_below: float  # b1
-    slope_below_interval: tuple  # OLS interval at the chosen breakpoint
+    slope_below_interval: tuple  # union of the OLS intervals at every breakpoint inside breakpoint_interval
     slope_above: float  # b1 + b2 ("linear") or 0 ("flat")
     slope_above_interval: tuple  # OLS interval at the chosen breakpoint ((0, 0) for "flat")
     rss: float  # residual sum of squares at the breakpoint
     n: int  # points
     level: float  # confidence level
     message: str  # caveats (e.g. an interval cut by the candidate range)
+    inside: bool  # breakpoint_interval ends below the last candidate: >= 2 points lie above every accepted breakpoint
     profile: pd.DataFrame  # candidate breakpoint, rss, accepted (inside the interval)
     ols: object = field(repr=False, default=None)  # statsmodels results at the chosen breakpoint
 
@@ -535,7 +595,8 @@ class PiecewiseFit:
                "slope_below": self.slope_below, "slope_above": self.slope_above}
         for name in ("breakpoint", "slope_below", "slope_above"):
             row[f"{name}_lo"], row[f"{name}_hi"] = getattr(self, f"{name}_interval")
-        return row | {"rss": self.rss, "n": self.n, "level": self.level, "message": self.message}
+        return row | {"inside": self.inside, "rss": self.rss, "n": self.n, "level": self.level,
+                      "message": self.message}
 
 
 def _hinge(x, bp, above):
@@ -553,8 +614,10 @@ def fit_piecewise_linear(x, y, above="flat", level=0.95, grid_per_gap=50) -> Pie
     gap between sorted data x (statsmodels OLS at each candidate), with at least two points below and
     one ("flat") or two ("linear") above. Its interval is the profile-likelihood F-test set
     {bp : (RSS(bp) - RSS_min) / (RSS_min / (n - p)) <= F(level; 1, n - p)}, p counting the breakpoint,
-    reported as the hull of accepted candidates. Slope intervals are statsmodels OLS intervals at the
-    chosen breakpoint, so they do not carry the breakpoint's own uncertainty.
+    reported as the hull of accepted candidates; `inside` says whether it ends below the last candidate.
+    The slope interval below the breakpoint is the union of the statsmodels OLS intervals at every
+    accepted breakpoint, so it carries the breakpoint's own uncertainty (at the chosen breakpoint alone
+    it would not); the slope interval above ("linear") is the OLS one at the chosen breakpoint.
     """
     if above not in ("flat", "linear"):
         raise ValueError(f"above must be 'flat' or 'linear', got {above!r}")
@@ -578,7 +641,8 @@ def fit_piecewise_linear(x, y, above="flat", level=0.95, grid_per_gap=50) -> Pie
         message = "breakpoint interval reaches the edge of the candidate range (it may be wider)"
     ols = sm.OLS(y, _hinge(x, bp, above)).fit()
     alpha = 1 - level
-    ci = np.asarray(ols.conf_int(alpha=alpha))
+    below = np.array([np.asarray(sm.OLS(y, _hinge(x, b, above)).fit().conf_int(alpha=alpha))[1]
+                      for b in cand[accepted]])
     if above == "linear":
         t = ols.t_test([0, 1, 1])
         slope_above, slope_above_ci = float(ols.params[1] + ols.params[2]), tuple(
@@ -587,9 +651,9 @@ def fit_piecewise_linear(x, y, above="flat", level=0.95, grid_per_gap=50) -> Pie
         slope_above, slope_above_ci = 0.0, (0.0, 0.0)
     return PiecewiseFit(
         above=above, breakpoint=bp, breakpoint_interval=(lo, hi), intercept=float(ols.params[0]),
-        slope_below=float(ols.params[1]), slope_below_interval=(float(ci[1, 0]), float(ci[1, 1])),
+        slope_below=float(ols.params[1]), slope_below_interval=(float(below[:, 0].min()), float(below[:, 1].max())),
         slope_above=slope_above, slope_above_interval=slope_above_ci, rss=rss_min, n=int(x.size), level=level,
-        message=message, ols=ols,
+        message=message, inside=not bool(accepted[-1]), ols=ols,
         profile=pd.DataFrame({"breakpoint": cand, "rss": rss, "accepted": accepted}),
     )
 
@@ -618,21 +682,28 @@ def fit_A0_vs_scale(N, A0, A0_lo=None, A0_hi=None, level=0.95) -> dict:
     """OLS of the limit A0 on log10(N), N = non-embedding parameters (statsmodels).
 
     With A0_lo and A0_hi (intervals at the same `level`), weighted least squares with
-    sigma = (hi - lo) / (2 z). Returns slope (per decade of N) with its interval, intercept, the
-    fitted change slope * log10(max N / min N), the observed change A0(max N) - A0(min N), and the
-    statsmodels results under "ols".
+    sigma = (hi - lo) / (2 z), and the wider of two slope intervals: the usual one, whose noise scale is
+    estimated from the residuals (t with n - 2 degrees of freedom; it sees only the relative weights, so
+    three nearly collinear A0 give a narrow interval however wide their own intervals are), and the one
+    that takes the sigmas as known (normal quantiles; `scale` says which was used). Returns slope (per
+    decade of N) with its interval, intercept, the fitted change slope * log10(max N / min N), the
+    observed change A0(max N) - A0(min N), and the statsmodels results under "ols".
     """
     N, A0 = np.asarray(N, dtype=float), np.asarray(A0, dtype=float)
     if N.size < 3:
         raise ValueError(f"fit_A0_vs_scale needs at least 3 scales, got {N.size}")
     X = sm.add_constant(np.log10(N))
+    scale = "estimated"
     if A0_lo is not None and A0_hi is not None:
         sigma = (np.asarray(A0_hi, float) - np.asarray(A0_lo, float)) / (2 * stats.norm.ppf(0.5 + level / 2))
         ols = sm.WLS(A0, X, weights=1 / sigma**2).fit()
+        known = sm.WLS(A0, X, weights=1 / sigma**2).fit(cov_type="fixed scale")  # scale 1: the sigmas as given
+        if known.bse[1] * stats.norm.ppf(0.5 + level / 2) > ols.bse[1] * stats.t.ppf(0.5 + level / 2, ols.df_resid):
+            ols, scale = known, "known"
     else:
         ols = sm.OLS(A0, X).fit()
     lo, hi = np.asarray(ols.conf_int(alpha=1 - level))[1]
-    return {"slope": float(ols.params[1]), "slope_lo": float(lo), "slope_hi": float(hi),
+    return {"slope": float(ols.params[1]), "slope_lo": float(lo), "slope_hi": float(hi), "scale": scale,
             "intercept": float(ols.params[0]),
             "change_fit": float(ols.params[1] * np.log10(N.max() / N.min())),
             "change_observed": float(A0[np.argmax(N)] - A0[np.argmin(N)]), "n": int(N.size),
