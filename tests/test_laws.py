@@ -11,6 +11,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 from sparsinglaw import laws
 
@@ -323,7 +324,6 @@ def test_piecewise_slope_interval_covers_every_accepted_breakpoint():
     r = laws.fit_piecewise_linear(X_RATIO, y, above="flat")
     assert r.inside  # a plateau of several points: the bottleneck is located inside the data
     # oracle: numpy least squares and the textbook t interval at every accepted breakpoint, by hand
-    from scipy import stats
     los, his = [], []
     for bp in r.profile.loc[r.profile["accepted"], "breakpoint"]:
         X = np.column_stack([np.ones_like(X_RATIO), np.minimum(X_RATIO, bp)])
@@ -370,19 +370,26 @@ def test_A0_vs_scale_recovers_a_known_slope():
     assert w["weighted"] and w["slope"] == pytest.approx(r["slope"])  # equal weights: same slope
 
 
-def test_A0_vs_scale_interval_grows_with_the_A0_intervals():
-    N = np.array([1e5, 3e5, 8e5])
-    A0 = np.array([0.20, 0.195, 0.19])  # nearly collinear: the residual scale alone says "precise"
+def test_A0_vs_scale_takes_the_wider_of_ols_and_known_errors():
+    N = np.array([1e5, 3e5, 8e5, 2e6])
+    A0 = np.array([0.20, 0.192, 0.193, 0.18])
     x = np.log10(N)
+    sxx = np.sum((x - x.mean()) ** 2)
     z = 1.959963984540054
-    for half in (0.001, 0.2):
+    # oracle 1: OLS by hand, t interval with n - 2 degrees of freedom
+    b = np.polyfit(x, A0, 1)
+    s2 = np.sum((A0 - np.polyval(b, x)) ** 2) / (x.size - 2)
+    ols_half = stats.t.ppf(0.975, x.size - 2) * math.sqrt(s2 / sxx)
+    for half, method in ((0.001, "OLS"), (0.2, "WLS, known errors")):
         r = laws.fit_A0_vs_scale(N, A0, A0 - half, A0 + half)
-        # known errors sigma = half / z: slope se = sigma / sqrt(sum((x - mean x)^2)), normal quantiles
-        known = z * (half / z) / math.sqrt(np.sum((x - x.mean()) ** 2))
-        width = (r["slope_hi"] - r["slope_lo"]) / 2
-        assert width >= known * (1 - 1e-9)
-        assert r["scale"] == ("known" if half == 0.2 else "estimated")
-    assert width == pytest.approx(known)  # +-0.2 on each A0: the slope is unknown to +-0.62 per decade
+        assert r["method"] == method
+        # oracle 2: equal known errors sigma = half / z give slope se sigma / sqrt(Sxx), normal quantiles
+        known_half = z * (half / z) / math.sqrt(sxx)
+        assert (r["slope_hi"] - r["slope_lo"]) / 2 == pytest.approx(max(ols_half, known_half))
+        assert r["slope"] == pytest.approx(b[0])  # equal weights: the same line either way
+    # two precise points and two vague ones: the known-error interval is narrow, the runs scatter: OLS
+    r = laws.fit_A0_vs_scale(N, A0, A0 - np.array([0.1, 0.001, 0.1, 0.001]), A0 + np.array([0.1, 0.001, 0.1, 0.001]))
+    assert r["method"] == "OLS" and (r["slope_hi"] - r["slope_lo"]) / 2 == pytest.approx(ols_half)
 
 
 def test_information_criteria_count_identified_parameters():

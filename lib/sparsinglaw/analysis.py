@@ -59,7 +59,7 @@ WIDTH_DEPTH_COLUMNS = ["quantity", "kind", "n", "above", *_with_intervals("break
                        "intercept", "inside", "rss", "level", "best_lo", "best_hi", "best_x", "best_loss", "tol",
                        "message"]
 SCALE_COLUMNS = ["activation", "quantity", "n", *_with_intervals("slope"), "intercept", "change_fit",
-                 "change_observed", "weighted", "scale", "level", "N_min", "N_max", "message"]
+                 "change_observed", "weighted", "method", "level", "N_min", "N_max", "message"]
 
 
 def _frame(rows: list[dict], columns: list[str]) -> pd.DataFrame:
@@ -270,9 +270,10 @@ def width_depth(fits: pd.DataFrame, losses: pd.DataFrame, level: float = 0.95,
 def scale(fits: pd.DataFrame, losses: pd.DataFrame, level: float = 0.95) -> tuple[pd.DataFrame, pd.DataFrame]:
     """A0, A_last and E vs non-embedding parameters N per activation (runs of group "scale").
 
-    Returns (points, summary). summary: per activation and quantity, laws.fit_A0_vs_scale (OLS of y on
-    log10 N; weighted by the bootstrap intervals when every one is finite): slope per decade of N with its
-    interval, the fitted and observed change from the smallest to the largest model.
+    Returns (points, summary). summary: per activation and quantity, laws.fit_A0_vs_scale (y on log10 N:
+    OLS, or WLS with the bootstrap intervals as known errors when every one is finite and its slope
+    interval is the wider): slope per decade of N with its interval, the fitted and observed change from
+    the smallest to the largest model.
     """
     pts = _with_losses(in_group(fits, "scale"), losses).sort_values(["activation", "non_embedding_params"])
     pts = pts.reset_index(drop=True)

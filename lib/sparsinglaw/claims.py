@@ -55,9 +55,9 @@ SOURCES = {"sparsity": "python -m sparsinglaw measure --profile {p} (or notebook
 _TREND_STAT = ("per run, Spearman rho(tokens, A at PPL-1%) over the checkpoints its law fit used (runs of "
                "groups scale/seeds); one-sided p per run, exact up to 8 points, else from rho's t-distribution "
                "(scipy's spearmanr), combined by Stouffer's method")
-_A0_STAT = ("slope of A0 on log10 N (runs of group scale) with its interval, per decade of N: least squares "
-            "weighted by the A0 intervals, the wider of the estimated-noise and known-error intervals "
-            "(laws.fit_A0_vs_scale; plain OLS when an A0 has no interval)")
+_A0_STAT = ("slope of A0 on log10 N (runs of group scale) with its interval, per decade of N: the wider of OLS "
+            "(scatter between runs) and least squares with the A0 bootstrap intervals as known errors "
+            "(laws.fit_A0_vs_scale)")
 CLAIMS = {
     "relu_falls": ("ReLU activation ratio falls with training data", "Sec. 4.2, Fig. 4 (Eq. 4)", _TREND_STAT,
                    "PASS: every run rho < 0 and combined p(rho < 0) < 0.05; FAIL: combined p(rho > 0) < 0.05"),
@@ -321,8 +321,7 @@ def a0_scale_weak(scale_fit: pd.DataFrame) -> list[dict]:
         lo, hi = r["slope_lo"], r["slope_hi"]
         verdict = ("PASS" if -A0_BAND <= lo and hi <= A0_BAND else "FAIL" if lo > A0_BAND or hi < -A0_BAND
                    else "INCONCLUSIVE")
-        how = {"known": ", weighted, A0 intervals taken as known errors",
-               "estimated": ", weighted" if str(r.get("weighted")).lower() == "true" else ""}.get(r.get("scale"), "")
+        how = f" ({r['method']})" if isinstance(r.get("method"), str) else ""
         value = (f"slope {_interval(r['slope'], lo, hi)} per decade of N{how}; fitted change "
                  f"{100 * r['change_fit']:+.1f} points over {r['N_max'] / r['N_min']:.1f}x N")
         rows.append(_row(cid, value, verdict, int(r["n"]),

@@ -679,31 +679,33 @@ def best_range(x, loss, tol):
 
 
 def fit_A0_vs_scale(N, A0, A0_lo=None, A0_hi=None, level=0.95) -> dict:
-    """OLS of the limit A0 on log10(N), N = non-embedding parameters (statsmodels).
+    """Slope of the limit A0 on log10(N), N = non-embedding parameters (statsmodels), per decade of N.
 
-    With A0_lo and A0_hi (intervals at the same `level`), weighted least squares with
-    sigma = (hi - lo) / (2 z), and the wider of two slope intervals: the usual one, whose noise scale is
-    estimated from the residuals (t with n - 2 degrees of freedom; it sees only the relative weights, so
-    three nearly collinear A0 give a narrow interval however wide their own intervals are), and the one
-    that takes the sigmas as known (normal quantiles; `scale` says which was used). Returns slope (per
-    decade of N) with its interval, intercept, the fitted change slope * log10(max N / min N), the
-    observed change A0(max N) - A0(min N), and the statsmodels results under "ols".
+    Without intervals: OLS, its interval from the scatter between runs (t, n - 2 degrees of freedom).
+    With A0_lo and A0_hi (intervals at the same `level`), also weighted least squares that takes
+    sigma = (hi - lo) / (2 z) as known errors (normal quantiles), and the fit with the wider slope
+    interval is reported (`method`). Both are needed: a bootstrap interval sees one run's residuals, not
+    how another seed of the same shape would land (cpu-long's three relu-s2 seeds have A0 0.194-0.2016,
+    each with an interval about 0.003 wide), so the known-error interval alone is too narrow when runs
+    scatter more than their intervals say; OLS alone would ignore an A0 that is barely determined.
+    (WLS with its noise scale estimated from the residuals is not used: it sees only relative weights,
+    and two precise points fix the line and its scale whatever the others do.)
+    Returns slope with its interval, intercept, method, the fitted change slope * log10(max N / min N),
+    the observed change A0(max N) - A0(min N), and the statsmodels results under "ols".
     """
     N, A0 = np.asarray(N, dtype=float), np.asarray(A0, dtype=float)
     if N.size < 3:
         raise ValueError(f"fit_A0_vs_scale needs at least 3 scales, got {N.size}")
     X = sm.add_constant(np.log10(N))
-    scale = "estimated"
+    ols, method = sm.OLS(A0, X).fit(), "OLS"
     if A0_lo is not None and A0_hi is not None:
         sigma = (np.asarray(A0_hi, float) - np.asarray(A0_lo, float)) / (2 * stats.norm.ppf(0.5 + level / 2))
-        ols = sm.WLS(A0, X, weights=1 / sigma**2).fit()
         known = sm.WLS(A0, X, weights=1 / sigma**2).fit(cov_type="fixed scale")  # scale 1: the sigmas as given
-        if known.bse[1] * stats.norm.ppf(0.5 + level / 2) > ols.bse[1] * stats.t.ppf(0.5 + level / 2, ols.df_resid):
-            ols, scale = known, "known"
-    else:
-        ols = sm.OLS(A0, X).fit()
+        width = {r: float(np.diff(np.asarray(r.conf_int(alpha=1 - level))[1])[0]) for r in (ols, known)}
+        if width[known] > width[ols]:
+            ols, method = known, "WLS, known errors"
     lo, hi = np.asarray(ols.conf_int(alpha=1 - level))[1]
-    return {"slope": float(ols.params[1]), "slope_lo": float(lo), "slope_hi": float(hi), "scale": scale,
+    return {"slope": float(ols.params[1]), "slope_lo": float(lo), "slope_hi": float(hi), "method": method,
             "intercept": float(ols.params[0]),
             "change_fit": float(ols.params[1] * np.log10(N.max() / N.min())),
             "change_observed": float(A0[np.argmax(N)] - A0[np.argmin(N)]), "n": int(N.size),
