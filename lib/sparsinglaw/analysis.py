@@ -31,7 +31,7 @@ from . import laws, paper
 from .config import ProfileConfig, SparsingLawError, stable_hash
 from .runs import in_group, provenance, results_dir, write_table
 
-ANALYSIS_VERSION = 2  # bump when a derived table changes meaning (invalidates the cached tables)
+ANALYSIS_VERSION = 3  # bump when a derived table changes meaning (invalidates the cached tables)
 
 # the paper's law for each activation: Eq. 4 for ReLU (falls towards A0), Eq. 5 for SiLU (rises
 # towards A0); the paper fits no other activation, we give ReLU-like ones Eq. 4 and smooth ones Eq. 5
