@@ -137,6 +137,11 @@ def _interval(v, lo, hi) -> str:
     return f"{_g(v)} [{_g(lo)}, {_g(hi)}]"
 
 
+def _true(v) -> pd.Series | bool:
+    """A boolean column (or value) as it comes back from a CSV or a DataFrame: True or "True"."""
+    return v.astype(str).str.lower().eq("true") if isinstance(v, pd.Series) else str(v).lower() == "true"
+
+
 def _in_groups(df: pd.DataFrame, groups) -> pd.DataFrame:
     gs = df["groups"].fillna("").astype(str).str.split(",")
     return df[gs.map(lambda g: any(x in g for x in groups))]
@@ -241,14 +246,14 @@ def silu_rises(fits: pd.DataFrame) -> dict:
 
 def law_forms(comparison: pd.DataFrame) -> dict:
     """Share of runs whose paper form (Eq. 4 / Eq. 5) is within 2 AICc of the best form."""
-    c = comparison[comparison["paper_form"].astype(str).str.lower() == "true"].drop_duplicates("run")
+    c = comparison[_true(comparison["paper_form"])].drop_duplicates("run")
     if c.empty:
         return _row("law_forms", "no runs", "INCONCLUSIVE", 0, "form_comparison has no paper-form rows")
     ok = c["delta_aicc"].le(2.0)  # NaN (no AICc) is not ok
     share = float(ok.mean())
     verdict = "PASS" if share >= 2 / 3 else "FAIL" if share <= 1 / 3 else "INCONCLUSIVE"
     per = ", ".join(f"{a} {int(g.sum())}/{len(g)}" for a, g in ok.groupby(c["activation"], sort=False))
-    converged = ok & (c["converged"].astype(str).str.lower() == "true")
+    converged = ok & _true(c["converged"])
     worst = c.loc[~ok, ["run", "delta_aicc"]]
     note = ("AICc on the same points and drop rule; a fit on a parameter bound still counts as a curve"
             + ("; paper form behind: " + ", ".join(f"{r} (dAICc {_g(d)})" for r, d in worst.itertuples(index=False))
@@ -293,7 +298,7 @@ def width_depth_linear(wd_fit: pd.DataFrame) -> dict:
     q = fitted[0]
     r = pw.loc[q]
     lo, hi = r["slope_below_lo"], r["slope_below_hi"]
-    inside = str(r["inside"]).lower() == "true"
+    inside = _true(r["inside"])
     verdict = ("FAIL" if np.isfinite(hi) and hi < 0 else "PASS" if np.isfinite(lo) and lo > 0 and inside
                else "INCONCLUSIVE")
     value = (f"{q}: slope below {_interval(r['slope_below'], lo, hi)} per unit of d_model/n_layers; breakpoint "
@@ -414,8 +419,9 @@ def ppl1_lossless(sparse_inference: pd.DataFrame) -> dict:
     if "calib_applied_ppl_ratio" in s:
         a = s["calib_applied_ppl_ratio"].astype(float)
         note += f", {a.min():.4f} to {a.max():.4f} at the applied (batch-averaged) ones"
-    if "reached" in s and not s["reached"].astype(str).str.lower().eq("true").all():
-        note += "; PPL-1% not reached for " + ", ".join(s.loc[~s["reached"].astype(str).str.lower().eq("true"), "run"])
+    missed = s.loc[~_true(s["reached"]), "run"] if "reached" in s else []
+    if len(missed):
+        note += "; PPL-1% not reached for " + ", ".join(missed)
     return _row("ppl1_lossless", value, verdict, len(s), note)
 
 

@@ -351,8 +351,8 @@ def _judge(form, D, A, res, spec):
         return False, ["no start converged"]
     fails = [] if _ok(res) else [f"optimizer: {res.message}"]
     hits = _at_bounds(form, res.x)
-    soft = [text for j, text in hits if _soft(form, j, res.x)]
-    fails += [text for j, text in hits if not _soft(form, j, res.x)]
+    soft = [(j, text) for j, text in hits if _soft(form, j, res.x)]
+    fails += [text for j, text in hits if (j, text) not in soft]
     if np.ptp(A) == 0:
         fails.append("A is constant over the used points: no law is identified")
     notes = []
@@ -361,13 +361,14 @@ def _judge(form, D, A, res, spec):
         again = _lsq(relaxed, D, A, res.x, spec)
         i = form.symbols.index(form.limit)
         move = abs(float(again.x[i] - res.x[i])) if _ok(again) else np.nan
-        lifted = ", ".join(f"{form.symbols[j]} <= {form.relaxed_upper[j]:g}" for j, _ in hits if _soft(form, j, res.x))
+        lifted = ", ".join(f"{form.symbols[j]} <= {form.relaxed_upper[j]:g}" for j, _ in soft)
+        on = "; ".join(text for _, text in soft)
         how = (f"refitted with {lifted}, {form.limit} moves by {move:.2g}" if np.isfinite(move)
                else f"the refit with {lifted} failed")
         if np.isfinite(move) and move <= spec.nuisance_tol:
-            notes.append(f"nuisance {'; '.join(soft)} ({how}, within nuisance_tol {spec.nuisance_tol:g})")
+            notes.append(f"nuisance {on} ({how}, within nuisance_tol {spec.nuisance_tol:g})")
         else:
-            fails.append(f"{'; '.join(soft)} ({how}, more than nuisance_tol {spec.nuisance_tol:g})")
+            fails.append(f"{on} ({how}, more than nuisance_tol {spec.nuisance_tol:g})")
     return not fails, fails + notes
 
 
@@ -701,8 +702,7 @@ def fit_A0_vs_scale(N, A0, A0_lo=None, A0_hi=None, level=0.95) -> dict:
     if A0_lo is not None and A0_hi is not None:
         sigma = (np.asarray(A0_hi, float) - np.asarray(A0_lo, float)) / (2 * stats.norm.ppf(0.5 + level / 2))
         known = sm.WLS(A0, X, weights=1 / sigma**2).fit(cov_type="fixed scale")  # scale 1: the sigmas as given
-        width = {r: float(np.diff(np.asarray(r.conf_int(alpha=1 - level))[1])[0]) for r in (ols, known)}
-        if width[known] > width[ols]:
+        if np.ptp(known.conf_int(alpha=1 - level)[1]) > np.ptp(ols.conf_int(alpha=1 - level)[1]):
             ols, method = known, "WLS, known errors"
     lo, hi = np.asarray(ols.conf_int(alpha=1 - level))[1]
     return {"slope": float(ols.params[1]), "slope_lo": float(lo), "slope_hi": float(hi), "method": method,
