@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
+from scipy.optimize import OptimizeResult
 
 from sparsinglaw import laws
 
@@ -436,3 +437,25 @@ def test_laws_does_not_import_paper():
     names = {a.name for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names}
     modules = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     assert "paper" not in names and not any(m and "paper" in m for m in modules)
+
+
+def test_residual_bootstrap_rescales_by_the_identified_parameters(monkeypatch):
+    """Residual bootstrap draws from the centered residuals times sqrt(n / (n - k)), k the identified
+    parameters (Form.k: 3 for the log form's 4 symbols): fitted residuals are smaller than the noise by
+    about that factor, and only identified parameters absorb noise."""
+    form, n = laws.FORMS["log"], D.size
+    A = synthetic("log")
+    spec = laws.FitSpec(n_boot=5, seed=0)
+    fitted = laws.fit("log", D, A, n_boot=0)
+    x = np.array([fitted.params[s] for s in form.symbols])
+    pred = form.f(D, *x)
+    r = A - pred
+    want = np.unique(np.round((r - r.mean()) * math.sqrt(n / (n - 3)), 12))
+    drawn = []
+    def lsq(_form, _D, Ab, x0, _spec):
+        drawn.append(np.round(Ab - pred, 12))
+        return OptimizeResult(x=x0, status=1, cost=0.0)
+
+    monkeypatch.setattr(laws, "_lsq", lsq)
+    laws._bootstrap(form, D, A, x, spec)
+    assert len(drawn) == 5 and np.isin(np.concatenate(drawn), want).all()

@@ -319,3 +319,54 @@ def test_moe_logs_the_cross_entropy_alone(smoke_tokens, tmp_path):
     assert got[0.01][1] == got[0.0][1] and f"{got[0.0][1]:.6f}" == f"{got[0.0][0][0]:.6f}"
     routers = [k for k in weights[0.0] if "router" in k]
     assert routers and any(not torch.equal(weights[0.01][k], weights[0.0][k]) for k in routers)
+
+
+def test_a_run_is_not_resumed_or_measured_on_another_corpus(tmp_path, monkeypatch):
+    """The run key hashes data.* but not the text it selects: a checkpoint trained on one corpus is
+    refused, naming both fingerprints, when the corpus under the same settings has changed (a package
+    upgrade changes the default corpus), by the trainer on resume and by the measurement. With the
+    original text back the run resumes and is measured."""
+    import shutil
+    import sysconfig
+    from pathlib import Path
+
+    from conftest import MINI
+    from sparsinglaw import measure
+    from sparsinglaw.config import load_profile
+    from sparsinglaw.data import CorpusError, prepare
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    stdlib = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("[a-t]*.py"), key=lambda f: f.name)
+    for f in [f for f in stdlib if 4_000 < f.stat().st_size < 60_000][:40]:
+        shutil.copy(f, corpus / f.name)
+    added = corpus / "zz_added.py"
+    monkeypatch.setenv("SPARSINGLAW_DATA", str(tmp_path / "data"))
+    p = load_profile("smoke", overrides=MINI + [f"data.corpus={corpus}"])
+    run = p.run("relu-s1")
+    d = runs.run_dir(p, run)
+    before = prepare(p.data, runs.data_cache_dir(), progress=False)
+    train(run, p.data, d, before, progress=False, stop_after_step=checkpoint_steps(run.model, run.train)[1])
+
+    added.write_text("# one more file changes the corpus and its tokenizer\n" * 200)
+    after = prepare(p.data, runs.data_cache_dir(), progress=False)
+    assert after.fingerprint["sha256"] != before.fingerprint["sha256"]
+    with pytest.raises(CorpusError, match="was trained on another corpus") as e:
+        train(run, p.data, d, after, progress=False)
+    assert before.fingerprint["sha256"][:12] in str(e.value) and after.fingerprint["sha256"][:12] in str(e.value)
+    assert not (d / "DONE").exists()
+
+    added.unlink()  # the text it was trained on: resumes and finishes
+    done = train(run, p.data, d, prepare(p.data, runs.data_cache_dir(), progress=False), progress=False)
+    assert done["steps"] == total_steps(run.model, run.train)
+    added.write_text("# one more file changes the corpus and its tokenizer\n" * 200)
+    with pytest.raises(CorpusError, match="was trained on another corpus"):
+        measure.measure_run(p, run, progress=False)
+    assert not list(d.glob("sparsity-*.json"))
+    added.unlink()
+    rec = measure.measure_run(p, run, progress=False)
+    assert rec["corpus"] == before.fingerprint and rec["rows"]
+    # a results table never mixes corpora: the cached record is refused against another fingerprint
+    assert len(measure.sparsity_table(p, [run], corpus=before.fingerprint)) == len(rec["rows"])
+    with pytest.raises(CorpusError, match="its cached measurement was made on another corpus"):
+        measure.sparsity_table(p, [run], corpus=after.fingerprint)

@@ -40,7 +40,16 @@ import torch
 
 from . import sparsity as sp
 from .config import ProfileConfig, RunConfig, SparsingLawError, stable_hash, validate_inference
-from .measure import eval_set, load_model, measure_device, read_cached, run_worker, stable_checkpoints
+from .measure import (
+    eval_set,
+    load_model,
+    measure_device,
+    read_cached,
+    require_corpus,
+    require_record_corpus,
+    run_worker,
+    stable_checkpoints,
+)
 from .model import Transformer, sparse
 from .runs import (
     data_cache_dir,
@@ -216,6 +225,7 @@ def inference_run(profile: ProfileConfig, run: RunConfig, runs_dir=None, progres
         if len(ck) == 0:
             raise SparsingLawError(f"run {run.name}: no valid stable-stage checkpoint in {d}")
         ck = ck.iloc[-1]
+        require_corpus(run, ck["path"], tokens)
         model = load_model(run, ck["path"], dev)
         ps = sorted({float(v) for v in profile.inference.p})
         steps = math.ceil(math.log2(1 / s.tol)) + 1  # passes of one bisection on c, about
@@ -279,13 +289,17 @@ def read_record(path: Path, profile: ProfileConfig, run: RunConfig) -> dict:
 # a whole profile
 
 
-def inference_table(profile: ProfileConfig, runs: list[RunConfig], runs_dir=None) -> pd.DataFrame:
-    """The cached records of `runs` as one table with the columns COLUMNS."""
+def inference_table(profile: ProfileConfig, runs: list[RunConfig], runs_dir=None,
+                    corpus: dict | None = None) -> pd.DataFrame:
+    """The cached records of `runs` as one table with the columns COLUMNS (refused when one was made on
+    another corpus than the fingerprint `corpus`; None: not checked)."""
     from .model import num_params_from_config
 
     frames = []
     for r in runs:
-        df = pd.DataFrame(inference_run(profile, r, runs_dir, progress=False)["rows"])
+        rec = inference_run(profile, r, runs_dir, progress=False)
+        require_record_corpus(rec, corpus, r, "sparse-inference record")
+        df = pd.DataFrame(rec["rows"])
         df["run"], df["activation"] = r.name, r.model.activation
         df["non_embedding_params"] = num_params_from_config(r.model, non_embedding=True)
         frames.append(df[COLUMNS])
@@ -312,7 +326,7 @@ def sparse_inference_for(profile: ProfileConfig, compute: bool = True, runs_dir=
     jobs = max(1, min(jobs or profile.compute.jobs or os.cpu_count() or 1, len(todo) or 1))
     calls = [(inference_run, profile.path, profile.overrides, r.name, runs_dir, progress) for r in todo]
     run_parallel(run_worker, calls, jobs, "sparse inference")
-    df = inference_table(profile, runs, runs_dir)
+    df = inference_table(profile, runs, runs_dir, corpus=tokens.fingerprint)
     meta = provenance(profile, corpus=tokens.fingerprint, sparsity=dataclasses.asdict(profile.sparsity),
                       inference=dataclasses.asdict(profile.inference))
     write_table(df, results_dir(profile.name) / f"{TABLE}.csv", meta)

@@ -378,7 +378,8 @@ def _bootstrap(form, D, A, x, spec):
     n, k = D.size, x.size
     pred = form.f(D, *x)
     r = np.log(A) - np.log(pred) if spec.log_residuals else A - pred
-    r = (r - r.mean()) * math.sqrt(n / (n - k))  # rescaled so that resampled residuals are not too small
+    # rescaled by the identified parameters (Form.k) so that resampled residuals are not too small
+    r = (r - r.mean()) * math.sqrt(n / (n - form.k))
     out = np.full((spec.n_boot, k), np.nan)
     for i in range(spec.n_boot):
         if spec.bootstrap == "residual":

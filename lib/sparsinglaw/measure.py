@@ -43,7 +43,14 @@ from .runs import (
     run_state,
     write_table,
 )
-from .train import atomic_write_bytes, atomic_write_files, remove_stale_temps, sha256_file, versions
+from .train import (
+    atomic_write_bytes,
+    atomic_write_files,
+    check_corpus,
+    remove_stale_temps,
+    sha256_file,
+    versions,
+)
 
 MEASURE_VERSION = 2  # bump when the measurement changes meaning (invalidates cached measurements)
 # 2: the grid's quantile sample walks over every neuron (sparsity._grid_stride); rows carry `reached`
@@ -73,6 +80,29 @@ def load_model(run: RunConfig, path: str | Path, device: torch.device | str = "c
     model = Transformer(run.model)
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["model"])
     return model.to(device).eval()
+
+
+def require_corpus(run: RunConfig, ckpt_path: str | Path, tokens) -> None:
+    """Refuse a checkpoint trained on another corpus than `tokens` (train.check_corpus); its sidecar
+    meta_<tag>.json sits beside ckpt_<tag>.pt."""
+    ckpt_path = Path(ckpt_path)
+    meta_path = ckpt_path.with_name(f"meta_{ckpt_path.stem[5:]}.json")
+    check_corpus(run, json.loads(meta_path.read_text()), meta_path, tokens)
+
+
+def require_record_corpus(record: dict, corpus: dict | None, run: RunConfig, what: str) -> None:
+    """Refuse a cached `what` record of `run` made on another corpus than `corpus` (None: not checked),
+    so that one results table never mixes corpora."""
+    was = record.get("corpus") or {}
+    if corpus is None or not isinstance(was, dict) or was.get("sha256") in (None, corpus.get("sha256")):
+        return
+    from .data import CorpusError
+
+    was, now = str(was.get("sha256"))[:12], str(corpus.get("sha256"))[:12]
+    raise CorpusError(f"run {run.name}: its cached {what} was made on another corpus (sha256 {was}) than "
+                      f"data.* gives now (sha256 {now}); "
+                      "restore the environment it was made in (the record's 'versions') or delete the run's "
+                      "folder to train and measure it again")
 
 
 def eval_set(profile: ProfileConfig, tokens, seq_len: int, device: torch.device | str = "cpu"
@@ -137,10 +167,12 @@ def measure_run(profile: ProfileConfig, run: RunConfig, runs_dir=None, progress:
         t0 = time.perf_counter()
         dev = measure_device(profile)
         tokens = prepare(profile.data, data_cache_dir(runs_dir), progress=False)
-        batches = eval_set(profile, tokens, run.model.seq_len, dev)
         ck = stable_checkpoints(profile, run, runs_dir)
         if len(ck) == 0:
             raise SparsingLawError(f"run {run.name}: no valid stable-stage checkpoint in {d}")
+        for path in ck["path"]:
+            require_corpus(run, path, tokens)
+        batches = eval_set(profile, tokens, run.model.seq_len, dev)
         loaders = [lambda path=p: load_model(run, path, dev) for p in ck["path"]]
         search_idx = list(range(len(ck)))[-scfg.n_last:]
         ps = sorted({float(v) for v in scfg.p})
@@ -293,12 +325,16 @@ def measure_profile(profile: ProfileConfig, names: list[str] | None = None, jobs
     return write_results(profile, runs_dir, impl) if not names else sparsity_table(profile, runs, runs_dir, impl)
 
 
-def sparsity_table(profile: ProfileConfig, runs: list[RunConfig], runs_dir=None, impl=None) -> pd.DataFrame:
+def sparsity_table(profile: ProfileConfig, runs: list[RunConfig], runs_dir=None, impl=None,
+                   corpus: dict | None = None) -> pd.DataFrame:
+    """The cached measurements of `runs` as one table (refused when one was made on another corpus than
+    the fingerprint `corpus`; None: not checked)."""
     from .model import num_params_from_config
 
     frames = []
     for r in runs:
         rec = measure_run(profile, r, runs_dir, progress=False, impl=impl)
+        require_record_corpus(rec, corpus, r, "measurement")
         df = pd.DataFrame(rec["rows"])
         m = r.model
         df.insert(0, "run", r.name)
@@ -318,8 +354,8 @@ def write_results(profile: ProfileConfig, runs_dir=None, impl=None) -> pd.DataFr
     from .data import prepare
 
     runs = measured_runs(profile)
-    table = sparsity_table(profile, runs, runs_dir, impl)
     tokens = prepare(profile.data, data_cache_dir(runs_dir), progress=False)
+    table = sparsity_table(profile, runs, runs_dir, impl, corpus=tokens.fingerprint)
     used = with_impl(profile, impl).sparsity
     meta = provenance(profile, corpus=tokens.fingerprint, sparsity=dataclasses.asdict(used))
     out = results_dir(profile.name)
@@ -408,6 +444,7 @@ def pareto_run(profile: ProfileConfig, run: RunConfig, runs_dir=None, progress: 
         tokens = prepare(profile.data, data_cache_dir(runs_dir), progress=False)
         batches = eval_set(profile, tokens, run.model.seq_len, dev)
         ck = stable_checkpoints(profile, run, runs_dir).iloc[-1]
+        require_corpus(run, ck["path"], tokens)
         model = load_model(run, ck["path"], dev)
         if moe:  # its own curve, every number of routed experts (paper Fig. 2)
             points = sp.sweep_experts(model, batches, range(1, run.model.n_experts + 1))
