@@ -67,6 +67,10 @@ compare-min: $(STAMP_MIN) $(STAMP)
 	  && echo "smoke profile: every results table of the oldest versions is byte for byte the pinned venv's ($(VERSIONS)/*/results/smoke)" \
 	  || { echo "error: the smoke tables differ between the pinned and the oldest versions: diff -r -x '*.meta.json' $(VERSIONS)/pinned/results/smoke $(VERSIONS)/min/results/smoke" >&2; exit 1; }
 
+# a PROFILE without its configs/PROFILE.yaml stops here, naming the profiles there
+configs/%.yaml:
+	@echo "error: configs/$*.yaml not found: PROFILE=$* is not a profile; profiles: $(sort $(patsubst configs/%.yaml,%,$(wildcard configs/*.yaml)))" >&2; exit 2
+
 $(EXEC)/%.ipynb: notebooks/%.ipynb configs/$(PROFILE).yaml $(LIB) $(STAMP)
 	@mkdir -p $(EXEC)
 	$(PY) -m papermill $< $(abspath $@) -k python3 -p profile $(PROFILE) --log-output --cwd $(CURDIR)
@@ -90,7 +94,7 @@ verify: $(STAMP) ## check every claim of the paper on results/PROFILE: PASS/FAIL
 report: $(EXECUTED) ## one HTML file of the executed notebooks of PROFILE: runs/PROFILE/report.html
 	$(PY) -m sparsinglaw.notebooks report $(EXECUTED) -o runs/$(PROFILE)/report.html --title "sparsing-law: profile $(PROFILE)"
 
-nb-%: $(STAMP) ## execute one notebook, e.g. make nb-01 PROFILE=smoke
+nb-%: configs/$(PROFILE).yaml $(STAMP) ## execute one notebook, e.g. make nb-01 PROFILE=smoke
 	@nb=$$(ls notebooks/$*_*.ipynb) && mkdir -p $(EXEC) && \
 	$(PY) -m papermill $$nb $(abspath $(EXEC))/$$(basename $$nb) -k python3 -p profile $(PROFILE) --log-output --cwd $(CURDIR)
 

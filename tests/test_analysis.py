@@ -92,6 +92,25 @@ def test_a_profile_whose_runs_cannot_be_fitted_still_has_every_column(table):
     assert curves.empty and list(curves.columns) == ["run", "D", "A_fit", "A_lo", "A_hi"]
 
 
+def test_a_run_whose_ppl_p_target_was_not_reached_is_not_fitted(table):
+    """A run whose search reached no c with PPL ratio 1 + p% (reached = False, as read back from CSV)
+    has no PPL-p% activation ratios: its law fit and form comparison are rows that say so, never
+    curves; the other runs are fitted as before."""
+    import io
+
+    t = table.assign(reached=np.where(table["run"] == "silu-s1", False, True))
+    t = pd.read_csv(io.StringIO(t.to_csv(index=False)))
+    fits, curves = analysis.fit_activation_laws(t, SPEC)
+    r = fits.set_index("run").loc["silu-s1"]
+    assert not r["converged"] and "PPL-1% target was not reached" in r["message"] and np.isnan(r["A0"])
+    assert set(curves["run"]) == {"relu-s1"} and fits.set_index("run").loc["relu-s1", "converged"]
+    c = analysis.form_comparison(t, SPEC)
+    silu = c[c["run"] == "silu-s1"]
+    assert len(silu) == len(analysis.ALTERNATIVES) and not silu["converged"].any()
+    assert silu["message"].str.contains("not reached").all()
+    assert c[c["run"] == "relu-s1"]["converged"].any()
+
+
 def test_fit_rows_carry_the_spec_and_the_dropped_points(table):
     spec = dataclasses.replace(SPEC, n_boot=0, drop_first_n=2)
     fits, _ = analysis.fit_activation_laws(table[table["run"] == "silu-s1"], spec)

@@ -126,6 +126,17 @@ CLI_CASES = [
           "--run relu-s1"]),
     Case("config-moe-experts", [*TRAIN, "--set", "runs.relu-s1.model.n_experts=3"],
          ["runs[0].model.n_experts: must divide d_ff=40 (experts of equal width), got 3"]),
+    Case("config-fit-bad-value", ["fit", "--profile", "smoke", "--set", "fit.loss=bogus"],
+         ["configs/smoke.yaml: fit: FitSpec: invalid loss='bogus'"]),
+    Case("config-fit-unknown-field", ["verify", "--profile", "smoke", "--set", "fit.n_bootz=3"],
+         ["configs/smoke.yaml: fit: unknown FitSpec field(s) ['n_bootz']"]),
+    Case("cli-readme-missing", ["verify", "--profile", "smoke", "--readme", "{tmp}/README.md"],
+         ["--readme {tmp}/README.md: no such file"]),
+    Case("cli-times-folder-missing", ["compute", "--profile", "smoke", "--runs-dir", "{tmp}/runs",
+                                      "--times", "{tmp}/no/times.json"],
+         ["--times {tmp}/no/times.json: no folder {tmp}/no to write it in"]),
+    Case("cli-times-is-a-folder", ["compute", "--profile", "smoke", "--runs-dir", "{tmp}/runs", "--times", "{tmp}"],
+         ["--times {tmp}: a folder; expected the path of a JSON file to write"]),
 ]
 
 

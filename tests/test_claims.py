@@ -175,6 +175,18 @@ def test_relu_sparser(pairs, expect):
     assert row["verdict"] == expect and row["n"] == 2
 
 
+def test_relu_sparser_does_not_compare_a_run_whose_ppl1_was_not_reached():
+    """An unreached PPL-1% target (reached read back as the text "False") makes its pair not comparable:
+    the pair that alone would FAIL is then INCONCLUSIVE, and the value names the run."""
+    t = sparsity([("s1", 0.20, 4.0, 0.40, 4.05), ("s2", 0.45, 3.8, 0.38, 3.7)])
+    t["reached"] = np.where(t["run"] == "silu-s2", "False", "True")
+    row = claims.relu_sparser(t)
+    assert row["verdict"] == "INCONCLUSIVE" and "PPL-1% not reached for silu-s2" in row["value"]
+    assert "1 pair(s) not comparable" in row["note"]
+    t["reached"] = "True"
+    assert claims.relu_sparser(t)["verdict"] == "FAIL"
+
+
 def wd_fit(lo, hi, quantity="A0", inside=True) -> pd.DataFrame:
     nan = float("nan")
     rows = [{"quantity": q, "kind": "piecewise_linear", "n": 6, "breakpoint": 20.0, "breakpoint_lo": 12.0,

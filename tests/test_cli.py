@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -95,3 +96,18 @@ def test_compute_writes_every_results_table_replot_needs(tmp_path, monkeypatch, 
     assert cli.main([*args, "--times", str(tmp_path / "again.json")]) == 0  # cached: nothing trained again
     again = json.loads((tmp_path / "again.json").read_text())["seconds"]
     assert again["train"] < times["seconds"]["train"]
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+@pytest.mark.parametrize("target", ["figures", "nb-01"])
+def test_make_with_an_unknown_profile_names_the_profiles(target):
+    """A PROFILE typo stops `make figures` (and nb-NN, report) with the profiles there, not with make's
+    "No rule to make target 'runs/.../00_overview.ipynb'" nor a notebook's traceback."""
+    r = subprocess.run(["make", "--no-print-directory", target, "PROFILE=cpu_long"], cwd=REPO, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode != 0
+    profiles = " ".join(sorted(p.stem for p in (REPO / "configs").glob("*.yaml")))
+    assert "cpu cpu-long" in profiles
+    want = f"error: configs/cpu_long.yaml not found: PROFILE=cpu_long is not a profile; profiles: {profiles}"
+    assert want in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr and not (REPO / "runs" / "cpu_long").exists()

@@ -134,3 +134,52 @@ def test_exponents_without_a_dot_are_numbers():
     assert load_profile("smoke", overrides=["train.tokens=3.2e4"]).run("relu-s1").train.tokens == 32000
     with pytest.raises(ConfigError, match="train.lr: expected a number, got 'nan'"):
         load_profile("smoke", overrides=["train.lr=nan"])
+
+
+def test_last_mark_is_the_stable_end_despite_float_rounding():
+    """lo * (hi / lo) ** 1.0 can land one ulp above hi; its ceil must not push the stable-end mark past the
+    stable stage (it used to be dropped, and a valid profile was refused as 'marks collapse')."""
+    over = ["model.seq_len=64", "train.batch_size=1", "train.grad_accum=1", "train.tokens=247570",
+            "train.checkpoints=5", "train.first_checkpoint_frac=0.05", "train.eval_tokens=2048"]
+    r = load_profile("smoke", overrides=over).run("relu-s1")
+    warmup, stable, _ = stage_steps(r.model, r.train)
+    ck = checkpoint_steps(r.model, r.train)
+    assert len(ck) == 5 and ck[-1] == warmup + stable
+
+
+@pytest.mark.parametrize("mutate,field", [
+    (lambda r: r["runs"][0].update(model=[1]), "runs[0].model"),
+    (lambda r: r["runs"][0].update(model="relu"), "runs[0].model"),
+    (lambda r: r["runs"][0].update(train="fast"), "runs[0].train"),
+    (lambda r: r["data"].update(max_mb=float("inf")), "data.max_mb"),
+    (lambda r: r["data"].update(tokenizer_mb=float("inf")), "data.tokenizer_mb"),
+    (lambda r: r["train"].update(lr=float("inf")), "train.lr"),
+    (lambda r: r["data"].update(packages=["stdlib", 1]), "data.packages"),
+    (lambda r: r["data"].update(packages=[None]), "data.packages"),
+    (lambda r: r.setdefault("sparsity", {}).update(p=[True]), "sparsity.p"),
+    (lambda r: r["train"].update(checkpoint_tokens=[True]), "train.checkpoint_tokens"),
+], ids=["run-model-list", "run-model-str", "run-train-str", "max_mb-inf", "tokenizer_mb-inf", "lr-inf",
+        "packages-int", "packages-null", "p-bool", "checkpoint_tokens-bool"])
+def test_more_bad_configs_name_the_field(mutate, field):
+    """Not mappings, infinities (YAML .inf), non-string package names and booleans: one ConfigError naming
+    the field, never a TypeError/OverflowError traceback later on."""
+    test_bad_config_names_the_field(mutate, field)
+
+
+def test_numbers_with_exponents_in_lists():
+    """fat_eps: [1e-3] is read by YAML 1.1 as the string '1e-3'; numeric lists take it as the number."""
+    p = load_profile("smoke", overrides=["sparsity.fat_eps=[1e-3, 0.1]", "sparsity.cett_sweep=[5e-2]",
+                                         "train.checkpoint_tokens=[4e3, 8192]"])
+    assert p.sparsity.fat_eps == [0.001, 0.1] and p.sparsity.cett_sweep == [0.05]
+    assert p.run("relu-s1").train.checkpoint_tokens == [4000, 8192]
+    assert all(isinstance(m, int) for m in p.run("relu-s1").train.checkpoint_tokens)
+    assert load_profile("smoke", overrides=["sparsity.pareto_runs=[relu-s1]"]).sparsity.pareto_runs == ["relu-s1"]
+
+
+def test_profile_name_is_not_shadowed_by_a_folder_in_the_working_directory(tmp_path, monkeypatch):
+    """`--profile smoke` run from runs/ (which holds runs/smoke/) still means configs/smoke.yaml."""
+    (tmp_path / "smoke").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert load_profile("smoke").name == "smoke"
+    with pytest.raises(ConfigError, match="no such file"):
+        load_profile("nothing-here.yaml")

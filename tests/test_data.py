@@ -270,6 +270,20 @@ def test_cache_reused_without_retokenizing(tmp_path, monkeypatch):
     assert td3.root == td.root and json.loads((td.root / "meta.json").read_text())["tokenizer_mb"] == 0.001
 
 
+def test_reused_cache_reports_this_corpus(tmp_path):
+    """The same text at another path reuses the token cache, but the fingerprint (recorded with every
+    run and result) and meta()'s data settings name the corpus asked for, not the one that built it."""
+    first = make_folder(tmp_path / "first")
+    td = prepare(user_cfg(first), tmp_path / "cache", progress=False)
+    moved = first.rename(tmp_path / "moved")
+    cfg = user_cfg(moved, max_mb=2.0)  # a larger cap that takes the same documents
+    td2 = prepare(cfg, tmp_path / "cache", progress=False)
+    assert td2.root == td.root  # reused: the tokens are the same
+    assert td2.fingerprint == corpus_documents(cfg)[1] == td2.meta()["fingerprint"]
+    assert td2.fingerprint["source"] == f"corpus: {moved}"
+    assert td2.meta()["data"]["corpus"] == str(moved) and td2.meta()["data"]["max_mb"] == 2.0
+
+
 def test_concurrent_prepare_builds_once(tmp_path, monkeypatch):
     cfg = user_cfg(make_folder(tmp_path / "corpus"))
     calls, real = [], data._build

@@ -43,3 +43,77 @@ def test_clean(path):
                 assert all(m.split(".")[0] in {"sparsinglaw", "numpy", "pandas", "matplotlib", "seaborn"}
                            for m in mods), mods
         assert len(src.splitlines()) <= 15, "notebook cells stay short"
+
+
+# -----------------------------------------------------------------------------------------------
+# what the notebooks' markdown says agrees with the code and the committed results
+
+COMMITTED = [p for p in ("cpu", "cpu-long") if (REPO / "results" / p / "sparsity.csv").is_file()]
+
+
+def _cells(name: str, kind: str) -> list[str]:
+    nb = json.loads((REPO / "notebooks" / name).read_text())
+    return ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == kind]
+
+
+def test_the_claims_notebook_shows_every_claim():
+    from sparsinglaw import claims
+
+    code = "\n".join(_cells("07_claims.ipynb", "code"))
+    assert [cid for cid in claims.CLAIMS if f'"{cid}"' not in code] == []
+
+
+def test_the_checkpoint_count_of_the_cett_search_is_the_profiles():
+    """A count typed into the markdown ("the last five stable-stage checkpoints") must be every committed
+    profile's sparsity.n_last; better, the markdown names the setting."""
+    import re
+
+    from sparsinglaw.config import load_profile
+
+    words = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "ten": 10}
+    n_last = {load_profile(p).sparsity.n_last for p in COMMITTED}
+    for nb in NOTEBOOKS:
+        for md in _cells(nb.name, "markdown"):
+            for w in re.findall(r"last (\w+) stable-stage checkpoints", md.replace("\n", " ")):
+                n = words.get(w, int(w) if w.isdigit() else None)
+                assert n is None or n_last == {n}, f"{nb.name}: 'last {w}' but sparsity.n_last is {n_last}"
+
+
+@pytest.mark.parametrize("profile", [p for p in ("cpu", "cpu-long", "smoke")
+                                     if (REPO / "results" / p / "pareto.csv").is_file()])
+def test_the_cett_sweep_text_says_what_the_sweep_shows(profile):
+    """v4 Fig. 15: as c grows the PPL ratio rises and the activation ratio falls; the markdown of notebook 02
+    must not say that both grow."""
+    import pandas as pd
+
+    d = pd.read_csv(REPO / "results" / profile / "pareto.csv")
+    for _, g in d[d["method"] == "cett"].groupby("run"):
+        g = g.sort_values("param")
+        assert g["activation_ratio"].is_monotonic_decreasing
+    md = next(m for m in _cells("02_ppl_p_sparsity.ipynb", "markdown") if "vs CETT" in m.split("\n")[0])
+    assert "Both grow" not in md and "activation ratio falls" in md
+
+
+def test_the_a0_line_text_states_the_rule_the_committed_fits_used():
+    """scale_fit rows with every interval known still report OLS when its interval is the wider: the markdown
+    of Fig. 7 must state that rule, not 'weighted by the intervals when all exist'."""
+    import pandas as pd
+
+    fits = pd.concat([pd.read_csv(REPO / "results" / p / "scale_fit.csv") for p in COMMITTED])
+    weighted_but_ols = fits[fits["weighted"].astype(str).eq("True") & fits["method"].eq("OLS")]
+    md = next(m for m in _cells("05_parameter_scale.ipynb", "markdown") if "(paper Fig. 7)" in m.split("\n")[0])
+    if len(weighted_but_ols):
+        assert "weighted by the intervals when all exist" not in md
+        assert "wider of OLS" in md and "known errors" in md
+
+
+def test_the_run_grid_text_does_not_place_our_ratios_in_the_papers_band():
+    import pandas as pd
+
+    from sparsinglaw import paper
+
+    lo, hi = paper.TABLE3["width_depth"].min(), paper.TABLE3["width_depth"].max()
+    t = pd.concat([pd.read_csv(REPO / "results" / p / "sparsity.csv") for p in COMMITTED])
+    scale = t[t["groups"].str.split(",").map(lambda g: "scale" in g)]
+    if not scale["width_depth"].between(0.8 * lo, 1.2 * hi).any():
+        assert not any("near the paper's" in m for m in _cells("00_overview.ipynb", "markdown"))

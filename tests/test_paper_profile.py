@@ -53,3 +53,11 @@ def test_shrunken_copy_trains_one_step(name):
     with torch.no_grad():
         _, loss1 = model(x, x)
     assert torch.isfinite(loss0) and torch.isfinite(loss1) and loss1 < loss0
+
+
+def test_paper_profile_measures_like_the_authors():
+    """Algorithm 1 as in PAPER.md: ~2M validation tokens, tolerance 1e-3, 65,536 candidate thresholds, one
+    CETT per run from its last five stable checkpoints, PPL-1% measured."""
+    s = load_profile("paper").sparsity
+    assert 2_000_000 <= s.eval_tokens <= 2_200_000
+    assert s.tol == 1e-3 and s.n_grid == 65_536 and s.n_last == 5 and 1 in s.p

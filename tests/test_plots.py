@@ -187,3 +187,91 @@ def test_a_profile_without_pareto_runs_or_a_group_gets_figures_that_say_so(tmp_p
                       "this profile has no run in group 'width_depth'")):
         assert why in _texts(fig)
         plt.close(fig)
+
+
+def test_form_comparison_marks_a_form_without_any_fit():
+    """A form whose fit failed outright has no MSE: its slot says so instead of silently missing a bar, and
+    the legend says what hatching means (a bar's own handle would carry the first run's hatch)."""
+    rows = [("relu-s1", "logspace_power", 1e-5, True, True), ("relu-s1", "log", math.nan, False, False),
+            ("silu-s1", "logspace_power", 2e-5, True, False), ("silu-s1", "log", 3e-5, False, False)]
+    comparison = pd.DataFrame(rows, columns=["run", "form", "mse", "converged", "paper_form"])
+    fig = plots.form_comparison(comparison)
+    ax = fig.axes[0]
+    no_fit = [ln for ln in ax.lines if ln.get_marker() == "v"]
+    assert len(no_fit) == 1 and no_fit[0].get_xdata()[0] == pytest.approx(0.2)  # relu-s1, second of two forms
+    legend = ax.get_legend()
+    labels = [t.get_text() for t in legend.get_texts()]
+    assert labels[:2] == ["logspace_power", "log"] and "no fit (no MSE)" in labels and "paper's form" in labels
+    hatched = [t.get_text() for t, h in zip(legend.get_texts(), legend.legend_handles, strict=True)
+               if getattr(h, "get_hatch", lambda: None)()]
+    assert hatched == ["paper's form"]
+    plt.close(fig)
+
+
+def test_convergence_speed_never_prints_nan_for_an_undefined_rho():
+    curves = pd.DataFrame({"run": ["silu-s2", "silu-s4"], "activation": "silu", "non_embedding_params": [5e4, 2e5],
+                           "data_scale_ratio": [10.0, 10.0], "dA_dratio": [1e-4, 2e-4]})
+    summary = curves[["run", "activation", "non_embedding_params"]].assign(ratio_common=10.0, rho_N_speed=math.nan)
+    fig = plots.convergence_speed(curves, summary)
+    texts = _texts(fig)
+    assert not any("nan" in t for t in texts), texts
+    assert any("undefined (2 run(s)" in t for t in texts)
+    plt.close(fig)
+
+
+def test_width_depth_loss_shows_a_best_range_of_a_single_ratio():
+    points = pd.DataFrame({"width_depth": [4.0, 16.0, 64.0], "loss_converged": True, "E": [2.8, 3.0, 3.3],
+                           "E_lo": [2.5, 2.7, 3.0], "E_hi": [3.1, 3.3, 3.6], "final_loss": [4.3, 4.2, 4.25]})
+    summary = pd.DataFrame([{"quantity": "E", "kind": "best_range", "best_lo": 4.0, "best_hi": 4.0}])
+    fig = plots.width_depth_loss(points, summary)
+    ax = fig.axes[0]
+    marked = [ln for ln in ax.lines if list(ln.get_xdata()) == [4.0, 4.0]]
+    assert marked and marked[0].get_label() == "best range (E): 4 only"
+    plt.close(fig)
+
+
+def _sparsity_rows(reached_last: bool) -> pd.DataFrame:
+    return pd.DataFrame([{"run": "relu-s1", "groups": "scale", "activation": "relu", "p": 1.0, "tokens": t,
+                          "activation_ratio": a, "non_embedding_params": 1000, "width_depth": 16.0,
+                          "reached": reached_last or t < 3000}
+                         for t, a in ((1000, 0.3), (2000, 0.25), (3000, 0.2))])
+
+
+def test_unreached_ppl_p_points_are_crossed_not_passed_off_as_ppl_p():
+    """A row with reached = False has only a lower bound on c: the law figure and the sparse-inference
+    figure cross it and say so; a table where every target was reached draws no cross."""
+    fits = pd.DataFrame([{"run": "relu-s1", "converged": False, "dropped_tokens": "", "D_min_used": 0.0,
+                          "activation": "relu", "form": "logspace_power"}])
+    empty = pd.DataFrame(columns=["run", "D"])
+    for reached, crossed in ((True, []), (False, [3.0e-3])):
+        t = _sparsity_rows(reached)
+        t["reached"] = t["reached"].astype(str)  # as read back from CSV text, too
+        fig = plots.activation_laws(t if reached else _sparsity_rows(False), fits, empty)
+        xs = [x for ln in fig.axes[0].lines if ln.get_marker() == "x" for x in ln.get_xdata()]
+        assert xs == pytest.approx(crossed)
+        labels = [tx.get_text() for tx in fig.axes[0].get_legend().get_texts()]
+        assert any("not reached" in lb for lb in labels) == (not reached)
+        plt.close(fig)
+    df = pd.DataFrame([{"run": "relu-s1", "activation": "relu", "non_embedding_params": 1000, "domain": "all",
+                        "n_tokens": 100, "p": p, "activation_ratio": a, "ppl_ratio": r, "reached": p != 10.0}
+                       for p, a, r in ((0.0, 0.4, 1.0), (1.0, 0.2, 1.01), (10.0, 0.1, 1.05))])
+    fig = plots.sparse_inference(df)
+    crosses = [ln for ln in fig.axes[0].lines if ln.get_marker() == "x"]
+    assert [x for ln in crosses for x in ln.get_xdata()] == pytest.approx([0.1])
+    assert "target not reached (c a lower bound)" in [t.get_text() for t in fig.axes[-1].get_legend().get_texts()]
+    plt.close(fig)
+
+
+def test_token_pairs_say_when_pairs_are_left_out():
+    runs_ = ["relu-s1", "relu-s2", "relu-s3"]
+    tokens = pd.DataFrame([{"run": r, "token_id": i, "activation_ratio": 0.1 * (i % 3) + 0.01 * j}
+                           for j, r in enumerate(runs_) for i in range(10)])
+    pairs = pd.DataFrame([{"activation": "relu", "run_a": a, "run_b": b, "pearson": 0.5, "pearson_lo": 0.4,
+                           "pearson_hi": 0.6, "spearman": 0.5, "n_tokens": 10}
+                          for a, b in (("relu-s1", "relu-s2"), ("relu-s1", "relu-s3"), ("relu-s2", "relu-s3"))])
+    fig = plots.token_pairs(tokens, pairs, max_cols=2)
+    assert "first 2 of 3 relu pairs shown" in fig._suptitle.get_text()
+    plt.close(fig)
+    fig = plots.token_pairs(tokens, pairs)
+    assert "shown" not in fig._suptitle.get_text()
+    plt.close(fig)

@@ -162,3 +162,76 @@ def test_resumed_optimizer_keeps_this_process_fused_flag(saved_fused):
     want = model.state_dict()
     for k, v in resumed.state_dict().items():
         torch.testing.assert_close(v, want[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+# -----------------------------------------------------------------------------------------------
+# Ctrl-C on parallel runs (-j N)
+
+PARALLEL = '''
+import sys, time
+from pathlib import Path
+
+from sparsinglaw.runs import run_parallel  # imports torch: a spawned worker starts for seconds
+
+
+def task(folder, i, seconds):
+    from tqdm.auto import tqdm
+
+    tqdm(total=1, disable=True)  # as train and measure do: tqdm's lock
+    Path(folder, f"started{i}").write_text("")
+    time.sleep(seconds)
+    Path(folder, f"done{i}").write_text("")
+
+
+if __name__ == "__main__":
+    folder = sys.argv[1]
+    Path(folder, "spawning").write_text("")
+    try:
+        run_parallel(task, [(folder, i, 60) for i in range(4)], 2, "test")
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+'''
+
+
+@pytest.mark.parametrize("when,target", [("startup", "group"), ("running", "group"), ("running", "parent")])
+def test_ctrl_c_stops_parallel_runs(tmp_path, when, target):
+    """Ctrl-C (SIGINT to the process group, as a terminal sends it; or to the parent alone, as a notebook
+    kernel's interrupt does) while `-j 2` workers start up or run: the command stops within seconds with
+    no worker traceback nor warning, starts none of the queued calls and leaves no worker behind (the
+    pool used to run every queued call to its end first, and each worker interrupted while importing
+    printed a traceback)."""
+    (tmp_path / "par.py").write_text(PARALLEL)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO / "lib"))
+    proc = subprocess.Popen([sys.executable, str(tmp_path / "par.py"), str(tmp_path)], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        ready = ["spawning"] if when == "startup" else ["started0", "started1"]
+        deadline = time.time() + 120
+        while not all((tmp_path / m).exists() for m in ready) and time.time() < deadline:
+            time.sleep(0.01)
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.5)  # startup: the workers are importing torch
+        t0 = time.time()
+        if target == "group":
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            os.kill(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=40)
+        took = time.time() - t0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert proc.returncode == 130 and err.strip() == "interrupted", err  # no worker traceback, no warning
+    assert took < 20, f"took {took:.0f} s to stop"
+    assert not list(tmp_path.glob("done*")) and len(list(tmp_path.glob("started*"))) <= 2
+    deadline = time.time() + 10  # no worker left in the process group
+    while time.time() < deadline:
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("a worker outlived the interrupted command")

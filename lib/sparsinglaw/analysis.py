@@ -31,7 +31,7 @@ from . import laws, paper
 from .config import ProfileConfig, SparsingLawError, stable_hash
 from .runs import in_group, provenance, results_dir, write_table
 
-ANALYSIS_VERSION = 3  # bump when a derived table changes meaning (invalidates the cached tables)
+ANALYSIS_VERSION = 4  # bump when a derived table changes meaning (invalidates the cached tables)
 
 # the paper's law for each activation: Eq. 4 for ReLU (falls towards A0), Eq. 5 for SiLU (rises
 # towards A0); the paper fits no other activation, we give ReLU-like ones Eq. 4 and smooth ones Eq. 5
@@ -103,6 +103,14 @@ def activation_points(table: pd.DataFrame, p: float = 1.0) -> pd.DataFrame:
     return t.assign(D=laws.tokens_to_D(t["tokens"]), data_scale_ratio=t["tokens"] / t["non_embedding_params"])
 
 
+def _unreached(g: pd.DataFrame, p: float) -> str:
+    """Why a run's points at PPL-p% are not fitted ("" when they are): the search reached no c with
+    the target PPL ratio, so the c used is only a bound and the activation ratios are not PPL-p%."""
+    if "reached" not in g or _flag(g["reached"]).all():
+        return ""
+    return f"the PPL-{p:g}% target was not reached (reached = False): its activation ratios are not PPL-{p:g}%"
+
+
 def _info(g: pd.DataFrame) -> dict:
     return {k: g[k].iloc[0] for k in RUN_COLUMNS}
 
@@ -159,7 +167,8 @@ def fit_activation_laws(table: pd.DataFrame, spec: laws.FitSpec, p: float = 1.0,
         D, A = g["D"].to_numpy(), g["activation_ratio"].to_numpy()
         row = {**_info(g), "p": p, "n_points": len(g), "D_min": D.min(), "D_max": D.max(),
                "A_first": A[0], "A_last": A[-1]}
-        r, err = _try_fit(laws.fit, form, D, A, spec)
+        why = _unreached(g, p)
+        r, err = (None, why) if why else _try_fit(laws.fit, form, D, A, spec)
         Du, Au = (r.D, r.A) if r is not None else (D, A)  # the trend of the used points (all if not fitted)
         row["rho_tokens"] = stats.spearmanr(Du, Au).statistic if Du.size > 2 and np.ptp(Au) > 0 else np.nan
         if r is None:
@@ -184,9 +193,9 @@ def form_comparison(table: pd.DataFrame, spec: laws.FitSpec, p: float = 1.0,
     out = []
     for _, g in activation_points(table, p).groupby("run", sort=False):
         D, A = g["D"].to_numpy(), g["activation_ratio"].to_numpy()
-        rows = []
+        why, rows = _unreached(g, p), []
         for f in forms:  # one form at a time, so a form with too many parameters fails alone
-            c, err = _try_fit(laws.compare_forms, D, A, (f,), spec)
+            c, err = (None, why) if why else _try_fit(laws.compare_forms, D, A, (f,), spec)
             rows.append(c.iloc[0].to_dict() if c is not None else {"form": f, "converged": False,
                                                                      "message": f"not fitted: {err}"})
         c = _frame(rows, ["form", "n_params", "k", "n_used", "mse", "mae", "aic", "aicc", "bic", "converged",

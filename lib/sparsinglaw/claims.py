@@ -278,13 +278,16 @@ def relu_sparser(sparsity: pd.DataFrame) -> dict:
         a_r, a_s = last.loc[r, "activation_ratio"], last.loc[s, "activation_ratio"]
         l_r, l_s = last.loc[r, "dense_loss"], last.loc[s, "dense_loss"]
         rel = abs(l_r - l_s) / min(l_r, l_s)
-        comparable.append(bool(rel <= LOSS_TOL))
+        missed = [x for x in (r, s) if "reached" in last and not _true(last.loc[x, "reached"])]
+        comparable.append(bool(rel <= LOSS_TOL) and not missed)
         sparser.append(bool(a_r < a_s))
-        parts.append(f"{r}/{s}: A {a_r:.3f} vs {a_s:.3f}, loss {l_r:.3f} vs {l_s:.3f} ({rel:.1%})")
+        parts.append(f"{r}/{s}: A {a_r:.3f} vs {a_s:.3f}, loss {l_r:.3f} vs {l_s:.3f} ({rel:.1%})"
+                     + (f", PPL-1% not reached for {' and '.join(missed)}" if missed else ""))
     comparable, sparser = np.array(comparable), np.array(sparser)
     verdict = ("FAIL" if np.any(comparable & ~sparser) else "PASS" if np.all(comparable & sparser)
                else "INCONCLUSIVE")
-    note = "" if comparable.all() else f"{int((~comparable).sum())} pair(s) with losses more than {LOSS_TOL:.0%} apart"
+    note = ("" if comparable.all() else f"{int((~comparable).sum())} pair(s) not comparable (losses more than "
+            f"{LOSS_TOL:.0%} apart, or PPL-1% not reached)")
     return _row("relu_sparser", "; ".join(parts), verdict, len(pairs), note)
 
 

@@ -110,6 +110,20 @@ def _dispatch(args) -> int:
         raise ConfigError(f"--runs-dir {args.runs_dir}: not a folder; expected a folder for checkpoints and logs")
     if getattr(args, "jobs", None) is not None and args.jobs < 0:
         raise ConfigError(f"-j/--jobs: expected a number of processes >= 0, got {args.jobs}")
+    # paths written at the end are checked now, not after the work
+    if getattr(args, "times", None) and Path(args.times).is_dir():
+        raise ConfigError(f"--times {args.times}: a folder; expected the path of a JSON file to write")
+    if getattr(args, "times", None) and not Path(args.times).parent.is_dir():
+        raise ConfigError(f"--times {args.times}: no folder {Path(args.times).parent} to write it in")
+    if getattr(args, "readme", None) is not None and not Path(args.readme).is_file():
+        raise ConfigError(f"--readme {args.readme}: no such file; expected a Markdown file with the claims markers")
+    if args.command in ("fit", "verify"):  # the fit: section, before any table is read or written
+        from .analysis import fit_spec
+
+        try:
+            fit_spec(profile)
+        except ValueError as e:
+            raise ConfigError(f"{profile.path}: fit: {e}") from None
     if args.command == "train":
         states = train_profile(profile, names=args.run, jobs=args.jobs, runs_dir=args.runs_dir,
                                progress=not args.no_progress)

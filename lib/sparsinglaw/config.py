@@ -203,7 +203,9 @@ def checkpoint_steps(model: ModelConfig, train: TrainConfig) -> list[int]:
         hi = stable_end * tps
         lo = train.first_checkpoint_frac * hi
         n = train.checkpoints
-        marks = [hi] if n == 1 else [lo * (hi / lo) ** (i / (n - 1)) for i in range(n)]
+        # the last mark is hi itself: lo * (hi / lo) ** 1.0 may round one ulp above it, and its ceil
+        # would then fall one step past the stable stage
+        marks = [lo * (hi / lo) ** (i / (n - 1)) for i in range(n - 1)] + [hi]
     steps = sorted({max(1, math.ceil(m / tps)) for m in marks})
     return [s for s in steps if s <= stable_end]
 
@@ -225,7 +227,7 @@ def _build(cls, raw: Any, where: str):
     kwargs = {}
     defaults = cls()
     for name, value in raw.items():
-        kwargs[name] = _coerce(value, getattr(defaults, name), f"{where}.{name}")
+        kwargs[name] = _coerce(value, getattr(defaults, name), f"{where}.{name}", str(fields[name].type))
     return cls(**kwargs)
 
 
@@ -241,7 +243,7 @@ def _yaml_number(value: Any) -> Any:
     return value
 
 
-def _coerce(value: Any, default: Any, where: str) -> Any:
+def _coerce(value: Any, default: Any, where: str, typ: str = "") -> Any:
     if default == "auto" and isinstance(value, bool):  # fields defaulting to "auto" also take true/false
         return value
     if isinstance(default, bool):
@@ -259,6 +261,8 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
     if isinstance(default, float):
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if not math.isfinite(value):  # YAML's .inf / .nan
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
         return float(value)
     if isinstance(default, str):
         if not isinstance(value, str):
@@ -267,6 +271,10 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
     if isinstance(default, list):
         if not isinstance(value, list):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
+        if typ in ("list[int]", "list[float]"):  # [1e-3] reads as ['1e-3'] in YAML 1.1
+            value = [_yaml_number(v) for v in value]
+            if typ == "list[int]":
+                value = [int(v) if isinstance(v, float) and v.is_integer() else v for v in value]
         return list(value)
     return value
 
@@ -317,7 +325,8 @@ def validate_train(t: TrainConfig, m: ModelConfig, where: str) -> None:
     warmup, stable, _ = stage_steps(m, t)
     stable_end_tokens = (warmup + stable) * tokens_per_step(m, t)
     for mark in t.checkpoint_tokens:
-        _check(isinstance(mark, int) and 0 < mark <= stable_end_tokens, f"{where}.checkpoint_tokens",
+        _check(isinstance(mark, int) and not isinstance(mark, bool) and 0 < mark <= stable_end_tokens,
+               f"{where}.checkpoint_tokens",
                f"each mark must be an integer in (0, {stable_end_tokens}] (the stable-stage end), got {mark!r}")
     if not t.checkpoint_tokens:
         first_step = max(1, math.ceil(t.first_checkpoint_frac * stable_end_tokens / tokens_per_step(m, t)))
@@ -336,12 +345,15 @@ def validate_data(d: DataConfig, where: str) -> None:
     _check(256 < d.vocab_size <= 2**32, f"{where}.vocab_size",
            f"must exceed the 256 byte tokens of byte-level BPE, got {d.vocab_size}")
     _check(d.tokenizer_mb > 0, f"{where}.tokenizer_mb", f"must be > 0, got {d.tokenizer_mb}")
+    _check(all(isinstance(p, str) and p for p in d.packages), f"{where}.packages",
+           f"expected a list of package names (e.g. [stdlib, torch]), got {d.packages!r}")
     _check(bool(d.packages) or d.corpus != "python-env", f"{where}.packages",
            "the python-env corpus needs at least one package (e.g. stdlib)")
 
 
 def validate_sparsity(s: SparsityConfig, run_names: list[str], where: str) -> None:
-    _check(bool(s.p) and all(isinstance(v, int | float) and v > 0 for v in s.p), f"{where}.p",
+    _check(bool(s.p) and all(isinstance(v, int | float) and not isinstance(v, bool) and v > 0 for v in s.p),
+           f"{where}.p",
            f"expected a list of positive percentages, got {s.p!r}")
     _check(1 in s.p or 1.0 in s.p, f"{where}.p", f"must include 1 (PPL-1% is the paper's main setting), got {s.p}")
     for f in ("eval_tokens", "batch_size", "n_grid", "n_last"):
@@ -429,6 +441,9 @@ def parse_profile(raw: Any, path: str, name: str) -> ProfileConfig:
         groups = r.get("groups", [])
         if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
             raise ConfigError(f"{where}.groups: expected a list of names, got {groups!r}")
+        for sect in ("model", "train"):
+            if not isinstance(r.get(sect) or {}, dict):
+                raise ConfigError(f"{where}.{sect}: expected a mapping of fields, got {r.get(sect)!r}")
         mraw = _merge(model_defaults, r.get("model") or {})
         if "vocab_size" in mraw:
             raise ConfigError(f"{where}.model.vocab_size: set it in data.vocab_size (the tokenizer decides it)")
@@ -457,7 +472,7 @@ def parse_profile(raw: Any, path: str, name: str) -> ProfileConfig:
 def resolve_profile_path(profile: str, configs_dir: Path) -> Path:
     """A profile is a name in configs/ (``cpu``) or a path to a YAML file."""
     p = Path(profile)
-    if p.suffix in (".yaml", ".yml") or p.exists():
+    if p.suffix in (".yaml", ".yml") or p.is_file():  # a folder named like a profile (runs/cpu) is no profile
         if not p.is_file():
             raise ConfigError(f"profile {profile!r}: no such file; give a name in {configs_dir} or a YAML path")
         return p

@@ -12,8 +12,8 @@ Default corpus (``data.corpus: python-env``): the Python source text of the runn
   and without the ``test``, ``idlelib`` and ``lib2to3`` trees (CPython's own regression tests,
   the IDLE GUI and a deprecated converter: 20 MB of noise next to 13 MB of library code).
 * Any other name in ``data.packages`` is located with ``importlib.util.find_spec`` and walked whole
-  (its tests are code too), except that ``.txt/.rst/.md`` files inside ``test``/``tests``/``data``
-  folders are skipped: they are numeric fixtures (scipy's distance tables), not prose.
+  (its tests are code too), except that ``.txt/.rst/.md`` files inside ``test``/``tests``/``data``/
+  ``testdata`` folders are skipped: they are numeric fixtures (scipy's distance tables), not prose.
 * Files: ``*.py`` (tagged by the stdlib ``tokenize`` module: comments and docstrings are ``prose``,
   everything else ``code``; a docstring is any string literal standing alone as a statement; a file
   ``tokenize`` cannot parse is all ``code``) and ``*.txt/*.rst/*.md`` (all ``prose``). Files over
@@ -673,7 +673,7 @@ def prepare(cfg: DataConfig, cache_dir: Path, progress: bool = True) -> TokenDat
     root = cache_dir / f"{fingerprint['sha256'][:12]}-v{cfg.vocab_size}"
     meta = _read_meta(root, key)
     if meta is not None:
-        return _load(root, meta)
+        return _load(root, _this_call(meta, cfg, fingerprint))
     with _locked(cache_dir / f"{root.name}.lock"):
         meta = _read_meta(root, key)
         if meta is None:
@@ -684,7 +684,18 @@ def prepare(cfg: DataConfig, cache_dir: Path, progress: bool = True) -> TokenDat
                 if fresh:  # a failed first build (a corpus too small for the vocabulary) leaves nothing
                     shutil.rmtree(root, ignore_errors=True)
                 raise
-    return _load(root, meta)
+    return _load(root, _this_call(meta, cfg, fingerprint))
+
+
+def _data_settings(cfg: DataConfig) -> dict:
+    return {"corpus": cfg.corpus, "packages": list(cfg.packages) if cfg.corpus == "python-env" else [],
+            "max_mb": cfg.max_mb, "val_fraction": cfg.val_fraction, "seed": cfg.seed, "text_field": cfg.text_field}
+
+
+def _this_call(meta: dict, cfg: DataConfig, fingerprint: dict) -> dict:
+    """meta.json with the fingerprint and data settings of this call: a cache is shared by every config that
+    selects the same text (a moved corpus, a larger cap), and its "source" names whichever built it."""
+    return {**meta, "fingerprint": fingerprint, "data": _data_settings(cfg)}
 
 
 def _build(cfg: DataConfig, docs: list[Document], fingerprint: dict, key: dict, root: Path,
@@ -748,9 +759,7 @@ def _build(cfg: DataConfig, docs: list[Document], fingerprint: dict, key: dict, 
         "tokens": tokens,
         "domain_tokens": domain_tokens,
         "tokenizer_mb": cfg.tokenizer_mb,
-        "data": {"corpus": cfg.corpus, "packages": list(cfg.packages) if cfg.corpus == "python-env" else [],
-                 "max_mb": cfg.max_mb, "val_fraction": cfg.val_fraction, "seed": cfg.seed,
-                 "text_field": cfg.text_field},
+        "data": _data_settings(cfg),
         "timings": {"scan_s": round(t_scan, 2), "tag_s": round(t_seg, 2), "bpe_s": round(t_bpe, 2),
                     "encode_s": round(t_enc, 2)},
     }

@@ -51,6 +51,14 @@ def color(activation: str) -> str:
     return ACTIVATION_COLORS.get(activation, "#444444")
 
 
+def _unreached(df: pd.DataFrame) -> pd.Series:
+    """Rows whose PPL-p% target no tested CETT value reached (`reached` False, as bool or CSV text): their c
+    is only a lower bound, so they are marked, never drawn as PPL-p% points. All False without the column."""
+    if "reached" not in df:
+        return pd.Series(False, index=df.index)
+    return df["reached"].astype(str).str.strip().str.lower().isin(("false", "0", "0.0"))
+
+
 def save(fig, name: str, profile: ProfileConfig, paper: str, notebook: str) -> list[str]:
     """Write figures/<profile>/<name>.png and .pdf (no timestamps in their metadata, so committed
     figures change only when data change) and upsert their MANIFEST rows (paper figure, notebook,
@@ -268,7 +276,8 @@ def moe_vs_dense(df: pd.DataFrame, comparison: pd.DataFrame):
 
 
 def cett_sweep(df: pd.DataFrame):
-    """PPL ratio and activation ratio vs the CETT value c (v4 Fig. 15: both grow monotonically)."""
+    """PPL ratio and activation ratio vs the CETT value c (v4 Fig. 15: as c grows, the PPL ratio rises and
+    the activation ratio falls, both monotonically)."""
     style()
     fig, (a1, a2) = plt.subplots(1, 2, figsize=DOUBLE)
     if not (df["method"] == "cett").any():
@@ -289,20 +298,24 @@ def cett_sweep(df: pd.DataFrame):
 
 
 def layer_thresholds(table: pd.DataFrame, p: float = 1.0):
-    """Per-layer thresholds tau_l and activation ratios at PPL-p% on each run's final checkpoint."""
+    """Per-layer thresholds tau_l and activation ratios at PPL-p% on each run's final checkpoint (a run whose
+    PPL-p% target was not reached says so in the legend: its thresholds come from a lower bound on c)."""
     style()
     fin = table[(table["p"] == p)].sort_values("tokens").groupby("run", sort=False).tail(1)
+    miss = _unreached(fin)
     fig, (a1, a2) = plt.subplots(1, 2, figsize=DOUBLE)
-    for _, r in fin.iterrows():
+    for i, r in fin.iterrows():
         taus = [float(v) for v in r["taus"].split(";")]
         ratios = [float(v) for v in r["layer_ratios"].split(";")]
         kw = {"color": color(r["activation"]), "marker": "o", "ms": 3, "lw": 1,
               "alpha": 0.4 + 0.6 * (r["non_embedding_params"] / fin["non_embedding_params"].max()),
-              "label": f"{r['run']} (L={r['n_layers']})"}
+              "label": f"{r['run']} (L={r['n_layers']})" + (", not reached" if miss[i] else "")}
         x = np.arange(1, len(taus) + 1)
         a1.plot(x, taus, **kw)
         a2.plot(x, ratios, **kw)
     a1.set(xlabel="layer", ylabel=r"threshold $\tau_l$", yscale="log")
+    for ax in (a1, a2):
+        ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))  # layers are whole numbers
     a2.set(xlabel="layer", ylabel=f"activation ratio at PPL-{p:g}%")
     a2.legend(frameon=False, fontsize=5.5, ncol=2)
     fig.tight_layout()
@@ -358,8 +371,9 @@ def activation_laws(table: pd.DataFrame, fits: pd.DataFrame, curves: pd.DataFram
                     group: str | None = "scale"):
     """Activation ratio at PPL-p% vs training tokens per run, with the fitted law (Eq. 4 ReLU, Eq. 5
     SiLU) and its bootstrap band over the fitted range (paper Fig. 4). Points dropped by the drop rule
-    are hollow; dotted lines mark the fitted limits A0. One panel per activation; runs shaded by size
-    (the width-depth group: by width-depth ratio d_h / L, named in the legend)."""
+    are hollow; points whose PPL-p% target was not reached (`reached` False) are crossed; dotted lines
+    mark the fitted limits A0. One panel per activation; runs shaded by size (the width-depth group: by
+    width-depth ratio d_h / L, named in the legend)."""
     style()
     t = in_group(table[np.isclose(table["p"], p)], group)
     acts = list(dict.fromkeys(t["activation"]))
@@ -369,6 +383,7 @@ def activation_laws(table: pd.DataFrame, fits: pd.DataFrame, curves: pd.DataFram
         _nothing(axes[0][0], f"this profile has no run in group '{group}'")
     for ax, act in zip(axes[0], acts):
         names = _runs_by_size(t, act, "width_depth" if by_wd else "non_embedding_params")
+        any_miss = False
         for i, run in enumerate(names):
             g, c = t[t["run"] == run].sort_values("tokens"), _shade(act, i, len(names))
             f = fits[fits["run"] == run].iloc[0]
@@ -380,6 +395,11 @@ def activation_laws(table: pd.DataFrame, fits: pd.DataFrame, curves: pd.DataFram
                 "" if ok else ", no fit")
             ax.plot(g["tokens"][used] / 1e6, g["activation_ratio"][used], "o", ms=2.5, color=c, label=label)
             ax.plot(g["tokens"][~used] / 1e6, g["activation_ratio"][~used], "o", ms=2.5, mfc="none", color=c)
+            miss = _unreached(g)
+            if miss.any():  # c only a lower bound there: not a PPL-p% activation ratio
+                ax.plot(g["tokens"][miss] / 1e6, g["activation_ratio"][miss], "x", ms=5, color="k", mew=0.8,
+                        label=None if any_miss else f"PPL-{p:g}% not reached (c a lower bound)")
+                any_miss = True
             cv = curves[(curves["run"] == run) & (curves["D"] >= f["D_min_used"] * (1 - 1e-9))]  # fitted range
             if ok and len(cv):
                 ax.plot(cv["D"] * 1e3, cv["A_fit"], color=c, lw=1)
@@ -396,7 +416,10 @@ def activation_laws(table: pd.DataFrame, fits: pd.DataFrame, curves: pd.DataFram
 
 def form_comparison(comparison: pd.DataFrame):
     """MSE of each law form on each run (the rebuttal's comparison); hatched bars: the paper's form for
-    the run's activation; an x above a bar: that fit did not converge."""
+    the run's activation; an x above a bar: that fit did not converge; a form with no fit at all (no MSE)
+    gets a "no fit" mark at the bottom of its slot instead of a bar."""
+    from matplotlib.patches import Patch
+
     style()
     runs_ = list(dict.fromkeys(comparison["run"]))
     forms = list(dict.fromkeys(comparison["form"]))
@@ -406,16 +429,24 @@ def form_comparison(comparison: pd.DataFrame):
         sub = comparison[comparison["form"] == form].set_index("run").reindex(runs_)
         x = np.arange(len(runs_)) + (j - (len(forms) - 1) / 2) * w
         mse = sub["mse"].to_numpy(float)
-        bars = ax.bar(x, np.where(np.isfinite(mse), mse, np.nan), w, label=form, color=f"C{j}")
+        bars = ax.bar(x, np.where(np.isfinite(mse), mse, np.nan), w, color=f"C{j}")
         for b, paper_form, conv, m in zip(bars, sub["paper_form"], sub["converged"], mse):
             if str(paper_form) == "True":
                 b.set_hatch("////")
             if str(conv) != "True" and np.isfinite(m):
                 ax.plot(b.get_x() + w / 2, m * 1.3, "x", color="k", ms=3)
+            elif not np.isfinite(m):  # no fit at all: say so where its bar would be
+                ax.plot(b.get_x() + w / 2, 0.02, "v", color=f"C{j}", mec="k", mew=0.4, ms=4,
+                        transform=ax.get_xaxis_transform(), clip_on=False)
+    # legend handles drawn here: a bar's own handle would carry the hatch of the first run's paper form
+    handles = [Patch(color=f"C{j}", label=form) for j, form in enumerate(forms)]
+    handles += [Patch(facecolor="white", edgecolor="0.3", hatch="////", label="paper's form"),
+                plt.Line2D([], [], ls="", marker="x", color="k", ms=3, label="not converged"),
+                plt.Line2D([], [], ls="", marker="v", color="0.6", mec="k", mew=0.4, ms=4, label="no fit (no MSE)")]
     ax.set_yscale("log")
     ax.set_xticks(np.arange(len(runs_)), runs_, rotation=30, ha="right")
     ax.set_ylabel("MSE (activation ratio$^2$)")
-    ax.legend(frameon=False, ncol=len(forms))
+    ax.legend(handles=handles, frameon=False, ncol=len(handles), loc="lower left", bbox_to_anchor=(0, 1))
     fig.tight_layout()
     return fig
 
@@ -497,8 +528,12 @@ def width_depth_loss(points: pd.DataFrame, summary: pd.DataFrame, paper_values: 
     br = summary[(summary["kind"] == "best_range") & summary["best_lo"].notna()]
     if len(br):
         row = br.iloc[0]
-        ax.axvspan(row["best_lo"], row["best_hi"], color=c, alpha=0.12, lw=0,
-                   label=f"best range ({row['quantity']}): {row['best_lo']:.3g}-{row['best_hi']:.3g}")
+        if row["best_hi"] > row["best_lo"]:
+            ax.axvspan(row["best_lo"], row["best_hi"], color=c, alpha=0.12, lw=0,
+                       label=f"best range ({row['quantity']}): {row['best_lo']:.3g}-{row['best_hi']:.3g}")
+        else:  # a single ratio: a zero-width span would not show
+            ax.axvline(row["best_lo"], color=c, alpha=0.35, lw=3,
+                       label=f"best range ({row['quantity']}): {row['best_lo']:.3g} only")
     if paper_values:
         lo, hi = paper_values["best_range"]
         _paper_note(ax, f"paper (0.1B): best range {lo:g}-{hi:g}")
@@ -562,7 +597,9 @@ def convergence_speed(curves: pd.DataFrame, summary: pd.DataFrame):
         s = summary[summary["activation"] == act]
         if len(s) and np.isfinite(s["ratio_common"].iloc[0]):
             ax.axvline(s["ratio_common"].iloc[0], color="0.4", lw=0.8, ls=":")
-            _note(ax, f"Spearman rho(N, speed) = {s['rho_N_speed'].iloc[0]:+.2f}", "lower left")
+            rho = s["rho_N_speed"].iloc[0]
+            _note(ax, f"Spearman rho(N, speed) = {rho:+.2f}" if np.isfinite(rho) else
+                  f"Spearman rho(N, speed) undefined ({len(s)} run(s); needs 3 with distinct speeds)", "lower left")
         log_x(ax)
         ax.set_yscale("log")
         top = g["dA_dratio"].abs().max()
@@ -628,8 +665,8 @@ def layer_distributions(summary: pd.DataFrame, domain: str = "all"):
 
 def token_pairs(tokens: pd.DataFrame, correlations: pd.DataFrame, max_cols: int = 6):
     """Per-token activation ratio of one run against another of the same activation (paper Fig. 10),
-    one panel per pair (analysis.token_pairs), with Pearson r [interval] and Spearman rho; the diagonal
-    is equality."""
+    one panel per pair (analysis.token_pairs; at most `max_cols` per activation, the title says when
+    pairs are left out), with Pearson r [interval] and Spearman rho; the diagonal is equality."""
     style()
     acts = list(dict.fromkeys(correlations["activation"]))
     ncols = max(1, min(max_cols, max((correlations["activation"] == a).sum() for a in acts) if acts else 1))
@@ -654,7 +691,10 @@ def token_pairs(tokens: pd.DataFrame, correlations: pd.DataFrame, max_cols: int 
             if np.isfinite(r["pearson"]):
                 ax.set_title(f"r={r['pearson']:.2f} [{r['pearson_lo']:.2f}, {r['pearson_hi']:.2f}]\n"
                              f"rho={r['spearman']:.2f}, n={int(r['n_tokens'])}", fontsize=5.5)
-    fig.suptitle("per-token activation ratio (share of neurons active), pairs of runs", fontsize=8)
+    counts = [int((correlations["activation"] == a).sum()) for a in acts]
+    shown = "" if all(k <= ncols for k in counts) else "; first {} of {} pairs shown".format(
+        ncols, "/".join(f"{k} {a}" for a, k in zip(acts, counts, strict=True)))
+    fig.suptitle(f"per-token activation ratio (share of neurons active), pairs of runs{shown}", fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -686,7 +726,8 @@ def sparse_inference(df: pd.DataFrame):
     """Held-out loss increase over the dense model (PPL ratio - 1, in %) vs the activation ratio reached,
     one panel per data domain ("all" first; inference.sparse_inference_for's table). Each run is a line
     from its dense point (p = 0, hollow: activation ratio = share of h_i != 0) through its PPL-p% points;
-    colour by activation (lighter = smaller), marker by p; dotted lines mark the calibration targets p%."""
+    colour by activation (lighter = smaller), marker by p; dotted lines mark the calibration targets p%.
+    A p whose calibration target no tested c reached (`reached` False) is crossed: not a PPL-p% point."""
     from matplotlib.lines import Line2D
 
     style()
@@ -704,6 +745,8 @@ def sparse_inference(df: pd.DataFrame):
                 for _, row in r.iterrows():
                     ax.plot(row["activation_ratio"], 100 * (row["ppl_ratio"] - 1), markers[row["p"]], ms=3.5,
                             color=c, mfc="none" if row["p"] == 0 else c)
+                miss = r[_unreached(r)]
+                ax.plot(miss["activation_ratio"], 100 * (miss["ppl_ratio"] - 1), "x", color="k", ms=6, mew=0.8)
         for p in ps[1:] if ps and ps[0] == 0 else ps:
             ax.axhline(p, color="0.6", lw=0.5, ls=":")
         n = int(g["n_tokens"].iloc[0]) if len(g) else 0
@@ -712,6 +755,9 @@ def sparse_inference(df: pd.DataFrame):
     axes[0][0].legend(frameon=False, fontsize=5.5, loc="upper right")
     handles = [Line2D([], [], ls="", marker=markers[p], color="0.3", mfc="none" if p == 0 else "0.3", ms=3.5,
                       label="dense" if p == 0 else f"PPL-{p:g}%") for p in ps]
+    if _unreached(df).any():
+        handles.append(Line2D([], [], ls="", marker="x", color="k", ms=6, mew=0.8,
+                              label="target not reached (c a lower bound)"))
     axes[0][-1].legend(handles=handles, frameon=False, fontsize=5.5, loc="upper right")
     fig.tight_layout()
     return fig

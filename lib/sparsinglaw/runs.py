@@ -253,10 +253,27 @@ def train_profile(profile: ProfileConfig, names: list[str] | None = None, jobs: 
     return [run_state(profile, r, runs_dir) for r in runs]
 
 
+def _worker_init() -> None:
+    """In each worker of run_parallel: progress bars take a thread lock instead of tqdm's default
+    multiprocessing lock, a named semaphore of this process alone that a worker stopped by Ctrl-C would
+    leave to the resource tracker (which then warns of leaked semaphores)."""
+    import threading
+
+    from tqdm import tqdm
+
+    tqdm.set_lock(threading.RLock())
+
+
 def run_parallel(fn, calls: list[tuple], jobs: int, what: str) -> None:
     """fn(*args) for each args in `calls`: in this process when jobs == 1, else in `jobs` spawned
-    processes; every call runs even when another fails, then the user errors are reported together."""
+    processes; every call runs even when another fails, then the user errors are reported together.
+
+    Ctrl-C stops the workers at once and drops the queued calls (killed runs resume from their last
+    checkpoint): the workers start with SIGINT ignored (an ignored signal stays ignored in a spawned
+    process), so that it reaches this process alone, which terminates them."""
     import multiprocessing as mp
+    import signal
+    import threading
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     if jobs == 1:
@@ -264,12 +281,27 @@ def run_parallel(fn, calls: list[tuple], jobs: int, what: str) -> None:
             fn(*args)
         return
     errors = []
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
-        for fut in as_completed([pool.submit(fn, *args) for args in calls]):
-            try:
-                fut.result()
-            except SparsingLawError as e:
-                errors.append(str(e))
+    before = set(mp.active_children())
+    ignore = threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is not None
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN) if ignore else None
+    try:
+        pool = ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"), initializer=_worker_init)
+        futures = [pool.submit(fn, *args) for args in calls]  # starts the workers
+    finally:
+        if ignore:
+            signal.signal(signal.SIGINT, old)
+    with pool:
+        try:
+            for fut in as_completed(futures):
+                try:
+                    fut.result()
+                except SparsingLawError as e:
+                    errors.append(str(e))
+        except KeyboardInterrupt:
+            pool.shutdown(wait=False, cancel_futures=True)
+            for p in set(mp.active_children()) - before:
+                p.terminate()
+            raise
     if errors:
         raise SparsingLawError(f"{what} failed for {len(errors)} run(s):\n" + "\n".join(errors))
 
