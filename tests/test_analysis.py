@@ -322,14 +322,17 @@ def test_table2_puts_ours_next_to_the_papers(fitted):
 # ----------------------------------------------------------------------------- profile level: files and cache
 
 
-def test_profile_tables_are_written_with_provenance_and_cached(table, isolated_roots, monkeypatch):
+def test_profile_tables_are_written_with_provenance_and_cached(table, isolated_roots, monkeypatch, capsys):
     from sparsinglaw import runs
     from sparsinglaw.config import load_profile
 
     P = dataclasses.replace(load_profile("smoke"), fit={"n_boot": 20, "seed": 0})
     folder = runs.results_dir(P.name)
     runs.write_table(table, folder / "sparsity.csv", {"profile": P.name})
+    capsys.readouterr()
     fits, curves = analysis.activation_laws_for(P)
+    err = capsys.readouterr().err  # a fit that takes minutes says what it computes, and how long it took
+    assert "computing fits.csv, fit_curves.csv (missing or stale)" in err and "written in" in err
     assert (folder / "fits.csv").exists() and (folder / "fit_curves.csv").exists()
     meta = pd.read_json(folder / "fits.meta.json", typ="series")
     assert meta["fit_spec"]["n_boot"] == 20 and meta["analysis_version"] == analysis.ANALYSIS_VERSION
@@ -338,6 +341,7 @@ def test_profile_tables_are_written_with_provenance_and_cached(table, isolated_r
         m.setattr(analysis, "fit_activation_laws", lambda *a, **k: pytest.fail("recomputed a cached table"))
         again, _ = analysis.activation_laws_for(P)  # same inputs and spec: read back
     pd.testing.assert_frame_equal(fits, again)
+    assert "computing" not in capsys.readouterr().err
     P2 = dataclasses.replace(P, fit={"n_boot": 0})  # another spec: recomputed
     assert analysis.activation_laws_for(P2)[0]["alpha_lo"].isna().all()
     with pytest.raises(ValueError, match="unknown FitSpec field"):

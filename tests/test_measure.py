@@ -110,3 +110,49 @@ def test_untrained_run_is_refused(tiny):
     fresh = load_profile("smoke", overrides=TINY + ["train.seed=12345"])
     with pytest.raises(SparsingLawError, match="not trained"):
         measure.measure_run(fresh, fresh.run("relu-wd1"), progress=False)
+
+
+def test_progress_bars_end_full(tiny, smoke_tokens, monkeypatch, tmp_path):
+    """The measurement's bar (one tick per tested c, per checkpoint) and sparse inference's end at their
+    totals, whether the search tests fewer c than its budget (secant, or a bisection's memo) or not."""
+    import tqdm.auto
+
+    from sparsinglaw import inference
+
+    bars = []
+
+    class Recorder(tqdm.auto.tqdm):
+        def close(self):
+            if not self.disable:
+                bars.append((self.desc, self.n, self.total))
+            super().close()
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Recorder)
+    runs.train_profile(tiny, names=["relu-s1"], jobs=1, progress=False)
+    for search in ("bisect", "secant"):
+        p = load_profile("smoke", overrides=TINY + ["sparsity.eval_tokens=1024", "sparsity.n_grid=4096",
+                                                    f"sparsity.search={search}"])
+        measure.measure_run(p, p.run("relu-s1"), progress=True)
+        inference.inference_run(p, p.run("relu-s1"), progress=True)
+    done = [b for b in bars if b[0].startswith(("measure relu-s1", "sparse inference relu-s1"))]
+    assert len(done) == 4 and all(n == total for _, n, total in done), done
+
+
+def test_search_with_bar_tops_up_and_caps():
+    class Bar:
+        n = 0
+
+        def update(self, k):
+            self.n += k
+
+    def search(k):
+        def run(tick):
+            for _ in range(k):
+                tick({"stage": "search"})
+            tick({"stage": "curves"})  # not a tested c
+            return "result"
+        return run
+
+    for k in (3, 11, 14):
+        bar = Bar()
+        assert measure.search_with_bar(bar, 11, search(k)) == "result" and bar.n == 11, k

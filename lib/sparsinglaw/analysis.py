@@ -21,6 +21,8 @@ import hashlib
 import itertools
 import json
 import math
+import sys
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -531,9 +533,13 @@ def _cached(profile: ProfileConfig, outputs: tuple[str, ...], inputs: tuple[str,
         return m.get("analysis_key") == key and m.get("sha256") == hashlib.sha256(csv.read_bytes()).hexdigest()
 
     if not all(fresh(n) for n in outputs):
+        names = ", ".join(f"{n}.csv" for n in outputs)
+        print(f"{folder}: computing {names} (missing or stale) ...", file=sys.stderr, flush=True)
+        t0 = time.perf_counter()
         meta = provenance(profile, analysis_key=key, analysis_version=ANALYSIS_VERSION, inputs=hashes, **payload)
         for name, df in zip(outputs, compute(), strict=True):
             write_table(df, folder / f"{name}.csv", meta)
+        print(f"{folder}: {names} written in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
     return tuple(pd.read_csv(folder / f"{n}.csv") for n in outputs)
 
 

@@ -48,6 +48,8 @@ from .measure import (
     require_corpus,
     require_record_corpus,
     run_worker,
+    search_steps,
+    search_with_bar,
     stable_checkpoints,
 )
 from .model import Transformer, sparse
@@ -228,15 +230,15 @@ def inference_run(profile: ProfileConfig, run: RunConfig, runs_dir=None, progres
         require_corpus(run, ck["path"], tokens)
         model = load_model(run, ck["path"], dev)
         ps = sorted({float(v) for v in profile.inference.p})
-        steps = math.ceil(math.log2(1 / s.tol)) + 1  # passes of one bisection on c, about
+        steps = search_steps(s.tol)
         bar = tqdm(total=len(ps) * (steps + 2) + len(calib) + 1, desc=f"sparse inference {run.name}",
                    disable=not progress, mininterval=2.0, dynamic_ncols=True)
         searches = {}
         curves = [sp.cett_curves(model, calib, s.n_grid)]  # once for every p
         for p in ps:  # Algorithm 1 on the calibration set: the c of PPL-p%
-            searches[p] = sp.ppl_p_sparsity(model, calib, p, impl="fast", tol=s.tol, n_grid=s.n_grid,
-                                            search=s.search, curves=curves, name=f"run {run.name}",
-                                            progress=lambda e: bar.update(int(e.get("stage") == "search")))
+            searches[p] = search_with_bar(bar, steps, lambda tick, p=p: sp.ppl_p_sparsity(
+                model, calib, p, impl="fast", tol=s.tol, n_grid=s.n_grid, search=s.search, curves=curves,
+                name=f"run {run.name}", progress=tick))
         taus = dict(zip(ps, averaged_thresholds(model, calib, [searches[p].cett for p in ps], s.n_grid,
                                                 on_batch=lambda: bar.update(1)), strict=True))
         applied = {}  # the PPL ratio of the applied (averaged) thresholds on the calibration set itself

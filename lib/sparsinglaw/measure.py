@@ -90,6 +90,26 @@ def require_corpus(run: RunConfig, ckpt_path: str | Path, tokens) -> None:
     check_corpus(run, json.loads(meta_path.read_text()), meta_path, tokens)
 
 
+def search_steps(tol: float) -> int:
+    """Progress-bar budget of one PPL-p% search: the tested c of a bisection to `tol` and one more."""
+    return math.ceil(math.log2(1 / tol)) + 1
+
+
+def search_with_bar(bar, steps: int, search):
+    """search(progress) with `bar` advanced once per tested c, up to `steps`, then topped up to `steps`
+    (a search that stops early, a secant one, leaves no gap in the bar)."""
+    seen = [0]
+
+    def tick(event: dict) -> None:
+        if event.get("stage") == "search" and seen[0] < steps:
+            seen[0] += 1
+            bar.update(1)
+
+    result = search(tick)
+    bar.update(steps - seen[0])
+    return result
+
+
 def require_record_corpus(record: dict, corpus: dict | None, run: RunConfig, what: str) -> None:
     """Refuse a cached `what` record of `run` made on another corpus than `corpus` (None: not checked),
     so that one results table never mixes corpora."""
@@ -176,14 +196,14 @@ def measure_run(profile: ProfileConfig, run: RunConfig, runs_dir=None, progress:
         loaders = [lambda path=p: load_model(run, path, dev) for p in ck["path"]]
         search_idx = list(range(len(ck)))[-scfg.n_last:]
         ps = sorted({float(v) for v in scfg.p})
-        bar = tqdm(total=len(ps) * 11 + len(ck), desc=f"measure {run.name}", disable=not progress,
+        steps = search_steps(scfg.tol)
+        bar = tqdm(total=len(ps) * steps + len(ck), desc=f"measure {run.name}", disable=not progress,
                    mininterval=2.0, dynamic_ncols=True)
         searches = {}
         for p in ps:  # Algorithm 1 on the last stable checkpoints jointly: one c per run and p
-            res = sp.ppl_p_sparsity([loaders[i] for i in search_idx], batches, p, impl=scfg.impl, tol=scfg.tol,
-                                    n_grid=scfg.n_grid, search=scfg.search, name=f"run {run.name}",
-                                    progress=lambda e: bar.update(int(e.get("stage") == "search")))
-            searches[p] = res
+            searches[p] = search_with_bar(bar, steps, lambda tick, p=p: sp.ppl_p_sparsity(
+                [loaders[i] for i in search_idx], batches, p, impl=scfg.impl, tol=scfg.tol, n_grid=scfg.n_grid,
+                search=scfg.search, name=f"run {run.name}", progress=tick))
         rows, final_arrays = [], None
         relu = run.model.activation == "relu"
         for i, row in ck.iterrows():
