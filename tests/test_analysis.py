@@ -103,6 +103,7 @@ def test_a_run_whose_ppl_p_target_was_not_reached_is_not_fitted(table):
     fits, curves = analysis.fit_activation_laws(t, SPEC)
     r = fits.set_index("run").loc["silu-s1"]
     assert not r["converged"] and "PPL-1% target was not reached" in r["message"] and np.isnan(r["A0"])
+    assert np.isnan(r["rho_tokens"])  # its ratios are not PPL-1%: no trend either
     assert set(curves["run"]) == {"relu-s1"} and fits.set_index("run").loc["relu-s1", "converged"]
     c = analysis.form_comparison(t, SPEC)
     silu = c[c["run"] == "silu-s1"]

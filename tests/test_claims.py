@@ -144,6 +144,27 @@ def test_law_forms(deltas, expect):
     assert verdict(claims.law_forms(comparison(deltas))) == expect
 
 
+def test_runs_whose_ppl1_was_not_reached_are_left_out_of_the_trends_and_law_forms():
+    """analysis gives such a run no fit (its message says the target was not reached, rho NaN): it is
+    neither evidence for nor against a law, and the note names it."""
+    from sparsinglaw import analysis
+
+    unreached = f"not fitted: the PPL-1% {analysis.UNREACHED} (reached = False)"
+    c = comparison({"relu-s1": 0.0, "relu-s2": 5.0, "silu-s1": 0.0}).assign(message="")
+    c.loc[c["run"] == "silu-s1", "message"] = unreached
+    c.loc[c["run"] == "silu-s1", "delta_aicc"] = np.nan
+    row = claims.law_forms(c)
+    assert row["value"].startswith("1/2 runs") and row["verdict"] == "INCONCLUSIVE"  # not 1/3, FAIL
+    assert "left out, PPL-1% not reached: silu-s1" in row["note"] and "silu-s1 (dAICc" not in row["note"]
+    f = fits([("relu-s1", "relu", "scale", -0.9, 16), ("relu-s2", "relu", "scale", -0.8, 16),
+              ("relu-s3", "relu", "scale", np.nan, 0)]).assign(message="")
+    f.loc[f["run"] == "relu-s3", "message"] = unreached
+    row = claims.relu_falls(f)
+    assert row["n"] == 2 and "relu-s3" not in row["value"] and "not reached: relu-s3" in row["note"]
+    only = claims.relu_falls(f[f["run"] == "relu-s3"])
+    assert only["verdict"] == "INCONCLUSIVE" and "not reached: relu-s3" in only["note"]
+
+
 def test_law_forms_counts_the_converged_paper_fits_without_using_them():
     row = claims.law_forms(comparison({"relu-s1": 0.0, "relu-s2": 1.5, "silu-s1": 0.0}, converged=False))
     assert row["verdict"] == "PASS" and "of these, 0 with a converged paper-form fit;" in row["value"]

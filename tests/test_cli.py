@@ -103,8 +103,9 @@ def test_compute_writes_every_results_table_replot_needs(tmp_path, monkeypatch, 
 def test_make_with_an_unknown_profile_names_the_profiles(target):
     """A PROFILE typo stops `make figures` (and nb-NN, report) with the profiles there, not with make's
     "No rule to make target 'runs/.../00_overview.ipynb'" nor a notebook's traceback."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}  # no -k of a caller
     r = subprocess.run(["make", "--no-print-directory", target, "PROFILE=cpu_long"], cwd=REPO, capture_output=True,
-                       text=True, timeout=60)
+                       text=True, timeout=60, env=env)
     assert r.returncode != 0
     profiles = " ".join(sorted(p.stem for p in (REPO / "configs").glob("*.yaml")))
     assert "cpu cpu-long" in profiles

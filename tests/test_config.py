@@ -158,8 +158,15 @@ def test_last_mark_is_the_stable_end_despite_float_rounding():
     (lambda r: r["data"].update(packages=[None]), "data.packages"),
     (lambda r: r.setdefault("sparsity", {}).update(p=[True]), "sparsity.p"),
     (lambda r: r["train"].update(checkpoint_tokens=[True]), "train.checkpoint_tokens"),
+    (lambda r: r["runs"][0].update(model=[]), "runs[0].model"),
+    (lambda r: r["runs"][0].update(train=0), "runs[0].train"),
+    (lambda r: r.setdefault("sparsity", {}).update(p=[1, float("inf")]), "sparsity.p[1]"),
+    (lambda r: r.setdefault("inference", {}).update(p=[1, float("inf")]), "inference.p[1]"),
+    (lambda r: r.setdefault("sparsity", {}).update(fat_eps=[float("inf")]), "sparsity.fat_eps[0]"),
+    (lambda r: r.setdefault("sparsity", {}).update(cett_sweep=[True, 0.5]), "sparsity.cett_sweep[0]"),
 ], ids=["run-model-list", "run-model-str", "run-train-str", "max_mb-inf", "tokenizer_mb-inf", "lr-inf",
-        "packages-int", "packages-null", "p-bool", "checkpoint_tokens-bool"])
+        "packages-int", "packages-null", "p-bool", "checkpoint_tokens-bool", "run-model-empty-list",
+        "run-train-zero", "p-inf", "inference-p-inf", "fat_eps-inf", "cett_sweep-bool"])
 def test_more_bad_configs_name_the_field(mutate, field):
     """Not mappings, infinities (YAML .inf), non-string package names and booleans: one ConfigError naming
     the field, never a TypeError/OverflowError traceback later on."""

@@ -211,11 +211,12 @@ def test_form_comparison_marks_a_form_without_any_fit():
 def test_convergence_speed_never_prints_nan_for_an_undefined_rho():
     curves = pd.DataFrame({"run": ["silu-s2", "silu-s4"], "activation": "silu", "non_embedding_params": [5e4, 2e5],
                            "data_scale_ratio": [10.0, 10.0], "dA_dratio": [1e-4, 2e-4]})
-    summary = curves[["run", "activation", "non_embedding_params"]].assign(ratio_common=10.0, rho_N_speed=math.nan)
+    summary = curves[["run", "activation", "non_embedding_params"]].assign(ratio_common=10.0, rho_N_speed=math.nan,
+                                                                           dA_dratio_common=[1e-4, math.nan])
     fig = plots.convergence_speed(curves, summary)
     texts = _texts(fig)
     assert not any("nan" in t for t in texts), texts
-    assert any("undefined (2 run(s)" in t for t in texts)
+    assert any("undefined (1 run(s) with a speed there" in t for t in texts)  # runs with a speed, not all
     plt.close(fig)
 
 
@@ -245,8 +246,8 @@ def test_unreached_ppl_p_points_are_crossed_not_passed_off_as_ppl_p():
     empty = pd.DataFrame(columns=["run", "D"])
     for reached, crossed in ((True, []), (False, [3.0e-3])):
         t = _sparsity_rows(reached)
-        t["reached"] = t["reached"].astype(str)  # as read back from CSV text, too
-        fig = plots.activation_laws(t if reached else _sparsity_rows(False), fits, empty)
+        t["reached"] = t["reached"].astype(str)  # as read back from CSV text
+        fig = plots.activation_laws(t, fits, empty)
         xs = [x for ln in fig.axes[0].lines if ln.get_marker() == "x" for x in ln.get_xdata()]
         assert xs == pytest.approx(crossed)
         labels = [tx.get_text() for tx in fig.axes[0].get_legend().get_texts()]
@@ -269,8 +270,11 @@ def test_token_pairs_say_when_pairs_are_left_out():
     pairs = pd.DataFrame([{"activation": "relu", "run_a": a, "run_b": b, "pearson": 0.5, "pearson_lo": 0.4,
                            "pearson_hi": 0.6, "spearman": 0.5, "n_tokens": 10}
                           for a, b in (("relu-s1", "relu-s2"), ("relu-s1", "relu-s3"), ("relu-s2", "relu-s3"))])
-    fig = plots.token_pairs(tokens, pairs, max_cols=2)
-    assert "first 2 of 3 relu pairs shown" in fig._suptitle.get_text()
+    silu = pd.DataFrame([{**pairs.iloc[0].to_dict(), "activation": "silu", "run_a": "silu-s1", "run_b": "silu-s2"}])
+    tokens = pd.concat([tokens, tokens[tokens["run"] != "relu-s3"].replace({"relu-s1": "silu-s1",
+                                                                            "relu-s2": "silu-s2"})])
+    fig = plots.token_pairs(tokens, pd.concat([pairs, silu], ignore_index=True), max_cols=2)
+    assert fig._suptitle.get_text().endswith("; first 2 of 3 relu pairs shown")  # silu's one pair is all shown
     plt.close(fig)
     fig = plots.token_pairs(tokens, pairs)
     assert "shown" not in fig._suptitle.get_text()

@@ -174,39 +174,44 @@ from pathlib import Path
 from sparsinglaw.runs import run_parallel  # imports torch: a spawned worker starts for seconds
 
 
-def task(folder, i, seconds):
+def task(folder, i, seconds, crash):
     from tqdm.auto import tqdm
 
     tqdm(total=1, disable=True)  # as train and measure do: tqdm's lock
     Path(folder, f"started{i}").write_text("")
+    if crash and i == 0:
+        time.sleep(1)
+        raise RuntimeError("task 0 crashed")
     time.sleep(seconds)
     Path(folder, f"done{i}").write_text("")
 
 
 if __name__ == "__main__":
-    folder = sys.argv[1]
+    folder, seconds, crash = sys.argv[1], float(sys.argv[2]), sys.argv[3] == "crash"
     Path(folder, "spawning").write_text("")
     try:
-        run_parallel(task, [(folder, i, 60) for i in range(4)], 2, "test")
+        run_parallel(task, [(folder, i, seconds, crash) for i in range(4)], 2, "test")
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
 '''
 
 
-@pytest.mark.parametrize("when,target", [("startup", "group"), ("running", "group"), ("running", "parent")])
+@pytest.mark.parametrize("when,target", [("startup", "group"), ("running", "group"), ("running", "parent"),
+                                         ("crash", "group")])
 def test_ctrl_c_stops_parallel_runs(tmp_path, when, target):
     """Ctrl-C (SIGINT to the process group, as a terminal sends it; or to the parent alone, as a notebook
     kernel's interrupt does) while `-j 2` workers start up or run: the command stops within seconds with
     no worker traceback nor warning, starts none of the queued calls and leaves no worker behind (the
     pool used to run every queued call to its end first, and each worker interrupted while importing
-    printed a traceback)."""
+    printed a traceback; after one call had crashed, Ctrl-C was not handled at all)."""
     (tmp_path / "par.py").write_text(PARALLEL)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO / "lib"))
-    proc = subprocess.Popen([sys.executable, str(tmp_path / "par.py"), str(tmp_path)], env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    proc = subprocess.Popen([sys.executable, str(tmp_path / "par.py"), str(tmp_path), "60", when], env=env,
+                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     try:
-        ready = ["spawning"] if when == "startup" else ["started0", "started1"]
+        ready = {"startup": ["spawning"], "running": ["started0", "started1"],
+                 "crash": ["started2"]}[when]  # crash: task 0 has failed, its worker took task 2
         deadline = time.time() + 120
         while not all((tmp_path / m).exists() for m in ready) and time.time() < deadline:
             time.sleep(0.01)
@@ -225,7 +230,7 @@ def test_ctrl_c_stops_parallel_runs(tmp_path, when, target):
             proc.communicate()
     assert proc.returncode == 130 and err.strip() == "interrupted", err  # no worker traceback, no warning
     assert took < 20, f"took {took:.0f} s to stop"
-    assert not list(tmp_path.glob("done*")) and len(list(tmp_path.glob("started*"))) <= 2
+    assert not list(tmp_path.glob("done*")) and len(list(tmp_path.glob("started*"))) <= (3 if when == "crash" else 2)
     deadline = time.time() + 10  # no worker left in the process group
     while time.time() < deadline:
         try:
@@ -235,3 +240,14 @@ def test_ctrl_c_stops_parallel_runs(tmp_path, when, target):
         time.sleep(0.1)
     else:
         pytest.fail("a worker outlived the interrupted command")
+
+
+def test_a_crashed_parallel_call_lets_the_others_finish_then_is_raised(tmp_path):
+    """A call that fails with an error that is not a user error (a bug, a full disk) does not stop the
+    other calls; it is raised once they are done, with its worker's traceback."""
+    (tmp_path / "par.py").write_text(PARALLEL)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO / "lib"))
+    done = subprocess.run([sys.executable, str(tmp_path / "par.py"), str(tmp_path), "2", "crash"], env=env,
+                          text=True, capture_output=True, timeout=120)
+    assert done.returncode == 1 and "RuntimeError: task 0 crashed" in done.stderr, done.stderr
+    assert sorted(p.name for p in tmp_path.glob("done*")) == ["done1", "done2", "done3"]

@@ -374,3 +374,24 @@ def test_a_run_is_not_resumed_or_measured_on_another_corpus(tmp_path, monkeypatc
     assert len(measure.sparsity_table(p, [run], corpus=before.fingerprint)) == len(rec["rows"])
     with pytest.raises(CorpusError, match="its cached measurement was made on another corpus"):
         measure.sparsity_table(p, [run], corpus=after.fingerprint)
+    sweep = measure.pareto_run(p, run, progress=False)  # a cached Pareto sweep, likewise
+    assert measure.pareto_run(p, run, progress=False, corpus=before.fingerprint).equals(sweep)
+    with pytest.raises(CorpusError, match="restore the corpus files it was trained on"):
+        measure.pareto_run(p, run, progress=False, corpus=after.fingerprint)
+
+
+def test_corpus_mismatch_advice_names_what_to_restore(tiny_profile, tmp_path):
+    """The default corpus changes with the environment (restore package versions); a user corpus with
+    its files (restore them). A sidecar without a fingerprint, or the same text, passes."""
+    from sparsinglaw.data import CorpusError
+    from sparsinglaw.train import check_corpus
+
+    run, meta_path = tiny_profile.run("relu-s1"), tmp_path / "meta_0000004.json"
+    was = {"source": "python-env: stdlib 3.11.7", "files": 10, "bytes": 100, "sha256": "a" * 64}
+    now = dict(was, sha256="b" * 64)
+    with pytest.raises(CorpusError, match="package versions under 'versions' in meta_0000004.json"):
+        check_corpus(run, {"corpus": was}, meta_path, now)
+    with pytest.raises(CorpusError, match=r"restore the corpus files it was trained on \(/data/c.jsonl\)"):
+        check_corpus(run, {"corpus": dict(was, source="/data/c.jsonl")}, meta_path, dict(now, source="/data/c.jsonl"))
+    check_corpus(run, {}, meta_path, now)
+    check_corpus(run, {"corpus": was}, meta_path, dict(now, sha256=was["sha256"], source="elsewhere"))

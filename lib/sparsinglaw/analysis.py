@@ -31,7 +31,7 @@ from scipy import stats
 
 from . import laws, paper
 from .config import ProfileConfig, SparsingLawError, stable_hash
-from .runs import in_group, provenance, results_dir, write_table
+from .runs import as_bool, in_group, provenance, results_dir, write_table
 
 ANALYSIS_VERSION = 4  # bump when a derived table changes meaning (invalidates the cached tables)
 
@@ -84,11 +84,6 @@ def form_for(activation: str) -> str:
     return FORM[activation]
 
 
-def _flag(s: pd.Series) -> pd.Series:
-    """A boolean column as read back from CSV (NaN counts as False)."""
-    return s.eq(True)
-
-
 def run_info(table: pd.DataFrame) -> pd.DataFrame:
     """One row per run of a sparsity table (RUN_COLUMNS), in the table's order."""
     return table.drop_duplicates("run")[RUN_COLUMNS].reset_index(drop=True)
@@ -105,12 +100,15 @@ def activation_points(table: pd.DataFrame, p: float = 1.0) -> pd.DataFrame:
     return t.assign(D=laws.tokens_to_D(t["tokens"]), data_scale_ratio=t["tokens"] / t["non_embedding_params"])
 
 
+UNREACHED = "target was not reached"  # in the message of a run's fit rows: see _unreached
+
+
 def _unreached(g: pd.DataFrame, p: float) -> str:
     """Why a run's points at PPL-p% are not fitted ("" when they are): the search reached no c with
     the target PPL ratio, so the c used is only a bound and the activation ratios are not PPL-p%."""
-    if "reached" not in g or _flag(g["reached"]).all():
+    if "reached" not in g or as_bool(g["reached"]).all():
         return ""
-    return f"the PPL-{p:g}% target was not reached (reached = False): its activation ratios are not PPL-{p:g}%"
+    return f"the PPL-{p:g}% {UNREACHED} (reached = False): its activation ratios are not PPL-{p:g}%"
 
 
 def _info(g: pd.DataFrame) -> dict:
@@ -172,7 +170,8 @@ def fit_activation_laws(table: pd.DataFrame, spec: laws.FitSpec, p: float = 1.0,
         why = _unreached(g, p)
         r, err = (None, why) if why else _try_fit(laws.fit, form, D, A, spec)
         Du, Au = (r.D, r.A) if r is not None else (D, A)  # the trend of the used points (all if not fitted)
-        row["rho_tokens"] = stats.spearmanr(Du, Au).statistic if Du.size > 2 and np.ptp(Au) > 0 else np.nan
+        row["rho_tokens"] = (stats.spearmanr(Du, Au).statistic if Du.size > 2 and np.ptp(Au) > 0 and not why
+                             else np.nan)
         if r is None:
             rows.append(row | _failed(form, err, spec))
             continue
@@ -253,14 +252,14 @@ def width_depth(fits: pd.DataFrame, losses: pd.DataFrame, level: float = 0.95,
     """
     pts = _with_losses(in_group(fits, "width_depth"), losses).sort_values("width_depth").reset_index(drop=True)
     rows = []
-    for y, use in (("A0", _flag(pts["converged"])), ("A_last", pts["A_last"].notna())):
+    for y, use in (("A0", as_bool(pts["converged"])), ("A_last", pts["A_last"].notna())):
         d = pts[use]
         row = {"quantity": y, "kind": "piecewise_linear", "n": len(d)}
         try:
             rows.append(row | laws.fit_piecewise_linear(d["width_depth"], d[y], "flat", level).to_row())
         except ValueError as e:
             rows.append(row | {"message": f"not fitted: {e}"})
-    for y, use in (("E", _flag(pts["loss_converged"])), ("final_loss", pts["final_loss"].notna())):
+    for y, use in (("E", as_bool(pts["loss_converged"])), ("final_loss", pts["final_loss"].notna())):
         d = pts[use]
         row = {"quantity": y, "kind": "best_range", "n": len(d), "level": level}
         if len(d) < 2:
@@ -290,8 +289,8 @@ def scale(fits: pd.DataFrame, losses: pd.DataFrame, level: float = 0.95) -> tupl
     pts = pts.reset_index(drop=True)
     rows = []
     for act, g in pts.groupby("activation", sort=False):
-        for y, use in (("A0", _flag(g["converged"])), ("A_last", g["A_last"].notna()),
-                       ("E", _flag(g["loss_converged"]))):
+        for y, use in (("A0", as_bool(g["converged"])), ("A_last", g["A_last"].notna()),
+                       ("E", as_bool(g["loss_converged"]))):
             d = g[use]
             row = {"activation": act, "quantity": y, "n": len(d)}
             lo, hi = (d[f"{y}_lo"], d[f"{y}_hi"]) if f"{y}_lo" in d else (None, None)
@@ -317,7 +316,7 @@ def convergence(fits: pd.DataFrame, n: int = 64) -> tuple[pd.DataFrame, pd.DataF
     (negative: smaller models converge faster, the paper's claim).
     """
     f = in_group(fits, "scale")
-    f = f[_flag(f["converged"])]
+    f = f[as_bool(f["converged"])]
     cols = ["run", "activation", "non_embedding_params", "data_scale_ratio", "dA_dratio"]
     curves, rows = [], []
     for act, g in f.groupby("activation", sort=False):

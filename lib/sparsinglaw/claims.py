@@ -28,7 +28,7 @@ from scipy import stats
 
 from . import analysis
 from .config import ProfileConfig, SparsingLawError
-from .runs import provenance, read_table, results_dir, write_table
+from .runs import as_bool, provenance, read_table, results_dir, write_table
 
 ALPHA = 0.05  # significance level of every test below
 COLUMNS = ["id", "claim", "paper", "statistic", "value", "threshold", "verdict", "n", "note"]
@@ -137,11 +137,6 @@ def _interval(v, lo, hi) -> str:
     return f"{_g(v)} [{_g(lo)}, {_g(hi)}]"
 
 
-def _true(v) -> pd.Series | bool:
-    """A boolean column (or value) as it comes back from a CSV or a DataFrame: True or "True"."""
-    return v.astype(str).str.lower().eq("true") if isinstance(v, pd.Series) else str(v).lower() == "true"
-
-
 def _in_groups(df: pd.DataFrame, groups) -> pd.DataFrame:
     gs = df["groups"].fillna("").astype(str).str.split(",")
     return df[gs.map(lambda g: any(x in g for x in groups))]
@@ -213,11 +208,22 @@ def permutation_p(x, y, alternative: str) -> float:
 # the claims: one pure function each (tables in, rows out)
 
 
+def _reached(df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """The rows of runs whose PPL-1% target was reached, and a note naming the others (analysis gives
+    those no fit: their activation ratios are not PPL-1%)."""
+    if "message" not in df:
+        return df, ""
+    missed = df["message"].astype(str).str.contains(analysis.UNREACHED, regex=False)
+    names = list(dict.fromkeys(df.loc[missed, "run"]))
+    return df[~missed], (f"left out, PPL-1% not reached: {', '.join(names)}" if names else "")
+
+
 def _trend(fits: pd.DataFrame, cid: str, activation: str, sign: int) -> dict:
     """relu_falls (sign -1) / silu_rises (sign +1): per-run Spearman trends combined by Stouffer."""
-    f = _in_groups(fits[fits["activation"] == activation], TREND_GROUPS)
+    f, missed = _reached(_in_groups(fits[fits["activation"] == activation], TREND_GROUPS))
     if f.empty:
-        return _row(cid, "no runs", "INCONCLUSIVE", 0, f"no {activation} run in groups {'/'.join(TREND_GROUPS)}")
+        return _row(cid, "no runs", "INCONCLUSIVE", 0,
+                    missed or f"no {activation} run in groups {'/'.join(TREND_GROUPS)}")
     rho = f["rho_tokens"].to_numpy(float)
     n_used = pd.to_numeric(f["n_used"], errors="coerce").fillna(0).to_numpy(int)
     n = np.where(n_used > 0, n_used, f["n_points"].to_numpy(int))  # rho_tokens is over all points if not fitted
@@ -233,6 +239,7 @@ def _trend(fits: pd.DataFrame, cid: str, activation: str, sign: int) -> dict:
             "their combination are optimistic")
     if np.isnan(rho).any():
         note += f"; {int(np.isnan(rho).sum())} run(s) without a rho counted as p = 0.5"
+    note += f"; {missed}" if missed else ""
     return _row(cid, value, verdict, len(f), note)
 
 
@@ -246,18 +253,18 @@ def silu_rises(fits: pd.DataFrame) -> dict:
 
 def law_forms(comparison: pd.DataFrame) -> dict:
     """Share of runs whose paper form (Eq. 4 / Eq. 5) is within 2 AICc of the best form."""
-    c = comparison[_true(comparison["paper_form"])].drop_duplicates("run")
+    c, missed = _reached(comparison[as_bool(comparison["paper_form"])].drop_duplicates("run"))
     if c.empty:
-        return _row("law_forms", "no runs", "INCONCLUSIVE", 0, "form_comparison has no paper-form rows")
+        return _row("law_forms", "no runs", "INCONCLUSIVE", 0, missed or "form_comparison has no paper-form rows")
     ok = c["delta_aicc"].le(2.0)  # NaN (no AICc) is not ok
     share = float(ok.mean())
     verdict = "PASS" if share >= 2 / 3 else "FAIL" if share <= 1 / 3 else "INCONCLUSIVE"
     per = ", ".join(f"{a} {int(g.sum())}/{len(g)}" for a, g in ok.groupby(c["activation"], sort=False))
-    converged = ok & _true(c["converged"])
+    converged = ok & as_bool(c["converged"])
     worst = c.loc[~ok, ["run", "delta_aicc"]]
     note = ("AICc on the same points and drop rule; a fit on a parameter bound still counts as a curve"
             + ("; paper form behind: " + ", ".join(f"{r} (dAICc {_g(d)})" for r, d in worst.itertuples(index=False))
-               if len(worst) else ""))
+               if len(worst) else "") + (f"; {missed}" if missed else ""))
     value = (f"{int(ok.sum())}/{len(c)} runs ({share:.0%}); {per}; of these, {int(converged.sum())} with a converged "
              "paper-form fit")
     if "delta_aic" in c:  # the same rule by AIC, without the small-sample correction (reported, not used)
@@ -278,7 +285,7 @@ def relu_sparser(sparsity: pd.DataFrame) -> dict:
         a_r, a_s = last.loc[r, "activation_ratio"], last.loc[s, "activation_ratio"]
         l_r, l_s = last.loc[r, "dense_loss"], last.loc[s, "dense_loss"]
         rel = abs(l_r - l_s) / min(l_r, l_s)
-        missed = [x for x in (r, s) if "reached" in last and not _true(last.loc[x, "reached"])]
+        missed = [x for x in (r, s) if "reached" in last and not as_bool(last.loc[x, "reached"])]
         comparable.append(bool(rel <= LOSS_TOL) and not missed)
         sparser.append(bool(a_r < a_s))
         parts.append(f"{r}/{s}: A {a_r:.3f} vs {a_s:.3f}, loss {l_r:.3f} vs {l_s:.3f} ({rel:.1%})"
@@ -301,7 +308,7 @@ def width_depth_linear(wd_fit: pd.DataFrame) -> dict:
     q = fitted[0]
     r = pw.loc[q]
     lo, hi = r["slope_below_lo"], r["slope_below_hi"]
-    inside = _true(r["inside"])
+    inside = as_bool(r["inside"])
     verdict = ("FAIL" if np.isfinite(hi) and hi < 0 else "PASS" if np.isfinite(lo) and lo > 0 and inside
                else "INCONCLUSIVE")
     value = (f"{q}: slope below {_interval(r['slope_below'], lo, hi)} per unit of d_model/n_layers; breakpoint "
@@ -422,7 +429,7 @@ def ppl1_lossless(sparse_inference: pd.DataFrame) -> dict:
     if "calib_applied_ppl_ratio" in s:
         a = s["calib_applied_ppl_ratio"].astype(float)
         note += f", {a.min():.4f} to {a.max():.4f} at the applied (batch-averaged) ones"
-    missed = s.loc[~_true(s["reached"]), "run"] if "reached" in s else []
+    missed = s.loc[~as_bool(s["reached"]), "run"] if "reached" in s else []
     if len(missed):
         note += "; PPL-1% not reached for " + ", ".join(missed)
     return _row("ppl1_lossless", value, verdict, len(s), note)

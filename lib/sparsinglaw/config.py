@@ -275,6 +275,9 @@ def _coerce(value: Any, default: Any, where: str, typ: str = "") -> Any:
             value = [_yaml_number(v) for v in value]
             if typ == "list[int]":
                 value = [int(v) if isinstance(v, float) and v.is_integer() else v for v in value]
+            for i, v in enumerate(value):  # true/yes and .inf/.nan are no numbers here either
+                if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+                    raise ConfigError(f"{where}[{i}]: expected a finite number, got {v!r}")
         return list(value)
     return value
 
@@ -442,7 +445,7 @@ def parse_profile(raw: Any, path: str, name: str) -> ProfileConfig:
         if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
             raise ConfigError(f"{where}.groups: expected a list of names, got {groups!r}")
         for sect in ("model", "train"):
-            if not isinstance(r.get(sect) or {}, dict):
+            if r.get(sect) is not None and not isinstance(r[sect], dict):  # `model:` alone is {}
                 raise ConfigError(f"{where}.{sect}: expected a mapping of fields, got {r.get(sect)!r}")
         mraw = _merge(model_defaults, r.get("model") or {})
         if "vocab_size" in mraw:

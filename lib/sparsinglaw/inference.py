@@ -227,7 +227,7 @@ def inference_run(profile: ProfileConfig, run: RunConfig, runs_dir=None, progres
         if len(ck) == 0:
             raise SparsingLawError(f"run {run.name}: no valid stable-stage checkpoint in {d}")
         ck = ck.iloc[-1]
-        require_corpus(run, ck["path"], tokens)
+        require_corpus(run, ck["path"], tokens.fingerprint)
         model = load_model(run, ck["path"], dev)
         ps = sorted({float(v) for v in profile.inference.p})
         steps = search_steps(s.tol)

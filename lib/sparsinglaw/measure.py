@@ -47,6 +47,7 @@ from .train import (
     atomic_write_bytes,
     atomic_write_files,
     check_corpus,
+    read_meta,
     remove_stale_temps,
     sha256_file,
     versions,
@@ -82,12 +83,11 @@ def load_model(run: RunConfig, path: str | Path, device: torch.device | str = "c
     return model.to(device).eval()
 
 
-def require_corpus(run: RunConfig, ckpt_path: str | Path, tokens) -> None:
-    """Refuse a checkpoint trained on another corpus than `tokens` (train.check_corpus); its sidecar
-    meta_<tag>.json sits beside ckpt_<tag>.pt."""
+def require_corpus(run: RunConfig, ckpt_path: str | Path, corpus: dict) -> None:
+    """Refuse a checkpoint trained on another corpus than the fingerprint `corpus` (train.check_corpus)."""
     ckpt_path = Path(ckpt_path)
-    meta_path = ckpt_path.with_name(f"meta_{ckpt_path.stem[5:]}.json")
-    check_corpus(run, json.loads(meta_path.read_text()), meta_path, tokens)
+    tag = ckpt_path.stem.removeprefix("ckpt_")
+    check_corpus(run, read_meta(ckpt_path.parent, tag), ckpt_path.parent / f"meta_{tag}.json", corpus)
 
 
 def search_steps(tol: float) -> int:
@@ -191,7 +191,7 @@ def measure_run(profile: ProfileConfig, run: RunConfig, runs_dir=None, progress:
         if len(ck) == 0:
             raise SparsingLawError(f"run {run.name}: no valid stable-stage checkpoint in {d}")
         for path in ck["path"]:
-            require_corpus(run, path, tokens)
+            require_corpus(run, path, tokens.fingerprint)
         batches = eval_set(profile, tokens, run.model.seq_len, dev)
         loaders = [lambda path=p: load_model(run, path, dev) for p in ck["path"]]
         search_idx = list(range(len(ck)))[-scfg.n_last:]
@@ -443,10 +443,12 @@ def results_for(profile: ProfileConfig, compute: bool = True, runs_dir=None) -> 
 # Pareto curves on a final checkpoint (notebook 02: paper Fig. 3 / v4 Fig. 2 and v4 Fig. 15)
 
 
-def pareto_run(profile: ProfileConfig, run: RunConfig, runs_dir=None, progress: bool = True) -> pd.DataFrame:
+def pareto_run(profile: ProfileConfig, run: RunConfig, runs_dir=None, progress: bool = True,
+               corpus: dict | None = None) -> pd.DataFrame:
     """(activation ratio, PPL) points of PPL-p% (CETT swept), Top-k (per token and the authors' per-batch
     variant), FAT-eps and exact zeros (ReLU) on the run's final stable checkpoint (cached). For an MoE run
-    only its PPL at every number of routed experts k = 1..E (activation ratio k / E)."""
+    only its PPL at every number of routed experts k = 1..E (activation ratio k / E). With `corpus` (a
+    fingerprint) a cached sweep is refused when its checkpoint was trained on another corpus."""
     from . import sparsity as sp
     from .data import prepare
 
@@ -454,6 +456,9 @@ def pareto_run(profile: ProfileConfig, run: RunConfig, runs_dir=None, progress: 
     d = run_dir(profile, run, runs_dir)
     out = d / f"pareto-{measure_key(profile, run)}.csv"
     if out.exists():
+        ck = stable_checkpoints(profile, run, runs_dir) if corpus is not None else []
+        if len(ck):  # the sweep ran on its checkpoint's own corpus (checked when it was made)
+            require_corpus(run, ck["path"].iloc[-1], corpus)
         return pd.read_csv(out)
     moe = run.model.n_experts > 0
     if moe:
@@ -464,7 +469,7 @@ def pareto_run(profile: ProfileConfig, run: RunConfig, runs_dir=None, progress: 
         tokens = prepare(profile.data, data_cache_dir(runs_dir), progress=False)
         batches = eval_set(profile, tokens, run.model.seq_len, dev)
         ck = stable_checkpoints(profile, run, runs_dir).iloc[-1]
-        require_corpus(run, ck["path"], tokens)
+        require_corpus(run, ck["path"], tokens.fingerprint)
         model = load_model(run, ck["path"], dev)
         if moe:  # its own curve, every number of routed experts (paper Fig. 2)
             points = sp.sweep_experts(model, batches, range(1, run.model.n_experts + 1))
@@ -497,8 +502,9 @@ def pareto_profile(profile: ProfileConfig, runs_dir=None, progress: bool = True)
     names = profile.sparsity.pareto_runs
     if not names:
         raise SparsingLawError(f"{profile.path}: sparsity.pareto_runs is empty; name the runs to sweep")
-    df = pd.concat([pareto_run(profile, profile.run(n), runs_dir, progress) for n in names], ignore_index=True)
     tokens = prepare(profile.data, data_cache_dir(runs_dir), progress=False)
+    df = pd.concat([pareto_run(profile, profile.run(n), runs_dir, progress, corpus=tokens.fingerprint)
+                    for n in names], ignore_index=True)
     meta = provenance(profile, corpus=tokens.fingerprint, sparsity=dataclasses.asdict(profile.sparsity))
     write_table(df, results_dir(profile.name) / "pareto.csv", meta)
     return df

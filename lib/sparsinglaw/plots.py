@@ -19,7 +19,7 @@ import pandas as pd  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 
 from .config import ProfileConfig  # noqa: E402
-from .runs import figures_dir, in_group, train_log_table  # noqa: E402
+from .runs import as_bool, figures_dir, in_group, train_log_table  # noqa: E402
 
 # one palette for activation functions, used in every figure (colour-blind safe, Okabe-Ito)
 ACTIVATION_COLORS = {"relu": "#0072B2", "silu": "#D55E00", "gelu": "#009E73", "gelu_tanh": "#56B4E9",
@@ -56,7 +56,7 @@ def _unreached(df: pd.DataFrame) -> pd.Series:
     is only a lower bound, so they are marked, never drawn as PPL-p% points. All False without the column."""
     if "reached" not in df:
         return pd.Series(False, index=df.index)
-    return df["reached"].astype(str).str.strip().str.lower().isin(("false", "0", "0.0"))
+    return ~as_bool(df["reached"])
 
 
 def save(fig, name: str, profile: ProfileConfig, paper: str, notebook: str) -> list[str]:
@@ -599,7 +599,8 @@ def convergence_speed(curves: pd.DataFrame, summary: pd.DataFrame):
             ax.axvline(s["ratio_common"].iloc[0], color="0.4", lw=0.8, ls=":")
             rho = s["rho_N_speed"].iloc[0]
             _note(ax, f"Spearman rho(N, speed) = {rho:+.2f}" if np.isfinite(rho) else
-                  f"Spearman rho(N, speed) undefined ({len(s)} run(s); needs 3 with distinct speeds)", "lower left")
+                  f"Spearman rho(N, speed) undefined ({int(np.isfinite(s['dA_dratio_common'].astype(float)).sum())} "
+                  "run(s) with a speed there; needs 3, not all equal)", "lower left")
         log_x(ax)
         ax.set_yscale("log")
         top = g["dA_dratio"].abs().max()
@@ -691,9 +692,8 @@ def token_pairs(tokens: pd.DataFrame, correlations: pd.DataFrame, max_cols: int 
             if np.isfinite(r["pearson"]):
                 ax.set_title(f"r={r['pearson']:.2f} [{r['pearson_lo']:.2f}, {r['pearson_hi']:.2f}]\n"
                              f"rho={r['spearman']:.2f}, n={int(r['n_tokens'])}", fontsize=5.5)
-    counts = [int((correlations["activation"] == a).sum()) for a in acts]
-    shown = "" if all(k <= ncols for k in counts) else "; first {} of {} pairs shown".format(
-        ncols, "/".join(f"{k} {a}" for a, k in zip(acts, counts, strict=True)))
+    cut = [(a, k) for a in acts if (k := int((correlations["activation"] == a).sum())) > ncols]
+    shown = "".join(f"; first {ncols} of {k} {a} pairs shown" for a, k in cut)
     fig.suptitle(f"per-token activation ratio (share of neurons active), pairs of runs{shown}", fontsize=8)
     fig.tight_layout()
     return fig

@@ -254,23 +254,30 @@ def train_profile(profile: ProfileConfig, names: list[str] | None = None, jobs: 
 
 
 def _worker_init() -> None:
-    """In each worker of run_parallel: progress bars take a thread lock instead of tqdm's default
-    multiprocessing lock, a named semaphore of this process alone that a worker stopped by Ctrl-C would
-    leave to the resource tracker (which then warns of leaked semaphores)."""
+    """In each worker of run_parallel: SIGINT ignored, then unblocked (it was blocked when the worker
+    started, so a Ctrl-C during its start-up stayed pending and is now dropped): Ctrl-C reaches the
+    parent alone, which terminates the workers. Progress bars take a thread lock instead of tqdm's
+    default multiprocessing lock, a named semaphore of this process alone that a terminated worker
+    would leave to the resource tracker (which then warns of leaked semaphores)."""
+    import signal
     import threading
 
     from tqdm import tqdm
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     tqdm.set_lock(threading.RLock())
 
 
 def run_parallel(fn, calls: list[tuple], jobs: int, what: str) -> None:
     """fn(*args) for each args in `calls`: in this process when jobs == 1, else in `jobs` spawned
-    processes; every call runs even when another fails, then the user errors are reported together.
+    processes; every call runs even when another fails, then the user errors are reported together
+    (and any other error raised, the first one).
 
     Ctrl-C stops the workers at once and drops the queued calls (killed runs resume from their last
-    checkpoint): the workers start with SIGINT ignored (an ignored signal stays ignored in a spawned
-    process), so that it reaches this process alone, which terminates them."""
+    checkpoint): while the workers are started SIGINT is blocked in this thread, so the workers start
+    with it blocked (a spawned process keeps the mask) and ignore it once set up (_worker_init); a
+    Ctrl-C meanwhile stays pending here and is raised after the start."""
     import multiprocessing as mp
     import signal
     import threading
@@ -280,30 +287,40 @@ def run_parallel(fn, calls: list[tuple], jobs: int, what: str) -> None:
         for args in calls:
             fn(*args)
         return
-    errors = []
+    errors, crash, pool = [], None, None
     before = set(mp.active_children())
-    ignore = threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is not None
-    old = signal.signal(signal.SIGINT, signal.SIG_IGN) if ignore else None
+    block = threading.current_thread() is threading.main_thread()
     try:
-        pool = ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"), initializer=_worker_init)
-        futures = [pool.submit(fn, *args) for args in calls]  # starts the workers
-    finally:
-        if ignore:
-            signal.signal(signal.SIGINT, old)
-    with pool:
+        if block:
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
-            for fut in as_completed(futures):
-                try:
-                    fut.result()
-                except SparsingLawError as e:
-                    errors.append(str(e))
-        except KeyboardInterrupt:
+            pool = ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"),
+                                       initializer=_worker_init)
+            futures = [pool.submit(fn, *args) for args in calls]  # starts the workers
+        finally:
+            if block:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # a pending Ctrl-C is raised now
+        for fut in as_completed(futures):
+            try:
+                fut.result()
+            except SparsingLawError as e:
+                errors.append(str(e))
+            except Exception as e:  # a bug or a system error: the other calls still run, then it is raised
+                crash = crash or e
+        pool.shutdown(wait=True)
+    except BaseException:  # Ctrl-C (or SystemExit): stop every worker now
+        if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
-            for p in set(mp.active_children()) - before:
-                p.terminate()
-            raise
+        for p in set(mp.active_children()) - before:
+            p.terminate()
+        raise
     if errors:
-        raise SparsingLawError(f"{what} failed for {len(errors)} run(s):\n" + "\n".join(errors))
+        msg = f"{what} failed for {len(errors)} run(s):\n" + "\n".join(errors)
+        if crash is None:
+            raise SparsingLawError(msg)
+        print(f"error: {msg}", file=sys.stderr)
+    if crash is not None:
+        raise crash
 
 
 def states_table(profile: ProfileConfig, runs_dir=None) -> pd.DataFrame:
@@ -428,6 +445,14 @@ def read_table(path: str | Path, columns: list[str] = (), numeric: list[str] = (
                           StaleTableWarning, stacklevel=2)
     df.attrs["meta"] = meta
     return df
+
+
+def as_bool(v) -> pd.Series | bool:
+    """A boolean column (or value) as it comes back from a CSV or a DataFrame: True or the text "True"
+    (any case) is True; anything else, NaN included, is False."""
+    if isinstance(v, pd.Series):
+        return v.astype(str).str.strip().str.lower().eq("true")
+    return str(v).strip().lower() == "true"
 
 
 def group_runs(profile: ProfileConfig, group: str | None = None) -> list[RunConfig]:

@@ -389,22 +389,25 @@ def check_tokens(run: RunConfig, tokens: TokenData) -> None:
                               "model.seq_len")
 
 
-def check_corpus(run: RunConfig, meta: dict, meta_path: Path, tokens: TokenData) -> None:
-    """Refuse to resume, measure or evaluate a checkpoint on another corpus than it was trained on.
-    The run key hashes the data.* settings, not the text they select: the default corpus is this Python
-    environment's own source, so upgrading a package changes the text and its tokenizer under the same
-    key, and token ids would no longer mean what the weights learned."""
-    was, now = meta.get("corpus") or {}, tokens.fingerprint
-    if not isinstance(was, dict) or "sha256" not in was or was["sha256"] == now.get("sha256"):
+def check_corpus(run: RunConfig, meta: dict, meta_path: Path, corpus: dict) -> None:
+    """Refuse to resume, measure or evaluate a checkpoint on another corpus than it was trained on
+    (`corpus`: the fingerprint data.* gives now). The run key hashes the data.* settings, not the text
+    they select: the default corpus is this Python environment's own source, so upgrading a package
+    changes the text and its tokenizer under the same key, and token ids would no longer mean what the
+    weights learned."""
+    was = meta.get("corpus") or {}
+    if not isinstance(was, dict) or "sha256" not in was or was["sha256"] == corpus.get("sha256"):
         return  # sidecars without a fingerprint predate it: nothing to compare
 
     def shown(f: dict) -> str:
         return f"{f.get('files', '?')} files, {f.get('bytes', '?')} bytes, sha256 {str(f.get('sha256'))[:12]}"
 
+    fix = (f"restore the environment it was trained in (package versions under 'versions' in {meta_path.name})"
+           if str(corpus.get("source", "")).startswith("python-env") else
+           f"restore the corpus files it was trained on ({was.get('source', '?')})")
     raise CorpusError(f"run {run.name}: {meta_path} was trained on another corpus ({shown(was)}) than data.* "
-                      f"gives now ({shown(now)}), with another tokenizer; restore the environment it was "
-                      f"trained in (package versions under 'versions' in {meta_path.name}) or delete "
-                      f"{meta_path.parent} to train the run again")
+                      f"gives now ({shown(corpus)}), with another tokenizer; {fix}, or delete {meta_path.parent} "
+                      "to train the run again")
 
 
 def session_summary(steps: int, tps: int, wall: float, fpt: float, peak: float | None, world: int) -> str:
@@ -463,7 +466,7 @@ def train(run: RunConfig, data_cfg: DataConfig, run_dir: Path, tokens: TokenData
     found = latest_valid_checkpoint(run_dir, config_hash, warn=print if ddp.main else (lambda _m: None))
     if found is not None:
         tag, meta = found
-        check_corpus(run, meta, run_dir / f"meta_{tag}.json", tokens)
+        check_corpus(run, meta, run_dir / f"meta_{tag}.json", tokens.fingerprint)
         state = load_checkpoint(run_dir, tag, config_hash, map_location=dev)
         model.load_state_dict(state["model"])
         load_optimizer(opt, state["optimizer"])
