@@ -216,7 +216,7 @@ def test_convergence_speed_never_prints_nan_for_an_undefined_rho():
     fig = plots.convergence_speed(curves, summary)
     texts = _texts(fig)
     assert not any("nan" in t for t in texts), texts
-    assert any("undefined (1 run(s) with a speed there" in t for t in texts)  # runs with a speed, not all
+    assert any("undefined:\n1 run(s) with a speed there" in t for t in texts)  # runs with a speed, not all
     plt.close(fig)
 
 

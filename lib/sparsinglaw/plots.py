@@ -599,8 +599,8 @@ def convergence_speed(curves: pd.DataFrame, summary: pd.DataFrame):
             ax.axvline(s["ratio_common"].iloc[0], color="0.4", lw=0.8, ls=":")
             rho = s["rho_N_speed"].iloc[0]
             _note(ax, f"Spearman rho(N, speed) = {rho:+.2f}" if np.isfinite(rho) else
-                  f"Spearman rho(N, speed) undefined ({int(np.isfinite(s['dA_dratio_common'].astype(float)).sum())} "
-                  "run(s) with a speed there; needs 3, not all equal)", "lower left")
+                  f"Spearman rho(N, speed) undefined:\n{int(np.isfinite(s['dA_dratio_common'].astype(float)).sum())} "
+                  "run(s) with a speed there, needs 3", "lower left")
         log_x(ax)
         ax.set_yscale("log")
         top = g["dA_dratio"].abs().max()
