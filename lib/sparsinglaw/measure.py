@@ -118,11 +118,13 @@ def require_record_corpus(record: dict, corpus: dict | None, run: RunConfig, wha
         return
     from .data import CorpusError
 
-    was, now = str(was.get("sha256"))[:12], str(corpus.get("sha256"))[:12]
-    raise CorpusError(f"run {run.name}: its cached {what} was made on another corpus (sha256 {was}) than "
-                      f"data.* gives now (sha256 {now}); "
-                      "restore the environment it was made in (the record's 'versions') or delete the run's "
-                      "folder to train and measure it again")
+    fix = ("restore the environment it was made in (the record's 'versions')"
+           if str(corpus.get("source", "")).startswith("python-env") else
+           f"restore the corpus files it was made on ({was.get('source', '?')})")
+    old, now = str(was.get("sha256"))[:12], str(corpus.get("sha256"))[:12]
+    raise CorpusError(f"run {run.name}: its cached {what} was made on another corpus (sha256 {old}) than "
+                      f"data.* gives now (sha256 {now}); {fix}, or delete the run's folder to train and measure "
+                      "it again")
 
 
 def eval_set(profile: ProfileConfig, tokens, seq_len: int, device: torch.device | str = "cpu"
