@@ -31,6 +31,7 @@ import pandas as pd
 import torch
 
 from .config import ProfileConfig, RunConfig, SparsingLawError, stable_hash
+from .data import CorpusError
 from .runs import (
     checkpoints,
     data_cache_dir,
@@ -47,8 +48,10 @@ from .train import (
     atomic_write_bytes,
     atomic_write_files,
     check_corpus,
+    corpus_differs,
     read_meta,
     remove_stale_temps,
+    restore_advice,
     sha256_file,
     versions,
 )
@@ -113,14 +116,10 @@ def search_with_bar(bar, steps: int, search):
 def require_record_corpus(record: dict, corpus: dict | None, run: RunConfig, what: str) -> None:
     """Refuse a cached `what` record of `run` made on another corpus than `corpus` (None: not checked),
     so that one results table never mixes corpora."""
-    was = record.get("corpus") or {}
-    if corpus is None or not isinstance(was, dict) or was.get("sha256") in (None, corpus.get("sha256")):
+    was = record.get("corpus")
+    if corpus is None or not corpus_differs(was, corpus):
         return
-    from .data import CorpusError
-
-    fix = ("restore the environment it was made in (the record's 'versions')"
-           if str(corpus.get("source", "")).startswith("python-env") else
-           f"restore the corpus files it was made on ({was.get('source', '?')})")
+    fix = restore_advice(was, corpus, "made", "the record's 'versions'")
     old, now = str(was.get("sha256"))[:12], str(corpus.get("sha256"))[:12]
     raise CorpusError(f"run {run.name}: its cached {what} was made on another corpus (sha256 {old}) than "
                       f"data.* gives now (sha256 {now}); {fix}, or delete the run's folder to train and measure "
@@ -458,9 +457,9 @@ def pareto_run(profile: ProfileConfig, run: RunConfig, runs_dir=None, progress: 
     d = run_dir(profile, run, runs_dir)
     out = d / f"pareto-{measure_key(profile, run)}.csv"
     if out.exists():
-        ck = stable_checkpoints(profile, run, runs_dir) if corpus is not None else []
-        if len(ck):  # the sweep ran on its checkpoint's own corpus (checked when it was made)
-            require_corpus(run, ck["path"].iloc[-1], corpus)
+        metas = sorted(d.glob("meta_[0-9]*.json")) if corpus is not None else []
+        if metas:  # the sweep ran on its run's corpus (checked when it was made): the newest sidecar's
+            check_corpus(run, json.loads(metas[-1].read_text()), metas[-1], corpus)
         return pd.read_csv(out)
     moe = run.model.n_experts > 0
     if moe:

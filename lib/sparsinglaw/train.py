@@ -389,22 +389,34 @@ def check_tokens(run: RunConfig, tokens: TokenData) -> None:
                               "model.seq_len")
 
 
+def corpus_differs(was, now: dict) -> bool:
+    """A recorded corpus fingerprint `was` (a sidecar's or a cached record's) of another text than the
+    fingerprint `now`; False when none was recorded (written before fingerprints were)."""
+    return isinstance(was, dict) and "sha256" in was and was["sha256"] != now.get("sha256")
+
+
+def restore_advice(was: dict, now: dict, verb: str, versions: str) -> str:
+    """What to restore for a corpus mismatch: the environment for the default corpus (its text is the
+    installed packages' source), else the corpus files."""
+    if str(now.get("source", "")).startswith("python-env"):
+        return f"restore the environment it was {verb} in ({versions})"
+    return f"restore the corpus files it was {verb} on ({was.get('source', '?')})"
+
+
 def check_corpus(run: RunConfig, meta: dict, meta_path: Path, corpus: dict) -> None:
     """Refuse to resume, measure or evaluate a checkpoint on another corpus than it was trained on
     (`corpus`: the fingerprint data.* gives now). The run key hashes the data.* settings, not the text
     they select: the default corpus is this Python environment's own source, so upgrading a package
     changes the text and its tokenizer under the same key, and token ids would no longer mean what the
     weights learned."""
-    was = meta.get("corpus") or {}
-    if not isinstance(was, dict) or "sha256" not in was or was["sha256"] == corpus.get("sha256"):
-        return  # sidecars without a fingerprint predate it: nothing to compare
+    was = meta.get("corpus")
+    if not corpus_differs(was, corpus):
+        return
 
     def shown(f: dict) -> str:
         return f"{f.get('files', '?')} files, {f.get('bytes', '?')} bytes, sha256 {str(f.get('sha256'))[:12]}"
 
-    fix = (f"restore the environment it was trained in (package versions under 'versions' in {meta_path.name})"
-           if str(corpus.get("source", "")).startswith("python-env") else
-           f"restore the corpus files it was trained on ({was.get('source', '?')})")
+    fix = restore_advice(was, corpus, "trained", f"package versions under 'versions' in {meta_path.name}")
     raise CorpusError(f"run {run.name}: {meta_path} was trained on another corpus ({shown(was)}) than data.* "
                       f"gives now ({shown(corpus)}), with another tokenizer; {fix}, or delete {meta_path.parent} "
                       "to train the run again")
