@@ -105,8 +105,8 @@ measure: $(STAMP) ## measure PPL-p% sparsity on every checkpoint of PROFILE (tra
 compute: $(STAMP) ## the model stages of PROFILE without notebooks (train, measure, Pareto, sparse inference) -> results/PROFILE; then make replot
 	$(PY) -m sparsinglaw compute --profile $(PROFILE)
 
-fit: $(STAMP) ## fit every law on results/PROFILE (Eq. 4/5, width-depth, scale, convergence; cached) and print them
-	$(PY) -m sparsinglaw fit --profile $(PROFILE)
+fit: $(STAMP) ## fit every law on results/PROFILE (Eq. 4/5, width-depth, scale, convergence; cached; REFIT=1: recompute) and print them
+	$(PY) -m sparsinglaw fit --profile $(PROFILE)$(if $(REFIT), --refit)
 
 runs: $(STAMP) ## list the runs of PROFILE and their state
 	$(PY) -m sparsinglaw runs --profile $(PROFILE)

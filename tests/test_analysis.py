@@ -343,6 +343,24 @@ def test_profile_tables_are_written_with_provenance_and_cached(table, isolated_r
         again, _ = analysis.activation_laws_for(P)  # same inputs and spec: read back
     pd.testing.assert_frame_equal(fits, again)
     assert "computing" not in capsys.readouterr().err
+    assert meta["code"] == analysis.code_hash()  # the fitting code that wrote it, recorded
+    sidecar = (folder / "fits.meta.json").read_bytes()
+    todo = {"fits", "fit_curves", "scale"}
+    with monkeypatch.context() as m:  # refit: recomputed though cached, once, and taken out of the set
+        calls = []
+        m.setattr(analysis, "fit_activation_laws", lambda *a, **k: calls.append(1) or (fits, curves))
+        analysis.activation_laws_for(P, refit=todo)
+        analysis.activation_laws_for(P, refit=todo)
+    assert calls == [1] and todo == {"scale"} and "(refit)" in capsys.readouterr().err
+    assert (folder / "fits.meta.json").read_bytes() == sidecar  # same bytes, same provenance: left as it was
+    with monkeypatch.context() as m:  # reused though the fitting code changed since: said, with the remedy
+        m.setattr(analysis, "code_hash", lambda: "0" * 16)
+        analysis.activation_laws_for(P)
+    err = capsys.readouterr().err
+    assert "reusing fits.csv, fit_curves.csv, fitted by another version of laws.py and analysis.py" in err
+    assert "--refit" in err and "computing" not in err
+    analysis.activation_laws_for(P)
+    assert capsys.readouterr().err == ""  # the same code: nothing to say
     P2 = dataclasses.replace(P, fit={"n_boot": 0})  # another spec: recomputed
     assert analysis.activation_laws_for(P2)[0]["alpha_lo"].isna().all()
     with pytest.raises(ValueError, match="unknown FitSpec field"):

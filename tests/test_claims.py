@@ -563,6 +563,23 @@ def test_fit_prints_every_law_beside_the_paper_and_writes_its_tables(synth_profi
         assert (runs.results_dir("synth") / f"{name}.meta.json").is_file(), name
 
 
+def test_fit_refit_recomputes_every_table_once_and_leaves_unchanged_files(synth_profile):
+    """`fit --refit` (after an edit of the fitting code): each derived table is computed once, and with
+    the same code and inputs the files, sidecars included, stay byte for byte as they were."""
+    from sparsinglaw import analysis
+
+    folder = runs.results_dir("synth")
+    assert _cli("fit", "--profile", str(synth_profile), "--no-progress").returncode == 0
+    files = [folder / f"{n}{ext}" for n in analysis.FIT_TABLES for ext in (".csv", ".meta.json")]
+    before = [f.read_bytes() for f in files]
+    r = _cli("fit", "--profile", str(synth_profile), "--refit", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    computing = [line for line in r.stderr.splitlines() if ": computing " in line]
+    assert computing and all(line.endswith(" (refit) ...") for line in computing)
+    assert sorted(re.findall(r"(\w+)\.csv", " ".join(computing))) == sorted(analysis.FIT_TABLES)
+    assert [f.read_bytes() for f in files] == before
+
+
 def test_fit_without_results_is_one_message(tmp_path):
     r = _cli("fit", "--profile", str(unmeasured_profile(tmp_path)))
     assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1

@@ -6,7 +6,7 @@ or written): the activation laws and the fit-form comparison (Fig. 4, Table 2), 
 patterns (Fig. 9-10) and the side-by-side Table 2 (the verdicts on the paper's claims are claims.py's);
 then the profile-level
 `*_for(profile)` functions, which read results/<profile>/{sparsity,neurons,tokens}.csv, compute (or
-reuse, when inputs, fit spec and code version are unchanged) and write results/<profile>/<table>.csv
+reuse, when inputs, fit spec and ANALYSIS_VERSION are unchanged) and write results/<profile>/<table>.csv
 with provenance, so that every figure of notebooks 03-05 can be redrawn from committed tables.
 
 Symbols: D = training tokens / 1e9 (the paper's unit); A = activation ratio at PPL-p%; A0 its fitted
@@ -24,6 +24,7 @@ import math
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -34,6 +35,7 @@ from .config import ProfileConfig, SparsingLawError, stable_hash
 from .runs import as_bool, in_group, provenance, results_dir, write_table
 
 ANALYSIS_VERSION = 4  # bump when a derived table changes meaning (invalidates the cached tables)
+CODE_FILES = ("laws.py", "analysis.py")  # the fitting code; its sha256 is recorded, not part of the cache key
 
 # the paper's law for each activation: Eq. 4 for ReLU (falls towards A0), Eq. 5 for SiLU (rises
 # towards A0); the paper fits no other activation, we give ReLU-like ones Eq. 4 and smooth ones Eq. 5
@@ -149,8 +151,17 @@ class Law:
 # activation laws (Fig. 4, Table 2) and the fit-form comparison (rebuttal)
 
 
+def _by_run(points: pd.DataFrame, desc: str, progress: bool):
+    """(run, points) per run, with a progress bar on stderr when `progress` (fits take seconds a run)."""
+    from tqdm.auto import tqdm
+
+    groups = points.groupby("run", sort=False)
+    return tqdm(groups, total=groups.ngroups, desc=desc, unit="run", disable=not progress, file=sys.stderr,
+                leave=False)
+
+
 def fit_activation_laws(table: pd.DataFrame, spec: laws.FitSpec, p: float = 1.0,
-                        n_curve: int = 64) -> tuple[pd.DataFrame, pd.DataFrame]:
+                        n_curve: int = 64, progress: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Fit each run's activation ratio A at PPL-p% vs D with its activation's form (FORM).
 
     Returns (fits, curves). fits: one row per run: run columns, p, n_points, D_min/D_max (all points),
@@ -162,7 +173,7 @@ def fit_activation_laws(table: pd.DataFrame, spec: laws.FitSpec, p: float = 1.0,
     bootstrap band at spec.level) on n_curve log-spaced D over the run's measured range, converged fits only.
     """
     rows, curves = [], []
-    for run, g in activation_points(table, p).groupby("run", sort=False):
+    for run, g in _by_run(activation_points(table, p), "Eq. 4/5 fits", progress):
         form = form_for(g["activation"].iloc[0])
         D, A = g["D"].to_numpy(), g["activation_ratio"].to_numpy()
         row = {**_info(g), "p": p, "n_points": len(g), "D_min": D.min(), "D_max": D.max(),
@@ -187,12 +198,12 @@ def fit_activation_laws(table: pd.DataFrame, spec: laws.FitSpec, p: float = 1.0,
 
 
 def form_comparison(table: pd.DataFrame, spec: laws.FitSpec, p: float = 1.0,
-                    forms=ALTERNATIVES) -> pd.DataFrame:
+                    forms=ALTERNATIVES, progress: bool = False) -> pd.DataFrame:
     """Every form of `forms` on every run (same points and drop rule; no bootstrap): MSE, MAE, AIC, AICc,
     BIC (k identified parameters each), hold-out errors, convergence; delta_aic and delta_aicc from the run's
     lowest (any form with one); paper_form marks the paper's form for the run's activation."""
     out = []
-    for _, g in activation_points(table, p).groupby("run", sort=False):
+    for _, g in _by_run(activation_points(table, p), "fit forms", progress):
         D, A = g["D"].to_numpy(), g["activation_ratio"].to_numpy()
         why, rows = _unreached(g, p), []
         for f in forms:  # one form at a time, so a form with too many parameters fails alone
@@ -515,30 +526,48 @@ def _sha(profile: ProfileConfig, table: str) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def code_hash() -> str:
+    """sha256 (16 hex digits) of the fitting code (CODE_FILES), recorded in each derived table's sidecar."""
+    here = Path(__file__).parent
+    return hashlib.sha256(b"".join((here / f).read_bytes() for f in CODE_FILES)).hexdigest()[:16]
+
+
 def _cached(profile: ProfileConfig, outputs: tuple[str, ...], inputs: tuple[str, ...], payload: dict,
-            compute) -> tuple[pd.DataFrame, ...]:
+            compute, refit: set[str] | None = None) -> tuple[pd.DataFrame, ...]:
     """Tables `outputs` of results/<profile>/: reused when their sidecars carry the key of (inputs'
     sha256, payload, ANALYSIS_VERSION) and their own sha256 still matches, else compute() and write
-    them with provenance. Always returned as read back from the CSV (what a replot sees)."""
+    them with provenance. Always returned as read back from the CSV (what a replot sees).
+
+    The code is not part of the key (a comment edit would refit every table): a table reused though
+    laws.py or analysis.py changed since it was written gets a note on stderr. Outputs named in `refit`
+    are recomputed whatever their sidecars say, and taken out of it (a later call reuses them)."""
     folder = results_dir(profile.name)
     hashes = {t: _sha(profile, t) for t in inputs}
     key = stable_hash({"v": ANALYSIS_VERSION, "inputs": hashes, **payload})[:16]
-
-    def fresh(name):
+    names = ", ".join(f"{n}.csv" for n in outputs)
+    metas = {}
+    for name in outputs:
         meta, csv = folder / f"{name}.meta.json", folder / f"{name}.csv"
-        if not (meta.exists() and csv.exists()):
-            return False
-        m = json.loads(meta.read_text())
-        return m.get("analysis_key") == key and m.get("sha256") == hashlib.sha256(csv.read_bytes()).hexdigest()
+        if meta.exists() and csv.exists():
+            m = json.loads(meta.read_text())
+            if m.get("analysis_key") == key and m.get("sha256") == hashlib.sha256(csv.read_bytes()).hexdigest():
+                metas[name] = m
 
-    if not all(fresh(n) for n in outputs):
-        names = ", ".join(f"{n}.csv" for n in outputs)
-        print(f"{folder}: computing {names} (missing or stale) ...", file=sys.stderr, flush=True)
+    if len(metas) < len(outputs) or (refit is not None and refit & set(outputs)):
+        why = "refit" if len(metas) == len(outputs) else "missing or stale"
+        print(f"{folder}: computing {names} ({why}) ...", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
-        meta = provenance(profile, analysis_key=key, analysis_version=ANALYSIS_VERSION, inputs=hashes, **payload)
+        meta = provenance(profile, analysis_key=key, analysis_version=ANALYSIS_VERSION, code=code_hash(),
+                          inputs=hashes, **payload)
         for name, df in zip(outputs, compute(), strict=True):
             write_table(df, folder / f"{name}.csv", meta)
         print(f"{folder}: {names} written in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
+        if refit is not None:
+            refit.difference_update(outputs)
+    elif any(m.get("code", code_hash()) != code_hash() for m in metas.values()):
+        print(f"{folder}: reusing {names}, fitted by another version of {' and '.join(CODE_FILES)}; "
+              f"python -m sparsinglaw fit --profile {profile.name} --refit recomputes them", file=sys.stderr,
+              flush=True)
     return tuple(pd.read_csv(folder / f"{n}.csv") for n in outputs)
 
 
@@ -546,47 +575,60 @@ def _spec_payload(profile: ProfileConfig, **args) -> dict:
     return {"fit_spec": dataclasses.asdict(fit_spec(profile)), "args": args}
 
 
-def activation_laws_for(profile: ProfileConfig, p: float = 1.0) -> tuple[pd.DataFrame, pd.DataFrame]:
+# Each *_for below: `refit`, a set of table names to recompute even when cached (fit_profile's --refit);
+# `progress`, per-run bars on stderr for the fits that take seconds a run.
+
+
+def activation_laws_for(profile: ProfileConfig, p: float = 1.0, refit: set[str] | None = None,
+                        progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
     """fit_activation_laws on results/<profile>/sparsity.csv -> fits.csv, fit_curves.csv."""
     return _cached(profile, ("fits", "fit_curves"), ("sparsity",), _spec_payload(profile, p=p),
-                   lambda: fit_activation_laws(load_results(profile)["sparsity"], fit_spec(profile), p))
+                   lambda: fit_activation_laws(load_results(profile)["sparsity"], fit_spec(profile), p,
+                                               progress=progress), refit)
 
 
-def form_comparison_for(profile: ProfileConfig, p: float = 1.0) -> pd.DataFrame:
+def form_comparison_for(profile: ProfileConfig, p: float = 1.0, refit: set[str] | None = None,
+                        progress: bool = True) -> pd.DataFrame:
     """form_comparison on results/<profile>/sparsity.csv -> form_comparison.csv."""
     return _cached(profile, ("form_comparison",), ("sparsity",), _spec_payload(profile, p=p),
-                   lambda: (form_comparison(load_results(profile)["sparsity"], fit_spec(profile), p),))[0]
+                   lambda: (form_comparison(load_results(profile)["sparsity"], fit_spec(profile), p,
+                                            progress=progress),), refit)[0]
 
 
-def limit_loss_for(profile: ProfileConfig, p: float = 1.0) -> pd.DataFrame:
+def limit_loss_for(profile: ProfileConfig, p: float = 1.0, refit: set[str] | None = None) -> pd.DataFrame:
     """limit_loss on results/<profile>/sparsity.csv -> limit_loss.csv."""
     return _cached(profile, ("limit_loss",), ("sparsity",), _spec_payload(profile, p=p),
-                   lambda: (limit_loss(load_results(profile)["sparsity"], fit_spec(profile), p),))[0]
+                   lambda: (limit_loss(load_results(profile)["sparsity"], fit_spec(profile), p),), refit)[0]
 
 
-def width_depth_for(profile: ProfileConfig, p: float = 1.0) -> tuple[pd.DataFrame, pd.DataFrame]:
+def width_depth_for(profile: ProfileConfig, p: float = 1.0, refit: set[str] | None = None,
+                    progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
     """width_depth from the profile's fits and limit losses -> width_depth.csv, width_depth_fit.csv."""
-    fits, _ = activation_laws_for(profile, p)
-    losses = limit_loss_for(profile, p)
+    fits, _ = activation_laws_for(profile, p, refit, progress)
+    losses = limit_loss_for(profile, p, refit)
     return _cached(profile, ("width_depth", "width_depth_fit"), ("fits", "limit_loss"), {},
-                   lambda: width_depth(fits, losses, fit_spec(profile).level))
+                   lambda: width_depth(fits, losses, fit_spec(profile).level), refit)
 
 
-def scale_for(profile: ProfileConfig, p: float = 1.0) -> tuple[pd.DataFrame, pd.DataFrame]:
+def scale_for(profile: ProfileConfig, p: float = 1.0, refit: set[str] | None = None,
+              progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
     """scale from the profile's fits and limit losses -> scale.csv, scale_fit.csv."""
-    fits, _ = activation_laws_for(profile, p)
-    losses = limit_loss_for(profile, p)
+    fits, _ = activation_laws_for(profile, p, refit, progress)
+    losses = limit_loss_for(profile, p, refit)
     return _cached(profile, ("scale", "scale_fit"), ("fits", "limit_loss"), {},
-                   lambda: scale(fits, losses, fit_spec(profile).level))
+                   lambda: scale(fits, losses, fit_spec(profile).level), refit)
 
 
-def convergence_for(profile: ProfileConfig, p: float = 1.0) -> tuple[pd.DataFrame, pd.DataFrame]:
+def convergence_for(profile: ProfileConfig, p: float = 1.0, refit: set[str] | None = None,
+                    progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
     """convergence from the profile's fits -> convergence.csv, convergence_summary.csv."""
-    fits, _ = activation_laws_for(profile, p)
-    return _cached(profile, ("convergence", "convergence_summary"), ("fits",), {}, lambda: convergence(fits))
+    fits, _ = activation_laws_for(profile, p, refit, progress)
+    return _cached(profile, ("convergence", "convergence_summary"), ("fits",), {}, lambda: convergence(fits),
+                   refit)
 
 
-def patterns_for(profile: ProfileConfig) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def patterns_for(profile: ProfileConfig, refit: set[str] | None = None
+                 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """domain_distributions, token_pairs and seed_agreement on neurons.csv and tokens.csv -> domains.csv,
     domain_agreement.csv, token_pairs.csv, seed_agreement.csv."""
     def compute():
@@ -595,7 +637,7 @@ def patterns_for(profile: ProfileConfig) -> tuple[pd.DataFrame, pd.DataFrame, pd
                 seed_agreement(t["neurons"], t["tokens"], t["sparsity"]))
 
     return _cached(profile, ("domains", "domain_agreement", "token_pairs", "seed_agreement"),
-                   ("sparsity", "neurons", "tokens"), {}, compute)
+                   ("sparsity", "neurons", "tokens"), {}, compute, refit)
 
 
 FIT_TABLES = ("fits", "fit_curves", "form_comparison", "limit_loss", "width_depth", "width_depth_fit", "scale",
@@ -603,17 +645,20 @@ FIT_TABLES = ("fits", "fit_curves", "form_comparison", "limit_loss", "width_dept
               "seed_agreement")
 
 
-def fit_profile(profile: ProfileConfig, p: float = 1.0) -> dict[str, pd.DataFrame]:
+def fit_profile(profile: ProfileConfig, p: float = 1.0, refit: bool = False,
+                progress: bool = True) -> dict[str, pd.DataFrame]:
     """Every fit and comparison of notebooks 03-05 on results/<profile>/ (each cached as above), by
-    table name (FIT_TABLES): what `python -m sparsinglaw fit` prints and `verify` checks."""
-    fits, curves = activation_laws_for(profile, p)
-    wd, wd_fit = width_depth_for(profile, p)
-    sc, sc_fit = scale_for(profile, p)
-    conv, conv_summary = convergence_for(profile, p)
-    doms, agreement, pairs, seed_pairs = patterns_for(profile)
-    out = {"fits": fits, "fit_curves": curves, "form_comparison": form_comparison_for(profile, p),
-           "limit_loss": limit_loss_for(profile, p), "width_depth": wd, "width_depth_fit": wd_fit, "scale": sc,
-           "scale_fit": sc_fit, "convergence": conv, "convergence_summary": conv_summary, "domains": doms,
-           "domain_agreement": agreement, "token_pairs": pairs, "seed_agreement": seed_pairs}
-    assert tuple(out) == FIT_TABLES
+    table name (FIT_TABLES): what `python -m sparsinglaw fit` prints and `verify` checks. `refit`:
+    recompute every table, cached or not (after an edit of the fitting code), each once."""
+    todo = set(FIT_TABLES) if refit else None
+    fits, curves = activation_laws_for(profile, p, todo, progress)
+    wd, wd_fit = width_depth_for(profile, p, todo, progress)
+    sc, sc_fit = scale_for(profile, p, todo, progress)
+    conv, conv_summary = convergence_for(profile, p, todo, progress)
+    doms, agreement, pairs, seed_pairs = patterns_for(profile, todo)
+    out = {"fits": fits, "fit_curves": curves, "form_comparison": form_comparison_for(profile, p, todo, progress),
+           "limit_loss": limit_loss_for(profile, p, todo), "width_depth": wd, "width_depth_fit": wd_fit,
+           "scale": sc, "scale_fit": sc_fit, "convergence": conv, "convergence_summary": conv_summary,
+           "domains": doms, "domain_agreement": agreement, "token_pairs": pairs, "seed_agreement": seed_pairs}
+    assert tuple(out) == FIT_TABLES and not todo
     return out

@@ -66,6 +66,10 @@ def _parser() -> argparse.ArgumentParser:
     f = sub.add_parser("fit", help="fit the paper's laws on results/<profile>/ (Eq. 4/5 per run, fit forms, "
                        "width-depth, scale, convergence, activation patterns; cached) and print them")
     common(f)
+    f.add_argument("--refit", action="store_true",
+                   help="recompute every derived table even when cached (after an edit of laws.py or analysis.py, "
+                   "which the cache key does not include)")
+    f.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     v = sub.add_parser("verify", help="check the paper's claims on results/<profile>/ (claims.csv, claims.md); "
                        "exits 0 whatever the verdicts, 1 when results tables are missing")
@@ -150,7 +154,7 @@ def _dispatch(args) -> int:
             print(states_table(profile, args.runs_dir).drop(columns=["key"]).to_string(index=False))
         return 0
     if args.command == "fit":
-        return _fit(profile)
+        return _fit(profile, refit=args.refit, progress=not args.no_progress)
     if args.command == "verify":
         from . import claims
 
@@ -164,7 +168,7 @@ def _dispatch(args) -> int:
     raise AssertionError(args.command)
 
 
-def _fit(profile) -> int:
+def _fit(profile, refit: bool = False, progress: bool = True) -> int:
     """The law fits of notebooks 03-05, headless (`fit` command): Table 2 beside the paper's, then the claims
     that the fits decide."""
     import pandas as pd
@@ -172,7 +176,7 @@ def _fit(profile) -> int:
     from . import analysis, claims
     from .runs import results_dir
 
-    t = analysis.fit_profile(profile)
+    t = analysis.fit_profile(profile, refit=refit, progress=progress)
     level = analysis.fit_spec(profile).level
     with pd.option_context("display.width", 250, "display.max_columns", 20, "display.max_colwidth", 120):
         print(f"Activation ratio at PPL-1% vs data: Eq. 4 (ReLU) / Eq. 5 (SiLU) per run, [{level:.0%} bootstrap "
