@@ -6,6 +6,7 @@ real python-env corpus is capped at 1 MB of the standard library.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import threading
@@ -198,7 +199,7 @@ def test_env_tokens_dtype_vocab_and_meta(env_tokens, env_cfg):
     assert sum(meta["domain_tokens"]["train"].values()) == len(td.train)
     assert meta["domain_tokens"]["train"]["prose"] > 0.1 * len(td.train)  # docstrings + comments
     assert "timings" not in meta
-    assert td.root.name == f"{td.fingerprint['sha256'][:12]}-v{env_cfg.vocab_size}"
+    assert td.root.name == f"{td.fingerprint['sha256'][:12]}-v{env_cfg.vocab_size}-t{env_cfg.tokenizer_mb:g}"
 
 
 def test_token_dtype_helper():
@@ -263,11 +264,22 @@ def test_cache_reused_without_retokenizing(tmp_path, monkeypatch):
     td2 = prepare(cfg, tmp_path / "cache", progress=False)
     assert td2.root == td.root and np.array_equal(td2.train, td.train)
     assert mtimes == {f: (td.root / f).stat().st_mtime_ns for f in mtimes}
-    # a different tokenizer budget is a different build: rebuilt in place
+    # a different tokenizer budget is a different build, in its own folder: both stay valid
     monkeypatch.undo()
-    cfg.tokenizer_mb = 0.001
-    td3 = prepare(cfg, tmp_path / "cache", progress=False)
-    assert td3.root == td.root and json.loads((td.root / "meta.json").read_text())["tokenizer_mb"] == 0.001
+    small = dataclasses.replace(cfg, tokenizer_mb=0.001)
+    td3 = prepare(small, tmp_path / "cache", progress=False)
+    assert td3.root != td.root and json.loads((td3.root / "meta.json").read_text())["tokenizer_mb"] == 0.001
+    monkeypatch.setattr(data, "train_tokenizer", boom)
+    assert prepare(cfg, tmp_path / "cache", progress=False).root == td.root  # not rebuilt over the other
+    assert mtimes == {f: (td.root / f).stat().st_mtime_ns for f in mtimes}
+    # a cache of another DATA_VERSION in the same folder is rebuilt in place
+    meta = json.loads((td3.root / "meta.json").read_text())
+    meta["build_key"]["data_version"] = -1
+    (td3.root / "meta.json").write_text(json.dumps(meta))
+    monkeypatch.undo()
+    td4 = prepare(small, tmp_path / "cache", progress=False)
+    assert td4.root == td3.root and json.loads((td3.root / "meta.json").read_text())["build_key"] == \
+        data._build_key(small, td4.fingerprint)
 
 
 def test_reused_cache_reports_this_corpus(tmp_path):

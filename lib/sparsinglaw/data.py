@@ -40,8 +40,9 @@ validation, or the largest to training). A single document is split by lines: th
 Fingerprint: ``{"source", "files", "bytes", "sha256"}`` where ``files`` counts the documents used
 (files, or records for .jsonl/.parquet), ``bytes`` their UTF-8 size, and ``sha256`` hashes
 ``DATA_VERSION`` and then, in order, each document's name, split, domain rule and text. The cache
-key is that hash plus the vocabulary size; the tokenizer budget (``tokenizer_mb``) is checked
-against meta.json and a mismatching cache is rebuilt in place.
+folder is named by that hash, the vocabulary size and the tokenizer budget (``tokenizer_mb``), so
+that configs that differ only in their tokenizer keep their own caches; the whole build key, with
+``DATA_VERSION``, is checked against meta.json and a mismatching cache is rebuilt in place.
 """
 
 from __future__ import annotations
@@ -670,7 +671,7 @@ def prepare(cfg: DataConfig, cache_dir: Path, progress: bool = True) -> TokenDat
     docs, fingerprint = corpus_documents(cfg)
     t_scan = time.perf_counter() - t0
     key = _build_key(cfg, fingerprint)
-    root = cache_dir / f"{fingerprint['sha256'][:12]}-v{cfg.vocab_size}"
+    root = cache_dir / f"{fingerprint['sha256'][:12]}-v{cfg.vocab_size}-t{cfg.tokenizer_mb:g}"
     meta = _read_meta(root, key)
     if meta is not None:
         return _load(root, _this_call(meta, cfg, fingerprint))
