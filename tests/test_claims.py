@@ -4,6 +4,7 @@ replacement, evaluate/write on a synthetic results folder, and `python -m sparsi
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import os
@@ -56,7 +57,7 @@ def test_spearman_p_and_stouffer_match_scipy():
     assert claims.stouffer(ps) == pytest.approx(expect, rel=1e-9)
     # the combined p that relu_falls reports is that same number
     row = claims.relu_falls(fits([(f"relu-s{i}", "relu", "scale", rho, n) for i, (rho, n) in enumerate(rhos)]))
-    got = float(re.search(r"combined p\(rho < 0\) = ([0-9.e+-]+);", row["value"]).group(1))
+    got = float(re.search(r"combined p\(rho < 0\) = ([0-9.e+-]+),", row["value"]).group(1))
     assert got == pytest.approx(expect, rel=0.05)
 
 
@@ -74,9 +75,30 @@ def test_spearman_p_is_exact_for_few_points(n):
             assert claims.spearman_p(rho, n, alt) == pytest.approx(ref), (y, alt)
     assert claims.spearman_p(-1.0, 3, "less") == pytest.approx(1 / 6)
     assert claims.spearman_p(-1.0, 8, "less") == pytest.approx(1 / 40320)  # EXACT_MAX = 8: still exact
-    assert claims.spearman_p(-1.0, 9, "less") == 0.0  # the t approximation above it
+    # above it the t approximation, which gives 0 for a perfect trend, kept at the exact p of one: 1/n!
+    assert claims.spearman_p(-1.0, 9, "less") == pytest.approx(1 / math.factorial(9), rel=1e-9)
     row = claims.relu_falls(fits([(f"relu-s{i}", "relu", "scale", -1.0, 3) for i in range(2)]))
     assert row["verdict"] == "INCONCLUSIVE"  # two perfect 3-point trends: combined p 0.09, not significant
+
+
+def test_perfect_opposite_trends_cancel():
+    """Two runs of 11 points, one perfectly falling and one perfectly rising, are no evidence either way
+    (the t approximation's p = 0 and p = 1 used to weigh z = +37 against z = -8: both directions 'significant')."""
+    n = 11
+    floor = 1 / math.factorial(n)
+    assert claims.spearman_p(-1.0, n, "less") == pytest.approx(floor, rel=1e-9)
+    assert claims.spearman_p(-1.0, n, "greater") == pytest.approx(1 - floor, rel=1e-9)
+    for rho in (-1.0, -0.999, -0.5, 0.0, 0.7, 1.0):  # the two directions add up to 1 above EXACT_MAX
+        assert claims.spearman_p(rho, n, "less") + claims.spearman_p(rho, n, "greater") == pytest.approx(1.0)
+    assert claims.stouffer([0.0, 1.0]) == pytest.approx(0.5)  # clipped symmetrically
+    row = claims.relu_falls(fits([("relu-s1", "relu", "scale", -1.0, n), ("relu-s2", "relu", "scale", 1.0, n)]))
+    assert row["verdict"] == "INCONCLUSIVE"
+    assert row["value"].startswith("combined p(rho < 0) = 0.5, p(rho > 0) = 0.5; ")
+    row = claims.relu_falls(fits([("relu-s1", "relu", "scale", -1.0, n)] +
+                                 [(f"relu-s{i}", "relu", "scale", 0.99, n) for i in (2, 3)]))
+    assert row["verdict"] == "FAIL"  # two near-perfect rises outweigh one perfect fall, and only that way
+    p_claim, p_opp = map(float, re.search(r"p\(rho < 0\) = (\S+), p\(rho > 0\) = (\S+);", row["value"]).groups())
+    assert p_claim > 0.5 and p_opp < claims.ALPHA
 
 
 @pytest.mark.parametrize("y,alternative", [([4, 3, 2, 1], "less"), ([1, 2, 4, 3], "greater"),
@@ -298,6 +320,11 @@ def test_patterns_agree(r_intervals, ks, expect):
     assert verdict(claims.patterns_agree(*patterns(r_intervals, ks))) == expect
 
 
+def test_patterns_agree_does_not_pass_on_a_missing_ks():
+    row = claims.patterns_agree(*patterns([(0.7, 0.8), (0.55, 0.65)], (0.1, np.nan)))
+    assert row["verdict"] == "INCONCLUSIVE" and "1 domain pair(s) without a KS distance" in row["note"]
+
+
 def test_patterns_agree_names_the_seed_yardstick_without_using_it():
     da, tp = patterns([(0.7, 0.8), (0.4, 0.5)], (0.1, 0.3))
     seeds = tp.assign(pearson=[0.3, 0.6], max_ks=[0.25, 0.1])
@@ -330,6 +357,14 @@ def test_ppl1_lossless(ppl, acc, expect):
     assert row["verdict"] == expect and row["n"] == 2
     assert row["note"].endswith("1.0100 to 1.0100 at the search's thresholds, 1.0080 to 1.0090 at the applied "
                                 "(batch-averaged) ones")  # p = 5 rows (not reached) are not p = 1's
+
+
+def test_ppl1_lossless_does_not_pass_over_a_run_without_numbers():
+    t = inference_table([1.01, 1.015], [0.2, 0.5])
+    t.loc[(t["run"] == "relu-s1") & (t["p"] == 1) & (t["domain"] == "all"), "ppl_ratio"] = np.nan
+    row = claims.ppl1_lossless(t)
+    assert row["verdict"] == "INCONCLUSIVE" and row["value"] == "no PPL ratio or accuracy for relu-s1"
+    assert row["n"] == 1
 
 
 def test_ppl1_lossless_names_a_run_whose_target_was_not_reached():
@@ -369,6 +404,9 @@ def test_dense_beats_moe(gaps, expect, n):
     if gaps:
         assert row["value"].startswith("silu-moe4 (k 2/4, A 0.5): PPL 60 vs silu-s4")
         assert "relu-s4" not in row["value"]
+    if None in gaps:
+        assert row["value"].endswith("silu-moe8 (k 2/8, A 0.25): sparser than every point of silu-s4's curve, "
+                                     "not compared")
 
 
 def test_check_gives_every_claim_once():
@@ -428,8 +466,10 @@ RUNS = {  # name: (activation, groups, N, law parameters)
 }
 
 
-def synthetic_results(name: str, ppl_ratio: float) -> None:
-    """results/<name>/{sparsity,neurons,tokens,sparse_inference}.csv with provenance sidecars."""
+def synthetic_results(profile: config.ProfileConfig, ppl_ratio: float) -> None:
+    """results/<profile>/{sparsity,neurons,tokens,sparse_inference}.csv with provenance sidecars (the
+    sparse-inference one names the profile's settings, as notebook 06 writes it)."""
+    name = profile.name
     from sparsinglaw import laws
 
     rng = np.random.default_rng(0)
@@ -457,6 +497,8 @@ def synthetic_results(name: str, ppl_ratio: float) -> None:
                         "calib_applied_ppl_ratio": 1.012, "reached": True})
     for table, rows in (("sparsity", sp), ("neurons", neurons), ("tokens", tokens), ("sparse_inference", inf)):
         meta = {"synthetic": True, "git_sha": "0123456789abcdef"}
+        if table == "sparse_inference":
+            meta |= {"config_hash": profile.config_hash(), "inference": dataclasses.asdict(profile.inference)}
         runs.write_table(pd.DataFrame(rows), folder / f"{table}.csv", meta)
 
 
@@ -471,7 +513,7 @@ def synth_profile(tmp_path_factory, session_roots):
     with pytest.MonkeyPatch.context() as mp:
         for k, v in session_roots.items():
             mp.setenv(k, str(v))
-        synthetic_results("synth", ppl_ratio=1.10)
+        synthetic_results(config.load_profile(path), ppl_ratio=1.10)
     return path
 
 

@@ -28,9 +28,10 @@ from scipy import stats
 
 from . import analysis
 from .config import ProfileConfig, SparsingLawError
-from .runs import as_bool, provenance, read_table, results_dir, write_table
+from .runs import as_bool, provenance, results_dir, write_table
 
 ALPHA = 0.05  # significance level of every test below
+P_MIN = 1e-15  # Stouffer: each run's |z| at most isf(P_MIN) = 7.9, the same bound either way
 COLUMNS = ["id", "claim", "paper", "statistic", "value", "threshold", "verdict", "n", "note"]
 VERDICTS = ("PASS", "FAIL", "INCONCLUSIVE")
 TREND_GROUPS = ("scale", "seeds")  # runs whose activation-vs-data trend is tested (not width_depth-only runs)
@@ -166,7 +167,9 @@ def spearman_p(rho: float, n: int, alternative: str) -> float:
     """One-sided p-value of a Spearman rho over n points ("less": rho < 0, "greater": rho > 0): exact
     (every ordering of n untied ranks) up to EXACT_MAX points, where the t approximation is far too
     optimistic (it gives p = 0 for rho = -1 at n = 3, the exact p being 1/6); above, the t-distribution
-    with n - 2 degrees of freedom, as scipy.stats.spearmanr computes it. 0.5 (no evidence either way)
+    with n - 2 degrees of freedom, as scipy.stats.spearmanr computes it, kept within [1/n!, 1 - 1/n!]: no
+    ordering of n points has an exact p below 1/n! (the t approximation gives 0 at rho = -1), and the
+    same margin at the top keeps the two directions' p adding up to 1. 0.5 (no evidence either way)
     when rho is undefined or n < 3."""
     if not np.isfinite(rho) or n < 3:
         return 0.5
@@ -174,7 +177,9 @@ def spearman_p(rho: float, n: int, alternative: str) -> float:
         ranks = tuple(float(i) for i in range(int(n)))
         return _exact_tail(_exact_null(ranks, ranks), rho, alternative)
     t = rho * math.sqrt((n - 2) / max((1 + rho) * (1 - rho), 1e-300))
-    return float(stats.t.cdf(t, n - 2) if alternative == "less" else stats.t.sf(t, n - 2))
+    p = stats.t.cdf(t, n - 2) if alternative == "less" else stats.t.sf(t, n - 2)
+    floor = math.exp(-math.lgamma(n + 1))  # 1/n!
+    return float(min(max(p, floor), 1 - floor))
 
 
 def stouffer(p: np.ndarray) -> float:
@@ -182,9 +187,11 @@ def stouffer(p: np.ndarray) -> float:
     it is symmetric (the combined p of the opposite direction is 1 minus it), so at most one direction can
     be significant, which Fisher's method does not guarantee when runs disagree. Exact p-values of few
     points are discrete and their two one-sided p add up to more than 1 (both include the observed rho),
-    which makes both combined p larger: conservative, and still at most one direction significant."""
-    p = np.clip(np.asarray(p, float), 1e-300, 1 - 1e-16)
-    return float(stats.norm.sf(stats.norm.isf(p).sum() / math.sqrt(p.size)))
+    which makes both combined p larger: conservative, and still at most one direction significant. Each
+    z = isf(p) is kept within +-isf(P_MIN), so that a p of 0 and a p of 1 weigh the same either way."""
+    z_max = stats.norm.isf(P_MIN)
+    z = np.clip(stats.norm.isf(np.asarray(p, float)), -z_max, z_max)
+    return float(stats.norm.sf(z.sum() / math.sqrt(z.size)))
 
 
 def _spearman(x, y) -> float:
@@ -233,7 +240,8 @@ def _trend(fits: pd.DataFrame, cid: str, activation: str, sign: int) -> dict:
     all_sign = bool(np.all(np.isfinite(rho) & (sign * rho > 0)))
     verdict = ("PASS" if all_sign and p_claim < ALPHA else "FAIL" if p_opp < ALPHA else "INCONCLUSIVE")
     rel = "<" if sign < 0 else ">"
-    value = (f"combined p(rho {rel} 0) = {p_claim:.2g}; " + ", ".join(
+    other = ">" if sign < 0 else "<"
+    value = (f"combined p(rho {rel} 0) = {p_claim:.2g}, p(rho {other} 0) = {p_opp:.2g}; " + ", ".join(
         f"{r}: {v:+.2f} (n={k})" for r, v, k in zip(f["run"], rho, n, strict=True)))
     note = ("checkpoints of one run are autocorrelated (cumulative training), so the per-run p-values and "
             "their combination are optimistic")
@@ -393,11 +401,13 @@ def patterns_agree(domain_agreement: pd.DataFrame, token_pairs: pd.DataFrame,
     max_ks = da["ks"].max() if len(da) else np.nan
     fail = bool((tp["pearson_hi"] < PEARSON_FAIL).any() or max_ks > KS_FAIL)
     ok = (len(tp) and len(tp) == len(token_pairs) and (tp["pearson_lo"] >= PEARSON_PASS).all()
-          and len(da) and max_ks <= KS_PASS)
+          and len(da) and len(da) == len(domain_agreement) and max_ks <= KS_PASS)
     verdict = "FAIL" if fail else "PASS" if ok else "INCONCLUSIVE"
     notes = []
     if len(tp) < len(token_pairs):
         notes.append(f"{len(token_pairs) - len(tp)} token pair(s) without a correlation (too few shared tokens)")
+    if len(da) < len(domain_agreement):
+        notes.append(f"{len(domain_agreement) - len(da)} domain pair(s) without a KS distance")
     if len(tp):
         notes.append(f"{int(tp['n_tokens'].min())} to {int(tp['n_tokens'].max())} shared tokens per pair")
     sr = pd.DataFrame() if seed_agreement is None else seed_agreement.dropna(subset=["pearson"])
@@ -419,6 +429,10 @@ def ppl1_lossless(sparse_inference: pd.DataFrame) -> dict:
         raise SparsingLawError("sparse_inference.csv: accuracy above 1; expected a share of tokens in [0, 1]")
     inc = s["ppl_ratio"].astype(float) - 1
     drop = 100 * (s["dense_accuracy"].astype(float) - s["accuracy"].astype(float))
+    bad = ~(np.isfinite(inc) & np.isfinite(drop))
+    if bad.any():  # a max over the others would pass a run that was never measured
+        return _row("ppl1_lossless", "no PPL ratio or accuracy for " + ", ".join(s.loc[bad, "run"]), "INCONCLUSIVE",
+                    int((~bad).sum()), "sparse_inference has missing numbers at p = 1, domain all")
     a, b = s.loc[inc.idxmax()], s.loc[drop.idxmax()]
     verdict = ("FAIL" if inc.max() > PPL_FAIL or drop.max() > ACC_FAIL
                else "PASS" if inc.max() <= PPL_PASS and drop.max() <= ACC_PASS else "INCONCLUSIVE")
@@ -444,7 +458,8 @@ def dense_beats_moe(moe: pd.DataFrame) -> dict:
     gap = m["gap_pct"].astype(float) / 100
     parts = [f"{r.moe_run} (k {r.k}/{r.n_experts}, A {r.activation_ratio:.3g}): PPL {r.ppl_moe:.4g} vs "
              f"{r.dense_run} {r.ppl_dense_at_ratio:.4g} ({g:+.1%})" if np.isfinite(g) else
-             f"{r.moe_run} (k {r.k}/{r.n_experts}, A {r.activation_ratio:.3g}): below {r.dense_run}'s curve"
+             f"{r.moe_run} (k {r.k}/{r.n_experts}, A {r.activation_ratio:.3g}): sparser than every point of "
+             f"{r.dense_run}'s curve, not compared"
              for r, g in zip(m.itertuples(index=False), gap, strict=True)]
     ok = gap.notna() & np.isfinite(gap)
     verdict = ("FAIL" if (gap[ok] < -MOE_MARGIN).any() else
@@ -512,12 +527,11 @@ def inputs(profile: ProfileConfig) -> dict[str, pd.DataFrame]:
         folder = results_dir(profile.name)
         how = "; ".join(f"{t}.csv: {SOURCES[t].format(p=profile.name)}" for t in missing)
         raise MissingResults(f"{folder}: missing results table(s) {', '.join(missing)}; make them first: {how}")
+    from .inference import read_inference
+
     t = analysis.fit_profile(profile)
-    si = read_table(results_dir(profile.name) / "sparse_inference.csv",
-                    ["run", "p", "domain", "accuracy", "dense_accuracy", "ppl_ratio", "calib_ppl_ratio",
-                     "calib_applied_ppl_ratio", "reached"],
-                    ["p", "accuracy", "dense_accuracy", "ppl_ratio", "calib_ppl_ratio", "calib_applied_ppl_ratio"],
-                    fix=f"rerun notebook 06 (make nb-06 PROFILE={profile.name})")
+    si = read_inference(profile, columns=["run", "p", "domain", "accuracy", "dense_accuracy", "ppl_ratio",
+                                          "calib_ppl_ratio", "calib_applied_ppl_ratio", "reached"])
     pareto = results_dir(profile.name) / "pareto.csv"  # optional: a profile may sweep no run
     if pareto.is_file():
         from .measure import moe_comparison, read_results

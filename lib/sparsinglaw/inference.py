@@ -335,11 +335,11 @@ def sparse_inference_for(profile: ProfileConfig, compute: bool = True, runs_dir=
     return df
 
 
-def read_inference(profile: ProfileConfig, strict: bool = False) -> pd.DataFrame:
+def read_inference(profile: ProfileConfig, strict: bool = False, columns: list[str] = COLUMNS) -> pd.DataFrame:
     """results/<profile>/sparse_inference.csv read back with runs.read_table's checks (sidecar sha256,
-    columns, numbers; the recorded config hash and inference settings against the current profile's: a
-    warning, or an error when `strict`)."""
-    return read_table(results_dir(profile.name) / f"{TABLE}.csv", COLUMNS, NUMERIC,
+    `columns` present, numbers; the recorded config hash and inference settings against the current
+    profile's: a warning, or an error when `strict`)."""
+    return read_table(results_dir(profile.name) / f"{TABLE}.csv", columns, [c for c in NUMERIC if c in columns],
                       expect={"config_hash": profile.config_hash(),
                               "inference": dataclasses.asdict(profile.inference)}, strict=strict,
                       fix=f"run notebook 06 to make it: make nb-06 PROFILE={profile.name}")
