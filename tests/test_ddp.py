@@ -22,8 +22,8 @@ pytestmark = pytest.mark.slow
 ARGS = TINY + ["train.grad_accum=2", "train.batch_size=4", "train.tokens=16384"]
 
 
-def _cmd(runs_dir: Path, nproc: int) -> list[str]:
-    sets = sum((["--set", s] for s in ARGS), [])
+def _cmd(runs_dir: Path, nproc: int, extra: tuple[str, ...] = ()) -> list[str]:
+    sets = sum((["--set", s] for s in (*ARGS, *extra)), [])
     cli = ["-m", "sparsinglaw", "train", "--profile", "smoke", "--name", "relu-s2", "--runs-dir", str(runs_dir),
            "--no-progress", *sets]
     if nproc == 1:
@@ -36,8 +36,8 @@ def _env(session_roots):
                 SPARSINGLAW_DATA=str(session_roots["SPARSINGLAW_DATA"]))
 
 
-def _final(runs_dir: Path) -> dict:
-    p = load_profile("smoke", overrides=ARGS)
+def _final(runs_dir: Path, extra: tuple[str, ...] = ()) -> dict:
+    p = load_profile("smoke", overrides=[*ARGS, *extra])
     d = runs.run_dir(p, p.run("relu-s2"), runs_dir)
     assert (d / "DONE").exists()
     return torch.load(sorted(d.glob("ckpt_0*.pt"))[-1], weights_only=True)["model"]
@@ -48,12 +48,16 @@ def _close(a: dict, b: dict) -> None:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5, msg=k)
 
 
-def test_two_gloo_processes_equal_one(tmp_path, session_roots, smoke_tokens):
+@pytest.mark.parametrize("extra", [(), ("train.grad_accum=3",)], ids=["even", "uneven"])
+def test_two_gloo_processes_equal_one(tmp_path, session_roots, smoke_tokens, extra):
+    """Also with 3 micro-batches a step over 2 processes (rank 0 takes two, rank 1 one)."""
     env = _env(session_roots)
     for n in (1, 2):
-        r = subprocess.run(_cmd(tmp_path / f"n{n}", n), env=env, capture_output=True, text=True, timeout=300)
+        r = subprocess.run(_cmd(tmp_path / f"n{n}", n, extra), env=env, capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr[-3000:]
-    one, two = _final(tmp_path / "n1"), _final(tmp_path / "n2")
+        if n == 2:
+            assert ("3 micro-batches a step over 2 processes: 1 take 2" in r.stdout) == bool(extra), r.stdout
+    one, two = _final(tmp_path / "n1", extra), _final(tmp_path / "n2", extra)
     _close(one, two)
     assert any(not torch.equal(one[k], torch.zeros_like(one[k])) for k in one)
     log = (next((tmp_path / "n2").glob("smoke/*/log.csv"))).read_text().splitlines()
@@ -79,6 +83,44 @@ def test_killed_ddp_run_resumes(tmp_path, session_roots, smoke_tokens):
     again = subprocess.run(_cmd(tmp_path / "kill", 2), env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
     _close(_final(tmp_path / "ref"), _final(tmp_path / "kill"))
+
+
+def test_ranks_agree_when_another_process_finishes_the_run(tmp_path, session_roots, smoke_tokens):
+    """Another process holds the run's lock and then finishes the run: rank 0 waited for the lock while
+    rank 1 went on into the process group, so rank 0 found DONE and returned while rank 1 waited for it
+    for good. Every rank now waits for rank 0's lock, then all find DONE."""
+    import json
+    import threading
+
+    p = load_profile("smoke", overrides=ARGS)
+    run = p.run("relu-s2")
+    d = runs.run_dir(p, run, tmp_path)
+    release = threading.Event()
+
+    def holder():
+        with runs.run_lock(d, "test"):
+            release.wait(120)
+            (d / "DONE").write_text(json.dumps({"run": run.name, "config_hash": run.config_hash(p.data)}))
+
+    t = threading.Thread(target=holder)
+    t.start()
+    try:
+        proc = subprocess.Popen(_cmd(tmp_path, 2), env=_env(session_roots), text=True, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, start_new_session=True)
+        time.sleep(8)  # both ranks started: rank 0 waits for the lock
+        assert proc.poll() is None
+    finally:
+        release.set()
+        t.join()
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"a rank hung after the other process finished the run\n{err[-2000:]}")
+    assert proc.returncode == 0, err[-3000:]
+    assert "another process holds" in err and "1/1 runs done" in out
+    assert not list(d.glob("ckpt_*.pt"))  # nothing trained
 
 
 def test_ddp_does_not_broadcast_buffers(tmp_path, smoke_tokens, monkeypatch):

@@ -27,7 +27,9 @@ from sparsinglaw.train import checkpoint_problem, latest_valid_checkpoint, load_
 
 pytestmark = pytest.mark.slow
 
-ARGS = TINY + ["train.tokens=40960", "train.resume_every=2"]
+# log_every 5 against checkpoints every 2 steps and marks at 24, 36, 54: most resumes start inside a
+# logging window, whose row must still average every step of it
+ARGS = TINY + ["train.tokens=40960", "train.resume_every=2", "train.log_every=5"]
 RUN = "relu-s2"
 
 
@@ -240,6 +242,35 @@ def test_ctrl_c_stops_parallel_runs(tmp_path, when, target):
         time.sleep(0.1)
     else:
         pytest.fail("a worker outlived the interrupted command")
+
+
+def test_sequential_calls_all_run_then_their_errors_are_reported_together():
+    """jobs == 1 (torchrun, the paper profile, -j 1, one run left) keeps the pool's rule: a run that
+    fails does not stop the others (it used to end the sweep at the first error)."""
+    from sparsinglaw.config import SparsingLawError
+
+    ran = []
+
+    def fn(i):
+        ran.append(i)
+        if i in (0, 2):
+            raise SparsingLawError(f"run {i} diverged")
+
+    with pytest.raises(SparsingLawError) as e:
+        runs.run_parallel(fn, [(0,), (1,), (2,), (3,)], 1, "training")
+    assert ran == [0, 1, 2, 3]
+    assert str(e.value) == "training failed for 2 run(s):\nrun 0 diverged\nrun 2 diverged"
+
+    def crash(i):
+        ran.append(i)
+        if i == 0:
+            raise RuntimeError("a bug")
+        raise SparsingLawError(f"run {i} diverged")
+
+    ran.clear()
+    with pytest.raises(RuntimeError, match="a bug"):
+        runs.run_parallel(crash, [(0,), (1,)], 1, "training")
+    assert ran == [0, 1]
 
 
 def test_a_crashed_parallel_call_lets_the_others_finish_then_is_raised(tmp_path):

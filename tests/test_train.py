@@ -395,3 +395,38 @@ def test_corpus_mismatch_advice_names_what_to_restore(tiny_profile, tmp_path):
         check_corpus(run, {"corpus": dict(was, source="/data/c.jsonl")}, meta_path, dict(now, source="/data/c.jsonl"))
     check_corpus(run, {}, meta_path, now)
     check_corpus(run, {"corpus": was}, meta_path, dict(now, sha256=was["sha256"], source="elsewhere"))
+
+
+def test_check_parallel_refuses_what_torchrun_processes_cannot_train():
+    """Every process needs a micro-batch each step; CUDA graphs cannot accumulate over several micro-batches
+    of a step. Uneven shares are allowed (the paper's grad_accum 10-48 on 8 GPUs) and named."""
+    from sparsinglaw.config import load_profile
+    from sparsinglaw.train import check_parallel, rank_shares
+
+    paper = load_profile("paper")
+    for run in paper.runs:  # the README's command: 8 processes, compiled (auto) on CUDA
+        check_parallel(run, 8, "cuda", "auto", "default")
+    run = paper.run("relu-0.1b")  # grad_accum 10
+    with pytest.raises(SparsingLawError, match=r"train.grad_accum=10 is below the 16 torchrun processes"):
+        check_parallel(run, 16, "cuda", "auto", "default")
+    with pytest.raises(SparsingLawError, match="compute.compile_mode=reduce-overhead"):
+        check_parallel(run, 8, "cuda", "auto", "reduce-overhead")
+    check_parallel(run, 10, "cuda", "auto", "reduce-overhead")  # one micro-batch per process
+    check_parallel(run, 1, "cpu", True, "reduce-overhead")  # no CUDA graphs on a CPU
+    check_parallel(run, 1, "cuda", False, "reduce-overhead")  # not compiled
+    assert rank_shares(10, 2) == ""
+    assert rank_shares(10, 8) == ("10 micro-batches a step over 8 processes: 2 take 2, the other 6 take 1 and "
+                                  "wait for them (62% of the devices' time is used)")
+
+
+def test_train_profile_checks_every_run_for_the_processes_before_training(tiny_profile, tmp_path, monkeypatch):
+    """Under torchrun a run the processes cannot train stops the sweep before any run is trained (the
+    largest runs go first, so a late refusal came after hours of work)."""
+    from sparsinglaw import device
+    from sparsinglaw.device import Dist
+
+    monkeypatch.setattr(device, "dist_env", lambda _d: Dist(rank=0, world=4))
+    monkeypatch.setattr(runs, "run_parallel", lambda *a, **k: pytest.fail("trained before checking"))
+    with pytest.raises(SparsingLawError, match=r"grad_accum=1 is below the 4 torchrun processes"):
+        runs.train_profile(tiny_profile, runs_dir=tmp_path, progress=False)
+    assert not list(tmp_path.glob(f"{tiny_profile.name}/*"))

@@ -80,7 +80,8 @@ class ComputeConfig:
     device: str = "auto"  # "auto" (cuda if available), "cpu" or "cuda"
     threads: int = 1  # torch threads per process on CPU (1 avoids OpenMP spin-wait stalls)
     compile: bool | str = "auto"  # torch.compile the model: true, false, or "auto" (on CUDA only)
-    compile_mode: str = "default"  # default, reduce-overhead (CUDA graphs) or max-autotune-no-cudagraphs
+    compile_mode: str = "default"  # default, reduce-overhead (CUDA graphs: see train.check_parallel), or
+    # max-autotune-no-cudagraphs
     jobs: int = 0  # parallel training processes; 0 = one per CPU core
 
 

@@ -72,6 +72,7 @@ import torch
 from torch import Tensor
 
 from .config import DataConfig, SparsingLawError
+from .device import usable_cores
 
 DATA_VERSION = 1  # bump when a change here changes the tokens built from the same corpus
 EOT = "<|endoftext|>"
@@ -519,7 +520,7 @@ def segment_documents(docs: list[Document], workers: int | None = None) -> list[
     """
     py = [i for i, d in enumerate(docs) if d.python]
     out: list = [None if d.python else d.segments for d in docs]
-    workers = workers or os.cpu_count() or 1
+    workers = workers or usable_cores()
     py_bytes = sum(len(docs[i].text) for i in py)
     if workers > 1 and py_bytes > PARALLEL_SEGMENT_BYTES and not mp.current_process().daemon:
         method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"

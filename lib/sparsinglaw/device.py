@@ -20,6 +20,15 @@ def resolve_device(device: str = "auto") -> str:
     return device
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity: a scheduler's allocation or taskset), not every
+    core of the machine; os.cpu_count() where affinity is not available."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def setup_torch(device: str = "auto", threads: int = 1) -> torch.device:
     """Pick the device; on CPU use `threads` threads (1 by default: with 2 threads and any other busy
     process OpenMP spin-waits and training slows several-fold) and flush denormals (a 4x fp32 cost

@@ -30,7 +30,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import time
 from pathlib import Path
 
@@ -40,6 +39,7 @@ import torch
 
 from . import sparsity as sp
 from .config import ProfileConfig, RunConfig, SparsingLawError, stable_hash, validate_inference
+from .device import usable_cores
 from .measure import (
     eval_set,
     load_model,
@@ -325,7 +325,7 @@ def sparse_inference_for(profile: ProfileConfig, compute: bool = True, runs_dir=
         check_split(profile, len(tokens.val), r.model.seq_len)
     todo = [r for r in runs if not record_path(profile, r, runs_dir).exists()]  # cached runs spawn nothing
     todo.sort(key=lambda r: -r.model.d_model * r.model.n_layers)  # longest first
-    jobs = max(1, min(jobs or profile.compute.jobs or os.cpu_count() or 1, len(todo) or 1))
+    jobs = max(1, min(jobs or profile.compute.jobs or usable_cores(), len(todo) or 1))
     calls = [(inference_run, profile.path, profile.overrides, r.name, runs_dir, progress) for r in todo]
     run_parallel(run_worker, calls, jobs, "sparse inference")
     df = inference_table(profile, runs, runs_dir, corpus=tokens.fingerprint)

@@ -21,7 +21,6 @@ import hashlib
 import io
 import json
 import math
-import os
 import time
 import zipfile
 from pathlib import Path
@@ -32,6 +31,7 @@ import torch
 
 from .config import ProfileConfig, RunConfig, SparsingLawError, stable_hash
 from .data import CorpusError
+from .device import usable_cores
 from .runs import (
     checkpoints,
     data_cache_dir,
@@ -339,7 +339,7 @@ def measure_profile(profile: ProfileConfig, names: list[str] | None = None, jobs
     if not runs:
         return pd.DataFrame(columns=RESULT_COLUMNS["sparsity"][0])
     order = sorted(runs, key=lambda r: -r.model.d_model * r.model.n_layers)  # longest first
-    jobs = jobs or profile.compute.jobs or os.cpu_count() or 1
+    jobs = jobs or profile.compute.jobs or usable_cores()
     jobs = max(1, min(jobs, len(runs)))
     calls = [(measure_run, profile.path, profile.overrides, r.name, runs_dir, progress, impl) for r in order]
     run_parallel(run_worker, calls, jobs, "measurement")

@@ -210,7 +210,7 @@ def load_log(profile: ProfileConfig, run: RunConfig, runs_dir=None) -> pd.DataFr
 def _train_one(profile_path: str, overrides: list[str], name: str, runs_dir: str | None, progress: bool) -> dict:
     """Train one run in this process (used directly and as a worker of the process pool)."""
     from .data import prepare
-    from .device import dist_env, resolve_device
+    from .device import init_distributed
     from .train import train
 
     profile = load_profile(profile_path, overrides=overrides)
@@ -218,9 +218,15 @@ def _train_one(profile_path: str, overrides: list[str], name: str, runs_dir: str
     d = run_dir(profile, run, runs_dir)
     tokens = prepare(profile.data, data_cache_dir(runs_dir), progress=False)
     c = profile.compute
-    # under torchrun only rank 0 takes the run's lock (the other ranks follow it in lockstep)
-    lock = run_lock(d, f"run {name}") if dist_env(resolve_device(c.device)).main else contextlib.nullcontext()
-    with lock:
+    # Under torchrun only rank 0 takes the run's lock; every rank joins the process group first and
+    # waits at a barrier until rank 0 holds it, so that all of them then find the run in the same state
+    # (another process may finish it meanwhile: then none trains, instead of rank 0 alone returning).
+    ddp = init_distributed(c.device)
+    with run_lock(d, f"run {name}") if ddp.main else contextlib.nullcontext():
+        if ddp.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
         return train(run, profile.data, d, tokens, device=c.device, threads=c.threads, compile=c.compile,
                      compile_mode=c.compile_mode, progress=progress)
 
@@ -233,19 +239,23 @@ def train_profile(profile: ProfileConfig, names: list[str] | None = None, jobs: 
     with compute.threads torch threads, longest runs first.
     """
     from .data import prepare
-    from .device import dist_env, resolve_device
-    from .train import check_tokens
+    from .device import dist_env, resolve_device, usable_cores
+    from .train import check_parallel, check_tokens
 
     runs = [profile.run(n) for n in names] if names else list(profile.runs)
     todo = [r for r in runs if run_state(profile, r, runs_dir).status != "done"]
     if todo:
         tokens = prepare(profile.data, data_cache_dir(runs_dir), progress=progress)  # once, before the workers
-        for r in todo:
-            check_tokens(r, tokens)  # before any run folder is made
+        c = profile.compute
+        device = resolve_device(c.device)
+        world = dist_env(device).world
+        for r in todo:  # before any run folder is made
+            check_tokens(r, tokens)
+            check_parallel(r, world, device, c.compile, c.compile_mode)
         todo.sort(key=lambda r: -r.train.tokens * r.model.d_model * r.model.n_layers)
-        jobs = jobs or profile.compute.jobs or os.cpu_count() or 1
+        jobs = jobs or c.jobs or usable_cores()
         jobs = max(1, min(jobs, len(todo)))
-        if dist_env(resolve_device(profile.compute.device)).world > 1:
+        if world > 1:
             jobs = 1  # under torchrun all ranks train one run after another together
         args = (profile.path, profile.overrides)  # workers reload the same profile
         rd = str(runs_dir) if runs_dir is not None else None
@@ -283,11 +293,17 @@ def run_parallel(fn, calls: list[tuple], jobs: int, what: str) -> None:
     import threading
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
+    errors, crash, pool = [], None, None
     if jobs == 1:
         for args in calls:
-            fn(*args)
+            try:
+                fn(*args)
+            except SparsingLawError as e:
+                errors.append(str(e))
+            except Exception as e:  # as in the pool: the other calls still run, then it is raised
+                crash = crash or e
+        _raise_collected(errors, crash, what)
         return
-    errors, crash, pool = [], None, None
     before = set(mp.active_children())
     block = threading.current_thread() is threading.main_thread()
     try:
@@ -314,6 +330,12 @@ def run_parallel(fn, calls: list[tuple], jobs: int, what: str) -> None:
         for p in set(mp.active_children()) - before:
             p.terminate()
         raise
+    _raise_collected(errors, crash, what)
+
+
+def _raise_collected(errors: list[str], crash: Exception | None, what: str) -> None:
+    """After every call of run_parallel: the user errors as one SparsingLawError, or printed before the
+    first other error (a bug's traceback) is raised."""
     if errors:
         msg = f"{what} failed for {len(errors)} run(s):\n" + "\n".join(errors)
         if crash is None:

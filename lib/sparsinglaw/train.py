@@ -220,7 +220,7 @@ def save_checkpoint(run_dir: Path, tag: str, model: Transformer, opt: torch.opti
     buf = io.BytesIO()
     torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
                 "rng": torch.get_rng_state(), "step": meta["step"], "tokens": meta["tokens"]}, buf)
-    data = buf.getvalue()
+    data = buf.getbuffer()  # a view, not a second copy of the model and optimizer state
     pt = run_dir / f"ckpt_{tag}.pt"
     meta = dict(meta, file=pt.name, sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
     sidecar = json.dumps(meta, indent=1, sort_keys=True).encode()
@@ -389,6 +389,32 @@ def check_tokens(run: RunConfig, tokens: TokenData) -> None:
                               "model.seq_len")
 
 
+def check_parallel(run: RunConfig, world: int, device_type: str, compile: bool | str, compile_mode: str) -> None:
+    """Refuse a run that `world` torchrun processes cannot train (before any file of the run is written):
+    every process needs a micro-batch each step, and CUDA graphs cannot accumulate gradients over several
+    micro-batches of a step (their output buffers are reused by the next forward; pytorch/pytorch#169545)."""
+    ga = run.train.grad_accum
+    if ga < world:
+        raise SparsingLawError(f"run {run.name}: train.grad_accum={ga} is below the {world} torchrun processes; each "
+                               f"process takes whole micro-batches, so raise train.grad_accum to at least {world} "
+                               "(a smaller train.batch_size keeps the batch) or start fewer processes")
+    compiled = compile is True or (compile == "auto" and device_type == "cuda")
+    if compiled and device_type == "cuda" and compile_mode == "reduce-overhead" and ga > world:
+        raise SparsingLawError(f"run {run.name}: compute.compile_mode=reduce-overhead (CUDA graphs) with "
+                               f"train.grad_accum={ga} over {world} process(es): CUDA graphs overwrite the gradients "
+                               "between the micro-batches of a step; set compute.compile_mode: default, or "
+                               f"train.grad_accum to {world} (one micro-batch per process)")
+
+
+def rank_shares(grad_accum: int, world: int) -> str:
+    """'' when every rank takes as many micro-batches a step, else a note on the idle share."""
+    if grad_accum % world == 0:
+        return ""
+    most, busy = -(-grad_accum // world), grad_accum % world
+    return (f"{grad_accum} micro-batches a step over {world} processes: {busy} take {most}, the other {world - busy} "
+            f"take {most - 1} and wait for them ({grad_accum / (world * most):.0%} of the devices' time is used)")
+
+
 def corpus_differs(was, now: dict) -> bool:
     """A recorded corpus fingerprint `was` (a sidecar's or a cached record's) of another text than the
     fingerprint `now`; False when none was recorded (written before fingerprints were)."""
@@ -453,6 +479,9 @@ def train(run: RunConfig, data_cfg: DataConfig, run_dir: Path, tokens: TokenData
     check_tokens(run, tokens)  # before anything is written
     ddp = init_distributed(device)  # checks the device and torchrun's variables first
     dev = setup_torch(device, threads)
+    check_parallel(run, ddp.world, dev.type, compile, compile_mode)
+    if ddp.main and rank_shares(tcfg.grad_accum, ddp.world):
+        print(f"run {run.name}: {rank_shares(tcfg.grad_accum, ddp.world)}", flush=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg_yaml = yaml.safe_dump(run.identity(data_cfg) | {"name": run.name, "groups": run.groups}, sort_keys=False)
     if not (run_dir / "config.yaml").exists() and ddp.main:
@@ -462,9 +491,6 @@ def train(run: RunConfig, data_cfg: DataConfig, run_dir: Path, tokens: TokenData
         dev = torch.device("cuda", ddp.local_rank)
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    if tcfg.grad_accum % ddp.world:
-        raise SparsingLawError(f"run {run.name}: train.grad_accum={tcfg.grad_accum} must be a multiple of the "
-                               f"{ddp.world} torchrun processes (each takes every {ddp.world}th micro-batch)")
     torch.manual_seed(tcfg.seed)  # the same initial weights on every rank
     model = Transformer(mcfg).to(dev)
     opt = make_optimizer(model, tcfg, fused=dev.type == "cuda")
@@ -475,6 +501,7 @@ def train(run: RunConfig, data_cfg: DataConfig, run_dir: Path, tokens: TokenData
 
     step, kept = 0, "no checkpoint was saved yet"  # kept: what a divergence leaves to resume from
     last_loss = float("nan")  # the loss of the last step trained (from the sidecar after a resume)
+    window = (0.0, 0)  # (sum, count) of the step losses since the last logged row (from the sidecar too)
     found = latest_valid_checkpoint(run_dir, config_hash, warn=print if ddp.main else (lambda _m: None))
     if found is not None:
         tag, meta = found
@@ -484,6 +511,7 @@ def train(run: RunConfig, data_cfg: DataConfig, run_dir: Path, tokens: TokenData
         load_optimizer(opt, state["optimizer"])
         torch.set_rng_state(state["rng"].cpu())
         step, last_loss = int(state["step"]), float(meta["loss"])
+        window = (float(meta.get("log_window", {}).get("loss_sum", 0.0)), int(meta.get("log_window", {}).get("n", 0)))
         kept = f"the last good checkpoint {run_dir / f'ckpt_{tag}.pt'} (step {step}) is kept"
     log_path = run_dir / "log.csv"
     if ddp.main:
@@ -512,6 +540,8 @@ def train(run: RunConfig, data_cfg: DataConfig, run_dir: Path, tokens: TokenData
                             "data.get_batch with a generator seeded by train.batch_seed(seed, s, m); "
                             "under torchrun rank r takes the micro-batches m with m % world == r"},
             "rng": {"torch_cpu": _rng_b64()}, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            # the losses of the steps since the last logged row: a resume logs that row as if never stopped
+            "log_window": {"loss_sum": acc_loss, "n": acc_n},
         }
 
     def barrier() -> None:
@@ -539,7 +569,7 @@ def train(run: RunConfig, data_cfg: DataConfig, run_dir: Path, tokens: TokenData
     # checkpoint and resume steps; a non-finite one raises there, before anything of that step is logged
     # or saved (a non-finite gradient norm with a finite loss has already written NaN weights).
     pending: list[torch.Tensor] = []  # (loss, grad norm) of each step since the last read-back
-    acc_loss, acc_n, t_last, tok_last = 0.0, 0, time.perf_counter(), step * tps
+    (acc_loss, acc_n), t_last, tok_last = window, time.perf_counter(), step * tps
     t_start, step_start = t_last, step
 
     def read_back() -> None:
