@@ -282,7 +282,7 @@ def _worker_init() -> None:
 def run_parallel(fn, calls: list[tuple], jobs: int, what: str) -> None:
     """fn(*args) for each args in `calls`: in this process when jobs == 1, else in `jobs` spawned
     processes; every call runs even when another fails, then the user errors are reported together
-    (and any other error raised, the first one).
+    (and any other error raised, the first one); a single call raises its own error.
 
     Ctrl-C stops the workers at once and drops the queued calls (killed runs resume from their last
     checkpoint): while the workers are started SIGINT is blocked in this thread, so the workers start
@@ -293,6 +293,9 @@ def run_parallel(fn, calls: list[tuple], jobs: int, what: str) -> None:
     import threading
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
+    if len(calls) == 1:  # its own error, as it is
+        fn(*calls[0])
+        return
     errors, crash, pool = [], None, None
     if jobs == 1:
         for args in calls:
