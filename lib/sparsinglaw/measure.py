@@ -493,7 +493,7 @@ def pareto_run(profile: ProfileConfig, run: RunConfig, runs_dir=None, progress: 
         df.insert(1, "activation", run.model.activation)
         df.insert(2, "step", int(ck["step"]))
         atomic_write_bytes(out, df.to_csv(index=False).encode())
-        return df
+    return pd.read_csv(out)  # as a cached sweep returns it (a CSV round trip may move the last digit)
 
 
 def pareto_profile(profile: ProfileConfig, runs_dir=None, progress: bool = True) -> pd.DataFrame:
