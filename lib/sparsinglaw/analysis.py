@@ -153,7 +153,7 @@ class Law:
 
 def _by_run(points: pd.DataFrame, desc: str, progress: bool):
     """(run, points) per run, with a progress bar on stderr when `progress` (fits take seconds a run)."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # plain text on stderr, in a notebook too (no widget library needed)
 
     groups = points.groupby("run", sort=False)
     return tqdm(groups, total=groups.ngroups, desc=desc, unit="run", disable=not progress, file=sys.stderr,
