@@ -106,7 +106,7 @@ compute: $(STAMP) ## the model stages of PROFILE without notebooks (train, measu
 	$(PY) -m sparsinglaw compute --profile $(PROFILE)
 
 fit: $(STAMP) ## fit every law on results/PROFILE (Eq. 4/5, width-depth, scale, convergence; cached; REFIT=1: recompute) and print them
-	$(PY) -m sparsinglaw fit --profile $(PROFILE)$(if $(REFIT), --refit)
+	$(PY) -m sparsinglaw fit --profile $(PROFILE)$(if $(filter-out 0,$(REFIT)), --refit)
 
 runs: $(STAMP) ## list the runs of PROFILE and their state
 	$(PY) -m sparsinglaw runs --profile $(PROFILE)

@@ -358,7 +358,11 @@ def test_profile_tables_are_written_with_provenance_and_cached(table, isolated_r
         analysis.activation_laws_for(P)
     err = capsys.readouterr().err
     assert "reusing fits.csv, fit_curves.csv, fitted by another version of laws.py and analysis.py" in err
-    assert "--refit" in err and "computing" not in err
+    assert f"; {analysis.refit_command(P)} recomputes them" in err and "computing" not in err
+    assert analysis.refit_command(P) == "python -m sparsinglaw fit --profile smoke --refit"
+    odd = dataclasses.replace(P, path="/x y/my.yaml", overrides=["fit.loss=soft_l1", "fit.tag=a b"])
+    assert analysis.refit_command(odd) == ("python -m sparsinglaw fit --profile '/x y/my.yaml' --set fit.loss=soft_l1 "
+                                           "--set 'fit.tag=a b' --refit")
     analysis.activation_laws_for(P)
     assert capsys.readouterr().err == ""  # the same code: nothing to say
     P2 = dataclasses.replace(P, fit={"n_boot": 0})  # another spec: recomputed

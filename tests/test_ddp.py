@@ -36,6 +36,17 @@ def _env(session_roots):
                 SPARSINGLAW_DATA=str(session_roots["SPARSINGLAW_DATA"]))
 
 
+def _stop(proc: subprocess.Popen) -> None:
+    """End a torchrun that hangs: SIGTERM (torchrun then ends its workers, which it starts in sessions of
+    their own, out of reach of a signal to its process group), SIGKILL if that is not enough."""
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
 def _final(runs_dir: Path, extra: tuple[str, ...] = ()) -> dict:
     p = load_profile("smoke", overrides=[*ARGS, *extra])
     d = runs.run_dir(p, p.run("relu-s2"), runs_dir)
@@ -104,23 +115,52 @@ def test_ranks_agree_when_another_process_finishes_the_run(tmp_path, session_roo
 
     t = threading.Thread(target=holder)
     t.start()
+    err_path = tmp_path / "stderr.txt"
     try:
-        proc = subprocess.Popen(_cmd(tmp_path, 2), env=_env(session_roots), text=True, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, start_new_session=True)
-        time.sleep(8)  # both ranks started: rank 0 waits for the lock
-        assert proc.poll() is None
+        with open(err_path, "w") as err_file, open(tmp_path / "stdout.txt", "w") as out_file:
+            proc = subprocess.Popen(_cmd(tmp_path, 2), env=_env(session_roots), text=True, stdout=out_file,
+                                    stderr=err_file, start_new_session=True)
+        deadline = time.time() + 120  # until rank 0 waits for the lock (rank 1 is in the process group)
+        while "another process holds" not in err_path.read_text() and time.time() < deadline:
+            assert proc.poll() is None, err_path.read_text()[-3000:]
+            time.sleep(0.1)
+        time.sleep(1)
     finally:
         release.set()
         t.join()
     try:
-        out, err = proc.communicate(timeout=60)
+        proc.wait(timeout=60)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate()
-        pytest.fail(f"a rank hung after the other process finished the run\n{err[-2000:]}")
+        _stop(proc)
+        pytest.fail(f"a rank hung after the other process finished the run\n{err_path.read_text()[-2000:]}")
+    err, out = err_path.read_text(), (tmp_path / "stdout.txt").read_text()
     assert proc.returncode == 0, err[-3000:]
     assert "another process holds" in err and "1/1 runs done" in out
     assert not list(d.glob("ckpt_*.pt"))  # nothing trained
+
+
+def test_an_error_on_one_rank_stops_every_rank(tmp_path, session_roots, smoke_tokens):
+    """A full disk when rank 0 alone writes a checkpoint: the sweep stops there. (Letting the other runs
+    finish, as one process does, sent rank 0 on to the next run while rank 1 waited in the first: a hang.)"""
+    from sparsinglaw.config import checkpoint_steps
+
+    p = load_profile("smoke", overrides=ARGS)
+    run = p.run("relu-s1")
+    first = checkpoint_steps(run.model, run.train)[0]
+    cmd = _cmd(tmp_path, 2) + ["--name", "silu-s1"]
+    cmd[cmd.index("relu-s2")] = "relu-s1"
+    env = dict(_env(session_roots), SPARSINGLAW_TEST_FAULT=f"enospc:ckpt_{first:07d}.pt")
+    with open(tmp_path / "stderr.txt", "w") as err_file:  # a file: a hung worker cannot hold a pipe open
+        proc = subprocess.Popen(cmd, env=env, text=True, stdout=subprocess.DEVNULL, stderr=err_file,
+                                start_new_session=True)
+    try:
+        proc.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        _stop(proc)
+        pytest.fail(f"the ranks hung after an error on rank 0\n{(tmp_path / 'stderr.txt').read_text()[-2000:]}")
+    err = (tmp_path / "stderr.txt").read_text()
+    assert proc.returncode != 0 and "No space left on device" in err, err[-3000:]
+    assert list(tmp_path.glob("smoke/relu-s1-*")) and not list(tmp_path.glob("smoke/silu-s1-*"))
 
 
 def test_ddp_does_not_broadcast_buffers(tmp_path, smoke_tokens, monkeypatch):

@@ -532,6 +532,17 @@ def code_hash() -> str:
     return hashlib.sha256(b"".join((here / f).read_bytes() for f in CODE_FILES)).hexdigest()[:16]
 
 
+def refit_command(profile: ProfileConfig) -> str:
+    """The `fit --refit` command line for this profile: by name when it is configs/<name>.yaml, else by
+    its YAML path, with its --set overrides."""
+    import shlex
+
+    path = Path(profile.path)
+    where = profile.name if (path.parent.name, path.stem) == ("configs", profile.name) else str(path)
+    sets = "".join(f" --set {shlex.quote(o)}" for o in profile.overrides)
+    return f"python -m sparsinglaw fit --profile {shlex.quote(where)}{sets} --refit"
+
+
 def _cached(profile: ProfileConfig, outputs: tuple[str, ...], inputs: tuple[str, ...], payload: dict,
             compute, refit: set[str] | None = None) -> tuple[pd.DataFrame, ...]:
     """Tables `outputs` of results/<profile>/: reused when their sidecars carry the key of (inputs'
@@ -566,8 +577,7 @@ def _cached(profile: ProfileConfig, outputs: tuple[str, ...], inputs: tuple[str,
             refit.difference_update(outputs)
     elif any(m.get("code", code_hash()) != code_hash() for m in metas.values()):
         print(f"{folder}: reusing {names}, fitted by another version of {' and '.join(CODE_FILES)}; "
-              f"python -m sparsinglaw fit --profile {profile.name} --refit recomputes them", file=sys.stderr,
-              flush=True)
+              f"{refit_command(profile)} recomputes them", file=sys.stderr, flush=True)
     return tuple(pd.read_csv(folder / f"{n}.csv") for n in outputs)
 
 

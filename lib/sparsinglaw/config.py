@@ -82,7 +82,7 @@ class ComputeConfig:
     compile: bool | str = "auto"  # torch.compile the model: true, false, or "auto" (on CUDA only)
     compile_mode: str = "default"  # default, reduce-overhead (CUDA graphs: see train.check_parallel), or
     # max-autotune-no-cudagraphs
-    jobs: int = 0  # parallel training processes; 0 = one per CPU core
+    jobs: int = 0  # parallel training processes; 0 = one per CPU core this process may use
 
 
 @dataclass

@@ -3,8 +3,8 @@
 Pipeline: ``corpus_documents`` lists the documents of a corpus in a fixed order with their split and
 a fingerprint; ``prepare`` trains a byte-level BPE tokenizer on the training text, encodes both
 splits into flat token arrays (every document followed by ``<|endoftext|>``) with an aligned array of
-domain ids, and caches everything under ``cache_dir / f"{sha[:12]}-v{vocab_size}"``; ``get_batch``
-and ``eval_batches`` cut windows out of those arrays.
+domain ids, and caches everything under ``cache_dir / f"{sha[:12]}-v{vocab_size}-t{tokenizer_mb:g}"``;
+``get_batch`` and ``eval_batches`` cut windows out of those arrays.
 
 Default corpus (``data.corpus: python-env``): the Python source text of the running environment.
 

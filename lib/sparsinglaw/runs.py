@@ -235,8 +235,10 @@ def train_profile(profile: ProfileConfig, names: list[str] | None = None, jobs: 
                   runs_dir: str | Path | None = None, progress: bool = True) -> list[RunState]:
     """Train every run of `profile` (or those named) that is not finished; finished runs are skipped.
 
-    Independent runs go to `jobs` parallel processes (default compute.jobs, 0 = one per core), each
-    with compute.threads torch threads, longest runs first.
+    Independent runs go to `jobs` parallel processes (default compute.jobs, 0 = one per usable core), each
+    with compute.threads torch threads, longest runs first. Under torchrun the ranks train the runs one
+    after another together, and the first error stops them all (a rank that went on alone to the next
+    run would pair its collectives with another rank's old run and hang).
     """
     from .data import prepare
     from .device import dist_env, resolve_device, usable_cores
@@ -259,7 +261,8 @@ def train_profile(profile: ProfileConfig, names: list[str] | None = None, jobs: 
             jobs = 1  # under torchrun all ranks train one run after another together
         args = (profile.path, profile.overrides)  # workers reload the same profile
         rd = str(runs_dir) if runs_dir is not None else None
-        run_parallel(_train_one, [(*args, r.name, rd, progress) for r in todo], jobs, "training")
+        run_parallel(_train_one, [(*args, r.name, rd, progress) for r in todo], jobs, "training",
+                     keep_going=world == 1)
     return [run_state(profile, r, runs_dir) for r in runs]
 
 
@@ -279,10 +282,11 @@ def _worker_init() -> None:
     tqdm.set_lock(threading.RLock())
 
 
-def run_parallel(fn, calls: list[tuple], jobs: int, what: str) -> None:
+def run_parallel(fn, calls: list[tuple], jobs: int, what: str, keep_going: bool = True) -> None:
     """fn(*args) for each args in `calls`: in this process when jobs == 1, else in `jobs` spawned
     processes; every call runs even when another fails, then the user errors are reported together
-    (and any other error raised, the first one); a single call raises its own error.
+    (and any other error raised, the first one); a single call raises its own error. `keep_going`
+    False (jobs == 1 only): the first error is raised at once.
 
     Ctrl-C stops the workers at once and drops the queued calls (killed runs resume from their last
     checkpoint): while the workers are started SIGINT is blocked in this thread, so the workers start
@@ -293,8 +297,9 @@ def run_parallel(fn, calls: list[tuple], jobs: int, what: str) -> None:
     import threading
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    if len(calls) == 1:  # its own error, as it is
-        fn(*calls[0])
+    if len(calls) == 1 or (jobs == 1 and not keep_going):  # each error as it is, at once
+        for args in calls:
+            fn(*args)
         return
     errors, crash, pool = [], None, None
     if jobs == 1:

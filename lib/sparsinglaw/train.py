@@ -220,7 +220,7 @@ def save_checkpoint(run_dir: Path, tag: str, model: Transformer, opt: torch.opti
     buf = io.BytesIO()
     torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
                 "rng": torch.get_rng_state(), "step": meta["step"], "tokens": meta["tokens"]}, buf)
-    data = buf.getbuffer()  # a view, not a second copy of the model and optimizer state
+    data = buf.getvalue()
     pt = run_dir / f"ckpt_{tag}.pt"
     meta = dict(meta, file=pt.name, sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
     sidecar = json.dumps(meta, indent=1, sort_keys=True).encode()
