@@ -32,7 +32,7 @@ from scipy import stats
 
 from . import laws, paper
 from .config import ProfileConfig, SparsingLawError, stable_hash
-from .runs import as_bool, in_group, provenance, results_dir, write_table
+from .runs import as_bool, in_group, provenance, read_csv, results_dir, write_table
 
 ANALYSIS_VERSION = 4  # bump when a derived table changes meaning (invalidates the cached tables)
 CODE_FILES = ("laws.py", "analysis.py")  # the fitting code; its sha256 is recorded, not part of the cache key
@@ -511,7 +511,7 @@ def load_results(profile: ProfileConfig | str) -> dict[str, pd.DataFrame]:
     """Every table of results/<profile>/ by name (sparsity, neurons, tokens, and derived ones present)."""
     name = profile if isinstance(profile, str) else profile.name
     folder = results_dir(name)
-    out = {p.stem: pd.read_csv(p) for p in sorted(folder.glob("*.csv"))}
+    out = {p.stem: read_csv(p) for p in sorted(folder.glob("*.csv"))}
     if "sparsity" not in out:
         raise SparsingLawError(f"{folder / 'sparsity.csv'}: not measured yet; run notebook 02 or "
                                f"python -m sparsinglaw measure --profile {name}")
@@ -578,7 +578,7 @@ def _cached(profile: ProfileConfig, outputs: tuple[str, ...], inputs: tuple[str,
     elif any(m.get("code", code_hash()) != code_hash() for m in metas.values()):
         print(f"{folder}: reusing {names}, fitted by another version of {' and '.join(CODE_FILES)}; "
               f"{refit_command(profile)} recomputes them", file=sys.stderr, flush=True)
-    return tuple(pd.read_csv(folder / f"{n}.csv") for n in outputs)
+    return tuple(read_csv(folder / f"{n}.csv") for n in outputs)
 
 
 def _spec_payload(profile: ProfileConfig, **args) -> dict:

@@ -36,6 +36,7 @@ from .runs import (
     checkpoints,
     data_cache_dir,
     provenance,
+    read_csv,
     read_table,
     results_dir,
     run_dir,
@@ -460,7 +461,7 @@ def pareto_run(profile: ProfileConfig, run: RunConfig, runs_dir=None, progress: 
         metas = sorted(d.glob("meta_[0-9]*.json")) if corpus is not None else []
         if metas:  # the sweep ran on its run's corpus (checked when it was made): the newest sidecar's
             check_corpus(run, json.loads(metas[-1].read_text()), metas[-1], corpus)
-        return pd.read_csv(out)
+        return read_csv(out)
     moe = run.model.n_experts > 0
     if moe:
         require_trained(profile, run, runs_dir)
@@ -493,7 +494,7 @@ def pareto_run(profile: ProfileConfig, run: RunConfig, runs_dir=None, progress: 
         df.insert(1, "activation", run.model.activation)
         df.insert(2, "step", int(ck["step"]))
         atomic_write_bytes(out, df.to_csv(index=False).encode())
-    return pd.read_csv(out)  # as a cached sweep returns it (a CSV round trip may move the last digit)
+    return read_csv(out)  # as a cached sweep returns it
 
 
 def pareto_profile(profile: ProfileConfig, runs_dir=None, progress: bool = True) -> pd.DataFrame:

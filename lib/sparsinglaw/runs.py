@@ -192,13 +192,22 @@ def run_state(profile: ProfileConfig, run: RunConfig, runs_dir=None) -> RunState
     return RunState(run.name, d.name, "partial" if seen else "new", seen, total, len(ck), d)
 
 
+def read_csv(source) -> pd.DataFrame:
+    """pd.read_csv with an exact float round trip: what to_csv wrote comes back bit for bit (pandas < 3
+    parses with 'high' precision by default, which can move the last digit: tables computed from read-back
+    numbers then differ between pandas versions and between a fresh and a cached call; pandas 3 is exact
+    by default and deprecates the argument)."""
+    exact = {} if int(pd.__version__.split(".")[0]) >= 3 else {"float_precision": "round_trip"}  # 3: the default
+    return pd.read_csv(source, **exact)
+
+
 def load_log(profile: ProfileConfig, run: RunConfig, runs_dir=None) -> pd.DataFrame:
     """The run's log.csv; rows repeated after a resume are dropped (the last one of each step wins)."""
     path = run_dir(profile, run, runs_dir) / "log.csv"
     if not path.exists():
         raise SparsingLawError(f"{path}: no training log; train the run first "
                                f"(python -m sparsinglaw train --profile {profile.name} --run {run.name})")
-    df = pd.read_csv(path)
+    df = read_csv(path)
     df = df.drop_duplicates(subset=["step", "split"], keep="last")
     return df.sort_values(["split", "step"]).reset_index(drop=True)
 
@@ -452,7 +461,7 @@ def read_table(path: str | Path, columns: list[str] = (), numeric: list[str] = (
         raise TableError(f"{path}: its sha256 does not match the one in {side.name} (edited by hand, or an "
                          f"interrupted write); refusing it: {fix}")
     try:
-        df = pd.read_csv(io.BytesIO(data))
+        df = read_csv(io.BytesIO(data))
     except (ValueError, UnicodeDecodeError) as e:
         raise TableError(f"{path}: not a readable CSV table ({e}); {fix}") from None
     missing = [c for c in columns if c not in df.columns]
