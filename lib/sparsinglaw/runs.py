@@ -306,19 +306,18 @@ def run_parallel(fn, calls: list[tuple], jobs: int, what: str, keep_going: bool 
     import threading
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    if len(calls) == 1 or (jobs == 1 and not keep_going):  # each error as it is, at once
-        for args in calls:
-            fn(*args)
-        return
     errors, crash, pool = [], None, None
-    if jobs == 1:
+    if jobs == 1 or len(calls) == 1:
         for args in calls:
             try:
                 fn(*args)
-            except SparsingLawError as e:
-                errors.append(str(e))
             except Exception as e:  # as in the pool: the other calls still run, then it is raised
-                crash = crash or e
+                if len(calls) == 1 or not keep_going:  # each error as it is, at once
+                    raise
+                if isinstance(e, SparsingLawError):
+                    errors.append(str(e))
+                else:
+                    crash = crash or e
         _raise_collected(errors, crash, what)
         return
     before = set(mp.active_children())

@@ -480,8 +480,9 @@ def train(run: RunConfig, data_cfg: DataConfig, run_dir: Path, tokens: TokenData
     ddp = init_distributed(device)  # checks the device and torchrun's variables first
     dev = setup_torch(device, threads)
     check_parallel(run, ddp.world, dev.type, compile, compile_mode)
-    if ddp.main and rank_shares(tcfg.grad_accum, ddp.world):
-        print(f"run {run.name}: {rank_shares(tcfg.grad_accum, ddp.world)}", flush=True)
+    shares = rank_shares(tcfg.grad_accum, ddp.world)
+    if ddp.main and shares:
+        print(f"run {run.name}: {shares}", flush=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg_yaml = yaml.safe_dump(run.identity(data_cfg) | {"name": run.name, "groups": run.groups}, sort_keys=False)
     if not (run_dir / "config.yaml").exists() and ddp.main:
@@ -511,7 +512,8 @@ def train(run: RunConfig, data_cfg: DataConfig, run_dir: Path, tokens: TokenData
         load_optimizer(opt, state["optimizer"])
         torch.set_rng_state(state["rng"].cpu())
         step, last_loss = int(state["step"]), float(meta["loss"])
-        window = (float(meta.get("log_window", {}).get("loss_sum", 0.0)), int(meta.get("log_window", {}).get("n", 0)))
+        saved = meta.get("log_window", {})  # absent in checkpoints written before it was kept
+        window = (float(saved.get("loss_sum", 0.0)), int(saved.get("n", 0)))
         kept = f"the last good checkpoint {run_dir / f'ckpt_{tag}.pt'} (step {step}) is kept"
     log_path = run_dir / "log.csv"
     if ddp.main:
