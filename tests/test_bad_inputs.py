@@ -218,6 +218,10 @@ TORCHRUN_CASES = [  # id, env, compute.device, GPUs torch sees, message
      "LOCAL_RANK=1 but torch sees 1 CUDA device(s); start at most one process per GPU"),
     ("local-rank-beyond-gpus-auto", {"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "3"}, "auto", 2,
      "LOCAL_RANK=3 but torch sees 2 CUDA device(s)"),
+    ("timeout-not-a-number", {"WORLD_SIZE": "2", "RANK": "0", "SPARSINGLAW_DIST_TIMEOUT": "soon"}, "cpu", 0,
+     "SPARSINGLAW_DIST_TIMEOUT='soon': expected a number of seconds > 0"),
+    ("timeout-zero", {"WORLD_SIZE": "2", "RANK": "0", "SPARSINGLAW_DIST_TIMEOUT": "0"}, "cpu", 0,
+     "SPARSINGLAW_DIST_TIMEOUT='0': expected a number of seconds > 0"),
 ]
 
 
@@ -231,7 +235,7 @@ def fake_torchrun(monkeypatch):
         raise AssertionError("a CUDA or process-group call before the inputs were checked")
 
     def setup(env: dict, gpus: int) -> None:
-        for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "SPARSINGLAW_DIST_TIMEOUT"):
             monkeypatch.delenv(k, raising=False)
         for k, v in env.items():
             monkeypatch.setenv(k, v)

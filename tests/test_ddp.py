@@ -47,6 +47,20 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
+def _kill_all(proc: subprocess.Popen) -> None:
+    """SIGKILL torchrun and its workers at once, as a crash of the node would. (A signal to torchrun's
+    process group alone leaves the workers, in sessions of their own, training on to the end.)"""
+    workers = [int(pid) for f in Path(f"/proc/{proc.pid}/task").glob("*/children") for pid in f.read_text().split()]
+    assert len(workers) == 2, workers
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 30
+    while any(Path(f"/proc/{pid}").exists() for pid in workers) and time.time() < deadline:
+        time.sleep(0.05)  # reaped by init, not by this process
+
+
 def _final(runs_dir: Path, extra: tuple[str, ...] = ()) -> dict:
     p = load_profile("smoke", overrides=[*ARGS, *extra])
     d = runs.run_dir(p, p.run("relu-s2"), runs_dir)
@@ -87,19 +101,22 @@ def test_killed_ddp_run_resumes(tmp_path, session_roots, smoke_tokens):
     while proc.poll() is None and not list(kill_dir.glob("smoke/*/meta_0*.json")) and time.time() - start < 120:
         time.sleep(0.01)
     killed = proc.poll() is None
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    _kill_all(proc)
     assert killed, "the DDP run finished before it could be killed"
-    assert not list((tmp_path / "kill").glob("smoke/*/DONE"))
+    time.sleep(1)
+    assert not list((tmp_path / "kill").glob("smoke/*/DONE")), "a worker lived on and finished the run"
     again = subprocess.run(_cmd(tmp_path / "kill", 2), env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
+    assert "relu-s2: resuming from step" in again.stdout, again.stdout
     _close(_final(tmp_path / "ref"), _final(tmp_path / "kill"))
 
 
 def test_ranks_agree_when_another_process_finishes_the_run(tmp_path, session_roots, smoke_tokens):
     """Another process holds the run's lock and then finishes the run: rank 0 waited for the lock while
     rank 1 went on into the process group, so rank 0 found DONE and returned while rank 1 waited for it
-    for good. Every rank now waits for rank 0's lock, then all find DONE."""
+    for good. Every rank now waits for rank 0's lock, then all find DONE. The lock is held for longer
+    than the process group's timeout (15 s here): rank 1 waited for it in one barrier, which that
+    timeout ended; now rank 0 tries the lock every few seconds and tells the others each time."""
     import json
     import threading
 
@@ -118,13 +135,14 @@ def test_ranks_agree_when_another_process_finishes_the_run(tmp_path, session_roo
     err_path = tmp_path / "stderr.txt"
     try:
         with open(err_path, "w") as err_file, open(tmp_path / "stdout.txt", "w") as out_file:
-            proc = subprocess.Popen(_cmd(tmp_path, 2), env=_env(session_roots), text=True, stdout=out_file,
-                                    stderr=err_file, start_new_session=True)
+            proc = subprocess.Popen(_cmd(tmp_path, 2), env=dict(_env(session_roots), SPARSINGLAW_DIST_TIMEOUT="15"),
+                                    text=True, stdout=out_file, stderr=err_file, start_new_session=True)
         deadline = time.time() + 120  # until rank 0 waits for the lock (rank 1 is in the process group)
         while "another process holds" not in err_path.read_text() and time.time() < deadline:
             assert proc.poll() is None, err_path.read_text()[-3000:]
             time.sleep(0.1)
-        time.sleep(1)
+        time.sleep(20)
+        assert proc.poll() is None, err_path.read_text()[-3000:]
     finally:
         release.set()
         t.join()
@@ -137,6 +155,36 @@ def test_ranks_agree_when_another_process_finishes_the_run(tmp_path, session_roo
     assert proc.returncode == 0, err[-3000:]
     assert "another process holds" in err and "1/1 runs done" in out
     assert not list(d.glob("ckpt_*.pt"))  # nothing trained
+
+
+PATCHED = """
+import dataclasses, os, sys
+from sparsinglaw import cli, runs
+if os.environ["RANK"] == "1":  # rank 1 looks after another process finished the run
+    real = runs.run_state
+    runs.run_state = lambda *a, **k: dataclasses.replace(real(*a, **k), status="done")
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_ranks_take_rank_0s_list_of_runs(tmp_path, session_roots, smoke_tokens):
+    """Each rank made its own list of unfinished runs: had another process finished a run between rank 0's
+    look and rank 1's, rank 1 skipped it while rank 0 trained it (a hang). Rank 0's list is now sent to
+    every rank; here rank 1 is made to see the run finished, and both train it."""
+    script = tmp_path / "patched.py"
+    script.write_text(PATCHED)
+    cmd = _cmd(tmp_path, 2)
+    cmd[cmd.index("-m", 3):cmd.index("sparsinglaw", 3) + 1] = [str(script)]
+    with open(tmp_path / "stderr.txt", "w") as err_file:
+        proc = subprocess.Popen(cmd, env=dict(_env(session_roots), SPARSINGLAW_DIST_TIMEOUT="60"), text=True,
+                                stdout=subprocess.DEVNULL, stderr=err_file, start_new_session=True)
+    try:
+        proc.wait(timeout=180)
+    except subprocess.TimeoutExpired:
+        _stop(proc)
+        pytest.fail(f"the ranks hung\n{(tmp_path / 'stderr.txt').read_text()[-2000:]}")
+    assert proc.returncode == 0, (tmp_path / "stderr.txt").read_text()[-3000:]
+    _final(tmp_path)  # trained to the end
 
 
 def test_an_error_on_one_rank_stops_every_rank(tmp_path, session_roots, smoke_tokens):

@@ -427,6 +427,8 @@ def test_train_profile_checks_every_run_for_the_processes_before_training(tiny_p
     from sparsinglaw.device import Dist
 
     monkeypatch.setattr(device, "dist_env", lambda _d: Dist(rank=0, world=4))
+    monkeypatch.setattr(device, "init_distributed", lambda _d: Dist(rank=0, world=4))
+    monkeypatch.setattr(torch.distributed, "broadcast_object_list", lambda objs, src=0: None)  # rank 0's own list
     monkeypatch.setattr(runs, "run_parallel", lambda *a, **k: pytest.fail("trained before checking"))
     with pytest.raises(SparsingLawError, match=r"grad_accum=1 is below the 4 torchrun processes"):
         runs.train_profile(tiny_profile, runs_dir=tmp_path, progress=False)

@@ -93,10 +93,28 @@ def init_distributed(device: str) -> Dist:
     import torch.distributed as dist
 
     if not dist.is_initialized():
+        timeout = _timeout()
         if device == "cuda":
             torch.cuda.set_device(ddp.local_rank)
-        dist.init_process_group("nccl" if device == "cuda" else "gloo")
+        dist.init_process_group("nccl" if device == "cuda" else "gloo", **timeout)
     return ddp
+
+
+def _timeout() -> dict:
+    """SPARSINGLAW_DIST_TIMEOUT (seconds), how long a collective may wait for the other ranks before the
+    process group gives up; unset: torch's default (10 minutes on nccl, 30 on gloo)."""
+    raw = os.environ.get("SPARSINGLAW_DIST_TIMEOUT")
+    if not raw:
+        return {}
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = float("nan")
+    if not seconds > 0:
+        raise SparsingLawError(f"SPARSINGLAW_DIST_TIMEOUT={raw!r}: expected a number of seconds > 0")
+    import datetime
+
+    return {"timeout": datetime.timedelta(seconds=seconds)}
 
 
 # Datasheet dense bf16 tensor-core peaks (FLOP/s) by device name; MFU is reported only for these (or

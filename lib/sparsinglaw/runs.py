@@ -148,6 +148,44 @@ def run_lock(path: Path, what: str):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+LOCK_POLL_S = 2.0  # under torchrun, how often rank 0 tries a run's lock while another process holds it
+
+
+@contextlib.contextmanager
+def ddp_run_lock(path: Path, what: str, main: bool):
+    """run_lock under torchrun: rank 0 takes the lock, and every rank waits until it holds it. Rank 0 tries
+    the lock every LOCK_POLL_S seconds and tells the others each time, so no rank waits in one collective
+    for as long as another process trains the run (the process group's timeout, 10-30 minutes, would end
+    it); the ranks then find the run in the same state."""
+    import torch.distributed as dist
+
+    f = None
+    try:
+        if main:
+            path.mkdir(parents=True, exist_ok=True)
+            f = open(path / ".lock", "w")
+        said = False
+        while True:
+            held = [False]
+            if main:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    held[0] = True
+                except BlockingIOError:
+                    if not said:
+                        print(f"{what}: another process holds {path / '.lock'}; waiting for it", file=sys.stderr,
+                              flush=True)
+                        said = True
+            dist.broadcast_object_list(held, src=0)
+            if held[0]:
+                break
+            time.sleep(LOCK_POLL_S)
+        yield
+    finally:
+        if f is not None:
+            f.close()  # closing the file releases the lock
+
+
 @dataclass
 class RunState:
     name: str
@@ -227,15 +265,12 @@ def _train_one(profile_path: str, overrides: list[str], name: str, runs_dir: str
     d = run_dir(profile, run, runs_dir)
     tokens = prepare(profile.data, data_cache_dir(runs_dir), progress=False)
     c = profile.compute
-    # Under torchrun only rank 0 takes the run's lock; every rank joins the process group first and
-    # waits at a barrier until rank 0 holds it, so that all of them then find the run in the same state
-    # (another process may finish it meanwhile: then none trains, instead of rank 0 alone returning).
+    # Under torchrun only rank 0 takes the run's lock and every rank waits until it holds it, so that all
+    # of them then find the run in the same state (another process may finish it meanwhile: then none
+    # trains, instead of rank 0 alone returning).
     ddp = init_distributed(c.device)
-    with run_lock(d, f"run {name}") if ddp.main else contextlib.nullcontext():
-        if ddp.world > 1:
-            import torch.distributed as dist
-
-            dist.barrier()
+    what = f"run {name}"
+    with ddp_run_lock(d, what, ddp.main) if ddp.world > 1 else run_lock(d, what):
         return train(run, profile.data, d, tokens, device=c.device, threads=c.threads, compile=c.compile,
                      compile_mode=c.compile_mode, progress=progress)
 
@@ -250,16 +285,25 @@ def train_profile(profile: ProfileConfig, names: list[str] | None = None, jobs: 
     run would pair its collectives with another rank's old run and hang).
     """
     from .data import prepare
-    from .device import dist_env, resolve_device, usable_cores
+    from .device import dist_env, init_distributed, resolve_device, usable_cores
     from .train import check_parallel, check_tokens
 
     runs = [profile.run(n) for n in names] if names else list(profile.runs)
     todo = [r for r in runs if run_state(profile, r, runs_dir).status != "done"]
+    c = profile.compute
+    world = dist_env("cpu").world  # torchrun's variables; the device is checked below, if there is work
+    joined = False  # whether this call started the process group (and so ends it)
+    if world > 1:  # every rank takes rank 0's list: another process finishing a run between two ranks'
+        import torch.distributed as dist  # looks would send them to different runs
+
+        joined = not dist.is_initialized()
+        init_distributed(c.device)
+        names_ = [[r.name for r in todo]]
+        dist.broadcast_object_list(names_, src=0)
+        todo = [profile.run(n) for n in names_[0]]
     if todo:
         tokens = prepare(profile.data, data_cache_dir(runs_dir), progress=progress)  # once, before the workers
-        c = profile.compute
         device = resolve_device(c.device)
-        world = dist_env(device).world
         for r in todo:  # before any run folder is made
             check_tokens(r, tokens)
             check_parallel(r, world, device, c.compile, c.compile_mode)
@@ -272,6 +316,9 @@ def train_profile(profile: ProfileConfig, names: list[str] | None = None, jobs: 
         rd = str(runs_dir) if runs_dir is not None else None
         run_parallel(_train_one, [(*args, r.name, rd, progress) for r in todo], jobs, "training",
                      keep_going=world == 1)
+    if joined:  # every rank leaves together (a process group left to the interpreter's exit can abort it)
+        dist.barrier()
+        dist.destroy_process_group()
     return [run_state(profile, r, runs_dir) for r in runs]
 
 

@@ -515,6 +515,8 @@ def train(run: RunConfig, data_cfg: DataConfig, run_dir: Path, tokens: TokenData
         saved = meta.get("log_window", {})  # absent in checkpoints written before it was kept
         window = (float(saved.get("loss_sum", 0.0)), int(saved.get("n", 0)))
         kept = f"the last good checkpoint {run_dir / f'ckpt_{tag}.pt'} (step {step}) is kept"
+        if ddp.main:
+            print(f"run {run.name}: resuming from step {step} of {n_steps} (ckpt_{tag}.pt)", flush=True)
     log_path = run_dir / "log.csv"
     if ddp.main:
         remove_stale_temps(run_dir)
