@@ -80,6 +80,9 @@ def test_flops_per_token_by_hand():
 def test_config_validation():
     with pytest.raises(ValueError, match="must divide"):
         Transformer(dataclasses.replace(TINY, head_dim=12))
+    for f in ("head_dim", "d_model", "n_layers", "d_ff", "vocab_size", "seq_len", "dim_model_base"):
+        with pytest.raises(ValueError, match=f"{f}=0 must be a positive integer"):  # not a ZeroDivisionError
+            Transformer(dataclasses.replace(TINY, **{f: 0}))
     assert TINY.n_heads == 4 and TINY.width_mult == 2.0 and TINY.width_depth_ratio == 16.0
 
 

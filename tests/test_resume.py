@@ -116,6 +116,7 @@ def test_five_kills_then_resume_equals_uninterrupted(tmp_path, session_roots, sm
     assert f"skipping checkpoint ckpt_{marks[2]:07d}.pt: no sidecar" in outputs[4]
     done = subprocess.run(_cmd(d.parents[1]), env=_env(session_roots), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
+    assert f"{RUN}: resuming from step" in done.stdout, done.stdout
     assert not list(d.glob("*.tmp")) and not list(d.glob(".*.tmp")), "temp files of killed writes remain"
     a, b = (torch.load(sorted(x.glob("ckpt_0*.pt"))[-1], weights_only=True) for x in (ref, d))
     assert a["step"] == b["step"] == marks[-1]

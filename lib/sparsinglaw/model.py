@@ -385,6 +385,9 @@ class Transformer(nn.Module):
 
 
 def _validate(cfg: ModelConfig) -> None:
+    for f in ("vocab_size", "d_model", "n_layers", "head_dim", "d_ff", "seq_len", "dim_model_base"):
+        if not getattr(cfg, f) > 0:
+            raise ValueError(f"{f}={getattr(cfg, f)} must be a positive integer")
     if cfg.d_model % cfg.head_dim:
         raise ValueError(f"head_dim={cfg.head_dim} must divide d_model={cfg.d_model}")
     if cfg.head_dim % 2:
