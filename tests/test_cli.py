@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 
 from conftest import REPO
@@ -112,3 +113,25 @@ def test_make_with_an_unknown_profile_names_the_profiles(target):
     want = f"error: configs/cpu_long.yaml not found: PROFILE=cpu_long is not a profile; profiles: {profiles}"
     assert want in r.stderr, r.stderr
     assert "Traceback" not in r.stderr and not (REPO / "runs" / "cpu_long").exists()
+
+
+def test_under_torchrun_the_stages_after_training_run_on_rank_0_alone(tmp_path, monkeypatch, capsys):
+    """Ranks > 0 train with rank 0 and then stop: measuring, fitting and verifying are one process's
+    work (the others only waited for rank 0's locks and found the same tables)."""
+    from sparsinglaw import cli, measure, runs
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    trained = []
+    monkeypatch.setattr(runs, "train_profile", lambda *a, **k: trained.append(k["runs_dir"]) or [])
+    monkeypatch.setattr(measure, "measure_profile", lambda *a, **k: pytest.fail("rank 1 measured"))
+    base = ["--profile", "smoke", "--runs-dir", str(tmp_path), "--no-progress"]
+    assert cli.main(["compute", *base]) == 0
+    assert trained == [str(tmp_path)]
+    assert "rank 1: the stages after training run on rank 0 alone" in capsys.readouterr().err
+    for cmd in (["measure", *base], ["fit", "--profile", "smoke"], ["verify", "--profile", "smoke"]):
+        assert cli.main(cmd) == 0
+        assert f"rank 1: `{cmd[0]}` runs on rank 0 alone under torchrun" in capsys.readouterr().err
+    monkeypatch.setenv("RANK", "0")  # rank 0 goes on to measure
+    monkeypatch.setattr(measure, "measure_profile", lambda *a, **k: trained.append("measured") or pd.DataFrame())
+    assert cli.main(["measure", *base]) == 0 and trained[-1] == "measured"

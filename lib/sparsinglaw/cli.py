@@ -128,6 +128,10 @@ def _dispatch(args) -> int:
             fit_spec(profile)
         except ValueError as e:
             raise ConfigError(f"{profile.path}: fit: {e}") from None
+    rank = _rank()
+    if rank > 0 and args.command != "train" and args.command != "compute":
+        print(f"rank {rank}: `{args.command}` runs on rank 0 alone under torchrun", file=sys.stderr)
+        return 0
     if args.command == "train":
         states = train_profile(profile, names=args.run, jobs=args.jobs, runs_dir=args.runs_dir,
                                progress=not args.no_progress)
@@ -166,6 +170,15 @@ def _dispatch(args) -> int:
             print(f"{'updated' if changed else 'unchanged:'} the claims:{profile.name} block of {args.readme}")
         return 0
     raise AssertionError(args.command)
+
+
+def _rank() -> int:
+    """This process's rank under torchrun (0 without it): every rank trains together, and the stages
+    after training, one process's work on one device, are left to rank 0 (the others would only wait
+    for its locks and then find the same tables)."""
+    from .device import dist_env
+
+    return dist_env("cpu").rank  # the device is checked where it is used
 
 
 def _fit(profile, refit: bool = False, progress: bool = True) -> int:
@@ -226,6 +239,9 @@ def _compute(profile, args) -> int:
         fn()
         times[name] = round(time.perf_counter() - t, 1)
         print(f"{name}: {times[name]:.1f} s", flush=True)
+        if name == "train" and _rank() > 0:
+            print(f"rank {_rank()}: the stages after training run on rank 0 alone under torchrun", file=sys.stderr)
+            return 0
     times["total"] = round(time.perf_counter() - t0, 1)
     print(f"total: {times['total']:.1f} s; results in {runs.results_dir(profile.name)}/ (make replot "
           f"PROFILE={profile.name} draws the figures)")
