@@ -130,7 +130,11 @@ def test_form_comparison_prefers_the_true_form(table):
     for run, form in (("relu-s1", "logspace_power"), ("silu-s1", "power")):
         c = comp[comp["run"] == run].set_index("form")
         assert c.loc[form, "paper_form"] and c["paper_form"].sum() == 1
-        assert c["delta_aic"].min() == 0
+        # the generating form has the lowest AIC and AICc, every other form is clearly behind (> 10)
+        for crit in ("aic", "aicc"):
+            assert c[f"delta_{crit}"].to_numpy() == pytest.approx((c[crit] - c[crit].min()).to_numpy())
+            assert c.loc[form, f"delta_{crit}"] == 0
+            assert (c[f"delta_{crit}"].drop(index=form) > 10).all(), c[f"delta_{crit}"]
         assert c.loc[form, "mse"] <= c["mse"].min() * 1.05  # the generating form fits (about) best
     short = analysis.form_comparison(table[table["run"] == "relu-short"], dataclasses.replace(SPEC, n_boot=0))
     assert not short["converged"].any() and short["message"].str.startswith("not fitted").all()
@@ -169,6 +173,8 @@ def test_width_depth_finds_the_bottleneck_and_the_best_range():
     br = summary[summary["kind"] == "best_range"].set_index("quantity").loc["E"]
     assert br["best_x"] == 64 and br["best_lo"] <= 64 <= br["best_hi"]
     assert br["tol"] == pytest.approx(0.01 * E.min())
+    # within 1% (0.03) of the lowest E where |log(x / 64)| <= sqrt(0.6) = 0.775, i.e. x in [29.5, 139]
+    assert (br["best_lo"], br["best_hi"]) == (32.0, 128.0)
 
 
 def test_width_depth_with_too_few_runs_says_so():
@@ -216,6 +222,10 @@ def test_convergence_speed_is_the_derivative_and_ranks_sizes():
     assert np.allclose(one["dA_dratio"], exact, rtol=1e-6)
     ratio = summary["ratio_common"].iloc[0]
     assert 0.01 * 1e9 / 1e4 <= ratio <= 10 * 1e9 / 1e6  # inside every run's range
+    assert ratio == pytest.approx(np.sqrt(1e3 * 1e4))  # the geometric middle of the shared range 1e3-1e4
+    for (N, c), speed in zip(((1e4, 2.0), (1e5, 1.0), (1e6, 0.5)), summary["dA_dratio_common"], strict=True):
+        D_at = ratio * N / 1e9  # the speed there is the same derivative, at each run's own D
+        assert speed == pytest.approx(0.5 * c * 0.01 * D_at**-1.5 * N / 1e9, rel=1e-6)
     assert summary["rho_N_speed"].iloc[0] == pytest.approx(-1.0)
     relu = claims.small_converge_faster(summary)[0]  # right order, but 3 runs cannot reach p < 0.05
     assert relu["verdict"] == "INCONCLUSIVE" and relu["value"].startswith("rho = -1.00 at D/N")
@@ -266,7 +276,16 @@ def test_domain_distributions_summary_and_agreement():
     assert len(summary) == 2 * 3 * (1 + 2)  # runs x domains x (all layers + each layer)
     whole = summary[(summary["layer"] == -1) & (summary["domain"] == "all")]
     assert whole["n_neurons"].tolist() == [1000, 1000] and np.allclose(whole["mean"], 1 / 11, atol=0.01)
+    for r in summary[summary["layer"] >= 0].itertuples():  # each layer's own neurons (oracle: numpy)
+        v = neurons.loc[(neurons["run"] == r.run) & (neurons["layer"] == r.layer), r.domain].to_numpy()
+        assert r.n_neurons == 500 and r.mean == pytest.approx(v.mean())
+        assert (r.q10, r.median, r.q90) == pytest.approx(tuple(np.quantile(v, [0.1, 0.5, 0.9])))
     assert len(agreement) == 3 and (agreement["ks"] < 0.1).all()  # same distribution: small distances
+    for r in agreement.itertuples():  # the distances between the two runs' columns (oracle: scipy directly)
+        assert (r.run_a, r.run_b) == ("relu-s1", "relu-s2")  # smaller model first
+        x, y = (neurons.loc[neurons["run"] == run, r.domain] for run in (r.run_a, r.run_b))
+        assert r.ks == pytest.approx(stats.ks_2samp(x, y).statistic) and r.ks > 0
+        assert r.wasserstein == pytest.approx(stats.wasserstein_distance(x, y))
 
 
 def test_seed_agreement_compares_only_runs_of_one_shape():
@@ -367,6 +386,12 @@ def test_profile_tables_are_written_with_provenance_and_cached(table, isolated_r
     assert capsys.readouterr().err == ""  # the same code: nothing to say
     P2 = dataclasses.replace(P, fit={"n_boot": 0})  # another spec: recomputed
     assert analysis.activation_laws_for(P2)[0]["alpha_lo"].isna().all()
+    analysis.activation_laws_for(P)  # P's tables again (P2 replaced them), then sparsity.csv is remeasured
+    runs.write_table(table[table["run"] != "relu-short"], folder / "sparsity.csv", {"profile": P.name})
+    capsys.readouterr()
+    remeasured, _ = analysis.activation_laws_for(P)  # the same spec on another sparsity.csv: recomputed
+    assert "computing fits.csv, fit_curves.csv (missing or stale)" in capsys.readouterr().err
+    assert set(remeasured["run"]) == {"relu-s1", "silu-s1"}
     with pytest.raises(ValueError, match="unknown FitSpec field"):
         analysis.fit_spec(dataclasses.replace(P, fit={"nboot": 3}))
 

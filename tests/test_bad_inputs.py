@@ -141,8 +141,9 @@ CLI_CASES = [
 
 
 def _tree(*folders: Path) -> dict[str, str]:
-    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest()
-            for f in folders if f.exists() for p in sorted(f.rglob("*")) if p.is_file()}
+    """sha256 of every file and "folder" for every folder under `folders` (an empty run folder is an artifact)."""
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "folder"
+            for f in folders if f.exists() for p in sorted(f.rglob("*"))}
 
 
 @pytest.fixture
@@ -174,7 +175,8 @@ def test_bad_cli_input(case, tmp_path, roots, capsys):
     assert len(message) == 1, err  # one line (after argparse's usage, for argparse errors)
     # no artifact: nothing new in the runs folder, results/ or figures/; no half-built token cache
     after = _tree(tmp_path)
-    written = {p for p in set(after) - set(before) if "/data/" not in p}
+    data = str(roots["data"])
+    written = {p for p in set(after) - set(before) if p != data and not p.startswith(data + "/")}
     assert not written and all(after[p] == before[p] for p in before), written
     for cache in (roots["data"].iterdir() if roots["data"].exists() else []):
         assert cache.suffix == ".lock" or (cache / "meta.json").exists(), f"half-built token cache {cache}"

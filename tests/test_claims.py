@@ -159,7 +159,9 @@ def comparison(delta_by_run: dict, converged=True) -> pd.DataFrame:
 
 @pytest.mark.parametrize("deltas,expect", [
     ({"relu-s1": 0.0, "relu-s2": 1.5, "silu-s1": 0.0}, "PASS"),
+    ({"relu-s1": 2.0, "relu-s2": 5.0, "silu-s1": 0.0}, "PASS"),  # 2/3, the PASS bound; dAICc 2 is within 2
     ({"relu-s1": 5.0, "relu-s2": 1.5, "silu-s1": 30.0, "silu-s2": 0.0}, "INCONCLUSIVE"),  # 2/4
+    ({"relu-s1": 0.0, "relu-s2": 5.0, "silu-s1": 30.0}, "FAIL"),  # 1/3, the FAIL bound
     ({"relu-s1": 5.0, "relu-s2": np.nan, "silu-s1": 30.0}, "FAIL"),  # no AICc counts as not within 2
 ])
 def test_law_forms(deltas, expect):
@@ -629,9 +631,22 @@ def test_fit_without_results_is_one_message(tmp_path):
 
 
 def test_figure(tmp_path):
+    from matplotlib import colors as mcolors
+
     df = pd.DataFrame([{"id": cid, "value": "x = 1; more", "verdict": v}
                        for cid, v in zip(claims.CLAIMS, itertools.cycle(claims.VERDICTS))])
     fig = claims.figure(df)
     fig.savefig(tmp_path / "f.png")
     assert (tmp_path / "f.png").stat().st_size > 1000
     assert math.isfinite(fig.get_size_inches()[1])
+    # one line per claim, top to bottom: its id, its verdict in a box of the verdict's colour, the headline
+    colors = {"PASS": "#009E73", "FAIL": "#D55E00", "INCONCLUSIVE": "#999999"}
+    texts = fig.axes[0].texts
+    ids = [t.get_text() for t in texts if t.get_text() in claims.CLAIMS]
+    assert ids == list(df["id"])
+    boxes = [(t.get_text(), t.get_bbox_patch().get_facecolor()) for t in texts if t.get_bbox_patch() is not None]
+    assert [v for v, _ in boxes] == list(df["verdict"])
+    assert all(mcolors.to_hex(fc) == colors[v].lower() for v, fc in boxes)
+    assert sum(t.get_text() == "x = 1" for t in texts) == len(df)  # the value up to its first ';'
+    counts = ", ".join(f"{(df['verdict'] == v).sum()} {v.lower()}" for v in claims.VERDICTS)
+    assert fig.axes[0].get_title(loc="left").endswith(counts)

@@ -94,9 +94,16 @@ def test_compute_writes_every_results_table_replot_needs(tmp_path, monkeypatch, 
     assert set(log["run"]) == {"relu-s1", "silu-s1"} and set(log["split"]) == {"train", "val"}
     inf = inference.sparse_inference_for(profile, compute=False)
     assert set(inf["run"]) == {r.name for r in profile.runs if profile.inference.group in r.groups}
+    def stamps():  # every file of the runs and results roots but the lock files (opened "w" by each call)
+        return {p: (p.stat().st_ino, p.stat().st_mtime_ns) for k in ("SPARSINGLAW_RUNS", "SPARSINGLAW_RESULTS")
+                for p in sorted((tmp_path / k).rglob("*")) if p.is_file() and p.name != ".lock"}
+
+    before = stamps()
+    assert any(p.name.startswith("sparsity-") for p in before) and any(p.suffix == ".pt" for p in before)
     assert cli.main([*args, "--times", str(tmp_path / "again.json")]) == 0  # cached: nothing trained again
     again = json.loads((tmp_path / "again.json").read_text())["seconds"]
     assert again["train"] < times["seconds"]["train"]
+    assert stamps() == before  # nothing trained, measured or evaluated again: no file rewritten
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")

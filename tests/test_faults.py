@@ -195,6 +195,7 @@ def test_checkpoint_from_another_config_is_refused(tmp_path, tiny_profile, smoke
     out = capsys.readouterr()
     assert rc == 0, out.err
     assert f"skipping checkpoint {d / f'ckpt_{tag}.pt'}: written by another config" in out.out
+    assert f"run relu-s1: resuming from step {marks[1]} of " in out.out  # the last valid one, not step 0
     assert (d / "DONE").exists()
     assert checkpoint_problem(d, tag, h) is None  # trained again from the last valid one: now our own
 
@@ -207,7 +208,8 @@ def test_injected_inf_or_nan_stops_and_keeps_last_good(tmp_path, tiny_profile, s
         _tiny_run(tiny_profile, "silu-s1", tmp_path, smoke_tokens, fault={kind: marks[1] + 1})
     d = runs.run_dir(tiny_profile, run, tmp_path)
     msg = str(e.value)
-    assert ("inf" if kind == "inf_at_step" else "nan") in msg and f"step {marks[1] + 1}" in msg
+    # the whole phrase: the message names the tmp folder, whose test name holds both "inf" and "nan"
+    assert f"training loss is {'inf' if kind == 'inf_at_step' else 'nan'} at step {marks[1] + 1};" in msg
     assert f"{d / f'ckpt_{marks[1]:07d}.pt'} (step {marks[1]}) is kept" in msg
     tag, meta = latest_valid_checkpoint(d, run.config_hash(tiny_profile.data))
     assert meta["step"] == marks[1] and not (d / "DONE").exists()
@@ -289,7 +291,10 @@ def test_failing_checkpoint_or_log_write_keeps_previous_files(tmp_path, tiny_pro
     with pytest.raises(WriteError) as e:
         _tiny_run(tiny_profile, "relu-s1", tmp_path, smoke_tokens)
     assert str(expect) in str(e.value) and "No space left on device" in str(e.value)
-    assert "previous version, if any, is kept" in str(e.value) or "kept as it was" in str(e.value)
+    if fault == "fsync":  # the append itself failed (not, say, an atomic rewrite of log.csv) and was cut back
+        assert "could not append to the training log" in str(e.value) and "kept as it was" in str(e.value)
+    else:
+        assert "could not write it" in str(e.value) and "previous version, if any, is kept" in str(e.value)
     monkeypatch.undo()
     assert not _temps(d), "temp files left behind"
     after = _files(d)
@@ -322,8 +327,10 @@ def test_log_is_trimmed_to_the_resumed_checkpoint(tmp_path):
     assert pd.read_csv(log)["step"].tolist() == [2, 4]
     data = log.read_bytes()
     assert data.count(b"\r\n") == 3 and b"\n" not in data.replace(b"\r\n", b"")  # the csv module's line ends
+    st = log.stat()
     trim_log(log, 99)
-    assert log.read_bytes() == data  # nothing to trim: the file is left alone
+    assert log.read_bytes() == data  # nothing to trim: the file is left alone (not rewritten)
+    assert (log.stat().st_ino, log.stat().st_mtime_ns) == (st.st_ino, st.st_mtime_ns)
     log.write_bytes(b"")
     append_log(log, [{"step": 2, "tokens": 16, "split": "train", "loss": 1.0}])
     assert pd.read_csv(log)["step"].tolist() == [2]

@@ -45,12 +45,39 @@ def test_measure_run(tiny, smoke_tokens):
         assert len(layers) == run.model.n_layers and math.isclose(np.mean(layers), r["activation_ratio"], abs_tol=1e-5)
     arrays = measure.final_arrays(tiny, run)
     assert arrays["neuron_frequency"].shape == (run.model.n_layers, run.model.d_ff)
+    # the values, not just their presence: exact zeros against a hook on the gate projection of every
+    # checkpoint (share of valid (token, neuron) pairs with relu(W_gate x) != 0), dead neurons against the
+    # final checkpoint's activation frequencies at PPL-1% (sparsity.p = [1] here)
+    batches = measure.eval_set(tiny, smoke_tokens, run.model.seq_len)
+    for path, r in zip(ck["path"], rows.itertuples(), strict=True):
+        assert r.exact_zero_ratio == pytest.approx(nonzero_share(measure.load_model(run, path), batches), abs=1e-9)
+        assert r.exact_zero_ratio < 0.95 and r.dead_ratio < 1.0
+    assert rows["dead_ratio"].iloc[-1] == (arrays["neuron_frequency"] < tiny.sparsity.dead_freq).mean()
     assert arrays["domain_frequency"].shape[0] == 2 and arrays["token_count"].sum() == rows["n_tokens"].iloc[-1]
     # cached: a second call reads the record instead of recomputing
     path = runs.run_dir(tiny, run) / f"sparsity-fast-{measure.measure_key(tiny, run)}.json"
     mtime = path.stat().st_mtime_ns
     assert measure.measure_run(tiny, run, progress=False) == json.loads(path.read_text())
     assert path.stat().st_mtime_ns == mtime
+
+
+def nonzero_share(model, batches) -> float:
+    """Share of valid (token, neuron) pairs with relu(W_gate x) != 0 over all layers, from forward hooks."""
+    import torch
+
+    counts, n, valid = [], 0, None
+    hooks = [f.w_gate.register_forward_hook(lambda m, i, o: counts.append(int((torch.relu(o)[valid] != 0).sum())))
+             for f in model.ffns()]
+    try:
+        with torch.no_grad():
+            for x, y, *_ in batches:
+                valid = y != -1
+                model(x)
+                n += int(valid.sum())
+    finally:
+        for h in hooks:
+            h.remove()
+    return sum(counts) / (n * model.cfg.n_layers * model.cfg.d_ff)
 
 
 def test_results_tables_have_provenance(tiny, smoke_tokens, isolated_roots):
@@ -71,13 +98,16 @@ def test_results_tables_have_provenance(tiny, smoke_tokens, isolated_roots):
     assert neurons["all"].between(0, 1).all()
 
 
-def test_impl_override_reaches_the_arrays_and_the_provenance(tiny, smoke_tokens, isolated_roots):
+def test_impl_override_reaches_the_arrays_and_the_provenance(tiny, smoke_tokens, isolated_roots, monkeypatch):
     """measure --impl reference on a profile whose sparsity.impl is fast: final_arrays and write_results
     read that measurement's arrays (not the fast ones, which may not exist), and the tables' provenance
-    names the impl actually used."""
+    names the impl actually used. The fast and reference arrays are equal (same thresholds), so the files
+    opened are what tells them apart: after test_measure_run the fast ones do exist."""
     runs.train_profile(tiny, names=["relu-s1"], jobs=1, progress=False)
     run = tiny.run("relu-s1")
     rec = measure.measure_run(tiny, run, progress=False, impl="reference")
+    opened, load = [], np.load
+    monkeypatch.setattr(np, "load", lambda f, *a, **k: opened.append(str(f)) or load(f, *a, **k))
     assert tiny.sparsity.impl == "fast" and rec["impl"] == rec["sparsity"]["impl"] == "reference"
     ref = dataclasses.replace(tiny, sparsity=dataclasses.replace(tiny.sparsity, impl="reference"))
     path = runs.run_dir(tiny, run) / f"sparsity-reference-{measure.measure_key(ref, run)}.npz"
@@ -93,6 +123,8 @@ def test_impl_override_reaches_the_arrays_and_the_provenance(tiny, smoke_tokens,
         assert json.loads((out / f"{name}.meta.json").read_text())["sparsity"]["impl"] == "reference", name
     neurons = pd.read_csv(out / "neurons.csv")
     np.testing.assert_allclose(neurons["all"], arrays["neuron_frequency"].ravel(), rtol=0, atol=1e-12)
+    arrays_read = [f for f in opened if "sparsity-" in f]
+    assert len(arrays_read) >= 3 and all("sparsity-reference-" in f for f in arrays_read), arrays_read
     assert measure.with_impl(tiny, "reference") == ref and measure.with_impl(tiny, None) is tiny
 
 

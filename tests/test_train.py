@@ -76,28 +76,32 @@ def test_train_writes_checkpoints_log_and_done(tiny_profile, smoke_tokens):
     assert again == done and {p.name: p.stat().st_mtime_ns for p in d.iterdir()} == before
 
 
-def test_train_profile_skips_finished(tiny_profile, smoke_tokens):
+def test_train_profile_skips_finished(tiny_profile, smoke_tokens, monkeypatch):
     states = runs.train_profile(tiny_profile, names=["relu-s1", "silu-s1"], jobs=1, progress=False)
     assert [s.status for s in states] == ["done", "done"]
     logs = {s.name: (s.path / "log.csv").read_bytes() for s in states}
+    # skipped by train_profile itself (no worker started), not only by train() finding DONE in each worker
+    monkeypatch.setattr(runs, "run_parallel", lambda *a, **k: pytest.fail(f"finished runs sent to workers: {a[1]}"))
     states = runs.train_profile(tiny_profile, names=["relu-s1", "silu-s1"], jobs=2, progress=False)
     assert {s.name: (s.path / "log.csv").read_bytes() for s in states} == logs
     table = runs.states_table(tiny_profile)
     assert set(table.loc[table["run"].isin(["relu-s1", "silu-s1"]), "status"]) == {"done"}
 
 
-def test_nan_loss_stops_and_keeps_last_good(tiny_profile, smoke_tokens):
+def test_nan_loss_stops_and_keeps_last_good(tiny_profile, smoke_tokens, capsys):
     p = tiny_profile
     run = p.run("silu-s2")
     marks = checkpoint_steps(run.model, run.train)
-    with pytest.raises(TrainingDiverged, match="NaN|nan"):
+    with pytest.raises(TrainingDiverged, match=rf"training loss is nan at step {marks[1] + 1};"):
         _train(p, "silu-s2", fault={"nan_at_step": marks[1] + 1})
     d = runs.run_dir(p, run)
     ck = runs.checkpoints(p, run)
     assert ck["step"].max() == marks[1] and not (d / "DONE").exists()
     # a rerun without the fault resumes from there and finishes
+    capsys.readouterr()
     _, _, done = _train(p, "silu-s2")
     assert done["steps"] == total_steps(run.model, run.train)
+    assert f"run silu-s2: resuming from step {marks[1]} of " in capsys.readouterr().out
 
 
 def test_sha256_file_remembers_only_unchanged_files(tmp_path, monkeypatch):
@@ -142,7 +146,7 @@ def test_sha256_file_remembers_only_unchanged_files(tmp_path, monkeypatch):
     assert tr.sha256_file(f) == oracle and len(hashed) == 5
 
 
-def test_corrupted_checkpoint_is_refused(tiny_profile, smoke_tokens):
+def test_corrupted_checkpoint_is_refused(tiny_profile, smoke_tokens, capsys):
     p = tiny_profile
     run = p.run("relu-wd1")
     _, d, _ = _train(p, "relu-wd1", stop_after_step=checkpoint_steps(run.model, run.train)[2])
@@ -160,8 +164,12 @@ def test_corrupted_checkpoint_is_refused(tiny_profile, smoke_tokens):
     pt.write_bytes(bytes(data[: len(data) // 3]))  # truncated
     assert "truncated" in checkpoint_problem(d, newest, h)
     assert "another config" in checkpoint_problem(d, newest, "0" * 64)
+    capsys.readouterr()
     _, _, done = _train(p, "relu-wd1")  # resumes from the last valid one and finishes
     assert done["steps"] == total_steps(run.model, run.train)
+    out = capsys.readouterr().out
+    assert f"skipping checkpoint {pt}: truncated" in out
+    assert f"run relu-wd1: resuming from step {meta['step']} of {done['steps']} (ckpt_{tag}.pt)" in out
 
 
 def test_log_dedup_after_resume(tiny_profile, tmp_path):
@@ -218,13 +226,25 @@ def test_prefetched_training_is_identical_and_logs_mfu_with_a_known_peak(tiny_pr
                                                                         monkeypatch):
     """The CUDA path's background batches give bit-identical weights on CPU; MFU is logged once the peak
     FLOP/s is known (here from SPARSINGLAW_PEAK_FLOPS) and left empty otherwise."""
+    from sparsinglaw import train as tr
     from sparsinglaw.data import prepare
 
     run = tiny_profile.run("relu-s1")
     tokens = prepare(tiny_profile.data, runs.data_cache_dir(), progress=False)
+    served = []  # (step, micro) of every batch the Prefetcher handed out: the batches did come from it
+
+    class Spy(Prefetcher):
+        def get(self, step, micro):
+            served.append((step, micro))
+            return super().get(step, micro)
+
+    monkeypatch.setattr(tr, "Prefetcher", Spy)
     train(run, tiny_profile.data, tmp_path / "inline", tokens, progress=False, prefetch=False)
+    assert not served
     monkeypatch.setenv("SPARSINGLAW_PEAK_FLOPS", "1e12")
     train(run, tiny_profile.data, tmp_path / "ahead", tokens, progress=False, prefetch=True)
+    n = total_steps(run.model, run.train)
+    assert served == [(s, m) for s in range(n) for m in range(run.train.grad_accum)]
     a, b = ({k: v for k, v in torch.load(sorted((tmp_path / d).glob("ckpt_0*.pt"))[-1],
                                          weights_only=True)["model"].items()} for d in ("inline", "ahead"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -250,11 +270,26 @@ def test_peak_flops(monkeypatch):
         peak_flops(torch.device("cpu"))
 
 
-def test_compiled_training_follows_eager(tiny_profile, smoke_tokens, tmp_path):
+def test_compiled_training_follows_eager(tiny_profile, smoke_tokens, tmp_path, monkeypatch):
     """The CUDA path's torch.compile (here on CPU, ~15 s of compilation): the same losses as eager up to
     float rounding, and checkpoints without the compile wrapper's prefixes."""
     from sparsinglaw.data import prepare
 
+    real_compile, compiled_modes, calls = torch.compile, [], []
+
+    def spy(model, *a, **k):  # the compiled runs do go through torch.compile, and its module is what runs
+        compiled_modes.append(k.get("mode"))
+        out = real_compile(model, *a, **k)
+        real_forward = out.forward
+
+        def forward(*fa, **fk):
+            calls.append(1)
+            return real_forward(*fa, **fk)
+
+        out.forward = forward
+        return out
+
+    monkeypatch.setattr(torch, "compile", spy)
     run = tiny_profile.run("relu-s1")
     tokens = prepare(tiny_profile.data, runs.data_cache_dir(), progress=False)
     marks = checkpoint_steps(run.model, run.train)
@@ -262,6 +297,8 @@ def test_compiled_training_follows_eager(tiny_profile, smoke_tokens, tmp_path):
                                  ("graphs", True, "reduce-overhead")):  # CUDA graphs: skipped on CPU, runs
         train(run, tiny_profile.data, tmp_path / name, tokens, progress=False, compile=compiled, compile_mode=mode,
               stop_after_step=marks[0] + 2)
+    assert compiled_modes == [None, "reduce-overhead"]
+    assert len(calls) == 2 * (marks[0] + 2) * run.train.grad_accum  # every training forward of both compiled runs
     eager, comp, graphs = (pd.read_csv(tmp_path / n / "log.csv") for n in ("eager", "compiled", "graphs"))
     assert list(eager["step"]) == list(comp["step"]) == list(graphs["step"]) and len(eager) >= 3
     assert comp["loss"].to_numpy() == pytest.approx(eager["loss"].to_numpy(), rel=1e-4)
@@ -430,9 +467,15 @@ def test_train_profile_checks_every_run_for_the_processes_before_training(tiny_p
     monkeypatch.setattr(device, "init_distributed", lambda _d: Dist(rank=0, world=4))
     monkeypatch.setattr(torch.distributed, "broadcast_object_list", lambda objs, src=0: None)  # rank 0's own list
     monkeypatch.setattr(runs, "run_parallel", lambda *a, **k: pytest.fail("trained before checking"))
-    with pytest.raises(SparsingLawError, match=r"grad_accum=1 is below the 4 torchrun processes"):
-        runs.train_profile(tiny_profile, runs_dir=tmp_path, progress=False)
-    assert not list(tmp_path.glob(f"{tiny_profile.name}/*"))
+    from conftest import TINY
+    from sparsinglaw.config import load_profile
+
+    # only a run in the middle of the profile cannot be trained by 4 processes: every run is checked
+    profile = load_profile("smoke", overrides=TINY + ["train.grad_accum=4", "runs.relu-wd1.train.grad_accum=1"])
+    assert [r.name for r in profile.runs if r.train.grad_accum < 4] == ["relu-wd1"] != [profile.runs[0].name]
+    with pytest.raises(SparsingLawError, match=r"run relu-wd1: train.grad_accum=1 is below the 4 torchrun processes"):
+        runs.train_profile(profile, runs_dir=tmp_path, progress=False)
+    assert not list(tmp_path.glob(f"{profile.name}/*"))
 
 
 def test_read_csv_gives_back_every_float_bit_for_bit(tmp_path):
