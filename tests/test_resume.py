@@ -245,6 +245,40 @@ def test_ctrl_c_stops_parallel_runs(tmp_path, when, target):
         pytest.fail("a worker outlived the interrupted command")
 
 
+MASK = '''
+import sys
+from pathlib import Path
+
+if __name__ == "__mp_main__":  # a worker, importing this file before the pool's initializer runs
+    blocked = int(next(l for l in open("/proc/self/status") if l.startswith("SigBlk")).split()[1], 16)
+    Path(sys.argv[1], f"mask{__import__('os').getpid()}").write_text(str(blocked))
+
+
+def task(i):
+    return i
+
+
+if __name__ == "__main__":
+    from sparsinglaw.runs import run_parallel
+
+    run_parallel(task, [(i,) for i in range(2)], 2, "test")
+'''
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
+def test_workers_start_with_ctrl_c_blocked(tmp_path):
+    """The workers of a process's first pool start with SIGINT blocked, so a Ctrl-C while they import
+    torch cannot print their tracebacks: multiprocessing's resource tracker, started by the first spawn,
+    unblocked SIGINT in the calling thread, so the first pool's workers started with it unblocked."""
+    (tmp_path / "mask.py").write_text(MASK)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO / "lib"))
+    r = subprocess.run([sys.executable, str(tmp_path / "mask.py"), str(tmp_path)], env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    masks = [int(f.read_text()) for f in tmp_path.glob("mask[0-9]*")]
+    assert len(masks) == 2 and all(m & (1 << (signal.SIGINT - 1)) for m in masks), masks
+
+
 def test_sequential_calls_all_run_then_their_errors_are_reported_together():
     """jobs == 1 (torchrun, the paper profile, -j 1, one run left) keeps the pool's rule: a run that
     fails does not stop the others (it used to end the sweep at the first error)."""

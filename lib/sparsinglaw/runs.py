@@ -367,8 +367,11 @@ def run_parallel(fn, calls: list[tuple], jobs: int, what: str, keep_going: bool 
                     crash = crash or e
         _raise_collected(errors, crash, what)
         return
+    from multiprocessing import resource_tracker
+
     before = set(mp.active_children())
     block = threading.current_thread() is threading.main_thread()
+    resource_tracker.ensure_running()  # now: its first start unblocks SIGINT in this thread (undoing the block)
     try:
         if block:
             signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
