@@ -7,6 +7,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+import tarfile
 
 import pytest
 
@@ -51,6 +52,11 @@ def test_gpu_session_profile_packs_what_it_has_when_cut_off(tmp_path):
     state = tmp_path / "compute_args"
     state.write_text("--set compute.device=cpu --set compute.compile=false\n")
     out = tmp_path / "out"
+    kept = [tmp_path / "results" / "gpu" / "earlier.csv"]  # what an earlier call finished: packed
+    kept += [tmp_path / "runs" / "gpu" / "earlier-run" / f for f in ("log.csv", "DONE", "config.yaml")]
+    for f in kept:
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text("x\n")
     env = dict(os.environ, OUT=str(out), PY=sys.executable, OMP_NUM_THREADS="1", STATE=str(state), LIMIT="90",
                SPARSINGLAW_RUNS=str(tmp_path / "runs"), SPARSINGLAW_RESULTS=str(tmp_path / "results"),
                SPARSINGLAW_DATA=str(tmp_path / "data"))
@@ -63,6 +69,9 @@ def test_gpu_session_profile_packs_what_it_has_when_cut_off(tmp_path):
     n = len(load_profile("gpu").runs)
     assert f"profile gpu: {n} runs on cpu" in (out / "compute.log").read_text()
     assert (out / "results_gpu.tgz").exists() and not (out / "compute_times.json").exists()  # cut off
+    with tarfile.open(out / "results_gpu.tgz") as tar:  # (tar writes the file even when it packs nothing)
+        packed = {"/" + n for n in tar.getnames()}
+    assert {str(f) for f in kept} <= packed, packed
 
 
 def test_probe_summary_is_parsed(tmp_path):

@@ -3,7 +3,10 @@ global batch (float tolerance), and a killed DDP run resumes."""
 
 from __future__ import annotations
 
+import csv
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -82,12 +85,27 @@ def test_two_gloo_processes_equal_one(tmp_path, session_roots, smoke_tokens, ext
         assert r.returncode == 0, r.stderr[-3000:]
         if n == 2:
             assert ("3 micro-batches a step over 2 processes: 1 take 2" in r.stdout) == bool(extra), r.stdout
+        metas = sorted((tmp_path / f"n{n}").glob("smoke/*/meta_0*.json"))
+        assert metas and all(json.loads(m.read_text())["world_size"] == n for m in metas), metas  # torchrun's 2
     one, two = _final(tmp_path / "n1", extra), _final(tmp_path / "n2", extra)
     _close(one, two)
     assert any(not torch.equal(one[k], torch.zeros_like(one[k])) for k in one)
     log = (next((tmp_path / "n2").glob("smoke/*/log.csv"))).read_text().splitlines()
     steps = [line.split(",")[0] for line in log[1:]]
     assert len(steps) == len(set((s, line.split(",")[2]) for s, line in zip(steps, log[1:]))), "rank 0 logs once"
+    # the logged losses too: the step loss is summed over the ranks' micro-batches (all_reduce), not rank 0's share
+    logs = [_losses(tmp_path / f"n{n}") for n in (1, 2)]
+    assert logs[0].keys() == logs[1].keys() and any(split == "train" for _, split in logs[0]), logs
+    for key, loss in logs[0].items():
+        assert logs[1][key] == pytest.approx(loss, rel=1e-4), key
+    done = [json.loads(next((tmp_path / f"n{n}").glob("smoke/*/DONE")).read_text()) for n in (1, 2)]
+    assert done[1]["final_loss"] == pytest.approx(done[0]["final_loss"], rel=1e-4)
+
+
+def _losses(runs_dir: Path) -> dict:
+    """(step, split) -> loss of the run's log.csv."""
+    rows = csv.DictReader(next(runs_dir.glob("smoke/*/log.csv")).read_text().splitlines())
+    return {(int(r["step"]), r["split"]): float(r["loss"]) for r in rows}
 
 
 def test_killed_ddp_run_resumes(tmp_path, session_roots, smoke_tokens):
@@ -105,9 +123,14 @@ def test_killed_ddp_run_resumes(tmp_path, session_roots, smoke_tokens):
     assert killed, "the DDP run finished before it could be killed"
     time.sleep(1)
     assert not list((tmp_path / "kill").glob("smoke/*/DONE")), "a worker lived on and finished the run"
+    saved = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in kill_dir.glob("smoke/*/ckpt_0*.pt")}
     again = subprocess.run(_cmd(tmp_path / "kill", 2), env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "relu-s2: resuming from step" in again.stdout, again.stdout
+    m = re.search(r"relu-s2: resuming from step (\d+) ", again.stdout)
+    assert m and int(m.group(1)) > 0, again.stdout
+    # resumed, not trained again from the start: the checkpoints up to the resumed step are not written again
+    kept = [p for p in saved if int(p.stem[5:]) <= int(m.group(1))]
+    assert kept and all((p.stat().st_ino, p.stat().st_mtime_ns) == saved[p] for p in kept), (kept, again.stdout)
     _close(_final(tmp_path / "ref"), _final(tmp_path / "kill"))
 
 
@@ -117,7 +140,6 @@ def test_ranks_agree_when_another_process_finishes_the_run(tmp_path, session_roo
     for good. Every rank now waits for rank 0's lock, then all find DONE. The lock is held for longer
     than the process group's timeout (15 s here): rank 1 waited for it in one barrier, which that
     timeout ended; now rank 0 tries the lock every few seconds and tells the others each time."""
-    import json
     import threading
 
     p = load_profile("smoke", overrides=ARGS)

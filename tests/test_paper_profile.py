@@ -35,7 +35,7 @@ def test_paper_configs_match_table3(row, run):
     assert run.train.tokens >= 190 * row["n_nonemb"]  # at least ~190 tokens per non-embedding parameter
 
 
-@pytest.mark.parametrize("name", [r.name for r in load_profile("paper").runs][:5])
+@pytest.mark.parametrize("name", [r.name for r in load_profile("paper").runs])  # every one: ReLU and SiLU
 def test_shrunken_copy_trains_one_step(name):
     run = load_profile("paper").run(name)
     # same depth, activation and muP knobs; width, vocab and context shrunk by 16-64x
