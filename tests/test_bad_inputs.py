@@ -221,9 +221,11 @@ TORCHRUN_CASES = [  # id, env, compute.device, GPUs torch sees, message
     ("local-rank-beyond-gpus-auto", {"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "3"}, "auto", 2,
      "LOCAL_RANK=3 but torch sees 2 CUDA device(s)"),
     ("timeout-not-a-number", {"WORLD_SIZE": "2", "RANK": "0", "SPARSINGLAW_DIST_TIMEOUT": "soon"}, "cpu", 0,
-     "SPARSINGLAW_DIST_TIMEOUT='soon': expected a number of seconds > 0"),
+     "SPARSINGLAW_DIST_TIMEOUT='soon': expected a number of seconds in [1, 1e9]"),
     ("timeout-zero", {"WORLD_SIZE": "2", "RANK": "0", "SPARSINGLAW_DIST_TIMEOUT": "0"}, "cpu", 0,
-     "SPARSINGLAW_DIST_TIMEOUT='0': expected a number of seconds > 0"),
+     "SPARSINGLAW_DIST_TIMEOUT='0': expected a number of seconds in [1, 1e9]"),
+    ("timeout-infinite", {"WORLD_SIZE": "2", "RANK": "0", "SPARSINGLAW_DIST_TIMEOUT": "inf"}, "cpu", 0,
+     "SPARSINGLAW_DIST_TIMEOUT='inf': expected a number of seconds in [1, 1e9]"),  # not an OverflowError
 ]
 
 

@@ -209,6 +209,40 @@ def test_ranks_take_rank_0s_list_of_runs(tmp_path, session_roots, smoke_tokens):
     _final(tmp_path)  # trained to the end
 
 
+TWICE = """
+import json, sys
+from sparsinglaw import runs
+from sparsinglaw.config import load_profile
+from sparsinglaw.device import leave_distributed
+profile = load_profile("smoke", overrides=json.loads(sys.argv[2]))
+for name in ("relu-s2", "relu-s1"):  # one process group for both calls
+    runs.train_profile(profile, names=[name], runs_dir=sys.argv[1], progress=False)
+leave_distributed()
+"""
+
+
+def test_train_profile_twice_in_one_torchrun_process(tmp_path, session_roots, smoke_tokens):
+    """A library caller may train twice under torchrun (notebooks, results_for): the process group stays
+    open between the calls. (Ending it inside train_profile and starting another read the first group's
+    stale addresses from torchrun's store: connection refused, or a hang.)"""
+    import json
+
+    script = tmp_path / "twice.py"
+    script.write_text(TWICE)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+           str(tmp_path), json.dumps(ARGS)]
+    with open(tmp_path / "stderr.txt", "w") as err_file:
+        proc = subprocess.Popen(cmd, env=dict(_env(session_roots), SPARSINGLAW_DIST_TIMEOUT="60"), text=True,
+                                stdout=subprocess.DEVNULL, stderr=err_file, start_new_session=True)
+    try:
+        proc.wait(timeout=180)
+    except subprocess.TimeoutExpired:
+        _stop(proc)
+        pytest.fail(f"the ranks hung\n{(tmp_path / 'stderr.txt').read_text()[-2000:]}")
+    assert proc.returncode == 0, (tmp_path / "stderr.txt").read_text()[-3000:]
+    assert len(list(tmp_path.glob("smoke/relu-s*/DONE"))) == 2
+
+
 def test_an_error_on_one_rank_stops_every_rank(tmp_path, session_roots, smoke_tokens):
     """A full disk when rank 0 alone writes a checkpoint: the sweep stops there. (Letting the other runs
     finish, as one process does, sent rank 0 on to the next run while rank 1 waited in the first: a hang.)"""

@@ -83,6 +83,8 @@ def test_config_validation():
     for f in ("head_dim", "d_model", "n_layers", "d_ff", "vocab_size", "seq_len", "dim_model_base"):
         with pytest.raises(ValueError, match=f"{f}=0 must be a positive integer"):  # not a ZeroDivisionError
             Transformer(dataclasses.replace(TINY, **{f: 0}))
+    with pytest.raises(ValueError, match=r"d_ff=64\.5 must be a positive integer"):
+        Transformer(dataclasses.replace(TINY, d_ff=64.5))
     assert TINY.n_heads == 4 and TINY.width_mult == 2.0 and TINY.width_depth_ratio == 16.0
 
 

@@ -11,6 +11,7 @@ exit 1); `--debug` shows the traceback.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -133,9 +134,13 @@ def _dispatch(args) -> int:
         print(f"rank {rank}: `{args.command}` runs on rank 0 alone under torchrun", file=sys.stderr)
         return 0
     if args.command == "train":
+        from .device import leave_distributed
+
         states = train_profile(profile, names=args.run, jobs=args.jobs, runs_dir=args.runs_dir,
                                progress=not args.no_progress)
-        print(f"{sum(s.status == 'done' for s in states)}/{len(states)} runs done")
+        leave_distributed()  # under torchrun: every rank, together
+        if rank == 0:
+            print(f"{sum(s.status == 'done' for s in states)}/{len(states)} runs done")
         return 0
     if args.command == "measure":
         from .measure import measure_profile
@@ -175,10 +180,12 @@ def _dispatch(args) -> int:
 def _rank() -> int:
     """This process's rank under torchrun (0 without it): every rank trains together, and the stages
     after training, one process's work on one device, are left to rank 0 (the others would only wait
-    for its locks and then find the same tables)."""
-    from .device import dist_env
-
-    return dist_env("cpu").rank  # the device is checked where it is used
+    for its locks and then find the same tables). Read leniently: training checks torchrun's variables,
+    and a stray WORLD_SIZE without RANK (some schedulers export it) does not stop `fit` or `runs`."""
+    try:
+        return int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
+    except ValueError:
+        return 0
 
 
 def _fit(profile, refit: bool = False, progress: bool = True) -> int:
@@ -214,7 +221,7 @@ def _compute(profile, args) -> int:
     import torch
 
     from . import inference, measure, runs
-    from .device import resolve_device
+    from .device import leave_distributed, resolve_device
     from .train import versions
 
     progress = not args.no_progress
@@ -239,9 +246,12 @@ def _compute(profile, args) -> int:
         fn()
         times[name] = round(time.perf_counter() - t, 1)
         print(f"{name}: {times[name]:.1f} s", flush=True)
-        if name == "train" and _rank() > 0:
-            print(f"rank {_rank()}: the stages after training run on rank 0 alone under torchrun", file=sys.stderr)
-            return 0
+        if name == "train":
+            leave_distributed()  # under torchrun: every rank, together
+            if _rank() > 0:
+                print(f"rank {_rank()}: the stages after training run on rank 0 alone under torchrun",
+                      file=sys.stderr)
+                return 0
     times["total"] = round(time.perf_counter() - t0, 1)
     print(f"total: {times['total']:.1f} s; results in {runs.results_dir(profile.name)}/ (make replot "
           f"PROFILE={profile.name} draws the figures)")

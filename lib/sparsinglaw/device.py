@@ -92,29 +92,42 @@ def init_distributed(device: str) -> Dist:
         return ddp
     import torch.distributed as dist
 
+    timeout = _timeout()
+    if device == "cuda":
+        torch.cuda.set_device(ddp.local_rank)  # also for a group the caller started: collectives use it
     if not dist.is_initialized():
-        timeout = _timeout()
-        if device == "cuda":
-            torch.cuda.set_device(ddp.local_rank)
         dist.init_process_group("nccl" if device == "cuda" else "gloo", **timeout)
     return ddp
 
 
+def leave_distributed() -> None:
+    """End the process group, every rank together (a barrier first). A group left open to the
+    interpreter's exit can abort it ("terminate called without an active exception"). Call it once, when
+    no more collectives follow: starting a group again in the same torchrun process reads the first one's
+    stale addresses from torchrun's store."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def _timeout() -> dict:
     """SPARSINGLAW_DIST_TIMEOUT (seconds), how long a collective may wait for the other ranks before the
-    process group gives up; unset: torch's default (10 minutes on nccl, 30 on gloo)."""
+    process group gives up; unset: torch's default (10 minutes on nccl, 30 on gloo). Ranks also wait at a
+    barrier while rank 0 alone evaluates and writes a checkpoint, so keep it well above that time."""
     raw = os.environ.get("SPARSINGLAW_DIST_TIMEOUT")
     if not raw:
         return {}
-    try:
-        seconds = float(raw)
-    except ValueError:
-        seconds = float("nan")
-    if not seconds > 0:
-        raise SparsingLawError(f"SPARSINGLAW_DIST_TIMEOUT={raw!r}: expected a number of seconds > 0")
     import datetime
 
-    return {"timeout": datetime.timedelta(seconds=seconds)}
+    try:
+        seconds = float(raw)
+        if 1 <= seconds <= 1e9:  # NaN fails too
+            return {"timeout": datetime.timedelta(seconds=seconds)}
+    except (ValueError, OverflowError):
+        pass
+    raise SparsingLawError(f"SPARSINGLAW_DIST_TIMEOUT={raw!r}: expected a number of seconds in [1, 1e9]")
 
 
 # Datasheet dense bf16 tensor-core peaks (FLOP/s) by device name; MFU is reported only for these (or

@@ -24,6 +24,7 @@ learning rate shrunk by ``width_mult = d_model / dim_model_base``.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -386,8 +387,9 @@ class Transformer(nn.Module):
 
 def _validate(cfg: ModelConfig) -> None:
     for f in ("vocab_size", "d_model", "n_layers", "head_dim", "d_ff", "seq_len", "dim_model_base"):
-        if not getattr(cfg, f) > 0:
-            raise ValueError(f"{f}={getattr(cfg, f)} must be a positive integer")
+        v = getattr(cfg, f)
+        if not (isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0):
+            raise ValueError(f"{f}={v!r} must be a positive integer")
     if cfg.d_model % cfg.head_dim:
         raise ValueError(f"head_dim={cfg.head_dim} must divide d_model={cfg.d_model}")
     if cfg.head_dim % 2:

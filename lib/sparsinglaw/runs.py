@@ -282,7 +282,8 @@ def train_profile(profile: ProfileConfig, names: list[str] | None = None, jobs: 
     Independent runs go to `jobs` parallel processes (default compute.jobs, 0 = one per usable core), each
     with compute.threads torch threads, longest runs first. Under torchrun the ranks train the runs one
     after another together, and the first error stops them all (a rank that went on alone to the next
-    run would pair its collectives with another rank's old run and hang).
+    run would pair its collectives with another rank's old run and hang). The process group stays open
+    for later calls; `device.leave_distributed` ends it (the CLI does, after training).
     """
     from .data import prepare
     from .device import dist_env, init_distributed, resolve_device, usable_cores
@@ -292,21 +293,20 @@ def train_profile(profile: ProfileConfig, names: list[str] | None = None, jobs: 
     todo = [r for r in runs if run_state(profile, r, runs_dir).status != "done"]
     c = profile.compute
     world = dist_env("cpu").world  # torchrun's variables; the device is checked below, if there is work
-    joined = False  # whether this call started the process group (and so ends it)
+    if todo:  # before any run folder is made or any process-group call
+        tokens = prepare(profile.data, data_cache_dir(runs_dir), progress=progress)  # once, before the workers
+        device = resolve_device(c.device)
+        for r in todo:
+            check_tokens(r, tokens)
+            check_parallel(r, world, device, c.compile, c.compile_mode)
     if world > 1:  # every rank takes rank 0's list: another process finishing a run between two ranks'
-        import torch.distributed as dist  # looks would send them to different runs
-
-        joined = not dist.is_initialized()
+        import torch.distributed as dist  # looks would send them to different runs (the checks above
+        # depend on the config alone, so rank 0 has checked every run of its list)
         init_distributed(c.device)
         names_ = [[r.name for r in todo]]
         dist.broadcast_object_list(names_, src=0)
         todo = [profile.run(n) for n in names_[0]]
     if todo:
-        tokens = prepare(profile.data, data_cache_dir(runs_dir), progress=progress)  # once, before the workers
-        device = resolve_device(c.device)
-        for r in todo:  # before any run folder is made
-            check_tokens(r, tokens)
-            check_parallel(r, world, device, c.compile, c.compile_mode)
         todo.sort(key=lambda r: -r.train.tokens * r.model.d_model * r.model.n_layers)
         jobs = jobs or c.jobs or usable_cores()
         jobs = max(1, min(jobs, len(todo)))
@@ -316,9 +316,6 @@ def train_profile(profile: ProfileConfig, names: list[str] | None = None, jobs: 
         rd = str(runs_dir) if runs_dir is not None else None
         run_parallel(_train_one, [(*args, r.name, rd, progress) for r in todo], jobs, "training",
                      keep_going=world == 1)
-    if joined:  # every rank leaves together (a process group left to the interpreter's exit can abort it)
-        dist.barrier()
-        dist.destroy_process_group()
     return [run_state(profile, r, runs_dir) for r in runs]
 
 
