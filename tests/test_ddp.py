@@ -189,6 +189,19 @@ sys.exit(cli.main(sys.argv[1:]))
 """
 
 
+def _run_ok(cmd: list[str], env: dict, err_path: Path) -> None:
+    """Run a torchrun command (a 60 s process-group timeout) that must succeed; a hang fails after 180 s."""
+    with open(err_path, "w") as err_file:  # a file: a hung worker cannot hold a pipe open
+        proc = subprocess.Popen(cmd, env=dict(env, SPARSINGLAW_DIST_TIMEOUT="60"), text=True,
+                                stdout=subprocess.DEVNULL, stderr=err_file, start_new_session=True)
+    try:
+        proc.wait(timeout=180)
+    except subprocess.TimeoutExpired:
+        _stop(proc)
+        pytest.fail(f"the ranks hung\n{err_path.read_text()[-2000:]}")
+    assert proc.returncode == 0, err_path.read_text()[-3000:]
+
+
 def test_ranks_take_rank_0s_list_of_runs(tmp_path, session_roots, smoke_tokens):
     """Each rank made its own list of unfinished runs: had another process finished a run between rank 0's
     look and rank 1's, rank 1 skipped it while rank 0 trained it (a hang). Rank 0's list is now sent to
@@ -197,15 +210,7 @@ def test_ranks_take_rank_0s_list_of_runs(tmp_path, session_roots, smoke_tokens):
     script.write_text(PATCHED)
     cmd = _cmd(tmp_path, 2)
     cmd[cmd.index("-m", 3):cmd.index("sparsinglaw", 3) + 1] = [str(script)]
-    with open(tmp_path / "stderr.txt", "w") as err_file:
-        proc = subprocess.Popen(cmd, env=dict(_env(session_roots), SPARSINGLAW_DIST_TIMEOUT="60"), text=True,
-                                stdout=subprocess.DEVNULL, stderr=err_file, start_new_session=True)
-    try:
-        proc.wait(timeout=180)
-    except subprocess.TimeoutExpired:
-        _stop(proc)
-        pytest.fail(f"the ranks hung\n{(tmp_path / 'stderr.txt').read_text()[-2000:]}")
-    assert proc.returncode == 0, (tmp_path / "stderr.txt").read_text()[-3000:]
+    _run_ok(cmd, _env(session_roots), tmp_path / "stderr.txt")
     _final(tmp_path)  # trained to the end
 
 
@@ -231,15 +236,7 @@ def test_train_profile_twice_in_one_torchrun_process(tmp_path, session_roots, sm
     script.write_text(TWICE)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
            str(tmp_path), json.dumps(ARGS)]
-    with open(tmp_path / "stderr.txt", "w") as err_file:
-        proc = subprocess.Popen(cmd, env=dict(_env(session_roots), SPARSINGLAW_DIST_TIMEOUT="60"), text=True,
-                                stdout=subprocess.DEVNULL, stderr=err_file, start_new_session=True)
-    try:
-        proc.wait(timeout=180)
-    except subprocess.TimeoutExpired:
-        _stop(proc)
-        pytest.fail(f"the ranks hung\n{(tmp_path / 'stderr.txt').read_text()[-2000:]}")
-    assert proc.returncode == 0, (tmp_path / "stderr.txt").read_text()[-3000:]
+    _run_ok(cmd, _env(session_roots), tmp_path / "stderr.txt")
     assert len(list(tmp_path.glob("smoke/relu-s*/DONE"))) == 2
 
 
