@@ -89,3 +89,24 @@ def measured_mini(session_roots, mini_path, smoke_tokens):
         runs.train_profile(profile, jobs=1, progress=False)
         measure.measure_profile(profile, jobs=1, progress=False)
     return profile
+
+
+def nonzero_share(model, batches) -> list[float]:
+    """Per layer, the share of valid (token, neuron) pairs (target != -1) with s = relu(W_gate x) != 0, read
+    straight from the gate projection by forward hooks: the exact-zero oracle of the ReLU models."""
+    counts, n, valid = [0] * model.cfg.n_layers, 0, None
+
+    def count(layer, out):
+        counts[layer] += int((torch.relu(out)[valid] != 0).sum())
+
+    hooks = [f.w_gate.register_forward_hook(lambda m, i, o, l=l: count(l, o)) for l, f in enumerate(model.ffns())]
+    try:
+        with torch.no_grad():
+            for x, y, *_ in batches:
+                valid = y != -1
+                model(x)
+                n += int(valid.sum())
+    finally:
+        for h in hooks:
+            h.remove()
+    return [c / (n * model.cfg.d_ff) for c in counts]

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import nonzero_share
 from sparsinglaw import sparsity as S
 from sparsinglaw.model import ModelConfig, Transformer, sparse
 
@@ -511,7 +512,7 @@ def test_baselines(trained, val):
     assert fat[0].activation_ratio > fat[1].activation_ratio > fat[2].activation_ratio
     zeros = S.zeros_point(model, val, dense_loss=dense)
     assert zeros.sparse_loss == dense and zeros.ppl_ratio == 1.0 and zeros.ppl == math.exp(dense)
-    nz = exact_nonzero_share(model, val)
+    nz = nonzero_share(model, val)
     assert zeros.active_per_layer == pytest.approx(nz, abs=1e-12)
     cett = S.sweep_cett(model, val, [0.0, 0.1, 0.3], n_grid=SMALL_GRID)
     assert cett[0].ppl_ratio == 1.0 and cett[0].activation_ratio > cett[1].activation_ratio > cett[2].activation_ratio
@@ -540,21 +541,6 @@ def hand_kept_loss(model: Transformer, batches, keep) -> float:
         for hd in handles:
             hd.remove()
     return total / n
-
-
-def exact_nonzero_share(model: Transformer, batches) -> list[float]:
-    """Share of s = act(W_gate x) != 0 per layer, read straight from the gate projection."""
-    counts, n = [0, 0], 0
-    handles = [ffn.w_gate.register_forward_hook(
-        lambda m, i, o, l=l: counts.__setitem__(l, counts[l] + int((torch.relu(o) != 0).sum())))
-        for l, ffn in enumerate(model.ffns())]
-    with torch.no_grad():
-        for x, _ in batches:
-            model(x)
-            n += x.numel()
-    for hd in handles:
-        hd.remove()
-    return [c / (n * CFG["d_ff"]) for c in counts]
 
 
 def test_activation_stats_per_token_neuron_and_domain(trained):

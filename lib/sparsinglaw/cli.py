@@ -130,7 +130,7 @@ def _dispatch(args) -> int:
         except ValueError as e:
             raise ConfigError(f"{profile.path}: fit: {e}") from None
     rank = _rank()
-    if rank > 0 and args.command != "train" and args.command != "compute":
+    if rank > 0 and args.command not in ("train", "compute"):
         print(f"rank {rank}: `{args.command}` runs on rank 0 alone under torchrun", file=sys.stderr)
         return 0
     if args.command == "train":
@@ -248,9 +248,8 @@ def _compute(profile, args) -> int:
         print(f"{name}: {times[name]:.1f} s", flush=True)
         if name == "train":
             leave_distributed()  # under torchrun: every rank, together
-            if _rank() > 0:
-                print(f"rank {_rank()}: the stages after training run on rank 0 alone under torchrun",
-                      file=sys.stderr)
+            if (rank := _rank()) > 0:
+                print(f"rank {rank}: the stages after training run on rank 0 alone under torchrun", file=sys.stderr)
                 return 0
     times["total"] = round(time.perf_counter() - t0, 1)
     print(f"total: {times['total']:.1f} s; results in {runs.results_dir(profile.name)}/ (make replot "

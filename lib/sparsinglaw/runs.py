@@ -131,43 +131,28 @@ def corpus_fingerprint(data: DataConfig) -> dict:
 # per-run lock and state
 
 
-@contextlib.contextmanager
-def run_lock(path: Path, what: str):
-    """Exclusive lock on `path`/.lock so two processes never train (or measure) one run twice; the
-    second waits and then finds the work done."""
-    path.mkdir(parents=True, exist_ok=True)
-    with open(path / ".lock", "w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"{what}: another process holds {path / '.lock'}; waiting for it", file=sys.stderr, flush=True)
-            fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 LOCK_POLL_S = 2.0  # under torchrun, how often rank 0 tries a run's lock while another process holds it
 
 
 @contextlib.contextmanager
-def ddp_run_lock(path: Path, what: str, main: bool):
-    """run_lock under torchrun: rank 0 takes the lock, and every rank waits until it holds it. Rank 0 tries
-    the lock every LOCK_POLL_S seconds and tells the others each time, so no rank waits in one collective
-    for as long as another process trains the run (the process group's timeout, 10-30 minutes, would end
-    it); the ranks then find the run in the same state."""
-    import torch.distributed as dist
+def run_lock(path: Path, what: str, ddp=None):
+    """Exclusive lock on `path`/.lock so two processes never train (or measure) one run twice; the
+    second waits and then finds the work done.
 
+    Under torchrun (`ddp`, a device.Dist of world > 1) rank 0 alone takes it and every rank waits until it
+    holds it: rank 0 tries every LOCK_POLL_S seconds and tells the others each time, so no rank waits in
+    one collective for as long as another process trains the run (the process group's timeout would end
+    it); the ranks then find the run in the same state."""
+    shared = ddp is not None and ddp.world > 1
     f = None
+    if not shared or ddp.main:
+        path.mkdir(parents=True, exist_ok=True)
+        f = open(path / ".lock", "w")
     try:
-        if main:
-            path.mkdir(parents=True, exist_ok=True)
-            f = open(path / ".lock", "w")
         said = False
         while True:
             held = [False]
-            if main:
+            if f is not None:
                 try:
                     fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
                     held[0] = True
@@ -176,6 +161,12 @@ def ddp_run_lock(path: Path, what: str, main: bool):
                         print(f"{what}: another process holds {path / '.lock'}; waiting for it", file=sys.stderr,
                               flush=True)
                         said = True
+            if not shared:
+                if not held[0]:
+                    fcntl.flock(f, fcntl.LOCK_EX)
+                break
+            import torch.distributed as dist
+
             dist.broadcast_object_list(held, src=0)
             if held[0]:
                 break
@@ -269,8 +260,7 @@ def _train_one(profile_path: str, overrides: list[str], name: str, runs_dir: str
     # of them then find the run in the same state (another process may finish it meanwhile: then none
     # trains, instead of rank 0 alone returning).
     ddp = init_distributed(c.device)
-    what = f"run {name}"
-    with ddp_run_lock(d, what, ddp.main) if ddp.world > 1 else run_lock(d, what):
+    with run_lock(d, f"run {name}", ddp):
         return train(run, profile.data, d, tokens, device=c.device, threads=c.threads, compile=c.compile,
                      compile_mode=c.compile_mode, progress=progress)
 
