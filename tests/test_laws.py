@@ -142,6 +142,11 @@ def test_default_bootstrap_has_1000_resamples():
     # seeded: the same spec gives the same intervals
     again = laws.fit("logspace_power", D, A, n_boot=50)
     assert again.intervals == laws.fit("logspace_power", D, A, n_boot=50).intervals
+    # and the seed is what draws the resamples: another seed, other resamples, the same point estimate
+    other = laws.fit("logspace_power", D, A, n_boot=50, seed=1)
+    assert other.params == again.params and other.spec.seed == 1
+    assert not np.array_equal(other.boot, again.boot, equal_nan=True)
+    assert all(other.intervals[k] != again.intervals[k] for k in again.intervals)
 
 
 def test_starts_do_not_depend_on_the_unit_of_D():

@@ -223,9 +223,10 @@ def test_prefetcher_keeps_order_and_raises_the_workers_error():
 
 
 def test_prefetched_training_is_identical_and_logs_mfu_with_a_known_peak(tiny_profile, smoke_tokens, tmp_path,
-                                                                        monkeypatch):
-    """The CUDA path's background batches give bit-identical weights on CPU; MFU is logged once the peak
-    FLOP/s is known (here from SPARSINGLAW_PEAK_FLOPS) and left empty otherwise."""
+                                                                        monkeypatch, capsys):
+    """The CUDA path's background batches give bit-identical weights on CPU, also across a resume (the
+    prefetcher starts at the checkpoint's step); MFU is logged once the peak FLOP/s is known (here from
+    SPARSINGLAW_PEAK_FLOPS) and left empty otherwise."""
     from sparsinglaw import train as tr
     from sparsinglaw.data import prepare
 
@@ -242,9 +243,19 @@ def test_prefetched_training_is_identical_and_logs_mfu_with_a_known_peak(tiny_pr
     train(run, tiny_profile.data, tmp_path / "inline", tokens, progress=False, prefetch=False)
     assert not served
     monkeypatch.setenv("SPARSINGLAW_PEAK_FLOPS", "1e12")
+    n, marks = total_steps(run.model, run.train), checkpoint_steps(run.model, run.train)
+    stop = marks[1] + 2  # stopped past a checkpoint: the resume redoes the steps after the latest one
+    every = run.train.resume_every
+    back = max([m for m in marks if m <= stop] + [stop // every * every])  # a mark or a resume snapshot
+    assert 0 < back < stop < marks[2]
+    capsys.readouterr()
+    train(run, tiny_profile.data, tmp_path / "ahead", tokens, progress=False, prefetch=True, stop_after_step=stop)
     train(run, tiny_profile.data, tmp_path / "ahead", tokens, progress=False, prefetch=True)
-    n = total_steps(run.model, run.train)
-    assert served == [(s, m) for s in range(n) for m in range(run.train.grad_accum)]
+    assert f"run relu-s1: resuming from step {back} of {n}" in capsys.readouterr().out
+    # every batch of the first call (the prefetcher runs ahead: one draw past the stop is not served),
+    # then from the checkpoint on
+    grid = [(s, m) for s in range(n) for m in range(run.train.grad_accum)]
+    assert served == grid[:stop * run.train.grad_accum] + grid[back * run.train.grad_accum:]
     a, b = ({k: v for k, v in torch.load(sorted((tmp_path / d).glob("ckpt_0*.pt"))[-1],
                                          weights_only=True)["model"].items()} for d in ("inline", "ahead"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
