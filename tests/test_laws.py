@@ -310,6 +310,45 @@ def test_nuisance_bound_is_accepted_only_when_the_limit_does_not_move():
     assert not to_zero.converged and "more than nuisance_tol" in to_zero.message
 
 
+def test_a_flat_fit_or_an_unidentified_limit_is_no_law():
+    """Eq. 4 on data that rise: its best fit is a constant (the transient is 0 at every point, A0 anywhere
+    from 0 to the level once it is), which is no law, whatever the bounds say; and a curve whose limit
+    other values fit as well is none either."""
+    Dn = np.geomspace(2e-4, 3e-3, 11)
+    rng = np.random.default_rng(1)
+    A = 0.19 + 0.004 * np.log(Dn / Dn[0]) + rng.normal(0, 0.002, Dn.size)
+    r = laws.fit("logspace_power", Dn, A, n_boot=20)
+    assert not r.converged and "the fitted curve is flat over the used points" in r.message, r.message
+    assert np.ptp(r.predict(Dn)) < laws.FLAT * np.ptp(A)  # the case under test: flat, not on a bound
+    assert not laws._at_bounds(laws.FORMS["logspace_power"], np.array(list(r.params.values())))
+    assert r.boot.size == 0 and all(np.isnan(v).all() for v in r.intervals.values())
+    # Eq. 4 with c * D**alpha tiny at every D: exp(b - c D**alpha) ~ exp(b) (1 - c D**alpha), so the
+    # curve is a power-law decay onto A0 + exp(b), and A0 trades against b: the limit is not identified
+    form, x = laws.FORMS["logspace_power"], np.array([0.5, -3.0, 1e-4, 0.2])
+    A = form.f(Dn, *x)
+    assert np.ptp(A) > 0 and "A0" in laws._unidentified(form, Dn, x)
+    res = OptimizeResult(x=x, status=1, cost=0.0, message="")
+    ok, notes = laws._judge(form, Dn, A, res, laws.FitSpec())
+    assert not ok and notes == ["the limit A0 is not identified: other values of it fit the data as well"]
+    # the same judge passes an identified decay
+    x = np.array([0.5, -1.5, 5.0, 0.2])
+    assert laws._judge(form, Dn, form.f(Dn, *x), OptimizeResult(x=x, status=1, cost=0.0, message=""),
+                       laws.FitSpec()) == (True, [])
+
+
+def test_no_band_without_intervals():
+    """The curve band of a fit whose bootstrap gave no intervals (fewer than min_boot_ok resamples
+    converged) is NaN, like the intervals; with enough resamples it brackets the fit."""
+    A = synthetic("logspace_power")
+    r = laws.fit("logspace_power", D, A, n_boot=40)
+    lo, hi = r.band(D)
+    assert r.converged and np.all(lo <= r.predict(D) + 1e-9) and np.all(hi >= r.predict(D) - 1e-9)
+    # 35 of 40 resamples converged, below min_boot_ok 0.9: no intervals (as fit gives), so no band
+    failed = dataclasses.replace(r, boot=np.where(np.arange(40)[:, None] < 5, np.nan, r.boot))
+    assert all(np.isnan(b).all() for b in failed.band(D))
+    assert np.isfinite(dataclasses.replace(r, boot=r.boot[:36]).band(D)[0]).all()  # 36 of 40: enough
+
+
 def _on_bound(r):
     good = r.boot[np.all(np.isfinite(r.boot), axis=1)]
     return good, int(np.sum(np.isclose(good[:, 3], 0, atol=1e-6) | np.isclose(good[:, 3], 1, atol=2e-6)))

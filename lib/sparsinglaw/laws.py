@@ -342,19 +342,31 @@ def _unidentified(form, D, x):
     return [sym for sym, z in zip(form.symbols, zero, strict=True) if z or sym in involved]
 
 
+FLAT = 1e-3  # a fitted curve spanning less than this share of the data's spread shows no trend: no law
+
+
 def _judge(form, D, A, res, spec):
     """(converged, notes): a fit converges when the optimizer succeeded, everything is finite, A is not
-    constant and no parameter sits on a bound, except a nuisance bound (`Form.relaxed_upper`) that the
-    limit does not depend on: refitted from the optimum with those bounds lifted, the limit moves by at
-    most spec.nuisance_tol (the move is reported either way)."""
+    constant, the fitted curve is not flat (it spans more than FLAT of the spread of A), the law's limit
+    is identified (other values of it would not fit as well) and no parameter sits on a bound, except a
+    nuisance bound (`Form.relaxed_upper`) that the limit does not depend on: refitted from the optimum
+    with those bounds lifted, the limit moves by at most spec.nuisance_tol (the move is reported either
+    way)."""
     if res is None:
         return False, ["no start converged"]
     fails = [] if _ok(res) else [f"optimizer: {res.message}"]
     hits = _at_bounds(form, res.x)
     soft = [(j, text) for j, text in hits if _soft(form, j, res.x)]
     fails += [text for j, text in hits if (j, text) not in soft]
+    with np.errstate(all="ignore"):
+        span = float(np.ptp(form.f(D, *res.x)))
     if np.ptp(A) == 0:
         fails.append("A is constant over the used points: no law is identified")
+    elif not span > FLAT * np.ptp(A):  # e.g. Eq. 4 on data that do not fall: its transient is 0 everywhere
+        fails.append(f"the fitted curve is flat over the used points (it spans {span:.2g}, the data "
+                     f"{np.ptp(A):.2g}): no approach to a limit is seen")
+    elif form.limit is not None and form.limit in _unidentified(form, D, res.x):
+        fails.append(f"the limit {form.limit} is not identified: other values of it fit the data as well")
     notes = []
     if soft:
         relaxed = dataclasses.replace(form, upper=form.relaxed_upper)
@@ -370,6 +382,11 @@ def _judge(form, D, A, res, spec):
         else:
             fails.append(f"{on} ({how}, more than nuisance_tol {spec.nuisance_tol:g})")
     return not fails, fails + notes
+
+
+def _enough_resamples(n_good, spec):
+    """Whether enough bootstrap resamples converged for intervals (spec.min_boot_ok of spec.n_boot)."""
+    return n_good >= spec.min_boot_ok * spec.n_boot
 
 
 def _bootstrap(form, D, A, x, spec):
@@ -450,7 +467,8 @@ class FitResult:
     aicc: float  # AICc, AIC with the small-sample correction (information_criteria); k = Form.k, identified
     bic: float  # Gaussian BIC: n*log(RSS/n) + (k+1)*log(n); k identified parameters plus the noise variance
     residuals: np.ndarray  # A - f(D) over the used points, in input order
-    converged: bool  # optimizer success, finite, A not constant, no parameter on a bound but a harmless nuisance one
+    converged: bool  # optimizer success, finite, A not constant, curve not flat, limit identified, no parameter
+    # on a bound but a harmless nuisance one (_judge)
     message: str  # how the fit went, and every caveat
     n_used: int  # points fitted after the drop rule
     dropped: list  # one dict per dropped point: index (input order), D, A, reason
@@ -466,10 +484,11 @@ class FitResult:
         return FORMS[self.form].f(np.asarray(D, dtype=float), **self.params)
 
     def band(self, D):
-        """Pointwise percentile-bootstrap band (lo, hi) of the fitted curve at D, at spec.level."""
+        """Pointwise percentile-bootstrap band (lo, hi) of the fitted curve at D, at spec.level; NaN where
+        the fit has no intervals (too few resamples converged, or none were drawn)."""
         D = np.asarray(D, dtype=float)
         ok = self.boot[np.all(np.isfinite(self.boot), axis=1)] if self.boot.size else self.boot
-        if not len(ok):
+        if not len(ok) or not _enough_resamples(len(ok), self.spec):
             return np.full(D.shape, np.nan), np.full(D.shape, np.nan)
         with np.errstate(all="ignore"):
             curves = np.array([FORMS[self.form].f(D, *theta) for theta in ok])
@@ -523,7 +542,7 @@ def fit(form, D, A, spec=None, **overrides) -> FitResult:
     if converged and spec.n_boot > 0:
         boot = _bootstrap(law, Du, Au, x, spec)
         good = boot[np.all(np.isfinite(boot), axis=1)]
-        if len(good) >= spec.min_boot_ok * spec.n_boot:
+        if _enough_resamples(len(good), spec):
             q = 50 * (1 - spec.level)
             lo, hi = np.percentile(good, q, axis=0), np.percentile(good, 100 - q, axis=0)
             intervals = {s: (np.nan, np.nan) if s in unidentified else (float(lo[j]), float(hi[j]))
