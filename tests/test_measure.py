@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -57,6 +58,7 @@ def test_measure_run(tiny, smoke_tokens):
     assert arrays["domain_frequency"].shape[0] == 2 and arrays["token_count"].sum() == rows["n_tokens"].iloc[-1]
     # cached: a second call reads the record instead of recomputing
     path = runs.run_dir(tiny, run) / f"sparsity-fast-{measure.measure_key(tiny, run)}.json"
+    assert measure.record_path(tiny, run) == path
     mtime = path.stat().st_mtime_ns
     assert measure.measure_run(tiny, run, progress=False) == json.loads(path.read_text())
     assert path.stat().st_mtime_ns == mtime
@@ -118,6 +120,37 @@ def test_pareto_points(tiny, smoke_tokens):
     assert zeros["ppl_ratio"] == pytest.approx(1.0, abs=1e-6)  # dropping exact zeros of ReLU changes nothing
     cett = df[df["method"] == "cett"].sort_values("param")
     assert cett["activation_ratio"].is_monotonic_decreasing
+
+
+def test_cached_runs_start_no_worker(measured_mini, session_roots, tmp_path, monkeypatch):
+    """measure_profile sends only the runs without a cached measurement to worker processes (each would
+    import torch only to read a JSON file), and writes the same results tables from the cache."""
+    sent = []
+
+    class Sent(Exception):
+        pass
+
+    def spy(fn, calls, jobs, what):
+        sent.append([c[3] for c in calls])  # the run names
+        if calls:
+            raise Sent
+
+    monkeypatch.setattr(measure, "run_parallel", spy)
+    monkeypatch.setenv("SPARSINGLAW_RESULTS", str(tmp_path / "results"))
+    measure.measure_profile(measured_mini, jobs=2, progress=False)
+    assert sent == [[]]
+    first = session_roots["SPARSINGLAW_RESULTS"] / "mini"
+    for name in ("sparsity", "neurons", "tokens"):
+        assert (tmp_path / "results" / "mini" / f"{name}.csv").read_bytes() == (first / f"{name}.csv").read_bytes()
+    rd = tmp_path / "runs"  # one run's measurement gone: that run alone goes to a worker
+    for r in measured_mini.runs:
+        shutil.copytree(runs.run_dir(measured_mini, r), runs.run_dir(measured_mini, r, rd))
+    relu = measured_mini.run("relu-s1")
+    for f in runs.run_dir(measured_mini, relu, rd).glob("sparsity-*"):
+        f.unlink()
+    with pytest.raises(Sent):
+        measure.measure_profile(measured_mini, jobs=2, runs_dir=rd, progress=False)
+    assert sent[-1] == ["relu-s1"]
 
 
 def test_untrained_run_is_refused(tiny):

@@ -151,6 +151,13 @@ def with_impl(profile: ProfileConfig, impl: str | None) -> ProfileConfig:
     return dataclasses.replace(profile, sparsity=dataclasses.replace(profile.sparsity, impl=impl))
 
 
+def record_path(profile: ProfileConfig, run: RunConfig, runs_dir=None, impl: str | None = None) -> Path:
+    """runs/<profile>/<run key>/sparsity-<impl>-<measure key>.json: the cached measurement of `run` with
+    `impl` (None: the profile's sparsity.impl); its arrays are the .npz beside it."""
+    profile = with_impl(profile, impl)
+    return run_dir(profile, run, runs_dir) / f"sparsity-{profile.sparsity.impl}-{measure_key(profile, run)}.json"
+
+
 def stable_checkpoints(profile: ProfileConfig, run: RunConfig, runs_dir=None) -> pd.DataFrame:
     ck = checkpoints(profile, run, runs_dir)
     return ck[ck["stage"] == "stable"].reset_index(drop=True)
@@ -180,8 +187,8 @@ def measure_run(profile: ProfileConfig, run: RunConfig, runs_dir=None, progress:
     require_trained(profile, run, runs_dir)
     profile = with_impl(profile, impl)
     scfg = profile.sparsity
-    d = run_dir(profile, run, runs_dir)
-    out = d / f"sparsity-{scfg.impl}-{measure_key(profile, run)}.json"
+    out = record_path(profile, run, runs_dir)
+    d = out.parent
     with run_lock(d, f"measure {run.name}"):
         if out.exists():
             return read_record(out, profile, run)
@@ -288,8 +295,7 @@ def final_arrays(profile: ProfileConfig, run: RunConfig, runs_dir=None, impl: st
     """The neuron and token arrays of a measured run's final stable checkpoint (measured with `impl`,
     as measure_run: None is the profile's sparsity.impl)."""
     profile = with_impl(profile, impl)
-    d = run_dir(profile, run, runs_dir)
-    path = d / f"sparsity-{profile.sparsity.impl}-{measure_key(profile, run)}.npz"
+    path = record_path(profile, run, runs_dir).with_suffix(".npz")
     if not path.exists():
         raise SparsingLawError(f"{path}: run {run.name} is not measured; run python -m sparsinglaw measure "
                                f"--profile {profile.name} --run {run.name} --impl {profile.sparsity.impl}")
@@ -329,8 +335,8 @@ def measured_runs(profile: ProfileConfig) -> list[RunConfig]:
 
 def measure_profile(profile: ProfileConfig, names: list[str] | None = None, jobs: int | None = None,
                     runs_dir=None, progress: bool = True, impl: str | None = None) -> pd.DataFrame:
-    """Measure every dense run (parallel processes, like training), then write the profile's results
-    tables."""
+    """Measure every dense run (parallel processes, like training; cached runs start none), then write the
+    profile's results tables; with `names`, return those runs' rows without writing any table."""
     runs = [profile.run(n) for n in names] if names else measured_runs(profile)
     for r in runs:
         if r.model.n_experts:  # skipped, not refused: a job array may send every run of a profile here
@@ -339,10 +345,11 @@ def measure_profile(profile: ProfileConfig, names: list[str] | None = None, jobs
     runs = [r for r in runs if not r.model.n_experts]
     if not runs:
         return pd.DataFrame(columns=RESULT_COLUMNS["sparsity"][0])
-    order = sorted(runs, key=lambda r: -r.model.d_model * r.model.n_layers)  # longest first
+    todo = [r for r in runs if not record_path(profile, r, runs_dir, impl).exists()]  # cached runs spawn nothing
+    todo.sort(key=lambda r: -r.model.d_model * r.model.n_layers)  # longest first
     jobs = jobs or profile.compute.jobs or usable_cores()
-    jobs = max(1, min(jobs, len(runs)))
-    calls = [(measure_run, profile.path, profile.overrides, r.name, runs_dir, progress, impl) for r in order]
+    jobs = max(1, min(jobs, len(todo) or 1))
+    calls = [(measure_run, profile.path, profile.overrides, r.name, runs_dir, progress, impl) for r in todo]
     run_parallel(run_worker, calls, jobs, "measurement")
     return write_results(profile, runs_dir, impl) if not names else sparsity_table(profile, runs, runs_dir, impl)
 
