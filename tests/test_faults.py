@@ -14,6 +14,7 @@ import json
 import os
 import random
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,7 +30,7 @@ import yaml
 
 from conftest import MINI, REPO
 from sparsinglaw import cli, measure, plots, runs
-from sparsinglaw.config import checkpoint_steps, load_profile
+from sparsinglaw.config import SparsingLawError, checkpoint_steps, load_profile
 from sparsinglaw.train import (
     TrainingDiverged,
     WriteError,
@@ -198,6 +199,45 @@ def test_checkpoint_from_another_config_is_refused(tmp_path, tiny_profile, smoke
     assert f"run relu-s1: resuming from step {marks[1]} of " in out.out  # the last valid one, not step 0
     assert (d / "DONE").exists()
     assert checkpoint_problem(d, tag, h) is None  # trained again from the last valid one: now our own
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fault", ["corrupted", "missing"])
+def test_bad_stable_checkpoint_is_refused_not_skipped(tmp_path, measured_mini, session_roots, fault):
+    """A corrupted (one byte flipped) or missing stable-stage checkpoint stops measurement, sparse inference
+    and the Pareto sweep with one line naming its step and problem; they used to leave it out (c searched on
+    the other checkpoints, an earlier checkpoint evaluated as the final one). Nothing is cached, and a
+    measurement cached before is still returned without reading any checkpoint."""
+    from sparsinglaw import inference
+
+    p = measured_mini
+    run, rd = p.run("relu-s1"), tmp_path / "runs"
+    d = runs.run_dir(p, run, rd)
+    shutil.copytree(runs.run_dir(p, run, session_roots["SPARSINGLAW_RUNS"]), d,
+                    ignore=shutil.ignore_patterns("inference-*", "pareto-*"))  # whatever other tests cached
+    rec = json.loads(measure.record_path(p, run, rd).read_text())
+    marks = measure.stable_marks(run)
+    assert marks == sorted({row["step"] for row in rec["rows"]})  # every stable mark was measured
+    step = marks[-1] if fault == "missing" else marks[-2]  # the final checkpoint, or one the search uses
+    pt = d / f"ckpt_{step:07d}.pt"
+    if fault == "missing":
+        pt.unlink()
+        (d / f"meta_{step:07d}.json").unlink()
+    else:
+        data = bytearray(pt.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        pt.write_bytes(bytes(data))
+    assert measure.measure_run(p, run, rd, progress=False) == rec  # cached: no checkpoint is read
+    for f in d.glob("sparsity-*"):
+        f.unlink()
+    want = f"{pt}: missing" if fault == "missing" else f"{pt}: checksum mismatch"
+    for stage in (measure.measure_run, inference.inference_run, measure.pareto_run):
+        with pytest.raises(SparsingLawError) as e:
+            stage(p, run, rd, progress=False)
+        msg = str(e.value)
+        assert f"run relu-s1: stable-stage checkpoint(s) of step(s) {step} missing or invalid ({want}" in msg, msg
+        assert f"delete the run folder {d} to train the run again" in msg and "\n" not in msg
+    assert not [f.name for f in d.iterdir() if f.name.startswith(("sparsity-", "inference-", "pareto-"))]
 
 
 @pytest.mark.parametrize("kind", ["inf_at_step", "nan_at_step"])

@@ -122,6 +122,32 @@ def test_pareto_points(tiny, smoke_tokens):
     assert cett["activation_ratio"].is_monotonic_decreasing
 
 
+def test_pareto_without_its_checkpoints_is_one_error_line(tiny, smoke_tokens, tmp_path, monkeypatch, capsys):
+    """Checkpoints deleted after measuring (to free disk): the cached measurement is still returned, and
+    the Pareto sweep, which needs the final stable checkpoint, stops `compute` with one error line naming
+    the missing checkpoints (it was an IndexError traceback)."""
+    from sparsinglaw import cli
+
+    runs.train_profile(tiny, names=["relu-s1"], jobs=1, progress=False)
+    run, rd = tiny.run("relu-s1"), tmp_path / "runs"
+    rec = json.loads(json.dumps(measure.measure_run(tiny, run, progress=False)))  # as its cache reads back
+    d = runs.run_dir(tiny, run, rd)
+    shutil.copytree(runs.run_dir(tiny, run), d, ignore=shutil.ignore_patterns("pareto-*", "inference-*"))
+    for pt in d.glob("ckpt_*.pt"):
+        pt.unlink()
+    assert measure.measure_run(tiny, run, rd, progress=False) == rec
+    for stage in ("train_profile", "train_log_table"):  # compute's stages before the sweep: nothing to do
+        monkeypatch.setattr(runs, stage, lambda *a, **k: None)
+    monkeypatch.setattr(measure, "measure_profile", lambda *a, **k: None)
+    sets = sum((["--set", s] for s in tiny.overrides), [])
+    rc = cli.main(["compute", "--profile", "smoke", "--runs-dir", str(rd), "--no-progress", *sets])
+    err = capsys.readouterr().err
+    steps = ", ".join(map(str, measure.stable_marks(run)))
+    assert rc == 2 and err.startswith(f"error: run relu-s1: stable-stage checkpoint(s) of step(s) {steps} "), err
+    assert "ckpt_" in err and "missing although" in err and len(err.splitlines()) == 1, err
+    assert not list(d.glob("pareto-*"))
+
+
 def test_cached_runs_start_no_worker(measured_mini, session_roots, tmp_path, monkeypatch):
     """measure_profile sends only the runs without a cached measurement to worker processes (each would
     import torch only to read a JSON file), and writes the same results tables from the cache."""

@@ -223,10 +223,7 @@ def inference_run(profile: ProfileConfig, run: RunConfig, runs_dir=None, progres
         tokens = prepare(profile.data, data_cache_dir(runs_dir), progress=False)
         held = heldout_set(profile, tokens, run.model.seq_len)  # on the CPU: moved batch by batch
         calib = eval_set(profile, tokens, run.model.seq_len, dev)
-        ck = stable_checkpoints(profile, run, runs_dir)
-        if len(ck) == 0:
-            raise SparsingLawError(f"run {run.name}: no valid stable-stage checkpoint in {d}")
-        ck = ck.iloc[-1]
+        ck = stable_checkpoints(profile, run, runs_dir).iloc[-1]  # refused when one is missing or invalid
         require_corpus(run, ck["path"], tokens.fingerprint)
         model = load_model(run, ck["path"], dev)
         ps = sorted({float(v) for v in profile.inference.p})

@@ -29,7 +29,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .config import ProfileConfig, RunConfig, SparsingLawError, stable_hash
+from .config import (
+    ProfileConfig,
+    RunConfig,
+    SparsingLawError,
+    checkpoint_steps,
+    stable_hash,
+    stage_steps,
+    total_steps,
+)
 from .data import CorpusError
 from .device import usable_cores
 from .runs import (
@@ -49,6 +57,7 @@ from .train import (
     atomic_write_bytes,
     atomic_write_files,
     check_corpus,
+    checkpoint_problem,
     corpus_differs,
     read_meta,
     remove_stale_temps,
@@ -158,9 +167,41 @@ def record_path(profile: ProfileConfig, run: RunConfig, runs_dir=None, impl: str
     return run_dir(profile, run, runs_dir) / f"sparsity-{profile.sparsity.impl}-{measure_key(profile, run)}.json"
 
 
+def stable_marks(run: RunConfig) -> list[int]:
+    """The stable-stage steps the trainer keeps a checkpoint of: its marks and its final step, within
+    warmup < step <= warmup + stable (the stage rule of the checkpoints' sidecars, train.train)."""
+    warmup, stable, _ = stage_steps(run.model, run.train)
+    kept = set(checkpoint_steps(run.model, run.train)) | {total_steps(run.model, run.train)}
+    return sorted(s for s in kept if warmup < s <= warmup + stable)
+
+
+def mark_problem(d: Path, step: int, config_hash: str) -> str:
+    """Why the mark checkpoint of `step` in run folder `d` is not among the valid stable ones."""
+    tag = f"{step:07d}"
+    pt = d / f"ckpt_{tag}.pt"
+    if not pt.exists() and not (d / f"meta_{tag}.json").exists():
+        return f"{pt}: missing"
+    return checkpoint_problem(d, tag, config_hash) or f"{pt}: its sidecar records another step or stage"
+
+
 def stable_checkpoints(profile: ProfileConfig, run: RunConfig, runs_dir=None) -> pd.DataFrame:
+    """Every stable-stage mark checkpoint of a trained run (runs.checkpoints' columns, sorted by step);
+    refused, naming the steps and the first problem, when one is missing or invalid (runs.checkpoints
+    skips those)."""
     ck = checkpoints(profile, run, runs_dir)
-    return ck[ck["stage"] == "stable"].reset_index(drop=True)
+    ck = ck[ck["stage"] == "stable"].reset_index(drop=True)
+    d = run_dir(profile, run, runs_dir)
+    bad = [s for s in stable_marks(run) if s not in set(ck["step"])]
+    if bad:
+        first = mark_problem(d, bad[0], run.config_hash(profile.data))
+        raise SparsingLawError(
+            f"run {run.name}: stable-stage checkpoint(s) of step(s) {', '.join(map(str, bad))} missing or invalid "
+            f"({first}); restore the file(s), or delete the run folder {d} to train the run again (python -m "
+            f"sparsinglaw train --profile {profile.name} --run {run.name})")
+    if len(ck) == 0:
+        raise SparsingLawError(f"run {run.name}: no stable-stage checkpoint in {d} (the schedule has no stable "
+                               "stage); lower train.warmup_frac or train.decay_frac")
+    return ck
 
 
 # -----------------------------------------------------------------------------------------------
@@ -197,8 +238,6 @@ def measure_run(profile: ProfileConfig, run: RunConfig, runs_dir=None, progress:
         dev = measure_device(profile)
         tokens = prepare(profile.data, data_cache_dir(runs_dir), progress=False)
         ck = stable_checkpoints(profile, run, runs_dir)
-        if len(ck) == 0:
-            raise SparsingLawError(f"run {run.name}: no valid stable-stage checkpoint in {d}")
         for path in ck["path"]:
             require_corpus(run, path, tokens.fingerprint)
         batches = eval_set(profile, tokens, run.model.seq_len, dev)
@@ -477,7 +516,7 @@ def pareto_run(profile: ProfileConfig, run: RunConfig, runs_dir=None, progress: 
         dev = measure_device(profile)
         tokens = prepare(profile.data, data_cache_dir(runs_dir), progress=False)
         batches = eval_set(profile, tokens, run.model.seq_len, dev)
-        ck = stable_checkpoints(profile, run, runs_dir).iloc[-1]
+        ck = stable_checkpoints(profile, run, runs_dir).iloc[-1]  # refused when one is missing or invalid
         require_corpus(run, ck["path"], tokens.fingerprint)
         model = load_model(run, ck["path"], dev)
         if moe:  # its own curve, every number of routed experts (paper Fig. 2)
