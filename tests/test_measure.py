@@ -179,6 +179,18 @@ def test_cached_runs_start_no_worker(measured_mini, session_roots, tmp_path, mon
     assert sent[-1] == ["relu-s1"]
 
 
+def test_moe_comparison_records_the_corpus_of_pareto(tiny, tmp_path, monkeypatch):
+    """moe_comparison.csv's sidecar names the corpus pareto.csv was made on (pareto.meta.json), not the
+    one this machine's data.* gives (make replot on another machine)."""
+    monkeypatch.setenv("SPARSINGLAW_RESULTS", str(tmp_path))
+    out = runs.results_dir(tiny.name)
+    made_on = {"source": "python-env: stdlib", "files": 1, "bytes": 1, "sha256": "a" * 64}
+    points = pd.DataFrame(columns=measure.RESULT_COLUMNS["pareto"][0])
+    runs.write_table(points, out / "pareto.csv", runs.provenance(tiny, corpus=made_on))
+    measure.moe_comparison_for(tiny, runs.read_table(out / "pareto.csv"))
+    assert json.loads((out / "moe_comparison.meta.json").read_text())["corpus"] == made_on
+
+
 def test_untrained_run_is_refused(tiny):
     fresh = load_profile("smoke", overrides=TINY + ["train.seed=12345"])
     with pytest.raises(SparsingLawError, match="not trained"):

@@ -611,14 +611,26 @@ def moe_comparison(points: pd.DataFrame, profile: ProfileConfig) -> pd.DataFrame
     return pd.DataFrame(rows, columns=cols)
 
 
+def recorded_corpus(table: Path) -> dict | None:
+    """The corpus fingerprint recorded in a results table's sidecar (None: no readable one)."""
+    try:
+        meta = json.loads(table.with_suffix(".meta.json").read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    corpus = meta.get("corpus") if isinstance(meta, dict) else None
+    return corpus if isinstance(corpus, dict) else None
+
+
 def moe_comparison_for(profile: ProfileConfig, points: pd.DataFrame) -> pd.DataFrame:
     """moe_comparison of the profile's Pareto points, written to results/<profile>/moe_comparison.csv with
-    the provenance of pareto.csv (left untouched when unchanged)."""
+    the provenance of pareto.csv, its corpus included (left untouched when unchanged)."""
     df = moe_comparison(points, profile)
     out = results_dir(profile.name)
     src = out / "pareto.csv"
+    corpus = recorded_corpus(src)  # the corpus pareto.csv was made on, not this machine's (make replot)
     meta = provenance(profile, sparsity=dataclasses.asdict(profile.sparsity),
-                      inputs={"pareto.csv": sha256_file(src) if src.exists() else None})
+                      inputs={"pareto.csv": sha256_file(src) if src.exists() else None},
+                      **({"corpus": corpus} if corpus is not None else {}))
     write_table(df, out / "moe_comparison.csv", meta)
     return df
 
