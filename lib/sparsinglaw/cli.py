@@ -43,7 +43,8 @@ def _parser() -> argparse.ArgumentParser:
     m = sub.add_parser("measure", help="PPL-p%% sparsity etc. on every checkpoint of trained runs (cached)")
     common(m)
     m.add_argument("--run", "--name", action="append", default=None, metavar="NAME", dest="run",
-                   help="measure only this run (repeatable); results tables are written when all runs are measured")
+                   help="measure only this run (repeatable); writes no results table (a measure without --run "
+                   "writes them)")
     m.add_argument("-j", "--jobs", type=int, default=None,
                    help="parallel processes (default: compute.jobs; 0 = one per core)")
     m.add_argument("--impl", choices=["fast", "reference"], default=None,
