@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import math
 import os
 import re
@@ -498,10 +499,14 @@ def synthetic_results(profile: config.ProfileConfig, ppl_ratio: float) -> None:
                         "ppl_ratio": ppl_ratio if p else 1.0, "calib_ppl_ratio": 1.01,
                         "calib_applied_ppl_ratio": 1.012, "reached": True})
     for table, rows in (("sparsity", sp), ("neurons", neurons), ("tokens", tokens), ("sparse_inference", inf)):
-        meta = {"synthetic": True, "git_sha": "0123456789abcdef"}
+        meta = {"synthetic": True, "git_sha": "0123456789abcdef", "corpus": SYNTH_CORPUS}
         if table == "sparse_inference":
             meta |= {"config_hash": profile.config_hash(), "inference": dataclasses.asdict(profile.inference)}
         runs.write_table(pd.DataFrame(rows), folder / f"{table}.csv", meta)
+
+
+# the corpus the synthetic measurements name: every table derived from them names it too (not this machine's)
+SYNTH_CORPUS = {"source": "synthetic", "files": 1, "bytes": 1, "sha256": "5" * 64}
 
 
 @pytest.fixture(scope="module")
@@ -533,6 +538,7 @@ def test_evaluate_and_write(synth_profile):
     # the header names the commit of the measurements (sparsity.csv's sidecar), not the checking code's
     assert text == md and text.startswith("Claims checked on profile `synth` (measurements of git 0123456789ab): ")
     assert back.attrs["meta"]["git_sha"] != "0123456789abcdef"
+    assert back.attrs["meta"]["corpus"] == SYNTH_CORPUS  # the measurements' corpus
     assert text.count("\n| ") == len(df) + 1 and "**FAIL**" in text
 
 
@@ -603,8 +609,9 @@ def test_fit_prints_every_law_beside_the_paper_and_writes_its_tables(synth_profi
     verdicts = claims.evaluate(config.load_profile(synth_profile)).set_index("id")["verdict"]
     for cid in ("relu_falls", "silu_rises", "law_forms", "width_depth_linear", "patterns_agree"):
         assert f"{verdicts[cid]:<12} {cid}: " in r.stdout  # the same verdicts as `verify`
-    for name in analysis.FIT_TABLES:
-        assert (runs.results_dir("synth") / f"{name}.meta.json").is_file(), name
+    for name in analysis.FIT_TABLES:  # each with the corpus of the measurements it was fitted to
+        meta = json.loads((runs.results_dir("synth") / f"{name}.meta.json").read_text())
+        assert meta["corpus"] == SYNTH_CORPUS, name
 
 
 def test_fit_refit_recomputes_every_table_once_and_leaves_unchanged_files(synth_profile):

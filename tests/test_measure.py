@@ -189,6 +189,12 @@ def test_moe_comparison_records_the_corpus_of_pareto(tiny, tmp_path, monkeypatch
     runs.write_table(points, out / "pareto.csv", runs.provenance(tiny, corpus=made_on))
     measure.moe_comparison_for(tiny, runs.read_table(out / "pareto.csv"))
     assert json.loads((out / "moe_comparison.meta.json").read_text())["corpus"] == made_on
+    # tables made on two corpora, or one without a sidecar, name none: provenance falls back to this machine's
+    other = runs.provenance(tiny, corpus=made_on | {"sha256": "b" * 64})
+    runs.write_table(points, out / "other.csv", other)
+    assert runs.recorded_corpus(out / "pareto.csv", out / "pareto.csv") == made_on
+    assert runs.recorded_corpus(out / "pareto.csv", out / "other.csv") is None
+    assert runs.recorded_corpus(out / "pareto.csv", out / "absent.csv") is None
 
 
 def test_untrained_run_is_refused(tiny):

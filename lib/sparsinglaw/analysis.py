@@ -32,7 +32,7 @@ from scipy import stats
 
 from . import laws, paper
 from .config import ProfileConfig, SparsingLawError, stable_hash
-from .runs import as_bool, in_group, provenance, read_csv, results_dir, write_table
+from .runs import as_bool, in_group, provenance, read_csv, recorded_corpus, results_dir, write_table
 
 ANALYSIS_VERSION = 4  # bump when a derived table changes meaning (invalidates the cached tables)
 CODE_FILES = ("laws.py", "analysis.py")  # the fitting code; its sha256 is recorded, not part of the cache key
@@ -547,7 +547,8 @@ def _cached(profile: ProfileConfig, outputs: tuple[str, ...], inputs: tuple[str,
             compute, refit: set[str] | None = None) -> tuple[pd.DataFrame, ...]:
     """Tables `outputs` of results/<profile>/: reused when their sidecars carry the key of (inputs'
     sha256, payload, ANALYSIS_VERSION) and their own sha256 still matches, else compute() and write
-    them with provenance. Always returned as read back from the CSV (what a replot sees).
+    them with provenance (with the corpus their inputs' sidecars record). Always returned as read back
+    from the CSV (what a replot sees).
 
     The code is not part of the key (a comment edit would refit every table): a table reused though
     laws.py or analysis.py changed since it was written gets a note on stderr. Outputs named in `refit`
@@ -568,8 +569,9 @@ def _cached(profile: ProfileConfig, outputs: tuple[str, ...], inputs: tuple[str,
         why = "refit" if len(metas) == len(outputs) else "missing or stale"
         print(f"{folder}: computing {names} ({why}) ...", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
+        corpus = recorded_corpus(*(folder / f"{t}.csv" for t in inputs))  # the measurements' corpus
         meta = provenance(profile, analysis_key=key, analysis_version=ANALYSIS_VERSION, code=code_hash(),
-                          inputs=hashes, **payload)
+                          inputs=hashes, **payload, **({"corpus": corpus} if corpus is not None else {}))
         for name, df in zip(outputs, compute(), strict=True):
             write_table(df, folder / f"{name}.csv", meta)
         print(f"{folder}: {names} written in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)

@@ -46,6 +46,7 @@ from .runs import (
     provenance,
     read_csv,
     read_table,
+    recorded_corpus,
     results_dir,
     run_dir,
     run_lock,
@@ -609,16 +610,6 @@ def moe_comparison(points: pd.DataFrame, profile: ProfileConfig) -> pd.DataFrame
     cols = ["moe_run", "activation", "n_experts", "k", "trained_k", "activation_ratio", "ppl_moe", "dense_run",
             "dense_activation", "ppl_dense_at_ratio", "ppl_dense_unsparsified", "gap_pct"]
     return pd.DataFrame(rows, columns=cols)
-
-
-def recorded_corpus(table: Path) -> dict | None:
-    """The corpus fingerprint recorded in a results table's sidecar (None: no readable one)."""
-    try:
-        meta = json.loads(table.with_suffix(".meta.json").read_text())
-    except (OSError, ValueError, UnicodeDecodeError):
-        return None
-    corpus = meta.get("corpus") if isinstance(meta, dict) else None
-    return corpus if isinstance(corpus, dict) else None
 
 
 def moe_comparison_for(profile: ProfileConfig, points: pd.DataFrame) -> pd.DataFrame:

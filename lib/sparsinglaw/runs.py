@@ -109,6 +109,20 @@ def provenance(profile: ProfileConfig, **extra) -> dict:
             "versions": versions(), "device": device, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra}
 
 
+def recorded_corpus(*tables: Path) -> dict | None:
+    """The corpus fingerprint the sidecars of results `tables` record, when every one records the same
+    (None otherwise): what a table derived from them was made from, whichever machine derives it."""
+    found = []
+    for table in tables:
+        try:
+            meta = json.loads(Path(table).with_suffix(".meta.json").read_text())
+        except (OSError, ValueError, UnicodeDecodeError):
+            return None
+        found.append(meta.get("corpus") if isinstance(meta, dict) else None)
+    ok = found and isinstance(found[0], dict) and all(c == found[0] for c in found)
+    return found[0] if ok else None
+
+
 _FINGERPRINTS: dict[str, dict] = {}  # data config hash -> corpus fingerprint, computed once per process
 
 
