@@ -190,3 +190,36 @@ def test_profile_name_is_not_shadowed_by_a_folder_in_the_working_directory(tmp_p
     assert load_profile("smoke").name == "smoke"
     with pytest.raises(ConfigError, match="no such file"):
         load_profile("nothing-here.yaml")
+
+
+def test_run_overrides_find_run_names_with_dots():
+    """--set runs.NAME.… with a name that holds dots (cpu's relu-wd3.6, paper's relu-0.1b): the longest run name
+    that fits (it used to split at every dot: "no run named 'relu-wd3'")."""
+    assert load_profile("cpu", overrides=["runs.relu-wd3.6.train.seed=3"]).run("relu-wd3.6").train.seed == 3
+    assert load_profile("paper", overrides=["runs.relu-0.1b.train.seed=3"]).run("relu-0.1b").train.seed == 3
+    with pytest.raises(ConfigError, match="no run named 'relu-wd3'; runs: "):
+        load_profile("cpu", overrides=["runs.relu-wd3.7.train.seed=3"])
+    with pytest.raises(ConfigError, match="expected runs.NAME.model"):
+        load_profile("smoke", overrides=["runs=[]"])
+
+
+def test_run_override_stays_in_its_run_when_runs_share_an_anchor(tmp_path):
+    """train: &short {...} / train: *short is one mapping in the loaded YAML: an override of one run must not
+    reach the others."""
+    raw = _smoke_raw()
+    raw["runs"][1]["train"] = raw["runs"][2]["train"] = {"tokens": 24576}
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert "&id001" in path.read_text() and "*id001" in path.read_text()  # an anchor and its alias
+    p = load_profile(path, overrides=["runs.relu-s2.train.tokens=12288"])
+    assert p.run("relu-s2").train.tokens == 12288 and p.run("silu-s1").train.tokens == 24576
+
+
+def test_overrides_into_sections_written_empty(tmp_path):
+    """`sparsity:` or a run's `train:` with no body (null in YAML) is an empty section, not "not a section"."""
+    raw = _smoke_raw()
+    raw["runs"][3]["train"], raw["sparsity"] = None, None
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    p = load_profile(path, overrides=["runs.silu-s2.train.seed=4", "sparsity.n_last=3"])
+    assert p.run("silu-s2").train.seed == 4 and p.sparsity.n_last == 3

@@ -501,33 +501,44 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     """Dotted overrides ``section.field=value`` (value parsed as YAML), e.g. ``train.lr=3e-3``.
 
     ``model.*`` and ``train.*`` change the defaults of every run; ``runs.NAME.train.tokens=...``
-    changes one run.
+    changes one run. Sections are copied on the way down: runs that share one YAML anchor
+    (``train: *short``) still change one at a time.
     """
     for ov in overrides:
         if "=" not in ov:
             raise ConfigError(f"--set {ov!r}: expected KEY=VALUE, e.g. train.lr=3e-3")
         key, val = ov.split("=", 1)
-        parts = key.strip().split(".")
         try:
             value = yaml.safe_load(val)
         except yaml.YAMLError as e:
             raise ConfigError(f"--set {ov!r}: value is not valid YAML ({yaml_error(e)})") from None
-        if parts[0] == "runs":
-            if len(parts) < 4:
-                raise ConfigError(f"--set {ov!r}: expected runs.NAME.model|train.FIELD=VALUE")
-            matches = [r for r in raw.get("runs") or [] if isinstance(r, dict) and r.get("name") == parts[1]]
-            if not matches:
-                raise ConfigError(f"--set {ov!r}: no run named {parts[1]!r}")
-            node = matches[0]
-            parts = parts[2:]
-        else:
-            node = raw
+        node, parts = _override_target(raw, key.strip(), ov)
         for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
+            child = node.get(p)
+            if child is None:  # a section written empty (`sparsity:`) is an empty section
+                child = {}
+            if not isinstance(child, dict):
                 raise ConfigError(f"--set {ov!r}: {p} is not a section")
+            node[p] = dict(child)  # a copy: a YAML alias (*short) shares one dict among runs
+            node = node[p]
         node[parts[-1]] = value
     return raw
+
+
+def _override_target(raw: dict, key: str, ov: str) -> tuple[dict, list[str]]:
+    """The mapping an override key starts in (the profile, or one run) and the key's parts below it."""
+    if key.split(".")[0] != "runs":
+        return raw, key.split(".")
+    runs = [r for r in raw.get("runs") or [] if isinstance(r, dict) and isinstance(r.get("name"), str)]
+    fits = [r for r in runs if key.startswith(f"runs.{r['name']}.")]
+    if not fits and key.count(".") >= 3:
+        known = ", ".join(r["name"] for r in runs) or "(none)"
+        raise ConfigError(f"--set {ov!r}: no run named {key.split('.')[1]!r}; runs: {known}")
+    run = max(fits, key=lambda r: len(r["name"]), default=None)  # names may hold dots: relu-wd3.6
+    parts = key[len(f"runs.{run['name']}."):].split(".") if run else []
+    if len(parts) < 2:
+        raise ConfigError(f"--set {ov!r}: expected runs.NAME.model|train.FIELD=VALUE")
+    return run, parts
 
 
 def load_profile(profile: str | Path, configs_dir: Path | None = None, overrides: list[str] | None = None
