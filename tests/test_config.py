@@ -223,3 +223,28 @@ def test_overrides_into_sections_written_empty(tmp_path):
     path.write_text(yaml.safe_dump(raw))
     p = load_profile(path, overrides=["runs.silu-s2.train.seed=4", "sparsity.n_last=3"])
     assert p.run("silu-s2").train.seed == 4 and p.sparsity.n_last == 3
+
+
+@pytest.mark.parametrize("override,message,neighbour", [
+    ("train.checkpoint_tokens=[5000, 5100]", "runs[0].train.checkpoint_tokens: marks 5000 and 5100 fall in the same "
+     "optimizer step (10, of 512 tokens)", "train.checkpoint_tokens=[5000, 5121]"),
+    ("train.checkpoint_tokens=[4096, 4096]", "marks 4096 and 4096 fall in the same optimizer step (8, of 512 tokens)",
+     "train.checkpoint_tokens=[4096]"),
+    ("train.checkpoint_tokens=[1000, 5000]", "runs[0].train.checkpoint_tokens: the first checkpoint (1000 tokens, "
+     "step 2) must come after the warmup (2 steps, 1024 tokens)", "train.checkpoint_tokens=[1025, 5000]"),
+    ("train.seed=18446744073709551616", "runs[0].train.seed: must be an integer in [0, 2**64)",
+     "train.seed=18446744073709551615"),
+    ("train.seed=-1", "runs[0].train.seed: must be an integer in [0, 2**64)", "train.seed=0"),
+    ("data.corpus=''", "data.corpus: is empty; expected python-env or the path of", None),
+    ("data.corpus='  '", "data.corpus: is empty; expected python-env or the path of", None),
+], ids=["marks-one-step", "marks-repeated", "mark-in-warmup", "seed-2**64", "seed-negative", "corpus-empty",
+        "corpus-blank"])
+def test_values_refused_at_load_time(override, message, neighbour):
+    """Explicit checkpoint marks get the grid's checks (marks in one optimizer step merged silently, marks in the
+    warmup were never measured); a seed torch.manual_seed refuses (a ValueError when training started); an empty
+    corpus path (it read the working directory as a folder corpus). The value just inside still loads."""
+    with pytest.raises(ConfigError) as e:
+        load_profile("smoke", overrides=[override])
+    assert message in str(e.value) and "configs/smoke.yaml" in str(e.value), str(e.value)
+    if neighbour:
+        load_profile("smoke", overrides=[neighbour])

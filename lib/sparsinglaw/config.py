@@ -311,6 +311,7 @@ def validate_model(m: ModelConfig, where: str) -> None:
 def validate_train(t: TrainConfig, m: ModelConfig, where: str) -> None:
     for f in ("tokens", "batch_size", "grad_accum", "checkpoints", "eval_tokens", "log_every", "resume_every"):
         _check(getattr(t, f) > 0, f"{where}.{f}", f"must be a positive integer, got {getattr(t, f)}")
+    _check(0 <= t.seed < 2**64, f"{where}.seed", f"must be an integer in [0, 2**64) (torch.manual_seed), got {t.seed}")
     _check(t.lr > 0, f"{where}.lr", f"must be > 0, got {t.lr}")
     _check(t.weight_decay >= 0, f"{where}.weight_decay", f"must be >= 0, got {t.weight_decay}")
     _check(0 <= t.beta1 < 1 and 0 <= t.beta2 < 1, f"{where}.beta1/beta2", "must lie in [0, 1)")
@@ -332,7 +333,9 @@ def validate_train(t: TrainConfig, m: ModelConfig, where: str) -> None:
         _check(isinstance(mark, int) and not isinstance(mark, bool) and 0 < mark <= stable_end_tokens,
                f"{where}.checkpoint_tokens",
                f"each mark must be an integer in (0, {stable_end_tokens}] (the stable-stage end), got {mark!r}")
-    if not t.checkpoint_tokens:
+    if t.checkpoint_tokens:
+        _check_explicit_marks(t, warmup, tokens_per_step(m, t), f"{where}.checkpoint_tokens")
+    else:
         first_step = max(1, math.ceil(t.first_checkpoint_frac * stable_end_tokens / tokens_per_step(m, t)))
         _check(first_step > warmup, f"{where}.first_checkpoint_frac",
                f"the first checkpoint (step {first_step}) must come after the warmup ({warmup} steps) so "
@@ -343,7 +346,23 @@ def validate_train(t: TrainConfig, m: ModelConfig, where: str) -> None:
                "raise first_checkpoint_frac or train more tokens")
 
 
+def _check_explicit_marks(t: TrainConfig, warmup: int, tps: int, where: str) -> None:
+    """Explicit marks get the grid's checks: one optimizer step each, and none in the warmup."""
+    step_of: dict[int, int] = {}
+    for mark in sorted(t.checkpoint_tokens):
+        step = math.ceil(mark / tps)
+        _check(step not in step_of, where, f"marks {step_of.get(step)} and {mark} fall in the same optimizer step "
+               f"({step}, of {tps} tokens); keep one or space them at least {tps} tokens apart")
+        step_of[step] = mark
+    first = min(step_of)
+    _check(first > warmup, where, f"the first checkpoint ({step_of[first]} tokens, step {first}) must come after "
+           f"the warmup ({warmup} steps, {warmup * tps} tokens) so that every checkpoint is in the stable stage; "
+           f"raise the first mark above {warmup * tps} tokens")
+
+
 def validate_data(d: DataConfig, where: str) -> None:
+    _check(bool(d.corpus.strip()), f"{where}.corpus", "is empty; expected python-env or the path of a .txt file, "
+           "folder, .jsonl or .parquet file")
     _check(d.max_mb > 0, f"{where}.max_mb", f"must be > 0, got {d.max_mb}")
     _check(0 < d.val_fraction < 0.5, f"{where}.val_fraction", f"must lie in (0, 0.5), got {d.val_fraction}")
     _check(256 < d.vocab_size <= 2**32, f"{where}.vocab_size",
