@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from sparsinglaw import config
 from sparsinglaw.config import (
     ConfigError,
     checkpoint_steps,
@@ -248,3 +249,50 @@ def test_values_refused_at_load_time(override, message, neighbour):
     assert message in str(e.value) and "configs/smoke.yaml" in str(e.value), str(e.value)
     if neighbour:
         load_profile("smoke", overrides=[neighbour])
+
+
+def test_duplicate_keys_are_refused_merge_keys_still_work(tmp_path):
+    """A key written twice in one mapping of a profile: the last one silently won. Anchors, aliases and merge
+    keys (<<: *a, whose keys the mapping may override) still load."""
+    text = (REPO / "configs" / "smoke.yaml").read_text()
+    lr = next(line for line in text.splitlines() if line.startswith("  lr: "))
+    n = text.splitlines().index(lr) + 1
+    bad = tmp_path / "dup.yaml"
+    bad.write_text(text.replace(lr, f"{lr}\n  lr: 0.5"))
+    with pytest.raises(ConfigError, match=rf"dup.yaml: not valid YAML: line {n + 1}, column 3: duplicate key 'lr' "
+                                          rf"\(first on line {n}\); keep one of them"):
+        load_profile(bad)
+    with pytest.raises(ConfigError, match="value is not valid YAML .*duplicate key 'lr'"):
+        load_profile("smoke", overrides=["train={lr: 0.1, lr: 0.2}"])
+    merged = tmp_path / "merged.yaml"
+    merged.write_text(text.replace("  - {name: relu-s1,", "  - &r1 {name: relu-s1,")
+                      + "  - {<<: *r1, name: relu-s1-copy, train: {<<: {seed: 1, lr: 0.02}, seed: 2}}\n")
+    p = load_profile(merged)
+    assert p.run("relu-s1-copy").model == p.run("relu-s1").model and p.run("relu-s1-copy").groups == ["scale", "seeds"]
+    assert p.run("relu-s1-copy").train.seed == 2 and p.run("relu-s1-copy").train.lr == 0.02
+    for doc in ("b: &b {a: 1, c: 2}\nt:\n  <<: &m {<<: *b, a: 3}\nu: *m\n",  # a merge inside a merge, then aliased
+                "b: &b {a: 1}\nt: {<<: [*b, {c: 2}], a: 3, d: *b}\n"):
+        assert yaml.load(doc, Loader=config.ProfileLoader) == yaml.safe_load(doc)  # as SafeLoader reads it
+
+
+def test_profile_level_override_that_runs_set_themselves_gets_a_note(capsys, monkeypatch):
+    """--set model.X / train.X changes the defaults; a run that sets X in its own section keeps its value. That
+    did nothing, silently: now one line on stderr per such key names the runs whose own value differs and the
+    per-run override."""
+    monkeypatch.setattr(config, "_NOTED", set(), raising=False)
+    over = ["model.d_model=24", "model.activation=silu", "train.seed=3", "runs.relu-s1-seed1.train.seed=3",
+            "train.lr=0.02"]
+    p = load_profile("smoke", overrides=over)
+    assert p.run("relu-s1").model.activation == "relu" and p.run("relu-s1").train.lr == 0.02
+    tail = f" in {p.path} and keep it; use --set runs.NAME."
+    assert capsys.readouterr().err.splitlines() == [
+        f"note: --set model.d_model: all 8 runs set their own model.d_model{tail}model.d_model=VALUE to change one",
+        "note: --set model.activation: 4 of 8 runs (relu-s1, relu-s2, relu-wd1, relu-s1-seed1) set their own "
+        f"model.activation{tail}model.activation=VALUE to change one",
+        f"note: --set train.seed: 1 of 8 runs (silu-s1-seed1) set their own train.seed{tail}train.seed=VALUE to "
+        "change one"]
+    load_profile("smoke", overrides=over)  # a second load in this process (a run trained in-process): no repeat
+    monkeypatch.setattr(config, "_NOTED", set(), raising=False)
+    monkeypatch.setenv("RANK", "1")  # torchrun's other ranks leave it to rank 0
+    load_profile("smoke", overrides=over)
+    assert capsys.readouterr().err == ""

@@ -16,6 +16,9 @@ import dataclasses
 import hashlib
 import json
 import math
+import multiprocessing as mp
+import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -516,6 +519,33 @@ def yaml_error(e: yaml.YAMLError) -> str:
     return f"{where}{what}" + (f" ({context})" if context else "")
 
 
+class ProfileLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key written twice in one mapping (the last one silently won).
+
+    Keys are checked as written, before merge keys (``<<: *defaults``) add theirs, which may be overridden.
+    """
+
+    def flatten_mapping(self, node: yaml.MappingNode) -> None:  # SafeLoader calls it for every mapping
+        checked = self.__dict__.setdefault("_checked", set())
+        if id(node) not in checked:  # flattening rewrites node.value: check each mapping once, first
+            checked.add(id(node))
+            _unique_keys(self, node)
+        super().flatten_mapping(node)
+
+
+def _unique_keys(loader: yaml.SafeLoader, node: yaml.MappingNode) -> None:
+    first: dict = {}
+    for key_node, _ in node.value:
+        if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node)
+        if key in first:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (first on line {first[key].line + 1}); keep one of them",
+                key_node.start_mark)
+        first[key] = key_node.start_mark
+
+
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     """Dotted overrides ``section.field=value`` (value parsed as YAML), e.g. ``train.lr=3e-3``.
 
@@ -528,7 +558,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             raise ConfigError(f"--set {ov!r}: expected KEY=VALUE, e.g. train.lr=3e-3")
         key, val = ov.split("=", 1)
         try:
-            value = yaml.safe_load(val)
+            value = yaml.load(val, Loader=ProfileLoader)
         except yaml.YAMLError as e:
             raise ConfigError(f"--set {ov!r}: value is not valid YAML ({yaml_error(e)})") from None
         node, parts = _override_target(raw, key.strip(), ov)
@@ -560,22 +590,67 @@ def _override_target(raw: dict, key: str, ov: str) -> tuple[dict, list[str]]:
     return run, parts
 
 
+def shadowed_overrides(raw: dict, overrides: list[str], path: str) -> list[str]:
+    """One note per profile-level ``model.X``/``train.X`` override that some runs set to another value in their
+    own section: those runs keep theirs (unless a ``runs.NAME...`` override of the same key changes it too)."""
+    runs = [r for r in raw.get("runs") or [] if isinstance(r, dict) and isinstance(r.get("name"), str)]
+    values = dict(ov.split("=", 1) for ov in overrides if "=" in ov)  # the last one of a key wins
+    values = {k.strip(): v for k, v in values.items()}
+    notes = []
+    for key, val in values.items():
+        sect, _, fld = key.partition(".")
+        if sect not in ("model", "train") or not fld or "." in fld:
+            continue
+        try:
+            value = yaml.safe_load(val)
+        except yaml.YAMLError:
+            continue  # apply_overrides reports it
+        own = [r["name"] for r in runs if isinstance(r.get(sect), dict) and r[sect].get(fld, value) != value
+               and f"runs.{r['name']}.{key}" not in values]
+        if not own:
+            continue
+        shown = ", ".join(own[:4]) + (", ..." if len(own) > 4 else "")
+        which = f"all {len(runs)} runs" if len(own) == len(runs) else f"{len(own)} of {len(runs)} runs ({shown})"
+        notes.append(f"note: --set {key}: {which} set their own {key} in {path} and keep it; "
+                     f"use --set runs.NAME.{key}=VALUE to change one")
+    return notes
+
+
+_NOTED: set[str] = set()
+
+
+def _note(msg: str) -> None:
+    """A note on stderr, once per process, from the main process alone (not from a pool worker, which
+    reloads the profile, nor from torchrun's ranks above 0)."""
+    if msg in _NOTED or mp.parent_process() is not None or os.environ.get("RANK", "0") not in ("", "0"):
+        return
+    _NOTED.add(msg)
+    print(msg, file=sys.stderr, flush=True)
+
+
 def load_profile(profile: str | Path, configs_dir: Path | None = None, overrides: list[str] | None = None
                  ) -> ProfileConfig:
-    """Load and validate a profile by name (configs/<name>.yaml) or path."""
+    """Load and validate a profile by name (configs/<name>.yaml) or path.
+
+    A ``model.X``/``train.X`` override that runs set in their own sections gets a note on stderr.
+    """
     if configs_dir is None:
         from .runs import repo_root
 
         configs_dir = repo_root() / "configs"
     path = resolve_profile_path(str(profile), configs_dir)
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=ProfileLoader)
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {yaml_error(e)}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not UTF-8 text; save the profile as UTF-8 YAML") from None
+    notes = []
     if isinstance(raw, dict):
+        notes = shadowed_overrides(raw, overrides or [], str(path))
         raw = apply_overrides(raw, overrides or [])
     profile = parse_profile(raw, str(path), path.stem)
     profile.overrides = list(overrides or [])
+    for note in notes:
+        _note(note)
     return profile
