@@ -447,3 +447,99 @@ def test_eval_batches_cover_exactly_the_requested_tokens():
         assert torch.equal(d, y % 3)
     with pytest.raises(CorpusError, match="seq_len"):
         list(eval_batches(tokens[:10], 16, 4, 100))
+
+
+# -----------------------------------------------------------------------------------------------
+# user corpora: text or names that are no Unicode, other Parquet string types
+
+
+def _bad_utf8_parquet(path: Path, **columns) -> None:
+    """A Parquet file whose string columns hold the given bytes as they are (pyarrow does not check them)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def column(values: list[bytes]):
+        offsets = np.cumsum([0] + [len(v) for v in values]).astype(np.int32)
+        return pa.Array.from_buffers(pa.string(), len(values),
+                                     [None, pa.py_buffer(offsets.tobytes()), pa.py_buffer(b"".join(values))])
+
+    pq.write_table(pa.table({k: column(v) for k, v in columns.items()}), path)
+
+
+def test_jsonl_text_that_is_not_unicode_is_one_corpus_error(tmp_path):
+    """A lone surrogate escape in a .jsonl record ("\\ud83d": half an emoji): a CorpusError naming the file, the
+    line and the field, not a UnicodeEncodeError."""
+    bad = tmp_path / "s.jsonl"
+    bad.write_text('{"text": "fine\\nline"}\n{"text": "half \\ud83d an emoji"}\n')
+    assert_corpus_error(user_cfg(bad), "s.jsonl:2: field 'text' holds '\\ud83d' at character 5", "surrogate",
+                        "drop the record")
+    bad.write_text('{"text": "fine\\nline", "domain": "web \\udc00"}\n')
+    assert_corpus_error(user_cfg(bad), "s.jsonl:1: field 'domain' holds '\\udc00'")
+
+
+def test_parquet_text_that_is_not_utf8_is_one_corpus_error(tmp_path):
+    """Bytes that are not UTF-8 in a Parquet string column (pyarrow writes and reads them unchecked): a
+    CorpusError naming the file and the column, not a UnicodeDecodeError."""
+    _bad_utf8_parquet(tmp_path / "t.parquet", text=[b"good text\nline", b"bad \xff\xfe bytes\nx"])
+    assert_corpus_error(user_cfg(tmp_path / "t.parquet"), "t.parquet: column 'text' holds text that is not UTF-8 "
+                        "(invalid byte 0xff)", "re-export")
+    _bad_utf8_parquet(tmp_path / "d.parquet", text=[b"good text\nline", b"more\nx"], domain=[b"web", b"c\xe9"])
+    assert_corpus_error(user_cfg(tmp_path / "d.parquet"), "d.parquet: column 'domain' holds text that is not UTF-8")
+
+
+def test_file_names_that_are_not_utf8_are_one_corpus_error(tmp_path):
+    """Documents are named (and hashed) by their path as UTF-8: a Latin-1 file name in a folder corpus, or as a
+    single-file corpus, was a UnicodeEncodeError traceback."""
+    root = make_folder(tmp_path / "f", n=3)
+    (root / os.fsdecode(b"caf\xe9.txt")).write_text("some text\nmore\n")
+    assert_corpus_error(user_cfg(root), f"{root}/caf\\xe9.txt: the file name is not valid UTF-8; rename it")
+    one = tmp_path / os.fsdecode(b"na\xefve.txt")
+    one.write_text("some text\nmore\n")
+    assert_corpus_error(user_cfg(one), f"{tmp_path}/na\\xefve.txt: the file name is not valid UTF-8")
+
+
+def test_a_folder_of_symbolic_links_says_they_are_skipped(tmp_path):
+    """Symbolic links in a folder corpus are skipped (as before); a folder of nothing else says so."""
+    blobs = make_folder(tmp_path / "blobs", n=2)
+    links = tmp_path / "links"
+    links.mkdir()
+    for p in sorted(blobs.glob("*.txt")):
+        (links / p.name).symlink_to(p)
+    assert_corpus_error(user_cfg(links), "links: the folder holds no text", "symbolic links are skipped")
+
+
+def test_parquet_text_in_dictionary_and_view_columns(tmp_path):
+    """A dictionary-encoded text column (pandas Categorical) or a string_view one reads as the same documents as
+    a plain string column: the same fingerprint, hence the same tokens (it was refused as "not string")."""
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    texts = [prose_words(i) for i in range(6)]
+    tables = {"plain": pa.table({"text": texts}), "dictionary": pa.table({"text": pa.array(texts).dictionary_encode()}),
+              "view": pa.table({"text": pa.array(texts, type=pa.string_view())})}
+    for name, table in tables.items():
+        (tmp_path / name).mkdir()
+        pq.write_table(table, tmp_path / name / "c.parquet")
+    (tmp_path / "pandas").mkdir()
+    pd.DataFrame({"text": pd.Categorical(texts)}).to_parquet(tmp_path / "pandas" / "c.parquet")
+    prints = {}
+    for name in [*tables, "pandas"]:
+        docs, fp = corpus_documents(user_cfg(tmp_path / name / "c.parquet"))
+        assert sorted(d.text for d in docs) == sorted(texts), name
+        prints[name] = fp["sha256"]
+    assert len(set(prints.values())) == 1, prints
+
+
+def test_text_field_domain_is_no_domain_in_jsonl_either(tmp_path):
+    """data.text_field: domain: Parquet drops the domain column then (one domain, text); .jsonl made every record
+    its own domain (its text). Both now agree."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    texts = [prose_words(i) for i in range(6)]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps({"domain": t}) + "\n" for t in texts))
+    pq.write_table(pa.table({"domain": texts}), tmp_path / "d.parquet")
+    for corpus in ("d.jsonl", "d.parquet"):
+        docs, _ = corpus_documents(user_cfg(tmp_path / corpus, text_field="domain"))
+        assert {d.domain for d in docs} == {"text"} and len(docs) == 6, corpus

@@ -21,11 +21,12 @@ Default corpus (``data.corpus: python-env``): the Python source text of the runn
   skipped. Files are named portably: ``stdlib/json/decoder.py``, ``torch/nn/modules/linear.py``.
 
 User corpora (``data.corpus`` is a path): a single text file (one document), a folder (every
-regular, non-hidden file under it, each one document, all of which must be UTF-8), ``.jsonl``
-(one JSON object per line, text in ``data.text_field``) or ``.parquet`` (column
-``data.text_field``). Records may carry a string ``domain`` field/column; the domains are then its
-values, otherwise the single domain ``text``. Empty texts are skipped; user corpora are read into
-memory.
+regular, non-hidden file under it, each one document, all of which must be UTF-8, their names too;
+symbolic links are skipped), ``.jsonl`` (one JSON object per line, text in ``data.text_field``) or
+``.parquet`` (string column ``data.text_field``; dictionary-encoded strings such as a pandas
+Categorical too). Records may carry a string ``domain`` field/column; the domains are then its
+values, otherwise (or when ``data.text_field`` is ``domain`` itself) the single domain ``text``.
+Empty texts are skipped; user corpora are read into memory.
 
 Ordering, cap and split (the same rule for every corpus, by document): each document's name is
 hashed, ``d = sha1(f"{seed}:{name}")``; documents are ordered by ``d[:8]`` and taken in that order
@@ -266,6 +267,8 @@ def _user_candidates(cfg: DataConfig) -> tuple[list[_Candidate], str]:
     if not path.exists():
         raise CorpusError(f"{path}: corpus not found; set data.corpus to an existing .txt file, folder, "
                           ".jsonl or .parquet file, or to python-env")
+    if not path.is_dir():
+        _check_name(path.name, path)  # the documents of a single file are named after it
     if path.is_dir():
         cands = _folder_candidates(path)
     elif path.suffix.lower() in (".jsonl", ".ndjson"):
@@ -289,13 +292,34 @@ def _folder_candidates(root: Path) -> list[_Candidate]:
             if n.startswith(".") or p.is_symlink() or not p.is_file():
                 continue
             rel = p.relative_to(root).as_posix()
+            _check_name(rel, p)
             text = _file_text(p, str(p), f"convert it to UTF-8 or remove it from {root}")
             if text:
                 cands.append(_Candidate(rel, len(text.encode()), text))
     if not cands:
-        raise CorpusError(f"{root}: the folder holds no text (no non-empty, non-hidden files); "
-                          "add UTF-8 text files or point data.corpus elsewhere")
+        raise CorpusError(f"{root}: the folder holds no text (no non-empty, non-hidden files; symbolic links are "
+                          "skipped); add UTF-8 text files or point data.corpus elsewhere")
     return cands
+
+
+def _check_name(name: str, path: Path) -> None:
+    """A document's name is hashed as UTF-8: a file name in another encoding is refused."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        shown = os.fsencode(path).decode("utf-8", errors="backslashreplace")
+        raise CorpusError(f"{shown}: the file name is not valid UTF-8; rename it (documents are named by their "
+                          "path)") from None
+
+
+def _utf8_size(text: str, where: str, what: str) -> int:
+    """UTF-8 bytes of a record's string; a lone surrogate (JSON's "\\ud83d" escape alone) is no Unicode."""
+    try:
+        return len(text.encode("utf-8"))
+    except UnicodeEncodeError as e:
+        raise CorpusError(f"{where}: {what} holds {text[e.start]!r} at character {e.start}, half of a surrogate "
+                          "pair (not Unicode text); fix its escapes (one emoji is \\ud83d\\ude00) or drop the "
+                          "record") from None
 
 
 def _domain_value(dom: object) -> str:
@@ -332,8 +356,10 @@ def _jsonl_candidates(path: Path, text_field: str) -> list[_Candidate]:
             raise CorpusError(f"{path}:{i}: field {text_field!r} is {type(text).__name__}, not a string; "
                               "set data.text_field to a field holding text")
         if text:
-            dom = _domain_value(rec.get("domain"))
-            cands.append(_Candidate(f"{path.name}:{i}", len(text.encode()), text, domain=dom))
+            dom = _domain_value(rec.get("domain") if text_field != "domain" else None)  # as in .parquet
+            _utf8_size(dom, f"{path}:{i}", "field 'domain'")
+            size = _utf8_size(text, f"{path}:{i}", f"field {text_field!r}")
+            cands.append(_Candidate(f"{path.name}:{i}", size, text, domain=dom))
     if not cands:
         raise CorpusError(f"{path}: no text (the file has no non-empty {text_field!r} values); "
                           "point data.corpus at a file with text")
@@ -352,19 +378,37 @@ def _parquet_candidates(path: Path, text_field: str) -> list[_Candidate]:
         raise CorpusError(f"{path}: no column {text_field!r} (columns there: {', '.join(schema.names)}); "
                           "set data.text_field to the column holding the text")
     typ = schema.field(text_field).type
-    if not (pa.types.is_string(typ) or pa.types.is_large_string(typ)):
+    if not _is_text_type(typ):
         raise CorpusError(f"{path}: column {text_field!r} has type {typ}, not string; set data.text_field "
                           "to a text column")
     cols = [text_field] + (["domain"] if "domain" in schema.names and text_field != "domain" else [])
     table = pq.read_table(path, columns=cols)
-    texts = table.column(text_field).to_pylist()
-    doms = table.column("domain").to_pylist() if len(cols) > 1 else [None] * len(texts)
+    texts = _column_values(table, text_field, path)
+    doms = _column_values(table, "domain", path) if len(cols) > 1 else [None] * len(texts)
     cands = [_Candidate(f"{path.name}:{i}", len(t.encode()), t, domain=_domain_value(d))
              for i, (t, d) in enumerate(zip(texts, doms, strict=True)) if t]
     if not cands:
         raise CorpusError(f"{path}: no text (column {text_field!r} is empty); point data.corpus at a "
                           "file with text")
     return cands
+
+
+def _is_text_type(typ) -> bool:
+    """string, large_string, string_view, or a dictionary of one of them (a pandas Categorical)."""
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(typ):
+        typ = typ.value_type
+    return pa.types.is_string(typ) or pa.types.is_large_string(typ) or pa.types.is_string_view(typ)
+
+
+def _column_values(table, column: str, path: Path) -> list:
+    """A Parquet column as Python values; string bytes that are not UTF-8 are refused, naming the column."""
+    try:
+        return table.column(column).to_pylist()
+    except UnicodeDecodeError as e:
+        raise CorpusError(f"{path}: column {column!r} holds text that is not UTF-8 (invalid byte "
+                          f"0x{e.object[e.start]:02x}); re-export the file with UTF-8 text") from None
 
 
 # -----------------------------------------------------------------------------------------------
