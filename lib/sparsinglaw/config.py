@@ -602,11 +602,11 @@ def shadowed_overrides(raw: dict, overrides: list[str], path: str) -> list[str]:
         if sect not in ("model", "train") or not fld or "." in fld:
             continue
         try:
-            value = yaml.safe_load(val)
+            value = _yaml_number(yaml.safe_load(val))
         except yaml.YAMLError:
             continue  # apply_overrides reports it
-        own = [r["name"] for r in runs if isinstance(r.get(sect), dict) and r[sect].get(fld, value) != value
-               and f"runs.{r['name']}.{key}" not in values]
+        own = [r["name"] for r in runs if isinstance(r.get(sect), dict) and fld in r[sect]
+               and _yaml_number(r[sect][fld]) != value and f"runs.{r['name']}.{key}" not in values]
         if not own:
             continue
         shown = ", ".join(own[:4]) + (", ..." if len(own) > 4 else "")
