@@ -454,6 +454,17 @@ def test_secant_search_stays_bounded_on_noise():
         assert len(probes) <= 20
 
 
+def test_secant_search_survives_a_nearly_flat_stretch():
+    """Two probes with almost the same ratio (a flat stretch, then a rise) give a tiny secant slope: its
+    root, far beyond c = 1, overflowed math.exp. The search ends in the bisection's cell instead."""
+    js, rs = [0, 10, 70, 560, 1024], [1.0, 1.000771, 1.004927, 1.004933, 1.06]
+
+    def f(j):
+        return float(np.interp(j, js, rs))
+
+    assert S._secant_search(f, 10, 1.037, 10 / 1024) == S._bisect(f, 10, 1.037) == (830, 831)
+
+
 # ----------------------------------------------------------------------------- lists of checkpoints
 
 

@@ -740,11 +740,12 @@ def _bisect(f: Callable[[int], float], m: int, target: float) -> tuple[int, int]
 
 def _secant_estimate(pts: list[tuple[float, float]], yT: float) -> float:
     """Root of the secant of y = log log ratio on x = log c, through the latest point and the latest one at
-    least MIN_LOG_STEP away (nearby points give a slope made of noise; none: slope 2)."""
+    least MIN_LOG_STEP away (nearby points give a slope made of noise; none: slope 2), at most c = 1 (a
+    nearly flat stretch of the ratio gives a tiny slope, and its root would overflow)."""
     (x0, y0), far = pts[-1], [p for p in pts[:-1] if abs(p[0] - pts[-1][0]) > MIN_LOG_STEP]
     x1, y1 = far[-1] if far else (x0 - 1.0, y0 - 2.0)
     slope = (y1 - y0) / (x1 - x0)
-    return math.exp(x0 + (yT - y0) / (slope if slope > 0 else 2.0))
+    return math.exp(min(x0 + (yT - y0) / (slope if slope > 0 else 2.0), 0.0))
 
 
 def _secant_search(f: Callable[[int], float], m: int, target: float, c0: float, slack: int = 2
