@@ -13,7 +13,15 @@ from sparsinglaw import plots
 
 
 def _texts(fig) -> list[str]:
-    return [t.get_text() for ax in fig.axes for t in ax.texts] + [t.get_text() for t in fig.texts]
+    """Every text of a figure: in its axes, on the figure, and in the legends."""
+    legends = [ax.get_legend() for ax in fig.axes] + list(fig.legends)
+    return ([t.get_text() for ax in fig.axes for t in ax.texts] + [t.get_text() for t in fig.texts]
+            + [t.get_text() for lg in legends if lg is not None for t in lg.get_texts()])
+
+
+def _legend(ax) -> list[str]:
+    lg = ax.get_legend()
+    return [t.get_text() for t in lg.get_texts()] if lg is not None else []
 
 
 def test_activation_laws_of_an_empty_group_says_so():
@@ -278,4 +286,56 @@ def test_token_pairs_say_when_pairs_are_left_out():
     plt.close(fig)
     fig = plots.token_pairs(tokens, pairs)
     assert "shown" not in fig._suptitle.get_text()
+    plt.close(fig)
+
+
+# -----------------------------------------------------------------------------------------------
+# the figure defects a review found against the tables
+
+
+def _train_log(runs_: list[tuple[str, str, int, float]]) -> pd.DataFrame:
+    """A train_log.csv of hand-made runs (name, group, params, width-depth ratio): train rows every 20
+    steps (4096 tokens a step), a steep first third, validation rows at two checkpoints."""
+    train = [6.953, 5.917, 5.468, 5.083, 4.90, 4.80, 4.72, 4.66, 4.61, 4.57]
+    rows = []
+    for k, (run, group, n, wd) in enumerate(runs_):
+        head = {"run": run, "groups": group, "activation": "relu", "d_model": 32, "n_layers": 2, "width_depth": wd,
+                "non_embedding_params": n}
+        rows += [head | {"step": 20 * (i + 1), "tokens": 81920 * (i + 1), "split": "train", "loss": v + 0.01 * k}
+                 for i, v in enumerate(train)]
+        rows += [head | {"step": s_, "tokens": 4096 * s_, "split": "val", "loss": v}
+                 for s_, v in ((100, 5.0), (200, 4.7))]
+    return pd.DataFrame(rows)
+
+
+def test_train_loss_is_drawn_as_logged_without_smoothing(monkeypatch, tiny_profile):
+    """Each train row is already the mean over log_every steps: the line is those means, unsmoothed (a
+    centred rolling mean with partial windows bent the steep first rows), and the title says so."""
+    log = _train_log([("relu-s1", "scale", 23712, 16.0)])
+    monkeypatch.setattr(plots, "train_log_table", lambda *a, **k: log)
+    fig = plots.loss_curves_for(tiny_profile, "scale", compute=False)
+    line = next(ln for ln in fig.axes[0].lines if ln.get_label().startswith("relu-s1"))
+    train = log[log["split"] == "train"]
+    assert list(line.get_xdata()) == pytest.approx(list(train["tokens"] / 1e6))
+    assert list(line.get_ydata()) == pytest.approx(list(train["loss"]))  # 6.953, 5.917, 5.468, ...
+    assert "mean over each 20 steps" in fig._suptitle.get_text()
+    plt.close(fig)
+
+
+def test_width_depth_loss_curves_are_ordered_coloured_and_named_by_their_ratio(monkeypatch, tiny_profile):
+    """Width-depth runs have about one size: their order, colour ramp and labels follow d_h / L."""
+    log = _train_log([("relu-wd32", "width_depth", 94528, 32.0), ("relu-wd3.6", "width_depth", 106592, 3.5556),
+                      ("relu-wd96", "width_depth", 106272, 96.0), ("relu-wd12", "width_depth", 106416, 12.0)])
+    monkeypatch.setattr(plots, "train_log_table", lambda *a, **k: log)
+    fig = plots.loss_curves_for(tiny_profile, "width_depth", compute=False)
+    assert _legend(fig.axes[0]) == ["relu-wd3.6 (d/L 3.56, 107k)", "relu-wd12 (d/L 12, 106k)",
+                                    "relu-wd32 (d/L 32, 95k)", "relu-wd96 (d/L 96, 106k)"]
+    lines = [ln for ln in fig.axes[0].lines if ln.get_label().startswith("relu-")]
+    cmap = plt.get_cmap("viridis", 5)
+    assert [ln.get_color() for ln in lines] == [cmap(i) for i in range(4)]  # the ramp in d/L order
+    plt.close(fig)
+    log = _train_log([("relu-s2", "scale", 55480, 13.3), ("relu-s1", "scale", 23712, 16.0)])
+    monkeypatch.setattr(plots, "train_log_table", lambda *a, **k: log)
+    fig = plots.loss_curves_for(tiny_profile, "scale", compute=False)  # other groups: by size, as before
+    assert _legend(fig.axes[0]) == ["relu-s1 (0.02M)", "relu-s2 (0.06M)"]
     plt.close(fig)

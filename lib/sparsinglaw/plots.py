@@ -162,9 +162,19 @@ def run_grid(states: pd.DataFrame):
 # figures of notebook 01
 
 
-def loss_curves(logs: dict[str, pd.DataFrame], info: pd.DataFrame, title: str = "", empty: str = "no runs to draw"):
+def _steps_per_row(logs: dict[str, pd.DataFrame]) -> int | None:
+    """Optimizer steps between a run's train-loss rows (train.log_every, read from the logs' `step`
+    column): the most common gap over all runs, None without two train rows."""
+    gaps = [d for log in logs.values() for d in np.diff(log.loc[log["split"] == "train", "step"].to_numpy())]
+    return int(pd.Series(gaps).mode().iloc[0]) if gaps else None
+
+
+def loss_curves(logs: dict[str, pd.DataFrame], info: pd.DataFrame, title: str = "", empty: str = "no runs to draw",
+                by: str = "non_embedding_params"):
     """Training loss vs tokens for each run (paper Fig. 11 analog): one panel per activation, runs
-    coloured by non-embedding parameters; validation losses at the checkpoints as dots.
+    coloured by non-embedding parameters (`by="width_depth"`: by width-depth ratio d_h / L, named in the
+    legend); validation losses at the checkpoints as dots. Each train point is a logged row as it is (the
+    mean loss over the log_every optimizer steps before it): no further smoothing.
 
     `logs` maps run name -> its log (runs.load_log); `info` is runs.states_table restricted to the runs.
     """
@@ -174,35 +184,41 @@ def loss_curves(logs: dict[str, pd.DataFrame], info: pd.DataFrame, title: str = 
     if not acts:
         _nothing(axes[0][0], empty)
     for ax, act in zip(axes[0], acts):
-        sub = info[info["activation"] == act].sort_values("non_embedding_params")
+        sub = info[info["activation"] == act].sort_values(by, kind="stable")
         cmap = plt.get_cmap("viridis", max(len(sub), 2) + 1)
         for i, (_, r) in enumerate(sub.iterrows()):
             log = logs[r["run"]]
             tr, va = log[log["split"] == "train"], log[log["split"] == "val"]
-            label = f"{r['run']} ({r['non_embedding_params'] / 1e6:.2f}M)"
-            smooth = tr["loss"].rolling(5, min_periods=1, center=True).mean()
-            ax.plot(tr["tokens"] / 1e6, smooth, color=cmap(i), lw=1, label=label)
+            label = (f"{r['run']} (d/L {r['width_depth']:.3g}, {r['non_embedding_params'] / 1e3:.0f}k)"
+                     if by == "width_depth" else f"{r['run']} ({r['non_embedding_params'] / 1e6:.2f}M)")
+            ax.plot(tr["tokens"] / 1e6, tr["loss"], color=cmap(i), lw=1, label=label)
             ax.plot(va["tokens"] / 1e6, va["loss"], "o", color=cmap(i), ms=2)
         log_x(ax)
         ax.set_xlabel("training tokens (millions)")
         ax.set_title(f"{act}")
         ax.legend(frameon=False)
+    k = _steps_per_row(logs)
     axes[0][0].set_ylabel("loss (nats/token)")
+    if acts:
+        how = f"lines: train loss, mean over each {k} steps" if k else "lines: train loss as logged"
+        title = f"{title}\n{how}; dots: validation loss" if title else f"{how}; dots: validation loss"
     if title:
-        fig.suptitle(title, fontsize=9)
+        fig.suptitle(title, fontsize=9 if "\n" not in title else 8)
     fig.tight_layout()
     return fig
 
 
 def loss_curves_for(profile: ProfileConfig, group: str | None = None, compute: bool = True, runs_dir=None):
     """loss_curves for the runs of one analysis group, from results/<profile>/train_log.csv (written
-    from the runs' logs when `compute`, else read back: make replot)."""
+    from the runs' logs when `compute`, else read back: make replot); the width-depth group ordered and
+    coloured by width-depth ratio."""
     table = in_group(train_log_table(profile, compute, runs_dir), group)
-    info = table.drop_duplicates("run")[["run", "activation", "non_embedding_params"]]
+    info = table.drop_duplicates("run")[["run", "activation", "non_embedding_params", "width_depth"]]
     logs = {name: g for name, g in table.groupby("run", sort=False)}
     what = f"{group.replace('_', '-')} grid" if group else "all runs"
     return loss_curves(logs, info, title=f"Training loss, {what} (profile {profile.name})",
-                       empty=f"this profile has no run in group '{group}'")
+                       empty=f"this profile has no run in group '{group}'",
+                       by="width_depth" if group == "width_depth" else "non_embedding_params")
 
 
 # -----------------------------------------------------------------------------------------------
