@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -338,4 +339,59 @@ def test_width_depth_loss_curves_are_ordered_coloured_and_named_by_their_ratio(m
     monkeypatch.setattr(plots, "train_log_table", lambda *a, **k: log)
     fig = plots.loss_curves_for(tiny_profile, "scale", compute=False)  # other groups: by size, as before
     assert _legend(fig.axes[0]) == ["relu-s1 (0.02M)", "relu-s2 (0.06M)"]
+    plt.close(fig)
+
+
+def _speeds():
+    """Three converged ReLU runs; relu-s2's law is flat (dA/d(D/N) exactly 0) over the second half of its
+    range, the common ratio 20 included; relu-s3 has no converged fit; silu runs have none at all."""
+    ratio = np.geomspace(5.0, 80.0, 9)
+    laws = (("relu-s1", 2e4, -1e-4 / ratio), ("relu-s2", 5e4, np.where(ratio < 15, -3e-4, 0.0)),
+            ("relu-s4", 2e5, -5e-3 / ratio))
+    curves = pd.concat([pd.DataFrame({"run": run, "activation": "relu", "non_embedding_params": n,
+                                      "data_scale_ratio": ratio, "dA_dratio": dA}) for run, n, dA in laws],
+                       ignore_index=True)
+    summary = pd.DataFrame({"run": ["relu-s1", "relu-s2", "relu-s4"], "activation": "relu",
+                            "non_embedding_params": [2e4, 5e4, 2e5], "ratio_common": 20.0,
+                            "dA_dratio_common": [-5e-6, 0.0, -2.5e-4], "rho_N_speed": 0.5})
+    runs_ = pd.DataFrame({"run": ["relu-s1", "relu-s2", "relu-s3", "relu-s4", "silu-s1", "silu-s2"],
+                          "activation": ["relu"] * 4 + ["silu"] * 2,
+                          "non_embedding_params": [2e4, 5e4, 1e5, 2e5, 2e4, 5e4]})
+    return curves, summary, runs_
+
+
+def test_convergence_speed_draws_every_speed_behind_the_rho_zeros_included():
+    """A log axis never draws dA/d(D/N) = 0: every run's speed at the common ratio is a point inside the
+    axes, a zero one at the axis' "0 (flat)"."""
+    curves, summary, _ = _speeds()
+    fig = plots.convergence_speed(curves, summary)  # the runs of the curves only
+    ax = fig.axes[0]
+    fig.canvas.draw()
+    lo, hi = ax.get_ylim()
+    box = ax.get_window_extent()
+    for _, r in summary.iterrows():
+        want = (r["ratio_common"], abs(r["dA_dratio_common"]))
+        drawn = [ln for ln in ax.lines if any(np.isclose(x, want[0]) and np.isclose(y, want[1], rtol=1e-9, atol=0)
+                                               for x, y in zip(ln.get_xdata(), ln.get_ydata(), strict=True))]
+        assert drawn, f"{r['run']}: no point at the common ratio"
+        px, py = ax.transData.transform(want)
+        assert np.isfinite(py) and box.y0 - 1 <= py <= box.y1 + 1 and lo <= want[1] <= hi, r["run"]
+    zero = [t.get_text() for t in ax.get_yticklabels() if t.get_position()[1] == 0]
+    assert zero == ["0 (flat)"]
+    flat = next(ln for ln in ax.lines if ln.get_label().startswith("relu-s2"))
+    ys = np.asarray(flat.get_ydata(), float)
+    assert np.isfinite(ax.transData.transform(np.c_[flat.get_xdata(), ys])[:, 1]).all()  # the flat stretch too
+    plt.close(fig)
+
+
+def test_convergence_speed_names_the_scale_runs_without_a_converged_fit():
+    """Every activation of the scale group gets a panel; runs without a converged fit are named in it, and
+    a panel with no curve says why it is empty."""
+    curves, summary, runs_ = _speeds()
+    fig = plots.convergence_speed(curves, summary, runs_)
+    assert [ax.get_title() for ax in fig.axes] == ["relu", "silu"]
+    assert "no converged fit: relu-s3" in _legend(fig.axes[0])
+    silu = [t.get_text() for t in fig.axes[1].texts]
+    assert len(silu) == 1 and "silu-s1, silu-s2" in silu[0] and "no convergence speed to draw" in silu[0]
+    assert not fig.axes[1].lines
     plt.close(fig)

@@ -595,35 +595,64 @@ def a0_vs_scale(points: pd.DataFrame, summary: pd.DataFrame, paper_values: dict 
     return fig
 
 
-def convergence_speed(curves: pd.DataFrame, summary: pd.DataFrame):
+def convergence_speed(curves: pd.DataFrame, summary: pd.DataFrame, runs: pd.DataFrame | None = None):
     """|dA / d(D/N)| of each fitted law vs the data-scale ratio D/N (paper Fig. 8), one panel per
-    activation, runs shaded by size; the dotted line marks the common ratio of analysis.convergence."""
+    activation, runs shaded by size; the dotted line marks the common ratio of analysis.convergence, each
+    run's speed there a ringed point. The y axis is symmetric-log, linear below 1e-4 of the panel's
+    fastest speed, so that a law flat over a stretch (dA/d(D/N) exactly 0) is drawn at "0 (flat)".
+
+    `runs`: the runs of group "scale" (run, activation, non_embedding_params; e.g. analysis.scale's
+    points): then every activation among them gets a panel, and the runs without a converged law fit
+    (no curve) are named in it. Without it, only the activations and runs of `curves`."""
     style()
-    acts = list(dict.fromkeys(curves["activation"]))
+    runs = curves if runs is None else runs
+    acts = list(dict.fromkeys([*runs["activation"], *curves["activation"]]))
     fig, axes = plt.subplots(1, max(len(acts), 1), figsize=DOUBLE, squeeze=False)
     if not acts:
         _nothing(axes[0][0], "no run of group 'scale' has a converged law fit: no convergence speed to draw")
     for ax, act in zip(axes[0], acts):
         g = curves[curves["activation"] == act]
         names = _runs_by_size(g, act)
-        for i, run in enumerate(names):
+        missing = [r for r in _runs_by_size(runs, act) if r not in names]
+        if not names:
+            _nothing(ax, f"no converged law fit among\n{', '.join(missing)}:\nno convergence speed to draw")
+            ax.set_title(act)
+            continue
+        shades = {run: _shade(act, i, len(names)) for i, run in enumerate(names)}
+        for run in names:
             r = g[g["run"] == run]
-            ax.plot(r["data_scale_ratio"], r["dA_dratio"].abs(), color=_shade(act, i, len(names)), lw=1.2,
+            ax.plot(r["data_scale_ratio"], r["dA_dratio"].abs(), color=shades[run], lw=1.2,
                     label=f"{run} ({r['non_embedding_params'].iloc[0] / 1e3:.0f}k)")
+        top = g["dA_dratio"].abs().max()
         s = summary[summary["activation"] == act]
         if len(s) and np.isfinite(s["ratio_common"].iloc[0]):
             ax.axvline(s["ratio_common"].iloc[0], color="0.4", lw=0.8, ls=":")
+            at = s[np.isfinite(s["dA_dratio_common"].astype(float)) & s["run"].isin(names)]
+            for _, r in at.iterrows():  # every run behind the rho, a zero speed included
+                ax.plot(r["ratio_common"], abs(r["dA_dratio_common"]), "o", mfc="none", mec=shades[r["run"]], ms=4,
+                        mew=1, zorder=4, clip_on=False)
+            top = max(top, at["dA_dratio_common"].abs().max() if len(at) else 0)
             rho = s["rho_N_speed"].iloc[0]
-            _note(ax, f"Spearman rho(N, speed) = {rho:+.2f}" if np.isfinite(rho) else
-                  f"Spearman rho(N, speed) undefined:\n{int(np.isfinite(s['dA_dratio_common'].astype(float)).sum())} "
-                  "run(s) with a speed there, needs 3", "lower left")
+            # said in the legend, below the panel, clear of the curves
+            ax.plot([], [], "o", mfc="none", mec="0.4", ms=4, mew=1,
+                    label=f"speed at the common D/N = {s['ratio_common'].iloc[0]:.3g} (dotted):\n" + (
+                        f"Spearman rho(N, speed) = {rho:+.2f}" if np.isfinite(rho) else
+                        f"Spearman rho(N, speed) undefined:\n{len(at)} run(s) with a speed there, needs 3"))
+        if missing:  # said in the legend, as in a0_vs_scale
+            ax.plot([], [], " ", label=f"no converged fit: {', '.join(missing)}")
         log_x(ax)
-        ax.set_yscale("log")
-        top = g["dA_dratio"].abs().max()
         if np.isfinite(top) and top > 0:
-            ax.set_ylim(top * 1e-4, top * 3)  # a law that saturates inside its range would stretch the axis
+            # symmetric log: a saturating law's tiny speeds no longer stretch the axis, and zeros show
+            lin = top * 1e-4
+            ax.set_yscale("symlog", linthresh=lin, linscale=0.5)
+            ax.set_ylim(0, top * 3)
+            decades = 10.0 ** np.arange(np.ceil(np.log10(lin)), np.floor(np.log10(top * 3)) + 1)
+            ax.yaxis.set_major_locator(ticker.FixedLocator([0.0, *decades]))
+            ax.yaxis.set_minor_locator(ticker.NullLocator())
+            ax.yaxis.set_major_formatter(ticker.FuncFormatter(
+                lambda v, _: "0 (flat)" if v == 0 else f"$10^{{{int(round(np.log10(v)))}}}$"))
         ax.set(xlabel="data-scale ratio D/N (tokens per parameter)", title=act)
-        ax.legend(frameon=False, fontsize=5.5)
+        ax.legend(frameon=False, fontsize=5.5, loc="upper left", bbox_to_anchor=(0, -0.24), ncol=2)
     axes[0][0].set_ylabel("|dA / d(D/N)| (per token/parameter)")
     fig.tight_layout()
     return fig
