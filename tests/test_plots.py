@@ -236,7 +236,7 @@ def test_width_depth_loss_shows_a_best_range_of_a_single_ratio():
     fig = plots.width_depth_loss(points, summary)
     ax = fig.axes[0]
     marked = [ln for ln in ax.lines if list(ln.get_xdata()) == [4.0, 4.0]]
-    assert marked and marked[0].get_label() == "best range (E): 4 only"
+    assert marked and marked[0].get_label().startswith("best range (E): 4 only")
     plt.close(fig)
 
 
@@ -394,4 +394,51 @@ def test_convergence_speed_names_the_scale_runs_without_a_converged_fit():
     silu = [t.get_text() for t in fig.axes[1].texts]
     assert len(silu) == 1 and "silu-s1, silu-s2" in silu[0] and "no convergence speed to draw" in silu[0]
     assert not fig.axes[1].lines
+    plt.close(fig)
+
+
+def _empty_width_depth():
+    cols = ["run", "activation", "groups", "d_model", "n_layers", "width_depth", "non_embedding_params", "form",
+            "converged", "A0", "A0_lo", "A0_hi", "A_first", "A_last", "loss_converged", "E", "E_lo", "E_hi",
+            "final_loss"]
+    summary = pd.DataFrame([{"quantity": q, "kind": k, "n": 0, "breakpoint": math.nan, "best_lo": math.nan,
+                             "best_hi": math.nan, "message": "not computed"}
+                            for q, k in (("A0", "piecewise_linear"), ("A_last", "piecewise_linear"),
+                                         ("E", "best_range"), ("final_loss", "best_range"))])
+    return pd.DataFrame(columns=cols), summary
+
+
+@pytest.mark.parametrize("draw", [plots.width_depth_activation, plots.width_depth_loss])
+def test_width_depth_figures_of_a_profile_without_that_group_say_so(draw):
+    """cpu-long has no width-depth runs: the limit figures say so (an empty errorbar still counts as data,
+    so save()'s own fallback never fired) and claim no piecewise fit or legend."""
+    from sparsinglaw import paper
+
+    points, summary = _empty_width_depth()
+    fig = draw(points, summary, paper.WIDTH_DEPTH)
+    assert _texts(fig) == ["this profile has no run in group 'width_depth'"]
+    plt.close(fig)
+
+
+def test_width_depth_loss_says_what_its_best_ranges_rest_on_and_keeps_the_legend_off_the_data():
+    points = pd.DataFrame({"width_depth": [3.6, 12.0, 18.7, 32.0, 96.0], "loss_converged": True,
+                           "E": [2.79, 2.90, 2.83, 2.86, 3.36], "E_lo": [1.87, 2.34, 2.40, 2.24, 3.13],
+                           "E_hi": [3.34, 3.33, 3.15, 3.25, 3.57], "final_loss": [4.32, 4.19, 4.17, 4.17, 4.24]})
+    summary = pd.DataFrame([
+        {"quantity": "E", "kind": "best_range", "best_lo": 3.6, "best_hi": 3.6, "message": "within 1% of the lowest E"},
+        {"quantity": "final_loss", "kind": "best_range", "best_lo": 12.0, "best_hi": 32.0,
+         "message": "within 1% of the lowest final_loss"}])
+    fig = plots.width_depth_loss(points, summary)
+    ax = fig.axes[0]
+    labels = _legend(ax)
+    assert "E within 1% of the lowest: 3.6 only\n(point estimates; every E interval overlaps the lowest's)" in labels
+    assert "last-checkpoint loss within 1% of the lowest: 12-32" in labels  # the final_loss range is drawn
+    span = [p for p in ax.patches if p.get_label().startswith("last-checkpoint")]
+    assert len(span) == 1 and span[0].get_hatch()
+    fig.canvas.draw()
+    assert not ax.get_legend().get_window_extent().overlaps(ax.get_window_extent())  # outside the axes
+    plt.close(fig)
+    apart = points.assign(E_lo=[1.87, 2.34, 2.40, 2.24, 3.35])  # wd96's interval clear of the lowest's
+    fig = plots.width_depth_loss(apart, summary)
+    assert any("(point estimates; 3 of 4 other E intervals overlap the lowest's)" in lb for lb in _legend(fig.axes[0]))
     plt.close(fig)

@@ -516,6 +516,9 @@ def width_depth_activation(points: pd.DataFrame, summary: pd.DataFrame, paper_va
     (shaded). The paper's bottleneck is quoted as an annotation only (`paper_values`, paper.WIDTH_DEPTH)."""
     style()
     fig, ax = plt.subplots(figsize=SINGLE)
+    if points.empty:  # an empty errorbar would still count as data: say why the panel is empty
+        _nothing(ax, "this profile has no run in group 'width_depth'")
+        return fig
     c = color("relu")
     _fitted_and_last(ax, points, "converged", "A0", "A_last", c, "fitted limit $A_0$")
     pw = summary[(summary["kind"] == "piecewise_linear") & summary["breakpoint"].notna()]
@@ -534,28 +537,62 @@ def width_depth_activation(points: pd.DataFrame, summary: pd.DataFrame, paper_va
     return fig
 
 
+def _best_range_label(row, points: pd.DataFrame) -> str:
+    """Legend label of a best_range row of analysis.width_depth: the runs whose point estimate is within
+    its tolerance of the lowest (the row's message) and, for the fitted E, whether their intervals overlap
+    the lowest run's interval (then the range is no statistical finding)."""
+    q = row["quantity"]
+    span = f"{row['best_lo']:.3g}" + (" only" if not row["best_hi"] > row["best_lo"] else f"-{row['best_hi']:.3g}")
+    within = re.match(r"within (\S+) of the lowest", str(row.get("message", "") or ""))
+    name = {"final_loss": "last-checkpoint loss"}.get(q, q)
+    what = f"{name} within {within.group(1)} of the lowest" if within else f"best range ({name})"
+    if q == "E":
+        f = points[points["loss_converged"].eq(True)].dropna(subset=["E", "E_lo", "E_hi"])
+        if len(f) > 1:
+            best = f.loc[f["E"].idxmin()]
+            others = f.drop(index=best.name)
+            overlap = (others["E_lo"] <= best["E_hi"]) & (others["E_hi"] >= best["E_lo"])
+            how = ("every E interval overlaps the lowest's" if overlap.all() else
+                   f"{int(overlap.sum())} of {len(others)} other E intervals overlap the lowest's")
+            return f"{what}: {span}\n(point estimates; {how})"
+        return f"{what}: {span} (point estimates)"
+    return f"{what}: {span}"
+
+
 def width_depth_loss(points: pd.DataFrame, summary: pd.DataFrame, paper_values: dict | None = None):
     """Limit loss vs width-depth ratio (paper Fig. 6): fitted E with its interval (filled), last measured
-    dense loss (hollow), our best range shaded; the paper's best range quoted as an annotation."""
+    dense loss (hollow), our best ranges shaded: of the fitted E (point estimates within the tolerance of
+    the lowest; the label says whether the intervals overlap) and of the last loss (hatched); the paper's
+    best range quoted as an annotation. The legend sits below the axes, clear of the points."""
     style()
     fig, ax = plt.subplots(figsize=SINGLE)
+    if points.empty:  # an empty errorbar would still count as data: say why the panel is empty
+        _nothing(ax, "this profile has no run in group 'width_depth'")
+        return fig
     c = color("relu")
     _fitted_and_last(ax, points, "loss_converged", "E", "final_loss", c, "fitted limit loss $E$")
     br = summary[(summary["kind"] == "best_range") & summary["best_lo"].notna()]
-    if len(br):
-        row = br.iloc[0]
+    for q, kw in (("E", {"color": c, "alpha": 0.15}), ("final_loss", {"facecolor": "none", "edgecolor": "0.55",
+                                                                     "hatch": "////", "alpha": 0.6})):
+        rows = br[br["quantity"] == q]
+        if not len(rows):
+            continue
+        row = rows.iloc[0]
+        label = _best_range_label(row, points)
         if row["best_hi"] > row["best_lo"]:
-            ax.axvspan(row["best_lo"], row["best_hi"], color=c, alpha=0.12, lw=0,
-                       label=f"best range ({row['quantity']}): {row['best_lo']:.3g}-{row['best_hi']:.3g}")
+            ax.axvspan(row["best_lo"], row["best_hi"], lw=0, label=label, **kw)
         else:  # a single ratio: a zero-width span would not show
-            ax.axvline(row["best_lo"], color=c, alpha=0.35, lw=3,
-                       label=f"best range ({row['quantity']}): {row['best_lo']:.3g} only")
+            ax.axvline(row["best_lo"], color=kw.get("color", "0.55"), alpha=0.35, lw=3,
+                       ls="-" if q == "E" else "--", label=label)
     if paper_values:
         lo, hi = paper_values["best_range"]
         _paper_note(ax, f"paper (0.1B): best range {lo:g}-{hi:g}")
     log_x(ax)
     ax.set(xlabel="width-depth ratio $d_h / L$", ylabel="limit loss (nats/token)")
-    ax.legend(frameon=False, loc="center right", fontsize=5.5)
+    handles, labels = ax.get_legend_handles_labels()
+    order = sorted(range(len(labels)), key=lambda i: not labels[i].startswith("fitted"))  # the fit first
+    ax.legend([handles[i] for i in order], [labels[i] for i in order], frameon=False, loc="upper left",
+              bbox_to_anchor=(-0.02, -0.3), fontsize=5.5)
     fig.tight_layout()
     return fig
 
