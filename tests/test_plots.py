@@ -442,3 +442,64 @@ def test_width_depth_loss_says_what_its_best_ranges_rest_on_and_keeps_the_legend
     fig = plots.width_depth_loss(apart, summary)
     assert any("(point estimates; 3 of 4 other E intervals overlap the lowest's)" in lb for lb in _legend(fig.axes[0]))
     plt.close(fig)
+
+
+def test_layer_thresholds_tell_groups_apart_and_keep_the_legend_off_the_lines():
+    rows = [("relu-s1", "scale,seeds", 23712, 16.0), ("relu-s4", "scale", 188992, 16.0),
+            ("relu-s1-seed1", "seeds", 23712, 16.0), ("relu-wd32", "width_depth", 94528, 32.0),
+            ("relu-wd3.6", "width_depth", 106592, 3.56), ("relu-wd12", "width_depth", 106416, 12.0)]
+    table = pd.DataFrame([{"run": r, "groups": g, "activation": "relu", "non_embedding_params": n,
+                           "width_depth": wd, "n_layers": 2, "p": 1.0, "tokens": 1000, "taus": "0.5;0.6",
+                           "layer_ratios": "0.2;0.18"} for r, g, n, wd in rows])
+    fig = plots.layer_thresholds(table)
+    a1, a2 = fig.axes
+    style = {ln.get_label().split(" ")[0]: (ln.get_linestyle(), ln.get_marker(), ln.get_color()) for ln in a2.lines}
+    assert {style[r][:2] for r in ("relu-s1", "relu-s4")} == {("-", "o")}  # relu-s1 seeds the replicas: scale
+    assert style["relu-s1-seed1"][:2] == (":", "^")
+    assert {style[r][:2] for r in ("relu-wd32", "relu-wd3.6", "relu-wd12")} == {("--", "s")}
+    assert len({style[r][2] for r in ("relu-wd32", "relu-wd3.6", "relu-wd12")}) == 3  # shaded apart by d/L
+    assert a2.get_legend() is None and a1.get_legend() is None and len(fig.legends) == 1
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert [lb for lb in labels if lb.startswith("relu-wd")] == [
+        "relu-wd3.6 (d/L 3.56, L=2)", "relu-wd12 (d/L 12, L=2)", "relu-wd32 (d/L 32, L=2)"]
+    fig.canvas.draw()
+    legend = fig.legends[0].get_window_extent()
+    assert not any(legend.overlaps(ax.get_window_extent()) for ax in (a1, a2))
+    plt.close(fig)
+
+
+def test_claims_figure_wraps_a_long_headline_instead_of_cutting_it():
+    from sparsinglaw import claims
+
+    long = ("A0: slope below 0.00387 [-0.00015, 0.0062] per unit of d_model/n_layers (above it flat), "
+            "bottleneck 13.4")
+    df = pd.DataFrame([{"id": "width_depth_linear", "value": long + "; n = 5", "verdict": "INCONCLUSIVE"},
+                       {"id": "relu_falls", "value": "short; x", "verdict": "PASS"}])
+    fig = claims.figure(df)
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    wrapped = next(t for t in texts if t.startswith("A0:"))
+    assert " ".join(wrapped.split("\n")) == long  # all of it, nothing cut
+    assert "..." not in wrapped and 2 <= len(wrapped.split("\n")) and max(map(len, wrapped.split("\n"))) <= 70
+    short = claims.figure(df.assign(value="short; x"))
+    assert fig.get_size_inches()[1] > short.get_size_inches()[1]  # the figure grows with the wrapped lines
+    plt.close("all")
+
+
+def test_token_pair_tick_labels_never_run_together():
+    runs_ = [f"relu-s{i}" for i in range(1, 5)]
+    rng = np.random.default_rng(0)
+    tokens = pd.DataFrame([{"run": r, "token_id": i, "activation_ratio": 0.12 + 0.16 * rng.random()}
+                           for r in runs_ for i in range(200)])
+    pairs = pd.DataFrame([{"activation": "relu", "run_a": a, "run_b": b, "pearson": 0.5, "pearson_lo": 0.4,
+                           "pearson_hi": 0.6, "spearman": 0.5, "n_tokens": 200}
+                          for j, a in enumerate(runs_) for b in runs_[j + 1:]])
+    fig = plots.token_pairs(tokens, pairs)
+    fig.canvas.draw()
+    for ax in (a for a in fig.axes if a.get_visible()):
+        for labels in (ax.get_xticklabels(), ax.get_yticklabels()):
+            lo, hi = (ax.get_xlim() if labels is ax.get_xticklabels() else ax.get_ylim())
+            shown = [t for t in labels if t.get_text()]
+            boxes = [t.get_window_extent() for t in shown]
+            assert all(not a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:]), \
+                [t.get_text() for t in shown]
+    plt.close(fig)

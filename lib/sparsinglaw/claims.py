@@ -601,24 +601,32 @@ def update_readme(md_text: str, readme_path: str | Path, profile_name: str) -> b
     return True
 
 
-def figure(df: pd.DataFrame):
-    """The verdicts at a glance: one line per claim, a coloured verdict box and the headline number."""
+def figure(df: pd.DataFrame, width: int = 70):
+    """The verdicts at a glance: one line per claim, a coloured verdict box and the headline number (the
+    value up to its first ';', wrapped at `width` characters, never cut; the figure grows with its lines)."""
+    import textwrap
+
     import matplotlib.pyplot as plt
 
     from .plots import DOUBLE, style
 
     style()
     colors = {"PASS": "#009E73", "FAIL": "#D55E00", "INCONCLUSIVE": "#999999"}
-    fig, ax = plt.subplots(figsize=(DOUBLE[0], 0.28 * len(df) + 0.5))
-    for i, r in enumerate(df.itertuples(index=False)):
-        y = len(df) - 1 - i
+    heads = [textwrap.wrap(str(v).split(";")[0], width) or [""] for v in df["value"]]
+    gap = 0.55  # height of each extra line of a wrapped headline, in rows
+    heights = [1 + gap * (len(h) - 1) for h in heads]
+    total = sum(heights)
+    fig, ax = plt.subplots(figsize=(DOUBLE[0], 0.28 * total + 0.5))
+    top = total - 0.5
+    for r, head, h in zip(df.itertuples(index=False), heads, heights, strict=True):
+        y = top - h / 2
+        top -= h
         ax.text(0.0, y, r.id, va="center", ha="left", fontsize=7, family="monospace")
         ax.text(0.34, y, r.verdict, va="center", ha="center", fontsize=6.5, color="white", fontweight="bold",
                 bbox={"boxstyle": "round,pad=0.25", "fc": colors[r.verdict], "ec": "none"})
-        head = str(r.value).split(";")[0]
-        ax.text(0.44, y, head if len(head) <= 70 else head[:67] + "...", va="center", ha="left", fontsize=6)
+        ax.text(0.44, y, "\n".join(head), va="center", ha="left", fontsize=6, linespacing=1.3)
     ax.set_xlim(0, 1)
-    ax.set_ylim(-0.7, len(df) - 0.3)
+    ax.set_ylim(-0.7, total - 0.3)
     ax.axis("off")
     counts = ", ".join(f"{(df['verdict'] == v).sum()} {v.lower()}" for v in VERDICTS)
     ax.set_title(f"Claims of the paper as statistical checks: {counts}", loc="left")

@@ -313,28 +313,65 @@ def cett_sweep(df: pd.DataFrame):
     return fig
 
 
+# line style and marker of a run's analysis group in figures that draw runs of several groups together
+GROUP_STYLE = {"scale": ("-", "o"), "seeds": (":", "^"), "width_depth": ("--", "s")}
+LINE_NAMES = {"-": "solid", ":": "dotted", "--": "dashed", "-.": "dash-dot"}
+MARKER_NAMES = {"o": "circles", "^": "triangles", "s": "squares", "D": "diamonds"}
+
+
+def _group_of(groups) -> str:
+    """The group a run is drawn as: width_depth, else scale, else seeds (a scale run that also seeds the
+    replicas is a scale run), else its first group."""
+    gs = [g for g in str(groups if isinstance(groups, str) else "").split(",") if g]
+    return next((g for g in ("width_depth", "scale", "seeds") if g in gs), gs[0] if gs else "")
+
+
 def layer_thresholds(table: pd.DataFrame, p: float = 1.0):
     """Per-layer thresholds tau_l and activation ratios at PPL-p% on each run's final checkpoint (a run whose
-    PPL-p% target was not reached says so in the legend: its thresholds come from a lower bound on c)."""
+    PPL-p% target was not reached says so in the legend: its thresholds come from a lower bound on c).
+    Line style and marker by analysis group (GROUP_STYLE); within a group and activation, lighter = smaller
+    (the width-depth group: lighter = smaller width-depth ratio d_h / L). The legend, by group, sits below
+    the panels."""
     style()
-    fin = table[(table["p"] == p)].sort_values("tokens").groupby("run", sort=False).tail(1)
+    fin = table[(table["p"] == p)].sort_values("tokens").groupby("run", sort=False).tail(1).copy()
+    fin["_group"] = fin["groups"].map(_group_of) if "groups" in fin else ""
+    order = {g: i for i, g in enumerate(GROUP_STYLE)}
+    fin["_key"] = np.where(fin["_group"] == "width_depth", fin.get("width_depth", fin["non_embedding_params"]),
+                           fin["non_embedding_params"])
+    fin = fin.sort_values(["_group", "activation", "_key", "run"], key=lambda c: c.map(order).fillna(len(order))
+                          if c.name == "_group" else c, kind="stable")
     miss = _unreached(fin)
     fig, (a1, a2) = plt.subplots(1, 2, figsize=DOUBLE)
-    for i, r in fin.iterrows():
-        taus = [float(v) for v in r["taus"].split(";")]
-        ratios = [float(v) for v in r["layer_ratios"].split(";")]
-        kw = {"color": color(r["activation"]), "marker": "o", "ms": 3, "lw": 1,
-              "alpha": 0.4 + 0.6 * (r["non_embedding_params"] / fin["non_embedding_params"].max()),
-              "label": f"{r['run']} (L={r['n_layers']})" + (", not reached" if miss[i] else "")}
-        x = np.arange(1, len(taus) + 1)
-        a1.plot(x, taus, **kw)
-        a2.plot(x, ratios, **kw)
+    for (grp, act), g in fin.groupby(["_group", "activation"], sort=False):
+        ls, mk = GROUP_STYLE.get(grp, ("-.", "D"))
+        for i, (k, r) in enumerate(g.iterrows()):
+            taus = [float(v) for v in r["taus"].split(";")]
+            ratios = [float(v) for v in r["layer_ratios"].split(";")]
+            wd = f"d/L {r['width_depth']:.3g}, " if grp == "width_depth" and "width_depth" in r else ""
+            kw = {"color": _shade(act, i, len(g)), "marker": mk, "ms": 3, "lw": 1, "ls": ls,
+                  "label": f"{r['run']} ({wd}L={r['n_layers']})" + (", not reached" if miss[k] else "")}
+            x = np.arange(1, len(taus) + 1)
+            a1.plot(x, taus, **kw)
+            a2.plot(x, ratios, **kw)
     a1.set(xlabel="layer", ylabel=r"threshold $\tau_l$", yscale="log")
     for ax in (a1, a2):
         ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))  # layers are whole numbers
     a2.set(xlabel="layer", ylabel=f"activation ratio at PPL-{p:g}%")
-    a2.legend(frameon=False, fontsize=5.5, ncol=2)
     fig.tight_layout()
+    handles, labels = a2.get_legend_handles_labels()
+    if handles:  # below both panels, one column per group under its name, clear of the lines
+        from matplotlib.lines import Line2D
+
+        blank = Line2D([], [], ls="", marker="")
+        cols = []
+        for grp in dict.fromkeys(fin["_group"]):
+            ls, mk = GROUP_STYLE.get(grp, ("-.", "D"))
+            mine = [(h, lb) for h, lb, gr in zip(handles, labels, fin["_group"], strict=True) if gr == grp]
+            cols.append([(blank, f"{grp or 'other'} ({LINE_NAMES.get(ls, ls)}, {MARKER_NAMES.get(mk, mk)})"), *mine])
+        n = max(len(c) for c in cols)
+        cells = [cell for c in cols for cell in c + [(blank, "")] * (n - len(c))]
+        fig.legend([h for h, _ in cells], [lb for _, lb in cells], loc="upper center", bbox_to_anchor=(0.5, 0.0),
+                   ncol=len(cols), frameon=False, fontsize=5.5, handlelength=3)
     return fig
 
 
@@ -768,6 +805,9 @@ def token_pairs(tokens: pd.DataFrame, correlations: pd.DataFrame, max_cols: int 
             lim = [float(v.min()), float(v.max())] if v.size else [0.0, 1.0]
             ax.plot(lim, lim, color="0.5", lw=0.6, ls=":")
             ax.set(xlim=lim, ylim=lim)
+            for axis in (ax.xaxis, ax.yaxis):  # few, small ticks: labels of narrow panels never run together
+                axis.set_major_locator(ticker.MaxNLocator(2))
+            ax.tick_params(labelsize=5.5)
             ax.set(xlabel=r["run_a"], ylabel=r["run_b"])
             ax.xaxis.label.set_size(6)
             ax.yaxis.label.set_size(6)
