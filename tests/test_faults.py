@@ -411,8 +411,8 @@ def test_failing_results_table_write_keeps_previous(tmp_path, measured_mini, mon
 
 
 def test_unchanged_results_table_is_left_as_it_is(tmp_path):
-    """Writing the same table again with only time and git state changed keeps both files byte for byte
-    (and untouched); new values or other provenance (versions) rewrite them."""
+    """Writing the same table again with only time, git state or the kernel build changed keeps both files
+    byte for byte (and untouched); new values or other provenance (package versions) rewrite them."""
     out = tmp_path / "results"
     df = pd.DataFrame({"run": ["a", "b"], "x": [1.0, 2.0]})
     meta = {"config_hash": "h", "versions": {"torch": "1"}, "time": "t0", "git_sha": "s0", "git_dirty": False}
@@ -422,6 +422,9 @@ def test_unchanged_results_table_is_left_as_it_is(tmp_path):
     runs.write_table(df, out / "t.csv", dict(meta, time="t1", git_sha="s1", git_dirty=True))
     assert side.read_bytes() == first and side.stat().st_mtime_ns == stamp
     assert json.loads(first)["git_sha"] == "s0"  # the code that first wrote these bytes
+    # another kernel build (a replot on another machine of the same kind) is no other provenance either
+    runs.write_table(df, out / "t.csv", dict(meta, versions={"torch": "1", "platform": "Linux-6.2"}, time="t1b"))
+    assert side.read_bytes() == first and side.stat().st_mtime_ns == stamp
     runs.write_table(df, out / "t.csv", dict(meta, versions={"torch": "2"}, time="t2"))
     assert json.loads(side.read_text())["versions"] == {"torch": "2"} and json.loads(side.read_text())["time"] == "t2"
     runs.write_table(df.assign(x=[3.0, 4.0]), out / "t.csv", dict(meta, versions={"torch": "2"}, time="t3"))

@@ -484,8 +484,16 @@ def _same_table(path: Path, side: Path, data: bytes, meta: dict) -> bool:
         return False
     if not isinstance(old, dict) or (old.get("git_dirty") is True and meta.get("git_dirty") is False):
         return False  # clean provenance replaces dirty provenance of the same bytes
-    return ({k: v for k, v in old.items() if k not in VOLATILE_META}
-            == {k: v for k, v in meta.items() if k not in VOLATILE_META})
+    return _provenance_of(old) == _provenance_of(meta)
+
+
+def _provenance_of(meta: dict) -> dict:
+    """A sidecar less VOLATILE_META and the machine's kernel build (versions.platform): what makes the same
+    bytes another result (a replot on another machine of the same kind leaves the tree clean)."""
+    out = {k: v for k, v in meta.items() if k not in VOLATILE_META}
+    if isinstance(out.get("versions"), dict):
+        out["versions"] = {k: v for k, v in out["versions"].items() if k != "platform"}
+    return out
 
 
 def read_table(path: str | Path, columns: list[str] = (), numeric: list[str] = (), expect: dict | None = None,
