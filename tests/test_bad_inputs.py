@@ -367,7 +367,8 @@ TABLE_CASES = [
     ("table-sidecar-not-json", lambda res, d: (res / "sparsity.meta.json").write_text("{"),
      "table", ["sparsity.meta.json: unreadable sidecar"]),
     ("table-missing", lambda res, d: TABLE(res).unlink(),
-     "table", ["sparsity.csv: missing; rerun python -m sparsinglaw measure --profile mini"]),
+     "table", ["sparsity.csv: missing; rerun python -m sparsinglaw measure --profile /",  # the YAML's path
+               "/mini.yaml --set train.tokens=12288 "]),
     ("table-of-another-config", lambda res, d: None,
      "strict", ["sparsity.csv: recorded config_hash", "differs from the current", "refusing it"]),
     ("record-wrong-key", lambda res, d: _edit_record(d, lambda r: r.update(key="0123456789")),

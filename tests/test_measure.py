@@ -197,10 +197,18 @@ def test_moe_comparison_records_the_corpus_of_pareto(tiny, tmp_path, monkeypatch
     assert runs.recorded_corpus(out / "pareto.csv", out / "absent.csv") is None
 
 
-def test_untrained_run_is_refused(tiny):
+def test_untrained_run_is_refused(tiny, mini_path):
+    """The refusal names the command that trains the run, with the arguments that load this profile
+    again: its name for configs/NAME.yaml, else its YAML path, and its --set overrides."""
     fresh = load_profile("smoke", overrides=TINY + ["train.seed=12345"])
-    with pytest.raises(SparsingLawError, match="not trained"):
+    sets = " ".join(f"--set {o}" for o in fresh.overrides)
+    with pytest.raises(SparsingLawError, match="not trained") as e:
         measure.measure_run(fresh, fresh.run("relu-wd1"), progress=False)
+    assert f"python -m sparsinglaw train --profile smoke {sets} --run relu-wd1" in str(e.value)
+    elsewhere = load_profile(mini_path, overrides=["train.seed=12345"])
+    with pytest.raises(SparsingLawError, match="not trained") as e:
+        measure.measure_run(elsewhere, elsewhere.run("relu-s1"), progress=False)
+    assert f"train --profile {mini_path} --set train.seed=12345 --run relu-s1" in str(e.value)
 
 
 def test_progress_bars_end_full(tiny, smoke_tokens, monkeypatch, tmp_path):

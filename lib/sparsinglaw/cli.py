@@ -195,6 +195,7 @@ def _fit(profile, refit: bool = False, progress: bool = True) -> int:
     import pandas as pd
 
     from . import analysis, claims
+    from .config import profile_flags
     from .runs import results_dir
 
     t = analysis.fit_profile(profile, refit=refit, progress=progress)
@@ -210,7 +211,7 @@ def _fit(profile, refit: bool = False, progress: bool = True) -> int:
         print("\nThe claims these fits decide (statistics and thresholds: verify, which checks every claim)")
         print(claims.summary(rows))
     print(f"\ntables in {results_dir(profile.name)}/: {', '.join(analysis.FIT_TABLES)} (.csv, each with a "
-          f".meta.json); python -m sparsinglaw verify --profile {profile.name} checks every claim")
+          f".meta.json); python -m sparsinglaw verify {profile_flags(profile)} checks every claim")
     return 0
 
 

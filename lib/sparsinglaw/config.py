@@ -628,6 +628,17 @@ def _note(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def profile_flags(profile: ProfileConfig) -> str:
+    """The command-line arguments that load `profile` again: ``--profile NAME`` when it is
+    configs/NAME.yaml, else ``--profile PATH`` of its YAML file, then its ``--set`` overrides (for the
+    commands that error messages suggest)."""
+    import shlex
+
+    path = Path(profile.path)
+    where = profile.name if (path.parent.name, path.stem) == ("configs", profile.name) else str(path)
+    return f"--profile {shlex.quote(where)}" + "".join(f" --set {shlex.quote(o)}" for o in profile.overrides)
+
+
 def load_profile(profile: str | Path, configs_dir: Path | None = None, overrides: list[str] | None = None
                  ) -> ProfileConfig:
     """Load and validate a profile by name (configs/<name>.yaml) or path.

@@ -38,7 +38,7 @@ import pandas as pd
 import torch
 
 from . import sparsity as sp
-from .config import ProfileConfig, RunConfig, SparsingLawError, stable_hash, validate_inference
+from .config import ProfileConfig, RunConfig, SparsingLawError, profile_flags, stable_hash, validate_inference
 from .device import usable_cores
 from .measure import (
     eval_set,
@@ -210,7 +210,7 @@ def inference_run(profile: ProfileConfig, run: RunConfig, runs_dir=None, progres
     if st.status != "done":
         raise SparsingLawError(f"run {run.name} is not trained ({st.status}, {st.tokens_seen:,} of "
                                f"{st.tokens_total:,} tokens); train it first: python -m sparsinglaw train "
-                               f"--profile {profile.name} --run {run.name}")
+                               f"{profile_flags(profile)} --run {run.name}")
     out = record_path(profile, run, runs_dir)
     d = out.parent
     with run_lock(d, f"sparse inference {run.name}"):

@@ -34,6 +34,7 @@ from .config import (
     RunConfig,
     SparsingLawError,
     checkpoint_steps,
+    profile_flags,
     stable_hash,
     stage_steps,
     total_steps,
@@ -198,7 +199,7 @@ def stable_checkpoints(profile: ProfileConfig, run: RunConfig, runs_dir=None) ->
         raise SparsingLawError(
             f"run {run.name}: stable-stage checkpoint(s) of step(s) {', '.join(map(str, bad))} missing or invalid "
             f"({first}); restore the file(s), or delete the run folder {d} to train the run again (python -m "
-            f"sparsinglaw train --profile {profile.name} --run {run.name})")
+            f"sparsinglaw train {profile_flags(profile)} --run {run.name})")
     if len(ck) == 0:
         raise SparsingLawError(f"run {run.name}: no stable-stage checkpoint in {d} (the schedule has no stable "
                                "stage); lower train.warmup_frac or train.decay_frac")
@@ -215,7 +216,7 @@ def require_trained(profile: ProfileConfig, run: RunConfig, runs_dir=None) -> No
     if st.status != "done":
         raise SparsingLawError(f"run {run.name} is not trained ({st.status}, {st.tokens_seen:,} of "
                                f"{st.tokens_total:,} tokens); train it first: python -m sparsinglaw train "
-                               f"--profile {profile.name} --run {run.name}")
+                               f"{profile_flags(profile)} --run {run.name}")
 
 
 def measure_run(profile: ProfileConfig, run: RunConfig, runs_dir=None, progress: bool = True,
@@ -338,7 +339,7 @@ def final_arrays(profile: ProfileConfig, run: RunConfig, runs_dir=None, impl: st
     path = record_path(profile, run, runs_dir).with_suffix(".npz")
     if not path.exists():
         raise SparsingLawError(f"{path}: run {run.name} is not measured; run python -m sparsinglaw measure "
-                               f"--profile {profile.name} --run {run.name} --impl {profile.sparsity.impl}")
+                               f"{profile_flags(profile)} --run {run.name} --impl {profile.sparsity.impl}")
     rec = path.with_suffix(".json")
     want = json.loads(rec.read_text()).get("arrays_sha256") if rec.exists() else None
     if want and sha256_file(path) != want:
@@ -474,7 +475,7 @@ def read_results(profile: ProfileConfig, name: str = "sparsity", strict: bool = 
     columns, numeric = RESULT_COLUMNS.get(name, ([], []))
     return read_table(results_dir(profile.name) / f"{name}.csv", columns, numeric,
                       expect={"config_hash": profile.config_hash()}, strict=strict,
-                      fix=f"rerun python -m sparsinglaw measure --profile {profile.name}")
+                      fix=f"rerun python -m sparsinglaw measure {profile_flags(profile)}")
 
 
 def results_for(profile: ProfileConfig, compute: bool = True, runs_dir=None) -> pd.DataFrame:

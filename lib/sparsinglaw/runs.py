@@ -26,7 +26,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from .config import DataConfig, ProfileConfig, RunConfig, SparsingLawError, load_profile, stable_hash
+from .config import (
+    DataConfig,
+    ProfileConfig,
+    RunConfig,
+    SparsingLawError,
+    load_profile,
+    profile_flags,
+    stable_hash,
+)
 from .train import atomic_write_files, checkpoint_problem, read_done, read_meta
 
 # -----------------------------------------------------------------------------------------------
@@ -249,7 +257,7 @@ def load_log(profile: ProfileConfig, run: RunConfig, runs_dir=None) -> pd.DataFr
     path = run_dir(profile, run, runs_dir) / "log.csv"
     if not path.exists():
         raise SparsingLawError(f"{path}: no training log; train the run first "
-                               f"(python -m sparsinglaw train --profile {profile.name} --run {run.name})")
+                               f"(python -m sparsinglaw train {profile_flags(profile)} --run {run.name})")
     df = read_csv(path)
     df = df.drop_duplicates(subset=["step", "split"], keep="last")
     return df.sort_values(["split", "step"]).reset_index(drop=True)
@@ -571,7 +579,7 @@ def train_log_table(profile: ProfileConfig, compute: bool = True, runs_dir=None)
     if not compute:
         return read_table(path, TRAIN_LOG_COLUMNS, ["step", "tokens", "loss", "non_embedding_params"],
                           expect={"config_hash": profile.config_hash()},
-                          fix=f"train first: python -m sparsinglaw train --profile {profile.name} (notebook 01)")
+                          fix=f"train first: python -m sparsinglaw train {profile_flags(profile)} (notebook 01)")
     frames = []
     for r in profile.runs:
         log = load_log(profile, r, runs_dir)
