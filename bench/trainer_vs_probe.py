@@ -88,7 +88,9 @@ def trainer_run(shape: str, device: str, compile_: bool, steps: int, log_every: 
 
 
 def probe_run(probe: Path, shape: str, measure_s: float) -> dict:
-    """The probe at one shape in its own process; tokens/s parsed from its summary table."""
+    """The probe at one shape in its own process; tokens/s parsed from its summary table. Its MFU is kept
+    with the probe's own peak (PEAK_FLOPS, default 790e12), not device.peak_flops as our trainer's: the two
+    MFUs have different denominators, so the table compares tokens/s only."""
     env = dict(os.environ, PROBE_SIZES=shape, PROBE_MEASURE_S=str(measure_s), PROBE_BUDGET_S="600")
     t0 = time.perf_counter()
     r = subprocess.run([sys.executable, str(probe)], capture_output=True, text=True, env=env, timeout=900)
@@ -98,7 +100,8 @@ def probe_run(probe: Path, shape: str, measure_s: float) -> dict:
     if not m:
         return {"shape": shape, "who": "probe", "error": (r.stdout + r.stderr)[-300:], "wall_s": wall}
     return {"shape": shape, "who": "probe", "tok_s": float(m.group(3)) * 1e6, "n_nonemb": float(m.group(1)) * 1e6,
-            "batch": int(m.group(2)), "mfu_nonemb": float(m.group(4)) / 100, "wall_s": wall}
+            "batch": int(m.group(2)), "mfu_nonemb_at_probe_peak": float(m.group(4)) / 100,
+            "probe_peak": float(env.get("PEAK_FLOPS", 790e12)), "wall_s": wall}
 
 
 def _find(results: list[dict], shape: str, who: str) -> dict | None:

@@ -281,6 +281,36 @@ def test_peak_flops(monkeypatch):
         peak_flops(torch.device("cpu"))
 
 
+def test_every_run_of_a_process_is_compiled(tmp_path, monkeypatch):
+    """One process trains many runs (torchrun, a reused worker): each is compiled afresh. torch keeps one
+    compile cache for Transformer.forward and, past recompile_limit (8) versions, ran the 9th shape and
+    later ones eagerly with only a warning. (The eager backend stands in for inductor: same cache.)"""
+    from torch._dynamo.utils import counters
+
+    from sparsinglaw.config import DataConfig, RunConfig, TrainConfig
+    from sparsinglaw.data import TokenData
+    from sparsinglaw.model import ModelConfig
+
+    real_compile = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda m, mode=None, **k: real_compile(m, backend="eager"))
+    ids = np.random.default_rng(0).integers(0, 256, 1 << 14, dtype=np.uint16)
+    tokens = TokenData(root=tmp_path, train=ids, val=ids[:520], train_domain=np.zeros(ids.size, np.uint8),
+                       val_domain=np.zeros(520, np.uint8), domains=["code"], vocab_size=256, eot=0,
+                       fingerprint={"source": "random", "files": 0, "bytes": 2 * ids.size, "sha256": ""},
+                       tokenizer_path=tmp_path / "none")
+    compiled = []
+    for i in range(10):  # ten shapes: more than recompile_limit
+        d, n_layers = 16 * (i % 5 + 1), 1 + i // 5
+        run = RunConfig(name=f"r{i}", groups=[], model=ModelConfig(vocab_size=256, d_model=d, n_layers=n_layers,
+                        head_dim=16, d_ff=2 * d, seq_len=16),
+                        train=TrainConfig(tokens=10**6, batch_size=2, log_every=1, eval_tokens=16, checkpoints=2))
+        before = counters["stats"]["unique_graphs"]
+        train(run, DataConfig(), tmp_path / run.name, tokens, device="cpu", compile=True, progress=False,
+              stop_after_step=2)
+        compiled.append(counters["stats"]["unique_graphs"] - before)
+    assert all(n >= 1 for n in compiled), compiled
+
+
 def test_compiled_training_follows_eager(tiny_profile, smoke_tokens, tmp_path, monkeypatch):
     """The CUDA path's torch.compile (here on CPU, ~15 s of compilation): the same losses as eager up to
     float rounding, and checkpoints without the compile wrapper's prefixes."""

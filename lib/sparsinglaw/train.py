@@ -531,6 +531,8 @@ def train(run: RunConfig, data_cfg: DataConfig, run_dir: Path, tokens: TokenData
                                           broadcast_buffers=False)
     if compile == "auto":
         compile = dev.type == "cuda"
+    if compile:  # a fresh compile cache: one process trains many runs (torchrun, a reused worker), and past
+        torch.compiler.reset()  # recompile_limit (8) versions torch falls back to eager, with a warning only
     fwd = torch.compile(wrapped, mode=None if compile_mode == "default" else compile_mode) if compile else wrapped
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else nullcontext())
     base_meta = {"run": run.name, "config_hash": config_hash, "config": run.identity(data_cfg),
