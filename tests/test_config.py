@@ -296,3 +296,17 @@ def test_profile_level_override_that_runs_set_themselves_gets_a_note(capsys, mon
     monkeypatch.setenv("RANK", "1")  # torchrun's other ranks leave it to rank 0
     load_profile("smoke", overrides=over)
     assert capsys.readouterr().err == ""
+
+
+def test_profile_flags_load_the_same_profile_again(tmp_path):
+    """The --profile argument that error messages suggest: the name for this repository's configs/NAME.yaml,
+    else the YAML's absolute path (a copy in another folder named configs, too), then the overrides."""
+    from sparsinglaw.config import profile_flags
+
+    assert profile_flags(load_profile("smoke")) == "--profile smoke"
+    copy = tmp_path / "configs" / "smoke.yaml"
+    copy.parent.mkdir()
+    copy.write_text((REPO / "configs" / "smoke.yaml").read_text())
+    p = load_profile(copy, overrides=["train.seed=3", "train.lr=1e-3"])
+    assert profile_flags(p) == f"--profile {copy.resolve()} --set train.seed=3 --set train.lr=1e-3"
+    assert profile_flags(load_profile(p.path, overrides=p.overrides)) == profile_flags(p)

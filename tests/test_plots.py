@@ -80,6 +80,34 @@ def test_redrawn_unchanged_figure_keeps_its_manifest_row(tmp_path, monkeypatch, 
     monkeypatch.setattr(runs, "git_state", lambda: {"git_sha": "c" * 40, "git_dirty": False})
     plots.save(draw([4, 3]), "99_fig", tiny_profile, paper="none", notebook="test")
     assert {(r["git_sha"], r["git_dirty"]) for r in rows().values()} == {("c" * 12, "False")}  # clean replaces dirty
+    # another machine of the same kind (another kernel build) redraws it: the row stays, byte for byte
+    manifest = (tmp_path / tiny_profile.name / "MANIFEST.csv").read_bytes()
+    from sparsinglaw import train as tr  # runs.provenance reads the versions from train.versions
+
+    monkeypatch.setattr(tr, "versions", lambda real=tr.versions: real() | {"platform": "Linux-0.0-other"})
+    monkeypatch.setattr(runs, "git_state", lambda: {"git_sha": "d" * 40, "git_dirty": False})
+    plots.save(draw([4, 3]), "99_fig", tiny_profile, paper="none", notebook="test")
+    assert (tmp_path / tiny_profile.name / "MANIFEST.csv").read_bytes() == manifest
+    plt.close("all")
+
+
+def test_manifest_names_the_corpus_of_the_results(tmp_path, monkeypatch, tiny_profile):
+    """A figure's MANIFEST row names the corpus its profile's results tables record (make replot on
+    another machine, whose own corpus differs), not this machine's."""
+    import csv
+
+    from sparsinglaw import runs
+
+    monkeypatch.setenv("SPARSINGLAW_FIGURES", str(tmp_path / "figures"))
+    monkeypatch.setenv("SPARSINGLAW_RESULTS", str(tmp_path / "results"))
+    made_on = {"source": "elsewhere", "files": 1, "bytes": 1, "sha256": "e" * 64}
+    runs.write_table(pd.DataFrame({"x": [1]}), runs.results_dir(tiny_profile.name) / "sparsity.csv",
+                     {"corpus": made_on})
+    fig, ax = plt.subplots()
+    ax.plot([1, 2], [3, 4])
+    plots.save(fig, "99_fig", tiny_profile, paper="none", notebook="test")
+    with open(tmp_path / "figures" / tiny_profile.name / "MANIFEST.csv", newline="") as f:
+        assert {r["corpus"] for r in csv.DictReader(f)} == {"e" * 12}
     plt.close("all")
 
 

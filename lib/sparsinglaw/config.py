@@ -629,13 +629,16 @@ def _note(msg: str) -> None:
 
 
 def profile_flags(profile: ProfileConfig) -> str:
-    """The command-line arguments that load `profile` again: ``--profile NAME`` when it is
-    configs/NAME.yaml, else ``--profile PATH`` of its YAML file, then its ``--set`` overrides (for the
-    commands that error messages suggest)."""
+    """The command-line arguments that load `profile` again: ``--profile NAME`` when it is this
+    repository's configs/NAME.yaml, else ``--profile PATH`` (absolute) of its YAML file, then its ``--set``
+    overrides (for the commands that error messages suggest)."""
     import shlex
 
-    path = Path(profile.path)
-    where = profile.name if (path.parent.name, path.stem) == ("configs", profile.name) else str(path)
+    from .runs import repo_root
+
+    path = Path(profile.path).resolve()
+    ours = (repo_root() / "configs" / f"{profile.name}.yaml").resolve()  # what --profile NAME loads
+    where = profile.name if path == ours else str(path)
     return f"--profile {shlex.quote(where)}" + "".join(f" --set {shlex.quote(o)}" for o in profile.overrides)
 
 

@@ -63,13 +63,14 @@ def save(fig, name: str, profile: ProfileConfig, paper: str, notebook: str) -> l
     """Write figures/<profile>/<name>.png and .pdf (no timestamps in their metadata, so committed
     figures change only when data change) and upsert their MANIFEST rows (paper figure, notebook,
     provenance: config hash, git sha and dirty flag, corpus fingerprint, package versions, device).
-    A figure drawn again with the same bytes and provenance but for the git state keeps its row (it names
-    the commit that first drew it), so `make replot` on unchanged results leaves the tree clean; only a
-    row drawn from a dirty tree is replaced by a clean one.
+    A figure drawn again with the same bytes and provenance but for the git state and the kernel build keeps
+    its row (it names the commit that first drew it), so `make replot` on unchanged results leaves the tree
+    clean; only a row drawn from a dirty tree is replaced by a clean one. The corpus is the one the
+    profile's results tables record (sparsity.csv, else train_log.csv), not this machine's.
     The three files are replaced together, MANIFEST.csv last; a failing write keeps the old ones."""
     import json
 
-    from .runs import provenance
+    from .runs import provenance, recorded_corpus, results_dir
     from .train import atomic_write_files
 
     fields = [*MANIFEST_FIELDS, *(f for f in ("corpus", "versions", "device") if f not in MANIFEST_FIELDS)]
@@ -84,7 +85,9 @@ def save(fig, name: str, profile: ProfileConfig, paper: str, notebook: str) -> l
         fig.savefig(buf, format=ext, metadata=meta)
         files[out / f"{name}.{ext}"] = buf.getvalue()
     written = [p.name for p in files]
-    g = provenance(profile)
+    tables = results_dir(profile.name)  # the corpus the figure's results were made on, not this machine's
+    corpus = recorded_corpus(tables / "sparsity.csv") or recorded_corpus(tables / "train_log.csv")
+    g = provenance(profile, **({"corpus": corpus} if corpus is not None else {}))
     rows = {}
     manifest = out / "MANIFEST.csv"
     if manifest.exists():
@@ -97,7 +100,8 @@ def save(fig, name: str, profile: ProfileConfig, paper: str, notebook: str) -> l
                "versions": json.dumps(g["versions"], sort_keys=True), "device": g["device"]}
         old = rows.get(w)
         same = (old is not None and (out / w).is_file() and (out / w).read_bytes() == files[out / w]
-                and all(old.get(f, "") == row[f] for f in row if f not in ("git_sha", "git_dirty"))
+                and all(_row_value(f, old.get(f, "")) == _row_value(f, row[f]) for f in row
+                        if f not in ("git_sha", "git_dirty"))
                 and not (old.get("git_dirty") == "True" and row["git_dirty"] == "False"))  # clean replaces dirty
         if not same:  # an unchanged figure keeps the row naming the commit that first drew it
             rows[w] = row
@@ -109,6 +113,20 @@ def save(fig, name: str, profile: ProfileConfig, paper: str, notebook: str) -> l
     files[manifest] = buf.getvalue().encode()
     atomic_write_files(files)
     return written
+
+
+def _row_value(field: str, value: str):
+    """A MANIFEST value as compared for "the same figure": package versions without the kernel build
+    (versions.platform), as for results tables (runs._provenance_of)."""
+    import json
+
+    if field != "versions":
+        return value
+    try:
+        v = json.loads(value)
+    except ValueError:
+        return value
+    return {k: x for k, x in v.items() if k != "platform"} if isinstance(v, dict) else v
 
 
 # -----------------------------------------------------------------------------------------------
