@@ -31,8 +31,8 @@ import pandas as pd
 from scipy import stats
 
 from . import laws, paper
-from .config import ProfileConfig, SparsingLawError, stable_hash
-from .runs import as_bool, in_group, provenance, read_csv, recorded_corpus, results_dir, write_table
+from .config import ProfileConfig, SparsingLawError, profile_flags, stable_hash
+from .runs import as_bool, in_group, provenance, read_csv, results_dir, write_table
 
 ANALYSIS_VERSION = 4  # bump when a derived table changes meaning (invalidates the cached tables)
 CODE_FILES = ("laws.py", "analysis.py")  # the fitting code; its sha256 is recorded, not part of the cache key
@@ -533,14 +533,9 @@ def code_hash() -> str:
 
 
 def refit_command(profile: ProfileConfig) -> str:
-    """The `fit --refit` command line for this profile: by name when it is configs/<name>.yaml, else by
-    its YAML path, with its --set overrides."""
-    import shlex
-
-    path = Path(profile.path)
-    where = profile.name if (path.parent.name, path.stem) == ("configs", profile.name) else str(path)
-    sets = "".join(f" --set {shlex.quote(o)}" for o in profile.overrides)
-    return f"python -m sparsinglaw fit --profile {shlex.quote(where)}{sets} --refit"
+    """The `fit --refit` command line for this profile (config.profile_flags: its name or YAML path, and
+    its --set overrides)."""
+    return f"python -m sparsinglaw fit {profile_flags(profile)} --refit"
 
 
 def _cached(profile: ProfileConfig, outputs: tuple[str, ...], inputs: tuple[str, ...], payload: dict,
@@ -569,9 +564,8 @@ def _cached(profile: ProfileConfig, outputs: tuple[str, ...], inputs: tuple[str,
         why = "refit" if len(metas) == len(outputs) else "missing or stale"
         print(f"{folder}: computing {names} ({why}) ...", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
-        corpus = recorded_corpus(*(folder / f"{t}.csv" for t in inputs))  # the measurements' corpus
-        meta = provenance(profile, analysis_key=key, analysis_version=ANALYSIS_VERSION, code=code_hash(),
-                          inputs=hashes, **payload, **({"corpus": corpus} if corpus is not None else {}))
+        meta = provenance(profile, tables=tuple(folder / f"{t}.csv" for t in inputs), analysis_key=key,
+                          analysis_version=ANALYSIS_VERSION, code=code_hash(), inputs=hashes, **payload)
         for name, df in zip(outputs, compute(), strict=True):
             write_table(df, folder / f"{name}.csv", meta)
         print(f"{folder}: {names} written in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)

@@ -28,7 +28,7 @@ from scipy import stats
 
 from . import analysis
 from .config import ProfileConfig, SparsingLawError
-from .runs import as_bool, provenance, recorded_corpus, results_dir, write_table
+from .runs import as_bool, provenance, results_dir, write_table
 
 ALPHA = 0.05  # significance level of every test below
 P_MIN = 1e-15  # Stouffer: each run's |z| at most isf(P_MIN) = 7.9, the same bound either way
@@ -569,8 +569,7 @@ def write(profile: ProfileConfig | str, df: pd.DataFrame) -> str:
     """Write results/<profile>/claims.csv (+ provenance sidecar) and claims.md; returns the Markdown."""
     profile = _profile(profile)
     folder = results_dir(profile.name)
-    corpus = recorded_corpus(*(folder / f"{t}.csv" for t in SOURCES))  # the measurements' corpus
-    meta = provenance(profile, **({"corpus": corpus} if corpus is not None else {}))
+    meta = provenance(profile, tables=tuple(folder / f"{t}.csv" for t in SOURCES))  # the measurements' corpus
     write_table(df, folder / "claims.csv", meta)  # its sidecar names the code that first wrote these verdicts
     measured = folder / "sparsity.meta.json"
     sha = json.loads(measured.read_text()).get("git_sha") if measured.exists() else None

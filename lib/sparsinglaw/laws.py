@@ -345,13 +345,13 @@ def _unidentified(form, D, x):
 FLAT = 1e-3  # a fitted curve spanning less than this share of the data's spread shows no trend: no law
 
 
-def _judge(form, D, A, res, spec):
+def _judge(form, D, A, res, spec, unidentified=None):
     """(converged, notes): a fit converges when the optimizer succeeded, everything is finite, A is not
     constant, the fitted curve is not flat (it spans more than FLAT of the spread of A), the law's limit
     is identified (other values of it would not fit as well) and no parameter sits on a bound, except a
     nuisance bound (`Form.relaxed_upper`) that the limit does not depend on: refitted from the optimum
     with those bounds lifted, the limit moves by at most spec.nuisance_tol (the move is reported either
-    way)."""
+    way). `unidentified`: _unidentified at res.x, when the caller has it already."""
     if res is None:
         return False, ["no start converged"]
     fails = [] if _ok(res) else [f"optimizer: {res.message}"]
@@ -365,7 +365,8 @@ def _judge(form, D, A, res, spec):
     elif not span > FLAT * np.ptp(A):  # e.g. Eq. 4 on data that do not fall: its transient is 0 everywhere
         fails.append(f"the fitted curve is flat over the used points (it spans {span:.2g}, the data "
                      f"{np.ptp(A):.2g}): no approach to a limit is seen")
-    elif form.limit is not None and form.limit in _unidentified(form, D, res.x):
+    elif form.limit is not None and form.limit in (unidentified if unidentified is not None
+                                                   else _unidentified(form, D, res.x)):
         fails.append(f"the limit {form.limit} is not identified: other values of it fit the data as well")
     notes = []
     if soft:
@@ -531,9 +532,9 @@ def fit(form, D, A, spec=None, **overrides) -> FitResult:
                          f"{Du.size} left of {D.size} after dropping {len(dropped)} by the drop rule")
 
     res, starts = _multistart(law, Du, Au, spec)
-    converged, notes = _judge(law, Du, Au, res, spec)
     x = res.x if res is not None else np.full(k, np.nan)
     unidentified = _unidentified(law, Du, x) if res is not None else list(law.symbols)
+    converged, notes = _judge(law, Du, Au, res, spec, unidentified)
     if unidentified and res is not None:
         notes.append(f"not separately identified: {', '.join(unidentified)} (intervals NaN)")
 

@@ -47,7 +47,6 @@ from .runs import (
     provenance,
     read_csv,
     read_table,
-    recorded_corpus,
     results_dir,
     run_dir,
     run_lock,
@@ -193,7 +192,8 @@ def stable_checkpoints(profile: ProfileConfig, run: RunConfig, runs_dir=None) ->
     ck = checkpoints(profile, run, runs_dir)
     ck = ck[ck["stage"] == "stable"].reset_index(drop=True)
     d = run_dir(profile, run, runs_dir)
-    bad = [s for s in stable_marks(run) if s not in set(ck["step"])]
+    have = set(ck["step"])
+    bad = [s for s in stable_marks(run) if s not in have]
     if bad:
         first = mark_problem(d, bad[0], run.config_hash(profile.data))
         raise SparsingLawError(
@@ -619,10 +619,8 @@ def moe_comparison_for(profile: ProfileConfig, points: pd.DataFrame) -> pd.DataF
     df = moe_comparison(points, profile)
     out = results_dir(profile.name)
     src = out / "pareto.csv"
-    corpus = recorded_corpus(src)  # the corpus pareto.csv was made on, not this machine's (make replot)
-    meta = provenance(profile, sparsity=dataclasses.asdict(profile.sparsity),
-                      inputs={"pareto.csv": sha256_file(src) if src.exists() else None},
-                      **({"corpus": corpus} if corpus is not None else {}))
+    meta = provenance(profile, tables=(src,), sparsity=dataclasses.asdict(profile.sparsity),
+                      inputs={"pareto.csv": sha256_file(src) if src.exists() else None})
     write_table(df, out / "moe_comparison.csv", meta)
     return df
 

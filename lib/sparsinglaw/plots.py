@@ -70,7 +70,7 @@ def save(fig, name: str, profile: ProfileConfig, paper: str, notebook: str) -> l
     The three files are replaced together, MANIFEST.csv last; a failing write keeps the old ones."""
     import json
 
-    from .runs import provenance, recorded_corpus, results_dir
+    from .runs import provenance, results_dir
     from .train import atomic_write_files
 
     fields = [*MANIFEST_FIELDS, *(f for f in ("corpus", "versions", "device") if f not in MANIFEST_FIELDS)]
@@ -86,8 +86,8 @@ def save(fig, name: str, profile: ProfileConfig, paper: str, notebook: str) -> l
         files[out / f"{name}.{ext}"] = buf.getvalue()
     written = [p.name for p in files]
     tables = results_dir(profile.name)  # the corpus the figure's results were made on, not this machine's
-    corpus = recorded_corpus(tables / "sparsity.csv") or recorded_corpus(tables / "train_log.csv")
-    g = provenance(profile, **({"corpus": corpus} if corpus is not None else {}))
+    source = next((t for t in (tables / "sparsity.csv", tables / "train_log.csv") if t.exists()), None)
+    g = provenance(profile, tables=(source,) if source else ())
     rows = {}
     manifest = out / "MANIFEST.csv"
     if manifest.exists():
@@ -120,13 +120,15 @@ def _row_value(field: str, value: str):
     (versions.platform), as for results tables (runs._provenance_of)."""
     import json
 
+    from .runs import same_build
+
     if field != "versions":
         return value
     try:
         v = json.loads(value)
     except ValueError:
         return value
-    return {k: x for k, x in v.items() if k != "platform"} if isinstance(v, dict) else v
+    return same_build(v) if isinstance(v, dict) else v
 
 
 # -----------------------------------------------------------------------------------------------

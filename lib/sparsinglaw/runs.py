@@ -103,16 +103,18 @@ def git_state() -> dict:
     return {"git_sha": sha or "unknown", "git_dirty": dirty}
 
 
-def provenance(profile: ProfileConfig, **extra) -> dict:
+def provenance(profile: ProfileConfig, tables: tuple = (), **extra) -> dict:
     """What a results table or figure was made from: profile, config hash, git sha and dirty flag,
-    package versions, device and corpus fingerprint (computed when not given)."""
+    package versions, device and corpus fingerprint. The corpus, when not given, is the one the sidecars
+    of the results `tables` it is derived from record (recorded_corpus: the same on any machine that
+    derives it), else this machine's data.* fingerprint."""
     import torch
 
     from .train import versions
 
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     if "corpus" not in extra:
-        extra["corpus"] = corpus_fingerprint(profile.data)
+        extra["corpus"] = (tables and recorded_corpus(*tables)) or corpus_fingerprint(profile.data)
     return {"profile": profile.name, "config_hash": profile.config_hash(), **git_state(),
             "versions": versions(), "device": device, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra}
 
@@ -500,8 +502,13 @@ def _provenance_of(meta: dict) -> dict:
     bytes another result (a replot on another machine of the same kind leaves the tree clean)."""
     out = {k: v for k, v in meta.items() if k not in VOLATILE_META}
     if isinstance(out.get("versions"), dict):
-        out["versions"] = {k: v for k, v in out["versions"].items() if k != "platform"}
+        out["versions"] = same_build(out["versions"])
     return out
+
+
+def same_build(versions: dict) -> dict:
+    """Package versions less the machine's kernel build (platform): what a result's provenance compares."""
+    return {k: v for k, v in versions.items() if k != "platform"}
 
 
 def read_table(path: str | Path, columns: list[str] = (), numeric: list[str] = (), expect: dict | None = None,
