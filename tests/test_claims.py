@@ -557,7 +557,10 @@ def test_missing_tables_are_one_error(tmp_path):
     assert "\n" not in msg
     for t in ("sparsity", "neurons", "tokens", "sparse_inference"):
         assert f"{t}.csv" in msg
-    assert "python -m sparsinglaw measure --profile unmeasured" in msg and "notebook 06" in msg
+    # the commands load this profile again: a profile outside configs/ is named by its YAML path
+    where = str((tmp_path / "unmeasured.yaml").resolve())
+    assert f"python -m sparsinglaw measure --profile {where} (or notebook 02)" in msg
+    assert f"python -m sparsinglaw compute --profile {where} (or notebook 06_sparse_inference)" in msg
 
 
 def _cli(*args):
@@ -582,7 +585,8 @@ def test_verify_exits_1_when_results_are_missing(tmp_path):
     r = _cli("verify", "--profile", str(unmeasured_profile(tmp_path)))
     assert r.returncode == 1
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
-    assert "sparsity" in r.stderr and "sparse_inference" in r.stderr and "measure --profile unmeasured" in r.stderr
+    where = str((tmp_path / "unmeasured.yaml").resolve())
+    assert "sparsity" in r.stderr and "sparse_inference" in r.stderr and f"measure --profile {where}" in r.stderr
 
 
 def test_verify_readme_without_markers_is_an_error(synth_profile, tmp_path):
@@ -634,7 +638,8 @@ def test_fit_refit_recomputes_every_table_once_and_leaves_unchanged_files(synth_
 def test_fit_without_results_is_one_message(tmp_path):
     r = _cli("fit", "--profile", str(unmeasured_profile(tmp_path)))
     assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
-    assert "sparsity.csv" in r.stderr and "python -m sparsinglaw measure --profile unmeasured" in r.stderr
+    where = str((tmp_path / "unmeasured.yaml").resolve())
+    assert "sparsity.csv" in r.stderr and f"python -m sparsinglaw measure --profile {where}" in r.stderr
 
 
 def test_figure(tmp_path):

@@ -83,6 +83,8 @@ def test_compute_writes_every_results_table_replot_needs(tmp_path, monkeypatch, 
     assert cli.main([*args, "--times", str(tmp_path / "times.json")]) == 0
     out = capsys.readouterr().out
     assert "pareto: skipped" in out and "total:" in out
+    # a profile outside configs/ is not PROFILE=NAME to make: the notebooks take its path
+    assert f"draw the figures with the notebooks, parameters profile='{mini_path.resolve()}'" in out
     times = json.loads((tmp_path / "times.json").read_text())
     assert list(times["seconds"]) == ["train", "training logs", "measure", "sparse inference", "total"]
     profile = load_profile(mini_path, overrides=MINI)

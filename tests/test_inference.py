@@ -262,7 +262,7 @@ def test_missing_table_and_untrained_run(tmp_path, monkeypatch, smoke_tokens):
         inference.sparse_inference_for(profile, compute=False)
     msg = str(e.value)
     assert "\n" not in msg and str(tmp_path / "smoke" / "sparse_inference.csv") in msg
-    assert "make nb-06 PROFILE=smoke" in msg
+    assert "python -m sparsinglaw compute --profile smoke (or notebook 06_sparse_inference)" in msg
     fresh = load_profile("smoke", overrides=MINI + ["train.seed=4321"])
     with pytest.raises(SparsingLawError, match="run relu-s1 is not trained .* python -m sparsinglaw train"):
         inference.inference_run(fresh, fresh.run("relu-s1"), progress=False)

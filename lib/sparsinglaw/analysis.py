@@ -513,16 +513,20 @@ def load_results(profile: ProfileConfig | str) -> dict[str, pd.DataFrame]:
     folder = results_dir(name)
     out = {p.stem: read_csv(p) for p in sorted(folder.glob("*.csv"))}
     if "sparsity" not in out:
-        raise SparsingLawError(f"{folder / 'sparsity.csv'}: not measured yet; run notebook 02 or "
-                               f"python -m sparsinglaw measure --profile {name}")
+        raise SparsingLawError(f"{folder / 'sparsity.csv'}: not measured yet; {_measure_hint(profile)}")
     return out
+
+
+def _measure_hint(profile: ProfileConfig | str) -> str:
+    """What computes results/<profile>/sparsity.csv, with the flags that load `profile` again."""
+    flags = f"--profile {profile}" if isinstance(profile, str) else profile_flags(profile)
+    return f"run notebook 02 or python -m sparsinglaw measure {flags}"
 
 
 def _sha(profile: ProfileConfig, table: str) -> str:
     path = results_dir(profile.name) / f"{table}.csv"
     if not path.exists():
-        raise SparsingLawError(f"{path}: missing; run notebook 02 or python -m sparsinglaw measure "
-                               f"--profile {profile.name}")
+        raise SparsingLawError(f"{path}: missing; {_measure_hint(profile)}")
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 

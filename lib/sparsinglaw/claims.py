@@ -27,7 +27,7 @@ import pandas as pd
 from scipy import stats
 
 from . import analysis
-from .config import ProfileConfig, SparsingLawError
+from .config import ProfileConfig, SparsingLawError, profile_flags
 from .runs import as_bool, provenance, results_dir, write_table
 
 ALPHA = 0.05  # significance level of every test below
@@ -47,10 +47,10 @@ EXACT_MAX = 8  # exact permutation test up to this many runs (8! = 40,320 orderi
 MOE_MARGIN = 0.03
 
 # where each base table comes from (the message of a missing one names the command)
-SOURCES = {"sparsity": "python -m sparsinglaw measure --profile {p} (or notebook 02)",
-           "neurons": "python -m sparsinglaw measure --profile {p} (or notebook 02)",
-           "tokens": "python -m sparsinglaw measure --profile {p} (or notebook 02)",
-           "sparse_inference": "notebook 06_sparse_inference (make nb-06 PROFILE={p})"}
+SOURCES = {"sparsity": "python -m sparsinglaw measure {flags} (or notebook 02)",
+           "neurons": "python -m sparsinglaw measure {flags} (or notebook 02)",
+           "tokens": "python -m sparsinglaw measure {flags} (or notebook 02)",
+           "sparse_inference": "python -m sparsinglaw compute {flags} (or notebook 06_sparse_inference)"}
 
 # id -> (claim, where in the paper, statistic, PASS/FAIL rule)
 _TREND_STAT = ("per run, Spearman rho(tokens, A at PPL-1%) over the checkpoints its law fit used (runs of "
@@ -525,7 +525,7 @@ def inputs(profile: ProfileConfig) -> dict[str, pd.DataFrame]:
     missing = missing_tables(profile)
     if missing:
         folder = results_dir(profile.name)
-        how = "; ".join(f"{t}.csv: {SOURCES[t].format(p=profile.name)}" for t in missing)
+        how = "; ".join(f"{t}.csv: {SOURCES[t].format(flags=profile_flags(profile))}" for t in missing)
         raise MissingResults(f"{folder}: missing results table(s) {', '.join(missing)}; make them first: {how}")
     from .inference import read_inference
 

@@ -223,6 +223,7 @@ def _compute(profile, args) -> int:
     import torch
 
     from . import inference, measure, runs
+    from .config import in_repo
     from .device import leave_distributed, resolve_device
     from .train import versions
 
@@ -254,8 +255,10 @@ def _compute(profile, args) -> int:
                 print(f"rank {rank}: the stages after training run on rank 0 alone under torchrun", file=sys.stderr)
                 return 0
     times["total"] = round(time.perf_counter() - t0, 1)
-    print(f"total: {times['total']:.1f} s; results in {runs.results_dir(profile.name)}/ (make replot "
-          f"PROFILE={profile.name} draws the figures)")
+    draw = (f"make replot PROFILE={profile.name}" if in_repo(profile) else
+            f"the notebooks, parameters profile='{Path(profile.path).resolve()}' and replot=True")
+    print(f"total: {times['total']:.1f} s; results in {runs.results_dir(profile.name)}/ (draw the figures with "
+          f"{draw})")
     if args.times:
         out = {"profile": profile.name, "device": where, "seconds": times, "versions": versions()}
         Path(args.times).write_text(json.dumps(out, indent=1) + "\n")

@@ -634,12 +634,16 @@ def profile_flags(profile: ProfileConfig) -> str:
     overrides (for the commands that error messages suggest)."""
     import shlex
 
+    where = profile.name if in_repo(profile) else str(Path(profile.path).resolve())
+    return f"--profile {shlex.quote(where)}" + "".join(f" --set {shlex.quote(o)}" for o in profile.overrides)
+
+
+def in_repo(profile: ProfileConfig) -> bool:
+    """Whether `profile` was loaded from this repository's configs/NAME.yaml: what ``--profile NAME``
+    and ``make ... PROFILE=NAME`` load."""
     from .runs import repo_root
 
-    path = Path(profile.path).resolve()
-    ours = (repo_root() / "configs" / f"{profile.name}.yaml").resolve()  # what --profile NAME loads
-    where = profile.name if path == ours else str(path)
-    return f"--profile {shlex.quote(where)}" + "".join(f" --set {shlex.quote(o)}" for o in profile.overrides)
+    return Path(profile.path).resolve() == (repo_root() / "configs" / f"{profile.name}.yaml").resolve()
 
 
 def load_profile(profile: str | Path, configs_dir: Path | None = None, overrides: list[str] | None = None

@@ -339,7 +339,8 @@ def read_inference(profile: ProfileConfig, strict: bool = False, columns: list[s
     return read_table(results_dir(profile.name) / f"{TABLE}.csv", columns, [c for c in NUMERIC if c in columns],
                       expect={"config_hash": profile.config_hash(),
                               "inference": dataclasses.asdict(profile.inference)}, strict=strict,
-                      fix=f"run notebook 06 to make it: make nb-06 PROFILE={profile.name}")
+                      fix=f"make it with python -m sparsinglaw compute {profile_flags(profile)} "
+                          "(or notebook 06_sparse_inference)")
 
 
 # -----------------------------------------------------------------------------------------------
