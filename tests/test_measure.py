@@ -62,6 +62,30 @@ def test_measure_run(tiny, smoke_tokens):
     mtime = path.stat().st_mtime_ns
     assert measure.measure_run(tiny, run, progress=False) == json.loads(path.read_text())
     assert path.stat().st_mtime_ns == mtime
+    # so does a profile with other Pareto sweeps: they are not what this record measured
+    swept = load_profile("smoke", overrides=tiny.overrides + ["sparsity.cett_sweep=[0.1]", "sparsity.pareto_runs=[]"])
+    assert measure.measure_run(swept, swept.run("relu-s1"), progress=False) == json.loads(path.read_text())
+    assert path.stat().st_mtime_ns == mtime and "cett_sweep" not in json.loads(path.read_text())["sparsity"]
+
+
+def test_keys_read_only_the_settings_they_depend_on():
+    """Every sparsity field but the Pareto sweeps' changes the measurement's key, so a cached measurement
+    is never reused under other settings; the sweeps' values change only the sweep's key, and which runs
+    are swept changes neither (another sweep measures no checkpoint again)."""
+    base = load_profile("smoke")
+    run = base.run("relu-s2")
+    other = {"p": [1.0, 5.0], "eval_tokens": 4096, "batch_size": 4, "n_grid": 1024, "tol": 0.01,
+             "search": "secant", "n_last": 2, "impl": "reference", "dead_freq": 0.01, "pareto_runs": ["relu-s2"],
+             "cett_sweep": [0.1], "topk_fracs": [0.5], "fat_eps": [0.1]}
+    assert set(other) == {f.name for f in dataclasses.fields(base.sparsity)}  # a new field must be added here
+    for name, value in other.items():
+        changed = dataclasses.replace(base, sparsity=dataclasses.replace(base.sparsity, **{name: value}))
+        assert getattr(changed.sparsity, name) != getattr(base.sparsity, name), name
+        measured = measure.measure_key(changed, run) != measure.measure_key(base, run)
+        swept = measure.pareto_key(changed, run) != measure.pareto_key(base, run)
+        assert measured == (name not in measure.SWEEP_FIELDS), name
+        assert swept == (name != "pareto_runs"), name  # the sweep's table includes the PPL-p% points
+        assert (measure.record_path(changed, run) == measure.record_path(base, run)) == (not measured), name
 
 
 def test_results_tables_have_provenance(tiny, smoke_tokens, isolated_roots):
@@ -228,9 +252,9 @@ def test_progress_bars_end_full(tiny, smoke_tokens, monkeypatch, tmp_path):
 
     monkeypatch.setattr(tqdm.auto, "tqdm", Recorder)
     runs.train_profile(tiny, names=["relu-s1"], jobs=1, progress=False)
-    for search in ("bisect", "secant"):
+    for search in ("bisect", "secant"):  # dead_freq: a measurement key of its own, not another test's cache
         p = load_profile("smoke", overrides=TINY + ["sparsity.eval_tokens=1024", "sparsity.n_grid=4096",
-                                                    f"sparsity.search={search}"])
+                                                    f"sparsity.search={search}", "sparsity.dead_freq=0.0015"])
         measure.measure_run(p, p.run("relu-s1"), progress=True)
         inference.inference_run(p, p.run("relu-s1"), progress=True)
     done = [b for b in bars if b[0].startswith(("measure relu-s1", "sparse inference relu-s1"))]

@@ -111,7 +111,8 @@ class SparsityConfig:
 class InferenceConfig:
     """Sparse inference on held-out text (paper Table 1): fixed thresholds from PPL-p% applied to new text.
 
-    Not part of any run's identity, nor of the measurement's (measure.measure_key hashes only `sparsity`).
+    Not part of any run's identity, nor of the measurement's (measure.measure_key hashes only `sparsity`
+    settings).
     """
 
     p: list[float] = field(default_factory=lambda: [1.0, 5.0, 10.0])  # PPL-p% levels in percent (Table 1)

@@ -9,9 +9,10 @@ For each run of a profile (cached per run, resumable, locked like training):
   3. on the final stable checkpoint: activation frequency of every neuron per data domain and the
      per-token activation ratio per vocabulary id (at PPL-1%), for Fig. 9 and 10.
 
-Results of one run: runs/<profile>/<run key>/sparsity-<measure hash>.json (+ .npz of the neuron and
-token arrays), written atomically; `measure_profile` then writes results/<profile>/sparsity.csv,
-neurons.csv and tokens.csv, each with a provenance sidecar.
+Results of one run: runs/<profile>/<run key>/sparsity-<impl>-<measure key>.json (+ .npz of the neuron and
+token arrays) and, for a run in sparsity.pareto_runs, pareto-<pareto key>.csv, written atomically;
+`measure_profile` then writes results/<profile>/sparsity.csv, neurons.csv and tokens.csv, each with a
+provenance sidecar.
 """
 
 from __future__ import annotations
@@ -147,10 +148,28 @@ def eval_set(profile: ProfileConfig, tokens, seq_len: int, device: torch.device 
             for b in eval_batches(tokens.val, seq_len, s.batch_size, s.eval_tokens, domain=tokens.val_domain)]
 
 
+# the Pareto sweeps' own settings: the PPL-p% measurement does not read them, so they are not in its key
+# (another sweep, or another run swept, measures nothing again)
+SWEEP_FIELDS = ("pareto_runs", "cett_sweep", "topk_fracs", "fat_eps")
+
+
+def measured_settings(profile: ProfileConfig) -> dict:
+    """The sparsity settings the PPL-p% measurement depends on: all but SWEEP_FIELDS."""
+    return {k: v for k, v in dataclasses.asdict(profile.sparsity).items() if k not in SWEEP_FIELDS}
+
+
 def measure_key(profile: ProfileConfig, run: RunConfig) -> str:
-    """Hash of everything the measurement of `run` depends on."""
+    """Hash of everything the PPL-p% measurement of `run` depends on: the run and `measured_settings`."""
     return stable_hash({"v": MEASURE_VERSION, "run": run.config_hash(profile.data),
-                        "sparsity": dataclasses.asdict(profile.sparsity)})[:10]
+                        "sparsity": measured_settings(profile)})[:10]
+
+
+def pareto_key(profile: ProfileConfig, run: RunConfig) -> str:
+    """Hash of everything the Pareto sweep of `run` depends on: its measurement (whose PPL-p% points the
+    sweep's table includes) and the values swept; not which other runs are swept."""
+    s = profile.sparsity
+    return stable_hash({"measure": measure_key(profile, run), "cett_sweep": s.cett_sweep,
+                        "topk_fracs": s.topk_fracs, "fat_eps": s.fat_eps})[:10]
 
 
 def with_impl(profile: ProfileConfig, impl: str | None) -> ProfileConfig:
@@ -294,7 +313,7 @@ def measure_run(profile: ProfileConfig, run: RunConfig, runs_dir=None, progress:
         record = {"run": run.name, "key": measure_key(profile, run), "impl": scfg.impl,
                   "arrays_sha256": hashlib.sha256(arrays).hexdigest(),
                   "config_hash": run.config_hash(profile.data), "corpus": tokens.fingerprint,
-                  "versions": versions(), "sparsity": dataclasses.asdict(scfg), "rows": rows,
+                  "versions": versions(), "sparsity": measured_settings(profile), "rows": rows,
                   "search": {str(p): {"cett": r.cett, "bracket": list(r.bracket), "reached": r.reached,
                                       "trace": r.trace,
                                       "n_dense_passes": r.n_dense_passes, "n_sparse_passes": r.n_sparse_passes,
@@ -504,7 +523,7 @@ def pareto_run(profile: ProfileConfig, run: RunConfig, runs_dir=None, progress: 
 
     scfg = profile.sparsity
     d = run_dir(profile, run, runs_dir)
-    out = d / f"pareto-{measure_key(profile, run)}.csv"
+    out = d / f"pareto-{pareto_key(profile, run)}.csv"
     if out.exists():
         metas = sorted(d.glob("meta_[0-9]*.json")) if corpus is not None else []
         if metas:  # the sweep ran on its run's corpus (checked when it was made): the newest sidecar's
