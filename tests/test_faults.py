@@ -422,8 +422,9 @@ def test_unchanged_results_table_is_left_as_it_is(tmp_path):
     runs.write_table(df, out / "t.csv", dict(meta, time="t1", git_sha="s1", git_dirty=True))
     assert side.read_bytes() == first and side.stat().st_mtime_ns == stamp
     assert json.loads(first)["git_sha"] == "s0"  # the code that first wrote these bytes
-    # another kernel build (a replot on another machine of the same kind) is no other provenance either
-    runs.write_table(df, out / "t.csv", dict(meta, versions={"torch": "1", "platform": "Linux-6.2"}, time="t1b"))
+    # another kernel build or instruction set (a replot on another machine) is no other provenance either
+    other = {"torch": "1", "platform": "Linux-6.2", "cpu_capability": "AVX2"}
+    runs.write_table(df, out / "t.csv", dict(meta, versions=other, time="t1b"))
     assert side.read_bytes() == first and side.stat().st_mtime_ns == stamp
     runs.write_table(df, out / "t.csv", dict(meta, versions={"torch": "2"}, time="t2"))
     assert json.loads(side.read_text())["versions"] == {"torch": "2"} and json.loads(side.read_text())["time"] == "t2"

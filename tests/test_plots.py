@@ -84,7 +84,8 @@ def test_redrawn_unchanged_figure_keeps_its_manifest_row(tmp_path, monkeypatch, 
     manifest = (tmp_path / tiny_profile.name / "MANIFEST.csv").read_bytes()
     from sparsinglaw import train as tr  # runs.provenance reads the versions from train.versions
 
-    monkeypatch.setattr(tr, "versions", lambda real=tr.versions: real() | {"platform": "Linux-0.0-other"})
+    other = {"platform": "Linux-0.0-other", "cpu_capability": "DEFAULT"}
+    monkeypatch.setattr(tr, "versions", lambda real=tr.versions: real() | other)
     monkeypatch.setattr(runs, "git_state", lambda: {"git_sha": "d" * 40, "git_dirty": False})
     plots.save(draw([4, 3]), "99_fig", tiny_profile, paper="none", notebook="test")
     assert (tmp_path / tiny_profile.name / "MANIFEST.csv").read_bytes() == manifest

@@ -63,7 +63,7 @@ def save(fig, name: str, profile: ProfileConfig, paper: str, notebook: str) -> l
     """Write figures/<profile>/<name>.png and .pdf (no timestamps in their metadata, so committed
     figures change only when data change) and upsert their MANIFEST rows (paper figure, notebook,
     provenance: config hash, git sha and dirty flag, corpus fingerprint, package versions, device).
-    A figure drawn again with the same bytes and provenance but for the git state and the kernel build keeps
+    A figure drawn again with the same bytes and provenance but for the git state and the machine keeps
     its row (it names the commit that first drew it), so `make replot` on unchanged results leaves the tree
     clean; only a row drawn from a dirty tree is replaced by a clean one. The corpus is the one the
     profile's results tables record (sparsity.csv, else train_log.csv), not this machine's.
@@ -116,8 +116,8 @@ def save(fig, name: str, profile: ProfileConfig, paper: str, notebook: str) -> l
 
 
 def _row_value(field: str, value: str):
-    """A MANIFEST value as compared for "the same figure": package versions without the kernel build
-    (versions.platform), as for results tables (runs._provenance_of)."""
+    """A MANIFEST value as compared for "the same figure": package versions without the machine's facts
+    (runs.MACHINE), as for results tables (runs._provenance_of)."""
     import json
 
     from .runs import same_build

@@ -498,17 +498,21 @@ def _same_table(path: Path, side: Path, data: bytes, meta: dict) -> bool:
 
 
 def _provenance_of(meta: dict) -> dict:
-    """A sidecar less VOLATILE_META and the machine's kernel build (versions.platform): what makes the same
-    bytes another result (a replot on another machine of the same kind leaves the tree clean)."""
+    """A sidecar less VOLATILE_META and the machine's facts (runs.MACHINE): what makes the same bytes
+    another result (a replot on another machine leaves the tree clean)."""
     out = {k: v for k, v in meta.items() if k not in VOLATILE_META}
     if isinstance(out.get("versions"), dict):
         out["versions"] = same_build(out["versions"])
     return out
 
 
+MACHINE = ("platform", "cpu_capability")  # facts of the machine, not of the software, in train.versions()
+
+
 def same_build(versions: dict) -> dict:
-    """Package versions less the machine's kernel build (platform): what a result's provenance compares."""
-    return {k: v for k, v in versions.items() if k != "platform"}
+    """Package versions less the machine's facts (MACHINE: kernel build, CPU instruction set): what a
+    result's provenance compares."""
+    return {k: v for k, v in versions.items() if k not in MACHINE}
 
 
 def read_table(path: str | Path, columns: list[str] = (), numeric: list[str] = (), expect: dict | None = None,

@@ -93,11 +93,14 @@ def batch_seed(seed: int, step: int, micro: int) -> int:
 
 
 def versions() -> dict:
-    """Versions of Python, the platform and the packages results depend on."""
+    """Versions of Python, the platform and the packages results depend on, and the CPU instruction set
+    torch's kernels use (cpu_capability: AVX2, AVX512, ...; float rounding, hence trained weights, differ
+    between them)."""
     import importlib.metadata
 
     out = {"sparsinglaw": __version__, "python": platform.python_version(), "torch": torch.__version__,
-           "numpy": np.__version__, "platform": platform.platform()}
+           "numpy": np.__version__, "platform": platform.platform(),
+           "cpu_capability": torch.backends.cpu.get_cpu_capability()}
     for pkg in ("pandas", "scipy", "tokenizers", "matplotlib"):
         try:
             out[pkg] = importlib.metadata.version(pkg)
