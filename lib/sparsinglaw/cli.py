@@ -1,4 +1,4 @@
-"""Command line: `python -m sparsinglaw train|measure|compute|fit|runs|verify ...` for scripts, make and clusters.
+"""Command line: `python -m sparsinglaw train|measure|compute|fit|runs|verify|compare ...` for scripts and clusters.
 
 Every run of a sweep is an independent command (`train --profile P --run NAME`), so a scheduler's
 job array spreads a sweep over a cluster; `-j N` spreads it over local cores. `compute` does every
@@ -79,6 +79,10 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--readme", default=None, metavar="PATH",
                    help="also replace the block between <!-- claims:<profile>:start --> and "
                    "<!-- claims:<profile>:end --> in this Markdown file (e.g. README.md)")
+    k = sub.add_parser("compare", help="two results folders of one profile side by side (e.g. a rerun against "
+                       "the committed results/cpu): claim verdicts, activation ratios, losses, law fits")
+    k.add_argument("a", metavar="A", help="a results folder, e.g. results/cpu")
+    k.add_argument("b", metavar="B", help="another results folder of the same profile")
     return p
 
 
@@ -111,6 +115,11 @@ def _dispatch(args) -> int:
     from .config import ConfigError, load_profile
     from .runs import states_table, train_profile
 
+    if args.command == "compare":  # tables only: no profile
+        from . import compare
+
+        print(compare.report(compare.compare(args.a, args.b)), end="")
+        return 0
     profile = load_profile(args.profile, overrides=args.overrides)
     if args.runs_dir is not None and Path(args.runs_dir).exists() and not Path(args.runs_dir).is_dir():
         raise ConfigError(f"--runs-dir {args.runs_dir}: not a folder; expected a folder for checkpoints and logs")

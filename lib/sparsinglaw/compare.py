@@ -1,0 +1,197 @@
+"""Two results folders of one profile side by side: did a rerun reproduce the committed results?
+
+Training is deterministic on one machine, but another CPU (another instruction set, hence other float
+rounding in torch's kernels) trains other weights from the same seed: the losses drift apart after a few
+steps, and so do the measurements and the fits. ``compare(a, b)`` says how far, from the tables alone:
+
+  * claims   -- each claim's verdict and value in A and in B (claims.csv);
+  * runs     -- per run, the final validation loss (train_log.csv) and the activation ratio at PPL-1%
+                at the final checkpoint, and the largest difference of that ratio over the checkpoints
+                both measured (sparsity.csv);
+  * fits     -- per run, whether the law fit (Eq. 4 / Eq. 5) converged in A and in B, A0 with its
+                interval in each, and whether B's A0 lies in A's interval (fits.csv).
+
+Every table is read with its provenance sidecar checked (runs.read_table). A table missing from either
+folder leaves its section out, named in the summary. ``python -m sparsinglaw compare A B`` prints
+``report``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .config import SparsingLawError
+from .runs import as_bool, read_table
+
+TABLES = {"claims": ["id", "verdict", "value"],
+          "sparsity": ["run", "step", "p", "activation_ratio", "dense_loss"],
+          "train_log": ["run", "step", "split", "loss"],
+          "fits": ["run", "form", "converged", "A0", "A0_lo", "A0_hi"]}
+
+
+def _read(folder: Path, name: str) -> pd.DataFrame | None:
+    path = folder / f"{name}.csv"
+    return read_table(path, TABLES[name], fix="compare folders of `make figures` or `compute`") \
+        if path.is_file() else None
+
+
+def _headline(value) -> str:
+    """A claim's value up to its first ';' (the rest lists runs)."""
+    return str(value).split(";")[0]
+
+
+def claims_table(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
+    """id, verdict and headline value in A and B, and whether the verdict is the same (ids of either)."""
+    ids = list(dict.fromkeys([*a["id"], *b["id"]]))  # A's order, then B's others
+    m = pd.DataFrame({"id": ids}).merge(a[["id", "verdict", "value"]], on="id", how="left").merge(
+        b[["id", "verdict", "value"]], on="id", how="left", suffixes=("_a", "_b"))
+    m["value_a"], m["value_b"] = m["value_a"].map(_headline), m["value_b"].map(_headline)
+    m["same"] = m["verdict_a"] == m["verdict_b"]
+    return m[["id", "verdict_a", "verdict_b", "same", "value_a", "value_b"]]
+
+
+def _final_val(log: pd.DataFrame) -> pd.Series:
+    val = log[log["split"] == "val"].sort_values("step")
+    return val.groupby("run", sort=False)["loss"].last()
+
+
+def runs_table(sa: pd.DataFrame | None, sb: pd.DataFrame | None, la: pd.DataFrame | None,
+               lb: pd.DataFrame | None, p: float = 1.0) -> pd.DataFrame:
+    """Per run of both folders: final validation loss in A and B (train_log.csv), the PPL-p% activation
+    ratio at the last checkpoint both measured, and the largest |B - A| of that ratio over the checkpoints
+    both measured (sparsity.csv), with their count (NaN for a run without measurements: an MoE run)."""
+    parts = []
+    if la is not None and lb is not None:
+        parts.append(pd.concat({"val_loss_a": _final_val(la), "val_loss_b": _final_val(lb)}, axis=1, join="inner"))
+    if sa is not None and sb is not None:
+        cols = ["run", "step", "activation_ratio"]
+        m = sa.loc[sa["p"] == p, cols].merge(sb.loc[sb["p"] == p, cols], on=["run", "step"], suffixes=("_a", "_b"))
+        m["diff"] = (m["activation_ratio_b"] - m["activation_ratio_a"]).abs()
+        g = m.sort_values("step").groupby("run", sort=False)
+        parts.append(pd.DataFrame({"checkpoints": g.size(), "step": g["step"].last(),
+                                   "ratio_a": g["activation_ratio_a"].last(), "ratio_b": g["activation_ratio_b"].last(),
+                                   "max_ratio_diff": g["diff"].max()}))
+    if not parts:
+        return pd.DataFrame()
+    out = pd.concat(parts, axis=1, join="outer", sort=False) if len(parts) == 2 else parts[0]
+    order = dict.fromkeys(r for t in (la, sa, lb, sb) if t is not None for r in t["run"])  # as A lists them
+    return out.reindex([r for r in order if r in out.index]).rename_axis("run").reset_index()
+
+
+def fits_table(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
+    """Per run of both fits.csv: converged in A and in B, A0 with its interval in each, and whether B's
+    A0 lies in A's interval (False when either did not converge or A has no interval)."""
+    cols = ["run", "form", "converged", "A0", "A0_lo", "A0_hi"]
+    m = a[cols].merge(b[cols], on=["run", "form"], suffixes=("_a", "_b"))
+    for s in ("_a", "_b"):
+        m[f"converged{s}"] = as_bool(m[f"converged{s}"])
+        m.loc[~m[f"converged{s}"], [f"A0{s}", f"A0_lo{s}", f"A0_hi{s}"]] = np.nan
+    m["b_in_a"] = (m["A0_b"] >= m["A0_lo_a"]) & (m["A0_b"] <= m["A0_hi_a"])
+    return m
+
+
+def compare(a: str | Path, b: str | Path) -> dict[str, pd.DataFrame]:
+    """The comparison tables of results folders `a` and `b` (claims, runs, fits; a section whose table
+    either folder lacks is absent). Raises SparsingLawError when a folder does not exist or the two share
+    none of the tables."""
+    a, b = Path(a), Path(b)
+    for f in (a, b):
+        if not f.is_dir():
+            raise SparsingLawError(f"{f}: no such folder; expected a results folder such as results/cpu")
+    ta, tb = ({n: _read(f, n) for n in TABLES} for f in (a, b))
+    shared = [n for n in TABLES if ta[n] is not None and tb[n] is not None]
+    if not shared:
+        raise SparsingLawError(f"{a} and {b} share none of the tables {', '.join(f'{n}.csv' for n in TABLES)}; "
+                               "expected two results folders of one profile")
+    first = next(n for n in ("sparsity", "train_log", "fits", "claims") if n in shared)  # a base table first
+    meta = {s: t[first].attrs.get("meta", {}) for s, t in (("a", ta), ("b", tb))}
+    out = {"provenance": pd.DataFrame({s: {"table": f"{first}.csv", "profile": m.get("profile"),
+                                           "config_hash": m.get("config_hash"),
+                                           "corpus": (m.get("corpus") or {}).get("sha256"),
+                                           "cpu_capability": (m.get("versions") or {}).get("cpu_capability",
+                                                                                           "unrecorded")}
+                                       for s, m in meta.items()}).T}
+    if "claims" in shared:
+        out["claims"] = claims_table(ta["claims"], tb["claims"])
+    runs = runs_table(ta["sparsity"], tb["sparsity"], ta["train_log"], tb["train_log"])
+    if len(runs):
+        out["runs"] = runs
+    if "fits" in shared:
+        out["fits"] = fits_table(ta["fits"], tb["fits"])
+    out["missing"] = pd.DataFrame({"table": [f"{n}.csv" for n in TABLES if n not in shared],
+                                   "in_a": [ta[n] is not None for n in TABLES if n not in shared],
+                                   "in_b": [tb[n] is not None for n in TABLES if n not in shared]})
+    return out
+
+
+def summary(t: dict[str, pd.DataFrame]) -> str:
+    """A few lines: what A and B were made from, verdicts kept and changed, the largest differences, the
+    fits that moved."""
+    lines = []
+    if "provenance" in t:
+        lines.append(_provenance_line(t["provenance"]))
+    if "claims" in t:
+        c = t["claims"]
+        changed = c[~c["same"]]
+        lines.append(f"claims: {int(c['same'].sum())} of {len(c)} verdicts the same"
+                     + ("" if changed.empty else "; changed: " + ", ".join(
+                         f"{r.id} {r.verdict_a} -> {r.verdict_b}" for r in changed.itertuples())))
+    r = t.get("runs")
+    if r is not None and "max_ratio_diff" in r and r["max_ratio_diff"].isna().all():
+        lines.append("activation ratio at PPL-1%: no checkpoint measured in both (other step grids)")
+    elif r is not None and "max_ratio_diff" in r:
+        r = r.dropna(subset=["max_ratio_diff"])
+        final = (r["ratio_b"] - r["ratio_a"]).abs()
+        lines.append(f"activation ratio at PPL-1%: largest |B - A| {_largest(r, r['max_ratio_diff'])} over "
+                     f"{int(r['checkpoints'].sum())} checkpoints of {len(r)} runs; at the final checkpoints median "
+                     f"{final.median():.4f}, largest {final.max():.4f}")
+    r = t.get("runs")
+    if r is not None and "val_loss_a" in r:
+        r = r.dropna(subset=["val_loss_a", "val_loss_b"])
+        d = (r["val_loss_b"] - r["val_loss_a"]).abs()
+        lines.append(f"final validation loss: largest |B - A| {_largest(r, d)}, median {d.median():.4f}, "
+                     f"over {len(r)} runs")
+    if "fits" in t:
+        f = t["fits"]
+        both = f["converged_a"] & f["converged_b"]
+        known = both & f["A0_lo_a"].notna() & f["A0_hi_a"].notna()
+        lines.append(f"law fits: {int(both.sum())} of {len(f)} runs converged in both, "
+                     f"{int((f['converged_a'] != f['converged_b']).sum())} in one only; B's A0 inside A's "
+                     f"interval for {int(f['b_in_a'].sum())} of the {int(known.sum())} with an interval in A")
+    m = t.get("missing")
+    if m is not None and len(m):
+        lines.append("not compared: " + ", ".join(
+            f"{row.table} (only in {'A' if row.in_a else 'B' if row.in_b else 'neither'})" for row in m.itertuples()))
+    return "\n".join(lines)
+
+
+def _provenance_line(p: pd.DataFrame) -> str:
+    """'profile cpu in both; config hash ... in both; ...': what the first table both folders hold was made
+    from (its sidecar), and on which CPU instruction set (train.versions)."""
+    out = []
+    for key, what in (("profile", "profile"), ("config_hash", "config hash"), ("corpus", "corpus"),
+                      ("cpu_capability", "CPU instruction set")):
+        a, b = p.at["a", key], p.at["b", key]
+        shown = (lambda v: str(v)[:12]) if key in ("config_hash", "corpus") else str
+        out.append(f"{what} {shown(a)} in both" if a == b else f"{what} {shown(a)} in A, {shown(b)} in B")
+    return "made from: " + "; ".join(out)
+
+
+def _largest(rows: pd.DataFrame, diff: pd.Series) -> str:
+    """'0.0123 (run)': the largest difference and its run (no run when every difference is 0)."""
+    top = diff.max()
+    return f"{top:.4f}" + (f" ({rows.at[diff.idxmax(), 'run']})" if top > 0 else "")
+
+
+def report(t: dict[str, pd.DataFrame]) -> str:
+    """The summary, then each table as text."""
+    parts = [summary(t)]
+    with pd.option_context("display.width", 250, "display.max_columns", 30, "display.max_colwidth", 70,
+                           "display.float_format", "{:.4g}".format):
+        for name in ("claims", "runs", "fits"):
+            if name in t:
+                parts += ["", f"{name}:", t[name].to_string(index=False)]
+    return "\n".join(parts) + "\n"

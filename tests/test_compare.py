@@ -1,0 +1,115 @@
+"""compare: two results folders side by side, checked against differences put into a copy on purpose."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pandas as pd
+import pytest
+
+from conftest import REPO
+from sparsinglaw import cli, compare, runs
+from sparsinglaw.config import SparsingLawError
+
+COMMITTED = REPO / "results" / "cpu"
+
+
+def _copy(tmp_path, name):
+    out = tmp_path / name
+    shutil.copytree(COMMITTED, out)
+    return out
+
+
+def _rewrite(folder, name, edit, **meta):
+    """Change results table `name` by `edit` (a function of the DataFrame) and write it with its sidecar."""
+    path = folder / f"{name}.csv"
+    old = json.loads(path.with_suffix(".meta.json").read_text())
+    df = edit(runs.read_csv(path))
+    runs.write_table(df, path, {k: v for k, v in {**old, **meta}.items() if k not in ("file", "sha256", "rows")})
+
+
+def test_a_folder_against_its_copy_is_the_same(tmp_path):
+    t = compare.compare(COMMITTED, _copy(tmp_path, "b"))
+    s = pd.read_csv(COMMITTED / "sparsity.csv")
+    s = s[s["p"] == 1.0]
+    assert t["claims"]["same"].all() and len(t["claims"]) == len(pd.read_csv(COMMITTED / "claims.csv"))
+    r = t["runs"].dropna(subset=["checkpoints"])
+    assert list(r["run"]) == list(dict.fromkeys(s["run"]))  # every measured run, in the table's order
+    assert r["checkpoints"].sum() == len(s) and (r["max_ratio_diff"] == 0).all()
+    assert set(t["runs"]["run"]) == set(pd.read_csv(COMMITTED / "train_log.csv")["run"])  # MoE runs: loss only
+    text = compare.summary(t)
+    assert f"12 of 12 verdicts the same\nactivation ratio at PPL-1%: largest |B - A| 0.0000 over {len(s)} checkpoints" \
+        in text
+    assert "made from: profile cpu in both;" in text and "not compared" not in text
+
+
+def test_differences_put_into_a_copy_are_found(tmp_path):
+    b = _copy(tmp_path, "b")
+    s = pd.read_csv(COMMITTED / "sparsity.csv")
+    mid = s[(s["run"] == "relu-s3") & (s["p"] == 1.0)]["step"].iloc[5]
+    last = s[(s["run"] == "silu-s2") & (s["p"] == 1.0)]["step"].max()
+
+    def ratios(df):
+        df = df.copy()
+        df.loc[(df["run"] == "relu-s3") & (df["step"] == mid), "activation_ratio"] += 0.0123
+        df.loc[(df["run"] == "silu-s2") & (df["step"] == last), "activation_ratio"] -= 0.004
+        return df
+
+    _rewrite(b, "sparsity", ratios, versions={"cpu_capability": "AVX2"})
+    _rewrite(b, "claims", lambda df: df.assign(verdict=df["verdict"].where(df["id"] != "relu_falls", "FAIL")))
+
+    def val_loss(df):
+        df = df.copy()
+        last_val = df[(df["run"] == "relu-s1") & (df["split"] == "val")].index[-1]
+        df.loc[last_val, "loss"] += 0.05
+        return df
+
+    _rewrite(b, "train_log", val_loss)
+    fits = pd.read_csv(COMMITTED / "fits.csv").set_index("run")
+    hi = fits.at["relu-s4", "A0_hi"]
+    _rewrite(b, "fits", lambda df: df.assign(A0=df["A0"].where(df["run"] != "relu-s4", hi + 0.01)))
+
+    t = compare.compare(COMMITTED, b)
+    r = t["runs"].set_index("run")
+    assert r.at["relu-s3", "max_ratio_diff"] == pytest.approx(0.0123, abs=1e-12)
+    assert r.at["silu-s2", "max_ratio_diff"] == pytest.approx(0.004, abs=1e-12)
+    assert r.at["silu-s2", "ratio_a"] - r.at["silu-s2", "ratio_b"] == pytest.approx(0.004, abs=1e-12)
+    assert (r.drop(index=["relu-s3", "silu-s2"])["max_ratio_diff"].dropna() == 0).all()
+    assert r.at["relu-s1", "val_loss_b"] - r.at["relu-s1", "val_loss_a"] == pytest.approx(0.05, abs=1e-9)
+    f = t["fits"].set_index("run")
+    assert not f.at["relu-s4", "b_in_a"]
+    known = f["converged_a"] & f["A0_lo_a"].notna()
+    assert f.loc[known, "b_in_a"].sum() == known.sum() - 1
+    text = compare.summary(t)
+    assert "CPU instruction set unrecorded in A, AVX2 in B" in text
+    assert "11 of 12 verdicts the same; changed: relu_falls INCONCLUSIVE -> FAIL" in text
+    assert "largest |B - A| 0.0123 (relu-s3)" in text and "final checkpoints median 0.0000, largest 0.0040" in text
+    assert "final validation loss: largest |B - A| 0.0500 (relu-s1), median 0.0000, over 21 runs" in text
+    assert f"B's A0 inside A's interval for {known.sum() - 1} of the {known.sum()} with an interval in A" in text
+    assert "relu_falls" in compare.report(t)
+
+
+def test_missing_tables_and_folders(tmp_path):
+    b = _copy(tmp_path, "b")
+    for f in ("claims.csv", "claims.meta.json"):
+        (b / f).unlink()
+    t = compare.compare(COMMITTED, b)
+    assert "claims" not in t and "not compared: claims.csv (only in A)" in compare.summary(t)
+    with pytest.raises(SparsingLawError, match="no such folder"):
+        compare.compare(COMMITTED, tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SparsingLawError, match="share none of the tables"):
+        compare.compare(COMMITTED, tmp_path / "empty")
+
+
+def test_cli_prints_the_report_or_one_error_line(tmp_path, capsys):
+    b = _copy(tmp_path, "b")
+    assert cli.main(["compare", str(COMMITTED), str(b)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("made from: profile cpu in both") and "\nclaims:\n" in out and "\nfits:\n" in out
+    path = b / "sparsity.csv"
+    path.write_text(path.read_text().replace("relu-s1,", "relu-s9,", 1))  # edited by hand: its sha256 is off
+    assert cli.main(["compare", str(COMMITTED), str(b)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "sha256 does not match" in err and "Traceback" not in err
