@@ -34,8 +34,8 @@ TABLES = {"claims": ["id", "verdict", "value"],
 
 def _read(folder: Path, name: str) -> pd.DataFrame | None:
     path = folder / f"{name}.csv"
-    return read_table(path, TABLES[name], fix="compare folders of `make figures` or `compute`") \
-        if path.is_file() else None
+    fix = "rerun the stage of its profile that writes it (make figures, or python -m sparsinglaw compute, fit, verify)"
+    return read_table(path, TABLES[name], fix=fix) if path.is_file() else None
 
 
 def _headline(value) -> str:
