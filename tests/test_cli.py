@@ -83,8 +83,7 @@ def test_compute_writes_every_results_table_replot_needs(tmp_path, monkeypatch, 
     assert cli.main([*args, "--times", str(tmp_path / "times.json")]) == 0
     out = capsys.readouterr().out
     assert "pareto: skipped" in out and "total:" in out
-    # a profile outside configs/ is not PROFILE=NAME to make: the notebooks take its path
-    assert f"draw the figures with the notebooks, parameters profile='{mini_path.resolve()}'" in out
+    assert "draw the figures with the notebooks, with replot=True and a profile YAML that holds these --set" in out
     times = json.loads((tmp_path / "times.json").read_text())
     assert list(times["seconds"]) == ["train", "training logs", "measure", "sparse inference", "total"]
     profile = load_profile(mini_path, overrides=MINI)
@@ -106,6 +105,17 @@ def test_compute_writes_every_results_table_replot_needs(tmp_path, monkeypatch, 
     again = json.loads((tmp_path / "again.json").read_text())["seconds"]
     assert again["train"] < times["seconds"]["train"]
     assert stamps() == before  # nothing trained, measured or evaluated again: no file rewritten
+
+
+def test_compute_names_what_draws_the_figures_of_its_profile(mini_path):
+    """make replot PROFILE=NAME loads configs/NAME.yaml only, and neither make nor the notebooks take --set."""
+    from sparsinglaw import cli
+    from sparsinglaw.config import load_profile
+
+    assert cli._draw_hint(load_profile("smoke")) == "make replot PROFILE=smoke"
+    assert cli._draw_hint(load_profile(mini_path)) == (f"the notebooks, parameters profile='{mini_path.resolve()}' "
+                                                       "and replot=True")
+    assert "--set overrides" in cli._draw_hint(load_profile("smoke", overrides=["train.seed=3"]))
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")

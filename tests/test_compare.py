@@ -86,8 +86,41 @@ def test_differences_put_into_a_copy_are_found(tmp_path):
     assert "11 of 12 verdicts the same; changed: relu_falls INCONCLUSIVE -> FAIL" in text
     assert "largest |B - A| 0.0123 (relu-s3)" in text and "final checkpoints median 0.0000, largest 0.0040" in text
     assert "final validation loss: largest |B - A| 0.0500 (relu-s1), median 0.0000, over 21 runs" in text
-    assert f"B's A0 inside A's interval for {known.sum() - 1} of the {known.sum()} with an interval in A" in text
+    inside = f"B's A0 inside A's interval for {known.sum() - 1} of the {known.sum()} converged in both with an interval"
+    assert inside in text
     assert "relu_falls" in compare.report(t)
+
+
+def test_other_levels_order_gaps_and_profiles(tmp_path):
+    """Only PPL-1% rows count, in any row order; a NaN or a missing checkpoint is counted as one-sided and
+    never replaced by an earlier value; a run in one folder only is named; another profile is warned of."""
+    a, b = _copy(tmp_path, "a"), _copy(tmp_path, "b")
+    five = lambda df, shift: pd.concat([df, df[df["p"] == 1.0].assign(p=5.0, activation_ratio=lambda d:  # noqa: E731
+                                                                        d["activation_ratio"] + shift)])
+    _rewrite(a, "sparsity", lambda df: five(df, 0.0))
+    s = pd.read_csv(COMMITTED / "sparsity.csv")
+    last = s[s["run"] == "relu-s2"]["step"].max()
+
+    def edit(df):  # PPL-5% rows far off, rows shuffled, relu-s2's final ratio NaN, relu-wd96 unmeasured
+        df = five(df, 0.3).sample(frac=1.0, random_state=0)
+        df.loc[(df["run"] == "relu-s2") & (df["step"] == last) & (df["p"] == 1.0), "activation_ratio"] = float("nan")
+        return df[df["run"] != "relu-wd96"]
+
+    _rewrite(b, "sparsity", edit, profile="other")
+    _rewrite(b, "train_log", lambda df: df[df["run"] != "relu-wd96"].iloc[::-1])
+    t = compare.compare(a, b)
+    r = t["runs"].set_index("run")
+    assert r.at["relu-s2", "step"] == last and pd.isna(r.at["relu-s2", "ratio_b"])  # not an earlier checkpoint's
+    assert r.at["relu-s2", "one_sided"] == 1 and r.at["relu-s2", "checkpoints"] == 15
+    assert r.at["relu-wd96", "where"] == "A only" and r.at["relu-wd96", "one_sided"] == 16
+    assert (r.drop(index=["relu-s2", "relu-wd96"])["max_ratio_diff"].dropna() == 0).all()  # PPL-5% left out
+    assert r.at["relu-s1", "val_loss_a"] == r.at["relu-s1", "val_loss_b"]  # the last step's, whatever the order
+    text = compare.summary(t)
+    assert text.startswith("warning: A holds profile cpu, B other")
+    assert "runs in one folder only: A only: relu-wd96" in text
+    assert "largest |B - A| 0.0000 over 271 checkpoints of 17 runs" in text and "17 checkpoint(s) with a value in one" \
+        in text
+    assert "final validation loss: largest |B - A| 0.0000, median 0.0000, over 20 runs" in text
 
 
 def test_missing_tables_and_folders(tmp_path):

@@ -86,6 +86,9 @@ def test_keys_read_only_the_settings_they_depend_on():
         assert measured == (name not in measure.SWEEP_FIELDS), name
         assert swept == (name != "pareto_runs"), name  # the sweep's table includes the PPL-p% points
         assert (measure.record_path(changed, run) == measure.record_path(base, run)) == (not measured), name
+        moe = base.run("silu-moe4")  # sweeps its routed experts only: the dense sweeps' values are not its key
+        moe_swept = measure.pareto_key(changed, moe) != measure.pareto_key(base, moe)
+        assert moe_swept == (name not in measure.SWEEP_FIELDS), name
 
 
 def test_results_tables_have_provenance(tiny, smoke_tokens, isolated_roots):

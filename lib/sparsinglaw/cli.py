@@ -83,6 +83,7 @@ def _parser() -> argparse.ArgumentParser:
                        "the committed results/cpu): claim verdicts, activation ratios, losses, law fits")
     k.add_argument("a", metavar="A", help="a results folder, e.g. results/cpu")
     k.add_argument("b", metavar="B", help="another results folder of the same profile")
+    k.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
     return p
 
 
@@ -224,6 +225,17 @@ def _fit(profile, refit: bool = False, progress: bool = True) -> int:
     return 0
 
 
+def _draw_hint(profile) -> str:
+    """What draws the figures from the tables `compute` wrote for `profile`."""
+    from .config import in_repo
+
+    if profile.overrides:  # neither make nor the notebooks take --set: they would load other settings
+        return "the notebooks, with replot=True and a profile YAML that holds these --set overrides"
+    if in_repo(profile):
+        return f"make replot PROFILE={profile.name}"
+    return f"the notebooks, parameters profile='{Path(profile.path).resolve()}' and replot=True"
+
+
 def _compute(profile, args) -> int:
     """The model stages of `make figures`, headless, each timed (`compute` command)."""
     import json
@@ -232,7 +244,6 @@ def _compute(profile, args) -> int:
     import torch
 
     from . import inference, measure, runs
-    from .config import in_repo
     from .device import leave_distributed, resolve_device
     from .train import versions
 
@@ -264,10 +275,8 @@ def _compute(profile, args) -> int:
                 print(f"rank {rank}: the stages after training run on rank 0 alone under torchrun", file=sys.stderr)
                 return 0
     times["total"] = round(time.perf_counter() - t0, 1)
-    draw = (f"make replot PROFILE={profile.name}" if in_repo(profile) else
-            f"the notebooks, parameters profile='{Path(profile.path).resolve()}' and replot=True")
     print(f"total: {times['total']:.1f} s; results in {runs.results_dir(profile.name)}/ (draw the figures with "
-          f"{draw})")
+          f"{_draw_hint(profile)})")
     if args.times:
         out = {"profile": profile.name, "device": where, "seconds": times, "versions": versions()}
         Path(args.times).write_text(json.dumps(out, indent=1) + "\n")

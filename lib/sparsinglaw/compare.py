@@ -5,9 +5,10 @@ rounding in torch's kernels) trains other weights from the same seed: the losses
 steps, and so do the measurements and the fits. ``compare(a, b)`` says how far, from the tables alone:
 
   * claims   -- each claim's verdict and value in A and in B (claims.csv);
-  * runs     -- per run, the final validation loss (train_log.csv) and the activation ratio at PPL-1%
-                at the final checkpoint, and the largest difference of that ratio over the checkpoints
-                both measured (sparsity.csv);
+  * runs     -- per run of either folder, the final validation loss (train_log.csv) and the activation
+                ratio at PPL-1% at the last checkpoint both list, and the largest difference of that ratio
+                over the checkpoints both measured, with the count of those measured in one folder only
+                (sparsity.csv);
   * fits     -- per run, whether the law fit (Eq. 4 / Eq. 5) converged in A and in B, A0 with its
                 interval in each, and whether B's A0 lies in A's interval (fits.csv).
 
@@ -27,7 +28,7 @@ from .config import SparsingLawError
 from .runs import as_bool, read_table
 
 TABLES = {"claims": ["id", "verdict", "value"],
-          "sparsity": ["run", "step", "p", "activation_ratio", "dense_loss"],
+          "sparsity": ["run", "step", "p", "activation_ratio"],
           "train_log": ["run", "step", "split", "loss"],
           "fits": ["run", "form", "converged", "A0", "A0_lo", "A0_hi"]}
 
@@ -50,35 +51,45 @@ def claims_table(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
         b[["id", "verdict", "value"]], on="id", how="left", suffixes=("_a", "_b"))
     m["value_a"], m["value_b"] = m["value_a"].map(_headline), m["value_b"].map(_headline)
     m["same"] = m["verdict_a"] == m["verdict_b"]
+    m[["verdict_a", "verdict_b"]] = m[["verdict_a", "verdict_b"]].fillna("(absent)")
     return m[["id", "verdict_a", "verdict_b", "same", "value_a", "value_b"]]
 
 
-def _final_val(log: pd.DataFrame) -> pd.Series:
-    val = log[log["split"] == "val"].sort_values("step")
-    return val.groupby("run", sort=False)["loss"].last()
+def _last(df: pd.DataFrame, col: str) -> pd.Series:
+    """Per run, `col` at the run's last step (a NaN there stays NaN)."""
+    return df.sort_values("step", kind="stable").groupby("run", sort=False).tail(1).set_index("run")[col]
 
 
 def runs_table(sa: pd.DataFrame | None, sb: pd.DataFrame | None, la: pd.DataFrame | None,
                lb: pd.DataFrame | None, p: float = 1.0) -> pd.DataFrame:
-    """Per run of both folders: final validation loss in A and B (train_log.csv), the PPL-p% activation
-    ratio at the last checkpoint both measured, and the largest |B - A| of that ratio over the checkpoints
-    both measured (sparsity.csv), with their count (NaN for a run without measurements: an MoE run)."""
+    """Per run of either folder: where it is (A and B, A only, B only); the final validation loss in A
+    and B (train_log.csv); from sparsity.csv, the checkpoints with a PPL-p% activation ratio in both
+    folders, those with one in a single folder (one_sided: a checkpoint or a value missing in the other),
+    the last checkpoint both list with its ratio in A and B, and the largest |B - A| of the ratio over
+    the checkpoints with a value in both (NaN for a run without measurements: an MoE run)."""
     parts = []
     if la is not None and lb is not None:
-        parts.append(pd.concat({"val_loss_a": _final_val(la), "val_loss_b": _final_val(lb)}, axis=1, join="inner"))
+        va, vb = (_last(t[t["split"] == "val"], "loss") for t in (la, lb))
+        parts.append(pd.concat({"val_loss_a": va, "val_loss_b": vb}, axis=1, sort=False))
     if sa is not None and sb is not None:
         cols = ["run", "step", "activation_ratio"]
-        m = sa.loc[sa["p"] == p, cols].merge(sb.loc[sb["p"] == p, cols], on=["run", "step"], suffixes=("_a", "_b"))
-        m["diff"] = (m["activation_ratio_b"] - m["activation_ratio_a"]).abs()
-        g = m.sort_values("step").groupby("run", sort=False)
-        parts.append(pd.DataFrame({"checkpoints": g.size(), "step": g["step"].last(),
-                                   "ratio_a": g["activation_ratio_a"].last(), "ratio_b": g["activation_ratio_b"].last(),
-                                   "max_ratio_diff": g["diff"].max()}))
+        m = sa.loc[sa["p"] == p, cols].merge(sb.loc[sb["p"] == p, cols], on=["run", "step"], how="outer",
+                                             suffixes=("_a", "_b"), indicator=True)
+        m["diff"] = (m["activation_ratio_b"] - m["activation_ratio_a"]).abs()  # NaN unless both have a value
+        g = m.groupby("run", sort=False)
+        listed = m[m["_merge"] == "both"]
+        parts.append(pd.DataFrame({"checkpoints": g["diff"].count(), "one_sided": g.size() - g["diff"].count(),
+                                   "step": _last(listed, "step"), "ratio_a": _last(listed, "activation_ratio_a"),
+                                   "ratio_b": _last(listed, "activation_ratio_b"), "max_ratio_diff": g["diff"].max()}))
     if not parts:
         return pd.DataFrame()
-    out = pd.concat(parts, axis=1, join="outer", sort=False) if len(parts) == 2 else parts[0]
+    out = pd.concat(parts, axis=1, sort=False)
+    ra, rb = ({r for t in pair if t is not None for r in t["run"]} for pair in ((la, sa), (lb, sb)))
     order = dict.fromkeys(r for t in (la, sa, lb, sb) if t is not None for r in t["run"])  # as A lists them
-    return out.reindex([r for r in order if r in out.index]).rename_axis("run").reset_index()
+    out = out.reindex([r for r in order if r in out.index]).rename_axis("run").reset_index()
+    where = ["A and B" if r in ra and r in rb else "A only" if r in ra else "B only" for r in out["run"]]
+    out.insert(1, "where", where)
+    return out
 
 
 def fits_table(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
@@ -132,7 +143,11 @@ def summary(t: dict[str, pd.DataFrame]) -> str:
     fits that moved."""
     lines = []
     if "provenance" in t:
-        lines.append(_provenance_line(t["provenance"]))
+        p = t["provenance"]
+        if p.at["a", "profile"] != p.at["b", "profile"]:
+            lines.append(f"warning: A holds profile {p.at['a', 'profile']}, B {p.at['b', 'profile']}: other runs, "
+                         "not a rerun of the same ones")
+        lines.append(_provenance_line(p))
     if "claims" in t:
         c = t["claims"]
         changed = c[~c["same"]]
@@ -140,27 +155,34 @@ def summary(t: dict[str, pd.DataFrame]) -> str:
                      + ("" if changed.empty else "; changed: " + ", ".join(
                          f"{r.id} {r.verdict_a} -> {r.verdict_b}" for r in changed.itertuples())))
     r = t.get("runs")
-    if r is not None and "max_ratio_diff" in r and r["max_ratio_diff"].isna().all():
-        lines.append("activation ratio at PPL-1%: no checkpoint measured in both (other step grids)")
-    elif r is not None and "max_ratio_diff" in r:
-        r = r.dropna(subset=["max_ratio_diff"])
-        final = (r["ratio_b"] - r["ratio_a"]).abs()
-        lines.append(f"activation ratio at PPL-1%: largest |B - A| {_largest(r, r['max_ratio_diff'])} over "
-                     f"{int(r['checkpoints'].sum())} checkpoints of {len(r)} runs; at the final checkpoints median "
-                     f"{final.median():.4f}, largest {final.max():.4f}")
-    r = t.get("runs")
+    if r is not None:
+        alone = {w: ", ".join(r.loc[r["where"] == w, "run"]) for w in ("A only", "B only")}
+        if any(alone.values()):
+            lines.append("runs in one folder only: " + "; ".join(f"{w}: {v}" for w, v in alone.items() if v))
+    if r is not None and "max_ratio_diff" in r:
+        both = r.dropna(subset=["max_ratio_diff"])
+        one_sided = int(r["one_sided"].sum())
+        if both.empty:
+            lines.append("activation ratio at PPL-1%: no checkpoint with a value in both (other step grids?)")
+        else:
+            final = (both["ratio_b"] - both["ratio_a"]).abs().dropna()
+            lines.append(f"activation ratio at PPL-1%: largest |B - A| {_largest(both, both['max_ratio_diff'])} "
+                         f"over {int(both['checkpoints'].sum())} checkpoints of {len(both)} runs; at the final "
+                         f"checkpoints median {final.median():.4f}, largest {final.max():.4f}"
+                         + (f"; {one_sided} checkpoint(s) with a value in one folder only" if one_sided else ""))
     if r is not None and "val_loss_a" in r:
-        r = r.dropna(subset=["val_loss_a", "val_loss_b"])
-        d = (r["val_loss_b"] - r["val_loss_a"]).abs()
-        lines.append(f"final validation loss: largest |B - A| {_largest(r, d)}, median {d.median():.4f}, "
-                     f"over {len(r)} runs")
+        both = r.dropna(subset=["val_loss_a", "val_loss_b"])
+        d = (both["val_loss_b"] - both["val_loss_a"]).abs()
+        lines.append(f"final validation loss: largest |B - A| {_largest(both, d)}, median {d.median():.4f}, "
+                     f"over {len(both)} runs")
     if "fits" in t:
         f = t["fits"]
         both = f["converged_a"] & f["converged_b"]
         known = both & f["A0_lo_a"].notna() & f["A0_hi_a"].notna()
         lines.append(f"law fits: {int(both.sum())} of {len(f)} runs converged in both, "
                      f"{int((f['converged_a'] != f['converged_b']).sum())} in one only; B's A0 inside A's "
-                     f"interval for {int(f['b_in_a'].sum())} of the {int(known.sum())} with an interval in A")
+                     f"interval for {int(f['b_in_a'].sum())} of the {int(known.sum())} converged in both with an "
+                     "interval in A")
     m = t.get("missing")
     if m is not None and len(m):
         lines.append("not compared: " + ", ".join(

@@ -166,10 +166,12 @@ def measure_key(profile: ProfileConfig, run: RunConfig) -> str:
 
 def pareto_key(profile: ProfileConfig, run: RunConfig) -> str:
     """Hash of everything the Pareto sweep of `run` depends on: its measurement (whose PPL-p% points the
-    sweep's table includes) and the values swept; not which other runs are swept."""
+    sweep's table includes) and the values swept (an MoE run sweeps its routed experts only); not which
+    other runs are swept."""
     s = profile.sparsity
-    return stable_hash({"measure": measure_key(profile, run), "cett_sweep": s.cett_sweep,
-                        "topk_fracs": s.topk_fracs, "fat_eps": s.fat_eps})[:10]
+    swept = {} if run.model.n_experts > 0 else {"cett_sweep": s.cett_sweep, "topk_fracs": s.topk_fracs,
+                                                 "fat_eps": s.fat_eps}
+    return stable_hash({"measure": measure_key(profile, run), **swept})[:10]
 
 
 def with_impl(profile: ProfileConfig, impl: str | None) -> ProfileConfig:
