@@ -84,7 +84,8 @@ def test_differences_put_into_a_copy_are_found(tmp_path):
     text = compare.summary(t)
     assert "CPU instruction set unrecorded in A, AVX2 in B" in text
     assert "11 of 12 verdicts the same; changed: relu_falls INCONCLUSIVE -> FAIL" in text
-    assert "largest |B - A| 0.0123 (relu-s3)" in text and "final checkpoints median 0.0000, largest 0.0040" in text
+    assert "largest |B - A| 0.0123 (relu-s3)" in text
+    assert "final checkpoints of 18 runs median 0.0000, largest 0.0040" in text
     assert "final validation loss: largest |B - A| 0.0500 (relu-s1), median 0.0000, over 21 runs" in text
     inside = f"B's A0 inside A's interval for {known.sum() - 1} of the {known.sum()} converged in both with an interval"
     assert inside in text
@@ -108,6 +109,9 @@ def test_other_levels_order_gaps_and_profiles(tmp_path):
 
     _rewrite(b, "sparsity", edit, profile="other")
     _rewrite(b, "train_log", lambda df: df[df["run"] != "relu-wd96"].iloc[::-1])
+    # a claim without a verdict in B, one in B only
+    _rewrite(b, "claims", lambda df: pd.concat([df.assign(verdict=df["verdict"].where(df["id"] != "law_forms")),
+                                               df.iloc[:1].assign(id="new_claim")]))
     t = compare.compare(a, b)
     r = t["runs"].set_index("run")
     assert r.at["relu-s2", "step"] == last and pd.isna(r.at["relu-s2", "ratio_b"])  # not an earlier checkpoint's
@@ -121,6 +125,25 @@ def test_other_levels_order_gaps_and_profiles(tmp_path):
     assert "largest |B - A| 0.0000 over 271 checkpoints of 17 runs" in text and "17 checkpoint(s) with a value in one" \
         in text
     assert "final validation loss: largest |B - A| 0.0000, median 0.0000, over 20 runs" in text
+    assert "changed: law_forms FAIL -> (empty), new_claim (absent) -> INCONCLUSIVE" in text
+
+
+def test_checkpoints_without_values_and_repeated_rows(tmp_path):
+    """A checkpoint with no value in either folder is not one-sided; a run in B only is named; a repeated
+    key refuses the table (pairing A's and B's rows would be arbitrary)."""
+    a, b = _copy(tmp_path, "a"), _copy(tmp_path, "b")
+    nan_s1 = lambda df: df.assign(activation_ratio=df["activation_ratio"].where(df["run"] != "relu-s1"))  # noqa: E731
+    _rewrite(a, "sparsity", nan_s1)
+    _rewrite(b, "sparsity", lambda df: pd.concat([nan_s1(df), df[df["run"] == "relu-s2"].assign(run="relu-x")]))
+    t = compare.compare(a, b)
+    r = t["runs"].set_index("run")
+    assert r.at["relu-s1", "one_sided"] == 0 and r.at["relu-s1", "checkpoints"] == 0
+    assert r.at["relu-x", "where"] == "B only" and r.at["relu-x", "one_sided"] == 16
+    text = compare.summary(t)
+    assert "runs in one folder only: B only: relu-x" in text and "; 16 checkpoint(s) with a value in one folder" in text
+    _rewrite(b, "sparsity", lambda df: pd.concat([df, df[df["run"] == "relu-s3"].iloc[:1]]))
+    with pytest.raises(SparsingLawError, match=r"sparsity.csv: repeated rows for run relu-s3, step \d+, p 1.0"):
+        compare.compare(a, b)
 
 
 def test_missing_tables_and_folders(tmp_path):
@@ -131,6 +154,10 @@ def test_missing_tables_and_folders(tmp_path):
     assert "claims" not in t and "not compared: claims.csv (only in A)" in compare.summary(t)
     with pytest.raises(SparsingLawError, match="no such folder"):
         compare.compare(COMMITTED, tmp_path / "nope")
+    c, d = _copy(tmp_path, "c"), _copy(tmp_path, "d")
+    for f in (c, d):
+        _rewrite(f, "claims", lambda df: df.iloc[:0])  # claims.csv with its header only
+    assert "claims: 0 of 0 verdicts the same" in compare.summary(compare.compare(c, d))
     (tmp_path / "empty").mkdir()
     with pytest.raises(SparsingLawError, match="share none of the tables"):
         compare.compare(COMMITTED, tmp_path / "empty")

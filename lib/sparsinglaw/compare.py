@@ -46,13 +46,24 @@ def _headline(value) -> str:
 
 def claims_table(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
     """id, verdict and headline value in A and B, and whether the verdict is the same (ids of either)."""
+    a, b = (t[["id", "verdict", "value"]].astype(object) for t in (a, b))  # an empty table reads as float
     ids = list(dict.fromkeys([*a["id"], *b["id"]]))  # A's order, then B's others
-    m = pd.DataFrame({"id": ids}).merge(a[["id", "verdict", "value"]], on="id", how="left").merge(
-        b[["id", "verdict", "value"]], on="id", how="left", suffixes=("_a", "_b"))
-    m["value_a"], m["value_b"] = m["value_a"].map(_headline), m["value_b"].map(_headline)
+    m = pd.DataFrame({"id": ids}, dtype=object).merge(a, on="id", how="left").merge(
+        b, on="id", how="left", suffixes=("_a", "_b"))
+    for s, t in (("_a", a), ("_b", b)):
+        m[f"verdict{s}"] = m[f"verdict{s}"].where(m["id"].isin(t["id"]), "(absent)").fillna("(empty)")
+        m[f"value{s}"] = m[f"value{s}"].fillna("").map(_headline)
     m["same"] = m["verdict_a"] == m["verdict_b"]
-    m[["verdict_a", "verdict_b"]] = m[["verdict_a", "verdict_b"]].fillna("(absent)")
     return m[["id", "verdict_a", "verdict_b", "same", "value_a", "value_b"]]
+
+
+def _unique(df: pd.DataFrame | None, keys: list[str], name: str) -> pd.DataFrame | None:
+    """`df`, refused when a key repeats (a pairing of A's and B's rows would then be arbitrary)."""
+    if df is not None and df.duplicated(keys).any():
+        row = df[df.duplicated(keys)].iloc[0]
+        raise SparsingLawError(f"{name}: repeated rows for {', '.join(f'{k} {row[k]}' for k in keys)}; expected one "
+                               "row per key, as the pipeline writes them")
+    return df
 
 
 def _last(df: pd.DataFrame, col: str) -> pd.Series:
@@ -69,16 +80,18 @@ def runs_table(sa: pd.DataFrame | None, sb: pd.DataFrame | None, la: pd.DataFram
     the checkpoints with a value in both (NaN for a run without measurements: an MoE run)."""
     parts = []
     if la is not None and lb is not None:
-        va, vb = (_last(t[t["split"] == "val"], "loss") for t in (la, lb))
-        parts.append(pd.concat({"val_loss_a": va, "val_loss_b": vb}, axis=1, sort=False))
+        va, vb = (t[t["split"] == "val"] for t in (la, lb))
+        parts.append(pd.concat({"val_step_a": _last(va, "step"), "val_loss_a": _last(va, "loss"),
+                                "val_step_b": _last(vb, "step"), "val_loss_b": _last(vb, "loss")}, axis=1, sort=False))
     if sa is not None and sb is not None:
         cols = ["run", "step", "activation_ratio"]
         m = sa.loc[sa["p"] == p, cols].merge(sb.loc[sb["p"] == p, cols], on=["run", "step"], how="outer",
                                              suffixes=("_a", "_b"), indicator=True)
         m["diff"] = (m["activation_ratio_b"] - m["activation_ratio_a"]).abs()  # NaN unless both have a value
+        m["one_sided"] = m["activation_ratio_a"].notna() != m["activation_ratio_b"].notna()
         g = m.groupby("run", sort=False)
         listed = m[m["_merge"] == "both"]
-        parts.append(pd.DataFrame({"checkpoints": g["diff"].count(), "one_sided": g.size() - g["diff"].count(),
+        parts.append(pd.DataFrame({"checkpoints": g["diff"].count(), "one_sided": g["one_sided"].sum(),
                                    "step": _last(listed, "step"), "ratio_a": _last(listed, "activation_ratio_a"),
                                    "ratio_b": _last(listed, "activation_ratio_b"), "max_ratio_diff": g["diff"].max()}))
     if not parts:
@@ -112,7 +125,9 @@ def compare(a: str | Path, b: str | Path) -> dict[str, pd.DataFrame]:
     for f in (a, b):
         if not f.is_dir():
             raise SparsingLawError(f"{f}: no such folder; expected a results folder such as results/cpu")
-    ta, tb = ({n: _read(f, n) for n in TABLES} for f in (a, b))
+    keys = {"claims": ["id"], "sparsity": ["run", "step", "p"], "train_log": ["run", "step", "split"],
+            "fits": ["run", "form"]}
+    ta, tb = ({n: _unique(_read(f, n), keys[n], str(f / f"{n}.csv")) for n in TABLES} for f in (a, b))
     shared = [n for n in TABLES if ta[n] is not None and tb[n] is not None]
     if not shared:
         raise SparsingLawError(f"{a} and {b} share none of the tables {', '.join(f'{n}.csv' for n in TABLES)}; "
@@ -161,20 +176,24 @@ def summary(t: dict[str, pd.DataFrame]) -> str:
             lines.append("runs in one folder only: " + "; ".join(f"{w}: {v}" for w, v in alone.items() if v))
     if r is not None and "max_ratio_diff" in r:
         both = r.dropna(subset=["max_ratio_diff"])
-        one_sided = int(r["one_sided"].sum())
-        if both.empty:
-            lines.append("activation ratio at PPL-1%: no checkpoint with a value in both (other step grids?)")
-        else:
-            final = (both["ratio_b"] - both["ratio_a"]).abs().dropna()
-            lines.append(f"activation ratio at PPL-1%: largest |B - A| {_largest(both, both['max_ratio_diff'])} "
-                         f"over {int(both['checkpoints'].sum())} checkpoints of {len(both)} runs; at the final "
-                         f"checkpoints median {final.median():.4f}, largest {final.max():.4f}"
-                         + (f"; {one_sided} checkpoint(s) with a value in one folder only" if one_sided else ""))
+        final = (both["ratio_b"] - both["ratio_a"]).abs().dropna()
+        parts = [f"largest |B - A| {_largest(both, both['max_ratio_diff'])} over {int(both['checkpoints'].sum())} "
+                 f"checkpoints of {len(both)} runs" if len(both) else "no checkpoint with a value in both"]
+        if len(final):
+            parts.append(f"at the final checkpoints of {len(final)} runs median {final.median():.4f}, largest "
+                         f"{final.max():.4f}")
+        if r["one_sided"].sum():
+            parts.append(f"{int(r['one_sided'].sum())} checkpoint(s) with a value in one folder only")
+        lines.append("activation ratio at PPL-1%: " + "; ".join(parts))
     if r is not None and "val_loss_a" in r:
         both = r.dropna(subset=["val_loss_a", "val_loss_b"])
         d = (both["val_loss_b"] - both["val_loss_a"]).abs()
-        lines.append(f"final validation loss: largest |B - A| {_largest(both, d)}, median {d.median():.4f}, "
-                     f"over {len(both)} runs")
+        text = (f"largest |B - A| {_largest(both, d)}, median {d.median():.4f}, over {len(both)} runs" if len(both)
+                else "no run with one in both")
+        other_step = int((both["val_step_a"] != both["val_step_b"]).sum())
+        if other_step:
+            text += f" ({other_step} of them logged last at another step in B)"
+        lines.append("final validation loss: " + text)
     if "fits" in t:
         f = t["fits"]
         both = f["converged_a"] & f["converged_b"]
