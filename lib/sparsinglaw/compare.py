@@ -1,8 +1,9 @@
 """Two results folders of one profile side by side: did a rerun reproduce the committed results?
 
-Training is deterministic on one machine, but another CPU (another instruction set, hence other float
-rounding in torch's kernels) trains other weights from the same seed: the losses drift apart after a few
-steps, and so do the measurements and the fits. ``compare(a, b)`` says how far, from the tables alone:
+Training is deterministic on one machine, but on another one (another CPU instruction set, for which
+torch picks other kernels that round differently, or another build) the same seed can train other
+weights: the losses drift apart after some steps, and so do the measurements and the fits.
+``compare(a, b)`` says how far, from the tables alone:
 
   * claims   -- each claim's verdict and value in A and in B (claims.csv);
   * runs     -- per run of either folder, the final validation loss (train_log.csv) and the activation

@@ -94,8 +94,8 @@ def batch_seed(seed: int, step: int, micro: int) -> int:
 
 def versions() -> dict:
     """Versions of Python, the platform and the packages results depend on, and the CPU instruction set
-    torch's kernels use (cpu_capability: AVX2, AVX512, ...; float rounding, hence trained weights, differ
-    between them)."""
+    torch's kernels use (cpu_capability: AVX2, AVX512, ...; float rounding, hence trained weights, can
+    differ between them)."""
     import importlib.metadata
 
     out = {"sparsinglaw": __version__, "python": platform.python_version(), "torch": torch.__version__,
