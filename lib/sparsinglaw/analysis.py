@@ -31,7 +31,7 @@ import pandas as pd
 from scipy import stats
 
 from . import laws, paper
-from .config import ProfileConfig, SparsingLawError, profile_flags, stable_hash
+from .config import ProfileConfig, SparsingLawError, command_for, profile_flags, stable_hash
 from .runs import as_bool, in_group, provenance, read_csv, results_dir, write_table
 
 ANALYSIS_VERSION = 4  # bump when a derived table changes meaning (invalidates the cached tables)
@@ -513,20 +513,15 @@ def load_results(profile: ProfileConfig | str) -> dict[str, pd.DataFrame]:
     folder = results_dir(name)
     out = {p.stem: read_csv(p) for p in sorted(folder.glob("*.csv"))}
     if "sparsity" not in out:
-        raise SparsingLawError(f"{folder / 'sparsity.csv'}: not measured yet; {_measure_hint(profile)}")
+        raise SparsingLawError(f"{folder / 'sparsity.csv'}: not measured yet; make it with "
+                               f"{command_for(profile, 'measure', '02')}")
     return out
-
-
-def _measure_hint(profile: ProfileConfig | str) -> str:
-    """What computes results/<profile>/sparsity.csv, with the flags that load `profile` again."""
-    flags = f"--profile {profile}" if isinstance(profile, str) else profile_flags(profile)
-    return f"run notebook 02 or python -m sparsinglaw measure {flags}"
 
 
 def _sha(profile: ProfileConfig, table: str) -> str:
     path = results_dir(profile.name) / f"{table}.csv"
     if not path.exists():
-        raise SparsingLawError(f"{path}: missing; {_measure_hint(profile)}")
+        raise SparsingLawError(f"{path}: missing; make it with {command_for(profile, 'measure', '02')}")
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 

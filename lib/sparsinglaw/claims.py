@@ -27,7 +27,7 @@ import pandas as pd
 from scipy import stats
 
 from . import analysis
-from .config import ProfileConfig, SparsingLawError, profile_flags
+from .config import ProfileConfig, SparsingLawError, command_for
 from .runs import as_bool, provenance, results_dir, write_table
 
 ALPHA = 0.05  # significance level of every test below
@@ -46,11 +46,9 @@ EXACT_MAX = 8  # exact permutation test up to this many runs (8! = 40,320 orderi
 # cpu profile's three seeds of relu-s1 end at dense losses 4.371-4.405, perplexities 3.4% apart)
 MOE_MARGIN = 0.03
 
-# where each base table comes from (the message of a missing one names the command)
-SOURCES = {"sparsity": "python -m sparsinglaw measure {flags} (or notebook 02)",
-           "neurons": "python -m sparsinglaw measure {flags} (or notebook 02)",
-           "tokens": "python -m sparsinglaw measure {flags} (or notebook 02)",
-           "sparse_inference": "python -m sparsinglaw compute {flags} (or notebook 06_sparse_inference)"}
+# where each base table comes from, (command, notebook): the message of a missing one names them
+SOURCES = {"sparsity": ("measure", "02"), "neurons": ("measure", "02"), "tokens": ("measure", "02"),
+           "sparse_inference": ("compute", "06_sparse_inference")}
 
 # id -> (claim, where in the paper, statistic, PASS/FAIL rule)
 _TREND_STAT = ("per run, Spearman rho(tokens, A at PPL-1%) over the checkpoints its law fit used (runs of "
@@ -525,7 +523,7 @@ def inputs(profile: ProfileConfig) -> dict[str, pd.DataFrame]:
     missing = missing_tables(profile)
     if missing:
         folder = results_dir(profile.name)
-        how = "; ".join(f"{t}.csv: {SOURCES[t].format(flags=profile_flags(profile))}" for t in missing)
+        how = "; ".join(f"{t}.csv: {command_for(profile, *SOURCES[t])}" for t in missing)
         raise MissingResults(f"{folder}: missing results table(s) {', '.join(missing)}; make them first: {how}")
     from .inference import read_inference
 

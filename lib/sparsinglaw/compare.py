@@ -34,10 +34,22 @@ TABLES = {"claims": ["id", "verdict", "value"],
           "fits": ["run", "form", "converged", "A0", "A0_lo", "A0_hi"]}
 
 
+KEYS = {"claims": ["id"], "sparsity": ["run", "step", "p"], "train_log": ["run", "step", "split"],
+        "fits": ["run", "form"]}  # one row per key in each table
+
+
 def _read(folder: Path, name: str) -> pd.DataFrame | None:
+    """folder/<name>.csv checked (sidecar, columns, one row per KEYS[name]), or None when absent."""
     path = folder / f"{name}.csv"
+    if not path.is_file():
+        return None
     fix = "rerun the stage of its profile that writes it (make figures, or python -m sparsinglaw compute, fit, verify)"
-    return read_table(path, TABLES[name], fix=fix) if path.is_file() else None
+    df = read_table(path, TABLES[name], fix=fix)
+    if df.duplicated(KEYS[name]).any():  # a pairing of A's and B's rows would be arbitrary
+        row = df[df.duplicated(KEYS[name])].iloc[0]
+        raise SparsingLawError(f"{path}: repeated rows for {', '.join(f'{k} {row[k]}' for k in KEYS[name])}; "
+                               "expected one row per key, as the pipeline writes them")
+    return df
 
 
 def _headline(value) -> str:
@@ -56,15 +68,6 @@ def claims_table(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
         m[f"value{s}"] = m[f"value{s}"].fillna("").map(_headline)
     m["same"] = m["verdict_a"] == m["verdict_b"]
     return m[["id", "verdict_a", "verdict_b", "same", "value_a", "value_b"]]
-
-
-def _unique(df: pd.DataFrame | None, keys: list[str], name: str) -> pd.DataFrame | None:
-    """`df`, refused when a key repeats (a pairing of A's and B's rows would then be arbitrary)."""
-    if df is not None and df.duplicated(keys).any():
-        row = df[df.duplicated(keys)].iloc[0]
-        raise SparsingLawError(f"{name}: repeated rows for {', '.join(f'{k} {row[k]}' for k in keys)}; expected one "
-                               "row per key, as the pipeline writes them")
-    return df
 
 
 def _last(df: pd.DataFrame, col: str) -> pd.Series:
@@ -126,9 +129,7 @@ def compare(a: str | Path, b: str | Path) -> dict[str, pd.DataFrame]:
     for f in (a, b):
         if not f.is_dir():
             raise SparsingLawError(f"{f}: no such folder; expected a results folder such as results/cpu")
-    keys = {"claims": ["id"], "sparsity": ["run", "step", "p"], "train_log": ["run", "step", "split"],
-            "fits": ["run", "form"]}
-    ta, tb = ({n: _unique(_read(f, n), keys[n], str(f / f"{n}.csv")) for n in TABLES} for f in (a, b))
+    ta, tb = ({n: _read(f, n) for n in TABLES} for f in (a, b))
     shared = [n for n in TABLES if ta[n] is not None and tb[n] is not None]
     if not shared:
         raise SparsingLawError(f"{a} and {b} share none of the tables {', '.join(f'{n}.csv' for n in TABLES)}; "

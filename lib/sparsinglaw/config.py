@@ -639,6 +639,13 @@ def profile_flags(profile: ProfileConfig) -> str:
     return f"--profile {shlex.quote(where)}" + "".join(f" --set {shlex.quote(o)}" for o in profile.overrides)
 
 
+def command_for(profile: ProfileConfig | str, command: str, notebook: str) -> str:
+    """'python -m sparsinglaw COMMAND <the flags that load `profile` again> (or notebook NOTEBOOK)': what
+    makes a missing results table, for error messages (a profile given by name: ``--profile NAME``)."""
+    flags = profile_flags(profile) if isinstance(profile, ProfileConfig) else f"--profile {profile}"
+    return f"python -m sparsinglaw {command} {flags} (or notebook {notebook})"
+
+
 def in_repo(profile: ProfileConfig) -> bool:
     """Whether `profile` was loaded from this repository's configs/NAME.yaml: what ``--profile NAME``
     and ``make ... PROFILE=NAME`` load."""

@@ -38,7 +38,15 @@ import pandas as pd
 import torch
 
 from . import sparsity as sp
-from .config import ProfileConfig, RunConfig, SparsingLawError, profile_flags, stable_hash, validate_inference
+from .config import (
+    ProfileConfig,
+    RunConfig,
+    SparsingLawError,
+    command_for,
+    profile_flags,
+    stable_hash,
+    validate_inference,
+)
 from .device import usable_cores
 from .measure import (
     eval_set,
@@ -339,8 +347,7 @@ def read_inference(profile: ProfileConfig, strict: bool = False, columns: list[s
     return read_table(results_dir(profile.name) / f"{TABLE}.csv", columns, [c for c in NUMERIC if c in columns],
                       expect={"config_hash": profile.config_hash(),
                               "inference": dataclasses.asdict(profile.inference)}, strict=strict,
-                      fix=f"make it with python -m sparsinglaw compute {profile_flags(profile)} "
-                          "(or notebook 06_sparse_inference)")
+                      fix=f"make it with {command_for(profile, 'compute', '06_sparse_inference')}")
 
 
 # -----------------------------------------------------------------------------------------------

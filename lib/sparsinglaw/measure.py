@@ -35,6 +35,7 @@ from .config import (
     RunConfig,
     SparsingLawError,
     checkpoint_steps,
+    command_for,
     profile_flags,
     stable_hash,
     stage_steps,
@@ -496,7 +497,7 @@ def read_results(profile: ProfileConfig, name: str = "sparsity", strict: bool = 
     columns, numeric = RESULT_COLUMNS.get(name, ([], []))
     return read_table(results_dir(profile.name) / f"{name}.csv", columns, numeric,
                       expect={"config_hash": profile.config_hash()}, strict=strict,
-                      fix=f"rerun python -m sparsinglaw measure {profile_flags(profile)}")
+                      fix=f"rerun {command_for(profile, 'measure', '02')}")
 
 
 def results_for(profile: ProfileConfig, compute: bool = True, runs_dir=None) -> pd.DataFrame:
