@@ -37,7 +37,7 @@ def run_rows(name, activation, params, groups="scale", d_model=32, n_layers=2, N
         "tokens": tokens.astype(int), "p": 1.0, "cett": 0.2,
         "dense_loss": E + B * D**-beta + rng.normal(0, 1e-3, D.size),
         "sparse_loss": 0.0, "ppl_ratio": 1.01, "activation_ratio": A, "layer_ratios": "", "taus": "",
-        "exact_zero_ratio": A + 0.3 if activation == "relu" else np.nan,
+        "nonzero_ratio": A + 0.3 if activation == "relu" else np.nan,
         "dead_ratio": np.linspace(0.1, 0.05, D.size), "searched": False, "n_tokens": 4096,
     })
 
@@ -328,7 +328,7 @@ def test_dead_neurons(table):
     dead = analysis.dead_neurons(table).set_index("run")
     assert dead.loc["relu-s1", "dead_ratio_first"] == pytest.approx(0.1)
     assert dead.loc["relu-s1", "dead_ratio_rho_tokens"] == pytest.approx(-1.0)
-    assert np.isnan(dead.loc["silu-s1", "exact_zero_ratio_first"])
+    assert np.isnan(dead.loc["silu-s1", "nonzero_ratio_first"])
 
 
 def test_table2_puts_ours_next_to_the_papers(fitted):

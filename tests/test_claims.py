@@ -486,7 +486,7 @@ def synthetic_results(profile: config.ProfileConfig, ppl_ratio: float) -> None:
             sp.append({"run": run, "activation": act, "groups": groups, "d_model": 16, "n_layers": 2,
                        "width_depth": 8.0, "non_embedding_params": N, "step": k, "tokens": t, "p": 1.0, "cett": 0.1,
                        "dense_loss": loss[k], "sparse_loss": loss[k] + 0.01, "ppl_ratio": 1.01,
-                       "activation_ratio": A[k], "exact_zero_ratio": 0.5, "dead_ratio": 0.0, "n_tokens": 1000,
+                       "activation_ratio": A[k], "nonzero_ratio": 0.5, "dead_ratio": 0.0, "n_tokens": 1000,
                        "reached": True})
         for layer, neuron in np.ndindex(2, 20):
             f = rng.beta(2, 8)

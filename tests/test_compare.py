@@ -173,3 +173,25 @@ def test_cli_prints_the_report_or_one_error_line(tmp_path, capsys):
     assert cli.main(["compare", str(COMMITTED), str(b)]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "sha256 does not match" in err and "Traceback" not in err
+
+
+def test_unreached_targets_are_counted(tmp_path):
+    """A checkpoint whose PPL-1% target was not reached (c a lower bound) is compared but counted per folder;
+    PPL-5% rows and a table without the column count none."""
+    a, b = _copy(tmp_path, "a"), _copy(tmp_path, "b")
+    s = pd.read_csv(COMMITTED / "sparsity.csv")
+    steps = sorted(s[s["run"] == "silu-s3"]["step"].unique())[-2:]
+
+    def miss(df):
+        hit = (df["run"] == "silu-s3") & df["step"].isin(steps)
+        return pd.concat([df.assign(reached=df["reached"] & ~hit),
+                          df[df["p"] == 1.0].assign(p=5.0, reached=False)])
+
+    _rewrite(b, "sparsity", miss)
+    _rewrite(a, "sparsity", lambda df: df.drop(columns="reached"))
+    t = compare.compare(a, b)
+    r = t["runs"].set_index("run")
+    assert r.at["silu-s3", "unreached_b"] == 2 and r["unreached_b"].sum() == 2 and r["unreached_a"].sum() == 0
+    assert r.at["silu-s3", "max_ratio_diff"] == 0  # still compared
+    assert "target not reached (c a lower bound) at 0 checkpoint(s) in A, 2 in B" in compare.summary(t)
+    assert "target not reached" not in compare.summary(compare.compare(COMMITTED, _copy(tmp_path, "c")))

@@ -38,7 +38,7 @@ def test_measure_run(tiny, smoke_tokens):
     assert searched["ppl_ratio"].mean() < 1.01  # Algorithm 1's constraint at the reported c
     assert rows["reached"].all() and rec["search"]["1.0"]["reached"] is True  # a tested c crossed 1.01
     assert list(rows.columns) == measure.RESULT_COLUMNS["sparsity"][0][7:]  # all but the run columns
-    assert rows[["activation_ratio", "dense_loss", "exact_zero_ratio", "dead_ratio"]].notna().all().all()
+    assert rows[["activation_ratio", "dense_loss", "nonzero_ratio", "dead_ratio"]].notna().all().all()
     assert ((rows["activation_ratio"] > 0) & (rows["activation_ratio"] <= 1)).all()
     # per-layer ratios average to the overall ratio; exact zeros of ReLU keep more than PPL-1% here
     for _, r in rows.iterrows():
@@ -52,8 +52,8 @@ def test_measure_run(tiny, smoke_tokens):
     batches = measure.eval_set(tiny, smoke_tokens, run.model.seq_len)
     for path, r in zip(ck["path"], rows.itertuples(), strict=True):
         share = np.mean(nonzero_share(measure.load_model(run, path), batches))  # layers of equal width
-        assert r.exact_zero_ratio == pytest.approx(share, abs=1e-9)
-        assert r.exact_zero_ratio < 0.95 and r.dead_ratio < 1.0
+        assert r.nonzero_ratio == pytest.approx(share, abs=1e-9)
+        assert r.nonzero_ratio < 0.95 and r.dead_ratio < 1.0
     assert rows["dead_ratio"].iloc[-1] == (arrays["neuron_frequency"] < tiny.sparsity.dead_freq).mean()
     assert arrays["domain_frequency"].shape[0] == 2 and arrays["token_count"].sum() == rows["n_tokens"].iloc[-1]
     # cached: a second call reads the record instead of recomputing
@@ -66,6 +66,12 @@ def test_measure_run(tiny, smoke_tokens):
     swept = load_profile("smoke", overrides=tiny.overrides + ["sparsity.cett_sweep=[0.1]", "sparsity.pareto_runs=[]"])
     assert measure.measure_run(swept, swept.run("relu-s1"), progress=False) == json.loads(path.read_text())
     assert path.stat().st_mtime_ns == mtime and "cett_sweep" not in json.loads(path.read_text())["sparsity"]
+    # a record written before the column was renamed (exact_zero_ratio) reads with the new name, same values
+    rec = json.loads(path.read_text())
+    old = [{("exact_zero_ratio" if k == "nonzero_ratio" else k): v for k, v in r.items()} for r in rec["rows"]]
+    path.write_text(json.dumps(rec | {"rows": old}))
+    again = measure.measure_run(tiny, run, progress=False)
+    assert again["rows"] == rec["rows"] and all("exact_zero_ratio" not in r for r in again["rows"])
 
 
 def test_keys_read_only_the_settings_they_depend_on():
@@ -103,7 +109,7 @@ def test_results_tables_have_provenance(tiny, smoke_tokens, isolated_roots):
             assert key in meta, (name, key)
         assert meta["corpus"]["sha256"] == smoke_tokens.fingerprint["sha256"]
     assert set(table["run"]) == {"relu-s1", "silu-s1"}
-    assert table.loc[table["activation"] == "silu", "exact_zero_ratio"].isna().all()
+    assert table.loc[table["activation"] == "silu", "nonzero_ratio"].isna().all()
     neurons = pd.read_csv(out / "neurons.csv")
     assert {"run", "layer", "neuron", "all", "code", "prose"} <= set(neurons.columns)
     assert neurons["all"].between(0, 1).all()

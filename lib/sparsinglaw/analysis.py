@@ -358,12 +358,13 @@ def convergence(fits: pd.DataFrame, n: int = 64) -> tuple[pd.DataFrame, pd.DataF
 
 
 def dead_neurons(table: pd.DataFrame, p: float = 1.0) -> pd.DataFrame:
-    """Per run: dead-neuron ratio (active on < dead_freq of the tokens at PPL-p%) and the exact-zero
-    ratio (ReLU) at the first and last stable checkpoint, with Spearman's rho against tokens."""
+    """Per run: dead-neuron ratio (active on < dead_freq of the tokens at PPL-p%) and the share of
+    non-zero ReLU outputs (nonzero_ratio, the activation ratio of exact zeros) at the first and last
+    stable checkpoint, with Spearman's rho against tokens."""
     rows = []
     for _, g in activation_points(table, p).groupby("run", sort=False):
         row = _info(g) | {"n_points": len(g)}
-        for y in ("dead_ratio", "exact_zero_ratio"):
+        for y in ("dead_ratio", "nonzero_ratio"):
             v = g[y].to_numpy(float)
             rho = stats.spearmanr(g["tokens"], v).statistic if np.all(np.isfinite(v)) and np.ptp(v) > 0 else np.nan
             row |= {f"{y}_first": v[0], f"{y}_last": v[-1], f"{y}_rho_tokens": rho}

@@ -9,7 +9,8 @@ weights: the losses drift apart after some steps, and so do the measurements and
   * runs     -- per run of either folder, the final validation loss (train_log.csv) and the activation
                 ratio at PPL-1% at the last checkpoint both list, and the largest difference of that ratio
                 over the checkpoints both measured, with the count of those measured in one folder only
-                (sparsity.csv);
+                and of those whose PPL-1% target was not reached in each folder (sparsity.csv: such a
+                ratio comes from a lower bound on c, so it is compared but counted);
   * fits     -- per run, whether the law fit (Eq. 4 / Eq. 5) converged in A and in B, A0 with its
                 interval in each, and whether B's A0 lies in A's interval (fits.csv).
 
@@ -80,24 +81,30 @@ def runs_table(sa: pd.DataFrame | None, sb: pd.DataFrame | None, la: pd.DataFram
     """Per run of either folder: where it is (A and B, A only, B only); the final validation loss in A
     and B (train_log.csv); from sparsity.csv, the checkpoints with a PPL-p% activation ratio in both
     folders, those with one in a single folder (one_sided: a checkpoint or a value missing in the other),
-    the last checkpoint both list with its ratio in A and B, and the largest |B - A| of the ratio over
-    the checkpoints with a value in both (NaN for a run without measurements: an MoE run)."""
+    the last checkpoint both list with its ratio in A and B, the largest |B - A| of the ratio over
+    the checkpoints with a value in both (NaN for a run without measurements: an MoE run), and the
+    checkpoints whose PPL-p% target was not reached in A and in B (unreached_a/_b; 0 for a table made
+    before sparsity.csv had `reached`)."""
     parts = []
     if la is not None and lb is not None:
         va, vb = (t[t["split"] == "val"] for t in (la, lb))
         parts.append(pd.concat({"val_step_a": _last(va, "step"), "val_loss_a": _last(va, "loss"),
                                 "val_step_b": _last(vb, "step"), "val_loss_b": _last(vb, "loss")}, axis=1, sort=False))
     if sa is not None and sb is not None:
-        cols = ["run", "step", "activation_ratio"]
+        cols = ["run", "step", "activation_ratio", "unreached"]
+        sa, sb = (t.assign(unreached=~as_bool(t["reached"]) if "reached" in t else False) for t in (sa, sb))
         m = sa.loc[sa["p"] == p, cols].merge(sb.loc[sb["p"] == p, cols], on=["run", "step"], how="outer",
                                              suffixes=("_a", "_b"), indicator=True)
         m["diff"] = (m["activation_ratio_b"] - m["activation_ratio_a"]).abs()  # NaN unless both have a value
+        for c in ("unreached_a", "unreached_b"):  # False where the folder lacks the checkpoint
+            m[c] = m[c].astype("boolean").fillna(False).astype(bool)
         m["one_sided"] = m["activation_ratio_a"].notna() != m["activation_ratio_b"].notna()
         g = m.groupby("run", sort=False)
         listed = m[m["_merge"] == "both"]
         parts.append(pd.DataFrame({"checkpoints": g["diff"].count(), "one_sided": g["one_sided"].sum(),
                                    "step": _last(listed, "step"), "ratio_a": _last(listed, "activation_ratio_a"),
-                                   "ratio_b": _last(listed, "activation_ratio_b"), "max_ratio_diff": g["diff"].max()}))
+                                   "ratio_b": _last(listed, "activation_ratio_b"), "max_ratio_diff": g["diff"].max(),
+                                   "unreached_a": g["unreached_a"].sum(), "unreached_b": g["unreached_b"].sum()}))
     if not parts:
         return pd.DataFrame()
     out = pd.concat(parts, axis=1, sort=False)
@@ -186,6 +193,10 @@ def summary(t: dict[str, pd.DataFrame]) -> str:
                          f"{final.max():.4f}")
         if r["one_sided"].sum():
             parts.append(f"{int(r['one_sided'].sum())} checkpoint(s) with a value in one folder only")
+        missed = {s: int(r[f"unreached_{s}"].sum()) for s in ("a", "b")}
+        if any(missed.values()):
+            parts.append(f"target not reached (c a lower bound) at {missed['a']} checkpoint(s) in A, "
+                         f"{missed['b']} in B")
         lines.append("activation ratio at PPL-1%: " + "; ".join(parts))
     if r is not None and "val_loss_a" in r:
         both = r.dropna(subset=["val_loss_a", "val_loss_b"])

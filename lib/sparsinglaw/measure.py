@@ -4,8 +4,9 @@ For each run of a profile (cached per run, resumable, locked like training):
   1. the run's one CETT value c per p is searched on its last `n_last` stable-stage checkpoints jointly
      (Algorithm 1; v4 App. E), then applied to every checkpoint, each with its own thresholds tau_l(c);
      a p whose target ratio no tested c reaches is kept with reached = False (and a warning);
-  2. per checkpoint: dense loss, activation ratio overall and per layer at PPL-p%, exact-zero ratio
-     (ReLU only), dead-neuron ratio (neurons active on < dead_freq of the tokens at PPL-1%);
+  2. per checkpoint: dense loss, activation ratio overall and per layer at PPL-p%, the activation ratio
+     of exact zeros (``nonzero_ratio``: the share of non-zero ReLU outputs; ReLU only), dead-neuron ratio
+     (neurons active on < dead_freq of the tokens at PPL-p%);
   3. on the final stable checkpoint: activation frequency of every neuron per data domain and the
      per-token activation ratio per vocabulary id (at PPL-1%), for Fig. 9 and 10.
 
@@ -298,7 +299,7 @@ def measure_run(profile: ProfileConfig, run: RunConfig, runs_dir=None, progress:
                     "activation_ratio": stats.activation_ratio,
                     "layer_ratios": ";".join(f"{v:.6f}" for v in stats.active_per_layer),
                     "taus": ";".join(f"{v:.6g}" for v in taus),
-                    "exact_zero_ratio": zeros.activation_ratio if zeros is not None else float("nan"),
+                    "nonzero_ratio": zeros.activation_ratio if zeros is not None else float("nan"),
                     "dead_ratio": stats.dead_ratio(scfg.dead_freq), "searched": i in search_idx,
                     "n_tokens": stats.n_tokens, "reached": searches[p].reached,  # False: c is no PPL-p%
                 })
@@ -348,9 +349,14 @@ def read_cached(path: Path, run: RunConfig, key: str, config_hash: str, what: st
 
 
 def read_record(path: Path, profile: ProfileConfig, run: RunConfig) -> dict:
-    """A cached measurement record of `run` under the current config and sparsity settings."""
-    return read_cached(path, run, measure_key(profile, run), run.config_hash(profile.data), "measurement",
-                       "measure")
+    """A cached measurement record of `run` under the current config and sparsity settings (a record
+    written before the column was renamed names ``nonzero_ratio`` exact_zero_ratio: read as the new name)."""
+    rec = read_cached(path, run, measure_key(profile, run), run.config_hash(profile.data), "measurement",
+                      "measure")
+    for row in rec["rows"]:
+        if isinstance(row, dict) and "exact_zero_ratio" in row:
+            row["nonzero_ratio"] = row.pop("exact_zero_ratio")
+    return rec
 
 
 def final_arrays(profile: ProfileConfig, run: RunConfig, runs_dir=None, impl: str | None = None
@@ -478,9 +484,9 @@ def write_results(profile: ProfileConfig, runs_dir=None, impl=None) -> pd.DataFr
 RESULT_COLUMNS = {
     "sparsity": (["run", "activation", "groups", "d_model", "n_layers", "width_depth", "non_embedding_params",
                   "step", "tokens", "p", "cett", "dense_loss", "sparse_loss", "ppl_ratio", "activation_ratio",
-                  "layer_ratios", "taus", "exact_zero_ratio", "dead_ratio", "searched", "n_tokens", "reached"],
+                  "layer_ratios", "taus", "nonzero_ratio", "dead_ratio", "searched", "n_tokens", "reached"],
                  ["d_model", "n_layers", "width_depth", "non_embedding_params", "step", "tokens", "p", "cett",
-                  "dense_loss", "sparse_loss", "ppl_ratio", "activation_ratio", "exact_zero_ratio", "dead_ratio",
+                  "dense_loss", "sparse_loss", "ppl_ratio", "activation_ratio", "nonzero_ratio", "dead_ratio",
                   "n_tokens"]),
     "neurons": (["run", "step", "layer", "neuron", "all"], ["step", "layer", "neuron", "all"]),
     "tokens": (["run", "token_id", "count", "activation_ratio"], ["token_id", "count", "activation_ratio"]),
@@ -591,9 +597,10 @@ def pareto_for(profile: ProfileConfig, compute: bool = True, runs_dir=None) -> p
 
 
 def summary(table: pd.DataFrame) -> pd.DataFrame:
-    """The final stable checkpoint of each run and p: CETT, PPL ratio, activation ratio, exact zeros, dead."""
+    """The final stable checkpoint of each run and p: CETT, PPL ratio, activation ratio, share of non-zero
+    ReLU outputs, dead-neuron ratio."""
     cols = ["run", "activation", "non_embedding_params", "width_depth", "tokens", "p", "cett", "ppl_ratio",
-            "activation_ratio", "exact_zero_ratio", "dead_ratio"]
+            "activation_ratio", "nonzero_ratio", "dead_ratio"]
     return table.sort_values("tokens").groupby(["run", "p"], sort=False).tail(1)[cols].reset_index(drop=True)
 
 

@@ -525,8 +525,9 @@ def form_comparison(comparison: pd.DataFrame):
 
 
 def dead_neurons(table: pd.DataFrame, p: float = 1.0, group: str | None = "scale"):
-    """Dead-neuron ratio vs tokens (left) and, for ReLU, the exact-zero ratio (solid) next to the
-    activation ratio at PPL-p% (dashed) vs tokens (right); runs shaded by size."""
+    """Dead-neuron ratio vs tokens (left) and, for ReLU, the share of non-zero outputs (solid: the
+    activation ratio of exact zeros) next to the activation ratio at PPL-p% (dashed) vs tokens (right);
+    runs shaded by size."""
     style()
     t = in_group(table[np.isclose(table["p"], p)], group)
     fig, (a1, a2) = plt.subplots(1, 2, figsize=DOUBLE)
@@ -536,8 +537,8 @@ def dead_neurons(table: pd.DataFrame, p: float = 1.0, group: str | None = "scale
             g, c = t[t["run"] == run].sort_values("tokens"), _shade(act, i, len(names))
             x = g["tokens"] / 1e6
             a1.plot(x, g["dead_ratio"], "o-", ms=2, lw=1, color=c, label=run)
-            if g["exact_zero_ratio"].notna().any():
-                a2.plot(x, g["exact_zero_ratio"], "o-", ms=2, lw=1, color=c, label=f"{run} exact non-zeros")
+            if g["nonzero_ratio"].notna().any():
+                a2.plot(x, g["nonzero_ratio"], "o-", ms=2, lw=1, color=c, label=f"{run} exact non-zeros")
                 a2.plot(x, g["activation_ratio"], "--", lw=1, color=c)
     for ax in (a1, a2):
         log_x(ax)
