@@ -195,3 +195,15 @@ def test_unreached_targets_are_counted(tmp_path):
     assert r.at["silu-s3", "max_ratio_diff"] == 0  # still compared
     assert "target not reached (c a lower bound) at 0 checkpoint(s) in A, 2 in B" in compare.summary(t)
     assert "target not reached" not in compare.summary(compare.compare(COMMITTED, _copy(tmp_path, "c")))
+
+
+def test_fits_in_one_folder_only_are_named(tmp_path):
+    b = _copy(tmp_path, "b")
+    _rewrite(b, "fits", lambda df: pd.concat([df[df["run"] != "relu-s2"],
+                                              df[df["run"] == "silu-s1"].assign(run="silu-x")]))
+    t = compare.compare(COMMITTED, b)
+    f = t["fits"].set_index("run")
+    assert f.at["relu-s2", "where"] == "A only" and f.at["silu-x", "where"] == "B only"
+    assert not f.at["relu-s2", "converged_b"] and not f.at["silu-x", "converged_a"] and not f.at["silu-x", "b_in_a"]
+    assert (f.drop(index=["relu-s2", "silu-x"])["where"] == "A and B").all()
+    assert "; fitted in one folder only: relu-s2 (A only), silu-x (B only)" in compare.summary(t)

@@ -11,8 +11,8 @@ weights: the losses drift apart after some steps, and so do the measurements and
                 over the checkpoints both measured, with the count of those measured in one folder only
                 and of those whose PPL-1% target was not reached in each folder (sparsity.csv: such a
                 ratio comes from a lower bound on c, so it is compared but counted);
-  * fits     -- per run, whether the law fit (Eq. 4 / Eq. 5) converged in A and in B, A0 with its
-                interval in each, and whether B's A0 lies in A's interval (fits.csv).
+  * fits     -- per run of either folder, whether the law fit (Eq. 4 / Eq. 5) converged in A and in B,
+                A0 with its interval in each, and whether B's A0 lies in A's interval (fits.csv).
 
 Every table is read with its provenance sidecar checked (runs.read_table). A table missing from either
 folder leaves its section out, named in the summary. ``python -m sparsinglaw compare A B`` prints
@@ -117,10 +117,13 @@ def runs_table(sa: pd.DataFrame | None, sb: pd.DataFrame | None, la: pd.DataFram
 
 
 def fits_table(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
-    """Per run of both fits.csv: converged in A and in B, A0 with its interval in each, and whether B's
-    A0 lies in A's interval (False when either did not converge or A has no interval)."""
+    """Per run of either fits.csv: where its fit row is (A and B, A only, B only), converged in A and in B
+    (False where the row is absent), A0 with its interval in each, and whether B's A0 lies in A's
+    interval (False when either did not converge or A has no interval)."""
     cols = ["run", "form", "converged", "A0", "A0_lo", "A0_hi"]
-    m = a[cols].merge(b[cols], on=["run", "form"], suffixes=("_a", "_b"))
+    m = a[cols].merge(b[cols], on=["run", "form"], how="outer", sort=False, suffixes=("_a", "_b"), indicator=True)
+    where = {"both": "A and B", "left_only": "A only", "right_only": "B only"}
+    m.insert(2, "where", m.pop("_merge").astype(str).map(where))
     for s in ("_a", "_b"):
         m[f"converged{s}"] = as_bool(m[f"converged{s}"])
         m.loc[~m[f"converged{s}"], [f"A0{s}", f"A0_lo{s}", f"A0_hi{s}"]] = np.nan
@@ -211,10 +214,12 @@ def summary(t: dict[str, pd.DataFrame]) -> str:
         f = t["fits"]
         both = f["converged_a"] & f["converged_b"]
         known = both & f["A0_lo_a"].notna() & f["A0_hi_a"].notna()
+        alone = f[f["where"] != "A and B"]
         lines.append(f"law fits: {int(both.sum())} of {len(f)} runs converged in both, "
                      f"{int((f['converged_a'] != f['converged_b']).sum())} in one only; B's A0 inside A's "
                      f"interval for {int(f['b_in_a'].sum())} of the {int(known.sum())} converged in both with an "
-                     "interval in A")
+                     "interval in A" + ("" if alone.empty else "; fitted in one folder only: " + ", ".join(
+                         f"{r.run} ({r.where})" for r in alone.itertuples())))
     m = t.get("missing")
     if m is not None and len(m):
         lines.append("not compared: " + ", ".join(
