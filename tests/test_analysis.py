@@ -19,14 +19,15 @@ from sparsinglaw import analysis, claims, laws
 SD = 0.002
 TOKENS = np.geomspace(1e7, 1e11, 16).round()
 RELU = {"alpha": 0.5, "b": -1.5, "c": 0.5, "A0": 0.07}
+RELU_P2 = {"alpha": 0.5, "b": -1.2, "c": 0.4, "A0": 0.045}  # PPL-2%: a sparser law, rows of the same run
 SILU = {"alpha": 0.5, "c": 0.02, "A0": 0.42}
 SPEC = laws.FitSpec(n_boot=100, seed=0)
 
 
 def run_rows(name, activation, params, groups="scale", d_model=32, n_layers=2, N=50_000, tokens=TOKENS, seed=0,
-             loss=(3.0, 1.0, 0.3)):
-    """Rows of a sparsity.csv for one run whose activation ratio follows the paper's law with `params`
-    and whose dense loss follows E + B D^-beta (loss = (E, B, beta))."""
+             loss=(3.0, 1.0, 0.3), p=1.0):
+    """Rows of a sparsity.csv for one run whose activation ratio at PPL-p% follows the paper's law with
+    `params` and whose dense loss follows E + B D^-beta (loss = (E, B, beta))."""
     rng = np.random.default_rng(seed)
     D = tokens / 1e9
     A = laws.FORMS[analysis.FORM[activation]].f(D, **params) + rng.normal(0, SD, D.size)
@@ -34,7 +35,7 @@ def run_rows(name, activation, params, groups="scale", d_model=32, n_layers=2, N
     return pd.DataFrame({
         "run": name, "activation": activation, "groups": groups, "d_model": d_model, "n_layers": n_layers,
         "width_depth": d_model / n_layers, "non_embedding_params": N, "step": np.arange(D.size) + 1,
-        "tokens": tokens.astype(int), "p": 1.0, "cett": 0.2,
+        "tokens": tokens.astype(int), "p": p, "cett": 0.2,
         "dense_loss": E + B * D**-beta + rng.normal(0, 1e-3, D.size),
         "sparse_loss": 0.0, "ppl_ratio": 1.01, "activation_ratio": A, "layer_ratios": "", "taus": "",
         "nonzero_ratio": A + 0.3 if activation == "relu" else np.nan,
@@ -45,6 +46,7 @@ def run_rows(name, activation, params, groups="scale", d_model=32, n_layers=2, N
 @pytest.fixture(scope="module")
 def table():
     return pd.concat([
+        run_rows("relu-s1", "relu", RELU_P2, seed=4, p=2.0),  # the same run at PPL-2%: never in a p = 1 fit
         run_rows("relu-s1", "relu", RELU, seed=1),
         run_rows("silu-s1", "silu", SILU, seed=2),
         run_rows("relu-short", "relu", RELU, seed=3, tokens=TOKENS[:3]),  # too few checkpoints for Eq. 4
@@ -73,6 +75,25 @@ def test_activation_laws_recover_known_parameters(fitted):
     c = curves[curves["run"] == "relu-s1"]
     assert len(c) == 64 and np.all(c["A_lo"] <= c["A_fit"] + 1e-12) and np.all(c["A_fit"] <= c["A_hi"] + 1e-12)
     assert set(curves["run"]) == {"relu-s1", "silu-s1"}  # no curve for a run that was not fitted
+
+
+def test_fits_use_only_the_rows_at_the_requested_p(table, fitted):
+    """relu-s1 also has PPL-2% rows (another law): its p = 1 fit is the fit of its p = 1 rows alone, and
+    p = 2 fits the other rows."""
+    r = fitted[0].set_index("run").loc["relu-s1"]
+    p1 = table[(table["run"] == "relu-s1") & (table["p"] == 1.0)]
+    alone = laws.fit("logspace_power", p1["tokens"] / 1e9, p1["activation_ratio"], SPEC)
+    assert r["p"] == 1.0 and r["n_points"] == r["n_used"] == len(TOKENS)
+    assert (r["A_first"], r["A_last"]) == tuple(p1["activation_ratio"].iloc[[0, -1]])
+    assert r["A0"] == alone.params["A0"] and (r["A0_lo"], r["A0_hi"]) == alone.intervals["A0"]
+    assert r["mse"] == pytest.approx(alone.mse, rel=1e-12)
+    fits2, _ = analysis.fit_activation_laws(table[table["run"] == "relu-s1"], dataclasses.replace(SPEC, n_boot=0),
+                                            p=2.0)
+    r2 = fits2.iloc[0]
+    assert r2["p"] == 2.0 and r2["n_points"] == len(TOKENS) and r2["converged"], r2["message"]
+    assert r2["A0"] == pytest.approx(RELU_P2["A0"], abs=0.01)  # the PPL-2% law, not the p = 1 one (0.07)
+    with pytest.raises(ValueError, match=r"no rows at p=5"):
+        analysis.activation_points(table, 5.0)
 
 
 def test_too_few_checkpoints_give_a_clear_non_converged_row(fitted):
@@ -114,9 +135,15 @@ def test_a_run_whose_ppl_p_target_was_not_reached_is_not_fitted(table):
 
 def test_fit_rows_carry_the_spec_and_the_dropped_points(table):
     spec = dataclasses.replace(SPEC, n_boot=0, drop_first_n=2)
-    fits, _ = analysis.fit_activation_laws(table[table["run"] == "silu-s1"], spec)
+    silu = table[table["run"] == "silu-s1"].copy()
+    silu.iloc[:2, silu.columns.get_loc("activation_ratio")] = [0.60, 0.55]  # a warmup falling from above the rest
+    fits, _ = analysis.fit_activation_laws(silu, spec)
     r = fits.iloc[0]
     assert r["n_dropped"] == 2 and r["n_used"] == len(TOKENS) - 2
+    # the trend of the points the law used, not of the dropped warmup (which pulls rho down)
+    used = stats.spearmanr(silu["tokens"].iloc[2:], silu["activation_ratio"].iloc[2:]).statistic
+    assert r["rho_tokens"] == pytest.approx(used, abs=1e-12)
+    assert used - stats.spearmanr(silu["tokens"], silu["activation_ratio"]).statistic > 0.2
     assert r["dropped_index"] == "0;1"
     assert r["dropped_tokens"] == f"{int(TOKENS[0])};{int(TOKENS[1])}"
     assert r["D_min_used"] == pytest.approx(TOKENS[2] / 1e9)
@@ -162,12 +189,18 @@ def test_width_depth_finds_the_bottleneck_and_the_best_range():
     rng = np.random.default_rng(0)
     x = np.array([2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192.0])
     A0 = 0.01 + 0.002 * np.minimum(x, 40) + rng.normal(0, 0.001, x.size)  # bottleneck at 40
-    fits = synthetic_fits(x, A0)
     E = 3.0 + 0.05 * (np.log(x) - np.log(64)) ** 2  # best at 64
-    pts, summary = analysis.width_depth(fits, synthetic_losses(fits, E))
-    assert list(pts["width_depth"]) == sorted(x)
+    # one more run (x = 10) whose activation and loss fits did not converge, with outliers A0 = 0.5 and E = 2:
+    # left out of the A0 and E summaries (its measured A_last and final_loss still count)
+    fits = synthetic_fits(np.r_[x, 10.0], np.r_[A0, 0.5]).assign(converged=[True] * x.size + [False])
+    losses = synthetic_losses(fits, np.r_[E, 2.0]).assign(converged=[True] * x.size + ["False"])  # as from a CSV
+    pts, summary = analysis.width_depth(fits, losses)
+    assert list(pts["width_depth"]) == sorted(np.r_[x, 10.0])
+    assert summary.set_index("quantity")["n"].to_dict() == {"A0": 12, "A_last": 13, "E": 12, "final_loss": 13}
     pw = summary[summary["kind"] == "piecewise_linear"].set_index("quantity")
     r = pw.loc["A0"]
+    alone = laws.fit_piecewise_linear(x, A0, "flat")  # the converged runs only
+    assert (r["breakpoint"], r["slope_below"]) == pytest.approx((alone.breakpoint, alone.slope_below), rel=1e-12)
     assert r["breakpoint_lo"] <= 40 <= r["breakpoint_hi"] and r["breakpoint_hi"] - r["breakpoint_lo"] < 30
     assert r["slope_below"] == pytest.approx(0.002, rel=0.1) and r["slope_below_lo"] > 0
     br = summary[summary["kind"] == "best_range"].set_index("quantity").loc["E"]
@@ -187,10 +220,17 @@ def test_width_depth_with_too_few_runs_says_so():
 def test_scale_recovers_the_slope_per_decade():
     N = np.array([2e4, 5e4, 1e5, 2e5, 5e5])
     A0 = 0.05 + 0.01 * np.log10(N) + np.random.default_rng(1).normal(0, 5e-4, N.size)
-    fits = synthetic_fits(np.full(N.size, 16.0), A0, width=1e-3, groups="scale", N=N)
-    pts, summary = analysis.scale(fits, synthetic_losses(fits, 4 - 0.2 * np.log10(N)))
+    # a sixth run (N = 3e5) whose activation and loss fits did not converge, with outliers A0 = 0.4 and E = 1:
+    # left out of the A0 and E slopes (its measured A_last still counts)
+    fits = synthetic_fits(np.full(N.size + 1, 16.0), np.r_[A0, 0.4], width=1e-3, groups="scale", N=np.r_[N, 3e5])
+    fits["converged"] = [True] * N.size + [False]
+    losses = synthetic_losses(fits, np.r_[4 - 0.2 * np.log10(N), 1.0]).assign(converged=[True] * N.size + [False])
+    pts, summary = analysis.scale(fits, losses)
+    assert len(pts) == 6 and summary.set_index("quantity")["n"].to_dict() == {"A0": 5, "A_last": 6, "E": 5}
     r = summary.set_index(["activation", "quantity"]).loc[("relu", "A0")]
     assert r["weighted"] and r["n"] == 5 and r["slope_lo"] <= 0.01 <= r["slope_hi"]
+    # equal interval widths: the weighted and the plain fit have the OLS slope of the converged runs
+    assert r["slope"] == pytest.approx(np.polyfit(np.log10(N), A0, 1)[0], rel=1e-9)
     assert r["change_fit"] == pytest.approx(0.01 * np.log10(25), abs=3e-3)
     e = summary.set_index(["activation", "quantity"]).loc[("relu", "E")]
     assert e["slope"] == pytest.approx(-0.2, abs=1e-6)
@@ -237,6 +277,25 @@ def test_convergence_speed_is_the_derivative_and_ranks_sizes():
     _, apart_summary = analysis.convergence(apart, n=16)
     assert np.isnan(apart_summary["rho_N_speed"]).all()
     assert claims.small_converge_faster(apart_summary)[0]["verdict"] == "INCONCLUSIVE"
+
+
+def test_convergence_ranks_sizes_by_the_size_of_a_falling_speed():
+    """Eq. 4 laws fall, so every speed is negative: sizes are ranked by |speed| (rho(N, |speed|) = -1 when the
+    smaller models fall faster; the signed speeds would give +1). A fit that did not converge is left out."""
+    k, sizes = 0.01, ((1e4, -0.5), (1e5, -1.0), (1e6, -1.5))  # (N, b)
+    # A(D) = exp(-k r^0.5 + b) + A0 with r = D * 1e9 / N: one law in D/N, scaled by exp(b), which falls with N
+    rows = [{"run": f"relu-{i}", "activation": "relu", "groups": "scale", "non_embedding_params": N,
+             "form": "logspace_power", "converged": True, "alpha": 0.5, "b": b, "c": k * (1e9 / N) ** 0.5, "A0": 0.1,
+             "D_min_used": 0.01, "D_max": 10.0} for i, (N, b) in enumerate(sizes)]
+    rows.append({**rows[0], "run": "relu-x", "non_embedding_params": 3e4, "converged": False, "b": 0.0, "c": 3.0})
+    curves, summary = analysis.convergence(pd.DataFrame(rows), n=16)
+    assert list(summary["run"]) == ["relu-0", "relu-1", "relu-2"] and set(curves["run"]) == set(summary["run"])
+    r = np.sqrt(1e3 * 1e4)  # the shared D/N range is 1e3 (N = 1e4 from D = 0.01) to 1e4 (N = 1e6 up to D = 10)
+    assert summary["ratio_common"].to_numpy() == pytest.approx(np.full(3, r))
+    exact = np.array([-0.5 * k * r**-0.5 * np.exp(-k * r**0.5 + b) for _, b in sizes])  # dA/dr of the law above
+    assert summary["dA_dratio_common"].to_numpy() == pytest.approx(exact, rel=1e-6) and (exact < 0).all()
+    expected = stats.spearmanr([N for N, _ in sizes], np.abs(exact)).statistic
+    assert expected == pytest.approx(-1.0) and summary["rho_N_speed"].to_numpy() == pytest.approx(np.full(3, expected))
 
 
 # ----------------------------------------------------------------------------- patterns, dead neurons

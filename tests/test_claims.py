@@ -62,17 +62,23 @@ def test_spearman_p_and_stouffer_match_scipy():
     assert got == pytest.approx(expect, rel=0.05)
 
 
-@pytest.mark.parametrize("n", [3, 5, 7])
+@pytest.mark.parametrize("n", [3, 5, 7, 8])
 def test_spearman_p_is_exact_for_few_points(n):
     """Up to EXACT_MAX points the per-run p is the exact permutation p (scipy's permutation test as the
     oracle), not the t approximation, which gives p = 0 for a perfect trend at any n."""
     rng = np.random.default_rng(n)
     x = np.arange(n, dtype=float)
+
+    def rho_of(yy, axis):  # Spearman's rho of x against every resample at once (untied ranks: Pearson of ranks)
+        r = stats.rankdata(yy, axis=axis) - (n + 1) / 2
+        return (r @ (x - x.mean())) / (np.linalg.norm(r, axis=axis) * np.linalg.norm(x - x.mean()))
+
     for y in (x[::-1].copy(), rng.permutation(n).astype(float), x.copy()):
         rho = stats.spearmanr(x, y).statistic
+        assert rho_of(y, -1) == pytest.approx(rho)
         for alt in ("less", "greater"):
-            ref = stats.permutation_test((y,), lambda yy: stats.spearmanr(x, yy).statistic,
-                                         permutation_type="pairings", alternative=alt, n_resamples=np.inf).pvalue
+            ref = stats.permutation_test((y,), rho_of, permutation_type="pairings", alternative=alt,
+                                         n_resamples=np.inf, vectorized=True).pvalue
             assert claims.spearman_p(rho, n, alt) == pytest.approx(ref), (y, alt)
     assert claims.spearman_p(-1.0, 3, "less") == pytest.approx(1 / 6)
     assert claims.spearman_p(-1.0, 8, "less") == pytest.approx(1 / 40320)  # EXACT_MAX = 8: still exact
@@ -215,10 +221,17 @@ def sparsity(pairs) -> pd.DataFrame:
     ([("s1", 0.20, 4.0, 0.40, 4.05), ("s2", 0.15, 3.8, 0.38, 3.7)], "PASS"),
     ([("s1", 0.20, 4.0, 0.40, 4.05), ("s2", 0.45, 3.8, 0.38, 3.7)], "FAIL"),
     ([("s1", 0.20, 4.0, 0.40, 4.05), ("s2", 0.15, 3.0, 0.38, 3.7)], "INCONCLUSIVE"),  # losses 23% apart
+    # relative difference by the smaller loss (either loss within 5% of the other): 0.205 / 4.0 = 5.1% is not
+    # comparable (by the larger it would be 4.9%), 0.5 / 10.0 = 5% exactly is
+    ([("s1", 0.20, 4.0, 0.40, 4.05), ("s2", 0.45, 4.0, 0.38, 4.205)], "INCONCLUSIVE"),
+    ([("s1", 0.20, 4.0, 0.40, 4.05), ("s2", 0.45, 10.5, 0.38, 10.0)], "FAIL"),
+    ([("s1", 0.20, 4.0, 0.40, 4.05), ("s2", 0.38, 3.8, 0.38, 3.7)], "FAIL"),  # equal ratios: ReLU not sparser
 ])
 def test_relu_sparser(pairs, expect):
     row = claims.relu_sparser(sparsity(pairs))
     assert row["verdict"] == expect and row["n"] == 2
+    s2 = pairs[1]
+    assert f"({abs(s2[2] - s2[4]) / min(s2[2], s2[4]):.1%})" in row["value"]
 
 
 def test_relu_sparser_does_not_compare_a_run_whose_ppl1_was_not_reached():
@@ -318,6 +331,7 @@ def patterns(r_intervals, ks) -> tuple[pd.DataFrame, pd.DataFrame]:
     ([(0.7, 0.8), (0.1, 0.25)], (0.1, 0.15), "FAIL"),  # one pair clearly uncorrelated
     ([(0.7, 0.8), (0.55, 0.65)], (0.1, 0.6), "FAIL"),  # one domain's distributions clearly differ
     ([(0.7, 0.8), (0.4, 0.5)], (0.1, 0.3), "INCONCLUSIVE"),
+    ([(0.7, 0.8), (0.2, 0.45)], (0.1, 0.15), "INCONCLUSIVE"),  # r 0.325: below 0.3 only at its lower bound
 ])
 def test_patterns_agree(r_intervals, ks, expect):
     assert verdict(claims.patterns_agree(*patterns(r_intervals, ks))) == expect

@@ -218,6 +218,8 @@ def test_drop_rule_drops_exactly_the_configured_points():
     assert r.D.min() >= 0.05
     row = r.to_row()
     assert row["n_dropped"] == len(expected) and row["spec_min_D"] == 0.05
+    at = laws.fit("power", D, A, n_boot=0, holdout_frac=0.0, min_D=D[5])  # D < min_D is dropped, D == min_D kept
+    assert [d["index"] for d in at.dropped] == [0, 1, 2, 3, 4] and at.n_used == D.size - 5 and at.D.min() == D[5]
 
 
 def test_too_few_points_raise():
@@ -271,9 +273,9 @@ def test_wrong_direction_is_flagged_not_converged():
 
 def test_result_row_and_predict():
     A = synthetic("power")
-    r = laws.fit("power", D, A, n_boot=50, holdout_frac=0.25)
+    r = laws.fit("power", D, A, n_boot=50, holdout_frac=0.2)
     assert r.predict(D) == pytest.approx(A - r.residuals)
-    assert r.holdout["n_test"] == math.ceil(0.25 * D.size)
+    assert (r.holdout["n_test"], r.holdout["n_fit"]) == (7, 25)  # 0.2 * 32 = 6.4 points: rounded up
     assert r.holdout["D_split"] == pytest.approx(np.sort(D)[D.size - r.holdout["n_test"]])
     row = r.to_row()
     for key in ("form", "converged", "mse", "mae", "aic", "bic", "alpha", "alpha_lo", "alpha_hi",
@@ -441,6 +443,8 @@ def test_best_range_on_a_u_shaped_curve():
     # within tol where |log(x / 150)| <= sqrt(0.4) = 0.632, i.e. x in [79.7, 282.3]
     assert (lo, hi) == (100.0, 282.0)
     assert laws.best_range(x, loss, tol=0.0) == (150.0, 150.0)
+    # a loss exactly at the minimum + tol is within it, on either side (3.0 + 0.5 = 3.5 exactly)
+    assert laws.best_range([1, 2, 3, 4, 5, 6], [3.75, 3.5, 3.25, 3.0, 3.5, 3.75], tol=0.5) == (2.0, 5.0)
 
 
 # ----------------------------------------------------------------------------- scale

@@ -568,6 +568,9 @@ def test_activation_stats_per_token_neuron_and_domain(trained):
     seen = st.token_count > 0
     ratio = st.token_ratio()
     assert torch.isnan(ratio[~seen]).all() and ((ratio[seen] >= 0) & (ratio[seen] <= 1)).all()
+    # a token's ratio is its share of the kept (token, neuron) pairs over all layers: weighted by the counts,
+    # they add up to the pass's activation ratio times its tokens
+    assert np.nansum((ratio * st.token_count).numpy()) == pytest.approx(st.activation_ratio * n, rel=1e-12)
     assert st.domain_tokens.tolist() == [int((dom == 0).sum()), int((dom == 1).sum())]
     assert (st.domain_neuron_active.sum(0) == st.neuron_active).all()
     assert st.domain_frequency().shape == (2, L, CFG["d_ff"])
@@ -593,6 +596,15 @@ def test_activation_stats_per_token_neuron_and_domain(trained):
     assert torch.equal(st.token_count, torch.bincount(seqs[:, :-1].flatten(), minlength=V))
     torch.testing.assert_close(st.token_sum, token_sum, rtol=1e-12, atol=1e-9)
     assert torch.equal(st.domain_neuron_active, dom_active)
+
+
+def test_dead_ratio_counts_neurons_active_on_fewer_than_the_threshold():
+    """DEAD_FREQ = 1e-3: over 1000 tokens a neuron active once (frequency exactly 1e-3) is alive, one never
+    active is dead; a threshold counts neurons strictly below it."""
+    active = torch.tensor([[0, 1, 2, 1000], [0, 0, 1, 500]], dtype=torch.int64)
+    st = S.ActivationStats(1000, 0.0, active.sum(1).double(), 4, neuron_active=active)
+    assert S.DEAD_FREQ == 1e-3 and st.dead_ratio() == 3 / 8
+    assert st.dead_ratio(min_freq=0.002) == 5 / 8 and st.dead_ratio(min_freq=0.0) == 0.0
 
 
 def test_prefix_norm_scan_equals_the_cpu_loop():
