@@ -349,8 +349,8 @@ def read_cached(path: Path, run: RunConfig, key: str, config_hash: str, what: st
 
 
 def read_record(path: Path, profile: ProfileConfig, run: RunConfig) -> dict:
-    """A cached measurement record of `run` under the current config and sparsity settings (a record
-    written before the column was renamed names ``nonzero_ratio`` exact_zero_ratio: read as the new name)."""
+    """A cached measurement record of `run` under the current config and sparsity settings (the rows of
+    a record written before the rename hold ``exact_zero_ratio``: read as ``nonzero_ratio``)."""
     rec = read_cached(path, run, measure_key(profile, run), run.config_hash(profile.data), "measurement",
                       "measure")
     for row in rec["rows"]:
