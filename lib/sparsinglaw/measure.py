@@ -353,9 +353,8 @@ def read_record(path: Path, profile: ProfileConfig, run: RunConfig) -> dict:
     a record written before the rename hold ``exact_zero_ratio``: read as ``nonzero_ratio``)."""
     rec = read_cached(path, run, measure_key(profile, run), run.config_hash(profile.data), "measurement",
                       "measure")
-    for row in rec["rows"]:
-        if isinstance(row, dict) and "exact_zero_ratio" in row:
-            row["nonzero_ratio"] = row.pop("exact_zero_ratio")
+    rec["rows"] = [{("nonzero_ratio" if k == "exact_zero_ratio" else k): v for k, v in row.items()}
+                   if isinstance(row, dict) else row for row in rec["rows"]]  # in place: the columns' order
     return rec
 
 
