@@ -71,9 +71,9 @@ def claims_table(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
     return m[["id", "verdict_a", "verdict_b", "same", "value_a", "value_b"]]
 
 
-def _last(df: pd.DataFrame, col: str) -> pd.Series:
-    """Per run, `col` at the run's last step (a NaN there stays NaN)."""
-    return df.sort_values("step", kind="stable").groupby("run", sort=False).tail(1).set_index("run")[col]
+def _last(df: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
+    """Per run (the index), `cols` at the run's last step (a NaN there stays NaN)."""
+    return df.sort_values("step", kind="stable").groupby("run", sort=False).tail(1).set_index("run")[cols]
 
 
 def runs_table(sa: pd.DataFrame | None, sb: pd.DataFrame | None, la: pd.DataFrame | None,
@@ -87,9 +87,8 @@ def runs_table(sa: pd.DataFrame | None, sb: pd.DataFrame | None, la: pd.DataFram
     before sparsity.csv had `reached`)."""
     parts = []
     if la is not None and lb is not None:
-        va, vb = (t[t["split"] == "val"] for t in (la, lb))
-        parts.append(pd.concat({"val_step_a": _last(va, "step"), "val_loss_a": _last(va, "loss"),
-                                "val_step_b": _last(vb, "step"), "val_loss_b": _last(vb, "loss")}, axis=1, sort=False))
+        parts += [_last(t[t["split"] == "val"], ["step", "loss"]).add_prefix("val_").add_suffix(s)
+                  for t, s in ((la, "_a"), (lb, "_b"))]
     if sa is not None and sb is not None:
         cols = ["run", "step", "activation_ratio", "unreached"]
         sa, sb = (t.assign(unreached=~as_bool(t["reached"]) if "reached" in t else False) for t in (sa, sb))
@@ -100,10 +99,10 @@ def runs_table(sa: pd.DataFrame | None, sb: pd.DataFrame | None, la: pd.DataFram
             m[c] = m[c].astype("boolean").fillna(False).astype(bool)
         m["one_sided"] = m["activation_ratio_a"].notna() != m["activation_ratio_b"].notna()
         g = m.groupby("run", sort=False)
-        listed = m[m["_merge"] == "both"]
+        last = _last(m[m["_merge"] == "both"], ["step", "activation_ratio_a", "activation_ratio_b"])
         parts.append(pd.DataFrame({"checkpoints": g["diff"].count(), "one_sided": g["one_sided"].sum(),
-                                   "step": _last(listed, "step"), "ratio_a": _last(listed, "activation_ratio_a"),
-                                   "ratio_b": _last(listed, "activation_ratio_b"), "max_ratio_diff": g["diff"].max(),
+                                   "step": last["step"], "ratio_a": last["activation_ratio_a"],
+                                   "ratio_b": last["activation_ratio_b"], "max_ratio_diff": g["diff"].max(),
                                    "unreached_a": g["unreached_a"].sum(), "unreached_b": g["unreached_b"].sum()}))
     if not parts:
         return pd.DataFrame()

@@ -354,7 +354,7 @@ def read_record(path: Path, profile: ProfileConfig, run: RunConfig) -> dict:
     rec = read_cached(path, run, measure_key(profile, run), run.config_hash(profile.data), "measurement",
                       "measure")
     rec["rows"] = [{("nonzero_ratio" if k == "exact_zero_ratio" else k): v for k, v in row.items()}
-                   if isinstance(row, dict) else row for row in rec["rows"]]  # in place: the columns' order
+                   if isinstance(row, dict) else row for row in rec["rows"]]  # the key keeps its place: column order
     return rec
 
 
