@@ -370,7 +370,7 @@ TABLE_CASES = [
      "table", ["sparsity.csv: missing; rerun python -m sparsinglaw measure --profile /",  # the YAML's path
                "/mini.yaml --set train.tokens=12288 "]),
     ("table-of-another-config", lambda res, d: None,
-     "strict", ["sparsity.csv: recorded config_hash", "differs from the current", "refusing it"]),
+     "strict", ["sparsity.csv: recorded stage_hash", "differs from the current", "refusing it"]),
     ("record-wrong-key", lambda res, d: _edit_record(d, lambda r: r.update(key="0123456789")),
      "record", ["sparsity-fast-", ".json: not the measurement of run relu-s1 under this config (key 0123456789"]),
     ("record-other-config", lambda res, d: _edit_record(d, lambda r: r.update(config_hash="f" * 64)),
@@ -399,7 +399,7 @@ def test_edited_results_are_refused(cid, edit, load, expect, tmp_path, monkeypat
         if load == "table":
             measure.read_results(measured_mini, "sparsity")
         elif load == "strict":
-            measure.read_results(load_profile(mini_path, overrides=MINI + ["fit.n_boot=7"]), strict=True)
+            measure.read_results(load_profile(mini_path, overrides=MINI + ["sparsity.dead_freq=0.01"]), strict=True)
         elif load == "record":
             measure.measure_run(measured_mini, run, rd, progress=False)
         else:

@@ -8,6 +8,7 @@ SPARSINGLAW_TEST_FAULT=<enospc|stall>:<file name> (train.atomic_write_files).
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import hashlib
 import json
@@ -20,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -560,12 +562,51 @@ def test_figure_manifest_records_provenance(tmp_path, tiny_profile, smoke_tokens
 
 
 def test_table_of_another_config_warns_or_refuses(measured_mini, mini_path):
-    """A table whose recorded config hash differs from the current profile's: a warning that says so by
-    default, an error with strict=True."""
-    changed = load_profile(mini_path, overrides=MINI + ["fit.n_boot=7"])
-    with pytest.warns(runs.StaleTableWarning, match=r"sparsity.csv: recorded config_hash .* differs .* using it "
-                                                    r"anyway \(a warning, not an error\)"):
+    """A table made from other measurement settings than the current profile's: a warning that says so
+    by default, an error with strict=True."""
+    changed = load_profile(mini_path, overrides=MINI + ["sparsity.dead_freq=0.01"])
+    with pytest.warns(runs.StaleTableWarning, match=r"sparsity.csv: recorded stage_hash .* differs .* \(the profile "
+                                                    r"changed since it was written: its data, runs or sparsity "
+                                                    r"settings\); using it anyway \(a warning, not an error\)"):
         df = measure.read_results(changed)
     assert len(df)
-    with pytest.raises(runs.TableError, match=r"sparsity.csv: recorded config_hash .* differs .*; refusing it"):
+    with pytest.raises(runs.TableError, match=r"sparsity.csv: recorded stage_hash .* differs .*; refusing it"):
         measure.read_results(changed, strict=True)
+
+
+def test_a_change_a_table_is_not_made_from_leaves_it_current(measured_mini, mini_path, session_roots, tmp_path,
+                                                              monkeypatch):
+    """Fit and inference settings are not inputs of the measurement tables, nor sparsity settings of the
+    training log: changing them marks neither stale. A sidecar written before stage hashes is checked by
+    the whole profile's config hash, as then."""
+    res = tmp_path / "results"
+    shutil.copytree(session_roots["SPARSINGLAW_RESULTS"] / measured_mini.name, res / measured_mini.name)
+    monkeypatch.setenv("SPARSINGLAW_RESULTS", str(res))
+    runs.train_log_table(measured_mini, runs_dir=session_roots["SPARSINGLAW_RUNS"])
+    sidecar = res / measured_mini.name / "sparsity.meta.json"
+    meta = json.loads(sidecar.read_text())
+    data = dataclasses.asdict(measured_mini.data)
+    identities = [r.identity(measured_mini.data) for r in measured_mini.runs]
+    assert meta["stage"] == "measure" and meta["config_hash"] == measured_mini.config_hash()
+    assert meta["stage_hash"] == hashlib.sha256(json.dumps(  # the data, runs and sparsity settings alone
+        {"data": data, "runs": identities, "sparsity": dataclasses.asdict(measured_mini.sparsity)},
+        sort_keys=True, default=str).encode()).hexdigest()
+
+    def profile(*extra):
+        return load_profile(mini_path, overrides=MINI + list(extra))
+
+    assert profile("fit.n_boot=7").config_hash() != measured_mini.config_hash()  # what the tables were checked by
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", runs.StaleTableWarning)
+        for other in (profile("fit.n_boot=7"), profile("inference.heldout_tokens=512")):
+            assert len(measure.read_results(other, strict=True)) == len(measure.read_results(measured_mini))
+        assert len(runs.train_log_table(profile("sparsity.dead_freq=0.01"), compute=False))
+    with pytest.raises(runs.TableError, match=r"train_log.csv: recorded stage_hash .*: its data or runs settings\)"):
+        runs.read_table(res / measured_mini.name / "train_log.csv", strict=True,
+                        expect=runs.current(profile("train.lr=0.1"), "train"))
+
+    legacy = {k: v for k, v in meta.items() if k not in ("stage", "stage_hash")}
+    sidecar.write_text(json.dumps(legacy))
+    assert len(measure.read_results(measured_mini, strict=True))
+    with pytest.raises(runs.TableError, match=r"sparsity.csv: recorded config_hash .* written\); refusing"):
+        measure.read_results(profile("fit.n_boot=7"), strict=True)

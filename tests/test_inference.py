@@ -302,3 +302,8 @@ def test_cache_is_reused_and_table_round_trips(inferred, monkeypatch, session_ro
     meta = back.attrs["meta"]
     assert meta["inference"]["heldout_tokens"] == 1024 and meta["config_hash"] == profile.config_hash()
     assert meta["corpus"]["sha256"] and meta["rows"] == len(df)
+    assert meta["stage"] == "inference"
+    assert meta["stage_hash"] == profile.part_hash("data", "runs", "sparsity", "inference")
+    with pytest.warns(runs.StaleTableWarning, match="its data, runs, sparsity or inference settings"):
+        inference.sparse_inference_for(load_profile(profile.path, overrides=profile.overrides
+                                                    + ["inference.heldout_tokens=2048"]), compute=False)

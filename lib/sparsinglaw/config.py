@@ -162,10 +162,29 @@ class ProfileConfig:
         known = ", ".join(r.name for r in self.runs)
         raise ConfigError(f"{self.path}: no run named {name!r}; this profile has: {known}")
 
+    def part_hash(self, *parts: str) -> str:
+        """sha256 of the named parts of the profile ("data", "runs", "sparsity", "inference", "fit"): what a
+        table made from those parts alone records (STAGE_PARTS), so a change elsewhere (a fit setting,
+        say) leaves it current."""
+        whole = {"data": lambda: dataclasses.asdict(self.data),
+                 "runs": lambda: [r.identity(self.data) for r in self.runs],
+                 "sparsity": lambda: dataclasses.asdict(self.sparsity),
+                 "inference": lambda: dataclasses.asdict(self.inference), "fit": lambda: self.fit}
+        unknown = [p for p in parts if p not in whole]
+        if unknown:
+            raise ValueError(f"unknown profile part(s) {unknown}; known: {list(whole)}")
+        return stable_hash({p: whole[p]() for p in parts})
+
     def config_hash(self) -> str:
-        body = {"data": dataclasses.asdict(self.data), "runs": [r.identity(self.data) for r in self.runs],
-                "sparsity": dataclasses.asdict(self.sparsity), "fit": self.fit}
-        return stable_hash(body)
+        """The profile's hash recorded in every sidecar: data, runs, sparsity and fit settings (the
+        sparse-inference table records its inference settings itself)."""
+        return self.part_hash("data", "runs", "sparsity", "fit")
+
+
+# the parts of a profile a results table of each stage is made from (ProfileConfig.part_hash): its
+# sidecar records their hash as stage_hash, and its reader checks that alone (runs.current)
+STAGE_PARTS = {"train": ("data", "runs"), "measure": ("data", "runs", "sparsity"),
+               "inference": ("data", "runs", "sparsity", "inference")}
 
 
 def stable_hash(obj: Any) -> str:

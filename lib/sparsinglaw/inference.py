@@ -62,6 +62,7 @@ from .measure import (
 )
 from .model import Transformer, sparse
 from .runs import (
+    current,
     data_cache_dir,
     group_runs,
     provenance,
@@ -334,7 +335,8 @@ def sparse_inference_for(profile: ProfileConfig, compute: bool = True, runs_dir=
     calls = [(inference_run, profile.path, profile.overrides, r.name, runs_dir, progress) for r in todo]
     run_parallel(run_worker, calls, jobs, "sparse inference")
     df = inference_table(profile, runs, runs_dir, corpus=tokens.fingerprint)
-    meta = provenance(profile, corpus=tokens.fingerprint, sparsity=dataclasses.asdict(profile.sparsity),
+    meta = provenance(profile, stage="inference", corpus=tokens.fingerprint,
+                      sparsity=dataclasses.asdict(profile.sparsity),
                       inference=dataclasses.asdict(profile.inference))
     write_table(df, results_dir(profile.name) / f"{TABLE}.csv", meta)
     return df
@@ -342,11 +344,12 @@ def sparse_inference_for(profile: ProfileConfig, compute: bool = True, runs_dir=
 
 def read_inference(profile: ProfileConfig, strict: bool = False, columns: list[str] = COLUMNS) -> pd.DataFrame:
     """results/<profile>/sparse_inference.csv read back with runs.read_table's checks (sidecar sha256,
-    `columns` present, numbers; the recorded config hash and inference settings against the current
-    profile's: a warning, or an error when `strict`)."""
+    `columns` present, numbers; the recorded hash of the profile parts it is made from (runs.current),
+    inference settings included, against the current profile's: a warning, or an error when `strict`)."""
     return read_table(results_dir(profile.name) / f"{TABLE}.csv", columns, [c for c in NUMERIC if c in columns],
-                      expect={"config_hash": profile.config_hash(),
-                              "inference": dataclasses.asdict(profile.inference)}, strict=strict,
+                      expect=lambda meta: current(profile, "inference")(meta)
+                      | ({} if "stage_hash" in meta else {"inference": dataclasses.asdict(profile.inference)}),
+                      strict=strict,
                       fix=f"make it with {command_for(profile, 'compute', '06_sparse_inference')}")
 
 

@@ -46,6 +46,7 @@ from .data import CorpusError
 from .device import usable_cores
 from .runs import (
     checkpoints,
+    current,
     data_cache_dir,
     provenance,
     read_csv,
@@ -454,7 +455,7 @@ def write_results(profile: ProfileConfig, runs_dir=None, impl=None) -> pd.DataFr
     tokens = prepare(profile.data, data_cache_dir(runs_dir), progress=False)
     table = sparsity_table(profile, runs, runs_dir, impl, corpus=tokens.fingerprint)
     used = with_impl(profile, impl).sparsity
-    meta = provenance(profile, corpus=tokens.fingerprint, sparsity=dataclasses.asdict(used))
+    meta = provenance(profile, stage="measure", corpus=tokens.fingerprint, sparsity=dataclasses.asdict(used))
     out = results_dir(profile.name)
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(out)
@@ -497,11 +498,11 @@ RESULT_COLUMNS = {
 
 def read_results(profile: ProfileConfig, name: str = "sparsity", strict: bool = False) -> pd.DataFrame:
     """results/<profile>/<name>.csv read back with runs.read_table's checks: sidecar sha256, columns,
-    numbers, and the recorded config hash against the current profile's (a warning, or an error when
-    `strict`)."""
+    numbers, and the recorded hash of the profile parts measurements are made from (runs.current)
+    against the current profile's: a warning, or an error when `strict`."""
     columns, numeric = RESULT_COLUMNS.get(name, ([], []))
     return read_table(results_dir(profile.name) / f"{name}.csv", columns, numeric,
-                      expect={"config_hash": profile.config_hash()}, strict=strict,
+                      expect=current(profile, "measure"), strict=strict,
                       fix=f"rerun {command_for(profile, 'measure', '02')}")
 
 
@@ -582,7 +583,8 @@ def pareto_profile(profile: ProfileConfig, runs_dir=None, progress: bool = True)
     tokens = prepare(profile.data, data_cache_dir(runs_dir), progress=False)
     df = pd.concat([pareto_run(profile, profile.run(n), runs_dir, progress, corpus=tokens.fingerprint)
                     for n in names], ignore_index=True)
-    meta = provenance(profile, corpus=tokens.fingerprint, sparsity=dataclasses.asdict(profile.sparsity))
+    meta = provenance(profile, stage="measure", corpus=tokens.fingerprint,
+                      sparsity=dataclasses.asdict(profile.sparsity))
     write_table(df, results_dir(profile.name) / "pareto.csv", meta)
     return df
 
@@ -647,7 +649,7 @@ def moe_comparison_for(profile: ProfileConfig, points: pd.DataFrame) -> pd.DataF
     df = moe_comparison(points, profile)
     out = results_dir(profile.name)
     src = out / "pareto.csv"
-    meta = provenance(profile, tables=(src,), sparsity=dataclasses.asdict(profile.sparsity),
+    meta = provenance(profile, tables=(src,), stage="measure", sparsity=dataclasses.asdict(profile.sparsity),
                       inputs={"pareto.csv": sha256_file(src) if src.exists() else None})
     write_table(df, out / "moe_comparison.csv", meta)
     return df

@@ -27,6 +27,7 @@ from pathlib import Path
 import pandas as pd
 
 from .config import (
+    STAGE_PARTS,
     DataConfig,
     ProfileConfig,
     RunConfig,
@@ -103,11 +104,12 @@ def git_state() -> dict:
     return {"git_sha": sha or "unknown", "git_dirty": dirty}
 
 
-def provenance(profile: ProfileConfig, tables: tuple = (), **extra) -> dict:
+def provenance(profile: ProfileConfig, tables: tuple = (), stage: str | None = None, **extra) -> dict:
     """What a results table or figure was made from: profile, config hash, git sha and dirty flag,
-    package versions, device and corpus fingerprint. The corpus, when not given, is the one the sidecars
-    of the results `tables` it is derived from record (recorded_corpus: the same on any machine that
-    derives it), else this machine's data.* fingerprint."""
+    package versions, device and corpus fingerprint; for a table of a `stage` (config.STAGE_PARTS), the
+    stage and the hash of the profile parts it is made from, which its reader checks (current). The
+    corpus, when not given, is the one the sidecars of the results `tables` it is derived from record
+    (recorded_corpus: the same on any machine that derives it), else this machine's data.* fingerprint."""
     import torch
 
     from .train import versions
@@ -115,8 +117,25 @@ def provenance(profile: ProfileConfig, tables: tuple = (), **extra) -> dict:
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     if "corpus" not in extra:
         extra["corpus"] = (tables and recorded_corpus(*tables)) or corpus_fingerprint(profile.data)
+    if stage is not None:
+        extra |= made_from(profile, stage)
     return {"profile": profile.name, "config_hash": profile.config_hash(), **git_state(),
             "versions": versions(), "device": device, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **extra}
+
+
+def made_from(profile: ProfileConfig, stage: str) -> dict:
+    """The sidecar fields of a table of `stage`: the stage, and the hash of the profile parts that
+    stage reads (config.STAGE_PARTS)."""
+    return {"stage": stage, "stage_hash": profile.part_hash(*STAGE_PARTS[stage])}
+
+
+def current(profile: ProfileConfig, stage: str):
+    """read_table's `expect` for a table of `stage`: its recorded stage and stage_hash against the
+    profile's, so a change to parts it is not made from (a fit setting, say) does not mark it stale. A
+    sidecar written before stage hashes is checked by the whole profile's config_hash, as then."""
+    def expect(meta: dict) -> dict:
+        return made_from(profile, stage) if "stage_hash" in meta else {"config_hash": profile.config_hash()}
+    return expect
 
 
 def recorded_corpus(*tables: Path) -> dict | None:
@@ -515,11 +534,12 @@ def same_build(versions: dict) -> dict:
     return {k: v for k, v in versions.items() if k not in MACHINE}
 
 
-def read_table(path: str | Path, columns: list[str] = (), numeric: list[str] = (), expect: dict | None = None,
+def read_table(path: str | Path, columns: list[str] = (), numeric: list[str] = (), expect=None,
                strict: bool = False, fix: str = "rerun the stage that writes it") -> pd.DataFrame:
     """A results table written by write_table, checked: its sidecar exists and carries the CSV's sha256
     (else it was edited by hand or half-written), the `columns` exist, the `numeric` columns hold numbers.
-    Recorded provenance that differs from `expect` (e.g. {"config_hash": profile.config_hash()}) gives a
+    Recorded provenance that differs from `expect` (a dict such as {"config_hash": profile.config_hash()},
+    or a function of the sidecar returning one, such as current(profile, stage)) gives a
     StaleTableWarning, or a TableError when `strict`. The sidecar is returned in df.attrs["meta"]."""
     path = Path(path)
     side = path.with_suffix(".meta.json")
@@ -550,11 +570,13 @@ def read_table(path: str | Path, columns: list[str] = (), numeric: list[str] = (
         if bad.any():
             i = int(bad.to_numpy().argmax())
             raise TableError(f"{path}: line {i + 2}, column {c}: {df[c].iloc[i]!r} is not a number; {fix}")
-    for key, want in (expect or {}).items():
+    for key, want in (expect(meta) if callable(expect) else expect or {}).items():
         got = meta.get(key)
         if got != want:
+            parts = STAGE_PARTS.get(str(meta.get("stage"))) if key == "stage_hash" else None
+            what = f": its {', '.join(parts[:-1])} or {parts[-1]} settings" if parts else ""
             msg = (f"{path}: recorded {key} {str(got)[:12]} differs from the current {str(want)[:12]} (the "
-                   "profile changed since it was written)")
+                   f"profile changed since it was written{what})")
             if strict:
                 raise TableError(f"{msg}; refusing it: {fix}")
             warnings.warn(f"{msg}; using it anyway (a warning, not an error): {fix} to refresh it",
@@ -589,7 +611,7 @@ def train_log_table(profile: ProfileConfig, compute: bool = True, runs_dir=None)
     path = results_dir(profile.name) / "train_log.csv"
     if not compute:
         return read_table(path, TRAIN_LOG_COLUMNS, ["step", "tokens", "loss", "non_embedding_params"],
-                          expect={"config_hash": profile.config_hash()},
+                          expect=current(profile, "train"),
                           fix=f"train first: python -m sparsinglaw train {profile_flags(profile)} (notebook 01)")
     frames = []
     for r in profile.runs:
@@ -600,7 +622,7 @@ def train_log_table(profile: ProfileConfig, compute: bool = True, runs_dir=None)
                 "non_embedding_params": num_params_from_config(m, non_embedding=True)}
         frames.append(log[["step", "tokens", "split", "loss"]].assign(**info))
     df = pd.concat(frames, ignore_index=True)[TRAIN_LOG_COLUMNS]
-    write_table(df, path, provenance(profile))
+    write_table(df, path, provenance(profile, stage="train"))
     return df
 
 
