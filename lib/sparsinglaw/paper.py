@@ -128,7 +128,7 @@ FIGURES = _table(
         ("Section 3", "per-layer thresholds found by PPL-1%", "02_ppl_p_sparsity", "02_layer_thresholds"),
         ("Fig. 4, Table 2", "activation ratio vs data with Eq. 4 / Eq. 5 fits", "03_activation_law",
          "03_activation_law"),
-        ("Fig. 4 (seed replicas)", "activation laws of the seed replicas of the smallest scale", "03_activation_law",
+        ("Fig. 4 (seed replicas)", "activation laws of the seed replicas (the `seeds` group)", "03_activation_law",
          "03_seed_replicas"),
         ("rebuttal (fit forms)", "Eq. 4 / Eq. 5 vs alternative forms", "03_activation_law", "03_form_comparison"),
         ("rebuttal (dead neurons)", "dead-neuron ratio vs data", "03_activation_law", "03_dead_neurons"),

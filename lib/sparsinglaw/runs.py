@@ -443,7 +443,8 @@ def _raise_collected(errors: list[str], crash: Exception | None, what: str) -> N
 
 def states_table(profile: ProfileConfig, runs_dir=None) -> pd.DataFrame:
     """One row per run: name, groups, activation, width, depth, FFN width, MoE experts (0: dense),
-    width-depth ratio, params, status."""
+    width-depth ratio, non-embedding parameters, training tokens, status, progress (share of the tokens
+    trained), checkpoints kept and the run's key (its folder name)."""
     from .model import num_params_from_config
 
     rows = []

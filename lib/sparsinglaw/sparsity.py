@@ -485,7 +485,8 @@ def activation_stats(model: Transformer, batches: Batches, *, taus: Sequence[flo
     and optionally per token (``per_token``: by input id x, the token whose hidden state it is) and per
     neuron (``per_neuron``: activation frequency, and per domain when batches carry a domain tensor).
     Static masks set on the model are lifted during the pass. Dead neurons (``dead_ratio``) are counted
-    under the pass's own rule: for ReLU use ``zeros_rule()`` (a neuron whose s_i is never > 0).
+    under the pass's own thresholds or rule: the measurement (measure.measure_run) counts them under the
+    PPL-p% thresholds; with ``zeros_rule()`` they are the ReLU neurons whose s_i is never > 0.
     """
     if taus is not None and rule is not None:
         raise ValueError("give thresholds taus or a keep rule, not both")
