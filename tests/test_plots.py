@@ -4,6 +4,7 @@ profile without seed replicas, or the convergence speed when no law fit converge
 from __future__ import annotations
 
 import math
+import warnings
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -251,10 +252,13 @@ def test_convergence_speed_never_prints_nan_for_an_undefined_rho():
                            "data_scale_ratio": [10.0, 10.0], "dA_dratio": [1e-4, 2e-4]})
     summary = curves[["run", "activation", "non_embedding_params"]].assign(ratio_common=10.0, rho_N_speed=math.nan,
                                                                            dA_dratio_common=[1e-4, math.nan])
-    fig = plots.convergence_speed(curves, summary)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # every speed at one D/N: no singular-axis warning from matplotlib
+        fig = plots.convergence_speed(curves, summary)
     texts = _texts(fig)
     assert not any("nan" in t for t in texts), texts
     assert any("undefined:\n1 run(s) with a speed there" in t for t in texts)  # runs with a speed, not all
+    assert fig.axes[0].get_xlim() == pytest.approx((5.0, 20.0))  # a factor of 2 either side of the one D/N
     plt.close(fig)
 
 

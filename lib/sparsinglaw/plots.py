@@ -40,7 +40,11 @@ def style() -> None:
 
 def log_x(ax) -> None:
     """Log-scaled x axis with plain tick labels (1, 2, 5, ...; matplotlib's linear ticks on an axis
-    spanning too little for those, e.g. width-depth ratios 12-16), never 1.2x10^1."""
+    spanning too little for those, e.g. width-depth ratios 12-16), never 1.2x10^1. Data at one x get a
+    factor of 2 either side (matplotlib warned of a singular axis and picked its own)."""
+    lo, hi = ax.dataLim.intervalx
+    if lo > 0 and np.isclose(lo, hi, rtol=1e-9, atol=0):  # one x, up to the rounding of a transform
+        ax.set_xlim(lo / 2, hi * 2)
     ax.set_xscale("log")
     ax.xaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
     ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
