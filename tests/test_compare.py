@@ -207,3 +207,50 @@ def test_fits_in_one_folder_only_are_named(tmp_path):
     assert not f.at["relu-s2", "converged_b"] and not f.at["silu-x", "converged_a"] and not f.at["silu-x", "b_in_a"]
     assert (f.drop(index=["relu-s2", "silu-x"])["where"] == "A and B").all()
     assert "; fitted in one folder only: relu-s2 (A only), silu-x (B only)" in compare.summary(t)
+
+
+def test_last_checkpoint_is_the_last_both_list(tmp_path):
+    """A run whose final checkpoint B lacks is compared at the last checkpoint both folders list, with A's
+    ratio there (not A's final one against nothing); its last val step in B differs, and the summary says so."""
+    b = _copy(tmp_path, "b")
+    s = pd.read_csv(COMMITTED / "sparsity.csv")
+    s4 = s[(s["run"] == "relu-s4") & (s["p"] == 1.0)].sort_values("step")
+    before_last, last = s4["step"].iloc[-2], s4["step"].iloc[-1]
+    _rewrite(b, "sparsity", lambda df: df[~((df["run"] == "relu-s4") & (df["step"] == last))])
+    _rewrite(b, "train_log", lambda df: df[~((df["run"] == "relu-s4") & (df["split"] == "val")
+                                             & (df["step"] == df.loc[df["run"] == "relu-s4", "step"].max()))])
+    t = compare.compare(COMMITTED, b)
+    r = t["runs"].set_index("run")
+    assert r.at["relu-s4", "step"] == before_last
+    assert r.at["relu-s4", "ratio_a"] == r.at["relu-s4", "ratio_b"] == s4["activation_ratio"].iloc[-2]
+    assert r.at["relu-s4", "one_sided"] == 1 and r.at["relu-s4", "checkpoints"] == len(s4) - 1
+    assert r.at["relu-s4", "val_step_b"] < r.at["relu-s4", "val_step_a"]
+    assert "over 21 runs (1 of them logged last at another step in B)" in compare.summary(t)
+
+
+def test_b_in_a_needs_b_converged_and_inside_both_bounds(tmp_path):
+    """B's A0 below A's lower bound is outside A's interval; an A0 that did not converge in B is never inside
+    it, whatever its value; the summary counts the runs converged in one folder only."""
+    b = _copy(tmp_path, "b")
+    fits = pd.read_csv(COMMITTED / "fits.csv").set_index("run")
+    lo = fits.at["relu-wd32", "A0_lo"]
+    assert fits.loc[["relu-wd32", "relu-wd96"], "converged"].all()
+
+    def edit(df):
+        df = df.assign(A0=df["A0"].where(df["run"] != "relu-wd32", lo - 0.001))
+        return df.assign(converged=df["converged"] & (df["run"] != "relu-wd96"))  # A0 kept as it was
+
+    _rewrite(b, "fits", edit)
+    f = compare.compare(COMMITTED, b)["fits"].set_index("run")
+    assert not f.at["relu-wd32", "b_in_a"] and f.at["relu-wd32", "A0_b"] == pytest.approx(lo - 0.001)
+    assert not f.at["relu-wd96", "b_in_a"] and pd.isna(f.at["relu-wd96", "A0_b"])
+    assert f.at["relu-wd96", "A0_a"] == fits.at["relu-wd96", "A0"]
+    n_both = int((fits["converged"] & ~fits.index.isin(["relu-wd96"])).sum())
+    assert f"law fits: {n_both} of {len(fits)} runs converged in both, 1 in one only" in \
+        compare.summary(compare.compare(COMMITTED, b))
+
+
+def test_claim_values_are_cut_at_the_first_semicolon():
+    a = pd.DataFrame({"id": ["x"], "verdict": ["PASS"], "value": ["p = 0.01; run-a: +0.5; run-b: -0.1"]})
+    t = compare.claims_table(a, a.assign(value="p = 0.2"))
+    assert (t.at[0, "value_a"], t.at[0, "value_b"]) == ("p = 0.01", "p = 0.2") and t.at[0, "same"]

@@ -4,8 +4,10 @@ held-out windows, bad inputs, the per-run cache and the CSV round trip."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import shutil
 import warnings
 
 import numpy as np
@@ -307,3 +309,79 @@ def test_cache_is_reused_and_table_round_trips(inferred, monkeypatch, session_ro
     with pytest.warns(runs.StaleTableWarning, match="its data, runs, sparsity or inference settings"):
         inference.sparse_inference_for(load_profile(profile.path, overrides=profile.overrides
                                                     + ["inference.heldout_tokens=2048"]), compute=False)
+
+
+def test_calibration_and_heldout_windows_share_no_token():
+    """check_split refuses a split whose first held-out input would be the calibration's last target: with
+    16 calibration windows of 64 tokens (targets 1..1024) and 1024 held-out tokens, 2,050 tokens are needed
+    (held-out inputs from index 1025), and 2,049 are refused."""
+    profile = load_profile("smoke", overrides=MINI + HELDOUT)
+    assert (profile.sparsity.eval_tokens, profile.inference.heldout_tokens) == (1024, 1024)
+    assert inference.heldout_start(2050, 64, 1024) == 1025
+    inference.check_split(profile, 2050, 64)
+    with pytest.raises(SparsingLawError, match="has 2,049 tokens, too few .*: 2,050 tokens"):
+        inference.check_split(profile, 2049, 64)
+
+
+def test_key_changes_with_every_setting_the_record_depends_on():
+    """Every calibration setting of the search (sparsity.eval_tokens, batch_size, n_grid, tol, search), the
+    held-out tokens, the p levels and the run itself change the inference record's key, so a cached record is
+    never reused under other settings."""
+    base = load_profile("smoke")
+    run = base.run("relu-s1")
+    key = inference.inference_key(base, run)
+    sparsity = {"eval_tokens": 4096, "batch_size": 4, "n_grid": 1024, "tol": 0.01, "search": "secant"}
+    assert set(sparsity) == set(inference.CALIBRATION)
+    for name, value in sparsity.items():
+        assert getattr(base.sparsity, name) != value, name
+        changed = dataclasses.replace(base, sparsity=dataclasses.replace(base.sparsity, **{name: value}))
+        assert inference.inference_key(changed, run) != key, name
+    for name, value in {"heldout_tokens": 2048, "p": [1.0, 5.0]}.items():
+        assert getattr(base.inference, name) != value, name
+        changed = dataclasses.replace(base, inference=dataclasses.replace(base.inference, **{name: value}))
+        assert inference.inference_key(changed, run) != key, name
+    assert inference.inference_key(base, base.run("relu-s1-seed1")) != key
+
+
+def test_records_and_checkpoints_of_another_corpus_are_refused(inferred, smoke_tokens, tmp_path, monkeypatch):
+    """A cached record made on another corpus than the one given is refused by inference_table (one results
+    table never mixes corpora); without a record, a checkpoint trained on another corpus than data.* gives
+    now is refused by inference_run before any work, and nothing is written."""
+    from sparsinglaw import data
+    from sparsinglaw.data import CorpusError
+
+    profile, df = inferred
+    run = profile.run("relu-s1")
+    other = dict(smoke_tokens.fingerprint, sha256="b" * 64)
+    same = inference.inference_table(profile, [run], corpus=smoke_tokens.fingerprint)
+    assert len(same) == int((df["run"] == "relu-s1").sum())
+    with pytest.raises(CorpusError, match="its cached sparse-inference record was made on another corpus"):
+        inference.inference_table(profile, [run], corpus=other)
+    rd = tmp_path / "runs"
+    d = runs.run_dir(profile, run, rd)
+    shutil.copytree(runs.run_dir(profile, run), d, ignore=shutil.ignore_patterns("inference-*"))
+    real = data.prepare
+    monkeypatch.setattr(data, "prepare", lambda *a, **k: dataclasses.replace(real(*a, **k), fingerprint=other))
+    with pytest.raises(CorpusError, match="was trained on another corpus"):
+        inference.inference_run(profile, run, rd, progress=False)
+    assert not list(d.glob("inference-*"))
+
+
+def test_averages_by_hand():
+    """averages: per activation and p, the mean over runs of the held-out PPL increase (%), the accuracy change
+    (points, sparse minus dense) and the activation ratio, from the "all" rows only (hand numbers)."""
+    rows = [("r1", "relu", 1.0, "all", 1.02, 1.5, 0.30, 0.31, 0.20),
+            ("r2", "relu", 1.0, "all", 1.04, 1.5, 0.28, 0.30, 0.30),
+            ("r1", "relu", 1.0, "code", 9.0, 9.0, 0.0, 0.9, 0.9),  # a domain row: not in the averages
+            ("s1", "silu", 1.0, "all", 1.01, 0.5, 0.41, 0.40, 0.5),
+            ("r1", "relu", 0.0, "all", 1.0, 1.0, 0.31, 0.31, 0.6)]
+    df = pd.DataFrame(rows, columns=["run", "activation", "p", "domain", "ppl_ratio", "calib_ppl_ratio", "accuracy",
+                                     "dense_accuracy", "activation_ratio"])
+    got = inference.averages(df).set_index(["activation", "p"])
+    assert list(got.index) == [("relu", 0.0), ("relu", 1.0), ("silu", 1.0)]
+    assert got.loc[("relu", 1.0), "ppl_increase_pct"] == pytest.approx(3.0)
+    assert got.loc[("relu", 1.0), "accuracy_change_points"] == pytest.approx(-1.5)
+    assert got.loc[("relu", 1.0), "activation_ratio"] == pytest.approx(0.25) and got.loc[("relu", 1.0), "runs"] == 2
+    assert got.loc[("silu", 1.0), "ppl_increase_pct"] == pytest.approx(1.0)
+    assert got.loc[("silu", 1.0), "accuracy_change_points"] == pytest.approx(1.0)
+    assert got.loc[("relu", 0.0), ["ppl_increase_pct", "accuracy_change_points"]].tolist() == [0.0, 0.0]

@@ -11,6 +11,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from conftest import TINY, nonzero_share
 from sparsinglaw import measure, runs
@@ -288,3 +289,158 @@ def test_search_with_bar_tops_up_and_caps():
     for k in (3, 11, 14):
         bar = Bar()
         assert measure.search_with_bar(bar, 11, search(k)) == "result" and bar.n == 11, k
+
+
+@torch.no_grad()
+def _masked_by_hand(model, batches, taus):
+    """h zeroed by hooks where |h_i| * ||W_down[:, i]|| < tau_l (taus None: dense, nothing zeroed), over the
+    valid targets of every batch: cross-entropies (float64 log-softmax), kept masks (L, n, d_ff), input ids
+    and domains."""
+    nlls, kept, ids, doms = [], [[] for _ in model.ffns()], [], []
+    valid = None
+
+    def hook(h, l, ffn):
+        keep = torch.ones_like(h, dtype=torch.bool) if taus is None else \
+            h.abs() * ffn.w_down.weight.norm(dim=0) >= torch.tensor(taus[l], dtype=torch.float32)
+        kept[l].append(keep[valid])
+        return h * keep
+
+    handles = [f.h.register_forward_hook(lambda m, i, h, l=l, f=f: hook(h, l, f)) for l, f in enumerate(model.ffns())]
+    try:
+        for x, y, dom in batches:
+            valid = y != -1
+            logits = model(x)[0].double()
+            nll = torch.logsumexp(logits, -1) - logits.gather(-1, y.clamp(min=0)[..., None]).squeeze(-1)
+            nlls.append(nll[valid])
+            ids.append(x[valid])
+            doms.append(dom[valid])
+    finally:
+        for hd in handles:
+            hd.remove()
+    return torch.cat(nlls), torch.stack([torch.cat(k) for k in kept]), torch.cat(ids), torch.cat(doms)
+
+
+def test_results_tables_match_h_masked_by_hand(measured_mini, smoke_tokens, tmp_path, monkeypatch):
+    """sparsity.csv, neurons.csv and tokens.csv of the mini profile against each checkpoint evaluated by hand:
+    dense and sparse loss (mean cross-entropy of the valid targets), PPL ratio and activation ratio with h
+    zeroed by hooks at the row's thresholds; at the final checkpoint the activation frequency of every
+    (layer, neuron), overall and per domain, and the activation ratio per input token id; the size columns
+    from the run's shape by hand (d_model 16, 2 layers, d_ff 40)."""
+    from sparsinglaw import sparsity as sp
+
+    monkeypatch.setenv("SPARSINGLAW_RESULTS", str(tmp_path))
+    table = measure.write_results(measured_mini)
+    out = tmp_path / "mini"
+    neurons, tokens = pd.read_csv(out / "neurons.csv"), pd.read_csv(out / "tokens.csv")
+    for name in ("relu-s1", "silu-s1"):
+        run = measured_mini.run(name)
+        rows = table[table["run"] == name].sort_values("step")
+        assert (rows["width_depth"] == 8.0).all() and (rows["d_model"] == 16).all() and (rows["n_layers"] == 2).all()
+        assert (rows["non_embedding_params"] == 2 * (4 * 16 * 16 + 3 * 16 * 40 + 2 * 16) + 16).all()  # 5968
+        batches = measure.eval_set(measured_mini, smoke_tokens, run.model.seq_len)
+        ck = measure.stable_checkpoints(measured_mini, run)
+        assert list(rows["step"]) == list(ck["step"])
+        for path, r in zip(ck["path"], rows.itertuples(), strict=True):
+            model = measure.load_model(run, path)
+            taus = sp.thresholds_from_cett(sp.cett_curves(model, batches, measured_mini.sparsity.n_grid), r.cett)
+            assert [float(v) for v in r.taus.split(";")] == pytest.approx(taus, rel=1e-5)
+            dense = float(_masked_by_hand(model, batches, None)[0].mean())
+            nll, kept, ids, dom = _masked_by_hand(model, batches, taus)
+            assert r.dense_loss == pytest.approx(dense, rel=1e-5)
+            assert r.sparse_loss == pytest.approx(float(nll.mean()), rel=1e-5)
+            assert r.ppl_ratio == pytest.approx(math.exp(float(nll.mean()) - dense), rel=1e-5)
+            assert r.activation_ratio == pytest.approx(float(kept.double().mean()), abs=1e-9)
+            assert 0.05 < r.activation_ratio < 0.95  # the thresholds really cut
+        freq = kept.double().mean(1)  # (L, d_ff): share of valid tokens on which each neuron is kept
+        nr = neurons[neurons["run"] == name]
+        assert (nr["step"] == ck["step"].iloc[-1]).all() and len(nr) == freq.numel()
+        at = (nr["layer"].to_numpy(), nr["neuron"].to_numpy())
+        np.testing.assert_allclose(nr["all"], freq.numpy()[at], rtol=0, atol=1e-12)
+        for k, dname in enumerate(smoke_tokens.domains):
+            sel = dom == k
+            assert int(sel.sum()) > 0
+            per = kept[:, sel].double().mean(1)
+            np.testing.assert_allclose(nr[dname], per.numpy()[at], rtol=0, atol=1e-12)
+        share = kept.double().mean((0, 2))  # per valid position, the share of its (layer, neuron) pairs kept
+        tr = tokens[tokens["run"] == name].set_index("token_id")
+        assert set(tr.index) == set(ids.tolist())
+        for v in tr.index[:: max(1, len(tr) // 40)]:
+            sel = ids == v
+            assert tr.at[v, "count"] == int(sel.sum())
+            assert tr.at[v, "activation_ratio"] == pytest.approx(float(share[sel].mean()), abs=1e-12)
+
+
+def test_summary_takes_each_runs_final_checkpoint():
+    """measure.summary: one row per run and p, from the checkpoint with the most tokens, whatever the row order."""
+    rows = [(run, tokens, p, 0.1 * p + tokens / 1000 + (run == "b")) for run in ("a", "b") for tokens in (300, 100, 200)
+            for p in (1.0, 5.0)]
+    t = pd.DataFrame(rows, columns=["run", "tokens", "p", "activation_ratio"]).sample(frac=1.0, random_state=0)
+    t = t.assign(activation="relu", non_embedding_params=1, width_depth=8.0, cett=0.1, ppl_ratio=1.01,
+                 nonzero_ratio=0.5, dead_ratio=0.0)
+    s = measure.summary(t).set_index(["run", "p"]).sort_index()
+    assert list(s.index) == [("a", 1.0), ("a", 5.0), ("b", 1.0), ("b", 5.0)] and (s["tokens"] == 300).all()
+    assert s["activation_ratio"].tolist() == pytest.approx([0.4, 0.8, 1.4, 1.8])
+
+
+def test_moe_comparison_reads_only_the_ppl_p_curve():
+    """The dense curve MoE runs are read against holds the run's CETT sweep and PPL-p% points, closed by the
+    unsparsified PPL exp(dense_loss) at ratio 1; its Top-k, FAT-eps and exact-zero points are other methods and
+    must not move it (hand interpolation)."""
+    profile = load_profile("smoke")  # silu-moe4: E = 4, trained top_k = 2
+    rows = [("silu-s2", "cett", c, ppl, a) for c, ppl, a in ((0.05, 56.0, 0.6), (0.2, 60.0, 0.3), (0.4, 70.0, 0.2))]
+    rows += [("silu-s2", "ppl-1%", 0.1, 55.55, 0.45)]
+    rows += [("silu-s2", m, 1, 500.0, a) for m, a in (("topk", 0.25), ("topk_batch", 0.35), ("fat", 0.5),
+                                                    ("zeros", 0.4))]
+    rows += [("silu-moe4", "moe", k, ppl, k / 4) for k, ppl in ((1, 80.0), (2, 62.0))]
+    points = pd.DataFrame(rows, columns=["run", "method", "param", "ppl", "activation_ratio"]).assign(
+        activation="silu", dense_loss=4.0)
+    curves = measure.ppl_p_curves(points)
+    assert list(curves) == ["silu-s2"]
+    _, xs, ys = curves["silu-s2"]
+    assert xs.tolist() == [0.2, 0.3, 0.45, 0.6, 1.0] and ys.tolist() == pytest.approx([70, 60, 55.55, 56, math.exp(4)])
+    df = measure.moe_comparison(points, profile)
+    assert df["ppl_dense_at_ratio"].tolist() == pytest.approx([65.0, 55.55 + 0.45 / 3])
+    assert df["gap_pct"].tolist() == pytest.approx([100 * (80 / 65 - 1), 100 * (62 / (55.55 + 0.45 / 3) - 1)])
+
+
+def test_each_p_gets_its_own_c_searched_on_the_last_n_last_checkpoints(tiny, smoke_tokens):
+    """With sparsity.n_last = 2 and p = [1, 5]: the rows of each p carry that p's c, which equals Algorithm 1
+    run by hand on the last two stable checkpoints (loaded here) jointly, and only those two are marked
+    searched."""
+    from sparsinglaw import sparsity as sp
+
+    runs.train_profile(tiny, names=["relu-s1"], jobs=1, progress=False)
+    p = load_profile("smoke", overrides=tiny.overrides + ["sparsity.n_last=2", "sparsity.p=[1, 5]"])
+    run = p.run("relu-s1")
+    rows = pd.DataFrame(measure.measure_run(p, run, progress=False)["rows"])
+    ck = measure.stable_checkpoints(p, run)
+    assert len(ck) > 2 and rows[rows["searched"]]["step"].unique().tolist() == ck["step"].tolist()[-2:]
+    batches = measure.eval_set(p, smoke_tokens, run.model.seq_len)
+    last_two = [lambda path=path: measure.load_model(run, path) for path in ck["path"].iloc[-2:]]
+    s = p.sparsity
+    for level in (1.0, 5.0):
+        want = sp.ppl_p_sparsity(last_two, batches, level, impl="fast", tol=s.tol, n_grid=s.n_grid, search=s.search)
+        got = rows[rows["p"] == level]
+        assert len(got) == len(ck) and (got["cett"] == want.cett).all(), level
+    assert rows.loc[rows["p"] == 5.0, "cett"].iloc[0] > rows.loc[rows["p"] == 1.0, "cett"].iloc[0]
+
+
+def test_only_stable_stage_marks_are_measured(tiny, smoke_tokens):
+    """With a decay stage the final checkpoint is a decay-stage one: it is kept by the trainer but not
+    measured; stable_checkpoints lists the marks after the last warmup step up to the stable stage's end, and
+    a mark on the last warmup step itself is not one of them."""
+    from sparsinglaw.config import checkpoint_steps, stage_steps, tokens_per_step, total_steps
+
+    p = load_profile("smoke", overrides=tiny.overrides + ["train.decay_frac=0.25"])
+    run = p.run("relu-s1")
+    warmup, stable, decay = stage_steps(run.model, run.train)
+    assert warmup >= 1 and decay >= 1
+    on_warmup = dataclasses.replace(run, train=dataclasses.replace(
+        run.train, checkpoint_tokens=[warmup * tokens_per_step(run.model, run.train), (warmup + 2) * 512]))
+    assert tokens_per_step(run.model, run.train) == 512
+    assert measure.stable_marks(on_warmup) == [warmup + 2]  # the final step is in the decay stage
+    runs.train_profile(p, names=["relu-s1"], jobs=1, progress=False)
+    want = [s for s in checkpoint_steps(run.model, run.train) if warmup < s <= warmup + stable]
+    kept = runs.checkpoints(p, run)
+    assert total_steps(run.model, run.train) in set(kept["step"])  # the decay-stage checkpoint exists
+    assert measure.stable_checkpoints(p, run)["step"].tolist() == want == measure.stable_marks(run)

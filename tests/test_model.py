@@ -525,3 +525,24 @@ def test_moe_params_flops_and_groups():
 def test_moe_config_errors(bad, msg):
     with pytest.raises(ValueError, match=msg):
         Transformer(dataclasses.replace(MOE, **bad))
+
+
+def test_rmsnorm_and_router_compute_in_float32_for_bf16_inputs():
+    """RMSNorm and the MoE router work in (at least) float32 on a bf16 model: the norm equals the float64
+    oracle rounded once to bf16 (a bf16 mean of squares is off by several of its ulps), and the router's
+    probabilities are float32, equal to a float64 softmax of the bf16 logits."""
+    from sparsinglaw.model import RMSNorm
+
+    g = torch.Generator().manual_seed(11)
+    x = (torch.randn(64, 256, generator=g, dtype=torch.float64) * 3).to(torch.bfloat16)
+    norm = RMSNorm(256, eps=1e-5).to(torch.bfloat16)
+    want = rmsnorm_oracle(x.double(), torch.ones(256, dtype=torch.float64), 1e-5).to(torch.bfloat16)
+    got = norm(x)
+    assert got.dtype == torch.bfloat16
+    assert (got == want).double().mean() > 0.99
+    ffn = make(MOE, double=False).blocks[0].ffn.to(torch.bfloat16)
+    xr = torch.randn(50, MOE.d_model, generator=g).to(torch.bfloat16)
+    weights, probs = ffn.route(xr)
+    assert probs.dtype == weights.dtype == torch.float32
+    oracle = torch.softmax(ffn.router(xr).double(), dim=-1)
+    torch.testing.assert_close(probs.double(), oracle, rtol=0, atol=1e-6)
