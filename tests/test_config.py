@@ -16,6 +16,7 @@ from sparsinglaw.config import (
     parse_profile,
     stage_steps,
     tokens_per_step,
+    total_steps,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -238,12 +239,17 @@ def test_overrides_into_sections_written_empty(tmp_path):
     ("train.seed=-1", "runs[0].train.seed: must be an integer in [0, 2**64)", "train.seed=0"),
     ("data.corpus=''", "data.corpus: is empty; expected python-env or the path of", None),
     ("data.corpus='  '", "data.corpus: is empty; expected python-env or the path of", None),
+    ("train.batch_size=8.5", "runs[0].train.batch_size: expected an integer, got 8.5", "train.batch_size=8.0"),
+    ("train.first_checkpoint_frac=0.04", "runs[0].train.first_checkpoint_frac: the first checkpoint (step 2) must "
+     "come after the warmup (2 steps)", "train.first_checkpoint_frac=0.045"),
 ], ids=["marks-one-step", "marks-repeated", "mark-in-warmup", "seed-2**64", "seed-negative", "corpus-empty",
-        "corpus-blank"])
+        "corpus-blank", "integer-with-a-fraction", "first-mark-at-warmup-end"])
 def test_values_refused_at_load_time(override, message, neighbour):
     """Explicit checkpoint marks get the grid's checks (marks in one optimizer step merged silently, marks in the
     warmup were never measured); a seed torch.manual_seed refuses (a ValueError when training started); an empty
-    corpus path (it read the working directory as a folder corpus). The value just inside still loads."""
+    corpus path (it read the working directory as a folder corpus); an integer field given a fraction (not cut
+    to an integer); a first grid mark at the last warmup step (step 2 of warmup round(0.05 * 48) = 2). The value
+    just inside still loads."""
     with pytest.raises(ConfigError) as e:
         load_profile("smoke", overrides=[override])
     assert message in str(e.value) and "configs/smoke.yaml" in str(e.value), str(e.value)
@@ -310,3 +316,39 @@ def test_profile_flags_load_the_same_profile_again(tmp_path):
     p = load_profile(copy, overrides=["train.seed=3", "train.lr=1e-3"])
     assert profile_flags(p) == f"--profile {copy.resolve()} --set train.seed=3 --set train.lr=1e-3"
     assert profile_flags(load_profile(p.path, overrides=p.overrides)) == profile_flags(p)
+
+
+def test_schedule_lengths_and_marks_by_hand_with_accumulation_and_decay():
+    """Two micro-batches of 4 windows of 64 tokens: 512 tokens a step, ceil(12000 / 512) = 24 steps (the last
+    one partly past the budget), warmup round(0.11 * 24) = 3, decay round(0.23 * 24) = 6, stable 15; marks
+    geometric from 0.3 of the stable end (18 steps, 9216 tokens): 2764.8 * (9216 / 2764.8) ** (i / 3) tokens
+    = 5.4, 8.07, 12.05 and 18 steps, each taken at the first step that reaches it (all hand computed)."""
+    over = ["train.tokens=12000", "train.batch_size=4", "train.grad_accum=2", "train.warmup_frac=0.11",
+            "train.decay_frac=0.23", "train.checkpoints=4", "train.first_checkpoint_frac=0.3", "train.eval_tokens=1024"]
+    r = load_profile("smoke", overrides=over).run("relu-s1")
+    assert tokens_per_step(r.model, r.train) == 512 and total_steps(r.model, r.train) == 24
+    assert stage_steps(r.model, r.train) == (3, 15, 6)
+    assert checkpoint_steps(r.model, r.train) == [6, 9, 13, 18]
+
+
+def test_profile_hash_covers_the_measurement_settings():
+    """Results tables record the profile's config_hash to be found stale: a change of the measurement settings
+    alone changes it (though no run's key), as a change of the data settings changes both."""
+    base = load_profile("smoke")
+    sparsity = load_profile("smoke", overrides=["sparsity.n_grid=4096"])
+    data = load_profile("smoke", overrides=["data.max_mb=0.5"])
+    assert sparsity.config_hash() != base.config_hash() != data.config_hash()
+    assert [r.key(sparsity.data) for r in sparsity.runs] == [r.key(base.data) for r in base.runs]
+    assert all(r.key(base.data) != s.key(data.data) for r, s in zip(base.runs, data.runs, strict=True))
+
+
+def test_run_override_takes_the_longest_run_name_that_fits(tmp_path):
+    """Runs named s and s.2: runs.s.2.train.seed=3 is run s.2's seed (the longest name that fits), not a field
+    "2" of run s."""
+    raw = _smoke_raw()
+    raw["runs"][0]["name"], raw["runs"][1]["name"] = "s", "s.2"
+    raw["sparsity"]["pareto_runs"] = []
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    p = load_profile(path, overrides=["runs.s.2.train.seed=3"])
+    assert p.run("s.2").train.seed == 3 and p.run("s").train.seed == 0

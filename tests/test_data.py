@@ -543,3 +543,83 @@ def test_text_field_domain_is_no_domain_in_jsonl_either(tmp_path):
     for corpus in ("d.jsonl", "d.parquet"):
         docs, _ = corpus_documents(user_cfg(tmp_path / corpus, text_field="domain"))
         assert {d.domain for d in docs} == {"text"} and len(docs) == 6, corpus
+
+
+def test_fingerprint_changes_with_the_split_or_the_domains_alone(tmp_path):
+    """The token cache is found by the fingerprint: the same documents with another split (another
+    val_fraction) or with other domains (a .jsonl's domain field) must give another sha256, else a cache
+    with other splits or other domain arrays would be reused."""
+    root = make_folder(tmp_path / "corpus")
+    a, fa = corpus_documents(user_cfg(root, val_fraction=0.1))
+    b, fb = corpus_documents(user_cfg(root, val_fraction=0.4))
+    assert [(d.name, d.text) for d in a] == [(d.name, d.text) for d in b]
+    assert [d.split for d in a] != [d.split for d in b] and fa["sha256"] != fb["sha256"]
+    got = {}
+    for dom in ("code", "prose"):
+        path = tmp_path / dom / "c.jsonl"
+        path.parent.mkdir()
+        path.write_text("".join(json.dumps({"text": prose_words(i), "domain": dom}) + "\n" for i in range(6)))
+        got[dom] = corpus_documents(user_cfg(path))
+    (dc, fc), (dp, fp) = got["code"], got["prose"]
+    assert [(d.name, d.split, d.text) for d in dc] == [(d.name, d.split, d.text) for d in dp]
+    assert {d.domain for d in dc} == {"code"} and {d.domain for d in dp} == {"prose"}
+    assert fc["sha256"] != fp["sha256"]
+
+
+def test_tokenizer_learns_from_the_first_tokenizer_mb_of_training_text_only(tmp_path):
+    """BPE merges come from the training split alone, and from its first data.tokenizer_mb bytes: a word of
+    letters no other document holds ("zqxj", 300 times) gets no merged token when it is a validation
+    document, nor when it is the last training document and past the budget; within the budget it is merged
+    (so the check can see a merge)."""
+    root = make_folder(tmp_path / "corpus")
+    cfg = user_cfg(root)
+    docs, _ = corpus_documents(cfg)
+    val = next(d for d in docs if d.split == "val")
+    train_docs = [d for d in docs if d.split == "train"]
+    word = "zqxj " * 300
+
+    def merged(cfg: DataConfig, cache: str) -> bool:
+        td = prepare(cfg, tmp_path / cache, progress=False)
+        return any("zq" in t for t in td.tokenizer().get_vocab())
+
+    (root / val.name).write_text(word)
+    assert not merged(cfg, "val")
+    (root / val.name).write_text(val.text)
+    (root / train_docs[-1].name).write_text(word)
+    head = sum(len(d.text.encode()) for d in train_docs[: len(train_docs) // 2])
+    assert not merged(dataclasses.replace(cfg, tokenizer_mb=head / data.MB), "budget")
+    assert merged(cfg, "all")
+
+
+def test_eval_windows_leave_room_for_the_shifted_targets():
+    """A split of exactly 4 windows of 16 tokens has 3 full (input, target) windows: the targets are the
+    inputs shifted by one, so the last window would need a 65th token."""
+    batches = list(eval_batches(np.arange(64, dtype=np.uint16), 16, 8, 10_000))
+    assert len(batches) == 1 and batches[0][1].shape == (3, 16)
+    assert torch.equal(batches[0][1].reshape(-1), torch.arange(1, 49))
+
+
+def test_order_cap_and_split_follow_the_documented_hash_rule(tmp_path):
+    """Oracle: the module docstring's rule computed here with hashlib: d = sha1(f"{seed}:{name}"), documents in
+    the order of d[:8], each taken while it fits the cap (one that would overflow is skipped and the next ones
+    are tried), validation when int(d[8:16]) / 2**64 < val_fraction (bits independent of the order)."""
+    import hashlib
+
+    root = tmp_path / "corpus"
+    root.mkdir()
+    for i in range(40):
+        (root / f"doc{i:02d}.txt").write_text(f"doc {i}\n" + "words in a line\n" * (1 + (i * 7) % 23))
+    names = sorted(p.name for p in root.iterdir())
+    digest = {n: hashlib.sha1(f"3:{n}".encode()).digest() for n in names}
+    size = {n: (root / n).stat().st_size for n in names}
+    cap = sum(size.values()) // 3
+    taken, used = [], 0
+    for n in sorted(names, key=lambda n: digest[n][:8]):
+        if used + size[n] <= cap:
+            taken.append(n)
+            used += size[n]
+    val = {n for n in taken if int.from_bytes(digest[n][8:16], "big") / 2**64 < 0.3}
+    assert 0 < len(val) < len(taken) < 40
+    docs, fp = corpus_documents(user_cfg(root, seed=3, val_fraction=0.3, max_mb=cap / data.MB))
+    assert [d.name for d in docs] == taken and fp["bytes"] == used
+    assert {d.name for d in docs if d.split == "val"} == val

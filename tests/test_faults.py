@@ -610,3 +610,22 @@ def test_a_change_a_table_is_not_made_from_leaves_it_current(measured_mini, mini
     assert len(measure.read_results(measured_mini, strict=True))
     with pytest.raises(runs.TableError, match=r"sparsity.csv: recorded config_hash .* written\); refusing"):
         measure.read_results(profile("fit.n_boot=7"), strict=True)
+
+
+def test_corpus_fingerprint_is_remembered_per_data_config(tmp_path):
+    """runs.corpus_fingerprint (the corpus in every provenance sidecar) is computed once per process and data
+    config: two configs of one corpus path with other caps each get their own fingerprint (oracle:
+    data.corpus_documents called directly), not the first one asked for."""
+    from sparsinglaw.config import DataConfig
+    from sparsinglaw.data import corpus_documents
+
+    root = tmp_path / "corpus"
+    root.mkdir()
+    for i in range(8):
+        (root / f"doc{i}.txt").write_text(f"document {i}\n" + "some words of text\n" * 40)
+    big = DataConfig(corpus=str(root), vocab_size=300, max_mb=1.0, val_fraction=0.2)
+    small = dataclasses.replace(big, max_mb=0.002)
+    want = {cfg.max_mb: corpus_documents(cfg)[1] for cfg in (big, small)}
+    assert want[1.0]["files"] > want[0.002]["files"]
+    for cfg in (big, small, big):
+        assert runs.corpus_fingerprint(cfg) == want[cfg.max_mb]

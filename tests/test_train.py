@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import TINY
 from sparsinglaw import runs
 from sparsinglaw.config import SparsingLawError, checkpoint_steps, total_steps
 from sparsinglaw.device import Prefetcher, peak_flops
@@ -529,3 +530,159 @@ def test_read_csv_gives_back_every_float_bit_for_bit(tmp_path):
     pd.DataFrame({"x": x}).to_csv(tmp_path / "t.csv", index=False)
     back = runs.read_csv(tmp_path / "t.csv")["x"].to_numpy()
     assert np.array_equal(back, x)
+
+
+@pytest.mark.parametrize("clip", [1e3, 1e-3], ids=["unclipped", "clipped"])
+def test_first_step_applies_the_clipped_mean_gradient_of_every_micro_batch(clip, smoke_tokens, tmp_path, monkeypatch):
+    """The first optimizer step of a run of two micro-batches a step: AdamW gets the gradient of the mean
+    cross-entropy over both micro-batches (oracle: one forward and backward of all 8 sequences of step 0, drawn
+    as the sidecar's data_cursor rule says, through a fresh model of the same seed), clipped to train.grad_clip
+    by its global norm; each muP group gets the first warmup step's lr (by hand: lr / 3 warmup steps, the hidden
+    matrices / width_mult 2 more) with weight decay on all but the norms; the logged loss is that mean."""
+    from sparsinglaw.config import load_profile
+    from sparsinglaw.data import get_batch
+    from sparsinglaw.model import Transformer
+
+    over = TINY + ["train.grad_accum=2", "train.batch_size=4", "train.warmup_frac=0.125", "train.log_every=1",
+                   f"train.grad_clip={clip}"]
+    profile = load_profile("smoke", overrides=over)
+    run = profile.run("relu-s2")  # d_model 32 over dim_model_base 16: width_mult 2
+    seen = []
+    real_step = torch.optim.AdamW.step
+
+    def spy(self, *a, **k):
+        seen.append(([(g["name"], g["lr"], g["weight_decay"], g["betas"]) for g in self.param_groups],
+                     [p.grad.detach().clone() for g in self.param_groups for p in g["params"]]))
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", spy)
+    out = train(run, profile.data, tmp_path / "run", smoke_tokens, progress=False, stop_after_step=1)
+    assert out == {"stopped_at": 1} and len(seen) == 1
+    groups, grads = seen[0]
+    lr, wd = run.train.lr, run.train.weight_decay
+    assert [g[0] for g in groups] == ["matrix", "embedding", "norm"]
+    assert [g[1] for g in groups] == pytest.approx([lr / 2 / 3, lr / 3, lr / 3], rel=1e-12)
+    assert [g[2] for g in groups] == [wd, wd, 0.0] and all(g[3] == (0.9, 0.95) for g in groups)
+
+    torch.manual_seed(run.train.seed)
+    ref = Transformer(run.model)
+    gen, xs, ys = torch.Generator(), [], []
+    for micro in range(2):
+        gen.manual_seed(batch_seed(run.train.seed, 0, micro))
+        x, y = get_batch(smoke_tokens.train, 4, run.model.seq_len, gen)
+        xs.append(x)
+        ys.append(y)
+    _, loss = ref(torch.cat(xs), torch.cat(ys))
+    loss.backward()
+    want = [p.grad for g in ref.param_groups(lr, wd) for p in g["params"]]
+    norm = float(torch.sqrt(sum((g.double() ** 2).sum() for g in want)))
+    scale = min(1.0, clip / (norm + 1e-6))
+    assert (scale == 1.0) == (clip > 1) and norm > 10 * 1e-3  # the clipped case does clip
+    assert len(grads) == len(want)
+    for got, w in zip(grads, want, strict=True):
+        torch.testing.assert_close(got, w * scale, rtol=1e-4, atol=1e-5 * float(w.abs().max()) * scale)
+    log = pd.read_csv(tmp_path / "run" / "log.csv")
+    assert log["step"].tolist() == [1] and log["loss"].iloc[0] == pytest.approx(loss.detach().item(), abs=2e-6)
+
+
+def test_logged_train_loss_is_the_mean_of_the_steps_since_the_last_row(tiny_profile, smoke_tokens, tmp_path,
+                                                                      monkeypatch):
+    """Each train row of log.csv holds the mean cross-entropy of the log_every steps up to it (oracle: the
+    cross-entropy of every training forward, recorded by a spy on the model), not the last step's alone."""
+    from sparsinglaw.model import Transformer
+
+    ces, real = [], Transformer.forward
+
+    def spy(self, *a, **k):
+        out = real(self, *a, **k)
+        if k.get("return_ce"):
+            ces.append(out[2].detach().item())
+        return out
+
+    monkeypatch.setattr(Transformer, "forward", spy)
+    run = tiny_profile.run("relu-s1")
+    done = train(run, tiny_profile.data, tmp_path / "run", smoke_tokens, progress=False)
+    every, n = run.train.log_every, done["steps"]
+    assert len(ces) == n and every > 1 and n % every == 0  # grad_accum 1: one forward a step
+    log = pd.read_csv(tmp_path / "run" / "log.csv")
+    rows = log[log["split"] == "train"]
+    assert rows["step"].tolist() == list(range(every, n + 1, every))
+    want = [sum(ces[s - every:s]) / every for s in rows["step"]]
+    assert rows["loss"].tolist() == pytest.approx(want, abs=2e-6)
+
+
+def test_checkpoint_val_loss_is_the_loss_on_the_first_validation_tokens(tiny_profile, smoke_tokens):
+    """A checkpoint's val_loss (sidecar and log) is the mean next-token cross-entropy of its weights over the
+    first train.eval_tokens tokens of the validation split in windows of seq_len: recomputed here window by
+    window with F.cross_entropy on the loaded weights (the oracle), not on training text."""
+    import torch.nn.functional as F
+
+    from sparsinglaw.model import Transformer
+
+    run, d, _ = _train(tiny_profile, "relu-s1")
+    mark = checkpoint_steps(run.model, run.train)[0]
+    meta = json.loads((d / f"meta_{mark:07d}.json").read_text())
+    model = Transformer(run.model)
+    model.load_state_dict(torch.load(d / f"ckpt_{mark:07d}.pt", weights_only=True)["model"])
+    model.eval()
+    T, n = run.model.seq_len, run.train.eval_tokens // run.model.seq_len
+    val = torch.from_numpy(np.asarray(smoke_tokens.val[: n * T + 1]).astype(np.int64))
+    assert len(smoke_tokens.val) > n * T
+    total = 0.0
+    with torch.no_grad():
+        for i in range(n):
+            logits, _ = model(val[i * T:(i + 1) * T][None])
+            total += F.cross_entropy(logits[0].double(), val[i * T + 1:(i + 1) * T + 1], reduction="sum").item()
+    assert meta["val_loss"] == pytest.approx(total / (n * T), rel=1e-5)
+    log = runs.load_log(tiny_profile, run)
+    row = log[(log["split"] == "val") & (log["step"] == mark)]
+    assert row["loss"].tolist() == pytest.approx([total / (n * T)], abs=2e-6)
+
+
+def test_wsd_run_applies_the_schedule_and_keeps_a_final_decay_checkpoint(smoke_tokens, tmp_path, monkeypatch):
+    """24 steps of warmup 3, stable 15, decay 6 (by hand: round(0.125 * 24), round(0.25 * 24)): the lr AdamW
+    uses at step k is lr * (k + 1) / 3 in the warmup, lr in the stable stage and lr * 0.1 ** ((k - 17) / 6) in
+    the decay; the marks (steps 6, 9, 13, 18: 0.3 of the stable end, geometric) are stable-stage
+    checkpoints, and the last step, past the stable end, gets its own checkpoint labelled decay."""
+    from sparsinglaw.config import load_profile
+
+    profile = load_profile("smoke", overrides=TINY + ["train.warmup_frac=0.125", "train.decay_frac=0.25"])
+    run = profile.run("relu-s1")
+    lrs, real_step = [], torch.optim.AdamW.step
+
+    def spy(self, *a, **k):
+        lrs.append({g["name"]: g["lr"] for g in self.param_groups})
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", spy)
+    d = tmp_path / "run"
+    done = train(run, profile.data, d, smoke_tokens, progress=False)
+    lr = run.train.lr
+    want = [lr * (k + 1) / 3 for k in range(3)] + [lr] * 15 + [lr * 0.1 ** ((k - 17) / 6) for k in range(18, 24)]
+    assert done["steps"] == len(lrs) == 24
+    for name in ("matrix", "embedding", "norm"):  # width_mult 1: every group at the peak lr
+        assert [s[name] for s in lrs] == pytest.approx(want, rel=1e-12), name
+    assert done["checkpoints"] == [6, 9, 13, 18, 24]
+    metas = [json.loads((d / f"meta_{s:07d}.json").read_text()) for s in done["checkpoints"]]
+    assert [m["stage"] for m in metas] == ["stable"] * 4 + ["decay"]
+    assert [m["tokens"] for m in metas] == [s * 512 for s in done["checkpoints"]]
+
+
+def test_check_tokens_refuses_a_train_split_without_two_window_starts(tiny_profile, smoke_tokens):
+    """get_batch draws a start in [0, len - seq_len - 1): a train split needs seq_len + 2 tokens, so check_tokens
+    (run before any file is written) refuses seq_len + 1 of them and takes seq_len + 2."""
+    import dataclasses
+
+    from sparsinglaw.data import CorpusError, get_batch
+    from sparsinglaw.train import check_tokens
+
+    run = tiny_profile.run("relu-s1")
+    T = run.model.seq_len
+    short = dataclasses.replace(smoke_tokens, train=smoke_tokens.train[:T + 1])
+    with pytest.raises(CorpusError, match=f"needs at least {T + 2}"):
+        check_tokens(run, short)
+    with pytest.raises(CorpusError):
+        get_batch(short.train, 1, T, torch.Generator().manual_seed(0))
+    ok = dataclasses.replace(smoke_tokens, train=smoke_tokens.train[:T + 2])
+    check_tokens(run, ok)
+    get_batch(ok.train, 1, T, torch.Generator().manual_seed(0))
