@@ -373,6 +373,9 @@ def test_each_user_format_loads(tmp_path):
         if corpus == jsonl:  # domain ids follow the records' 'domain' values
             doms = np.asarray(td.train_domain)
             assert set(np.unique(doms)) == {0, 1}
+            ends = np.flatnonzero(np.asarray(td.train) == td.eot)  # each separator: its document's domain
+            assert doms[ends].tolist() == [td.domains.index(d.domain) for d in docs if d.split == "train"]
+            assert 1 in doms[ends]
 
 
 def test_user_corpus_errors_name_file_and_fix(tmp_path):
@@ -623,3 +626,15 @@ def test_order_cap_and_split_follow_the_documented_hash_rule(tmp_path):
     docs, fp = corpus_documents(user_cfg(root, seed=3, val_fraction=0.3, max_mb=cap / data.MB))
     assert [d.name for d in docs] == taken and fp["bytes"] == used
     assert {d.name for d in docs if d.split == "val"} == val
+
+
+def test_cut_at_line_keeps_whole_lines_within_the_byte_budget():
+    """A document too large for the corpus budget is cut after its last whole line (newline kept) within
+    max_bytes of UTF-8; a text without a newline keeps the characters that fit whole."""
+    from sparsinglaw.data import _cut_at_line
+
+    assert _cut_at_line("ab\ncd\nef", 7) == "ab\ncd\n"
+    assert _cut_at_line("ab\ncd\nef", 5) == "ab\n"
+    assert _cut_at_line("abcdef", 3) == "abc"
+    assert _cut_at_line("é\né\n", 5) == "é\n"  # 2 bytes a character: the second line's newline does not fit
+    assert _cut_at_line("éé", 3) == "é"  # a cut inside a character drops it

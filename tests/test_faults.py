@@ -629,3 +629,19 @@ def test_corpus_fingerprint_is_remembered_per_data_config(tmp_path):
     assert want[1.0]["files"] > want[0.002]["files"]
     for cfg in (big, small, big):
         assert runs.corpus_fingerprint(cfg) == want[cfg.max_mb]
+
+
+def test_final_losses_are_each_runs_last_validation_loss(measured_mini, session_roots, tmp_path, monkeypatch):
+    """runs.final_losses (notebook 01's table): per run, the validation loss at its most tokens, read here
+    straight from the run's log.csv."""
+    monkeypatch.setenv("SPARSINGLAW_RESULTS", str(tmp_path))
+    rd = session_roots["SPARSINGLAW_RUNS"]
+    got = runs.final_losses(measured_mini, runs_dir=rd).set_index("run")
+    assert list(got.index) == [r.name for r in measured_mini.runs]
+    for r in measured_mini.runs:
+        log = pd.read_csv(runs.run_dir(measured_mini, r, rd) / "log.csv")
+        val = log[log["split"] == "val"]
+        assert val["loss"].nunique() > 1  # the first and the last validation loss differ
+        last = val[val["tokens"] == val["tokens"].max()]
+        assert got.at[r.name, "tokens"] == val["tokens"].max() == r.train.tokens
+        assert got.at[r.name, "final_val_loss"] == pytest.approx(float(last["loss"].iloc[-1]), abs=1e-6)

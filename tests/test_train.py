@@ -162,6 +162,9 @@ def test_corrupted_checkpoint_is_refused(tiny_profile, smoke_tokens, capsys):
     warnings = []
     tag, meta = latest_valid_checkpoint(d, h, warn=warnings.append)
     assert tag != newest and warnings and pt.name in warnings[0]
+    state = runs.run_state(p, run)  # the progress `runs` shows counts the valid checkpoints only
+    assert (state.status, state.tokens_seen) == ("partial", meta["tokens"])
+    assert meta["tokens"] < json.loads((d / f"meta_{newest}.json").read_text())["tokens"]
     pt.write_bytes(bytes(data[: len(data) // 3]))  # truncated
     assert "truncated" in checkpoint_problem(d, newest, h)
     assert "another config" in checkpoint_problem(d, newest, "0" * 64)
