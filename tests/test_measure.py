@@ -404,13 +404,13 @@ def test_moe_comparison_reads_only_the_ppl_p_curve():
 
 
 def test_each_p_gets_its_own_c_searched_on_the_last_n_last_checkpoints(tiny, smoke_tokens):
-    """With sparsity.n_last = 2 and p = [1, 5]: the rows of each p carry that p's c, which equals Algorithm 1
-    run by hand on the last two stable checkpoints (loaded here) jointly, and only those two are marked
-    searched."""
+    """With sparsity.n_last = 2 and p = [1, 1.5] (both reached by the tiny model): the rows of each p carry
+    that p's c, which equals Algorithm 1 run by hand on the last two stable checkpoints (loaded here)
+    jointly, and only those two are marked searched."""
     from sparsinglaw import sparsity as sp
 
     runs.train_profile(tiny, names=["relu-s1"], jobs=1, progress=False)
-    p = load_profile("smoke", overrides=tiny.overrides + ["sparsity.n_last=2", "sparsity.p=[1, 5]"])
+    p = load_profile("smoke", overrides=tiny.overrides + ["sparsity.n_last=2", "sparsity.p=[1, 1.5]"])
     run = p.run("relu-s1")
     rows = pd.DataFrame(measure.measure_run(p, run, progress=False)["rows"])
     ck = measure.stable_checkpoints(p, run)
@@ -418,11 +418,12 @@ def test_each_p_gets_its_own_c_searched_on_the_last_n_last_checkpoints(tiny, smo
     batches = measure.eval_set(p, smoke_tokens, run.model.seq_len)
     last_two = [lambda path=path: measure.load_model(run, path) for path in ck["path"].iloc[-2:]]
     s = p.sparsity
-    for level in (1.0, 5.0):
+    for level in (1.0, 1.5):
         want = sp.ppl_p_sparsity(last_two, batches, level, impl="fast", tol=s.tol, n_grid=s.n_grid, search=s.search)
         got = rows[rows["p"] == level]
+        assert want.reached and got["reached"].all(), level
         assert len(got) == len(ck) and (got["cett"] == want.cett).all(), level
-    assert rows.loc[rows["p"] == 5.0, "cett"].iloc[0] > rows.loc[rows["p"] == 1.0, "cett"].iloc[0]
+    assert rows.loc[rows["p"] == 1.5, "cett"].iloc[0] > rows.loc[rows["p"] == 1.0, "cett"].iloc[0]
 
 
 def test_only_stable_stage_marks_are_measured(tiny, smoke_tokens):
