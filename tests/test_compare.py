@@ -31,13 +31,13 @@ def _rewrite(folder, name, edit, **meta):
 
 def test_a_folder_against_its_copy_is_the_same(tmp_path):
     t = compare.compare(COMMITTED, _copy(tmp_path, "b"))
-    s = pd.read_csv(COMMITTED / "sparsity.csv")
+    s = runs.read_csv(COMMITTED / "sparsity.csv")
     s = s[s["p"] == 1.0]
-    assert t["claims"]["same"].all() and len(t["claims"]) == len(pd.read_csv(COMMITTED / "claims.csv"))
+    assert t["claims"]["same"].all() and len(t["claims"]) == len(runs.read_csv(COMMITTED / "claims.csv"))
     r = t["runs"].dropna(subset=["checkpoints"])
     assert list(r["run"]) == list(dict.fromkeys(s["run"]))  # every measured run, in the table's order
     assert r["checkpoints"].sum() == len(s) and (r["max_ratio_diff"] == 0).all()
-    assert set(t["runs"]["run"]) == set(pd.read_csv(COMMITTED / "train_log.csv")["run"])  # MoE runs: loss only
+    assert set(t["runs"]["run"]) == set(runs.read_csv(COMMITTED / "train_log.csv")["run"])  # MoE runs: loss only
     text = compare.summary(t)
     assert f"12 of 12 verdicts the same\nactivation ratio at PPL-1%: largest |B - A| 0.0000 over {len(s)} checkpoints" \
         in text
@@ -46,7 +46,7 @@ def test_a_folder_against_its_copy_is_the_same(tmp_path):
 
 def test_differences_put_into_a_copy_are_found(tmp_path):
     b = _copy(tmp_path, "b")
-    s = pd.read_csv(COMMITTED / "sparsity.csv")
+    s = runs.read_csv(COMMITTED / "sparsity.csv")
     mid = s[(s["run"] == "relu-s3") & (s["p"] == 1.0)]["step"].iloc[5]
     last = s[(s["run"] == "silu-s2") & (s["p"] == 1.0)]["step"].max()
 
@@ -66,7 +66,7 @@ def test_differences_put_into_a_copy_are_found(tmp_path):
         return df
 
     _rewrite(b, "train_log", val_loss)
-    fits = pd.read_csv(COMMITTED / "fits.csv").set_index("run")
+    fits = runs.read_csv(COMMITTED / "fits.csv").set_index("run")
     hi = fits.at["relu-s4", "A0_hi"]
     _rewrite(b, "fits", lambda df: df.assign(A0=df["A0"].where(df["run"] != "relu-s4", hi + 0.01)))
 
@@ -99,7 +99,7 @@ def test_other_levels_order_gaps_and_profiles(tmp_path):
     five = lambda df, shift: pd.concat([df, df[df["p"] == 1.0].assign(p=5.0, activation_ratio=lambda d:  # noqa: E731
                                                                         d["activation_ratio"] + shift)])
     _rewrite(a, "sparsity", lambda df: five(df, 0.0))
-    s = pd.read_csv(COMMITTED / "sparsity.csv")
+    s = runs.read_csv(COMMITTED / "sparsity.csv")
     last = s[s["run"] == "relu-s2"]["step"].max()
 
     def edit(df):  # PPL-5% rows far off, rows shuffled, relu-s2's final ratio NaN, relu-wd96 unmeasured
@@ -179,7 +179,7 @@ def test_unreached_targets_are_counted(tmp_path):
     """A checkpoint whose PPL-1% target was not reached (c a lower bound) is compared but counted per folder;
     PPL-5% rows and a table without the column count none."""
     a, b = _copy(tmp_path, "a"), _copy(tmp_path, "b")
-    s = pd.read_csv(COMMITTED / "sparsity.csv")
+    s = runs.read_csv(COMMITTED / "sparsity.csv")
     steps = sorted(s[s["run"] == "silu-s3"]["step"].unique())[-2:]
 
     def miss(df):
@@ -213,7 +213,7 @@ def test_last_checkpoint_is_the_last_both_list(tmp_path):
     """A run whose final checkpoint B lacks is compared at the last checkpoint both folders list, with A's
     ratio there (not A's final one against nothing); its last val step in B differs, and the summary says so."""
     b = _copy(tmp_path, "b")
-    s = pd.read_csv(COMMITTED / "sparsity.csv")
+    s = runs.read_csv(COMMITTED / "sparsity.csv")
     s4 = s[(s["run"] == "relu-s4") & (s["p"] == 1.0)].sort_values("step")
     before_last, last = s4["step"].iloc[-2], s4["step"].iloc[-1]
     _rewrite(b, "sparsity", lambda df: df[~((df["run"] == "relu-s4") & (df["step"] == last))])
@@ -232,7 +232,7 @@ def test_b_in_a_needs_b_converged_and_inside_both_bounds(tmp_path):
     """B's A0 below A's lower bound is outside A's interval; an A0 that did not converge in B is never inside
     it, whatever its value; the summary counts the runs converged in one folder only."""
     b = _copy(tmp_path, "b")
-    fits = pd.read_csv(COMMITTED / "fits.csv").set_index("run")
+    fits = runs.read_csv(COMMITTED / "fits.csv").set_index("run")
     lo = fits.at["relu-wd32", "A0_lo"]
     assert fits.loc[["relu-wd32", "relu-wd96"], "converged"].all()
 

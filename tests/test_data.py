@@ -521,9 +521,13 @@ def test_parquet_text_in_dictionary_and_view_columns(tmp_path):
     texts = [prose_words(i) for i in range(6)]
     tables = {"plain": pa.table({"text": texts}), "dictionary": pa.table({"text": pa.array(texts).dictionary_encode()}),
               "view": pa.table({"text": pa.array(texts, type=pa.string_view())})}
-    for name, table in tables.items():
+    for name, table in list(tables.items()):
         (tmp_path / name).mkdir()
-        pq.write_table(table, tmp_path / name / "c.parquet")
+        try:
+            pq.write_table(table, tmp_path / name / "c.parquet")
+        except pa.ArrowNotImplementedError:  # pyarrow 18 (requirements-min.txt) writes no string_view column
+            assert name == "view", name
+            del tables[name]
     (tmp_path / "pandas").mkdir()
     pd.DataFrame({"text": pd.Categorical(texts)}).to_parquet(tmp_path / "pandas" / "c.parquet")
     prints = {}
