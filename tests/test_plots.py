@@ -253,7 +253,8 @@ def test_convergence_speed_never_prints_nan_for_an_undefined_rho():
     summary = curves[["run", "activation", "non_embedding_params"]].assign(ratio_common=10.0, rho_N_speed=math.nan,
                                                                            dA_dratio_common=[1e-4, math.nan])
     with warnings.catch_warnings():
-        warnings.simplefilter("error")  # every speed at one D/N: no singular-axis warning from matplotlib
+        # every speed at one D/N: no singular-axis warning from matplotlib
+        warnings.filterwarnings("error", message="Attempting to set identical")
         fig = plots.convergence_speed(curves, summary)
     texts = _texts(fig)
     assert not any("nan" in t for t in texts), texts
