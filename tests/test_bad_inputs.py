@@ -24,7 +24,7 @@ import pandas as pd
 import pytest
 
 from conftest import MINI, REPO
-from sparsinglaw import cli, measure, runs
+from sparsinglaw import analysis, cli, measure, runs
 from sparsinglaw.config import SparsingLawError, load_profile
 
 
@@ -371,6 +371,12 @@ TABLE_CASES = [
                "/mini.yaml --set train.tokens=12288 "]),
     ("table-of-another-config", lambda res, d: None,
      "strict", ["sparsity.csv: recorded stage_hash", "differs from the current", "refusing it"]),
+    # the fits read the measurement tables with the same checks (they fitted an edited table before)
+    ("fit-table-value-edited", lambda res, d: TABLE(res).write_text(TABLE(res).read_text().replace("0.", "0.9", 1)),
+     "fit", ["sparsity.csv: its sha256 does not match the one in sparsity.meta.json (edited by hand"]),
+    ("fit-table-empty", lambda res, d: TABLE(res).write_bytes(b""), "fit", ["sparsity.csv: its sha256 does not match"]),
+    ("fit-sidecar-not-json", lambda res, d: (res / "sparsity.meta.json").write_text("{"),
+     "fit", ["sparsity.meta.json: unreadable sidecar"]),
     ("record-wrong-key", lambda res, d: _edit_record(d, lambda r: r.update(key="0123456789")),
      "record", ["sparsity-fast-", ".json: not the measurement of run relu-s1 under this config (key 0123456789"]),
     ("record-other-config", lambda res, d: _edit_record(d, lambda r: r.update(config_hash="f" * 64)),
@@ -400,6 +406,8 @@ def test_edited_results_are_refused(cid, edit, load, expect, tmp_path, monkeypat
             measure.read_results(measured_mini, "sparsity")
         elif load == "strict":
             measure.read_results(load_profile(mini_path, overrides=MINI + ["sparsity.dead_freq=0.01"]), strict=True)
+        elif load == "fit":
+            analysis.activation_laws_for(measured_mini, progress=False)
         elif load == "record":
             measure.measure_run(measured_mini, run, rd, progress=False)
         else:
@@ -407,3 +415,17 @@ def test_edited_results_are_refused(cid, edit, load, expect, tmp_path, monkeypat
     for want in expect:
         assert want in str(e.value), str(e.value)
     assert _tree(tmp_path) == before  # refusing writes nothing
+
+
+def test_an_unreadable_fit_sidecar_is_computed_again(tmp_path, monkeypatch, measured_mini, session_roots):
+    """A derived table's sidecar that is not JSON (a crash, a hand edit) makes its table missing, so fit
+    computes it again (it was a JSONDecodeError traceback)."""
+    res = tmp_path / "results" / "mini"
+    shutil.copytree(session_roots["SPARSINGLAW_RESULTS"] / "mini", res)
+    monkeypatch.setenv("SPARSINGLAW_RESULTS", str(tmp_path / "results"))
+    fits, _ = analysis.activation_laws_for(measured_mini, progress=False)
+    (res / "fits.meta.json").write_text("x")
+    again, _ = analysis.activation_laws_for(measured_mini, progress=False)
+    pd.testing.assert_frame_equal(again, fits)
+    assert json.loads((res / "fits.meta.json").read_text())["sha256"] == hashlib.sha256(
+        (res / "fits.csv").read_bytes()).hexdigest()

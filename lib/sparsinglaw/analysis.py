@@ -32,7 +32,7 @@ from scipy import stats
 
 from . import laws, paper
 from .config import ProfileConfig, SparsingLawError, command_for, profile_flags, stable_hash
-from .runs import as_bool, in_group, provenance, read_csv, results_dir, write_table
+from .runs import as_bool, in_group, provenance, read_csv, read_table, results_dir, write_table
 
 ANALYSIS_VERSION = 4  # bump when a derived table changes meaning (invalidates the cached tables)
 CODE_FILES = ("laws.py", "analysis.py")  # the fitting code; its sha256 is recorded, not part of the cache key
@@ -508,14 +508,30 @@ def table2(fits: pd.DataFrame, group: str | None = "scale") -> pd.DataFrame:
 # profile level: results/<profile>/ tables in, derived tables out (cached by inputs + spec + version)
 
 
+MEASURED = ("sparsity", "neurons", "tokens")  # the measurement tables every fit is computed from
+
+
 def load_results(profile: ProfileConfig | str) -> dict[str, pd.DataFrame]:
-    """Every table of results/<profile>/ by name (sparsity, neurons, tokens, and derived ones present)."""
+    """Every table of results/<profile>/ by name (sparsity, neurons, tokens, and derived ones present).
+    The measurement tables (MEASURED) are read with runs.read_table's checks (measure.read_results): one
+    edited by hand, cut short or without its sidecar is refused, not fitted; one made from other profile
+    settings gives a warning. Derived tables are checked where they are reused (_cached)."""
+    from .measure import read_results
+
     name = profile if isinstance(profile, str) else profile.name
     folder = results_dir(name)
-    out = {p.stem: read_csv(p) for p in sorted(folder.glob("*.csv"))}
-    if "sparsity" not in out:
+    if not (folder / "sparsity.csv").exists():
         raise SparsingLawError(f"{folder / 'sparsity.csv'}: not measured yet; make it with "
                                f"{command_for(profile, 'measure', '02')}")
+    out = {}
+    for path in sorted(folder.glob("*.csv")):
+        if path.stem not in MEASURED:
+            out[path.stem] = read_csv(path)
+        elif isinstance(profile, str):
+            out[path.stem] = read_table(path)
+        else:
+            out[path.stem] = read_results(profile, path.stem)
+        out[path.stem].attrs = {}
     return out
 
 
@@ -556,8 +572,12 @@ def _cached(profile: ProfileConfig, outputs: tuple[str, ...], inputs: tuple[str,
     for name in outputs:
         meta, csv = folder / f"{name}.meta.json", folder / f"{name}.csv"
         if meta.exists() and csv.exists():
-            m = json.loads(meta.read_text())
-            if m.get("analysis_key") == key and m.get("sha256") == hashlib.sha256(csv.read_bytes()).hexdigest():
+            try:
+                m = json.loads(meta.read_text())
+            except (ValueError, UnicodeDecodeError):
+                continue  # an unreadable sidecar: its table is computed again
+            if isinstance(m, dict) and m.get("analysis_key") == key and \
+                    m.get("sha256") == hashlib.sha256(csv.read_bytes()).hexdigest():
                 metas[name] = m
 
     if len(metas) < len(outputs) or (refit is not None and refit & set(outputs)):

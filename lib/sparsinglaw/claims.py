@@ -569,8 +569,10 @@ def write(profile: ProfileConfig | str, df: pd.DataFrame) -> str:
     folder = results_dir(profile.name)
     meta = provenance(profile, tables=tuple(folder / f"{t}.csv" for t in SOURCES))  # the measurements' corpus
     write_table(df, folder / "claims.csv", meta)  # its sidecar names the code that first wrote these verdicts
-    measured = folder / "sparsity.meta.json"
-    sha = json.loads(measured.read_text()).get("git_sha") if measured.exists() else None
+    try:  # the commit that measured (read and checked with sparsity.csv before any claim was computed)
+        sha = json.loads((folder / "sparsity.meta.json").read_text()).get("git_sha")
+    except (OSError, ValueError, AttributeError):
+        sha = None
     md = markdown(df, profile.name, str(sha or meta["git_sha"]))
     tmp = folder / ".claims.md.tmp"
     tmp.write_text(md)
