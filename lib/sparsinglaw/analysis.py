@@ -513,24 +513,18 @@ MEASURED = ("sparsity", "neurons", "tokens")  # the measurement tables every fit
 
 def load_results(profile: ProfileConfig | str) -> dict[str, pd.DataFrame]:
     """Every table of results/<profile>/ by name (sparsity, neurons, tokens, and derived ones present).
-    The measurement tables (MEASURED) are read with runs.read_table's checks (measure.read_results): one
-    edited by hand, cut short or without its sidecar is refused, not fitted; one made from other profile
-    settings gives a warning. Derived tables are checked where they are reused (_cached)."""
-    from .measure import read_results
-
+    The measurement tables (MEASURED) are read with runs.read_table's integrity checks: one edited by
+    hand, cut short, or without a readable sidecar is refused, not fitted. Derived tables are checked
+    where they are reused (_cached)."""
     name = profile if isinstance(profile, str) else profile.name
     folder = results_dir(name)
+    fix = f"rerun {command_for(profile, 'measure', '02')}"
     if not (folder / "sparsity.csv").exists():
         raise SparsingLawError(f"{folder / 'sparsity.csv'}: not measured yet; make it with "
                                f"{command_for(profile, 'measure', '02')}")
     out = {}
     for path in sorted(folder.glob("*.csv")):
-        if path.stem not in MEASURED:
-            out[path.stem] = read_csv(path)
-        elif isinstance(profile, str):
-            out[path.stem] = read_table(path)
-        else:
-            out[path.stem] = read_results(profile, path.stem)
+        out[path.stem] = read_table(path, fix=fix) if path.stem in MEASURED else read_csv(path)
         out[path.stem].attrs = {}
     return out
 
