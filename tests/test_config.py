@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import shutil
 from pathlib import Path
 
 import pytest
@@ -304,13 +305,26 @@ def test_profile_level_override_that_runs_set_themselves_gets_a_note(capsys, mon
     assert capsys.readouterr().err == ""
 
 
+def test_a_yaml_named_like_a_builtin_profile_is_refused(tmp_path):
+    """A user's cpu.yaml elsewhere would be profile "cpu": it would fit, verify and overwrite the committed
+    results/cpu and figures/cpu (it did). The built-in file itself, by name or path, still loads."""
+    copy = tmp_path / "cpu.yaml"
+    copy.write_text((REPO / "configs" / "smoke.yaml").read_text())
+    with pytest.raises(ConfigError, match=r"cpu.yaml: a profile is named by its file, and 'cpu' is the built-in "
+                                          r".*configs/cpu.yaml: results/cpu/ and figures/cpu/ hold .*rename it"):
+        load_profile(copy)
+    assert load_profile(REPO / "configs" / "cpu.yaml").name == load_profile("cpu").name == "cpu"
+    shutil.copy(copy, tmp_path / "my-cpu.yaml")
+    assert load_profile(tmp_path / "my-cpu.yaml").name == "my-cpu"
+
+
 def test_profile_flags_load_the_same_profile_again(tmp_path):
     """The --profile argument that error messages suggest: the name for this repository's configs/NAME.yaml,
     else the YAML's absolute path (a copy in another folder named configs, too), then the overrides."""
     from sparsinglaw.config import profile_flags
 
     assert profile_flags(load_profile("smoke")) == "--profile smoke"
-    copy = tmp_path / "configs" / "smoke.yaml"
+    copy = tmp_path / "configs" / "copied.yaml"
     copy.parent.mkdir()
     copy.write_text((REPO / "configs" / "smoke.yaml").read_text())
     p = load_profile(copy, overrides=["train.seed=3", "train.lr=1e-3"])
