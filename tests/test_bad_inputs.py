@@ -1,4 +1,4 @@
-"""A catalog of bad inputs (issue 6): configs, corpora, CLI arguments, notebook parameters and results
+"""A catalog of bad inputs: configs, corpora, CLI arguments, notebook parameters and results
 tables edited by hand. Each one must give a clear message naming the field or file and the expected
 form, exit non-zero (or raise a SparsingLawError from the public API), show no traceback unless
 --debug is given, and write no artifact (no run folder, no results table, no figure, no half-built
@@ -183,7 +183,7 @@ def test_bad_cli_input(case, tmp_path, roots, capsys):
 
 
 def test_catalog_size():
-    """The issue asks for at least 20 distinct bad inputs across the five categories."""
+    """The catalog keeps at least 20 distinct bad inputs across the five categories."""
     n = len(CLI_CASES) + len(TABLE_CASES) + 1  # + the notebook parameter below
     assert n >= 20 and len({c.id for c in CLI_CASES}) == len(CLI_CASES)
     assert {c.id.split("-")[0] for c in CLI_CASES} == {"config", "profile", "corpus", "cli"}

@@ -12,7 +12,7 @@ def test_table3_ratio_and_shapes():
     assert list(t.scale) == ["0.1B", "0.2B", "0.4B", "0.8B", "1.2B"]
     # w/d = d_h / L to the published one-decimal rounding
     assert np.allclose(t.width_depth, (t.d_h / t.L).round(1))
-    assert (t.d_f == 2.5 * t.d_h).all()  # PAPER.md: d_f = 2.5 d_h
+    assert (t.d_f == 2.5 * t.d_h).all()  # the paper (Table 3): d_f = 2.5 d_h
     # non-embedding parameters ~ L * (4 d_h^2 attention + 3 d_h d_f gated FFN), within 1%
     assert np.allclose(t.n_nonemb, t.L * (4 * t.d_h**2 + 3 * t.d_h * t.d_f), rtol=0.01)
 

@@ -56,7 +56,7 @@ def test_shrunken_copy_trains_one_step(name):
 
 
 def test_paper_profile_measures_like_the_authors():
-    """Algorithm 1 as in PAPER.md: ~2M validation tokens, tolerance 1e-3, 65,536 candidate thresholds, one
+    """Algorithm 1 as in the paper: ~2M validation tokens, tolerance 1e-3, 65,536 candidate thresholds, one
     CETT per run from its last five stable checkpoints, PPL-1% measured."""
     s = load_profile("paper").sparsity
     assert 2_000_000 <= s.eval_tokens <= 2_200_000

@@ -1,4 +1,4 @@
-"""Corpus, tokenizer and token batches (DESIGN.md section 4).
+"""Corpus, tokenizer and token batches.
 
 Pipeline: ``corpus_documents`` lists the documents of a corpus in a fixed order with their split and
 a fingerprint; ``prepare`` trains a byte-level BPE tokenizer on the training text, encodes both

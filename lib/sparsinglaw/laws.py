@@ -1,4 +1,4 @@
-"""The paper's laws and how we fit them (PAPER.md section 3, DESIGN.md section 7).
+"""The paper's laws and how we fit them (paper Section 4.2-4.4).
 
 Read top to bottom: the law forms (Eq. 4, Eq. 5, the rebuttal's two alternatives and a limit-loss
 law) and their registry `FORMS`; `FitSpec`, everything that determines a fit; `fit`, the one entry

@@ -7,7 +7,7 @@ The FFN computes its intermediate ``h = act(W_gate x) * (W_up x)`` (Eq. 1-2) onc
 named identity module, ``blocks.<l>.ffn.h`` (TransformerLens's hook point idea), so the sparsity code
 reads (or replaces) ``h`` with an ordinary ``register_forward_hook``. For sparse inference each FFN
 has an optional threshold ``tau_l`` (neuron i inactive when ``|h_i| * ||W_down[:, i]|| < tau_l``,
-Section 3, DESIGN.md section 6) and an optional static per-neuron mask.
+paper Section 3) and an optional static per-neuron mask.
 
 Mixture of experts (paper Fig. 2's baseline): with ``n_experts = E > 0`` the d_ff neurons are cut into E
 contiguous experts of d_ff / E neurons (the dense model's width, so the same parameters plus a router);

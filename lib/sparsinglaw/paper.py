@@ -1,6 +1,6 @@
 """The paper's published numbers, for side-by-side overlays and tables only.
 
-Luo et al. (2024), transcribed from PAPER.md sections 2-3 (v1 numbering; the v4 row is flagged).
+Luo et al. (2024), transcribed from the paper (arXiv 2411.02335; v1 numbering; the v4 row is flagged).
 Nothing here is ever a fit input, a starting value or a default: laws.py does not import this
 module, and our fits must stand on our own measurements. Every constant carries `CITATION`
 (DataFrames in `.attrs["citation"]`, dicts under the key "citation") and says which table or

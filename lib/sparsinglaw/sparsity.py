@@ -1,6 +1,6 @@
 """Activation sparsity: CETT, PPL-p% (paper Section 3, Algorithm 1) and the baselines it is compared with.
 
-Definitions (PAPER.md section 1, DESIGN.md section 6). For layer l and token t the FFN intermediate is
+Definitions (paper Section 3). For layer l and token t the FFN intermediate is
 h = act(W_gate x) * (W_up x) (Eq. 1-2, read from the hook point ``blocks.<l>.ffn.h``); neuron i's output
 is h_i W_down[:, i] and its norm n_i = |h_i| * ||W_down[:, i]||. For a threshold tau the inactive set is
 D = {i : n_i < tau} (strict, exactly as ``GatedFFN`` zeroes neurons) and
@@ -400,7 +400,7 @@ Rule = Callable[[int, Tensor, Tensor, Tensor], Tensor]  # (layer, h, s, valid) -
 def topk_rule(k: int, per_batch: bool = False) -> Rule:
     """Top-k on |s_i| = |act(W_gate x)_i|.
 
-    per_batch=False (ours, PAPER.md): each token keeps its k largest |s_i| per layer.
+    per_batch=False (ours, as the paper describes Top-k): each token keeps its k largest |s_i| per layer.
     per_batch=True (the authors' code): each layer keeps the k * n_valid largest |s_i| of the whole batch,
     so a token may keep more or fewer than k; padding positions are left dense (and not counted).
     """
