@@ -123,7 +123,10 @@ CLI_CASES = [
     Case("cli-measure-untrained", ["measure", "--profile", "smoke", "--runs-dir", "{tmp}/runs", "--run", "relu-s1",
                                    "-j", "1"],
          ["run relu-s1 is not trained (new, 0 of", "train it first: python -m sparsinglaw train --profile smoke "
-          "--run relu-s1"]),
+          "--run relu-s1 --runs-dir {tmp}/runs"]),
+    Case("cli-measure-untrained-all", ["measure", "--profile", "smoke", "--runs-dir", "{tmp}/runs", "-j", "1"],
+         ["runs are not trained (relu-s1, ", "train them first: python -m sparsinglaw train --profile smoke "
+          "--runs-dir {tmp}/runs (finished runs are skipped)"]),
     Case("config-moe-experts", [*TRAIN, "--set", "runs.relu-s1.model.n_experts=3"],
          ["runs[0].model.n_experts: must divide d_ff=40 (experts of equal width), got 3"]),
     Case("config-fit-bad-value", ["fit", "--profile", "smoke", "--set", "fit.loss=bogus"],

@@ -43,7 +43,6 @@ from .config import (
     RunConfig,
     SparsingLawError,
     command_for,
-    profile_flags,
     stable_hash,
     validate_inference,
 )
@@ -55,6 +54,7 @@ from .measure import (
     read_cached,
     require_corpus,
     require_record_corpus,
+    require_trained,
     run_worker,
     search_steps,
     search_with_bar,
@@ -71,7 +71,6 @@ from .runs import (
     run_dir,
     run_lock,
     run_parallel,
-    run_state,
     write_table,
 )
 from .train import atomic_write_files, remove_stale_temps, versions
@@ -215,11 +214,7 @@ def inference_run(profile: ProfileConfig, run: RunConfig, runs_dir=None, progres
 
     from .data import prepare
 
-    st = run_state(profile, run, runs_dir)
-    if st.status != "done":
-        raise SparsingLawError(f"run {run.name} is not trained ({st.status}, {st.tokens_seen:,} of "
-                               f"{st.tokens_total:,} tokens); train it first: python -m sparsinglaw train "
-                               f"{profile_flags(profile)} --run {run.name}")
+    require_trained(profile, run, runs_dir)
     out = record_path(profile, run, runs_dir)
     d = out.parent
     with run_lock(d, f"sparse inference {run.name}"):

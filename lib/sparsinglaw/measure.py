@@ -234,13 +234,20 @@ def stable_checkpoints(profile: ProfileConfig, run: RunConfig, runs_dir=None) ->
 # one run
 
 
+def train_command(profile: ProfileConfig, runs_dir=None, run: str | None = None) -> str:
+    """The `train` command line that trains `run` (None: every unfinished run) of `profile` where it is
+    read from (its --runs-dir)."""
+    return (f"python -m sparsinglaw train {profile_flags(profile)}" + (f" --run {run}" if run else "")
+            + (f" --runs-dir {runs_dir}" if runs_dir is not None else ""))
+
+
 def require_trained(profile: ProfileConfig, run: RunConfig, runs_dir=None) -> None:
     """Raise, naming the command to run, unless `run` has finished training."""
     st = run_state(profile, run, runs_dir)
     if st.status != "done":
         raise SparsingLawError(f"run {run.name} is not trained ({st.status}, {st.tokens_seen:,} of "
-                               f"{st.tokens_total:,} tokens); train it first: python -m sparsinglaw train "
-                               f"{profile_flags(profile)} --run {run.name}")
+                               f"{st.tokens_total:,} tokens); train it first: "
+                               f"{train_command(profile, runs_dir, run.name)}")
 
 
 def measure_run(profile: ProfileConfig, run: RunConfig, runs_dir=None, progress: bool = True,
@@ -415,6 +422,10 @@ def measure_profile(profile: ProfileConfig, names: list[str] | None = None, jobs
     if not runs:
         return pd.DataFrame(columns=RESULT_COLUMNS["sparsity"][0])
     todo = [r for r in runs if not record_path(profile, r, runs_dir, impl).exists()]  # cached runs spawn nothing
+    untrained = [r.name for r in todo if run_state(profile, r, runs_dir).status != "done"]
+    if len(untrained) > 1:  # one message and one command, not one per run
+        raise SparsingLawError(f"{len(untrained)} runs are not trained ({', '.join(untrained)}); train them "
+                               f"first: {train_command(profile, runs_dir)} (finished runs are skipped)")
     todo.sort(key=lambda r: -r.model.d_model * r.model.n_layers)  # longest first
     jobs = jobs or profile.compute.jobs or usable_cores()
     jobs = max(1, min(jobs, len(todo) or 1))
