@@ -366,3 +366,20 @@ def test_run_override_takes_the_longest_run_name_that_fits(tmp_path):
     path.write_text(yaml.safe_dump(raw))
     p = load_profile(path, overrides=["runs.s.2.train.seed=3"])
     assert p.run("s.2").train.seed == 3 and p.run("s").train.seed == 0
+
+
+def test_a_bad_override_is_named_before_the_file(tmp_path):
+    """An error in a field a --set wrote leads with that --set (the message named only the YAML file and
+    runs[0], where a profile-level train.X is checked first); an error of the file itself does not."""
+    for ov, head in (("train.lrr=3e-3", "--set 'train.lrr=3e-3' (a profile-level override, checked in every run) "
+                                        "is refused: "),
+                     ("trian.lr=3e-3", "--set 'trian.lr=3e-3' is refused: "),
+                     ("runs.relu-s1.train.lr=abc", "--set 'runs.relu-s1.train.lr=abc' is refused: ")):
+        with pytest.raises(ConfigError) as e:
+            load_profile("smoke", overrides=[ov])
+        assert str(e.value).startswith(head) and "configs/smoke.yaml: " in str(e.value), str(e.value)
+    bad = tmp_path / "bad-lr.yaml"
+    bad.write_text((REPO / "configs" / "smoke.yaml").read_text().replace("train:", "train:\n  lrr: 1\n", 1))
+    with pytest.raises(ConfigError) as e:
+        load_profile(bad, overrides=["train.lr=3e-3"])
+    assert str(e.value).startswith(f"{bad}: ") and "lrr: unknown field" in str(e.value)

@@ -18,6 +18,7 @@ import json
 import math
 import multiprocessing as mp
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -615,6 +616,24 @@ def _override_target(raw: dict, key: str, ov: str) -> tuple[dict, list[str]]:
     return run, parts
 
 
+def blame_override(error: ConfigError, overrides: list[str], path: str) -> ConfigError:
+    """A validation error of a field that a --set override wrote, led by that override (the message
+    named only the YAML file, and runs[0] where a profile-level model.X/train.X override is first
+    checked); any other error as it was."""
+    msg = str(error)
+    if not msg.startswith(f"{path}: "):
+        return error
+    field = msg[len(path) + 2:].split(":", 1)[0]
+    bare = re.sub(r"^runs\[\d+\]\.", "", field)
+    for ov in overrides:
+        key = ov.split("=", 1)[0].strip()
+        if key in (field, bare) or ("." not in field and key.split(".")[0] == field) or \
+                (key.startswith("runs.") and field.startswith("runs[") and key.endswith(f".{bare}")):
+            where = " (a profile-level override, checked in every run)" if field != bare and key == bare else ""
+            return ConfigError(f"--set {ov!r}{where} is refused: {msg}")
+    return error
+
+
 def shadowed_overrides(raw: dict, overrides: list[str], path: str) -> list[str]:
     """One note per profile-level ``model.X``/``train.X`` override that some runs set to another value in their
     own section: those runs keep theirs (unless a ``runs.NAME...`` override of the same key changes it too)."""
@@ -699,7 +718,10 @@ def load_profile(profile: str | Path, configs_dir: Path | None = None, overrides
     if isinstance(raw, dict):
         notes = shadowed_overrides(raw, overrides or [], str(path))
         raw = apply_overrides(raw, overrides or [])
-    profile = parse_profile(raw, str(path), path.stem)
+    try:
+        profile = parse_profile(raw, str(path), path.stem)
+    except ConfigError as e:
+        raise blame_override(e, overrides or [], str(path)) from None
     profile.overrides = list(overrides or [])
     for note in notes:
         _note(note)
