@@ -67,7 +67,13 @@ compare-min: $(STAMP_MIN) $(STAMP)
 	  && echo "smoke profile: every results table of the oldest versions is byte for byte the pinned venv's ($(VERSIONS)/*/results/smoke)" \
 	  || { echo "error: the smoke tables differ between the pinned and the oldest versions: diff -r -x '*.meta.json' $(VERSIONS)/pinned/results/smoke $(VERSIONS)/min/results/smoke" >&2; exit 1; }
 
-# a PROFILE without its configs/PROFILE.yaml stops here, naming the profiles there
+# a PROFILE without its configs/PROFILE.yaml stops before any setup, naming the profiles there
+PROFILE_GOALS := figures replot verify report measure compute fit runs nb-%
+ifeq ($(wildcard configs/$(PROFILE).yaml),)
+ifneq ($(filter $(PROFILE_GOALS),$(MAKECMDGOALS)),)
+$(error configs/$(PROFILE).yaml not found: PROFILE=$(PROFILE) is not a profile; profiles: $(sort $(patsubst configs/%.yaml,%,$(wildcard configs/*.yaml))))
+endif
+endif
 configs/%.yaml:
 	@echo "error: configs/$*.yaml not found: PROFILE=$* is not a profile; profiles: $(sort $(patsubst configs/%.yaml,%,$(wildcard configs/*.yaml)))" >&2; exit 2
 

@@ -119,18 +119,19 @@ def test_compute_names_what_draws_the_figures_of_its_profile(mini_path):
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
-@pytest.mark.parametrize("target", ["figures", "nb-01"])
+@pytest.mark.parametrize("target", ["figures", "nb-01", "replot", "verify"])
 def test_make_with_an_unknown_profile_names_the_profiles(target):
-    """A PROFILE typo stops `make figures` (and nb-NN, report) with the profiles there, not with make's
-    "No rule to make target 'runs/.../00_overview.ipynb'" nor a notebook's traceback."""
+    """A PROFILE typo stops `make figures` (and nb-NN, replot, verify, ...) with the profiles there, before
+    any setup or command runs, not with make's "No rule to make target 'runs/.../00_overview.ipynb'", a
+    notebook's traceback, or (replot) advice to make the missing profile."""
     env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}  # no -k of a caller
     r = subprocess.run(["make", "--no-print-directory", target, "PROFILE=cpu_long"], cwd=REPO, capture_output=True,
                        text=True, timeout=60, env=env)
     assert r.returncode != 0
     profiles = " ".join(sorted(p.stem for p in (REPO / "configs").glob("*.yaml")))
     assert "cpu cpu-long" in profiles
-    want = f"error: configs/cpu_long.yaml not found: PROFILE=cpu_long is not a profile; profiles: {profiles}"
-    assert want in r.stderr, r.stderr
+    want = f"configs/cpu_long.yaml not found: PROFILE=cpu_long is not a profile; profiles: {profiles}"
+    assert want in r.stderr and r.stdout == "", (r.stdout, r.stderr)  # nothing ran, not even a setup step
     assert "Traceback" not in r.stderr and not (REPO / "runs" / "cpu_long").exists()
 
 
