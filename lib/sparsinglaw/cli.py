@@ -133,7 +133,7 @@ def _dispatch(args) -> int:
         raise ConfigError(f"--times {args.times}: no folder {Path(args.times).parent} to write it in")
     if getattr(args, "readme", None) is not None and not Path(args.readme).is_file():
         raise ConfigError(f"--readme {args.readme}: no such file; expected a Markdown file with the claims markers")
-    if args.command in ("fit", "verify"):  # the fit: section, before any table is read or written
+    if args.command != "compare":  # the fit: section, checked with the rest of the profile (fit and verify read it)
         from .analysis import fit_spec
 
         try:

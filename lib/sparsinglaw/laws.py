@@ -189,25 +189,25 @@ class FitSpec:
                     if not isinstance(v, kinds[t]) or isinstance(v, bool) != (t == "bool")]
         if mistyped:
             raise ValueError(f"FitSpec: wrong type for {', '.join(mistyped)}")
-        checks = {
-            "n_boot": self.n_boot >= 0,
-            "bootstrap": self.bootstrap in ("residual", "pairs"),
-            "level": 0 < self.level < 1,
-            "loss": self.loss in LOSSES,
-            "f_scale": self.f_scale > 0,
-            "drop_first_n": self.drop_first_n >= 0,
-            "drop_first_frac": 0 <= self.drop_first_frac < 1,
-            "min_D": self.min_D >= 0,
-            "holdout_frac": 0 <= self.holdout_frac < 1,
-            "n_grid": self.n_grid >= 1,
-            "tol": self.tol > 0,
-            "max_nfev": self.max_nfev >= 1,
-            "min_boot_ok": 0 <= self.min_boot_ok <= 1,
-            "nuisance_tol": self.nuisance_tol >= 0,
+        checks = {  # field: (valid, what is expected)
+            "n_boot": (self.n_boot >= 0, ">= 0"),
+            "bootstrap": (self.bootstrap in ("residual", "pairs"), "residual or pairs"),
+            "level": (0 < self.level < 1, "strictly between 0 and 1, e.g. 0.95"),
+            "loss": (self.loss in LOSSES, f"one of {', '.join(LOSSES)}"),
+            "f_scale": (self.f_scale > 0, "> 0"),
+            "drop_first_n": (self.drop_first_n >= 0, ">= 0"),
+            "drop_first_frac": (0 <= self.drop_first_frac < 1, "in [0, 1)"),
+            "min_D": (self.min_D >= 0, ">= 0"),
+            "holdout_frac": (0 <= self.holdout_frac < 1, "in [0, 1)"),
+            "n_grid": (self.n_grid >= 1, ">= 1"),
+            "tol": (self.tol > 0, "> 0"),
+            "max_nfev": (self.max_nfev >= 1, ">= 1"),
+            "min_boot_ok": (0 <= self.min_boot_ok <= 1, "in [0, 1]"),
+            "nuisance_tol": (self.nuisance_tol >= 0, ">= 0"),
         }
-        bad = [name for name, ok in checks.items() if not ok]
+        bad = [f"{name}={getattr(self, name)!r} (expected {want})" for name, (ok, want) in checks.items() if not ok]
         if bad:
-            raise ValueError(f"FitSpec: invalid {', '.join(f'{b}={getattr(self, b)!r}' for b in bad)}")
+            raise ValueError(f"FitSpec: invalid {'; '.join(bad)}")
 
     @classmethod
     def from_dict(cls, fields):
@@ -221,7 +221,7 @@ def _resolve_spec(spec, overrides):
     names = {f.name for f in dataclasses.fields(FitSpec)}
     unknown = sorted(set(overrides) - names)
     if unknown:
-        raise ValueError(f"unknown FitSpec field(s) {unknown}; fields are {sorted(names)}")
+        raise ValueError(f"unknown FitSpec field(s) {', '.join(unknown)}; fields are {', '.join(sorted(names))}")
     return dataclasses.replace(spec, **overrides)
 
 
