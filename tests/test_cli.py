@@ -155,3 +155,18 @@ def test_under_torchrun_the_stages_after_training_run_on_rank_0_alone(tmp_path, 
     monkeypatch.setenv("RANK", "0")  # rank 0 goes on to measure
     monkeypatch.setattr(measure, "measure_profile", lambda *a, **k: trained.append("measured") or pd.DataFrame())
     assert cli.main(["measure", *base]) == 0 and trained[-1] == "measured"
+
+
+@pytest.mark.parametrize("command,says", [("fit", "resume (finished tables are cached)"),
+                                          ("train", "resume from the last checkpoint")])
+def test_ctrl_c_says_what_a_rerun_resumes(command, says, monkeypatch, capsys):
+    """Ctrl-C exits 130 with one line; only the stages that keep checkpoints speak of them (fit has none)."""
+    from sparsinglaw import analysis, cli, runs
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(analysis, "fit_profile", interrupted)
+    monkeypatch.setattr(runs, "train_profile", interrupted)  # cli imports it from runs when it trains
+    assert cli.main([command, "--profile", "smoke"]) == 130
+    assert capsys.readouterr().err.strip() == f"interrupted; rerun the same command to {says}"

@@ -106,7 +106,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}; rerun with --debug for the traceback", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
+        resumes = {"train": "from the last checkpoint", "compute": "from the last checkpoint and the cached stages",
+                   "measure": "from the cached measurements"}.get(args.command, "(finished tables are cached)")
+        print(f"interrupted; rerun the same command to resume {resumes}", file=sys.stderr)
         return 130
 
 
