@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from pathlib import Path
 
 
@@ -92,7 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     from .config import SparsingLawError
+    from .runs import one_line_warnings
 
+    formatwarning = warnings.formatwarning  # restored on return: main may run inside another program (tests)
+    if not args.debug:
+        one_line_warnings()
     try:
         return _dispatch(args)
     except SparsingLawError as e:
@@ -110,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
                    "measure": "from the cached measurements"}.get(args.command, "(finished tables are cached)")
         print(f"interrupted; rerun the same command to resume {resumes}", file=sys.stderr)
         return 130
+    finally:
+        warnings.formatwarning = formatwarning
 
 
 def _dispatch(args) -> int:

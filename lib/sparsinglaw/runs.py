@@ -352,12 +352,20 @@ def train_profile(profile: ProfileConfig, names: list[str] | None = None, jobs: 
     return [run_state(profile, r, runs_dir) for r in runs]
 
 
+def one_line_warnings() -> None:
+    """Warnings printed as one line, "TargetNotReachedWarning: run relu-s1: ...", without the file name
+    and the line of library source that Python's default format adds (the CLI and run_parallel's workers;
+    what is warned and when is unchanged)."""
+    warnings.formatwarning = lambda message, category, *args, **kwargs: f"{category.__name__}: {message}\n"
+
+
 def _worker_init() -> None:
     """In each worker of run_parallel: SIGINT ignored, then unblocked (it was blocked when the worker
     started, so a Ctrl-C during its start-up stayed pending and is now dropped): Ctrl-C reaches the
     parent alone, which terminates the workers. Progress bars take a thread lock instead of tqdm's
     default multiprocessing lock, a named semaphore of this process alone that a terminated worker
-    would leave to the resource tracker (which then warns of leaked semaphores)."""
+    would leave to the resource tracker (which then warns of leaked semaphores). Warnings take one line.
+    """
     import signal
     import threading
 
@@ -366,6 +374,7 @@ def _worker_init() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     tqdm.set_lock(threading.RLock())
+    one_line_warnings()
 
 
 def run_parallel(fn, calls: list[tuple], jobs: int, what: str, keep_going: bool = True) -> None:
