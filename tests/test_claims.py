@@ -575,6 +575,7 @@ def test_missing_tables_are_one_error(tmp_path):
     where = str((tmp_path / "unmeasured.yaml").resolve())
     assert f"python -m sparsinglaw measure --profile {where} (or notebook 02)" in msg
     assert f"python -m sparsinglaw compute --profile {where} (or notebook 06_sparse_inference)" in msg
+    assert f"make them first: python -m sparsinglaw compute --profile {where} makes them all (train, measure" in msg
 
 
 def _cli(*args):

@@ -27,7 +27,7 @@ import pandas as pd
 from scipy import stats
 
 from . import analysis
-from .config import ProfileConfig, SparsingLawError, command_for
+from .config import ProfileConfig, SparsingLawError, command_for, profile_flags
 from .runs import as_bool, provenance, results_dir, write_table
 
 ALPHA = 0.05  # significance level of every test below
@@ -524,6 +524,9 @@ def inputs(profile: ProfileConfig) -> dict[str, pd.DataFrame]:
     if missing:
         folder = results_dir(profile.name)
         how = "; ".join(f"{t}.csv: {command_for(profile, *SOURCES[t])}" for t in missing)
+        if len(missing) > 1:  # one command makes every one of them
+            how = (f"python -m sparsinglaw compute {profile_flags(profile)} makes them all (train, measure, "
+                   f"Pareto sweeps, sparse inference), or one by one: {how}")
         raise MissingResults(f"{folder}: missing results table(s) {', '.join(missing)}; make them first: {how}")
     from .inference import read_inference
 
