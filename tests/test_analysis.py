@@ -8,12 +8,14 @@ seeds); n_boot is small here to keep the file fast.
 """
 
 import dataclasses
+import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
 
+from conftest import REPO
 from sparsinglaw import analysis, claims, laws
 
 SD = 0.002
@@ -460,3 +462,26 @@ def test_every_profile_fit_section_is_a_fit_spec():
 
     for name in ("smoke", "cpu", "gpu", "paper"):
         assert isinstance(analysis.fit_spec(load_profile(name)), laws.FitSpec)
+
+
+def test_a_refit_with_overrides_into_the_committed_results_says_so(tmp_path, monkeypatch, capsys):
+    """Derived tables of a built-in profile computed with --set overrides into the repository's results/
+    replace the committed ones: one note per folder says so and how to restore them; none for the
+    profile as it is, nor for a results folder elsewhere (SPARSINGLAW_RESULTS)."""
+    from sparsinglaw import config
+
+    (tmp_path / "configs").mkdir()
+    shutil.copy(REPO / "configs" / "smoke.yaml", tmp_path / "configs" / "smoke.yaml")
+    (tmp_path / "results" / "smoke").mkdir(parents=True)
+    monkeypatch.setenv("SPARSINGLAW_ROOT", str(tmp_path))
+    monkeypatch.setattr(analysis, "_NOTED", set())
+    committed, elsewhere = tmp_path / "results" / "smoke", tmp_path / "elsewhere" / "smoke"
+    changed = config.load_profile("smoke", overrides=["fit.n_boot=7"])
+    for profile, folder in ((config.load_profile("smoke"), committed), (changed, elsewhere)):
+        analysis._note_overridden(profile, folder)
+    assert capsys.readouterr().err == ""
+    analysis._note_overridden(changed, committed)
+    analysis._note_overridden(changed, committed)
+    err = capsys.readouterr().err
+    assert err.count("note:") == 1 and f"--set fit.n_boot=7 replace the committed ones in {committed}" in err
+    assert f"git checkout {committed} restores them" in err

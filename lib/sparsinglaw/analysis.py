@@ -31,7 +31,7 @@ import pandas as pd
 from scipy import stats
 
 from . import laws, paper
-from .config import ProfileConfig, SparsingLawError, command_for, profile_flags, stable_hash
+from .config import ProfileConfig, SparsingLawError, command_for, in_repo, profile_flags, stable_hash
 from .runs import as_bool, in_group, provenance, read_csv, read_table, results_dir, write_table
 
 ANALYSIS_VERSION = 4  # bump when a derived table changes meaning (invalidates the cached tables)
@@ -576,6 +576,7 @@ def _cached(profile: ProfileConfig, outputs: tuple[str, ...], inputs: tuple[str,
 
     if len(metas) < len(outputs) or (refit is not None and refit & set(outputs)):
         why = "refit" if len(metas) == len(outputs) else "missing or stale"
+        _note_overridden(profile, folder)
         print(f"{folder}: computing {names} ({why}) ...", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
         meta = provenance(profile, tables=tuple(folder / f"{t}.csv" for t in inputs), analysis_key=key,
@@ -589,6 +590,26 @@ def _cached(profile: ProfileConfig, outputs: tuple[str, ...], inputs: tuple[str,
         print(f"{folder}: reusing {names}, fitted by another version of {' and '.join(CODE_FILES)}; "
               f"{refit_command(profile)} recomputes them", file=sys.stderr, flush=True)
     return tuple(read_csv(folder / f"{n}.csv") for n in outputs)
+
+
+_NOTED: set[str] = set()  # results folders whose overwrite note was printed in this process
+
+
+def _note_overridden(profile: ProfileConfig, folder: Path) -> None:
+    """Once per folder and process: derived tables of a built-in profile computed with --set overrides
+    into this repository's results/ replace the committed ones (fit --set fit.loss=... on results/cpu
+    did so without a word)."""
+    from .runs import repo_root
+
+    committed = (repo_root() / "results").resolve()
+    if not profile.overrides or not in_repo(profile) or str(folder) in _NOTED or \
+            committed not in folder.resolve().parents:
+        return
+    _NOTED.add(str(folder))
+    sets = " ".join(f"--set {o}" for o in profile.overrides)
+    print(f"note: tables computed with {sets} replace the committed ones in {folder} (git checkout "
+          f"{folder} restores them; SPARSINGLAW_RESULTS=<another folder> holding a copy of results/ keeps "
+          "them apart)", file=sys.stderr, flush=True)
 
 
 def _spec_payload(profile: ProfileConfig, **args) -> dict:
