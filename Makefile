@@ -74,8 +74,6 @@ ifneq ($(filter $(PROFILE_GOALS),$(MAKECMDGOALS)),)
 $(error configs/$(PROFILE).yaml not found: PROFILE=$(PROFILE) is not a profile; profiles: $(sort $(patsubst configs/%.yaml,%,$(wildcard configs/*.yaml))))
 endif
 endif
-configs/%.yaml:
-	@echo "error: configs/$*.yaml not found: PROFILE=$* is not a profile; profiles: $(sort $(patsubst configs/%.yaml,%,$(wildcard configs/*.yaml)))" >&2; exit 2
 
 $(EXEC)/%.ipynb: notebooks/%.ipynb configs/$(PROFILE).yaml $(LIB) $(STAMP)
 	@mkdir -p $(EXEC)

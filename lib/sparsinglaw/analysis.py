@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import itertools
-import json
 import math
 import sys
 import time
@@ -32,7 +31,7 @@ from scipy import stats
 
 from . import laws, paper
 from .config import ProfileConfig, SparsingLawError, command_for, in_repo, profile_flags, stable_hash
-from .runs import as_bool, in_group, provenance, read_csv, read_table, results_dir, write_table
+from .runs import as_bool, in_group, provenance, read_csv, read_table, repo_root, results_dir, sidecar, write_table
 
 ANALYSIS_VERSION = 4  # bump when a derived table changes meaning (invalidates the cached tables)
 CODE_FILES = ("laws.py", "analysis.py")  # the fitting code; its sha256 is recorded, not part of the cache key
@@ -564,15 +563,11 @@ def _cached(profile: ProfileConfig, outputs: tuple[str, ...], inputs: tuple[str,
     names = ", ".join(f"{n}.csv" for n in outputs)
     metas = {}
     for name in outputs:
-        meta, csv = folder / f"{name}.meta.json", folder / f"{name}.csv"
-        if meta.exists() and csv.exists():
-            try:
-                m = json.loads(meta.read_text())
-            except (ValueError, UnicodeDecodeError):
-                continue  # an unreadable sidecar: its table is computed again
-            if isinstance(m, dict) and m.get("analysis_key") == key and \
-                    m.get("sha256") == hashlib.sha256(csv.read_bytes()).hexdigest():
-                metas[name] = m
+        csv = folder / f"{name}.csv"
+        m = sidecar(csv)  # a missing or unreadable one is {}: its table is computed again
+        if csv.exists() and m.get("analysis_key") == key and \
+                m.get("sha256") == hashlib.sha256(csv.read_bytes()).hexdigest():
+            metas[name] = m
 
     if len(metas) < len(outputs) or (refit is not None and refit & set(outputs)):
         why = "refit" if len(metas) == len(outputs) else "missing or stale"
@@ -599,8 +594,6 @@ def _note_overridden(profile: ProfileConfig, folder: Path) -> None:
     """Once per folder and process: derived tables of a built-in profile computed with --set overrides
     into this repository's results/ replace the committed ones (fit --set fit.loss=... on results/cpu
     did so without a word)."""
-    from .runs import repo_root
-
     committed = (repo_root() / "results").resolve()
     if not profile.overrides or not in_repo(profile) or str(folder) in _NOTED or \
             committed not in folder.resolve().parents:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import json
 import math
 from pathlib import Path
 
@@ -28,7 +27,7 @@ from scipy import stats
 
 from . import analysis
 from .config import ProfileConfig, SparsingLawError, command_for, profile_flags
-from .runs import as_bool, provenance, results_dir, write_table
+from .runs import as_bool, provenance, results_dir, sidecar, write_table
 
 ALPHA = 0.05  # significance level of every test below
 P_MIN = 1e-15  # Stouffer: each run's |z| at most isf(P_MIN) = 7.9, the same bound either way
@@ -572,10 +571,7 @@ def write(profile: ProfileConfig | str, df: pd.DataFrame) -> str:
     folder = results_dir(profile.name)
     meta = provenance(profile, tables=tuple(folder / f"{t}.csv" for t in SOURCES))  # the measurements' corpus
     write_table(df, folder / "claims.csv", meta)  # its sidecar names the code that first wrote these verdicts
-    try:  # the commit that measured (read and checked with sparsity.csv before any claim was computed)
-        sha = json.loads((folder / "sparsity.meta.json").read_text()).get("git_sha")
-    except (OSError, ValueError, AttributeError):
-        sha = None
+    sha = sidecar(folder / "sparsity.csv").get("git_sha")  # the commit that measured (checked before any claim)
     md = markdown(df, profile.name, str(sha or meta["git_sha"]))
     tmp = folder / ".claims.md.tmp"
     tmp.write_text(md)

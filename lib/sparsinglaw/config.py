@@ -167,14 +167,13 @@ class ProfileConfig:
         """sha256 of the named parts of the profile ("data", "runs", "sparsity", "inference", "fit"): what a
         table made from those parts alone records (STAGE_PARTS), so a change elsewhere (a fit setting,
         say) leaves it current."""
-        whole = {"data": lambda: dataclasses.asdict(self.data),
-                 "runs": lambda: [r.identity(self.data) for r in self.runs],
-                 "sparsity": lambda: dataclasses.asdict(self.sparsity),
-                 "inference": lambda: dataclasses.asdict(self.inference), "fit": lambda: self.fit}
+        whole = {"data": dataclasses.asdict(self.data), "runs": [r.identity(self.data) for r in self.runs],
+                 "sparsity": dataclasses.asdict(self.sparsity), "inference": dataclasses.asdict(self.inference),
+                 "fit": self.fit}
         unknown = [p for p in parts if p not in whole]
         if unknown:
             raise ValueError(f"unknown profile part(s) {unknown}; known: {list(whole)}")
-        return stable_hash({p: whole[p]() for p in parts})
+        return stable_hash({p: whole[p] for p in parts})
 
     def config_hash(self) -> str:
         """The profile's hash recorded in every sidecar: data, runs, sparsity and fit settings (the

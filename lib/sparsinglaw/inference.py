@@ -342,8 +342,7 @@ def read_inference(profile: ProfileConfig, strict: bool = False, columns: list[s
     `columns` present, numbers; the recorded hash of the profile parts it is made from (runs.current),
     inference settings included, against the current profile's: a warning, or an error when `strict`)."""
     return read_table(results_dir(profile.name) / f"{TABLE}.csv", columns, [c for c in NUMERIC if c in columns],
-                      expect=lambda meta: current(profile, "inference")(meta)
-                      | ({} if "stage_hash" in meta else {"inference": dataclasses.asdict(profile.inference)}),
+                      expect=current(profile, "inference", {"inference": dataclasses.asdict(profile.inference)}),
                       strict=strict,
                       fix=f"make it with {command_for(profile, 'compute', '06_sparse_inference')}")
 

@@ -129,25 +129,32 @@ def made_from(profile: ProfileConfig, stage: str) -> dict:
     return {"stage": stage, "stage_hash": profile.part_hash(*STAGE_PARTS[stage])}
 
 
-def current(profile: ProfileConfig, stage: str):
+def current(profile: ProfileConfig, stage: str, before: dict | None = None):
     """read_table's `expect` for a table of `stage`: its recorded stage and stage_hash against the
     profile's, so a change to parts it is not made from (a fit setting, say) does not mark it stale. A
-    sidecar written before stage hashes is checked by the whole profile's config_hash, as then."""
+    sidecar written before stage hashes is checked as then: by the whole profile's config_hash, and the
+    fields in `before`."""
     def expect(meta: dict) -> dict:
-        return made_from(profile, stage) if "stage_hash" in meta else {"config_hash": profile.config_hash()}
+        if "stage_hash" in meta:
+            return made_from(profile, stage)
+        return {"config_hash": profile.config_hash(), **(before or {})}
     return expect
+
+
+def sidecar(table: str | Path) -> dict:
+    """The provenance sidecar of results `table` (<name>.meta.json) as a dict, read leniently: {} when it
+    is missing or unreadable (read_table is the strict reader)."""
+    try:
+        meta = json.loads(Path(table).with_suffix(".meta.json").read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return {}
+    return meta if isinstance(meta, dict) else {}
 
 
 def recorded_corpus(*tables: Path) -> dict | None:
     """The corpus fingerprint the sidecars of results `tables` record, when every one records the same
     (None otherwise): what a table derived from them was made from, whichever machine derives it."""
-    found = []
-    for table in tables:
-        try:
-            meta = json.loads(Path(table).with_suffix(".meta.json").read_text())
-        except (OSError, ValueError, UnicodeDecodeError):
-            return None
-        found.append(meta.get("corpus") if isinstance(meta, dict) else None)
+    found = [sidecar(table).get("corpus") for table in tables]
     ok = found and isinstance(found[0], dict) and all(c == found[0] for c in found)
     return found[0] if ok else None
 
