@@ -162,6 +162,16 @@ def oracle_cett(h: np.ndarray, w: np.ndarray, tau: float) -> float:
     return float(np.mean(vals))
 
 
+def test_a_neuron_whose_norm_equals_tau_stays_active():
+    """D = {i : n_i < tau} is strict, as GatedFFN zeroes neurons: orthogonal outputs (1, 2, -2) have norms
+    (1, 2, 2) and ||FFN(x)|| = 3, so at tau = 1 D is empty and at tau = 2 it holds neuron 0 alone."""
+    h, w = torch.tensor([[1.0, 2.0, -2.0]]), torch.eye(3)
+    taus = (1.0, 1.5, 2.0, 2.5)
+    got = [S.cett_per_token(h, w, tau).item() for tau in taus]
+    assert got == pytest.approx([0.0, 1 / 3, 1 / 3, 1.0])
+    assert got == pytest.approx([oracle_cett(h.double().numpy(), w.double().numpy(), tau) for tau in taus])
+
+
 def oracle_tau_index(h: np.ndarray, w: np.ndarray, grid: np.ndarray, c: float) -> int:
     left, right = 0, len(grid)
     while left < right:
@@ -171,6 +181,19 @@ def oracle_tau_index(h: np.ndarray, w: np.ndarray, grid: np.ndarray, c: float) -
         else:
             left = mid + 1
     return max(left - 1, 0)
+
+
+def test_inversion_is_the_largest_candidate_at_or_below_c():
+    """On a monotone curve with flat stretches (ties) tau_l(c) is the largest candidate with CETT <= c
+    (brute force), also when c equals a curve value exactly (c = 0 included) or lies above the whole curve."""
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        G = int(rng.integers(1, 40))
+        curve = np.cumsum(rng.integers(0, 3, G) * 0.125)  # steps of 0, 1/8 or 1/4: exact in float64
+        curve[0] = 0.0
+        for c in [0.0, 0.0625, *curve.tolist(), float(curve[-1]) + 1.0]:
+            want = max(g for g in range(G) if curve[g] <= c)
+            assert S.invert_cett(lambda i, curve=curve: float(curve[i]), G, c) == want, (curve, c)
 
 
 def test_thresholds_match_a_per_token_numpy_oracle(trained):
@@ -197,8 +220,9 @@ def coprime_stride(n_tokens: int, d_ff: int, n_grid: int) -> int:
     return next(s for s in range(max(n_tokens * d_ff // n_grid, 1), 10 * d_ff * n_tokens) if math.gcd(s, d_ff) == 1)
 
 
-@pytest.mark.parametrize("n_tokens,d_ff", [(160, 80), (3072, 80), (16384, 120), (16384, 80), (65536, 480)],
-                         ids=["stride-1", "stride-d_ff", "cpu", "cpu-d_ff-80", "gpu"])
+@pytest.mark.parametrize("n_tokens,d_ff", [(160, 80), (3072, 80), (16384, 120), (16384, 80), (65536, 480),
+                                            (1248, 210)],
+                         ids=["stride-1", "stride-d_ff", "cpu", "cpu-d_ff-80", "gpu", "several-steps"])
 def test_grid_sample_walks_over_every_column(n_tokens, d_ff):
     grid = 3072 if n_tokens == 3072 else S.N_GRID  # 3072 x 80 / 3072: the authors' stride is d_ff itself
     old, s = max(n_tokens * d_ff // grid, 1), S._grid_stride(n_tokens, d_ff, grid)
@@ -301,6 +325,27 @@ def test_all_zero_rows_and_a_dead_layer(trained, val):
     assert (inc == 0).all() and (vals == 0).all()
 
 
+def test_a_layer_of_equal_norms_has_cett_zero_at_its_single_candidate():
+    """Every n_i equal and positive (h constant, W_down columns of equal norm): the grid degenerates to
+    {n} like the dead layer's {0}, D = {i : n_i < n} is empty there, so the curve is 0 as the masked
+    matmul says (not 1, as if every neuron sat in D)."""
+    model, batches = random_model("silu")
+    ffn = model.ffns()[0]
+    with torch.no_grad():
+        signs = torch.randn(ffn.w_down.weight.shape, generator=torch.Generator().manual_seed(0)).sign()
+        ffn.w_down.weight.copy_(signs / 4)  # every column norm is sqrt(d_model / 16), bit for bit
+    hd = ffn.h.register_forward_hook(lambda m, i, h: torch.full_like(h, 0.5))
+    try:
+        curves = S.cett_curves(model, batches, SMALL_GRID)
+        rows, _ = S.dense_rows(model, batches)
+    finally:
+        hd.remove()
+    n = S.neuron_norms(rows[0], ffn.down_col_norms())
+    assert (n == n[0, 0]).all() and n[0, 0] > 0 and (curves.grid[0] == n[0, 0]).all()
+    assert S.cett_per_token(rows[0], ffn.w_down.weight, curves.grid[0, 0]).max().item() == 0.0
+    assert (curves.cett[0] == 0).all()
+
+
 def test_padding_is_excluded_everywhere(trained):
     model = trained["relu"]
     seqs = markov(40, 5)
@@ -380,6 +425,8 @@ def test_bad_inputs(trained, val):
         S.ppl_p_sparsity(model, val, p=0)
     with pytest.raises(ValueError, match="c must be"):
         S.invert_cett(lambda i: 0.0, 8, -0.1)
+    with pytest.raises(ValueError, match="not both"):
+        S.activation_stats(model, val, taus=[0.1, 0.1], rule=S.zeros_rule())
 
 
 # ----------------------------------------------------------------------------- the search on c
@@ -420,6 +467,36 @@ def test_nan_ratio_is_not_acceptable_in_either_search(nan_from, c_star):
     a, b = S._bisect(ratio, 10, 1.01)
     assert S._secant_search(ratio, 10, 1.01, 0.125) == (a, b)
     assert b - a == 1 and b <= nan_from and ratio(a) < 1.01
+
+
+def test_a_ratio_exactly_at_the_target_is_not_acceptable():
+    """Only a ratio strictly below 1 + p/100 moves lo up (Algorithm 1): with ratio 1 + j/1024 and target 1.5
+    the probe j = 512 hits the target exactly and must become hi, in the bisection and the secant search."""
+    def ratio(j):
+        return 1.0 + j / 1024  # exact in float64
+
+    assert ratio(512) == 1.5 and S._bisect(ratio, 10, 1.5) == (511, 512)
+    for c0 in (0.125, 0.5):
+        assert S._secant_search(ratio, 10, 1.5, c0) == (511, 512)
+
+
+def test_a_falling_secant_does_not_send_the_prediction_backwards():
+    """A noisy pair of probes whose ratio falls as c grows gives a negative secant slope; the prediction
+    then uses slope 2 (as for a single point) and moves from the latest probe towards the target."""
+    yT = math.log(math.log(1.01))
+    pts = [(math.log(0.1), math.log(math.log(1.006))), (math.log(0.2), math.log(math.log(1.004)))]
+    x0, y0 = pts[-1]
+    assert S._secant_estimate(pts, yT) == pytest.approx(math.exp(x0 + (yT - y0) / 2.0), rel=1e-12)
+    assert S._secant_estimate(pts, yT) > 0.2
+
+
+def test_skipped_sparse_passes_still_report_the_tested_c(trained, val):
+    """Above the top of every curve the thresholds no longer change and the fast search reuses the earlier
+    sparse pass; the checkpoint results it returns still carry the reported c (as apply_cett would)."""
+    with reached(False):
+        res = S.ppl_p_sparsity(trained["relu"], val, p=1e6, n_grid=SMALL_GRID)
+    assert res.n_sparse_passes < len(res.trace)  # passes were reused
+    assert [r.cett for r in res.checkpoints] == [res.cett] and res.cett == res.trace[-1][0]
 
 
 def test_unreachable_target_is_flagged(trained, val):
@@ -491,6 +568,31 @@ def test_list_of_checkpoints_and_the_run_protocol(val):
     assert again.taus == run.checkpoints[0].taus and again.sparse_loss == run.checkpoints[0].sparse_loss
 
 
+def hand_ratio(model: Transformer, batches, taus: list[float]) -> float:
+    """PPL ratio of one checkpoint under thresholds taus, from the model's own sparse forward."""
+    n = S.count_tokens(batches)
+    with torch.no_grad():
+        dense = sum(model(x, y, reduction="sum")[1].item() for x, y in batches) / n
+        with sparse(model, taus=taus):
+            thin = sum(model(x, y, reduction="sum")[1].item() for x, y in batches) / n
+    return math.exp(thin - dense)
+
+
+def test_the_search_averages_the_ratio_over_checkpoints(trained, val):
+    """Algorithm 1 on two checkpoints compares the *mean* of their PPL ratios with the target: at both ends
+    of the final bracket the traced ratio is the mean of the ratios under each checkpoint's own reference
+    thresholds, evaluated by the model's sparse forward."""
+    models = [trained["relu"], trained["silu"]]
+    res = S.ppl_p_sparsity(models, val, p=1.0, n_grid=SMALL_GRID)
+    traced = dict(res.trace)
+    for c in res.bracket:
+        ratios = [hand_ratio(m, val, S.reference_thresholds(m, S.dense_rows(m, val)[0], c, SMALL_GRID))
+                  for m in models]
+        assert abs(ratios[0] - ratios[1]) > 1e-3  # the checkpoints differ: a max or a single one would not do
+        assert traced[c] == pytest.approx(sum(ratios) / 2, rel=1e-6)
+    assert traced[res.bracket[0]] < 1.01 <= traced[res.bracket[1]]
+
+
 # ----------------------------------------------------------------------------- baselines and statistics
 
 
@@ -552,6 +654,73 @@ def hand_kept_loss(model: Transformer, batches, keep) -> float:
         for hd in handles:
             hd.remove()
     return total / n
+
+
+def test_baselines_rank_the_magnitude_of_signed_activations(trained, val):
+    """SiLU gives negative s (down to -0.28): Top-k and FAT rank |s|, the exact-zero rule keeps every s != 0
+    (by hand from the gate projection; a rule on signed s would drop the negative ones). With k = 64 of 80
+    the kept set reaches below |s| = 0.28, where the sign matters."""
+    model, d_ff = trained["silu"], CFG["d_ff"]
+    top, fat, zeros = S.topk_point(model, val, 64), S.fat_point(model, val, 0.05), S.zeros_point(model, val)
+    assert top.activation_ratio == pytest.approx(64 / d_ff, abs=1e-12)
+    for pt, keep in [(top, lambda a: a >= a.sort(-1, descending=True).values[..., 63:64]),
+                     (fat, lambda a: a >= 0.05), (zeros, lambda a: a != 0)]:
+        assert pt.sparse_loss == pytest.approx(hand_kept_loss(model, val, keep), rel=1e-6), pt.method
+
+
+def hand_batch_topk_loss(model: Transformer, batches, k: int) -> float:
+    """Mean loss over valid targets with, per batch and layer, the k * n_valid largest |s_i| of the valid
+    positions kept (ties aside: every |s| at or above the (k n_valid)-th largest) and padding left dense."""
+    gates, valid, total = {}, {}, 0.0
+
+    def keep(l, ffn, h):
+        a, v = ffn.act(gates[l]).abs(), valid["v"]
+        kth = a[v].flatten().sort(descending=True).values[k * int(v.sum()) - 1]
+        return h * torch.where(v.unsqueeze(-1), a >= kth, True)
+
+    handles = [h for l, ffn in enumerate(model.ffns()) for h in (
+        ffn.w_gate.register_forward_hook(lambda m, i, o, l=l: gates.__setitem__(l, o)),
+        ffn.h.register_forward_hook(lambda m, i, h, l=l, ffn=ffn: keep(l, ffn, h)))]
+    try:
+        with torch.no_grad():
+            for x, y in batches:
+                valid["v"] = y != -1
+                total += model(x, y, reduction="sum")[1].item()
+    finally:
+        for hd in handles:
+            hd.remove()
+    return total / S.count_tokens(batches)
+
+
+def test_batch_topk_keeps_k_per_valid_token_and_leaves_padding_dense(trained):
+    """The authors' batch Top-k with the first targets of every sequence padded: k * n_valid pairs are kept
+    per layer (ratio k / d_ff over valid tokens) and the padded positions stay dense (later tokens attend
+    to them, so the loss tells)."""
+    model, d_ff, k = trained["silu"], CFG["d_ff"], 8
+    padded = [(x, y.masked_fill(torch.arange(T) < 6, -1)) for x, y in batches_of(markov(64, 13))]
+    pt = S.topk_point(model, padded, k, per_batch=True)
+    assert pt.activation_ratio == pytest.approx(k / d_ff, abs=1e-12)
+    assert pt.sparse_loss == pytest.approx(hand_batch_topk_loss(model, padded, k), rel=1e-6)
+
+
+def test_points_without_a_dense_loss_run_the_dense_pass(trained, val):
+    """Top-k and FAT points given no dense_loss compute it with a pass without any rule (by hand here)."""
+    model = trained["silu"]
+    with torch.no_grad():
+        dense = sum(model(x, y, reduction="sum")[1].item() for x, y in val) / S.count_tokens(val)
+    for pt in (S.topk_point(model, val, 8), S.topk_point(model, val, 8, per_batch=True), S.fat_point(model, val, 0.5)):
+        assert pt.sparse_loss > dense + 1e-3 and pt.dense_loss == pytest.approx(dense, rel=1e-6), pt.method
+
+
+def test_domain_frequency_divides_by_each_domains_tokens():
+    """Per domain, kept counts over that domain's own valid tokens (not all tokens); nan for an empty one."""
+    active = torch.tensor([[[4, 0, 1]], [[3, 6, 0]]])  # (domains, layers, d_ff)
+    st = S.ActivationStats(10, 0.0, active.sum((0, 2)).double(), 3, neuron_active=active.sum(0),
+                           domain_neuron_active=active, domain_tokens=torch.tensor([4, 6]))
+    assert st.domain_frequency().tolist() == [[[1.0, 0.0, 0.25]], [[0.5, 1.0, 0.0]]]
+    st.domain_neuron_active, st.domain_tokens = torch.tensor([[[4, 6, 1]], [[0, 0, 0]]]), torch.tensor([10, 0])
+    freq = st.domain_frequency()
+    assert freq[0].tolist() == [[0.4, 0.6, 0.1]] and torch.isnan(freq[1]).all()
 
 
 def test_activation_stats_per_token_neuron_and_domain(trained):
