@@ -421,6 +421,8 @@ def test_bad_inputs(trained, val):
         S.cett_curves(model, [(val[0][0], torch.full_like(val[0][1], -1))])
     with pytest.raises(ValueError, match="impl"):
         S.ppl_p_sparsity(model, val, impl="slow")
+    with pytest.raises(ValueError, match="impl must be"):  # not the reference run instead
+        S.apply_cett([model], val, 0.1, impl="typo")
     with pytest.raises(ValueError, match="p must be"):
         S.ppl_p_sparsity(model, val, p=0)
     with pytest.raises(ValueError, match="c must be"):

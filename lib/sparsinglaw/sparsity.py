@@ -822,6 +822,11 @@ def _fast_at(c: float, ckpts: Sequence[Checkpoint], batches: Batches, curves: li
     return [replace(r, cett=c) for r in memo[key]]
 
 
+def _check_impl(impl: str) -> None:
+    if impl not in ("fast", "reference"):
+        raise ValueError(f"impl must be 'fast' or 'reference', got {impl!r}")
+
+
 def ppl_p_sparsity(models: Checkpoint | Sequence[Checkpoint], batches: Batches, p: float = 1.0, *,
                    impl: str = "fast", tol: float = TOL, n_grid: int = N_GRID, search: str = "bisect",
                    c0: float = 0.125, progress: Progress = None, curves: Sequence[CettCurves] | None = None,
@@ -847,8 +852,7 @@ def ppl_p_sparsity(models: Checkpoint | Sequence[Checkpoint], batches: Batches, 
     name: what the checkpoints are (e.g. the run), named by the ``TargetNotReachedWarning`` given when no
       tested c reaches the target (``PPLpResult.reached`` False).
     """
-    if impl not in ("fast", "reference"):
-        raise ValueError(f"impl must be 'fast' or 'reference', got {impl!r}")
+    _check_impl(impl)
     if search not in ("secant", "bisect"):
         raise ValueError(f"search must be 'secant' or 'bisect', got {search!r}")
     if not p > 0:
@@ -904,6 +908,7 @@ def ppl_p_sparsity(models: Checkpoint | Sequence[Checkpoint], batches: Batches, 
 def apply_cett(models: Sequence[Checkpoint], batches: Batches, c: float, *, impl: str = "fast",
                n_grid: int = N_GRID, progress: Progress = None) -> list[CheckpointResult]:
     """Sparsify each checkpoint with its own thresholds tau_l(c) for one shared c; one result each."""
+    _check_impl(impl)
     out = []
     for i, ck in enumerate(models):
         counts = {"dense": 0, "sparse": 0}
