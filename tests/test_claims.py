@@ -120,6 +120,30 @@ def test_permutation_p_matches_scipy(y, alternative):
     assert claims.permutation_p(x, y, alternative) == pytest.approx(ref)
 
 
+def test_permutation_p_is_exact_up_to_eight_points():
+    """8 runs (EXACT_MAX), speeds with ties: every one of the 8! orderings of the tied ranks, scipy's exact
+    permutation test as the oracle (spearman_p's null of untied ranks gives another p here)."""
+    x = np.array([1e4, 2e4, 5e4, 1e5, 2e5, 5e5, 1e6, 2e6])
+    y = np.array([2.0, 2.0, 2.0, 1.0, 1.0, 1.0, 0.0, 0.0])
+
+    def rho(yy, axis):  # Spearman's rho against x: Pearson of the (average) ranks
+        r = stats.rankdata(yy, axis=axis) - 4.5
+        xr = np.arange(8) - 3.5
+        return (r @ xr) / (np.linalg.norm(r, axis=axis) * np.linalg.norm(xr))
+
+    for alt in ("less", "greater"):
+        ref = stats.permutation_test((y,), rho, permutation_type="pairings", alternative=alt, n_resamples=np.inf,
+                                     vectorized=True).pvalue
+        assert claims.permutation_p(x, y, alt) == pytest.approx(ref)
+    untied = claims.spearman_p(stats.spearmanr(x, y).statistic, 8, "less")
+    assert claims.permutation_p(x, y, "less") > 2 * untied  # the case under test: ties change the null
+
+
+def test_spearman_p_of_fewer_than_three_points_is_no_evidence():
+    for rho, alt in itertools.product((-1.0, 1.0), ("less", "greater")):
+        assert claims.spearman_p(rho, 2, alt) == 0.5
+
+
 # -----------------------------------------------------------------------------------------------
 # one clear PASS, FAIL and INCONCLUSIVE per claim
 
@@ -277,6 +301,16 @@ def test_width_depth_falls_back_to_last_ratio():
     assert claims.width_depth_linear(nothing)["verdict"] == "INCONCLUSIVE"
 
 
+def test_width_depth_uses_A0_when_both_quantities_are_fitted():
+    t = wd_fit(0.001, 0.004)  # A0 rising
+    falling = {"n": 6, "breakpoint": 20.0, "breakpoint_lo": 12.0, "breakpoint_hi": 30.0, "slope_below": -0.0025,
+               "slope_below_lo": -0.004, "slope_below_hi": -0.001, "inside": True, "message": ""}
+    for k, v in falling.items():
+        t.loc[t["quantity"] == "A_last", k] = v
+    row = claims.width_depth_linear(t)
+    assert row["verdict"] == "PASS" and row["value"].startswith("A0: slope below 0.0025 [0.001, 0.004]")
+
+
 def scale_fit(relu, silu) -> pd.DataFrame:
     rows = []
     for act, iv in (("relu", relu), ("silu", silu)):
@@ -291,6 +325,7 @@ def scale_fit(relu, silu) -> pd.DataFrame:
     ((-0.02, 0.03), (-0.049, 0.0), ("PASS", "PASS")),
     ((0.06, 0.1), (-0.3, -0.06), ("FAIL", "FAIL")),
     ((-0.1, -0.001), None, ("INCONCLUSIVE", "INCONCLUSIVE")),  # straddles the band; no fit
+    ((-0.05, 0.05), (-0.05, 0.0), ("PASS", "PASS")),  # the band's edges are within it
 ])
 def test_a0_scale_weak(relu, silu, expect):
     rows = claims.a0_scale_weak(scale_fit(relu, silu))
@@ -332,6 +367,9 @@ def patterns(r_intervals, ks) -> tuple[pd.DataFrame, pd.DataFrame]:
     ([(0.7, 0.8), (0.55, 0.65)], (0.1, 0.6), "FAIL"),  # one domain's distributions clearly differ
     ([(0.7, 0.8), (0.4, 0.5)], (0.1, 0.3), "INCONCLUSIVE"),
     ([(0.7, 0.8), (0.2, 0.45)], (0.1, 0.15), "INCONCLUSIVE"),  # r 0.325: below 0.3 only at its lower bound
+    ([(0.7, 0.8), (0.5, 0.65)], (0.1, 0.2), "PASS"),  # exactly at the PASS bounds (r lower bound 0.5, KS 0.2)
+    ([(0.7, 0.8), (0.45, 0.65)], (0.1, 0.15), "INCONCLUSIVE"),  # r 0.55, but its lower bound is below 0.5
+    ([(0.7, 0.8), (0.1, 0.4)], (0.1, 0.15), "INCONCLUSIVE"),  # r 0.25, but its upper bound is not below 0.3
 ])
 def test_patterns_agree(r_intervals, ks, expect):
     assert verdict(claims.patterns_agree(*patterns(r_intervals, ks))) == expect
@@ -368,6 +406,7 @@ def inference_table(ppl_ratios, acc_drops) -> pd.DataFrame:
     ([1.01, 1.08], [0.2, 0.5], "FAIL"),
     ([1.01, 1.01], [0.2, 4.0], "FAIL"),
     ([1.01, 1.03], [0.2, 0.5], "INCONCLUSIVE"),
+    ([1.0, 1.03], [0.2, 0.5], "INCONCLUSIVE"),  # the mean increase is 1.5%, the max 3%: the max counts
 ])
 def test_ppl1_lossless(ppl, acc, expect):
     row = claims.ppl1_lossless(inference_table(ppl, acc))
@@ -411,6 +450,7 @@ def moe_table(gaps: list[float | None], other: float = -50.0) -> pd.DataFrame:
     ([5.0, 8.0, 3.5], "PASS", 3),
     ([5.0, 2.0], "INCONCLUSIVE", 2),  # one within the 3% margin
     ([5.0, -4.0], "FAIL", 2),
+    ([5.0, -2.0], "INCONCLUSIVE", 2),  # below the dense curve, but within the 3% margin
     ([5.0, None], "INCONCLUSIVE", 1),  # the MoE is sparser than the dense curve reaches
     ([], "INCONCLUSIVE", 0),
 ])
@@ -442,6 +482,20 @@ def test_check_gives_every_claim_once():
     assert df["n"].dtype.kind == "i"
 
 
+def test_markdown_lists_each_claim_with_its_value_threshold_and_verdict():
+    df = pd.DataFrame([claims._row("relu_falls", "p = 0.01 | rho < 0", "PASS", 3),
+                       claims._row("ppl1_lossless", "max +3%\nmean +1%", "FAIL", 2)], columns=claims.COLUMNS)
+    md = claims.markdown(df, "cpu", "0123456789abcdef")
+    t1, t2 = claims.CLAIMS["relu_falls"][3], claims.CLAIMS["ppl1_lossless"][3]
+    assert "|" not in t1 + t2
+    c1, c2 = claims.CLAIMS["relu_falls"][0], claims.CLAIMS["ppl1_lossless"][0]
+    assert md == ("Claims checked on profile `cpu` (measurements of git 0123456789ab): "
+                  "1 PASS, 1 FAIL, 0 INCONCLUSIVE.\n\n"
+                  "| claim | statistic value | threshold | verdict |\n|---|---|---|---|\n"
+                  f"| {c1} (`relu_falls`) | p = 0.01 \\| rho < 0 | {t1} | **PASS** |\n"
+                  f"| {c2} (`ppl1_lossless`) | max +3% mean +1% | {t2} | **FAIL** |\n")
+
+
 # -----------------------------------------------------------------------------------------------
 # README block
 
@@ -462,6 +516,7 @@ def test_update_readme_replaces_only_the_block(tmp_path):
 
 
 @pytest.mark.parametrize("text", ["no markers\n", "<!-- claims:cpu:end -->\n<!-- claims:cpu:start -->\n",
+                                  "<!-- claims:cpu:start -->\n<!-- claims:cpu:end -->\n" * 2,  # two blocks
                                   "<!-- claims:smoke:start -->\n<!-- claims:smoke:end -->\n"])
 def test_update_readme_needs_the_markers(tmp_path, text):
     readme = tmp_path / "README.md"

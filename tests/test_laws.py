@@ -13,7 +13,7 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
-from scipy import stats
+from scipy import optimize, stats
 from scipy.optimize import OptimizeResult
 
 from sparsinglaw import laws
@@ -551,3 +551,169 @@ def test_residual_bootstrap_rescales_by_the_identified_parameters(monkeypatch):
     monkeypatch.setattr(laws, "_lsq", lsq)
     laws._bootstrap(form, D, A, x, spec)
     assert len(drawn) == 5 and np.isin(np.concatenate(drawn), want).all()
+
+
+# ----------------------------------------------------------------------------- rules checked by hand
+
+
+def test_power_starts_lie_above_the_data_and_pass_through_its_first_point():
+    # Eq. 5 rises towards A0: every start has A0 above max(A), by 1%, 10% and 100% of the spread of A, and
+    # c puts the starting curve through min(A) at the smallest D
+    A = synthetic("power")
+    starts = list(laws.FORMS["power"].starts(D, A, 3))
+    assert len(starts) == 9
+    assert sorted({round((s[2] - A.max()) / np.ptp(A), 9) for s in starts}) == [0.01, 0.1, 1.0]
+    for s in starts:
+        assert laws.power(D.min(), *s) == pytest.approx(A.min())
+
+
+def test_one_start_per_axis_is_the_middle_of_each_range():
+    # n_grid=1: the geometric middle of a log axis, the arithmetic middle of a linear one
+    A = synthetic("logspace_power")
+    ((alpha, b, c, A0),) = laws.FORMS["logspace_power"].starts(D, A, 1)
+    Dm = math.exp(np.mean(np.log(D)))
+    assert alpha == pytest.approx(math.sqrt(0.1 * 2))
+    assert c * Dm**alpha == pytest.approx(math.sqrt(0.3 * 3))
+    assert A0 == pytest.approx((0.5 + 0.95) / 2 * A.min())
+    assert laws.logspace_power(D.min(), alpha, b, c, A0) == pytest.approx(A.max())  # through max(A) at min(D)
+
+
+def test_drop_first_frac_rounds_down():
+    A = synthetic("power")
+    r = laws.fit("power", D, A, n_boot=0, holdout_frac=0.0, drop_first_frac=0.1)  # 0.1 * 32 = 3.2: 3 points
+    assert [d["index"] for d in r.dropped] == [0, 1, 2] and r.n_used == D.size - 3
+    assert {d["reason"] for d in r.dropped} == {"drop_first_frac=0.1"}
+
+
+def test_robust_loss_uses_its_f_scale():
+    # oracle: scipy's least_squares on the same residuals, loss and f_scale, started at the truth
+    A = synthetic("power")
+    A[20] += 0.05
+    r = laws.fit("power", D, A, n_boot=0, holdout_frac=0.0, loss="soft_l1", f_scale=2 * SD)
+    ref = optimize.least_squares(lambda p: laws.power(D, *p) - A, list(TRUTH["power"].values()), loss="soft_l1",
+                                 f_scale=2 * SD, ftol=1e-12, xtol=1e-12, gtol=1e-12)
+    assert ref.success and list(r.params.values()) == pytest.approx(ref.x, rel=1e-6)
+
+
+@pytest.mark.parametrize("options", [{"log_residuals": True}, {"loss": "soft_l1", "f_scale": 2 * SD}])
+def test_residual_bootstrap_resamples_centered_residuals_with_replacement(monkeypatch, options):
+    """Resample i is pred + e (log_residuals: pred * exp(e)), e drawn with replacement from the centered
+    residuals A - pred (log(A) - log(pred)) times sqrt(n / (n - k)). Least-squares residuals of these forms
+    average 0 at an interior fit (A0, or exp(b) and A0 together, absorb any shift); those of a robust loss
+    with an outlier do not, so there centering changes the values."""
+    form, n = laws.FORMS["power"], D.size
+    A = synthetic("power")
+    A[20] += 0.05
+    fitted = laws.fit("power", D, A, n_boot=0, holdout_frac=0.0, **options)
+    x = np.array([fitted.params[s] for s in form.symbols])
+    pred = form.f(D, *x)
+    log_residuals = options.get("log_residuals", False)
+    e = np.log(A) - np.log(pred) if log_residuals else A - pred
+    if not log_residuals:
+        assert abs(e.mean()) > 1e-4  # the case under test: centering moves every value
+    want = (e - e.mean()) * math.sqrt(n / (n - 3))
+    drawn = []
+
+    def lsq(_form, _D, Ab, x0, _spec):
+        drawn.append(np.log(Ab / pred) if log_residuals else Ab - pred)
+        return OptimizeResult(x=x0, status=1, cost=0.0)
+
+    monkeypatch.setattr(laws, "_lsq", lsq)
+    laws._bootstrap(form, D, A, x, dataclasses.replace(fitted.spec, n_boot=5))
+    assert len(drawn) == 5
+    for d in drawn:
+        assert np.abs(d[:, None] - want[None, :]).min(axis=1).max() < 1e-12
+        assert np.unique(np.round(d, 12)).size < n  # drawn with replacement: some residual repeats
+
+
+def test_pairs_bootstrap_draws_every_point_and_skips_degenerate_resamples(monkeypatch):
+    # 6 points, Eq. 5 (3 parameters): a resample with fewer than 4 distinct D is not fitted (its row is NaN)
+    form = laws.FORMS["power"]
+    Dn = np.geomspace(0.01, 100, 6)
+    A = laws.power(Dn, **TRUTH["power"]) + np.random.default_rng(7).normal(0, SD, Dn.size)
+    x = np.array(list(TRUTH["power"].values()))
+    calls, real = [], laws._lsq
+
+    def spy(f, Db, Ab, x0, spec):
+        res = real(f, Db, Ab, x0, spec)
+        calls.append((np.array(Db), laws._ok(res)))
+        return res
+
+    monkeypatch.setattr(laws, "_lsq", spy)
+    boot = laws._bootstrap(form, Dn, A, x, laws.FitSpec(n_boot=200, bootstrap="pairs", seed=0))
+    assert 0 < len(calls) < 200  # both kinds of resample happen
+    assert all(np.unique(Db).size >= 4 for Db, _ in calls)
+    assert np.isnan(boot).all(axis=1).sum() == 200 - sum(ok for _, ok in calls)
+    assert set(np.concatenate([Db for Db, _ in calls])) == set(Dn)  # every point can be drawn
+
+
+def test_holdout_needs_as_many_points_before_the_split_as_a_fit():
+    # Eq. 4 has 4 parameters and needs 5 points; 6 points with holdout_frac 0.2 leave 4 before the split
+    Dn = np.geomspace(0.01, 100, 6)
+    r = laws.fit("logspace_power", Dn, laws.logspace_power(Dn, **TRUTH["logspace_power"]), n_boot=0)
+    h = r.holdout
+    assert (h["n_fit"], h["n_test"]) == (4, 2)
+    assert h["message"] == "too few points to fit before the split (4)"
+    assert not h["converged"] and np.isnan(h["mse"]) and np.isnan(h["mae"])
+
+
+def test_holdout_error_is_that_of_a_fit_on_the_earlier_points():
+    A = synthetic("power")
+    r = laws.fit("power", D, A, n_boot=0, holdout_frac=0.25)  # 8 largest-D points held out
+    early = laws.fit("power", D[:24], A[:24], n_boot=0, holdout_frac=0.0)
+    err = A[24:] - laws.power(D[24:], **early.params)
+    assert r.holdout["mse"] == pytest.approx(np.mean(err**2), rel=1e-9)
+    assert r.holdout["mae"] == pytest.approx(np.mean(np.abs(err)), rel=1e-9)
+    assert r.holdout["converged"] == early.converged
+
+
+def test_aicc_is_infinite_only_up_to_k_plus_two_points():
+    # K = k + 1 = 5: AICc needs n > K + 1 = 6
+    assert laws.information_criteria(0.0, 6, 4)[2] == math.inf
+    assert laws.information_criteria(0.0, 7, 4) == pytest.approx((10.0, 5 * math.log(7), 10.0 + 2 * 5 * 6 / 1))
+
+
+def test_intervals_need_enough_converged_resamples(monkeypatch):
+    # 10 of 50 resamples failed: 40 < min_boot_ok 0.9 * 50, no intervals (failed rows do not count)
+    A = synthetic("power")
+    real = laws._bootstrap
+
+    def fewer(form, Du, Au, x, spec):
+        out = real(form, Du, Au, x, spec)
+        out[:10] = np.nan
+        return out
+
+    monkeypatch.setattr(laws, "_bootstrap", fewer)
+    r = laws.fit("power", D, A, n_boot=50, holdout_frac=0.0)
+    assert r.converged and all(np.isnan(v).all() for v in r.intervals.values())
+    assert "only 40/50 bootstrap resamples converged: no intervals" in r.message
+
+
+def test_intervals_and_band_are_bootstrap_percentiles():
+    A = synthetic("logspace_power")
+    r = laws.fit("logspace_power", D, A, n_boot=40, holdout_frac=0.0)
+    assert r.converged and np.isfinite(r.boot).all()
+    row = r.to_row()
+    for j, s in enumerate(laws.FORMS["logspace_power"].symbols):
+        lo, hi = np.percentile(r.boot[:, j], [2.5, 97.5])
+        assert r.intervals[s] == pytest.approx((lo, hi), rel=1e-12)
+        assert (row[f"{s}_lo"], row[f"{s}_hi"]) == r.intervals[s] and row[s] == r.params[s]
+    grid = np.geomspace(0.01, 100, 7)
+    curves = np.array([np.exp(-c * grid**alpha + b) + A0 for alpha, b, c, A0 in r.boot])
+    lo, hi = r.band(grid)
+    assert lo == pytest.approx(np.percentile(curves, 2.5, axis=0), rel=1e-12)
+    assert hi == pytest.approx(np.percentile(curves, 97.5, axis=0), rel=1e-12)
+
+
+def test_compare_forms_ranks_by_aicc_not_aic():
+    # 10 points of the sigmoid form: Eq. 4 (4 identified parameters) fits them better and wins on AIC by 4.7,
+    # but its small-sample penalty is 7 larger, so the sigmoid (3) comes first by AICc
+    Dn = np.geomspace(0.01, 100, 10)
+    A = laws.sigmoid(Dn, **TRUTH["sigmoid"]) + np.random.default_rng(5).normal(0, SD, Dn.size)
+    t = laws.compare_forms(Dn, A, forms=("logspace_power", "sigmoid"))
+    n = Dn.size
+    K = t["k"] + 1
+    by_hand = n * np.log(t["mse"]) + 2 * K + 2 * K * (K + 1) / (n - K - 1)
+    assert t["aicc"].to_numpy() == pytest.approx(by_hand.to_numpy())
+    assert list(t["form"]) == ["sigmoid", "logspace_power"] and t["aicc"].is_monotonic_increasing
+    assert t["aic"].iloc[1] < t["aic"].iloc[0]  # the case under test: AIC would order them the other way
