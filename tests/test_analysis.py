@@ -169,6 +169,57 @@ def test_form_comparison_prefers_the_true_form(table):
     assert not short["converged"].any() and short["message"].str.startswith("not fitted").all()
 
 
+def test_activation_points_sort_each_run_by_tokens(table):
+    """Rows in any order (a remeasured run appended, a hand-merged table): each run's points come back
+    sorted by tokens, runs in the order they first appear, with D in 1e9 tokens and D/N in tokens per
+    parameter; the first and last measured ratios, and the trend of a run too short to fit, follow."""
+    shuffled = table.sample(frac=1, random_state=0)
+    pts = analysis.activation_points(shuffled)
+    assert list(dict.fromkeys(pts["run"])) == list(dict.fromkeys(shuffled.loc[shuffled["p"] == 1.0, "run"]))
+    for run, g in pts.groupby("run", sort=False):
+        assert g["tokens"].is_monotonic_increasing and len(g) == ((table["run"] == run) & (table["p"] == 1.0)).sum()
+    assert np.array_equal(pts["D"], pts["tokens"] / 1e9)
+    assert np.array_equal(pts["data_scale_ratio"], pts["tokens"] / pts["non_embedding_params"])
+    fits, _ = analysis.fit_activation_laws(shuffled[shuffled["run"] == "relu-short"], SPEC)
+    short = table[(table["run"] == "relu-short")]
+    assert (fits["A_first"].iloc[0], fits["A_last"].iloc[0]) == tuple(short["activation_ratio"].iloc[[0, -1]])
+    # not fitted (3 points): rho over all its points
+    assert fits["rho_tokens"].iloc[0] == stats.spearmanr(short["tokens"], short["activation_ratio"]).statistic
+
+
+def test_a_rising_law_keeps_its_last_measured_ratio(fitted, table):
+    """A_first and A_last are the first and last checkpoints' ratios, not the extremes (a SiLU ratio rises:
+    its last is no minimum)."""
+    r = fitted[0].set_index("run").loc["silu-s1"]
+    silu = table[table["run"] == "silu-s1"]["activation_ratio"]
+    assert (r["A_first"], r["A_last"]) == (silu.iloc[0], silu.iloc[-1]) and silu.iloc[-1] > silu.min()
+
+
+def test_curves_span_the_measured_range_on_a_log_grid_and_only_for_converged_fits(table):
+    """With a warmup dropped, the curve still covers every measured D (log-spaced, the fitted law at
+    each D); a ReLU run whose ratio rises gets a non-converged Eq. 4 fit: a row, never a curve."""
+    spec = dataclasses.replace(SPEC, n_boot=0, drop_first_n=2)
+    silu = table[table["run"] == "silu-s1"].copy()
+    silu.iloc[:2, silu.columns.get_loc("activation_ratio")] = [0.60, 0.55]
+    rising = run_rows("relu-up", "relu", RELU, seed=5).assign(
+        activation_ratio=lambda d: 0.3 + 0.05 * np.log(d["tokens"] / 1e9))
+    fits, curves = analysis.fit_activation_laws(pd.concat([silu, rising]), spec, n_curve=32)
+    row = fits.set_index("run").loc["silu-s1"]
+    assert row["converged"] and row["n_dropped"] == 2, row["message"]
+    c = curves[curves["run"] == "silu-s1"]
+    assert np.allclose(c["D"], np.geomspace(TOKENS[0] / 1e9, TOKENS[-1] / 1e9, 32), rtol=1e-12)
+    assert np.allclose(c["A_fit"], analysis.Law.from_row(row).predict(c["D"]), rtol=1e-12)
+    assert not fits.set_index("run").loc["relu-up", "converged"] and set(curves["run"]) == {"silu-s1"}
+
+
+def test_a_run_with_one_unreached_checkpoint_is_not_fitted(table):
+    """One checkpoint whose PPL-1% search reached no target is enough: those ratios are not PPL-1%."""
+    silu = table[table["run"] == "silu-s1"].assign(reached=True)
+    silu.iloc[5, silu.columns.get_loc("reached")] = False
+    fits, curves = analysis.fit_activation_laws(silu, dataclasses.replace(SPEC, n_boot=0))
+    assert not fits["converged"].iloc[0] and analysis.UNREACHED in fits["message"].iloc[0] and curves.empty
+
+
 # ----------------------------------------------------------------------------- width-depth, scale, losses
 
 
@@ -219,6 +270,24 @@ def test_width_depth_with_too_few_runs_says_so():
     assert pw["breakpoint"].isna().all() and pw["message"].str.contains("needs at least 4 points").all()
 
 
+def test_width_depth_uses_its_group_and_two_runs_give_a_best_range():
+    """Only runs of group "width_depth" count (a scale run with a lower loss is not the best ratio);
+    two runs are enough for a best range, one is not."""
+    fits = pd.concat([synthetic_fits(np.array([8.0, 32.0]), np.array([0.02, 0.03])),
+                      synthetic_fits(np.array([16.0]), np.array([0.5]), groups="scale").assign(run="s0")],
+                     ignore_index=True)
+    losses = synthetic_losses(fits, np.array([3.0, 3.1, 2.0]))
+    pts, summary = analysis.width_depth(fits, losses)
+    assert list(pts["run"]) == ["r0", "r1"]
+    br = summary[summary["kind"] == "best_range"].set_index("quantity")
+    assert br.loc["E", "n"] == 2 and (br.loc["E", "best_x"], br.loc["E", "best_loss"]) == (8.0, 3.0)
+    assert (br.loc["E", "best_lo"], br.loc["E", "best_hi"]) == (8.0, 8.0)  # 3.1 is more than 1% above 3.0
+    assert (br.loc["final_loss", "best_x"], br.loc["final_loss", "tol"]) == (8.0, pytest.approx(0.01 * 3.2))
+    _, one = analysis.width_depth(fits.iloc[[0]], losses.iloc[[0]])
+    one = one[one["kind"] == "best_range"]
+    assert one["best_x"].isna().all() and one["message"].str.startswith("not computed: 1 run(s)").all()
+
+
 def test_scale_recovers_the_slope_per_decade():
     N = np.array([2e4, 5e4, 1e5, 2e5, 5e5])
     A0 = 0.05 + 0.01 * np.log10(N) + np.random.default_rng(1).normal(0, 5e-4, N.size)
@@ -240,12 +309,45 @@ def test_scale_recovers_the_slope_per_decade():
     assert relu["verdict"] == "PASS" and relu["value"].startswith(f"slope {r['slope']:.3g} [")
 
 
+def test_scale_summary_is_plain_ols_at_the_level_without_usable_intervals():
+    """Runs of group "scale" only, points sorted by N; with no A0 intervals (or one of zero width) the
+    slope is plain OLS with its t interval at `level` (hand computation), N_min and N_max the range."""
+    N = np.array([5e5, 2e4, 1e5, 5e4, 2e5])
+    A0 = 0.05 + 0.01 * np.log10(N) + np.random.default_rng(2).normal(0, 5e-4, N.size)
+    other = synthetic_fits(np.array([16.0]), np.array([0.9]), groups="width_depth", N=np.array([1e6])).assign(run="w0")
+    level, x = 0.8, np.log10(N)
+    slope, intercept = np.polyfit(x, A0, 1)
+    se = np.sqrt(np.sum((A0 - intercept - slope * x) ** 2) / (N.size - 2) / np.sum((x - x.mean()) ** 2))
+    half = stats.t.ppf(0.5 + level / 2, N.size - 2) * se
+    for width in (np.nan, np.array([1e-3, 1e-3, 0.0, 1e-3, 1e-3])):
+        fits = pd.concat([synthetic_fits(np.full(N.size, 16.0), A0, width=width, groups="scale", N=N), other],
+                         ignore_index=True)
+        pts, summary = analysis.scale(fits, synthetic_losses(fits, 4 - 0.2 * np.log10(fits["non_embedding_params"])),
+                                      level=level)
+        assert "w0" not in set(pts["run"]) and list(pts["non_embedding_params"]) == sorted(N)
+        r = summary.set_index(["activation", "quantity"]).loc[("relu", "A0")]
+        assert not r["weighted"] and r["method"] == "OLS" and r["level"] == level
+        assert (r["slope"], r["slope_lo"], r["slope_hi"]) == pytest.approx((slope, slope - half, slope + half),
+                                                                            rel=1e-9)
+        assert (r["N_min"], r["N_max"], r["n"]) == (2e4, 5e5, 5)
+
+
 def test_limit_loss_recovers_E(table):
     losses = analysis.limit_loss(table[table["run"] == "relu-s1"], dataclasses.replace(SPEC, n_boot=50))
     r = losses.iloc[0]
     assert r["converged"], r["message"]
     assert r["E_lo"] <= 3.0 <= r["E_hi"] and r["beta_lo"] <= 0.3 <= r["beta_hi"]
     assert r["final_loss"] == pytest.approx(3 + 100**-0.3, abs=5e-3)
+
+
+def test_limit_loss_final_loss_is_the_last_checkpoint(table):
+    """final_loss and final_tokens are those of the last checkpoint (rows in any order), even when an
+    earlier checkpoint had a lower loss."""
+    relu = table[(table["run"] == "relu-s1") & (table["p"] == 1.0)].copy()
+    relu.iloc[-1, relu.columns.get_loc("dense_loss")] += 0.1  # the last loss is not the lowest
+    r = analysis.limit_loss(relu.sample(frac=1, random_state=1), dataclasses.replace(SPEC, n_boot=0)).iloc[0]
+    assert r["final_loss"] == relu["dense_loss"].iloc[-1] > relu["dense_loss"].min()
+    assert r["final_tokens"] == int(TOKENS[-1]) and r["n_points"] == len(TOKENS)
 
 
 def test_convergence_speed_is_the_derivative_and_ranks_sizes():
@@ -298,6 +400,20 @@ def test_convergence_ranks_sizes_by_the_size_of_a_falling_speed():
     assert summary["dA_dratio_common"].to_numpy() == pytest.approx(exact, rel=1e-6) and (exact < 0).all()
     expected = stats.spearmanr([N for N, _ in sizes], np.abs(exact)).statistic
     assert expected == pytest.approx(-1.0) and summary["rho_N_speed"].to_numpy() == pytest.approx(np.full(3, expected))
+
+
+def test_convergence_common_ratio_uses_the_fitted_range_of_the_scale_runs():
+    """The shared D/N range starts at each run's first *used* point (D_min_used, after a dropped warmup,
+    not D_min), and only runs of group "scale" take part (a width-depth run does not narrow it)."""
+    rows = [{"run": f"relu-{i}", "activation": "relu", "groups": "scale", "non_embedding_params": N,
+             "form": "power", "converged": True, "alpha": 0.5, "c": 0.01, "A0": 0.3, "D_min": 0.001,
+             "D_min_used": 0.01, "D_max": 10.0} for i, N in enumerate((1e4, 1e5, 1e6))]
+    rows.append({**rows[0], "run": "relu-wd", "groups": "width_depth", "non_embedding_params": 1e7})
+    curves, summary = analysis.convergence(pd.DataFrame(rows), n=8)
+    assert list(summary["run"]) == ["relu-0", "relu-1", "relu-2"] and "relu-wd" not in set(curves["run"])
+    assert summary["ratio_common"].to_numpy() == pytest.approx(np.full(3, np.sqrt(1e3 * 1e4)), rel=1e-12)
+    one = curves[curves["run"] == "relu-0"]
+    assert one["data_scale_ratio"].to_numpy() == pytest.approx(np.geomspace(0.01, 10, 8) * 1e9 / 1e4, rel=1e-12)
 
 
 # ----------------------------------------------------------------------------- patterns, dead neurons
@@ -392,12 +508,121 @@ def test_dead_neurons(table):
     assert np.isnan(dead.loc["silu-s1", "nonzero_ratio_first"])
 
 
+def pair_tables(values, counts=None, groups=None):
+    """tokens.csv rows (one per run and token id, activation ratios `values[run]`, counts 5 unless
+    `counts[run]` says otherwise) and sparsity rows naming those runs (ReLU, N = 1e5, 2e5, ... in the
+    order of `values`, group "scale" unless `groups[run]` says otherwise)."""
+    n = len(next(iter(values.values())))
+    tokens = pd.concat([pd.DataFrame({"run": run, "token_id": np.arange(n), "activation_ratio": v,
+                                      "count": (counts or {}).get(run, 5)}) for run, v in values.items()])
+    info = pd.concat([run_rows(run, "relu", RELU, N=1e5 * (i + 1),
+                               groups=(groups or {}).get(run, "scale"), tokens=TOKENS[:1])
+                      for i, run in enumerate(values)])
+    return tokens, info
+
+
+def test_token_pairs_interval_is_fishers_and_counts_are_inclusive():
+    """Pearson's r with the Fisher-z interval at `level` (scipy's confidence_interval, the oracle) and
+    Spearman's rho over the tokens seen at least min_count times by both runs; runs of other groups
+    are not paired."""
+    rng = np.random.default_rng(3)
+    n = 40
+    a = rng.normal(0, 1, n)
+    b = 0.6 * a + 0.8 * rng.normal(0, 1, n)
+    b[:3] = 5 + np.arange(3)  # outliers: Pearson and Spearman differ
+    count_b = np.where(np.arange(n) % 4 == 0, 2, 3)  # a quarter seen twice: left out at min_count = 3
+    tokens, info = pair_tables({"relu-s1": 0.1 + 0.01 * a, "relu-s2": 0.1 + 0.01 * b, "relu-w": 0.1 + 0.01 * a},
+                               counts={"relu-s2": count_b}, groups={"relu-w": "width_depth"})
+    keep = count_b >= 3
+    for level in (0.95, 0.8):
+        r = analysis.token_pairs(tokens, info, min_count=3, level=level)
+        assert len(r) == 1 and tuple(r.iloc[0][["run_a", "run_b"]]) == ("relu-s1", "relu-s2")
+        r = r.iloc[0]
+        oracle = stats.pearsonr(a[keep], b[keep])
+        lo, hi = oracle.confidence_interval(level)
+        assert r["n_tokens"] == keep.sum() == 30
+        assert (r["pearson"], r["pearson_lo"], r["pearson_hi"]) == pytest.approx((oracle.statistic, lo, hi), rel=1e-9)
+        assert r["spearman"] == pytest.approx(stats.spearmanr(a[keep], b[keep]).statistic, rel=1e-12)
+        assert abs(r["spearman"] - r["pearson"]) > 0.01
+
+
+def test_token_pairs_need_four_shared_tokens():
+    """Fisher's interval needs n > 3: four shared tokens give r with an interval, three give none."""
+    v = np.array([0.1, 0.3, 0.2, 0.5])
+    w = np.array([0.2, 0.25, 0.3, 0.4])
+    tokens, info = pair_tables({"relu-s1": v, "relu-s2": w})
+    r = analysis.token_pairs(tokens, info).iloc[0]
+    lo, hi = stats.pearsonr(v, w).confidence_interval(0.95)
+    assert r["n_tokens"] == 4 and (r["pearson_lo"], r["pearson_hi"]) == pytest.approx((lo, hi), rel=1e-9)
+    three = analysis.token_pairs(tokens[tokens["token_id"] < 3], info).iloc[0]
+    assert three["n_tokens"] == 3 and np.isnan(three[["pearson", "pearson_lo", "pearson_hi", "spearman"]]
+                                               .to_numpy(float)).all()
+
+
+def test_seed_replicas_need_the_same_token_budget():
+    """Same shape, same first checkpoint, but half the training tokens: not a seed replica of the full run."""
+    rng = np.random.default_rng(4)
+    n = 200
+    tokens = pd.concat([pd.DataFrame({"run": run, "token_id": np.arange(n), "count": 3,
+                                      "activation_ratio": 0.2 + 0.01 * rng.normal(0, 1, n)})
+                        for run in ("relu-a", "relu-b", "relu-half")])
+    neurons = pd.concat([pd.DataFrame({"run": run, "step": 10, "layer": 0, "neuron": np.arange(50),
+                                       "all": rng.beta(1, 10, 50)}) for run in ("relu-a", "relu-b", "relu-half")])
+    info = pd.concat([run_rows("relu-a", "relu", RELU), run_rows("relu-b", "relu", RELU, groups="seeds"),
+                      run_rows("relu-half", "relu", RELU, tokens=TOKENS[:8])])
+    seeds = analysis.seed_agreement(neurons, tokens, info)
+    assert list(zip(seeds["run_a"], seeds["run_b"], strict=True)) == [("relu-a", "relu-b")]
+
+
+def test_dead_neurons_first_last_and_trend_follow_the_checkpoints(table):
+    """first and last are the first and last checkpoints' values (not the extremes) and rho is
+    Spearman's against tokens (scipy, the oracle)."""
+    relu = table[(table["run"] == "relu-s1") & (table["p"] == 1.0)].copy()
+    dead = np.random.default_rng(5).uniform(0.02, 0.2, len(relu))
+    relu["dead_ratio"] = dead
+    r = analysis.dead_neurons(relu.sample(frac=1, random_state=2)).iloc[0]
+    assert (r["dead_ratio_first"], r["dead_ratio_last"]) == (dead[0], dead[-1])
+    assert dead[0] != dead.max() and dead[-1] != dead.min()
+    assert r["dead_ratio_rho_tokens"] == pytest.approx(stats.spearmanr(relu["tokens"], dead).statistic, rel=1e-12)
+    nz = relu["nonzero_ratio"].to_numpy()
+    assert (r["nonzero_ratio_first"], r["nonzero_ratio_last"]) == (nz[0], nz[-1])
+
+
+def test_domain_distributions_skip_missing_domains_and_other_groups():
+    """A run measured without a domain (its column empty, as when runs saw different domain lists) has
+    no neurons there and no distance for it; runs of another group are left out."""
+    rng = np.random.default_rng(6)
+    L, F = 2, 100
+    layer, neuron = np.divmod(np.arange(L * F), F)
+    freq = {run: rng.beta(1, 10, L * F) for run in ("relu-s1", "relu-s2", "relu-w")}
+    neurons = pd.concat([pd.DataFrame({"run": run, "step": 10, "layer": layer, "neuron": neuron, "all": f,
+                                       "code": np.nan if run == "relu-s2" else f}) for run, f in freq.items()],
+                        ignore_index=True)
+    info = pd.concat([run_rows("relu-s1", "relu", RELU, N=1e5, tokens=TOKENS[:1]),
+                      run_rows("relu-s2", "relu", RELU, N=2e5, tokens=TOKENS[:1]),
+                      run_rows("relu-w", "relu", RELU, N=3e5, groups="width_depth", tokens=TOKENS[:1])])
+    summary, agreement = analysis.domain_distributions(neurons, info)
+    assert set(summary["run"]) == {"relu-s1", "relu-s2"} and set(agreement["domain"]) == {"all"}
+    code = summary[(summary["run"] == "relu-s2") & (summary["domain"] == "code")]
+    assert (code["n_neurons"] == 0).all() and code["mean"].isna().all()
+    r = agreement.iloc[0]
+    assert (r["run_a"], r["run_b"]) == ("relu-s1", "relu-s2")
+    assert r["ks"] == pytest.approx(stats.ks_2samp(freq["relu-s1"], freq["relu-s2"]).statistic, rel=1e-12)
+
+
 def test_table2_puts_ours_next_to_the_papers(fitted):
     t = analysis.table2(fitted[0])
     assert {"ours", "paper (v1)", "paper (v4)"} <= set(t["source"])
     ours = t[t["source"] == "ours"].set_index("activation")
     assert "[" in ours.loc["silu", "A0"]  # value [lo, hi]
     assert ours.loc["silu", "b"] == "-"  # Eq. 5 has no b
+
+
+def test_table2_names_runs_by_size_and_shows_only_its_group(fitted):
+    wd = fitted[0].iloc[[0]].assign(run="relu-wd", groups="width_depth")
+    ours = analysis.table2(pd.concat([fitted[0], wd]))
+    ours = ours[ours["source"] == "ours"]
+    assert list(ours["model"]) == ["relu-s1 (50k)", "relu-short (50k)", "silu-s1 (50k)"]  # N = 50,000
 
 
 # ----------------------------------------------------------------------------- profile level: files and cache
@@ -485,3 +710,71 @@ def test_a_refit_with_overrides_into_the_committed_results_says_so(tmp_path, mon
     err = capsys.readouterr().err
     assert err.count("note:") == 1 and f"--set fit.n_boot=7 replace the committed ones in {committed}" in err
     assert f"git checkout {committed} restores them" in err
+
+
+def test_derived_tables_follow_their_inputs_not_only_the_fits(monkeypatch, tmp_path):
+    """width_depth.csv is keyed on limit_loss.csv too: remeasured dense losses (the same activation
+    ratios, so fits.csv keeps its bytes) give new final losses; the profile's fit level reaches the
+    best-range rows."""
+    from sparsinglaw import runs
+    from sparsinglaw.config import load_profile
+
+    monkeypatch.setenv("SPARSINGLAW_RESULTS", str(tmp_path))
+    P = dataclasses.replace(load_profile("smoke"), fit={"n_boot": 0, "seed": 0, "level": 0.9})
+    folder = runs.results_dir(P.name)
+    meta = {"profile": P.name, "corpus": {"fingerprint": "synthetic"}}
+    wd = pd.concat([run_rows("relu-a", "relu", RELU, groups="width_depth", seed=1),
+                    run_rows("relu-b", "relu", RELU, groups="width_depth", d_model=64, seed=2, loss=(2.9, 1.0, 0.3))])
+    for shift in (0.0, 0.5):
+        measured = wd.assign(dense_loss=wd["dense_loss"] + shift)
+        runs.write_table(measured, folder / "sparsity.csv", meta)
+        pts, summary = analysis.width_depth_for(P, progress=False)
+        if not shift:
+            fits_bytes = (folder / "fits.csv").read_bytes()
+        last = measured.groupby("run")["dense_loss"].last()
+        assert pts.set_index("run")["final_loss"].to_dict() == pytest.approx(last.to_dict(), rel=1e-12)
+        br = summary[summary["kind"] == "best_range"].set_index("quantity")
+        assert br.loc["final_loss", "best_x"] == 32.0 and (br["level"] == 0.9).all()
+    assert (folder / "fits.csv").read_bytes() == fits_bytes
+
+
+def test_pattern_tables_are_recomputed_when_edited_remeasured_or_versioned(monkeypatch, tmp_path, capsys):
+    """token_pairs.csv edited by hand (its sha256 no longer the sidecar's), tokens.csv remeasured, or a
+    new ANALYSIS_VERSION: each recomputes the pattern tables, which then hold scipy's numbers."""
+    from sparsinglaw import runs
+    from sparsinglaw.config import load_profile
+
+    monkeypatch.setenv("SPARSINGLAW_RESULTS", str(tmp_path))
+    P = load_profile("smoke")
+    folder = runs.results_dir(P.name)
+    meta = {"profile": P.name, "corpus": {"fingerprint": "synthetic"}}
+    rng = np.random.default_rng(7)
+    a, b = rng.normal(0, 1, 50), rng.normal(0, 1, 50)
+    tokens, info = pair_tables({"relu-s1": 0.1 + 0.01 * a, "relu-s2": 0.1 + 0.01 * (a + b)})
+    neurons = pd.concat([pd.DataFrame({"run": run, "step": 10, "layer": 0, "neuron": np.arange(30),
+                                       "all": rng.beta(1, 10, 30)}) for run in ("relu-s1", "relu-s2")])
+    for name, df in (("sparsity", info), ("neurons", neurons), ("tokens", tokens)):
+        runs.write_table(df, folder / f"{name}.csv", meta)
+
+    def pearson():
+        capsys.readouterr()
+        r = analysis.patterns_for(P)[2]["pearson"].iloc[0]
+        return r, capsys.readouterr().err
+
+    oracle = stats.pearsonr(a, a + b).statistic
+    r, err = pearson()
+    assert r == pytest.approx(oracle, rel=1e-12) and "missing or stale" in err
+    r, err = pearson()
+    assert r == pytest.approx(oracle, rel=1e-12) and "computing" not in err  # cached
+    csv = folder / "token_pairs.csv"
+    runs.read_csv(csv).assign(pearson=0.5).to_csv(csv, index=False)  # a hand edit of the cached table
+    r, err = pearson()
+    assert r == pytest.approx(oracle, rel=1e-12) and "missing or stale" in err
+    runs.write_table(tokens.assign(activation_ratio=np.r_[0.1 + 0.01 * a, 0.1 + 0.01 * (a - b)]),
+                     folder / "tokens.csv", meta)  # remeasured
+    r, err = pearson()
+    assert r == pytest.approx(stats.pearsonr(a, a - b).statistic, rel=1e-12) and "missing or stale" in err
+    monkeypatch.setattr(analysis, "ANALYSIS_VERSION", analysis.ANALYSIS_VERSION + 1)
+    _, err = pearson()
+    assert "missing or stale" in err
+    assert runs.sidecar(folder / "domains.csv")["analysis_version"] == analysis.ANALYSIS_VERSION
