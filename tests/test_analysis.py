@@ -559,6 +559,19 @@ def test_token_pairs_need_four_shared_tokens():
                                                .to_numpy(float)).all()
 
 
+@pytest.mark.parametrize("sign", [1, -1])
+def test_token_pairs_of_perfectly_linear_ratios(sign):
+    """r = +1 or -1 exactly: Fisher's z is infinite there, so the interval collapses onto r (scipy's own
+    interval gives [r, r]); r = -1 raised a math domain error that stopped every pattern table."""
+    v = np.array([0.1, 0.2, 0.3, 0.4, 0.6])
+    tokens, info = pair_tables({"relu-s1": v, "relu-s2": 0.35 + sign * (v - 0.35)})
+    r = analysis.token_pairs(tokens, info).iloc[0]
+    oracle = stats.pearsonr(v, 0.35 + sign * (v - 0.35))
+    assert oracle.statistic == sign and tuple(oracle.confidence_interval(0.95)) == (sign, sign)
+    assert r["pearson"] == sign and r["spearman"] == pytest.approx(sign, abs=1e-12)
+    assert (r["pearson_lo"], r["pearson_hi"]) == pytest.approx((sign, sign), abs=1e-9)
+
+
 def test_seed_replicas_need_the_same_token_budget():
     """Same shape, same first checkpoint, but half the training tokens: not a seed replica of the full run."""
     rng = np.random.default_rng(4)

@@ -439,9 +439,8 @@ def token_pairs(tokens: pd.DataFrame, table: pd.DataFrame, group: str | None = "
             row = {"activation": act, "run_a": a, "run_b": b, "N_a": N[a], "N_b": N[b], "n_tokens": len(d)}
             if len(d) > 3 and d[a].std() > 0 and d[b].std() > 0:
                 r = stats.pearsonr(d[a], d[b]).statistic
-                half = z / math.sqrt(len(d) - 3)
-                row |= {"pearson": r, "pearson_lo": math.tanh(math.atanh(min(r, 1 - 1e-12)) - half),
-                        "pearson_hi": math.tanh(math.atanh(min(r, 1 - 1e-12)) + half),
+                fz, half = math.atanh(float(np.clip(r, -1 + 1e-12, 1 - 1e-12))), z / math.sqrt(len(d) - 3)
+                row |= {"pearson": r, "pearson_lo": math.tanh(fz - half), "pearson_hi": math.tanh(fz + half),
                         "spearman": stats.spearmanr(d[a], d[b]).statistic}
             rows.append(row)
     cols = ["activation", "run_a", "run_b", "N_a", "N_b", "n_tokens", "pearson", "pearson_lo", "pearson_hi", "spearman"]
