@@ -232,6 +232,12 @@ TORCHRUN_CASES = [  # id, env, compute.device, GPUs torch sees, message
      "SPARSINGLAW_DIST_TIMEOUT='0': expected a number of seconds in [1, 1e9]"),
     ("timeout-infinite", {"WORLD_SIZE": "2", "RANK": "0", "SPARSINGLAW_DIST_TIMEOUT": "inf"}, "cpu", 0,
      "SPARSINGLAW_DIST_TIMEOUT='inf': expected a number of seconds in [1, 1e9]"),  # not an OverflowError
+    ("timeout-beyond-1e9", {"WORLD_SIZE": "2", "RANK": "0", "SPARSINGLAW_DIST_TIMEOUT": "1e10"}, "cpu", 0,
+     "SPARSINGLAW_DIST_TIMEOUT='1e10': expected a number of seconds in [1, 1e9]"),  # a valid timedelta
+    ("world-zero", {"WORLD_SIZE": "0", "RANK": "0"}, "cpu", 0, "WORLD_SIZE=0: expected a number of processes >= 1"),
+    ("rank-negative", {"WORLD_SIZE": "2", "RANK": "-1"}, "cpu", 0, "RANK=-1: expected 0 <= RANK < WORLD_SIZE=2"),
+    ("local-rank-negative", {"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "-1"}, "cpu", 0,
+     "LOCAL_RANK=-1: expected >= 0"),
 ]
 
 
@@ -267,6 +273,34 @@ def test_bad_torchrun_environment(cid, env, device, gpus, expect, fake_torchrun)
     with pytest.raises(SparsingLawError) as e:
         init_distributed(device)
     assert expect in str(e.value)
+
+
+def test_init_distributed_joins_on_the_local_gpu_with_the_devices_backend(fake_torchrun, monkeypatch):
+    """Valid torchrun variables: CUDA takes the GPU of LOCAL_RANK (not RANK: rank 3 of 4 on a second node
+    of two GPUs is GPU 1) and nccl, CPU gloo; SPARSINGLAW_DIST_TIMEOUT is in seconds; a group already
+    joined is not started again; one process ignores a stray LOCAL_RANK."""
+    import datetime
+
+    import torch
+    import torch.distributed as dist
+
+    from sparsinglaw.device import Dist, dist_env, init_distributed
+
+    calls = []
+    for device, gpus in (("cuda", 2), ("cpu", 0)):
+        calls.clear()
+        fake_torchrun({"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1", "SPARSINGLAW_DIST_TIMEOUT": "90"}, gpus)
+        monkeypatch.setattr(torch.cuda, "set_device", lambda i: calls.append(("set_device", i)))
+        monkeypatch.setattr(dist, "init_process_group", lambda backend, **kw: calls.append((backend, kw)))
+        monkeypatch.setattr(dist, "is_initialized", lambda: False)
+        assert init_distributed(device) == Dist(rank=3, world=4, local_rank=1)
+        want = [("nccl" if device == "cuda" else "gloo", {"timeout": datetime.timedelta(seconds=90)})]
+        assert calls == ([("set_device", 1)] if device == "cuda" else []) + want, device
+    calls.clear()
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)  # the caller's group: joined already
+    assert init_distributed("cpu") == Dist(rank=3, world=4, local_rank=1) and calls == []
+    fake_torchrun({"LOCAL_RANK": "1"}, 2)  # no WORLD_SIZE: one process, whatever else is set
+    assert dist_env("cuda") == Dist(rank=0, world=1, local_rank=0)
 
 
 def test_bad_torchrun_environment_writes_nothing(tmp_path, fake_torchrun, smoke_tokens, capsys):

@@ -121,3 +121,31 @@ def test_the_run_grid_text_does_not_place_our_ratios_in_the_papers_band():
     scale = t[t["groups"].str.split(",").map(lambda g: "scale" in g)]
     if not scale["width_depth"].between(0.8 * lo, 1.2 * hi).any():
         assert not any("near the paper's" in m for m in _cells("00_overview.ipynb", "markdown"))
+
+
+def test_strip_leaves_what_test_clean_asks_for_and_keeps_the_parameters_tag(tmp_path):
+    """`make strip` (notebooks.strip): outputs, execution counts, editor metadata and the language info go,
+    the kernelspec becomes python3, a cell's tags (papermill's `parameters`) stay; a clean file is left as
+    it is and reported unchanged."""
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
+
+    from sparsinglaw import notebooks
+
+    params = new_code_cell("profile = 'smoke'", execution_count=1,
+                           metadata={"tags": ["parameters"], "collapsed": True, "scrolled": False})
+    work = new_code_cell("print(1)", execution_count=2, metadata={"ExecuteTime": {"end_time": "now"}},
+                         outputs=[new_output("stream", name="stdout", text="1\n")])
+    nb = new_notebook(cells=[new_markdown_cell("# 99 · test", metadata={"editable": False}), params, work],
+                      metadata={"kernelspec": {"display_name": "venv", "language": "python", "name": "venv"},
+                                "language_info": {"name": "python", "version": "3.12"}, "widgets": {}})
+    path = tmp_path / "99_test.ipynb"
+    nbformat.write(nb, path)
+    assert notebooks.strip(path)
+    got = json.loads(path.read_text())
+    assert got["metadata"] == {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"}}
+    assert [c["metadata"] for c in got["cells"]] == [{}, {"tags": ["parameters"]}, {}]
+    assert [(c["outputs"], c["execution_count"]) for c in got["cells"][1:]] == [([], None), ([], None)]
+    assert ["".join(c["source"]) for c in got["cells"]] == ["# 99 · test", "profile = 'smoke'", "print(1)"]
+    stripped = path.read_bytes()
+    assert not notebooks.strip(path) and path.read_bytes() == stripped

@@ -59,3 +59,48 @@ def test_accessors_return_copies():
     t = paper.table3()
     t.loc[0, "d_h"] = -1
     assert paper.table3().d_h[0] == 768
+
+
+def test_table2_limits_agree_with_the_fig7_change_the_text_quotes():
+    """Section 4.4 quotes the change of A0 from 0.1B to 1.2B (Fig. 7) in points; Table 2's two rows must
+    give it to the quoted one decimal (a typo in either would show here)."""
+    t = paper.table2("v1").set_index(["activation", "scale"])
+    ch = paper.A0_SCALE_CHANGE
+    for act in ("relu", "silu"):
+        points = 100 * (t.loc[(act, ch["to_scale"]), "A0"] - t.loc[(act, ch["from_scale"]), "A0"])
+        assert round(points, 1) == ch[f"{act}_points"], act
+
+
+def test_every_accessor_returns_a_copy():
+    for get in (paper.table1_averages, paper.table2, lambda: paper.table2("v1"), paper.table3):
+        before = get().copy(deep=True)
+        changed = get()
+        changed.loc[0, changed.select_dtypes("number").columns[0]] = -1
+        pd.testing.assert_frame_equal(get(), before)
+
+
+def test_figure_map_names_the_paper_item_each_notebook_files_its_figure_under():
+    """paper.FIGURES and the notebooks' plots.save calls (which write the MANIFEST) agree on the notebook
+    and on the paper's figure/table numbers of every figure (the notebooks may add words: "(analog)")."""
+    import json
+    import re
+    from pathlib import Path
+
+    saved = {}
+    for path in sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("*.ipynb")):
+        code = "".join("".join(c["source"]) for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code")
+        for file, item, nb in re.findall(r'save\(\s*fig,\s*"([^"]+)",\s*P,\s*paper="([^"]+)",\s*notebook="([^"]+)"',
+                                         code):
+            saved[file] = (item, nb)
+    assert sorted(saved) == sorted(paper.FIGURES["file"])
+
+    def refs(text):
+        return set(re.findall(r"(?:v4 )?(?:Fig\.|Table|Section|Sec\.) \d+(?:-\d+)?", text))
+
+    for r in paper.FIGURES.itertuples():
+        item, nb = saved[r.file]
+        assert nb == r.notebook, r.file
+        if refs(item):
+            assert refs(item) <= refs(r.paper), (r.file, item, r.paper)
+        else:
+            assert item == r.paper, r.file

@@ -553,3 +553,324 @@ def test_the_sparse_inference_figure_is_filed_as_an_analog_of_table_1():
         rows = pd.read_csv(manifest)
         assert set(rows.loc[rows["file"].str.startswith("06_sparse_inference"), "paper"]) <= {"Table 1 (analog)"}, \
             manifest
+
+
+# -----------------------------------------------------------------------------------------------
+# what each figure draws, read back from its artists and checked against the data it was given
+
+
+def _line(ax, label: str):
+    found = [ln for ln in ax.lines if ln.get_label() == label]
+    assert len(found) == 1, [ln.get_label() for ln in ax.lines]
+    return found[0]
+
+
+def _xy(line) -> tuple[list[float], list[float]]:
+    return list(np.asarray(line.get_xdata(), float)), list(np.asarray(line.get_ydata(), float))
+
+
+def _hollow(ax) -> list:
+    return [ln for ln in ax.lines if ln.get_marker() == "o" and ln.get_markerfacecolor() == "none"]
+
+
+def _errorbar(ax, label: str):
+    """(x, y, [y_lo, y_hi of the first point, y_lo, y_hi of the second, ...]) of the errorbar labelled `label`."""
+    c = next(c for c in ax.containers if c.get_label() == label)
+    x, y = _xy(c.lines[0])
+    bars = [v for seg in c.lines[2][0].get_segments() for v in (seg[0][1], seg[1][1])] if c.lines[2] else []
+    return x, y, bars
+
+
+def test_run_grid_places_each_run_at_its_ratio_and_size():
+    states = pd.DataFrame({"run": ["relu-s1", "relu-s4", "silu-moe4", "relu-s5", "relu-wd9"],
+                           "activation": ["relu", "relu", "silu", "relu", "relu"],
+                           "n_experts": [0, 0, 4, 0, 0], "width_depth": [16.0, 16.0, 16.0, 16.0, 9.0],
+                           "non_embedding_params": [23712, 188992, 190016, 207000, 190000]})
+    fig = plots.run_grid(states)
+    ax = fig.axes[0]
+    for coll in ax.collections:
+        mine = states[states["activation"].where(states["n_experts"] == 0, states["activation"] + " MoE")
+                      == coll.get_label()]
+        assert np.asarray(coll.get_offsets()).tolist() == mine[["width_depth", "non_embedding_params"]].values.tolist()
+    assert sorted(c.get_label() for c in ax.collections) == ["relu", "silu MoE"]
+    # s5 is 10% larger than s4: another shape; moe4 within 3% of s4: the same
+    assert sorted(t.get_text() for t in ax.texts) == ["moe4/s4", "s1", "s5", "wd9"]
+    assert ax.get_legend().get_title().get_text() == "5 runs"
+    assert ax.get_yscale() == "log" and ax.get_xscale() == "log"
+    plt.close(fig)
+
+
+def test_loss_curves_put_validation_dots_at_their_tokens_and_name_the_usual_log_interval(monkeypatch, tiny_profile):
+    log = _train_log([("relu-s1", "scale", 23712, 16.0)])
+    last = log[log["split"] == "train"].iloc[[-1]].assign(step=210, tokens=4096 * 210, loss=4.55)  # a short last gap
+    log = pd.concat([log, last], ignore_index=True)
+    monkeypatch.setattr(plots, "train_log_table", lambda *a, **k: log)
+    fig = plots.loss_curves_for(tiny_profile, "scale", compute=False)
+    dots = [ln for ln in fig.axes[0].lines if ln.get_marker() == "o" and ln.get_linestyle() == "None"]
+    val = log[log["split"] == "val"]
+    assert len(dots) == 1 and _xy(dots[0]) == (pytest.approx(list(val["tokens"] / 1e6)), list(val["loss"]))
+    assert "mean over each 20 steps" in fig._suptitle.get_text()  # the usual gap, not the short last one
+    plt.close(fig)
+
+
+def test_pareto_curves_draw_the_dense_level_and_the_ppl_p_points():
+    pts = _pareto_points().assign(sparse_loss=4.1, ppl_ratio=1.0)
+    fig = plots.pareto_curves(pts)
+    ax = fig.axes[0]
+    assert _xy(_line(ax, "dense"))[1] == pytest.approx([math.exp(4.0)] * 2)
+    assert _xy(_line(ax, "PPL-1%")) == ([0.45], [pytest.approx(55.55)])
+    assert _line(ax, "PPL-1%").get_marker() == "*"
+    assert _xy(_line(ax, "PPL-p% (CETT swept)")) == ([0.2, 0.3, 0.6], [70.0, 60.0, 56.0])  # by activation ratio
+    plt.close(fig)
+
+
+def test_moe_vs_dense_draws_the_moes_perplexity_and_rings_the_trained_k(tiny_profile):
+    from sparsinglaw import measure
+
+    pts = _pareto_points()
+    fig = plots.moe_vs_dense(pts, measure.moe_comparison(pts, tiny_profile))
+    ax = fig.axes[0]
+    moe = next(ln for ln in ax.lines if ln.get_label().startswith("silu-moe4: MoE"))
+    assert _xy(moe) == ([0.25, 0.5, 0.75, 1.0], [80.0, 62.0, 61.0, 61.5])
+    rings = [ln for ln in _hollow(ax) if ln.get_markersize() == 9]
+    assert len(rings) == 1 and _xy(rings[0]) == ([0.5], [62.0])  # k = 2 of 4
+    plt.close(fig)
+
+
+def test_cett_sweep_draws_the_ppl_ratio_and_the_activation_ratio_against_c():
+    df = pd.DataFrame({"run": "silu-s2", "activation": "silu", "method": ["cett", "cett", "cett", "topk"],
+                       "param": [0.4, 0.05, 0.2, 8], "ppl_ratio": [1.2, 1.005, 1.05, 3.0],
+                       "activation_ratio": [0.2, 0.6, 0.3, 0.1], "ppl": [60.0, 50.2, 52.5, 150.0]})
+    fig = plots.cett_sweep(df)
+    a1, a2 = fig.axes
+    assert _xy(_line(a1, "silu-s2")) == ([0.05, 0.2, 0.4], [1.005, 1.05, 1.2])
+    assert _xy(_line(a2, "silu-s2")) == ([0.05, 0.2, 0.4], [0.6, 0.3, 0.2])
+    assert a1.get_yscale() == "log"
+    assert [_xy(ln)[1] for ln in a1.lines if ln.get_linestyle() == ":"] == [[1.01, 1.01]]  # the PPL-1% target
+    plt.close(fig)
+
+
+def test_layer_thresholds_draw_the_final_checkpoint_layer_by_layer():
+    rows = [(1.0, 1000, "0.1;0.2", "0.3;0.35"), (1.0, 2000, "0.5;0.7", "0.2;0.18"), (10.0, 3000, "9;9", "0.01;0.01")]
+    table = pd.DataFrame([{"run": "relu-s1", "groups": "scale", "activation": "relu", "non_embedding_params": 23712,
+                           "width_depth": 16.0, "n_layers": 2, "p": p, "tokens": t, "taus": taus, "layer_ratios": r}
+                          for p, t, taus, r in rows])
+    fig = plots.layer_thresholds(table)
+    a1, a2 = fig.axes
+    assert _xy(_line(a1, "relu-s1 (L=2)")) == ([1.0, 2.0], [0.5, 0.7])
+    assert _xy(_line(a2, "relu-s1 (L=2)")) == ([1.0, 2.0], [0.2, 0.18])
+    assert a1.get_yscale() == "log"
+    plt.close(fig)
+
+
+def _law_inputs():
+    """relu-s1 (converged; its first point dropped, fitted from D = 0.002 on) and relu-s2 (no fit, as CSV
+    text), at p = 1 and p = 10."""
+    tokens = [1e6, 2e6, 3e6, 4e6]
+    table = pd.DataFrame([{"run": run, "groups": "scale", "activation": "relu", "p": p, "tokens": t,
+                           "activation_ratio": a + d + (0.5 if p == 10 else 0), "non_embedding_params": n}
+                          for run, n, d in (("relu-s1", 1000, 0.0), ("relu-s2", 2000, 0.01)) for p in (1.0, 10.0)
+                          for t, a in zip(tokens, (0.4, 0.3, 0.25, 0.22), strict=True)])
+    fits = pd.DataFrame([{"run": "relu-s1", "converged": "True", "dropped_tokens": "1000000", "D_min_used": 0.002,
+                          "A0": 0.2, "activation": "relu", "form": "logspace_power"},
+                         {"run": "relu-s2", "converged": "False", "dropped_tokens": "", "D_min_used": 0.001,
+                          "A0": 0.15, "activation": "relu", "form": "logspace_power"}])
+    D = [0.001, 0.002, 0.003, 0.004]  # the fit's unit: 1e9 tokens
+    curves = pd.DataFrame([{"run": run, "D": d, "A_fit": a, "A_lo": a - 0.01, "A_hi": a + 0.01}
+                           for run in ("relu-s1", "relu-s2") for d, a in zip(D, (0.4, 0.3, 0.26, 0.23), strict=True)])
+    return table, fits, curves
+
+
+def test_activation_laws_draw_the_used_points_and_the_fit_over_its_range():
+    fig = plots.activation_laws(*_law_inputs())
+    ax = fig.axes[0]
+    assert _legend(ax) == ["relu-s1 (1k)", "relu-s2 (2k), no fit"]
+    assert _xy(_line(ax, "relu-s1 (1k)")) == ([2.0, 3.0, 4.0], [0.3, 0.25, 0.22])  # p = 1 only, millions of tokens
+    assert [_xy(ln) for ln in _hollow(ax) if len(ln.get_xdata())] == [([1.0], [0.4])]  # relu-s1's dropped point
+    fit = [ln for ln in ax.lines if ln.get_marker() == "None" and ln.get_linestyle() == "-"]
+    assert len(fit) == 1 and _xy(fit[0]) == ([2.0, 3.0, 4.0], [0.3, 0.26, 0.23])  # relu-s2: no fit, no curve
+    band = ax.collections[0].get_paths()[0].vertices[:, 0]
+    assert len(ax.collections) == 1 and (band.min(), band.max()) == (2.0, 4.0)
+    assert [_xy(ln)[1] for ln in ax.lines if ln.get_linestyle() == ":"] == [[0.2, 0.2]]  # relu-s1's A0
+    plt.close(fig)
+
+
+def test_form_comparison_hatches_the_papers_form_and_crosses_unconverged_fits():
+    rows = [("relu-s1", "logspace_power", 1e-5, True, True), ("relu-s1", "log", math.nan, False, False),
+            ("silu-s1", "logspace_power", 2e-5, True, False), ("silu-s1", "log", 3e-5, False, False)]
+    fig = plots.form_comparison(pd.DataFrame(rows, columns=["run", "form", "mse", "converged", "paper_form"]))
+    ax = fig.axes[0]
+    assert [[bool(b.get_hatch()) for b in c] for c in ax.containers] == [[True, False], [False, False]]
+    assert [b.get_height() for b in ax.containers[0]] == [1e-5, 2e-5]
+    crosses = [ln for ln in ax.lines if ln.get_marker() == "x"]
+    assert len(crosses) == 1 and _xy(crosses[0]) == ([pytest.approx(1.2)], [pytest.approx(3e-5 * 1.3)])  # silu-s1, log
+    assert ax.get_yscale() == "log"
+    plt.close(fig)
+
+
+def test_dead_neurons_draw_dead_ratios_and_relus_exact_non_zeros_largest_run_darkest():
+    from matplotlib.colors import to_rgb
+
+    tokens = [1e6, 2e6]
+    runs_ = [("relu-s1", "relu", 1000, [0.01, 0.02], [0.5, 0.4]), ("relu-s2", "relu", 4000, [0.03, 0.05], [0.45, 0.35]),
+             ("silu-s1", "silu", 1000, [0.0, 0.0], [math.nan, math.nan])]
+    table = pd.DataFrame([{"run": r, "groups": "scale", "activation": act, "p": 1.0, "tokens": t, "dead_ratio": d,
+                           "nonzero_ratio": nz, "activation_ratio": 0.2, "non_embedding_params": n}
+                          for r, act, n, dead, nonzero in runs_
+                          for t, d, nz in zip(tokens, dead, nonzero, strict=True)])
+    fig = plots.dead_neurons(table)
+    a1, a2 = fig.axes
+    for r, _, _, dead, _ in runs_:
+        assert _xy(_line(a1, r)) == ([1.0, 2.0], dead)
+    assert sorted(ln.get_label() for ln in a2.lines if not ln.get_label().startswith("_")) == [
+        "relu-s1 exact non-zeros", "relu-s2 exact non-zeros"]  # SiLU has no exact zeros
+    assert _xy(_line(a2, "relu-s1 exact non-zeros")) == ([1.0, 2.0], [0.5, 0.4])
+    dashed = [ln for ln in a2.lines if ln.get_linestyle() == "--"]
+    assert [_xy(ln) for ln in dashed] == [([1.0, 2.0], [0.2, 0.2])] * 2
+    big, small = (np.array(to_rgb(_line(a1, r).get_color())) for r in ("relu-s2", "relu-s1"))
+    assert big.tolist() == pytest.approx(list(to_rgb(plots.color("relu"))))  # the largest: the activation's colour
+    assert (small >= big).all() and small.sum() > big.sum()  # smaller: lighter
+    plt.close(fig)
+
+
+def test_width_depth_activation_draws_converged_limits_and_a_fit_flat_above_the_bottleneck():
+    points = pd.DataFrame({"width_depth": [4.0, 16.0, 64.0], "converged": [True, True, False],
+                           "A0": [0.14, 0.26, 1e-12], "A0_lo": [0.12, 0.22, math.nan], "A0_hi": [0.15, 0.3, math.nan],
+                           "A_last": [0.15, 0.27, 0.3]})
+    summary = pd.DataFrame([{"quantity": "A0", "kind": "piecewise_linear", "breakpoint": 20.0, "breakpoint_lo": 10.0,
+                             "breakpoint_hi": 30.0, "slope_below": 0.01, "intercept": 0.1}])
+    fig = plots.width_depth_activation(points, summary)
+    ax = fig.axes[0]
+    x, y, bars = _errorbar(ax, "fitted limit $A_0$")
+    assert (x, y) == ([4.0, 16.0], [0.14, 0.26]) and bars == pytest.approx([0.12, 0.15, 0.22, 0.3])
+    assert _xy(_line(ax, "last checkpoint")) == ([4.0, 16.0, 64.0], [0.15, 0.27, 0.3])
+    xs, ys = _xy(_line(ax, "piecewise fit (A0), bottleneck 20"))
+    xs = np.array(xs)
+    assert (xs.min(), xs.max()) == (4.0, 64.0)
+    assert ys == pytest.approx(list(np.where(xs < 20, 0.1 + 0.01 * xs, 0.3)))  # rising, then flat at 0.3
+    assert [_xy(ln)[0] for ln in ax.lines if ln.get_linestyle() == "--"] == [[20.0, 20.0]]
+    span = ax.patches[0]
+    assert len(ax.patches) == 1 and (span.get_x(), span.get_x() + span.get_width()) == (10.0, 30.0)
+    plt.close(fig)
+
+
+def test_width_depth_loss_shades_each_best_range_where_it_is_and_compares_with_the_lowest_e():
+    points = pd.DataFrame({"width_depth": [4.0, 16.0, 64.0], "loss_converged": True, "E": [2.8, 3.0, 3.3],
+                           "E_lo": [2.0, 2.9, 3.2], "E_hi": [3.6, 3.1, 3.5], "final_loss": [4.3, 4.2, 4.25]})
+    summary = pd.DataFrame([
+        {"quantity": "E", "kind": "best_range", "best_lo": 4.0, "best_hi": 16.0,
+         "message": "within 10% of the lowest E"},
+        {"quantity": "final_loss", "kind": "best_range", "best_lo": 4.0, "best_hi": 16.0,
+         "message": "within 1% of the lowest final_loss"}])
+    fig = plots.width_depth_loss(points, summary)
+    ax = fig.axes[0]
+    # the lowest E is wd4's, whose interval every other one overlaps (wd64's does not overlap wd16's)
+    assert "E within 10% of the lowest: 4-16\n(point estimates; every E interval overlaps the lowest's)" in _legend(ax)
+    assert [(p.get_x(), p.get_x() + p.get_width()) for p in ax.patches] == [(4.0, 16.0), (4.0, 16.0)]
+    plt.close(fig)
+
+
+def test_a0_vs_scale_draws_converged_limits_and_the_a0_line_in_log10_n():
+    points = pd.DataFrame({"activation": ["relu", "relu", "relu", "silu"], "non_embedding_params": [2e4, 5e4, 2e5, 2e4],
+                           "converged": [True, True, False, False], "A0": [0.2, 0.21, 1e-12, 1e-12],
+                           "A0_lo": [0.18, 0.2, math.nan, math.nan], "A0_hi": [0.22, 0.23, math.nan, math.nan],
+                           "A_last": [0.19, 0.2, 0.22, 0.4]})
+    summary = pd.DataFrame([
+        {"activation": "relu", "quantity": "A_last", "n": 3, "slope": 0.5, "slope_lo": 0.4, "slope_hi": 0.6,
+         "intercept": 0.0, "N_min": 2e4, "N_max": 2e5},
+        {"activation": "relu", "quantity": "A0", "n": 2, "slope": 0.01, "slope_lo": 0.005, "slope_hi": 0.015,
+         "intercept": 0.15, "N_min": 2e4, "N_max": 5e4},
+        {"activation": "silu", "quantity": "A0", "n": 0, "slope": math.nan, "slope_lo": math.nan, "slope_hi": math.nan,
+         "intercept": math.nan, "N_min": math.nan, "N_max": math.nan}])
+    fig = plots.a0_vs_scale(points, summary)
+    relu, silu = fig.axes
+    x, y, _ = _errorbar(relu, "fitted limit $A_0$")
+    assert (x, y) == ([20.0, 50.0], [0.2, 0.21])  # thousands of parameters; the unconverged 2e5 is hollow only
+    assert _xy(_line(relu, "last checkpoint")) == ([20.0, 50.0, 200.0], [0.19, 0.2, 0.22])
+    xs, ys = _xy(_line(relu, "slope +0.010 [+0.005, +0.015] / decade"))
+    assert (xs[0], xs[-1]) == pytest.approx((20.0, 50.0))
+    assert ys == pytest.approx([0.15 + 0.01 * math.log10(1e3 * v) for v in xs])
+    assert "no A0 line: 0 converged fit(s)" in _legend(silu)
+    plt.close(fig)
+
+
+def test_convergence_speed_draws_each_laws_absolute_speed():
+    curves, summary, _ = _speeds()
+    fig = plots.convergence_speed(curves, summary)
+    ax = fig.axes[0]
+    for run, g in curves.groupby("run"):
+        line = next(ln for ln in ax.lines if ln.get_label().startswith(f"{run} ("))
+        assert _xy(line) == (list(g["data_scale_ratio"]), list(g["dA_dratio"].abs()))
+    plt.close(fig)
+
+
+def test_domain_distributions_are_density_histograms_from_zero_to_the_highest_frequency():
+    freq = {"relu-s1": ([0.1, 0.2, 0.2, 0.5], [0.1, 0.1, 0.3, 0.4]),
+            "relu-s2": ([0.05, 0.3, 0.6, 0.6], [0.2, 0.2, 0.5, 0.55]),
+            "relu-s1-seed1": ([0.9, 0.95, 0.9, 0.9], [0.9, 0.9, 0.9, 0.9])}
+    neurons = pd.DataFrame([{"run": r, "step": 100, "layer": 0, "neuron": i, "all": a, "code": c}
+                            for r, (alls, codes) in freq.items()
+                            for i, (a, c) in enumerate(zip(alls, codes, strict=True))])
+    table = pd.DataFrame({"run": list(freq), "groups": ["scale", "scale", "seeds"], "activation": "relu",
+                          "non_embedding_params": [1000, 2000, 1000]})
+    fig = plots.domain_distributions(neurons, table, bins=4)
+    assert [ax.get_title() for ax in fig.axes] == ["relu, all", "relu, code"]
+    edges = np.linspace(0, 0.6, 5)  # up to the highest frequency of the group's runs (the seed run is not drawn)
+    for ax, d in zip(fig.axes, (0, 1), strict=True):
+        assert len(ax.patches) == 2
+        for patch, run in zip(ax.patches, ("relu-s1", "relu-s2"), strict=True):
+            xy = patch.get_xy()
+            want, _ = np.histogram(freq[run][d], edges, density=True)
+            assert xy[0::2, 0] == pytest.approx(edges) and xy[1:-1:2, 1] == pytest.approx(want)
+    plt.close(fig)
+
+
+def test_layer_distributions_draw_each_layer_at_its_relative_depth():
+    summary = pd.DataFrame([{"run": "relu-s1", "activation": "relu", "non_embedding_params": 1000, "domain": dom,
+                             "layer": layer, "median": m + (dom == "code"), "q10": m - 0.05, "q90": m + 0.1}
+                            for dom in ("all", "code") for layer, m in ((-1, 0.2), (0, 0.25), (1, 0.15))])
+    fig = plots.layer_distributions(summary)
+    x, y, bars = _errorbar(fig.axes[0], "relu-s1 (L=2)")  # layer -1 is the whole model, not a layer
+    assert (x, y) == ([0.25, 0.75], [0.25, 0.15]) and bars == pytest.approx([0.2, 0.35, 0.1, 0.25])
+    plt.close(fig)
+
+
+def test_token_pairs_plot_run_a_across_and_run_b_up():
+    tokens = pd.DataFrame([{"run": r, "token_id": i, "activation_ratio": v}
+                           for i in range(5) for r, v in (("relu-s1", 0.1 + 0.01 * i), ("relu-s2", 0.3 - 0.02 * i))])
+    pairs = pd.DataFrame([{"activation": "relu", "run_a": "relu-s1", "run_b": "relu-s2", "pearson": -1.0,
+                           "pearson_lo": -1.0, "pearson_hi": -1.0, "spearman": -1.0, "n_tokens": 5}])
+    fig = plots.token_pairs(tokens, pairs)
+    ax = fig.axes[0]
+    dots = [ln for ln in ax.lines if ln.get_marker() == "."]
+    assert len(dots) == 1 and _xy(dots[0]) == (pytest.approx([0.1, 0.11, 0.12, 0.13, 0.14]),
+                                                pytest.approx([0.3, 0.28, 0.26, 0.24, 0.22]))
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("relu-s1", "relu-s2")
+    plt.close(fig)
+
+
+def test_limit_loss_vs_scale_draws_only_converged_limits_as_fitted():
+    points = pd.DataFrame({"activation": "relu", "non_embedding_params": [2e4, 5e4], "loss_converged": [True, False],
+                           "E": [3.0, 2.5], "E_lo": [2.9, math.nan], "E_hi": [3.1, math.nan], "final_loss": [3.5, 3.2]})
+    fig = plots.limit_loss_vs_scale(points)
+    ax = fig.axes[0]
+    x, y, bars = _errorbar(ax, "relu: fitted limit loss E")
+    assert (x, y) == ([20.0], [3.0]) and bars == pytest.approx([2.9, 3.1])
+    assert _xy(_line(ax, "relu: last checkpoint")) == ([20.0, 50.0], [3.5, 3.2])
+    plt.close(fig)
+
+
+def test_sparse_inference_draws_the_increase_in_percent_all_first():
+    rows = [("code", 60, [(0.0, 0.38, 1.0), (1.0, 0.19, 1.012), (10.0, 0.09, 1.12)]),
+            ("all", 100, [(0.0, 0.4, 1.0), (1.0, 0.2, 1.01), (10.0, 0.1, 1.1)])]
+    df = pd.DataFrame([{"run": "relu-s1", "activation": "relu", "non_embedding_params": 1000, "domain": dom,
+                        "n_tokens": n, "p": p, "activation_ratio": a, "ppl_ratio": r, "reached": True}
+                       for dom, n, pts in rows for p, a, r in pts])
+    fig = plots.sparse_inference(df)
+    assert [ax.get_title() for ax in fig.axes] == ["all (100 held-out tokens)", "code (60 held-out tokens)"]
+    for ax, (_, _, pts) in zip(fig.axes, reversed(rows), strict=True):
+        assert _xy(_line(ax, "relu-s1")) == ([a for _, a, _ in pts], pytest.approx([100 * (r - 1) for *_, r in pts]))
+        assert sorted(_xy(ln)[1][0] for ln in ax.lines if ln.get_linestyle() == ":") == [1.0, 10.0]  # no line at 0
+        marks = {ln.get_xdata()[0]: ln for ln in ax.lines if ln.get_marker() in ("o", "s", "D")}
+        assert [marks[a].get_markerfacecolor() == "none" for _, a, _ in pts] == [True, False, False]  # dense: hollow
+    plt.close(fig)

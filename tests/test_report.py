@@ -37,3 +37,9 @@ def test_report_refuses_missing_notebooks(tmp_path, capsys):
     assert notebooks._main(["report", str(tmp_path / "nope.ipynb"), "-o", str(tmp_path / "r.html")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error:") and "Traceback" not in err and not (tmp_path / "r.html").exists()
+
+
+def test_report_of_no_notebook_is_refused(tmp_path):
+    with pytest.raises(notebooks.SparsingLawError, match=r"\(none given\); run make figures first"):
+        notebooks.report([], tmp_path / "r.html")
+    assert not (tmp_path / "r.html").exists()

@@ -226,6 +226,34 @@ def test_prefetcher_keeps_order_and_raises_the_workers_error():
     assert not pf.thread.is_alive()
 
 
+def test_prefetcher_draws_at_most_depth_batches_ahead():
+    """The background thread stops drawing once `depth` batches wait (it holds one more, drawn, for the
+    next free place): it never runs away from the trainer, and goes on as batches are taken."""
+    import time
+
+    drawn = []
+
+    def draw(step, micro):
+        drawn.append((step, micro))
+        return torch.zeros(1), torch.zeros(1)
+
+    def settled(n):  # wait until the thread has drawn n batches, then give it time to draw more
+        deadline = time.monotonic() + 10
+        while len(drawn) < n and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.3)
+        return len(drawn)
+
+    pf = Prefetcher(draw, 0, [0, 1], depth=2, pin=False)
+    try:
+        assert settled(3) == 3  # two queued, the third waiting for room
+        pf.get(0, 0)
+        assert settled(4) == 4
+    finally:
+        pf.close()
+    assert drawn == [(0, 0), (0, 1), (1, 0), (1, 1)]
+
+
 def test_prefetched_training_is_identical_and_logs_mfu_with_a_known_peak(tiny_profile, smoke_tokens, tmp_path,
                                                                         monkeypatch, capsys):
     """The CUDA path's background batches give bit-identical weights on CPU, also across a resume (the
@@ -275,7 +303,8 @@ def test_peak_flops(monkeypatch):
     monkeypatch.delenv("SPARSINGLAW_PEAK_FLOPS", raising=False)
     assert peak_flops(torch.device("cpu")) is None  # no MFU on CPUs: tokens/s only
     for name, want in [("NVIDIA H200", 989e12), ("NVIDIA H200 NVL", 835e12), ("NVIDIA H100 80GB HBM3", 989e12),
-                       ("NVIDIA H100 PCIe", 756e12), ("NVIDIA A100-SXM4-80GB", 312e12), ("Tesla T4", None)]:
+                       ("NVIDIA H100 NVL", 835e12), ("NVIDIA H100 PCIe", 756e12), ("NVIDIA A100-SXM4-80GB", 312e12),
+                       ("Tesla T4", None)]:
         monkeypatch.setattr(torch.cuda, "get_device_name", lambda _d=None, n=name: n)
         assert peak_flops(torch.device("cuda")) == want, name
     monkeypatch.setenv("SPARSINGLAW_PEAK_FLOPS", "7.5e14")

@@ -1,0 +1,46 @@
+"""device.py on the CPU: the cores a process may use, the CPU settings of setup_torch and which rank is
+the main one (the torchrun checks are in test_bad_inputs.py, the peak FLOP/s and the prefetcher in
+test_train.py)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from sparsinglaw import device
+
+
+def test_usable_cores_are_the_affinity_not_the_machine(monkeypatch):
+    """A scheduler's allocation (the affinity mask) bounds the jobs, not os.cpu_count(); without an
+    affinity call the machine's count, and 1 when even that is unknown."""
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {3, 5}, raising=False)
+    assert device.usable_cores() == 2
+    monkeypatch.delattr(os, "sched_getaffinity")  # e.g. macOS
+    assert device.usable_cores() == 64
+    monkeypatch.setattr(os, "cpu_count", lambda: None)
+    assert device.usable_cores() == 1
+
+
+def test_setup_torch_on_cpu_sets_the_threads_and_flushes_denormals():
+    if not torch.set_flush_denormal(False):
+        pytest.skip("this CPU cannot flush denormals")
+    tiny = torch.tensor([1e-40], dtype=torch.float32)  # a float32 denormal
+    assert (tiny * 2).item() != 0  # kept while flushing is off
+    try:
+        assert device.setup_torch("cpu", threads=3) == torch.device("cpu")
+        assert torch.get_num_threads() == 3
+        assert (tiny * 2).item() == 0  # flushed to zero
+    finally:  # conftest's settings for the tests that follow
+        torch.set_num_threads(1)
+        torch.set_flush_denormal(True)
+
+
+def test_the_main_process_is_global_rank_0_not_each_nodes_first():
+    """Rank 0 alone writes checkpoints and logs: on a second node, local rank 0 is not the main process."""
+    assert device.Dist().main
+    assert device.Dist(rank=0, world=4, local_rank=0).main
+    assert not device.Dist(rank=2, world=4, local_rank=0).main
+    assert not device.Dist(rank=1, world=4, local_rank=1).main
