@@ -309,9 +309,10 @@ def test_peak_flops(monkeypatch):
         assert peak_flops(torch.device("cuda")) == want, name
     monkeypatch.setenv("SPARSINGLAW_PEAK_FLOPS", "7.5e14")
     assert peak_flops(torch.device("cpu")) == 7.5e14
-    monkeypatch.setenv("SPARSINGLAW_PEAK_FLOPS", "fast")
-    with pytest.raises(SparsingLawError, match="SPARSINGLAW_PEAK_FLOPS"):
-        peak_flops(torch.device("cpu"))
+    for bad in ("fast", "nan", "inf", "0", "-1e12"):  # each would log an MFU of nan, 0 or below 0
+        monkeypatch.setenv("SPARSINGLAW_PEAK_FLOPS", bad)
+        with pytest.raises(SparsingLawError, match="SPARSINGLAW_PEAK_FLOPS.*positive, finite"):
+            peak_flops(torch.device("cpu"))
 
 
 def test_every_run_of_a_process_is_compiled(tmp_path, monkeypatch):

@@ -3,6 +3,7 @@ peak FLOP/s (for MFU) and the background batch prefetcher of the CUDA path."""
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
@@ -142,9 +143,13 @@ def peak_flops(device: torch.device) -> float | None:
     env = os.environ.get("SPARSINGLAW_PEAK_FLOPS")
     if env:
         try:
-            return float(env)
+            peak = float(env)
         except ValueError:
-            raise SparsingLawError(f"SPARSINGLAW_PEAK_FLOPS={env!r} is not a number (FLOP/s, e.g. 989e12)") from None
+            peak = math.nan
+        if not 0 < peak < math.inf:  # NaN fails too: a logged MFU of nan, 0 or below 0 would mean nothing
+            raise SparsingLawError(f"SPARSINGLAW_PEAK_FLOPS={env!r}: expected a positive, finite number of "
+                                   "FLOP/s (e.g. 989e12)")
+        return peak
     if device.type != "cuda":
         return None
     name = torch.cuda.get_device_name(device)

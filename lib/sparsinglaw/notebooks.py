@@ -9,7 +9,7 @@ import nbformat
 
 from .config import SparsingLawError
 
-KEEP_METADATA = {"kernelspec", "language_info"}
+KEEP_METADATA = {"kernelspec"}  # language_info carries the version of the Python that last ran it
 
 
 def strip(path: str | Path) -> bool:
@@ -19,7 +19,6 @@ def strip(path: str | Path) -> bool:
     before = nbformat.writes(nb)
     nb.metadata = {k: v for k, v in nb.metadata.items() if k in KEEP_METADATA}
     nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
-    nb.metadata.pop("language_info", None)
     for cell in nb.cells:
         tags = cell.get("metadata", {}).get("tags", [])
         cell.metadata = {"tags": tags} if tags else {}
