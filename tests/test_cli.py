@@ -185,3 +185,200 @@ def test_warnings_take_one_line(tmp_path):
     warned = [line for line in r.stderr.splitlines() if "Warning" in line]
     assert len(warned) == 2 and all(w.startswith("StaleTableWarning: ") for w in warned), r.stderr
     assert not any(line.startswith(" ") or ".py:" in line for line in r.stderr.splitlines()), r.stderr
+
+
+# -----------------------------------------------------------------------------------------------
+# what each command hands to the library (library functions replaced by recorders: no model runs)
+
+
+def _recorder(calls, name, result=None):
+    def record(*args, **kwargs):
+        calls.append((name, kwargs))
+        return result
+    return record
+
+
+def test_train_forwards_runs_jobs_runs_dir_and_progress(tmp_path, monkeypatch, capsys):
+    """`train` passes --run (repeatable), -j (0 is accepted: one per core), --runs-dir and --no-progress on to
+    train_profile, and counts the runs whose status is done."""
+    from types import SimpleNamespace
+
+    from sparsinglaw import cli, runs
+
+    calls = []
+    states = [SimpleNamespace(status="done"), SimpleNamespace(status="partial"), SimpleNamespace(status="done")]
+    monkeypatch.setattr(runs, "train_profile", _recorder(calls, "train", states))
+    assert cli.main(["train", "--profile", "smoke", "--run", "relu-s1", "--name", "silu-s1", "-j", "0",
+                     "--runs-dir", str(tmp_path), "--no-progress"]) == 0
+    assert calls == [("train", {"names": ["relu-s1", "silu-s1"], "jobs": 0, "runs_dir": str(tmp_path),
+                                "progress": False})]
+    out = capsys.readouterr()
+    assert out.out == "2/3 runs done\n" and out.err == ""
+    calls.clear()
+    assert cli.main(["train", "--profile", "smoke", "--jobs", "3"]) == 0
+    assert calls == [("train", {"names": None, "jobs": 3, "runs_dir": None, "progress": True})]
+
+
+def test_measure_forwards_its_flags_and_prints_the_last_checkpoint_of_each_run(tmp_path, monkeypatch, capsys):
+    from sparsinglaw import cli, measure
+
+    table = pd.DataFrame({"run": ["relu-s1"] * 4, "tokens": [200, 100, 100, 200], "p": [1.0, 1.0, 5.0, 5.0],
+                          "cett": [0.2, 0.1, 0.3, 0.4], "ppl_ratio": [1.01] * 4,
+                          "activation_ratio": [0.52, 0.61, 0.47, 0.43], "dead_ratio": [0.0] * 4})
+    calls = []
+    monkeypatch.setattr(measure, "measure_profile", _recorder(calls, "measure", table))
+    assert cli.main(["measure", "--profile", "smoke", "--run", "relu-s1", "-j", "2", "--runs-dir", str(tmp_path),
+                     "--impl", "reference", "--no-progress"]) == 0
+    assert calls == [("measure", {"names": ["relu-s1"], "jobs": 2, "runs_dir": str(tmp_path), "progress": False,
+                                  "impl": "reference"})]
+    rows = capsys.readouterr().out.splitlines()
+    assert rows[0].split() == ["run", "tokens", "p", "cett", "ppl_ratio", "activation_ratio", "dead_ratio"]
+    last = [["relu-s1", "200", "0.52"], ["relu-s1", "200", "0.43"]]  # run, tokens, activation_ratio
+    assert [r.split()[:2] + r.split()[5:6] for r in rows[1:]] == last
+    calls.clear()
+    assert cli.main(["measure", "--profile", "smoke"]) == 0
+    assert calls == [("measure", {"names": None, "jobs": None, "runs_dir": None, "progress": True, "impl": None})]
+
+
+def test_fit_forwards_refit_and_progress(monkeypatch):
+    from sparsinglaw import cli
+
+    calls = []
+    monkeypatch.setattr(cli, "_fit", _recorder(calls, "fit", 0))
+    assert cli.main(["fit", "--profile", "smoke", "--refit", "--no-progress"]) == 0
+    assert cli.main(["fit", "--profile", "smoke"]) == 0
+    assert calls == [("fit", {"refit": True, "progress": False}), ("fit", {"refit": False, "progress": True})]
+
+
+def test_runs_reads_the_states_of_its_runs_dir(tmp_path, monkeypatch, capsys):
+    from sparsinglaw import cli, runs
+
+    seen = []
+    monkeypatch.setattr(runs, "states_table", lambda profile, runs_dir=None: seen.append(runs_dir) or pd.DataFrame(
+        {"run": ["relu-s1"], "status": ["new"], "key": ["k"]}))
+    assert cli.main(["runs", "--profile", "smoke", "--runs-dir", str(tmp_path)]) == 0
+    assert seen == [str(tmp_path)]
+    assert capsys.readouterr().out.split() == ["run", "status", "relu-s1", "new"]  # the key column dropped
+
+
+def test_compute_forwards_jobs_runs_dir_and_progress_to_every_stage(tmp_path, monkeypatch, capsys):
+    from sparsinglaw import cli, inference, measure, runs
+
+    calls = []
+    for mod, name in ((runs, "train_profile"), (runs, "train_log_table"), (measure, "measure_profile"),
+                      (measure, "pareto_profile"), (inference, "sparse_inference_for")):
+        monkeypatch.setattr(mod, name, _recorder(calls, name))
+    assert cli.main(["compute", "--profile", "smoke", "--runs-dir", str(tmp_path), "-j", "2", "--no-progress"]) == 0
+    rd = str(tmp_path)
+    assert calls == [("train_profile", {"jobs": 2, "runs_dir": rd, "progress": False}),
+                     ("train_log_table", {"compute": True, "runs_dir": rd}),
+                     ("measure_profile", {"jobs": 2, "runs_dir": rd, "progress": False}),
+                     ("pareto_profile", {"runs_dir": rd, "progress": False}),
+                     ("sparse_inference_for", {"compute": True, "runs_dir": rd, "progress": False, "jobs": 2})]
+    out = capsys.readouterr().out
+    assert [line.split(":")[0] for line in out.splitlines()[1:]] == ["train", "training logs", "measure", "pareto",
+                                                                   "sparse inference", "total"]
+    calls.clear()
+    assert cli.main(["compute", "--profile", "smoke"]) == 0
+    assert all(k.get("progress", True) is True and k.get("jobs") is None and k["runs_dir"] is None
+               for _, k in calls) and len(calls) == 5
+
+
+def test_verify_prints_the_claims_and_says_whether_the_readme_changed(tmp_path, monkeypatch, capsys):
+    from sparsinglaw import claims, cli
+
+    readme = tmp_path / "README.md"
+    readme.write_text("x\n")
+    changed = []
+    monkeypatch.setattr(claims, "evaluate", lambda profile: pd.DataFrame())
+    monkeypatch.setattr(claims, "write", lambda profile, df: "| claim |\n")
+    monkeypatch.setattr(claims, "update_readme", lambda md, path, name: changed.append((md, path, name)) or
+                        len(changed) == 1)
+    assert cli.main(["verify", "--profile", "smoke", "--readme", str(readme)]) == 0
+    assert capsys.readouterr().out == f"| claim |\nupdated the claims:smoke block of {readme}\n"
+    assert cli.main(["verify", "--profile", "smoke", "--readme", str(readme)]) == 0
+    assert capsys.readouterr().out == f"| claim |\nunchanged: the claims:smoke block of {readme}\n"
+    assert changed == [("| claim |\n", str(readme), "smoke")] * 2
+    assert cli.main(["verify", "--profile", "smoke"]) == 0 and len(changed) == 2  # no --readme: no update
+    assert capsys.readouterr().out == "| claim |\n"
+
+
+def test_compare_reports_a_against_b(monkeypatch, capsys):
+    from sparsinglaw import cli, compare
+
+    monkeypatch.setattr(compare, "compare", lambda a, b: (a, b))
+    monkeypatch.setattr(compare, "report", lambda t: f"{t[0]} | {t[1]}\n")
+    assert cli.main(["compare", "results/x", "results/y"]) == 0
+    assert capsys.readouterr().out == "results/x | results/y\n"
+
+
+# -----------------------------------------------------------------------------------------------
+# errors, --debug, Ctrl-C and warnings
+
+
+def test_os_error_is_one_line_with_exit_2_and_a_traceback_under_debug(monkeypatch, capsys):
+    """An OSError from outside the package's own checks (disk full, permissions): one line on stderr that
+    points to --debug, exit 2; with --debug (before or after the command) it propagates."""
+    from sparsinglaw import cli, runs
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device", "/runs/x.pt")
+
+    monkeypatch.setattr(runs, "train_profile", full)
+    assert cli.main(["train", "--profile", "smoke"]) == 2
+    out = capsys.readouterr()
+    assert out.out == ""
+    assert out.err == ("error: [Errno 28] No space left on device: '/runs/x.pt'; rerun with --debug for the "
+                       "traceback\n")
+    for argv in (["--debug", "train", "--profile", "smoke"], ["train", "--profile", "smoke", "--debug"]):
+        with pytest.raises(OSError, match="No space left"):
+            cli.main(argv)
+
+
+def test_debug_after_the_command_raises_the_error(tmp_path, monkeypatch):
+    """--debug is accepted after the command too (train, ..., compare): the error propagates with its traceback."""
+    from sparsinglaw import cli
+    from sparsinglaw.config import SparsingLawError
+
+    with pytest.raises(SparsingLawError, match="profile 'nope': not found"):
+        cli.main(["train", "--profile", "nope", "--debug"])
+    with pytest.raises(SparsingLawError, match="no such folder"):
+        cli.main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--debug"])
+    with pytest.raises(SparsingLawError, match="no such folder"):
+        cli.main(["--debug", "compare", str(tmp_path / "a"), str(tmp_path / "b")])
+
+
+@pytest.mark.parametrize("command,says", [("measure", "resume from the cached measurements"),
+                                          ("compute", "resume from the last checkpoint and the cached stages")])
+def test_ctrl_c_in_measure_and_compute(command, says, monkeypatch, capsys):
+    from sparsinglaw import cli, measure, runs
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(measure, "measure_profile", interrupted)
+    monkeypatch.setattr(runs, "train_profile", interrupted)  # compute's first stage
+    assert cli.main([command, "--profile", "smoke", "--no-progress"]) == 130
+    assert capsys.readouterr().err == f"interrupted; rerun the same command to {says}\n"
+
+
+def test_warnings_take_one_line_during_the_command_and_the_format_is_restored(monkeypatch):
+    """During a command a warning is formatted as one line (class: message); with --debug Python's own format
+    (file and line) stays; either way main restores the caller's warnings.formatwarning when it returns."""
+    import warnings
+
+    from sparsinglaw import cli, runs
+
+    seen = []
+    monkeypatch.setattr(runs, "train_profile", lambda *a, **k: seen.append(
+        warnings.formatwarning(UserWarning("stale table"), UserWarning, "/lib/x.py", 7)) or [])
+    before = warnings.formatwarning
+    assert cli.main(["train", "--profile", "smoke"]) == 0
+    assert seen[-1] == "UserWarning: stale table\n"
+    assert warnings.formatwarning is before
+    assert cli.main(["--debug", "train", "--profile", "smoke"]) == 0
+    assert seen[-1].startswith("/lib/x.py:7: UserWarning: stale table")
+    assert warnings.formatwarning is before
+    monkeypatch.setattr(runs, "train_profile", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    assert cli.main(["train", "--profile", "smoke"]) == 130
+    assert warnings.formatwarning is before  # restored after an interrupted command too
