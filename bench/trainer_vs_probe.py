@@ -96,7 +96,10 @@ def probe_run(probe: Path, shape: str, measure_s: float) -> dict:
     r = subprocess.run([sys.executable, str(probe)], capture_output=True, text=True, env=env, timeout=900)
     wall = time.perf_counter() - t0
     sys.stderr.write(r.stdout[-3000:] + r.stderr[-3000:])
-    m = re.search(rf"^\s*{re.escape(shape)}\s+\d+\s+\d+\s+([\d.]+)M\s+(\d+)\s+([\d.]+)\s+([\d.]+)", r.stdout, re.M)
+    # the last matching line: the summary table comes at the end, after any progress lines of that shape
+    found = list(re.finditer(rf"^\s*{re.escape(shape)}\s+\d+\s+\d+\s+([\d.]+)M\s+(\d+)\s+([\d.]+)\s+([\d.]+)",
+                             r.stdout, re.M))
+    m = found[-1] if found else None
     if not m:
         return {"shape": shape, "who": "probe", "error": (r.stdout + r.stderr)[-300:], "wall_s": wall}
     return {"shape": shape, "who": "probe", "tok_s": float(m.group(3)) * 1e6, "n_nonemb": float(m.group(1)) * 1e6,
@@ -123,7 +126,7 @@ def table(results: list[dict]) -> str:
             mfu = f"{100 * t['mfu_nonemb']:.1f}%" if t and t.get("mfu_nonemb") else "-"
             warm = f"{t['warm_s']:.1f}" if t and "warm_s" in t else "-"
             n = (t or {}).get("n_nonemb") or (p or {}).get("n_nonemb", 0)
-            bs = f"{t['batch']} x {t['seq']}" if t and "batch" in t else f"{p.get('batch', '?')} x {SEQ}"
+            bs = f"{t['batch']} x {t['seq']}" if t and "batch" in t else f"{(p or {}).get('batch', '?')} x {SEQ}"
             if p and t and "batch" in t and p.get("batch") not in (None, t["batch"]):  # the probe halves on OOM
                 bs += f" (probe: {p['batch']})"
             lines.append(f"| {label} | {n / 1e6:.2f}M | {bs} | {pt} | {tt} | {ratio} | {mfu} | {warm} |")
