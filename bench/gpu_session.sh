@@ -59,11 +59,11 @@ case "$part" in
     opts=(--shapes "${SHAPES:-1M,108M}")
     [ -n "${EAGER-1M}" ] && opts+=(--eager "${EAGER-1M}" --decide-tokens "$tokens")
     [ "${KERNELS:-0}" = 1 ] && opts+=(--profile-dir "$OUT")
-    timeout "$(upto 15)" $PY bench/trainer_vs_probe.py --probe "$probe" --probe-seconds 10 "${opts[@]}" \
+    timeout -k 5 "$(upto 15)" $PY bench/trainer_vs_probe.py --probe "$probe" --probe-seconds 10 "${opts[@]}" \
       --out "$OUT/trainer_vs_probe.md" 2>&1 | tee "$OUT/bench.log"
     keep_choice
     if [ "${GRAPHS:-0}" = 1 ] && [ "$(left)" -gt 120 ]; then  # optional (about a minute): CUDA graphs at 1M
-      timeout "$(upto 10)" $PY bench/trainer_vs_probe.py --shapes 1M --compile-mode reduce-overhead \
+      timeout -k 5 "$(upto 10)" $PY bench/trainer_vs_probe.py --shapes 1M --compile-mode reduce-overhead \
         --out "$OUT/trainer_1M_cuda_graphs.md" 2>&1 | tee -a "$OUT/bench.log"
     fi
     ;;
@@ -80,13 +80,13 @@ case "$part" in
     fi
     # 75 s are kept for the CPU-vs-CUDA check (45 s) and the packing
     # shellcheck disable=SC2086
-    timeout "$(upto 75)" $PY -m sparsinglaw compute --profile gpu --no-progress \
+    timeout -k 5 "$(upto 75)" $PY -m sparsinglaw compute --profile gpu --no-progress \
       --times "$OUT/compute_times.json" ${COMPUTE_ARGS:-} 2>&1 | tee "$OUT/compute.log"
     kill $smi 2>/dev/null
     runs=${SPARSINGLAW_RUNS:-runs} results=${SPARSINGLAW_RESULTS:-results}
     ck=$(ls "$runs"/gpu/relu-s1-*/ckpt_0*.pt 2>/dev/null | tail -n 1)
     if [ -n "$ck" ] && [ "$(left)" -gt 60 ]; then
-      timeout 45 $PY bench/ppl_p_speed.py --checkpoint "$ck" --eval-tokens 32768 --threads 8 --compare-devices \
+      timeout -k 5 45 $PY bench/ppl_p_speed.py --checkpoint "$ck" --eval-tokens 32768 --threads 8 --compare-devices \
         --json "$OUT/ppl_devices.json" 2>&1 | tee "$OUT/ppl_devices.log"
     fi
     tar czf "$OUT/results_gpu.tgz" "$results"/gpu "$runs"/gpu/*/log.csv "$runs"/gpu/*/DONE \
@@ -94,7 +94,7 @@ case "$part" in
     ;;
   dry)
     env_info dry
-    timeout "$(upto 10)" $PY bench/trainer_vs_probe.py --device cpu --shapes tiny --eager tiny \
+    timeout -k 5 "$(upto 10)" $PY bench/trainer_vs_probe.py --device cpu --shapes tiny --eager tiny \
       --decide-tokens 100000000 --out "$OUT/trainer_vs_probe.md" --profile-dir "$OUT" 2>&1 | tee "$OUT/bench.log"
     keep_choice
     ;;
