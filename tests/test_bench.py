@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import tarfile
+import time
 
 import pytest
 
@@ -150,3 +151,172 @@ def test_device_agreement_report(capsys):
     ppl.compare_answers(cpu, cuda)
     out = capsys.readouterr().out
     assert "|dc| 5.0e-04" in out and "max relative threshold difference 1.0e-04" in out and "speedup 5.0x" in out
+
+
+def _fake_py(tmp_path, body):
+    """A PY for bench/gpu_session.sh that logs each call's arguments and runs `body` (bash) for
+    bench/trainer_vs_probe.py; anything else (env_info, the gpu profile's tokens) goes to this python."""
+    py = tmp_path / "py"
+    py.write_text(f"#!/usr/bin/env bash\nprintf '%s\\n' \"$*\" >> {tmp_path / 'calls.txt'}\n"
+                  f"if [ \"$1\" = bench/trainer_vs_probe.py ]; then\n{body}\nfi\nexec {sys.executable} \"$@\"\n")
+    py.chmod(0o755)
+    return py
+
+
+def _session(tmp_path, part, *args, timeout=60, **env_extra):
+    out = tmp_path / "out"
+    env = dict(os.environ, OUT=str(out), OMP_NUM_THREADS="1", STATE=str(tmp_path / "state"), **env_extra)
+    for k in ("SHAPES", "EAGER", "KERNELS", "GRAPHS", "LIMIT"):
+        if k not in env_extra:
+            env.pop(k, None)
+    r = subprocess.run(["bash", "bench/gpu_session.sh", part, *args], cwd=REPO, env=env, capture_output=True,
+                       text=True, timeout=timeout)
+    calls = [c for c in (tmp_path / "calls.txt").read_text().splitlines() if c.startswith("bench/")]
+    return r, out, calls
+
+
+def test_gpu_session_bench_passes_shapes_eager_and_keeps_the_choice(tmp_path):
+    """The bench part's arguments (no GPU: the trainer_vs_probe call is a stand-in): by default 1M,108M
+    with eager 1M and the gpu profile's tokens for the decision, whose COMPUTE_ARGS line is kept in STATE;
+    EAGER= (the third call) trains no eager run and leaves the earlier choice in STATE."""
+    from sparsinglaw.config import load_profile
+
+    body = "echo 'COMPUTE_ARGS=--set compute.compile=false'; exit 0"
+    py = _fake_py(tmp_path, body)
+    r, out, calls = _session(tmp_path, "bench", ".device/gpu_probe.py", PY=str(py))
+    assert r.returncode == 0, r.stderr
+    tokens = load_profile("gpu").runs[0].train.tokens
+    assert calls == [f"bench/trainer_vs_probe.py --probe .device/gpu_probe.py --probe-seconds 10 --shapes 1M,108M "
+                     f"--eager 1M --decide-tokens {tokens} --out {out}/trainer_vs_probe.md"]
+    assert (tmp_path / "state").read_text() == "--set compute.compile=false\n"
+    assert "COMPUTE_ARGS=" in (out / "bench.log").read_text() and (out / "env_bench.txt").exists()
+    (tmp_path / "calls.txt").unlink()
+    py = _fake_py(tmp_path, "exit 0")  # prints no choice
+    r, out, calls = _session(tmp_path, "bench", "p.py", PY=str(py), SHAPES="108M", EAGER="")
+    assert r.returncode == 0, r.stderr
+    assert calls == [f"bench/trainer_vs_probe.py --probe p.py --probe-seconds 10 --shapes 108M "
+                     f"--out {out}/trainer_vs_probe.md"]
+    assert (tmp_path / "state").read_text() == "--set compute.compile=false\n"  # the first call's choice
+    (tmp_path / "calls.txt").unlink()
+    r, out, calls = _session(tmp_path, "bench", "p.py", PY=str(py), SHAPES="1M", KERNELS="1", GRAPHS="1")
+    assert calls[0].endswith(f"--shapes 1M --eager 1M --decide-tokens {tokens} --profile-dir {out} "
+                             f"--out {out}/trainer_vs_probe.md")
+    assert calls[1] == (f"bench/trainer_vs_probe.py --shapes 1M --compile-mode reduce-overhead "
+                        f"--out {out}/trainer_1M_cuda_graphs.md")
+
+
+def test_gpu_session_bench_stops_a_hung_step_within_its_limit(tmp_path):
+    """A trainer_vs_probe that hangs (even ignoring SIGTERM) is stopped LIMIT - 15 s into the call (killed
+    5 s later), and the script still ends with the listing of what it has."""
+    py = _fake_py(tmp_path, "trap '' TERM; echo started; sleep 100 & wait; sleep 100")
+    t0 = time.perf_counter()
+    r, out, calls = _session(tmp_path, "bench", "p.py", PY=str(py), LIMIT="20", timeout=60)
+    took = time.perf_counter() - t0
+    assert r.returncode == 0, r.stderr
+    assert took < 20, took
+    assert "started" in (out / "bench.log").read_text() and "bench.log" in r.stdout  # ls -la "$OUT"
+
+
+def test_table_without_probe_keeps_a_failed_trainer_row():
+    """No probe (the CUDA-graphs call, `make bench` without PROBE) and a trainer run that failed: an
+    'error' row, not an AttributeError that loses the table."""
+    tvp = _load("trainer_vs_probe")
+    res = [{"shape": "1M", "who": "trainer", "error": "CUDA graphs: boom"}]
+    rows = tvp.table(res).splitlines()[2:]
+    assert len(rows) == 1 and rows[0].startswith("| 1M |")
+    cells = [c.strip() for c in rows[0].strip("|").split("|")]
+    assert cells[2] == "? x 1024" and cells[3] == "not run" and cells[4] == "error" and cells[5] == "-"
+    eager = tvp.table([{"shape": "1M", "who": "trainer-eager", "error": "x"}]).splitlines()[2:]
+    assert len(eager) == 1 and eager[0].startswith("| 1M (trainer eager) |") and "| error |" in eager[0]
+
+
+def test_table_notes_the_probes_smaller_batch_and_ratio_direction():
+    """The probe halves its batch on OOM: the row says so; the ratio is trainer / probe."""
+    tvp = _load("trainer_vs_probe")
+    p = {"shape": "108M", "who": "probe", "tok_s": 4e5, "n_nonemb": 113.2e6, "batch": 32}
+    t = {"shape": "108M", "who": "trainer", "tok_s": 5e5, "n_nonemb": 113.2e6, "batch": 64, "seq": 1024,
+         "mfu_nonemb": 0.3, "warm_s": 61.26}
+    cells = [c.strip() for c in tvp.table([p, t]).splitlines()[-1].strip("|").split("|")]
+    assert cells == ["108M", "113.20M", "64 x 1024 (probe: 32)", "400,000", "500,000", "1.25x", "30.0%", "61.3"]
+
+
+def test_probe_output_last_summary_line_and_environment(tmp_path):
+    """The probe gets PROBE_SIZES / PROBE_MEASURE_S; of several lines of the shape (progress, then the
+    summary at the end) the last is read."""
+    fake = tmp_path / "probe.py"
+    fake.write_text(
+        "import os, sys\n"
+        "assert os.environ['PROBE_MEASURE_S'] == '2.5', os.environ['PROBE_MEASURE_S']\n"
+        "n = os.environ['PROBE_SIZES']\n"
+        "print(f\"{n:>5} {128:>4} {4:>3} {1.05:>9.2f}M {256:>4} {3.10:>8.2f} {0.4:>6.1f}\")  # warming up\n"
+        "print('=== gpu_probe summary ===')\n"
+        "print(f\"{n:>5} {128:>4} {4:>3} {1.05:>9.2f}M {128:>4} {10.63:>8.2f} {1.4:>6.1f} {2.0:>6.1f}\")\n")
+    tvp = _load("trainer_vs_probe")
+    r = tvp.probe_run(fake, "1M", 2.5)
+    assert r["tok_s"] == pytest.approx(10.63e6) and r["batch"] == 128
+    assert r["mfu_nonemb_at_probe_peak"] == pytest.approx(0.014)
+    assert "error" in tvp.probe_run(fake, "1M", 1.0)  # the stand-in refuses another PROBE_MEASURE_S
+
+
+def test_trainer_run_units(monkeypatch, tmp_path):
+    """tokens/s: the median of the log windows after the first two; warm-up: wall seconds less what the
+    steps explain at that rate; MFU: 6 * non-embedding params * tokens/s over the device's peak."""
+    import types
+
+    tvp = _load("trainer_vs_probe")
+    seen = {}
+
+    def rates(run, tokens, steps, **kw):
+        seen.update(kw, steps=steps, log_every=run.train.log_every, batch=run.train.batch_size,
+                    seq=run.model.seq_len)
+        return [1.0, 2.0, 300.0, 100.0, 200.0], 50.0
+
+    fake = types.ModuleType("trainer_cpu_speed")
+    fake.trainer_rates = rates
+    fake.random_tokens = lambda vocab, seq, n: None
+    monkeypatch.setitem(sys.modules, "trainer_cpu_speed", fake)
+    monkeypatch.setenv("SPARSINGLAW_PEAK_FLOPS", "1e9")
+    r = tvp.trainer_run("tiny", "cpu", True, 8, 2, compile_mode="default")
+    assert seen == {"device": "cpu", "compile": True, "compile_mode": "default", "steps": 8, "log_every": 2,
+                    "batch": 2, "seq": 128}
+    assert r["tok_s"] == 200.0 and r["who"] == "trainer" and r["windows"] == [1.0, 2.0, 300.0, 100.0, 200.0]
+    assert r["warm_s"] == pytest.approx(50.0 - 8 * 2 * 128 / 200.0)
+    from sparsinglaw.model import ModelConfig, num_params_from_config
+
+    n = num_params_from_config(ModelConfig(vocab_size=8192, d_model=32, n_layers=2, head_dim=16, d_ff=64,
+                                           seq_len=128), non_embedding=True)
+    assert r["n_nonemb"] == n and r["mfu_nonemb"] == pytest.approx(6 * n * 200.0 / 1e9) and r["peak"] == 1e9
+    assert tvp.trainer_run("tiny", "cpu", False, 8, 2)["who"] == "trainer-eager"
+
+
+def test_trainer_subprocess_flags(monkeypatch, tmp_path):
+    """Each trainer measurement runs in its own process with its shape, device, compile flag and mode;
+    only the compiled run writes the kernel table; a run that prints no RESULT line is an error row."""
+    tvp = _load("trainer_vs_probe")
+    cmds = []
+
+    def run(cmd, **kw):
+        cmds.append(cmd[2:])
+        return subprocess.CompletedProcess(cmd, 0, stdout='x\nRESULT {"shape": "1M", "tok_s": 5.0}\n', stderr="")
+
+    monkeypatch.setattr(tvp.subprocess, "run", run)
+    a = types_ns(device="cuda", compile_mode="reduce-overhead", steps=None, log_every=None, profile_dir=tmp_path,
+                 no_compile=False)
+    assert tvp.trainer_subprocess(a, "1M", compiled=True) == {"shape": "1M", "tok_s": 5.0}
+    tvp.trainer_subprocess(a, "1M", compiled=False)
+    a.steps, a.log_every, a.profile_dir = 30, 5, None
+    tvp.trainer_subprocess(a, "108M", compiled=True)
+    assert cmds == [["--one", "1M", "--shapes", "1M", "--device", "cuda", "--compile-mode", "reduce-overhead",
+                     "--profile-dir", str(tmp_path)],
+                    ["--one", "1M", "--shapes", "1M", "--device", "cuda", "--no-compile", "--compile-mode",
+                     "reduce-overhead"],
+                    ["--one", "108M", "--shapes", "108M", "--device", "cuda", "--compile-mode", "reduce-overhead",
+                     "--steps", "30", "--log-every", "5"]]
+    monkeypatch.setattr(tvp.subprocess, "run", lambda cmd, **kw: subprocess.CompletedProcess(cmd, 1, "", "OOM"))
+    assert tvp.trainer_subprocess(a, "1M", compiled=False) == {"shape": "1M", "who": "trainer-eager", "error": "OOM"}
+
+
+def types_ns(**kw):
+    import argparse
+
+    return argparse.Namespace(**kw)
