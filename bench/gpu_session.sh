@@ -86,7 +86,7 @@ case "$part" in
     runs=${SPARSINGLAW_RUNS:-runs} results=${SPARSINGLAW_RESULTS:-results}
     ck=$(ls "$runs"/gpu/relu-s1-*/ckpt_0*.pt 2>/dev/null | tail -n 1)
     if [ -n "$ck" ] && [ "$(left)" -gt 60 ]; then
-      timeout -k 5 45 $PY bench/ppl_p_speed.py --checkpoint "$ck" --eval-tokens 32768 --threads 8 --compare-devices \
+      timeout -k 5 45 $PY bench/ppl_p_speed.py --checkpoint "$ck" --eval-tokens 16384 --threads 8 --compare-devices \
         --json "$OUT/ppl_devices.json" 2>&1 | tee "$OUT/ppl_devices.log"
     fi
     tar czf "$OUT/results_gpu.tgz" "$results"/gpu "$runs"/gpu/*/log.csv "$runs"/gpu/*/DONE \
