@@ -15,7 +15,8 @@
 # LIMIT (default 590): the seconds this device call may run (the run tool's timeout_s, or the device
 # time left if less). Every step's timeout is taken from it, so that what was finished is always packed
 # and comes back; the benchmark table is rewritten after every measurement. With 15 device-minutes a
-# session, three calls on one warm machine (each within its 30 s of the last):
+# session, three calls on one warm machine (each within its 30 s of the last; before them, here:
+# `git rev-parse HEAD > .device/git_sha`, and every call carries .device, so results name their commit):
 #   SHAPES=1M LIMIT=200 bash bench/gpu_session.sh bench .device/gpu_probe.py     (~2 min)
 #   LIMIT=480 bash bench/gpu_session.sh profile                                  (compile as decided)
 #   SHAPES=108M EAGER= LIMIT=<left> bash bench/gpu_session.sh bench .device/gpu_probe.py
@@ -32,12 +33,17 @@ OUT=${OUT:-/tmp/gpu_session}
 PY=${PY:-python3}
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD/lib${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=true
+# the device machine gets the working tree without .git: the commit comes in .device/git_sha (written by
+# `git rev-parse HEAD > .device/git_sha` before the calls), for the results' sidecars (runs.git_state)
+if [ -z "${SPARSINGLAW_GIT_SHA:-}" ] && [ -s .device/git_sha ]; then
+  SPARSINGLAW_GIT_SHA=$(cat .device/git_sha); export SPARSINGLAW_GIT_SHA
+fi
 
 env_info() {
   { date -u; nvidia-smi 2>/dev/null | head -15
     $PY -c "import sys, torch; print('python', sys.version.split()[0], '| torch', torch.__version__, '| cuda',
 torch.version.cuda, '|', torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU')"
-    git rev-parse HEAD 2>/dev/null; } > "$OUT/env_$1.txt" 2>&1
+    git rev-parse HEAD 2>/dev/null || echo "commit ${SPARSINGLAW_GIT_SHA:-unknown} (no .git here)"; } > "$OUT/env_$1.txt" 2>&1
   cat "$OUT/env_$1.txt"
 }
 

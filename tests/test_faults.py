@@ -463,6 +463,27 @@ def test_dirty_flag_ignores_the_pipelines_own_outputs(tmp_path, monkeypatch):
         git("checkout", "--", rel)
 
 
+def test_git_state_of_a_copy_without_git(tmp_path, monkeypatch):
+    """A copy of the checkout without .git (a lent GPU machine gets one): the commit is unknown and so is
+    whether the tree is dirty (not "clean"), unless SPARSINGLAW_GIT_SHA names the commit it was copied from;
+    in a real checkout git's own answer wins over the variable."""
+    import subprocess
+
+    (tmp_path / "copy" / "lib").mkdir(parents=True)
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))  # no repository above the copy either
+    monkeypatch.setattr(runs, "repo_root", lambda: tmp_path / "copy")
+    monkeypatch.delenv("SPARSINGLAW_GIT_SHA", raising=False)
+    assert runs.git_state() == {"git_sha": "unknown", "git_dirty": None}
+    monkeypatch.setenv("SPARSINGLAW_GIT_SHA", "4ab49fb0\n")
+    assert runs.git_state() == {"git_sha": "4ab49fb0", "git_dirty": None}
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path / "copy", check=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "x"],
+                   cwd=tmp_path / "copy", check=True)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path / "copy", capture_output=True, text=True,
+                          check=True).stdout.strip()
+    assert runs.git_state() == {"git_sha": head, "git_dirty": False}
+
+
 def test_failing_figure_write_keeps_previous(tmp_path, tiny_profile, monkeypatch):
     monkeypatch.setenv("SPARSINGLAW_FIGURES", str(tmp_path / "figures"))
     fig, ax = plt.subplots()

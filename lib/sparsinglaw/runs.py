@@ -95,12 +95,16 @@ def git_state() -> dict:
     code that produced them dirty."""
     root = repo_root()
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
-                             timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *OUTPUT_PATHS],
-                               cwd=root, capture_output=True, text=True, timeout=10).stdout.strip() != ""
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=10)
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *OUTPUT_PATHS],
+                                cwd=root, capture_output=True, text=True, timeout=10)
+        sha = head.stdout.strip() if head.returncode == 0 else ""
+        dirty = status.stdout.strip() != "" if status.returncode == 0 else None  # None: not known
     except (OSError, subprocess.SubprocessError):
         sha, dirty = "", None
+    if not sha and os.environ.get("SPARSINGLAW_GIT_SHA"):
+        # a copy of the checkout without its .git (e.g. on a lent GPU machine): the commit it was copied from
+        return {"git_sha": os.environ["SPARSINGLAW_GIT_SHA"].strip(), "git_dirty": None}
     return {"git_sha": sha or "unknown", "git_dirty": dirty}
 
 
