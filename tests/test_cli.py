@@ -158,18 +158,21 @@ def test_under_torchrun_the_stages_after_training_run_on_rank_0_alone(tmp_path, 
 
 
 @pytest.mark.parametrize("command,says", [("fit", "resume (finished tables are cached)"),
-                                          ("train", "resume from the last checkpoint")])
+                                          ("train", "resume from the last checkpoint"),
+                                          ("measure", "resume from the cached measurements"),
+                                          ("compute", "resume from the last checkpoint and the cached stages")])
 def test_ctrl_c_says_what_a_rerun_resumes(command, says, monkeypatch, capsys):
     """Ctrl-C exits 130 with one line; only the stages that keep checkpoints speak of them (fit has none)."""
-    from sparsinglaw import analysis, cli, runs
+    from sparsinglaw import analysis, cli, measure, runs
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(analysis, "fit_profile", interrupted)
-    monkeypatch.setattr(runs, "train_profile", interrupted)  # cli imports it from runs when it trains
-    assert cli.main([command, "--profile", "smoke"]) == 130
-    assert capsys.readouterr().err.strip() == f"interrupted; rerun the same command to {says}"
+    monkeypatch.setattr(measure, "measure_profile", interrupted)
+    monkeypatch.setattr(runs, "train_profile", interrupted)  # imported from runs by train and compute (first stage)
+    assert cli.main([command, "--profile", "smoke", "--no-progress"]) == 130
+    assert capsys.readouterr().err == f"interrupted; rerun the same command to {says}\n"
 
 
 @pytest.mark.skipif(not (REPO / "results" / "cpu" / "claims.csv").exists(), reason="needs the committed cpu results")
@@ -346,20 +349,6 @@ def test_debug_after_the_command_raises_the_error(tmp_path, monkeypatch):
         cli.main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--debug"])
     with pytest.raises(SparsingLawError, match="no such folder"):
         cli.main(["--debug", "compare", str(tmp_path / "a"), str(tmp_path / "b")])
-
-
-@pytest.mark.parametrize("command,says", [("measure", "resume from the cached measurements"),
-                                          ("compute", "resume from the last checkpoint and the cached stages")])
-def test_ctrl_c_in_measure_and_compute(command, says, monkeypatch, capsys):
-    from sparsinglaw import cli, measure, runs
-
-    def interrupted(*args, **kwargs):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(measure, "measure_profile", interrupted)
-    monkeypatch.setattr(runs, "train_profile", interrupted)  # compute's first stage
-    assert cli.main([command, "--profile", "smoke", "--no-progress"]) == 130
-    assert capsys.readouterr().err == f"interrupted; rerun the same command to {says}\n"
 
 
 def test_warnings_take_one_line_during_the_command_and_the_format_is_restored(monkeypatch):

@@ -113,22 +113,29 @@ def leave_distributed() -> None:
         dist.destroy_process_group()
 
 
+def env_number(name: str, ok, expected: str) -> float | None:
+    """The number in environment variable `name` (None when unset or empty), refused with one message
+    unless ok(value) (NaN and text fail every range)."""
+    raw = os.environ.get(name)
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not ok(value):
+        raise SparsingLawError(f"{name}={raw!r}: expected {expected}")
+    return value
+
+
 def _timeout() -> dict:
     """SPARSINGLAW_DIST_TIMEOUT (seconds), how long a collective may wait for the other ranks before the
     process group gives up; unset: torch's default (10 minutes on nccl, 30 on gloo). Ranks also wait at a
     barrier while rank 0 alone evaluates and writes a checkpoint, so keep it well above that time."""
-    raw = os.environ.get("SPARSINGLAW_DIST_TIMEOUT")
-    if not raw:
-        return {}
     import datetime
 
-    try:
-        seconds = float(raw)
-        if 1 <= seconds <= 1e9:  # NaN fails too
-            return {"timeout": datetime.timedelta(seconds=seconds)}
-    except (ValueError, OverflowError):
-        pass
-    raise SparsingLawError(f"SPARSINGLAW_DIST_TIMEOUT={raw!r}: expected a number of seconds in [1, 1e9]")
+    seconds = env_number("SPARSINGLAW_DIST_TIMEOUT", lambda v: 1 <= v <= 1e9, "a number of seconds in [1, 1e9]")
+    return {} if seconds is None else {"timeout": datetime.timedelta(seconds=seconds)}
 
 
 # Datasheet dense bf16 tensor-core peaks (FLOP/s) by device name; MFU is reported only for these (or
@@ -140,15 +147,9 @@ PEAK_BF16 = [("H200 NVL", 835e12), ("H200", 989e12), ("H100 NVL", 835e12), ("H10
 def peak_flops(device: torch.device) -> float | None:
     """The device's peak FLOP/s for MFU: SPARSINGLAW_PEAK_FLOPS if set, else the datasheet bf16 peak of a
     known CUDA device, else None (CPUs and unknown GPUs: tokens/s only)."""
-    env = os.environ.get("SPARSINGLAW_PEAK_FLOPS")
-    if env:
-        try:
-            peak = float(env)
-        except ValueError:
-            peak = math.nan
-        if not 0 < peak < math.inf:  # NaN fails too: a logged MFU of nan, 0 or below 0 would mean nothing
-            raise SparsingLawError(f"SPARSINGLAW_PEAK_FLOPS={env!r}: expected a positive, finite number of "
-                                   "FLOP/s (e.g. 989e12)")
+    peak = env_number("SPARSINGLAW_PEAK_FLOPS", lambda v: 0 < v < math.inf,  # an MFU of nan, 0 or < 0 means nothing
+                      "a positive, finite number of FLOP/s (e.g. 989e12)")
+    if peak is not None:
         return peak
     if device.type != "cuda":
         return None
