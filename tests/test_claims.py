@@ -466,6 +466,77 @@ def test_dense_beats_moe(gaps, expect, n):
                                      "not compared")
 
 
+def tradeoff_table(cett, baselines: dict, zeros=None) -> pd.DataFrame:
+    """measure.tradeoff rows of one run: cett and each baseline as (activation ratio, bound)."""
+    rows = [("relu-s4", "cett", *cett)] + [("relu-s4", m, *v) for m, v in baselines.items()]
+    if zeros is not None:
+        rows.append(("relu-s4", "zeros", zeros, "<="))
+    return pd.DataFrame(rows, columns=["run", "method", "activation_ratio", "bound"]).assign(activation="relu")
+
+
+@pytest.mark.parametrize("cett,baselines,expect,wins", [
+    ((0.18, "="), {"topk": (0.29, "="), "topk_batch": (0.28, "="), "fat": (0.28, "=")}, "PASS", 3),
+    ((0.18, "="), {"topk": (0.29, "="), "fat": (0.185, "=")}, "INCONCLUSIVE", 1),  # fat within the 0.01 margin
+    ((0.18, "="), {"topk": (0.29, "="), "fat": (0.175, "=")}, "INCONCLUSIVE", 1),  # fat fewer, within the margin
+    ((0.18, "="), {"topk": (0.29, "="), "fat": (0.165, "=")}, "FAIL", 1),  # fat fewer by more than 0.01
+    ((0.18, "="), {"topk": (0.25, ">")}, "PASS", 1),  # topk above its densest point 0.25
+    ((0.18, "="), {"topk": (0.18, ">")}, "INCONCLUSIVE", 0),  # above 0.18: not by the margin for sure
+    ((0.18, "="), {"topk": (0.30, "<=")}, "INCONCLUSIVE", 0),  # at most 0.30: could be below 0.18
+    ((0.18, "="), {"topk": (0.15, "<=")}, "FAIL", 0),  # at most 0.15: below PPL-p% by more than 0.01
+    ((0.10, "<="), {"topk": (0.15, "=")}, "PASS", 1),  # PPL-p% at most 0.10
+    ((0.30, ">"), {"topk": (0.25, "=")}, "FAIL", 0),  # PPL-p% above 0.30
+    ((0.20, "<="), {"topk": (0.15, "=")}, "INCONCLUSIVE", 0),  # PPL-p% at most 0.20: above or below 0.15
+    ((0.10, ">"), {"topk": (0.25, "=")}, "INCONCLUSIVE", 0),  # PPL-p% above 0.10: above or below 0.25
+])
+def test_cett_best_tradeoff(cett, baselines, expect, wins):
+    row = claims.cett_best_tradeoff(tradeoff_table(cett, baselines, zeros=0.38))
+    assert row["verdict"] == expect and row["n"] == len(baselines)
+    assert row["note"].startswith(f"{wins} of {len(baselines)} comparisons won")
+
+
+def test_cett_best_tradeoff_shows_exact_zeros_without_judging_them():
+    """Exact zeros at most 0.05 (far below PPL-p%) do not make a FAIL: one point, shown only."""
+    row = claims.cett_best_tradeoff(tradeoff_table((0.18, "="), {"topk": (0.29, "="), "fat": (0.25, ">")}, 0.05))
+    assert row["verdict"] == "PASS"
+    assert row["value"] == "relu-s4: PPL-p% 0.18, topk 0.29, fat > 0.25, exact zeros <= 0.05"
+    assert claims.cett_best_tradeoff(tradeoff_table((0.18, "="), {}))["verdict"] == "INCONCLUSIVE"
+    empty = claims.cett_best_tradeoff(pd.DataFrame(columns=["run", "method", "activation_ratio", "bound"]))
+    assert empty["verdict"] == "INCONCLUSIVE" and empty["n"] == 0
+
+
+def cett_sweep(steps_a, steps_r, run="relu-s4") -> pd.DataFrame:
+    """A CETT sweep whose activation ratio and PPL ratio move by the given steps (c ascending, rows shuffled),
+    plus a Top-k point that must be ignored."""
+    a = 0.5 + np.concatenate([[0], np.cumsum(steps_a)])
+    r = 1.0 + np.concatenate([[0], np.cumsum(steps_r)])
+    c = 0.05 * np.arange(1, len(a) + 1)
+    df = pd.DataFrame({"run": run, "method": "cett", "param": c, "activation_ratio": a, "ppl_ratio": r})
+    df = pd.concat([df, pd.DataFrame([{"run": run, "method": "topk", "param": 8, "activation_ratio": 0.9,
+                                       "ppl_ratio": 0.5}])])
+    return df.sample(frac=1, random_state=0)
+
+
+@pytest.mark.parametrize("steps_a,steps_r,expect", [
+    ([-0.1, -0.05, -0.02], [0.01, 0.02, 0.1], "PASS"),
+    ([-0.1, 0.0, -0.02], [0.01, 0.02, 0.1], "INCONCLUSIVE"),  # a flat step of the activation ratio
+    ([-0.1, -0.05, -0.02], [0.01, -0.0005, 0.1], "INCONCLUSIVE"),  # PPL dips by less than 1e-3
+    ([-0.1, -0.05, -0.02], [0.01, -0.002, 0.1], "FAIL"),  # ... by more
+    ([-0.1, 0.002, -0.02], [0.01, 0.02, 0.1], "FAIL"),  # the activation ratio rises by more than 1e-3
+])
+def test_cett_monotone(steps_a, steps_r, expect):
+    row = claims.cett_monotone(pd.concat([cett_sweep(steps_a, steps_r),
+                                          cett_sweep([-0.1] * 3, [0.01] * 3, run="silu-s4")]))
+    assert row["verdict"] == expect and row["n"] == 2
+    assert row["value"].startswith("relu-s4 (4 values of c, 0.05 to 0.2): A 0.5 to ")
+
+
+def test_cett_monotone_counts_the_steps():
+    row = claims.cett_monotone(cett_sweep([-0.1, 0.0, -0.02], [0.01, -0.0005, 0.1]))
+    assert row["value"] == ("relu-s4 (4 values of c, 0.05 to 0.2): A 0.5 to 0.38, 2 of 3 steps falling; "
+                            "PPL ratio 1.0000 to 1.1095, 2 of 3 rising")
+    assert claims.cett_monotone(pd.DataFrame(columns=["run", "method"]))["verdict"] == "INCONCLUSIVE"
+
+
 def test_check_gives_every_claim_once():
     tables = {"fits": fits([("relu-s1", "relu", "scale", -0.9, 16), ("silu-s1", "silu", "scale", 0.9, 16)]),
               "form_comparison": comparison({"relu-s1": 0.0, "silu-s1": 0.0}),
@@ -474,7 +545,8 @@ def test_check_gives_every_claim_once():
               "domain_agreement": patterns([(0.7, 0.8)], (0.1, 0.1))[0],
               "token_pairs": patterns([(0.7, 0.8)], (0.1, 0.1))[1],
               "seed_agreement": patterns([(0.7, 0.8)], (0.1, 0.1))[1].assign(max_ks=0.1),
-              "sparse_inference": inference_table([1.01], [0.1]), "moe_comparison": moe_table([5.0])}
+              "sparse_inference": inference_table([1.01], [0.1]), "moe_comparison": moe_table([5.0]),
+              "pareto": cett_sweep([-0.1], [0.01]), "tradeoff": tradeoff_table((0.18, "="), {"topk": (0.3, "=")})}
     df = claims.check(tables)
     assert list(df.columns) == claims.COLUMNS
     assert sorted(df["id"]) == sorted(claims.CLAIMS)

@@ -445,3 +445,40 @@ def test_only_stable_stage_marks_are_measured(tiny, smoke_tokens):
     kept = runs.checkpoints(p, run)
     assert total_steps(run.model, run.train) in set(kept["step"])  # the decay-stage checkpoint exists
     assert measure.stable_checkpoints(p, run)["step"].tolist() == want == measure.stable_marks(run)
+
+
+@pytest.mark.parametrize("a,r,expect", [
+    ([0.1, 0.2, 0.4], [1.30, 1.05, 1.00], (0.2 + 0.04 / 0.05 * 0.2, "=")),  # crosses 1.01 between 0.2 and 0.4
+    ([0.4, 0.1, 0.2], [1.00, 1.30, 1.05], (0.2 + 0.04 / 0.05 * 0.2, "=")),  # the same points, unsorted
+    ([0.1, 0.2, 0.4], [1.30, 1.01, 1.00], (0.2, "=")),  # a point exactly at the target
+    ([0.1, 0.2, 0.4], [1.30, 1.005, 1.02], (0.1 + 0.29 / 0.295 * 0.1, "=")),  # the first crossing from sparse
+    ([0.1, 0.2], [1.005, 1.00], (0.1, "<=")),  # the sparsest point already meets the target
+    ([0.1, 0.2], [1.30, 1.02], (0.2, ">")),  # no point meets it
+    ([0.38], [1.0], (0.38, "<=")),  # exact zeros: one point
+])
+def test_ratio_at_ppl_reads_the_first_crossing_from_the_sparse_end(a, r, expect):
+    got = measure.ratio_at_ppl(a, r, 1.01)
+    assert got[1] == expect[1] and got[0] == pytest.approx(expect[0])
+
+
+def test_tradeoff_puts_ppl_p_points_on_the_cett_curve_and_leaves_moe_runs_out():
+    """One dense run: its CETT sweep and PPL-1% point are one curve ("cett"); Top-k, FAT-eps and exact zeros
+    are read on their own; the MoE run (its own curve, Fig. 2) gets no row. Hand interpolation at 1.01 and,
+    for p = 5, at 1.05."""
+    rows = [("relu-s4", "cett", 0.05, 1.002, 0.30), ("relu-s4", "cett", 0.2, 1.05, 0.12),
+            ("relu-s4", "ppl-1%", 0.1, 1.012, 0.18), ("relu-s4", "topk", 32, 1.04, 0.2),
+            ("relu-s4", "topk", 48, 1.006, 0.3), ("relu-s4", "fat", 0.3, 1.03, 0.3),
+            ("relu-s4", "zeros", None, 1.0, 0.4),
+            ("silu-moe8", "moe", 2, 1.0, 0.25), ("silu-moe8", "moe", 1, 1.2, 0.125)]
+    points = pd.DataFrame(rows, columns=["run", "method", "param", "ppl_ratio", "activation_ratio"]).assign(
+        activation=lambda d: d["run"].str[:4])
+    t = measure.tradeoff(points)
+    assert t["run"].unique().tolist() == ["relu-s4"]
+    got = t.set_index("method")
+    assert got.index.tolist() == ["cett", "topk", "fat", "zeros"] and got["activation"].eq("relu").all()
+    assert got["bound"].tolist() == ["=", "=", ">", "<="] and got["n_points"].tolist() == [3, 2, 1, 1]
+    assert got["activation_ratio"].tolist() == pytest.approx([0.18 + 0.002 / 0.010 * 0.12, 0.2 + 0.03 / 0.034 * 0.1,
+                                                              0.3, 0.4])
+    five = measure.tradeoff(points, p=5).set_index("method")["activation_ratio"]
+    assert five["cett"] == pytest.approx(0.12) and five["topk"] == pytest.approx(0.2)
+    assert measure.tradeoff(points[points["method"] == "moe"]).empty

@@ -44,6 +44,9 @@ EXACT_MAX = 8  # exact permutation test up to this many runs (8! = 40,320 orderi
 # dense-vs-MoE perplexity margin: two separately trained models differ by about this much by chance (the
 # cpu profile's three seeds of relu-s1 end at dense losses 4.371-4.405, perplexities 3.4% apart)
 MOE_MARGIN = 0.03
+TRADEOFF_MARGIN = 0.01  # PPL-p% vs a baseline: activation ratios (at PPL +1%) closer than this are a tie
+TRADEOFF_BASELINES = ("topk", "topk_batch", "fat")  # exact zeros have one point: shown, not judged
+MONOTONE_TOL = 1e-3  # a step of the CETT sweep against the trend by more than this (ratio units) is a reversal
 
 # where each base table comes from, (command, notebook): the message of a missing one names them
 SOURCES = {"sparsity": ("measure", "02"), "neurons": ("measure", "02"), "tokens": ("measure", "02"),
@@ -106,6 +109,20 @@ CLAIMS = {
                         "same activation ratio, minus 1 (measure.moe_comparison)",
                         f"PASS: every MoE above the dense curve by > {MOE_MARGIN:.0%}; FAIL: some MoE below it by "
                         f"> {MOE_MARGIN:.0%}"),
+    "cett_best_tradeoff": ("PPL-p% keeps fewer neurons than Top-k and FAT-eps at the same perplexity",
+                           "Fig. 3 (v4 Fig. 2)",
+                           "per dense Pareto run (final checkpoint, one evaluation set), the activation ratio at "
+                           "which each method's PPL ratio reaches 1.01, read along straight lines between its "
+                           "points (measure.tradeoff): PPL-p% (CETT swept) against Top-k per token, Top-k per "
+                           "batch and FAT-eps (exact zeros shown, not judged)",
+                           f"PASS: PPL-p% below every baseline by > {TRADEOFF_MARGIN:g}; FAIL: some baseline below "
+                           f"PPL-p% by > {TRADEOFF_MARGIN:g}"),
+    "cett_monotone": ("PPL rises and the activation ratio falls monotonically with the CETT value",
+                      "v4 Fig. 15 (Algorithm 1's bisection)",
+                      "per dense Pareto run, the steps of its CETT sweep (c ascending): how the activation ratio "
+                      "and the PPL ratio move",
+                      f"PASS: every step lowers the activation ratio and raises the PPL ratio; FAIL: some step "
+                      f"moves one against its trend by > {MONOTONE_TOL:g}"),
     "ppl1_lossless": ("PPL-1% sparse inference is nearly lossless", "Table 1",
                       "over the runs, at p = 1 on held-out text (domain all): max perplexity increase "
                       "exp(loss - dense loss) - 1 and max next-token accuracy drop",
@@ -465,6 +482,69 @@ def dense_beats_moe(moe: pd.DataFrame) -> dict:
     return _row("dense_beats_moe", "; ".join(parts), verdict, int(ok.sum()), note)
 
 
+def cett_best_tradeoff(tradeoff: pd.DataFrame) -> dict:
+    """PPL-p% against each baseline at PPL +1% (measure.tradeoff, p = 1). A bound becomes an interval of
+    the activation ratio ("=": the point; "<=": at most it; ">": above it): PPL-p% wins a comparison when
+    its interval lies below the baseline's by more than TRADEOFF_MARGIN, loses it when above by more."""
+    if tradeoff.empty:
+        return _row("cett_best_tradeoff", "no Pareto run", "INCONCLUSIVE", 0,
+                    "no dense run among sparsity.pareto_runs (results/<profile>/pareto.csv)")
+
+    def interval(r) -> tuple[float, float]:
+        a = float(r["activation_ratio"])
+        return {"=": (a, a), "<=": (0.0, a), ">": (a, 1.0)}[r["bound"]]
+
+    def shown(r) -> str:
+        return f"{'' if r['bound'] == '=' else r['bound'] + ' '}{float(r['activation_ratio']):.3g}"
+
+    parts, wins, losses, n = [], 0, 0, 0
+    for run, sub in tradeoff.groupby("run", sort=False):
+        by = {r["method"]: r for _, r in sub.iterrows()}
+        if "cett" not in by:
+            parts.append(f"{run}: no PPL-p% curve")
+            continue
+        c_lo, c_hi = interval(by["cett"])
+        text = [f"PPL-p% {shown(by['cett'])}"]
+        for m in TRADEOFF_BASELINES:
+            if m in by:
+                b_lo, b_hi = interval(by[m])
+                n += 1
+                wins += c_hi < b_lo - TRADEOFF_MARGIN
+                losses += c_lo > b_hi + TRADEOFF_MARGIN
+                text.append(f"{m} {shown(by[m])}")
+        if "zeros" in by:
+            text.append(f"exact zeros {shown(by['zeros'])}")
+        parts.append(f"{run}: " + ", ".join(text))
+    verdict = "FAIL" if losses else "PASS" if n and wins == n else "INCONCLUSIVE"
+    note = (f"{wins} of {n} comparisons won, {losses} lost; activation ratio at PPL ratio 1.01, one evaluation "
+            "set and one seed per run")
+    return _row("cett_best_tradeoff", "; ".join(parts), verdict, n, note)
+
+
+def cett_monotone(points: pd.DataFrame) -> dict:
+    """Each dense Pareto run's CETT sweep, c ascending: the activation ratio must fall and the PPL ratio
+    rise at every step. A step against the trend by more than MONOTONE_TOL is a reversal (FAIL); a smaller
+    one, or a flat step, leaves the verdict INCONCLUSIVE."""
+    sweep = points[points["method"] == "cett"] if len(points) else points
+    if sweep.empty:
+        return _row("cett_monotone", "no CETT sweep", "INCONCLUSIVE", 0,
+                    "no dense run among sparsity.pareto_runs (results/<profile>/pareto.csv)")
+    parts, strict, reversed_ = [], True, False
+    for run, sub in sweep.groupby("run", sort=False):
+        sub = sub.sort_values("param")
+        da = np.diff(sub["activation_ratio"].to_numpy(float))
+        dr = np.diff(sub["ppl_ratio"].to_numpy(float))
+        strict &= bool((da < 0).all() and (dr > 0).all())
+        reversed_ |= bool((da > MONOTONE_TOL).any() or (dr < -MONOTONE_TOL).any())
+        a, r, c = (sub[k].astype(float) for k in ("activation_ratio", "ppl_ratio", "param"))
+        parts.append(f"{run} ({len(sub)} values of c, {c.iloc[0]:g} to {c.iloc[-1]:g}): A {a.iloc[0]:.3g} to "
+                     f"{a.iloc[-1]:.3g}, {int((da < 0).sum())} of {len(da)} steps falling; PPL ratio "
+                     f"{r.iloc[0]:.4f} to {r.iloc[-1]:.4f}, {int((dr > 0).sum())} of {len(dr)} rising")
+    verdict = "FAIL" if reversed_ else "PASS" if strict else "INCONCLUSIVE"
+    return _row("cett_monotone", "; ".join(parts), verdict, sweep["run"].nunique(),
+                "final checkpoint, one evaluation set")
+
+
 # -----------------------------------------------------------------------------------------------
 # registry: each check and the tables it reads (names of `inputs`)
 
@@ -477,6 +557,8 @@ REGISTRY = [
     (a0_scale_weak, ("scale_fit",)),
     (small_converge_faster, ("convergence_summary",)),
     (patterns_agree, ("domain_agreement", "token_pairs", "seed_agreement")),
+    (cett_best_tradeoff, ("tradeoff",)),
+    (cett_monotone, ("pareto",)),
     (ppl1_lossless, ("sparse_inference",)),
     (dense_beats_moe, ("moe_comparison",)),
 ]
@@ -533,16 +615,15 @@ def inputs(profile: ProfileConfig) -> dict[str, pd.DataFrame]:
     si = read_inference(profile, columns=["run", "p", "domain", "accuracy", "dense_accuracy", "ppl_ratio",
                                           "calib_ppl_ratio", "calib_applied_ppl_ratio", "reached"])
     pareto = results_dir(profile.name) / "pareto.csv"  # optional: a profile may sweep no run
-    if pareto.is_file():
-        from .measure import moe_comparison, read_results
+    from .measure import RESULT_COLUMNS, moe_comparison, read_results, tradeoff
 
-        moe = moe_comparison(read_results(profile, "pareto"), profile)
-    else:
-        moe = pd.DataFrame(columns=["trained_k"])
+    points = read_results(profile, "pareto") if pareto.is_file() else pd.DataFrame(
+        columns=RESULT_COLUMNS["pareto"][0])
+    moe = moe_comparison(points, profile) if len(points) else pd.DataFrame(columns=["trained_k"])
     fitted = ("fits", "form_comparison", "width_depth_fit", "scale_fit", "convergence_summary", "domain_agreement",
               "token_pairs", "seed_agreement")
     return {**{k: t[k] for k in fitted}, "sparsity": analysis.load_results(profile)["sparsity"],
-            "sparse_inference": si, "moe_comparison": moe}
+            "sparse_inference": si, "moe_comparison": moe, "pareto": points, "tradeoff": tradeoff(points)}
 
 
 def evaluate(profile: ProfileConfig | str) -> pd.DataFrame:

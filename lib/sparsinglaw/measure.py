@@ -631,6 +631,45 @@ def ppl_p_curves(points: pd.DataFrame) -> dict[str, tuple[str, np.ndarray, np.nd
     return curves
 
 
+TRADEOFF_METHODS = ("cett", "topk", "topk_batch", "fat", "zeros")  # "cett": the CETT sweep and PPL-p% points
+
+
+def ratio_at_ppl(activation_ratio, ppl_ratio, target: float) -> tuple[float, str]:
+    """The activation ratio at which one method's points (activation ratios, PPL ratios) first reach a PPL
+    ratio at or below `target`, read from the sparsest point along straight lines between neighbours:
+    (a, "=") where the line between two points crosses the target, (a_min, "<=") when the sparsest point is
+    already at or below it (the crossing lies at a_min or sparser, unmeasured), (a_max, ">") when no point
+    is (it lies denser than every point)."""
+    a, r = np.asarray(activation_ratio, float), np.asarray(ppl_ratio, float)
+    o = np.argsort(a, kind="stable")
+    a, r = a[o], r[o]
+    if r[0] <= target:
+        return float(a[0]), "<="
+    for i in range(1, len(a)):
+        if r[i] <= target:  # r[i-1] > target >= r[i]
+            return float(a[i - 1] + (r[i - 1] - target) * (a[i] - a[i - 1]) / (r[i - 1] - r[i])), "="
+    return float(a[-1]), ">"
+
+
+def tradeoff(points: pd.DataFrame, p: float = 1.0) -> pd.DataFrame:
+    """Paper Fig. 3 in one number per method: for each dense run of the Pareto points and each method of
+    TRADEOFF_METHODS, the activation ratio at which its PPL ratio reaches 1 + p/100 (ratio_at_ppl; `bound`
+    "=", "<=" or ">"). The lower it is, the fewer neurons the method keeps for the same perplexity; the
+    paper's finding is that PPL-p% (CETT) needs the fewest."""
+    cols = ["run", "activation", "method", "activation_ratio", "bound", "n_points"]
+    moe = set(points.loc[points["method"] == "moe", "run"])
+    rows = []
+    for run, sub in points[~points["run"].isin(moe)].groupby("run", sort=False):
+        method = sub["method"].where(~sub["method"].str.startswith("ppl-"), "cett")
+        for m in TRADEOFF_METHODS:
+            pts = sub[method == m]
+            if len(pts):
+                a, bound = ratio_at_ppl(pts["activation_ratio"], pts["ppl_ratio"], 1 + p / 100)
+                rows.append({"run": run, "activation": sub["activation"].iloc[0], "method": m,
+                             "activation_ratio": a, "bound": bound, "n_points": len(pts)})
+    return pd.DataFrame(rows, columns=cols)
+
+
 def moe_comparison(points: pd.DataFrame, profile: ProfileConfig) -> pd.DataFrame:
     """Paper Fig. 2 as a table: each MoE run of the Pareto points (results/<profile>/pareto.csv) at every
     number of routed experts k, against each dense run's PPL-p% curve (ppl_p_curves) read at the same
