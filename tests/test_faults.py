@@ -31,7 +31,7 @@ import pytest
 import yaml
 
 from conftest import MINI, REPO
-from sparsinglaw import cli, measure, plots, runs
+from sparsinglaw import analysis, cli, measure, plots, runs
 from sparsinglaw.config import SparsingLawError, checkpoint_steps, load_profile
 from sparsinglaw.train import (
     TrainingDiverged,
@@ -593,6 +593,22 @@ def test_table_of_another_config_warns_or_refuses(measured_mini, mini_path):
     assert len(df)
     with pytest.raises(runs.TableError, match=r"sparsity.csv: recorded stage_hash .* differs .*; refusing it"):
         measure.read_results(changed, strict=True)
+
+
+def test_fits_warn_on_measurements_of_another_profile(measured_mini, mini_path):
+    """analysis.load_results, which every fit and claim check reads the measurements through, warns for each
+    measurement table made under other runs or sparsity settings (the fit would fit runs the profile no
+    longer has) and stays silent for a fit setting, which the measurements are not made from."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        analysis.load_results(load_profile(mini_path, overrides=MINI + ["train.lr=0.02"]))
+    stale = sorted(Path(str(w.message).split(":")[0]).name for w in caught
+                   if issubclass(w.category, runs.StaleTableWarning))
+    assert stale == ["neurons.csv", "sparsity.csv", "tokens.csv"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", runs.StaleTableWarning)
+        for same in (measured_mini, load_profile(mini_path, overrides=MINI + ["fit.n_boot=7"])):
+            assert len(analysis.load_results(same)["sparsity"]) == len(measure.read_results(measured_mini))
 
 
 def test_a_change_a_table_is_not_made_from_leaves_it_current(measured_mini, mini_path, session_roots, tmp_path,

@@ -31,7 +31,18 @@ from scipy import stats
 
 from . import laws, paper
 from .config import ProfileConfig, SparsingLawError, command_for, in_repo, profile_flags, stable_hash
-from .runs import as_bool, in_group, provenance, read_csv, read_table, repo_root, results_dir, sidecar, write_table
+from .runs import (
+    as_bool,
+    current,
+    in_group,
+    provenance,
+    read_csv,
+    read_table,
+    repo_root,
+    results_dir,
+    sidecar,
+    write_table,
+)
 
 ANALYSIS_VERSION = 4  # bump when a derived table changes meaning (invalidates the cached tables)
 CODE_FILES = ("laws.py", "analysis.py")  # the fitting code; its sha256 is recorded, not part of the cache key
@@ -512,17 +523,19 @@ MEASURED = ("sparsity", "neurons", "tokens")  # the measurement tables every fit
 def load_results(profile: ProfileConfig | str) -> dict[str, pd.DataFrame]:
     """Every table of results/<profile>/ by name (sparsity, neurons, tokens, and derived ones present).
     The measurement tables (MEASURED) are read with runs.read_table's integrity checks: one edited by
-    hand, cut short, or without a readable sidecar is refused, not fitted. Derived tables are checked
-    where they are reused (_cached)."""
+    hand, cut short, or without a readable sidecar is refused, not fitted; for a loaded profile, one
+    measured under other data, runs or sparsity settings (its stage_hash) gets a StaleTableWarning.
+    Derived tables are checked where they are reused (_cached)."""
     name = profile if isinstance(profile, str) else profile.name
     folder = results_dir(name)
-    fix = f"rerun {command_for(profile, 'measure', '02')}"
+    measure_cmd = command_for(profile, "measure", "02")
     if not (folder / "sparsity.csv").exists():
-        raise SparsingLawError(f"{folder / 'sparsity.csv'}: not measured yet; make it with "
-                               f"{command_for(profile, 'measure', '02')}")
+        raise SparsingLawError(f"{folder / 'sparsity.csv'}: not measured yet; make it with {measure_cmd}")
+    expect = None if isinstance(profile, str) else current(profile, "measure")
     out = {}
     for path in sorted(folder.glob("*.csv")):
-        out[path.stem] = read_table(path, fix=fix) if path.stem in MEASURED else read_csv(path)
+        out[path.stem] = (read_table(path, expect=expect, fix=f"rerun {measure_cmd}") if path.stem in MEASURED
+                          else read_csv(path))
         out[path.stem].attrs = {}
     return out
 
