@@ -6,7 +6,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-EXEC := runs/$(PROFILE)/notebooks
+RUNS_ROOT := $(or $(SPARSINGLAW_RUNS),runs)
+EXEC := $(RUNS_ROOT)/$(PROFILE)/notebooks
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 EXECUTED := $(patsubst notebooks/%,$(EXEC)/%,$(NOTEBOOKS))
 LIB := $(wildcard lib/sparsinglaw/*.py)
@@ -81,9 +82,10 @@ $(EXEC)/%.ipynb: notebooks/%.ipynb configs/$(PROFILE).yaml $(LIB) $(STAMP)
 
 figures: $(EXECUTED) ## execute every notebook for PROFILE: train, measure, fit, write figures/PROFILE
 
-REPLOT := runs/$(PROFILE)/replot
+REPLOT := $(RUNS_ROOT)/$(PROFILE)/replot
 RESULTS := $(or $(SPARSINGLAW_RESULTS),results)/$(PROFILE)
-README_CLAIMS := $(if $(filter cpu gpu,$(PROFILE)),--readme README.md,)
+# the README's claims block shows the committed cpu/gpu tables: a results folder elsewhere leaves it alone
+README_CLAIMS := $(if $(and $(filter cpu gpu,$(PROFILE)),$(if $(SPARSINGLAW_RESULTS),,yes)),--readme README.md,)
 
 replot: $(STAMP) ## redraw every figure of PROFILE from the committed results/PROFILE tables (no training)
 	@test -f $(RESULTS)/sparsity.csv || { echo "error: $(RESULTS)/sparsity.csv is missing: nothing to replot (make figures PROFILE=$(PROFILE) or make compute PROFILE=$(PROFILE) computes it)" >&2; exit 1; }
@@ -92,11 +94,15 @@ replot: $(STAMP) ## redraw every figure of PROFILE from the committed results/PR
 	  $(PY) -m papermill $$nb $(abspath $(REPLOT))/$$(basename $$nb) -k python3 -p profile $(PROFILE) -p replot True --cwd $(CURDIR); \
 	done
 
-verify: $(STAMP) ## check every claim of the paper on results/PROFILE: PASS/FAIL/INCONCLUSIVE table (cpu/gpu: also README)
+verify: $(STAMP) ## check every claim of the paper on results/PROFILE: PASS/FAIL/INCONCLUSIVE table (cpu/gpu: also README's block, unless SPARSINGLAW_RESULTS is set)
 	$(PY) -m sparsinglaw verify --profile $(PROFILE) $(README_CLAIMS)
+	@$(if $(and $(filter cpu gpu,$(PROFILE)),$(SPARSINGLAW_RESULTS)),echo "README.md left as it is: SPARSINGLAW_RESULTS=$(SPARSINGLAW_RESULTS) is not the committed results folder",:)
 
-report: $(EXECUTED) ## one HTML file of the executed notebooks of PROFILE: runs/PROFILE/report.html
-	$(PY) -m sparsinglaw.notebooks report $(EXECUTED) -o runs/$(PROFILE)/report.html --title "sparsing-law: profile $(PROFILE)"
+# FROM=replot: the notebooks make replot wrote, executed nothing new; else those of make figures (run first if missing)
+REPORT_NBS := $(if $(filter replot,$(FROM)),$(patsubst notebooks/%,$(REPLOT)/%,$(NOTEBOOKS)),$(EXECUTED))
+report: $(STAMP) $(if $(filter replot,$(FROM)),,$(EXECUTED)) ## one HTML file of the executed notebooks of PROFILE (runs/PROFILE/report.html); runs make figures first where needed, FROM=replot uses make replot's
+	@for nb in $(REPORT_NBS); do test -f $$nb || { echo "error: $$nb is missing: run make replot PROFILE=$(PROFILE) first" >&2; exit 1; }; done
+	$(PY) -m sparsinglaw.notebooks report $(REPORT_NBS) -o $(RUNS_ROOT)/$(PROFILE)/report.html --title "sparsing-law: profile $(PROFILE)"
 
 nb-%: configs/$(PROFILE).yaml $(STAMP) ## execute one notebook, e.g. make nb-01 PROFILE=smoke
 	@nb=$$(ls notebooks/$*_*.ipynb) && mkdir -p $(EXEC) && \
@@ -120,7 +126,7 @@ bench: $(STAMP) ## training tokens/s (cpu reference run; on a GPU also the probe
 	@if $(PY) -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then \
 	$(PY) bench/trainer_vs_probe.py --shapes 1M,108M $(if $(PROBE),--probe $(PROBE),); \
 	else echo "(no GPU: the trainer-vs-probe benchmark is skipped)"; fi
-	@ck=$$(ls runs/cpu/relu-s4-*/ckpt_0*.pt 2>/dev/null | tail -n 1); \
+	@ck=$$(ls $(RUNS_ROOT)/cpu/relu-s4-*/ckpt_0*.pt 2>/dev/null | tail -n 1); \
 	if [ -n "$$ck" ]; then $(PY) bench/ppl_p_speed.py --checkpoint $$ck --eval-tokens 32768 --search both; \
 	else echo "(no trained cpu checkpoint: PPL-1% benchmark on a random model; run make figures first)"; \
 	$(PY) bench/ppl_p_speed.py --synthetic; fi
@@ -135,8 +141,8 @@ strip: $(STAMP) ## strip outputs and execution counts from notebooks/
 	$(PY) -m sparsinglaw.notebooks strip notebooks
 
 clean: ## remove executed notebooks and caches (keeps checkpoints)
-	rm -rf runs/*/notebooks .pytest_cache .ruff_cache
+	rm -rf $(RUNS_ROOT)/*/notebooks $(RUNS_ROOT)/*/replot .pytest_cache .ruff_cache
 	find . -name __pycache__ -not -path './.venv/*' -prune -exec rm -rf {} +
 
-clean-runs: ## delete runs/PROFILE (checkpoints and logs of this profile only)
-	rm -rf runs/$(PROFILE)
+clean-runs: ## delete runs/PROFILE (checkpoints and logs of this profile only; SPARSINGLAW_RUNS/PROFILE where that is set)
+	rm -rf $(RUNS_ROOT)/$(PROFILE)

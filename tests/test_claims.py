@@ -683,6 +683,17 @@ def test_evaluate_and_write(synth_profile):
     assert text.count("\n| ") == len(df) + 1 and "**FAIL**" in text
 
 
+def test_evaluate_passes_progress_to_the_fits(synth_profile, monkeypatch):
+    from sparsinglaw import analysis
+
+    seen, fit_profile = [], analysis.fit_profile
+    monkeypatch.setattr(analysis, "fit_profile", lambda *a, **k: seen.append(k.get("progress")) or fit_profile(*a, **k))
+    P = config.load_profile(synth_profile)
+    claims.evaluate(P, progress=False)
+    claims.evaluate(P)
+    assert seen == [False, True]
+
+
 def unmeasured_profile(tmp_path):
     """configs/smoke.yaml saved as <tmp>/unmeasured.yaml: a profile without any results."""
     path = tmp_path / "unmeasured.yaml"

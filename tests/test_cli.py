@@ -119,6 +119,32 @@ def test_compute_names_what_draws_the_figures_of_its_profile(mini_path):
     assert "--set overrides" in cli._draw_hint(load_profile("smoke", overrides=["train.seed=3"]))
 
 
+def _make_n(*args, **env) -> str:
+    """The commands `make -n ARGS` would run (the venv stamp taken as up to date), under extra env vars."""
+    base = {k: v for k, v in os.environ.items()
+            if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "SPARSINGLAW_RUNS", "SPARSINGLAW_RESULTS")}
+    r = subprocess.run(["make", "--no-print-directory", "-n", "-o", ".venv/.installed", *args], cwd=REPO,
+                       capture_output=True, text=True, timeout=60, env={**base, **env})
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_follows_the_folder_variables():
+    """The Makefile's executed notebooks, report and clean-runs live under SPARSINGLAW_RUNS where it is set,
+    and `make verify` rewrites the README's claims block only from the committed results folder."""
+    assert "--readme README.md" in _make_n("verify", "PROFILE=cpu")
+    private = _make_n("verify", "PROFILE=cpu", SPARSINGLAW_RESULTS="/tmp/elsewhere")
+    assert "--readme" not in private and "README.md left as it is" in private
+    assert "--readme" not in _make_n("verify", "PROFILE=smoke")
+    assert _make_n("clean-runs", "PROFILE=smoke", SPARSINGLAW_RUNS="/tmp/elsewhere") == "rm -rf /tmp/elsewhere/smoke\n"
+    assert _make_n("clean-runs", "PROFILE=smoke") == "rm -rf runs/smoke\n"
+    figures = _make_n("figures", "PROFILE=smoke", SPARSINGLAW_RUNS="/tmp/elsewhere")
+    assert "papermill notebooks/00_overview.ipynb /tmp/elsewhere/smoke/notebooks/00_overview.ipynb" in figures
+    replotted = _make_n("report", "PROFILE=smoke", "FROM=replot")
+    assert "papermill" not in replotted and "runs/smoke/replot/07_claims.ipynb -o runs/smoke/report.html" in replotted
+
+
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 @pytest.mark.parametrize("target", ["figures", "nb-01", "replot", "verify"])
 def test_make_with_an_unknown_profile_names_the_profiles(target):
@@ -296,8 +322,9 @@ def test_verify_prints_the_claims_and_says_whether_the_readme_changed(tmp_path, 
 
     readme = tmp_path / "README.md"
     readme.write_text("x\n")
-    changed = []
-    monkeypatch.setattr(claims, "evaluate", lambda profile: pd.DataFrame())
+    changed, progress_seen = [], []
+    monkeypatch.setattr(claims, "evaluate", lambda profile, progress=True: progress_seen.append(progress)
+                        or pd.DataFrame())
     monkeypatch.setattr(claims, "write", lambda profile, df: "| claim |\n")
     monkeypatch.setattr(claims, "update_readme", lambda md, path, name: changed.append((md, path, name)) or
                         len(changed) == 1)
@@ -308,6 +335,8 @@ def test_verify_prints_the_claims_and_says_whether_the_readme_changed(tmp_path, 
     assert changed == [("| claim |\n", str(readme), "smoke")] * 2
     assert cli.main(["verify", "--profile", "smoke"]) == 0 and len(changed) == 2  # no --readme: no update
     assert capsys.readouterr().out == "| claim |\n"
+    assert cli.main(["verify", "--profile", "smoke", "--no-progress"]) == 0
+    assert progress_seen == [True, True, True, False]
 
 
 def test_compare_reports_a_against_b(monkeypatch, capsys):

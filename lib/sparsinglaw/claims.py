@@ -597,10 +597,10 @@ def missing_tables(profile: ProfileConfig) -> list[str]:
     return [t for t in SOURCES if not (folder / f"{t}.csv").is_file()]
 
 
-def inputs(profile: ProfileConfig) -> dict[str, pd.DataFrame]:
+def inputs(profile: ProfileConfig, progress: bool = True) -> dict[str, pd.DataFrame]:
     """Every table the checks read: the base tables and the cached derived ones of analysis.py (computed
-    and written to results/<profile>/ only when missing or stale). Raises one SparsingLawError naming
-    every missing base table and the command that makes it."""
+    and written to results/<profile>/ only when missing or stale, with progress bars unless `progress` is
+    False). Raises one SparsingLawError naming every missing base table and the command that makes it."""
     missing = missing_tables(profile)
     if missing:
         folder = results_dir(profile.name)
@@ -611,7 +611,7 @@ def inputs(profile: ProfileConfig) -> dict[str, pd.DataFrame]:
         raise MissingResults(f"{folder}: missing results table(s) {', '.join(missing)}; make them first: {how}")
     from .inference import read_inference
 
-    t = analysis.fit_profile(profile)
+    t = analysis.fit_profile(profile, progress=progress)
     si = read_inference(profile, columns=["run", "p", "domain", "accuracy", "dense_accuracy", "ppl_ratio",
                                           "calib_ppl_ratio", "calib_applied_ppl_ratio", "reached"])
     pareto = results_dir(profile.name) / "pareto.csv"  # optional: a profile may sweep no run
@@ -626,9 +626,9 @@ def inputs(profile: ProfileConfig) -> dict[str, pd.DataFrame]:
             "sparse_inference": si, "moe_comparison": moe, "pareto": points, "tradeoff": tradeoff(points)}
 
 
-def evaluate(profile: ProfileConfig | str) -> pd.DataFrame:
+def evaluate(profile: ProfileConfig | str, progress: bool = True) -> pd.DataFrame:
     """The claims table of a profile (COLUMNS; one row per claim id, verdict PASS/FAIL/INCONCLUSIVE)."""
-    return check(inputs(_profile(profile)))
+    return check(inputs(_profile(profile), progress))
 
 
 def _cell(v) -> str:

@@ -18,14 +18,18 @@ from pathlib import Path
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m sparsinglaw", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m sparsinglaw", description=__doc__.split("\n")[0],
+                                epilog="Environment: SPARSINGLAW_RUNS, SPARSINGLAW_RESULTS and SPARSINGLAW_FIGURES "
+                                "move the runs/, results/ and figures/ roots (default: in the repository).")
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def common(sp):
         sp.add_argument("--profile", required=True,
                         help="profile name in configs/ (smoke, cpu, cpu-long, gpu, paper) or a YAML path")
-        sp.add_argument("--runs-dir", default=None, help="root for checkpoints and logs (default: runs/)")
+        sp.add_argument("--runs-dir", default=None,
+                        help="root for checkpoints and logs (default: $SPARSINGLAW_RUNS where set, else runs/); "
+                        "fit and verify read results/ only")
         sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
                         help="override a config field, e.g. train.lr=3e-3 or runs.relu-s1.train.tokens=1e6 "
                         "(repeatable)")
@@ -80,6 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--readme", default=None, metavar="PATH",
                    help="also replace the block between <!-- claims:<profile>:start --> and "
                    "<!-- claims:<profile>:end --> in this Markdown file (e.g. README.md)")
+    v.add_argument("--no-progress", action="store_true", help="no progress bars (while stale fits are recomputed)")
     k = sub.add_parser("compare", help="two results folders of one profile side by side (e.g. a rerun against "
                        "the committed results/cpu): claim verdicts, activation ratios, losses, law fits")
     k.add_argument("a", metavar="A", help="a results folder, e.g. results/cpu")
@@ -187,7 +192,7 @@ def _dispatch(args) -> int:
     if args.command == "verify":
         from . import claims
 
-        df = claims.evaluate(profile)
+        df = claims.evaluate(profile, progress=not args.no_progress)
         md = claims.write(profile, df)
         print(md, end="")
         if args.readme is not None:
