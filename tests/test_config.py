@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 import shutil
 from pathlib import Path
 
@@ -235,12 +236,12 @@ def test_overrides_into_sections_written_empty(tmp_path):
      "train.checkpoint_tokens=[4096]"),
     ("train.checkpoint_tokens=[1000, 5000]", "runs[0].train.checkpoint_tokens: the first checkpoint (1000 tokens, "
      "step 2) must come after the warmup (2 steps, 1024 tokens)", "train.checkpoint_tokens=[1025, 5000]"),
-    ("train.seed=18446744073709551616", "runs[0].train.seed: must be an integer in [0, 2**64)",
+    ("train.seed=18446744073709551616", "smoke.yaml: train.seed: must be an integer in [0, 2**64)",
      "train.seed=18446744073709551615"),
-    ("train.seed=-1", "runs[0].train.seed: must be an integer in [0, 2**64)", "train.seed=0"),
+    ("train.seed=-1", "smoke.yaml: train.seed: must be an integer in [0, 2**64)", "train.seed=0"),
     ("data.corpus=''", "data.corpus: is empty; expected python-env or the path of", None),
     ("data.corpus='  '", "data.corpus: is empty; expected python-env or the path of", None),
-    ("train.batch_size=8.5", "runs[0].train.batch_size: expected an integer, got 8.5", "train.batch_size=8.0"),
+    ("train.batch_size=8.5", "smoke.yaml: train.batch_size: expected an integer, got 8.5", "train.batch_size=8.0"),
     ("train.first_checkpoint_frac=0.04", "runs[0].train.first_checkpoint_frac: the first checkpoint (step 2) must "
      "come after the warmup (2 steps)", "train.first_checkpoint_frac=0.045"),
 ], ids=["marks-one-step", "marks-repeated", "mark-in-warmup", "seed-2**64", "seed-negative", "corpus-empty",
@@ -303,6 +304,19 @@ def test_profile_level_override_that_runs_set_themselves_gets_a_note(capsys, mon
     monkeypatch.setenv("RANK", "1")  # torchrun's other ranks leave it to rank 0
     load_profile("smoke", overrides=over)
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("override,field", [
+    ("model.activation=tanh", "model.activation: unknown activation 'tanh'"),  # every smoke run sets its own
+    ("model.d_model=-8", "model.d_model"),  # every smoke run sets its own, too
+    ("train.lr=-0.01", "train.lr"),
+])
+def test_a_bad_shared_value_is_refused_even_where_every_run_overrides_it(override, field):
+    """The shared model and train sections are checked on their own: a bad value there was accepted (with the
+    note above) as long as every run set its own, and would surface in the next run that does not."""
+    want = f"--set '{re.escape(override)}' is refused: .*smoke.yaml: {re.escape(field)}"
+    with pytest.raises(ConfigError, match=want):
+        load_profile("smoke", overrides=[override])
 
 
 def test_a_yaml_named_like_a_builtin_profile_is_refused(tmp_path):
@@ -371,8 +385,9 @@ def test_run_override_takes_the_longest_run_name_that_fits(tmp_path):
 def test_a_bad_override_is_named_before_the_file(tmp_path):
     """An error in a field a --set wrote leads with that --set (the message named only the YAML file and
     runs[0], where a profile-level train.X is checked first); an error of the file itself does not."""
-    for ov, head in (("train.lrr=3e-3", "--set 'train.lrr=3e-3' (a profile-level override, checked in every run) "
-                                        "is refused: "),
+    for ov, head in (("train.checkpoint_tokens=[5000, 5100]", "--set 'train.checkpoint_tokens=[5000, 5100]' (a "
+                      "profile-level override, checked in every run) is refused: "),  # a check of the run's shape
+                     ("train.lrr=3e-3", "--set 'train.lrr=3e-3' is refused: "),  # the shared section's own check
                      ("trian.lr=3e-3", "--set 'trian.lr=3e-3' is refused: "),
                      ("runs.relu-s1.train.lr=abc", "--set 'runs.relu-s1.train.lr=abc' is refused: ")):
         with pytest.raises(ConfigError) as e:

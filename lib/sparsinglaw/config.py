@@ -311,11 +311,10 @@ def _check(cond: bool, where: str, msg: str) -> None:
         raise ConfigError(f"{where}: {msg}")
 
 
-def validate_model(m: ModelConfig, where: str) -> None:
+def validate_model_fields(m: ModelConfig, where: str) -> None:
+    """The checks of one field at a time (those of a shared model section, whose fields runs may override)."""
     for f in ("vocab_size", "d_model", "n_layers", "head_dim", "d_ff", "seq_len", "dim_model_base"):
         _check(getattr(m, f) > 0, f"{where}.{f}", f"must be a positive integer, got {getattr(m, f)}")
-    _check(m.d_model % m.head_dim == 0, f"{where}.head_dim",
-           f"must divide d_model={m.d_model}, got {m.head_dim}")
     _check(m.head_dim % 2 == 0, f"{where}.head_dim", f"must be even for rotary embeddings, got {m.head_dim}")
     _check(m.activation in ACTIVATIONS, f"{where}.activation",
            f"unknown activation {m.activation!r}; expected one of: {', '.join(sorted(ACTIVATIONS))}")
@@ -323,15 +322,22 @@ def validate_model(m: ModelConfig, where: str) -> None:
         _check(getattr(m, f) > 0, f"{where}.{f}", f"must be > 0, got {getattr(m, f)}")
     _check(isinstance(m.n_experts, int) and m.n_experts >= 0, f"{where}.n_experts",
            f"must be an integer >= 0 (0 = dense FFN), got {m.n_experts!r}")
+    _check(m.aux_loss_coef >= 0, f"{where}.aux_loss_coef", f"must be >= 0, got {m.aux_loss_coef}")
+
+
+def validate_model(m: ModelConfig, where: str) -> None:
+    validate_model_fields(m, where)
+    _check(m.d_model % m.head_dim == 0, f"{where}.head_dim",
+           f"must divide d_model={m.d_model}, got {m.head_dim}")
     if m.n_experts:
         _check(m.d_ff % m.n_experts == 0, f"{where}.n_experts",
                f"must divide d_ff={m.d_ff} (experts of equal width), got {m.n_experts}")
         _check(isinstance(m.top_k, int) and 1 <= m.top_k <= m.n_experts, f"{where}.top_k",
                f"must be an integer in [1, n_experts={m.n_experts}], got {m.top_k!r}")
-        _check(m.aux_loss_coef >= 0, f"{where}.aux_loss_coef", f"must be >= 0, got {m.aux_loss_coef}")
 
 
-def validate_train(t: TrainConfig, m: ModelConfig, where: str) -> None:
+def validate_train_fields(t: TrainConfig, where: str) -> None:
+    """The checks of one field at a time (those of a shared train section, whose fields runs may override)."""
     for f in ("tokens", "batch_size", "grad_accum", "checkpoints", "eval_tokens", "log_every", "resume_every"):
         _check(getattr(t, f) > 0, f"{where}.{f}", f"must be a positive integer, got {getattr(t, f)}")
     _check(0 <= t.seed < 2**64, f"{where}.seed", f"must be an integer in [0, 2**64) (torch.manual_seed), got {t.seed}")
@@ -345,6 +351,10 @@ def validate_train(t: TrainConfig, m: ModelConfig, where: str) -> None:
            "warmup_frac + decay_frac must leave a stable stage (< 1)")
     _check(0 < t.decay_min_lr_frac <= 1, f"{where}.decay_min_lr_frac", "must lie in (0, 1]")
     _check(0 < t.first_checkpoint_frac <= 1, f"{where}.first_checkpoint_frac", "must lie in (0, 1]")
+
+
+def validate_train(t: TrainConfig, m: ModelConfig, where: str) -> None:
+    validate_train_fields(t, where)
     _check(t.eval_tokens >= m.seq_len, f"{where}.eval_tokens",
            f"must be at least one window of model.seq_len={m.seq_len} tokens, got {t.eval_tokens}")
     n = total_steps(m, t)
@@ -466,6 +476,10 @@ def parse_profile(raw: Any, path: str, name: str) -> ProfileConfig:
             raise ConfigError(f"{path}: {sect}: expected a mapping of fields, got {val!r}")
     if "vocab_size" in model_defaults:
         raise ConfigError(f"{path}: model.vocab_size: set it in data.vocab_size (the tokenizer decides it)")
+    # the shared sections field by field: a bad value there is refused even where every run sets its own
+    validate_model_fields(_build(ModelConfig, {**model_defaults, "vocab_size": data.vocab_size}, f"{path}: model"),
+                          f"{path}: model")
+    validate_train_fields(_build(TrainConfig, train_defaults, f"{path}: train"), f"{path}: train")
     runs_raw = raw.get("runs")
     if not isinstance(runs_raw, list) or not runs_raw:
         raise ConfigError(f"{path}: runs: expected a non-empty list of runs (name, groups, model, train)")
