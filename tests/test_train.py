@@ -719,3 +719,37 @@ def test_check_tokens_refuses_a_train_split_without_two_window_starts(tiny_profi
     ok = dataclasses.replace(smoke_tokens, train=smoke_tokens.train[:T + 2])
     check_tokens(run, ok)
     get_batch(ok.train, 1, T, torch.Generator().manual_seed(0))
+
+
+def test_a_run_longer_than_its_corpus_says_how_many_passes_it_makes(tmp_path, monkeypatch, capsys):
+    """A run that trains on more tokens than the corpus's train split holds repeats its data; the paper's runs
+    see theirs about once, so the trainer says how many passes (two small files: 12,288 tokens over a few
+    thousand). A corpus larger than the run gets no note."""
+    import shutil
+    import sysconfig
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from conftest import TINY
+    from sparsinglaw.config import load_profile
+    from sparsinglaw.data import prepare
+    from sparsinglaw.train import passes_note
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    stdlib = sorted(Path(sysconfig.get_paths()["stdlib"]).glob("[a-t]*.py"), key=lambda f: f.name)
+    for f in [f for f in stdlib if 6_000 < f.stat().st_size < 12_000][:2]:
+        shutil.copy(f, corpus / f.name)
+    monkeypatch.setenv("SPARSINGLAW_DATA", str(tmp_path / "data"))
+    p = load_profile("smoke", overrides=TINY + [f"data.corpus={corpus}"])
+    run = p.run("relu-s1")
+    tokens = prepare(p.data, runs.data_cache_dir(), progress=False)
+    n = len(tokens.train)
+    assert 0 < n < run.train.tokens
+    train(run, p.data, runs.run_dir(p, run), tokens, progress=False, stop_after_step=1)
+    want = (f"note: run relu-s1 trains 12,288 tokens, {12288 / n:.1f} passes over the {n:,} training tokens of "
+            f"data.corpus={corpus} (the paper's runs see their data about once); add text or raise data.max_mb "
+            "for fewer repeats")
+    assert want in capsys.readouterr().out.splitlines()
+    big = SimpleNamespace(train=range(12_288), meta=lambda: {})
+    assert passes_note(run, big) is None and passes_note(run, SimpleNamespace(train=range(12_287), meta=dict))

@@ -392,6 +392,18 @@ def check_tokens(run: RunConfig, tokens: TokenData) -> None:
                               "model.seq_len")
 
 
+def passes_note(run: RunConfig, tokens: TokenData) -> str | None:
+    """A note when the run trains on more tokens than its corpus's train split holds: it sees each window
+    several times, while the paper's runs see their data about once (so the laws' D is new text)."""
+    n = len(tokens.train)
+    if run.train.tokens <= n:
+        return None
+    corpus = tokens.meta().get("data", {}).get("corpus", "?")
+    return (f"note: run {run.name} trains {run.train.tokens:,} tokens, {run.train.tokens / n:.1f} passes over the "
+            f"{n:,} training tokens of data.corpus={corpus} (the paper's runs see their data about once); add "
+            "text or raise data.max_mb for fewer repeats")
+
+
 def check_parallel(run: RunConfig, world: int, device_type: str, compile: bool | str, compile_mode: str) -> None:
     """Refuse a run that `world` torchrun processes cannot train (before any file of the run is written):
     every process needs a micro-batch each step, and CUDA graphs cannot accumulate gradients over several
@@ -486,6 +498,8 @@ def train(run: RunConfig, data_cfg: DataConfig, run_dir: Path, tokens: TokenData
     shares = rank_shares(tcfg.grad_accum, ddp.world)
     if ddp.main and shares:
         print(f"run {run.name}: {shares}", flush=True)
+    if ddp.main and (note := passes_note(run, tokens)):
+        print(note, flush=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg_yaml = yaml.safe_dump(run.identity(data_cfg) | {"name": run.name, "groups": run.groups}, sort_keys=False)
     if not (run_dir / "config.yaml").exists() and ddp.main:
