@@ -311,6 +311,44 @@ def test_width_depth_uses_A0_when_both_quantities_are_fitted():
     assert row["verdict"] == "PASS" and row["value"].startswith("A0: slope below 0.0025 [0.001, 0.004]")
 
 
+def wd_points(rows) -> pd.DataFrame:
+    """analysis.width_depth points: (width-depth ratio, E, E_lo, E_hi, loss converged, final loss), shuffled."""
+    df = pd.DataFrame([{"run": f"relu-wd{x:g}", "width_depth": x, "E": e, "E_lo": lo, "E_hi": hi,
+                        "loss_converged": ok, "final_loss": fl} for x, e, lo, hi, ok, fl in rows])
+    return df.sample(frac=1, random_state=1)
+
+
+WD_OTHERS = [(12.0, 3.0, 2.9, 3.1, True, 4.20), (32.0, 2.9, 2.8, 3.0, True, 4.10), (96.0, 3.1, 3.0, 3.2, True, 4.30)]
+
+
+@pytest.mark.parametrize("deepest,others,expect,n", [
+    ((3.6, 3.2, 3.05, 3.4, True, 4.4), WD_OTHERS, "PASS", 4),  # above relu-wd32's [2.8, 3.0]
+    ((3.6, 3.0, 2.95, 3.1, True, 4.4), WD_OTHERS, "INCONCLUSIVE", 4),  # overlaps it
+    ((3.6, 2.6, 2.5, 2.7, True, 4.4), WD_OTHERS, "FAIL", 4),  # below it
+    ((3.6, 3.2, 3.05, 3.4, False, 4.4), WD_OTHERS, "INCONCLUSIVE", 3),  # the deepest's loss law did not converge
+    # one other run with a converged loss law
+    ((3.6, 3.4, 3.3, 3.5, True, 4.4), WD_OTHERS[:1] + [(48.0, 2.0, 1.0, 3.9, False, 4.0)], "INCONCLUSIVE", 2),
+    ((3.6, 2.85, 2.7, 2.95, True, 4.4), WD_OTHERS, "INCONCLUSIVE", 4),  # a lower E, but the intervals overlap
+    # an unconverged other run with the lowest E is not the yardstick; relu-wd32 is
+    ((3.6, 3.2, 3.05, 3.4, True, 4.4), WD_OTHERS + [(48.0, 2.0, 1.0, 3.9, False, 4.0)], "PASS", 4),
+])
+def test_width_depth_loss(deepest, others, expect, n):
+    row = claims.width_depth_loss(wd_points([deepest, *others]))
+    assert row["verdict"] == expect and row["n"] == n
+    if expect != "INCONCLUSIVE" or n == 4:
+        assert row["value"].startswith("deepest relu-wd3.6 (d/L 3.6): E ") and \
+            row["value"].endswith("lowest of the others relu-wd32 (d/L 32): E 2.9 [2.8, 3]")
+
+
+def test_width_depth_loss_describes_the_final_losses_without_judging_them():
+    row = claims.width_depth_loss(wd_points([(3.6, 3.0, 2.95, 3.1, True, 4.4), *WD_OTHERS]))
+    assert row["note"] == ("final loss at the common budget (not judged): lowest 4.1 at d/L 32; the deepest run's "
+                           f"4.4 is {math.exp(0.3) - 1:+.1%} in perplexity")
+    few = claims.width_depth_loss(wd_points(WD_OTHERS[:2]))
+    assert few["verdict"] == "INCONCLUSIVE" and few["value"] == "2 width-depth run(s)"
+    assert claims.width_depth_loss(pd.DataFrame())["n"] == 0
+
+
 def scale_fit(relu, silu) -> pd.DataFrame:
     rows = []
     for act, iv in (("relu", relu), ("silu", silu)):
@@ -541,6 +579,7 @@ def test_check_gives_every_claim_once():
     tables = {"fits": fits([("relu-s1", "relu", "scale", -0.9, 16), ("silu-s1", "silu", "scale", 0.9, 16)]),
               "form_comparison": comparison({"relu-s1": 0.0, "silu-s1": 0.0}),
               "sparsity": sparsity([("s1", 0.2, 4.0, 0.4, 4.0)]), "width_depth_fit": wd_fit(0.001, 0.004),
+              "width_depth": wd_points(WD_OTHERS),
               "scale_fit": scale_fit((-0.02, 0.03), None), "convergence_summary": conv_summary([1e-3] * 4),
               "domain_agreement": patterns([(0.7, 0.8)], (0.1, 0.1))[0],
               "token_pairs": patterns([(0.7, 0.8)], (0.1, 0.1))[1],

@@ -82,6 +82,11 @@ CLAIMS = {
                            "intervals over the breakpoint's interval, and whether the breakpoint interval ends "
                            "inside the data (at least two runs above every accepted breakpoint: a bottleneck seen)",
                            "PASS: slope interval > 0 and a bottleneck seen; FAIL: slope interval < 0"),
+    "width_depth_loss": ("Limit loss is worse for the deepest, narrowest models", "Sec. 4.3, Fig. 6",
+                         "fitted limit loss E (loss law of each width-depth run, bootstrap interval): the run with the "
+                         "smallest d_model/n_layers against the run with the lowest E among the others (final "
+                         "losses at the common budget shown, not judged)",
+                         "PASS: the deepest run's E interval lies above the other's; FAIL: it lies below"),
     "a0_scale_weak_relu": ("ReLU limit A0 depends only weakly on scale", "Sec. 4.4, Fig. 7",
                            _A0_STAT, f"equivalence: PASS: interval within +-{A0_BAND:g}; FAIL: interval outside it"),
     "a0_scale_weak_silu": ("SiLU limit A0 depends only weakly on scale", "Sec. 4.4, Fig. 7", _A0_STAT,
@@ -342,6 +347,39 @@ def width_depth_linear(wd_fit: pd.DataFrame) -> dict:
     return _row("width_depth_linear", value, verdict, int(r["n"]), "; ".join(notes))
 
 
+def width_depth_loss(points: pd.DataFrame) -> dict:
+    """The deepest, narrowest width-depth run's limit loss E against the lowest E among the other runs, by
+    their bootstrap intervals (analysis.width_depth's points); the final losses at the common token budget
+    are described in the note."""
+    d = points.sort_values("width_depth").reset_index(drop=True) if len(points) else points
+    if len(d) < 3:
+        return _row("width_depth_loss", f"{len(d)} width-depth run(s)", "INCONCLUSIVE", len(d),
+                    "needs at least 3 runs of group width_depth")
+    fitted = as_bool(d["loss_converged"]) & np.isfinite(d["E_lo"].astype(float)) & np.isfinite(d["E_hi"].astype(float))
+    note = ""
+    if d["final_loss"].notna().all():
+        fl = d["final_loss"].astype(float)
+        low = d.loc[fl.idxmin()]
+        note = (f"final loss at the common budget (not judged): lowest {low['final_loss']:.4g} at d/L "
+                f"{low['width_depth']:.3g}; the deepest run's {fl.iloc[0]:.4g} is "
+                f"{math.exp(fl.iloc[0] - fl.min()) - 1:+.1%} in perplexity")
+    deep, others = d.iloc[0], d.iloc[1:][fitted.iloc[1:]]
+    if not fitted.iloc[0] or len(others) < 2:
+        return _row("width_depth_loss", f"{int(fitted.sum())} of {len(d)} runs with a converged loss law and an E "
+                    "interval (the deepest among them)" if fitted.iloc[0] else
+                    f"no converged loss law with an E interval for the deepest run {deep['run']}",
+                    "INCONCLUSIVE", int(fitted.sum()), note)
+    best = others.loc[others["E"].astype(float).idxmin()]
+
+    def e(r) -> str:
+        return f"{r['run']} (d/L {r['width_depth']:.3g}): E {_interval(r['E'], r['E_lo'], r['E_hi'])}"
+
+    verdict = ("PASS" if float(deep["E_lo"]) > float(best["E_hi"]) else
+               "FAIL" if float(deep["E_hi"]) < float(best["E_lo"]) else "INCONCLUSIVE")
+    return _row("width_depth_loss", f"deepest {e(deep)}; lowest of the others {e(best)}", verdict,
+                int(fitted.sum()), note)
+
+
 def a0_scale_weak(scale_fit: pd.DataFrame) -> list[dict]:
     """Equivalence test of the A0 slope per decade of N against +-A0_BAND, one row per activation."""
     rows = []
@@ -554,6 +592,7 @@ REGISTRY = [
     (law_forms, ("form_comparison",)),
     (relu_sparser, ("sparsity",)),
     (width_depth_linear, ("width_depth_fit",)),
+    (width_depth_loss, ("width_depth",)),
     (a0_scale_weak, ("scale_fit",)),
     (small_converge_faster, ("convergence_summary",)),
     (patterns_agree, ("domain_agreement", "token_pairs", "seed_agreement")),
@@ -620,8 +659,8 @@ def inputs(profile: ProfileConfig, progress: bool = True) -> dict[str, pd.DataFr
     points = read_results(profile, "pareto") if pareto.is_file() else pd.DataFrame(
         columns=RESULT_COLUMNS["pareto"][0])
     moe = moe_comparison(points, profile) if len(points) else pd.DataFrame(columns=["trained_k"])
-    fitted = ("fits", "form_comparison", "width_depth_fit", "scale_fit", "convergence_summary", "domain_agreement",
-              "token_pairs", "seed_agreement")
+    fitted = ("fits", "form_comparison", "width_depth", "width_depth_fit", "scale_fit", "convergence_summary",
+              "domain_agreement", "token_pairs", "seed_agreement")
     return {**{k: t[k] for k in fitted}, "sparsity": analysis.load_results(profile)["sparsity"],
             "sparse_inference": si, "moe_comparison": moe, "pareto": points, "tradeoff": tradeoff(points)}
 
