@@ -248,19 +248,19 @@ def test_untrained_run_is_refused(tiny, mini_path):
 def test_progress_bars_end_full(tiny, smoke_tokens, monkeypatch, tmp_path):
     """The measurement's bar (one tick per tested c, per checkpoint) and sparse inference's end at their
     totals, whether the search tests fewer c than its budget (secant, or a bisection's memo) or not."""
-    import tqdm.auto
+    import tqdm
 
     from sparsinglaw import inference
 
     bars = []
 
-    class Recorder(tqdm.auto.tqdm):
+    class Recorder(tqdm.tqdm):
         def close(self):
             if not self.disable:
                 bars.append((self.desc, self.n, self.total))
             super().close()
 
-    monkeypatch.setattr(tqdm.auto, "tqdm", Recorder)
+    monkeypatch.setattr(tqdm, "tqdm", Recorder)
     runs.train_profile(tiny, names=["relu-s1"], jobs=1, progress=False)
     for search in ("bisect", "secant"):  # dead_freq: a measurement key of its own, not another test's cache
         p = load_profile("smoke", overrides=TINY + ["sparsity.eval_tokens=1024", "sparsity.n_grid=4096",

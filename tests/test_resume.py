@@ -178,7 +178,7 @@ from sparsinglaw.runs import run_parallel  # imports torch: a spawned worker sta
 
 
 def task(folder, i, seconds, crash):
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     tqdm(total=1, disable=True)  # as train and measure do: tqdm's lock
     Path(folder, f"started{i}").write_text("")

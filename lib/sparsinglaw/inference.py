@@ -210,7 +210,7 @@ def record_path(profile: ProfileConfig, run: RunConfig, runs_dir=None) -> Path:
 def inference_run(profile: ProfileConfig, run: RunConfig, runs_dir=None, progress: bool = True) -> dict:
     """Dense and PPL-p% sparse inference of the run's final stable checkpoint on held-out text (cached);
     returns the record (rows as in the results table, without the run columns)."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # plain text on stderr, in a notebook too (no widget library needed)
 
     from .data import prepare
 

@@ -253,7 +253,7 @@ def require_trained(profile: ProfileConfig, run: RunConfig, runs_dir=None) -> No
 def measure_run(profile: ProfileConfig, run: RunConfig, runs_dir=None, progress: bool = True,
                 impl: str | None = None) -> dict:
     """Measure every stable checkpoint of a finished run (cached); returns the cached record."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # plain text on stderr, in a notebook too (no widget library needed)
 
     from . import sparsity as sp
     from .data import prepare

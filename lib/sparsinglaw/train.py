@@ -483,7 +483,7 @@ def train(run: RunConfig, data_cfg: DataConfig, run_dir: Path, tokens: TokenData
     `stop_after_step` ends the loop early (for tests); `fault` injects failures (tests only):
     {"nan_at_step": s} or {"inf_at_step": s} makes the loss at step s NaN or infinite.
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # plain text on stderr, in a notebook too (no widget library needed)
 
     mcfg, tcfg = run.model, run.train
     config_hash = run.config_hash(data_cfg)
