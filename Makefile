@@ -7,6 +7,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 RUNS_ROOT := $(or $(SPARSINGLAW_RUNS),runs)
+RESULTS_ROOT := $(or $(SPARSINGLAW_RESULTS),results)
+# make splits words at spaces: a folder with one would make `rm -rf` and the targets name other paths
+ifneq ($(words $(RUNS_ROOT)) $(words $(RESULTS_ROOT)),1 1)
+$(error SPARSINGLAW_RUNS or SPARSINGLAW_RESULTS holds a space ('$(SPARSINGLAW_RUNS)', '$(SPARSINGLAW_RESULTS)'): the Makefile cannot use such a path; pick one without spaces (the python -m sparsinglaw commands accept it))
+endif
 EXEC := $(RUNS_ROOT)/$(PROFILE)/notebooks
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 EXECUTED := $(patsubst notebooks/%,$(EXEC)/%,$(NOTEBOOKS))
@@ -83,9 +88,10 @@ $(EXEC)/%.ipynb: notebooks/%.ipynb configs/$(PROFILE).yaml $(LIB) $(STAMP)
 figures: $(EXECUTED) ## execute every notebook for PROFILE: train, measure, fit, write figures/PROFILE
 
 REPLOT := $(RUNS_ROOT)/$(PROFILE)/replot
-RESULTS := $(or $(SPARSINGLAW_RESULTS),results)/$(PROFILE)
+RESULTS := $(RESULTS_ROOT)/$(PROFILE)
 # the README's claims block shows the committed cpu/gpu tables: a results folder elsewhere leaves it alone
-README_CLAIMS := $(if $(and $(filter cpu gpu,$(PROFILE)),$(if $(SPARSINGLAW_RESULTS),,yes)),--readme README.md,)
+COMMITTED := $(filter $(CURDIR)/results,$(abspath $(RESULTS_ROOT)))
+README_CLAIMS := $(if $(and $(filter cpu gpu,$(PROFILE)),$(COMMITTED)),--readme README.md,)
 
 replot: $(STAMP) ## redraw every figure of PROFILE from the committed results/PROFILE tables (no training)
 	@test -f $(RESULTS)/sparsity.csv || { echo "error: $(RESULTS)/sparsity.csv is missing: nothing to replot (make figures PROFILE=$(PROFILE) or make compute PROFILE=$(PROFILE) computes it)" >&2; exit 1; }
@@ -94,9 +100,9 @@ replot: $(STAMP) ## redraw every figure of PROFILE from the committed results/PR
 	  $(PY) -m papermill $$nb $(abspath $(REPLOT))/$$(basename $$nb) -k python3 -p profile $(PROFILE) -p replot True --cwd $(CURDIR); \
 	done
 
-verify: $(STAMP) ## check every claim of the paper on results/PROFILE: PASS/FAIL/INCONCLUSIVE table (cpu/gpu: also README's block, unless SPARSINGLAW_RESULTS is set)
+verify: $(STAMP) ## check every claim of the paper on results/PROFILE: PASS/FAIL/INCONCLUSIVE table (cpu/gpu: also README's block, unless SPARSINGLAW_RESULTS points elsewhere)
 	$(PY) -m sparsinglaw verify --profile $(PROFILE) $(README_CLAIMS)
-	@$(if $(and $(filter cpu gpu,$(PROFILE)),$(SPARSINGLAW_RESULTS)),echo "README.md left as it is: SPARSINGLAW_RESULTS=$(SPARSINGLAW_RESULTS) is not the committed results folder",:)
+	@$(if $(and $(filter cpu gpu,$(PROFILE)),$(if $(COMMITTED),,yes)),echo "README.md left as it is: SPARSINGLAW_RESULTS=$(SPARSINGLAW_RESULTS) is not this repository's results folder",:)
 
 # FROM=replot: the notebooks make replot wrote, executed nothing new; else those of make figures (run first if missing)
 REPORT_NBS := $(if $(filter replot,$(FROM)),$(patsubst notebooks/%,$(REPLOT)/%,$(NOTEBOOKS)),$(EXECUTED))

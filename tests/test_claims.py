@@ -324,7 +324,9 @@ WD_OTHERS = [(12.0, 3.0, 2.9, 3.1, True, 4.20), (32.0, 2.9, 2.8, 3.0, True, 4.10
 @pytest.mark.parametrize("deepest,others,expect,n", [
     ((3.6, 3.2, 3.05, 3.4, True, 4.4), WD_OTHERS, "PASS", 4),  # above relu-wd32's [2.8, 3.0]
     ((3.6, 3.0, 2.95, 3.1, True, 4.4), WD_OTHERS, "INCONCLUSIVE", 4),  # overlaps it
-    ((3.6, 2.6, 2.5, 2.7, True, 4.4), WD_OTHERS, "FAIL", 4),  # below it
+    ((3.6, 2.6, 2.5, 2.7, True, 4.4), WD_OTHERS, "FAIL", 4),  # below every other run's interval
+    # below relu-wd32's interval, not below a fourth run's wide one
+    ((3.6, 2.6, 2.5, 2.7, True, 4.4), WD_OTHERS + [(48.0, 3.0, 2.6, 3.5, True, 4.2)], "INCONCLUSIVE", 5),
     ((3.6, 3.2, 3.05, 3.4, False, 4.4), WD_OTHERS, "INCONCLUSIVE", 3),  # the deepest's loss law did not converge
     # one other run with a converged loss law
     ((3.6, 3.4, 3.3, 3.5, True, 4.4), WD_OTHERS[:1] + [(48.0, 2.0, 1.0, 3.9, False, 4.0)], "INCONCLUSIVE", 2),
@@ -335,14 +337,22 @@ WD_OTHERS = [(12.0, 3.0, 2.9, 3.1, True, 4.20), (32.0, 2.9, 2.8, 3.0, True, 4.10
 def test_width_depth_loss(deepest, others, expect, n):
     row = claims.width_depth_loss(wd_points([deepest, *others]))
     assert row["verdict"] == expect and row["n"] == n
-    if expect != "INCONCLUSIVE" or n == 4:
+    if n >= 4:
         assert row["value"].startswith("deepest relu-wd3.6 (d/L 3.6): E ") and \
-            row["value"].endswith("lowest of the others relu-wd32 (d/L 32): E 2.9 [2.8, 3]")
+            row["value"].endswith("lowest upper bound among the others relu-wd32 (d/L 32): E 2.9 [2.8, 3]")
+
+
+def test_width_depth_loss_compares_with_the_surest_other_run_not_the_lowest_point():
+    """The other run with the lowest E (2.8, a wide interval) is not the yardstick: one whose whole interval
+    lies below the deepest's (2.85 [2.8, 2.9] against [3.0, 3.2]) makes the deepest surely worse."""
+    row = claims.width_depth_loss(wd_points([(3.6, 3.1, 3.0, 3.2, True, 4.4), (12.0, 2.8, 2.0, 3.6, True, 4.2),
+                                             (32.0, 2.85, 2.8, 2.9, True, 4.1), (96.0, 2.9, 2.85, 2.95, True, 4.3)]))
+    assert row["verdict"] == "PASS" and row["value"].endswith("others relu-wd32 (d/L 32): E 2.85 [2.8, 2.9]")
 
 
 def test_width_depth_loss_describes_the_final_losses_without_judging_them():
     row = claims.width_depth_loss(wd_points([(3.6, 3.0, 2.95, 3.1, True, 4.4), *WD_OTHERS]))
-    assert row["note"] == ("final loss at the common budget (not judged): lowest 4.1 at d/L 32; the deepest run's "
+    assert row["note"] == ("final loss of each run (not judged): lowest 4.1 at d/L 32; the deepest run's "
                            f"4.4 is {math.exp(0.3) - 1:+.1%} in perplexity")
     few = claims.width_depth_loss(wd_points(WD_OTHERS[:2]))
     assert few["verdict"] == "INCONCLUSIVE" and few["value"] == "2 width-depth run(s)"
@@ -536,10 +546,24 @@ def test_cett_best_tradeoff_shows_exact_zeros_without_judging_them():
     """Exact zeros at most 0.05 (far below PPL-p%) do not make a FAIL: one point, shown only."""
     row = claims.cett_best_tradeoff(tradeoff_table((0.18, "="), {"topk": (0.29, "="), "fat": (0.25, ">")}, 0.05))
     assert row["verdict"] == "PASS"
-    assert row["value"] == "relu-s4: PPL-p% 0.18, topk 0.29, fat > 0.25, exact zeros <= 0.05"
+    assert row["value"] == "relu-s4: PPL-p% 0.18, topk 0.29, fat > 0.25, exact zeros 0.05 (one point)"
     assert claims.cett_best_tradeoff(tradeoff_table((0.18, "="), {}))["verdict"] == "INCONCLUSIVE"
     empty = claims.cett_best_tradeoff(pd.DataFrame(columns=["run", "method", "activation_ratio", "bound"]))
     assert empty["verdict"] == "INCONCLUSIVE" and empty["n"] == 0
+
+
+def test_cett_best_tradeoff_needs_every_run_compared():
+    """A run whose PPL-p% curve is missing (or has no finite point) cannot carry its baselines: the other run's
+    wins do not make a PASS. A baseline without a finite point is counted and decides nothing."""
+    won = tradeoff_table((0.18, "="), {"topk": (0.29, "="), "fat": (0.28, "=")})
+    alone = tradeoff_table((0.18, "="), {"topk": (0.05, "="), "fat": (0.05, "=")}).assign(run="relu-s3")
+    for bad in (alone[alone["method"] != "cett"], alone.assign(bound=alone["bound"].where(alone["method"] != "cett",
+                                                                                          "none"))):
+        row = claims.cett_best_tradeoff(pd.concat([won, bad]))
+        assert row["verdict"] == "INCONCLUSIVE" and "relu-s3: no PPL-p% curve" in row["value"] and row["n"] == 2
+    none = tradeoff_table((0.18, "="), {"topk": (0.29, "="), "fat": (math.nan, "none")})
+    row = claims.cett_best_tradeoff(none)
+    assert row["verdict"] == "INCONCLUSIVE" and row["n"] == 2 and "fat no finite point" in row["value"]
 
 
 def cett_sweep(steps_a, steps_r, run="relu-s4") -> pd.DataFrame:
@@ -566,6 +590,19 @@ def test_cett_monotone(steps_a, steps_r, expect):
                                           cett_sweep([-0.1] * 3, [0.01] * 3, run="silu-s4")]))
     assert row["verdict"] == expect and row["n"] == 2
     assert row["value"].startswith("relu-s4 (4 values of c, 0.05 to 0.2): A 0.5 to ")
+
+
+def test_cett_monotone_needs_a_step_and_counts_a_repeated_c_once():
+    one = cett_sweep([], [])
+    row = claims.cett_monotone(one)
+    assert row["verdict"] == "INCONCLUSIVE" and "(1 values of c, 0.05 to 0.05)" in row["value"]
+    # c = 0.1 swept twice, its points on either side of the trend: their mean (0.4, 1.015) is in order, in any
+    # row order
+    rows = pd.DataFrame({"run": "relu-s4", "method": "cett", "param": [0.05, 0.1, 0.1, 0.2],
+                         "activation_ratio": [0.5, 0.45, 0.35, 0.3], "ppl_ratio": [1.0, 1.03, 1.0, 1.05]})
+    for seed in range(4):
+        row = claims.cett_monotone(rows.sample(frac=1, random_state=seed))
+        assert row["verdict"] == "PASS" and "(3 values of c, 0.05 to 0.2)" in row["value"]
 
 
 def test_cett_monotone_counts_the_steps():

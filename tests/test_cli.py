@@ -137,12 +137,18 @@ def test_make_follows_the_folder_variables():
     private = _make_n("verify", "PROFILE=cpu", SPARSINGLAW_RESULTS="/tmp/elsewhere")
     assert "--readme" not in private and "README.md left as it is" in private
     assert "--readme" not in _make_n("verify", "PROFILE=smoke")
+    for same in ("results", str(REPO / "results")):  # the committed folder, named explicitly
+        assert "--readme README.md" in _make_n("verify", "PROFILE=cpu", SPARSINGLAW_RESULTS=same)
     assert _make_n("clean-runs", "PROFILE=smoke", SPARSINGLAW_RUNS="/tmp/elsewhere") == "rm -rf /tmp/elsewhere/smoke\n"
     assert _make_n("clean-runs", "PROFILE=smoke") == "rm -rf runs/smoke\n"
     figures = _make_n("figures", "PROFILE=smoke", SPARSINGLAW_RUNS="/tmp/elsewhere")
     assert "papermill notebooks/00_overview.ipynb /tmp/elsewhere/smoke/notebooks/00_overview.ipynb" in figures
     replotted = _make_n("report", "PROFILE=smoke", "FROM=replot")
     assert "papermill" not in replotted and "runs/smoke/replot/07_claims.ipynb -o runs/smoke/report.html" in replotted
+    for var in ("SPARSINGLAW_RUNS", "SPARSINGLAW_RESULTS"):  # `rm -rf /tmp/my runs/smoke` would remove ./runs/smoke
+        r = subprocess.run(["make", "--no-print-directory", "-n", "clean-runs", "PROFILE=smoke"], cwd=REPO,
+                           capture_output=True, text=True, timeout=60, env={**os.environ, var: "/tmp/my runs"})
+        assert r.returncode != 0 and r.stdout == "" and "holds a space" in r.stderr, (r.stdout, r.stderr)
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")

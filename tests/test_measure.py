@@ -455,10 +455,17 @@ def test_only_stable_stage_marks_are_measured(tiny, smoke_tokens):
     ([0.1, 0.2], [1.005, 1.00], (0.1, "<=")),  # the sparsest point already meets the target
     ([0.1, 0.2], [1.30, 1.02], (0.2, ">")),  # no point meets it
     ([0.38], [1.0], (0.38, "<=")),  # exact zeros: one point
+    ([0.1, 0.2, 0.3], [math.nan, 1.005, 1.0], (0.2, "<=")),  # a point without a PPL ratio is left out
+    ([0.1, 0.2, math.nan], [1.3, 1.2, 1.0], (0.2, ">")),  # ... and one without an activation ratio
 ])
 def test_ratio_at_ppl_reads_the_first_crossing_from_the_sparse_end(a, r, expect):
     got = measure.ratio_at_ppl(a, r, 1.01)
     assert got[1] == expect[1] and got[0] == pytest.approx(expect[0])
+
+
+def test_ratio_at_ppl_without_a_finite_point_says_so():
+    a, bound = measure.ratio_at_ppl([0.1, math.nan], [math.nan, 1.0], 1.01)
+    assert math.isnan(a) and bound == "none"
 
 
 def test_tradeoff_puts_ppl_p_points_on_the_cett_curve_and_leaves_moe_runs_out():

@@ -639,8 +639,13 @@ def ratio_at_ppl(activation_ratio, ppl_ratio, target: float) -> tuple[float, str
     ratio at or below `target`, read from the sparsest point along straight lines between neighbours:
     (a, "=") where the line between two points crosses the target, (a_min, "<=") when the sparsest point is
     already at or below it (the crossing lies at a_min or sparser, unmeasured), (a_max, ">") when no point
-    is (it lies denser than every point)."""
+    is (it lies denser than every point); (nan, "none") when no point has both numbers finite. Points
+    with a NaN are left out."""
     a, r = np.asarray(activation_ratio, float), np.asarray(ppl_ratio, float)
+    ok = np.isfinite(a) & np.isfinite(r)
+    a, r = a[ok], r[ok]
+    if not len(a):
+        return math.nan, "none"
     o = np.argsort(a, kind="stable")
     a, r = a[o], r[o]
     if r[0] <= target:
