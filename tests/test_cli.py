@@ -51,6 +51,27 @@ def test_runs_lists_profile():
     assert "status" in r.stdout
 
 
+def test_runs_prints_each_runs_training_flops_and_the_profiles_total():
+    """train_flops = (6 N_matmul + 6 d V + 12 L d T) x tokens (hand formula for relu-s1 of smoke), and the
+    last line sums it over the runs and divides by one H200's bf16 peak."""
+    from sparsinglaw import cli, runs
+    from sparsinglaw.config import load_profile
+
+    p = load_profile("smoke")
+    t = runs.states_table(p)
+    m = p.run("relu-s1").model
+    d, L, f, V, T = m.d_model, m.n_layers, m.d_ff, m.vocab_size, m.seq_len
+    by_hand = (6 * L * (4 * d * d + 3 * d * f) + 6 * d * V + 12 * L * d * T) * p.run("relu-s1").train.tokens
+    assert t.set_index("run").at["relu-s1", "train_flops"] == by_hand
+    r = _cli("runs", "--profile", "smoke")
+    total = t["train_flops"].sum()
+    assert r.stdout.splitlines()[-1] == cli._compute_line(total, len(t))
+    assert cli._compute_line(total, 8).startswith(f"training compute: {total:.3g} FLOP for 8 runs")
+    for flops, took in ((989e12 * 30, "at least 30 s"), (989e12 * 600, "at least 10 min"),
+                        (989e12 * 7200, "at least 2 h"), (989e12 * 86400 * 3, "at least 3 days")):
+        assert f"{took} on one H200 at its bf16 peak of 989 TFLOP/s" in cli._compute_line(flops, 1)
+
+
 def test_runs_names_for_job_arrays():
     from sparsinglaw.config import load_profile
 

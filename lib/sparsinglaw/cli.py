@@ -11,6 +11,7 @@ exit 1); `--debug` shows the traceback.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import warnings
@@ -184,8 +185,12 @@ def _dispatch(args) -> int:
         if args.names:
             print("\n".join(r.name for r in profile.runs))
             return 0
-        with pd.option_context("display.width", 200, "display.max_columns", 20):
-            print(states_table(profile, args.runs_dir).drop(columns=["key"]).to_string(index=False))
+        table = states_table(profile, args.runs_dir)
+        with pd.option_context("display.width", 200, "display.max_columns", 20,
+                               "display.float_format", "{:.3g}".format):
+            print(table.drop(columns=["key"]).to_string(index=False))
+        if "train_flops" in table:
+            print(_compute_line(float(table["train_flops"].sum()), len(table)))
         return 0
     if args.command == "fit":
         return _fit(profile, refit=args.refit, progress=not args.no_progress)
@@ -200,6 +205,21 @@ def _dispatch(args) -> int:
             print(f"{'updated' if changed else 'unchanged:'} the claims:{profile.name} block of {args.readme}")
         return 0
     raise AssertionError(args.command)
+
+
+def _compute_line(flops: float, n_runs: int) -> str:
+    """The training compute of a profile, and the time it would take at least on one H200 (its bf16 peak,
+    device.PEAK_BF16; real runs reach a fraction of it): what a profile costs before it is started."""
+    from .device import PEAK_BF16
+
+    peak = dict(PEAK_BF16)["H200"]
+    t = flops / peak
+    took = next(f"{t / unit:.3g} {name}" for name, unit, upto in (("s", 1, 120), ("min", 60, 120 * 60),
+                                                                 ("h", 3600, 48 * 3600), ("days", 86400, math.inf))
+                if t < upto)
+    return (f"training compute: {flops:.3g} FLOP for {n_runs} runs (6 N + head + attention FLOPs per token, times "
+            f"tokens); at least {took} on one H200 at its bf16 peak of {peak / 1e12:.0f} TFLOP/s (measurement and "
+            "the runs' utilization not counted)")
 
 
 def _rank() -> int:

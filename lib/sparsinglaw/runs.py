@@ -463,9 +463,10 @@ def _raise_collected(errors: list[str], crash: Exception | None, what: str) -> N
 
 def states_table(profile: ProfileConfig, runs_dir=None) -> pd.DataFrame:
     """One row per run: name, groups, activation, width, depth, FFN width, MoE experts (0: dense),
-    width-depth ratio, non-embedding parameters, training tokens, status, progress (share of the tokens
-    trained), checkpoints kept and the run's key (its folder name)."""
-    from .model import num_params_from_config
+    width-depth ratio, non-embedding parameters, training tokens, training FLOPs (model.flops_per_token x
+    tokens), status, progress (share of the tokens trained), checkpoints kept and the run's key (its
+    folder name)."""
+    from .model import flops_per_token, num_params_from_config
 
     rows = []
     for r in profile.runs:
@@ -475,7 +476,8 @@ def states_table(profile: ProfileConfig, runs_dir=None) -> pd.DataFrame:
                      "d_model": m.d_model, "n_layers": m.n_layers, "d_ff": m.d_ff, "n_experts": m.n_experts,
                      "width_depth": round(m.d_model / m.n_layers, 2),
                      "non_embedding_params": num_params_from_config(m, non_embedding=True),
-                     "tokens": r.train.tokens, "status": s.status,
+                     "tokens": r.train.tokens, "train_flops": flops_per_token(m) * r.train.tokens,
+                     "status": s.status,
                      "progress": f"{s.tokens_seen / max(s.tokens_total, 1):.0%}",
                      "checkpoints": s.checkpoints, "key": s.key})
     return pd.DataFrame(rows)
