@@ -91,7 +91,8 @@ REPLOT := $(RUNS_ROOT)/$(PROFILE)/replot
 RESULTS := $(RESULTS_ROOT)/$(PROFILE)
 # the README's claims block shows the committed cpu/gpu tables: a results folder elsewhere leaves it alone
 COMMITTED := $(filter $(CURDIR)/results,$(abspath $(RESULTS_ROOT)))
-README_CLAIMS := $(if $(and $(filter cpu gpu,$(PROFILE)),$(COMMITTED)),--readme README.md,)
+README_PROFILE := $(filter cpu gpu,$(PROFILE))
+README_CLAIMS := $(if $(and $(README_PROFILE),$(COMMITTED)),--readme README.md,)
 
 replot: $(STAMP) ## redraw every figure of PROFILE from the committed results/PROFILE tables (no training)
 	@test -f $(RESULTS)/sparsity.csv || { echo "error: $(RESULTS)/sparsity.csv is missing: nothing to replot (make figures PROFILE=$(PROFILE) or make compute PROFILE=$(PROFILE) computes it)" >&2; exit 1; }
@@ -102,7 +103,7 @@ replot: $(STAMP) ## redraw every figure of PROFILE from the committed results/PR
 
 verify: $(STAMP) ## check every claim of the paper on results/PROFILE: PASS/FAIL/INCONCLUSIVE table (cpu/gpu: also README's block, unless SPARSINGLAW_RESULTS points elsewhere)
 	$(PY) -m sparsinglaw verify --profile $(PROFILE) $(README_CLAIMS)
-	@$(if $(and $(filter cpu gpu,$(PROFILE)),$(if $(COMMITTED),,yes)),echo "README.md left as it is: SPARSINGLAW_RESULTS=$(SPARSINGLAW_RESULTS) is not this repository's results folder",:)
+	@$(if $(and $(README_PROFILE),$(if $(COMMITTED),,yes)),echo "README.md left as it is: SPARSINGLAW_RESULTS=$(SPARSINGLAW_RESULTS) is not this repository's results folder",:)
 
 # FROM=replot: the notebooks make replot wrote, executed nothing new; else those of make figures (run first if missing)
 REPORT_NBS := $(if $(filter replot,$(FROM)),$(patsubst notebooks/%,$(REPLOT)/%,$(NOTEBOOKS)),$(EXECUTED))

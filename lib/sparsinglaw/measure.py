@@ -616,14 +616,21 @@ def summary(table: pd.DataFrame) -> pd.DataFrame:
     return table.sort_values("tokens").groupby(["run", "p"], sort=False).tail(1)[cols].reset_index(drop=True)
 
 
+def dense_curves(points: pd.DataFrame) -> pd.DataFrame:
+    """The Pareto points of the dense runs (an MoE run's own curve left out), each with its `curve`: its
+    method, except that a PPL-p% point lies on the CETT sweep's curve ("cett")."""
+    moe = points.loc[points["method"] == "moe", "run"]
+    dense = points[~points["run"].isin(moe)]
+    return dense.assign(curve=dense["method"].where(~dense["method"].str.startswith("ppl-"), "cett"))
+
+
 def ppl_p_curves(points: pd.DataFrame) -> dict[str, tuple[str, np.ndarray, np.ndarray]]:
     """Each dense run's PPL-p% curve among the Pareto points: run -> (activation, activation ratios
     ascending, perplexities), from its CETT sweep and PPL-p% points, closed by c = 0 (every neuron kept:
     the unsparsified perplexity at ratio 1)."""
-    moe = points.loc[points["method"] == "moe", "run"]
-    keep = ~points["run"].isin(moe) & ((points["method"] == "cett") | points["method"].str.startswith("ppl-"))
+    dense = dense_curves(points)
     curves = {}
-    for run, sub in points[keep].groupby("run", sort=False):
+    for run, sub in dense[dense["curve"] == "cett"].groupby("run", sort=False):
         unsparsified = math.exp(float(sub["dense_loss"].iloc[0]))
         sub = sub.sort_values("activation_ratio")
         curves[run] = (sub["activation"].iloc[0], np.append(sub["activation_ratio"].to_numpy(float), 1.0),
@@ -662,12 +669,10 @@ def tradeoff(points: pd.DataFrame, p: float = 1.0) -> pd.DataFrame:
     "=", "<=" or ">"). The lower it is, the fewer neurons the method keeps for the same perplexity; the
     paper's finding is that PPL-p% (CETT) needs the fewest."""
     cols = ["run", "activation", "method", "activation_ratio", "bound", "n_points"]
-    moe = set(points.loc[points["method"] == "moe", "run"])
     rows = []
-    for run, sub in points[~points["run"].isin(moe)].groupby("run", sort=False):
-        method = sub["method"].where(~sub["method"].str.startswith("ppl-"), "cett")
+    for run, sub in dense_curves(points).groupby("run", sort=False):
         for m in TRADEOFF_METHODS:
-            pts = sub[method == m]
+            pts = sub[sub["curve"] == m]
             if len(pts):
                 a, bound = ratio_at_ppl(pts["activation_ratio"], pts["ppl_ratio"], 1 + p / 100)
                 rows.append({"run": run, "activation": sub["activation"].iloc[0], "method": m,

@@ -379,6 +379,11 @@ def load_optimizer(opt: torch.optim.Optimizer, saved: dict) -> None:
     opt.load_state_dict(dict(saved, param_groups=groups))
 
 
+def _corpus(tokens: TokenData) -> str:
+    """The data.corpus setting the tokens were built from, for messages."""
+    return tokens.meta().get("data", {}).get("corpus", "?")
+
+
 def check_tokens(run: RunConfig, tokens: TokenData) -> None:
     """Refuse a corpus the run cannot train on (before any file of the run is written)."""
     mcfg = run.model
@@ -386,7 +391,7 @@ def check_tokens(run: RunConfig, tokens: TokenData) -> None:
         raise SparsingLawError(f"run {run.name}: model vocab {mcfg.vocab_size} != tokenizer vocab {tokens.vocab_size}")
     for split, arr, need in (("train", tokens.train, mcfg.seq_len + 2), ("validation", tokens.val, mcfg.seq_len + 1)):
         if len(arr) < need:
-            raise CorpusError(f"data.corpus={tokens.meta().get('data', {}).get('corpus', '?')}: the {split} split has "
+            raise CorpusError(f"data.corpus={_corpus(tokens)}: the {split} split has "
                               f"{len(arr)} tokens, too few for run {run.name}'s windows of model.seq_len="
                               f"{mcfg.seq_len} (needs at least {need}); add text, raise data.max_mb, or lower "
                               "model.seq_len")
@@ -398,9 +403,8 @@ def passes_note(run: RunConfig, tokens: TokenData) -> str | None:
     n = len(tokens.train)
     if run.train.tokens <= n:
         return None
-    corpus = tokens.meta().get("data", {}).get("corpus", "?")
     return (f"note: run {run.name} trains {run.train.tokens:,} tokens, {run.train.tokens / n:.1f} passes over the "
-            f"{n:,} training tokens of data.corpus={corpus} (the paper's runs see their data about once); add "
+            f"{n:,} training tokens of data.corpus={_corpus(tokens)} (the paper's runs see their data about once); add "
             "text or raise data.max_mb for fewer repeats")
 
 
