@@ -537,8 +537,10 @@ def resolve_profile_path(profile: str, configs_dir: Path) -> Path:
             raise ConfigError(f"profile {profile!r}: no such file; give a name in {configs_dir} or a YAML path")
         builtin = configs_dir / f"{p.stem}.yaml"
         if builtin.is_file() and builtin.resolve() != p.resolve():
+            results, figures = (Path(os.environ.get(f"SPARSINGLAW_{root.upper()}") or root) / p.stem
+                                for root in ("results", "figures"))
             raise ConfigError(f"{p}: a profile is named by its file, and {p.stem!r} is the built-in {builtin}: "
-                              f"results/{p.stem}/ and figures/{p.stem}/ hold that profile's tables and figures, "
+                              f"{results}/ and {figures}/ hold that profile's tables and figures, "
                               f"which this file's runs would overwrite; rename it (e.g. my-{p.stem}.yaml)")
         return p
     cand = configs_dir / f"{profile}.yaml"
