@@ -80,6 +80,8 @@ def test_flops_per_token_by_hand():
 def test_config_validation():
     with pytest.raises(ValueError, match="must divide"):
         Transformer(dataclasses.replace(TINY, head_dim=12))
+    with pytest.raises(ValueError, match="must be even"):  # rotary rotates pairs: not a shape error later
+        Transformer(dataclasses.replace(TINY, head_dim=1))
     for f in ("head_dim", "d_model", "n_layers", "d_ff", "vocab_size", "seq_len", "dim_model_base"):
         with pytest.raises(ValueError, match=f"{f}=0 must be a positive integer"):  # not a ZeroDivisionError
             Transformer(dataclasses.replace(TINY, **{f: 0}))
@@ -269,6 +271,8 @@ def test_masks_match_zeroed_columns():
         m.set_masks([torch.ones(3), None])
     with pytest.raises(ValueError, match="one per layer"):
         m.set_thresholds([0.1])
+    with pytest.raises(ValueError, match=r"taus\[0\]: threshold is NaN"):  # NaN < n is False: it would run dense
+        m.set_thresholds([math.nan, 0.1])
 
 
 def test_sparse_context_restores_previous_state():

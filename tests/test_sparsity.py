@@ -5,6 +5,7 @@ search on c, the baselines and the activation statistics. Tiny models, one threa
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import warnings
 
@@ -145,6 +146,23 @@ def test_curve_equals_masked_matmul_cett(trained, val):
         for i in torch.randint(0, 4096, (24,), generator=g).tolist() + [0, 4095]:
             ref = S.cett_per_token(h, ffn.w_down.weight, curves.grid[l, i]).double().mean().item()
             assert curves.cett[l, i].item() == pytest.approx(ref, abs=2e-6)
+
+
+def test_curves_are_exact_across_row_blocks(trained, monkeypatch):
+    """The fast statistics split each batch into blocks of ROWS tokens; every other test's batches hold at
+    most ROWS valid tokens, the profiles' 4,096. One batch of 2,048 tokens (two blocks, and many at ROWS = 7)
+    must still give, at every grid point tested, the masked-matmul mean over all its tokens."""
+    model = trained["silu"]
+    big = batches_of(markov(64, 5), bs=64)
+    assert S.count_tokens(big) > S.ROWS
+    rows, _ = S.dense_rows(model, big)
+    for rows_per_block in (S.ROWS, 7):
+        monkeypatch.setattr(S, "ROWS", rows_per_block)
+        curves = S.cett_curves(model, big, n_grid=512)
+        for l, (ffn, h) in enumerate(zip(model.ffns(), rows, strict=True)):
+            for i in (0, 50, 200, 400, 511):
+                ref = S.cett_per_token(h, ffn.w_down.weight, curves.grid[l, i]).double().mean().item()
+                assert curves.cett[l, i].item() == pytest.approx(ref, abs=2e-6), (rows_per_block, l, i)
 
 
 # ----------------------------------------------------------------------------- Eq. 3 against numpy
@@ -384,6 +402,8 @@ def test_dense_statistics_lift_thresholds_and_masks_set_on_the_model(trained, va
     and dense loss (layer 1 and the loss would see the sparsified layer 0), and they are restored after."""
     model = trained["silu"]
     clean, (rows, dense) = S.cett_curves(model, val, SMALL_GRID), S.dense_rows(model, val)
+    kinds = ({}, {"rule": S.fat_rule(0.05)}, {"taus": [0.01, 0.01]})
+    clean_stats = [S.activation_stats(model, val, **kw) for kw in kinds]
     taus, masks = [0.5, 0.5], [torch.arange(CFG["d_ff"]) % 2 == 0] * 2
     model.set_thresholds(taus)
     model.set_masks(masks)
@@ -396,6 +416,9 @@ def test_dense_statistics_lift_thresholds_and_masks_set_on_the_model(trained, va
                                                                           zip(model.ffns(), masks, strict=True))
         with torch.no_grad():  # the model's own forward is still sparse
             assert sum(model(x, y, reduction="sum")[1].item() for x, y in val) / S.count_tokens(val) > dense + 0.01
+        for kw, b in zip(kinds, clean_stats, strict=True):  # activation_stats lifts them too
+            a = S.activation_stats(model, val, **kw)
+            assert a.loss == b.loss and a.active_per_layer == b.active_per_layer, kw
     finally:
         model.set_thresholds(None)
         model.set_masks(None)
@@ -427,6 +450,15 @@ def test_bad_inputs(trained, val):
         S.ppl_p_sparsity(model, val, p=0)
     with pytest.raises(ValueError, match="c must be"):
         S.invert_cett(lambda i: 0.0, 8, -0.1)
+    with pytest.raises(ValueError, match="p must be"):  # NaN fails every comparison: refused, not c = 0
+        S.ppl_p_sparsity(model, val, p=math.nan, n_grid=256)
+    with pytest.raises(ValueError, match="c must be"):  # not the top candidate
+        S.invert_cett(lambda i: 0.0, 8, math.nan)
+    diverged = copy.deepcopy(model)  # an inf weight: a clear error, not a NaN grid
+    with torch.no_grad():
+        diverged.ffns()[0].w_up.weight[0, 0] = math.inf
+    with pytest.raises(ValueError, match="non-finite FFN activations"):
+        S.cett_curves(diverged, val, n_grid=256)
     with pytest.raises(ValueError, match="not both"):
         S.activation_stats(model, val, taus=[0.1, 0.1], rule=S.zeros_rule())
 
@@ -492,6 +524,16 @@ def test_a_falling_secant_does_not_send_the_prediction_backwards():
     assert S._secant_estimate(pts, yT) > 0.2
 
 
+def test_the_secant_skips_a_partner_closer_than_min_log_step():
+    """The slope runs from the latest probe to the latest earlier one more than MIN_LOG_STEP away in log c:
+    a partner 0.5% away (noise) is skipped. Hand value: the line through (log .1, -5) and (log .201, -4.5)."""
+    yT = math.log(math.log(1.01))
+    pts = [(math.log(0.1), -5.0), (math.log(0.2), -3.0), (math.log(0.201), -4.5)]
+    slope = (-4.5 - -5.0) / (math.log(0.201) - math.log(0.1))
+    want = math.exp(min(math.log(0.201) + (yT - -4.5) / slope, 0.0))
+    assert S._secant_estimate(pts, yT) == pytest.approx(want, rel=1e-12)
+
+
 def test_skipped_sparse_passes_still_report_the_tested_c(trained, val):
     """Above the top of every curve the thresholds no longer change and the fast search reuses the earlier
     sparse pass; the checkpoint results it returns still carry the reported c (as apply_cett would)."""
@@ -499,6 +541,21 @@ def test_skipped_sparse_passes_still_report_the_tested_c(trained, val):
         res = S.ppl_p_sparsity(trained["relu"], val, p=1e6, n_grid=SMALL_GRID)
     assert res.n_sparse_passes < len(res.trace)  # passes were reused
     assert [r.cett for r in res.checkpoints] == [res.cett] and res.cett == res.trace[-1][0]
+
+
+def test_skipped_passes_are_keyed_on_every_checkpoints_thresholds(trained, val):
+    """A sparse pass is skipped only when every checkpoint's thresholds repeat: here checkpoint 0 is dead
+    (tau 0 in both layers at every c) and checkpoint 1 is not. Oracle: the reference, which skips nothing."""
+    model = trained["silu"]
+    dead = copy.deepcopy(model)
+    with torch.no_grad():
+        for f in dead.ffns():
+            f.w_gate.weight.zero_()
+    f = S.ppl_p_sparsity([dead, model], val, p=0.5, n_grid=SMALL_GRID)
+    r = S.ppl_p_sparsity([dead, model], val, p=0.5, n_grid=SMALL_GRID, impl="reference")
+    assert f.thresholds == r.thresholds and [c for c, _ in f.trace] == [c for c, _ in r.trace]
+    assert [x for _, x in f.trace] == pytest.approx([x for _, x in r.trace], rel=1e-6)
+    assert f.thresholds[0] == [0.0, 0.0] and len({x for _, x in f.trace}) > 2  # the ratio moves with c
 
 
 def test_unreachable_target_is_flagged(trained, val):
@@ -616,6 +673,8 @@ def test_baselines(trained, val):
     dense = S.evaluate(model, val).loss
     pts = S.sweep_topk(model, val, [8, 40, d_ff])
     assert [p.activation_ratio for p in pts] == [8 / d_ff, 40 / d_ff, 1.0]
+    beyond = S.topk_point(model, val, d_ff + 5, dense_loss=dense)  # k > d_ff keeps every neuron
+    assert beyond.activation_ratio == 1.0 and beyond.sparse_loss == pytest.approx(dense, abs=1e-6)
     assert pts[-1].sparse_loss == pytest.approx(dense, abs=1e-6) and pts[0].ppl_ratio > pts[1].ppl_ratio
     batch = S.topk_point(model, val, 8, per_batch=True, dense_loss=dense)
     assert batch.method == "topk_batch" and batch.activation_ratio == pytest.approx(8 / d_ff, abs=1e-9)
