@@ -428,6 +428,13 @@ def test_patterns_agree_does_not_pass_on_a_missing_ks():
     assert row["verdict"] == "INCONCLUSIVE" and "1 domain pair(s) without a KS distance" in row["note"]
 
 
+def test_patterns_agree_does_not_pass_with_a_pair_without_a_correlation():
+    da, tp = patterns([(0.7, 0.8), (0.55, 0.65), (0.6, 0.7)], (0.1, 0.15))
+    tp.loc[2, ["n_tokens", "pearson", "pearson_lo", "pearson_hi"]] = [3, np.nan, np.nan, np.nan]
+    row = claims.patterns_agree(da, tp)
+    assert row["verdict"] == "INCONCLUSIVE" and "1 token pair(s) without a correlation" in row["note"]
+
+
 def test_patterns_agree_names_the_seed_yardstick_without_using_it():
     da, tp = patterns([(0.7, 0.8), (0.4, 0.5)], (0.1, 0.3))
     seeds = tp.assign(pearson=[0.3, 0.6], max_ks=[0.25, 0.1])

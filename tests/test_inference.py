@@ -126,6 +126,16 @@ def test_table_matches_naive_loop(inferred, smoke_tokens, name):
             assert r["ppl"] == pytest.approx(math.exp(r["loss"]), rel=1e-12)
 
 
+def test_table1_orders_runs_by_size_not_by_name():
+    rows = [(run, n, p, d) for run, n in (("relu-s10", 1e6), ("relu-s2", 1e5)) for p in (0.0, 1.0)
+            for d in ("all", "code")]
+    df = pd.DataFrame(rows, columns=["run", "non_embedding_params", "p", "domain"]).assign(
+        activation="relu", cett=0.1, ppl_ratio=1.0, loss=3.0, ppl=20.0, accuracy=0.4, activation_ratio=0.3)
+    t = inference.table1(df.iloc[::-1])
+    assert list(t.index) == [("relu", "relu-s2", 0.0), ("relu", "relu-s2", 1.0), ("relu", "relu-s10", 0.0),
+                             ("relu", "relu-s10", 1.0)]
+
+
 def test_table_rows(inferred):
     profile, df = inferred
     assert list(df.columns) == inference.COLUMNS

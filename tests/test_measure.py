@@ -453,6 +453,8 @@ def test_only_stable_stage_marks_are_measured(tiny, smoke_tokens):
     ([0.1, 0.2, 0.4], [1.30, 1.01, 1.00], (0.2, "=")),  # a point exactly at the target
     ([0.1, 0.2, 0.4], [1.30, 1.005, 1.02], (0.1 + 0.29 / 0.295 * 0.1, "=")),  # the first crossing from sparse
     ([0.1, 0.2], [1.005, 1.00], (0.1, "<=")),  # the sparsest point already meets the target
+    ([0.1, 0.2], [1.01, 1.00], (0.1, "<=")),  # ... exactly at the target
+    ([0.1, 0.2], [1.30, 1.01], (0.2, "=")),  # the densest point exactly at the target: reached there
     ([0.1, 0.2], [1.30, 1.02], (0.2, ">")),  # no point meets it
     ([0.38], [1.0], (0.38, "<=")),  # exact zeros: one point
     ([0.1, 0.2, 0.3], [math.nan, 1.005, 1.0], (0.2, "<=")),  # a point without a PPL ratio is left out
