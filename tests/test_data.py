@@ -7,6 +7,7 @@ real python-env corpus is capped at 1 MB of the standard library.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import threading
@@ -23,6 +24,7 @@ from sparsinglaw.data import (
     CorpusError,
     Document,
     corpus_documents,
+    encode_documents,
     eval_batches,
     get_batch,
     prepare,
@@ -642,3 +644,109 @@ def test_cut_at_line_keeps_whole_lines_within_the_byte_budget():
     assert _cut_at_line("abcdef", 3) == "abc"
     assert _cut_at_line("é\né\n", 5) == "é\n"  # 2 bytes a character: the second line's newline does not fit
     assert _cut_at_line("éé", 3) == "é"  # a cut inside a character drops it
+
+
+# ----------------------------------------------------------------------------- splits, caps and encoding by hand
+
+
+def _folder(root, n):
+    root.mkdir()
+    for i in range(n):
+        (root / f"doc{i}.txt").write_text(f"document {i}\nsome words here\n")
+    return root
+
+
+def _u(seed, name):  # the documented split value, by hashlib
+    return int.from_bytes(hashlib.sha1(f"{seed}:{name}".encode()).digest()[8:16], "big") / 2**64
+
+
+def test_no_validation_document_drawn_forces_the_smallest_split_value(tmp_path):
+    """Three documents, val_fraction 0.01: none has a split value below it (checked), so the document with
+    the smallest value goes to validation (module docstring)."""
+    root = _folder(tmp_path / "c", 3)
+    names = [f"doc{i}.txt" for i in range(3)]
+    seed = next(s for s in range(100) if min(_u(s, n) for n in names) >= 0.01)
+    docs, _ = corpus_documents(DataConfig(corpus=str(root), seed=seed, val_fraction=0.01))
+    assert [d.name for d in docs if d.split == "val"] == [min(names, key=lambda n: _u(seed, n))]
+
+
+def test_every_document_drawn_for_validation_keeps_the_largest_split_value_for_training(tmp_path):
+    """Three documents whose split values all lie below val_fraction 0.45 (a seed searched here with
+    hashlib): the one with the largest value is moved to training, the other two stay in validation."""
+    root = _folder(tmp_path / "c", 3)
+    names = [f"doc{i}.txt" for i in range(3)]
+    seed = next(s for s in range(2000) if max(_u(s, n) for n in names) < 0.45)
+    docs, _ = corpus_documents(DataConfig(corpus=str(root), seed=seed, val_fraction=0.45))
+    assert [d.name for d in docs if d.split == "train"] == [max(names, key=lambda n: _u(seed, n))]
+    assert sum(d.split == "val" for d in docs) == 2
+
+
+def test_one_document_is_split_at_the_line_end_nearest_the_byte_target(tmp_path):
+    """One file of ten 9-byte lines, val_fraction 0.1: the training part ends at byte 81 (the line end
+    nearest 0.9 * 90), so validation is exactly the last line. With 2-byte characters: five lines "éééé\\n"
+    (9 bytes, 5 characters) then five "abcdefgh\\n", val_fraction 0.4: the byte target 0.6 * 90 = 54 is the
+    end of line 6, so validation is the last four lines (a character count, 0.6 * 70 = 42, would cut at 45)."""
+    one = tmp_path / "a.txt"
+    one.write_text("".join(f"line {i:03d}\n" for i in range(10)))
+    docs, _ = corpus_documents(DataConfig(corpus=str(one), val_fraction=0.1))
+    assert [(d.split, d.text) for d in docs] == [("train", "".join(f"line {i:03d}\n" for i in range(9))),
+                                                 ("val", "line 009\n")]
+    two = tmp_path / "b.txt"
+    two.write_text("éééé\n" * 5 + "abcdefgh\n" * 5, encoding="utf-8")
+    docs, _ = corpus_documents(DataConfig(corpus=str(two), val_fraction=0.4))
+    assert [(d.split, d.text) for d in docs] == [("train", "éééé\n" * 5 + "abcdefgh\n"), ("val", "abcdefgh\n" * 4)]
+
+
+def test_a_first_document_over_the_cap_keeps_every_whole_line_within_it(tmp_path):
+    """One file of 1000 lines "abc\\n" (4000 bytes) under max_mb = 2000 bytes: cut after line 500, which
+    ends exactly at the cap, so the corpus is 2000 bytes."""
+    one = tmp_path / "a.txt"
+    one.write_text("abc\n" * 1000)
+    docs, fp = corpus_documents(DataConfig(corpus=str(one), max_mb=0.002, val_fraction=0.1))
+    assert fp["bytes"] == 2000 and "".join(d.text for d in docs) == "abc\n" * 500
+
+
+def test_encode_documents_in_chunks_equals_encoding_each_segment(monkeypatch):
+    """Oracle: every segment encoded on its own (tok.encode), then <|endoftext|> with the domain of the
+    document's last segment. The 4 MB chunking is forced down to 40 bytes so that chunks are flushed mid-corpus
+    (no test corpus reaches 4 MB); each Python document opens with prose and ends with code."""
+    texts = ["the model learns sparse activations\n" * 20, "def f(x):\n    return x + 1\n" * 20]
+    tok = data.train_tokenizer(iter(texts), 270)
+    eot = tok.token_to_id(data.EOT)
+    domains = ["code", "prose"]
+    segmented = [[(f"# comment {i}\n", "prose"), (f"x = {i}\n", "code")] for i in range(12)]
+    segmented += [[("plain text document\n", "prose")], [], [('"""doc"""', "prose"), ("\ny = 2\n", "code")]]
+    want_ids, want_dom = [], []
+    for segs in segmented:
+        for text, dom in segs:
+            ids = tok.encode(text, add_special_tokens=False).ids
+            want_ids += ids
+            want_dom += [domains.index(dom)] * len(ids)
+        want_ids.append(eot)
+        want_dom.append(domains.index(segs[-1][1]) if segs else 0)
+    for chunk in (data.ENCODE_CHUNK_BYTES, 40):
+        monkeypatch.setattr(data, "ENCODE_CHUNK_BYTES", chunk)
+        parts = list(encode_documents(tok, segmented, domains, np.uint16))
+        assert (len(parts) > 3) == (chunk == 40)
+        assert np.concatenate([p[0] for p in parts]).tolist() == want_ids
+        assert np.concatenate([p[1] for p in parts]).tolist() == want_dom
+
+
+def test_docstrings_after_a_blank_line_or_a_comment_line_are_prose():
+    """A string statement is a docstring wherever it stands, also after a blank line or a comment line
+    (which tokenize reports as NL tokens)."""
+    src = 'import os\n\n"""after a blank line"""\n# a comment\n"""after a comment"""\nx = "not prose"\n'
+    segs = data.python_segments(src)
+    assert "".join(t for t, _ in segs) == src
+    assert [t for t, d in segs if d == "prose"] == ['"""after a blank line"""', "# a comment", '"""after a comment"""']
+
+
+def test_tokenizer_texts_stop_at_the_byte_budget_inside_a_document():
+    """The tokenizer reads the first `budget` bytes of training text: the document the budget ends in
+    is cut there (a cut inside a character drops it), validation documents are skipped, nothing follows."""
+    docs = [Document("a", "train", "abcdef"), Document("v", "val", "zzzz"), Document("b", "train", "ghij"),
+            Document("c", "train", "klm")]
+    assert list(data._tokenizer_texts(docs, 8)) == ["abcdef", "gh"]
+    assert list(data._tokenizer_texts(docs, 5)) == ["abcde"]
+    assert list(data._tokenizer_texts(docs, 100)) == ["abcdef", "ghij", "klm"]
+    assert list(data._tokenizer_texts([Document("e", "train", "aé"), Document("f", "train", "xyz")], 2)) == ["a"]

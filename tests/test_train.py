@@ -3,6 +3,7 @@ checkpoints refused."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -14,12 +15,15 @@ import torch
 
 from conftest import TINY
 from sparsinglaw import runs
-from sparsinglaw.config import SparsingLawError, checkpoint_steps, total_steps
+from sparsinglaw.config import SparsingLawError, checkpoint_steps, load_profile, total_steps
+from sparsinglaw.data import CorpusError, eval_batches
 from sparsinglaw.device import Prefetcher, peak_flops
 from sparsinglaw.train import (
     TrainingDiverged,
     batch_seed,
+    check_tokens,
     checkpoint_problem,
+    evaluate,
     latest_valid_checkpoint,
     lr_factor,
     mfu,
@@ -192,10 +196,20 @@ def test_log_dedup_after_resume(tiny_profile, tmp_path):
             log.write_bytes(saved)
 
 
-def test_state_dict_has_no_wrapper_prefixes(tiny_profile, smoke_tokens):
-    run, d, _ = _train(tiny_profile, "relu-s1")
-    sd = torch.load(sorted(d.glob("ckpt_0*.pt"))[-1], weights_only=True)["model"]
+def test_state_dict_has_no_wrapper_prefixes(tiny_profile, smoke_tokens, tmp_path, monkeypatch):
+    """Trained compiled (the eager backend stands in for inductor), the model runs wrapped, whose state_dict
+    names every weight "_orig_mod.<name>"; the checkpoints hold the bare model's names."""
+    from sparsinglaw.model import Transformer
+
+    real_compile, wrapped = torch.compile, []
+    monkeypatch.setattr(torch, "compile", lambda m, mode=None, **k: wrapped.append(real_compile(m, backend="eager"))
+                        or wrapped[-1])
+    run = tiny_profile.run("relu-s1")
+    train(run, tiny_profile.data, tmp_path / "run", smoke_tokens, compile=True, progress=False, stop_after_step=9)
+    assert len(wrapped) == 1 and all(k.startswith("_orig_mod.") for k in wrapped[0].state_dict())
+    sd = torch.load(sorted((tmp_path / "run").glob("ckpt_0*.pt"))[-1], weights_only=True)["model"]
     assert not any(k.startswith(("_orig_mod.", "module.")) for k in sd)
+    Transformer(run.model).load_state_dict(sd)  # strict: every name matches
 
 
 def test_prefetcher_keeps_order_and_raises_the_workers_error():
@@ -753,3 +767,96 @@ def test_a_run_longer_than_its_corpus_says_how_many_passes_it_makes(tmp_path, mo
     assert want in capsys.readouterr().out.splitlines()
     big = SimpleNamespace(train=range(12_288), meta=lambda: {})
     assert passes_note(run, big) is None and passes_note(run, SimpleNamespace(train=range(12_287), meta=dict))
+
+
+# ----------------------------------------------------------------------------- schedule, log and snapshots
+
+
+def test_logged_lr_is_the_schedule_lr_of_the_last_step_trained(smoke_tokens, tmp_path):
+    """24 steps, warmup 3, stable 15, decay 6 (as test_wsd_run): the lr column of the row logged after
+    step s (1-based) is lr times the factor of step s - 1 (0-based): s / 3 in the warmup, 1 in the stable stage,
+    0.1 ** ((s - 18) / 6) in the decay; train and val rows alike."""
+    profile = load_profile("smoke", overrides=TINY + ["train.warmup_frac=0.125", "train.decay_frac=0.25"])
+    run = profile.run("relu-s1")
+    train(run, profile.data, tmp_path / "run", smoke_tokens, progress=False)
+    lr = run.train.lr
+
+    def want(s: int) -> float:
+        return lr * (s / 3 if s <= 3 else 1.0 if s <= 18 else 0.1 ** ((s - 18) / 6))
+
+    log = pd.read_csv(tmp_path / "run" / "log.csv")
+    assert log["step"].max() == 24 and (log["step"] > 18).any() and (log["step"] <= 3).any()
+    assert log["lr"].tolist() == pytest.approx([want(s) for s in log["step"]], rel=1e-5)
+
+
+def test_a_resume_snapshot_is_written_every_resume_every_steps(tiny_profile, smoke_tokens, tmp_path, capsys):
+    """TINY: resume_every 3, log_every 2, marks 8, 11, 17, 24. Step 9 is neither a log step nor a mark, so
+    only the resume rule saves it: a run stopped after step 9 holds ckpt_last of step 9 and resumes from 9."""
+    run = tiny_profile.run("relu-s1")
+    d = tmp_path / "run"
+    assert train(run, tiny_profile.data, d, smoke_tokens, progress=False, stop_after_step=9) == {"stopped_at": 9}
+    assert json.loads((d / "meta_last.json").read_text())["step"] == 9
+    capsys.readouterr()
+    train(run, tiny_profile.data, d, smoke_tokens, progress=False, stop_after_step=10)
+    assert "run relu-s1: resuming from step 9 of 24 (ckpt_last.pt)" in capsys.readouterr().out
+
+
+def test_the_last_step_is_logged_when_log_every_does_not_divide_the_steps(tiny_profile, smoke_tokens, tmp_path,
+                                                                         monkeypatch):
+    """24 steps logged every 5: train rows after steps 5, 10, 15, 20 and 24, the last one the mean
+    cross-entropy of steps 21-24 (oracle: a spy on the model's forward, as in test_logged_train_loss...)."""
+    from sparsinglaw.model import Transformer
+
+    ces, real = [], Transformer.forward
+
+    def spy(self, *a, **k):
+        out = real(self, *a, **k)
+        if k.get("return_ce"):
+            ces.append(out[2].detach().item())
+        return out
+
+    monkeypatch.setattr(Transformer, "forward", spy)
+    profile = load_profile("smoke", overrides=TINY + ["train.log_every=5"])
+    train(profile.run("relu-s1"), profile.data, tmp_path / "run", smoke_tokens, progress=False)
+    log = pd.read_csv(tmp_path / "run" / "log.csv")
+    rows = log[log["split"] == "train"]
+    assert rows["step"].tolist() == [5, 10, 15, 20, 24] and len(ces) == 24
+    assert rows["loss"].iloc[-1] == pytest.approx(sum(ces[20:24]) / 4, abs=2e-6)
+
+
+def test_a_snapshot_at_the_last_warmup_step_is_labelled_warmup(smoke_tokens, tmp_path):
+    """warmup 3 steps (round(0.125 * 24)); a resume snapshot after step 3 (resume_every 3) closes the warmup:
+    its stage is "warmup" (measure.stable_steps: stable means warmup < step <= warmup + stable)."""
+    profile = load_profile("smoke", overrides=TINY + ["train.warmup_frac=0.125"])
+    d = tmp_path / "run"
+    train(profile.run("relu-s1"), profile.data, d, smoke_tokens, progress=False, stop_after_step=3)
+    meta = json.loads((d / "meta_last.json").read_text())
+    assert (meta["step"], meta["stage"]) == (3, "warmup")
+
+
+def test_check_tokens_refuses_a_validation_split_without_one_window(tiny_profile, smoke_tokens):
+    """eval_batches needs seq_len + 1 validation tokens (targets are shifted by one): check_tokens refuses
+    seq_len of them before any file is written, and takes seq_len + 1."""
+    run = tiny_profile.run("relu-s1")
+    T = run.model.seq_len
+    short = dataclasses.replace(smoke_tokens, val=smoke_tokens.val[:T])
+    with pytest.raises(CorpusError, match=f"validation split has {T} tokens.*needs at least {T + 1}"):
+        check_tokens(run, short)
+    with pytest.raises(CorpusError):
+        list(eval_batches(short.val, T, 1, T))
+    ok = dataclasses.replace(smoke_tokens, val=smoke_tokens.val[:T + 1])
+    check_tokens(run, ok)
+    assert len(list(eval_batches(ok.val, T, 1, T))) == 1
+
+
+def test_evaluate_gives_the_model_back_in_the_mode_it_had(tiny_profile, smoke_tokens):
+    """evaluate switches to eval mode and back: an MoE model left in eval mode after a checkpoint's
+    validation would stop training its load-balancing loss (model.forward adds it only while training)."""
+    from sparsinglaw.model import Transformer
+
+    model = Transformer(tiny_profile.run("relu-s1").model)
+    T = model.cfg.seq_len
+    for mode in (True, False):
+        model.train(mode)
+        evaluate(model, smoke_tokens.val, T, 2, 2 * T, torch.device("cpu"))
+        assert model.training is mode
