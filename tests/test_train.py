@@ -112,30 +112,35 @@ def test_nan_loss_stops_and_keeps_last_good(tiny_profile, smoke_tokens, capsys):
 def test_sha256_file_remembers_only_unchanged_files(tmp_path, monkeypatch):
     """sha256_file reads an unchanged file once, and reads it again after any rewrite: in place with the
     same size and its mtime put back, or replaced by another file; a file hashed right after it was
-    written is never remembered (its timestamp could survive a rewrite). Oracle: hashlib on the bytes."""
+    written is never remembered (its timestamp could survive a rewrite). Oracle: hashlib on the bytes.
+    The clock is the file's newest timestamp plus `age` seconds, so that no sleep decides the outcome."""
     import hashlib
     import os
-    import time
     import types
 
     from sparsinglaw import train as tr
 
-    hashed = []
+    hashed, age = [], [0.0]
 
     def counting_sha256():
         hashed.append(1)
         return hashlib.sha256()
 
+    def time_ns():
+        st = os.stat(f)
+        return max(st.st_mtime_ns, st.st_ctime_ns) + int(age[0] * 1e9)
+
     monkeypatch.setattr(tr, "hashlib", types.SimpleNamespace(sha256=counting_sha256))
+    monkeypatch.setattr(tr, "time", types.SimpleNamespace(time_ns=time_ns))
     monkeypatch.setattr(tr, "_hashed", {})
-    monkeypatch.setattr(tr, "HASH_MEMO_AGE_S", 0.2)
     a = torch.randint(0, 256, (1 << 21,), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
     a = a.numpy().tobytes()
     f = tmp_path / "ckpt.pt"
     f.write_bytes(a)
     oracle = hashlib.sha256(a).hexdigest()
+    age[0] = tr.HASH_MEMO_AGE_S / 2
     assert tr.sha256_file(f) == oracle and tr.sha256_file(f) == oracle and len(hashed) == 2  # fresh: read twice
-    time.sleep(0.3)
+    age[0] = tr.HASH_MEMO_AGE_S * 1.5
     assert tr.sha256_file(f) == oracle and len(hashed) == 3
     assert tr.sha256_file(f) == oracle and tr.sha256_file(str(f)) == oracle and len(hashed) == 3  # remembered
     st = os.stat(f)
@@ -144,7 +149,6 @@ def test_sha256_file_remembers_only_unchanged_files(tmp_path, monkeypatch):
     f.write_bytes(bytes(b))
     os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))  # same size, same mtime: only ctime tells
     assert tr.sha256_file(f) == hashlib.sha256(bytes(b)).hexdigest() and len(hashed) == 4
-    time.sleep(0.3)
     g = tmp_path / "new.pt"
     g.write_bytes(a)
     os.replace(g, f)  # another inode
