@@ -431,3 +431,39 @@ def test_warnings_take_one_line_during_the_command_and_the_format_is_restored(mo
     monkeypatch.setattr(runs, "train_profile", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
     assert cli.main(["train", "--profile", "smoke"]) == 130
     assert warnings.formatwarning is before  # restored after an interrupted command too
+
+
+def test_states_table_by_hand_from_done_files(tmp_path, monkeypatch):
+    """R9/R10/R11. relu-s1 of smoke with tokens=12500 and n_layers=3: 512 tokens/step -> ceil(12500/512)=25
+    steps = 12800 tokens trained; width_depth 16/3 = 5.33 (two decimals). A DONE of this config is done at
+    100% (12800/12800, not 12800/12500 = 102%); a DONE written by another config is no finished run."""
+    import json
+
+    from sparsinglaw import runs
+    from sparsinglaw.config import load_profile
+
+    monkeypatch.setenv("SPARSINGLAW_RUNS", str(tmp_path))
+    p = load_profile("smoke", overrides=["runs.relu-s1.train.tokens=12500", "runs.relu-s1.model.n_layers=3",
+                                         "runs.relu-s1.train.checkpoints=4"])
+    r = p.run("relu-s1")
+    d = runs.run_dir(p, r)
+    d.mkdir(parents=True)
+    (d / "DONE").write_text(json.dumps({"config_hash": r.config_hash(p.data)}))
+    row = runs.states_table(p).set_index("run").loc["relu-s1"]
+    assert row["status"] == "done" and row["progress"] == "100%"
+    assert row["width_depth"] == 5.33
+    (d / "DONE").write_text(json.dumps({"config_hash": "another config"}))
+    s = runs.run_state(p, r)
+    assert s.status == "new" and s.tokens_seen == 0 and s.tokens_total == 12800
+
+
+@pytest.mark.parametrize("seconds, shown", [(90, "at least 90 s "), (119, "at least 119 s "), (120, "at least 2 min "),
+                                            (7200, "at least 2 h "), (48 * 3600, "at least 2 days ")])
+def test_compute_line_units_by_hand(seconds, shown):
+    """The H200's bf16 peak is 989 TFLOP/s (datasheet): a profile
+    of seconds x 989e12 FLOP takes `seconds` at least; under 120 s it is said in seconds, then minutes to
+    120 min, hours to 48 h, then days."""
+    from sparsinglaw import cli
+
+    line = cli._compute_line(seconds * 989e12, 3)
+    assert shown in line and "for 3 runs" in line and "989 TFLOP/s" in line, line

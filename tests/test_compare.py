@@ -256,3 +256,18 @@ def test_claim_values_are_cut_at_the_first_semicolon():
     a = pd.DataFrame({"id": ["x"], "verdict": ["PASS"], "value": ["p = 0.01; run-a: +0.5; run-b: -0.1"]})
     t = compare.claims_table(a, a.assign(value="p = 0.2"))
     assert (t.at[0, "value_a"], t.at[0, "value_b"]) == ("p = 0.01", "p = 0.2") and t.at[0, "same"]
+
+
+def test_b_in_a_counts_an_a0_on_either_bound_of_the_interval():
+    """K1. A's interval is closed: B's A0 equal to A0_lo or to A0_hi lies in it; just outside does not."""
+    import pandas as pd
+
+    from sparsinglaw import compare
+
+    rows = [("r1", 0.10), ("r2", 0.20), ("r3", 0.0999), ("r4", 0.2001)]
+    a = pd.DataFrame({"run": [r for r, _ in rows], "form": "power", "converged": True, "A0": 0.15,
+                      "A0_lo": 0.10, "A0_hi": 0.20})
+    b = pd.DataFrame({"run": [r for r, _ in rows], "form": "power", "converged": True, "A0": [v for _, v in rows],
+                      "A0_lo": 0.0, "A0_hi": 1.0})
+    got = compare.fits_table(a, b).set_index("run")["b_in_a"].to_dict()
+    assert got == {"r1": True, "r2": True, "r3": False, "r4": False}

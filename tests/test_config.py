@@ -12,6 +12,7 @@ import yaml
 
 from sparsinglaw import config
 from sparsinglaw.config import (
+    STAGE_PARTS,
     ConfigError,
     checkpoint_steps,
     load_profile,
@@ -404,3 +405,55 @@ def test_a_bad_override_is_named_before_the_file(tmp_path):
     with pytest.raises(ConfigError) as e:
         load_profile(bad, overrides=["train.lr=3e-3"])
     assert str(e.value).startswith(f"{bad}: ") and "lrr: unknown field" in str(e.value)
+
+
+def test_a_change_of_one_runs_settings_changes_the_train_and_measure_stage_hashes():
+    """One run's lr is part of its identity, so every table made from
+    the runs (train, measure stages) must be found stale; the data part alone stays the same."""
+    base = load_profile("smoke")
+    other = load_profile("smoke", overrides=["runs.relu-s1.train.lr=0.02"])
+    assert other.part_hash("data") == base.part_hash("data")
+    for stage in ("train", "measure", "inference"):
+        assert other.part_hash(*STAGE_PARTS[stage]) != base.part_hash(*STAGE_PARTS[stage]), stage
+    assert other.config_hash() != base.config_hash()
+
+
+def test_the_profile_hash_covers_the_fit_settings_but_no_stage_hash_does():
+    """config_hash is documented as data + runs + sparsity + fit; a fit setting
+    moves it and moves none of the stage hashes (tables of the model stages stay current)."""
+    base = load_profile("smoke")
+    fit = load_profile("smoke", overrides=["fit.n_boot=7"])
+    assert fit.config_hash() != base.config_hash()
+    for stage, parts in STAGE_PARTS.items():
+        assert fit.part_hash(*parts) == base.part_hash(*parts), stage
+
+
+@pytest.mark.parametrize("override, field, ok", [
+    ("train.decay_min_lr_frac=0", "train.decay_min_lr_frac", "train.decay_min_lr_frac=1"),  # C8: (0, 1]
+    ("data.vocab_size=256", "data.vocab_size", "data.vocab_size=257"),  # C9: > 256 byte tokens
+    ("sparsity.eval_tokens=63", "sparsity.eval_tokens", "sparsity.eval_tokens=64"),  # C16: >= one window of 64
+])
+def test_bounds_refuse_just_outside_and_accept_the_edge(override, field, ok):
+    """Each bound at its edge: the value just outside is refused naming the field, the edge itself loads."""
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        load_profile("smoke", overrides=[override])
+    load_profile("smoke", overrides=[ok])
+
+
+def test_one_optimizer_step_of_tokens_is_refused_two_are_not():
+    """512 tokens per step: tokens=512 is one step -> refused on train.tokens; 1024 is two steps
+    (warmup round(0.05*2)=0, stable 2, one mark at step 2) and loads."""
+    common = ["train.checkpoints=1", "train.eval_tokens=64"]
+    with pytest.raises(ConfigError, match=r"train\.tokens"):
+        load_profile("smoke", overrides=common + ["train.tokens=512"])
+    load_profile("smoke", overrides=common + ["train.tokens=1024"])
+
+
+def test_an_explicit_mark_at_the_stable_end_itself_is_accepted():
+    """tokens=12000, batch 4 x accum 2 x 64 = 512 tokens/step -> 24 steps; warmup
+    round(0.11*24)=3, decay round(0.23*24)=6, stable 15: the stable stage ends at step 18 = 9216 tokens."""
+    common = ["train.tokens=12000", "train.batch_size=4", "train.grad_accum=2", "train.warmup_frac=0.11",
+              "train.decay_frac=0.23", "train.eval_tokens=1024"]
+    load_profile("smoke", overrides=common + ["train.checkpoint_tokens=[4096, 9216]"])
+    with pytest.raises(ConfigError, match=r"checkpoint_tokens.*\(0, 9216\]"):
+        load_profile("smoke", overrides=common + ["train.checkpoint_tokens=[4096, 9217]"])

@@ -682,3 +682,37 @@ def test_final_losses_are_each_runs_last_validation_loss(measured_mini, session_
         last = val[val["tokens"] == val["tokens"].max()]
         assert got.at[r.name, "tokens"] == val["tokens"].max() == r.train.tokens
         assert got.at[r.name, "final_val_loss"] == pytest.approx(float(last["loss"].iloc[-1]), abs=1e-6)
+
+
+def test_recorded_corpus_needs_every_sidecar_to_agree(tmp_path):
+    """R12. Two input tables made from two corpora: a table derived from both records no one corpus."""
+    import json
+
+    from sparsinglaw import runs
+
+    for name, corpus in (("a", {"sha256": "1"}), ("b", {"sha256": "1"}), ("c", {"sha256": "2"})):
+        (tmp_path / f"{name}.meta.json").write_text(json.dumps({"corpus": corpus}))
+    assert runs.recorded_corpus(tmp_path / "a.csv", tmp_path / "b.csv") == {"sha256": "1"}
+    assert runs.recorded_corpus(tmp_path / "a.csv", tmp_path / "c.csv") is None
+    assert runs.recorded_corpus(tmp_path / "c.csv", tmp_path / "a.csv") is None
+
+
+def test_same_bytes_under_another_stage_hash_rewrite_the_sidecar(tmp_path):
+    """A table recomputed after a change of the parts it is made
+    from may come out byte for byte the same; its sidecar must then record the new stage_hash, else the table
+    stays stale for good (the warning would never go away)."""
+    import json
+    import warnings
+
+    import pandas as pd
+
+    from sparsinglaw import runs
+
+    df = pd.DataFrame({"run": ["a"], "x": [1.0]})
+    meta = {"stage": "measure", "stage_hash": "h1", "time": "t0", "git_sha": "s", "git_dirty": False}
+    runs.write_table(df, tmp_path / "t.csv", meta)
+    runs.write_table(df, tmp_path / "t.csv", dict(meta, stage_hash="h2", time="t1"))
+    assert json.loads((tmp_path / "t.meta.json").read_text())["stage_hash"] == "h2"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        runs.read_table(tmp_path / "t.csv", ["run", "x"], expect={"stage": "measure", "stage_hash": "h2"})

@@ -17,6 +17,40 @@ def test_table3_ratio_and_shapes():
     assert np.allclose(t.n_nonemb, t.L * (4 * t.d_h**2 + 3 * t.d_h * t.d_f), rtol=0.01)
 
 
+# Table 2 as transcribed a second time, from the paper's table (v1) and v4's added row; every cell of
+# paper.TABLE2 must agree with it ("-": Eq. 5 has no b)
+TABLE2_AGAIN = """
+relu 0.1B 0.101 -0.0151 3.20 0.0614
+relu 0.2B 0.449 -3.05 0.286 0.0674
+relu 0.4B 0.683 -3.46 0.0790 0.0690
+relu 0.8B 1.01 -3.49 0.00797 0.0721
+relu 1.2B 1.33 -3.89 0.000903 0.0782
+silu 0.1B 0.479 - 0.102 0.409
+silu 0.2B 0.844 - 0.208 0.390
+silu 0.4B 1.03 - 0.420 0.385
+silu 0.8B 0.995 - 0.562 0.383
+silu 1.2B 0.967 - 0.538 0.382
+relu 2.4B 1.53 -3.46 1.56e-4 0.0648
+"""
+
+
+def test_table2_every_cell_matches_a_second_transcription():
+    """Every cell, and the trend Fig. 7 describes across the five v1 scales: the ReLU limit rises, the SiLU
+    limit falls (a typo in a middle row breaks one or both)."""
+    want = [line.split() for line in TABLE2_AGAIN.strip().splitlines()]
+    t = paper.table2()
+    got = t[["activation", "scale", "alpha", "b", "c", "A0"]].values.tolist()
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        assert g[:2] == w[:2]
+        for x, y in zip(g[2:], w[2:], strict=True):
+            assert (np.isnan(x) if y == "-" else x == float(y)), (g, w)
+    v1 = t[t.version == "v1"]
+    for act, rising in (("relu", True), ("silu", False)):
+        a0 = v1[v1.activation == act].set_index("scale").loc[["0.1B", "0.2B", "0.4B", "0.8B", "1.2B"], "A0"]
+        assert (np.diff(a0) > 0).all() if rising else (np.diff(a0) < 0).all(), (act, a0.tolist())
+
+
 def test_table2_rows():
     t = paper.table2()
     assert len(t) == 11
