@@ -3,6 +3,7 @@ profile without seed replicas, or the convergence speed when no law fit converge
 
 from __future__ import annotations
 
+import csv
 import math
 import warnings
 
@@ -10,6 +11,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
+from matplotlib.colors import to_rgb, to_rgba
 
 from sparsinglaw import plots
 
@@ -873,4 +875,254 @@ def test_sparse_inference_draws_the_increase_in_percent_all_first():
         assert sorted(_xy(ln)[1][0] for ln in ax.lines if ln.get_linestyle() == ":") == [1.0, 10.0]  # no line at 0
         marks = {ln.get_xdata()[0]: ln for ln in ax.lines if ln.get_marker() in ("o", "s", "D")}
         assert [marks[a].get_markerfacecolor() == "none" for _, a, _ in pts] == [True, False, False]  # dense: hollow
+    plt.close(fig)
+
+
+# -----------------------------------------------------------------------------------------------
+# what each figure draws beyond its data: scales, filled/hollow markers, quoted paper values, save()
+
+
+def _is_hollow(line) -> bool:
+    return line.get_marker() not in (None, "None", "") and line.get_markerfacecolor() == "none"
+
+
+def _is_filled(line) -> bool:
+    return line.get_marker() not in (None, "None", "") and line.get_markerfacecolor() != "none"
+
+
+# --- run_grid draws MoE runs as hollow diamonds, dense runs filled -----------------------------
+
+def test_run_grid_moe_runs_are_hollow_diamonds_dense_runs_is_filled():
+    states = pd.DataFrame({"run": ["silu-s4", "silu-moe4"], "activation": ["silu", "silu"], "n_experts": [0, 4],
+                           "width_depth": [16.0, 16.0], "non_embedding_params": [188992, 190016]})
+    fig = plots.run_grid(states)
+    coll = {c.get_label(): c for c in fig.axes[0].collections}
+    silu = to_rgba("#D55E00")  # Okabe-Ito vermillion, by hand
+    dense, moe = coll["silu"], coll["silu MoE"]
+    assert dense.get_facecolor()[0].tolist() == pytest.approx(list(silu))
+    fc = moe.get_facecolor()
+    assert len(fc) == 0 or (fc[:, 3] == 0).all()  # hollow: no face
+    assert moe.get_edgecolor()[0].tolist() == pytest.approx(list(silu))
+    plt.close(fig)
+
+
+# --- axis scales of the figures -----------------------------------------
+
+def _one_run_log():
+    rows = [{"run": "relu-s1", "groups": "scale", "activation": "relu", "d_model": 32, "n_layers": 2,
+             "width_depth": 16.0, "non_embedding_params": 23712, "step": 20 * (i + 1), "tokens": 81920 * (i + 1),
+             "split": "train", "loss": 5.0 - 0.1 * i} for i in range(10)]
+    rows += [{**rows[0], "step": 100, "tokens": 409600, "split": "val", "loss": 4.7}]
+    return pd.DataFrame(rows)
+
+
+def test_loss_curves_put_tokens_on_a_log_axis():
+    log = _one_run_log()
+    info = log.drop_duplicates("run")[["run", "activation", "non_embedding_params", "width_depth"]]
+    fig = plots.loss_curves({"relu-s1": log}, info)
+    assert fig.axes[0].get_xscale() == "log"
+    plt.close(fig)
+
+
+def test_moe_vs_dense_puts_the_activation_ratio_on_a_log_axis(tiny_profile):
+    from sparsinglaw import measure
+
+    rows = [("silu-s2", "silu", "cett", c, 4.0, ppl, a) for c, ppl, a in ((0.05, 56.0, 0.6), (0.2, 60.0, 0.3))]
+    rows += [("silu-moe4", "silu", "moe", k, 4.1, ppl, k / 4) for k, ppl in ((1, 80.0), (2, 62.0), (3, 61.0),
+                                                                               (4, 61.5))]
+    pts = pd.DataFrame(rows, columns=["run", "activation", "method", "param", "dense_loss", "ppl", "activation_ratio"])
+    fig = plots.moe_vs_dense(pts, measure.moe_comparison(pts, tiny_profile))
+    assert fig.axes[0].get_xscale() == "log"
+    plt.close(fig)
+
+
+def test_dead_neurons_put_tokens_on_log_axes():
+    table = pd.DataFrame([{"run": "relu-s1", "groups": "scale", "activation": "relu", "p": 1.0, "tokens": t,
+                           "dead_ratio": 0.01, "nonzero_ratio": 0.5, "activation_ratio": 0.2,
+                           "non_embedding_params": 1000} for t in (1e6, 2e6)])
+    fig = plots.dead_neurons(table)
+    assert [ax.get_xscale() for ax in fig.axes] == ["log", "log"]
+    plt.close(fig)
+
+
+def test_width_depth_loss_puts_the_ratio_on_a_log_axis():
+    points = pd.DataFrame({"width_depth": [4.0, 16.0, 64.0], "loss_converged": True, "E": [2.8, 3.0, 3.3],
+                           "E_lo": [2.5, 2.7, 3.0], "E_hi": [3.1, 3.3, 3.6], "final_loss": [4.3, 4.2, 4.25]})
+    fig = plots.width_depth_loss(points, pd.DataFrame(columns=["quantity", "kind", "best_lo", "best_hi"]))
+    assert fig.axes[0].get_xscale() == "log"
+    plt.close(fig)
+
+
+def _two_speeds():
+    ratio = np.array([5.0, 10.0, 20.0, 40.0])
+    curves = pd.concat([pd.DataFrame({"run": run, "activation": "relu", "non_embedding_params": n,
+                                      "data_scale_ratio": ratio, "dA_dratio": dA})
+                        for run, n, dA in (("relu-s1", 2e4, -1e-4 / ratio), ("relu-s4", 2e5, -5e-3 / ratio))],
+                       ignore_index=True)
+    summary = pd.DataFrame({"run": ["relu-s1", "relu-s4"], "activation": "relu", "non_embedding_params": [2e4, 2e5],
+                            "ratio_common": 20.0, "dA_dratio_common": [-5e-6, -2.5e-4], "rho_N_speed": math.nan})
+    return curves, summary
+
+
+def test_convergence_speed_y_axis_is_symlog_linear_below_1e_4_of_the_fastest():
+    curves, summary = _two_speeds()
+    fig = plots.convergence_speed(curves, summary)
+    ax = fig.axes[0]
+    top = 5e-3 / 5.0  # fastest speed, by hand: relu-s4 at D/N = 5
+    assert ax.get_yscale() == "symlog"
+    assert ax.yaxis.get_transform().linthresh == pytest.approx(top * 1e-4)
+    assert ax.get_ylim() == pytest.approx((0.0, 3 * top))
+    assert ax.get_xscale() == "log"
+    # the speeds at the common ratio: hollow rings
+    rings = [ln for ln in ax.lines if len(ln.get_xdata()) == 1 and ln.get_xdata()[0] == 20.0]
+    assert sorted(_xy(ln)[1][0] for ln in rings) == pytest.approx([5e-6, 2.5e-4])
+    assert all(_is_hollow(ln) for ln in rings)
+    plt.close(fig)
+
+
+# --- pareto_curves draws exact zeros and caps the y axis at 1.3x the dense PPL -----------
+
+def test_pareto_curves_draw_exact_zeros_and_cap_the_axis_at_1_3_dense():
+    rows = [("relu-s1", "relu", "cett", c, 4.0, ppl, a) for c, ppl, a in ((0.05, 56.0, 0.6), (0.2, 60.0, 0.3))]
+    rows += [("relu-s1", "relu", "topk", 8, 4.0, 500.0, 0.05), ("relu-s1", "relu", "zeros", 0, 4.0, 54.6, 0.42)]
+    pts = pd.DataFrame(rows, columns=["run", "activation", "method", "param", "dense_loss", "ppl", "activation_ratio"])
+    fig = plots.pareto_curves(pts)
+    ax = fig.axes[0]
+    z = _line(ax, "exact zeros (ReLU)")
+    assert _xy(z) == ([0.42], [54.6]) and z.get_marker() == "x"
+    assert ax.get_ylim()[1] == pytest.approx(1.3 * math.exp(4.0))  # 70.98: the top-k point at 500 is cut off
+    plt.close(fig)
+
+
+# --- activation_laws band limits and shading by size ------------------------------------
+
+def _one_law_inputs():
+    tokens = [1e6, 2e6, 3e6, 4e6]
+    table = pd.DataFrame([{"run": run, "groups": "scale", "activation": "relu", "p": 1.0, "tokens": t,
+                           "activation_ratio": a + d, "non_embedding_params": n}
+                          for run, n, d in (("relu-s1", 1000, 0.0), ("relu-s2", 2000, 0.01))
+                          for t, a in zip(tokens, (0.4, 0.3, 0.25, 0.22), strict=True)])
+    fits = pd.DataFrame([{"run": r, "converged": "True" if r == "relu-s1" else "False", "dropped_tokens": "",
+                          "D_min_used": 0.002, "A0": 0.2, "activation": "relu", "form": "logspace_power"}
+                         for r in ("relu-s1", "relu-s2")])
+    curves = pd.DataFrame([{"run": "relu-s1", "D": d, "A_fit": a, "A_lo": a - 0.01, "A_hi": a + 0.02}
+                           for d, a in zip([0.002, 0.003, 0.004], (0.3, 0.26, 0.23), strict=True)])
+    return table, fits, curves
+
+
+def test_activation_laws_band_spans_a_lo_to_a_hi_at_each_d():
+    fig = plots.activation_laws(*_one_law_inputs())
+    v = fig.axes[0].collections[0].get_paths()[0].vertices
+    for x, lo, hi in ((2.0, 0.29, 0.32), (3.0, 0.25, 0.28), (4.0, 0.22, 0.25)):
+        ys = v[np.isclose(v[:, 0], x), 1]
+        assert (ys.min(), ys.max()) == pytest.approx((lo, hi)), x
+    plt.close(fig)
+
+
+def test_activation_laws_shade_the_largest_run_darkest():
+    fig = plots.activation_laws(*_one_law_inputs())
+    ax = fig.axes[0]
+    rgb = np.array([0x00, 0x72, 0xB2]) / 255  # relu's colour, by hand
+    big = to_rgb(_line(ax, "relu-s2 (2k), no fit").get_color())
+    small = to_rgb(_line(ax, "relu-s1 (1k)").get_color())
+    assert list(big) == pytest.approx(list(rgb))
+    assert list(small) == pytest.approx(list(rgb + (1 - rgb) * 0.65 * 0.5))  # 1 of 2: mixed 32.5% with white
+    plt.close(fig)
+
+
+# --- the paper's values as quoted above the panels ----------------------------------
+
+def test_the_paper_values_are_quoted_as_the_paper_gives_them():
+    from sparsinglaw import paper
+
+    wd = pd.DataFrame({"width_depth": [4.0, 16.0], "converged": True, "A0": [0.1, 0.2], "A0_lo": [0.05, 0.15],
+                       "A0_hi": [0.15, 0.25], "A_last": [0.12, 0.22], "loss_converged": True, "E": [3.0, 2.9],
+                       "E_lo": [2.8, 2.7], "E_hi": [3.2, 3.1], "final_loss": [4.0, 3.9]})
+    empty = pd.DataFrame(columns=["kind", "quantity", "breakpoint", "best_lo", "best_hi"])
+    fig = plots.width_depth_activation(wd, empty, paper.WIDTH_DEPTH)
+    assert fig.axes[0].get_title(loc="left") == "paper (0.1B): bottleneck ~114, ~8% above it"  # Fig. 5, Sec. 4.3
+    plt.close(fig)
+    fig = plots.width_depth_loss(wd, empty, paper.WIDTH_DEPTH)
+    assert fig.axes[0].get_title(loc="left") == "paper (0.1B): best range 74-282"  # Fig. 6
+    plt.close(fig)
+    pts = pd.DataFrame({"activation": ["relu", "silu"], "non_embedding_params": [2e4, 2e4], "converged": False,
+                        "A0": math.nan, "A0_lo": math.nan, "A0_hi": math.nan, "A_last": [0.2, 0.4]})
+    summ = pd.DataFrame(columns=["activation", "quantity", "n", "slope"])
+    fig = plots.a0_vs_scale(pts, summ, paper.A0_SCALE_CHANGE)
+    assert [ax.get_title(loc="left") for ax in fig.axes] == ["relu; paper 0.1B->1.2B: +1.7 points",
+                                                             "silu; paper 0.1B->1.2B: -2.7 points"]  # Fig. 7
+    plt.close(fig)
+
+
+# --- fitted limits filled, last-checkpoint values hollow ----------------------------------
+
+def test_last_checkpoint_values_are_hollow_fitted_limits_is_filled():
+    pts = pd.DataFrame({"activation": "relu", "non_embedding_params": [2e4, 5e4], "converged": True,
+                        "A0": [0.2, 0.21], "A0_lo": [0.18, 0.2], "A0_hi": [0.22, 0.23], "A_last": [0.19, 0.2],
+                        "loss_converged": True, "E": [3.0, 2.9], "E_lo": [2.9, 2.8], "E_hi": [3.1, 3.0],
+                        "final_loss": [3.5, 3.2], "width_depth": [4.0, 16.0]})
+    summ = pd.DataFrame(columns=["activation", "quantity", "n", "slope", "kind", "breakpoint", "best_lo", "best_hi"])
+
+    def fitted(ax, label):
+        return next(c for c in ax.containers if c.get_label() == label).lines[0]
+
+    fig = plots.a0_vs_scale(pts, summ)
+    ax = fig.axes[0]
+    assert _is_hollow(_line(ax, "last checkpoint")) and _is_filled(fitted(ax, "fitted limit $A_0$"))
+    plt.close(fig)
+    fig = plots.limit_loss_vs_scale(pts)
+    ax = fig.axes[0]
+    assert _is_hollow(_line(ax, "relu: last checkpoint")) and _is_filled(fitted(ax, "relu: fitted limit loss E"))
+    plt.close(fig)
+    for draw, label in ((plots.width_depth_activation, "fitted limit $A_0$"),
+                        (plots.width_depth_loss, "fitted limit loss $E$")):
+        fig = draw(pts, summ)
+        ax = fig.axes[0]
+        assert _is_hollow(_line(ax, "last checkpoint")) and _is_filled(fitted(ax, label))
+        plt.close(fig)
+
+
+# --- sparse_inference marker legend and x range ------------------------------------
+
+def test_sparse_inference_marker_legend_and_activation_ratio_range():
+    df = pd.DataFrame([{"run": "relu-s1", "activation": "relu", "non_embedding_params": 1000, "domain": "all",
+                        "n_tokens": 100, "p": p, "activation_ratio": a, "ppl_ratio": r, "reached": True}
+                       for p, a, r in ((0.0, 0.4, 1.0), (1.0, 0.2, 1.01), (10.0, 0.1, 1.1))])
+    fig = plots.sparse_inference(df)
+    ax = fig.axes[-1]
+    lg = ax.get_legend()
+    got = [(t.get_text(), h.get_marker(), h.get_markerfacecolor() == "none")
+           for t, h in zip(lg.get_texts(), lg.legend_handles, strict=True)]
+    assert got == [("dense", "o", True), ("PPL-1%", "s", False), ("PPL-10%", "D", False)]
+    assert fig.axes[0].get_xlim() == pytest.approx((0.0, 1.02))  # activation ratios on one fixed scale
+    plt.close(fig)
+
+
+# --- save() -----------------------------------------------------------------------
+
+def test_save_records_paper_and_notebook_and_strips_timestamps(tmp_path, monkeypatch, tiny_profile):
+    monkeypatch.setenv("SPARSINGLAW_FIGURES", str(tmp_path))
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    fig, ax = plt.subplots()
+    ax.plot([1, 2], [3, 4])
+    assert plots.save(fig, "99_fig", tiny_profile, paper="Fig. 99", notebook="99_test") == ["99_fig.png", "99_fig.pdf"]
+    out = tmp_path / tiny_profile.name
+    with open(out / "MANIFEST.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["file"], r["paper"], r["notebook"], r["profile"]) for r in rows] == [
+        ("99_fig.pdf", "Fig. 99", "99_test", tiny_profile.name), ("99_fig.png", "Fig. 99", "99_test",
+                                                                  tiny_profile.name)]
+    pdf, png = (out / "99_fig.pdf").read_bytes(), (out / "99_fig.png").read_bytes()
+    assert b"/CreationDate" not in pdf and b"/ModDate" not in pdf and b"/Producer" not in pdf
+    assert b"Software" not in png
+    plt.close(fig)
+
+
+def test_save_leaves_a_panel_that_says_why_it_is_empty_alone(tmp_path, monkeypatch, tiny_profile):
+    monkeypatch.setenv("SPARSINGLAW_FIGURES", str(tmp_path))
+    fig = plots.cett_sweep(pd.DataFrame(columns=["run", "activation", "method", "param"]))
+    plots.save(fig, "99_cett", tiny_profile, paper="none", notebook="test")
+    assert fig.texts == []  # no "nothing to draw" laid over the panels' own reason
+    assert [t.get_text() for ax in fig.axes for t in ax.texts] == [
+        "no CETT sweep: no dense run among sparsity.pareto_runs"] * 2
     plt.close(fig)

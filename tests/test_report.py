@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 
 import nbformat
 import pytest
@@ -43,3 +44,10 @@ def test_report_of_no_notebook_is_refused(tmp_path):
     with pytest.raises(notebooks.SparsingLawError, match=r"\(none given\); run make figures first"):
         notebooks.report([], tmp_path / "r.html")
     assert not (tmp_path / "r.html").exists()
+
+
+def test_report_heading_is_the_title(tmp_path):
+    p = tmp_path / "01_a.ipynb"
+    nbformat.write(new_notebook(cells=[new_markdown_cell("text")]), p)
+    html = notebooks.report([p], tmp_path / "r.html", title="my report").read_text()
+    assert re.search(r"<h1[^>]*>my report", html)
