@@ -791,3 +791,41 @@ def test_pattern_tables_are_recomputed_when_edited_remeasured_or_versioned(monke
     _, err = pearson()
     assert "missing or stale" in err
     assert runs.sidecar(folder / "domains.csv")["analysis_version"] == analysis.ANALYSIS_VERSION
+
+
+# ----------------------------------------------------------------------------- pair order and p in the pattern tables
+
+
+def _info(runs_n):
+    return pd.DataFrame([{"run": r, "activation": "relu", "groups": "scale", "d_model": 16, "n_layers": 2,
+                          "width_depth": 8.0, "non_embedding_params": n, "tokens": 1e6, "p": 1.0}
+                         for r, n in runs_n])
+
+
+def test_domain_agreement_puts_the_smaller_model_first_whatever_the_table_order():
+    """The bigger run listed first: run_a is still the smaller model. Oracle: scipy's KS distance."""
+    rng = np.random.default_rng(7)
+    freq = {"relu-big": rng.beta(1, 10, 300), "relu-small": rng.beta(1, 5, 300)}
+    neurons = pd.concat([pd.DataFrame({"run": r, "step": 1, "layer": 0, "neuron": np.arange(300), "all": f})
+                         for r, f in freq.items()], ignore_index=True)
+    _, agreement = analysis.domain_distributions(neurons, _info([("relu-big", 2e5), ("relu-small", 1e5)]))
+    r = agreement.iloc[0]
+    assert (r["run_a"], r["run_b"]) == ("relu-small", "relu-big")
+    assert r["mean_a"] == pytest.approx(freq["relu-small"].mean())
+    assert r["mean_b"] == pytest.approx(freq["relu-big"].mean())
+    assert r["ks"] == pytest.approx(stats.ks_2samp(freq["relu-small"], freq["relu-big"]).statistic, rel=1e-12)
+
+
+def test_dead_neurons_read_the_requested_p():
+    """At p = 2 the PPL-2% rows count, at p = 1 the PPL-1% rows (hand numbers: first, last, and rho = +1 / -1
+    for a dead ratio rising / falling with tokens)."""
+    rows = []
+    for p, dead in ((1.0, [0.30, 0.20, 0.10]), (2.0, [0.05, 0.06, 0.07])):
+        for k, d in enumerate(dead):
+            rows.append({"run": "relu-s1", "activation": "relu", "groups": "scale", "d_model": 16, "n_layers": 2,
+                         "width_depth": 8.0, "non_embedding_params": 5000, "tokens": 1e6 * (k + 1), "p": p,
+                         "dead_ratio": d, "nonzero_ratio": 0.5 + d})
+    t = pd.DataFrame(rows)
+    cols = ["dead_ratio_first", "dead_ratio_last", "dead_ratio_rho_tokens"]
+    assert analysis.dead_neurons(t, p=2.0).iloc[0][cols].tolist() == pytest.approx([0.05, 0.07, 1.0])
+    assert analysis.dead_neurons(t, p=1.0).iloc[0][cols].tolist() == pytest.approx([0.30, 0.10, -1.0])

@@ -898,3 +898,55 @@ def test_figure(tmp_path):
     assert sum(t.get_text() == "x = 1" for t in texts) == len(df)  # the value up to its first ';'
     counts = ", ".join(f"{(df['verdict'] == v).sum()} {v.lower()}" for v in claims.VERDICTS)
     assert fig.axes[0].get_title(loc="left").endswith(counts)
+
+
+# ----------------------------------------------------------------------------- width_depth_loss bounds, unfitted trends
+
+
+def _wd(rows):
+    return pd.DataFrame([{"run": f"relu-wd{x:g}", "width_depth": x, "E": e, "E_lo": lo, "E_hi": hi,
+                          "loss_converged": True, "final_loss": 4.0} for x, e, lo, hi in rows])
+
+
+OTHERS = [(12.0, 3.0, 2.9, 3.1), (32.0, 2.9, 2.8, 3.0), (96.0, 3.1, 3.0, 3.2)]
+
+
+def test_width_depth_loss_fails_only_when_the_whole_interval_is_below():
+    """FAIL needs the deepest run's whole interval below every other's: E 2.75 lies below every other lower
+    bound (the least 2.8), but its interval reaches 2.85, into relu-wd32's [2.8, 3.0]."""
+    assert claims.width_depth_loss(_wd([(3.6, 2.75, 2.6, 2.85), *OTHERS]))["verdict"] == "INCONCLUSIVE"
+    assert claims.width_depth_loss(_wd([(3.6, 2.7, 2.6, 2.79), *OTHERS]))["verdict"] == "FAIL"
+
+
+def test_width_depth_loss_touching_intervals_are_not_separated():
+    """The deepest's [3.0, 3.4] and relu-wd32's [2.8, 3.0] share 3.0: neither lies entirely below the other."""
+    assert claims.width_depth_loss(_wd([(3.6, 3.2, 3.0, 3.4), *OTHERS]))["verdict"] == "INCONCLUSIVE"
+
+
+def test_trend_of_an_unfitted_run_counts_all_its_points():
+    """A run whose law fit failed has no n_used (0 or NaN), and its rho is over all n_points checkpoints; that
+    n counts (p 0.5 would hide the trend). Oracle: scipy's one-sided t-test p of Spearman's rho at n = 24,
+    combined by scipy's Stouffer."""
+    f = pd.DataFrame([{"run": f"relu-s{i}", "activation": "relu", "groups": "scale", "rho_tokens": -0.9,
+                       "n_used": n_used, "n_points": 24} for i, n_used in enumerate((0, np.nan, 0))])
+    row = claims.relu_falls(f)
+    assert row["verdict"] == "PASS" and row["value"].count("(n=24)") == 3
+    t = -0.9 * math.sqrt(22 / (1 - 0.81))
+    p_one = stats.t.cdf(t, 22)
+    combined = stats.combine_pvalues([p_one] * 3, method="stouffer").pvalue
+    got = float(row["value"].split("combined p(rho < 0) = ")[1].split(",")[0])
+    assert got == pytest.approx(combined, rel=0.05)
+
+
+def test_relu_sparser_compares_the_final_checkpoints():
+    """At the first checkpoint ReLU is the denser, at the final one the sparser, the rows in reverse order:
+    the final checkpoints decide (PASS)."""
+    rows = []
+    for act, first, final in (("relu", 0.50, 0.20), ("silu", 0.40, 0.40)):
+        for tokens, a in ((1e6, first), (2e6, final)):
+            rows.append({"run": f"{act}-s1", "activation": act, "groups": "scale", "d_model": 16, "n_layers": 2,
+                         "width_depth": 8.0, "non_embedding_params": 5000, "p": 1.0, "tokens": tokens,
+                         "activation_ratio": a, "dense_loss": 4.0})
+    t = pd.DataFrame(rows).iloc[::-1]  # rows in any order: the checkpoint with the most tokens counts
+    row = claims.relu_sparser(t)
+    assert row["verdict"] == "PASS" and "A 0.200 vs 0.400" in row["value"]

@@ -9,7 +9,8 @@ import os
 import pytest
 import torch
 
-from sparsinglaw import device
+from sparsinglaw import device, measure
+from sparsinglaw.config import load_profile
 
 
 def test_usable_cores_are_the_affinity_not_the_machine(monkeypatch):
@@ -44,3 +45,32 @@ def test_the_main_process_is_global_rank_0_not_each_nodes_first():
     assert device.Dist(rank=0, world=4, local_rank=0).main
     assert not device.Dist(rank=2, world=4, local_rank=0).main
     assert not device.Dist(rank=1, world=4, local_rank=1).main
+
+
+# ----------------------------------------------------------------------------- the device measurements run on
+
+
+def test_measure_device_switches_tf32_off_on_cuda(monkeypatch):
+    """Measurements run in float32 on CUDA too: with resolve_device answering "cuda" (torch.device("cuda") is
+    only a name, nothing is allocated), both TF32 switches end off even when they were on."""
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    monkeypatch.setattr(device, "resolve_device", lambda d="auto": "cuda")
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        assert measure.measure_device(load_profile("smoke")) == torch.device("cuda")
+        assert torch.backends.cuda.matmul.allow_tf32 is False and torch.backends.cudnn.allow_tf32 is False
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
+def test_resolve_device_auto_follows_cuda_availability(monkeypatch):
+    """"auto" is "cuda" when torch sees a GPU and "cpu" when it does not; an explicit "cuda" without one is
+    refused."""
+    from sparsinglaw.config import SparsingLawError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert device.resolve_device("auto") == "cuda" and device.resolve_device("cpu") == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert device.resolve_device("auto") == "cpu"
+    with pytest.raises(SparsingLawError, match="torch sees no CUDA device"):
+        device.resolve_device("cuda")

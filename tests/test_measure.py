@@ -491,3 +491,86 @@ def test_tradeoff_puts_ppl_p_points_on_the_cett_curve_and_leaves_moe_runs_out():
     five = measure.tradeoff(points, p=5).set_index("method")["activation_ratio"]
     assert five["cett"] == pytest.approx(0.12) and five["topk"] == pytest.approx(0.2)
     assert measure.tradeoff(points[points["method"] == "moe"]).empty
+
+
+# ----------------------------------------------------------------------------- stages, final arrays, Pareto points
+
+
+def test_stable_checkpoints_leave_out_warmup_and_decay_checkpoints(tiny, monkeypatch):
+    """A warmup checkpoint (the trainer places no mark there, so only a listing can show one) and a decay one
+    beside the stable marks: only the stable marks are measured (oracle: the stage column itself)."""
+    run = tiny.run("relu-s1")
+    marks = measure.stable_marks(run)
+    rows = [{"step": 1, "tokens": 512, "stage": "warmup"}]
+    rows += [{"step": s, "tokens": 512 * s, "stage": "stable"} for s in marks]
+    rows += [{"step": marks[-1] + 1, "tokens": 512 * (marks[-1] + 1), "stage": "decay"}]
+    fake = pd.DataFrame(rows).assign(loss=1.0, val_loss=1.0,
+                                     path=lambda d: [f"ckpt_{s:07d}.pt" for s in d["step"]])
+    monkeypatch.setattr(measure, "checkpoints", lambda *a, **k: fake.copy())
+    ck = measure.stable_checkpoints(tiny, run)
+    assert ck["step"].tolist() == marks and (ck["stage"] == "stable").all()
+
+
+def test_final_arrays_are_those_of_ppl_1_percent_whatever_the_other_levels(tiny, smoke_tokens):
+    """With p = [1, 1.5] the neuron and token arrays are the final checkpoint's at PPL-1% (Fig. 9-10 are
+    PPL-1%): the mean neuron frequency is that row's activation ratio (layers of equal width), and so is
+    the token-weighted mean of the per-token ratios; PPL-1.5% keeps fewer neurons, so its row would not
+    match."""
+    runs.train_profile(tiny, names=["relu-s1"], jobs=1, progress=False)
+    p = load_profile("smoke", overrides=tiny.overrides + ["sparsity.p=[1, 1.5]", "sparsity.dead_freq=0.0013"])
+    run = p.run("relu-s1")
+    rows = pd.DataFrame(measure.measure_run(p, run, progress=False)["rows"])
+    final = rows[rows["step"] == rows["step"].max()].set_index("p")
+    assert final.loc[1.5, "activation_ratio"] < final.loc[1.0, "activation_ratio"] - 1e-3
+    a = measure.final_arrays(p, run)
+    assert float(a["neuron_frequency"].mean()) == pytest.approx(final.loc[1.0, "activation_ratio"], abs=1e-9)
+    per_token = a["token_sum"].mean(0).sum() / a["token_count"].sum()
+    assert float(per_token) == pytest.approx(final.loc[1.0, "activation_ratio"], abs=1e-9)
+    assert final.loc[1.0, "dead_ratio"] == (a["neuron_frequency"] < p.sparsity.dead_freq).mean()
+
+
+def test_pareto_ppl_p_points_are_the_final_checkpoints_measurement(tiny, smoke_tokens):
+    """The Pareto points come from the run's last stable checkpoint (runs.checkpoints): the PPL-1% point is
+    the measurement record's row there, its perplexity exp(sparse loss) = exp(dense loss) x PPL ratio, and
+    the exact-zeros point is that checkpoint's share of nonzero activations read by hooks
+    (conftest.nonzero_share)."""
+    runs.train_profile(tiny, names=["relu-s1"], jobs=1, progress=False)
+    run = tiny.run("relu-s1")
+    df = measure.pareto_run(tiny, run, progress=False)
+    last = runs.checkpoints(tiny, run).query("stage == 'stable'").iloc[-1]
+    assert (df["step"] == int(last["step"])).all()
+    rec = pd.DataFrame(measure.measure_run(tiny, run, progress=False)["rows"])
+    want = rec[(rec["step"] == int(last["step"])) & (rec["p"] == 1.0)].iloc[0]
+    got = df[df["method"] == "ppl-1%"]
+    assert len(got) == 1
+    got = got.iloc[0]
+    assert got["param"] == want["cett"]
+    assert got["activation_ratio"] == pytest.approx(want["activation_ratio"], abs=1e-12)
+    assert got["sparse_loss"] == pytest.approx(want["sparse_loss"], rel=1e-12)
+    assert got["ppl"] == pytest.approx(math.exp(want["sparse_loss"]), rel=1e-9)
+    assert got["ppl"] == pytest.approx(math.exp(want["dense_loss"]) * want["ppl_ratio"], rel=1e-9)
+    assert got["ppl"] > math.exp(want["dense_loss"])  # sparsified: above the dense perplexity
+    batches = measure.eval_set(tiny, smoke_tokens, run.model.seq_len)
+    share = np.mean(nonzero_share(measure.load_model(run, last["path"]), batches))
+    zeros = df[df["method"] == "zeros"].iloc[0]
+    assert zeros["activation_ratio"] == pytest.approx(share, abs=1e-9)
+
+
+def test_an_unreached_target_is_recorded_as_such(tiny, monkeypatch):
+    """A search that reports its target unreached (no tested c crossed it; here p = 1.5's, by a wrapper)
+    gives rows and a search record with reached = False; p = 1's stay True."""
+    from sparsinglaw import sparsity as sp
+
+    runs.train_profile(tiny, names=["relu-s1"], jobs=1, progress=False)
+    real = sp.ppl_p_sparsity
+
+    def search(models, batches, p=1.0, **kw):
+        r = real(models, batches, p, **kw)
+        return dataclasses.replace(r, reached=False) if p == 1.5 else r
+
+    monkeypatch.setattr(sp, "ppl_p_sparsity", search)
+    p = load_profile("smoke", overrides=tiny.overrides + ["sparsity.p=[1, 1.5]", "sparsity.dead_freq=0.0011"])
+    rec = measure.measure_run(p, p.run("relu-s1"), progress=False)
+    rows = pd.DataFrame(rec["rows"])
+    assert not rows.loc[rows["p"] == 1.5, "reached"].any() and rows.loc[rows["p"] == 1.0, "reached"].all()
+    assert rec["search"]["1.5"]["reached"] is False and rec["search"]["1.0"]["reached"] is True
