@@ -636,10 +636,8 @@ def test_first_step_applies_the_clipped_mean_gradient_of_every_micro_batch(clip,
     assert log["step"].tolist() == [1] and log["loss"].iloc[0] == pytest.approx(loss.detach().item(), abs=2e-6)
 
 
-def test_logged_train_loss_is_the_mean_of_the_steps_since_the_last_row(tiny_profile, smoke_tokens, tmp_path,
-                                                                      monkeypatch):
-    """Each train row of log.csv holds the mean cross-entropy of the log_every steps up to it (oracle: the
-    cross-entropy of every training forward, recorded by a spy on the model), not the last step's alone."""
+def spy_cross_entropy(monkeypatch) -> list[float]:
+    """The cross-entropy of every training forward, in order, recorded by a spy on the model."""
     from sparsinglaw.model import Transformer
 
     ces, real = [], Transformer.forward
@@ -651,6 +649,14 @@ def test_logged_train_loss_is_the_mean_of_the_steps_since_the_last_row(tiny_prof
         return out
 
     monkeypatch.setattr(Transformer, "forward", spy)
+    return ces
+
+
+def test_logged_train_loss_is_the_mean_of_the_steps_since_the_last_row(tiny_profile, smoke_tokens, tmp_path,
+                                                                      monkeypatch):
+    """Each train row of log.csv holds the mean cross-entropy of the log_every steps up to it (oracle: the
+    cross-entropy of every training forward, recorded by a spy on the model), not the last step's alone."""
+    ces = spy_cross_entropy(monkeypatch)
     run = tiny_profile.run("relu-s1")
     done = train(run, tiny_profile.data, tmp_path / "run", smoke_tokens, progress=False)
     every, n = run.train.log_every, done["steps"]
@@ -808,18 +814,8 @@ def test_a_resume_snapshot_is_written_every_resume_every_steps(tiny_profile, smo
 def test_the_last_step_is_logged_when_log_every_does_not_divide_the_steps(tiny_profile, smoke_tokens, tmp_path,
                                                                          monkeypatch):
     """24 steps logged every 5: train rows after steps 5, 10, 15, 20 and 24, the last one the mean
-    cross-entropy of steps 21-24 (oracle: a spy on the model's forward, as in test_logged_train_loss...)."""
-    from sparsinglaw.model import Transformer
-
-    ces, real = [], Transformer.forward
-
-    def spy(self, *a, **k):
-        out = real(self, *a, **k)
-        if k.get("return_ce"):
-            ces.append(out[2].detach().item())
-        return out
-
-    monkeypatch.setattr(Transformer, "forward", spy)
+    cross-entropy of steps 21-24 (oracle: spy_cross_entropy)."""
+    ces = spy_cross_entropy(monkeypatch)
     profile = load_profile("smoke", overrides=TINY + ["train.log_every=5"])
     train(profile.run("relu-s1"), profile.data, tmp_path / "run", smoke_tokens, progress=False)
     log = pd.read_csv(tmp_path / "run" / "log.csv")
