@@ -683,6 +683,8 @@ def test_profile_tables_are_written_with_provenance_and_cached(table, isolated_r
                                            "--set 'fit.tag=a b' --refit")
     analysis.activation_laws_for(P)
     assert capsys.readouterr().err == ""  # the same code: nothing to say
+    at2, _ = analysis.activation_laws_for(P, p=2.0)  # another p: fitted on the PPL-2% rows, not read back
+    assert set(at2["run"]) == {"relu-s1"} and "computing fits.csv" in capsys.readouterr().err
     P2 = dataclasses.replace(P, fit={"n_boot": 0})  # another spec: recomputed
     assert analysis.activation_laws_for(P2)[0]["alpha_lo"].isna().all()
     analysis.activation_laws_for(P)  # P's tables again (P2 replaced them), then sparsity.csv is remeasured
