@@ -798,19 +798,15 @@ def test_pattern_tables_are_recomputed_when_edited_remeasured_or_versioned(monke
 # ----------------------------------------------------------------------------- pair order and p in the pattern tables
 
 
-def _info(runs_n):
-    return pd.DataFrame([{"run": r, "activation": "relu", "groups": "scale", "d_model": 16, "n_layers": 2,
-                          "width_depth": 8.0, "non_embedding_params": n, "tokens": 1e6, "p": 1.0}
-                         for r, n in runs_n])
-
-
 def test_domain_agreement_puts_the_smaller_model_first_whatever_the_table_order():
     """The bigger run listed first: run_a is still the smaller model. Oracle: scipy's KS distance."""
     rng = np.random.default_rng(7)
     freq = {"relu-big": rng.beta(1, 10, 300), "relu-small": rng.beta(1, 5, 300)}
     neurons = pd.concat([pd.DataFrame({"run": r, "step": 1, "layer": 0, "neuron": np.arange(300), "all": f})
                          for r, f in freq.items()], ignore_index=True)
-    _, agreement = analysis.domain_distributions(neurons, _info([("relu-big", 2e5), ("relu-small", 1e5)]))
+    info = pd.concat([run_rows("relu-big", "relu", RELU, N=2e5, tokens=TOKENS[:1]),
+                      run_rows("relu-small", "relu", RELU, N=1e5, tokens=TOKENS[:1])])
+    _, agreement = analysis.domain_distributions(neurons, info)
     r = agreement.iloc[0]
     assert (r["run_a"], r["run_b"]) == ("relu-small", "relu-big")
     assert r["mean_a"] == pytest.approx(freq["relu-small"].mean())

@@ -903,24 +903,18 @@ def test_figure(tmp_path):
 # ----------------------------------------------------------------------------- width_depth_loss bounds, unfitted trends
 
 
-def _wd(rows):
-    return pd.DataFrame([{"run": f"relu-wd{x:g}", "width_depth": x, "E": e, "E_lo": lo, "E_hi": hi,
-                          "loss_converged": True, "final_loss": 4.0} for x, e, lo, hi in rows])
-
-
-OTHERS = [(12.0, 3.0, 2.9, 3.1), (32.0, 2.9, 2.8, 3.0), (96.0, 3.1, 3.0, 3.2)]
-
-
 def test_width_depth_loss_fails_only_when_the_whole_interval_is_below():
     """FAIL needs the deepest run's whole interval below every other's: E 2.75 lies below every other lower
     bound (the least 2.8), but its interval reaches 2.85, into relu-wd32's [2.8, 3.0]."""
-    assert claims.width_depth_loss(_wd([(3.6, 2.75, 2.6, 2.85), *OTHERS]))["verdict"] == "INCONCLUSIVE"
-    assert claims.width_depth_loss(_wd([(3.6, 2.7, 2.6, 2.79), *OTHERS]))["verdict"] == "FAIL"
+    overlapping = wd_points([(3.6, 2.75, 2.6, 2.85, True, 4.4), *WD_OTHERS])
+    assert claims.width_depth_loss(overlapping)["verdict"] == "INCONCLUSIVE"
+    assert claims.width_depth_loss(wd_points([(3.6, 2.7, 2.6, 2.79, True, 4.4), *WD_OTHERS]))["verdict"] == "FAIL"
 
 
 def test_width_depth_loss_touching_intervals_are_not_separated():
     """The deepest's [3.0, 3.4] and relu-wd32's [2.8, 3.0] share 3.0: neither lies entirely below the other."""
-    assert claims.width_depth_loss(_wd([(3.6, 3.2, 3.0, 3.4), *OTHERS]))["verdict"] == "INCONCLUSIVE"
+    touching = wd_points([(3.6, 3.2, 3.0, 3.4, True, 4.4), *WD_OTHERS])
+    assert claims.width_depth_loss(touching)["verdict"] == "INCONCLUSIVE"
 
 
 def test_trend_of_an_unfitted_run_counts_all_its_points():

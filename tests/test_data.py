@@ -666,7 +666,7 @@ def test_no_validation_document_drawn_forces_the_smallest_split_value(tmp_path):
     root = _folder(tmp_path / "c", 3)
     names = [f"doc{i}.txt" for i in range(3)]
     seed = next(s for s in range(100) if min(_u(s, n) for n in names) >= 0.01)
-    docs, _ = corpus_documents(DataConfig(corpus=str(root), seed=seed, val_fraction=0.01))
+    docs, _ = corpus_documents(user_cfg(root, seed=seed, val_fraction=0.01))
     assert [d.name for d in docs if d.split == "val"] == [min(names, key=lambda n: _u(seed, n))]
 
 
@@ -676,7 +676,7 @@ def test_every_document_drawn_for_validation_keeps_the_largest_split_value_for_t
     root = _folder(tmp_path / "c", 3)
     names = [f"doc{i}.txt" for i in range(3)]
     seed = next(s for s in range(2000) if max(_u(s, n) for n in names) < 0.45)
-    docs, _ = corpus_documents(DataConfig(corpus=str(root), seed=seed, val_fraction=0.45))
+    docs, _ = corpus_documents(user_cfg(root, seed=seed, val_fraction=0.45))
     assert [d.name for d in docs if d.split == "train"] == [max(names, key=lambda n: _u(seed, n))]
     assert sum(d.split == "val" for d in docs) == 2
 
@@ -688,12 +688,12 @@ def test_one_document_is_split_at_the_line_end_nearest_the_byte_target(tmp_path)
     end of line 6, so validation is the last four lines (a character count, 0.6 * 70 = 42, would cut at 45)."""
     one = tmp_path / "a.txt"
     one.write_text("".join(f"line {i:03d}\n" for i in range(10)))
-    docs, _ = corpus_documents(DataConfig(corpus=str(one), val_fraction=0.1))
+    docs, _ = corpus_documents(user_cfg(one, val_fraction=0.1))
     assert [(d.split, d.text) for d in docs] == [("train", "".join(f"line {i:03d}\n" for i in range(9))),
                                                  ("val", "line 009\n")]
     two = tmp_path / "b.txt"
     two.write_text("éééé\n" * 5 + "abcdefgh\n" * 5, encoding="utf-8")
-    docs, _ = corpus_documents(DataConfig(corpus=str(two), val_fraction=0.4))
+    docs, _ = corpus_documents(user_cfg(two, val_fraction=0.4))
     assert [(d.split, d.text) for d in docs] == [("train", "éééé\n" * 5 + "abcdefgh\n"), ("val", "abcdefgh\n" * 4)]
 
 
@@ -702,7 +702,7 @@ def test_a_first_document_over_the_cap_keeps_every_whole_line_within_it(tmp_path
     ends exactly at the cap, so the corpus is 2000 bytes."""
     one = tmp_path / "a.txt"
     one.write_text("abc\n" * 1000)
-    docs, fp = corpus_documents(DataConfig(corpus=str(one), max_mb=0.002, val_fraction=0.1))
+    docs, fp = corpus_documents(user_cfg(one, max_mb=0.002, val_fraction=0.1))
     assert fp["bytes"] == 2000 and "".join(d.text for d in docs) == "abc\n" * 500
 
 
