@@ -83,7 +83,7 @@ endif
 
 $(EXEC)/%.ipynb: notebooks/%.ipynb configs/$(PROFILE).yaml $(LIB) $(STAMP)
 	@mkdir -p $(EXEC)
-	$(PY) -m papermill $< $(abspath $@) -k python3 -p profile $(PROFILE) --log-output --cwd $(CURDIR)
+	$(PY) -m sparsinglaw.notebooks run $< $(abspath $@) --profile $(PROFILE) --log-output --cwd $(CURDIR)
 
 figures: $(EXECUTED) ## execute every notebook for PROFILE: train, measure, fit, write figures/PROFILE
 
@@ -98,7 +98,7 @@ replot: $(STAMP) ## redraw every figure of PROFILE from the committed results/PR
 	@test -f $(RESULTS)/sparsity.csv || { echo "error: $(RESULTS)/sparsity.csv is missing: nothing to replot (make figures PROFILE=$(PROFILE) or make compute PROFILE=$(PROFILE) computes it)" >&2; exit 1; }
 	@mkdir -p $(REPLOT)
 	@set -e; for nb in $(NOTEBOOKS); do \
-	  $(PY) -m papermill $$nb $(abspath $(REPLOT))/$$(basename $$nb) -k python3 -p profile $(PROFILE) -p replot True --cwd $(CURDIR); \
+	  $(PY) -m sparsinglaw.notebooks run $$nb $(abspath $(REPLOT))/$$(basename $$nb) --profile $(PROFILE) --replot --cwd $(CURDIR); \
 	done
 
 verify: $(STAMP) ## check every claim of the paper on results/PROFILE: PASS/FAIL/INCONCLUSIVE table (cpu/gpu: also README's block, unless SPARSINGLAW_RESULTS points elsewhere)
@@ -113,7 +113,7 @@ report: $(STAMP) $(if $(filter replot,$(FROM)),,$(EXECUTED)) ## one HTML file of
 
 nb-%: configs/$(PROFILE).yaml $(STAMP) ## execute one notebook, e.g. make nb-01 PROFILE=smoke
 	@nb=$$(ls notebooks/$*_*.ipynb) && mkdir -p $(EXEC) && \
-	$(PY) -m papermill $$nb $(abspath $(EXEC))/$$(basename $$nb) -k python3 -p profile $(PROFILE) --log-output --cwd $(CURDIR)
+	$(PY) -m sparsinglaw.notebooks run $$nb $(abspath $(EXEC))/$$(basename $$nb) --profile $(PROFILE) --log-output --cwd $(CURDIR)
 
 measure: $(STAMP) ## measure PPL-p% sparsity on every checkpoint of PROFILE (trains missing runs first)
 	$(PY) -m sparsinglaw train --profile $(PROFILE)

@@ -163,9 +163,10 @@ def test_make_follows_the_folder_variables():
     assert _make_n("clean-runs", "PROFILE=smoke", SPARSINGLAW_RUNS="/tmp/elsewhere") == "rm -rf /tmp/elsewhere/smoke\n"
     assert _make_n("clean-runs", "PROFILE=smoke") == "rm -rf runs/smoke\n"
     figures = _make_n("figures", "PROFILE=smoke", SPARSINGLAW_RUNS="/tmp/elsewhere")
-    assert "papermill notebooks/00_overview.ipynb /tmp/elsewhere/smoke/notebooks/00_overview.ipynb" in figures
+    assert "notebooks run notebooks/00_overview.ipynb /tmp/elsewhere/smoke/notebooks/00_overview.ipynb" in figures
     replotted = _make_n("report", "PROFILE=smoke", "FROM=replot")
-    assert "papermill" not in replotted and "runs/smoke/replot/07_claims.ipynb -o runs/smoke/report.html" in replotted
+    assert "notebooks run" not in replotted
+    assert "runs/smoke/replot/07_claims.ipynb -o runs/smoke/report.html" in replotted
     for var in ("SPARSINGLAW_RUNS", "SPARSINGLAW_RESULTS"):  # `rm -rf /tmp/my runs/smoke` would remove ./runs/smoke
         r = subprocess.run(["make", "--no-print-directory", "-n", "clean-runs", "PROFILE=smoke"], cwd=REPO,
                            capture_output=True, text=True, timeout=60, env={**os.environ, var: "/tmp/my runs"})

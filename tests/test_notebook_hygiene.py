@@ -12,8 +12,11 @@ REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 
 
-def test_there_are_notebooks():
-    assert [p.name for p in NOTEBOOKS if p.name.startswith("01_")]
+def test_the_notebooks_are_numbered_from_00_without_gaps_and_each_draws_a_listed_figure():
+    from sparsinglaw import paper
+
+    assert [p.name[:3] for p in NOTEBOOKS] == [f"{i:02d}_" for i in range(len(NOTEBOOKS))] and len(NOTEBOOKS) >= 8
+    assert [p.stem for p in NOTEBOOKS] == sorted(set(paper.FIGURES["notebook"]))
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])

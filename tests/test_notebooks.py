@@ -1,10 +1,12 @@
-"""Every notebook executes on the smoke profile (papermill, as make does) and writes its figures."""
+"""Every notebook executes on the smoke profile (notebooks.execute, as make does) and writes its figures."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+
+from sparsinglaw.notebooks import execute
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -14,11 +16,7 @@ pytestmark = pytest.mark.notebooks
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs_on_smoke(path, tmp_path, isolated_roots):
-    import papermill as pm
-
-    out = tmp_path / path.name
-    pm.execute_notebook(str(path), str(out), parameters={"profile": "smoke"}, kernel_name="python3",
-                        cwd=str(REPO), progress_bar=False)
+    execute(path, tmp_path / path.name, "smoke", cwd=REPO)
     figs = isolated_roots["SPARSINGLAW_FIGURES"] / "smoke"
     mine = sorted(figs.glob(f"{path.name[:2]}_*.png"))
     assert mine, f"{path.name} wrote no figure into {figs}"
@@ -28,11 +26,8 @@ def test_notebook_runs_on_smoke(path, tmp_path, isolated_roots):
     assert all(f.name in manifest for f in mine)
 
 
-def _run(path, out, **params):
-    import papermill as pm
-
-    pm.execute_notebook(str(path), str(out), parameters={"profile": "smoke", **params}, kernel_name="python3",
-                        cwd=str(REPO), progress_bar=False)
+def _run(path, out, replot=False):
+    execute(path, out, "smoke", replot=replot, cwd=REPO)
 
 
 def test_replot_needs_only_results(tmp_path, isolated_roots, monkeypatch):

@@ -1,5 +1,6 @@
-"""Notebook hygiene: notebooks are stored without outputs, with null execution counts and only the
-`python3` kernelspec; `make strip` applies `strip` to notebooks/."""
+"""Notebooks: hygiene (stored without outputs, with null execution counts and only the `python3`
+kernelspec; `make strip` applies `strip` to notebooks/), execution for one profile (`execute`, used by
+make figures / replot / nb-NN) and the one-file HTML report (`report`, make report)."""
 
 from __future__ import annotations
 
@@ -37,6 +38,32 @@ def strip_all(folder: str | Path = "notebooks") -> None:
             print(f"stripped {p}")
 
 
+def kernel_config():
+    """traitlets config of the kernel manager: the kernel's channels encrypted with CurveZMQ where
+    jupyter_client, pyzmq and the kernelspec support it (otherwise plain TCP on localhost, and the kernel
+    logs a warning about it)."""
+    import zmq
+    from jupyter_client import KernelManager
+    from traitlets.config import Config
+
+    config = Config()
+    if "transport_encryption" in KernelManager.class_trait_names() and zmq.has("curve"):
+        config.KernelManager.transport_encryption = "auto"
+    return config
+
+
+def execute(notebook: str | Path, out: str | Path, profile: str, *, replot: bool = False,
+            log_output: bool = False, cwd: str | Path = ".") -> Path:
+    """Execute ``notebook`` for ``profile`` with papermill into ``out`` (parameters ``profile`` and, when
+    ``replot``, ``replot=True``). ``log_output`` streams every cell's output instead of a progress bar."""
+    import papermill as pm
+
+    params = {"profile": profile, **({"replot": True} if replot else {})}
+    pm.execute_notebook(str(notebook), str(out), parameters=params, kernel_name="python3", cwd=str(cwd),
+                        progress_bar=not log_output, log_output=log_output, config=kernel_config())
+    return Path(out)
+
+
 def report(paths: list[str | Path], out: str | Path, title: str = "sparsing-law report") -> Path:
     """One self-contained HTML file (nbconvert, figures embedded) of the executed notebooks `paths`,
     in order, with a table of contents: for reading the results without Jupyter (make report)."""
@@ -66,12 +93,19 @@ def report(paths: list[str | Path], out: str | Path, title: str = "sparsing-law 
 
 def _main(argv=None) -> int:
     import argparse
+    import logging
     import sys
-
 
     ap = argparse.ArgumentParser(prog="python -m sparsinglaw.notebooks", description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("strip", help="strip notebooks/ in place").add_argument("folder", nargs="?", default="notebooks")
+    ep = sub.add_parser("run", help="execute one notebook for a profile (papermill)")
+    ep.add_argument("notebook")
+    ep.add_argument("out")
+    ep.add_argument("--profile", required=True)
+    ep.add_argument("--replot", action="store_true", help="redraw from the results tables only (no training)")
+    ep.add_argument("--log-output", action="store_true", help="stream each cell's output (no progress bar)")
+    ep.add_argument("--cwd", default=".", help="working directory of the kernel")
     rp = sub.add_parser("report", help="one HTML file of executed notebooks")
     rp.add_argument("notebooks", nargs="+")
     rp.add_argument("-o", "--out", required=True)
@@ -80,6 +114,17 @@ def _main(argv=None) -> int:
     try:
         if args.cmd == "strip":
             strip_all(args.folder)
+        elif args.cmd == "run":
+            from papermill.exceptions import PapermillExecutionError
+
+            logging.basicConfig(level=logging.INFO, format="%(message)s")  # as papermill's own command line
+            try:
+                execute(args.notebook, args.out, args.profile, replot=args.replot, log_output=args.log_output,
+                        cwd=args.cwd)
+            except PapermillExecutionError as e:
+                print(f"{e}\nerror: {args.notebook} failed at In [{e.exec_count}] with {e.ename}: {e.evalue}"
+                      f"{'' if args.log_output else f' (executed cells: {args.out})'}", file=sys.stderr)
+                return 1
         else:
             print(f"wrote {report(args.notebooks, args.out, args.title)}")
     except SparsingLawError as e:

@@ -1,0 +1,68 @@
+"""`python -m sparsinglaw.notebooks run`, the command make figures / replot / nb-NN execute notebooks with."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_notebook
+
+from sparsinglaw import notebooks
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _notebook(path: Path, *cells: str) -> Path:
+    first = new_code_cell("profile = None\nreplot = False", metadata={"tags": ["parameters"]})
+    nbformat.write(new_notebook(cells=[first, *map(new_code_cell, cells)],
+                                metadata={"kernelspec": {"name": "python3", "language": "python",
+                                                         "display_name": "Python 3"}}), path)
+    return path
+
+
+def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO / "lib")}
+    return subprocess.run([sys.executable, "-m", "sparsinglaw.notebooks", "run", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_run_injects_the_profile_and_replot_in_the_working_directory(tmp_path):
+    nb = _notebook(tmp_path / "nb.ipynb", "import os\nprint(profile, replot, os.getcwd())")
+    (tmp_path / "here").mkdir()
+    r = _run(str(nb), str(tmp_path / "out.ipynb"), "--profile", "smoke", "--replot", "--log-output",
+             "--cwd", str(tmp_path / "here"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    out = nbformat.read(tmp_path / "out.ipynb", as_version=4)
+    assert out.cells[-1].outputs[0]["text"] == f"smoke True {tmp_path / 'here'}\n"
+    assert f"smoke True {tmp_path / 'here'}" in r.stderr  # --log-output streams the cell's output
+    # the kernel's channels are encrypted where the versions allow it: no plain-TCP warning from the kernel
+    assert "without encryption" not in r.stdout + r.stderr
+    r = _run(str(nb), str(tmp_path / "out2.ipynb"), "--profile", "cpu", cwd=tmp_path)
+    assert r.returncode == 0 and nbformat.read(tmp_path / "out2.ipynb", as_version=4).cells[-1].outputs[0][
+        "text"] == f"cpu False {tmp_path}\n"
+
+
+def test_kernel_config_asks_for_curve_where_it_is_supported():
+    import zmq
+    from jupyter_client import KernelManager
+
+    cfg = notebooks.kernel_config()
+    if "transport_encryption" not in KernelManager.class_trait_names() or not zmq.has("curve"):
+        pytest.skip("this jupyter_client or pyzmq has no CurveZMQ transport encryption")
+    assert cfg.KernelManager.transport_encryption == "auto"
+
+
+def test_a_failing_cell_names_the_cell_and_the_error(tmp_path):
+    nb = _notebook(tmp_path / "bad.ipynb", "print('first')", "raise ValueError('no results for ' + profile)",
+                   "print('never')")
+    r = _run(str(nb), str(tmp_path / "out.ipynb"), "--profile", "smoke", cwd=tmp_path)
+    assert r.returncode == 1  # In [4]: the parameters cell, papermill's injected one, then the two cells
+    last = r.stderr.strip().splitlines()[-1]
+    assert last == f"error: {nb} failed at In [4] with ValueError: no results for smoke (executed cells: " \
+                   f"{tmp_path / 'out.ipynb'})", r.stderr
+    assert "raise ValueError" in r.stderr  # the cell's own traceback, not papermill's internals
+    assert "Traceback (most recent call last):\n  File" not in r.stderr
