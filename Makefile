@@ -8,6 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 RUNS_ROOT := $(or $(SPARSINGLAW_RUNS),runs)
 RESULTS_ROOT := $(or $(SPARSINGLAW_RESULTS),results)
+FIGURES_ROOT := $(or $(SPARSINGLAW_FIGURES),figures)
 # make splits words at spaces: a folder with one would make `rm -rf` and the targets name other paths
 ifneq ($(words $(RUNS_ROOT)) $(words $(RESULTS_ROOT)),1 1)
 $(error SPARSINGLAW_RUNS or SPARSINGLAW_RESULTS holds a space ('$(SPARSINGLAW_RUNS)', '$(SPARSINGLAW_RESULTS)'): the Makefile cannot use such a path; pick one without spaces (the python -m sparsinglaw commands accept it))
@@ -23,7 +24,7 @@ export TOKENIZERS_PARALLELISM := true
 
 .DEFAULT_GOAL := help
 .DELETE_ON_ERROR:
-.PHONY: help setup test test-fast test-min compare-min figures replot verify report bench lint format strip clean clean-runs runs measure compute fit
+.PHONY: FORCE help setup test test-fast test-min compare-min figures replot verify report bench lint format strip clean clean-runs runs measure compute fit
 
 help: ## list every target
 	@echo "usage: make TARGET [PROFILE=smoke|cpu|cpu-long|gpu|paper]   (PROFILE=$(PROFILE))"
@@ -81,7 +82,15 @@ $(error configs/$(PROFILE).yaml not found: PROFILE=$(PROFILE) is not a profile; 
 endif
 endif
 
-$(EXEC)/%.ipynb: notebooks/%.ipynb configs/$(PROFILE).yaml $(LIB) $(STAMP)
+# the results and figures folders the executed notebooks wrote into: pointing SPARSINGLAW_RESULTS or
+# SPARSINGLAW_FIGURES elsewhere makes them out of date (the file changes only when a folder does)
+ROOTS := $(EXEC)/.roots
+$(ROOTS): FORCE
+	@mkdir -p $(@D); r='$(abspath $(RESULTS_ROOT)) $(abspath $(FIGURES_ROOT))'; \
+	  test "$$(cat $@ 2>/dev/null)" = "$$r" || echo "$$r" > $@
+FORCE:
+
+$(EXEC)/%.ipynb: notebooks/%.ipynb configs/$(PROFILE).yaml $(LIB) $(STAMP) $(ROOTS)
 	@mkdir -p $(EXEC)
 	$(PY) -m sparsinglaw.notebooks run $< $(abspath $@) --profile $(PROFILE) --log-output --cwd $(CURDIR)
 

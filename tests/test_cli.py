@@ -140,14 +140,43 @@ def test_compute_names_what_draws_the_figures_of_its_profile(mini_path):
     assert "--set overrides" in cli._draw_hint(load_profile("smoke", overrides=["train.seed=3"]))
 
 
+ROOT_VARS = ("SPARSINGLAW_RUNS", "SPARSINGLAW_RESULTS", "SPARSINGLAW_FIGURES")
+
+
 def _make_n(*args, **env) -> str:
     """The commands `make -n ARGS` would run (the venv stamp taken as up to date), under extra env vars."""
     base = {k: v for k, v in os.environ.items()
-            if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "SPARSINGLAW_RUNS", "SPARSINGLAW_RESULTS")}
+            if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", *ROOT_VARS)}
     r = subprocess.run(["make", "--no-print-directory", "-n", "-o", ".venv/.installed", *args], cwd=REPO,
                        capture_output=True, text=True, timeout=60, env={**base, **env})
     assert r.returncode == 0, r.stderr
     return r.stdout
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_figures_is_out_of_date_when_the_results_or_figures_folder_changes(tmp_path):
+    """make figures executes the notebooks again when SPARSINGLAW_RESULTS or SPARSINGLAW_FIGURES names another
+    folder, and only then (a stand-in python records each notebook it is asked to run and writes its output)."""
+    fake, calls = tmp_path / "python", tmp_path / "calls"
+    fake.write_text(f'#!/bin/sh\necho "$4" >> {calls}\ntouch "$5"\n')  # -m sparsinglaw.notebooks run NB OUT
+    fake.chmod(0o755)
+    n_notebooks = len(list((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb")))
+    base = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", *ROOT_VARS)}
+
+    def figures(**env) -> int:
+        calls.write_text("")
+        r = subprocess.run(["make", "--no-print-directory", "-o", ".venv/.installed", "figures", "PROFILE=smoke",
+                            f"PY={fake}"], cwd=REPO, capture_output=True, text=True, timeout=60,
+                           env={**base, "SPARSINGLAW_RUNS": str(tmp_path / "runs"), **env})
+        assert r.returncode == 0, r.stderr
+        return len(calls.read_text().splitlines())
+
+    assert figures() == n_notebooks and figures() == 0
+    assert figures(SPARSINGLAW_RESULTS=str(tmp_path / "res")) == n_notebooks
+    assert figures(SPARSINGLAW_RESULTS=str(tmp_path / "res")) == 0
+    assert figures(SPARSINGLAW_RESULTS=str(tmp_path / "res"), SPARSINGLAW_FIGURES=str(tmp_path / "figs")) == n_notebooks
+    assert figures(SPARSINGLAW_RESULTS=str(tmp_path / "res"), SPARSINGLAW_FIGURES=str(tmp_path / "figs")) == 0
+    assert figures() == n_notebooks  # back to the default folders
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
