@@ -434,8 +434,17 @@ def test_get_batch_shapes_shift_and_determinism():
 
 
 def test_get_batch_on_memmap(env_tokens):
+    """On the memory-mapped split, each row is a window the split holds (found by brute force), as int64,
+    and the batch equals the one drawn from an in-memory copy with the same seed."""
+    assert isinstance(env_tokens.val, np.memmap)
     x, y = get_batch(env_tokens.val, 3, 32, torch.Generator().manual_seed(0))
-    assert x.shape == (3, 32) and torch.equal(x[:, 1:], y[:, :-1])
+    assert x.shape == y.shape == (3, 32) and x.dtype == y.dtype == torch.int64
+    windows = np.lib.stride_tricks.sliding_window_view(np.array(env_tokens.val, dtype=np.int64), 33)
+    for row_x, row_y in zip(x.numpy(), y.numpy(), strict=True):
+        at = np.flatnonzero((windows[:, :32] == row_x).all(1) & (windows[:, 1:] == row_y).all(1))
+        assert at.size >= 1, "a row is not a window of the split"
+    x2, y2 = get_batch(np.array(env_tokens.val), 3, 32, torch.Generator().manual_seed(0))
+    assert torch.equal(x, x2) and torch.equal(y, y2)
 
 
 def test_eval_batches_cover_exactly_the_requested_tokens():

@@ -229,7 +229,9 @@ def test_thresholds_match_a_per_token_numpy_oracle(trained):
         for c in (0.02, 0.1, 0.25, 0.5):
             want = oracle_tau_index(h64, w64, grid, c)
             got = S.invert_cett(lambda i, l=l: curves.cett[l, i].item(), S.N_GRID, c)
-            assert abs(got - want) <= 1, (l, c, got, want)
+            if got != want:  # only where a norm n_i lies on the candidate within float32 rounding, so that
+                edge = grid[max(got, want)]  # float32 and float64 put neuron i on either side of it
+                assert abs(got - want) == 1 and np.abs(n - edge).min() < 1e-6 * edge, (l, c, got, want)
             assert S.thresholds_from_cett(curves, c)[l] == curves.grid[l, got].item()
 
 
