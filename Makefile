@@ -74,10 +74,11 @@ compare-min: $(STAMP_MIN) $(STAMP)
 	  && echo "smoke profile: every results table of the oldest versions is byte for byte the pinned venv's ($(VERSIONS)/*/results/smoke)" \
 	  || { echo "error: the smoke tables differ between the pinned and the oldest versions: diff -r -x '*.meta.json' $(VERSIONS)/pinned/results/smoke $(VERSIONS)/min/results/smoke" >&2; exit 1; }
 
-# a PROFILE without its configs/PROFILE.yaml stops before any setup, naming the profiles there
-PROFILE_GOALS := figures replot verify report measure compute fit runs nb-%
-ifeq ($(wildcard configs/$(PROFILE).yaml),)
+# a PROFILE without its configs/PROFILE.yaml (an empty one, or one with a /, included) stops before any setup
+# or deletion, naming the profiles there: `make clean-runs PROFILE=` would otherwise remove the whole runs root
+PROFILE_GOALS := figures replot verify report measure compute fit runs clean-runs nb-%
 ifneq ($(filter $(PROFILE_GOALS),$(MAKECMDGOALS)),)
+ifeq ($(if $(findstring /,$(PROFILE)),,$(wildcard configs/$(PROFILE).yaml)),)
 $(error configs/$(PROFILE).yaml not found: PROFILE=$(PROFILE) is not a profile; profiles: $(sort $(patsubst configs/%.yaml,%,$(wildcard configs/*.yaml))))
 endif
 endif

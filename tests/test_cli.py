@@ -219,6 +219,23 @@ def test_make_with_an_unknown_profile_names_the_profiles(target):
     assert "Traceback" not in r.stderr and not (REPO / "runs" / "cpu_long").exists()
 
 
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+@pytest.mark.parametrize("profile", ["", "../results", "../configs/smoke", "cpu_long"])
+def test_make_clean_runs_refuses_what_is_not_a_profile(tmp_path, profile):
+    """`make clean-runs PROFILE=` would be `rm -rf <runs root>/` (every profile, the corpus cache) and
+    PROFILE=../results the committed tables: only a profile of configs/ is cleaned, and nothing is removed."""
+    for name in ("smoke", "cpu", "_data"):
+        (tmp_path / name).mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    r = subprocess.run(["make", "--no-print-directory", "clean-runs", f"PROFILE={profile}"], cwd=REPO,
+                       capture_output=True, text=True, timeout=60, env={**env, "SPARSINGLAW_RUNS": str(tmp_path)})
+    assert r.returncode != 0 and r.stdout == "" and f"PROFILE={profile} is not a profile" in r.stderr, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["_data", "cpu", "smoke"]
+    r = subprocess.run(["make", "--no-print-directory", "clean-runs", "PROFILE=smoke"], cwd=REPO,
+                       capture_output=True, text=True, timeout=60, env={**env, "SPARSINGLAW_RUNS": str(tmp_path)})
+    assert r.returncode == 0 and sorted(p.name for p in tmp_path.iterdir()) == ["_data", "cpu"]
+
+
 def test_under_torchrun_the_stages_after_training_run_on_rank_0_alone(tmp_path, monkeypatch, capsys):
     """Ranks > 0 train with rank 0 and then stop: measuring, fitting and verifying are one process's
     work (the others only waited for rank 0's locks and found the same tables)."""
