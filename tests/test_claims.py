@@ -739,6 +739,7 @@ def synth_profile(tmp_path_factory, session_roots):
     (PPL-1% ratio 1.10: ppl1_lossless FAILs)."""
     raw = yaml.safe_load((REPO / "configs" / "smoke.yaml").read_text())
     raw["fit"]["n_boot"] = 10
+    raw["sparsity"]["pareto_runs"] = []  # no Pareto sweep: the synthetic results hold no pareto.csv
     path = tmp_path_factory.mktemp("claims") / "synth.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     with pytest.MonkeyPatch.context() as mp:
@@ -790,13 +791,27 @@ def test_missing_tables_are_one_error(tmp_path):
         claims.evaluate(P)
     msg = str(e.value)
     assert "\n" not in msg
-    for t in ("sparsity", "neurons", "tokens", "sparse_inference"):
+    for t in ("sparsity", "neurons", "tokens", "sparse_inference", "pareto"):
         assert f"{t}.csv" in msg
+    assert f"pareto.csv: python -m sparsinglaw compute --profile {(tmp_path / 'unmeasured.yaml').resolve()} " \
+           "(or notebook 02)" in msg
     # the commands load this profile again: a profile outside configs/ is named by its YAML path
     where = str((tmp_path / "unmeasured.yaml").resolve())
     assert f"python -m sparsinglaw measure --profile {where} (or notebook 02)" in msg
     assert f"python -m sparsinglaw compute --profile {where} (or notebook 06_sparse_inference)" in msg
     assert f"make them first: python -m sparsinglaw compute --profile {where} makes them all (train, measure" in msg
+
+
+def test_a_missing_pareto_table_is_refused_when_the_profile_sweeps_runs(synth_profile):
+    """Without pareto.csv the Pareto, CETT-sweep and MoE claims would read "no run" and verify would pass
+    quietly: a profile whose sparsity.pareto_runs names runs needs the table (the synthetic one names none)."""
+    assert len(claims.evaluate(config.load_profile(synth_profile), progress=False)) == len(claims.CLAIMS)
+    P = config.load_profile(synth_profile, overrides=["sparsity.pareto_runs=[relu-s2]"])
+    with pytest.raises(claims.MissingResults) as e:
+        claims.evaluate(P, progress=False)
+    assert "missing results table(s) pareto; make them first: pareto.csv: python -m sparsinglaw compute" in str(e.value)
+    r = _cli("verify", "--profile", str(synth_profile), "--set", "sparsity.pareto_runs=[relu-s2]", "--no-progress")
+    assert r.returncode == 1 and "missing results table(s) pareto" in r.stderr, r.stderr
 
 
 def _cli(*args):

@@ -19,6 +19,22 @@ def test_linked_files_exist():
     assert not missing, f"README links missing files: {missing}"
 
 
+def test_every_profile_make_verify_writes_into_the_readme_has_its_block(tmp_path):
+    """make verify passes --readme README.md for the profiles of README_PROFILE; update_readme refuses a
+    README without that profile's markers, after claims.csv is written: each must have one block."""
+    from sparsinglaw import claims
+
+    makefile = (REPO / "Makefile").read_text()
+    profiles = re.search(r"^README_PROFILE := \$\(filter ([\w -]+),\$\(PROFILE\)\)$", makefile, re.M).group(1).split()
+    assert profiles == ["cpu", "gpu"]
+    copy = tmp_path / "README.md"
+    for profile in profiles:
+        copy.write_text(README)
+        assert claims.update_readme(f"table of {profile}\n", copy, profile)
+        block = copy.read_text().split(f"<!-- claims:{profile}:start -->")[1].split(f"<!-- claims:{profile}:end -->")[0]
+        assert block == f"\ntable of {profile}\n"
+
+
 @pytest.mark.parametrize("profile", ["cpu", "gpu"])
 def test_claims_block_is_the_committed_table(profile):
     md = REPO / "results" / profile / "claims.md"

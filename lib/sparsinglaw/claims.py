@@ -640,10 +640,15 @@ def _profile(profile: ProfileConfig | str) -> ProfileConfig:
     return load_profile(profile)
 
 
+PARETO_SOURCE = ("compute", "02")  # pareto.csv: needed when the profile sweeps runs (sparsity.pareto_runs)
+
+
 def missing_tables(profile: ProfileConfig) -> list[str]:
-    """The base tables (SOURCES) absent from results/<profile>/."""
+    """The base tables (SOURCES, and pareto when sparsity.pareto_runs names runs) absent from
+    results/<profile>/: without pareto.csv the Pareto, CETT-sweep and MoE claims would read "no run"."""
     folder = results_dir(profile.name)
-    return [t for t in SOURCES if not (folder / f"{t}.csv").is_file()]
+    need = [*SOURCES, *(["pareto"] if profile.sparsity.pareto_runs else [])]
+    return [t for t in need if not (folder / f"{t}.csv").is_file()]
 
 
 def inputs(profile: ProfileConfig, progress: bool = True) -> dict[str, pd.DataFrame]:
@@ -653,7 +658,7 @@ def inputs(profile: ProfileConfig, progress: bool = True) -> dict[str, pd.DataFr
     missing = missing_tables(profile)
     if missing:
         folder = results_dir(profile.name)
-        how = "; ".join(f"{t}.csv: {command_for(profile, *SOURCES[t])}" for t in missing)
+        how = "; ".join(f"{t}.csv: {command_for(profile, *SOURCES.get(t, PARETO_SOURCE))}" for t in missing)
         if len(missing) > 1:  # one command makes every one of them
             how = (f"python -m sparsinglaw compute {profile_flags(profile)} makes them all (train, measure, "
                    f"Pareto sweeps, sparse inference), or one by one: {how}")
@@ -663,7 +668,7 @@ def inputs(profile: ProfileConfig, progress: bool = True) -> dict[str, pd.DataFr
     t = analysis.fit_profile(profile, progress=progress)
     si = read_inference(profile, columns=["run", "p", "domain", "accuracy", "dense_accuracy", "ppl_ratio",
                                           "calib_ppl_ratio", "calib_applied_ppl_ratio", "reached"])
-    pareto = results_dir(profile.name) / "pareto.csv"  # optional: a profile may sweep no run
+    pareto = results_dir(profile.name) / "pareto.csv"  # absent only when the profile sweeps no run
     from .measure import RESULT_COLUMNS, moe_comparison, read_results, tradeoff
 
     points = read_results(profile, "pareto") if pareto.is_file() else pd.DataFrame(
