@@ -480,13 +480,13 @@ def test_warnings_take_one_line_during_the_command_and_the_format_is_restored(mo
     assert warnings.formatwarning is before  # restored after an interrupted command too
 
 
-def test_states_table_by_hand_from_done_files(tmp_path, monkeypatch):
+def test_states_table_by_hand_from_done_files(tmp_path, monkeypatch, capsys):
     """R9/R10/R11. relu-s1 of smoke with tokens=12500 and n_layers=3: 512 tokens/step -> ceil(12500/512)=25
     steps = 12800 tokens trained; width_depth 16/3 = 5.33 (two decimals). A DONE of this config is done at
     100% (12800/12800, not 12800/12500 = 102%); a DONE written by another config is no finished run."""
     import json
 
-    from sparsinglaw import runs
+    from sparsinglaw import cli, config, runs
     from sparsinglaw.config import load_profile
 
     monkeypatch.setenv("SPARSINGLAW_RUNS", str(tmp_path))
@@ -502,6 +502,17 @@ def test_states_table_by_hand_from_done_files(tmp_path, monkeypatch):
     (d / "DONE").write_text(json.dumps({"config_hash": "another config"}))
     s = runs.run_state(p, r)
     assert s.status == "new" and s.tokens_seen == 0 and s.tokens_total == 12800
+    # a DONE naming a checkpoint that is not there: finished, but damaged; `runs` says which file and what to do
+    (d / "DONE").write_text(json.dumps({"config_hash": r.config_hash(p.data), "checkpoints": [5]}))
+    s = runs.run_state(p, r)
+    assert (s.status, s.trained, s.problems, s.checkpoints) == ("damaged", True, (f"{d}/ckpt_0000005.pt: missing",), 0)
+    args = ["runs", "--profile", "smoke", *[x for o in p.overrides for x in ("--set", o)]]
+    assert cli.main(args) == 0
+    out, err = capsys.readouterr()
+    assert "damaged" in out and err == (f"warning: run relu-s1 finished training, but 1 of its checkpoints cannot be "
+                                        f"used ({d}/ckpt_0000005.pt: missing); restore the file(s), or delete the run "
+                                        f"folder {d} and train the run again (python -m sparsinglaw train "
+                                        f"{config.profile_flags(p)} --run relu-s1)\n")
 
 
 @pytest.mark.parametrize("seconds, shown", [(90, "at least 90 s "), (119, "at least 119 s "), (120, "at least 2 min "),

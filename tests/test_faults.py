@@ -32,7 +32,7 @@ import yaml
 
 from conftest import MINI, REPO
 from sparsinglaw import analysis, cli, measure, plots, runs
-from sparsinglaw.config import SparsingLawError, checkpoint_steps, load_profile
+from sparsinglaw.config import SparsingLawError, checkpoint_steps, load_profile, profile_flags
 from sparsinglaw.train import (
     TrainingDiverged,
     WriteError,
@@ -240,6 +240,20 @@ def test_bad_stable_checkpoint_is_refused_not_skipped(tmp_path, measured_mini, s
         assert f"run relu-s1: stable-stage checkpoint(s) of step(s) {step} missing or invalid ({want}" in msg, msg
         assert f"delete the run folder {d} to train the run again" in msg and "\n" not in msg
     assert not [f.name for f in d.iterdir() if f.name.startswith(("sparsity-", "inference-", "pareto-"))]
+    # the finished run is "damaged", not "done": training refuses it (it would skip it as finished) and
+    # names the file, `runs` warns; the other runs are as they were
+    st = runs.run_state(p, run, rd)
+    assert (st.status, st.trained, st.problems) == ("damaged", True, (want if fault == "missing" else
+                                                                      f"{want} (a corrupted file, or a write "
+                                                                      "interrupted between it and its sidecar)",))
+    assert st.checkpoints == len(json.loads((d / "DONE").read_text())["checkpoints"]) - 1
+    with pytest.raises(SparsingLawError) as e:
+        runs.train_profile(p, names=["relu-s1"], runs_dir=rd, progress=False)
+    assert str(e.value) == (f"run relu-s1 finished training, but 1 of its checkpoints cannot be used "
+                            f"({st.problems[0]}); restore the file(s), or delete the run folder {d} and train the "
+                            f"run again (python -m sparsinglaw train {profile_flags(p)} --run relu-s1 --runs-dir {rd})")
+    table = runs.states_table(p, rd).set_index("run")["status"]
+    assert table["relu-s1"] == "damaged" and (table.drop("relu-s1") != "damaged").all()
 
 
 @pytest.mark.parametrize("kind", ["inf_at_step", "nan_at_step"])

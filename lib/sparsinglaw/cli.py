@@ -191,6 +191,11 @@ def _dispatch(args) -> int:
             print(table.drop(columns=["key"]).to_string(index=False))
         if "train_flops" in table:
             print(_compute_line(float(table["train_flops"].sum()), len(table)))
+        from .runs import damaged_message, run_state
+
+        names = table["run"][table["status"] == "damaged"] if len(table) else []
+        if damaged := [run_state(profile, profile.run(n), args.runs_dir) for n in names]:
+            print(f"warning: {damaged_message(profile, damaged, args.runs_dir)}", file=sys.stderr)
         return 0
     if args.command == "fit":
         return _fit(profile, refit=args.refit, progress=not args.no_progress)

@@ -48,6 +48,7 @@ from .runs import (
     checkpoints,
     current,
     data_cache_dir,
+    mark_problem,
     provenance,
     read_csv,
     read_table,
@@ -62,7 +63,6 @@ from .train import (
     atomic_write_bytes,
     atomic_write_files,
     check_corpus,
-    checkpoint_problem,
     corpus_differs,
     read_meta,
     remove_stale_temps,
@@ -200,15 +200,6 @@ def stable_marks(run: RunConfig) -> list[int]:
     return sorted(s for s in kept if warmup < s <= warmup + stable)
 
 
-def mark_problem(d: Path, step: int, config_hash: str) -> str:
-    """Why the mark checkpoint of `step` in run folder `d` is not among the valid stable ones."""
-    tag = f"{step:07d}"
-    pt = d / f"ckpt_{tag}.pt"
-    if not pt.exists() and not (d / f"meta_{tag}.json").exists():
-        return f"{pt}: missing"
-    return checkpoint_problem(d, tag, config_hash) or f"{pt}: its sidecar records another step or stage"
-
-
 def stable_checkpoints(profile: ProfileConfig, run: RunConfig, runs_dir=None) -> pd.DataFrame:
     """Every stable-stage mark checkpoint of a trained run (runs.checkpoints' columns, sorted by step);
     refused, naming the steps and the first problem, when one is missing or invalid (runs.checkpoints
@@ -244,7 +235,7 @@ def train_command(profile: ProfileConfig, runs_dir=None, run: str | None = None)
 def require_trained(profile: ProfileConfig, run: RunConfig, runs_dir=None) -> None:
     """Raise, naming the command to run, unless `run` has finished training."""
     st = run_state(profile, run, runs_dir)
-    if st.status != "done":
+    if not st.trained:  # a damaged run: stable_checkpoints names a lost checkpoint the measurement needs
         raise SparsingLawError(f"run {run.name} is not trained ({st.status}, {st.tokens_seen:,} of "
                                f"{st.tokens_total:,} tokens); train it first: "
                                f"{train_command(profile, runs_dir, run.name)}")
@@ -422,7 +413,7 @@ def measure_profile(profile: ProfileConfig, names: list[str] | None = None, jobs
     if not runs:
         return pd.DataFrame(columns=RESULT_COLUMNS["sparsity"][0])
     todo = [r for r in runs if not record_path(profile, r, runs_dir, impl).exists()]  # cached runs spawn nothing
-    untrained = [r.name for r in todo if run_state(profile, r, runs_dir).status != "done"]
+    untrained = [r.name for r in todo if not run_state(profile, r, runs_dir).trained]
     if len(untrained) > 1:  # one message and one command, not one per run
         raise SparsingLawError(f"{len(untrained)} runs are not trained ({', '.join(untrained)}); train them "
                                f"first: {train_command(profile, runs_dir)} (finished runs are skipped)")

@@ -235,11 +235,34 @@ def run_lock(path: Path, what: str, ddp=None):
 class RunState:
     name: str
     key: str
-    status: str  # "done", "partial" or "new"
+    status: str  # "done", "damaged" (done, but a checkpoint it wrote is missing or invalid), "partial" or "new"
     tokens_seen: int
     tokens_total: int
     checkpoints: int  # valid mark checkpoints on disk
     path: Path
+    problems: tuple[str, ...] = ()  # "damaged": why each lost checkpoint cannot be used
+
+    @property
+    def trained(self) -> bool:
+        return self.status in ("done", "damaged")
+
+
+def mark_problem(d: Path, step: int, config_hash: str) -> str:
+    """Why the mark checkpoint of `step` in run folder `d` is not among the valid ones (runs.checkpoints)."""
+    tag = f"{step:07d}"
+    pt = d / f"ckpt_{tag}.pt"
+    if not pt.exists() and not (d / f"meta_{tag}.json").exists():
+        return f"{pt}: missing"
+    return checkpoint_problem(d, tag, config_hash) or f"{pt}: its sidecar records another step or stage"
+
+
+def damaged_message(profile: ProfileConfig, states: list[RunState], runs_dir=None) -> str:
+    """What to do about finished runs whose checkpoints were lost or damaged after training."""
+    rd = f" --runs-dir {runs_dir}" if runs_dir is not None else ""
+    return "; ".join(
+        f"run {s.name} finished training, but {len(s.problems)} of its checkpoints cannot be used "
+        f"({s.problems[0]}); restore the file(s), or delete the run folder {s.path} and train the run again "
+        f"(python -m sparsinglaw train {profile_flags(profile)} --run {s.name}{rd})" for s in states)
 
 
 def checkpoints(profile: ProfileConfig, run: RunConfig, runs_dir=None) -> pd.DataFrame:
@@ -264,7 +287,9 @@ def run_state(profile: ProfileConfig, run: RunConfig, runs_dir=None) -> RunState
     done = read_done(d / "DONE")
     ck = checkpoints(profile, run, runs_dir) if d.exists() else pd.DataFrame(columns=["tokens"])
     if done is not None and done.get("config_hash") == run.config_hash(profile.data):
-        return RunState(run.name, d.name, "done", total, total, len(ck), d)
+        lost = [s for s in done.get("checkpoints", []) if s not in set(ck["step"])]
+        problems = tuple(mark_problem(d, s, run.config_hash(profile.data)) for s in lost)
+        return RunState(run.name, d.name, "damaged" if lost else "done", total, total, len(ck), d, problems)
     seen = 0
     if d.exists():
         h = run.config_hash(profile.data)
@@ -334,7 +359,10 @@ def train_profile(profile: ProfileConfig, names: list[str] | None = None, jobs: 
     from .train import check_parallel, check_tokens
 
     runs = [profile.run(n) for n in names] if names else list(profile.runs)
-    todo = [r for r in runs if run_state(profile, r, runs_dir).status != "done"]
+    states = [run_state(profile, r, runs_dir) for r in runs]
+    if damaged := [s for s in states if s.status == "damaged"]:  # training would skip them: they are finished
+        raise SparsingLawError(damaged_message(profile, damaged, runs_dir))
+    todo = [r for r, s in zip(runs, states, strict=True) if not s.trained]
     c = profile.compute
     world = dist_env("cpu").world  # torchrun's variables; the device is checked below, if there is work
     if todo:  # before any run folder is made or any process-group call
