@@ -90,6 +90,27 @@ def test_bad_config_names_the_field(mutate, field):
     assert field in str(e.value) and "configs/smoke.yaml" in str(e.value)
 
 
+def test_a_misspelled_run_group_is_refused_an_inference_group_is_not():
+    """A group outside the analyses' (config.GROUPS) would drop the run from them silently: refused with the
+    closest name; a group of one's own is fine when inference.group names it (Table 1 of chosen runs)."""
+    raw = _smoke_raw()
+    raw["runs"][0]["groups"] = ["scale", "seedz"]
+    with pytest.raises(ConfigError) as e:
+        parse_profile(raw, "configs/smoke.yaml", "smoke")
+    assert str(e.value) == ("configs/smoke.yaml: runs[0].groups: unknown group 'seedz' of run relu-s1 (did you "
+                            "mean 'seeds'?); the analyses read scale, seeds, width_depth, moe")
+    raw["runs"][0]["groups"] = ["scale", "table1"]
+    with pytest.raises(ConfigError, match="unknown group 'table1' of run relu-s1; the analyses read scale, seeds"):
+        parse_profile(raw, "configs/smoke.yaml", "smoke")
+    raw["inference"] = {**raw.get("inference", {}), "group": "table1"}
+    assert parse_profile(raw, "configs/smoke.yaml", "smoke").run("relu-s1").groups == ["scale", "table1"]
+    raw["runs"][1]["groups"] = ["tabel1"]
+    with pytest.raises(ConfigError, match=r"runs\[1\].groups: unknown group 'tabel1' of run relu-s2 \(did you mean "
+                                          r"'table1'\?\); the analyses read scale, seeds, width_depth, moe, and "
+                                          r"inference.group is 'table1'"):
+        parse_profile(raw, "configs/smoke.yaml", "smoke")
+
+
 def test_overrides_and_unknown_profile(tmp_path):
     p = load_profile("smoke", overrides=["train.lr=0.003", "runs.relu-s1.train.tokens=20480"])
     assert p.run("silu-s1").train.lr == 0.003 and p.run("relu-s1").train.tokens == 20480

@@ -19,6 +19,14 @@ def test_linked_files_exist():
     assert not missing, f"README links missing files: {missing}"
 
 
+def test_every_environment_variable_the_library_reads_is_in_the_readme():
+    """SPARSINGLAW_* variables read in lib/ are documented (SPARSINGLAW_TEST_FAULT: the fault-injection hook of
+    the tests, documented where it is read)."""
+    read = set(re.findall(r"SPARSINGLAW_[A-Z_]+", "".join(p.read_text() for p in (REPO / "lib").rglob("*.py"))))
+    assert {"SPARSINGLAW_RUNS", "SPARSINGLAW_DATA", "SPARSINGLAW_ROOT"} <= read
+    assert sorted(v for v in read - {"SPARSINGLAW_TEST_FAULT"} if v not in README) == []
+
+
 def test_every_profile_make_verify_writes_into_the_readme_has_its_block(tmp_path):
     """make verify passes --readme README.md for the profiles of README_PROFILE; update_readme refuses a
     README without that profile's markers, after claims.csv is written: each must have one block."""

@@ -21,7 +21,9 @@ from pathlib import Path
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m sparsinglaw", description=__doc__.split("\n")[0],
                                 epilog="Environment: SPARSINGLAW_RUNS, SPARSINGLAW_RESULTS and SPARSINGLAW_FIGURES "
-                                "move the runs/, results/ and figures/ roots (default: in the repository).")
+                                "move the runs/, results/ and figures/ roots (default: in the repository); "
+                                "SPARSINGLAW_DATA the corpus and tokenizer caches (default: <runs root>/_data); "
+                                "SPARSINGLAW_ROOT the repository itself (configs/ and the default roots).")
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 

@@ -13,6 +13,7 @@ Run identity: a run is keyed by a hash of its resolved config (data + model + tr
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
 import math
@@ -427,6 +428,9 @@ def validate_sparsity(s: SparsityConfig, run_names: list[str], where: str) -> No
     _check(all(isinstance(e, int | float) and e > 0 for e in s.fat_eps), f"{where}.fat_eps", "expected eps > 0")
 
 
+GROUPS = ("scale", "seeds", "width_depth", "moe")  # the analyses' run groups (moe: the MoE baselines' label)
+
+
 def validate_inference(inf: InferenceConfig, runs: list[RunConfig], where: str) -> None:
     _check(bool(inf.p) and all(isinstance(v, int | float) and not isinstance(v, bool) and v > 0 for v in inf.p),
            f"{where}.p", f"expected a non-empty list of positive percentages, got {inf.p!r}")
@@ -524,6 +528,14 @@ def parse_profile(raw: Any, path: str, name: str) -> ProfileConfig:
     _check(sparsity.eval_tokens >= longest, f"{path}: sparsity.eval_tokens",
            f"must be at least one window of the longest model.seq_len={longest} tokens, got {sparsity.eval_tokens}")
     inference = _build(InferenceConfig, raw.get("inference"), f"{path}: inference")
+    for i, r in enumerate(runs):  # a misspelled group would drop the run from its analyses without a word
+        known = dict.fromkeys((*GROUPS, inference.group))
+        odd = [g for g in r.groups if g not in known]
+        close = difflib.get_close_matches(odd[0], list(known), n=1) if odd else []
+        _check(not odd, f"{path}: runs[{i}].groups", f"unknown group {odd[0]!r} of run {r.name}"
+               + (f" (did you mean {close[0]!r}?)" if close else "") + f"; the analyses read {', '.join(GROUPS)}"
+               + (f", and inference.group is {inference.group!r}" if inference.group not in GROUPS else "")
+               if odd else "")
     validate_inference(inference, runs, f"{path}: inference")
     return ProfileConfig(name=name, description=desc, data=data, compute=compute, runs=runs, sparsity=sparsity,
                          inference=inference, fit=dict(raw.get("fit") or {}), path=path)
