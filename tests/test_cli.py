@@ -196,6 +196,9 @@ def test_make_follows_the_folder_variables():
     replotted = _make_n("report", "PROFILE=smoke", "FROM=replot")
     assert "notebooks run" not in replotted
     assert "runs/smoke/replot/07_claims.ipynb -o runs/smoke/report.html" in replotted
+    env = _make_n("figures", "PROFILE=smoke", "VENV=/tmp/conda-env", SPARSINGLAW_RUNS="/tmp/elsewhere")  # README
+    assert "touch /tmp/conda-env/.installed" in env and ".venv/" not in env
+    assert "/tmp/conda-env/bin/python -m sparsinglaw.notebooks run notebooks/00_overview.ipynb" in env
     for var in ("SPARSINGLAW_RUNS", "SPARSINGLAW_RESULTS"):  # `rm -rf /tmp/my runs/smoke` would remove ./runs/smoke
         r = subprocess.run(["make", "--no-print-directory", "-n", "clean-runs", "PROFILE=smoke"], cwd=REPO,
                            capture_output=True, text=True, timeout=60, env={**os.environ, var: "/tmp/my runs"})
