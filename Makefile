@@ -121,6 +121,12 @@ report: $(STAMP) $(if $(filter replot,$(FROM)),,$(EXECUTED)) ## one HTML file of
 	@for nb in $(REPORT_NBS); do test -f $$nb || { echo "error: $$nb is missing: run make replot PROFILE=$(PROFILE) first" >&2; exit 1; }; done
 	$(PY) -m sparsinglaw.notebooks report $(REPORT_NBS) -o $(RUNS_ROOT)/$(PROFILE)/report.html --title "sparsing-law: profile $(PROFILE)"
 
+# make nb-NN with no notebooks/NN_*.ipynb stops before any setup, naming the numbers there
+NB_NUMBERS := $(foreach n,$(NOTEBOOKS),$(firstword $(subst _, ,$(notdir $(n)))))
+NB_MISSING := $(foreach g,$(filter nb-%,$(MAKECMDGOALS)),$(if $(wildcard notebooks/$(g:nb-%=%)_*.ipynb),,$(g)))
+ifneq ($(NB_MISSING),)
+$(error no notebook for $(NB_MISSING): make nb-NN takes NN from $(NB_NUMBERS))
+endif
 nb-%: configs/$(PROFILE).yaml $(STAMP) ## execute one notebook, e.g. make nb-01 PROFILE=smoke
 	@nb=$$(ls notebooks/$*_*.ipynb) && mkdir -p $(EXEC) && \
 	$(PY) -m sparsinglaw.notebooks run $$nb $(abspath $(EXEC))/$$(basename $$nb) --profile $(PROFILE) --log-output --cwd $(CURDIR)

@@ -223,6 +223,16 @@ def test_make_with_an_unknown_profile_names_the_profiles(target):
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_nb_with_no_such_notebook_names_the_numbers():
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    r = subprocess.run(["make", "--no-print-directory", "nb-9", "PROFILE=smoke"], cwd=REPO, capture_output=True,
+                       text=True, timeout=60, env=env)
+    numbers = " ".join(sorted(p.name[:2] for p in (REPO / "notebooks").glob("[0-9][0-9]_*.ipynb")))
+    assert r.returncode != 0 and r.stdout == ""
+    assert f"no notebook for nb-9: make nb-NN takes NN from {numbers}" in r.stderr
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 @pytest.mark.parametrize("profile", ["", "../results", "../configs/smoke", "cpu_long"])
 def test_make_clean_runs_refuses_what_is_not_a_profile(tmp_path, profile):
     """`make clean-runs PROFILE=` would be `rm -rf <runs root>/` (every profile, the corpus cache) and

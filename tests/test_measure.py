@@ -426,6 +426,17 @@ def test_each_p_gets_its_own_c_searched_on_the_last_n_last_checkpoints(tiny, smo
     assert rows.loc[rows["p"] == 1.5, "cett"].iloc[0] > rows.loc[rows["p"] == 1.0, "cett"].iloc[0]
 
 
+def test_more_n_last_than_stable_checkpoints_searches_them_all_with_a_note(tiny, capsys):
+    runs.train_profile(tiny, names=["relu-s1"], jobs=1, progress=False)
+    p = load_profile("smoke", overrides=tiny.overrides + ["sparsity.n_last=50"])
+    n = len(measure.stable_checkpoints(p, p.run("relu-s1")))
+    capsys.readouterr()
+    rows = pd.DataFrame(measure.measure_run(p, p.run("relu-s1"), progress=False)["rows"])
+    assert 1 < n < 50 and rows["searched"].all() and len(rows) == n
+    assert capsys.readouterr().out.splitlines()[0] == (f"note: run relu-s1: sparsity.n_last=50, but the run has {n} "
+                                                       f"stable-stage checkpoints; c is searched on all {n}")
+
+
 def test_only_stable_stage_marks_are_measured(tiny, smoke_tokens):
     """With a decay stage the final checkpoint is a decay-stage one: it is kept by the trainer but not
     measured; stable_checkpoints lists the marks after the last warmup step up to the stable stage's end, and

@@ -267,6 +267,9 @@ def measure_run(profile: ProfileConfig, run: RunConfig, runs_dir=None, progress:
         batches = eval_set(profile, tokens, run.model.seq_len, dev)
         loaders = [lambda path=p: load_model(run, path, dev) for p in ck["path"]]
         search_idx = list(range(len(ck)))[-scfg.n_last:]
+        if scfg.n_last > len(ck):
+            print(f"note: run {run.name}: sparsity.n_last={scfg.n_last}, but the run has {len(ck)} stable-stage "
+                  f"checkpoints; c is searched on all {len(ck)}", flush=True)
         ps = sorted({float(v) for v in scfg.p})
         steps = search_steps(scfg.tol)
         bar = tqdm(total=len(ps) * steps + len(ck), desc=f"measure {run.name}", disable=not progress,
