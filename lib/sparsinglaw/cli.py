@@ -157,8 +157,8 @@ def _dispatch(args) -> int:
         try:
             fit_spec(profile)
         except ValueError as e:  # led by the --set fit.X that wrote a value it names, as other sections' errors
-            by = [o for o in profile.overrides if re.fullmatch(r"fit\.(\w+)", k := o.split("=", 1)[0].strip())
-                  and re.search(rf"\b{k[4:]}\b", str(e))]
+            by = [o for o in profile.overrides if (m := re.fullmatch(r"fit\.(\w+)", o.split("=", 1)[0].strip()))
+                  and re.search(rf"\b{m[1]}\b", str(e))]
             raise ConfigError((f"--set {by[-1]!r} is refused: " if by else "") + f"{profile.path}: fit: {e}") from None
     rank = _rank()
     if rank > 0 and args.command not in ("train", "compute"):

@@ -528,14 +528,14 @@ def parse_profile(raw: Any, path: str, name: str) -> ProfileConfig:
     _check(sparsity.eval_tokens >= longest, f"{path}: sparsity.eval_tokens",
            f"must be at least one window of the longest model.seq_len={longest} tokens, got {sparsity.eval_tokens}")
     inference = _build(InferenceConfig, raw.get("inference"), f"{path}: inference")
+    known = list(dict.fromkeys((*GROUPS, inference.group)))
     for i, r in enumerate(runs):  # a misspelled group would drop the run from its analyses without a word
-        known = dict.fromkeys((*GROUPS, inference.group))
-        odd = [g for g in r.groups if g not in known]
-        close = difflib.get_close_matches(odd[0], list(known), n=1) if odd else []
-        _check(not odd, f"{path}: runs[{i}].groups", f"unknown group {odd[0]!r} of run {r.name}"
-               + (f" (did you mean {close[0]!r}?)" if close else "") + f"; the analyses read {', '.join(GROUPS)}"
-               + (f", and inference.group is {inference.group!r}" if inference.group not in GROUPS else "")
-               if odd else "")
+        if odd := [g for g in r.groups if g not in known]:
+            close = difflib.get_close_matches(odd[0], known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            own = f", and inference.group is {inference.group!r}" if inference.group not in GROUPS else ""
+            raise ConfigError(f"{path}: runs[{i}].groups: unknown group {odd[0]!r} of run {r.name}{hint}; "
+                              f"the analyses read {', '.join(GROUPS)}{own}")
     validate_inference(inference, runs, f"{path}: inference")
     return ProfileConfig(name=name, description=desc, data=data, compute=compute, runs=runs, sparsity=sparsity,
                          inference=inference, fit=dict(raw.get("fit") or {}), path=path)
