@@ -42,7 +42,7 @@ def test_a_folder_against_its_copy_is_the_same(tmp_path):
     n = len(runs.read_csv(COMMITTED / "claims.csv"))
     assert (f"{n} of {n} verdicts the same\nactivation ratio at PPL-1%: largest |B - A| 0.0000 over {len(s)} "
             "checkpoints") in text
-    assert "made from: profile cpu in both;" in text and "not compared" not in text
+    assert "made from (sparsity.csv): profile cpu in both;" in text and "not compared" not in text
 
 
 def test_differences_put_into_a_copy_are_found(tmp_path):
@@ -83,7 +83,11 @@ def test_differences_put_into_a_copy_are_found(tmp_path):
     known = f["converged_a"] & f["A0_lo_a"].notna()
     assert f.loc[known, "b_in_a"].sum() == known.sum() - 1
     text = compare.summary(t)
-    assert "CPU instruction set unrecorded in A, AVX2 in B" in text
+    # per shared table: B's sparsity.csv alone was made on another instruction set
+    assert ("made from (sparsity.csv): profile cpu in both; config hash" in text
+            and "; CPU instruction set: claims.csv AVX512 in both, sparsity.csv unrecorded in A, AVX2 in B, "
+            "train_log.csv unrecorded in both, fits.csv AVX512 in both\n" in text)
+    assert t["cpu_capability"].loc["sparsity.csv"].tolist() == ["unrecorded", "AVX2"]
     n = len(runs.read_csv(COMMITTED / "claims.csv"))
     assert f"{n - 1} of {n} verdicts the same; changed: relu_falls INCONCLUSIVE -> FAIL" in text
     assert "largest |B - A| 0.0123 (relu-s3)" in text
@@ -119,6 +123,8 @@ def test_other_levels_order_gaps_and_profiles(tmp_path):
     assert r.at["relu-s2", "step"] == last and pd.isna(r.at["relu-s2", "ratio_b"])  # not an earlier checkpoint's
     assert r.at["relu-s2", "one_sided"] == 1 and r.at["relu-s2", "checkpoints"] == 15
     assert r.at["relu-wd96", "where"] == "A only" and r.at["relu-wd96", "one_sided"] == 16
+    assert r.at["relu-wd96", "unreached_a"] == 0 and pd.isna(r.at["relu-wd96", "unreached_b"])  # not measured in B
+    assert (r.drop(index="relu-wd96")["unreached_b"] == 0).all()
     assert (r.drop(index=["relu-s2", "relu-wd96"])["max_ratio_diff"].dropna() == 0).all()  # PPL-5% left out
     assert r.at["relu-s1", "val_loss_a"] == r.at["relu-s1", "val_loss_b"]  # the last step's, whatever the order
     text = compare.summary(t)
@@ -141,6 +147,7 @@ def test_checkpoints_without_values_and_repeated_rows(tmp_path):
     r = t["runs"].set_index("run")
     assert r.at["relu-s1", "one_sided"] == 0 and r.at["relu-s1", "checkpoints"] == 0
     assert r.at["relu-x", "where"] == "B only" and r.at["relu-x", "one_sided"] == 16
+    assert pd.isna(r.at["relu-x", "unreached_a"]) and r.at["relu-x", "unreached_b"] == 0
     text = compare.summary(t)
     assert "runs in one folder only: B only: relu-x" in text and "; 16 checkpoint(s) with a value in one folder" in text
     _rewrite(b, "sparsity", lambda df: pd.concat([df, df[df["run"] == "relu-s3"].iloc[:1]]))
@@ -169,7 +176,8 @@ def test_cli_prints_the_report_or_one_error_line(tmp_path, capsys):
     b = _copy(tmp_path, "b")
     assert cli.main(["compare", str(COMMITTED), str(b)]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("made from: profile cpu in both") and "\nclaims:\n" in out and "\nfits:\n" in out
+    assert out.startswith("made from (sparsity.csv): profile cpu in both")
+    assert "\nclaims:\n" in out and "\nfits:\n" in out
     path = b / "sparsity.csv"
     path.write_text(path.read_text().replace("relu-s1,", "relu-s9,", 1))  # edited by hand: its sha256 is off
     assert cli.main(["compare", str(COMMITTED), str(b)]) == 2
@@ -271,3 +279,12 @@ def test_b_in_a_counts_an_a0_on_either_bound_of_the_interval():
                       "A0_lo": 0.0, "A0_hi": 1.0})
     got = compare.fits_table(a, b).set_index("run")["b_in_a"].to_dict()
     assert got == {"r1": True, "r2": True, "r3": False, "r4": False}
+
+
+def test_the_instruction_set_is_one_phrase_when_every_table_agrees():
+    p = pd.DataFrame({"table": ["fits.csv"] * 2, "profile": ["cpu", "cpu-long"], "config_hash": ["a" * 20, "b" * 20],
+                      "corpus": ["c" * 20] * 2}, index=["a", "b"])
+    caps = pd.DataFrame({"a": ["AVX512", "AVX512"], "b": ["AVX2", "AVX2"]}, index=["claims.csv", "fits.csv"])
+    assert compare._provenance_line(p, caps) == ("made from (fits.csv): profile cpu in A, cpu-long in B; config hash "
+                                                 f"{'a' * 12} in A, {'b' * 12} in B; corpus {'c' * 12} in both; CPU "
+                                                 "instruction set AVX512 in A, AVX2 in B")

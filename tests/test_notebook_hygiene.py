@@ -19,6 +19,38 @@ def test_the_notebooks_are_numbered_from_00_without_gaps_and_each_draws_a_listed
     assert [p.stem for p in NOTEBOOKS] == sorted(set(paper.FIGURES["notebook"]))
 
 
+def _saves(path: Path) -> list[tuple[str, str, str]]:
+    """(file, paper, notebook) of every plots.save call of a notebook, from its source."""
+    out = []
+    for c in json.loads(path.read_text())["cells"]:
+        if c["cell_type"] != "code":
+            continue
+        for node in ast.walk(ast.parse("".join(c["source"]))):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "save":
+                kw = {k.arg: ast.literal_eval(k.value) for k in node.keywords}
+                out.append((ast.literal_eval(node.args[1]), kw["paper"], kw["notebook"]))
+    return out
+
+
+def test_the_paper_labels_are_one_list():
+    """paper.FIGURES is the list of where each paper item is rebuilt: the notebooks' plots.save calls file
+    each figure under its label, the README's table shows it, and the committed MANIFESTs record it."""
+    import csv
+
+    from sparsinglaw import paper
+
+    want = {r.file: (r.paper, r.notebook) for r in paper.FIGURES.itertuples()}
+    saves = [s for p in NOTEBOOKS for s in _saves(p)]
+    assert len(saves) == len(want) and {f: (pp, nb) for f, pp, nb in saves} == want
+    readme = (REPO / "README.md").read_text()
+    for r in paper.FIGURES.itertuples():
+        assert f"| {r.paper} | {r.what} | `{r.notebook}` | [{r.file}.png](figures/cpu/{r.file}.png) |" in readme
+    for manifest in sorted(REPO.glob("figures/*/MANIFEST.csv")):
+        with open(manifest, newline="") as f:
+            rows = list(csv.DictReader(f))
+        assert rows and {r["file"].rsplit(".", 1)[0]: (r["paper"], r["notebook"]) for r in rows} == want, manifest
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_clean(path):
     nb = json.loads(path.read_text())

@@ -53,6 +53,8 @@ def test_replot_needs_only_results(tmp_path, isolated_roots, monkeypatch):
     assert set(after) == set(before) and all(after[k] > before[k] for k in before), "not every figure was redrawn"
     manifest = pd.read_csv(figs / "MANIFEST.csv")
     assert sorted({f.rsplit(".", 1)[0] for f in manifest["file"]}) == sorted(paper.FIGURES["file"])
+    labels = dict(zip(paper.FIGURES["file"], paper.FIGURES["paper"], strict=True))
+    assert all(labels[f.rsplit(".", 1)[0]] == p for f, p in zip(manifest["file"], manifest["paper"], strict=True))
     want = paper.FIGURES.set_index("file")["notebook"]
     got = manifest.assign(stem=manifest["file"].str.rsplit(".", n=1).str[0]).drop_duplicates("stem")
     assert all(r.notebook == want[r.stem] for r in got.itertuples())

@@ -84,7 +84,7 @@ def runs_table(sa: pd.DataFrame | None, sb: pd.DataFrame | None, la: pd.DataFram
     the last checkpoint both list with its ratio in A and B, the largest |B - A| of the ratio over
     the checkpoints with a value in both (NaN for a run without measurements: an MoE run), and the
     checkpoints whose PPL-p% target was not reached in A and in B (unreached_a/_b; 0 for a table made
-    before sparsity.csv had `reached`)."""
+    before sparsity.csv had `reached`, <NA> for a run that folder did not measure)."""
     parts = []
     if la is not None and lb is not None:
         parts += [_last(t[t["split"] == "val"], ["step", "loss"]).add_prefix("val_").add_suffix(s)
@@ -97,6 +97,7 @@ def runs_table(sa: pd.DataFrame | None, sb: pd.DataFrame | None, la: pd.DataFram
         m["diff"] = (m["activation_ratio_b"] - m["activation_ratio_a"]).abs()  # NaN unless both have a value
         for c in ("unreached_a", "unreached_b"):  # False where the folder lacks the checkpoint
             m[c] = m[c].astype("boolean").fillna(False).astype(bool)
+        measured = {s: set(t.loc[t["p"] == p, "run"]) for s, t in (("a", sa), ("b", sb))}
         m["one_sided"] = m["activation_ratio_a"].notna() != m["activation_ratio_b"].notna()
         g = m.groupby("run", sort=False)
         last = _last(m[m["_merge"] == "both"], ["step", "activation_ratio_a", "activation_ratio_b"])
@@ -104,6 +105,9 @@ def runs_table(sa: pd.DataFrame | None, sb: pd.DataFrame | None, la: pd.DataFram
                                    "step": last["step"], "ratio_a": last["activation_ratio_a"],
                                    "ratio_b": last["activation_ratio_b"], "max_ratio_diff": g["diff"].max(),
                                    "unreached_a": g["unreached_a"].sum(), "unreached_b": g["unreached_b"].sum()}))
+        for side in ("a", "b"):  # a run the folder did not measure has no count there (not 0)
+            col = parts[-1][f"unreached_{side}"].astype("Int64")
+            parts[-1][f"unreached_{side}"] = col.where(col.index.isin(list(measured[side])), pd.NA)
     if not parts:
         return pd.DataFrame()
     out = pd.concat(parts, axis=1, sort=False)
@@ -130,6 +134,11 @@ def fits_table(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
     return m
 
 
+def _capability(df: pd.DataFrame) -> str:
+    """The CPU instruction set a table's sidecar records (train.versions), or "unrecorded"."""
+    return (df.attrs.get("meta", {}).get("versions") or {}).get("cpu_capability", "unrecorded")
+
+
 def compare(a: str | Path, b: str | Path) -> dict[str, pd.DataFrame]:
     """The comparison tables of results folders `a` and `b` (claims, runs, fits; a section whose table
     either folder lacks is absent). Raises SparsingLawError when a folder does not exist or the two share
@@ -147,10 +156,11 @@ def compare(a: str | Path, b: str | Path) -> dict[str, pd.DataFrame]:
     meta = {s: t[first].attrs.get("meta", {}) for s, t in (("a", ta), ("b", tb))}
     out = {"provenance": pd.DataFrame({s: {"table": f"{first}.csv", "profile": m.get("profile"),
                                            "config_hash": m.get("config_hash"),
-                                           "corpus": (m.get("corpus") or {}).get("sha256"),
-                                           "cpu_capability": (m.get("versions") or {}).get("cpu_capability",
-                                                                                           "unrecorded")}
-                                       for s, m in meta.items()}).T}
+                                           "corpus": (m.get("corpus") or {}).get("sha256")}
+                                       for s, m in meta.items()}).T,
+           # the instruction set each shared table was made on: tables of one folder may come from other machines
+           "cpu_capability": pd.DataFrame({s: {f"{n}.csv": _capability(t[n]) for n in shared}
+                                           for s, t in (("a", ta), ("b", tb))})}
     if "claims" in shared:
         out["claims"] = claims_table(ta["claims"], tb["claims"])
     runs = runs_table(ta["sparsity"], tb["sparsity"], ta["train_log"], tb["train_log"])
@@ -173,7 +183,7 @@ def summary(t: dict[str, pd.DataFrame]) -> str:
         if p.at["a", "profile"] != p.at["b", "profile"]:
             lines.append(f"warning: A holds profile {p.at['a', 'profile']}, B {p.at['b', 'profile']}: other runs, "
                          "not a rerun of the same ones")
-        lines.append(_provenance_line(p))
+        lines.append(_provenance_line(p, t.get("cpu_capability")))
     if "claims" in t:
         c = t["claims"]
         changed = c[~c["same"]]
@@ -226,16 +236,21 @@ def summary(t: dict[str, pd.DataFrame]) -> str:
     return "\n".join(lines)
 
 
-def _provenance_line(p: pd.DataFrame) -> str:
-    """'profile cpu in both; config hash ... in both; ...': what the first table both folders hold was made
-    from (its sidecar), and on which CPU instruction set (train.versions)."""
-    out = []
-    for key, what in (("profile", "profile"), ("config_hash", "config hash"), ("corpus", "corpus"),
-                      ("cpu_capability", "CPU instruction set")):
-        a, b = p.at["a", key], p.at["b", key]
-        shown = (lambda v: str(v)[:12]) if key in ("config_hash", "corpus") else str
-        out.append(f"{what} {shown(a)} in both" if a == b else f"{what} {shown(a)} in A, {shown(b)} in B")
-    return "made from: " + "; ".join(out)
+def _provenance_line(p: pd.DataFrame, caps: pd.DataFrame | None = None) -> str:
+    """'made from (sparsity.csv): profile cpu in both; config hash ... in both; ...': what the first table
+    both folders hold was made from (its sidecar); then the CPU instruction set of every shared table
+    (train.versions; one phrase when every table agrees)."""
+    def pair(what: str, a, b) -> str:
+        return f"{what} {a} in both" if a == b else f"{what} {a} in A, {b} in B"
+
+    out = [pair("profile", p.at["a", "profile"], p.at["b", "profile"])]
+    out += [pair(what, str(p.at["a", key])[:12], str(p.at["b", key])[:12])
+            for key, what in (("config_hash", "config hash"), ("corpus", "corpus"))]
+    if caps is not None and len(caps):
+        same = caps.drop_duplicates()
+        out.append(pair("CPU instruction set", *same.iloc[0]) if len(same) == 1 else
+                   "CPU instruction set: " + ", ".join(pair(table, a, b) for table, (a, b) in caps.iterrows()))
+    return f"made from ({p.at['a', 'table']}): " + "; ".join(out)
 
 
 def _largest(rows: pd.DataFrame, diff: pd.Series) -> str:

@@ -707,9 +707,10 @@ def fit_A0_vs_scale(N, A0, A0_lo=None, A0_hi=None, level=0.95) -> dict:
     With A0_lo and A0_hi (intervals at the same `level`), also weighted least squares that takes
     sigma = (hi - lo) / (2 z) as known errors (normal quantiles), and the fit with the wider slope
     interval is reported (`method`). Both are needed: a bootstrap interval sees one run's residuals, not
-    how another seed of the same shape would land (cpu-long's three relu-s2 seeds have A0 0.194-0.2016,
-    each with an interval about 0.003 wide), so the known-error interval alone is too narrow when runs
-    scatter more than their intervals say; OLS alone would ignore an A0 that is barely determined.
+    how another seed of the same shape would land (cpu-long's three relu-s2 seeds have A0 0.194-0.2016, a
+    spread of 0.0075, while two of their intervals are 0.003 and 0.005 wide), so the known-error interval
+    alone is too narrow when runs scatter more than their intervals say; OLS alone would ignore an A0 that
+    is barely determined.
     (WLS with its noise scale estimated from the residuals is not used: it sees only relative weights,
     and two precise points fix the line and its scale whatever the others do.)
     Returns slope with its interval, intercept, method, the fitted change slope * log10(max N / min N),

@@ -113,20 +113,22 @@ def table1_averages():
 
 
 # Where each figure and table of the paper is rebuilt: (paper item, what it shows, notebook, our file
-# stem under figures/<profile>/ or table under results/<profile>/). A test checks this list against
-# the MANIFEST that the notebooks write, so it cannot drift.
+# stem under figures/<profile>/). Tests check these labels against the notebooks' plots.save calls, the
+# MANIFEST they write on the smoke profile and the committed MANIFESTs, so they cannot drift.
 FIGURES = _table(
     [
-        ("Table 3", "our run grid: shapes, parameters, width-depth ratios", "00_overview", "00_run_grid"),
+        ("Table 3 (analog)", "our run grid: shapes, parameters, width-depth ratios", "00_overview", "00_run_grid"),
         ("Fig. 11", "training loss of the scale grid", "01_train", "01_train_loss"),
-        ("Fig. 6 (inputs)", "training loss of the width-depth grid", "01_train", "01_train_loss_width_depth"),
+        ("Fig. 5-6 runs (training loss)", "training loss of the width-depth grid", "01_train",
+         "01_train_loss_width_depth"),
         ("Fig. 3 (v4 Fig. 2)", "PPL vs activation ratio: PPL-p% vs Top-k, FAT-eps, exact zeros", "02_ppl_p_sparsity",
          "02_pareto"),
         ("Fig. 2", "PPL vs activation ratio: dense models with PPL-p% vs MoE models routing k of E experts",
          "02_ppl_p_sparsity", "02_moe_vs_dense"),
         ("v4 Fig. 15", "PPL and activation ratio as the CETT value c is swept", "02_ppl_p_sparsity", "02_cett_sweep"),
-        ("Section 3", "per-layer thresholds found by PPL-1%", "02_ppl_p_sparsity", "02_layer_thresholds"),
-        ("Fig. 4, Table 2", "activation ratio vs data with Eq. 4 / Eq. 5 fits", "03_activation_law",
+        ("Section 3 (per-layer thresholds)", "per-layer thresholds found by PPL-1%", "02_ppl_p_sparsity",
+         "02_layer_thresholds"),
+        ("Fig. 4", "activation ratio vs data with Eq. 4 / Eq. 5 fits (their parameters: Table 2)", "03_activation_law",
          "03_activation_law"),
         ("Fig. 4 (seed replicas)", "activation laws of the seed replicas (the `seeds` group)", "03_activation_law",
          "03_seed_replicas"),
@@ -143,9 +145,9 @@ FIGURES = _table(
         ("Fig. 10", "per-token activation ratio across scales", "05_parameter_scale", "05_token_pairs"),
         ("Fig. 11", "training loss of the scale grid", "05_parameter_scale", "05_loss_curves"),
         ("Fig. 12", "limit loss vs parameter scale", "05_parameter_scale", "05_limit_loss"),
-        ("Table 1", "dense vs PPL-1/5/10% sparse inference on held-out text", "06_sparse_inference",
+        ("Table 1 (analog)", "dense vs PPL-1/5/10% sparse inference on held-out text", "06_sparse_inference",
          "06_sparse_inference"),
-        ("Sec. 4-5 claims", "verdict of every claim check", "07_claims", "07_claims"),
+        ("Claims (Sec. 4-5)", "verdict of every claim check", "07_claims", "07_claims"),
     ],
     ["paper", "what", "notebook", "file"],
     "our notebooks",
