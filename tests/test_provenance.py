@@ -18,14 +18,19 @@ def _git(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=60)
 
 
+def committed(pattern: str) -> list[Path]:
+    """The files git tracks that match `pattern` (not a local profile's, such as the ignored figures/smoke)."""
+    return [REPO / p for p in _git("ls-files", "--", pattern).stdout.split()]
+
+
 def _recorded_shas() -> dict[str, set[str]]:
     """sha -> the committed files that record it."""
     shas: dict[str, set[str]] = {}
-    for manifest in sorted(REPO.glob("figures/*/MANIFEST.csv")):
+    for manifest in committed("figures/*/MANIFEST.csv"):
         with open(manifest, newline="") as f:
             for row in csv.DictReader(f):
                 shas.setdefault(row["git_sha"], set()).add(f"{manifest.relative_to(REPO)}: {row['file']}")
-    for meta in sorted(REPO.glob("results/*/*.meta.json")):
+    for meta in committed("results/*/*.meta.json"):
         sha = json.loads(meta.read_text()).get("git_sha")
         shas.setdefault(sha, set()).add(str(meta.relative_to(REPO)))
     return shas
