@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from conftest import MINI, REPO
 from sparsinglaw import analysis, cli, measure, runs
@@ -229,7 +230,7 @@ TORCHRUN_CASES = [  # id, env, compute.device, GPUs torch sees, message
     ("rank-beyond-world", {"WORLD_SIZE": "2", "RANK": "2"}, "cpu", 0, "RANK=2: expected 0 <= RANK < WORLD_SIZE=2"),
     ("world-not-a-number", {"WORLD_SIZE": "two", "RANK": "0"}, "cpu", 0, "WORLD_SIZE='two' is not an integer"),
     ("cuda-without-gpu", {"WORLD_SIZE": "2", "RANK": "0"}, "cuda", 0,
-     "compute.device is 'cuda' but torch sees no CUDA device; use auto or cpu"),
+     "compute.device is 'cuda' but torch sees no CUDA device; set it to auto or cpu (--set compute.device=cpu)"),
     ("local-rank-beyond-gpus", {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"}, "cuda", 1,
      "LOCAL_RANK=1 but torch sees 1 CUDA device(s); start at most one process per GPU"),
     ("local-rank-beyond-gpus-auto", {"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "3"}, "auto", 2,
@@ -329,6 +330,20 @@ def test_bad_torchrun_environment_writes_nothing(tmp_path, fake_torchrun, smoke_
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("error: compute.device is 'cuda' but torch sees no CUDA device")
     assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "runs").exists()  # no corpus cache, no run folder
+
+
+def test_the_gpu_profile_on_a_machine_without_one_stops_before_building_its_corpus(tmp_path, monkeypatch, capsys):
+    """`train --profile gpu` (compute.device: cuda) without a GPU: one line saying how to run it on CPU, before
+    the profile's corpus and tokenizer are built (minutes of work for nothing)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("SPARSINGLAW_DATA", str(tmp_path / "data"))
+    rc = cli.main(["train", "--profile", "gpu", "--runs-dir", str(tmp_path / "runs"), "--run", "relu-s1",
+                   "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err == ("error: compute.device is 'cuda' but torch sees no CUDA device; set it to auto or cpu "
+                               "(--set compute.device=cpu), or run on a machine with a GPU\n")
+    assert not (tmp_path / "data").exists() and not (tmp_path / "runs").exists()
 
 
 def test_bad_torchrun_rank_through_the_cli_is_one_line(tmp_path, fake_torchrun, capsys):

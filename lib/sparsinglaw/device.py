@@ -17,7 +17,8 @@ def resolve_device(device: str = "auto") -> str:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
-        raise SparsingLawError("compute.device is 'cuda' but torch sees no CUDA device; use auto or cpu")
+        raise SparsingLawError("compute.device is 'cuda' but torch sees no CUDA device; set it to auto or cpu "
+                               "(--set compute.device=cpu), or run on a machine with a GPU")
     return device
 
 

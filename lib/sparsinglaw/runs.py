@@ -366,8 +366,8 @@ def train_profile(profile: ProfileConfig, names: list[str] | None = None, jobs: 
     c = profile.compute
     world = dist_env("cpu").world  # torchrun's variables; the device is checked below, if there is work
     if todo:  # before any run folder is made or any process-group call
+        device = resolve_device(c.device)  # before the corpus: a GPU profile on a CPU machine stops at once
         tokens = prepare(profile.data, data_cache_dir(runs_dir), progress=progress)  # once, before the workers
-        device = resolve_device(c.device)
         for r in todo:
             check_tokens(r, tokens)
             check_parallel(r, world, device, c.compile, c.compile_mode)
