@@ -9,8 +9,9 @@ subprocess so that its peak resident memory (``ru_maxrss``) is its own; the memo
 (model, tokens, torch) is reported separately, as "setup", so the difference is the algorithm's.
 --checkpoint reads the model from a trainer checkpoint (state dict under "model", the run's
 config.yaml next to it) and the first --eval-tokens validation tokens of the run's corpus.
---synthetic trains nothing: a random-init model of the cpu-profile size (d_model 64, 4 layers,
-d_ff 160, vocab 4096, seq 256, SiLU unless --activation) and uniformly random tokens.
+--synthetic trains nothing: a random-init model with the cpu profile's relu-s4 widths (d_model 64, 4
+layers, d_ff 160, seq 256) but vocab 4096 and head_dim 16 (the profile's: 2048 and 8), SiLU unless
+--activation, and uniformly random tokens.
 --search picks the fast implementation's search on c: "bisect" (the reference's probes, hence its
 answer), "secant" (fewer sparse passes, possibly another crossing of a noisy ratio) or "both".
 --device runs the workers on cuda (float32, TF32 off, as the measurement stage does there);
@@ -139,7 +140,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="trainer checkpoint .pt (config.yaml in the same folder)")
-    src.add_argument("--synthetic", action="store_true", help="random-init cpu-size model, random tokens")
+    src.add_argument("--synthetic", action="store_true", help="random-init model of relu-s4's widths, random tokens")
     ap.add_argument("--eval-tokens", type=int, default=16384, help="evaluation tokens (default 16384)")
     ap.add_argument("--batch-size", type=int, default=16, help="sequences per evaluation batch")
     ap.add_argument("--p", type=float, default=1.0, help="PPL-p%%: allowed perplexity increase in percent")

@@ -176,7 +176,7 @@ def fit_activation_laws(table: pd.DataFrame, spec: laws.FitSpec, p: float = 1.0,
 
     Returns (fits, curves). fits: one row per run: run columns, p, n_points, D_min/D_max (all points),
     D_min_used, A_first/A_last (measured), rho_tokens (Spearman of A with tokens over the used points, or
-    over all points of a run that could not be fitted),
+    over all points of a run whose fit failed; NaN for a run whose PPL-p% target was not reached),
     dropped_tokens, then `FitResult.to_row()` (params with intervals, MSE/MAE/AIC/BIC, hold-out,
     convergence, message, dropped points, every spec field). A run with too few points gives a row with
     converged=False and the reason, never an exception. curves: run, D, A_fit, A_lo, A_hi (pointwise

@@ -10,9 +10,9 @@ helpers; one pure function per claim (DataFrames in, rows out, nothing read or w
 (which tables each check reads); then `evaluate` (reads results/<profile>/ through the cached
 `analysis.*_for` functions, never checkpoints), `write` (claims.csv + claims.md), `update_readme` and
 `figure`. Inputs: sparsity, neurons and tokens (`python -m sparsinglaw measure`), sparse_inference
-(notebook 06), pareto (notebook 02; optional), and the tables derived from them by analysis.py (fits,
-form_comparison, width_depth, width_depth_fit, scale_fit, convergence_summary, domain_agreement,
-token_pairs).
+(notebook 06), pareto (notebook 02 or compute; needed when sparsity.pareto_runs names runs), and the
+tables derived from them by analysis.py (fits, form_comparison, width_depth, width_depth_fit, scale_fit,
+convergence_summary, domain_agreement, token_pairs, seed_agreement).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ PPL_PASS, PPL_FAIL = 0.02, 0.05  # PPL-1% held-out perplexity increase (ratio - 
 ACC_PASS, ACC_FAIL = 1.0, 3.0  # PPL-1% held-out accuracy drop (percentage points)
 EXACT_MAX = 8  # exact permutation test up to this many runs (8! = 40,320 orderings)
 # dense-vs-MoE perplexity margin: two separately trained models differ by about this much by chance (the
-# cpu profile's three seeds of relu-s1 end at dense losses 4.371-4.405, perplexities 3.4% apart)
+# cpu profile's three seeds of relu-s1 end at dense losses 4.371-4.405, perplexities 3.5% apart)
 MOE_MARGIN = 0.03
 TRADEOFF_MARGIN = 0.01  # PPL-p% vs a baseline: activation ratios (at PPL +1%) closer than this are a tie
 TRADEOFF_BASELINES = ("topk", "topk_batch", "fat")  # exact zeros have one point: shown, not judged

@@ -553,14 +553,14 @@ def _tokenizer_texts(docs: list[Document], budget: int) -> Iterator[str]:
 def segment_documents(docs: list[Document], workers: int | None = None) -> list[list[tuple[str, str]]]:
     """``doc.segments`` for every document; Python sources are tagged in parallel processes.
 
-    ``tokenize`` runs at ~4 MB/s per core, so above PARALLEL_SEGMENT_BYTES of Python text the
-    tagging is spread over ``workers`` processes (default: the CPU count; serial inside a daemonic
-    pool worker, which may have no children). They start from a forkserver (spawned where there is
-    none), never by forking this process, which may hold other threads (a notebook kernel's,
-    pyarrow's allocator, tqdm's monitor) whose locks a fork would copy held; Python 3.12+ warns that
-    such a child may deadlock. As with every start method but fork, a script that calls this (or
-    trains runs in parallel, see ``runs.run_parallel``) must guard its entry point with
-    ``if __name__ == "__main__":``, because each worker imports the script's main module.
+    ``tokenize`` runs at ~3 MB/s per core (the cpu corpus's 30M characters of Python in about 10.5 s), so
+    above PARALLEL_SEGMENT_BYTES of Python text the tagging is spread over ``workers`` processes (default:
+    the CPU count; serial inside a daemonic pool worker, which may have no children). They start from a
+    forkserver (spawned where there is none), never by forking this process, which may hold other threads (a
+    notebook kernel's, pyarrow's allocator, tqdm's monitor) whose locks a fork would copy held; Python 3.12+
+    warns that such a child may deadlock. As with every start method but fork, a script that calls this (or
+    trains runs in parallel, see ``runs.run_parallel``) must guard its entry point with ``if __name__ ==
+    "__main__":``, because each worker imports the script's main module.
     """
     py = [i for i, d in enumerate(docs) if d.python]
     out: list = [None if d.python else d.segments for d in docs]

@@ -57,8 +57,9 @@ Two implementations of PPL-p% sit behind one signature, ``ppl_p_sparsity(..., im
     CETT curve of every layer at every grid point (``cett_curves``), which is then inverted for any c
     without touching the model. The search on c then needs sparse passes only: by default it probes the
     bisection's own sequence of c (so it returns exactly the reference's answer; a c whose thresholds
-    equal those of a tested one is not run again); ``search="secant"`` needs about half the sparse passes
-    (``_secant_search``) but, where the ratio is noisy at the scale of tol, may return another crossing.
+    equal those of a tested one is not run again); ``search="secant"`` needs fewer sparse passes (3
+    instead of 10 on the cpu profile's relu-s4, bench/RESULTS.md; ``_secant_search``) but, where the
+    ratio is noisy at the scale of tol, may return another crossing.
     Memory does not grow with the evaluation set (histograms of N_GRID + 1 float64 per layer).
     Exact: the grid (same subsample and quantile) and the CETT value at every grid point, hence tau_l;
     losses and activation ratios come from real sparse passes. Rounding: the curve is accumulated in
@@ -840,10 +841,10 @@ def ppl_p_sparsity(models: Checkpoint | Sequence[Checkpoint], batches: Batches, 
     n_grid: candidate thresholds per layer (65,536 as the authors; fewer only to speed up tests).
     search (fast only; the reference always bisects): "bisect" (default) probes exactly the reference's
       sequence of c, so with the same thresholds it returns exactly the reference's answer. "secant"
-      (``_secant_search``, about 5-7 sparse passes instead of 10) ends in the bisection's cell whenever
-      the mean ratio is monotone in c; on real checkpoints the ratio is noisy at the scale of tol (each
-      step of c moves a few (token, neuron) pairs across the thresholds), so it may return another valid
-      crossing a few cells away, and the activation ratio there differs by a few 1e-3.
+      (``_secant_search``, 3 sparse passes instead of 10 on relu-s4's final checkpoint) ends in the
+      bisection's cell whenever the mean ratio is monotone in c; on real checkpoints the ratio is noisy at
+      the scale of tol (each step of c moves a few (token, neuron) pairs across the thresholds), so it may
+      return another valid crossing a few cells away, and the activation ratio there differs by a few 1e-3.
     c0: first probe of the secant search (e.g. the c of a neighbouring checkpoint).
     progress: called with {"stage": "curves", "checkpoint"} after each checkpoint's curves (fast) and
       {"stage": "search", "c", "mean_ratio", "step"} after every tested c.
