@@ -862,7 +862,7 @@ def test_fit_prints_every_law_beside_the_paper_and_writes_its_tables(synth_profi
         assert analysis._fmt(fits.loc[run, "A0"], fits.loc[run, "A0_lo"], fits.loc[run, "A0_hi"]) in line
     assert "paper (v1)" in r.stdout and "1.2B" in r.stdout
     verdicts = claims.evaluate(config.load_profile(synth_profile)).set_index("id")["verdict"]
-    for cid in ("relu_falls", "silu_rises", "law_forms", "width_depth_linear", "patterns_agree"):
+    for cid in ("relu_falls", "silu_rises", "law_forms", "width_depth_linear", "width_depth_loss", "patterns_agree"):
         assert f"{verdicts[cid]:<12} {cid}: " in r.stdout  # the same verdicts as `verify`
     for name in analysis.FIT_TABLES:  # each with the corpus of the measurements it was fitted to
         meta = json.loads((runs.results_dir("synth") / f"{name}.meta.json").read_text())

@@ -259,7 +259,8 @@ def _fit(profile, refit: bool = False, progress: bool = True) -> int:
               "interval] where the fit converged, beside the paper's Table 2")
         print(analysis.table2(t["fits"], group=None).to_string(index=False))
         rows = [claims.relu_falls(t["fits"]), claims.silu_rises(t["fits"]), claims.law_forms(t["form_comparison"]),
-                claims.width_depth_linear(t["width_depth_fit"]), *claims.a0_scale_weak(t["scale_fit"]),
+                claims.width_depth_linear(t["width_depth_fit"]), claims.width_depth_loss(t["width_depth"]),
+                *claims.a0_scale_weak(t["scale_fit"]),
                 *claims.small_converge_faster(t["convergence_summary"]),
                 claims.patterns_agree(t["domain_agreement"], t["token_pairs"], t["seed_agreement"])]
         print("\nThe claims these fits decide (statistics and thresholds: verify, which checks every claim)")
