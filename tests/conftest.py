@@ -111,3 +111,12 @@ def nonzero_share(model, batches) -> list[float]:
         for h in hooks:
             h.remove()
     return [c / (n * model.cfg.d_ff) for c in counts]
+
+
+def committed(pattern: str) -> list[Path]:
+    """The files git tracks in the repository that match `pattern` (not a local profile's, such as the
+    ignored figures/smoke); none outside a git checkout."""
+    import subprocess
+
+    r = subprocess.run(["git", "ls-files", "--", pattern], cwd=REPO, capture_output=True, text=True, timeout=60)
+    return [REPO / p for p in r.stdout.split()] if r.returncode == 0 else []

@@ -143,12 +143,17 @@ def test_compute_names_what_draws_the_figures_of_its_profile(mini_path):
 ROOT_VARS = ("SPARSINGLAW_RUNS", "SPARSINGLAW_RESULTS", "SPARSINGLAW_FIGURES")
 
 
+def _make(*args, **env) -> subprocess.CompletedProcess:
+    """`make ARGS` in the repository, under extra env vars: no -k or -n of a calling make, and no folder
+    variable of the caller's environment."""
+    base = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", *ROOT_VARS)}
+    return subprocess.run(["make", "--no-print-directory", *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=60, env={**base, **env})
+
+
 def _make_n(*args, **env) -> str:
     """The commands `make -n ARGS` would run (the venv stamp taken as up to date), under extra env vars."""
-    base = {k: v for k, v in os.environ.items()
-            if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", *ROOT_VARS)}
-    r = subprocess.run(["make", "--no-print-directory", "-n", "-o", ".venv/.installed", *args], cwd=REPO,
-                       capture_output=True, text=True, timeout=60, env={**base, **env})
+    r = _make("-n", "-o", ".venv/.installed", *args, **env)
     assert r.returncode == 0, r.stderr
     return r.stdout
 
@@ -161,13 +166,11 @@ def test_make_figures_is_out_of_date_when_the_results_or_figures_folder_changes(
     fake.write_text(f'#!/bin/sh\necho "$4" >> {calls}\ntouch "$5"\n')  # -m sparsinglaw.notebooks run NB OUT
     fake.chmod(0o755)
     n_notebooks = len(list((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb")))
-    base = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", *ROOT_VARS)}
 
     def figures(**env) -> int:
         calls.write_text("")
-        r = subprocess.run(["make", "--no-print-directory", "-o", ".venv/.installed", "figures", "PROFILE=smoke",
-                            f"PY={fake}"], cwd=REPO, capture_output=True, text=True, timeout=60,
-                           env={**base, "SPARSINGLAW_RUNS": str(tmp_path / "runs"), **env})
+        r = _make("-o", ".venv/.installed", "figures", "PROFILE=smoke", f"PY={fake}",
+                  **{"SPARSINGLAW_RUNS": str(tmp_path / "runs"), **env})
         assert r.returncode == 0, r.stderr
         return len(calls.read_text().splitlines())
 
@@ -200,8 +203,7 @@ def test_make_follows_the_folder_variables():
     assert "touch /tmp/conda-env/.installed" in env and ".venv/" not in env
     assert "/tmp/conda-env/bin/python -m sparsinglaw.notebooks run notebooks/00_overview.ipynb" in env
     for var in ("SPARSINGLAW_RUNS", "SPARSINGLAW_RESULTS"):  # `rm -rf /tmp/my runs/smoke` would remove ./runs/smoke
-        r = subprocess.run(["make", "--no-print-directory", "-n", "clean-runs", "PROFILE=smoke"], cwd=REPO,
-                           capture_output=True, text=True, timeout=60, env={**os.environ, var: "/tmp/my runs"})
+        r = _make("-n", "clean-runs", "PROFILE=smoke", **{var: "/tmp/my runs"})
         assert r.returncode != 0 and r.stdout == "" and "holds a space" in r.stderr, (r.stdout, r.stderr)
 
 
@@ -211,9 +213,7 @@ def test_make_with_an_unknown_profile_names_the_profiles(target):
     """A PROFILE typo stops `make figures` (and nb-NN, replot, verify, ...) with the profiles there, before
     any setup or command runs, not with make's "No rule to make target 'runs/.../00_overview.ipynb'", a
     notebook's traceback, or (replot) advice to make the missing profile."""
-    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}  # no -k of a caller
-    r = subprocess.run(["make", "--no-print-directory", target, "PROFILE=cpu_long"], cwd=REPO, capture_output=True,
-                       text=True, timeout=60, env=env)
+    r = _make(target, "PROFILE=cpu_long")
     assert r.returncode != 0
     profiles = " ".join(sorted(p.stem for p in (REPO / "configs").glob("*.yaml")))
     assert "cpu cpu-long" in profiles
@@ -224,9 +224,7 @@ def test_make_with_an_unknown_profile_names_the_profiles(target):
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 def test_make_nb_with_no_such_notebook_names_the_numbers():
-    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
-    r = subprocess.run(["make", "--no-print-directory", "nb-9", "PROFILE=smoke"], cwd=REPO, capture_output=True,
-                       text=True, timeout=60, env=env)
+    r = _make("nb-9", "PROFILE=smoke")
     numbers = " ".join(sorted(p.name[:2] for p in (REPO / "notebooks").glob("[0-9][0-9]_*.ipynb")))
     assert r.returncode != 0 and r.stdout == ""
     assert f"no notebook for nb-9: make nb-NN takes NN from {numbers}" in r.stderr
@@ -239,13 +237,10 @@ def test_make_clean_runs_refuses_what_is_not_a_profile(tmp_path, profile):
     PROFILE=../results the committed tables: only a profile of configs/ is cleaned, and nothing is removed."""
     for name in ("smoke", "cpu", "_data"):
         (tmp_path / name).mkdir()
-    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
-    r = subprocess.run(["make", "--no-print-directory", "clean-runs", f"PROFILE={profile}"], cwd=REPO,
-                       capture_output=True, text=True, timeout=60, env={**env, "SPARSINGLAW_RUNS": str(tmp_path)})
+    r = _make("clean-runs", f"PROFILE={profile}", SPARSINGLAW_RUNS=str(tmp_path))
     assert r.returncode != 0 and r.stdout == "" and f"PROFILE={profile} is not a profile" in r.stderr, r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["_data", "cpu", "smoke"]
-    r = subprocess.run(["make", "--no-print-directory", "clean-runs", "PROFILE=smoke"], cwd=REPO,
-                       capture_output=True, text=True, timeout=60, env={**env, "SPARSINGLAW_RUNS": str(tmp_path)})
+    r = _make("clean-runs", "PROFILE=smoke", SPARSINGLAW_RUNS=str(tmp_path))
     assert r.returncode == 0 and sorted(p.name for p in tmp_path.iterdir()) == ["_data", "cpu"]
 
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import ast
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
+
+from conftest import committed
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
@@ -46,10 +47,7 @@ def test_the_paper_labels_are_one_list():
     readme = (REPO / "README.md").read_text()
     for r in paper.FIGURES.itertuples():
         assert f"| {r.paper} | {r.what} | `{r.notebook}` | [{r.file}.png](figures/cpu/{r.file}.png) |" in readme
-    tracked = subprocess.run(["git", "ls-files", "--", "figures/*/MANIFEST.csv"], cwd=REPO, capture_output=True,
-                             text=True, timeout=60)  # the committed ones, not a local profile's (figures/smoke)
-    manifests = [REPO / p for p in tracked.stdout.split()] if tracked.returncode == 0 else []
-    for manifest in manifests or [REPO / "figures" / "cpu" / "MANIFEST.csv"]:
+    for manifest in committed("figures/*/MANIFEST.csv") or [REPO / "figures" / "cpu" / "MANIFEST.csv"]:
         with open(manifest, newline="") as f:
             rows = list(csv.DictReader(f))
         assert rows and {r["file"].rsplit(".", 1)[0]: (r["paper"], r["notebook"]) for r in rows} == want, manifest

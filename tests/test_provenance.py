@@ -7,20 +7,14 @@ import csv
 import json
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO, committed
 
 
 def _git(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=60)
-
-
-def committed(pattern: str) -> list[Path]:
-    """The files git tracks that match `pattern` (not a local profile's, such as the ignored figures/smoke)."""
-    return [REPO / p for p in _git("ls-files", "--", pattern).stdout.split()]
 
 
 def _recorded_shas() -> dict[str, set[str]]:

@@ -287,7 +287,8 @@ def run_state(profile: ProfileConfig, run: RunConfig, runs_dir=None) -> RunState
     done = read_done(d / "DONE")
     ck = checkpoints(profile, run, runs_dir) if d.exists() else pd.DataFrame(columns=["tokens"])
     if done is not None and done.get("config_hash") == run.config_hash(profile.data):
-        lost = [s for s in done.get("checkpoints", []) if s not in set(ck["step"])]
+        kept = set(ck["step"])
+        lost = [s for s in done.get("checkpoints", []) if s not in kept]
         problems = tuple(mark_problem(d, s, run.config_hash(profile.data)) for s in lost)
         return RunState(run.name, d.name, "damaged" if lost else "done", total, total, len(ck), d, problems)
     seen = 0
