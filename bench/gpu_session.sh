@@ -4,29 +4,29 @@
 #   bash bench/gpu_session.sh profile       the gpu profile's model stages (python -m sparsinglaw compute),
 #                                           timed, then PPL-1% of one checkpoint on CPU vs CUDA
 #                                           (COMPUTE_ARGS="--set KEY=VALUE ...": extra arguments)
-#   bash bench/gpu_session.sh bench PROBE   our trainer vs the bare probe at SHAPES (default 1M,108M; same
-#                                           shapes), then our trainer eager at EAGER (default 1M; empty:
-#                                           none): does compilation pay for itself over one gpu-profile
-#                                           run? The answer is kept on the machine ($STATE) for a later
-#                                           `profile` call. (KERNELS=1: also a torch.profiler kernel table
-#                                           of our trainer per shape; GRAPHS=1: also 1M with CUDA graphs)
+#   bash bench/gpu_session.sh bench PROBE   our trainer, then the bare probe, at each of SHAPES (default
+#                                           1M,108M; the same shapes), and our trainer eager at EAGER
+#                                           (default none). (KERNELS=1: also a torch.profiler kernel
+#                                           table of our trainer per shape; GRAPHS=1: also 1M with CUDA graphs)
 #   bash bench/gpu_session.sh dry           the bench part on the CPU at a toy size (checks the script)
 #
 # LIMIT (default 590): the seconds this device call may run (the run tool's timeout_s, or the device
 # time left if less). Every step's timeout is taken from it, so that what was finished is always packed
-# and comes back; the benchmark table is rewritten after every measurement. With 15 device-minutes a
-# session, three calls on one warm machine (each within its 30 s of the last; before them, here:
-# `git rev-parse HEAD > .device/git_sha`, and every call carries .device, so results name their commit):
-#   SHAPES=1M LIMIT=200 bash bench/gpu_session.sh bench .device/gpu_probe.py     (~2 min)
-#   LIMIT=480 bash bench/gpu_session.sh profile                                  (compile as decided)
-#   SHAPES=108M EAGER= LIMIT=<left> bash bench/gpu_session.sh bench .device/gpu_probe.py
-# A `profile` call again on the still-warm machine resumes an unfinished one (finished runs and
-# measurements are kept in runs/gpu).
+# and comes back; the benchmark table is rewritten after every measurement and compute_times.json after
+# every stage. With 15 device-minutes a session (a minute or two of them to start the machine), two
+# calls on one warm machine, the second within 30 s of the first (before them, here:
+# `git rev-parse HEAD > .device/git_sha`; every call carries .device, so results name their commit):
+#   LIMIT=585 bash bench/gpu_session.sh profile                     (timeout_s 600: the profile first)
+#   SHAPES=1M,108M LIMIT=<left> bash bench/gpu_session.sh bench .device/gpu_probe.py   if it finished;
+#   LIMIT=<left> bash bench/gpu_session.sh profile                  if not: finished runs and measurements
+#                                                                   are kept in runs/gpu and it resumes
 #
 # Runs from the repository root with the machine's own python3 (torch with CUDA; no venv, no
 # notebooks: the figures are drawn afterwards anywhere with `make replot PROFILE=gpu`). Everything
 # that comes back is written under $OUT (default /tmp/gpu_session): logs, the benchmark table,
-# compute_times.json, gpu_load.csv and results_gpu.tgz (results/gpu plus every run's log.csv and DONE).
+# compute_times.json, gpu_load.csv and results_gpu.tgz (results/gpu plus each run's config.yaml, log.csv,
+# DONE, checkpoint metadata and cached measurements: what a cut-off call finished, to build the tables
+# from here).
 set -uo pipefail
 part=${1:?usage: bash bench/gpu_session.sh profile | bench PROBE | dry}
 OUT=${OUT:-/tmp/gpu_session}
@@ -48,26 +48,18 @@ torch.version.cuda, '|', torch.cuda.get_device_name(0) if torch.cuda.is_availabl
 }
 
 limit=${LIMIT:-590}
-STATE=${STATE:-/tmp/sparsinglaw_gpu_compute_args}  # the bench part's compile choice, kept on the machine
 left() { echo $(( limit - SECONDS )); }  # SECONDS: bash's count since this script started
 upto() { local s=$(( limit - SECONDS - $1 )); echo $(( s > 1 ? s : 1 )); }  # a timeout leaving $1 s
-keep_choice() {  # the bench's compile-or-eager choice, for a later `profile` call on this machine
-  local choice; choice=$(grep '^COMPUTE_ARGS=' "$OUT/bench.log" | tail -n 1 | cut -d= -f2-)
-  if [ -n "$choice" ]; then echo "$choice" > "$STATE"; fi
-}
 
 case "$part" in
   bench)
     probe=${2:?usage: bash bench/gpu_session.sh bench PATH/gpu_probe.py}
     env_info bench
-    tokens=$($PY -c "from sparsinglaw.config import load_profile; print(load_profile('gpu').runs[0].train.tokens)")
-    tokens=${tokens:-100000000}  # tokens per gpu-profile run: what the compile-or-eager estimate is for
     opts=(--shapes "${SHAPES:-1M,108M}")
-    [ -n "${EAGER-1M}" ] && opts+=(--eager "${EAGER-1M}" --decide-tokens "$tokens")
+    [ -n "${EAGER:-}" ] && opts+=(--eager "$EAGER")
     [ "${KERNELS:-0}" = 1 ] && opts+=(--profile-dir "$OUT")
     timeout -k 5 "$(upto 15)" $PY bench/trainer_vs_probe.py --probe "$probe" --probe-seconds 10 "${opts[@]}" \
       --out "$OUT/trainer_vs_probe.md" 2>&1 | tee "$OUT/bench.log"
-    keep_choice
     if [ "${GRAPHS:-0}" = 1 ] && [ "$(left)" -gt 120 ]; then  # optional (about a minute): CUDA graphs at 1M
       timeout -k 5 "$(upto 10)" $PY bench/trainer_vs_probe.py --shapes 1M --compile-mode reduce-overhead \
         --out "$OUT/trainer_1M_cuda_graphs.md" 2>&1 | tee -a "$OUT/bench.log"
@@ -78,31 +70,28 @@ case "$part" in
     # GPU load and memory every 5 s while the profile runs: is the GPU kept busy?
     nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 5 > "$OUT/gpu_load.csv" 2>&1 &
     smi=$!
-    # COMPUTE_ARGS: extra arguments, e.g. "--set compute.compile=false" or "--set train.tokens=50000000";
-    # unset, the compile-or-eager choice of an earlier `bench` call on this machine, if any
-    if [ -z "${COMPUTE_ARGS+x}" ] && [ -s "$STATE" ]; then
-      COMPUTE_ARGS=$(cat "$STATE")
-      echo "compute arguments from the bench part ($STATE): $COMPUTE_ARGS"
-    fi
+    # COMPUTE_ARGS: extra arguments, e.g. "--set compute.compile=false"
     # 75 s are kept for the CPU-vs-CUDA check (45 s) and the packing
     # shellcheck disable=SC2086
     timeout -k 5 "$(upto 75)" $PY -m sparsinglaw compute --profile gpu --no-progress \
       --times "$OUT/compute_times.json" ${COMPUTE_ARGS:-} 2>&1 | tee "$OUT/compute.log"
     kill $smi 2>/dev/null
     runs=${SPARSINGLAW_RUNS:-runs} results=${SPARSINGLAW_RESULTS:-results}
+    # the last checkpoint of relu-s1 (the smallest ReLU run), else of any run that has one (cut off)
     ck=$(ls "$runs"/gpu/relu-s1-*/ckpt_0*.pt 2>/dev/null | tail -n 1)
+    [ -n "$ck" ] || ck=$(ls "$runs"/gpu/*/ckpt_0*.pt 2>/dev/null | tail -n 1)
     if [ -n "$ck" ] && [ "$(left)" -gt 60 ]; then
       timeout -k 5 45 $PY bench/ppl_p_speed.py --checkpoint "$ck" --eval-tokens 16384 --threads 8 --compare-devices \
         --json "$OUT/ppl_devices.json" 2>&1 | tee "$OUT/ppl_devices.log"
     fi
     tar czf "$OUT/results_gpu.tgz" "$results"/gpu "$runs"/gpu/*/log.csv "$runs"/gpu/*/DONE \
-      "$runs"/gpu/*/config.yaml 2>/dev/null || true
+      "$runs"/gpu/*/config.yaml "$runs"/gpu/*/meta_0*.json "$runs"/gpu/*/sparsity-*.json "$runs"/gpu/*/sparsity-*.npz \
+      "$runs"/gpu/*/pareto-*.csv "$runs"/gpu/*/inference-*.json 2>/dev/null || true
     ;;
   dry)
     env_info dry
     timeout -k 5 "$(upto 10)" $PY bench/trainer_vs_probe.py --device cpu --shapes tiny --eager tiny \
-      --decide-tokens 100000000 --out "$OUT/trainer_vs_probe.md" --profile-dir "$OUT" 2>&1 | tee "$OUT/bench.log"
-    keep_choice
+      --out "$OUT/trainer_vs_probe.md" --profile-dir "$OUT" 2>&1 | tee "$OUT/bench.log"
     ;;
   *)
     echo "unknown part $part: profile | bench PROBE | dry" >&2; exit 2 ;;

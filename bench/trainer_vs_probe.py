@@ -11,10 +11,10 @@ each) after the first two (compilation and warm-up). The table gives both and th
 >= 1.0x at 1M and 108M non-embedding parameters. The --out file is rewritten after every measurement,
 so a run cut off at its time limit keeps the rows it finished.
 
-`--eager 1M` also trains our trainer without torch.compile at that shape; `--decide-tokens N` then says
-whether a run of N tokens at that shape is done sooner compiled (warm-up, mostly compilation, plus
-N / tokens/s) or eager, and prints the `compute` arguments for it (bench/gpu_session.sh uses this to
-choose compute.compile for the gpu profile, whose runs are short: ~10-40 s of training each).
+At each shape our trainer runs first, then the probe: a call cut off at its time limit loses the probe's
+row, whose numbers are already known (the GPU issue quotes them), rather than ours. `--eager 1M` also
+trains our trainer without torch.compile at that shape (tokens/s and warm-up seconds beside the compiled
+row's).
 """
 
 from __future__ import annotations
@@ -133,19 +133,6 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def decide_compile(results: list[dict], shape: str, tokens: float) -> tuple[bool | None, str]:
-    """Whether one run of `tokens` tokens at `shape` ends sooner compiled than eager: each costs its
-    measured warm-up plus tokens / tokens/s. (None, why) when either measurement is missing."""
-    c, e = _find(results, shape, "trainer"), _find(results, shape, "trainer-eager")
-    if not (c and e and "tok_s" in c and "tok_s" in e):
-        return None, f"no compiled and eager trainer measurements at {shape}"
-    tc = c["warm_s"] + tokens / c["tok_s"]
-    te = e["warm_s"] + tokens / e["tok_s"]
-    why = (f"{tokens:,.0f} tokens at {shape}: compiled {c['warm_s']:.1f} s warm-up + {tokens / c['tok_s']:.1f} s "
-           f"= {tc:.1f} s, eager {e['warm_s']:.1f} s + {tokens / e['tok_s']:.1f} s = {te:.1f} s")
-    return tc <= te, why
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--probe", type=Path, default=None, help="path of gpu_probe.py (omit: trainer only)")
@@ -162,9 +149,6 @@ def main() -> None:
     ap.add_argument("--profile-dir", type=Path, default=None,
                     help="also write a torch.profiler kernel table of our trainer per shape: DIR/trainer_<shape>.txt")
     ap.add_argument("--eager", default="", help="comma list of shapes also trained by our trainer without compile")
-    ap.add_argument("--decide-tokens", type=float, default=None,
-                    help="with --eager: say whether a run of this many tokens at the first eager shape is faster "
-                         "compiled or eager (a line 'COMPUTE_ARGS=...' for the gpu profile)")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: one trainer run, JSON out
     a = ap.parse_args()
     shapes = [s for s in a.shapes.split(",") if s]
@@ -182,8 +166,8 @@ def main() -> None:
         print("RESULT " + json.dumps(r))
         return
     results = []
-    # the probe and our trainer at each shape, then the eager runs (if time is cut short, they go first)
-    todo = [(shape, who) for shape in shapes for who in ("probe", "trainer")]
+    # our trainer and the probe at each shape, then the eager runs (a call cut short loses these first)
+    todo = [(shape, who) for shape in shapes for who in ("trainer", "probe")]
     todo += [(shape, "trainer-eager") for shape in eager if not a.no_compile]
     for shape, who in todo:
         if who == "probe":
@@ -195,10 +179,6 @@ def main() -> None:
         print(f"{who} {shape}: {results[-1]}", flush=True)
         write_table(results, a.out)
     print(table(results))
-    if a.decide_tokens is not None and eager:
-        use, why = decide_compile(results, eager[0], a.decide_tokens)
-        print(f"compile decision: {why}", flush=True)
-        print("COMPUTE_ARGS=" + ("" if use is None else f"--set compute.compile={str(use).lower()}"), flush=True)
 
 
 def trainer_subprocess(a: argparse.Namespace, shape: str, compiled: bool) -> dict:

@@ -23,9 +23,7 @@ def _load(name):
 
 
 def test_gpu_session_dry_run_trains_with_our_trainer(tmp_path):
-    state = tmp_path / "state" / "compute_args"
-    state.parent.mkdir()
-    env = dict(os.environ, OUT=str(tmp_path), PY=sys.executable, OMP_NUM_THREADS="1", STATE=str(state))
+    env = dict(os.environ, OUT=str(tmp_path), PY=sys.executable, OMP_NUM_THREADS="1")
     r = subprocess.run(["bash", "bench/gpu_session.sh", "dry"], cwd=REPO, env=env, capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0, r.stderr
@@ -36,11 +34,6 @@ def test_gpu_session_dry_run_trains_with_our_trainer(tmp_path):
     eager = next(line for line in table.splitlines() if line.startswith("| tiny (trainer eager)"))
     cells = [c.strip() for c in eager.strip("|").split("|")]
     assert float(cells[4].replace(",", "")) > 0 and float(cells[7]) >= 0  # eager tokens/s and warm-up seconds
-    log = (tmp_path / "bench.log").read_text()
-    assert "compile decision: 100,000,000 tokens at tiny" in log
-    choice = next(line for line in log.splitlines() if line.startswith("COMPUTE_ARGS="))[len("COMPUTE_ARGS="):]
-    assert choice in ("--set compute.compile=true", "--set compute.compile=false")
-    assert state.read_text().strip() == choice  # kept for a later `profile` call on the same machine
     assert (tmp_path / "env_dry.txt").exists()
     prof = (tmp_path / "trainer_tiny.txt").read_text()
     assert "self_cpu_time_total" in prof and "aten::" in prof  # the profiler's kernel table of our trainer
@@ -48,31 +41,38 @@ def test_gpu_session_dry_run_trains_with_our_trainer(tmp_path):
 
 def test_gpu_session_profile_packs_what_it_has_when_cut_off(tmp_path):
     """`profile` with a short LIMIT: compute is stopped at LIMIT - 75 s (15 s: enough to start and print its
-    plan, not to build the corpus), the compute arguments come from an earlier bench call's choice, and
-    the results archive is still written."""
-    state = tmp_path / "compute_args"
-    state.write_text("--set compute.device=cpu --set compute.compile=false\n")
+    plan, not to build the corpus); compute_times.json says which stage was cut off, and the results
+    archive holds what earlier calls finished: the tables and each run's records (a later call resumes
+    from them on the machine; here they build the tables)."""
     out = tmp_path / "out"
     kept = [tmp_path / "results" / "gpu" / "earlier.csv"]  # what an earlier call finished: packed
-    kept += [tmp_path / "runs" / "gpu" / "earlier-run" / f for f in ("log.csv", "DONE", "config.yaml")]
-    for f in kept:
+    run = tmp_path / "runs" / "gpu" / "earlier-run"
+    kept += [run / f for f in ("log.csv", "DONE", "config.yaml", "meta_0000100.json", "sparsity-fast-abc.json",
+                               "sparsity-fast-abc.npz", "pareto-abc.csv", "inference-abc.json")]
+    left_out = [run / "ckpt_0000100.pt", run / "ckpt_last.pt"]  # checkpoints stay on the machine
+    for f in kept + left_out:
         f.parent.mkdir(parents=True, exist_ok=True)
         f.write_text("x\n")
-    env = dict(os.environ, OUT=str(out), PY=sys.executable, OMP_NUM_THREADS="1", STATE=str(state), LIMIT="90",
+    env = dict(os.environ, OUT=str(out), PY=sys.executable, OMP_NUM_THREADS="1", LIMIT="90",
+               COMPUTE_ARGS="--set compute.device=cpu --set compute.compile=false",
                SPARSINGLAW_RUNS=str(tmp_path / "runs"), SPARSINGLAW_RESULTS=str(tmp_path / "results"),
                SPARSINGLAW_DATA=str(tmp_path / "data"))
     r = subprocess.run(["bash", "bench/gpu_session.sh", "profile"], cwd=REPO, env=env, capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    assert "compute arguments from the bench part" in r.stdout and "compute.compile=false" in r.stdout
     from sparsinglaw.config import load_profile
 
     n = len(load_profile("gpu").runs)
     assert f"profile gpu: {n} runs on cpu" in (out / "compute.log").read_text()
-    assert (out / "results_gpu.tgz").exists() and not (out / "compute_times.json").exists()  # cut off
+    import json
+
+    times = json.loads((out / "compute_times.json").read_text())
+    assert times["complete"] is False and times["running"] == "train" and times["seconds"] == {}
+    assert (out / "results_gpu.tgz").exists()
     with tarfile.open(out / "results_gpu.tgz") as tar:  # (tar writes the file even when it packs nothing)
         packed = {"/" + n for n in tar.getnames()}
     assert {str(f) for f in kept} <= packed, packed
+    assert not {str(f) for f in left_out} & packed, packed
 
 
 def test_probe_summary_is_parsed(tmp_path):
@@ -100,23 +100,10 @@ def test_probe_summary_is_parsed(tmp_path):
     assert "570,000" in line and "600,000" in line and "1.05x" in line and "41.0%" in line
 
 
-def test_compile_decision_weighs_warm_up_against_speed():
-    """Compiled: 40 s warm-up at 10M tokens/s; eager: 2 s at 5M tokens/s. Equal at 380M tokens
-    (40 + T/1e7 = 2 + T/5e6), so 100M tokens go eager and 1B compiled."""
-    tvp = _load("trainer_vs_probe")
-    res = [{"shape": "1M", "who": "probe", "tok_s": 1.1e7},
-           {"shape": "1M", "who": "trainer", "tok_s": 1e7, "warm_s": 40.0},
-           {"shape": "1M", "who": "trainer-eager", "tok_s": 5e6, "warm_s": 2.0}]
-    use, why = tvp.decide_compile(res, "1M", 1e8)
-    assert use is False and "compiled 40.0 s warm-up + 10.0 s = 50.0 s" in why
-    assert "eager 2.0 s + 20.0 s = 22.0 s" in why
-    assert tvp.decide_compile(res, "1M", 1e9)[0] is True
-    assert tvp.decide_compile(res[:2], "1M", 1e8)[0] is None  # no eager measurement: no decision
-    assert tvp.decide_compile(res[:2] + [{"shape": "1M", "who": "trainer-eager", "error": "x"}], "1M", 1e8)[0] is None
-
-
 def test_benchmark_table_is_written_after_every_measurement(tmp_path, monkeypatch):
-    """A run cut off at its time limit keeps the rows it finished: the table is rewritten each time."""
+    """A run cut off at its time limit keeps the rows it finished: the table is rewritten each time, and
+    at each shape our trainer runs before the probe (whose numbers are known), so a call cut off during
+    the 108M probe keeps our 108M row."""
     tvp = _load("trainer_vs_probe")
     fake = tmp_path / "probe.py"
     fake.write_text(
@@ -126,21 +113,29 @@ def test_benchmark_table_is_written_after_every_measurement(tmp_path, monkeypatc
     calls = []
 
     def trainer(a, shape, compiled):
-        calls.append((shape, compiled))
-        if len(calls) == 2:
+        calls.append(("trainer", shape))
+        return {"shape": shape, "who": "trainer", "tok_s": 1.2e7 if shape == "1M" else 6e5, "warm_s": 30.0,
+                "n_nonemb": 1.05e6 if shape == "1M" else 113.2e6, "batch": 256, "seq": 1024, "mfu_nonemb": 0.1}
+
+    real_probe = tvp.probe_run
+
+    def probe(path, shape, seconds):
+        calls.append(("probe", shape))
+        if shape == "108M":
             raise TimeoutError("cut off")
-        return {"shape": shape, "who": "trainer", "tok_s": 1.2e7, "warm_s": 30.0, "n_nonemb": 1.05e6,
-                "batch": 256, "seq": 1024, "mfu_nonemb": 0.1}
+        return real_probe(path, shape, seconds)
 
     monkeypatch.setattr(tvp, "trainer_subprocess", trainer)
+    monkeypatch.setattr(tvp, "probe_run", probe)
     out = tmp_path / "t.md"
     monkeypatch.setattr(sys, "argv", ["tvp", "--probe", str(fake), "--shapes", "1M,108M", "--out", str(out)])
     with pytest.raises(TimeoutError):
         tvp.main()
     rows = [line for line in out.read_text().splitlines() if line.startswith("| 1")]
-    assert calls == [("1M", True), ("108M", True)]
+    assert calls == [("trainer", "1M"), ("probe", "1M"), ("trainer", "108M"), ("probe", "108M")]
     assert len(rows) == 2 and "10,630,000" in rows[0] and "12,000,000" in rows[0] and "1.13x" in rows[0]
-    assert rows[1].startswith("| 108M") and "not run" in rows[1]  # the 108M probe finished, its trainer did not
+    cells = [c.strip() for c in rows[1].strip("|").split("|")]
+    assert cells[0] == "108M" and cells[3] == "not run" and cells[4] == "600,000"  # ours kept, the probe's cut
 
 
 def test_device_agreement_report(capsys):
@@ -165,7 +160,7 @@ def _fake_py(tmp_path, body):
 
 def _session(tmp_path, part, *args, timeout=60, **env_extra):
     out = tmp_path / "out"
-    env = dict(os.environ, OUT=str(out), OMP_NUM_THREADS="1", STATE=str(tmp_path / "state"), **env_extra)
+    env = dict(os.environ, OUT=str(out), OMP_NUM_THREADS="1", **env_extra)
     for k in ("SHAPES", "EAGER", "KERNELS", "GRAPHS", "LIMIT"):
         if k not in env_extra:
             env.pop(k, None)
@@ -175,32 +170,20 @@ def _session(tmp_path, part, *args, timeout=60, **env_extra):
     return r, out, calls
 
 
-def test_gpu_session_bench_passes_shapes_eager_and_keeps_the_choice(tmp_path):
+def test_gpu_session_bench_passes_shapes_and_eager(tmp_path):
     """The bench part's arguments (no GPU: the trainer_vs_probe call is a stand-in): by default 1M,108M
-    with eager 1M and the gpu profile's tokens for the decision, whose COMPUTE_ARGS line is kept in STATE;
-    EAGER= (the third call) trains no eager run and leaves the earlier choice in STATE."""
-    from sparsinglaw.config import load_profile
-
-    body = "echo 'COMPUTE_ARGS=--set compute.compile=false'; exit 0"
-    py = _fake_py(tmp_path, body)
+    and no eager run; EAGER, KERNELS and GRAPHS add theirs."""
+    py = _fake_py(tmp_path, "exit 0")
     r, out, calls = _session(tmp_path, "bench", ".device/gpu_probe.py", PY=str(py))
     assert r.returncode == 0, r.stderr
-    tokens = load_profile("gpu").runs[0].train.tokens
     assert calls == [f"bench/trainer_vs_probe.py --probe .device/gpu_probe.py --probe-seconds 10 --shapes 1M,108M "
-                     f"--eager 1M --decide-tokens {tokens} --out {out}/trainer_vs_probe.md"]
-    assert (tmp_path / "state").read_text() == "--set compute.compile=false\n"
-    assert "COMPUTE_ARGS=" in (out / "bench.log").read_text() and (out / "env_bench.txt").exists()
-    (tmp_path / "calls.txt").unlink()
-    py = _fake_py(tmp_path, "exit 0")  # prints no choice
-    r, out, calls = _session(tmp_path, "bench", "p.py", PY=str(py), SHAPES="108M", EAGER="")
-    assert r.returncode == 0, r.stderr
-    assert calls == [f"bench/trainer_vs_probe.py --probe p.py --probe-seconds 10 --shapes 108M "
                      f"--out {out}/trainer_vs_probe.md"]
-    assert (tmp_path / "state").read_text() == "--set compute.compile=false\n"  # the first call's choice
+    assert (out / "bench.log").exists() and (out / "env_bench.txt").exists()
     (tmp_path / "calls.txt").unlink()
-    r, out, calls = _session(tmp_path, "bench", "p.py", PY=str(py), SHAPES="1M", KERNELS="1", GRAPHS="1")
-    assert calls[0].endswith(f"--shapes 1M --eager 1M --decide-tokens {tokens} --profile-dir {out} "
-                             f"--out {out}/trainer_vs_probe.md")
+    r, out, calls = _session(tmp_path, "bench", "p.py", PY=str(py), SHAPES="1M", EAGER="1M", KERNELS="1", GRAPHS="1")
+    assert r.returncode == 0, r.stderr
+    assert calls[0] == (f"bench/trainer_vs_probe.py --probe p.py --probe-seconds 10 --shapes 1M --eager 1M "
+                        f"--profile-dir {out} --out {out}/trainer_vs_probe.md")
     assert calls[1] == (f"bench/trainer_vs_probe.py --shapes 1M --compile-mode reduce-overhead "
                         f"--out {out}/trainer_1M_cuda_graphs.md")
 

@@ -108,6 +108,7 @@ def test_compute_writes_every_results_table_replot_needs(tmp_path, monkeypatch, 
     assert "draw the figures with the notebooks, with replot=True and a profile YAML that holds these --set" in out
     times = json.loads((tmp_path / "times.json").read_text())
     assert list(times["seconds"]) == ["train", "training logs", "measure", "sparse inference", "total"]
+    assert times["complete"] is True and times["running"] is None
     profile = load_profile(mini_path, overrides=MINI)
     table = measure.read_results(profile, strict=True)
     assert set(table["run"]) == {"relu-s1", "silu-s1"}

@@ -67,7 +67,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="parallel processes (default: compute.jobs; 0 = one per core)")
     c.add_argument("--no-progress", action="store_true", help="no progress bars")
     c.add_argument("--times", default=None, metavar="PATH",
-                   help="also write the wall time of each stage as JSON to PATH")
+                   help="also write the wall time of each stage as JSON to PATH (rewritten as each stage "
+                        "starts; \"complete\": true once every stage has run)")
 
     r = sub.add_parser("runs", help="list the runs of a profile and their state")
     common(r)
@@ -290,7 +291,7 @@ def _compute(profile, args) -> int:
 
     from . import inference, measure, runs
     from .device import leave_distributed, resolve_device
-    from .train import versions
+    from .train import atomic_write_text, versions
 
     progress = not args.no_progress
     dev = resolve_device(profile.compute.device)
@@ -309,7 +310,15 @@ def _compute(profile, args) -> int:
         print("pareto: skipped (sparsity.pareto_runs is empty)")
         stages = [st for st in stages if st[0] != "pareto"]
     times, t0 = {}, time.perf_counter()
+
+    def write_times(running: str | None) -> None:  # after every stage: a run cut off keeps what it timed
+        if args.times and _rank() == 0:
+            out = {"profile": profile.name, "device": where, "seconds": times, "complete": running is None,
+                   "running": running, "elapsed": round(time.perf_counter() - t0, 1), "versions": versions()}
+            atomic_write_text(Path(args.times), json.dumps(out, indent=1) + "\n")
+
     for name, fn in stages:
+        write_times(name)
         t = time.perf_counter()
         fn()
         times[name] = round(time.perf_counter() - t, 1)
@@ -322,7 +331,5 @@ def _compute(profile, args) -> int:
     times["total"] = round(time.perf_counter() - t0, 1)
     print(f"total: {times['total']:.1f} s; results in {runs.results_dir(profile.name)}/ (draw the figures with "
           f"{_draw_hint(profile)})")
-    if args.times:
-        out = {"profile": profile.name, "device": where, "seconds": times, "versions": versions()}
-        Path(args.times).write_text(json.dumps(out, indent=1) + "\n")
+    write_times(None)
     return 0
