@@ -25,8 +25,8 @@
 # notebooks: the figures are drawn afterwards anywhere with `make replot PROFILE=gpu`). Everything
 # that comes back is written under $OUT (default /tmp/gpu_session): logs, the benchmark table,
 # compute_times.json, gpu_load.csv and results_gpu.tgz (results/gpu plus each run's config.yaml, log.csv,
-# DONE, checkpoint metadata and cached measurements: what a cut-off call finished, to build the tables
-# from here).
+# DONE, checkpoint metadata and cached measurements: what a cut-off call finished comes back to be read,
+# though the tables are built only on the machine, whose corpus the measurements name).
 set -uo pipefail
 part=${1:?usage: bash bench/gpu_session.sh profile | bench PROBE | dry}
 OUT=${OUT:-/tmp/gpu_session}

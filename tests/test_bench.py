@@ -42,8 +42,8 @@ def test_gpu_session_dry_run_trains_with_our_trainer(tmp_path):
 def test_gpu_session_profile_packs_what_it_has_when_cut_off(tmp_path):
     """`profile` with a short LIMIT: compute is stopped at LIMIT - 75 s (15 s: enough to start and print its
     plan, not to build the corpus); compute_times.json says which stage was cut off, and the results
-    archive holds what earlier calls finished: the tables and each run's records (a later call resumes
-    from them on the machine; here they build the tables)."""
+    archive holds what earlier calls finished: the tables and each run's logs and records (a later call
+    resumes from them on the machine), not the checkpoints."""
     out = tmp_path / "out"
     kept = [tmp_path / "results" / "gpu" / "earlier.csv"]  # what an earlier call finished: packed
     run = tmp_path / "runs" / "gpu" / "earlier-run"
