@@ -154,6 +154,17 @@ def test_pareto_points(tiny, smoke_tokens):
     assert zeros["ppl_ratio"] == pytest.approx(1.0, abs=1e-6)  # dropping exact zeros of ReLU changes nothing
     cett = df[df["method"] == "cett"].sort_values("param")
     assert cett["activation_ratio"].is_monotonic_decreasing
+    d_ff = tiny.run("relu-s1").model.d_ff
+    ks = measure.topk_ks(tiny.sparsity.topk_fracs, d_ff)
+    top = df[df["method"] == "topk"]
+    assert sorted(top["param"].astype(int)) == ks
+    np.testing.assert_allclose(top["activation_ratio"], top["param"] / d_ff, rtol=0, atol=1e-9)  # k of d_ff
+
+
+def test_topk_ks_round_to_the_nearest_k():
+    """k = round(f * d_ff), at least 1, each once: at d_ff = 32, 0.05 -> 1.6 -> 2 (not 1), 0.3 -> 9.6 -> 10."""
+    assert measure.topk_ks([0.05, 0.1, 0.2, 0.3, 0.5, 0.7], 32) == [2, 3, 6, 10, 16, 22]
+    assert measure.topk_ks([0.001, 0.002], 100) == [1]
 
 
 def test_pareto_without_its_checkpoints_is_one_error_line(tiny, smoke_tokens, tmp_path, monkeypatch, capsys):

@@ -9,7 +9,7 @@ import dataclasses
 import pytest
 import torch
 
-from sparsinglaw import paper
+from sparsinglaw import paper, sparsity
 from sparsinglaw.config import load_profile, tokens_per_step
 from sparsinglaw.model import Transformer, num_params_from_config
 
@@ -64,6 +64,13 @@ def test_paper_profile_measures_like_the_authors():
     s = load_profile("paper").sparsity
     assert 2_000_000 <= s.eval_tokens <= 2_200_000
     assert s.tol == 1e-3 and s.n_grid == 65_536 and s.n_last == 5 and 1 in s.p
+    # fields paper.yaml leaves to the defaults: the bisection's exact answer, the fast implementation,
+    # the dead-neuron rule and the Fig. 3 baselines the gpu profile writes out
+    assert s.search == "bisect" and s.impl == "fast" and s.dead_freq == sparsity.DEAD_FREQ == 1e-3
+    gpu = load_profile("gpu").sparsity
+    for f in ("cett_sweep", "topk_fracs", "fat_eps", "dead_freq", "search"):
+        assert getattr(s, f) == getattr(gpu, f), f
+    assert s.topk_fracs == [0.05, 0.1, 0.2, 0.3, 0.5, 0.7] and s.fat_eps == [0.01, 0.03, 0.1, 0.3, 1.0]
 
 
 def test_width_depth_grid_is_the_papers():

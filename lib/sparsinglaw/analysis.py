@@ -44,7 +44,7 @@ from .runs import (
     write_table,
 )
 
-ANALYSIS_VERSION = 4  # bump when a derived table changes meaning (invalidates the cached tables)
+ANALYSIS_VERSION = 5  # bump when a derived table changes meaning (invalidates the cached tables)
 CODE_FILES = ("laws.py", "analysis.py")  # the fitting code; its sha256 is recorded, not part of the cache key
 
 # the paper's law for each activation: Eq. 4 for ReLU (falls towards A0), Eq. 5 for SiLU (rises
@@ -52,6 +52,7 @@ CODE_FILES = ("laws.py", "analysis.py")  # the fitting code; its sha256 is recor
 FORM = {"relu": "logspace_power", "relu2": "logspace_power", "silu": "power", "gelu": "power",
         "gelu_tanh": "power"}
 ALTERNATIVES = ("logspace_power", "power", "log", "sigmoid")  # the forms compared (rebuttal)
+FORM_NULL_SIMS = 100  # simulated data sets per run for law_forms' test (laws.form_null; p in steps of 1/101)
 RUN_COLUMNS = ["run", "activation", "groups", "d_model", "n_layers", "width_depth", "non_embedding_params"]
 NEURON_ID = ("run", "step", "layer", "neuron")  # neurons.csv columns that are not frequencies
 
@@ -211,7 +212,9 @@ def form_comparison(table: pd.DataFrame, spec: laws.FitSpec, p: float = 1.0,
                     forms=ALTERNATIVES, progress: bool = False) -> pd.DataFrame:
     """Every form of `forms` on every run (same points and drop rule; no bootstrap): MSE, MAE, AIC, AICc,
     BIC (k identified parameters each), hold-out errors, convergence; delta_aic and delta_aicc from the run's
-    lowest (any form with one); paper_form marks the paper's form for the run's activation."""
+    lowest (any form with one); paper_form marks the paper's form for the run's activation. On the paper
+    form's row, null_p and null_n: laws.form_null's test of its AICc gap to the best other form against
+    the gaps that data simulated from the paper form's own fit give (FORM_NULL_SIMS sets at most)."""
     out = []
     for _, g in _by_run(activation_points(table, p), "fit forms", progress):
         D, A = g["D"].to_numpy(), g["activation_ratio"].to_numpy()
@@ -222,9 +225,15 @@ def form_comparison(table: pd.DataFrame, spec: laws.FitSpec, p: float = 1.0,
                                                                      "message": f"not fitted: {err}"})
         c = _frame(rows, ["form", "n_params", "k", "n_used", "mse", "mae", "aic", "aicc", "bic", "converged",
                           "holdout_mse", "holdout_mae", "message"])
+        paper = form_for(g["activation"].iloc[0])
+        null, err = (None, why) if why or paper not in forms else _try_fit(
+            laws.form_null, D, A, paper, tuple(f for f in forms if f != paper), spec,
+            min(spec.n_boot, FORM_NULL_SIMS))
         # over every form with a criterion (a fit on a bound is still a curve)
         c = c.assign(delta_aic=c["aic"] - c["aic"].min(), delta_aicc=c["aicc"] - c["aicc"].min(),
-                     paper_form=c["form"] == form_for(g["activation"].iloc[0]))
+                     paper_form=c["form"] == paper)
+        c["null_p"] = np.where(c["paper_form"], null["p"] if null else np.nan, np.nan)
+        c["null_n"] = np.where(c["paper_form"], null["n_ok"] if null else 0, 0)
         for k, v in reversed(list(_info(g).items())):
             c.insert(0, k, v)
         out.append(c)

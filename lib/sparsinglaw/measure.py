@@ -397,6 +397,12 @@ def run_worker(fn, profile_path: str, overrides: list[str], name: str, runs_dir,
     fn(profile, profile.run(name), runs_dir, progress, *args)
 
 
+def topk_ks(fracs, d_ff: int) -> list[int]:
+    """The Top-k baseline's k for fractions `fracs` of d_ff: each rounded to the nearest integer, at least
+    1, once each, in increasing order."""
+    return sorted({max(1, round(f * d_ff)) for f in fracs})
+
+
 def measured_runs(profile: ProfileConfig) -> list[RunConfig]:
     """The runs measured checkpoint by checkpoint: every dense run. An MoE run (model.n_experts > 0) is
     a baseline of paper Fig. 2 only: it gets its own Pareto curve (pareto_run), not the laws' tables."""
@@ -557,7 +563,7 @@ def pareto_run(profile: ProfileConfig, run: RunConfig, runs_dir=None, progress: 
         if moe:  # its own curve, every number of routed experts (paper Fig. 2)
             points = sp.sweep_experts(model, batches, range(1, run.model.n_experts + 1))
         else:
-            ks = sorted({max(1, round(f * run.model.d_ff)) for f in scfg.topk_fracs})
+            ks = topk_ks(scfg.topk_fracs, run.model.d_ff)
             points = sp.sweep_cett(model, batches, scfg.cett_sweep, scfg.n_grid)
             points += sp.sweep_topk(model, batches, ks) + sp.sweep_topk(model, batches, ks, per_batch=True)
             points += sp.sweep_fat(model, batches, scfg.fat_eps)
