@@ -243,16 +243,16 @@ def test_b_in_a_needs_b_converged_and_inside_both_bounds(tmp_path):
     it, whatever its value; the summary counts the runs converged in one folder only."""
     b = _copy(tmp_path, "b")
     fits = runs.read_csv(COMMITTED / "fits.csv").set_index("run")
-    lo = fits.at["relu-wd32", "A0_lo"]
-    assert fits.loc[["relu-wd32", "relu-wd96"], "converged"].all()
+    lo = fits.at["relu-wd18.7", "A0_lo"]
+    assert fits.loc[["relu-wd18.7", "relu-wd96"], "converged"].all()
 
     def edit(df):
-        df = df.assign(A0=df["A0"].where(df["run"] != "relu-wd32", lo - 0.001))
+        df = df.assign(A0=df["A0"].where(df["run"] != "relu-wd18.7", lo - 0.001))
         return df.assign(converged=df["converged"] & (df["run"] != "relu-wd96"))  # A0 kept as it was
 
     _rewrite(b, "fits", edit)
     f = compare.compare(COMMITTED, b)["fits"].set_index("run")
-    assert not f.at["relu-wd32", "b_in_a"] and f.at["relu-wd32", "A0_b"] == pytest.approx(lo - 0.001)
+    assert not f.at["relu-wd18.7", "b_in_a"] and f.at["relu-wd18.7", "A0_b"] == pytest.approx(lo - 0.001)
     assert not f.at["relu-wd96", "b_in_a"] and pd.isna(f.at["relu-wd96", "A0_b"])
     assert f.at["relu-wd96", "A0_a"] == fits.at["relu-wd96", "A0"]
     n_both = int((fits["converged"] & ~fits.index.isin(["relu-wd96"])).sum())
