@@ -226,7 +226,7 @@ def form_comparison(table: pd.DataFrame, spec: laws.FitSpec, p: float = 1.0,
         c = _frame(rows, ["form", "n_params", "k", "n_used", "mse", "mae", "aic", "aicc", "bic", "converged",
                           "holdout_mse", "holdout_mae", "message"])
         paper = form_for(g["activation"].iloc[0])
-        null, err = (None, why) if why or paper not in forms else _try_fit(
+        null, _ = (None, why) if why or paper not in forms else _try_fit(
             laws.form_null, D, A, paper, tuple(f for f in forms if f != paper), spec,
             min(spec.n_boot, FORM_NULL_SIMS))
         # over every form with a criterion (a fit on a bound is still a curve)

@@ -310,9 +310,9 @@ def law_forms(comparison: pd.DataFrame) -> dict:
     worst = c.loc[~ok, ["run", "delta_aicc"]]
     low = c.loc[null_p < ALPHA, "run"].tolist()
     untested = c.loc[null_p.isna(), "run"].tolist()
+    n_sim = pd.to_numeric(c["null_n"], errors="coerce").max() if "null_n" in c else 0
     note = ("AICc on the same points and drop rule; a fit on a bound still counts as a curve; p per run from "
-            f"{int(pd.to_numeric(c['null_n'], errors='coerce').max()) if 'null_n' in c and null_p.notna().any() else 0}"
-            " simulated data sets at most"
+            f"{int(n_sim) if n_sim > 0 else 0} simulated data sets at most"
             + ("; paper form behind: " + ", ".join(f"{r} (dAICc {_g(d)})" for r, d in worst.itertuples(index=False))
                if len(worst) else "")
             + (f"; p < {ALPHA:g}: " + ", ".join(f"{r} ({_g(v)})" for r, v in zip(low, null_p[null_p < ALPHA],

@@ -383,10 +383,9 @@ def _judge(form, D, A, res, spec, unidentified=None):
     elif not span > FLAT * np.ptp(A):  # e.g. Eq. 4 on data that do not fall: its transient is 0 everywhere
         fails.append(f"the fitted curve is flat over the used points (it spans {span:.2g}, the data "
                      f"{np.ptp(A):.2g}): no approach to a limit is seen")
-    elif form.limit is not None and not constant_test(form, D, A, res.x)[1] < BEAT_CONSTANT:
-        F, p = constant_test(form, D, A, res.x)
-        fails.append(f"the law fits no better than a constant (F = {F:.2g}, p = {p:.2g} >= {BEAT_CONSTANT:g}): "
-                     "no approach to a limit is seen")
+    elif form.limit is not None and not (const := constant_test(form, D, A, res.x))[1] < BEAT_CONSTANT:
+        fails.append(f"the law fits no better than a constant (F = {const[0]:.2g}, p = {const[1]:.2g} >= "
+                     f"{BEAT_CONSTANT:g}): no approach to a limit is seen")
     elif form.limit is not None and form.limit in (unidentified if unidentified is not None
                                                    else _unidentified(form, D, res.x)):
         fails.append(f"the limit {form.limit} is not identified: other values of it fit the data as well")
@@ -621,8 +620,8 @@ def _aicc_of(form, D, A, x):
 
 def _refit(form, D, A, x, spec):
     """Least squares from x, with `form.redundant` held at its value in x (the same curves: it only acts
-    with another parameter, and leaving it free lets the optimizer wander along that direction, ~50x
-    the function evaluations of the logarithmic form). The full parameter vector, or None if it failed."""
+    with another parameter; left free, the optimizer wanders along that direction: the logarithmic form
+    took about 60 times the function evaluations). The full parameter vector, or None if it failed."""
     if form.redundant is None:
         res = _lsq(form, D, A, x, spec)
         return res.x if _ok(res) else None
@@ -647,10 +646,11 @@ def form_null(D, A, paper, others, spec=None, n_sim=None) -> dict:
     with a run's own fit and noise, comes within 2 AICc of the three-parameter alternatives only a few
     times in ten (they imitate the curve within the noise): "within 2 AICc" alone would reject a true law.
     Here the observed delta is compared with its distribution under the fitted paper curve plus resampled
-    rescaled residuals (as `_bootstrap` draws them; n_sim sets, default spec.n_boot, seed spec.seed), each
-    form refitted from its fit to the real data (`_refit`). p = (1 + #{delta_sim >= delta}) / (1 + n_ok): small when
-    the alternatives beat the paper form by more than they do on data the paper form made. NaN (no
-    test) when a fit fails, the paper form has no finite AICc (n <= k + 2 points) or n_sim is 0.
+    rescaled residuals (as `_bootstrap` draws them; n_sim sets, default spec.n_boot, seed spec.seed),
+    each form refitted from its fit to the real data (`_refit`). p = (1 + #{delta_sim >= delta}) /
+    (1 + n_ok): small when the alternatives beat the paper form by more than they do on data the paper
+    form made. NaN (no test) when a fit fails, the paper form has no finite AICc (n <= k + 2 points) or
+    n_sim is 0.
     Returns delta, p, n_sim and n_ok (the simulated sets whose paper-form refit converged)."""
     spec = _resolve_spec(spec, {})
     n_sim = spec.n_boot if n_sim is None else n_sim
