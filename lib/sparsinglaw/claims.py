@@ -308,15 +308,15 @@ def law_forms(comparison: pd.DataFrame) -> dict:
     if "delta_aic" in c:  # the same rule by AIC, without the small-sample correction (reported, not used)
         value += f"; by AIC {int(c['delta_aic'].le(2.0).sum())}/{len(c)}"
     worst = c.loc[~ok, ["run", "delta_aicc"]]
-    low = c.loc[null_p < ALPHA, "run"].tolist()
+    low = null_p[null_p < ALPHA]
     untested = c.loc[null_p.isna(), "run"].tolist()
     n_sim = pd.to_numeric(c["null_n"], errors="coerce").max() if "null_n" in c else 0
     note = ("AICc on the same points and drop rule; a fit on a bound still counts as a curve; p per run from "
             f"{int(n_sim) if n_sim > 0 else 0} simulated data sets at most"
             + ("; paper form behind: " + ", ".join(f"{r} (dAICc {_g(d)})" for r, d in worst.itertuples(index=False))
                if len(worst) else "")
-            + (f"; p < {ALPHA:g}: " + ", ".join(f"{r} ({_g(v)})" for r, v in zip(low, null_p[null_p < ALPHA],
-                                                                              strict=True)) if low else "")
+            + (f"; p < {ALPHA:g}: " + ", ".join(f"{r} ({_g(v)})" for r, v in zip(c.loc[low.index, "run"], low,
+                                                                              strict=True)) if len(low) else "")
             + (f"; no test (counted as p = 0.5): {', '.join(untested)}" if untested else "")
             + (f"; {missed}" if missed else ""))
     return _row("law_forms", value, verdict, len(c), note)

@@ -347,13 +347,24 @@ FLAT = 1e-3  # a fitted curve spanning less than this share of the data's spread
 BEAT_CONSTANT = 0.05  # a law with a limit must fit better than a constant at this level (F-test) to converge
 
 
+def _rss(form, D, A, x) -> float:
+    """Sum of squared plain residuals A - f(D) of `form` at x (whatever the loss; inf or NaN where the
+    curve leaves its domain)."""
+    with np.errstate(all="ignore"):
+        return float(np.sum((A - form.f(D, *x)) ** 2))
+
+
+def _n_log_mse(rss: float, n: int) -> float:
+    """n * log(RSS / n), the Gaussian log-likelihood term of information_criteria (NaN for a non-finite RSS)."""
+    return n * math.log(max(rss, 1e-300) / n) if np.isfinite(rss) else math.nan
+
+
 def constant_test(form, D, A, x):
     """(F, p) of the nested F-test of `form` at x against a constant (the mean of A): whether the fitted
     curve explains more of A than a constant does, with k - 1 and n - k degrees of freedom (k identified
     parameters). The constant is the law's c -> 0 edge, where alpha is not identified: the F reference
     then makes p too small if anything, so a fit that fails this test shows no trend at all."""
-    with np.errstate(all="ignore"):
-        rss = float(np.sum((A - form.f(D, *x)) ** 2))
+    rss = _rss(form, D, A, x)
     rss0, df1, df2 = float(np.sum((A - A.mean()) ** 2)), form.k - 1, D.size - form.k
     if df2 <= 0 or not np.isfinite(rss):
         return math.nan, math.nan
@@ -582,8 +593,7 @@ def fit(form, D, A, spec=None, **overrides) -> FitResult:
     with np.errstate(all="ignore"):
         resid = Au - law.f(Du, *x)
     n, rss = Du.size, float(np.sum(resid**2))
-    ll = n * math.log(max(rss, 1e-300) / n) if np.isfinite(rss) else np.nan
-    aic, bic, aicc = information_criteria(ll, n, law.k)
+    aic, bic, aicc = information_criteria(_n_log_mse(rss, n), n, law.k)
     return FitResult(
         form=form, params={s: float(v) for s, v in zip(law.symbols, x, strict=True)}, intervals=intervals,
         mse=rss / n, mae=float(np.mean(np.abs(resid))), aic=aic, aicc=aicc, bic=bic,
@@ -611,11 +621,8 @@ def compare_forms(D, A, forms=("logspace_power", "power", "log", "sigmoid"), spe
 
 def _aicc_of(form, D, A, x):
     """AICc of `form` with parameters x on (D, A), from its plain residuals (as `fit` computes it)."""
-    with np.errstate(all="ignore"):
-        rss = float(np.sum((A - form.f(D, *x)) ** 2))
-    if not np.isfinite(rss):
-        return math.nan
-    return information_criteria(D.size * math.log(max(rss, 1e-300) / D.size), D.size, form.k)[2]
+    ll = _n_log_mse(_rss(form, D, A, x), D.size)
+    return information_criteria(ll, D.size, form.k)[2] if np.isfinite(ll) else math.nan
 
 
 def _refit(form, D, A, x, spec):

@@ -286,14 +286,14 @@ def run_state(profile: ProfileConfig, run: RunConfig, runs_dir=None) -> RunState
     total = total_steps(run.model, run.train) * tokens_per_step(run.model, run.train)
     done = read_done(d / "DONE")
     ck = checkpoints(profile, run, runs_dir) if d.exists() else pd.DataFrame(columns=["tokens"])
-    if done is not None and done.get("config_hash") == run.config_hash(profile.data):
+    h = run.config_hash(profile.data)
+    if done is not None and done.get("config_hash") == h:
         kept = set(ck["step"])
         lost = [s for s in done.get("checkpoints", []) if s not in kept]
-        problems = tuple(mark_problem(d, s, run.config_hash(profile.data)) for s in lost)
+        problems = tuple(mark_problem(d, s, h) for s in lost)
         return RunState(run.name, d.name, "damaged" if lost else "done", total, total, len(ck), d, problems)
     seen = 0
     if d.exists():
-        h = run.config_hash(profile.data)
         for p in d.glob("meta_*.json"):
             tag = p.name[5:-5]
             if checkpoint_problem(d, tag, h) is None:
