@@ -129,6 +129,7 @@ class Form:
     limit: str | None = None  # the symbol of the law's limit (the quantity of interest), if it has one
     relaxed_upper: tuple | None = None  # upper bounds for the nuisance check of `_judge` (None: bounds are hard)
     redundant: str | None = None  # a symbol that only acts with another: held at its value when refitting (form_null)
+    centered: tuple | None = None  # (c, alpha): the optimizer works with log(c) + alpha log(D_ref) (`_coords`)
 
 
 inf = np.inf
@@ -137,10 +138,13 @@ FORMS = {
     # for a ratio A in [0, 1] and A0 >= 0 (necessary only: A(0) <= 1 would need b <= log(1 - A0), which is not
     # imposed); b >= -30 keeps exp(b) > 0. With a long early transient the least-squares path runs along
     # alpha -> 0, b -> +inf (the curve tends to K * D**(-c*alpha) + A0, a pure power-law decay) and stops on
-    # b <= 0; whether A0 depends on that bound is checked by refitting with b <= 30 (`_judge`).
+    # b <= 0; whether A0 depends on that bound is checked by refitting with b <= 30 (`_judge`). A transient that
+    # ends between two measured points is a step: its best fit sharpens without end (alpha -> inf, c D**alpha
+    # fixed at the step) and stops on alpha <= 10; that bound is checked the same way, with alpha <= 50.
     "logspace_power": Form(
         logspace_power, ("alpha", "b", "c", "A0"), (0, -30, 0, 0), (10, 0, inf, 1),
-        _starts_logspace_power, "Eq. 4 (ReLU)", k=4, limit="A0", relaxed_upper=(10, 30, inf, 1),
+        _starts_logspace_power, "Eq. 4 (ReLU)", k=4, limit="A0", relaxed_upper=(50, 30, inf, 1),
+        centered=("c", "alpha"),
     ),
     # c, alpha > 0; 0 < A0 < 1
     "power": Form(power, ("alpha", "c", "A0"), (0, 0, 0), (10, inf, 1), _starts_power, "Eq. 5 (SiLU)", k=3,
@@ -275,16 +279,54 @@ def _residuals(theta, f, D, A, log_residuals):
     return np.where(np.isfinite(r), r, 1e3)  # a start that leaves the domain gets a flat penalty
 
 
-def _lsq(form, D, A, x0, spec):
-    x0 = np.array(x0, dtype=float)
+def _floats(x):
+    return np.array(x, dtype=float)
+
+
+def _coords(form, D):
+    """The optimizer's coordinates for `form` on data D: (f_z, to_z, to_x, lower_z, upper_z). Plain (z = x)
+    unless the form is `centered` = (c, alpha): its term c * D**alpha (Eq. 4) becomes exp(u) * (D/D_ref)**alpha,
+    u = log(c) + alpha log(D_ref), D_ref the geometric mean of D. c spans many orders of magnitude and trades
+    against alpha along a ridge (only c * D**alpha near the data is pinned), on which the plain coordinates
+    stopped short of the optimum; in z the ridge runs along alpha with u nearly fixed. The same curves: the
+    bounds 0 <= c < inf become -inf < u < inf."""
     lo, hi = np.array(form.lower, float), np.array(form.upper, float)
+    if form.centered is None:
+        return form.f, _floats, _floats, lo, hi
+    jc, ja = (form.symbols.index(s) for s in form.centered)
+    log_ref = float(np.mean(np.log(D)))
+
+    def to_z(x):
+        z = _floats(x)
+        z[jc] = np.log(max(z[jc], np.finfo(float).tiny)) + z[ja] * log_ref
+        return z
+
+    def to_x(z):
+        x = _floats(z)
+        x[jc] = np.exp(x[jc] - x[ja] * log_ref)
+        return x
+
+    def f_z(D_, *z):
+        return form.f(D_, *to_x(z))
+
+    lo[jc], hi[jc] = -np.inf, np.inf
+    return f_z, to_z, to_x, lo, hi
+
+
+def _lsq(form, D, A, x0, spec):
+    """Bounded least squares of `form` on (D, A) from x0, in the form's optimizer coordinates (`_coords`);
+    the result's x is in the form's own parameters."""
+    f_z, to_z, to_x, lo, hi = _coords(form, D)
     pad = 1e-6 * (1 + np.abs(np.where(np.isfinite(lo), lo, 0)))
-    x0 = np.minimum(np.maximum(x0, lo + pad), hi - 1e-6 * (1 + np.abs(np.where(np.isfinite(hi), hi, 0))))
-    return optimize.least_squares(
-        _residuals, x0, bounds=(lo, hi), args=(form.f, D, A, spec.log_residuals), method="trf",
+    z0 = np.minimum(np.maximum(to_z(x0), lo + pad), hi - 1e-6 * (1 + np.abs(np.where(np.isfinite(hi), hi, 0))))
+    res = optimize.least_squares(
+        _residuals, z0, bounds=(lo, hi), args=(f_z, D, A, spec.log_residuals), method="trf",
         loss=spec.loss, f_scale=spec.f_scale, ftol=spec.tol, xtol=spec.tol, gtol=spec.tol,
         max_nfev=spec.max_nfev,
     )
+    with np.errstate(over="ignore"):
+        res.x = to_x(res.x)
+    return res
 
 
 def _ok(res):
@@ -334,8 +376,11 @@ def _unidentified(form, D, x):
             J[:, j] = (form.f(D, *up) - form.f(D, *dn)) / (up[j] - dn[j])
     if not np.all(np.isfinite(J)):
         return list(form.symbols)
+    # a column is zero when the curve does not move under a relative change of its parameter: scaled by the
+    # parameter's size, since Eq. 4's c can be 1e30 and its derivative 1e-30 where the curve still depends on it
     norms = np.linalg.norm(J, axis=0)
-    zero = norms <= 1e-12 * max(norms.max(), 1e-300)
+    moves = norms * (1 + np.abs(x))
+    zero = moves <= 1e-12 * max(moves.max(), 1e-300)
     _, s, Vt = np.linalg.svd(J[:, ~zero] / norms[~zero], full_matrices=False)
     null = Vt[s <= 1e-7 * s[0]] if s.size else np.empty((0, 0))
     free = np.array(form.symbols)[~zero]
@@ -404,11 +449,15 @@ def _judge(form, D, A, res, spec, unidentified=None):
     if soft:
         relaxed = dataclasses.replace(form, upper=form.relaxed_upper)
         again = _lsq(relaxed, D, A, res.x, spec)
+        # a step-like transient sharpens without end once alpha is free: the refit may run out of evaluations
+        # on its way, each one a better fit than the bound's; how far the limit has moved by then is the answer
+        stopped = again.status == 0 and np.all(np.isfinite(again.x)) and again.cost <= res.cost
         i = form.symbols.index(form.limit)
-        move = abs(float(again.x[i] - res.x[i])) if _ok(again) else np.nan
+        move = abs(float(again.x[i] - res.x[i])) if _ok(again) or stopped else np.nan
         lifted = ", ".join(f"{form.symbols[j]} <= {form.relaxed_upper[j]:g}" for j, _ in soft)
         on = "; ".join(text for _, text in soft)
-        how = (f"refitted with {lifted}, {form.limit} moves by {move:.2g}" if np.isfinite(move)
+        how = (f"refitted with {lifted}, {form.limit} moves by {move:.2g}"
+               + (" before the refit's evaluation limit" if stopped else "") if np.isfinite(move)
                else f"the refit with {lifted} failed")
         if np.isfinite(move) and move <= spec.nuisance_tol:
             notes.append(f"nuisance {on} ({how}, within nuisance_tol {spec.nuisance_tol:g})")
