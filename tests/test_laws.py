@@ -150,6 +150,12 @@ def test_a_step_like_transient_puts_alpha_on_a_nuisance_bound():
     assert r.params["A0"] == pytest.approx(A[Dn >= 4.5e-4].mean(), abs=1e-3)  # the plateau's mean
     strict = laws.fit("logspace_power", Dn, A, n_boot=0, nuisance_tol=move / 2)
     assert not strict.converged and "more than nuisance_tol" in strict.message
+    # the refit with alpha free may run out of evaluations while it sharpens the step: each of them fits at
+    # least as well as the bound's, so its A0 still answers how far the limit moves
+    law, x = laws.FORMS["logspace_power"], np.array([r.params[s] for s in ("alpha", "b", "c", "A0")])
+    res = OptimizeResult(x=x, status=1, cost=0.5 * float(np.sum(r.residuals**2)))
+    ok, notes = laws._judge(law, Dn, A, res, laws.FitSpec(max_nfev=3))
+    assert ok and any("before the refit's evaluation limit, within nuisance_tol" in n for n in notes), notes
 
 
 def test_log_form_recovers_its_identified_parts():
