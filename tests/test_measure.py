@@ -596,3 +596,16 @@ def test_an_unreached_target_is_recorded_as_such(tiny, monkeypatch):
     rows = pd.DataFrame(rec["rows"])
     assert not rows.loc[rows["p"] == 1.5, "reached"].any() and rows.loc[rows["p"] == 1.0, "reached"].all()
     assert rec["search"]["1.5"]["reached"] is False and rec["search"]["1.0"]["reached"] is True
+
+
+def test_a_whole_profile_measure_names_the_moe_runs_it_leaves_out(capsys):
+    """Measuring a whole profile says which runs it leaves out (MoE runs get their curve from the Pareto
+    sweeps), as it does for a run named on the command line; a profile of MoE runs alone measures nothing."""
+    smoke = load_profile("smoke")
+    moe = [r for r in smoke.runs if r.model.n_experts]
+    assert moe
+    out = measure.measure_profile(dataclasses.replace(smoke, runs=moe), progress=False)
+    assert out.empty and list(out.columns) == measure.RESULT_COLUMNS["sparsity"][0]
+    printed = capsys.readouterr().out
+    assert [line.split(":")[0] for line in printed.splitlines()] == [r.name for r in moe]
+    assert all("an MoE run, not measured checkpoint by checkpoint" in line for line in printed.splitlines())

@@ -411,9 +411,10 @@ def measured_runs(profile: ProfileConfig) -> list[RunConfig]:
 
 def measure_profile(profile: ProfileConfig, names: list[str] | None = None, jobs: int | None = None,
                     runs_dir=None, progress: bool = True, impl: str | None = None) -> pd.DataFrame:
-    """Measure every dense run (parallel processes, like training; cached runs start none), then write the
-    profile's results tables; with `names`, return those runs' rows without writing any table."""
-    runs = [profile.run(n) for n in names] if names else measured_runs(profile)
+    """Measure every dense run (parallel processes, like training; cached runs start none; a line on stdout
+    names each MoE run left out), then write the profile's results tables; with `names`, return those runs'
+    rows without writing any table."""
+    runs = [profile.run(n) for n in names] if names else list(profile.runs)
     for r in runs:
         if r.model.n_experts:  # skipped, not refused: a job array may send every run of a profile here
             print(f"{r.name}: an MoE run, not measured checkpoint by checkpoint; its curve comes with the "
