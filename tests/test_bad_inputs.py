@@ -455,7 +455,7 @@ TABLE_CASES = [
 
 @pytest.mark.parametrize("cid,edit,load,expect", TABLE_CASES, ids=[c[0] for c in TABLE_CASES])
 def test_edited_results_are_refused(cid, edit, load, expect, tmp_path, monkeypatch, measured_mini, session_roots,
-                                    mini_path):
+                                    mini_path, capsys):
     run = measured_mini.run("relu-s1")
     res, rd = tmp_path / "results" / "mini", tmp_path / "runs"
     shutil.copytree(session_roots["SPARSINGLAW_RESULTS"] / "mini", res)
@@ -478,6 +478,7 @@ def test_edited_results_are_refused(cid, edit, load, expect, tmp_path, monkeypat
     for want in expect:
         assert want in str(e.value), str(e.value)
     assert _tree(tmp_path) == before  # refusing writes nothing
+    assert "computing" not in capsys.readouterr().err  # refused before a fit is announced
 
 
 def test_an_unreadable_fit_sidecar_is_computed_again(tmp_path, monkeypatch, measured_mini, session_roots):

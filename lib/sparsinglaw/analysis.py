@@ -592,6 +592,9 @@ def _cached(profile: ProfileConfig, outputs: tuple[str, ...], inputs: tuple[str,
 
     if len(metas) < len(outputs) or (refit is not None and refit & set(outputs)):
         why = "refit" if len(metas) == len(outputs) else "missing or stale"
+        for t in inputs:  # a damaged input is refused before the line that announces the computation
+            read_table(folder / f"{t}.csv", fix=f"rerun {command_for(profile, 'measure', '02')}" if t in MEASURED
+                       else f"recompute it: {refit_command(profile)}")
         _note_overridden(profile, folder)
         print(f"{folder}: computing {names} ({why}) ...", file=sys.stderr, flush=True)
         t0 = time.perf_counter()
