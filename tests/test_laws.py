@@ -119,7 +119,9 @@ def test_eq4_reaches_the_least_squares_minimum_of_a_fast_transient(seed):
     rss, oracle = float(np.sum(r.residuals**2)), _eq4_grid_oracle(Dn, A)
     assert 0.99 * oracle <= rss <= 1.001 * oracle, (rss, oracle)
     assert r.converged and r.unidentified == [], r.message
-    assert inside(r, "A0", 0.19) and r.params["A0"] == pytest.approx(0.19, abs=4e-3)
+    assert r.params["A0"] == pytest.approx(0.19, abs=4e-3)
+    lo, hi = r.intervals["A0"]  # intervals come (whether one holds 0.19 is coverage, bench/fit_coverage.py)
+    assert lo < r.params["A0"] < hi and hi - lo < 0.01
 
 
 def test_eq4_optimizer_coordinates_are_the_same_curves():
