@@ -127,15 +127,33 @@ def test_eq4_reaches_the_least_squares_minimum_of_a_fast_transient(seed):
 def test_eq4_optimizer_coordinates_are_the_same_curves():
     law = laws.FORMS["logspace_power"]
     Dn = np.geomspace(2e-4, 3e-3, 9)
-    f_z, to_z, to_x, lo, hi = laws._coords(law, Dn)
     x = np.array([3.0, -2.0, 4e9, 0.18])
+    f_z, to_z, to_x, lo, hi = laws._coords(law, Dn, x)
     z = to_z(x)
     assert z[2] == pytest.approx(np.log(4e9) + 3.0 * np.mean(np.log(Dn)))  # u = log c + alpha log D_ref
     assert to_x(z) == pytest.approx(x, rel=1e-12)
     assert f_z(Dn, *z) == pytest.approx(law.f(Dn, *x), rel=1e-12)
     assert (lo[2], hi[2]) == (-np.inf, np.inf) and list(lo[[0, 1, 3]]) == [0, -30, 0]
-    f_plain, *_ = laws._coords(laws.FORMS["power"], Dn)  # forms without `centered` keep their parameters
-    assert f_plain is laws.power
+    x3 = np.array([0.5, 0.005, 0.45])  # forms without `centered` or `redundant` keep their parameters
+    f_plain, to_z, to_x, lo, hi = laws._coords(laws.FORMS["power"], Dn, x3)
+    assert list(to_z(x3)) == list(x3) and list(to_x(x3)) == list(x3) and list(lo) == [0, 0, 0]
+    assert list(f_plain(Dn, *x3)) == list(laws.power(Dn, *x3))
+
+
+@pytest.mark.parametrize("name", ["log", "sigmoid"])
+def test_the_redundant_parameter_is_held_at_its_start(name):
+    """b only acts with another parameter (a/b, b*exp(d)): the optimizer leaves it out of its coordinates,
+    at its value in the start, and the curves are the same."""
+    form = laws.FORMS[name]
+    x = np.array([300.0, 2.5, -0.02, 0.2]) if name == "log" else np.array([0.9, 2.5, -500.0, 0.3])
+    f_z, to_z, to_x, lo, hi = laws._coords(form, RELU_D, x)
+    z = to_z(x)
+    assert z.size == 3 and list(z) == [x[0], x[2], x[3]] and list(to_x(z)) == list(x)
+    assert list(lo) == [form.lower[i] for i in (0, 2, 3)] and list(hi) == [form.upper[i] for i in (0, 2, 3)]
+    assert list(f_z(RELU_D, *(z * 1.01))) == list(form.f(RELU_D, *to_x(z * 1.01)))
+    A = form.f(RELU_D, *x) + np.random.default_rng(0).normal(0, 1e-3, RELU_D.size)
+    res = laws._lsq(form, RELU_D, A, x, laws.FitSpec())
+    assert laws._ok(res) and res.x[1] == 2.5
 
 
 def test_a_step_like_transient_puts_alpha_on_a_nuisance_bound():
