@@ -143,13 +143,14 @@ def test_eq4_optimizer_coordinates_are_the_same_curves():
 @pytest.mark.parametrize("name", ["log", "sigmoid"])
 def test_the_redundant_parameter_is_held_at_its_start(name):
     """b only acts with another parameter (a/b, b*exp(d)): the optimizer leaves it out of its coordinates,
-    at its value in the start, and the curves are the same."""
+    at its value in the start, and the curves are the same. The logarithmic form's a moves as log(a)."""
     form = laws.FORMS[name]
     x = np.array([300.0, 2.5, -0.02, 0.2]) if name == "log" else np.array([0.9, 2.5, -500.0, 0.3])
     f_z, to_z, to_x, lo, hi = laws._coords(form, RELU_D, x)
     z = to_z(x)
-    assert z.size == 3 and list(z) == [x[0], x[2], x[3]] and list(to_x(z)) == list(x)
-    assert list(lo) == [form.lower[i] for i in (0, 2, 3)] and list(hi) == [form.upper[i] for i in (0, 2, 3)]
+    first = math.log(x[0]) if name == "log" else x[0]
+    assert z.size == 3 and list(z) == [first, x[2], x[3]] and to_x(z) == pytest.approx(x, rel=1e-14)
+    assert list(lo) == [-np.inf if name == "log" else 0, -np.inf, -np.inf] and list(hi[1:]) == [np.inf] * 2
     assert list(f_z(RELU_D, *(z * 1.01))) == list(form.f(RELU_D, *to_x(z * 1.01)))
     A = form.f(RELU_D, *x) + np.random.default_rng(0).normal(0, 1e-3, RELU_D.size)
     res = laws._lsq(form, RELU_D, A, x, laws.FitSpec())
@@ -958,3 +959,24 @@ def test_a_decay_carried_by_one_point_is_not_a_converged_law():
     A[0] += 0.02  # a clear early transient over several points fits far better than a constant
     A[1:3] += [0.01, 0.004]
     assert laws.fit("logspace_power", RELU_D, A, laws.FitSpec(n_grid=2, n_boot=0)).converged
+
+
+def _log_grid_oracle(D, A):
+    """Least RSS of the logarithmic form's closure, c * log(1 + r*D) + A0' (r = a/b), independently of `fit`:
+    linear in (c, A0') for fixed r, so a dense grid of r with a closed-form solve, plus its two limits, the
+    pure log (r -> inf: A on log D) and the line (r -> 0: A on D)."""
+    rs = np.geomspace(1e-4 / D.max(), 1e8 / D.min(), 6000)
+    bases = [np.log1p(r * D) for r in rs] + [np.log(D), D]
+    return min(float(np.linalg.lstsq(np.column_stack([g, np.ones_like(D)]), A, rcond=None)[1].sum())
+               for g in bases)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_the_log_form_reaches_the_least_squares_minimum_of_its_closure(seed):
+    """A weak logarithmic trend in noise (a flat cpu run's shape), where the best fit can lie at the form's
+    pure-log limit (a/b -> inf): moved in log(a), the fit reaches the grid oracle's RSS on all 8 seeds; moved
+    in a itself it stopped 0.04% and 0.5% above it on two (checked by setting `logged=()`)."""
+    A = -0.002 * np.log(RELU_D) + 0.18 + np.random.default_rng(seed).normal(0, 0.002, RELU_D.size)
+    r = laws.fit("log", RELU_D, A, n_boot=0)
+    rss, oracle = float(np.sum(r.residuals**2)), _log_grid_oracle(RELU_D, A)
+    assert 0.999 * oracle <= rss <= 1.0001 * oracle, (rss / oracle, r.message)

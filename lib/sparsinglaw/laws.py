@@ -130,6 +130,7 @@ class Form:
     relaxed_upper: tuple | None = None  # upper bounds for the nuisance check of `_judge` (None: bounds are hard)
     redundant: str | None = None  # a symbol that only acts with another: held at its start value (`_coords`)
     centered: tuple | None = None  # (c, alpha): the optimizer works with log(c) + alpha log(D_ref) (`_coords`)
+    logged: tuple = ()  # positive symbols that the optimizer works with as their logarithms (`_coords`)
 
 
 inf = np.inf
@@ -150,10 +151,11 @@ FORMS = {
     "power": Form(power, ("alpha", "c", "A0"), (0, 0, 0), (10, inf, 1), _starts_power, "Eq. 5 (SiLU)", k=3,
                   limit="A0"),
     # a, b > 0 keep a*D + b > 0; c of either sign (decreasing or increasing); A0 is an intercept. Three
-    # identified parameters: a/b, c and A0 + c*log(b). The fit holds b at its start (1), so the pure-log limit
-    # b/a -> 0 is approached as a -> inf and stopped by the tolerances (an RSS 0.3-0.4% above it on two cpu runs)
+    # identified parameters: a/b, c and A0 + c*log(b). The fit holds b at its start (1) and moves log(a): the
+    # pure-log limit a/b -> inf is then approached in a few steps (moving a itself took 2-40 times the
+    # evaluations on the cpu and cpu-long runs and stopped 0.3-0.4% above the minimum on two)
     "log": Form(log, ("a", "b", "c", "A0"), (0, 0, -inf, -inf), (inf, inf, inf, inf), _starts_log,
-                "rebuttal, logarithmic", k=3, redundant="b"),
+                "rebuttal, logarithmic", k=3, redundant="b", logged=("a",)),
     # b > 0 (no pole); c of either sign; the limit (a or a - 1) in (0, 1) needs 0 < a < 2. Three identified
     # parameters: a, c and b*exp(d)
     "sigmoid": Form(sigmoid, ("a", "b", "c", "d"), (0, 0, -inf, -inf), (2, inf, inf, inf), _starts_sigmoid,
@@ -291,6 +293,7 @@ def _coords(form, D, x0):
       the same curves, without a direction that changes nothing for the optimizer to wander along (left free,
       the logarithmic form converged from no start on 4 of the 30 runs of cpu and cpu-long, and the
       sigmoid-like form stopped from some starts at minima many times worse than the held fit's);
+    - a `logged` parameter is moved as its logarithm (bounds 0 <= a < inf become -inf < log a < inf);
     - a `centered` form's (c, alpha) term c * D**alpha (Eq. 4) becomes exp(u) * (D/D_ref)**alpha,
       u = log(c) + alpha log(D_ref), D_ref the geometric mean of D. c spans many orders of magnitude and
       trades against alpha along a ridge (only c * D**alpha near the data is pinned), on which the plain
@@ -299,6 +302,9 @@ def _coords(form, D, x0):
     lo, hi = np.array(form.lower, float), np.array(form.upper, float)
     keep = np.array([s != form.redundant for s in form.symbols])
     held = _floats(x0)[~keep]
+    jl = [form.symbols.index(s) for s in form.logged]
+    with np.errstate(divide="ignore"):
+        lo[jl], hi[jl] = np.log(lo[jl]), np.log(hi[jl])
     if form.centered is not None:
         jc, ja = (form.symbols.index(s) for s in form.centered)
         log_ref = float(np.mean(np.log(D)))
@@ -308,13 +314,16 @@ def _coords(form, D, x0):
         z = _floats(x)
         if form.centered is not None:
             z[jc] = np.log(max(z[jc], np.finfo(float).tiny)) + z[ja] * log_ref
+        z[jl] = np.log(np.maximum(z[jl], np.finfo(float).tiny))
         return z[keep]
 
     def to_x(z):
         x = np.empty(keep.size)
         x[keep], x[~keep] = z, held
-        if form.centered is not None:
-            x[jc] = np.exp(x[jc] - x[ja] * log_ref)
+        with np.errstate(over="ignore"):
+            if form.centered is not None:
+                x[jc] = np.exp(x[jc] - x[ja] * log_ref)
+            x[jl] = np.exp(x[jl])
         return x
 
     def f_z(D_, *z):
