@@ -112,7 +112,7 @@ def test_eq4_reaches_the_least_squares_minimum_of_a_fast_transient(seed):
     """A transient that ends within two or three measured points (a cpu ReLU run's shape): c * D**alpha is
     pinned near the data while alpha and c trade along a ridge, where least squares in (alpha, c) stopped
     short of the minimum (its RSS 1.3-2.1x the grid oracle's on 4 of these 6 seeds, no start converged on a
-    fifth). In `_coords`' centered coordinates the fit reaches the oracle's RSS and recovers A0."""
+    fifth). In Eq. 4's chart (u = log c + alpha log D_ref) the fit reaches the oracle's RSS and recovers A0."""
     Dn = np.geomspace(2.25e-4, 3e-3, 11)
     A = laws.logspace_power(Dn, 6.0, -4.0, 5e-4**-6, 0.19) + np.random.default_rng(seed).normal(0, 2e-3, Dn.size)
     r = laws.fit("logspace_power", Dn, A, n_boot=200)
@@ -134,7 +134,7 @@ def test_eq4_optimizer_coordinates_are_the_same_curves():
     assert to_x(z) == pytest.approx(x, rel=1e-12)
     assert f_z(Dn, *z) == pytest.approx(law.f(Dn, *x), rel=1e-12)
     assert (lo[2], hi[2]) == (-np.inf, np.inf) and list(lo[[0, 1, 3]]) == [0, -30, 0]
-    x3 = np.array([0.5, 0.005, 0.45])  # forms without `centered` or `redundant` keep their parameters
+    x3 = np.array([0.5, 0.005, 0.45])  # forms without a `chart` or `redundant` keep their parameters
     f_plain, to_z, to_x, lo, hi = laws._coords(laws.FORMS["power"], Dn, x3)
     assert list(to_z(x3)) == list(x3) and list(to_x(x3)) == list(x3) and list(lo) == [0, 0, 0]
     assert list(f_plain(Dn, *x3)) == list(laws.power(Dn, *x3))
@@ -143,13 +143,14 @@ def test_eq4_optimizer_coordinates_are_the_same_curves():
 @pytest.mark.parametrize("name", ["log", "sigmoid"])
 def test_the_redundant_parameter_is_held_at_its_start(name):
     """b only acts with another parameter (a/b, b*exp(d)): the optimizer leaves it out of its coordinates,
-    at its value in the start, and the curves are the same. The logarithmic form's a moves as log(a)."""
+    at its value in the start, and the curves are the same. The charts: log(a) for the logarithmic form,
+    the midpoint -d/c for the sigmoid-like one."""
     form = laws.FORMS[name]
     x = np.array([300.0, 2.5, -0.02, 0.2]) if name == "log" else np.array([0.9, 2.5, -500.0, 0.3])
     f_z, to_z, to_x, lo, hi = laws._coords(form, RELU_D, x)
     z = to_z(x)
-    first = math.log(x[0]) if name == "log" else x[0]
-    assert z.size == 3 and list(z) == [first, x[2], x[3]] and to_x(z) == pytest.approx(x, rel=1e-14)
+    expect = [math.log(300.0), -0.02, 0.2] if name == "log" else [0.9, -500.0, 0.3 / 500.0]
+    assert z == pytest.approx(expect, rel=1e-14) and to_x(z) == pytest.approx(x, rel=1e-14)
     assert list(lo) == [-np.inf if name == "log" else 0, -np.inf, -np.inf] and list(hi[1:]) == [np.inf] * 2
     assert list(f_z(RELU_D, *(z * 1.01))) == list(form.f(RELU_D, *to_x(z * 1.01)))
     A = form.f(RELU_D, *x) + np.random.default_rng(0).normal(0, 1e-3, RELU_D.size)
@@ -975,8 +976,46 @@ def _log_grid_oracle(D, A):
 def test_the_log_form_reaches_the_least_squares_minimum_of_its_closure(seed):
     """A weak logarithmic trend in noise (a flat cpu run's shape), where the best fit can lie at the form's
     pure-log limit (a/b -> inf): moved in log(a), the fit reaches the grid oracle's RSS on all 8 seeds; moved
-    in a itself it stopped 0.04% and 0.5% above it on two (checked by setting `logged=()`)."""
+    in a itself it stopped 0.04% and 0.5% above it on two (checked by setting `chart=None`)."""
     A = -0.002 * np.log(RELU_D) + 0.18 + np.random.default_rng(seed).normal(0, 0.002, RELU_D.size)
     r = laws.fit("log", RELU_D, A, n_boot=0)
     rss, oracle = float(np.sum(r.residuals**2)), _log_grid_oracle(RELU_D, A)
     assert 0.999 * oracle <= rss <= 1.0001 * oracle, (rss / oracle, r.message)
+
+
+def _sigmoid_oracle(D, A):
+    """Least RSS of the sigmoid-like form a - 1/(1 + exp(c*D + d)) (b*exp(d) is one parameter), independently of
+    `fit`: linear in a for fixed (c, d), so a grid of (c, d) (|c| * span(D) from 1e-2 to 1e6, c*D + d over
+    [-40, 40] beyond the data) with a in closed form, then the 10 best grid points polished by Nelder-Mead."""
+    def rss(c, d):
+        with np.errstate(over="ignore"):
+            r = A + 1 / (1 + np.exp(c * D + d))
+        return float(((r - r.mean()) ** 2).sum())
+
+    cands = []
+    for c in np.concatenate([-np.geomspace(1e-2, 1e6, 150), np.geomspace(1e-2, 1e6, 150)]) / np.ptp(D):
+        lo, hi = sorted((-c * D.min(), -c * D.max()))
+        ds = np.linspace(lo - 40, hi + 40, 400)
+        with np.errstate(over="ignore"):
+            r = A[None, :] + 1 / (1 + np.exp(c * D[None, :] + ds[:, None]))
+        grid = ((r - r.mean(1, keepdims=True)) ** 2).sum(1)
+        cands.append((grid.min(), c, ds[grid.argmin()]))
+    cands.sort()
+    polished = [optimize.minimize(lambda p, c=c: rss(p[0] * c, p[1]), [1.0, d], method="Nelder-Mead",
+                                  options={"xatol": 1e-10, "fatol": 1e-16, "maxiter": 4000}).fun
+                for _, c, d in cands[:10]]
+    return min(cands[0][0], *polished)
+
+
+def test_the_sigmoid_form_mostly_reaches_the_least_squares_minimum_on_flat_data():
+    """Flat data in noise (a ReLU run that has converged): the sigmoid-like form's least squares has many
+    local minima (fast exponential tails, c*D + d far from 0). Moving the midpoint -d/c in place of d, the
+    fit from the cpu profile's 8 starts reaches the oracle's RSS (within 0.1%) on 10 of these 12 data sets;
+    in (c, d) it did on 8 (checked by setting `chart=None`): a better chance, not a guarantee."""
+    form, spec, ratios = laws.FORMS["sigmoid"], laws.FitSpec(n_grid=2), []
+    for seed in range(12):
+        A = 0.18 + np.random.default_rng(seed).normal(0, 0.002, RELU_D.size)
+        best, _ = laws._multistart(form, RELU_D, A, spec)
+        ratios.append(2 * best.cost / _sigmoid_oracle(RELU_D, A))
+    assert min(ratios) > 0.999, ratios  # the oracle is the least RSS
+    assert sum(r <= 1.001 for r in ratios) >= 10, np.round(ratios, 4)

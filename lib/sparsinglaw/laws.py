@@ -117,6 +117,55 @@ def _starts_loss_power(D, L, n):
         yield E, (L.max() - E) * D.min() ** beta, beta
 
 
+# Optimizer coordinates. A chart maps a form's parameters x to the coordinates z that its least squares moves
+# in, and back: the same curves, with the bounds carried into z. Each answers a ridge or a limit on which
+# least squares in x stopped short (`_coords` holds a redundant parameter on top).
+inf, TINY = np.inf, np.finfo(float).tiny
+
+
+def _chart_logspace_power(D, lo, hi):
+    # Eq. 4: u = log(c) + alpha log(D_ref) in place of c, D_ref the geometric mean of D, so the term c * D**alpha
+    # becomes exp(u) * (D/D_ref)**alpha. c spans many orders of magnitude and trades against alpha along a ridge
+    # (only c * D**alpha near the data is pinned), on which (alpha, c) stopped short of the optimum; in z the
+    # ridge runs along alpha with u nearly fixed. 0 <= c < inf becomes -inf < u < inf
+    log_ref = float(np.mean(np.log(D)))
+
+    def to_z(x):
+        return np.array([x[0], x[1], np.log(max(x[2], TINY)) + x[0] * log_ref, x[3]])
+
+    def to_x(z):
+        return np.array([z[0], z[1], np.exp(z[2] - z[0] * log_ref), z[3]])
+
+    return to_z, to_x, [lo[0], lo[1], -inf, lo[3]], [hi[0], hi[1], inf, hi[3]]
+
+
+def _chart_log(D, lo, hi):
+    # logarithmic form: log(a) in place of a, so that the pure-log limit a/b -> inf (with b held) is reached in
+    # a few steps (moving a itself took 2-40 times the evaluations on the cpu and cpu-long runs and stopped
+    # 0.3-0.4% above the minimum on two). 0 <= a < inf becomes -inf < log a < inf
+    def to_z(x):
+        return np.array([np.log(max(x[0], TINY)), *x[1:]])
+
+    def to_x(z):
+        return np.array([np.exp(z[0]), *z[1:]])
+
+    return to_z, to_x, [-inf, *lo[1:]], [inf, *hi[1:]]
+
+
+def _chart_sigmoid(D, lo, hi):
+    # sigmoid-like form: the midpoint m = -d/c (where c*D + d = 0) in place of d. A transition that ends between
+    # two measured points is a step: its fit sharpens (|c| -> inf) at a fixed midpoint, a ridge along c and d
+    # together in (c, d), on which the fit stopped 17% and 28% above the minimum on two runs; in z it runs
+    # along c alone. (c = 0, a constant curve, puts m at 0.)
+    def to_z(x):
+        return np.array([x[0], x[1], x[2], -x[3] / x[2] if x[2] != 0 else 0.0])
+
+    def to_x(z):
+        return np.array([z[0], z[1], z[2], -z[2] * z[3]])
+
+    return to_z, to_x, list(lo), list(hi)
+
+
 @dataclass(frozen=True)
 class Form:
     f: Callable  # f(D, *params) -> A
@@ -129,11 +178,9 @@ class Form:
     limit: str | None = None  # the symbol of the law's limit (the quantity of interest), if it has one
     relaxed_upper: tuple | None = None  # upper bounds for the nuisance check of `_judge` (None: bounds are hard)
     redundant: str | None = None  # a symbol that only acts with another: held at its start value (`_coords`)
-    centered: tuple | None = None  # (c, alpha): the optimizer works with log(c) + alpha log(D_ref) (`_coords`)
-    logged: tuple = ()  # positive symbols that the optimizer works with as their logarithms (`_coords`)
+    chart: Callable | None = None  # chart(D, lower, upper) -> the optimizer's coordinates (`_coords`; None: x)
 
 
-inf = np.inf
 FORMS = {
     # c, alpha > 0; 0 < A0 < 1; b <= 0 because the transient at D -> 0, A(0) - A0 = exp(b), cannot exceed 1
     # for a ratio A in [0, 1] and A0 >= 0 (necessary only: A(0) <= 1 would need b <= log(1 - A0), which is not
@@ -145,21 +192,19 @@ FORMS = {
     "logspace_power": Form(
         logspace_power, ("alpha", "b", "c", "A0"), (0, -30, 0, 0), (10, 0, inf, 1),
         _starts_logspace_power, "Eq. 4 (ReLU)", k=4, limit="A0", relaxed_upper=(50, 30, inf, 1),
-        centered=("c", "alpha"),
+        chart=_chart_logspace_power,
     ),
     # c, alpha > 0; 0 < A0 < 1
     "power": Form(power, ("alpha", "c", "A0"), (0, 0, 0), (10, inf, 1), _starts_power, "Eq. 5 (SiLU)", k=3,
                   limit="A0"),
     # a, b > 0 keep a*D + b > 0; c of either sign (decreasing or increasing); A0 is an intercept. Three
-    # identified parameters: a/b, c and A0 + c*log(b). The fit holds b at its start (1) and moves log(a): the
-    # pure-log limit a/b -> inf is then approached in a few steps (moving a itself took 2-40 times the
-    # evaluations on the cpu and cpu-long runs and stopped 0.3-0.4% above the minimum on two)
+    # identified parameters: a/b, c and A0 + c*log(b); the fit holds b at its start (1)
     "log": Form(log, ("a", "b", "c", "A0"), (0, 0, -inf, -inf), (inf, inf, inf, inf), _starts_log,
-                "rebuttal, logarithmic", k=3, redundant="b", logged=("a",)),
+                "rebuttal, logarithmic", k=3, redundant="b", chart=_chart_log),
     # b > 0 (no pole); c of either sign; the limit (a or a - 1) in (0, 1) needs 0 < a < 2. Three identified
-    # parameters: a, c and b*exp(d)
+    # parameters: a, c and b*exp(d); the fit holds b at its start (1)
     "sigmoid": Form(sigmoid, ("a", "b", "c", "d"), (0, 0, -inf, -inf), (2, inf, inf, inf), _starts_sigmoid,
-                    "rebuttal, sigmoid-like", k=3, redundant="b"),
+                    "rebuttal, sigmoid-like", k=3, redundant="b", chart=_chart_sigmoid),
     # E, B, beta > 0
     "loss_power": Form(loss_power, ("E", "B", "beta"), (0, 0, 0), (inf, inf, 10), _starts_loss_power,
                        "limit-loss law (ours)", k=3, limit="E"),
@@ -288,43 +333,27 @@ def _floats(x):
 
 def _coords(form, D, x0):
     """The optimizer's coordinates for `form` on data D from the start x0: (f_z, to_z, to_x, lower_z, upper_z).
-    z is x, except that
-    - a `redundant` parameter (one that only acts with another) is held at its value in x0 and left out of z:
-      the same curves, without a direction that changes nothing for the optimizer to wander along (left free,
-      the logarithmic form converged from no start on 4 of the 30 runs of cpu and cpu-long, and the
-      sigmoid-like form stopped from some starts at minima many times worse than the held fit's);
-    - a `logged` parameter is moved as its logarithm (bounds 0 <= a < inf become -inf < log a < inf);
-    - a `centered` form's (c, alpha) term c * D**alpha (Eq. 4) becomes exp(u) * (D/D_ref)**alpha,
-      u = log(c) + alpha log(D_ref), D_ref the geometric mean of D. c spans many orders of magnitude and
-      trades against alpha along a ridge (only c * D**alpha near the data is pinned), on which the plain
-      coordinates stopped short of the optimum; in z the ridge runs along alpha with u nearly fixed. The same
-      curves: the bounds 0 <= c < inf become -inf < u < inf."""
+    z is the form's `chart` of x (x itself without one), less a `redundant` parameter (one that only acts with
+    another), which is held at its value in x0: the same curves, without a direction that changes nothing for
+    the optimizer to wander along (left free, the logarithmic form converged from no start on 4 of the 30 runs
+    of cpu and cpu-long, and the sigmoid-like form stopped from some starts at minima many times worse than
+    the held fit's)."""
     lo, hi = np.array(form.lower, float), np.array(form.upper, float)
+    chart_z, chart_x = _floats, _floats
+    if form.chart is not None:
+        chart_z, chart_x, lo, hi = form.chart(D, lo, hi)
+        lo, hi = np.array(lo, float), np.array(hi, float)
     keep = np.array([s != form.redundant for s in form.symbols])
-    held = _floats(x0)[~keep]
-    jl = [form.symbols.index(s) for s in form.logged]
-    with np.errstate(divide="ignore"):
-        lo[jl], hi[jl] = np.log(lo[jl]), np.log(hi[jl])
-    if form.centered is not None:
-        jc, ja = (form.symbols.index(s) for s in form.centered)
-        log_ref = float(np.mean(np.log(D)))
-        lo[jc], hi[jc] = -np.inf, np.inf
+    held = chart_z(_floats(x0))[~keep]
 
     def to_z(x):
-        z = _floats(x)
-        if form.centered is not None:
-            z[jc] = np.log(max(z[jc], np.finfo(float).tiny)) + z[ja] * log_ref
-        z[jl] = np.log(np.maximum(z[jl], np.finfo(float).tiny))
-        return z[keep]
+        return chart_z(_floats(x))[keep]
 
     def to_x(z):
-        x = np.empty(keep.size)
-        x[keep], x[~keep] = z, held
-        with np.errstate(over="ignore"):
-            if form.centered is not None:
-                x[jc] = np.exp(x[jc] - x[ja] * log_ref)
-            x[jl] = np.exp(x[jl])
-        return x
+        full = np.empty(keep.size)
+        full[keep], full[~keep] = z, held
+        with np.errstate(over="ignore", invalid="ignore"):
+            return chart_x(full)
 
     def f_z(D_, *z):
         return form.f(D_, *to_x(z))
@@ -343,8 +372,7 @@ def _lsq(form, D, A, x0, spec):
         loss=spec.loss, f_scale=spec.f_scale, ftol=spec.tol, xtol=spec.tol, gtol=spec.tol,
         max_nfev=spec.max_nfev,
     )
-    with np.errstate(over="ignore"):
-        res.x = to_x(res.x)
+    res.x = to_x(res.x)
     return res
 
 
