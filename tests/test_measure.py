@@ -201,7 +201,7 @@ def test_cached_runs_start_no_worker(measured_mini, session_roots, tmp_path, mon
     class Sent(Exception):
         pass
 
-    def spy(fn, calls, jobs, what):
+    def spy(fn, calls, jobs, what, **kwargs):
         sent.append([c[3] for c in calls])  # the run names
         if calls:
             raise Sent

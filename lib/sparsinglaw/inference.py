@@ -210,9 +210,8 @@ def record_path(profile: ProfileConfig, run: RunConfig, runs_dir=None) -> Path:
 def inference_run(profile: ProfileConfig, run: RunConfig, runs_dir=None, progress: bool = True) -> dict:
     """Dense and PPL-p% sparse inference of the run's final stable checkpoint on held-out text (cached);
     returns the record (rows as in the results table, without the run columns)."""
-    from tqdm import tqdm  # plain text on stderr, in a notebook too (no widget library needed)
-
     from .data import prepare
+    from .progress import progress_bar  # tqdm on stderr, or the parent's stage bar
 
     require_trained(profile, run, runs_dir)
     out = record_path(profile, run, runs_dir)
@@ -232,8 +231,8 @@ def inference_run(profile: ProfileConfig, run: RunConfig, runs_dir=None, progres
         model = load_model(run, ck["path"], dev)
         ps = sorted({float(v) for v in profile.inference.p})
         steps = search_steps(s.tol)
-        bar = tqdm(total=len(ps) * (steps + 2) + len(calib) + 1, desc=f"sparse inference {run.name}",
-                   disable=not progress, mininterval=2.0, dynamic_ncols=True)
+        bar = progress_bar(total=len(ps) * (steps + 2) + len(calib) + 1, desc=f"sparse inference {run.name}",
+                           disable=not progress, name=run.name, mininterval=2.0, dynamic_ncols=True)
         searches = {}
         curves = [sp.cett_curves(model, calib, s.n_grid)]  # once for every p
         for p in ps:  # Algorithm 1 on the calibration set: the c of PPL-p%
@@ -328,7 +327,8 @@ def sparse_inference_for(profile: ProfileConfig, compute: bool = True, runs_dir=
     todo.sort(key=lambda r: -r.model.d_model * r.model.n_layers)  # longest first
     jobs = max(1, min(jobs or profile.compute.jobs or usable_cores(), len(todo) or 1))
     calls = [(inference_run, profile.path, profile.overrides, r.name, runs_dir, progress) for r in todo]
-    run_parallel(run_worker, calls, jobs, "sparse inference")
+    run_parallel(run_worker, calls, jobs, "sparse inference", progress=progress,
+                 weights=[r.model.d_model * r.model.n_layers for r in todo])
     df = inference_table(profile, runs, runs_dir, corpus=tokens.fingerprint)
     meta = provenance(profile, stage="inference", corpus=tokens.fingerprint,
                       sparsity=dataclasses.asdict(profile.sparsity),

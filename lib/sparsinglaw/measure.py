@@ -244,10 +244,9 @@ def require_trained(profile: ProfileConfig, run: RunConfig, runs_dir=None) -> No
 def measure_run(profile: ProfileConfig, run: RunConfig, runs_dir=None, progress: bool = True,
                 impl: str | None = None) -> dict:
     """Measure every stable checkpoint of a finished run (cached); returns the cached record."""
-    from tqdm import tqdm  # plain text on stderr, in a notebook too (no widget library needed)
-
     from . import sparsity as sp
     from .data import prepare
+    from .progress import progress_bar  # tqdm on stderr, or the parent's stage bar
 
     require_trained(profile, run, runs_dir)
     profile = with_impl(profile, impl)
@@ -272,8 +271,8 @@ def measure_run(profile: ProfileConfig, run: RunConfig, runs_dir=None, progress:
                   f"checkpoints; c is searched on all {len(ck)}", flush=True)
         ps = sorted({float(v) for v in scfg.p})
         steps = search_steps(scfg.tol)
-        bar = tqdm(total=len(ps) * steps + len(ck), desc=f"measure {run.name}", disable=not progress,
-                   mininterval=2.0, dynamic_ncols=True)
+        bar = progress_bar(total=len(ps) * steps + len(ck), desc=f"measure {run.name}", disable=not progress,
+                           name=run.name, mininterval=2.0, dynamic_ncols=True)
         searches = {}
         for p in ps:  # Algorithm 1 on the last stable checkpoints jointly: one c per run and p
             searches[p] = search_with_bar(bar, steps, lambda tick, p=p: sp.ppl_p_sparsity(
@@ -431,7 +430,8 @@ def measure_profile(profile: ProfileConfig, names: list[str] | None = None, jobs
     jobs = jobs or profile.compute.jobs or usable_cores()
     jobs = max(1, min(jobs, len(todo) or 1))
     calls = [(measure_run, profile.path, profile.overrides, r.name, runs_dir, progress, impl) for r in todo]
-    run_parallel(run_worker, calls, jobs, "measurement")
+    run_parallel(run_worker, calls, jobs, "measurement", progress=progress,
+                 weights=[r.model.d_model * r.model.n_layers for r in todo])
     return write_results(profile, runs_dir, impl) if not names else sparsity_table(profile, runs, runs_dir, impl)
 
 

@@ -380,7 +380,9 @@ def train_profile(profile: ProfileConfig, names: list[str] | None = None, jobs: 
         dist.broadcast_object_list(names_, src=0)
         todo = [profile.run(n) for n in names_[0]]
     if todo:
-        todo.sort(key=lambda r: -r.train.tokens * r.model.d_model * r.model.n_layers)
+        left = {s.name: s.tokens_total - s.tokens_seen for s in states}
+        cost = {r.name: left[r.name] * r.model.d_model * r.model.n_layers for r in todo}  # ~ its FLOPs to go
+        todo.sort(key=lambda r: -cost[r.name])
         jobs = jobs or c.jobs or usable_cores()
         jobs = max(1, min(jobs, len(todo)))
         if world > 1:
@@ -388,7 +390,7 @@ def train_profile(profile: ProfileConfig, names: list[str] | None = None, jobs: 
         args = (profile.path, profile.overrides)  # workers reload the same profile
         rd = str(runs_dir) if runs_dir is not None else None
         run_parallel(_train_one, [(*args, r.name, rd, progress) for r in todo], jobs, "training",
-                     keep_going=world == 1)
+                     keep_going=world == 1, progress=progress, weights=[cost[r.name] for r in todo])
     return [run_state(profile, r, runs_dir) for r in runs]
 
 
@@ -399,29 +401,37 @@ def one_line_warnings() -> None:
     warnings.formatwarning = lambda message, category, *args, **kwargs: f"{category.__name__}: {message}\n"
 
 
-def _worker_init() -> None:
+def _worker_init(relay=None) -> None:
     """In each worker of run_parallel: SIGINT ignored, then unblocked (it was blocked when the worker
     started, so a Ctrl-C during its start-up stayed pending and is now dropped): Ctrl-C reaches the
     parent alone, which terminates the workers. Progress bars take a thread lock instead of tqdm's
     default multiprocessing lock, a named semaphore of this process alone that a terminated worker
     would leave to the resource tracker (which then warns of leaked semaphores). Warnings take one line.
+    `relay`: the queue to the parent's stage bar, which then takes the worker's bars and output lines.
     """
     import signal
     import threading
 
     from tqdm import tqdm
 
+    from . import progress
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     tqdm.set_lock(threading.RLock())
     one_line_warnings()
+    if relay is not None:
+        progress.relay_to(relay)
 
 
-def run_parallel(fn, calls: list[tuple], jobs: int, what: str, keep_going: bool = True) -> None:
+def run_parallel(fn, calls: list[tuple], jobs: int, what: str, keep_going: bool = True, progress: bool = False,
+                 weights: list[float] | None = None) -> None:
     """fn(*args) for each args in `calls`: in this process when jobs == 1, else in `jobs` spawned
     processes; every call runs even when another fails, then the user errors are reported together
     (and any other error raised, the first one); a single call raises its own error. `keep_going`
-    False (jobs == 1 only): the first error is raised at once.
+    False (jobs == 1 only): the first error is raised at once. `progress` with workers: one bar for all
+    of them, `what`, each call counting its `weights` share of the work (default: alike; see
+    progress.StageBar), the workers' own bars and output lines sent to it.
 
     Ctrl-C stops the workers at once and drops the queued calls (killed runs resume from their last
     checkpoint): while the workers are started SIGINT is blocked in this thread, so the workers start
@@ -432,7 +442,9 @@ def run_parallel(fn, calls: list[tuple], jobs: int, what: str, keep_going: bool 
     import threading
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    errors, crash, pool = [], None, None
+    from .progress import StageBar, call
+
+    errors, crash, pool, stage = [], None, None, None
     if jobs == 1 or len(calls) == 1:
         for args in calls:
             try:
@@ -455,13 +467,19 @@ def run_parallel(fn, calls: list[tuple], jobs: int, what: str, keep_going: bool 
         if block:
             signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
-            pool = ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"),
-                                       initializer=_worker_init)
-            futures = [pool.submit(fn, *args) for args in calls]  # starts the workers
+            ctx = mp.get_context("spawn")
+            relay = ctx.Queue() if progress else None
+            if relay is not None:
+                stage = StageBar(relay, what, weights or [1.0] * len(calls))
+            pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init,
+                                       initargs=(relay,))
+            futures = {pool.submit(call, i, fn, *args): i for i, args in enumerate(calls)}  # starts the workers
         finally:
             if block:
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # a pending Ctrl-C is raised now
         for fut in as_completed(futures):
+            if stage is not None:
+                stage.finished(futures[fut])
             try:
                 fut.result()
             except SparsingLawError as e:
@@ -469,11 +487,16 @@ def run_parallel(fn, calls: list[tuple], jobs: int, what: str, keep_going: bool 
             except Exception as e:  # a bug or a system error: the other calls still run, then it is raised
                 crash = crash or e
         pool.shutdown(wait=True)
+        if stage is not None:
+            stage.close()
+            relay.close()
     except BaseException:  # Ctrl-C (or SystemExit): stop every worker now
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
         for p in set(mp.active_children()) - before:
             p.terminate()
+        if stage is not None:
+            stage.close(drain=False)
         raise
     _raise_collected(errors, crash, what)
 

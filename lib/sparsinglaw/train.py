@@ -487,7 +487,7 @@ def train(run: RunConfig, data_cfg: DataConfig, run_dir: Path, tokens: TokenData
     `stop_after_step` ends the loop early (for tests); `fault` injects failures (tests only):
     {"nan_at_step": s} or {"inf_at_step": s} makes the loss at step s NaN or infinite.
     """
-    from tqdm import tqdm  # plain text on stderr, in a notebook too (no widget library needed)
+    from .progress import progress_bar  # tqdm on stderr, or the parent's stage bar
 
     mcfg, tcfg = run.model, run.train
     config_hash = run.config_hash(data_cfg)
@@ -577,8 +577,8 @@ def train(run: RunConfig, data_cfg: DataConfig, run_dir: Path, tokens: TokenData
 
             dist.barrier()
 
-    bar = tqdm(total=n_steps * tps, initial=step * tps, unit="tok", unit_scale=True, desc=run.name,
-               disable=not (progress and ddp.main), mininterval=2.0, dynamic_ncols=True)
+    bar = progress_bar(total=n_steps * tps, initial=step * tps, unit="tok", unit_scale=True, desc=run.name,
+                       disable=not (progress and ddp.main), mininterval=2.0, dynamic_ncols=True)
     mine = list(range(ddp.rank, tcfg.grad_accum, ddp.world))  # this rank's micro-batches
     gen = torch.Generator()
 
