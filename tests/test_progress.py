@@ -39,13 +39,14 @@ def test_a_relay_sends_the_work_of_its_call_at_most_every_interval_and_when_it_c
 
 def test_worker_output_goes_out_line_by_line():
     q = queue.Queue()
-    out = progress._Lines(q, "stdout")
+    out = progress._Lines(q, "stdout", 1)
     print("relu-s1: done", file=out)
     out.write("two\nlines\nand a ")
     out.write("half")
     assert _drain(q) == [("line", "stdout", "relu-s1: done"), ("line", "stdout", "two"), ("line", "stdout", "lines")]
     out.flush()
     assert _drain(q) == [("line", "stdout", "and a half")]
+    assert out.fileno() == 1  # for code that writes to the descriptor itself
 
 
 def test_the_stage_bar_counts_each_call_by_its_weight(capsys):

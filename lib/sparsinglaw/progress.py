@@ -59,13 +59,17 @@ class Relay:
 
 
 class _Lines(io.TextIOBase):
-    """A worker's stdout or stderr: each whole line goes to the parent, which prints it above its bar."""
+    """A worker's stdout or stderr: each whole line goes to the parent, which prints it above its bar.
+    `fileno` is the stream's own descriptor, for code that writes there directly (unrelayed)."""
 
-    def __init__(self, q, name: str):
-        self.q, self.name, self.buf = q, name, ""
+    def __init__(self, q, name: str, fd: int):
+        self.q, self.name, self.fd, self.buf = q, name, fd, ""
 
     def writable(self) -> bool:
         return True
+
+    def fileno(self) -> int:
+        return self.fd
 
     def write(self, s: str) -> int:
         self.buf += s
@@ -84,7 +88,7 @@ def relay_to(q) -> None:
     """In a worker process: its bars and output lines go to the parent through `q`."""
     global _QUEUE
     _QUEUE = q
-    sys.stdout, sys.stderr = _Lines(q, "stdout"), _Lines(q, "stderr")
+    sys.stdout, sys.stderr = _Lines(q, "stdout", sys.stdout.fileno()), _Lines(q, "stderr", sys.stderr.fileno())
 
 
 def call(i: int, fn, *args):
