@@ -120,11 +120,8 @@ def test_five_kills_then_resume_equals_uninterrupted(tmp_path, session_roots, sm
     assert not list(d.glob("*.tmp")) and not list(d.glob(".*.tmp")), "temp files of killed writes remain"
     a, b = (torch.load(sorted(x.glob("ckpt_0*.pt"))[-1], weights_only=True) for x in (ref, d))
     assert a["step"] == b["step"] == marks[-1]
-    for k in a["model"]:
+    for k in a["model"]:  # (a finished run keeps no optimizer state: the weights are the check)
         assert torch.equal(a["model"][k], b["model"][k]), k
-    for k, v in a["optimizer"]["state"].items():
-        for name, t in v.items():
-            assert torch.equal(t, b["optimizer"]["state"][k][name]), (k, name)
     # the log too: every row once, the same numbers (only the timing column differs)
     la, lb = (pd.read_csv(x / "log.csv").drop(columns=["tok_s"]) for x in (ref, d))
     pd.testing.assert_frame_equal(la, lb)

@@ -19,6 +19,7 @@ from sparsinglaw.config import SparsingLawError, checkpoint_steps, load_profile,
 from sparsinglaw.data import CorpusError, eval_batches
 from sparsinglaw.device import Prefetcher, peak_flops
 from sparsinglaw.train import (
+    KEEP_OPTIMIZER,
     TrainingDiverged,
     batch_seed,
     check_tokens,
@@ -860,3 +861,68 @@ def test_evaluate_gives_the_model_back_in_the_mode_it_had(tiny_profile, smoke_to
         model.train(mode)
         evaluate(model, smoke_tokens.val, T, 2, 2 * T, torch.device("cpu"))
         assert model.training is mode
+
+
+def _opt_tags(d):
+    return sorted(p.name[len("opt_"):-len(".pt")] for p in d.glob("opt_*.pt"))
+
+
+def test_only_the_newest_checkpoints_keep_optimizer_state(tiny_profile, smoke_tokens, tmp_path):
+    """AdamW's state (twice the weights) is kept for the KEEP_OPTIMIZER newest checkpoints, which a resume
+    loads; older marks keep the weights that the measurement reads, and a finished run keeps none: a
+    third of the disk of checkpoints that each held it (the paper profile's 1.2B runs: ~15 GB each)."""
+    run = tiny_profile.run("relu-s1")
+    marks = checkpoint_steps(run.model, run.train)  # resume_every 3 puts ckpt_last between them
+    d = tmp_path / "run"
+    train(run, tiny_profile.data, d, smoke_tokens, progress=False, stop_after_step=marks[2] + 2)
+    steps = {t: json.loads((d / f"meta_{t}.json").read_text())["step"] for t in _opt_tags(d)}
+    newest = sorted((json.loads(p.read_text())["step"] for p in d.glob("meta_*.json")), reverse=True)[:2]
+    assert sorted(steps.values(), reverse=True) == newest and len(steps) == KEEP_OPTIMIZER
+    for p in d.glob("ckpt_*.pt"):
+        assert "optimizer" not in torch.load(p, weights_only=True), p.name
+    tag = next(t for t in _opt_tags(d) if t != "last")
+    opt_bytes, ckpt_bytes = (d / f"opt_{tag}.pt").stat().st_size, (d / f"ckpt_{tag}.pt").stat().st_size
+    assert 1.8 < opt_bytes / ckpt_bytes < 2.2, (opt_bytes, ckpt_bytes)  # two moments per weight
+    found = latest_valid_checkpoint(d, run.config_hash(tiny_profile.data), warn=pytest.fail)
+    assert found[1]["step"] == newest[0]
+    train(run, tiny_profile.data, d, smoke_tokens, progress=False)  # resumes, finishes
+    assert _opt_tags(d) == [] and not (d / "ckpt_last.pt").exists() and (d / "DONE").exists()
+
+
+def test_a_damaged_optimizer_state_resumes_from_the_next_checkpoint(tiny_profile, smoke_tokens, tmp_path):
+    """A resume needs the optimizer state: when the newest checkpoint's is corrupted it is named and the
+    next newest checkpoint is loaded; a checkpoint of the older layout (optimizer state inside
+    ckpt_<tag>.pt, no opt_<tag>.pt) still resumes. Both end with the weights of an uninterrupted run."""
+    run = tiny_profile.run("silu-s1")
+    h = run.config_hash(tiny_profile.data)
+    ref = tmp_path / "ref"
+    train(run, tiny_profile.data, ref, smoke_tokens, progress=False)
+    want = torch.load(sorted(ref.glob("ckpt_0*.pt"))[-1], weights_only=True)["model"]
+    marks = checkpoint_steps(run.model, run.train)
+    for layout in ("corrupted", "older"):
+        d = tmp_path / layout
+        train(run, tiny_profile.data, d, smoke_tokens, progress=False, stop_after_step=marks[1] + 1)
+        tags = sorted(_opt_tags(d), key=lambda t: json.loads((d / f"meta_{t}.json").read_text())["step"])
+        if layout == "corrupted":
+            opt = d / f"opt_{tags[-1]}.pt"
+            data = bytearray(opt.read_bytes())
+            data[len(data) // 2] ^= 0xFF
+            opt.write_bytes(bytes(data))
+            warnings = []
+            tag, _ = latest_valid_checkpoint(d, h, warn=warnings.append)
+            assert tag == tags[-2] and len(warnings) == 1 and opt.name in warnings[0], warnings
+        else:  # rewrite the newest as the older layout: one file, its sidecar without "optimizer"
+            t = tags[-1]
+            state = torch.load(d / f"ckpt_{t}.pt", weights_only=True)
+            state["optimizer"] = torch.load(d / f"opt_{t}.pt", weights_only=True)
+            torch.save(state, d / f"ckpt_{t}.pt")
+            (d / f"opt_{t}.pt").unlink()
+            meta = json.loads((d / f"meta_{t}.json").read_text())
+            meta.pop("optimizer")
+            data = (d / f"ckpt_{t}.pt").read_bytes()
+            meta.update(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
+            (d / f"meta_{t}.json").write_text(json.dumps(meta))
+            assert latest_valid_checkpoint(d, h, warn=pytest.fail)[0] == t
+        train(run, tiny_profile.data, d, smoke_tokens, progress=False)
+        got = torch.load(sorted(d.glob("ckpt_0*.pt"))[-1], weights_only=True)["model"]
+        assert all(torch.equal(want[k], got[k]) for k in want), layout

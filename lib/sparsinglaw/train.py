@@ -8,10 +8,12 @@
                                  loss is the cross-entropy in train and val rows alike (an MoE's
                                  load-balancing term is trained on, not logged); mfu is the global tok_s
                                  over the peak FLOP/s of all torchrun GPUs together
-    run_dir/ckpt_0000123.pt      checkpoint after optimizer step 123 (model, optimizer, RNG)
+    run_dir/ckpt_0000123.pt      checkpoint after optimizer step 123 (model, RNG)
+    run_dir/opt_0000123.pt       its optimizer state (AdamW's moments: twice the weights), kept for the
+                                 KEEP_OPTIMIZER newest checkpoints only, none once the run is done
     run_dir/meta_0000123.json    its sidecar: config, step, tokens, data cursor, RNG, losses,
-                                 versions, sha256 of the .pt (written last: the commit marker)
-    run_dir/ckpt_last.pt (+ meta_last.json)   resume snapshot every `resume_every` steps
+                                 versions, sha256 of both .pt (written last: the commit marker)
+    run_dir/ckpt_last.pt (+ opt_last.pt, meta_last.json)   resume snapshot every `resume_every` steps
     run_dir/DONE                 written when the run finished (summary JSON)
 
 Exact resume: batches are a pure function of (seed, step, micro-batch), the schedule a pure function
@@ -216,19 +218,44 @@ def _rng_b64() -> str:
     return base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode()
 
 
+KEEP_OPTIMIZER = 2  # checkpoints (the newest) whose optimizer state is kept for a resume; older ones keep weights
+
+
 def save_checkpoint(run_dir: Path, tag: str, model: Transformer, opt: torch.optim.Optimizer, meta: dict) -> Path:
-    """Write ckpt_<tag>.pt, then meta_<tag>.json carrying its sha256 (the sidecar commits it)."""
+    """Write ckpt_<tag>.pt (weights, RNG state), opt_<tag>.pt (AdamW's state, twice the weights) and then
+    meta_<tag>.json carrying both sha256 (the sidecar commits the three); then drop the optimizer state
+    of all but the KEEP_OPTIMIZER newest checkpoints (`drop_optimizer_states`)."""
     import io
 
-    buf = io.BytesIO()
-    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                "rng": torch.get_rng_state(), "step": meta["step"], "tokens": meta["tokens"]}, buf)
-    data = buf.getvalue()
-    pt = run_dir / f"ckpt_{tag}.pt"
-    meta = dict(meta, file=pt.name, sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
+    def saved(obj) -> bytes:
+        buf = io.BytesIO()
+        torch.save(obj, buf)
+        return buf.getvalue()
+
+    data = saved({"model": model.state_dict(), "rng": torch.get_rng_state(), "step": meta["step"],
+                  "tokens": meta["tokens"]})
+    opt_data = saved(opt.state_dict())
+    pt, opt_pt = run_dir / f"ckpt_{tag}.pt", run_dir / f"opt_{tag}.pt"
+    meta = dict(meta, file=pt.name, sha256=hashlib.sha256(data).hexdigest(), bytes=len(data),
+                optimizer={"file": opt_pt.name, "sha256": hashlib.sha256(opt_data).hexdigest(),
+                           "bytes": len(opt_data)})
     sidecar = json.dumps(meta, indent=1, sort_keys=True).encode()
-    atomic_write_files({pt: data, run_dir / f"meta_{tag}.json": sidecar})
+    atomic_write_files({pt: data, opt_pt: opt_data, run_dir / f"meta_{tag}.json": sidecar})
+    drop_optimizer_states(run_dir, KEEP_OPTIMIZER)
     return pt
+
+
+def drop_optimizer_states(run_dir: Path, keep: int) -> None:
+    """Delete opt_<tag>.pt of every committed checkpoint but the `keep` with the most steps: a resume
+    loads the newest valid checkpoint (the next newest if it is damaged), and the marks that the
+    measurement reads need weights only. A deletion cut short leaves a file that the next one removes."""
+    steps = {}
+    for f in run_dir.glob("opt_*.pt"):
+        tag = f.name[len("opt_"):-len(".pt")]
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):  # uncommitted: not ours to judge
+            steps[tag] = int(read_meta(run_dir, tag)["step"])
+    for tag in sorted(steps, key=steps.get, reverse=True)[keep:]:
+        (run_dir / f"opt_{tag}.pt").unlink(missing_ok=True)
 
 
 def checkpoint_problem(run_dir: Path, tag: str, config_hash: str) -> str | None:
@@ -263,20 +290,47 @@ def read_meta(run_dir: Path, tag: str) -> dict:
     return json.loads((run_dir / f"meta_{tag}.json").read_text())
 
 
-def load_checkpoint(run_dir: Path, tag: str, config_hash: str, map_location="cpu") -> dict:
-    problem = checkpoint_problem(run_dir, tag, config_hash)
+def optimizer_problem(run_dir: Path, tag: str) -> str | None:
+    """Why valid checkpoint `tag` cannot be resumed from (its optimizer state is gone or damaged), or None.
+    Checkpoints written before opt_<tag>.pt existed hold the state in ckpt_<tag>.pt itself."""
+    saved = read_meta(run_dir, tag).get("optimizer")
+    if saved is None:
+        return None
+    opt_pt = run_dir / saved["file"]
+    if not opt_pt.exists():
+        return f"{opt_pt.name}: dropped (older checkpoints keep weights only)"
+    if opt_pt.stat().st_size != saved.get("bytes") or sha256_file(opt_pt) != saved.get("sha256"):
+        return f"{opt_pt}: truncated or corrupted (size or sha256 differs from meta_{tag}.json)"
+    return None
+
+
+def load_checkpoint(run_dir: Path, tag: str, config_hash: str, map_location="cpu", optimizer: bool = True) -> dict:
+    """A valid checkpoint's state, with its optimizer state when `optimizer` (refused without one: see
+    optimizer_problem)."""
+    problem = checkpoint_problem(run_dir, tag, config_hash) or (optimizer and optimizer_problem(run_dir, tag))
     if problem:
         raise CheckpointError(f"refusing checkpoint {problem}")
-    return torch.load(run_dir / f"ckpt_{tag}.pt", map_location=map_location, weights_only=True)
+    state = torch.load(run_dir / f"ckpt_{tag}.pt", map_location=map_location, weights_only=True)
+    if optimizer and "optimizer" not in state:
+        state["optimizer"] = torch.load(run_dir / f"opt_{tag}.pt", map_location=map_location, weights_only=True)
+    return state
 
 
-def latest_valid_checkpoint(run_dir: Path, config_hash: str, warn=print) -> tuple[str, dict] | None:
-    """(tag, meta) of the valid checkpoint with the most steps; invalid ones are reported and skipped."""
+def latest_valid_checkpoint(run_dir: Path, config_hash: str, warn=print, last_step: int | None = None
+                            ) -> tuple[str, dict] | None:
+    """(tag, meta) of the valid checkpoint with the most steps that a resume can load: one with its
+    optimizer state, or the one at `last_step` (the run's end: no step follows, say after a lost DONE).
+    Invalid ones are reported and skipped, as are damaged optimizer states (dropped ones silently:
+    older checkpoints keep weights only)."""
     best = None
     for tag in checkpoint_tags(run_dir):
         problem = checkpoint_problem(run_dir, tag, config_hash)
         if problem:
             warn(f"warning: skipping checkpoint {problem}")
+            continue
+        if read_meta(run_dir, tag)["step"] != last_step and (problem := optimizer_problem(run_dir, tag)):
+            if "dropped" not in problem:
+                warn(f"warning: not resuming from ckpt_{tag}.pt: {problem}")
             continue
         meta = read_meta(run_dir, tag)
         if best is None or meta["step"] > best[1]["step"]:
@@ -494,6 +548,7 @@ def train(run: RunConfig, data_cfg: DataConfig, run_dir: Path, tokens: TokenData
     done_path = run_dir / "DONE"
     done = read_done(done_path)
     if done is not None and done.get("config_hash") == config_hash:
+        drop_optimizer_states(run_dir, 0)  # left by a kill between DONE and their deletion
         return done
     check_tokens(run, tokens)  # before anything is written
     ddp = init_distributed(device)  # checks the device and torchrun's variables first
@@ -524,13 +579,15 @@ def train(run: RunConfig, data_cfg: DataConfig, run_dir: Path, tokens: TokenData
     step, kept = 0, "no checkpoint was saved yet"  # kept: what a divergence leaves to resume from
     last_loss = float("nan")  # the loss of the last step trained (from the sidecar after a resume)
     window = (0.0, 0)  # (sum, count) of the step losses since the last logged row (from the sidecar too)
-    found = latest_valid_checkpoint(run_dir, config_hash, warn=print if ddp.main else (lambda _m: None))
+    found = latest_valid_checkpoint(run_dir, config_hash, warn=print if ddp.main else (lambda _m: None),
+                                    last_step=n_steps)
     if found is not None:
         tag, meta = found
         check_corpus(run, meta, run_dir / f"meta_{tag}.json", tokens.fingerprint)
-        state = load_checkpoint(run_dir, tag, config_hash, map_location=dev)
+        state = load_checkpoint(run_dir, tag, config_hash, map_location=dev, optimizer=meta["step"] < n_steps)
         model.load_state_dict(state["model"])
-        load_optimizer(opt, state["optimizer"])
+        if meta["step"] < n_steps:
+            load_optimizer(opt, state["optimizer"])
         torch.set_rng_state(state["rng"].cpu())
         step, last_loss = int(state["step"]), float(meta["loss"])
         saved = meta.get("log_window", {})  # absent in checkpoints written before it was kept
@@ -691,13 +748,14 @@ def train(run: RunConfig, data_cfg: DataConfig, run_dir: Path, tokens: TokenData
     if not ddp.main:
         barrier()  # rank 0 writes DONE
         return json.loads(done_path.read_text())
-    for stale in ("ckpt_last.pt", "meta_last.json"):
+    for stale in ("ckpt_last.pt", "opt_last.pt", "meta_last.json"):
         (run_dir / stale).unlink(missing_ok=True)
     done = {"run": run.name, "config_hash": config_hash, "steps": n_steps, "tokens": n_steps * tps,
             "final_loss": last_loss, "checkpoints": sorted(marks | {n_steps}),
             "non_embedding_params": model.num_params(non_embedding=True),
             "flops_per_token": fpt, "versions": versions()}
     atomic_write_text(done_path, json.dumps(done, indent=1))
+    drop_optimizer_states(run_dir, 0)  # a finished run resumes no more (after DONE: a kill before it resumes)
     print(f"{run.name}: done, {n_steps * tps:,} tokens, final loss {last_loss:.4f}; "
           + session_summary(n_steps - step_start, tps, time.perf_counter() - t_start, fpt, peak, ddp.world)
           + f" on {dev}", flush=True)
