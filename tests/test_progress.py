@@ -2,11 +2,14 @@
 draws one bar for the stage and prints the lines above it."""
 from __future__ import annotations
 
+import io
 import os
 import queue
 import re
 import subprocess
 import sys
+import threading
+import time
 
 from conftest import REPO
 from sparsinglaw import progress
@@ -108,3 +111,54 @@ def test_parallel_workers_print_whole_lines_under_one_stage_bar(tmp_path):
     bars = [p for p in pieces if "|" in p]
     assert bars and all(p.startswith("stage: ") for p in bars), bars
     assert not any(re.match(r"task\d: ", p) for p in pieces), r.stdout  # no worker drew a bar of its own
+
+
+def test_the_stage_bar_reads_on_when_a_line_cannot_be_written(monkeypatch, capsys):
+    """A closed pipe (`train -j 4 | head`) or a terminal that cannot show a character must not stop the
+    parent's reading: workers whose queue is not read block at their exit, and the stage would hang."""
+    class Closed(io.StringIO):
+        def write(self, s):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    ascii_out = io.TextIOWrapper(io.BytesIO(), encoding="ascii")
+    q = queue.Queue()
+    stage = progress.StageBar(q, "training", [1.0])
+    try:
+        monkeypatch.setattr(sys, "stdout", Closed())
+        q.put(("line", "stdout", "lost"))
+        q.put(("bar", 0, "relu-s1", 1, 2))
+        deadline = time.time() + 10
+        while 0 not in stage.active and time.time() < deadline:
+            time.sleep(0.01)
+        assert stage.reader.is_alive() and stage.active[0] == ("relu-s1", 0.5)
+        monkeypatch.setattr(sys, "stdout", ascii_out)
+        stage._handle(("line", "stdout", "café"))
+    finally:
+        stage.close()
+    ascii_out.flush()
+    assert ascii_out.buffer.getvalue().decode() == "caf?\n"
+
+
+def test_a_call_ends_with_its_output_flushed_and_threads_keep_lines_whole(monkeypatch):
+    q = queue.Queue()
+    out = progress._Lines(q, "stdout", 1)
+    monkeypatch.setattr(sys, "stdout", out)
+    progress.call(0, lambda: sys.stdout.write("no newline"))  # the worker outlives the call
+    assert _drain(q) == [("line", "stdout", "no newline")]
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads switch often: unlocked, lines came out twice in some runs
+
+    def lines(k):
+        for j in range(20000):
+            out.write(f"thread {k} line {j}\n")
+
+    try:
+        threads = [threading.Thread(target=lines, args=(k,)) for k in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(old)
+    got = [m[2] for m in _drain(q)]
+    assert sorted(got) == sorted(f"thread {k} line {j}" for k in range(2) for j in range(20000))

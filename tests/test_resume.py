@@ -207,8 +207,11 @@ def test_ctrl_c_stops_parallel_runs(tmp_path, when, target):
     printed a traceback; after one call had crashed, Ctrl-C was not handled at all)."""
     (tmp_path / "par.py").write_text(PARALLEL)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO / "lib"))
+    # as a terminal's foreground command: Ctrl-C not ignored, even when the tests run in the background
+    # (a shell starts background commands with SIGINT ignored, and a child keeps that)
     proc = subprocess.Popen([sys.executable, str(tmp_path / "par.py"), str(tmp_path), "60", when], env=env,
-                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         ready = {"startup": ["spawning"], "running": ["started0", "started1"],
                  "crash": ["started2"]}[when]  # crash: task 0 has failed, its worker took task 2

@@ -926,3 +926,39 @@ def test_a_damaged_optimizer_state_resumes_from_the_next_checkpoint(tiny_profile
         train(run, tiny_profile.data, d, smoke_tokens, progress=False)
         got = torch.load(sorted(d.glob("ckpt_0*.pt"))[-1], weights_only=True)["model"]
         assert all(torch.equal(want[k], got[k]) for k in want), layout
+
+
+def test_a_run_killed_before_its_done_keeps_no_optimizer_state(tiny_profile, smoke_tokens, tmp_path, monkeypatch,
+                                                               capsys):
+    """The optimizer states go before DONE is written (after it, a kill would leave them for good: a
+    finished run is never trained again): a run stopped just before its DONE has none left and still
+    finishes without training a step, from its final checkpoint. When no checkpoint can be resumed (that
+    one damaged too), a note says so and the run trains again from step 0, to the same weights."""
+    from sparsinglaw import train as tr
+
+    run = tiny_profile.run("relu-s1")
+    d = tmp_path / "run"
+    write = tr.atomic_write_text
+
+    def killed_at_done(path, text):
+        if path.name == "DONE":
+            raise KeyboardInterrupt  # as a kill: nothing after this point runs
+        write(path, text)
+
+    monkeypatch.setattr(tr, "atomic_write_text", killed_at_done)
+    with pytest.raises(KeyboardInterrupt):
+        train(run, tiny_profile.data, d, smoke_tokens, progress=False)
+    monkeypatch.setattr(tr, "atomic_write_text", write)
+    assert _opt_tags(d) == [] and not (d / "DONE").exists()
+    final = sorted(d.glob("ckpt_0*.pt"))[-1]
+    want = torch.load(final, weights_only=True)["model"]
+    capsys.readouterr()
+    train(run, tiny_profile.data, d, smoke_tokens, progress=False)
+    assert "no step trained in this session" in capsys.readouterr().out
+    (d / "DONE").unlink()
+    final.write_bytes(final.read_bytes()[:-1])  # truncated: the older marks keep weights only
+    train(run, tiny_profile.data, d, smoke_tokens, progress=False)
+    out = capsys.readouterr().out
+    assert "no checkpoint can be resumed" in out and "training again from step 0" in out, out
+    got = torch.load(final, weights_only=True)["model"]
+    assert all(torch.equal(want[k], got[k]) for k in want)

@@ -8,6 +8,7 @@ overwrite each other's line, and a worker's line printed over a bar would leave 
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import queue
 import sys
@@ -60,10 +61,11 @@ class Relay:
 
 class _Lines(io.TextIOBase):
     """A worker's stdout or stderr: each whole line goes to the parent, which prints it above its bar.
-    `fileno` is the stream's own descriptor, for code that writes there directly (unrelayed)."""
+    `fileno` is the stream's own descriptor, for code that writes there directly (unrelayed). A lock keeps
+    the lines of threads writing at once (a prefetcher's warning beside the loop's print) whole."""
 
     def __init__(self, q, name: str, fd: int):
-        self.q, self.name, self.fd, self.buf = q, name, fd, ""
+        self.q, self.name, self.fd, self.buf, self.lock = q, name, fd, "", threading.Lock()
 
     def writable(self) -> bool:
         return True
@@ -72,16 +74,18 @@ class _Lines(io.TextIOBase):
         return self.fd
 
     def write(self, s: str) -> int:
-        self.buf += s
-        *lines, self.buf = self.buf.split("\n")
-        for line in lines:
-            self.q.put(("line", self.name, line))
+        with self.lock:
+            self.buf += s
+            *lines, self.buf = self.buf.split("\n")
+            for line in lines:
+                self.q.put(("line", self.name, line))
         return len(s)
 
-    def flush(self) -> None:  # a line without its newline (none is printed so) goes out on a flush
-        if self.buf:
-            self.q.put(("line", self.name, self.buf))
-            self.buf = ""
+    def flush(self) -> None:  # a line without its newline goes out on a flush (`call` flushes at its end)
+        with self.lock:
+            if self.buf:
+                self.q.put(("line", self.name, self.buf))
+                self.buf = ""
 
 
 def relay_to(q) -> None:
@@ -92,10 +96,15 @@ def relay_to(q) -> None:
 
 
 def call(i: int, fn, *args):
-    """fn(*args) as call i of a stage (what a worker's bars report)."""
+    """fn(*args) as call i of a stage (what a worker's bars report); its output ends flushed (the worker
+    outlives the call, and the flush of a worker's exit comes after its queue is closed)."""
     global _CALL
     _CALL = i
-    return fn(*args)
+    try:
+        return fn(*args)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
 
 
 class StageBar:
@@ -122,7 +131,12 @@ class StageBar:
 
     def _handle(self, msg) -> None:
         if msg[0] == "line":
-            self.tqdm.write(msg[2], file=sys.stdout if msg[1] == "stdout" else sys.stderr)
+            out = sys.stdout if msg[1] == "stdout" else sys.stderr
+            try:
+                self.tqdm.write(msg[2], file=out)
+            except UnicodeEncodeError:  # a terminal or pipe that cannot show a character: shown as "?"
+                enc = getattr(out, "encoding", None) or "ascii"
+                self.tqdm.write(msg[2].encode(enc, "replace").decode(enc), file=out)
         elif msg[1] not in self.done:
             _, i, desc, n, todo = msg
             self.active[i] = (desc, min(n / todo, 1.0) if todo > 0 else 1.0)
@@ -130,10 +144,15 @@ class StageBar:
     def _read(self) -> None:
         while not self.stop.is_set():
             try:
-                self._handle(self.q.get(timeout=0.2))
+                msg = self.q.get(timeout=0.2)
             except queue.Empty:
-                pass
-            self._draw()
+                msg = None
+            try:
+                if msg is not None:
+                    self._handle(msg)
+                self._draw()
+            except Exception:  # a closed pipe (`| head`) loses the lines, but the reading goes on: workers
+                pass  # whose queue is not read block on their exit, and the stage would hang
 
     def _draw(self) -> None:
         if time.monotonic() - self.drawn < 1.0:
@@ -160,5 +179,7 @@ class StageBar:
             except queue.Empty:
                 break
             if msg[0] == "line":
-                self._handle(msg)
-        self.tqdm.close()
+                with contextlib.suppress(Exception):  # as in _read
+                    self._handle(msg)
+        with contextlib.suppress(Exception):
+            self.tqdm.close()

@@ -548,7 +548,6 @@ def train(run: RunConfig, data_cfg: DataConfig, run_dir: Path, tokens: TokenData
     done_path = run_dir / "DONE"
     done = read_done(done_path)
     if done is not None and done.get("config_hash") == config_hash:
-        drop_optimizer_states(run_dir, 0)  # left by a kill between DONE and their deletion
         return done
     check_tokens(run, tokens)  # before anything is written
     ddp = init_distributed(device)  # checks the device and torchrun's variables first
@@ -595,6 +594,9 @@ def train(run: RunConfig, data_cfg: DataConfig, run_dir: Path, tokens: TokenData
         kept = f"the last good checkpoint {run_dir / f'ckpt_{tag}.pt'} (step {step}) is kept"
         if ddp.main:
             print(f"run {run.name}: resuming from step {step} of {n_steps} (ckpt_{tag}.pt)", flush=True)
+    elif ddp.main and any(checkpoint_problem(run_dir, t, config_hash) is None for t in checkpoint_tags(run_dir)):
+        print(f"note: run {run.name}: no checkpoint can be resumed (only the {KEEP_OPTIMIZER} newest keep their "
+              "optimizer state, and theirs are missing or damaged); training again from step 0", flush=True)
     log_path = run_dir / "log.csv"
     if ddp.main:
         remove_stale_temps(run_dir)
@@ -750,12 +752,13 @@ def train(run: RunConfig, data_cfg: DataConfig, run_dir: Path, tokens: TokenData
         return json.loads(done_path.read_text())
     for stale in ("ckpt_last.pt", "opt_last.pt", "meta_last.json"):
         (run_dir / stale).unlink(missing_ok=True)
+    drop_optimizer_states(run_dir, 0)  # before DONE: a run killed now resumes from its final checkpoint,
+    # which needs no optimizer state (no step follows); after it, a kill would leave them for good
     done = {"run": run.name, "config_hash": config_hash, "steps": n_steps, "tokens": n_steps * tps,
             "final_loss": last_loss, "checkpoints": sorted(marks | {n_steps}),
             "non_embedding_params": model.num_params(non_embedding=True),
             "flops_per_token": fpt, "versions": versions()}
     atomic_write_text(done_path, json.dumps(done, indent=1))
-    drop_optimizer_states(run_dir, 0)  # a finished run resumes no more (after DONE: a kill before it resumes)
     print(f"{run.name}: done, {n_steps * tps:,} tokens, final loss {last_loss:.4f}; "
           + session_summary(n_steps - step_start, tps, time.perf_counter() - t_start, fpt, peak, ddp.world)
           + f" on {dev}", flush=True)
