@@ -328,11 +328,11 @@ def latest_valid_checkpoint(run_dir: Path, config_hash: str, warn=print, last_st
         if problem:
             warn(f"warning: skipping checkpoint {problem}")
             continue
-        if read_meta(run_dir, tag)["step"] != last_step and (problem := optimizer_problem(run_dir, tag)):
+        meta = read_meta(run_dir, tag)
+        if meta["step"] != last_step and (problem := optimizer_problem(run_dir, tag)):
             if "dropped" not in problem:
                 warn(f"warning: not resuming from ckpt_{tag}.pt: {problem}")
             continue
-        meta = read_meta(run_dir, tag)
         if best is None or meta["step"] > best[1]["step"]:
             best = (tag, meta)
     return best
