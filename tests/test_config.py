@@ -421,6 +421,9 @@ def test_a_bad_override_is_named_before_the_file(tmp_path):
         with pytest.raises(ConfigError) as e:
             load_profile("smoke", overrides=[ov])
         assert str(e.value).startswith(head) and "configs/smoke.yaml: " in str(e.value), str(e.value)
+    with pytest.raises(ConfigError) as e:  # a key set twice: the last value is the one checked
+        load_profile("smoke", overrides=["sparsity.n_grid=4096", "sparsity.n_grid=100.5"])
+    assert str(e.value).startswith("--set 'sparsity.n_grid=100.5' is refused: "), str(e.value)
     bad = tmp_path / "bad-lr.yaml"
     bad.write_text((REPO / "configs" / "smoke.yaml").read_text().replace("train:", "train:\n  lrr: 1\n", 1))
     with pytest.raises(ConfigError) as e:
@@ -453,6 +456,7 @@ def test_the_profile_hash_covers_the_fit_settings_but_no_stage_hash_does():
     ("train.decay_min_lr_frac=0", "train.decay_min_lr_frac", "train.decay_min_lr_frac=1"),  # C8: (0, 1]
     ("data.vocab_size=256", "data.vocab_size", "data.vocab_size=257"),  # C9: > 256 byte tokens
     ("sparsity.eval_tokens=63", "sparsity.eval_tokens", "sparsity.eval_tokens=64"),  # C16: >= one window of 64
+    ("sparsity.n_grid=1", "sparsity.n_grid", "sparsity.n_grid=2"),  # a grid from min n_i to the 0.99 quantile
 ])
 def test_bounds_refuse_just_outside_and_accept_the_edge(override, field, ok):
     """Each bound at its edge: the value just outside is refused naming the field, the edge itself loads."""

@@ -75,6 +75,25 @@ def test_measure_run(tiny, smoke_tokens):
     assert again["rows"] == rec["rows"] and all(list(a) == list(r) for a, r in zip(again["rows"], rec["rows"]))
 
 
+def test_a_record_without_its_arrays_is_measured_again(tiny, smoke_tokens, capsys):
+    """The .npz beside a record deleted: measure_run measured nothing (it returned the record) while
+    final_arrays sent the user back to that same command; now it notes the loss and measures the run again,
+    to the same rows and arrays."""
+    runs.train_profile(tiny, names=["relu-s1"], jobs=1, progress=False)
+    run = tiny.run("relu-s1")
+    rec = measure.measure_run(tiny, run, progress=False)
+    arrays = measure.final_arrays(tiny, run)
+    npz = measure.record_path(tiny, run).with_suffix(".npz")
+    npz.unlink()
+    capsys.readouterr()
+    again = measure.measure_run(tiny, run, progress=False)
+    assert f"note: run relu-s1: the arrays of its measurement ({npz.name}) are missing; measuring it again" \
+        in capsys.readouterr().out
+    assert npz.exists() and again["rows"] == rec["rows"]
+    for k, v in measure.final_arrays(tiny, run).items():
+        np.testing.assert_array_equal(v, arrays[k])
+
+
 def test_keys_read_only_the_settings_they_depend_on():
     """Every sparsity field but the Pareto sweeps' changes the measurement's key, so a cached measurement
     is never reused under other settings; the sweeps' values change only the sweep's key, and which runs
@@ -159,6 +178,19 @@ def test_pareto_points(tiny, smoke_tokens):
     top = df[df["method"] == "topk"]
     assert sorted(top["param"].astype(int)) == ks
     np.testing.assert_allclose(top["activation_ratio"], top["param"] / d_ff, rtol=0, atol=1e-9)  # k of d_ff
+
+
+def test_pareto_with_empty_sweeps_keeps_the_zeros_and_ppl_p_points(tiny, smoke_tokens):
+    """No CETT, Top-k or FAT point asked for: the exact-zeros point takes its dense loss from its own pass
+    (it read the first sweep point's, an IndexError), the same as the measurement's dense loss."""
+    runs.train_profile(tiny, names=["relu-s1"], jobs=1, progress=False)
+    p = load_profile("smoke", overrides=tiny.overrides + ["sparsity.cett_sweep=[]", "sparsity.topk_fracs=[]",
+                                                          "sparsity.fat_eps=[]"])
+    df = measure.pareto_run(p, p.run("relu-s1"), progress=False)
+    assert sorted(df["method"]) == ["ppl-1%", "zeros"]
+    zeros, ppl = (df[df["method"] == m].iloc[0] for m in ("zeros", "ppl-1%"))
+    assert zeros["dense_loss"] == pytest.approx(ppl["dense_loss"], rel=1e-6)
+    assert zeros["ppl_ratio"] == pytest.approx(1.0, abs=1e-6)
 
 
 def test_topk_ks_round_to_the_nearest_k():

@@ -463,6 +463,11 @@ def test_bad_inputs(trained, val):
         S.cett_curves(diverged, val, n_grid=256)
     with pytest.raises(ValueError, match="not both"):
         S.activation_stats(model, val, taus=[0.1, 0.1], rule=S.zeros_rule())
+    for impl in ("fast", "reference"):  # a one-point grid: a clear error (fast divided by zero in _bins)
+        with pytest.raises(ValueError, match="n_grid must be >= 2"):
+            S.ppl_p_sparsity(model, val, impl=impl, n_grid=1)
+    with pytest.raises(ValueError, match="n_last must be >= 1"):  # [-0:] is the whole list: not searched on all
+        S.run_protocol([model, model], val, n_last=0, n_grid=256)
 
 
 # ----------------------------------------------------------------------------- the search on c

@@ -415,6 +415,8 @@ def validate_sparsity(s: SparsityConfig, run_names: list[str], where: str) -> No
     _check(1 in s.p or 1.0 in s.p, f"{where}.p", f"must include 1 (PPL-1% is the paper's main setting), got {s.p}")
     for f in ("eval_tokens", "batch_size", "n_grid", "n_last"):
         _check(getattr(s, f) > 0, f"{where}.{f}", f"must be a positive integer, got {getattr(s, f)}")
+    _check(s.n_grid >= 2, f"{where}.n_grid",
+           f"must be at least 2 (candidate thresholds from min n_i to the 0.99 quantile), got {s.n_grid}")
     _check(0 < s.tol < 0.5, f"{where}.tol", f"must lie in (0, 0.5), got {s.tol}")
     _check(s.search in ("bisect", "secant"), f"{where}.search", f"expected bisect or secant, got {s.search!r}")
     _check(s.impl in ("fast", "reference"), f"{where}.impl", f"expected fast or reference, got {s.impl!r}")
@@ -652,7 +654,7 @@ def blame_override(error: ConfigError, overrides: list[str], path: str) -> Confi
         return error
     field = msg[len(path) + 2:].split(":", 1)[0]
     bare = re.sub(r"^runs\[\d+\]\.", "", field)
-    for ov in overrides:
+    for ov in reversed(overrides):  # of one key set twice, the last is the value checked
         key = ov.split("=", 1)[0].strip()
         if key in (field, bare) or ("." not in field and key.split(".")[0] == field) or \
                 (key.startswith("runs.") and field.startswith("runs[") and key.endswith(f".{bare}")):

@@ -255,7 +255,11 @@ def measure_run(profile: ProfileConfig, run: RunConfig, runs_dir=None, progress:
     d = out.parent
     with run_lock(d, f"measure {run.name}"):
         if out.exists():
-            return read_record(out, profile, run)
+            rec = read_record(out, profile, run)
+            if out.with_suffix(".npz").exists():
+                return rec
+            print(f"note: run {run.name}: the arrays of its measurement ({out.with_suffix('.npz').name}) are "
+                  "missing; measuring it again", flush=True)
         remove_stale_temps(d)
         t0 = time.perf_counter()
         dev = measure_device(profile)
@@ -569,7 +573,7 @@ def pareto_run(profile: ProfileConfig, run: RunConfig, runs_dir=None, progress: 
             points += sp.sweep_topk(model, batches, ks) + sp.sweep_topk(model, batches, ks, per_batch=True)
             points += sp.sweep_fat(model, batches, scfg.fat_eps)
         if run.model.activation == "relu" and not moe:
-            points.append(sp.zeros_point(model, batches, points[0].dense_loss))
+            points.append(sp.zeros_point(model, batches, points[0].dense_loss if points else None))
         rows = [{"method": pt.method, "param": pt.param, "dense_loss": pt.dense_loss, "sparse_loss": pt.sparse_loss,
                  "ppl": pt.ppl, "ppl_ratio": pt.ppl_ratio, "activation_ratio": pt.activation_ratio} for pt in points]
         final = [r for r in record["rows"] if r["step"] == int(ck["step"])]

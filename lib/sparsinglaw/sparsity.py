@@ -263,6 +263,8 @@ def cett_per_token(h: Tensor, w_down: Tensor, tau: float | Tensor, n: Tensor | N
 
 def threshold_grid(n_min: float, n_top: float, n_grid: int = N_GRID) -> Tensor:
     """The candidate thresholds: n_grid float32 points from min n_i to the 0.99 quantile."""
+    if not n_grid >= 2:
+        raise ValueError(f"n_grid must be >= 2 (the grid runs from min n_i to the 0.99 quantile), got {n_grid}")
     return torch.linspace(n_min, n_top, n_grid, dtype=torch.float32)
 
 
@@ -487,7 +489,8 @@ def activation_stats(model: Transformer, batches: Batches, *, taus: Sequence[flo
     neuron (``per_neuron``: activation frequency, and per domain when batches carry a domain tensor).
     Static masks set on the model are lifted during the pass. Dead neurons (``dead_ratio``) are counted
     under the pass's own thresholds or rule: the measurement (measure.measure_run) counts them under the
-    PPL-p% thresholds; with ``zeros_rule()`` they are the ReLU neurons whose s_i is never > 0.
+    PPL-p% thresholds; with ``zeros_rule()`` they are the ReLU neurons whose s_i is > 0 on fewer than
+    ``min_freq`` of the valid tokens (``dead_ratio``; 0.1% by default), not only those never > 0.
     """
     if taus is not None and rule is not None:
         raise ValueError("give thresholds taus or a keep rule, not both")
@@ -935,6 +938,8 @@ def run_protocol(checkpoints: Sequence[Checkpoint], batches: Batches, p: float =
     The searched checkpoints reuse their results from the search (already at c). Other arguments as in
     ``ppl_p_sparsity``.
     """
+    if search_on is None and not n_last >= 1:
+        raise ValueError(f"n_last must be >= 1, got {n_last}")
     idx = list(range(len(checkpoints)))[-n_last:] if search_on is None else list(search_on)
     if not idx:
         raise ValueError("no checkpoints to search on")
