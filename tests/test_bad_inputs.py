@@ -59,7 +59,8 @@ CLI_CASES = [
     Case("config-odd-head-dim", [*TRAIN, "--set", "model.head_dim=5"],
          ["smoke.yaml: model.head_dim: must be even for rotary embeddings, got 5"]),
     Case("config-vocab-too-small", [*TRAIN, "--set", "data.vocab_size=100"],
-         ["data.vocab_size: must exceed the 256 byte tokens of byte-level BPE, got 100"]),
+         ["data.vocab_size: must lie in (256, 2**32]: above the 256 byte tokens of byte-level BPE, token ids in "
+          "uint32; got 100"]),
     Case("config-eval-shorter-than-a-window", [*TRAIN, "--set", "train.eval_tokens=10"],
          ["runs[0].train.eval_tokens: must be at least one window of model.seq_len=64 tokens, got 10"]),
     Case("config-sparsity-eval-shorter-than-a-window", [*TRAIN, "--set", "sparsity.eval_tokens=8"],

@@ -455,6 +455,7 @@ def test_the_profile_hash_covers_the_fit_settings_but_no_stage_hash_does():
 @pytest.mark.parametrize("override, field, ok", [
     ("train.decay_min_lr_frac=0", "train.decay_min_lr_frac", "train.decay_min_lr_frac=1"),  # C8: (0, 1]
     ("data.vocab_size=256", "data.vocab_size", "data.vocab_size=257"),  # C9: > 256 byte tokens
+    ("data.vocab_size=4294967297", "data.vocab_size", "data.vocab_size=4294967296"),  # token ids in uint32
     ("sparsity.eval_tokens=63", "sparsity.eval_tokens", "sparsity.eval_tokens=64"),  # C16: >= one window of 64
     ("sparsity.n_grid=1", "sparsity.n_grid", "sparsity.n_grid=2"),  # a grid from min n_i to the 0.99 quantile
 ])

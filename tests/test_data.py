@@ -563,6 +563,64 @@ def test_text_field_domain_is_no_domain_in_jsonl_either(tmp_path):
         assert {d.domain for d in docs} == {"text"} and len(docs) == 6, corpus
 
 
+def test_a_folder_of_record_shards_reads_their_records(tmp_path):
+    """.jsonl and .parquet files in a folder are shards of records, read as the single files are: the same
+    texts and domains, named by their relative path (a .jsonl shard was one document of JSON syntax, a
+    .parquet one was refused as not UTF-8); a plain text file beside them stays one document."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"text": prose_words(i), "domain": ("code", "prose")[i % 2]} for i in range(12)]
+    root = tmp_path / "shards"
+    (root / "part").mkdir(parents=True)
+    (root / "part" / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:6]))
+    pq.write_table(pa.Table.from_pylist(rows[6:]), root / "part" / "b.parquet")
+    (root / "empty.JSONL").write_text("")  # an empty shard is skipped as an empty text file is
+    (root / "notes.txt").write_text(prose_words(99))
+    docs, fp = corpus_documents(user_cfg(root))
+    got = {d.name: d for d in docs}
+    assert fp["files"] == 13 and set(got) == {f"part/a.jsonl:{i + 1}" for i in range(6)} | \
+        {f"part/b.parquet:{i}" for i in range(6)} | {"notes.txt"}
+    assert [(got[f"part/a.jsonl:{i + 1}"].text, got[f"part/a.jsonl:{i + 1}"].domain) for i in range(6)] + \
+        [(got[f"part/b.parquet:{i}"].text, got[f"part/b.parquet:{i}"].domain) for i in range(6)] == \
+        [(r["text"], r["domain"]) for r in rows]
+    assert got["notes.txt"].domain == "text" and not any("{" in d.text for d in docs)
+    (root / "part" / "c.jsonl").write_text('{"txt": "x"}\n')  # a shard's errors name the shard and its line
+    assert_corpus_error(user_cfg(root), "c.jsonl:1: no field 'text'")
+
+
+def test_integer_domains_are_labels_and_other_values_are_refused(tmp_path):
+    """Integer domain labels (0, 1, 2) were merged silently into the one domain "text"; now they are their
+    decimal text in both formats, null is "text", and a float or a list is refused naming the record."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    texts = [prose_words(i) for i in range(6)]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps({"text": t, "domain": i % 3 if i else None}) + "\n"
+                                              for i, t in enumerate(texts)))
+    pq.write_table(pa.table({"text": texts, "domain": pa.array([None, 1, 2, 0, 1, 2], pa.int64())}),
+                   tmp_path / "d.parquet")
+    for corpus in ("d.jsonl", "d.parquet"):
+        docs, _ = corpus_documents(user_cfg(tmp_path / corpus))
+        assert sorted(d.domain for d in docs) == ["0", "1", "1", "2", "2", "text"], corpus
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"text": texts[0], "domain": 1.5}) + "\n")
+    assert_corpus_error(user_cfg(tmp_path / "bad.jsonl"), "bad.jsonl:1: field 'domain' is float (1.5)")
+    pq.write_table(pa.table({"text": texts[:2], "domain": [["a"], ["b"]]}), tmp_path / "bad.parquet")
+    assert_corpus_error(user_cfg(tmp_path / "bad.parquet"), "bad.parquet, row 0: field 'domain' is list")
+
+
+def test_a_package_inside_another_is_read_once(tmp_path):
+    """data.packages [json, json.tool]: json/tool.py is reached from both; it is one document, named under
+    the first package listed (it was two, which could land in both splits)."""
+    both, _ = corpus_documents(DataConfig(corpus="python-env", packages=["json", "json.tool"], vocab_size=300,
+                                          max_mb=100, val_fraction=0.5))
+    alone, _ = corpus_documents(DataConfig(corpus="python-env", packages=["json"], vocab_size=300, max_mb=100,
+                                           val_fraction=0.5))
+    assert [d.name for d in both] == [d.name for d in alone] and "json/tool.py" in {d.name for d in both}
+    tool, _ = corpus_documents(DataConfig(corpus="python-env", packages=["json.tool"], vocab_size=300, max_mb=100))
+    assert {d.name for d in tool} == {"json.tool.py"}  # alone it is read under its own name (split by lines)
+
+
 def test_fingerprint_changes_with_the_split_or_the_domains_alone(tmp_path):
     """The token cache is found by the fingerprint: the same documents with another split (another
     val_fraction) or with other domains (a .jsonl's domain field) must give another sha256, else a cache

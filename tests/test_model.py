@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import os
 
 import pytest
 import torch
@@ -130,6 +131,27 @@ def test_register_activation_is_used_by_the_model():
         x = torch.randn(3, TINY.d_model, dtype=torch.float64)
         want = ((x @ ffn.w_gate.weight.T).abs() * (x @ ffn.w_up.weight.T)) @ ffn.w_down.weight.T
         torch.testing.assert_close(ffn(x), want)
+    finally:
+        ACTIVATIONS.pop("test_abs")
+
+
+def test_registered_activations_reach_the_workers_or_the_runs_stay_here(capsys):
+    """A registered activation was unknown in run_parallel's spawned workers (they reload the profile: "unknown
+    activation"); now an importable one is registered there, and one that cannot be sent (a lambda) makes
+    the runs go one by one in this process, with a note."""
+    from sparsinglaw.runs import run_parallel
+
+    register_activation("test_abs", torch.abs)
+    try:
+        run_parallel(get_activation, [("test_abs",), ("test_abs",)], jobs=2, what="probe")  # raised in a worker
+        assert capsys.readouterr().err == ""
+        register_activation("test_abs", lambda x: x.abs(), overwrite=True)
+        seen = []
+        run_parallel(lambda n: seen.append((os.getpid(), get_activation(n))), [("test_abs",), ("relu",)], jobs=2,
+                     what="probe")
+        assert [(pid, fn) for pid, fn in seen] == [(os.getpid(), ACTIVATIONS["test_abs"]), (os.getpid(), F.relu)]
+        assert "note: probe: the registered activation(s) test_abs cannot reach worker processes" in \
+            capsys.readouterr().err
     finally:
         ACTIVATIONS.pop("test_abs")
 

@@ -400,7 +400,8 @@ def validate_data(d: DataConfig, where: str) -> None:
     _check(d.max_mb > 0, f"{where}.max_mb", f"must be > 0, got {d.max_mb}")
     _check(0 < d.val_fraction < 0.5, f"{where}.val_fraction", f"must lie in (0, 0.5), got {d.val_fraction}")
     _check(256 < d.vocab_size <= 2**32, f"{where}.vocab_size",
-           f"must exceed the 256 byte tokens of byte-level BPE, got {d.vocab_size}")
+           f"must lie in (256, 2**32]: above the 256 byte tokens of byte-level BPE, token ids in uint32; "
+           f"got {d.vocab_size}")
     _check(d.tokenizer_mb > 0, f"{where}.tokenizer_mb", f"must be > 0, got {d.tokenizer_mb}")
     _check(all(isinstance(p, str) and p for p in d.packages), f"{where}.packages",
            f"expected a list of package names (e.g. [stdlib, torch]), got {d.packages!r}")

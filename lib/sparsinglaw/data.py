@@ -18,13 +18,16 @@ Default corpus (``data.corpus: python-env``): the Python source text of the runn
   everything else ``code``; a docstring is any string literal standing alone as a statement; a file
   ``tokenize`` cannot parse is all ``code``) and ``*.txt/*.rst/*.md`` (all ``prose``). Files over
   1 MB (generated tables), empty files, non-UTF-8 files, hidden folders and ``__pycache__`` are
-  skipped. Files are named portably: ``stdlib/json/decoder.py``, ``torch/nn/modules/linear.py``.
+  skipped. Files are named portably: ``stdlib/json/decoder.py``, ``torch/nn/modules/linear.py``; a file
+  reached from two listed packages (``numpy`` and ``numpy.linalg``) is read once, under the first name.
 
 User corpora (``data.corpus`` is a path): a single text file (one document), a folder (every
 regular, non-hidden file under it, each one document, all of which must be UTF-8, their names too;
-symbolic links are skipped), ``.jsonl`` (one JSON object per line, text in ``data.text_field``) or
-``.parquet`` (string column ``data.text_field``; dictionary-encoded strings such as a pandas
-Categorical too). Records may carry a string ``domain`` field/column; the domains are then its
+symbolic links are skipped; its ``.jsonl``/``.ndjson``/``.parquet`` files are shards of records, read
+as below and named ``<relative path>:<line or row>``), ``.jsonl`` (one JSON object per line, text in
+``data.text_field``) or ``.parquet`` (string column ``data.text_field``; dictionary-encoded strings
+such as a pandas Categorical too). Records may carry a ``domain`` field/column (a string, or an
+integer label read as its decimal text; any other value is refused); the domains are then its
 values, otherwise (or when ``data.text_field`` is ``domain`` itself) the single domain ``text``.
 Empty texts are skipped; user corpora are read into memory.
 
@@ -81,6 +84,7 @@ MB = 1_000_000  # bytes per MB in max_mb / tokenizer_mb
 MAX_FILE_BYTES = 1_000_000  # python-env: larger files are generated tables, skipped
 PROSE_SUFFIXES = (".txt", ".rst", ".md")
 STDLIB_SKIP = {"site-packages", "dist-packages", "test", "idlelib", "lib2to3"}
+RECORD_SUFFIXES = (".jsonl", ".ndjson", ".parquet")  # files of records: one document per record
 FIXTURE_DIRS = {"test", "tests", "data", "testdata"}  # prose files here are numeric fixtures
 ENCODE_CHUNK_BYTES = 4 * MB  # text per encode_batch call (bounds memory of Encoding objects)
 PARALLEL_SEGMENT_BYTES = 8 * MB  # Python text above which tagging uses a process pool
@@ -233,6 +237,7 @@ def _python_env_candidates(cfg: DataConfig) -> tuple[list[_Candidate], str]:
             source.append(pkg)
 
     cands: dict[str, _Candidate] = {}
+    seen: set[Path] = set()  # a file reached from two listed packages (numpy and numpy.linalg) is read once
     for prefix, root, is_stdlib in roots:
         if root.is_file():
             files = [(root, f"{prefix}.py")]
@@ -253,6 +258,10 @@ def _python_env_candidates(cfg: DataConfig) -> tuple[list[_Candidate], str]:
                 continue
             if path.is_symlink() or not path.is_file() or st.st_size == 0 or st.st_size > MAX_FILE_BYTES:
                 continue
+            real = path.resolve()
+            if real in seen:
+                continue
+            seen.add(real)
             is_py = name.endswith(".py")
             dom = "code" if is_py else "prose"
             cands.setdefault(name, _Candidate(name, st.st_size, path=path, domain=dom, python=is_py))
@@ -270,11 +279,9 @@ def _user_candidates(cfg: DataConfig) -> tuple[list[_Candidate], str]:
     if not path.is_dir():
         _check_name(path.name, path)  # the documents of a single file are named after it
     if path.is_dir():
-        cands = _folder_candidates(path)
-    elif path.suffix.lower() in (".jsonl", ".ndjson"):
-        cands = _jsonl_candidates(path, cfg.text_field)
-    elif path.suffix.lower() == ".parquet":
-        cands = _parquet_candidates(path, cfg.text_field)
+        cands = _folder_candidates(path, cfg.text_field)
+    elif path.name.lower().endswith(RECORD_SUFFIXES):
+        cands = _record_candidates(path, cfg.text_field, path.name)
     else:
         text = _file_text(path, str(path), "save it as UTF-8")
         if not text.strip():
@@ -283,7 +290,7 @@ def _user_candidates(cfg: DataConfig) -> tuple[list[_Candidate], str]:
     return cands, f"corpus: {cfg.corpus}"
 
 
-def _folder_candidates(root: Path) -> list[_Candidate]:
+def _folder_candidates(root: Path, text_field: str) -> list[_Candidate]:
     cands = []
     for d, dirs, names in os.walk(root):
         dirs[:] = sorted(x for x in dirs if not x.startswith(".") and x != "__pycache__")
@@ -293,6 +300,10 @@ def _folder_candidates(root: Path) -> list[_Candidate]:
                 continue
             rel = p.relative_to(root).as_posix()
             _check_name(rel, p)
+            if n.lower().endswith(RECORD_SUFFIXES):  # shards of records, read as the single files are
+                if p.stat().st_size:
+                    cands += _record_candidates(p, text_field, rel)
+                continue
             text = _file_text(p, str(p), f"convert it to UTF-8 or remove it from {root}")
             if text:
                 cands.append(_Candidate(rel, len(text.encode()), text))
@@ -322,12 +333,27 @@ def _utf8_size(text: str, where: str, what: str) -> int:
                           "record") from None
 
 
-def _domain_value(dom: object) -> str:
-    """A record's optional 'domain' field: its value when a non-empty string, else "text"."""
-    return dom if isinstance(dom, str) and dom else "text"
+def _domain_value(dom: object, where: str) -> str:
+    """A record's optional 'domain' field: a non-empty string, or an integer as its decimal text (labels
+    0, 1, 2); missing, null or empty: "text". Any other value is refused (it was merged into "text")."""
+    if dom is None or dom == "":
+        return "text"
+    if isinstance(dom, int) and not isinstance(dom, bool):
+        return str(dom)
+    if not isinstance(dom, str):
+        raise CorpusError(f"{where}: field 'domain' is {type(dom).__name__} ({dom!r}); a domain is a string or "
+                          "an integer label; fix the value or drop the field")
+    return dom
 
 
-def _jsonl_candidates(path: Path, text_field: str) -> list[_Candidate]:
+def _record_candidates(path: Path, text_field: str, name: str) -> list[_Candidate]:
+    """The records of a .jsonl/.ndjson or .parquet file, named ``<name>:<line or row>``."""
+    if path.name.lower().endswith(".parquet"):
+        return _parquet_candidates(path, text_field, name)
+    return _jsonl_candidates(path, text_field, name)
+
+
+def _jsonl_candidates(path: Path, text_field: str, name: str) -> list[_Candidate]:
     data = path.read_bytes()
     try:
         whole = data.decode("utf-8")
@@ -356,17 +382,17 @@ def _jsonl_candidates(path: Path, text_field: str) -> list[_Candidate]:
             raise CorpusError(f"{path}:{i}: field {text_field!r} is {type(text).__name__}, not a string; "
                               "set data.text_field to a field holding text")
         if text:
-            dom = _domain_value(rec.get("domain") if text_field != "domain" else None)  # as in .parquet
+            dom = _domain_value(rec.get("domain") if text_field != "domain" else None, f"{path}:{i}")  # as .parquet
             _utf8_size(dom, f"{path}:{i}", "field 'domain'")
             size = _utf8_size(text, f"{path}:{i}", f"field {text_field!r}")
-            cands.append(_Candidate(f"{path.name}:{i}", size, text, domain=dom))
+            cands.append(_Candidate(f"{name}:{i}", size, text, domain=dom))
     if not cands:
         raise CorpusError(f"{path}: no text (the file has no non-empty {text_field!r} values); "
                           "point data.corpus at a file with text")
     return cands
 
 
-def _parquet_candidates(path: Path, text_field: str) -> list[_Candidate]:
+def _parquet_candidates(path: Path, text_field: str, name: str) -> list[_Candidate]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -385,7 +411,7 @@ def _parquet_candidates(path: Path, text_field: str) -> list[_Candidate]:
     table = pq.read_table(path, columns=cols)
     texts = _column_values(table, text_field, path)
     doms = _column_values(table, "domain", path) if len(cols) > 1 else [None] * len(texts)
-    cands = [_Candidate(f"{path.name}:{i}", len(t.encode()), t, domain=_domain_value(d))
+    cands = [_Candidate(f"{name}:{i}", len(t.encode()), t, domain=_domain_value(d, f"{path}, row {i}"))
              for i, (t, d) in enumerate(zip(texts, doms, strict=True)) if t]
     if not cands:
         raise CorpusError(f"{path}: no text (column {text_field!r} is empty); point data.corpus at a "

@@ -17,8 +17,8 @@ h_i is exactly 0. Every expert is computed and masked (simple, not fast). Traini
 Transformer's load-balancing loss.
 
 MiniCPM's muP knobs: embeddings times ``scale_emb``; each residual branch times
-``scale_depth / sqrt(n_layers)``; logits from ``h / width_mult``; hidden matrices get init std and
-learning rate shrunk by ``width_mult = d_model / dim_model_base``.
+``scale_depth / sqrt(n_layers)``; logits from ``h / width_mult``; hidden matrices get init std
+``init_std / sqrt(width_mult)`` and learning rate ``lr / width_mult``, ``width_mult = d_model / dim_model_base``.
 """
 
 from __future__ import annotations
@@ -77,11 +77,25 @@ ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
 }
 
 
+BUILTIN_ACTIVATIONS = frozenset(ACTIVATIONS)
+
+
 def register_activation(name: str, fn: Callable[[Tensor], Tensor], *, overwrite: bool = False) -> None:
-    """Add an elementwise activation under ``name`` (then usable as ``ModelConfig.activation``)."""
+    """Add an elementwise activation under ``name`` (then usable as ``ModelConfig.activation``).
+
+    Runs and measurements are keyed by the activation's name, not its code: a finished run of that name
+    is reused, so give a changed function a new name. The worker processes of ``jobs > 1`` get the
+    registered functions (runs.run_parallel) when they can be imported there by name (a function of an
+    importable module, not of a notebook or ``__main__``, nor a lambda); otherwise the runs go one by one
+    in this process, with a note."""
     if name in ACTIVATIONS and not overwrite:
         raise ValueError(f"activation {name!r} is already registered (pass overwrite=True to replace it)")
     ACTIVATIONS[name] = fn
+
+
+def registered_activations() -> dict[str, Callable[[Tensor], Tensor]]:
+    """The activations added by ``register_activation`` (not the built-in ones)."""
+    return {k: v for k, v in ACTIVATIONS.items() if k not in BUILTIN_ACTIVATIONS}
 
 
 def get_activation(name: str) -> Callable[[Tensor], Tensor]:

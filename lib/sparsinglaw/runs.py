@@ -17,6 +17,7 @@ import hashlib
 import io
 import json
 import os
+import pickle
 import subprocess
 import sys
 import time
@@ -401,13 +402,14 @@ def one_line_warnings() -> None:
     warnings.formatwarning = lambda message, category, *args, **kwargs: f"{category.__name__}: {message}\n"
 
 
-def _worker_init(relay=None) -> None:
+def _worker_init(relay=None, activations: bytes | None = None) -> None:
     """In each worker of run_parallel: SIGINT ignored, then unblocked (it was blocked when the worker
     started, so a Ctrl-C during its start-up stayed pending and is now dropped): Ctrl-C reaches the
     parent alone, which terminates the workers. Progress bars take a thread lock instead of tqdm's
     default multiprocessing lock, a named semaphore of this process alone that a terminated worker
     would leave to the resource tracker (which then warns of leaked semaphores). Warnings take one line.
     `relay`: the queue to the parent's stage bar, which then takes the worker's bars and output lines.
+    `activations`: the parent's registered activations, pickled (model.register_activation).
     """
     import signal
     import threading
@@ -422,6 +424,27 @@ def _worker_init(relay=None) -> None:
     one_line_warnings()
     if relay is not None:
         progress.relay_to(relay)
+    if activations is not None:
+        from .model import register_activation
+
+        for name, fn in pickle.loads(activations).items():
+            register_activation(name, fn, overwrite=True)
+
+
+def _sendable_activations() -> tuple[bytes | None, list[str]]:
+    """The registered activations pickled for spawned workers, and the names of those that cannot reach
+    them: a lambda, a function of ``__main__`` (a script run directly, a notebook) or anything else a
+    worker cannot import by name."""
+    from .model import registered_activations
+
+    extra, stuck = registered_activations(), []
+    for name, fn in extra.items():
+        try:
+            if b"__main__" in pickle.dumps(fn):
+                stuck.append(name)
+        except Exception:  # pickle raises PicklingError, AttributeError or TypeError
+            stuck.append(name)
+    return (pickle.dumps(extra) if extra and not stuck else None), stuck
 
 
 def run_parallel(fn, calls: list[tuple], jobs: int, what: str, keep_going: bool = True, progress: bool = False,
@@ -445,7 +468,12 @@ def run_parallel(fn, calls: list[tuple], jobs: int, what: str, keep_going: bool 
     from .progress import StageBar, call
 
     errors, crash, pool, stage = [], None, None, None
-    if jobs == 1 or len(calls) == 1:
+    activations, stuck = _sendable_activations() if jobs > 1 and len(calls) > 1 else (None, [])
+    if stuck:
+        print(f"note: {what}: the registered activation(s) {', '.join(stuck)} cannot reach worker processes (a "
+              "lambda, or a function of __main__ or a notebook; one in an importable module can): the "
+              f"{len(calls)} runs go one by one in this process", file=sys.stderr, flush=True)
+    if jobs == 1 or len(calls) == 1 or stuck:
         for args in calls:
             try:
                 fn(*args)
@@ -472,7 +500,7 @@ def run_parallel(fn, calls: list[tuple], jobs: int, what: str, keep_going: bool 
             if relay is not None:
                 stage = StageBar(relay, what, weights or [1.0] * len(calls))
             pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init,
-                                       initargs=(relay,))
+                                       initargs=(relay, activations))
             futures = {pool.submit(call, i, fn, *args): i for i, args in enumerate(calls)}  # starts the workers
         finally:
             if block:
