@@ -21,6 +21,7 @@ from sparsinglaw.model import (
     get_activation,
     num_params_from_config,
     register_activation,
+    registered_activations,
     sparse,
 )
 
@@ -152,8 +153,18 @@ def test_registered_activations_reach_the_workers_or_the_runs_stay_here(capsys):
         assert [(pid, fn) for pid, fn in seen] == [(os.getpid(), ACTIVATIONS["test_abs"]), (os.getpid(), F.relu)]
         assert "note: probe: the registered activation(s) test_abs cannot reach worker processes" in \
             capsys.readouterr().err
-    finally:
         ACTIVATIONS.pop("test_abs")
+        register_activation("relu", torch.abs, overwrite=True)  # a built-in name replaced reaches them too
+        assert registered_activations() == {"relu": torch.abs}
+        run_parallel(_relu_is_abs, [(), ()], jobs=2, what="probe")
+    finally:
+        ACTIVATIONS.pop("test_abs", None)
+        ACTIVATIONS["relu"] = F.relu
+    assert registered_activations() == {}
+
+
+def _relu_is_abs() -> None:
+    assert get_activation("relu") is torch.abs, get_activation("relu")
 
 
 # ----------------------------------------------------------------------------- hook point

@@ -77,7 +77,7 @@ ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
 }
 
 
-BUILTIN_ACTIVATIONS = frozenset(ACTIVATIONS)
+BUILTIN_ACTIVATIONS = dict(ACTIVATIONS)
 
 
 def register_activation(name: str, fn: Callable[[Tensor], Tensor], *, overwrite: bool = False) -> None:
@@ -94,8 +94,8 @@ def register_activation(name: str, fn: Callable[[Tensor], Tensor], *, overwrite:
 
 
 def registered_activations() -> dict[str, Callable[[Tensor], Tensor]]:
-    """The activations added by ``register_activation`` (not the built-in ones)."""
-    return {k: v for k, v in ACTIVATIONS.items() if k not in BUILTIN_ACTIVATIONS}
+    """The activations added or replaced by ``register_activation`` (not the built-in ones)."""
+    return {k: v for k, v in ACTIVATIONS.items() if BUILTIN_ACTIVATIONS.get(k) is not v}
 
 
 def get_activation(name: str) -> Callable[[Tensor], Tensor]:
