@@ -63,6 +63,24 @@ def test_a_failing_cell_names_the_cell_and_the_error(tmp_path):
     assert r.returncode == 1  # In [4]: the parameters cell, papermill's injected one, then the two cells
     last = r.stderr.strip().splitlines()[-1]
     assert last == f"error: {nb} failed at In [4] with ValueError: no results for smoke (executed cells: " \
-                   f"{tmp_path / 'out.ipynb'})", r.stderr
+                   f"{tmp_path / 'out.failed.ipynb'})", r.stderr
     assert "raise ValueError" in r.stderr  # the cell's own traceback, not papermill's internals
     assert "Traceback (most recent call last):\n  File" not in r.stderr
+
+
+def test_a_failed_run_leaves_no_output_that_make_would_take_as_executed(tmp_path):
+    """The output of a failing notebook was written (papermill saves after the error), newer than its sources:
+    the next make figures skipped it and make report showed it. Now out is written only on success; a
+    failure removes an older out and keeps the executed cells in out.failed.ipynb, which a later success
+    removes; report refuses a notebook papermill saved after a failing cell."""
+    nb = _notebook(tmp_path / "nb.ipynb", "if profile == 'cpu':\n    raise ValueError('no results')\nprint(profile)")
+    out, failed = tmp_path / "out.ipynb", tmp_path / "out.failed.ipynb"
+    assert _run(str(nb), str(out), "--profile", "smoke", cwd=tmp_path).returncode == 0 and out.is_file()
+    assert _run(str(nb), str(out), "--profile", "cpu", cwd=tmp_path).returncode == 1
+    assert not out.exists() and nbformat.read(failed, as_version=4).metadata.papermill.exception is True
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nb.ipynb", "out.failed.ipynb"]  # no partial file
+    with pytest.raises(notebooks.SparsingLawError, match="out.failed.ipynb: this notebook stopped at a failing"):
+        notebooks.report([failed], tmp_path / "r.html")
+    assert not (tmp_path / "r.html").exists()
+    assert _run(str(nb), str(out), "--profile", "smoke", cwd=tmp_path).returncode == 0
+    assert out.is_file() and not failed.exists()

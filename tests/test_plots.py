@@ -24,7 +24,8 @@ def _texts(fig) -> list[str]:
 
 
 def _legend(ax) -> list[str]:
-    lg = ax.get_legend()
+    """The legend texts of an axes, or of a figure's own legend."""
+    lg = ax.get_legend() if isinstance(ax, plt.Axes) else (ax.legends[0] if ax.legends else None)
     return [t.get_text() for t in lg.get_texts()] if lg is not None else []
 
 
@@ -374,8 +375,18 @@ def test_width_depth_loss_curves_are_ordered_coloured_and_named_by_their_ratio(m
     log = _train_log([("relu-s2", "scale", 55480, 13.3), ("relu-s1", "scale", 23712, 16.0)])
     monkeypatch.setattr(plots, "train_log_table", lambda *a, **k: log)
     fig = plots.loss_curves_for(tiny_profile, "scale", compute=False)  # other groups: by size, as before
-    assert _legend(fig.axes[0]) == ["relu-s1 (0.02M)", "relu-s2 (0.06M)"]
+    assert _legend(fig.axes[0]) == ["relu-s1 (24k)", "relu-s2 (55k)"]  # as README and the other legends
     plt.close(fig)
+
+
+def test_size_ticks_round_once():
+    """55.48 thousand parameters is the tick "55" (rounding to 55.5 first made it "56", while legends and
+    README say 55k)."""
+    fig, ax = plt.subplots()
+    plots._ticks_at(ax, np.array([23712, 55480, 106416, 188992]) / 1e3)
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["24", "55", "106", "189"]
+    plt.close(fig)
+    assert [plots._count(n) for n in (23712, 99999, 106416, 1234567)] == ["24k", "100k", "0.11M", "1.23M"]
 
 
 def _speeds():
@@ -466,17 +477,21 @@ def test_width_depth_loss_says_what_its_best_ranges_rest_on_and_keeps_the_legend
          "message": "within 1% of the lowest final_loss"}])
     fig = plots.width_depth_loss(points, summary)
     ax = fig.axes[0]
-    labels = _legend(ax)
+    assert ax.get_legend() is None and len(fig.legends) == 1  # the figure's legend, below the axes
+    labels = _legend(fig)
     assert "E within 1% of the lowest: 3.6 only\n(point estimates; every E interval overlaps the lowest's)" in labels
     assert "last-checkpoint loss within 1% of the lowest: 12-32" in labels  # the final_loss range is drawn
     span = [p for p in ax.patches if p.get_label().startswith("last-checkpoint")]
     assert len(span) == 1 and span[0].get_hatch()
     fig.canvas.draw()
-    assert not ax.get_legend().get_window_extent().overlaps(ax.get_window_extent())  # outside the axes
+    box = fig.legends[0].get_window_extent()
+    assert not box.overlaps(ax.get_window_extent())  # outside the axes
+    assert not box.overlaps(ax.xaxis.label.get_window_extent())  # and below the axis label (it overlapped it)
+    assert box.y0 >= 0  # inside the figure
     plt.close(fig)
     apart = points.assign(E_lo=[1.87, 2.34, 2.40, 2.24, 3.35])  # wd96's interval clear of the lowest's
     fig = plots.width_depth_loss(apart, summary)
-    assert any("(point estimates; 3 of 4 other E intervals overlap the lowest's)" in lb for lb in _legend(fig.axes[0]))
+    assert any("(point estimates; 3 of 4 other E intervals overlap the lowest's)" in lb for lb in _legend(fig))
     plt.close(fig)
 
 
@@ -495,7 +510,7 @@ def test_layer_thresholds_tell_groups_apart_and_keep_the_legend_off_the_lines():
     assert {style[r][:2] for r in ("relu-wd32", "relu-wd3.6", "relu-wd12")} == {("--", "s")}
     assert len({style[r][2] for r in ("relu-wd32", "relu-wd3.6", "relu-wd12")}) == 3  # shaded apart by d/L
     assert a2.get_legend() is None and a1.get_legend() is None and len(fig.legends) == 1
-    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    labels = _legend(fig)
     assert [lb for lb in labels if lb.startswith("relu-wd")] == [
         "relu-wd3.6 (d/L 3.56, L=2)", "relu-wd12 (d/L 12, L=2)", "relu-wd32 (d/L 32, L=2)"]
     fig.canvas.draw()
@@ -740,7 +755,7 @@ def test_width_depth_activation_draws_converged_limits_and_a_fit_flat_above_the_
                            "A0": [0.14, 0.26, 1e-12], "A0_lo": [0.12, 0.22, math.nan], "A0_hi": [0.15, 0.3, math.nan],
                            "A_last": [0.15, 0.27, 0.3]})
     summary = pd.DataFrame([{"quantity": "A0", "kind": "piecewise_linear", "breakpoint": 20.0, "breakpoint_lo": 10.0,
-                             "breakpoint_hi": 30.0, "slope_below": 0.01, "intercept": 0.1}])
+                             "breakpoint_hi": 30.0, "slope_below": 0.01, "intercept": 0.1, "inside": True}])
     fig = plots.width_depth_activation(points, summary)
     ax = fig.axes[0]
     x, y, bars = _errorbar(ax, "fitted limit $A_0$")
@@ -753,6 +768,10 @@ def test_width_depth_activation_draws_converged_limits_and_a_fit_flat_above_the_
     assert [_xy(ln)[0] for ln in ax.lines if ln.get_linestyle() == "--"] == [[20.0, 20.0]]
     span = ax.patches[0]
     assert len(ax.patches) == 1 and (span.get_x(), span.get_x() + span.get_width()) == (10.0, 30.0)
+    plt.close(fig)
+    # a breakpoint whose interval reaches the candidates' edge (as CSV text) is no bottleneck: the label says so
+    fig = plots.width_depth_activation(points, summary.assign(inside="False"))
+    assert "piecewise fit (A0), breakpoint 20\n(candidates' edge: no bottleneck)" in _legend(fig.axes[0])
     plt.close(fig)
 
 
@@ -767,7 +786,7 @@ def test_width_depth_loss_shades_each_best_range_where_it_is_and_compares_with_t
     fig = plots.width_depth_loss(points, summary)
     ax = fig.axes[0]
     # the lowest E is wd4's, whose interval every other one overlaps (wd64's does not overlap wd16's)
-    assert "E within 10% of the lowest: 4-16\n(point estimates; every E interval overlaps the lowest's)" in _legend(ax)
+    assert "E within 10% of the lowest: 4-16\n(point estimates; every E interval overlaps the lowest's)" in _legend(fig)
     assert [(p.get_x(), p.get_x() + p.get_width()) for p in ax.patches] == [(4.0, 16.0), (4.0, 16.0)]
     plt.close(fig)
 

@@ -52,16 +52,36 @@ def kernel_config():
     return config
 
 
+def failed_path(out: str | Path) -> Path:
+    """Where ``execute`` leaves the cells of a run that failed: ``NN_name.failed.ipynb`` beside ``out``."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}.failed.ipynb")
+
+
 def execute(notebook: str | Path, out: str | Path, profile: str, *, replot: bool = False,
             log_output: bool = False, cwd: str | Path = ".") -> Path:
     """Execute ``notebook`` for ``profile`` with papermill into ``out`` (parameters ``profile`` and, when
-    ``replot``, ``replot=True``). ``log_output`` streams every cell's output instead of a progress bar."""
+    ``replot``, ``replot=True``). ``log_output`` streams every cell's output instead of a progress bar.
+
+    ``out`` is written only when every cell ran (papermill writes into a partial file renamed at the
+    end): a run that fails or is interrupted removes ``out`` and leaves its executed cells in
+    ``failed_path(out)``, so that make never takes a failed notebook for an executed one."""
     import papermill as pm
 
+    out = Path(out)
+    part, failed = out.with_name(f"{out.stem}.partial.ipynb"), failed_path(out)
     params = {"profile": profile, **({"replot": True} if replot else {})}
-    pm.execute_notebook(str(notebook), str(out), parameters=params, kernel_name="python3", cwd=str(cwd),
-                        progress_bar=not log_output, log_output=log_output, config=kernel_config())
-    return Path(out)
+    try:
+        pm.execute_notebook(str(notebook), str(part), parameters=params, kernel_name="python3", cwd=str(cwd),
+                            progress_bar=not log_output, log_output=log_output, config=kernel_config())
+    except BaseException:
+        out.unlink(missing_ok=True)
+        if part.exists():
+            part.replace(failed)
+        raise
+    part.replace(out)
+    failed.unlink(missing_ok=True)
+    return out
 
 
 def report(paths: list[str | Path], out: str | Path, title: str = "sparsing-law report") -> Path:
@@ -81,6 +101,9 @@ def report(paths: list[str | Path], out: str | Path, title: str = "sparsing-law 
     merged = new_notebook(cells=[new_markdown_cell(f"# {title}\n\n{toc}")])
     for p in paths:
         nb = nbformat.read(p, as_version=4)
+        if nb.metadata.get("papermill", {}).get("exception"):  # saved after a failing cell (papermill itself)
+            raise SparsingLawError(f"{p}: this notebook stopped at a failing cell; run it again (make figures, or "
+                                   "make replot for FROM=replot) before the report")
         merged.metadata = merged.metadata or nb.metadata
         merged.cells.append(new_markdown_cell(f'<a id="{p.stem}"></a>\n\n---\n*notebook `{p.name}`*'))
         merged.cells.extend(nb.cells)
@@ -123,7 +146,8 @@ def _main(argv=None) -> int:
                         cwd=args.cwd)
             except PapermillExecutionError as e:
                 print(f"{e}\nerror: {args.notebook} failed at In [{e.exec_count}] with {e.ename}: {e.evalue}"
-                      f"{'' if args.log_output else f' (executed cells: {args.out})'}", file=sys.stderr)
+                      f"{'' if args.log_output else f' (executed cells: {failed_path(args.out)})'}",
+                      file=sys.stderr)
                 return 1
         else:
             print(f"wrote {report(args.notebooks, args.out, args.title)}")

@@ -214,7 +214,7 @@ def loss_curves(logs: dict[str, pd.DataFrame], info: pd.DataFrame, title: str = 
             log = logs[r["run"]]
             tr, va = log[log["split"] == "train"], log[log["split"] == "val"]
             label = (f"{r['run']} (d/L {r['width_depth']:.3g}, {r['non_embedding_params'] / 1e3:.0f}k)"
-                     if by == "width_depth" else f"{r['run']} ({r['non_embedding_params'] / 1e6:.2f}M)")
+                     if by == "width_depth" else f"{r['run']} ({_count(r['non_embedding_params'])})")
             ax.plot(tr["tokens"] / 1e6, tr["loss"], color=cmap(i), lw=1, label=label)
             ax.plot(va["tokens"] / 1e6, va["loss"], "o", color=cmap(i), ms=2)
         log_x(ax)
@@ -430,11 +430,16 @@ def _nothing(ax, why: str) -> None:
     ax.set(xticks=[], yticks=[])
 
 
+def _count(n: float) -> str:
+    """A parameter count as in the legends and README: 24k, 0.11M, 1.23M."""
+    return f"{n / 1e3:.0f}k" if n < 1e5 else f"{n / 1e6:.2f}M"
+
+
 def _ticks_at(ax, values) -> None:
     """Log x axis with one plain tick label at each model size."""
     ax.set_xscale("log")
-    v = sorted(set(np.round(np.asarray(values, dtype=float), 1)))
-    ax.set_xticks(v, [f"{x:.0f}" for x in v])
+    v = sorted(set(np.asarray(values, dtype=float)))
+    ax.set_xticks(v, [f"{x:.0f}" for x in v])  # rounded once: 55.48 is "55" (55.5 was "56")
     ax.xaxis.set_minor_locator(ticker.NullLocator())
     ax.xaxis.set_minor_formatter(ticker.NullFormatter())
 
@@ -586,8 +591,10 @@ def width_depth_activation(points: pd.DataFrame, summary: pd.DataFrame, paper_va
     pw = summary[(summary["kind"] == "piecewise_linear") & summary["breakpoint"].notna()]
     if len(pw):
         row = pw.iloc[0]
+        where = (f"bottleneck {row['breakpoint']:.3g}" if as_bool(row["inside"]) else
+                 f"breakpoint {row['breakpoint']:.3g}\n(candidates' edge: no bottleneck)")
         _piecewise_line(ax, row, points["width_depth"], color=c, lw=1,
-                        label=f"piecewise fit ({row['quantity']}), bottleneck {row['breakpoint']:.3g}")
+                        label=f"piecewise fit ({row['quantity']}), {where}")
     else:
         _note(ax, "no piecewise fit (too few runs)", "upper left")
     if paper_values:
@@ -653,9 +660,9 @@ def width_depth_loss(points: pd.DataFrame, summary: pd.DataFrame, paper_values: 
     ax.set(xlabel="width-depth ratio $d_h / L$", ylabel="limit loss (nats/token)")
     handles, labels = ax.get_legend_handles_labels()
     order = sorted(range(len(labels)), key=lambda i: not labels[i].startswith("fitted"))  # the fit first
-    ax.legend([handles[i] for i in order], [labels[i] for i in order], frameon=False, loc="upper left",
-              bbox_to_anchor=(-0.02, -0.3), fontsize=5.5)
-    fig.tight_layout()
+    fig.set_layout_engine("constrained")  # places the legend below the axis label (tight_layout overlapped them)
+    fig.legend([handles[i] for i in order], [labels[i] for i in order], frameon=False, loc="outside lower left",
+               fontsize=5.5)
     return fig
 
 
