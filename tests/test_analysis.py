@@ -169,6 +169,23 @@ def test_form_comparison_prefers_the_true_form(table):
     assert not short["converged"].any() and short["message"].str.startswith("not fitted").all()
 
 
+def test_form_comparison_carries_form_nulls_test_on_the_paper_forms_row(table):
+    """null_p and null_n, on which law_forms' FAIL rests, are laws.form_null's on the run's own points
+    (FORM_NULL_SIMS or n_boot sets, whichever is fewer); the other forms' rows have none."""
+    spec = dataclasses.replace(SPEC, n_boot=12)
+    for run, act in (("relu-s1", "relu"), ("silu-s1", "silu")):
+        sub = table[table["run"] == run]
+        c = analysis.form_comparison(sub, spec).set_index("form")
+        pts = analysis.activation_points(sub)
+        paper = analysis.form_for(act)
+        want = laws.form_null(pts["D"].to_numpy(), pts["activation_ratio"].to_numpy(), paper,
+                              tuple(f for f in analysis.ALTERNATIVES if f != paper), spec, 12)
+        assert want["n_ok"] > 0 and np.isfinite(want["p"])
+        assert (c.loc[paper, "null_p"], c.loc[paper, "null_n"]) == (want["p"], want["n_ok"]), run
+        rest = c.drop(index=paper)
+        assert rest["null_p"].isna().all() and (rest["null_n"] == 0).all()
+
+
 def test_activation_points_sort_each_run_by_tokens(table):
     """Rows in any order (a remeasured run appended, a hand-merged table): each run's points come back
     sorted by tokens, runs in the order they first appear, with D in 1e9 tokens and D/N in tokens per
@@ -261,6 +278,13 @@ def test_width_depth_finds_the_bottleneck_and_the_best_range():
     assert br["tol"] == pytest.approx(0.01 * E.min())
     # within 1% (0.03) of the lowest E where |log(x / 64)| <= sqrt(0.6) = 0.775, i.e. x in [29.5, 139]
     assert (br["best_lo"], br["best_hi"]) == (32.0, 128.0)
+    # another level reaches the breakpoint and slope intervals (and is recorded), not only the best ranges
+    _, at80 = analysis.width_depth(fits, losses, level=0.8)
+    r80, want = at80.set_index("quantity").loc["A0"], laws.fit_piecewise_linear(x, A0, "flat", 0.8)
+    assert (r80["breakpoint_lo"], r80["breakpoint_hi"]) == pytest.approx(want.breakpoint_interval, rel=1e-12)
+    assert (r80["slope_below_lo"], r80["slope_below_hi"]) == pytest.approx(want.slope_below_interval, rel=1e-12)
+    assert r80["slope_below_hi"] - r80["slope_below_lo"] < r["slope_below_hi"] - r["slope_below_lo"]
+    assert (at80["level"] == 0.8).all()
 
 
 def test_width_depth_with_too_few_runs_says_so():

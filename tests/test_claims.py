@@ -484,6 +484,8 @@ def inference_table(ppl_ratios, acc_drops) -> pd.DataFrame:
     ([1.01, 1.01], [0.2, 4.0], "FAIL"),
     ([1.01, 1.03], [0.2, 0.5], "INCONCLUSIVE"),
     ([1.0, 1.03], [0.2, 0.5], "INCONCLUSIVE"),  # the mean increase is 1.5%, the max 3%: the max counts
+    ([1.01, 1.015], [0.2, 2.0], "INCONCLUSIVE"),  # perplexity fine, an accuracy drop between 1 and 3 points
+    ([1.01, 1.015], [0.2, 2.9], "INCONCLUSIVE"),
 ])
 def test_ppl1_lossless(ppl, acc, expect):
     row = claims.ppl1_lossless(inference_table(ppl, acc))

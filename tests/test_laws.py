@@ -648,6 +648,13 @@ def test_A0_vs_scale_takes_the_wider_of_ols_and_known_errors():
         known_half = z * (half / z) / math.sqrt(sxx)
         assert (r["slope_hi"] - r["slope_lo"]) / 2 == pytest.approx(max(ols_half, known_half))
         assert r["slope"] == pytest.approx(b[0])  # equal weights: the same line either way
+    # at level 0.8 the A0 intervals are 80% ones: sigma = half / z_0.9, and the slope's interval is 80% too
+    z80 = 1.2815515655446004  # the normal 0.9 quantile
+    r = laws.fit_A0_vs_scale(N, A0, A0 - 0.2, A0 + 0.2, level=0.8)
+    assert r["method"] == "WLS, known errors" and r["level"] == 0.8
+    assert (r["slope_hi"] - r["slope_lo"]) / 2 == pytest.approx(z80 * (0.2 / z80) / math.sqrt(sxx))
+    r = laws.fit_A0_vs_scale(N, A0, A0 - 0.001, A0 + 0.001, level=0.8)
+    assert (r["slope_hi"] - r["slope_lo"]) / 2 == pytest.approx(stats.t.ppf(0.9, x.size - 2) * math.sqrt(s2 / sxx))
     # two precise points and two vague ones: the known-error interval is narrow, the runs scatter: OLS
     r = laws.fit_A0_vs_scale(N, A0, A0 - np.array([0.1, 0.001, 0.1, 0.001]), A0 + np.array([0.1, 0.001, 0.1, 0.001]))
     assert r["method"] == "OLS" and (r["slope_hi"] - r["slope_lo"]) / 2 == pytest.approx(ols_half)
@@ -719,6 +726,30 @@ def test_residual_bootstrap_rescales_by_the_identified_parameters(monkeypatch):
     monkeypatch.setattr(laws, "_lsq", lsq)
     laws._bootstrap(form, D, A, x, spec)
     assert len(drawn) == 5 and np.isin(np.concatenate(drawn), want).all()
+
+
+def test_form_null_simulates_with_the_bootstraps_rescaled_residuals(monkeypatch):
+    """form_null's simulated sets are the paper form's fit plus residuals drawn from the centered residuals
+    times sqrt(n / (n - k)), as _bootstrap draws them: a smaller noise would narrow the null distribution
+    and reject a true law more often."""
+    form, n = laws.FORMS["log"], D.size
+    A = synthetic("log")
+    fitted = laws.fit("log", D, A, n_boot=0)
+    pred = form.f(D, *[fitted.params[s] for s in form.symbols])
+    r = A - pred
+    want = np.unique(np.round((r - r.mean()) * math.sqrt(n / (n - form.k)), 9))
+    drawn, real = [], laws._refit
+
+    def refit(f, D_, Ab, x, spec):
+        if f is form:
+            drawn.append(np.round(Ab - pred, 9))
+        return real(f, D_, Ab, x, spec)
+
+    monkeypatch.setattr(laws, "_refit", refit)
+    out = laws.form_null(D, A, "log", ("power",), laws.FitSpec(n_boot=0, seed=0), n_sim=6)
+    assert len(drawn) == 6 and out["n_ok"] == 6
+    assert np.isin(np.concatenate(drawn), want).all()
+    assert not np.isin(np.concatenate(drawn), np.unique(np.round(r - r.mean(), 9))).all()  # the scale matters
 
 
 # ----------------------------------------------------------------------------- rules checked by hand
@@ -857,20 +888,21 @@ def test_intervals_need_enough_converged_resamples(monkeypatch):
     assert "only 40/50 bootstrap resamples converged: no intervals" in r.message
 
 
-def test_intervals_and_band_are_bootstrap_percentiles():
+@pytest.mark.parametrize("level,q", [(0.95, 2.5), (0.8, 10.0)])
+def test_intervals_and_band_are_bootstrap_percentiles(level, q):
     A = synthetic("logspace_power")
-    r = laws.fit("logspace_power", D, A, n_boot=40, holdout_frac=0.0)
+    r = laws.fit("logspace_power", D, A, n_boot=40, holdout_frac=0.0, level=level)
     assert r.converged and np.isfinite(r.boot).all()
     row = r.to_row()
     for j, s in enumerate(laws.FORMS["logspace_power"].symbols):
-        lo, hi = np.percentile(r.boot[:, j], [2.5, 97.5])
+        lo, hi = np.percentile(r.boot[:, j], [q, 100 - q])
         assert r.intervals[s] == pytest.approx((lo, hi), rel=1e-12)
         assert (row[f"{s}_lo"], row[f"{s}_hi"]) == r.intervals[s] and row[s] == r.params[s]
     grid = np.geomspace(0.01, 100, 7)
     curves = np.array([np.exp(-c * grid**alpha + b) + A0 for alpha, b, c, A0 in r.boot])
     lo, hi = r.band(grid)
-    assert lo == pytest.approx(np.percentile(curves, 2.5, axis=0), rel=1e-12)
-    assert hi == pytest.approx(np.percentile(curves, 97.5, axis=0), rel=1e-12)
+    assert lo == pytest.approx(np.percentile(curves, q, axis=0), rel=1e-12)
+    assert hi == pytest.approx(np.percentile(curves, 100 - q, axis=0), rel=1e-12)
 
 
 def test_compare_forms_ranks_by_aicc_not_aic():
