@@ -433,6 +433,15 @@ TABLE_CASES = [
     ("table-missing", lambda res, d: TABLE(res).unlink(),
      "table", ["sparsity.csv: missing; rerun python -m sparsinglaw measure --profile /",  # the YAML's path
                "/mini.yaml --set train.tokens=12288 "]),
+    # what makes a missing table: compute (measure never writes pareto.csv, train never train_log.csv)
+    ("pareto-missing", lambda res, d: (res / "pareto.csv").unlink(missing_ok=True),
+     "pareto", ["pareto.csv: missing; rerun python -m sparsinglaw compute --profile /"]),
+    ("train-log-missing", lambda res, d: (res / "train_log.csv").unlink(missing_ok=True),
+     "train_log", ["train_log.csv: missing; make it with python -m sparsinglaw compute --profile /"]),
+    # a finished run's lost log: training it again would skip it; the advice names its runs folder
+    ("log-of-a-finished-run-missing", lambda res, d: (d / "log.csv").unlink(),
+     "log", ["log.csv: the training log of the finished run relu-s1 is missing; restore it, or delete the run "
+             "folder", " --run relu-s1 --runs-dir "]),
     ("table-of-another-config", lambda res, d: None,
      "strict", ["sparsity.csv: recorded stage_hash", "differs from the current", "refusing it"]),
     # the fits read the measurement tables with the same checks (they fitted an edited table before)
@@ -474,6 +483,12 @@ def test_edited_results_are_refused(cid, edit, load, expect, tmp_path, monkeypat
             analysis.activation_laws_for(measured_mini, progress=False)
         elif load == "record":
             measure.measure_run(measured_mini, run, rd, progress=False)
+        elif load == "pareto":
+            measure.read_results(measured_mini, "pareto")
+        elif load == "train_log":
+            runs.train_log_table(measured_mini, compute=False)
+        elif load == "log":
+            runs.load_log(measured_mini, run, rd)
         else:
             measure.final_arrays(measured_mini, run, rd)
     for want in expect:

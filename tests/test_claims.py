@@ -12,6 +12,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -703,6 +704,62 @@ def test_update_readme_needs_the_markers(tmp_path, text):
     with pytest.raises(SparsingLawError, match="claims:cpu:start"):
         claims.update_readme("x", readme, "cpu")
     assert readme.read_text() == text
+
+
+def _until(start: float, seconds: float, least: int = 20):
+    """Yield 0, 1, 2, ... from wall time `start` until `start + seconds` (processes racing in one window), and
+    at least `least` times (a worker that started late still takes part)."""
+    import time
+
+    time.sleep(max(start - time.time(), 0.0))
+    i = 0
+    while time.time() < start + seconds or i < least:
+        yield i
+        i += 1
+
+
+def _race_readme(path: str, name: str, start: float) -> int:
+    """Update one profile's block again and again; after each update that block must be the one written."""
+    n = 0
+    for i in _until(start, 1.5):
+        claims.update_readme(f"{name} {i}", path, name)
+        assert f"{name} {i}\n" in open(path).read(), f"{name}'s block {i} lost to a stale copy"
+        n += 1
+    return n
+
+
+def _race_tables(folder: str, role: str, start: float) -> int:
+    """The writer replaces a table and its sidecar again and again; the reader reads the pair meanwhile."""
+    path = Path(folder) / "t.csv"
+    n = 0
+    for i in _until(start, 1.5):
+        if role == "write":
+            runs.write_table(pd.DataFrame({"x": [i] * (1 + i % 50)}), path, {"stage": "test"})
+        else:
+            assert runs.read_table(path, ["x"], ["x"])["x"].nunique() == 1
+        n += 1
+    return n
+
+
+def test_two_verifies_at_once_keep_both_readme_blocks_and_tables_read_whole(tmp_path):
+    """verify for cpu and gpu at once: each read, edited and wrote the README unlocked, so one put back the
+    other's stale block (and their fixed temp name made a rename fail). A reader of a results table while
+    write_table replaced it could read the new CSV beside the old sidecar and refuse it as edited by hand."""
+    import multiprocessing as mp
+    import time
+    from concurrent.futures import ProcessPoolExecutor
+
+    readme = tmp_path / "README.md"
+    readme.write_text("".join(f"<!-- claims:{p}:start -->\n<!-- claims:{p}:end -->\n" for p in ("cpu", "gpu")))
+    runs.write_table(pd.DataFrame({"x": [0]}), tmp_path / "t.csv", {"stage": "test"})
+    with ProcessPoolExecutor(4, mp_context=mp.get_context("spawn")) as pool:
+        start = time.time() + 6  # after every worker has started (when one starts late, it still races a while)
+        futs = [pool.submit(_race_readme, str(readme), p, start) for p in ("cpu", "gpu")]
+        futs += [pool.submit(_race_tables, str(tmp_path), role, start) for role in ("write", "read")]
+        counts = [f.result() for f in futs]
+    text = readme.read_text()
+    assert f"cpu {counts[0] - 1}\n" in text and f"gpu {counts[1] - 1}\n" in text
+    assert not list(tmp_path.glob(".*.tmp"))
 
 
 # -----------------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from conftest import REPO
+from sparsinglaw import cli
 
 
 def _cli(*args, debug=False):
@@ -36,6 +37,21 @@ def test_bad_arguments(args, expect):
     assert r.returncode != 0
     assert expect in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("args", [["compute", "--profile", "smoke", "--run", "relu-s1"],
+                                  ["fit", "--profile", "smoke", "--run", "relu-s1"],
+                                  ["verify", "--profile", "smoke", "--run", "relu-s1"],
+                                  ["runs", "--profile", "smoke", "--run", "relu-s1"],
+                                  ["train", "--profile", "smoke", "--runs", "relu-s1"],
+                                  ["--deb", "runs", "--profile", "smoke"]])
+def test_abbreviated_options_are_refused(args, capsys):
+    """argparse took --run on compute for --runs-dir (the prefix of its only match): compute trained every run
+    into a folder named relu-s1 and rewrote the results. No option is abbreviated now."""
+    with pytest.raises(SystemExit) as e:
+        cli._parser().parse_args(args)
+    assert e.value.code == 2 and f"unrecognized arguments: {args[-2] if args[0] != '--deb' else '--deb'}" in \
+        capsys.readouterr().err
 
 
 def test_debug_shows_traceback():

@@ -161,6 +161,7 @@ def test_missing_tables_and_folders(tmp_path):
         (b / f).unlink()
     t = compare.compare(COMMITTED, b)
     assert "claims" not in t and "not compared: claims.csv (only in A)" in compare.summary(t)
+    assert "claims.csv (in neither folder)" in compare.summary(compare.compare(b, b))  # was "only in neither"
     with pytest.raises(SparsingLawError, match="no such folder"):
         compare.compare(COMMITTED, tmp_path / "nope")
     c, d = _copy(tmp_path, "c"), _copy(tmp_path, "d")

@@ -442,6 +442,19 @@ def test_a_change_of_one_runs_settings_changes_the_train_and_measure_stage_hashe
     assert other.config_hash() != base.config_hash()
 
 
+def test_fit_numbers_in_scientific_notation_are_numbers(tmp_path):
+    """YAML 1.1 reads 1e-8 as a string: --set fit.tol=1e-8 (or tol: 1e-10 in a file) was refused as "wrong type
+    for tol='1e-8'" while every other section took it; an integral one is an int (fit.n_boot=1e2)."""
+    from sparsinglaw.analysis import fit_spec
+
+    spec = fit_spec(load_profile("smoke", overrides=["fit.tol=1e-8", "fit.n_boot=1e2", "fit.min_D=1e-3"]))
+    assert (spec.tol, spec.n_boot, spec.min_D) == (1e-8, 100, 1e-3) and isinstance(spec.n_boot, int)
+    path = tmp_path / "p.yaml"
+    path.write_text((REPO / "configs" / "smoke.yaml").read_text().replace("tol: 1.0e-10", "tol: 1e-9", 1))
+    assert fit_spec(load_profile(path)).tol == 1e-9
+    assert fit_spec(load_profile("smoke", overrides=["fit.loss=soft_l1"])).loss == "soft_l1"  # words stay words
+
+
 def test_the_profile_hash_covers_the_fit_settings_but_no_stage_hash_does():
     """config_hash is documented as data + runs + sparsity + fit; a fit setting
     moves it and moves none of the stage hashes (tables of the model stages stay current)."""

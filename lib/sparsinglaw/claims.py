@@ -28,7 +28,8 @@ from scipy import stats
 
 from . import analysis
 from .config import ProfileConfig, SparsingLawError, command_for, profile_flags
-from .runs import as_bool, provenance, results_dir, sidecar, write_table
+from .runs import as_bool, folder_lock, provenance, results_dir, sidecar, write_table
+from .train import atomic_write_text
 
 ALPHA = 0.05  # significance level of every test below
 P_MIN = 1e-15  # Stouffer: each run's |z| at most isf(P_MIN) = 7.9, the same bound either way
@@ -729,9 +730,7 @@ def write(profile: ProfileConfig | str, df: pd.DataFrame) -> str:
     write_table(df, folder / "claims.csv", meta)  # its sidecar names the code that first wrote these verdicts
     sha = sidecar(folder / "sparsity.csv").get("git_sha")  # the commit that measured (checked before any claim)
     md = markdown(df, profile.name, str(sha or meta["git_sha"]))
-    tmp = folder / ".claims.md.tmp"
-    tmp.write_text(md)
-    tmp.replace(folder / "claims.md")
+    atomic_write_text(folder / "claims.md", md)  # a temp file of this process's own: two verifies at once
     return md
 
 
@@ -741,17 +740,16 @@ def update_readme(md_text: str, readme_path: str | Path, profile_name: str) -> b
     Returns whether the file changed (an unchanged block is not rewritten)."""
     path = Path(readme_path)
     start, end = f"<!-- claims:{profile_name}:start -->", f"<!-- claims:{profile_name}:end -->"
-    text = path.read_text() if path.is_file() else ""
-    i, j = text.find(start), text.find(end)
-    if i < 0 or j < i or text.count(start) != 1 or text.count(end) != 1:
-        raise SparsingLawError(f"{path}: expected one '{start}' line followed by one '{end}' line; add them "
-                               "where the claims table should go")
-    new = text[:i + len(start)] + "\n" + md_text.rstrip("\n") + "\n" + text[j:]
-    if new == text:
-        return False
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(new)
-    tmp.replace(path)
+    with folder_lock(path.parent.resolve()):  # read, edit, write as one: two verifies (cpu, gpu) at once
+        text = path.read_text() if path.is_file() else ""
+        i, j = text.find(start), text.find(end)
+        if i < 0 or j < i or text.count(start) != 1 or text.count(end) != 1:
+            raise SparsingLawError(f"{path}: expected one '{start}' line followed by one '{end}' line; add them "
+                                   "where the claims table should go")
+        new = text[:i + len(start)] + "\n" + md_text.rstrip("\n") + "\n" + text[j:]
+        if new == text:
+            return False
+        atomic_write_text(path, new)
     return True
 
 

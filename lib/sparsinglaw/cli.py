@@ -20,13 +20,16 @@ from pathlib import Path
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m sparsinglaw", description=__doc__.split("\n")[0],
+    p = argparse.ArgumentParser(prog="python -m sparsinglaw", description=__doc__.split("\n")[0], allow_abbrev=False,
                                 epilog="Environment: SPARSINGLAW_RUNS, SPARSINGLAW_RESULTS and SPARSINGLAW_FIGURES "
                                 "move the runs/, results/ and figures/ roots (default: in the repository); "
                                 "SPARSINGLAW_DATA the corpus and tokenizer caches (default: <runs root>/_data); "
                                 "SPARSINGLAW_ROOT the repository itself (configs/ and the default roots).")
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name, **kw):  # no abbreviated options: --run on compute was taken for --runs-dir
+        return sub.add_parser(name, allow_abbrev=False, **kw)
 
     def common(sp):
         sp.add_argument("--profile", required=True,
@@ -40,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                         help="show full tracebacks on errors")
 
-    t = sub.add_parser("train", help="train the runs of a profile (skips finished runs, resumes partial ones)")
+    t = command("train", help="train the runs of a profile (skips finished runs, resumes partial ones)")
     common(t)
     t.add_argument("--run", "--name", action="append", default=None, metavar="NAME", dest="run",
                    help="train only this run (repeatable); spell it --name under torchrun, whose own parser "
@@ -49,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="parallel processes (default: compute.jobs; 0 = one per core)")
     t.add_argument("--no-progress", action="store_true", help="no progress bars")
 
-    m = sub.add_parser("measure", help="PPL-p%% sparsity etc. on every checkpoint of trained runs (cached)")
+    m = command("measure", help="PPL-p%% sparsity etc. on every checkpoint of trained runs (cached)")
     common(m)
     m.add_argument("--run", "--name", action="append", default=None, metavar="NAME", dest="run",
                    help="measure only this run (repeatable); writes no results table (a measure without --run "
@@ -60,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="PPL-p%% implementation (default: sparsity.impl of the profile)")
     m.add_argument("--no-progress", action="store_true", help="no progress bars")
 
-    c = sub.add_parser("compute", help="every stage that needs the models: train, measure, Pareto sweeps, sparse "
+    c = command("compute", help="every stage that needs the models: train, measure, Pareto sweeps, sparse "
                        "inference and the training-log table -> results/<profile>/ (make replot draws the figures)")
     common(c)
     c.add_argument("-j", "--jobs", type=int, default=None,
@@ -70,12 +73,12 @@ def _parser() -> argparse.ArgumentParser:
                    help="also write the wall time of each stage as JSON to PATH (rewritten as each stage "
                         "starts; \"complete\": true once every stage has run)")
 
-    r = sub.add_parser("runs", help="list the runs of a profile and their state")
+    r = command("runs", help="list the runs of a profile and their state")
     common(r)
     r.add_argument("--names", action="store_true",
                    help="print only the run names, one per line (e.g. to index a scheduler's job array)")
 
-    f = sub.add_parser("fit", help="fit the paper's laws on results/<profile>/ (Eq. 4/5 per run, fit forms, "
+    f = command("fit", help="fit the paper's laws on results/<profile>/ (Eq. 4/5 per run, fit forms, "
                        "width-depth, scale, convergence, activation patterns; cached) and print them")
     common(f)
     f.add_argument("--refit", action="store_true",
@@ -83,14 +86,14 @@ def _parser() -> argparse.ArgumentParser:
                    "which the cache key does not include)")
     f.add_argument("--no-progress", action="store_true", help="no progress bars")
 
-    v = sub.add_parser("verify", help="check the paper's claims on results/<profile>/ (claims.csv, claims.md); "
+    v = command("verify", help="check the paper's claims on results/<profile>/ (claims.csv, claims.md); "
                        "exits 0 whatever the verdicts, 1 when results tables are missing")
     common(v)
     v.add_argument("--readme", default=None, metavar="PATH",
                    help="also replace the block between <!-- claims:<profile>:start --> and "
                    "<!-- claims:<profile>:end --> in this Markdown file (e.g. README.md)")
     v.add_argument("--no-progress", action="store_true", help="no progress bars (while stale fits are recomputed)")
-    k = sub.add_parser("compare", help="two results folders of one profile side by side (e.g. a rerun against "
+    k = command("compare", help="two results folders of one profile side by side (e.g. a rerun against "
                        "the committed results/cpu): claim verdicts, activation ratios, losses, law fits")
     k.add_argument("a", metavar="A", help="a results folder, e.g. results/cpu")
     k.add_argument("b", metavar="B", help="another results folder of the same profile")

@@ -231,8 +231,10 @@ def summary(t: dict[str, pd.DataFrame]) -> str:
                          f"{r.run} ({r.where})" for r in alone.itertuples())))
     m = t.get("missing")
     if m is not None and len(m):
-        lines.append("not compared: " + ", ".join(
-            f"{row.table} (only in {'A' if row.in_a else 'B' if row.in_b else 'neither'})" for row in m.itertuples()))
+        def where(row) -> str:
+            return "only in A" if row.in_a else "only in B" if row.in_b else "in neither folder"
+
+        lines.append("not compared: " + ", ".join(f"{row.table} ({where(row)})" for row in m.itertuples()))
     return "\n".join(lines)
 
 

@@ -541,7 +541,17 @@ def parse_profile(raw: Any, path: str, name: str) -> ProfileConfig:
                               f"the analyses read {', '.join(GROUPS)}{own}")
     validate_inference(inference, runs, f"{path}: inference")
     return ProfileConfig(name=name, description=desc, data=data, compute=compute, runs=runs, sparsity=sparsity,
-                         inference=inference, fit=dict(raw.get("fit") or {}), path=path)
+                         inference=inference, fit={k: _fit_number(v) for k, v in (raw.get("fit") or {}).items()},
+                         path=path)
+
+
+def _fit_number(value: Any) -> Any:
+    """A `fit:` value (checked by laws.FitSpec) as the number YAML 1.1 left as a string: 1e-8 is a float, an
+    integral one such as 1e3 an int (FitSpec's float fields take ints too)."""
+    number = _yaml_number(value)
+    if isinstance(value, str) and isinstance(number, float) and number.is_integer():
+        return int(number)
+    return number
 
 
 def resolve_profile_path(profile: str, configs_dir: Path) -> Path:

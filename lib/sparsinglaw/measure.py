@@ -57,6 +57,7 @@ from .runs import (
     run_lock,
     run_parallel,
     run_state,
+    train_command,
     write_table,
 )
 from .train import (
@@ -213,8 +214,8 @@ def stable_checkpoints(profile: ProfileConfig, run: RunConfig, runs_dir=None) ->
         first = mark_problem(d, bad[0], run.config_hash(profile.data))
         raise SparsingLawError(
             f"run {run.name}: stable-stage checkpoint(s) of step(s) {', '.join(map(str, bad))} missing or invalid "
-            f"({first}); restore the file(s), or delete the run folder {d} to train the run again (python -m "
-            f"sparsinglaw train {profile_flags(profile)} --run {run.name})")
+            f"({first}); restore the file(s), or delete the run folder {d} to train the run again "
+            f"({train_command(profile, runs_dir, run.name)})")
     if len(ck) == 0:
         raise SparsingLawError(f"run {run.name}: no stable-stage checkpoint in {d} (the schedule has no stable "
                                "stage); lower train.warmup_frac or train.decay_frac")
@@ -223,13 +224,6 @@ def stable_checkpoints(profile: ProfileConfig, run: RunConfig, runs_dir=None) ->
 
 # -----------------------------------------------------------------------------------------------
 # one run
-
-
-def train_command(profile: ProfileConfig, runs_dir=None, run: str | None = None) -> str:
-    """The `train` command line that trains `run` (None: every unfinished run) of `profile` where it is
-    read from (its --runs-dir)."""
-    return (f"python -m sparsinglaw train {profile_flags(profile)}" + (f" --run {run}" if run else "")
-            + (f" --runs-dir {runs_dir}" if runs_dir is not None else ""))
 
 
 def require_trained(profile: ProfileConfig, run: RunConfig, runs_dir=None) -> None:
@@ -371,7 +365,8 @@ def final_arrays(profile: ProfileConfig, run: RunConfig, runs_dir=None, impl: st
     path = record_path(profile, run, runs_dir).with_suffix(".npz")
     if not path.exists():
         raise SparsingLawError(f"{path}: run {run.name} is not measured; run python -m sparsinglaw measure "
-                               f"{profile_flags(profile)} --run {run.name} --impl {profile.sparsity.impl}")
+                               f"{profile_flags(profile)} --run {run.name} --impl {profile.sparsity.impl}"
+                               + (f" --runs-dir {runs_dir}" if runs_dir is not None else ""))
     rec = path.with_suffix(".json")
     want = json.loads(rec.read_text()).get("arrays_sha256") if rec.exists() else None
     if want and sha256_file(path) != want:
@@ -519,7 +514,7 @@ def read_results(profile: ProfileConfig, name: str = "sparsity", strict: bool = 
     columns, numeric = RESULT_COLUMNS.get(name, ([], []))
     return read_table(results_dir(profile.name) / f"{name}.csv", columns, numeric,
                       expect=current(profile, "measure"), strict=strict,
-                      fix=f"rerun {command_for(profile, 'measure', '02')}")
+                      fix=f"rerun {command_for(profile, 'compute' if name == 'pareto' else 'measure', '02')}")
 
 
 def results_for(profile: ProfileConfig, compute: bool = True, runs_dir=None) -> pd.DataFrame:

@@ -33,6 +33,7 @@ from .config import (
     ProfileConfig,
     RunConfig,
     SparsingLawError,
+    command_for,
     load_profile,
     profile_flags,
     stable_hash,
@@ -257,13 +258,19 @@ def mark_problem(d: Path, step: int, config_hash: str) -> str:
     return checkpoint_problem(d, tag, config_hash) or f"{pt}: its sidecar records another step or stage"
 
 
+def train_command(profile: ProfileConfig, runs_dir=None, run: str | None = None) -> str:
+    """The `train` command line that trains `run` (None: every unfinished run) of `profile` where it is
+    read from (its --runs-dir)."""
+    return (f"python -m sparsinglaw train {profile_flags(profile)}" + (f" --run {run}" if run else "")
+            + (f" --runs-dir {runs_dir}" if runs_dir is not None else ""))
+
+
 def damaged_message(profile: ProfileConfig, states: list[RunState], runs_dir=None) -> str:
     """What to do about finished runs whose checkpoints were lost or damaged after training."""
-    rd = f" --runs-dir {runs_dir}" if runs_dir is not None else ""
     return "; ".join(
         f"run {s.name} finished training, but {len(s.problems)} of its checkpoints cannot be used "
         f"({s.problems[0]}); restore the file(s), or delete the run folder {s.path} and train the run again "
-        f"(python -m sparsinglaw train {profile_flags(profile)} --run {s.name}{rd})" for s in states)
+        f"({train_command(profile, runs_dir, s.name)})" for s in states)
 
 
 def checkpoints(profile: ProfileConfig, run: RunConfig, runs_dir=None) -> pd.DataFrame:
@@ -315,8 +322,12 @@ def load_log(profile: ProfileConfig, run: RunConfig, runs_dir=None) -> pd.DataFr
     """The run's log.csv; rows repeated after a resume are dropped (the last one of each step wins)."""
     path = run_dir(profile, run, runs_dir) / "log.csv"
     if not path.exists():
+        if (path.parent / "DONE").exists():  # training it again would skip it: it is finished
+            raise SparsingLawError(f"{path}: the training log of the finished run {run.name} is missing; restore "
+                                   f"it, or delete the run folder {path.parent} and train the run again "
+                                   f"({train_command(profile, runs_dir, run.name)})")
         raise SparsingLawError(f"{path}: no training log; train the run first "
-                               f"(python -m sparsinglaw train {profile_flags(profile)} --run {run.name})")
+                               f"({train_command(profile, runs_dir, run.name)})")
     df = read_csv(path)
     df = df.drop_duplicates(subset=["step", "split"], keep="last")
     return df.sort_values(["split", "step"]).reset_index(drop=True)
@@ -576,12 +587,14 @@ class StaleTableWarning(UserWarning):
 
 
 @contextlib.contextmanager
-def folder_lock(folder: Path):
-    """Exclusive flock on a folder itself (no lock file), e.g. results/<profile>/ while a table and
-    its sidecar are replaced together."""
+def folder_lock(folder: Path, shared: bool = False):
+    """flock on a folder itself (no lock file): exclusive while a table and its sidecar in
+    results/<profile>/ are replaced together, `shared` while a reader reads the pair (else it could read
+    a new table beside the old sidecar and refuse it as edited by hand). Not reentrant: a process holding
+    it must not take it again."""
     fd = os.open(folder, os.O_RDONLY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
         yield
     finally:
         os.close(fd)
@@ -650,13 +663,14 @@ def read_table(path: str | Path, columns: list[str] = (), numeric: list[str] = (
         raise TableError(f"{path}: missing; {fix}")
     if not side.is_file():
         raise TableError(f"{path}: no provenance sidecar {side.name} next to it, so it cannot be checked; {fix}")
+    with folder_lock(path.parent, shared=True):  # the pair as one write_table left it
+        text, data = side.read_bytes(), path.read_bytes()
     try:
-        meta = json.loads(side.read_text())
+        meta = json.loads(text)
     except (ValueError, UnicodeDecodeError) as e:
         raise TableError(f"{side}: unreadable sidecar ({e}); {fix}") from None
     if not isinstance(meta, dict):
         raise TableError(f"{side}: unreadable sidecar (expected a JSON object); {fix}")
-    data = path.read_bytes()
     if hashlib.sha256(data).hexdigest() != meta.get("sha256"):
         raise TableError(f"{path}: its sha256 does not match the one in {side.name} (edited by hand, or an "
                          f"interrupted write); refusing it: {fix}")
@@ -715,7 +729,7 @@ def train_log_table(profile: ProfileConfig, compute: bool = True, runs_dir=None)
     if not compute:
         return read_table(path, TRAIN_LOG_COLUMNS, ["step", "tokens", "loss", "non_embedding_params"],
                           expect=current(profile, "train"),
-                          fix=f"train first: python -m sparsinglaw train {profile_flags(profile)} (notebook 01)")
+                          fix=f"make it with {command_for(profile, 'compute', '01_train')}")
     frames = []
     for r in profile.runs:
         log = load_log(profile, r, runs_dir)
