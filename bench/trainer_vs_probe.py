@@ -20,6 +20,7 @@ row's).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -66,16 +67,21 @@ def trainer_run(shape: str, device: str, compile_: bool, steps: int, log_every: 
     rates, wall = trainer_rates(run, tokens, steps, **kw)
     timed = rates[2:] if len(rates) > 2 else rates
     dev = torch.device(resolve_device(device))
-    if profile_out is not None:
+    if profile_out is not None:  # optional: a failure here is written to the file, never costs the row above
         from torch.profiler import ProfilerActivity, profile
 
         acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
-        with profile(activities=acts) as prof:
-            trainer_rates(run, tokens, profile_steps, **kw)
         key = "self_cuda_time_total" if dev.type == "cuda" else "self_cpu_time_total"
+        # a log row within its steps (trainer_rates reads log.csv: 12 steps logged every 20 wrote none)
+        short = dataclasses.replace(run, train=dataclasses.replace(tcfg, log_every=min(log_every, profile_steps)))
+        try:
+            with profile(activities=acts) as prof:
+                trainer_rates(short, tokens, profile_steps, **kw)
+            text = prof.key_averages().table(sort_by=key, row_limit=30)
+        except Exception as e:
+            text = f"profiling failed: {type(e).__name__}: {e}"
         Path(profile_out).write_text(f"{shape}: {profile_steps} steps of sparsinglaw.train.train (compilation "
-                                     f"included on the CPU side), sorted by {key}\n"
-                                     + prof.key_averages().table(sort_by=key, row_limit=30) + "\n")
+                                     f"included on the CPU side), sorted by {key}\n{text}\n")
     peak = peak_flops(dev)
     tok_s = statistics.median(timed)
     n_nonemb = num_params_from_config(model, non_embedding=True)

@@ -272,6 +272,19 @@ def test_trainer_run_units(monkeypatch, tmp_path):
     assert tvp.trainer_run("tiny", "cpu", False, 8, 2)["who"] == "trainer-eager"
 
 
+def test_kernel_table_of_fewer_steps_than_a_log_window(tmp_path, monkeypatch):
+    """KERNELS=1: the profiled run (12 steps on the GPU) kept the shape's log_every (20 at 1M), wrote no log
+    row, and trainer_rates' read of log.csv raised: the 1M trainer row was lost. Here 3 profiled steps
+    against windows of 4, with the real trainer on the CPU: the row and the kernel table both come back."""
+    monkeypatch.syspath_prepend(str(REPO / "bench"))  # as when the script runs: trainer_cpu_speed beside it
+    tvp = _load("trainer_vs_probe")
+    table = tmp_path / "kernels.txt"
+    r = tvp.trainer_run("tiny", "cpu", False, 8, 4, profile_out=table, profile_steps=3)
+    assert r["tok_s"] > 0 and len(r["windows"]) == 2
+    text = table.read_text()
+    assert text.startswith("tiny: 3 steps of sparsinglaw.train.train") and "Self CPU" in text, text[:300]
+
+
 def test_trainer_subprocess_flags(monkeypatch, tmp_path):
     """Each trainer measurement runs in its own process with its shape, device, compile flag and mode;
     only the compiled run writes the kernel table; a run that prints no RESULT line is an error row."""
