@@ -437,7 +437,8 @@ TABLE_CASES = [
     ("pareto-missing", lambda res, d: (res / "pareto.csv").unlink(missing_ok=True),
      "pareto", ["pareto.csv: missing; rerun python -m sparsinglaw compute --profile /"]),
     ("train-log-missing", lambda res, d: (res / "train_log.csv").unlink(missing_ok=True),
-     "train_log", ["train_log.csv: missing; make it with python -m sparsinglaw compute --profile /"]),
+     "train_log", ["train_log.csv: missing; make it with python -m sparsinglaw compute --profile /",
+                   " --runs-dir "]),
     # a finished run's lost log: training it again would skip it; the advice names its runs folder
     ("log-of-a-finished-run-missing", lambda res, d: (d / "log.csv").unlink(),
      "log", ["log.csv: the training log of the finished run relu-s1 is missing; restore it, or delete the run "
@@ -486,7 +487,7 @@ def test_edited_results_are_refused(cid, edit, load, expect, tmp_path, monkeypat
         elif load == "pareto":
             measure.read_results(measured_mini, "pareto")
         elif load == "train_log":
-            runs.train_log_table(measured_mini, compute=False)
+            runs.train_log_table(measured_mini, compute=False, runs_dir=rd)
         elif load == "log":
             runs.load_log(measured_mini, run, rd)
         else:

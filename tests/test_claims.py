@@ -704,6 +704,8 @@ def test_update_readme_needs_the_markers(tmp_path, text):
     with pytest.raises(SparsingLawError, match="claims:cpu:start"):
         claims.update_readme("x", readme, "cpu")
     assert readme.read_text() == text
+    with pytest.raises(SparsingLawError, match="claims:cpu:start"):  # no file, no folder: the same message
+        claims.update_readme("x", tmp_path / "no" / "README.md", "cpu")
 
 
 def _until(start: float, seconds: float, least: int = 20):

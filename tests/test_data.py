@@ -585,6 +585,11 @@ def test_a_folder_of_record_shards_reads_their_records(tmp_path):
         [(got[f"part/b.parquet:{i}"].text, got[f"part/b.parquet:{i}"].domain) for i in range(6)] == \
         [(r["text"], r["domain"]) for r in rows]
     assert got["notes.txt"].domain == "text" and not any("{" in d.text for d in docs)
+    # shards without text add nothing, as an empty text file (one of them stopped the whole folder)
+    (root / "blank.jsonl").write_text("\n\n")
+    (root / "empty-texts.jsonl").write_text('{"text": ""}\n')
+    pq.write_table(pa.table({"text": pa.array([], pa.string())}), root / "no-rows.parquet")
+    assert [d.name for d in corpus_documents(user_cfg(root))[0]] == [d.name for d in docs]
     (root / "part" / "c.jsonl").write_text('{"txt": "x"}\n')  # a shard's errors name the shard and its line
     assert_corpus_error(user_cfg(root), "c.jsonl:1: no field 'text'")
 

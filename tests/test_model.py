@@ -163,6 +163,31 @@ def test_registered_activations_reach_the_workers_or_the_runs_stay_here(capsys):
     assert registered_activations() == {}
 
 
+def test_an_activation_of_a_module_loaded_by_path_stays_in_this_process(tmp_path, capsys):
+    """A module loaded from a file path (importlib, as a notebook may) pickles its functions by reference, but
+    a spawned worker cannot import it: the pool broke at start-up (BrokenProcessPool); now the runs go one
+    by one here, with the note."""
+    import importlib.util
+    import sys
+
+    from sparsinglaw.runs import run_parallel
+
+    (tmp_path / "myacts_by_path.py").write_text("import torch\n\ndef sq_relu(x):\n    return torch.relu(x) ** 2\n")
+    spec = importlib.util.spec_from_file_location("myacts_by_path", tmp_path / "myacts_by_path.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    sys.modules["myacts_by_path"] = mod
+    register_activation("test_sq", mod.sq_relu)
+    try:
+        seen = []
+        run_parallel(lambda n: seen.append(get_activation(n)), [("test_sq",), ("test_sq",)], jobs=2, what="probe")
+        assert seen == [mod.sq_relu] * 2
+        assert "the registered activation(s) test_sq cannot reach worker processes" in capsys.readouterr().err
+    finally:
+        ACTIVATIONS.pop("test_sq")
+        sys.modules.pop("myacts_by_path")
+
+
 def _relu_is_abs() -> None:
     assert get_activation("relu") is torch.abs, get_activation("relu")
 

@@ -84,3 +84,24 @@ def test_a_failed_run_leaves_no_output_that_make_would_take_as_executed(tmp_path
     assert not (tmp_path / "r.html").exists()
     assert _run(str(nb), str(out), "--profile", "smoke", cwd=tmp_path).returncode == 0
     assert out.is_file() and not failed.exists()
+
+
+def test_a_terminated_run_removes_its_output_as_a_failed_one(tmp_path):
+    """SIGTERM (a timeout, a batch system) killed the run without cleanup: the partial file stayed and the
+    older output with it. Now it unwinds as Ctrl-C does: no output, the executed cells in out.failed.ipynb."""
+    import signal
+    import time
+
+    nb = _notebook(tmp_path / "nb.ipynb", "import time\ntime.sleep(120)")
+    out = tmp_path / "out.ipynb"
+    out.write_text("an older output")
+    env = {**os.environ, "PYTHONPATH": str(REPO / "lib")}
+    p = subprocess.Popen([sys.executable, "-m", "sparsinglaw.notebooks", "run", str(nb), str(out), "--profile",
+                          "smoke"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (tmp_path / "out.partial.ipynb").exists() and time.time() < deadline:  # the kernel runs the cell
+        time.sleep(0.2)
+    time.sleep(1.0)
+    p.send_signal(signal.SIGTERM)
+    assert p.wait(timeout=60) == 128 + signal.SIGTERM
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["nb.ipynb", "out.failed.ipynb"]

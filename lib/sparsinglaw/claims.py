@@ -740,12 +740,15 @@ def update_readme(md_text: str, readme_path: str | Path, profile_name: str) -> b
     Returns whether the file changed (an unchanged block is not rewritten)."""
     path = Path(readme_path)
     start, end = f"<!-- claims:{profile_name}:start -->", f"<!-- claims:{profile_name}:end -->"
+    no_markers = SparsingLawError(f"{path}: expected one '{start}' line followed by one '{end}' line; add them "
+                                  "where the claims table should go")
+    if not path.is_file():
+        raise no_markers
     with folder_lock(path.parent.resolve()):  # read, edit, write as one: two verifies (cpu, gpu) at once
-        text = path.read_text() if path.is_file() else ""
+        text = path.read_text()
         i, j = text.find(start), text.find(end)
         if i < 0 or j < i or text.count(start) != 1 or text.count(end) != 1:
-            raise SparsingLawError(f"{path}: expected one '{start}' line followed by one '{end}' line; add them "
-                                   "where the claims table should go")
+            raise no_markers
         new = text[:i + len(start)] + "\n" + md_text.rstrip("\n") + "\n" + text[j:]
         if new == text:
             return False

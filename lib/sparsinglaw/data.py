@@ -301,8 +301,8 @@ def _folder_candidates(root: Path, text_field: str) -> list[_Candidate]:
             rel = p.relative_to(root).as_posix()
             _check_name(rel, p)
             if n.lower().endswith(RECORD_SUFFIXES):  # shards of records, read as the single files are
-                if p.stat().st_size:
-                    cands += _record_candidates(p, text_field, rel)
+                if p.stat().st_size:  # a shard without text adds nothing, as an empty text file
+                    cands += _record_candidates(p, text_field, rel, shard=True)
                 continue
             text = _file_text(p, str(p), f"convert it to UTF-8 or remove it from {root}")
             if text:
@@ -346,14 +346,14 @@ def _domain_value(dom: object, where: str) -> str:
     return dom
 
 
-def _record_candidates(path: Path, text_field: str, name: str) -> list[_Candidate]:
-    """The records of a .jsonl/.ndjson or .parquet file, named ``<name>:<line or row>``."""
-    if path.name.lower().endswith(".parquet"):
-        return _parquet_candidates(path, text_field, name)
-    return _jsonl_candidates(path, text_field, name)
+def _record_candidates(path: Path, text_field: str, name: str, shard: bool = False) -> list[_Candidate]:
+    """The records of a .jsonl/.ndjson or .parquet file, named ``<name>:<line or row>``; a file without
+    text is refused unless it is one `shard` of a folder (the folder as a whole must hold text)."""
+    read = _parquet_candidates if path.name.lower().endswith(".parquet") else _jsonl_candidates
+    return read(path, text_field, name, shard)
 
 
-def _jsonl_candidates(path: Path, text_field: str, name: str) -> list[_Candidate]:
+def _jsonl_candidates(path: Path, text_field: str, name: str, shard: bool = False) -> list[_Candidate]:
     data = path.read_bytes()
     try:
         whole = data.decode("utf-8")
@@ -386,13 +386,13 @@ def _jsonl_candidates(path: Path, text_field: str, name: str) -> list[_Candidate
             _utf8_size(dom, f"{path}:{i}", "field 'domain'")
             size = _utf8_size(text, f"{path}:{i}", f"field {text_field!r}")
             cands.append(_Candidate(f"{name}:{i}", size, text, domain=dom))
-    if not cands:
+    if not cands and not shard:
         raise CorpusError(f"{path}: no text (the file has no non-empty {text_field!r} values); "
                           "point data.corpus at a file with text")
     return cands
 
 
-def _parquet_candidates(path: Path, text_field: str, name: str) -> list[_Candidate]:
+def _parquet_candidates(path: Path, text_field: str, name: str, shard: bool = False) -> list[_Candidate]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -413,7 +413,7 @@ def _parquet_candidates(path: Path, text_field: str, name: str) -> list[_Candida
     doms = _column_values(table, "domain", path) if len(cols) > 1 else [None] * len(texts)
     cands = [_Candidate(f"{name}:{i}", len(t.encode()), t, domain=_domain_value(d, f"{path}, row {i}"))
              for i, (t, d) in enumerate(zip(texts, doms, strict=True)) if t]
-    if not cands:
+    if not cands and not shard:
         raise CorpusError(f"{path}: no text (column {text_field!r} is empty); point data.corpus at a "
                           "file with text")
     return cands

@@ -138,7 +138,12 @@ def _main(argv=None) -> int:
         if args.cmd == "strip":
             strip_all(args.folder)
         elif args.cmd == "run":
+            import signal
+
             from papermill.exceptions import PapermillExecutionError
+
+            # a termination (a timeout, a batch system) unwinds as Ctrl-C does: execute's cleanup runs
+            signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
 
             logging.basicConfig(level=logging.INFO, format="%(message)s")  # as papermill's own command line
             try:

@@ -451,11 +451,24 @@ def _sendable_activations() -> tuple[bytes | None, list[str]]:
     extra, stuck = registered_activations(), []
     for name, fn in extra.items():
         try:
-            if b"__main__" in pickle.dumps(fn):
+            if b"__main__" in pickle.dumps(fn) or not all(_importable(getattr(f, "__module__", None))
+                                                          for f in (fn, getattr(fn, "func", fn))):
                 stuck.append(name)
         except Exception:  # pickle raises PicklingError, AttributeError or TypeError
             stuck.append(name)
     return (pickle.dumps(extra) if extra and not stuck else None), stuck
+
+
+def _importable(module: str | None) -> bool:
+    """Whether a spawned worker (this process's sys.path) can import `module` by name: a built-in module, or
+    one whose top-level package lies on sys.path (a module loaded from a file path by hand pickles here, by
+    reference, but is not there)."""
+    import importlib.machinery
+
+    if not module or module in ("__main__", "__mp_main__"):
+        return False
+    top = module.partition(".")[0]
+    return top in sys.builtin_module_names or importlib.machinery.PathFinder.find_spec(top, sys.path) is not None
 
 
 def run_parallel(fn, calls: list[tuple], jobs: int, what: str, keep_going: bool = True, progress: bool = False,
@@ -729,7 +742,7 @@ def train_log_table(profile: ProfileConfig, compute: bool = True, runs_dir=None)
     if not compute:
         return read_table(path, TRAIN_LOG_COLUMNS, ["step", "tokens", "loss", "non_embedding_params"],
                           expect=current(profile, "train"),
-                          fix=f"make it with {command_for(profile, 'compute', '01_train')}")
+                          fix=f"make it with {command_for(profile, 'compute', '01_train', runs_dir)}")
     frames = []
     for r in profile.runs:
         log = load_log(profile, r, runs_dir)
