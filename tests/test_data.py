@@ -109,6 +109,24 @@ def test_python_segments_concatenate_and_tag_prose():
     assert all(d in ("code", "prose") for _, d in segs)
 
 
+def test_python_segments_merge_touching_prose():
+    """A docstring followed at once by a comment is one prose segment (tokenized as one piece of text)."""
+    assert python_segments('"""a"""# c\n') == [('"""a"""# c', "prose"), ("\n", "code")]
+    assert python_segments('x = 1  # c\n"""d"""\n') == [("x = 1  ", "code"), ("# c", "prose"), ("\n", "code"),
+                                                         ('"""d"""', "prose"), ("\n", "code")]
+
+
+def test_documents_that_fill_max_mb_exactly_are_all_taken(tmp_path):
+    """The cap is max_mb bytes inclusive: five documents of 1,000 bytes fit in 0.005 MB, four in 0.004999."""
+    root = tmp_path / "five"
+    root.mkdir()
+    for i in range(5):
+        (root / f"d{i}.txt").write_text(f"{i}" * 999 + "\n")
+    for mb, n in ((0.005, 5), (0.004999, 4)):
+        docs, fp = corpus_documents(user_cfg(root, max_mb=mb))
+        assert (fp["files"], fp["bytes"]) == (n, 1000 * n), mb
+
+
 def test_python_segments_unparseable_and_unicode():
     bad = "def f(:\n    x = '''never closed\n"
     assert python_segments(bad) == [(bad, "code")]

@@ -296,6 +296,26 @@ def test_keys_are_separate():
 # cache and table
 
 
+def test_the_search_settings_reach_the_calibration_search(inferred, monkeypatch):
+    """sparsity.tol and sparsity.search are the calibration search's (its key records them): dropped from
+    the call, a profile asking for secant at tol 0.01 got bisection at 1e-3 with nothing to show it."""
+    profile, _ = inferred
+    other = load_profile(profile.path, overrides=profile.overrides + ["sparsity.tol=0.01", "sparsity.search=secant"])
+    seen = []
+
+    class Seen(Exception):
+        pass
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs)
+        raise Seen
+
+    monkeypatch.setattr(sp, "ppl_p_sparsity", spy)
+    with pytest.raises(Seen):
+        inference.sparse_inference_for(other, jobs=1, progress=False)
+    assert (seen[0]["tol"], seen[0]["search"], seen[0]["n_grid"]) == (0.01, "secant", other.sparsity.n_grid)
+
+
 def test_cache_is_reused_and_table_round_trips(inferred, monkeypatch, session_roots):
     profile, df = inferred
     paths = [_record_path(profile, n) for n in ("relu-s1", "silu-s1")]

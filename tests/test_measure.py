@@ -449,13 +449,18 @@ def test_moe_comparison_reads_only_the_ppl_p_curve():
 def test_each_p_gets_its_own_c_searched_on_the_last_n_last_checkpoints(tiny, smoke_tokens):
     """With sparsity.n_last = 2 and p = [1, 1.5] (both reached by the tiny model): the rows of each p carry
     that p's c, which equals Algorithm 1 run by hand on the last two stable checkpoints (loaded here)
-    jointly, and only those two are marked searched."""
+    jointly, and only those two are marked searched. The search runs with the profile's tol and search
+    (0.01 and secant here, not the defaults: the record's bracket is that wide)."""
     from sparsinglaw import sparsity as sp
 
     runs.train_profile(tiny, names=["relu-s1"], jobs=1, progress=False)
-    p = load_profile("smoke", overrides=tiny.overrides + ["sparsity.n_last=2", "sparsity.p=[1, 1.5]"])
+    p = load_profile("smoke", overrides=tiny.overrides + ["sparsity.n_last=2", "sparsity.p=[1, 1.5]",
+                                                          "sparsity.tol=0.01", "sparsity.search=secant"])
     run = p.run("relu-s1")
-    rows = pd.DataFrame(measure.measure_run(p, run, progress=False)["rows"])
+    rec = measure.measure_run(p, run, progress=False)
+    rows = pd.DataFrame(rec["rows"])
+    lo, hi = rec["search"]["1.0"]["bracket"]
+    assert 1e-3 < hi - lo <= 0.01
     ck = measure.stable_checkpoints(p, run)
     assert len(ck) > 2 and rows[rows["searched"]]["step"].unique().tolist() == ck["step"].tolist()[-2:]
     batches = measure.eval_set(p, smoke_tokens, run.model.seq_len)
@@ -466,6 +471,8 @@ def test_each_p_gets_its_own_c_searched_on_the_last_n_last_checkpoints(tiny, smo
         got = rows[rows["p"] == level]
         assert want.reached and got["reached"].all(), level
         assert len(got) == len(ck) and (got["cett"] == want.cett).all(), level
+        # the same probes of c, hence the same search (secant and bisection may end in the same cell)
+        assert [tuple(t) for t in rec["search"][str(level)]["trace"]] == [tuple(t) for t in want.trace], level
     assert rows.loc[rows["p"] == 1.5, "cett"].iloc[0] > rows.loc[rows["p"] == 1.0, "cett"].iloc[0]
 
 
@@ -571,7 +578,7 @@ def test_final_arrays_are_those_of_ppl_1_percent_whatever_the_other_levels(tiny,
     the token-weighted mean of the per-token ratios; PPL-1.5% keeps fewer neurons, so its row would not
     match."""
     runs.train_profile(tiny, names=["relu-s1"], jobs=1, progress=False)
-    p = load_profile("smoke", overrides=tiny.overrides + ["sparsity.p=[1, 1.5]", "sparsity.dead_freq=0.0013"])
+    p = load_profile("smoke", overrides=tiny.overrides + ["sparsity.p=[1, 1.5]", "sparsity.dead_freq=0.05"])
     run = p.run("relu-s1")
     rows = pd.DataFrame(measure.measure_run(p, run, progress=False)["rows"])
     final = rows[rows["step"] == rows["step"].max()].set_index("p")
@@ -581,6 +588,7 @@ def test_final_arrays_are_those_of_ppl_1_percent_whatever_the_other_levels(tiny,
     per_token = a["token_sum"].mean(0).sum() / a["token_count"].sum()
     assert float(per_token) == pytest.approx(final.loc[1.0, "activation_ratio"], abs=1e-9)
     assert final.loc[1.0, "dead_ratio"] == (a["neuron_frequency"] < p.sparsity.dead_freq).mean()
+    assert final.loc[1.0, "dead_ratio"] != (a["neuron_frequency"] < 0.001).mean()  # the setting counts here
 
 
 def test_pareto_ppl_p_points_are_the_final_checkpoints_measurement(tiny, smoke_tokens):

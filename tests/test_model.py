@@ -15,6 +15,7 @@ from sparsinglaw.model import (
     ACTIVATIONS,
     GatedFFN,
     ModelConfig,
+    RMSNorm,
     Transformer,
     apply_rotary,
     flops_per_token,
@@ -30,8 +31,14 @@ TINY = ModelConfig(vocab_size=97, d_model=32, n_layers=2, head_dim=8, d_ff=80, a
 
 
 def make(cfg: ModelConfig = TINY, seed: int = 0, double: bool = True) -> Transformer:
+    """A seeded model whose RMSNorm weights are drawn too (fresh ones are all 1: an oracle that left them
+    out would still agree)."""
     torch.manual_seed(seed)
     m = Transformer(cfg).eval()
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, RMSNorm):
+                mod.weight.uniform_(0.5, 1.5)
     return m.double() if double else m
 
 
@@ -209,6 +216,22 @@ def test_hooked_h_equals_hand_computation():
     torch.testing.assert_close(seen["h"], want)
     assert m.hook_names() == ["blocks.0.ffn.h", "blocks.1.ffn.h"]
     assert [f is b.ffn for f, b in zip(m.ffns(), m.blocks, strict=True)] == [True, True]
+
+
+def test_the_hook_point_sees_the_dense_h_while_thresholds_are_set():
+    """With thresholds set the hook point still sees the dense h (module docstring): the thresholds zero
+    neurons after it, so the FFN's output changes while the hooked h does not."""
+    m, idx = make(), tokens()
+    seen = {}
+    m.get_submodule("blocks.0.ffn.h").register_forward_hook(lambda mod, a, h: seen.setdefault("h", []).append(h))
+    m.blocks[0].ffn.register_forward_hook(lambda mod, a, y: seen.setdefault("y", []).append(y))
+    with torch.no_grad():
+        m(idx)
+        norms = (seen["h"][0].abs() * m.blocks[0].ffn.w_down.weight.norm(dim=0)).flatten()
+        with sparse(m, taus=[float(norms.median())] * TINY.n_layers):
+            m(idx)
+    torch.testing.assert_close(seen["h"][1], seen["h"][0], rtol=0, atol=0)
+    assert (seen["y"][1] - seen["y"][0]).abs().max() > 1e-3  # about half of the neurons were zeroed
 
 
 def test_hook_returning_zeros_zeroes_the_ffn():
@@ -474,7 +497,8 @@ def test_init_is_seeded_with_mup_stds():
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert not torch.equal(sa["embed.weight"], sc["embed.weight"])
     cfg = dataclasses.replace(TINY, vocab_size=512, d_model=64, d_ff=160, dim_model_base=256)
-    m = make(cfg, double=False)
+    torch.manual_seed(0)
+    m = Transformer(cfg)  # as initialised (make() draws the norm weights)
     assert m.embed.weight.std().item() == pytest.approx(0.1, rel=0.03)
     w = torch.cat([p.flatten() for n, p in m.named_parameters() if n.startswith("blocks.") and p.ndim == 2])
     assert w.std().item() == pytest.approx(0.1 / math.sqrt(64 / 256), rel=0.03)

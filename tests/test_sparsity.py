@@ -387,6 +387,62 @@ def test_padding_is_excluded_everywhere(trained):
     assert st.activation_ratio == pytest.approx(fp.activation_ratio[0], abs=1e-12)
 
 
+def test_both_row_sorts_give_ascending_rows():
+    """The fast curves sort every token's neuron norms: numpy on the CPU, torch on a GPU (its branch run here
+    on the CPU); both give each row in ascending order, ties included."""
+    n = torch.rand(50, 37, generator=torch.Generator().manual_seed(3)).mul_(8).floor_()  # many ties
+    for use_numpy in (True, False):
+        idx = S._argsort_rows(n, use_numpy)
+        torch.testing.assert_close(n.gather(-1, idx), n.sort(dim=-1).values, rtol=0, atol=0)
+
+
+def test_losses_are_token_weighted_over_unequal_batches(trained):
+    """The loss of a pass is the sum of every valid token's NLL over their number (not a mean of batch means,
+    the authors' convention): batches of 16, 16 and 5 sequences, one with padding, against a per-token oracle."""
+    import torch.nn.functional as F
+
+    model = trained["silu"]
+    seqs = markov(37, 21)
+    batches = batches_of(seqs, 16)
+    batches[1] = (batches[1][0], batches[1][1].masked_fill(torch.arange(T) >= 9, -1))
+    with torch.no_grad():
+        nll = [F.cross_entropy(model(x)[0].flatten(0, 1), y.flatten(), ignore_index=-1, reduction="sum")
+               for x, y in batches]
+    n = sum(int((y != -1).sum()) for _, y in batches)
+    want = float(sum(nll)) / n
+    assert n == 21 * T + 16 * 9 and S.evaluate(model, batches).loss == pytest.approx(want, rel=1e-6)
+    assert S.cett_curves(model, batches, SMALL_GRID).dense_loss == pytest.approx(want, rel=1e-6)
+
+
+def test_domain_counts_leave_padding_out(trained):
+    """Per-domain token counts and neuron frequencies (Fig. 9) over valid tokens only: padding positions carry
+    a domain id too, and counted they would divide the frequencies by too many tokens."""
+    model = trained["relu"]
+    seqs = markov(32, 8)
+    dom = torch.zeros(32, T, dtype=torch.long)
+    dom[:, ::3] = 1
+    batches = [(x, y.masked_fill(torch.arange(T) >= 12, -1), d) for (x, y), d in
+               zip(batches_of(seqs, 16), dom.split(16), strict=True)]
+    st = S.activation_stats(model, batches, rule=S.zeros_rule(), per_neuron=True)
+    valid = torch.arange(T) < 12
+    assert int(st.domain_tokens.sum()) == st.n_tokens == 32 * 12
+    assert st.domain_tokens.tolist() == [int((dom[:, valid] == k).sum()) for k in (0, 1)]
+    seen = {}
+    model.get_submodule("blocks.0.ffn.h").register_forward_hook(lambda mod, a, h: seen.setdefault("h", []).append(h))
+    try:
+        model.eval()
+        with torch.no_grad():
+            for x, _, _ in batches:
+                model(x)
+    finally:
+        model.get_submodule("blocks.0.ffn.h")._forward_hooks.clear()
+    h = torch.cat(seen["h"])  # (32, T, d_ff): exact zeros are inactive
+    for k in (0, 1):
+        mask = (dom == k) & valid
+        want = (h[mask] != 0).sum(0)
+        assert st.domain_neuron_active[k, 0].tolist() == want.tolist()
+
+
 @pytest.mark.parametrize("shape", [(1, 1), (1, T)], ids=["single-token", "one-sequence"])
 def test_single_token_and_single_sequence(shape, trained):
     model = trained["gelu"]
