@@ -722,13 +722,17 @@ def profile_flags(profile: ProfileConfig) -> str:
     return f"--profile {shlex.quote(where)}" + "".join(f" --set {shlex.quote(o)}" for o in profile.overrides)
 
 
-def command_for(profile: ProfileConfig | str, command: str, notebook: str, runs_dir=None) -> str:
-    """'python -m sparsinglaw COMMAND <the flags that load `profile` again> [--runs-dir DIR] (or notebook
-    NOTEBOOK)': what makes a missing results table, for error messages (a profile given by name:
-    ``--profile NAME``)."""
+def command_line(profile: ProfileConfig | str, command: str, *args: str, runs_dir=None) -> str:
+    """'python -m sparsinglaw COMMAND <the flags that load `profile` again> ARGS [--runs-dir DIR]', for the
+    advice of messages (a profile given by name: ``--profile NAME``)."""
     flags = profile_flags(profile) if isinstance(profile, ProfileConfig) else f"--profile {profile}"
-    rd = f" --runs-dir {runs_dir}" if runs_dir is not None else ""
-    return f"python -m sparsinglaw {command} {flags}{rd} (or notebook {notebook})"
+    rd = ("--runs-dir", str(runs_dir)) if runs_dir is not None else ()
+    return " ".join(["python -m sparsinglaw", command, flags, *args, *rd])
+
+
+def command_for(profile: ProfileConfig | str, command: str, notebook: str, runs_dir=None) -> str:
+    """command_line + ' (or notebook NOTEBOOK)': what makes a missing results table."""
+    return f"{command_line(profile, command, runs_dir=runs_dir)} (or notebook {notebook})"
 
 
 def in_repo(profile: ProfileConfig) -> bool:

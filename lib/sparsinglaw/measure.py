@@ -37,7 +37,7 @@ from .config import (
     SparsingLawError,
     checkpoint_steps,
     command_for,
-    profile_flags,
+    command_line,
     stable_hash,
     stage_steps,
     total_steps,
@@ -364,9 +364,8 @@ def final_arrays(profile: ProfileConfig, run: RunConfig, runs_dir=None, impl: st
     profile = with_impl(profile, impl)
     path = record_path(profile, run, runs_dir).with_suffix(".npz")
     if not path.exists():
-        raise SparsingLawError(f"{path}: run {run.name} is not measured; run python -m sparsinglaw measure "
-                               f"{profile_flags(profile)} --run {run.name} --impl {profile.sparsity.impl}"
-                               + (f" --runs-dir {runs_dir}" if runs_dir is not None else ""))
+        how = command_line(profile, "measure", "--run", run.name, "--impl", profile.sparsity.impl, runs_dir=runs_dir)
+        raise SparsingLawError(f"{path}: run {run.name} is not measured; run {how}")
     rec = path.with_suffix(".json")
     want = json.loads(rec.read_text()).get("arrays_sha256") if rec.exists() else None
     if want and sha256_file(path) != want:

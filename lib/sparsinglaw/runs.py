@@ -34,8 +34,8 @@ from .config import (
     RunConfig,
     SparsingLawError,
     command_for,
+    command_line,
     load_profile,
-    profile_flags,
     stable_hash,
 )
 from .train import atomic_write_files, checkpoint_problem, read_done, read_meta
@@ -261,8 +261,7 @@ def mark_problem(d: Path, step: int, config_hash: str) -> str:
 def train_command(profile: ProfileConfig, runs_dir=None, run: str | None = None) -> str:
     """The `train` command line that trains `run` (None: every unfinished run) of `profile` where it is
     read from (its --runs-dir)."""
-    return (f"python -m sparsinglaw train {profile_flags(profile)}" + (f" --run {run}" if run else "")
-            + (f" --runs-dir {runs_dir}" if runs_dir is not None else ""))
+    return command_line(profile, "train", *(("--run", run) if run else ()), runs_dir=runs_dir)
 
 
 def damaged_message(profile: ProfileConfig, states: list[RunState], runs_dir=None) -> str:
