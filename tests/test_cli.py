@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -317,6 +320,31 @@ def test_warnings_take_one_line(tmp_path):
     named = sorted(Path(w.split(": ")[1]).name for w in warned)
     assert named == ["neurons.csv", "pareto.csv", "sparse_inference.csv", "sparsity.csv", "tokens.csv"], r.stderr
     assert not any(line.startswith(" ") or ".py:" in line for line in r.stderr.splitlines()), r.stderr
+    # the verdicts drawn from them say so where they are kept: claims.md (and the README block) and its sidecar
+    md = (tmp_path / "cpu" / "claims.md").read_text()
+    assert md.split("\n")[2] == ("**Stale inputs**: " + ", ".join(named) + " were made under other settings than the "
+                                 "profile's now (other data, runs or stage settings): the verdicts that read them "
+                                 "describe those settings; rerun the stages that write them (the warnings of `verify` "
+                                 "name each) and verify again.")
+    assert md in r.stdout
+    assert json.loads((tmp_path / "cpu" / "claims.meta.json").read_text())["stale_inputs"] == named
+    assert "Stale inputs" not in (REPO / "results" / "cpu" / "claims.md").read_text()
+
+
+@pytest.mark.skipif(not (REPO / "results" / "cpu" / "claims.csv").exists(), reason="needs the committed cpu results")
+def test_fit_warns_of_measurements_made_under_other_settings(tmp_path):
+    """`fit` reuses its cached tables only by their inputs' bytes: it now warns, as verify does, when the
+    measurement tables were made under other settings than the profile's now (it printed their fits and
+    verdicts as current); a fit setting, which the measurements are not made from, leaves them current."""
+    shutil.copytree(REPO / "results" / "cpu", tmp_path / "cpu")
+    env = {**os.environ, "SPARSINGLAW_RESULTS": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    for extra, stale in ((["sparsity.dead_freq=0.01"], ["neurons.csv", "sparsity.csv", "tokens.csv"]), ([], [])):
+        r = subprocess.run([sys.executable, "-m", "sparsinglaw", "fit", "--profile", "cpu", "--no-progress",
+                            *[a for x in extra for a in ("--set", x)]], capture_output=True, text=True,
+                           timeout=300, cwd=REPO, env=env)
+        assert r.returncode == 0, r.stderr
+        warned = [line for line in r.stderr.splitlines() if line.startswith("StaleTableWarning: ")]
+        assert sorted(Path(w.split(": ")[1]).name for w in warned) == stale, r.stderr
 
 
 # -----------------------------------------------------------------------------------------------
@@ -550,3 +578,90 @@ def test_compute_line_units_by_hand(seconds, shown):
 
     line = cli._compute_line(seconds * 989e12, 3)
     assert shown in line and "for 3 runs" in line and "989 TFLOP/s" in line, line
+
+
+def test_a_reader_that_leaves_ends_the_command_quietly(tmp_path):
+    """stdout a pipe whose reader has gone (`runs | head -1`): exit 141 (as a Unix tool killed by SIGPIPE)
+    and nothing on stderr; it used to print 'error: [Errno 32] Broken pipe' and exit 2."""
+    r, w = os.pipe()
+    os.close(r)  # the reader leaves before anything is written
+    proc = subprocess.Popen([sys.executable, "-m", "sparsinglaw", "runs", "--profile", "smoke"], stdout=w,
+                            stderr=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(REPO / "lib"), OMP_NUM_THREADS="1"))
+    os.close(w)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 141 and err == "", err
+
+
+def test_sigterm_unwinds_as_ctrl_c_and_the_run_resumes(tmp_path, session_roots):
+    """SIGTERM (a timeout, a batch system's cancel) during training: the message and exit code of a
+    terminated command (143), and the rerun resumes from the checkpoint it left; it used to die silently."""
+    env = dict(os.environ, PYTHONPATH=str(REPO / "lib"), OMP_NUM_THREADS="1",
+               SPARSINGLAW_DATA=str(session_roots["SPARSINGLAW_DATA"]))
+    cmd = [sys.executable, "-m", "sparsinglaw", "train", "--profile", "smoke", "--run", "relu-s1", "--runs-dir",
+           str(tmp_path), "--no-progress", "--set", "train.tokens=2000000", "--set", "train.resume_every=5"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while not list(tmp_path.glob("smoke/*/ckpt_last.pt")) and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 143, err
+    assert err.splitlines()[-1] == "terminated (SIGTERM); rerun the same command to resume from the last checkpoint"
+    again = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = [again.stdout.readline() for _ in range(2)]  # the passes note, then the resume line
+        again.send_signal(signal.SIGTERM)  # stopped the same way
+        rest = again.communicate(timeout=60)[0]
+    finally:
+        if again.poll() is None:
+            again.kill()
+            again.communicate()
+    assert lines[0].startswith("note: run relu-s1 trains 2,000,000 tokens") and \
+        lines[1].startswith("run relu-s1: resuming from step "), "".join(lines) + rest
+    assert again.returncode == 143, rest
+
+
+def test_a_file_error_names_the_setting_of_its_folder(tmp_path, monkeypatch, capsys):
+    """An OSError on a file in the runs, results, figures or data folder (read-only, full, a file where a
+    folder should be) names the option or variable that chose that folder; elsewhere, the error alone."""
+    from sparsinglaw import runs
+
+    monkeypatch.setenv("SPARSINGLAW_RESULTS", str(tmp_path / "res"))
+    monkeypatch.setenv("SPARSINGLAW_FIGURES", str(tmp_path / "fig"))
+    monkeypatch.delenv("SPARSINGLAW_DATA")
+    assert runs.folder_setting(tmp_path / "res" / "cpu" / "x.csv") == "SPARSINGLAW_RESULTS"
+    assert runs.folder_setting(tmp_path / "fig" / "cpu") == "SPARSINGLAW_FIGURES"
+    assert runs.folder_setting(tmp_path / "mine" / "_data" / "x", runs_dir=tmp_path / "mine") == \
+        "--runs-dir or SPARSINGLAW_RUNS"  # the caches lie in the runs folder
+    assert runs.folder_setting(tmp_path / "elsewhere" / "x", runs_dir=tmp_path / "mine") is None
+    monkeypatch.setenv("SPARSINGLAW_DATA", str(tmp_path / "data"))
+    assert runs.folder_setting(tmp_path / "data" / "x") == "SPARSINGLAW_DATA"
+
+    def read_only(args):
+        raise OSError(30, "Read-only file system", str(tmp_path / "mine" / "_data"))
+
+    monkeypatch.setattr(cli, "_dispatch", read_only)
+    assert cli.main(["train", "--profile", "smoke", "--runs-dir", str(tmp_path / "mine")]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: [Errno 30] Read-only file system: '{tmp_path / 'mine' / '_data'}' (a folder of --runs-dir "
+                   "or SPARSINGLAW_RUNS: make it writable or free space there, or set --runs-dir or SPARSINGLAW_RUNS "
+                   "to another); rerun with --debug for the traceback\n")
+    assert cli.main(["train", "--profile", "smoke", "--runs-dir", str(tmp_path / "other")]) == 2
+    assert "(a folder of" not in capsys.readouterr().err
+
+
+def test_compute_checks_the_validation_split_before_training(tmp_path, capsys):
+    """A validation split too small for the sparse-inference stage stops `compute` before it trains (it
+    used to stop there, after every run had trained and been measured)."""
+    assert cli.main(["compute", "--profile", "smoke", "--runs-dir", str(tmp_path), "--no-progress", "--set",
+                     "inference.heldout_tokens=100000000"]) == 2
+    err = capsys.readouterr().err
+    assert "too few for sparsity.eval_tokens=" in err and "inference.heldout_tokens=100000000" in err
+    assert not (tmp_path / "smoke").exists()  # no run folder made

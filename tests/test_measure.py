@@ -649,3 +649,29 @@ def test_a_whole_profile_measure_names_the_moe_runs_it_leaves_out(capsys):
     printed = capsys.readouterr().out
     assert [line.split(":")[0] for line in printed.splitlines()] == [r.name for r in moe]
     assert all("an MoE run, not measured checkpoint by checkpoint" in line for line in printed.splitlines())
+
+
+def test_a_domain_without_measured_tokens_keeps_its_column_and_is_named(measured_mini, smoke_tokens, tmp_path,
+                                                                         monkeypatch, capsys):
+    """A domain with no token in the measured validation windows (the split is made by file): neurons.csv
+    keeps its column, empty (nan), whatever the domain's id, and a note names it. The domain array only has
+    rows up to the largest id seen, so the last domain used to lose its column while the first kept an
+    empty one."""
+    monkeypatch.setenv("SPARSINGLAW_RESULTS", str(tmp_path))
+    assert len(smoke_tokens.domains) == 2
+    final_arrays = measure.final_arrays
+
+    def without_last_domain(*args, **kwargs):
+        a = dict(final_arrays(*args, **kwargs))
+        a["domain_frequency"] = a["domain_frequency"][:1]  # as measured on windows without the last domain
+        return a
+
+    monkeypatch.setattr(measure, "final_arrays", without_last_domain)
+    measure.write_results(measured_mini)
+    neurons = pd.read_csv(tmp_path / "mini" / "neurons.csv")
+    first, last = smoke_tokens.domains
+    assert list(neurons.columns[-2:]) == [first, last]
+    assert neurons[last].isna().all() and neurons[first].notna().all()
+    out = capsys.readouterr().out
+    assert f"note: domain '{last}' has no token in the validation windows measured" in out
+    assert "of 2 of 2 runs" in out and f"domain '{first}'" not in out

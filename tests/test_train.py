@@ -962,3 +962,29 @@ def test_a_run_killed_before_its_done_keeps_no_optimizer_state(tiny_profile, smo
     assert "no checkpoint can be resumed" in out and "training again from step 0" in out, out
     got = torch.load(final, weights_only=True)["model"]
     assert all(torch.equal(want[k], got[k]) for k in want)
+
+
+def test_short_split_note():
+    """The validation split shorter than an eval_tokens setting: a note with the tokens scored (whole windows
+    of the split), none when the split holds what the setting asks (rounded down to whole windows)."""
+    from sparsinglaw.train import short_split_note
+
+    note = short_split_note("run r", "train.eval_tokens", 2048, 674, 64)
+    assert note == ("note: run r: the validation split holds 674 tokens, fewer than train.eval_tokens=2,048: scored "
+                    "on 640 (whole windows of model.seq_len=64); raise data.val_fraction or data.max_mb, or lower "
+                    "train.eval_tokens")
+    assert short_split_note("run r", "train.eval_tokens", 2000, 1793, 256) is None  # 1,792 asked, 1,792 held
+    assert "scored on 1,536" in short_split_note("run r", "train.eval_tokens", 2000, 1792, 256)
+    assert short_split_note("run r", "sparsity.eval_tokens", 4096, 10**6, 256) is None
+
+
+def test_training_notes_a_validation_split_shorter_than_eval_tokens(tmp_path, smoke_tokens, capsys):
+    """train names the shortfall once per run (it scores every checkpoint on what the split holds)."""
+    from sparsinglaw import runs
+    from sparsinglaw.config import load_profile
+
+    profile = load_profile("smoke", overrides=TINY + [f"train.eval_tokens={10 * len(smoke_tokens.val)}"])
+    runs.train_profile(profile, names=["relu-s1"], jobs=1, runs_dir=tmp_path, progress=False)
+    out = capsys.readouterr().out
+    assert out.count(f"note: run relu-s1: the validation split holds {len(smoke_tokens.val):,} tokens, fewer than "
+                     f"train.eval_tokens={10 * len(smoke_tokens.val):,}") == 1

@@ -28,7 +28,7 @@ from scipy import stats
 
 from . import analysis
 from .config import ProfileConfig, SparsingLawError, command_for, profile_flags
-from .runs import as_bool, folder_lock, provenance, results_dir, sidecar, write_table
+from .runs import as_bool, folder_lock, noting_stale_tables, provenance, results_dir, sidecar, write_table
 from .train import atomic_write_text
 
 ALPHA = 0.05  # significance level of every test below
@@ -703,20 +703,30 @@ def inputs(profile: ProfileConfig, progress: bool = True) -> dict[str, pd.DataFr
 
 
 def evaluate(profile: ProfileConfig | str, progress: bool = True) -> pd.DataFrame:
-    """The claims table of a profile (COLUMNS; one row per claim id, verdict PASS/FAIL/INCONCLUSIVE)."""
-    return check(inputs(_profile(profile), progress))
+    """The claims table of a profile (COLUMNS; one row per claim id, verdict PASS/FAIL/INCONCLUSIVE). The
+    results tables made under other settings than the profile's now, used with a StaleTableWarning, are
+    named in df.attrs["stale_inputs"]; `write` records them in claims.md and its sidecar."""
+    with noting_stale_tables() as stale:
+        df = check(inputs(_profile(profile), progress))
+    df.attrs["stale_inputs"] = sorted({p.name for p in stale})
+    return df
 
 
 def _cell(v) -> str:
     return str(v).replace("|", "\\|").replace("\n", " ")
 
 
-def markdown(df: pd.DataFrame, profile_name: str, git_sha: str) -> str:
+def markdown(df: pd.DataFrame, profile_name: str, git_sha: str, stale: list[str] = ()) -> str:
     """claims.md: a header line naming the profile and the git sha its measurements were made at (so the
-    file changes only when the results or the verdicts do), then claim | value | threshold | verdict."""
+    file changes only when the results or the verdicts do), the `stale` input tables if any, then
+    claim | value | threshold | verdict."""
     counts = ", ".join(f"{(df['verdict'] == v).sum()} {v}" for v in VERDICTS)
-    lines = [f"Claims checked on profile `{profile_name}` (measurements of git {git_sha[:12]}): {counts}.", "",
-             "| claim | statistic value | threshold | verdict |", "|---|---|---|---|"]
+    lines = [f"Claims checked on profile `{profile_name}` (measurements of git {git_sha[:12]}): {counts}.", ""]
+    if stale:
+        lines += [f"**Stale inputs**: {', '.join(stale)} were made under other settings than the profile's now "
+                  "(other data, runs or stage settings): the verdicts that read them describe those settings; "
+                  "rerun the stages that write them (the warnings of `verify` name each) and verify again.", ""]
+    lines += ["| claim | statistic value | threshold | verdict |", "|---|---|---|---|"]
     for r in df.itertuples(index=False):
         lines.append(f"| {_cell(r.claim)} (`{r.id}`) | {_cell(r.value)} | {_cell(r.threshold)} | **{r.verdict}** |")
     return "\n".join(lines) + "\n"
@@ -727,9 +737,12 @@ def write(profile: ProfileConfig | str, df: pd.DataFrame) -> str:
     profile = _profile(profile)
     folder = results_dir(profile.name)
     meta = provenance(profile, tables=tuple(folder / f"{t}.csv" for t in SOURCES))  # the measurements' corpus
+    stale = list(df.attrs.get("stale_inputs") or [])
+    if stale:
+        meta["stale_inputs"] = stale
     write_table(df, folder / "claims.csv", meta)  # its sidecar names the code that first wrote these verdicts
     sha = sidecar(folder / "sparsity.csv").get("git_sha")  # the commit that measured (checked before any claim)
-    md = markdown(df, profile.name, str(sha or meta["git_sha"]))
+    md = markdown(df, profile.name, str(sha or meta["git_sha"]), stale)
     atomic_write_text(folder / "claims.md", md)  # a temp file of this process's own: two verifies at once
     return md
 

@@ -14,6 +14,8 @@ import argparse
 import math
 import os
 import re
+import signal
+import stat
 import sys
 import warnings
 from pathlib import Path
@@ -111,25 +113,76 @@ def main(argv: list[str] | None = None) -> int:
     formatwarning = warnings.formatwarning  # restored on return: main may run inside another program (tests)
     if not args.debug:
         one_line_warnings()
+    on_term = _terminate_as_interrupt()
     try:
-        return _dispatch(args)
+        rc = _dispatch(args)
+        sys.stdout.flush()  # here, where a reader that has gone is handled (BrokenPipeError), not at exit
+        return rc
     except SparsingLawError as e:
         if args.debug:
             raise
         print(f"error: {e}", file=sys.stderr)
         return getattr(e, "exit_code", 2)
+    except BrokenPipeError:
+        if not _stdout_closed():
+            raise
+        return 128 + signal.SIGPIPE  # the reader of our output left (`| head`): stop quietly, as Unix tools do
     except OSError as e:  # a file the user can fix (disk full, permissions), raised outside our own checks
         if args.debug:
             raise
-        print(f"error: {e}; rerun with --debug for the traceback", file=sys.stderr)
+        from .runs import folder_setting
+
+        where = folder_setting(e.filename, getattr(args, "runs_dir", None)) if e.filename else None
+        hint = f" (a folder of {where}: make it writable or free space there, or set {where} to another)" \
+            if where else ""
+        print(f"error: {e}{hint}; rerun with --debug for the traceback", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         resumes = {"train": "from the last checkpoint", "compute": "from the last checkpoint and the cached stages",
                    "measure": "from the cached measurements"}.get(args.command, "(finished tables are cached)")
-        print(f"interrupted; rerun the same command to resume {resumes}", file=sys.stderr)
-        return 130
+        what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
+        print(f"{what}; rerun the same command to resume {resumes}", file=sys.stderr)
+        return 128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
     finally:
         warnings.formatwarning = formatwarning
+        if on_term is not None:
+            signal.signal(signal.SIGTERM, on_term)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a timeout, a batch system's cancel), raised where it lands so that it unwinds as Ctrl-C does:
+    locks released, parallel workers stopped, half-written files left to the next run's cleanup."""
+
+
+def _terminate_as_interrupt():
+    """SIGTERM raises Terminated in this (main) thread; returns the handler it replaced (None when main
+    runs in another thread, where no handler can be set)."""
+    def handler(signum, frame):
+        raise Terminated
+
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        return None
+
+
+def _stdout_closed() -> bool:
+    """Whether stdout is a pipe whose reader has gone (then the BrokenPipeError is ours to end on quietly):
+    poll reports POLLERR on a pipe's write end once its read end is closed."""
+    import select
+
+    try:
+        fd = sys.stdout.fileno()
+        if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+            return False
+        poll = select.poll()
+        poll.register(fd, select.POLLOUT)
+        if not any(ev & select.POLLERR for _, ev in poll.poll(0)):
+            return False
+        os.dup2(os.open(os.devnull, os.O_WRONLY), fd)  # Python's own flush at exit would fail again
+        return True
+    except (OSError, ValueError, AttributeError):  # stdout replaced by an object without a descriptor
+        return False
 
 
 def _dispatch(args) -> int:
@@ -257,6 +310,7 @@ def _fit(profile, refit: bool = False, progress: bool = True) -> int:
     from .runs import results_dir
 
     t = analysis.fit_profile(profile, refit=refit, progress=progress)
+    analysis.load_results(profile)  # cached fits too: a measurement table made under other settings warns
     level = analysis.fit_spec(profile).level
     with pd.option_context("display.width", 250, "display.max_columns", 20, "display.max_colwidth", 120):
         print(f"Activation ratio at PPL-1% vs data: Eq. 4 (ReLU) / Eq. 5 (SiLU) per run, [{level:.0%} bootstrap "
@@ -309,6 +363,7 @@ def _compute(profile, args) -> int:
         ("sparse inference", lambda: inference.sparse_inference_for(profile, compute=True, runs_dir=args.runs_dir,
                                                                     progress=progress, jobs=args.jobs)),
     ]
+    inference.preflight(profile, args.runs_dir, progress=progress)  # what would stop the last stage stops the first
     if not profile.sparsity.pareto_runs:
         print("pareto: skipped (sparsity.pareto_runs is empty)")
         stages = [st for st in stages if st[0] != "pareto"]

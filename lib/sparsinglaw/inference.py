@@ -308,21 +308,29 @@ def inference_table(profile: ProfileConfig, runs: list[RunConfig], runs_dir=None
     return pd.concat(frames, ignore_index=True)
 
 
+def preflight(profile: ProfileConfig, runs_dir=None, progress: bool = False):
+    """The checks of sparse_inference_for that need no model (the inference settings, a validation split
+    large enough for every run's calibration and held-out windows), also made by `compute` before it
+    trains: a split too small stops it at once, not after the training. Returns the corpus's TokenData."""
+    from .data import prepare
+
+    validate_inference(profile.inference, profile.runs, f"{profile.path}: inference")
+    tokens = prepare(profile.data, data_cache_dir(runs_dir), progress=progress)
+    for r in group_runs(profile, profile.inference.group):
+        check_split(profile, len(tokens.val), r.model.seq_len)
+    return tokens
+
+
 def sparse_inference_for(profile: ProfileConfig, compute: bool = True, runs_dir=None, progress: bool = True,
                          jobs: int | None = None) -> pd.DataFrame:
     """Dense vs PPL-p% sparse inference of every run of ``inference.group`` on held-out text (one row per
     run x p x domain, p = 0 dense), computed (cached per run; runs in parallel processes like the
     measurement) and written to results/<profile>/sparse_inference.csv. With ``compute=False`` the
     table is only read back (``read_inference``)."""
-    from .data import prepare
-
     if not compute:
         return read_inference(profile)
-    validate_inference(profile.inference, profile.runs, f"{profile.path}: inference")
     runs = group_runs(profile, profile.inference.group)
-    tokens = prepare(profile.data, data_cache_dir(runs_dir), progress=False)
-    for r in runs:  # before any work
-        check_split(profile, len(tokens.val), r.model.seq_len)
+    tokens = preflight(profile, runs_dir)
     todo = [r for r in runs if not record_path(profile, r, runs_dir).exists()]  # cached runs spawn nothing
     todo.sort(key=lambda r: -r.model.d_model * r.model.n_layers)  # longest first
     jobs = max(1, min(jobs or profile.compute.jobs or usable_cores(), len(todo) or 1))

@@ -69,6 +69,7 @@ from .train import (
     remove_stale_temps,
     restore_advice,
     sha256_file,
+    short_split_note,
     versions,
 )
 
@@ -262,6 +263,9 @@ def measure_run(profile: ProfileConfig, run: RunConfig, runs_dir=None, progress:
         for path in ck["path"]:
             require_corpus(run, path, tokens.fingerprint)
         batches = eval_set(profile, tokens, run.model.seq_len, dev)
+        if note := short_split_note(f"run {run.name}", "sparsity.eval_tokens", scfg.eval_tokens, len(tokens.val),
+                                    run.model.seq_len):
+            print(note, flush=True)
         loaders = [lambda path=p: load_model(run, path, dev) for p in ck["path"]]
         search_idx = list(range(len(ck)))[-scfg.n_last:]
         if scfg.n_last > len(ck):
@@ -470,21 +474,28 @@ def write_results(profile: ProfileConfig, runs_dir=None, impl=None) -> pd.DataFr
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(out)
     write_table(table, out / "sparsity.csv", meta)
-    neurons, toks = [], []
+    neurons, toks, empty = [], [], {}
     for r in runs:
         a = final_arrays(profile, r, runs_dir, impl)
-        dom = a["domain_frequency"]  # (n_domains, L, d_ff)
+        dom = a["domain_frequency"]  # (n_domains, L, d_ff): as many rows as the largest domain id seen + 1
         freq = a["neuron_frequency"]  # (L, d_ff)
         L, F = freq.shape
         layer, neuron = np.divmod(np.arange(L * F), F)
         cols = {"run": r.name, "step": int(a["step"]), "layer": layer, "neuron": neuron, "all": freq.ravel()}
-        for k, name in enumerate(tokens.domains[: dom.shape[0]]):
-            cols[name] = dom[k].ravel()
+        for k, name in enumerate(tokens.domains):  # every domain a column; nan where no token of it was measured
+            cols[name] = dom[k].ravel() if k < dom.shape[0] else np.full(L * F, np.nan)
+            if np.isnan(cols[name]).all():
+                empty.setdefault(name, []).append(r.name)
         neurons.append(pd.DataFrame(cols))
         count = a["token_count"]
         seen = np.nonzero(count)[0]
         ratio = a["token_sum"].mean(0)[seen] / count[seen]
         toks.append(pd.DataFrame({"run": r.name, "token_id": seen, "count": count[seen], "activation_ratio": ratio}))
+    for name, where in empty.items():
+        print(f"note: domain '{name}' has no token in the validation windows measured (sparsity.eval_tokens from "
+              f"the start of the validation split) of {len(where)} of {len(runs)} runs: its per-domain columns in "
+              "neurons.csv are empty there (the split is made by file, data.val_fraction: raise it or "
+              "sparsity.eval_tokens for text of every domain)", flush=True)
     write_table(pd.concat(neurons, ignore_index=True), out / "neurons.csv", meta)
     write_table(pd.concat(toks, ignore_index=True), out / "tokens.csv", meta)
     return table

@@ -79,6 +79,21 @@ def data_cache_dir(runs_dir: str | Path | None = None) -> Path:
     return Path(env) if env else runs_root(runs_dir) / "_data"
 
 
+def folder_setting(path: str | Path, runs_dir: str | Path | None = None) -> str | None:
+    """The setting that chose the folder `path` lies in (the file of an OSError: a read-only or full disk,
+    a file where a folder should be), for the message that tells the user what to change; None elsewhere."""
+    try:
+        where = Path(path).resolve()
+        roots = [("SPARSINGLAW_DATA", Path(os.environ["SPARSINGLAW_DATA"]))] if os.environ.get("SPARSINGLAW_DATA") \
+            else []  # unset: the caches lie in the runs folder
+        roots += [("SPARSINGLAW_RESULTS", _root("SPARSINGLAW_RESULTS", "results")),
+                  ("SPARSINGLAW_FIGURES", _root("SPARSINGLAW_FIGURES", "figures")),
+                  ("--runs-dir or SPARSINGLAW_RUNS", runs_root(runs_dir))]
+        return next((name for name, root in roots if where.is_relative_to(root.resolve())), None)
+    except (OSError, RuntimeError, ValueError):  # an unresolvable path: no hint
+        return None
+
+
 def run_dir(profile: ProfileConfig, run: RunConfig, runs_dir: str | Path | None = None) -> Path:
     return runs_root(runs_dir) / profile.name / run.key(profile.data)
 
@@ -598,6 +613,21 @@ class StaleTableWarning(UserWarning):
     """A results table written under another config than the current one."""
 
 
+_STALE: list[list[Path]] = []  # the lists of noting_stale_tables blocks in progress
+
+
+@contextlib.contextmanager
+def noting_stale_tables():
+    """Within the block, the path of every table read_table finds stale (and uses, with its warning) is
+    appended to the list this yields: what a summary made from those tables must say it rests on."""
+    found: list[Path] = []
+    _STALE.append(found)
+    try:
+        yield found
+    finally:
+        _STALE.remove(found)
+
+
 @contextlib.contextmanager
 def folder_lock(folder: Path, shared: bool = False):
     """flock on a folder itself (no lock file): exclusive while a table and its sidecar in
@@ -710,6 +740,8 @@ def read_table(path: str | Path, columns: list[str] = (), numeric: list[str] = (
                 raise TableError(f"{msg}; refusing it: {fix}")
             warnings.warn(f"{msg}; using it anyway (a warning, not an error): {fix} to refresh it",
                           StaleTableWarning, stacklevel=2)
+            for found in _STALE:
+                found.append(path)
     df.attrs["meta"] = meta
     return df
 

@@ -462,6 +462,17 @@ def passes_note(run: RunConfig, tokens: TokenData) -> str | None:
             "text or raise data.max_mb for fewer repeats")
 
 
+def short_split_note(what: str, field: str, want: int, n_val: int, seq_len: int) -> str | None:
+    """A note when the validation split holds fewer tokens than `field` asks for: the scores are made on
+    the whole windows it holds (data.eval_batches), fewer than asked."""
+    got = min(want, n_val - 1) // seq_len * seq_len
+    if got >= want // seq_len * seq_len:
+        return None
+    return (f"note: {what}: the validation split holds {n_val:,} tokens, fewer than {field}={want:,}: scored on "
+            f"{got:,} (whole windows of model.seq_len={seq_len}); raise data.val_fraction or data.max_mb, or "
+            f"lower {field}")
+
+
 def check_parallel(run: RunConfig, world: int, device_type: str, compile: bool | str, compile_mode: str) -> None:
     """Refuse a run that `world` torchrun processes cannot train (before any file of the run is written):
     every process needs a micro-batch each step, and CUDA graphs cannot accumulate gradients over several
@@ -557,6 +568,9 @@ def train(run: RunConfig, data_cfg: DataConfig, run_dir: Path, tokens: TokenData
     if ddp.main and shares:
         print(f"run {run.name}: {shares}", flush=True)
     if ddp.main and (note := passes_note(run, tokens)):
+        print(note, flush=True)
+    if ddp.main and (note := short_split_note(f"run {run.name}", "train.eval_tokens", tcfg.eval_tokens, len(tokens.val),
+                                              run.model.seq_len)):
         print(note, flush=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg_yaml = yaml.safe_dump(run.identity(data_cfg) | {"name": run.name, "groups": run.groups}, sort_keys=False)
