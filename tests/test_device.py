@@ -74,3 +74,16 @@ def test_resolve_device_auto_follows_cuda_availability(monkeypatch):
     assert device.resolve_device("auto") == "cpu"
     with pytest.raises(SparsingLawError, match="torch sees no CUDA device"):
         device.resolve_device("cuda")
+
+
+def test_empty_environment_numbers_mean_unset(monkeypatch):
+    """SPARSINGLAW_PEAK_FLOPS= and SPARSINGLAW_DIST_TIMEOUT= (set but empty, as a job script's template
+    leaves them) are unset, not refused."""
+    import torch
+
+    from sparsinglaw import device
+
+    monkeypatch.setenv("SPARSINGLAW_PEAK_FLOPS", "")
+    monkeypatch.setenv("SPARSINGLAW_DIST_TIMEOUT", "")
+    assert device.peak_flops(torch.device("cpu")) is None
+    assert device._timeout() == {}

@@ -731,3 +731,43 @@ def test_same_bytes_under_another_stage_hash_rewrite_the_sidecar(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         runs.read_table(tmp_path / "t.csv", ["run", "x"], expect={"stage": "measure", "stage_hash": "h2"})
+
+
+def test_a_dirty_table_recomputed_dirty_with_the_same_bytes_is_left_as_it_is(tmp_path):
+    """Only clean provenance replaces a dirty sidecar of the same bytes: another dirty write (other sha and
+    time) leaves both files as they were, naming the code that first wrote those bytes."""
+    df = pd.DataFrame({"run": ["a"], "x": [1.0]})
+    meta = {"config_hash": "h", "versions": {"torch": "1"}, "time": "T1", "git_sha": "abc", "git_dirty": True}
+    runs.write_table(df, tmp_path / "t.csv", meta)
+    side = tmp_path / "t.meta.json"
+    first, stamp = side.read_bytes(), (side.stat().st_ino, side.stat().st_mtime_ns)
+    runs.write_table(df, tmp_path / "t.csv", dict(meta, time="T2", git_sha="def"))
+    assert side.read_bytes() == first and (side.stat().st_ino, side.stat().st_mtime_ns) == stamp
+    assert json.loads(first)["git_sha"] == "abc"
+
+
+def test_the_resume_snapshot_is_not_a_mark_checkpoint(tmp_path, tiny_profile, smoke_tokens):
+    """A run stopped after its first resume snapshot, before its first checkpoint mark: ckpt_last.pt is
+    there, but the run has no checkpoint to measure or count."""
+    run = tiny_profile.run("relu-s1")
+    marks = checkpoint_steps(run.model, run.train)
+    assert run.train.resume_every < marks[0]  # the snapshot comes first
+    _, d, _ = _tiny_run(tiny_profile, "relu-s1", tmp_path, smoke_tokens, stop_after_step=run.train.resume_every)
+    assert (d / "ckpt_last.pt").exists()
+    assert len(runs.checkpoints(tiny_profile, run, tmp_path)) == 0
+    assert runs.run_state(tiny_profile, run, tmp_path).checkpoints == 0
+
+
+def test_times_of_a_compute_that_stops_are_marked_incomplete(tmp_path, monkeypatch):
+    """compute --times after a stage fails: complete false, the stage it stopped in, the stages it finished."""
+    monkeypatch.setattr(runs, "train_profile", lambda *a, **k: [])
+
+    def fails(*a, **k):
+        raise SparsingLawError("stop here")
+
+    monkeypatch.setattr(runs, "train_log_table", fails)
+    times = tmp_path / "times.json"
+    assert cli.main(["compute", "--profile", "smoke", "--runs-dir", str(tmp_path), "--no-progress",
+                     "--times", str(times)]) == 2
+    out = json.loads(times.read_text())
+    assert out["complete"] is False and out["running"] == "training logs" and list(out["seconds"]) == ["train"]

@@ -1112,3 +1112,10 @@ def test_save_leaves_a_panel_that_says_why_it_is_empty_alone(tmp_path, monkeypat
     assert [t.get_text() for ax in fig.axes for t in ax.texts] == [
         "no CETT sweep: no dense run among sparsity.pareto_runs"] * 2
     plt.close(fig)
+
+
+def test_a_run_in_scale_and_width_depth_is_drawn_as_width_depth():
+    """_group_of: width_depth, else scale, else seeds, else the first group, whatever the order listed."""
+    assert plots._group_of("scale,width_depth") == plots._group_of("width_depth,scale") == "width_depth"
+    assert plots._group_of("seeds,scale") == "scale" and plots._group_of("seeds") == "seeds"
+    assert plots._group_of("moe") == "moe" and plots._group_of(float("nan")) == ""
