@@ -317,3 +317,53 @@ def test_a_crashed_parallel_call_lets_the_others_finish_then_is_raised(tmp_path)
                           text=True, capture_output=True, timeout=120)
     assert done.returncode == 1 and "RuntimeError: task 0 crashed" in done.stderr, done.stderr
     assert sorted(p.name for p in tmp_path.glob("done*")) == ["done1", "done2", "done3"]
+
+
+def test_runs_train_longest_first(tmp_path, monkeypatch, smoke_tokens):
+    """train_profile hands the runs to the workers by their work left (tokens x width x depth), largest first,
+    so that the longest run does not start last and leave the other cores idle at the end."""
+    calls = {}
+    monkeypatch.setattr(runs, "run_parallel", lambda fn, c, jobs, what, **kw: calls.update(c=c, **kw))
+    profile = load_profile("smoke", overrides=["runs.relu-s1.train.tokens=98304", "runs.silu-s1.train.tokens=12288"])
+    runs.train_profile(profile, jobs=2, runs_dir=tmp_path, progress=False)
+    cost = {r.name: r.train.tokens * r.model.d_model * r.model.n_layers for r in profile.runs}
+    names = [c[2] for c in calls["c"]]
+    assert sorted(names) == sorted(cost) and len(set(cost.values())) > 2
+    assert [cost[n] for n in names] == sorted(cost.values(), reverse=True)
+    assert calls["weights"] == [cost[n] for n in names]
+
+
+def _fails(msg):
+    from sparsinglaw.config import SparsingLawError
+
+    raise SparsingLawError(msg)
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_single_failing_call_raises_its_own_error(jobs):
+    """One call: its error as it is, not wrapped in 'failed for 1 run(s)' (the message names its fix)."""
+    from sparsinglaw.config import SparsingLawError
+
+    with pytest.raises(SparsingLawError) as e:
+        runs.run_parallel(_fails, [("run x: refused; do this",)], jobs, "training")
+    assert str(e.value) == "run x: refused; do this"
+
+
+def test_temp_files_of_live_writers_are_kept(tmp_path):
+    """remove_stale_temps deletes the temp files of writers that are gone, and keeps those of a writer that
+    still runs (another process writing the same folder) and this process's own."""
+    from sparsinglaw.train import remove_stale_temps
+
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    try:
+        files = {k: tmp_path / f".t.csv.{pid}.tmp" for k, pid in (("live", live.pid), ("dead", dead.pid),
+                                                                     ("own", os.getpid()))}
+        for f in files.values():
+            f.write_text("x")
+        assert remove_stale_temps(tmp_path) == [files["dead"]]
+        assert files["live"].exists() and files["own"].exists() and not files["dead"].exists()
+    finally:
+        live.kill()
+        live.wait()
