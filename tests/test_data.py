@@ -840,3 +840,27 @@ def test_tokenizer_texts_stop_at_the_byte_budget_inside_a_document():
     assert list(data._tokenizer_texts(docs, 5)) == ["abcde"]
     assert list(data._tokenizer_texts(docs, 100)) == ["abcdef", "ghij", "klm"]
     assert list(data._tokenizer_texts([Document("e", "train", "aé"), Document("f", "train", "xyz")], 2)) == ["a"]
+
+
+def test_a_split_lopsided_by_large_documents_gets_a_note(tmp_path, monkeypatch, capsys):
+    """The split holds out documents, not bytes: when the validation documents carry far more than
+    data.val_fraction of the text (one large file among small ones), a note says how much and what to do;
+    an even split says nothing."""
+    from sparsinglaw import config
+
+    monkeypatch.setattr(config, "_NOTED", set())
+    folder = tmp_path / "c"
+    folder.mkdir()
+    for i in range(20):
+        (folder / f"small{i:02d}.txt").write_text(f"document {i}\n" * 20)
+    cfg = DataConfig(corpus=str(folder), vocab_size=300, max_mb=1.0, val_fraction=0.05)
+    docs, _ = data.corpus_documents(cfg)
+    assert capsys.readouterr().err == ""  # 20 like documents: one of them held out
+    held = next(d.name for d in docs if d.split == "val")
+    (folder / held).write_text("a much longer line of text\n" * 2000)  # the held-out one grows
+    docs, _ = data.corpus_documents(cfg)
+    val = sum(len(d.text.encode()) for d in docs if d.split == "val") / sum(len(d.text.encode()) for d in docs)
+    assert [d.name for d in docs if d.split == "val"] == [held] and val > 0.9
+    err = capsys.readouterr().err
+    assert err.startswith(f"note: {folder}: the validation split holds {val:.0%} of the text (1 of 20 documents: "
+                          "data.val_fraction=0.05 holds out about that share of the documents, not of the bytes)")

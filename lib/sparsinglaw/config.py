@@ -703,7 +703,7 @@ def shadowed_overrides(raw: dict, overrides: list[str], path: str) -> list[str]:
 _NOTED: set[str] = set()
 
 
-def _note(msg: str) -> None:
+def note_once(msg: str) -> None:
     """A note on stderr, once per process, from the main process alone (not from a pool worker, which
     reloads the profile, nor from torchrun's ranks above 0)."""
     if msg in _NOTED or mp.parent_process() is not None or os.environ.get("RANK", "0") not in ("", "0"):
@@ -770,5 +770,5 @@ def load_profile(profile: str | Path, configs_dir: Path | None = None, overrides
         raise blame_override(e, overrides or [], str(path)) from None
     profile.overrides = list(overrides or [])
     for note in notes:
-        _note(note)
+        note_once(note)
     return profile
