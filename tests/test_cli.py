@@ -126,7 +126,7 @@ def test_compute_writes_every_results_table_replot_needs(tmp_path, monkeypatch, 
     assert "pareto: skipped" in out and "total:" in out
     assert "draw the figures with the notebooks, with replot=True and a profile YAML that holds these --set" in out
     times = json.loads((tmp_path / "times.json").read_text())
-    assert list(times["seconds"]) == ["train", "training logs", "measure", "sparse inference", "total"]
+    assert list(times["seconds"]) == ["corpus", "train", "training logs", "measure", "sparse inference", "total"]
     assert times["complete"] is True and times["running"] is None
     profile = load_profile(mini_path, overrides=MINI)
     table = measure.read_results(profile, strict=True)
@@ -436,8 +436,8 @@ def test_compute_forwards_jobs_runs_dir_and_progress_to_every_stage(tmp_path, mo
                      ("pareto_profile", {"runs_dir": rd, "progress": False}),
                      ("sparse_inference_for", {"compute": True, "runs_dir": rd, "progress": False, "jobs": 2})]
     out = capsys.readouterr().out
-    assert [line.split(":")[0] for line in out.splitlines()[1:]] == ["train", "training logs", "measure", "pareto",
-                                                                   "sparse inference", "total"]
+    assert [line.split(":")[0] for line in out.splitlines()[1:]] == ["corpus", "train", "training logs", "measure",
+                                                                   "pareto", "sparse inference", "total"]
     calls.clear()
     assert cli.main(["compute", "--profile", "smoke"]) == 0
     assert all(k.get("progress", True) is True and k.get("jobs") is None and k["runs_dir"] is None
@@ -650,11 +650,60 @@ def test_a_file_error_names_the_setting_of_its_folder(tmp_path, monkeypatch, cap
     monkeypatch.setattr(cli, "_dispatch", read_only)
     assert cli.main(["train", "--profile", "smoke", "--runs-dir", str(tmp_path / "mine")]) == 2
     err = capsys.readouterr().err
-    assert err == (f"error: [Errno 30] Read-only file system: '{tmp_path / 'mine' / '_data'}' (a folder of --runs-dir "
-                   "or SPARSINGLAW_RUNS: make it writable or free space there, or set --runs-dir or SPARSINGLAW_RUNS "
-                   "to another); rerun with --debug for the traceback\n")
+    assert err == (f"error: [Errno 30] Read-only file system: '{tmp_path / 'mine' / '_data'}' (in the folder of "
+                   "--runs-dir or SPARSINGLAW_RUNS: check that it is a writable folder with free space, or set "
+                   "--runs-dir or SPARSINGLAW_RUNS to another); rerun with --debug for the traceback\n")
     assert cli.main(["train", "--profile", "smoke", "--runs-dir", str(tmp_path / "other")]) == 2
-    assert "(a folder of" not in capsys.readouterr().err
+    assert "(in the folder of" not in capsys.readouterr().err
+    # nested roots: the deepest one that holds the path names it (results above the runs folder here)
+    monkeypatch.setenv("SPARSINGLAW_RESULTS", str(tmp_path))
+    assert runs.folder_setting(tmp_path / "mine" / "smoke" / "x", runs_dir=tmp_path / "mine") == \
+        "--runs-dir or SPARSINGLAW_RUNS"
+    assert runs.folder_setting(tmp_path / "smoke" / "x.csv", runs_dir=tmp_path / "mine") == "SPARSINGLAW_RESULTS"
+
+
+def test_main_restores_the_sigterm_handler_and_runs_off_the_main_thread(monkeypatch):
+    """cli.main installs its SIGTERM handler for the call only (a program that calls it keeps its own), and
+    from another thread, where no handler can be set, it runs without one."""
+    import threading
+
+    def mine(*args):
+        pass
+
+    before = signal.signal(signal.SIGTERM, mine)
+    try:
+        seen = []
+        monkeypatch.setattr(cli, "_dispatch", lambda args: seen.append(signal.getsignal(signal.SIGTERM)) or 0)
+        assert cli.main(["runs", "--profile", "smoke"]) == 0
+        assert seen[0] is not mine and signal.getsignal(signal.SIGTERM) is mine
+        out = []
+        th = threading.Thread(target=lambda: out.append(cli.main(["runs", "--profile", "smoke"])))
+        th.start()
+        th.join(60)
+        assert out == [0] and seen[1] is mine  # off the main thread: the handler left as it was
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+@pytest.mark.parametrize("stdout", ["socket", "closed"])
+def test_stdout_other_than_a_closed_pipe(stdout):
+    """A broken socket as stdout is an error of one line (exit 2), as before, not a traceback; stdout closed
+    altogether (`>&-`) is no error: the command did its work."""
+    import socket
+
+    env = dict(os.environ, PYTHONPATH=str(REPO / "lib"), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "sparsinglaw", "runs", "--profile", "smoke"]
+    if stdout == "socket":
+        a, b = socket.socketpair()
+        b.close()
+        proc = subprocess.run(cmd, stdout=a.fileno(), stderr=subprocess.PIPE, text=True, env=env, timeout=120)
+        a.close()
+        assert proc.returncode == 2 and proc.stderr.startswith("error: [Errno 32] Broken pipe"), proc.stderr
+    else:
+        proc = subprocess.run(["bash", "-c", 'exec "$@" >&-', "_", *cmd], stderr=subprocess.PIPE, text=True, env=env,
+                              timeout=120)
+        assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def test_compute_checks_the_validation_split_before_training(tmp_path, capsys):

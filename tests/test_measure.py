@@ -673,5 +673,17 @@ def test_a_domain_without_measured_tokens_keeps_its_column_and_is_named(measured
     assert list(neurons.columns[-2:]) == [first, last]
     assert neurons[last].isna().all() and neurons[first].notna().all()
     out = capsys.readouterr().out
-    assert f"note: domain '{last}' has no token in the validation windows measured" in out
-    assert "of 2 of 2 runs" in out and f"domain '{first}'" not in out
+    assert out.count(f"note: domain '{last}' has no token in the validation windows measured (the first "
+                     "sparsity.eval_tokens of the validation split): raise sparsity.eval_tokens; its per-domain "
+                     "columns in neurons.csv are empty for 2 of 2 runs") == 1
+    assert f"domain '{first}'" not in out
+    # absent from the whole validation split: no eval_tokens can help, and the note says what can
+    from sparsinglaw import data
+
+    real = data.prepare
+    monkeypatch.setattr(data, "prepare", lambda *a, **k: dataclasses.replace(
+        real(*a, **k), val_domain=np.zeros_like(np.asarray(smoke_tokens.val_domain))))
+    measure.write_results(measured_mini)
+    assert f"note: domain '{last}' has no token in the validation split (which holds out whole documents or " \
+           "records, data.val_fraction): raise data.val_fraction or give the domain more documents" in \
+           capsys.readouterr().out

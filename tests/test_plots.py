@@ -846,6 +846,22 @@ def test_domain_distributions_are_density_histograms_from_zero_to_the_highest_fr
     plt.close(fig)
 
 
+def test_a_domain_without_measured_tokens_is_an_empty_panel_that_says_so():
+    """neurons.csv keeps an all-nan column for a domain with no measured validation token: its panel says
+    so, with no histogram and no numpy warning (an empty density histogram divided by zero)."""
+    neurons = pd.DataFrame([{"run": "relu-s1", "step": 100, "layer": 0, "neuron": i, "all": 0.1 * (i + 1),
+                             "prose": np.nan} for i in range(4)])
+    table = pd.DataFrame({"run": ["relu-s1"], "groups": ["scale"], "activation": "relu",
+                          "non_embedding_params": [1000]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fig = plots.domain_distributions(neurons, table, bins=4)
+    full, empty = fig.axes
+    assert len(full.patches) == 1 and not empty.patches
+    assert [x.get_text() for x in empty.texts] == ["no validation token of this\ndomain was measured"]
+    plt.close(fig)
+
+
 def test_layer_distributions_draw_each_layer_at_its_relative_depth():
     summary = pd.DataFrame([{"run": "relu-s1", "activation": "relu", "non_embedding_params": 1000, "domain": dom,
                              "layer": layer, "median": m + (dom == "code"), "q10": m - 0.05, "q90": m + 0.1}

@@ -970,9 +970,10 @@ def test_short_split_note():
     from sparsinglaw.train import short_split_note
 
     note = short_split_note("run r", "train.eval_tokens", 2048, 674, 64)
-    assert note == ("note: run r: the validation split holds 674 tokens, fewer than train.eval_tokens=2,048: scored "
-                    "on 640 (whole windows of model.seq_len=64); raise data.val_fraction or data.max_mb, or lower "
-                    "train.eval_tokens")
+    assert note == ("note: run r: the validation split's 674 tokens hold 673 next-token targets, fewer than "
+                    "train.eval_tokens=2,048: scored on 640 (whole windows of model.seq_len=64); raise "
+                    "data.val_fraction or data.max_mb, or lower train.eval_tokens")
+    assert "2,048 tokens hold 2,047 next-token targets" in short_split_note("r", "f", 2048, 2048, 64)
     assert short_split_note("run r", "train.eval_tokens", 2000, 1793, 256) is None  # 1,792 asked, 1,792 held
     assert "scored on 1,536" in short_split_note("run r", "train.eval_tokens", 2000, 1792, 256)
     assert short_split_note("run r", "sparsity.eval_tokens", 4096, 10**6, 256) is None
@@ -986,5 +987,6 @@ def test_training_notes_a_validation_split_shorter_than_eval_tokens(tmp_path, sm
     profile = load_profile("smoke", overrides=TINY + [f"train.eval_tokens={10 * len(smoke_tokens.val)}"])
     runs.train_profile(profile, names=["relu-s1"], jobs=1, runs_dir=tmp_path, progress=False)
     out = capsys.readouterr().out
-    assert out.count(f"note: run relu-s1: the validation split holds {len(smoke_tokens.val):,} tokens, fewer than "
+    assert out.count(f"note: run relu-s1: the validation split's {len(smoke_tokens.val):,} tokens hold "
+                     f"{len(smoke_tokens.val) - 1:,} next-token targets, fewer than "
                      f"train.eval_tokens={10 * len(smoke_tokens.val):,}") == 1

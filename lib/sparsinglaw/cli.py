@@ -116,25 +116,24 @@ def main(argv: list[str] | None = None) -> int:
     on_term = _terminate_as_interrupt()
     try:
         rc = _dispatch(args)
-        sys.stdout.flush()  # here, where a reader that has gone is handled (BrokenPipeError), not at exit
+        if sys.stdout is not None:  # None when fd 1 was closed (prints then go nowhere)
+            sys.stdout.flush()  # here, where a reader that has gone is handled (BrokenPipeError), not at exit
         return rc
     except SparsingLawError as e:
         if args.debug:
             raise
         print(f"error: {e}", file=sys.stderr)
         return getattr(e, "exit_code", 2)
-    except BrokenPipeError:
-        if not _stdout_closed():
-            raise
-        return 128 + signal.SIGPIPE  # the reader of our output left (`| head`): stop quietly, as Unix tools do
     except OSError as e:  # a file the user can fix (disk full, permissions), raised outside our own checks
+        if isinstance(e, BrokenPipeError) and _stdout_closed():
+            return 128 + signal.SIGPIPE  # the reader of our output left (`| head`): stop quietly, as Unix tools do
         if args.debug:
             raise
         from .runs import folder_setting
 
         where = folder_setting(e.filename, getattr(args, "runs_dir", None)) if e.filename else None
-        hint = f" (a folder of {where}: make it writable or free space there, or set {where} to another)" \
-            if where else ""
+        hint = f" (in the folder of {where}: check that it is a writable folder with free space, or set {where} " \
+            "to another)" if where else ""
         print(f"error: {e}{hint}; rerun with --debug for the traceback", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:
@@ -354,7 +353,8 @@ def _compute(profile, args) -> int:
     dev = resolve_device(profile.compute.device)
     where = torch.cuda.get_device_name(0) if dev == "cuda" else "cpu"
     print(f"profile {profile.name}: {len(profile.runs)} runs on {where} (torch {torch.__version__})", flush=True)
-    stages = [
+    stages = [  # the corpus first: what would stop the last stage (a validation split too small) stops it
+        ("corpus", lambda: inference.preflight(profile, args.runs_dir, progress=progress)),
         ("train", lambda: runs.train_profile(profile, jobs=args.jobs, runs_dir=args.runs_dir, progress=progress)),
         ("training logs", lambda: runs.train_log_table(profile, compute=True, runs_dir=args.runs_dir)),
         ("measure", lambda: measure.measure_profile(profile, jobs=args.jobs, runs_dir=args.runs_dir,
@@ -363,7 +363,6 @@ def _compute(profile, args) -> int:
         ("sparse inference", lambda: inference.sparse_inference_for(profile, compute=True, runs_dir=args.runs_dir,
                                                                     progress=progress, jobs=args.jobs)),
     ]
-    inference.preflight(profile, args.runs_dir, progress=progress)  # what would stop the last stage stops the first
     if not profile.sparsity.pareto_runs:
         print("pareto: skipped (sparsity.pareto_runs is empty)")
         stages = [st for st in stages if st[0] != "pareto"]

@@ -492,10 +492,14 @@ def write_results(profile: ProfileConfig, runs_dir=None, impl=None) -> pd.DataFr
         ratio = a["token_sum"].mean(0)[seen] / count[seen]
         toks.append(pd.DataFrame({"run": r.name, "token_id": seen, "count": count[seen], "activation_ratio": ratio}))
     for name, where in empty.items():
-        print(f"note: domain '{name}' has no token in the validation windows measured (sparsity.eval_tokens from "
-              f"the start of the validation split) of {len(where)} of {len(runs)} runs: its per-domain columns in "
-              "neurons.csv are empty there (the split is made by file, data.val_fraction: raise it or "
-              "sparsity.eval_tokens for text of every domain)", flush=True)
+        if not np.isin(tokens.domains.index(name), tokens.val_domain).any():
+            why = ("no token in the validation split (which holds out whole documents or records, "
+                   "data.val_fraction): raise data.val_fraction or give the domain more documents")
+        else:
+            why = ("no token in the validation windows measured (the first sparsity.eval_tokens of the validation "
+                   "split): raise sparsity.eval_tokens")
+        print(f"note: domain '{name}' has {why}; its per-domain columns in neurons.csv are empty for {len(where)} "
+              f"of {len(runs)} runs", flush=True)
     write_table(pd.concat(neurons, ignore_index=True), out / "neurons.csv", meta)
     write_table(pd.concat(toks, ignore_index=True), out / "tokens.csv", meta)
     return table

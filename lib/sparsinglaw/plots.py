@@ -780,10 +780,13 @@ def domain_distributions(neurons: pd.DataFrame, table: pd.DataFrame, group: str 
         edges = np.linspace(0, hi if np.isfinite(hi) and hi > 0 else 1, bins + 1)
         for d, dom in enumerate(doms):
             ax = axes[a][d]
-            for i, run in enumerate(names):
-                v = neurons.loc[neurons["run"] == run, dom].dropna()
-                ax.hist(v, edges, density=True, histtype="step", color=_shade(act, i, len(names)), lw=1, label=run)
             ax.set_title(f"{act}, {dom}")
+            values = [neurons.loc[neurons["run"] == run, dom].dropna() for run in names]
+            if not any(len(v) for v in values):  # measure.write_results keeps the column and says why
+                _nothing(ax, "no validation token of this\ndomain was measured")
+                continue
+            for i, (run, v) in enumerate(zip(names, values, strict=True)):
+                ax.hist(v, edges, density=True, histtype="step", color=_shade(act, i, len(names)), lw=1, label=run)
             ax.set_xlabel("activation frequency (share of tokens)")
         axes[a][0].set_ylabel("density")
         axes[a][0].legend(frameon=False, fontsize=5.5)

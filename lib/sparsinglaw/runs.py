@@ -89,7 +89,8 @@ def folder_setting(path: str | Path, runs_dir: str | Path | None = None) -> str 
         roots += [("SPARSINGLAW_RESULTS", _root("SPARSINGLAW_RESULTS", "results")),
                   ("SPARSINGLAW_FIGURES", _root("SPARSINGLAW_FIGURES", "figures")),
                   ("--runs-dir or SPARSINGLAW_RUNS", runs_root(runs_dir))]
-        return next((name for name, root in roots if where.is_relative_to(root.resolve())), None)
+        inside = [(len(root.resolve().parts), name) for name, root in roots if where.is_relative_to(root.resolve())]
+        return max(inside)[1] if inside else None  # the deepest: roots may nest (results inside the runs folder)
     except (OSError, RuntimeError, ValueError):  # an unresolvable path: no hint
         return None
 

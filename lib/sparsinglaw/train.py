@@ -468,9 +468,9 @@ def short_split_note(what: str, field: str, want: int, n_val: int, seq_len: int)
     got = min(want, n_val - 1) // seq_len * seq_len
     if got >= want // seq_len * seq_len:
         return None
-    return (f"note: {what}: the validation split holds {n_val:,} tokens, fewer than {field}={want:,}: scored on "
-            f"{got:,} (whole windows of model.seq_len={seq_len}); raise data.val_fraction or data.max_mb, or "
-            f"lower {field}")
+    return (f"note: {what}: the validation split's {n_val:,} tokens hold {n_val - 1:,} next-token targets, fewer "
+            f"than {field}={want:,}: scored on {got:,} (whole windows of model.seq_len={seq_len}); raise "
+            f"data.val_fraction or data.max_mb, or lower {field}")
 
 
 def check_parallel(run: RunConfig, world: int, device_type: str, compile: bool | str, compile_mode: str) -> None:
