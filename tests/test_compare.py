@@ -289,3 +289,27 @@ def test_the_instruction_set_is_one_phrase_when_every_table_agrees():
     assert compare._provenance_line(p, caps) == ("made from (fits.csv): profile cpu in A, cpu-long in B; config hash "
                                                  f"{'a' * 12} in A, {'b' * 12} in B; corpus {'c' * 12} in both; CPU "
                                                  "instruction set AVX512 in A, AVX2 in B")
+
+
+def test_a_lost_training_log_and_a_claim_value_that_moved_are_named(tmp_path):
+    """A run of both folders whose training log one lacks is named beside the final losses (the summary
+    counted the other runs only), and a claim whose value changed under the same verdict is named beside
+    the verdicts (only the wide table showed it)."""
+    b = _copy(tmp_path, "b")
+    _rewrite(b, "train_log", lambda df: df[df["run"] != "silu-s3"])
+    _rewrite(b, "claims", lambda df: df.assign(value=df["value"].where(df["id"] != "relu_falls", "p 0.06")))
+    text = compare.summary(compare.compare(COMMITTED, b))
+    n = len(runs.read_csv(COMMITTED / "claims.csv"))
+    assert f"claims: {n} of {n} verdicts the same; 1 of the same with another value: relu_falls" in text
+    assert "over 20 runs; in one folder's train_log.csv only: silu-s3 (A)" in text
+    assert "runs in one folder only" not in text  # silu-s3 is measured in both
+
+
+def test_compare_exits_0_whatever_the_differences_and_2_when_a_table_cannot_be_read(tmp_path, capsys):
+    b = _copy(tmp_path, "b")
+    _rewrite(b, "claims", lambda df: df.assign(verdict="FAIL"))
+    assert cli.main(["compare", str(COMMITTED), str(b)]) == 0
+    assert "changed: " in capsys.readouterr().out
+    (b / "fits.csv").write_text("edited by hand\n")
+    assert cli.main(["compare", str(COMMITTED), str(b)]) == 2
+    assert "fits.csv: its sha256 does not match" in capsys.readouterr().err

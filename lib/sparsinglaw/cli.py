@@ -96,7 +96,8 @@ def _parser() -> argparse.ArgumentParser:
                    "<!-- claims:<profile>:end --> in this Markdown file (e.g. README.md)")
     v.add_argument("--no-progress", action="store_true", help="no progress bars (while stale fits are recomputed)")
     k = command("compare", help="two results folders of one profile side by side (e.g. a rerun against "
-                       "the committed results/cpu): claim verdicts, activation ratios, losses, law fits")
+                       "the committed results/cpu): claim verdicts, activation ratios, losses, law fits; exit 0 "
+                       "whatever the differences, 2 when a folder or table cannot be read")
     k.add_argument("a", metavar="A", help="a results folder, e.g. results/cpu")
     k.add_argument("b", metavar="B", help="another results folder of the same profile")
     k.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")

@@ -16,7 +16,8 @@ weights: the losses drift apart after some steps, and so do the measurements and
 
 Every table is read with its provenance sidecar checked (runs.read_table). A table missing from either
 folder leaves its section out, named in the summary. ``python -m sparsinglaw compare A B`` prints
-``report``.
+``report`` and exits 0 whatever the differences (a report, not a test); 2 when a folder or a table
+cannot be read.
 """
 
 from __future__ import annotations
@@ -59,16 +60,18 @@ def _headline(value) -> str:
 
 
 def claims_table(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
-    """id, verdict and headline value in A and B, and whether the verdict is the same (ids of either)."""
+    """id, verdict and headline value in A and B, whether the verdict is the same and whether the whole
+    value is (ids of either)."""
     a, b = (t[["id", "verdict", "value"]].astype(object) for t in (a, b))  # an empty table reads as float
     ids = list(dict.fromkeys([*a["id"], *b["id"]]))  # A's order, then B's others
     m = pd.DataFrame({"id": ids}, dtype=object).merge(a, on="id", how="left").merge(
         b, on="id", how="left", suffixes=("_a", "_b"))
+    m["same_value"] = m["value_a"].fillna("").astype(str) == m["value_b"].fillna("").astype(str)
     for s, t in (("_a", a), ("_b", b)):
         m[f"verdict{s}"] = m[f"verdict{s}"].where(m["id"].isin(t["id"]), "(absent)").fillna("(empty)")
         m[f"value{s}"] = m[f"value{s}"].fillna("").map(_headline)
     m["same"] = m["verdict_a"] == m["verdict_b"]
-    return m[["id", "verdict_a", "verdict_b", "same", "value_a", "value_b"]]
+    return m[["id", "verdict_a", "verdict_b", "same", "same_value", "value_a", "value_b"]]
 
 
 def _last(df: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
@@ -187,9 +190,12 @@ def summary(t: dict[str, pd.DataFrame]) -> str:
     if "claims" in t:
         c = t["claims"]
         changed = c[~c["same"]]
+        moved = c[c["same"] & ~c["same_value"]]  # the same verdict on other numbers
         lines.append(f"claims: {int(c['same'].sum())} of {len(c)} verdicts the same"
                      + ("" if changed.empty else "; changed: " + ", ".join(
-                         f"{r.id} {r.verdict_a} -> {r.verdict_b}" for r in changed.itertuples())))
+                         f"{r.id} {r.verdict_a} -> {r.verdict_b}" for r in changed.itertuples()))
+                     + ("" if moved.empty else f"; {len(moved)} of the same with another value: "
+                        + ", ".join(moved["id"])))
     r = t.get("runs")
     if r is not None:
         alone = {w: ", ".join(r.loc[r["where"] == w, "run"]) for w in ("A only", "B only")}
@@ -218,6 +224,10 @@ def summary(t: dict[str, pd.DataFrame]) -> str:
         other_step = int((both["val_step_a"] != both["val_step_b"]).sum())
         if other_step:
             text += f" ({other_step} of them logged last at another step in B)"
+        one = r[(r["where"] == "A and B") & (r["val_loss_a"].isna() != r["val_loss_b"].isna())]
+        if len(one):  # a run of both folders whose training log one of them lacks
+            text += "; in one folder's train_log.csv only: " + ", ".join(
+                f"{x.run} ({'A' if pd.notna(x.val_loss_a) else 'B'})" for x in one.itertuples())
         lines.append("final validation loss: " + text)
     if "fits" in t:
         f = t["fits"]
