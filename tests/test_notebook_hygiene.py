@@ -162,8 +162,8 @@ def test_the_run_grid_text_does_not_place_our_ratios_in_the_papers_band():
 
 def test_strip_leaves_what_test_clean_asks_for_and_keeps_the_parameters_tag(tmp_path):
     """`make strip` (notebooks.strip): outputs, execution counts, editor metadata and the language info go,
-    the kernelspec becomes python3, a cell's tags (papermill's `parameters`) stay; a clean file is left as
-    it is and reported unchanged."""
+    and papermill's injected-parameters cell (an executed copy's profile), the kernelspec becomes python3, a
+    cell's tags (papermill's `parameters`) stay; a clean file is left as it is and reported unchanged."""
     import nbformat
     from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
@@ -173,7 +173,8 @@ def test_strip_leaves_what_test_clean_asks_for_and_keeps_the_parameters_tag(tmp_
                            metadata={"tags": ["parameters"], "collapsed": True, "scrolled": False})
     work = new_code_cell("print(1)", execution_count=2, metadata={"ExecuteTime": {"end_time": "now"}},
                          outputs=[new_output("stream", name="stdout", text="1\n")])
-    nb = new_notebook(cells=[new_markdown_cell("# 99 · test", metadata={"editable": False}), params, work],
+    injected = new_code_cell('# Parameters\nprofile = "cpu"\n', metadata={"tags": ["injected-parameters"]})
+    nb = new_notebook(cells=[new_markdown_cell("# 99 · test", metadata={"editable": False}), params, injected, work],
                       metadata={"kernelspec": {"display_name": "venv", "language": "python", "name": "venv"},
                                 "language_info": {"name": "python", "version": "3.12"}, "widgets": {}})
     path = tmp_path / "99_test.ipynb"

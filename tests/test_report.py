@@ -51,3 +51,21 @@ def test_report_heading_is_the_title(tmp_path):
     nbformat.write(new_notebook(cells=[new_markdown_cell("text")]), p)
     html = notebooks.report([p], tmp_path / "r.html", title="my report").read_text()
     assert re.search(r"<h1[^>]*>my report", html)
+
+
+def test_progress_bars_are_one_line_in_the_report(tmp_path):
+    """A cell's stream outputs as a terminal shows them: a bar redrawn with carriage returns over several
+    outputs is its last state, one line (the report showed every update as a line of its own); printed
+    lines and other outputs stay, in order."""
+    code = new_code_cell("work()", outputs=[
+        new_output("stream", name="stderr", text="training:   0%| 0/8\r"),
+        new_output("stream", name="stderr", text="training:  50%| 4/8\r"),
+        new_output("stream", name="stderr", text="training: 100%| 8/8\n"),
+        new_output("stream", name="stdout", text="line one\nline two\n"),
+        new_output("display_data", data={"image/png": PNG}),
+        new_output("stream", name="stdout", text="after the figure\n")])
+    path = tmp_path / "01_a.ipynb"
+    nbformat.write(new_notebook(cells=[code]), path)
+    html = notebooks.report([path], tmp_path / "report.html").read_text()
+    assert "training: 100%| 8/8" in html and "0/8" not in html and "4/8" not in html
+    assert html.index("line one") < html.index("line two") < html.index(PNG) < html.index("after the figure")

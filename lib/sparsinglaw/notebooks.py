@@ -4,6 +4,7 @@ make figures / replot / nb-NN) and the one-file HTML report (`report`, make repo
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import nbformat
@@ -14,13 +15,15 @@ KEEP_METADATA = {"kernelspec"}  # language_info carries the version of the Pytho
 
 
 def strip(path: str | Path) -> bool:
-    """Remove outputs, execution counts and editor metadata; returns True when the file changed."""
+    """Remove outputs, execution counts, editor metadata and papermill's injected-parameters cell; returns True
+    when the file changed."""
     path = Path(path)
     nb = nbformat.read(path, as_version=4)
     before = nbformat.writes(nb)
     nb.metadata = {k: v for k, v in nb.metadata.items() if k in KEEP_METADATA}
     nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
-    for cell in nb.cells:
+    nb.cells = [c for c in nb.cells if "injected-parameters" not in c.get("metadata", {}).get("tags", [])]
+    for cell in nb.cells:  # (papermill's injected cell above: an executed copy would carry its profile along)
         tags = cell.get("metadata", {}).get("tags", [])
         cell.metadata = {"tags": tags} if tags else {}
         if cell.cell_type == "code":
@@ -84,6 +87,28 @@ def execute(notebook: str | Path, out: str | Path, profile: str, *, replot: bool
     return out
 
 
+_REDRAWN = re.compile(r"[^\n]*\r(?=[^\n])")  # a line a carriage return drew over (a progress bar's update)
+
+
+def _as_shown(cell):
+    """A code cell's outputs as a terminal shows them: consecutive stream outputs of one name merged, and
+    each line that a carriage return redrew reduced to its last state (a progress bar is one line, not one
+    per update, in the report)."""
+    merged = []
+    for out in cell.get("outputs", []):
+        if merged and out.output_type == "stream" and merged[-1].output_type == "stream" \
+                and merged[-1].name == out.name:
+            merged[-1].text += out.text
+        else:
+            merged.append(out)
+    for out in merged:
+        if out.output_type == "stream":
+            out.text = _REDRAWN.sub("", out.text)
+    if "outputs" in cell:
+        cell.outputs = merged
+    return cell
+
+
 def report(paths: list[str | Path], out: str | Path, title: str = "sparsing-law report") -> Path:
     """One self-contained HTML file (nbconvert, figures embedded) of the executed notebooks `paths`,
     in order, with a table of contents: for reading the results without Jupyter (make report)."""
@@ -106,7 +131,7 @@ def report(paths: list[str | Path], out: str | Path, title: str = "sparsing-law 
                                    "make replot for FROM=replot) before the report")
         merged.metadata = merged.metadata or nb.metadata
         merged.cells.append(new_markdown_cell(f'<a id="{p.stem}"></a>\n\n---\n*notebook `{p.name}`*'))
-        merged.cells.extend(nb.cells)
+        merged.cells.extend(_as_shown(c) for c in nb.cells)
     html, _ = HTMLExporter(template_name="lab").from_notebook_node(merged, resources={"metadata": {"name": title}})
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
