@@ -22,7 +22,7 @@ TRUTH = {"power": ({"alpha": 0.844, "c": 0.208, "A0": 0.390}, 2.0, 0.001),
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--form", choices=sorted(TRUTH), default="power")
     ap.add_argument("--points", type=int, default=11)
     ap.add_argument("--reps", type=int, default=300)

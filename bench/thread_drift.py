@@ -54,7 +54,7 @@ def compare(profile, name: str, roots: list[Path]) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--profile", default="cpu")
     ap.add_argument("--runs", nargs="+", default=["relu-s1", "silu-s1", "relu-s4", "silu-s4", "silu-moe4"])
     ap.add_argument("--root", type=Path, default=None)

@@ -58,7 +58,7 @@ def bench(run, steps: int, compiled: bool, threads: int) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--profile", default="cpu", help="profile name or YAML path")
     ap.add_argument("--run", default=None, help="run to time (default: largest ReLU run of the scale grid)")
     ap.add_argument("--steps", type=int, default=20, help="optimizer steps per timed window")

@@ -140,7 +140,7 @@ def table(results: list[dict]) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--probe", type=Path, default=None, help="path of gpu_probe.py (omit: trainer only)")
     ap.add_argument("--shapes", default="1M,108M", help=f"comma list of {', '.join(SHAPES)}")
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu", "auto"])

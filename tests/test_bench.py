@@ -41,7 +41,7 @@ def test_gpu_session_dry_run_trains_with_our_trainer(tmp_path):
 
 def test_gpu_session_profile_packs_what_it_has_when_cut_off(tmp_path):
     """`profile` with a short LIMIT: compute is stopped at LIMIT - 75 s (15 s: enough to start and print its
-    plan, not to build the corpus); compute_times.json says which stage was cut off, and the results
+    plan, not to build the corpus: its first stage); compute_times.json says which stage was cut off, and the results
     archive holds what earlier calls finished: the tables and each run's logs and records (a later call
     resumes from them on the machine), not the checkpoints."""
     out = tmp_path / "out"
@@ -67,7 +67,7 @@ def test_gpu_session_profile_packs_what_it_has_when_cut_off(tmp_path):
     import json
 
     times = json.loads((out / "compute_times.json").read_text())
-    assert times["complete"] is False and times["running"] == "train" and times["seconds"] == {}
+    assert times["complete"] is False and times["running"] == "corpus" and times["seconds"] == {}
     assert (out / "results_gpu.tgz").exists()
     with tarfile.open(out / "results_gpu.tgz") as tar:  # (tar writes the file even when it packs nothing)
         packed = {"/" + n for n in tar.getnames()}
