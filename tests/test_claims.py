@@ -621,7 +621,7 @@ def test_cett_monotone(steps_a, steps_r, expect):
     row = claims.cett_monotone(pd.concat([cett_sweep(steps_a, steps_r),
                                           cett_sweep([-0.1] * 3, [0.01] * 3, run="silu-s4")]))
     assert row["verdict"] == expect and row["n"] == 2
-    assert row["value"].startswith("relu-s4 (4 values of c, 0.05 to 0.2): A 0.5 to ")
+    assert row["value"].split("; ")[1].startswith("relu-s4 (4 values of c, 0.05 to 0.2): A 0.5 to ")
 
 
 def test_cett_monotone_needs_a_step_and_counts_a_repeated_c_once():
@@ -638,9 +638,17 @@ def test_cett_monotone_needs_a_step_and_counts_a_repeated_c_once():
 
 
 def test_cett_monotone_counts_the_steps():
+    """Per run, and over every run in the headline (the value up to its first ';', which the claims figure
+    and compare show): a step against either trend shows there."""
     row = claims.cett_monotone(cett_sweep([-0.1, 0.0, -0.02], [0.01, -0.0005, 0.1]))
-    assert row["value"] == ("relu-s4 (4 values of c, 0.05 to 0.2): A 0.5 to 0.38, 2 of 3 steps falling; "
+    assert row["value"] == ("A falls at 2 of 3 steps of c, the PPL ratio rises at 2 of 3 (1 run(s)); "
+                            "relu-s4 (4 values of c, 0.05 to 0.2): A 0.5 to 0.38, 2 of 3 steps falling; "
                             "PPL ratio 1.0000 to 1.1095, 2 of 3 rising")
+    two = pd.concat([cett_sweep([-0.1, -0.05, -0.02], [0.01, 0.02, 0.1]),
+                     cett_sweep([-0.1, -0.05], [0.01, -0.02], run="silu-s4")])
+    row = claims.cett_monotone(two)
+    assert row["value"].split(";")[0] == "A falls at 5 of 5 steps of c, the PPL ratio rises at 4 of 5 (2 run(s))"
+    assert row["verdict"] == "FAIL"
     assert claims.cett_monotone(pd.DataFrame(columns=["run", "method"]))["verdict"] == "INCONCLUSIVE"
 
 

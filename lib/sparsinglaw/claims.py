@@ -597,7 +597,7 @@ def cett_monotone(points: pd.DataFrame) -> dict:
     if sweep.empty:
         return _row("cett_monotone", "no CETT sweep", "INCONCLUSIVE", 0,
                     "no dense run among sparsity.pareto_runs (results/<profile>/pareto.csv)")
-    parts, strict, reversed_ = [], True, False
+    parts, strict, reversed_, falling, rising, steps = [], True, False, 0, 0, 0
     for run, sub in sweep.groupby("run", sort=False):
         # one point per c (a value swept twice: its mean), c ascending; a run needs two to show a trend
         sub = sub.groupby("param", as_index=False)[["activation_ratio", "ppl_ratio"]].mean()
@@ -607,11 +607,14 @@ def cett_monotone(points: pd.DataFrame) -> dict:
         strict &= bool((da < 0).all() and (dr > 0).all())
         reversed_ |= bool((da > MONOTONE_TOL).any() or (dr < -MONOTONE_TOL).any())
         a, r, c = (sub[k].astype(float) for k in ("activation_ratio", "ppl_ratio", "param"))
+        falling, rising, steps = falling + int((da < 0).sum()), rising + int((dr > 0).sum()), steps + len(da)
         parts.append(f"{run} ({len(sub)} values of c, {c.iloc[0]:g} to {c.iloc[-1]:g}): A {a.iloc[0]:.3g} to "
                      f"{a.iloc[-1]:.3g}, {int((da < 0).sum())} of {len(da)} steps falling; PPL ratio "
                      f"{r.iloc[0]:.4f} to {r.iloc[-1]:.4f}, {int((dr > 0).sum())} of {len(dr)} rising")
     verdict = "FAIL" if reversed_ else "PASS" if strict else "INCONCLUSIVE"
-    return _row("cett_monotone", "; ".join(parts), verdict, sweep["run"].nunique(),
+    head = (f"A falls at {falling} of {steps} steps of c, the PPL ratio rises at {rising} of {steps} "
+            f"({len(parts)} run(s))")  # the headline (claims.figure, compare): both trends, every run
+    return _row("cett_monotone", "; ".join([head, *parts]), verdict, sweep["run"].nunique(),
                 "final checkpoint, one evaluation set")
 
 
