@@ -279,6 +279,10 @@ def test_relu_sparser(pairs, expect):
     assert row["verdict"] == expect and row["n"] == 2
     s2 = pairs[1]
     assert f"({abs(s2[2] - s2[4]) / min(s2[2], s2[4]):.1%})" in row["value"]
+    sparser = sum(p[1] < p[3] for p in pairs)
+    comparable = sum(abs(p[2] - p[4]) / min(p[2], p[4]) <= 0.05 for p in pairs)
+    assert row["value"].split(";")[0] == (f"ReLU sparser in {sparser} of 2 pairs, comparable in {comparable} "
+                                          "(losses within 5%, PPL-1% reached)")  # the headline: both pairs
 
 
 def test_relu_sparser_does_not_compare_a_run_whose_ppl1_was_not_reached():
@@ -539,7 +543,10 @@ def test_dense_beats_moe(gaps, expect, n):
     row = claims.dense_beats_moe(table)
     assert row["verdict"] == expect and row["n"] == n
     if gaps:
-        assert row["value"].startswith("silu-moe4 (k 2/4, A 0.5): PPL 60 vs silu-s4")
+        above = sum(g is not None and g > 3 for g in gaps)
+        below = sum(g is not None and g < -3 for g in gaps)
+        assert row["value"].startswith(f"{above} of {len(gaps)} MoE runs above the dense curve by > 3%, {below} below "
+                                       "it by > 3%; silu-moe4 (k 2/4, A 0.5): PPL 60 vs silu-s4")
         assert "relu-s4" not in row["value"]
     if None in gaps:
         assert row["value"].endswith("silu-moe8 (k 2/8, A 0.25): sparser than every point of silu-s4's curve, "
@@ -572,13 +579,17 @@ def test_cett_best_tradeoff(cett, baselines, expect, wins):
     row = claims.cett_best_tradeoff(tradeoff_table(cett, baselines, zeros=0.38))
     assert row["verdict"] == expect and row["n"] == len(baselines)
     assert row["note"].startswith(f"{wins} of {len(baselines)} comparisons won")
+    lost = {"FAIL": 1}.get(expect, 0)  # each FAIL case above loses one comparison
+    assert row["value"].split(";")[0] == (f"PPL-p% sparser than the baseline in {wins} of {len(baselines)} "
+                                          f"comparisons, denser in {lost}")
 
 
 def test_cett_best_tradeoff_shows_exact_zeros_without_judging_them():
     """Exact zeros at most 0.05 (far below PPL-p%) do not make a FAIL: one point, shown only."""
     row = claims.cett_best_tradeoff(tradeoff_table((0.18, "="), {"topk": (0.29, "="), "fat": (0.25, ">")}, 0.05))
     assert row["verdict"] == "PASS"
-    assert row["value"] == "relu-s4: PPL-p% 0.18, topk 0.29, fat > 0.25, exact zeros 0.05 (one point)"
+    assert row["value"] == ("PPL-p% sparser than the baseline in 2 of 2 comparisons, denser in 0; "
+                            "relu-s4: PPL-p% 0.18, topk 0.29, fat > 0.25, exact zeros 0.05 (one point)")
     assert claims.cett_best_tradeoff(tradeoff_table((0.18, "="), {}))["verdict"] == "INCONCLUSIVE"
     empty = claims.cett_best_tradeoff(pd.DataFrame(columns=["run", "method", "activation_ratio", "bound"]))
     assert empty["verdict"] == "INCONCLUSIVE" and empty["n"] == 0
@@ -593,6 +604,7 @@ def test_cett_best_tradeoff_needs_every_run_compared():
                                                                                           "none"))):
         row = claims.cett_best_tradeoff(pd.concat([won, bad]))
         assert row["verdict"] == "INCONCLUSIVE" and "relu-s3: no PPL-p% curve" in row["value"] and row["n"] == 2
+        assert row["value"].split(";")[0].endswith(", a run without a PPL-p% curve")
     none = tradeoff_table((0.18, "="), {"topk": (0.29, "="), "fat": (math.nan, "none")})
     row = claims.cett_best_tradeoff(none)
     assert row["verdict"] == "INCONCLUSIVE" and row["n"] == 2 and "fat no finite point" in row["value"]

@@ -346,7 +346,9 @@ def relu_sparser(sparsity: pd.DataFrame) -> dict:
                else "INCONCLUSIVE")
     note = ("" if comparable.all() else f"{int((~comparable).sum())} pair(s) not comparable (losses more than "
             f"{LOSS_TOL:.0%} apart, or PPL-1% not reached)")
-    return _row("relu_sparser", "; ".join(parts), verdict, len(pairs), note)
+    head = (f"ReLU sparser in {int(sparser.sum())} of {len(pairs)} pairs, comparable in {int(comparable.sum())} "
+            f"(losses within {LOSS_TOL:.0%}, PPL-1% reached)")  # the headline: every pair (see cett_monotone)
+    return _row("relu_sparser", "; ".join([head, *parts]), verdict, len(pairs), note)
 
 
 def width_depth_linear(wd_fit: pd.DataFrame) -> dict:
@@ -542,7 +544,9 @@ def dense_beats_moe(moe: pd.DataFrame) -> dict:
     verdict = ("FAIL" if (gap[ok] < -MOE_MARGIN).any() else
                "PASS" if ok.all() and (gap > MOE_MARGIN).all() else "INCONCLUSIVE")
     note = "dense curve read by linear interpolation in the activation ratio; one evaluation set, one seed"
-    return _row("dense_beats_moe", "; ".join(parts), verdict, int(ok.sum()), note)
+    head = (f"{int((gap[ok] > MOE_MARGIN).sum())} of {len(m)} MoE runs above the dense curve by > {MOE_MARGIN:.0%}, "
+            f"{int((gap[ok] < -MOE_MARGIN).sum())} below it by > {MOE_MARGIN:.0%}")  # the headline: every MoE
+    return _row("dense_beats_moe", "; ".join([head, *parts]), verdict, int(ok.sum()), note)
 
 
 def cett_best_tradeoff(tradeoff: pd.DataFrame) -> dict:
@@ -585,7 +589,9 @@ def cett_best_tradeoff(tradeoff: pd.DataFrame) -> dict:
     verdict = "FAIL" if losses else "PASS" if n and wins == n and not uncompared else "INCONCLUSIVE"
     note = (f"{wins} of {n} comparisons won, {losses} lost; activation ratio at PPL ratio 1.01, one evaluation "
             "set and one seed per run")
-    return _row("cett_best_tradeoff", "; ".join(parts), verdict, n, note)
+    head = (f"PPL-p% sparser than the baseline in {wins} of {n} comparisons, denser in {losses}"
+            + (", a run without a PPL-p% curve" if uncompared else ""))  # the headline: every run
+    return _row("cett_best_tradeoff", "; ".join([head, *parts]), verdict, n, note)
 
 
 def cett_monotone(points: pd.DataFrame) -> dict:
