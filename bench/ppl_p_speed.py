@@ -129,7 +129,8 @@ def compare_answers(cpu: dict, cuda: dict) -> None:
     print(f"model: {cuda['what']}; {cpu['n_tokens']} evaluation tokens")
     for r in (cpu, cuda):
         print(f"  {r['device']:>9}: c {r['cett']:.6f}  PPL ratio {r['ppl_ratio']:.6f}  activation ratio "
-              f"{r['activation_ratio']:.6f}  dense loss {r['dense_loss']:.6f}  {r['wall_s']:.2f} s")
+              f"{r['activation_ratio']:.6f}  dense loss {r['dense_loss']:.6f}  {r['wall_s']:.2f} s"
+              + ("" if r.get("reached", True) else "  (target not reached: c is a lower bound)"))
     rel = max(abs(a - b) / max(abs(a), 1e-30) for a, b in zip(cpu["thresholds"], cuda["thresholds"], strict=True))
     print(f"  |dc| {abs(cpu['cett'] - cuda['cett']):.1e}; max relative threshold difference {rel:.1e}; "
           f"|d PPL ratio| {abs(cpu['ppl_ratio'] - cuda['ppl_ratio']):.1e}; |d activation ratio| "

@@ -47,11 +47,13 @@ def trainer_rates(run, tokens: TokenData, steps: int, **train_kw) -> tuple[list[
     with tempfile.TemporaryDirectory() as d:
         t0 = time.perf_counter()
         said = io.StringIO()
-        with contextlib.redirect_stdout(said):  # the trainer's notes on its corpus do not fit random ids
-            train(run, DataConfig(), Path(d) / "run", tokens, progress=False, stop_after_step=steps, **train_kw)
+        try:
+            with contextlib.redirect_stdout(said):  # the trainer's notes on its corpus do not fit random ids
+                train(run, DataConfig(), Path(d) / "run", tokens, progress=False, stop_after_step=steps, **train_kw)
+        finally:  # the trainer's other lines, also when it fails
+            print("".join(line for line in said.getvalue().splitlines(keepends=True)
+                          if not line.startswith("note: ")), end="")
         wall = time.perf_counter() - t0
-        print("".join(line for line in said.getvalue().splitlines(keepends=True) if not line.startswith("note: ")),
-              end="")
         log = pd.read_csv(Path(d) / "run" / "log.csv")
     return log[log["split"] == "train"]["tok_s"].tolist(), wall
 

@@ -279,10 +279,10 @@ def test_relu_sparser(pairs, expect):
     assert row["verdict"] == expect and row["n"] == 2
     s2 = pairs[1]
     assert f"({abs(s2[2] - s2[4]) / min(s2[2], s2[4]):.1%})" in row["value"]
-    sparser = sum(p[1] < p[3] for p in pairs)
-    comparable = sum(abs(p[2] - p[4]) / min(p[2], p[4]) <= 0.05 for p in pairs)
-    assert row["value"].split(";")[0] == (f"ReLU sparser in {sparser} of 2 pairs, comparable in {comparable} "
-                                          "(losses within 5%, PPL-1% reached)")  # the headline: both pairs
+    comparable = [abs(p[2] - p[4]) / min(p[2], p[4]) <= 0.05 for p in pairs]
+    sparser = sum(p[1] < p[3] for p, c in zip(pairs, comparable, strict=True) if c)
+    assert row["value"].split(";")[0] == (f"ReLU sparser in {sparser} of the {sum(comparable)} comparable pairs "
+                                          "(losses within 5%, PPL-1% reached), 2 pairs in all")  # the headline
 
 
 def test_relu_sparser_does_not_compare_a_run_whose_ppl1_was_not_reached():
@@ -545,8 +545,10 @@ def test_dense_beats_moe(gaps, expect, n):
     if gaps:
         above = sum(g is not None and g > 3 for g in gaps)
         below = sum(g is not None and g < -3 for g in gaps)
-        assert row["value"].startswith(f"{above} of {len(gaps)} MoE runs above the dense curve by > 3%, {below} below "
-                                       "it by > 3%; silu-moe4 (k 2/4, A 0.5): PPL 60 vs silu-s4")
+        skipped = f", {gaps.count(None)} not compared" if None in gaps else ""
+        assert row["value"].startswith(f"MoE above the dense curve by > 3% in {above} of {len(gaps)} comparisons, "
+                                       f"below it by > 3% in {below}{skipped}; silu-moe4 (k 2/4, A 0.5): PPL 60 vs "
+                                       "silu-s4")
         assert "relu-s4" not in row["value"]
     if None in gaps:
         assert row["value"].endswith("silu-moe8 (k 2/8, A 0.25): sparser than every point of silu-s4's curve, "
@@ -604,7 +606,7 @@ def test_cett_best_tradeoff_needs_every_run_compared():
                                                                                           "none"))):
         row = claims.cett_best_tradeoff(pd.concat([won, bad]))
         assert row["verdict"] == "INCONCLUSIVE" and "relu-s3: no PPL-p% curve" in row["value"] and row["n"] == 2
-        assert row["value"].split(";")[0].endswith(", a run without a PPL-p% curve")
+        assert row["value"].split(";")[0].endswith(", 1 run(s) without a PPL-p% curve")
     none = tradeoff_table((0.18, "="), {"topk": (0.29, "="), "fat": (math.nan, "none")})
     row = claims.cett_best_tradeoff(none)
     assert row["verdict"] == "INCONCLUSIVE" and row["n"] == 2 and "fat no finite point" in row["value"]

@@ -63,9 +63,11 @@ def test_progress_bars_are_one_line_in_the_report(tmp_path):
         new_output("stream", name="stderr", text="training: 100%| 8/8\n"),
         new_output("stream", name="stdout", text="line one\nline two\n"),
         new_output("display_data", data={"image/png": PNG}),
-        new_output("stream", name="stdout", text="after the figure\n")])
+        new_output("stream", name="stdout", text="after the figure\n"),
+        new_output("stream", name="stdout", text="row 1\r\nrow 2\r\n")])  # CRLF line ends are line ends
     path = tmp_path / "01_a.ipynb"
     nbformat.write(new_notebook(cells=[code]), path)
     html = notebooks.report([path], tmp_path / "report.html").read_text()
     assert "training: 100%| 8/8" in html and "0/8" not in html and "4/8" not in html
     assert html.index("line one") < html.index("line two") < html.index(PNG) < html.index("after the figure")
+    assert html.index("after the figure") < html.index("row 1") < html.index("row 2")

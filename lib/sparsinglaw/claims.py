@@ -346,8 +346,8 @@ def relu_sparser(sparsity: pd.DataFrame) -> dict:
                else "INCONCLUSIVE")
     note = ("" if comparable.all() else f"{int((~comparable).sum())} pair(s) not comparable (losses more than "
             f"{LOSS_TOL:.0%} apart, or PPL-1% not reached)")
-    head = (f"ReLU sparser in {int(sparser.sum())} of {len(pairs)} pairs, comparable in {int(comparable.sum())} "
-            f"(losses within {LOSS_TOL:.0%}, PPL-1% reached)")  # the headline: every pair (see cett_monotone)
+    head = (f"ReLU sparser in {int((comparable & sparser).sum())} of the {int(comparable.sum())} comparable pairs "
+            f"(losses within {LOSS_TOL:.0%}, PPL-1% reached), {len(pairs)} pairs in all")  # what the verdict judges
     return _row("relu_sparser", "; ".join([head, *parts]), verdict, len(pairs), note)
 
 
@@ -544,8 +544,9 @@ def dense_beats_moe(moe: pd.DataFrame) -> dict:
     verdict = ("FAIL" if (gap[ok] < -MOE_MARGIN).any() else
                "PASS" if ok.all() and (gap > MOE_MARGIN).all() else "INCONCLUSIVE")
     note = "dense curve read by linear interpolation in the activation ratio; one evaluation set, one seed"
-    head = (f"{int((gap[ok] > MOE_MARGIN).sum())} of {len(m)} MoE runs above the dense curve by > {MOE_MARGIN:.0%}, "
-            f"{int((gap[ok] < -MOE_MARGIN).sum())} below it by > {MOE_MARGIN:.0%}")  # the headline: every MoE
+    head = (f"MoE above the dense curve by > {MOE_MARGIN:.0%} in {int((gap[ok] > MOE_MARGIN).sum())} of {len(m)} "
+            f"comparisons, below it by > {MOE_MARGIN:.0%} in {int((gap[ok] < -MOE_MARGIN).sum())}"
+            + (f", {int((~ok).sum())} not compared" if (~ok).any() else ""))  # the headline: every comparison
     return _row("dense_beats_moe", "; ".join([head, *parts]), verdict, int(ok.sum()), note)
 
 
@@ -566,11 +567,11 @@ def cett_best_tradeoff(tradeoff: pd.DataFrame) -> dict:
             return "no finite point"
         return f"{'' if r['bound'] == '=' else r['bound'] + ' '}{float(r['activation_ratio']):.3g}"
 
-    parts, wins, losses, n, uncompared = [], 0, 0, 0, False
+    parts, wins, losses, n, uncompared = [], 0, 0, 0, 0
     for run, sub in tradeoff.groupby("run", sort=False):
         by = {r["method"]: r for _, r in sub.iterrows()}
         if "cett" not in by or by["cett"]["bound"] == "none":  # its baselines cannot be judged: no PASS
-            uncompared = True
+            uncompared += 1
             parts.append(f"{run}: no PPL-p% curve")
             continue
         c_lo, c_hi = interval(by["cett"])
@@ -590,7 +591,7 @@ def cett_best_tradeoff(tradeoff: pd.DataFrame) -> dict:
     note = (f"{wins} of {n} comparisons won, {losses} lost; activation ratio at PPL ratio 1.01, one evaluation "
             "set and one seed per run")
     head = (f"PPL-p% sparser than the baseline in {wins} of {n} comparisons, denser in {losses}"
-            + (", a run without a PPL-p% curve" if uncompared else ""))  # the headline: every run
+            + (f", {uncompared} run(s) without a PPL-p% curve" if uncompared else ""))  # the headline: every run
     return _row("cett_best_tradeoff", "; ".join([head, *parts]), verdict, n, note)
 
 

@@ -59,6 +59,17 @@ def _headline(value) -> str:
     return str(value).split(";")[0]
 
 
+def _shown(a: str, b: str) -> tuple[str, str]:
+    """Two values of one claim as the table shows them: their headlines, or, when the headlines agree and
+    the values do not, the first ';'-separated part where they differ (what moved)."""
+    ha, hb = _headline(a), _headline(b)
+    if ha != hb or a == b:
+        return ha, hb
+    pa, pb = a.split(";"), b.split(";")
+    k = next((i for i, (x, y) in enumerate(zip(pa, pb)) if x != y), min(len(pa), len(pb)))
+    return tuple((p[k].strip() if k < len(p) else "(no more)") for p in (pa, pb))
+
+
 def claims_table(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
     """id, verdict and headline value in A and B, whether the verdict is the same and whether the whole
     value is (ids of either)."""
@@ -66,10 +77,12 @@ def claims_table(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
     ids = list(dict.fromkeys([*a["id"], *b["id"]]))  # A's order, then B's others
     m = pd.DataFrame({"id": ids}, dtype=object).merge(a, on="id", how="left").merge(
         b, on="id", how="left", suffixes=("_a", "_b"))
-    m["same_value"] = m["value_a"].fillna("").astype(str) == m["value_b"].fillna("").astype(str)
+    va, vb = (m[f"value{s}"].fillna("").astype(str) for s in ("_a", "_b"))
+    m["same_value"] = va == vb
+    shown = [_shown(x, y) for x, y in zip(va, vb, strict=True)]
+    m["value_a"], m["value_b"] = [s[0] for s in shown], [s[1] for s in shown]
     for s, t in (("_a", a), ("_b", b)):
         m[f"verdict{s}"] = m[f"verdict{s}"].where(m["id"].isin(t["id"]), "(absent)").fillna("(empty)")
-        m[f"value{s}"] = m[f"value{s}"].fillna("").map(_headline)
     m["same"] = m["verdict_a"] == m["verdict_b"]
     return m[["id", "verdict_a", "verdict_b", "same", "same_value", "value_a", "value_b"]]
 
@@ -225,9 +238,9 @@ def summary(t: dict[str, pd.DataFrame]) -> str:
         if other_step:
             text += f" ({other_step} of them logged last at another step in B)"
         one = r[(r["where"] == "A and B") & (r["val_loss_a"].isna() != r["val_loss_b"].isna())]
-        if len(one):  # a run of both folders whose training log one of them lacks
-            text += "; in one folder's train_log.csv only: " + ", ".join(
-                f"{x.run} ({'A' if pd.notna(x.val_loss_a) else 'B'})" for x in one.itertuples())
+        if len(one):  # a run of both folders without a validation loss in one train_log.csv
+            text += "; a validation loss in one folder only: " + ", ".join(
+                f"{x.run} (no loss in {'B' if pd.notna(x.val_loss_a) else 'A'})" for x in one.itertuples())
         lines.append("final validation loss: " + text)
     if "fits" in t:
         f = t["fits"]
