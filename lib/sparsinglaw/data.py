@@ -518,10 +518,10 @@ def corpus_documents(cfg: DataConfig) -> tuple[list[Document], dict]:
                 for c in taken]
         share = sum(c.size for c in taken if c.name in val) / max(1, sum(c.size for c in taken))
         if share > 2 * cfg.val_fraction + 0.05:  # a few large documents: the split is by document, not by byte
-            note_once(f"note: {where}: the validation split holds {share:.0%} of the text ({len(val)} of {len(taken)} "
-                  f"documents: data.val_fraction={cfg.val_fraction:g} holds out about that share of the documents, "
-                  "not of the bytes); training sees the rest only: split large files into more documents, or lower "
-                  "data.val_fraction")
+            note_once(f"note: {where}: the validation split holds {share:.0%} of the text ({len(val)} of "
+                      f"{len(taken)} documents: data.val_fraction={cfg.val_fraction:g} holds out about that share "
+                      "of the documents, not of the bytes); training sees the rest only: split large files into "
+                      "more documents, or lower data.val_fraction")
 
     sha = hashlib.sha256(f"sparsinglaw-data-v{DATA_VERSION}\n".encode())
     nbytes = 0
