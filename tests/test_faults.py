@@ -626,6 +626,30 @@ def test_fits_warn_on_measurements_of_another_profile(measured_mini, mini_path):
             assert len(analysis.load_results(same)["sparsity"]) == len(measure.read_results(measured_mini))
 
 
+def test_a_cached_fit_warns_on_measurements_of_another_profile(measured_mini, mini_path, session_roots, tmp_path,
+                                                               monkeypatch, capsys):
+    """A derived table is reused by its inputs' bytes: reused for a profile whose measurement settings
+    changed since, it warns as load_results does when it computes one (it printed the fit as current),
+    and notes the table for a claims summary; reused for the profile it was made under, it is silent."""
+    res = tmp_path / "results"
+    shutil.copytree(session_roots["SPARSINGLAW_RESULTS"] / measured_mini.name, res / measured_mini.name)
+    monkeypatch.setenv("SPARSINGLAW_RESULTS", str(res))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", runs.StaleTableWarning)
+        first = analysis.limit_loss_for(measured_mini)
+        assert "computing limit_loss.csv" in capsys.readouterr().err
+        pd.testing.assert_frame_equal(analysis.limit_loss_for(measured_mini), first)  # reused: silent
+    changed = load_profile(mini_path, overrides=MINI + ["train.lr=0.02"])
+    with warnings.catch_warnings(record=True) as caught, runs.noting_stale_tables() as stale:
+        warnings.simplefilter("always")
+        pd.testing.assert_frame_equal(analysis.limit_loss_for(changed), first)
+    assert "computing" not in capsys.readouterr().err  # reused, not recomputed
+    said = [str(w.message) for w in caught if issubclass(w.category, runs.StaleTableWarning)]
+    assert len(said) == 1 and said[0].startswith(f"{res / measured_mini.name / 'sparsity.csv'}: recorded stage_hash")
+    assert "using it anyway (a warning, not an error): rerun python -m sparsinglaw measure" in said[0]
+    assert stale == [res / measured_mini.name / "sparsity.csv"]
+
+
 def test_a_change_a_table_is_not_made_from_leaves_it_current(measured_mini, mini_path, session_roots, tmp_path,
                                                               monkeypatch):
     """Fit and inference settings are not inputs of the measurement tables, nor sparsity settings of the

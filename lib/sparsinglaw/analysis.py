@@ -41,6 +41,7 @@ from .runs import (
     repo_root,
     results_dir,
     sidecar,
+    warn_if_stale,
     write_table,
 )
 
@@ -575,6 +576,9 @@ def _cached(profile: ProfileConfig, outputs: tuple[str, ...], inputs: tuple[str,
     them with provenance (with the corpus their inputs' sidecars record). Always returned as read back
     from the CSV (what a replot sees).
 
+    Reused by their inputs' bytes, a table whose measurement input was made under other settings than the
+    profile's now gets the StaleTableWarning load_results gives when it computes one.
+
     The code is not part of the key (a comment edit would refit every table): a table reused though
     laws.py or analysis.py changed since it was written gets a note on stderr. Outputs named in `refit`
     are recomputed whatever their sidecars say, and taken out of it (a later call reuses them)."""
@@ -605,13 +609,20 @@ def _cached(profile: ProfileConfig, outputs: tuple[str, ...], inputs: tuple[str,
         print(f"{folder}: {names} written in {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True)
         if refit is not None:
             refit.difference_update(outputs)
-    elif any(m.get("code", code_hash()) != code_hash() for m in metas.values()):
-        print(f"{folder}: reusing {names}, fitted by another version of {' and '.join(CODE_FILES)}; "
-              f"{refit_command(profile)} recomputes them", file=sys.stderr, flush=True)
+    else:
+        for t in inputs:  # reused by the inputs' bytes: made under the profile's settings now? (as load_results)
+            if t in MEASURED:
+                warn_if_stale(folder / f"{t}.csv", current(profile, "measure"),
+                              fix=f"rerun {command_for(profile, 'measure', '02')}")
+        if any(m.get("code", code_hash()) != code_hash() for m in metas.values()) and \
+                (str(folder), names) not in _NOTED:  # once a process: fit_profile reuses fits.csv four times
+            _NOTED.add((str(folder), names))
+            print(f"{folder}: reusing {names}, fitted by another version of {' and '.join(CODE_FILES)}; "
+                  f"{refit_command(profile)} recomputes them", file=sys.stderr, flush=True)
     return tuple(read_csv(folder / f"{n}.csv") for n in outputs)
 
 
-_NOTED: set[str] = set()  # results folders whose overwrite note was printed in this process
+_NOTED: set = set()  # results folders (and reused tables) whose note was printed in this process
 
 
 def _note_overridden(profile: ProfileConfig, folder: Path) -> None:

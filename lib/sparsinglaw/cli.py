@@ -104,6 +104,19 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _once(show):
+    """warnings.showwarning that shows each warning (class and text) once: a stale table is read by
+    several fits and checks of one command, and Python's own once-per-line registry is reset whenever
+    a fit silences a warning for a while."""
+    shown = set()
+
+    def once(message, category, *args, **kwargs):
+        if (category, str(message)) not in shown:
+            shown.add((category, str(message)))
+            show(message, category, *args, **kwargs)
+    return once
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = _parser()
@@ -112,8 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     from .runs import one_line_warnings
 
     formatwarning = warnings.formatwarning  # restored on return: main may run inside another program (tests)
+    showwarning = warnings.showwarning
     if not args.debug:
         one_line_warnings()
+    warnings.showwarning = _once(showwarning)
     on_term = _terminate_as_interrupt()
     try:
         rc = _dispatch(args)
@@ -144,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{what}; rerun the same command to resume {resumes}", file=sys.stderr)
         return 128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
     finally:
-        warnings.formatwarning = formatwarning
+        warnings.formatwarning, warnings.showwarning = formatwarning, showwarning
         if on_term is not None:
             signal.signal(signal.SIGTERM, on_term)
 
@@ -310,7 +325,6 @@ def _fit(profile, refit: bool = False, progress: bool = True) -> int:
     from .runs import results_dir
 
     t = analysis.fit_profile(profile, refit=refit, progress=progress)
-    analysis.load_results(profile)  # cached fits too: a measurement table made under other settings warns
     level = analysis.fit_spec(profile).level
     with pd.option_context("display.width", 250, "display.max_columns", 20, "display.max_colwidth", 120):
         print(f"Activation ratio at PPL-1% vs data: Eq. 4 (ReLU) / Eq. 5 (SiLU) per run, [{level:.0%} bootstrap "

@@ -730,6 +730,14 @@ def read_table(path: str | Path, columns: list[str] = (), numeric: list[str] = (
         if bad.any():
             i = int(bad.to_numpy().argmax())
             raise TableError(f"{path}: line {i + 2}, column {c}: {df[c].iloc[i]!r} is not a number; {fix}")
+    _check_current(path, meta, expect, strict, fix)
+    df.attrs["meta"] = meta
+    return df
+
+
+def _check_current(path: Path, meta: dict, expect, strict: bool, fix: str) -> None:
+    """read_table's check of a sidecar `meta` against `expect`: a StaleTableWarning (noted for
+    noting_stale_tables) or, when `strict`, a TableError for each recorded field that differs."""
     for key, want in (expect(meta) if callable(expect) else expect or {}).items():
         got = meta.get(key)
         if got != want:
@@ -740,11 +748,15 @@ def read_table(path: str | Path, columns: list[str] = (), numeric: list[str] = (
             if strict:
                 raise TableError(f"{msg}; refusing it: {fix}")
             warnings.warn(f"{msg}; using it anyway (a warning, not an error): {fix} to refresh it",
-                          StaleTableWarning, stacklevel=2)
+                          StaleTableWarning, stacklevel=3)
             for found in _STALE:
                 found.append(path)
-    df.attrs["meta"] = meta
-    return df
+
+
+def warn_if_stale(path: str | Path, expect, fix: str = "rerun the stage that writes it") -> None:
+    """read_table's StaleTableWarning for a table that is not read again (a cached fit reuses its inputs
+    by their sha256, not by the settings they were made under): its sidecar alone against `expect`."""
+    _check_current(Path(path), sidecar(path), expect, False, fix)
 
 
 def as_bool(v) -> pd.Series | bool:
