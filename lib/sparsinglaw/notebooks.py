@@ -4,7 +4,6 @@ make figures / replot / nb-NN) and the one-file HTML report (`report`, make repo
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import nbformat
@@ -87,33 +86,12 @@ def execute(notebook: str | Path, out: str | Path, profile: str, *, replot: bool
     return out
 
 
-_REDRAWN = re.compile(r"[^\n]*\r(?=[^\n])")  # a line a carriage return drew over (a progress bar's update)
-
-
-def _as_shown(cell):
-    """A code cell's outputs as a terminal shows them: consecutive stream outputs of one name merged, and
-    each line that a carriage return redrew reduced to its last state (a progress bar is one line, not one
-    per update, in the report)."""
-    merged = []
-    for out in cell.get("outputs", []):
-        if merged and out.output_type == "stream" and merged[-1].output_type == "stream" \
-                and merged[-1].name == out.name:
-            merged[-1].text += out.text
-        else:
-            merged.append(out)
-    for out in merged:
-        if out.output_type == "stream":
-            out.text = _REDRAWN.sub("", out.text)
-    if "outputs" in cell:
-        cell.outputs = merged
-    return cell
-
-
 def report(paths: list[str | Path], out: str | Path, title: str = "sparsing-law report") -> Path:
     """One self-contained HTML file (nbconvert, figures embedded) of the executed notebooks `paths`,
     in order, with a table of contents: for reading the results without Jupyter (make report)."""
     from nbconvert import HTMLExporter
     from nbformat.v4 import new_markdown_cell, new_notebook
+    from traitlets.config import Config
 
     from .train import atomic_write_bytes
 
@@ -131,8 +109,11 @@ def report(paths: list[str | Path], out: str | Path, title: str = "sparsing-law 
                                    "make replot for FROM=replot) before the report")
         merged.metadata = merged.metadata or nb.metadata
         merged.cells.append(new_markdown_cell(f'<a id="{p.stem}"></a>\n\n---\n*notebook `{p.name}`*'))
-        merged.cells.extend(_as_shown(c) for c in nb.cells)
-    html, _ = HTMLExporter(template_name="lab").from_notebook_node(merged, resources={"metadata": {"name": title}})
+        merged.cells.extend(nb.cells)
+    # stream outputs as a terminal shows them: consecutive ones merged, a line redrawn by carriage returns
+    # (a progress bar's updates) reduced to its last state (nbconvert's CoalesceStreamsPreprocessor)
+    exporter = HTMLExporter(template_name="lab", config=Config({"CoalesceStreamsPreprocessor": {"enabled": True}}))
+    html, _ = exporter.from_notebook_node(merged, resources={"metadata": {"name": title}})
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out, html.encode())
