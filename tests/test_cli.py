@@ -286,13 +286,18 @@ def test_under_torchrun_the_stages_after_training_run_on_rank_0_alone(tmp_path, 
     assert cli.main(["measure", *base]) == 0 and trained[-1] == "measured"
 
 
-@pytest.mark.parametrize("command,says", [("fit", "resume (finished tables are cached)"),
-                                          ("train", "resume from the last checkpoint"),
-                                          ("measure", "resume from the cached measurements"),
-                                          ("compute", "resume from the last checkpoint and the cached stages")])
-def test_ctrl_c_says_what_a_rerun_resumes(command, says, monkeypatch, capsys):
-    """Ctrl-C exits 130 with one line; only the stages that keep checkpoints speak of them (fit has none)."""
-    from sparsinglaw import analysis, cli, measure, runs
+RERUN = "; rerun the same command to resume"
+
+
+@pytest.mark.parametrize("command,says", [("fit", f"{RERUN} (finished tables are cached)"),
+                                          ("train", f"{RERUN} from the last checkpoint"),
+                                          ("measure", f"{RERUN} from the cached measurements"),
+                                          ("compute", f"{RERUN} from the last checkpoint and the cached stages"),
+                                          ("runs", ""), ("compare", "")])
+def test_ctrl_c_says_what_a_rerun_resumes(command, says, monkeypatch, capsys, tmp_path):
+    """Ctrl-C exits 130 with one line; only the stages that keep checkpoints speak of them (fit has none),
+    and the commands that only read (runs, compare) speak of no resuming."""
+    from sparsinglaw import analysis, cli, compare, measure, runs
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -300,8 +305,12 @@ def test_ctrl_c_says_what_a_rerun_resumes(command, says, monkeypatch, capsys):
     monkeypatch.setattr(analysis, "fit_profile", interrupted)
     monkeypatch.setattr(measure, "measure_profile", interrupted)
     monkeypatch.setattr(runs, "train_profile", interrupted)  # imported from runs by train and compute (first stage)
-    assert cli.main([command, "--profile", "smoke", "--no-progress"]) == 130
-    assert capsys.readouterr().err == f"interrupted; rerun the same command to {says}\n"
+    monkeypatch.setattr(runs, "states_table", interrupted)
+    monkeypatch.setattr(compare, "compare", interrupted)
+    args = {"compare": [str(tmp_path), str(tmp_path)], "runs": ["--profile", "smoke"]}.get(
+        command, ["--profile", "smoke", "--no-progress"])
+    assert cli.main([command, *args]) == 130
+    assert capsys.readouterr().err == f"interrupted{says}\n"
 
 
 @pytest.mark.skipif(not (REPO / "results" / "cpu" / "claims.csv").exists(), reason="needs the committed cpu results")

@@ -154,9 +154,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt as e:
         resumes = {"train": "from the last checkpoint", "compute": "from the last checkpoint and the cached stages",
-                   "measure": "from the cached measurements"}.get(args.command, "(finished tables are cached)")
+                   "measure": "from the cached measurements", "fit": "(finished tables are cached)",
+                   "verify": "(finished tables are cached)"}.get(args.command)  # runs, compare: read only
         what = "terminated (SIGTERM)" if isinstance(e, Terminated) else "interrupted"
-        print(f"{what}; rerun the same command to resume {resumes}", file=sys.stderr)
+        print(f"{what}; rerun the same command to resume {resumes}" if resumes else what, file=sys.stderr)
         return 128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
     finally:
         warnings.formatwarning, warnings.showwarning = formatwarning, showwarning
