@@ -839,6 +839,36 @@ def test_domain_agreement_puts_the_smaller_model_first_whatever_the_table_order(
     assert r["ks"] == pytest.approx(stats.ks_2samp(freq["relu-small"], freq["relu-big"]).statistic, rel=1e-12)
 
 
+def test_a_table_of_ones_own_without_a_column_is_refused_naming_it(table, isolated_roots):
+    """A sparsity table made by hand (README: fitting your own measurements) without a column a fit reads,
+    or with text where numbers belong, is refused naming the column (it was a pandas KeyError or a numpy
+    TypeError); through load_results, before any fit; an empty neuron table gives empty summaries."""
+    with pytest.raises(ValueError, match=r"sparsity table without column\(s\) activation_ratio; this fit reads run, "
+                                         r".*, p, tokens, activation_ratio \(README: fitting your own measurements\)"):
+        analysis.fit_activation_laws(table.rename(columns={"activation_ratio": "act_ratio"}), SPEC)
+    with pytest.raises(ValueError, match=r"without column\(s\) dense_loss; this fit reads .*, dense_loss"):
+        analysis.limit_loss(table.drop(columns="dense_loss"), SPEC)
+    with pytest.raises(ValueError, match=r"without column\(s\) groups; "):
+        analysis.form_comparison(table.drop(columns="groups"), SPEC)
+    with pytest.raises(ValueError, match=r"column p holds text \('1%' ...\), expected numbers"):
+        analysis.fit_activation_laws(table.assign(p="1%"), SPEC)
+    from sparsinglaw import runs
+    from sparsinglaw.config import load_profile
+
+    P = load_profile("smoke")
+    folder = runs.results_dir(P.name)
+    runs.write_table(table.drop(columns="activation_ratio"), folder / "sparsity.csv", {"profile": P.name})
+    with pytest.raises(runs.TableError, match=r"sparsity.csv: missing column\(s\) activation_ratio; expected at least "
+                                              r"the columns run, .*, dense_loss; rerun python -m sparsinglaw measure"):
+        analysis.load_results("smoke")
+    runs.write_table(table.assign(tokens="many"), folder / "sparsity.csv", {"profile": P.name})
+    with pytest.raises(runs.TableError, match=r"sparsity.csv: line 2, column tokens: 'many' is not a number"):
+        analysis.load_results("smoke")
+    empty = pd.DataFrame(columns=["run", "step", "layer", "neuron", "all"])
+    summary, agreement = analysis.domain_distributions(empty, table)
+    assert summary.empty and agreement.empty and {"run", "domain", "mean", "activation"} <= set(summary.columns)
+
+
 def test_dead_neurons_read_the_requested_p():
     """At p = 2 the PPL-2% rows count, at p = 1 the PPL-1% rows (hand numbers: first, last, and rho = +1 / -1
     for a dead ratio rising / falling with tokens)."""

@@ -335,6 +335,35 @@ def test_nan_and_bad_input_raise():
         laws.FitSpec(loss="l2")
 
 
+def test_data_outside_the_law_are_refused_with_the_likely_slip():
+    """Activation ratios in percent or beyond [0, 1], and raw token counts for D (1e9 tokens), are
+    refused naming the slip: a percent series was fitted to a flat curve at the bound A0 = 1, and raw
+    tokens gave converged=True with c off by (1e9)**alpha. A loss is not a ratio: above 1 it is fitted."""
+    A = synthetic("power")
+    with pytest.raises(ValueError, match=r"A is an activation ratio, a fraction in \[0, 1\]; got [\d.]+ at index 0 "
+                                         rf"\({D.size} value\(s\) outside\); percentages\? divide by 100"):
+        laws.fit("power", D, 100 * A)
+    bad = A.copy()
+    bad[4] = -0.01
+    with pytest.raises(ValueError, match=r"got -0.01 at index 4 \(1 value\(s\) outside\)$"):
+        laws.fit("logspace_power", D, bad)
+    with pytest.raises(ValueError, match=r"A is an activation ratio"):
+        laws.form_null(D, 100 * A, "power", ("log",))
+    with pytest.raises(ValueError, match=r"D is in units of 1e9 tokens; got max .*: pass tokens_to_D\(tokens\)"):
+        laws.fit("power", D * 1e9, A)
+    assert laws.fit("power", D / D.max() * 1e6, A, n_boot=0).n_used == D.size  # 1e15 tokens is still a D
+    assert laws.fit_limit_loss(D, 3.0 + 2.0 * D**-0.3, n_boot=0).params["E"] == pytest.approx(3.0, rel=1e-6)
+
+
+def test_spec_as_a_mapping_and_one_form_as_a_name():
+    A = synthetic("power")
+    assert laws.fit("power", D, A, {"n_boot": 0}).spec == laws.FitSpec(n_boot=0)
+    with pytest.raises(TypeError, match="spec: expected a FitSpec or a mapping of its fields, got int"):
+        laws.fit("power", D, A, 7)
+    table = laws.compare_forms(D, A, "power")  # a name is one form, not its letters
+    assert list(table["form"]) == ["power"]
+
+
 def test_fit_spec_from_config_mapping():
     spec = laws.FitSpec.from_dict({"n_boot": 200, "min_D": 1, "loss": "huber", "log_residuals": True})
     assert spec.n_boot == 200 and spec.min_D == 1 and spec.loss == "huber" and spec.log_residuals
@@ -598,6 +627,30 @@ def test_piecewise_interval_at_the_lower_edge_is_reported():
     _, acc = accepted_by_hand(X_RATIO, y)
     assert acc[0] and not acc[-1]  # the case under test: the interval reaches the lowest candidate only
     assert "edge of the candidate range" in r.message, r.message
+
+
+def test_width_depth_and_scale_helpers_refuse_bad_input():
+    """One line naming the input, not numpy's or statsmodels' error from inside (an SVD that did not
+    converge, a zero-size reduction, a NaN best range, a silently ignored half interval)."""
+    N, A0 = np.array([1.08e8, 2.41e8, 4.52e8, 7.6e8, 1.18e9]), np.array([.0614, .0674, .069, .0721, .0782])
+    cases = [((N, np.r_[A0[:2], np.nan, A0[3:]]), {}, r"A0 is not finite at index \[2\] \(a fit that did not"),
+             ((N, A0, A0 - 0.01), {}, "give both A0_lo and A0_hi"),
+             ((N, A0, A0, A0), {}, r"A0_hi > A0_lo; not at index \[0, 1, 2, 3, 4\]"),
+             ((N, A0, A0 - 0.01, np.r_[A0[:4], np.nan] + 0.01), {}, r"A0_hi is not finite at index \[4\]"),
+             ((np.r_[0.0, N[1:]], A0), {}, r"N \(non-embedding parameters\) must be > 0; got min 0"),
+             ((np.full(5, 1e8), A0), {}, "needs 2 or more distinct N, got 5 runs of N = 1e"),
+             ((N[:4], A0), {}, "A0 has 5 values, N has 4"),
+             ((N, A0), {"level": 95}, r"level: expected a confidence level strictly between 0 and 1 .*got 95")]
+    for args, kwargs, match in cases:
+        with pytest.raises(ValueError, match=match):
+            laws.fit_A0_vs_scale(*args, **kwargs)
+    with pytest.raises(ValueError, match="got 95"):
+        laws.fit_piecewise_linear(X_RATIO, X_RATIO * 0.01, level=95)
+    for x, loss, tol, match in (([1, 2, 3], [np.nan, 2.9, 2.8], 0.05, "1 of them not finite"),
+                                ([], [], 0.05, "got 0 x, 0 losses"), ([1, 2], [3.0], 0.05, "got 2 x, 1 losses"),
+                                ([1, 2], [3.0, 3.1], -0.1, "tol must be >= 0")):
+        with pytest.raises(ValueError, match=match):
+            laws.best_range(x, loss, tol)
 
 
 def test_best_range_on_a_u_shaped_curve():
@@ -944,7 +997,7 @@ def test_form_null_does_not_reject_a_true_eq4_that_the_2_aicc_rule_rejects():
 
 def test_form_null_rejects_eq4_on_sigmoid_data():
     fast = laws.FitSpec(n_grid=2, n_boot=30)
-    A = laws.sigmoid(RELU_D, 0.3, 1.0, -3000.0, 2.0) + np.random.default_rng(1).normal(0, 0.001, RELU_D.size)
+    A = laws.sigmoid(RELU_D, 1.15, 1.0, -3000.0, 2.0) + np.random.default_rng(1).normal(0, 0.001, RELU_D.size)
     r = laws.form_null(RELU_D, A, "logspace_power", OTHERS, fast)
     assert r["delta"] > 10 and r["p"] == pytest.approx(1 / 31)  # no simulated gap reaches the observed one
 

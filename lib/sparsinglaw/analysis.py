@@ -32,6 +32,7 @@ from scipy import stats
 from . import laws, paper
 from .config import ProfileConfig, SparsingLawError, command_for, in_repo, profile_flags, stable_hash
 from .runs import (
+    RESULT_COLUMNS,
     as_bool,
     current,
     in_group,
@@ -55,6 +56,10 @@ FORM = {"relu": "logspace_power", "relu2": "logspace_power", "silu": "power", "g
 ALTERNATIVES = ("logspace_power", "power", "log", "sigmoid")  # the forms compared (rebuttal)
 FORM_NULL_SIMS = 100  # simulated data sets per run for law_forms' test (laws.form_null; p in steps of 1/101)
 RUN_COLUMNS = ["run", "activation", "groups", "d_model", "n_layers", "width_depth", "non_embedding_params"]
+# the columns of a sparsity table that the fits read, and which hold numbers (load_results checks them)
+FIT_INPUT = (RUN_COLUMNS + ["p", "tokens", "activation_ratio", "dense_loss"],
+             ["d_model", "n_layers", "width_depth", "non_embedding_params", "p", "tokens", "activation_ratio",
+              "dense_loss"])
 NEURON_ID = ("run", "step", "layer", "neuron")  # neurons.csv columns that are not frequencies
 
 
@@ -103,9 +108,20 @@ def run_info(table: pd.DataFrame) -> pd.DataFrame:
     return table.drop_duplicates("run")[RUN_COLUMNS].reset_index(drop=True)
 
 
-def activation_points(table: pd.DataFrame, p: float = 1.0) -> pd.DataFrame:
+def activation_points(table: pd.DataFrame, p: float = 1.0, need: tuple[str, ...] = ()) -> pd.DataFrame:
     """The rows of a sparsity table at PPL-p%, sorted by tokens within each run (runs in table order),
-    with D (1e9 tokens) and the data-scale ratio D/N (tokens per non-embedding parameter)."""
+    with D (1e9 tokens) and the data-scale ratio D/N (tokens per non-embedding parameter). The table
+    needs RUN_COLUMNS, p, tokens (training tokens, a count) and the columns `need` (activation_ratio for
+    the law fits, dense_loss for the limit loss), numbers where they are numeric (FIT_INPUT)."""
+    want = RUN_COLUMNS + ["p", "tokens", *need]
+    missing = [c for c in want if c not in table.columns]
+    if missing:
+        raise ValueError(f"sparsity table without column(s) {', '.join(missing)}; this fit reads "
+                         f"{', '.join(want)} (README: fitting your own measurements), got "
+                         f"{', '.join(map(str, table.columns))}")
+    for c in want:
+        if c in FIT_INPUT[1] and not pd.api.types.is_numeric_dtype(table[c]):
+            raise ValueError(f"sparsity table: column {c} holds text ({table[c].iloc[0]!r} ...), expected numbers")
     t = table[np.isclose(table["p"], p)]
     if t.empty:
         raise ValueError(f"no rows at p={p}; measured p: {sorted(table['p'].unique())}")
@@ -185,7 +201,7 @@ def fit_activation_laws(table: pd.DataFrame, spec: laws.FitSpec, p: float = 1.0,
     bootstrap band at spec.level) on n_curve log-spaced D over the run's measured range, converged fits only.
     """
     rows, curves = [], []
-    for run, g in _by_run(activation_points(table, p), "Eq. 4/5 fits", progress):
+    for run, g in _by_run(activation_points(table, p, need=("activation_ratio",)), "Eq. 4/5 fits", progress):
         form = form_for(g["activation"].iloc[0])
         D, A = g["D"].to_numpy(), g["activation_ratio"].to_numpy()
         row = {**_info(g), "p": p, "n_points": len(g), "D_min": D.min(), "D_max": D.max(),
@@ -217,7 +233,7 @@ def form_comparison(table: pd.DataFrame, spec: laws.FitSpec, p: float = 1.0,
     form's row, null_p and null_n: laws.form_null's test of its AICc gap to the best other form against
     the gaps that data simulated from the paper form's own fit give (FORM_NULL_SIMS sets at most)."""
     out = []
-    for _, g in _by_run(activation_points(table, p), "fit forms", progress):
+    for _, g in _by_run(activation_points(table, p, need=("activation_ratio",)), "fit forms", progress):
         D, A = g["D"].to_numpy(), g["activation_ratio"].to_numpy()
         why, rows = _unreached(g, p), []
         for f in forms:  # one form at a time, so a form with too many parameters fails alone
@@ -250,7 +266,7 @@ def limit_loss(table: pd.DataFrame, spec: laws.FitSpec, p: float = 1.0) -> pd.Da
     of every stable checkpoint; E is the limit loss. final_loss is the last measured dense loss, a
     model-free robustness column. (spec.f_scale is in units of A; it matters only for a robust loss.)"""
     rows = []
-    for _, g in activation_points(table, p).groupby("run", sort=False):
+    for _, g in activation_points(table, p, need=("dense_loss",)).groupby("run", sort=False):
         D, L = g["D"].to_numpy(), g["dense_loss"].to_numpy()
         row = {**_info(g), "n_points": len(g), "final_loss": L[-1], "final_tokens": int(g["tokens"].iloc[-1])}
         r, err = _try_fit(laws.fit_limit_loss, D, L, spec)
@@ -414,7 +430,7 @@ def domain_distributions(neurons: pd.DataFrame, table: pd.DataFrame,
             rows.append({"run": run, "domain": dom, "layer": -1} | _describe(g[dom]))
             for layer, gl in g.groupby("layer"):
                 rows.append({"run": run, "domain": dom, "layer": int(layer)} | _describe(gl[dom]))
-    summary = pd.DataFrame(rows)
+    summary = pd.DataFrame(rows, columns=["run", "domain", "layer", "n_neurons", "mean", "median", "q10", "q90"])
     summary = summary.merge(info[["run", "activation", "non_embedding_params"]], on="run")
     return summary, _distribution_pairs(neurons, info)
 
@@ -534,7 +550,9 @@ def load_results(profile: ProfileConfig | str) -> dict[str, pd.DataFrame]:
     """Every table of results/<profile>/ by name (sparsity, neurons, tokens, and derived ones present).
     The measurement tables (MEASURED) are read with runs.read_table's integrity checks: one edited by
     hand, cut short, or without a readable sidecar is refused, not fitted; for a loaded profile, one
-    measured under other data, runs or sparsity settings (its stage_hash) gets a StaleTableWarning.
+    measured under other data, runs or sparsity settings (its stage_hash) gets a StaleTableWarning; one
+    without a column the fits read (FIT_INPUT, runs.RESULT_COLUMNS), or with text in a numeric one, is
+    refused naming it.
     Derived tables are checked where they are reused (_cached)."""
     name = profile if isinstance(profile, str) else profile.name
     folder = results_dir(name)
@@ -544,8 +562,9 @@ def load_results(profile: ProfileConfig | str) -> dict[str, pd.DataFrame]:
     expect = None if isinstance(profile, str) else current(profile, "measure")
     out = {}
     for path in sorted(folder.glob("*.csv")):
-        out[path.stem] = (read_table(path, expect=expect, fix=f"rerun {measure_cmd}") if path.stem in MEASURED
-                          else read_csv(path))
+        columns = FIT_INPUT if path.stem == "sparsity" else RESULT_COLUMNS.get(path.stem, ((), ()))
+        out[path.stem] = (read_table(path, *columns, expect=expect, fix=f"rerun {measure_cmd}")
+                          if path.stem in MEASURED else read_csv(path))
         out[path.stem].attrs = {}
     return out
 

@@ -15,7 +15,7 @@ import dataclasses
 import itertools
 import math
 import numbers
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -180,6 +180,7 @@ class Form:
     relaxed_upper: tuple | None = None  # upper bounds for the nuisance check of `_judge` (None: bounds are hard)
     redundant: str | None = None  # a symbol that only acts with another: held at its start value (`_coords`)
     chart: Callable | None = None  # chart(D, lower, upper) -> the optimizer's coordinates (`_coords`; None: x)
+    ratio: bool = True  # its data are activation ratios, fractions in [0, 1] (checked by `fit`)
 
 
 FORMS = {
@@ -208,7 +209,7 @@ FORMS = {
                     "rebuttal, sigmoid-like", k=3, redundant="b", chart=_chart_sigmoid),
     # E, B, beta > 0
     "loss_power": Form(loss_power, ("E", "B", "beta"), (0, 0, 0), (inf, inf, 10), _starts_loss_power,
-                       "limit-loss law (ours)", k=3, limit="E"),
+                       "limit-loss law (ours)", k=3, limit="E", ratio=False),
 }
 
 
@@ -271,6 +272,10 @@ class FitSpec:
 
 
 def _resolve_spec(spec, overrides):
+    if isinstance(spec, Mapping):  # a profile's `fit:` section as given
+        spec = FitSpec.from_dict(spec)
+    elif spec is not None and not isinstance(spec, FitSpec):
+        raise TypeError(f"spec: expected a FitSpec or a mapping of its fields, got {type(spec).__name__}")
     spec = spec if spec is not None else FitSpec()
     names = {f.name for f in dataclasses.fields(FitSpec)}
     unknown = sorted(set(overrides) - names)
@@ -288,7 +293,10 @@ def _form(name):
     return FORMS[name]
 
 
-def _check_data(D, A, log_residuals):
+MAX_D = 1e6  # 1e15 tokens, a thousand times the paper's longest run: a larger D is tokens not divided by 1e9
+
+
+def _check_data(D, A, log_residuals, ratio=False):
     D, A = np.asarray(D, dtype=float).ravel(), np.asarray(A, dtype=float).ravel()
     if D.shape != A.shape:
         raise ValueError(f"D and A differ in length: {D.size} vs {A.size}")
@@ -299,6 +307,13 @@ def _check_data(D, A, log_residuals):
                              "remove them explicitly before fitting")
     if np.any(D <= 0):
         raise ValueError(f"D must be > 0 (1e9 tokens); got min {D.min()}")
+    if D.max() > MAX_D:
+        raise ValueError(f"D is in units of 1e9 tokens; got max {D.max():.3g}, i.e. {D.max() * TOKENS_PER_D:.3g} "
+                         "tokens: pass tokens_to_D(tokens)")
+    if ratio and (A.min() < 0 or A.max() > 1):
+        bad = np.flatnonzero((A < 0) | (A > 1))
+        raise ValueError(f"A is an activation ratio, a fraction in [0, 1]; got {A[bad[0]]:g} at index {bad[0]} "
+                         f"({bad.size} value(s) outside)" + ("; percentages? divide by 100" if A.max() > 1 else ""))
     if log_residuals and np.any(A <= 0):
         raise ValueError("log_residuals=True needs A > 0")
     return D, A
@@ -597,8 +612,8 @@ class FitResult:
     aicc: float  # AICc, AIC with the small-sample correction (information_criteria); k = Form.k, identified
     bic: float  # Gaussian BIC: n*log(RSS/n) + (k+1)*log(n); k identified parameters plus the noise variance
     residuals: np.ndarray  # A - f(D) over the used points, in input order
-    converged: bool  # optimizer success, finite, A not constant, curve not flat, limit identified, no parameter
-    # on a bound but a harmless nuisance one (_judge)
+    converged: bool  # optimizer success, finite, A not constant, curve not flat, fits better than a constant
+    # (F-test, constant_test), limit identified, no parameter on a bound but a harmless nuisance one (_judge)
     message: str  # how the fit went, and every caveat
     n_used: int  # points fitted after the drop rule
     dropped: list  # one dict per dropped point: index (input order), D, A, reason
@@ -643,17 +658,18 @@ class FitResult:
 def fit(form, D, A, spec=None, **overrides) -> FitResult:
     """Fit law `form` (a key of FORMS) to activation ratios A at D (1e9 tokens).
 
-    `spec` (a FitSpec, default FitSpec()) and keyword overrides of its fields determine everything:
-    the drop rule is applied first, then multi-start bounded least squares over the form's fixed grid
-    keeps the lowest-cost converged start, then the percentile bootstrap (resamples started from that
-    fit) gives the intervals, and a separate fit on the smallest-D points gives the hold-out error.
-    Raises ValueError for non-finite or non-positive D, non-finite A, or fewer points than
-    parameters + 1 after dropping. A failed fit is returned with converged=False and the reason in
-    `message`; intervals are then NaN.
+    `spec` (a FitSpec or a mapping of its fields; default FitSpec()) and keyword overrides of its fields
+    determine everything: the drop rule is applied first, then multi-start bounded least squares over
+    the form's fixed grid keeps the lowest-cost converged start, then the percentile bootstrap
+    (resamples started from that fit) gives the intervals, and a separate fit on the smallest-D points
+    gives the hold-out error.
+    Raises ValueError for non-finite or non-positive D, D above MAX_D (raw tokens), non-finite A, A
+    outside [0, 1] for an activation-ratio form, or fewer points than parameters + 1 after dropping. A
+    failed fit is returned with converged=False and the reason in `message`; intervals are then NaN.
     """
     spec = _resolve_spec(spec, overrides)
     law = _form(form)
-    D, A = _check_data(D, A, spec.log_residuals)
+    D, A = _check_data(D, A, spec.log_residuals, law.ratio)
     keep, dropped = _drop(D, A, spec)
     Du, Au, k = D[keep], A[keep], len(law.symbols)
     if Du.size < k + 1:
@@ -706,9 +722,9 @@ def compare_forms(D, A, forms=("logspace_power", "power", "log", "sigmoid"), spe
     Same data, drop rule and spec for every form; the bootstrap is skipped (n_boot=0) because the
     table reports no intervals.
     """
-    spec = dataclasses.replace(spec if spec is not None else FitSpec(), n_boot=0)
+    spec = dataclasses.replace(_resolve_spec(spec, {}), n_boot=0)
     rows = []
-    for name in forms:
+    for name in (forms,) if isinstance(forms, str) else forms:
         r = fit(name, D, A, spec)
         rows.append({"form": name, "n_params": len(r.params), "k": FORMS[name].k, "n_used": r.n_used, "mse": r.mse,
                      "mae": r.mae, "aic": r.aic, "aicc": r.aicc, "bic": r.bic, "converged": r.converged,
@@ -746,7 +762,7 @@ def form_null(D, A, paper, others, spec=None, n_sim=None) -> dict:
     spec = _resolve_spec(spec, {})
     n_sim = spec.n_boot if n_sim is None else n_sim
     law = _form(paper)
-    D, A = _check_data(D, A, spec.log_residuals)
+    D, A = _check_data(D, A, spec.log_residuals, law.ratio)
     keep, _ = _drop(D, A, spec)
     Du, Au = D[keep], A[keep]
     out = {"delta": math.nan, "p": math.nan, "n_sim": int(n_sim), "n_ok": 0}
@@ -784,6 +800,11 @@ def form_null(D, A, paper, others, spec=None, n_sim=None) -> dict:
 
 
 # ----------------------------------------------------------------------------- width-depth (Fig. 5-6)
+
+
+def _check_level(level):
+    if not (isinstance(level, numbers.Real) and 0 < level < 1):
+        raise ValueError(f"level: expected a confidence level strictly between 0 and 1 (e.g. 0.95), got {level!r}")
 
 
 @dataclass
@@ -838,6 +859,7 @@ def fit_piecewise_linear(x, y, above="flat", level=0.95, grid_per_gap=50) -> Pie
     """
     if above not in ("flat", "linear"):
         raise ValueError(f"above must be 'flat' or 'linear', got {above!r}")
+    _check_level(level)
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     if x.shape != y.shape or not np.all(np.isfinite(x)) or not np.all(np.isfinite(y)):
         raise ValueError("x and y must be finite arrays of the same length")
@@ -879,7 +901,12 @@ def best_range(x, loss, tol):
     """(lo, hi): the data x around the minimum of `loss` whose loss is within `tol` (absolute, loss units)
     of the minimum, walking outwards from the minimum and stopping at the first point above it (the
     paper's "best range" of width-depth ratios). No interpolation: lo and hi are data x."""
-    x, loss = np.asarray(x, dtype=float), np.asarray(loss, dtype=float)
+    x, loss = np.asarray(x, dtype=float).ravel(), np.asarray(loss, dtype=float).ravel()
+    if x.size == 0 or x.shape != loss.shape or not (np.all(np.isfinite(x)) and np.all(np.isfinite(loss))):
+        raise ValueError(f"best_range: x and loss must be finite arrays of one length >= 1; got {x.size} x, "
+                         f"{loss.size} losses, {int(np.sum(~np.isfinite(loss)))} of them not finite")
+    if not tol >= 0:
+        raise ValueError(f"best_range: tol must be >= 0 (loss units), got {tol}")
     order = np.argsort(x)
     x, loss = x[order], loss[order]
     i = int(np.argmin(loss))
@@ -911,13 +938,33 @@ def fit_A0_vs_scale(N, A0, A0_lo=None, A0_hi=None, level=0.95) -> dict:
     Returns slope with its interval, intercept, method, the fitted change slope * log10(max N / min N),
     the observed change A0(max N) - A0(min N), and the statsmodels results under "ols".
     """
-    N, A0 = np.asarray(N, dtype=float), np.asarray(A0, dtype=float)
+    N, A0 = np.asarray(N, dtype=float).ravel(), np.asarray(A0, dtype=float).ravel()
+    _check_level(level)
+    if (A0_lo is None) != (A0_hi is None):
+        raise ValueError("fit_A0_vs_scale: give both A0_lo and A0_hi (the intervals of A0), or neither")
+    given = {"N": N, "A0": A0} | ({} if A0_lo is None else {"A0_lo": np.asarray(A0_lo, dtype=float).ravel(),
+                                                               "A0_hi": np.asarray(A0_hi, dtype=float).ravel()})
+    for name, v in given.items():
+        if v.shape != N.shape:
+            raise ValueError(f"fit_A0_vs_scale: {name} has {v.size} values, N has {N.size}")
+        if not np.all(np.isfinite(v)):
+            at = np.flatnonzero(~np.isfinite(v)).tolist()
+            raise ValueError(f"fit_A0_vs_scale: {name} is not finite at index {at} (a fit that did not converge "
+                             "has no A0 or interval: leave its run out)")
+    if np.any(N <= 0):
+        raise ValueError(f"fit_A0_vs_scale: N (non-embedding parameters) must be > 0; got min {N.min():g}")
     if N.size < 3:
         raise ValueError(f"fit_A0_vs_scale needs at least 3 scales, got {N.size}")
+    if np.unique(N).size < 2:
+        raise ValueError(f"fit_A0_vs_scale needs 2 or more distinct N, got {N.size} runs of N = {N[0]:g}")
     X = sm.add_constant(np.log10(N))
     ols, method = sm.OLS(A0, X).fit(), "OLS"
-    if A0_lo is not None and A0_hi is not None:
-        sigma = (np.asarray(A0_hi, float) - np.asarray(A0_lo, float)) / (2 * stats.norm.ppf(0.5 + level / 2))
+    if A0_lo is not None:
+        width = given["A0_hi"] - given["A0_lo"]
+        if np.any(width <= 0):
+            raise ValueError(f"fit_A0_vs_scale: an interval of A0 must have A0_hi > A0_lo; not at index "
+                             f"{np.flatnonzero(width <= 0).tolist()}")
+        sigma = width / (2 * stats.norm.ppf(0.5 + level / 2))
         known = sm.WLS(A0, X, weights=1 / sigma**2).fit(cov_type="fixed scale")  # scale 1: the sigmas as given
         if np.ptp(known.conf_int(alpha=1 - level)[1]) > np.ptp(ols.conf_int(alpha=1 - level)[1]):
             ols, method = known, "WLS, known errors"

@@ -45,6 +45,7 @@ from .config import (
 from .data import CorpusError
 from .device import usable_cores
 from .runs import (
+    RESULT_COLUMNS,
     checkpoints,
     current,
     data_cache_dir,
@@ -505,20 +506,6 @@ def write_results(profile: ProfileConfig, runs_dir=None, impl=None) -> pd.DataFr
     return table
 
 
-# the columns every results table must have (read_results checks them), and which hold numbers
-RESULT_COLUMNS = {
-    "sparsity": (["run", "activation", "groups", "d_model", "n_layers", "width_depth", "non_embedding_params",
-                  "step", "tokens", "p", "cett", "dense_loss", "sparse_loss", "ppl_ratio", "activation_ratio",
-                  "layer_ratios", "taus", "nonzero_ratio", "dead_ratio", "searched", "n_tokens", "reached"],
-                 ["d_model", "n_layers", "width_depth", "non_embedding_params", "step", "tokens", "p", "cett",
-                  "dense_loss", "sparse_loss", "ppl_ratio", "activation_ratio", "nonzero_ratio", "dead_ratio",
-                  "n_tokens"]),
-    "neurons": (["run", "step", "layer", "neuron", "all"], ["step", "layer", "neuron", "all"]),
-    "tokens": (["run", "token_id", "count", "activation_ratio"], ["token_id", "count", "activation_ratio"]),
-    "pareto": (["run", "activation", "step", "method", "param", "dense_loss", "sparse_loss", "ppl", "ppl_ratio",
-                "activation_ratio"], ["step", "param", "dense_loss", "sparse_loss", "ppl", "ppl_ratio",
-                                      "activation_ratio"]),
-}
 
 
 def read_results(profile: ProfileConfig, name: str = "sparsity", strict: bool = False) -> pd.DataFrame:

@@ -772,6 +772,22 @@ def group_runs(profile: ProfileConfig, group: str | None = None) -> list[RunConf
     return [r for r in profile.runs if group is None or group in r.groups]
 
 
+# the columns every results table must have (measure.read_results and analysis.load_results check
+# them), and which hold numbers
+RESULT_COLUMNS = {
+    "sparsity": (["run", "activation", "groups", "d_model", "n_layers", "width_depth", "non_embedding_params",
+                  "step", "tokens", "p", "cett", "dense_loss", "sparse_loss", "ppl_ratio", "activation_ratio",
+                  "layer_ratios", "taus", "nonzero_ratio", "dead_ratio", "searched", "n_tokens", "reached"],
+                 ["d_model", "n_layers", "width_depth", "non_embedding_params", "step", "tokens", "p", "cett",
+                  "dense_loss", "sparse_loss", "ppl_ratio", "activation_ratio", "nonzero_ratio", "dead_ratio",
+                  "n_tokens"]),
+    "neurons": (["run", "step", "layer", "neuron", "all"], ["step", "layer", "neuron", "all"]),
+    "tokens": (["run", "token_id", "count", "activation_ratio"], ["token_id", "count", "activation_ratio"]),
+    "pareto": (["run", "activation", "step", "method", "param", "dense_loss", "sparse_loss", "ppl", "ppl_ratio",
+                "activation_ratio"], ["step", "param", "dense_loss", "sparse_loss", "ppl", "ppl_ratio",
+                                      "activation_ratio"]),
+}
+
 TRAIN_LOG_COLUMNS = ["run", "groups", "activation", "d_model", "n_layers", "width_depth", "non_embedding_params",
                      "step", "tokens", "split", "loss"]
 
