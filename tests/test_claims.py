@@ -21,7 +21,7 @@ import yaml
 from scipy import stats
 
 from conftest import REPO
-from sparsinglaw import claims, config, runs
+from sparsinglaw import claims, config, laws, runs
 from sparsinglaw.config import SparsingLawError
 
 # -----------------------------------------------------------------------------------------------
@@ -321,6 +321,21 @@ def test_width_depth_linear(lo, hi, inside, expect):
     assert ("inside the data" in row["value"]) == inside
 
 
+def test_width_depth_breakpoint_that_every_candidate_fits_is_said_to_be_unplaced():
+    """Four runs put every candidate breakpoint inside the F-test interval (cpu: 13.1 [12, 18.7], the
+    whole candidate range): the value says the data do not place it, not only that it reaches an edge."""
+    x, y = [3.6, 12.0, 18.7, 32.0], [0.15, 0.19, 0.2, 0.205]
+    fit = laws.fit_piecewise_linear(x, y, "flat")
+    assert bool(fit.profile["accepted"].all()) and laws.UNPLACED in fit.message
+    t = wd_fit(-0.001, 0.008, inside=False)
+    t.loc[t["quantity"] == "A0", "message"] = fit.message
+    row = claims.width_depth_linear(t)
+    assert row["verdict"] == "INCONCLUSIVE"
+    assert row["value"].endswith("breakpoint 20 [12, 30], every candidate: not placed by the data, no bottleneck seen")
+    steep = laws.fit_piecewise_linear(np.linspace(2, 40, 12), np.minimum(np.linspace(2, 40, 12), 20) * 0.01)
+    assert laws.UNPLACED not in steep.message  # twelve exact points place it
+
+
 def test_width_depth_falls_back_to_last_ratio():
     row = claims.width_depth_linear(wd_fit(0.001, 0.004, "A_last"))
     assert row["verdict"] == "PASS" and row["value"].startswith("A_last") and "A0 not used" in row["note"]
@@ -408,6 +423,18 @@ def test_a0_scale_weak(relu, silu, expect):
     assert tuple(r["verdict"] for r in rows) == expect
 
 
+def test_a0_scale_weak_without_an_a0_fit_shows_the_last_ratio_slope_in_its_value():
+    """No A0 fit: the A_last slope was in the note only, so a headline "no A0 fit" hid a SiLU final ratio
+    falling 0.143 per decade (cpu), outside the band; it is in the value now, marked as reference."""
+    t = pd.concat([scale_fit((-0.02, 0.03), None), pd.DataFrame([{
+        "activation": "silu", "quantity": "A_last", "n": 4, "slope": -0.143, "slope_lo": -0.277,
+        "slope_hi": -0.0095, "message": ""}])], ignore_index=True)
+    row = claims.a0_scale_weak(t)[1]
+    assert row["verdict"] == "INCONCLUSIVE"
+    assert row["value"] == "no A0 fit (A_last slope -0.143 [-0.277, -0.0095]/decade, for reference)"
+    assert claims.a0_scale_weak(scale_fit((-0.02, 0.03), None))[1]["value"] == "no A0 fit"
+
+
 def conv_summary(relu_speeds, silu_speeds=()) -> pd.DataFrame:
     rows = []
     for act, speeds in (("relu", relu_speeds), ("silu", silu_speeds)):
@@ -426,6 +453,18 @@ def test_small_converge_faster(speeds, expect):
     rows = claims.small_converge_faster(conv_summary(speeds, [1e-3, 2e-3]))
     assert verdict(rows, "small_converge_faster_relu") == expect
     assert verdict(rows, "small_converge_faster_silu") == "INCONCLUSIVE"  # 2 runs only
+
+
+def test_small_converge_faster_says_the_direction_and_when_too_few_runs_can_decide():
+    """Three runs cannot reach p < 0.05 (the least exact p is 1/3! = 0.167): the value's headline says so,
+    and which way the point estimate goes (cpu: larger models faster, against the paper)."""
+    three = claims.small_converge_faster(conv_summary([1e-3, 2e-3, 3e-3]))[0]
+    assert three["verdict"] == "INCONCLUSIVE"
+    assert three["value"] == ("rho = +1.00 (larger models faster) over 3 runs, too few for p < 0.05; at D/N = 12, "
+                              "one-sided p = 0.167 (exact permutation)")
+    four = claims.small_converge_faster(conv_summary([-4e-3, -3e-3, -2e-3, -1e-3]))[0]
+    assert four["value"].startswith("rho = -1.00 (smaller models faster) over 4 runs; at D/N = 12, "
+                                    "one-sided p = 0.0417")
 
 
 def patterns(r_intervals, ks) -> tuple[pd.DataFrame, pd.DataFrame]:

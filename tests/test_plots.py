@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 from matplotlib.colors import to_rgb, to_rgba
 
-from sparsinglaw import plots
+from sparsinglaw import laws, plots
 
 
 def _texts(fig) -> list[str]:
@@ -772,6 +772,11 @@ def test_width_depth_activation_draws_converged_limits_and_a_fit_flat_above_the_
     # a breakpoint whose interval reaches the candidates' edge (as CSV text) is no bottleneck: the label says so
     fig = plots.width_depth_activation(points, summary.assign(inside="False"))
     assert "piecewise fit (A0), breakpoint 20\n(candidates' edge: no bottleneck)" in _legend(fig.axes[0])
+    plt.close(fig)
+    # every candidate inside the interval: the data do not place the breakpoint, and the label says so
+    unplaced = f"every candidate breakpoint lies in the interval: {laws.UNPLACED}"
+    fig = plots.width_depth_activation(points, summary.assign(inside="False", message=unplaced))
+    assert "piecewise fit (A0), breakpoint not placed\n(any of 10-30 fits)" in _legend(fig.axes[0])
     plt.close(fig)
 
 

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from . import analysis
+from . import analysis, laws
 from .config import ProfileConfig, SparsingLawError, command_for, profile_flags
 from .runs import as_bool, folder_lock, noting_stale_tables, provenance, results_dir, sidecar, write_table
 from .train import atomic_write_text
@@ -364,9 +364,11 @@ def width_depth_linear(wd_fit: pd.DataFrame) -> dict:
     inside = as_bool(r["inside"])
     verdict = ("FAIL" if np.isfinite(hi) and hi < 0 else "PASS" if np.isfinite(lo) and lo > 0 and inside
                else "INCONCLUSIVE")
+    unplaced = laws.UNPLACED in str(r["message"])
     value = (f"{q}: slope below {_interval(r['slope_below'], lo, hi)} per unit of d_model/n_layers; breakpoint "
              f"{_interval(r['breakpoint'], r['breakpoint_lo'], r['breakpoint_hi'])}, "
-             + ("inside the data" if inside else "interval reaching the last candidate: no bottleneck seen"))
+             + ("every candidate: not placed by the data, no bottleneck seen" if unplaced else "inside the data"
+                if inside else "interval reaching the last candidate: no bottleneck seen"))
     notes = [f"{q}: {r['message']}"] if isinstance(r["message"], str) and r["message"] else []
     if q != "A0" and "A0" in pw.index:
         notes.insert(0, f"A0 not used ({pw.loc['A0', 'message']})")
@@ -419,7 +421,9 @@ def a0_scale_weak(scale_fit: pd.DataFrame) -> list[dict]:
             if "A_last" in g.index and np.isfinite(g.loc["A_last", "slope"]):
                 a = g.loc["A_last"]
                 msg += f"; for reference, A_last slope {_interval(a['slope'], a['slope_lo'], a['slope_hi'])}/decade"
-            rows.append(_row(cid, "no A0 fit", "INCONCLUSIVE", n, msg))
+            rows.append(_row(cid, "no A0 fit" + (f" (A_last slope {_interval(a['slope'], a['slope_lo'], a['slope_hi'])}"
+                                                 "/decade, for reference)" if "for reference" in msg else ""),
+                             "INCONCLUSIVE", n, msg))
             continue
         r = g.loc["A0"]
         lo, hi = r["slope_lo"], r["slope_hi"]
@@ -452,7 +456,10 @@ def small_converge_faster(conv_summary: pd.DataFrame) -> list[dict]:
         p = permutation_p(N, speed, "less" if rho < 0 else "greater")
         verdict = "PASS" if rho < 0 and p < ALPHA else "FAIL" if rho > 0 and p < ALPHA else "INCONCLUSIVE"
         how = "exact permutation" if len(g) <= EXACT_MAX else "t approximation"
-        value = f"rho = {rho:+.2f} at D/N = {_g(g['ratio_common'].iloc[0])}; one-sided p = {p:.3g} ({how})"
+        least = 1 / math.factorial(len(g)) if len(g) <= EXACT_MAX else 0.0
+        value = (f"rho = {rho:+.2f} ({'smaller' if rho < 0 else 'larger'} models faster) over {len(g)} runs"
+                 + (f", too few for p < {ALPHA:g}" if least >= ALPHA else "")
+                 + f"; at D/N = {_g(g['ratio_common'].iloc[0])}, one-sided p = {p:.3g} ({how})")
         note = (f"smallest attainable one-sided p with {len(g)} runs: 1/{math.factorial(len(g))} = "
                 f"{1 / math.factorial(len(g)):.3g}" if len(g) <= EXACT_MAX else "")
         rows.append(_row(cid, value, verdict, len(g), note))

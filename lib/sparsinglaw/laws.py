@@ -802,6 +802,9 @@ def form_null(D, A, paper, others, spec=None, n_sim=None) -> dict:
 # ----------------------------------------------------------------------------- width-depth (Fig. 5-6)
 
 
+UNPLACED = "the data do not place the breakpoint"  # in the message of a fit whose interval holds every candidate
+
+
 def _check_level(level):
     if not (isinstance(level, numbers.Real) and 0 < level < 1):
         raise ValueError(f"level: expected a confidence level strictly between 0 and 1 (e.g. 0.95), got {level!r}")
@@ -876,7 +879,9 @@ def fit_piecewise_linear(x, y, above="flat", level=0.95, grid_per_gap=50) -> Pie
     accepted = (rss - rss_min) / max(rss_min / (x.size - p), 1e-300) <= stats.f.ppf(level, 1, x.size - p)
     lo, hi = float(cand[accepted].min()), float(cand[accepted].max())
     message = ""
-    if accepted[0] or accepted[-1]:
+    if accepted.all():
+        message = f"every candidate breakpoint lies in the interval: {UNPLACED}"
+    elif accepted[0] or accepted[-1]:
         message = "breakpoint interval reaches the edge of the candidate range (it may be wider)"
     ols = sm.OLS(y, _hinge(x, bp, above)).fit()
     alpha = 1 - level

@@ -19,6 +19,7 @@ import pandas as pd  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 
 from .config import ProfileConfig  # noqa: E402
+from .laws import UNPLACED  # noqa: E402
 from .runs import as_bool, figures_dir, in_group, train_log_table  # noqa: E402
 
 # one palette for activation functions, used in every figure (colour-blind safe, Okabe-Ito)
@@ -591,7 +592,9 @@ def width_depth_activation(points: pd.DataFrame, summary: pd.DataFrame, paper_va
     pw = summary[(summary["kind"] == "piecewise_linear") & summary["breakpoint"].notna()]
     if len(pw):
         row = pw.iloc[0]
-        where = (f"bottleneck {row['breakpoint']:.3g}" if as_bool(row["inside"]) else
+        where = (f"breakpoint not placed\n(any of {row['breakpoint_lo']:.3g}-{row['breakpoint_hi']:.3g} fits)"
+                 if UNPLACED in str(row.get("message", "")) else f"bottleneck {row['breakpoint']:.3g}"
+                 if as_bool(row["inside"]) else
                  f"breakpoint {row['breakpoint']:.3g}\n(candidates' edge: no bottleneck)")
         _piecewise_line(ax, row, points["width_depth"], color=c, lw=1,
                         label=f"piecewise fit ({row['quantity']}), {where}")
