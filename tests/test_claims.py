@@ -5,6 +5,7 @@ replacement, evaluate/write on a synthetic results folder, and `python -m sparsi
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 import json
 import math
@@ -909,6 +910,9 @@ def test_evaluate_and_write(synth_profile):
     assert back.attrs["meta"]["git_sha"] != "0123456789abcdef"
     assert back.attrs["meta"]["corpus"] == SYNTH_CORPUS  # the measurements' corpus
     assert text.count("\n| ") == len(df) + 1 and "**FAIL**" in text
+    recorded = back.attrs["meta"]["inputs"]  # the base tables judged, by sha256 (compare checks them)
+    assert set(recorded) == {"sparsity.csv", "neurons.csv", "tokens.csv", "sparse_inference.csv"}
+    assert recorded["sparsity.csv"] == hashlib.sha256((folder / "sparsity.csv").read_bytes()).hexdigest()
 
 
 def test_evaluate_passes_progress_to_the_fits(synth_profile, monkeypatch):

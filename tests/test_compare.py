@@ -319,3 +319,33 @@ def test_compare_exits_0_whatever_the_differences_and_2_when_a_table_cannot_be_r
     (b / "fits.csv").write_text("edited by hand\n")
     assert cli.main(["compare", str(COMMITTED), str(b)]) == 2
     assert "fits.csv: its sha256 does not match" in capsys.readouterr().err
+
+
+def test_claims_judged_on_other_tables_than_the_folder_holds_are_named(tmp_path):
+    """claims.csv's sidecar records the sha256 of the base tables its verdicts read (claims.judged_on); a
+    measurement rewritten since (a measure rerun without verify) was compared as if judged: '15 of 15
+    verdicts the same' beside a sparsity.csv on which verify says otherwise."""
+    from sparsinglaw import claims
+
+    a, b = _copy(tmp_path, "a"), _copy(tmp_path, "b")
+    for f in (a, b):
+        side = f / "claims.meta.json"
+        meta = json.loads(side.read_text())
+        side.write_text(json.dumps(meta | {"inputs": claims.judged_on(f)}))
+    assert set(claims.judged_on(a)) == {"sparsity.csv", "neurons.csv", "tokens.csv", "sparse_inference.csv",
+                                        "pareto.csv"}
+    assert "judged on other tables" not in compare.summary(compare.compare(a, b))
+
+    def louder(df):
+        df = df.copy()
+        df.loc[df["run"] == "relu-s4", "activation_ratio"] += 0.3
+        return df
+
+    _rewrite(b, "sparsity", louder)
+    text = compare.summary(compare.compare(a, b))
+    assert ("warning: B's claims.csv was judged on other tables than B holds now (sparsity.csv changed since): its "
+            "verdicts may not describe them; python -m sparsinglaw verify on that folder judges them again") in text
+    assert "A's claims.csv" not in text
+    (a / "pareto.csv").unlink()  # a table gone since is a change too
+    assert "A's claims.csv was judged on other tables than A holds now (pareto.csv changed since)" in \
+        compare.summary(compare.compare(a, b))

@@ -18,6 +18,7 @@ convergence_summary, domain_agreement, token_pairs, seed_agreement).
 from __future__ import annotations
 
 import functools
+import hashlib
 import itertools
 import math
 from pathlib import Path
@@ -749,11 +750,20 @@ def markdown(df: pd.DataFrame, profile_name: str, git_sha: str, stale: list[str]
     return "\n".join(lines) + "\n"
 
 
+def judged_on(folder: Path) -> dict[str, str]:
+    """sha256 of each base table in `folder` that the checks read (SOURCES and pareto.csv), by file name:
+    what claims.csv's sidecar records as `inputs`, so that `compare` can tell verdicts judged on other
+    tables than the folder holds now (a measure rerun without verify)."""
+    names = [f"{t}.csv" for t in (*SOURCES, "pareto")]
+    return {n: hashlib.sha256((folder / n).read_bytes()).hexdigest() for n in names if (folder / n).is_file()}
+
+
 def write(profile: ProfileConfig | str, df: pd.DataFrame) -> str:
     """Write results/<profile>/claims.csv (+ provenance sidecar) and claims.md; returns the Markdown."""
     profile = _profile(profile)
     folder = results_dir(profile.name)
     meta = provenance(profile, tables=tuple(folder / f"{t}.csv" for t in SOURCES))  # the measurements' corpus
+    meta["inputs"] = judged_on(folder)
     stale = list(df.attrs.get("stale_inputs") or [])
     if stale:
         meta["stale_inputs"] = stale

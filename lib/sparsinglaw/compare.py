@@ -54,6 +54,18 @@ def _read(folder: Path, name: str) -> pd.DataFrame | None:
     return df
 
 
+def _moved_inputs(folder: Path, claims: pd.DataFrame) -> str:
+    """The base tables of `folder` that differ from those its claims.csv was judged on (its sidecar's
+    `inputs`), comma-separated; "" when none did or the sidecar records none."""
+    from .claims import judged_on
+
+    recorded = claims.attrs.get("meta", {}).get("inputs")
+    if not isinstance(recorded, dict):
+        return ""
+    now = judged_on(folder)
+    return ", ".join(n for n in sorted(set(recorded) | set(now)) if recorded.get(n) != now.get(n))
+
+
 def _headline(value) -> str:
     """A claim's value up to its first ';' (the rest lists runs)."""
     return str(value).split(";")[0]
@@ -179,6 +191,8 @@ def compare(a: str | Path, b: str | Path) -> dict[str, pd.DataFrame]:
                                            for s, t in (("a", ta), ("b", tb))})}
     if "claims" in shared:
         out["claims"] = claims_table(ta["claims"], tb["claims"])
+        out["claims_inputs"] = pd.DataFrame([{"side": s, "tables": moved} for s, f, t in (("A", a, ta), ("B", b, tb))
+                                             if (moved := _moved_inputs(f, t["claims"]))])
     runs = runs_table(ta["sparsity"], tb["sparsity"], ta["train_log"], tb["train_log"])
     if len(runs):
         out["runs"] = runs
@@ -200,6 +214,10 @@ def summary(t: dict[str, pd.DataFrame]) -> str:
             lines.append(f"warning: A holds profile {p.at['a', 'profile']}, B {p.at['b', 'profile']}: other runs, "
                          "not a rerun of the same ones")
         lines.append(_provenance_line(p, t.get("cpu_capability")))
+    for r in t.get("claims_inputs", pd.DataFrame()).itertuples():
+        lines.append(f"warning: {r.side}'s claims.csv was judged on other tables than {r.side} holds now ({r.tables} "
+                     "changed since): its verdicts may not describe them; python -m sparsinglaw verify on that "
+                     "folder judges them again")
     if "claims" in t:
         c = t["claims"]
         changed = c[~c["same"]]
