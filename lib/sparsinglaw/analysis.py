@@ -122,6 +122,10 @@ def activation_points(table: pd.DataFrame, p: float = 1.0, need: tuple[str, ...]
     for c in want:
         if c in FIT_INPUT[1] and not pd.api.types.is_numeric_dtype(table[c]):
             raise ValueError(f"sparsity table: column {c} holds text ({table[c].iloc[0]!r} ...), expected numbers")
+    odd = table[(table["tokens"] < 1) | (table["tokens"] % 1 != 0)]
+    if len(odd):  # billions of tokens in this column fit a curve in D 1e9 times too small, and "converge"
+        raise ValueError(f"sparsity table: tokens is a count of training tokens; got {odd['tokens'].iloc[0]:g} for run "
+                         f"{odd['run'].iloc[0]} (billions? multiply by 1e9)")
     t = table[np.isclose(table["p"], p)]
     if t.empty:
         raise ValueError(f"no rows at p={p}; measured p: {sorted(table['p'].unique())}")
