@@ -221,6 +221,66 @@ def test_a_short_batch_counts_by_its_tokens(inferred, smoke_tokens):
         assert np.abs(np.asarray(got) / plain - 1).max() > 1e-4  # the weighting matters here
 
 
+def test_padding_does_not_count_toward_a_batchs_weight(inferred, smoke_tokens):
+    """A batch's weight in the averaged thresholds is its number of valid targets (y != -1), not of positions:
+    here the second calibration batch has 56 of every 64 targets padded, so it weighs an eighth of the
+    full first one. Oracle: the reference's per-batch thresholds averaged with count_tokens as weights."""
+    profile, _ = inferred
+    model = _final_model(profile, "silu-s1")
+    calib = measure.eval_set(profile, smoke_tokens, model.cfg.seq_len)
+    x, y, dom = calib[1]
+    padded = (x, y.masked_fill(torch.arange(y.size(1)) < y.size(1) - 8, -1), dom)
+    batches = [calib[0], padded]
+    assert [sp.count_tokens([b]) for b in batches] == [calib[0][1].numel(), y.numel() // 8]
+    n_grid = profile.sparsity.n_grid
+    for c in (0.05, 0.2):
+        got = inference.averaged_thresholds(model, batches, [c], n_grid)[0]
+        assert got == pytest.approx(reference_average(model, batches, c, n_grid), rel=1e-12, abs=0)
+        per_batch = [sp.reference_thresholds(model, sp.dense_rows(model, [b])[0], c, n_grid) for b in batches]
+        by_positions = np.average(per_batch, axis=0, weights=[b[1].numel() for b in batches])
+        assert np.abs(np.asarray(got) / by_positions - 1).max() > 1e-3  # the weighting matters here
+
+
+def test_the_record_keeps_the_searchs_whole_set_thresholds_and_activation(inferred, smoke_tokens):
+    """The record's search entries: whole_set_taus are tau_l(c) of the curves of the whole calibration set at
+    the searched c, and calib_activation_ratio is the activation ratio over all layers (their mean, not one
+    layer's) of a pass over the calibration set with those thresholds; calib_ppl_ratio is that pass's ratio."""
+    profile, _ = inferred
+    for name in ("relu-s1", "silu-s1"):
+        rec, model = _record(profile, name), _final_model(profile, name)
+        calib = measure.eval_set(profile, smoke_tokens, model.cfg.seq_len)
+        curves = sp.cett_curves(model, calib, profile.sparsity.n_grid)
+        for p, srch in rec["search"].items():
+            taus = sp.thresholds_from_cett(curves, srch["cett"])
+            assert srch["whole_set_taus"] == taus, (name, p)
+            res = sp.evaluate(model, calib, taus=taus)
+            assert max(res.active_per_layer) - min(res.active_per_layer) > 1e-3  # one layer's ratio would not do
+            assert srch["calib_activation_ratio"] == pytest.approx(res.activation_ratio, abs=1e-12), (name, p)
+            assert srch["calib_ppl_ratio"] == pytest.approx(sp.ppl_ratio(res.loss, curves.dense_loss), rel=1e-12)
+
+
+def test_a_domain_without_heldout_tokens_gets_no_row(inferred, smoke_tokens):
+    """A held-out tail with no token of one domain (every token relabelled prose here) gives rows for "all" and
+    prose only -- no row (and no division by its zero count) for code -- and "all" equals prose. Oracle:
+    naive_scores, h masked by hand, dense and with the PPL-1% thresholds."""
+    profile, _ = inferred
+    rec, model = _record(profile, "relu-s1"), _final_model(profile, "relu-s1")
+    domains = smoke_tokens.domains
+    x, y, _, _ = _heldout_by_hand(smoke_tokens, 1024, model.cfg.seq_len)
+    dom = torch.full_like(y, domains.index("prose"))
+    held = [(x[i:i + 8], y[i:i + 8], dom[i:i + 8]) for i in range(0, len(x), 8)]
+    for taus in (None, rec["taus"]["1.0"]):
+        rows = inference.heldout_scores(model, held, taus, domains)
+        want = naive_scores(model, x, y, dom, taus, len(domains))
+        assert [r["domain"] for r in rows] == ["all", "prose"] and set(want) == {"all", domains.index("prose")}
+        for r in rows:
+            loss, acc, ratio, n = want["all" if r["domain"] == "all" else domains.index(r["domain"])]
+            assert r["n_tokens"] == n == 1024
+            assert r["loss"] == pytest.approx(loss, rel=1e-5) and r["ppl"] == pytest.approx(math.exp(loss), rel=1e-5)
+            assert r["accuracy"] == pytest.approx(acc, abs=1e-12)
+            assert r["activation_ratio"] == pytest.approx(ratio, abs=1e-12)
+
+
 def test_heldout_windows_are_disjoint_from_calibration(smoke_tokens):
     profile = load_profile("smoke", overrides=MINI + HELDOUT)
     T = 64

@@ -241,15 +241,43 @@ def coprime_stride(n_tokens: int, d_ff: int, n_grid: int) -> int:
 
 
 @pytest.mark.parametrize("n_tokens,d_ff", [(160, 80), (3072, 80), (16384, 120), (16384, 80), (65536, 480),
-                                            (1248, 210)],
-                         ids=["stride-1", "stride-d_ff", "cpu", "cpu-d_ff-80", "gpu", "several-steps"])
+                                            (1248, 210), (2458, 80), (3823, 120)],
+                         ids=["stride-1", "stride-d_ff", "cpu", "cpu-d_ff-80", "gpu", "several-steps",
+                              "coprime-3", "coprime-7"])
 def test_grid_sample_walks_over_every_column(n_tokens, d_ff):
+    """The stride is the first s >= the authors' max(N d_ff // n_grid, 1) coprime with d_ff (brute force).
+    The last two shapes have an authors' stride (3, 7) already coprime with d_ff: it must be kept as it is,
+    not moved on to the next coprime one (every other shape's authors' stride is 1 or shares a factor)."""
     grid = 3072 if n_tokens == 3072 else S.N_GRID  # 3072 x 80 / 3072: the authors' stride is d_ff itself
     old, s = max(n_tokens * d_ff // grid, 1), S._grid_stride(n_tokens, d_ff, grid)
     assert s == coprime_stride(n_tokens, d_ff, grid) and s >= old
     columns = np.arange(0, n_tokens * d_ff, s) % d_ff  # the flat indices the quantile sample takes
     assert set(columns.tolist()) == set(range(d_ff))
     assert len(set((np.arange(0, n_tokens * d_ff, old) % d_ff).tolist())) == d_ff // math.gcd(old, d_ff)
+
+
+@pytest.mark.parametrize("lo,hi,G", [(0.013, 0.731, 65536), (0.0, 3.7, 4096), (0.25, 1.9, 3000), (2.0, 2.0, 7)],
+                         ids=["offset-65536", "zero-start-4096", "offset-3000", "degenerate"])
+def test_bins_count_the_grid_points_at_or_below_each_value(lo, hi, G):
+    """_bins(grid, v) = #{g : grid[g] <= v} = searchsorted(grid, v, right=True), the bin of a CETT increment
+    (cett_curves): a norm lying exactly on candidate g goes to bin g + 1, i.e. it joins D = {i : n_i < tau}
+    only at the next candidate, as the model keeps a neuron whose norm equals tau. Checked on float32 linspace
+    grids (an offset start, a length that is not a power of two, a degenerate grid of equal points) at every
+    grid point, at both float32 neighbours of each, out of range (finite) and at seeded random values;
+    torch.searchsorted is the oracle. A "<" in place of "<=" in the correction loop put values on a grid
+    point one bin too low (16,129 of 65,536 on the first grid)."""
+    grid = torch.linspace(lo, hi, G, dtype=torch.float32)
+    g = torch.Generator().manual_seed(G)
+    up, down = torch.nextafter(grid, torch.tensor(math.inf)), torch.nextafter(grid, torch.tensor(-math.inf))
+    vals = torch.cat([grid, up, down,
+                      torch.tensor([lo - 1.0, hi + 1.0, hi * 1e30], dtype=torch.float32),
+                      lo - 0.1 + (hi - lo + 0.2) * torch.rand(4096, generator=g)])
+    for v in (vals, vals[:vals.numel() // 2 * 2].view(-1, 2)):  # flat and in rows, as cett_curves bins blocks
+        want = torch.searchsorted(grid, v.contiguous(), right=True)
+        got = S._bins(grid, v)
+        assert got.shape == v.shape and torch.equal(got, want), (got != want).nonzero()[:5].tolist()
+    if lo < hi:  # each grid point counts itself and every one below it
+        assert torch.equal(S._bins(grid, grid), torch.arange(1, G + 1))
 
 
 def test_grid_top_sees_every_neuron():
@@ -635,6 +663,25 @@ def test_unreachable_target_is_flagged(trained, val):
     with reached(False):
         run = S.run_protocol([model], val, p=1e6, tol=0.25, n_grid=SMALL_GRID, name="run x")
     assert not run.search.reached
+
+
+def test_a_search_whose_lower_end_stays_at_zero_reports_c_zero(trained, val):
+    """When even the smallest tested c = 2^-m raises the ratio to the target (p = 1e-4%: target 1.000001),
+    lo = 0 is never tested and the result is labelled c = 0: its thresholds, losses and activation must be
+    those of c = 0 -- every layer at its grid minimum, every neuron kept, the ratio exactly 1 -- not those of
+    the failing c = 2^-m. Oracle: the curves inverted at c = 0 and a dense pass with those thresholds."""
+    model = trained["silu"]
+    with reached(True):
+        res = S.ppl_p_sparsity(model, val, p=1e-4, n_grid=SMALL_GRID)
+    step = 2.0 ** -S._levels(S.TOL)
+    assert res.bracket == (0.0, step) and res.cett == 0.0 and 0.0 not in dict(res.trace)
+    assert dict(res.trace)[step] >= 1 + 1e-6  # the smallest tested c failed
+    curves = S.cett_curves(model, val, SMALL_GRID)
+    assert res.thresholds == [curves.grid[:, 0].tolist()] == [S.thresholds_from_cett(curves, 0.0)]
+    dense = S.evaluate(model, val, taus=res.thresholds[0])
+    assert res.mean_ratio == 1.0 and res.checkpoints[0].sparse_loss == dense.loss == curves.dense_loss
+    assert res.activation_ratio == [dense.activation_ratio] == [1.0]  # SiLU: no exact zeros
+    assert res.active_per_layer == [dense.active_per_layer] and res.checkpoints[0].cett == 0.0
 
 
 def test_secant_search_stays_bounded_on_noise():
