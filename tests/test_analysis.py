@@ -397,7 +397,7 @@ def test_convergence_speed_is_the_derivative_and_ranks_sizes():
     assert summary["rho_N_speed"].iloc[0] == pytest.approx(-1.0)
     relu = claims.small_converge_faster(summary)[0]  # right order, but 3 runs cannot reach p < 0.05
     assert relu["verdict"] == "INCONCLUSIVE"
-    assert relu["value"].startswith("rho = -1.00 (smaller models faster) over 3 runs, too few")
+    assert relu["value"].startswith("rho = -1.00 (point estimate: smaller models faster) over 3 runs, too few")
     assert "p = 0.167" in relu["value"]
     _, two = analysis.convergence(fits.iloc[:2], n=16)  # two converged fits: no rank correlation
     assert np.isnan(two["rho_N_speed"]).all() and claims.small_converge_faster(two)[0]["value"] == "2 run(s)"
@@ -856,6 +856,9 @@ def test_a_table_of_ones_own_without_a_column_is_refused_naming_it(table, isolat
     with pytest.raises(ValueError, match=r"tokens is a count of training tokens; got 0.01 for run relu-s1 \(billions\? "
                                          r"multiply by 1e9\)"):
         analysis.fit_activation_laws(table.assign(tokens=table["tokens"] / 1e9), SPEC)
+    # counts computed in floating point (np.geomspace) are counts: only small fractional ones are refused
+    fits, _ = analysis.fit_activation_laws(table.assign(tokens=table["tokens"] + 0.25), SPEC)
+    assert len(fits) == table["run"].nunique()
     from sparsinglaw import runs
     from sparsinglaw.config import load_profile
 

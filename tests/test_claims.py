@@ -461,10 +461,10 @@ def test_small_converge_faster_says_the_direction_and_when_too_few_runs_can_deci
     and which way the point estimate goes (cpu: larger models faster, against the paper)."""
     three = claims.small_converge_faster(conv_summary([1e-3, 2e-3, 3e-3]))[0]
     assert three["verdict"] == "INCONCLUSIVE"
-    assert three["value"] == ("rho = +1.00 (larger models faster) over 3 runs, too few for p < 0.05; at D/N = 12, "
-                              "one-sided p = 0.167 (exact permutation)")
+    assert three["value"] == ("rho = +1.00 (point estimate: larger models faster) over 3 runs, too few for p < 0.05; "
+                              "at D/N = 12, one-sided p = 0.167 (exact permutation)")
     four = claims.small_converge_faster(conv_summary([-4e-3, -3e-3, -2e-3, -1e-3]))[0]
-    assert four["value"].startswith("rho = -1.00 (smaller models faster) over 4 runs; at D/N = 12, "
+    assert four["value"].startswith("rho = -1.00 (point estimate: smaller models faster) over 4 runs; at D/N = 12, "
                                     "one-sided p = 0.0417")
 
 
@@ -911,7 +911,7 @@ def test_evaluate_and_write(synth_profile):
     assert back.attrs["meta"]["corpus"] == SYNTH_CORPUS  # the measurements' corpus
     assert text.count("\n| ") == len(df) + 1 and "**FAIL**" in text
     recorded = back.attrs["meta"]["inputs"]  # the base tables judged, by sha256 (compare checks them)
-    assert set(recorded) == {"sparsity.csv", "neurons.csv", "tokens.csv", "sparse_inference.csv"}
+    assert set(recorded) == {f"{t}.csv" for t in ("sparsity", "neurons", "tokens", "sparse_inference", *claims.FITTED)}
     assert recorded["sparsity.csv"] == hashlib.sha256((folder / "sparsity.csv").read_bytes()).hexdigest()
 
 

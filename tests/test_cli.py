@@ -293,16 +293,18 @@ RERUN = "; rerun the same command to resume"
                                           ("train", f"{RERUN} from the last checkpoint"),
                                           ("measure", f"{RERUN} from the cached measurements"),
                                           ("compute", f"{RERUN} from the last checkpoint and the cached stages"),
+                                          ("verify", f"{RERUN} (finished tables are cached)"),
                                           ("runs", ""), ("compare", "")])
 def test_ctrl_c_says_what_a_rerun_resumes(command, says, monkeypatch, capsys, tmp_path):
     """Ctrl-C exits 130 with one line; only the stages that keep checkpoints speak of them (fit has none),
     and the commands that only read (runs, compare) speak of no resuming."""
-    from sparsinglaw import analysis, cli, compare, measure, runs
+    from sparsinglaw import analysis, claims, cli, compare, measure, runs
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(analysis, "fit_profile", interrupted)
+    monkeypatch.setattr(claims, "evaluate", interrupted)
     monkeypatch.setattr(measure, "measure_profile", interrupted)
     monkeypatch.setattr(runs, "train_profile", interrupted)  # imported from runs by train and compute (first stage)
     monkeypatch.setattr(runs, "states_table", interrupted)
@@ -311,6 +313,16 @@ def test_ctrl_c_says_what_a_rerun_resumes(command, says, monkeypatch, capsys, tm
         command, ["--profile", "smoke", "--no-progress"])
     assert cli.main([command, *args]) == 130
     assert capsys.readouterr().err == f"interrupted{says}\n"
+
+
+def test_notes_given_once_a_process_are_given_once_a_command(monkeypatch):
+    """analysis notes a reused old-code fit once a process; a second command in the same process (tests,
+    a notebook calling cli.main) would reuse those fits without a word: the set is emptied per command."""
+    from sparsinglaw import analysis, cli
+
+    monkeypatch.setattr(analysis, "_NOTED", {("results/x", "fits.csv")})
+    assert cli.main(["runs", "--profile", "smoke", "--names"]) == 0
+    assert analysis._NOTED == set()
 
 
 @pytest.mark.skipif(not (REPO / "results" / "cpu" / "claims.csv").exists(), reason="needs the committed cpu results")

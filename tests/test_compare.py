@@ -332,8 +332,7 @@ def test_claims_judged_on_other_tables_than_the_folder_holds_are_named(tmp_path)
         side = f / "claims.meta.json"
         meta = json.loads(side.read_text())
         side.write_text(json.dumps(meta | {"inputs": claims.judged_on(f)}))
-    assert set(claims.judged_on(a)) == {"sparsity.csv", "neurons.csv", "tokens.csv", "sparse_inference.csv",
-                                        "pareto.csv"}
+    assert set(claims.judged_on(a)) == {f"{t}.csv" for t in claims.JUDGED}  # cpu holds every one
     assert "judged on other tables" not in compare.summary(compare.compare(a, b))
 
     def louder(df):
@@ -346,6 +345,10 @@ def test_claims_judged_on_other_tables_than_the_folder_holds_are_named(tmp_path)
     assert ("warning: B's claims.csv was judged on other tables than B holds now (sparsity.csv changed since): its "
             "verdicts may not describe them; python -m sparsinglaw verify on that folder judges them again") in text
     assert "A's claims.csv" not in text
-    (a / "pareto.csv").unlink()  # a table gone since is a change too
-    assert "A's claims.csv was judged on other tables than A holds now (pareto.csv changed since)" in \
-        compare.summary(compare.compare(a, b))
+    (a / "pareto.csv").unlink()  # a table gone since is a change too, and a refit without verify
+    _rewrite(a, "width_depth_fit", lambda df: df.assign(message="refitted"))
+    assert "A's claims.csv was judged on other tables than A holds now (pareto.csv, width_depth_fit.csv changed " \
+        "since)" in compare.summary(compare.compare(a, b))
+    side = a / "claims.meta.json"  # a sidecar written before inputs were recorded: nothing to say
+    side.write_text(json.dumps({k: v for k, v in json.loads(side.read_text()).items() if k != "inputs"}))
+    assert "A's claims.csv" not in compare.summary(compare.compare(a, b))

@@ -648,6 +648,9 @@ def test_a_cached_fit_warns_on_measurements_of_another_profile(measured_mini, mi
     assert len(said) == 1 and said[0].startswith(f"{res / measured_mini.name / 'sparsity.csv'}: recorded stage_hash")
     assert "using it anyway (a warning, not an error): rerun python -m sparsinglaw measure" in said[0]
     assert stale == [res / measured_mini.name / "sparsity.csv"]
+    (res / measured_mini.name / "sparsity.meta.json").unlink()  # reused or not, a table without its sidecar is refused
+    with pytest.raises(runs.TableError, match=r"sparsity.csv: no provenance sidecar sparsity.meta.json next to it"):
+        analysis.limit_loss_for(measured_mini)
 
 
 def test_a_change_a_table_is_not_made_from_leaves_it_current(measured_mini, mini_path, session_roots, tmp_path,

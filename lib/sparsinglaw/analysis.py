@@ -122,10 +122,12 @@ def activation_points(table: pd.DataFrame, p: float = 1.0, need: tuple[str, ...]
     for c in want:
         if c in FIT_INPUT[1] and not pd.api.types.is_numeric_dtype(table[c]):
             raise ValueError(f"sparsity table: column {c} holds text ({table[c].iloc[0]!r} ...), expected numbers")
-    odd = table[(table["tokens"] < 1) | (table["tokens"] % 1 != 0)]
+    tokens = table["tokens"]
+    odd = table[(tokens < 1) | ((tokens % 1 != 0) & (tokens < 1e6))]
     if len(odd):  # billions of tokens in this column fit a curve in D 1e9 times too small, and "converge"
-        raise ValueError(f"sparsity table: tokens is a count of training tokens; got {odd['tokens'].iloc[0]:g} for run "
-                         f"{odd['run'].iloc[0]} (billions? multiply by 1e9)")
+        first = odd.iloc[0]
+        raise ValueError(f"sparsity table: tokens is a count of training tokens; got {float(first['tokens'])!r} for "
+                         f"run {first['run']} (billions? multiply by 1e9)")
     t = table[np.isclose(table["p"], p)]
     if t.empty:
         raise ValueError(f"no rows at p={p}; measured p: {sorted(table['p'].unique())}")
@@ -635,7 +637,7 @@ def _cached(profile: ProfileConfig, outputs: tuple[str, ...], inputs: tuple[str,
     else:
         for t in inputs:  # reused by the inputs' bytes: made under the profile's settings now? (as load_results)
             if t in MEASURED:
-                warn_if_stale(folder / f"{t}.csv", current(profile, "measure"),
+                warn_if_stale(folder / f"{t}.csv", hashes[t], current(profile, "measure"),
                               fix=f"rerun {command_for(profile, 'measure', '02')}")
         if any(m.get("code", code_hash()) != code_hash() for m in metas.values()) and \
                 (str(folder), names) not in _NOTED:  # once a process: fit_profile reuses fits.csv four times

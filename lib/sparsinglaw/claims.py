@@ -54,6 +54,8 @@ MONOTONE_TOL = 1e-3  # a step of the CETT sweep against the trend by more than t
 # where each base table comes from, (command, notebook): the message of a missing one names them
 SOURCES = {"sparsity": ("measure", "02"), "neurons": ("measure", "02"), "tokens": ("measure", "02"),
            "sparse_inference": ("compute", "06_sparse_inference")}
+FITTED = ("fits", "form_comparison", "width_depth", "width_depth_fit", "scale_fit", "convergence_summary",
+          "domain_agreement", "token_pairs", "seed_agreement")  # the derived tables the checks read
 
 # id -> (claim, where in the paper, statistic, PASS/FAIL rule)
 _TREND_STAT = ("per run, Spearman rho(tokens, A at PPL-1%) over the checkpoints its law fit used (runs of "
@@ -458,7 +460,8 @@ def small_converge_faster(conv_summary: pd.DataFrame) -> list[dict]:
         verdict = "PASS" if rho < 0 and p < ALPHA else "FAIL" if rho > 0 and p < ALPHA else "INCONCLUSIVE"
         how = "exact permutation" if len(g) <= EXACT_MAX else "t approximation"
         least = 1 / math.factorial(len(g)) if len(g) <= EXACT_MAX else 0.0
-        value = (f"rho = {rho:+.2f} ({'smaller' if rho < 0 else 'larger'} models faster) over {len(g)} runs"
+        value = (f"rho = {rho:+.2f} (point estimate: {'smaller' if rho < 0 else 'larger'} models faster) over "
+                 f"{len(g)} runs"
                  + (f", too few for p < {ALPHA:g}" if least >= ALPHA else "")
                  + f"; at D/N = {_g(g['ratio_common'].iloc[0])}, one-sided p = {p:.3g} ({how})")
         note = (f"smallest attainable one-sided p with {len(g)} runs: 1/{math.factorial(len(g))} = "
@@ -714,9 +717,7 @@ def inputs(profile: ProfileConfig, progress: bool = True) -> dict[str, pd.DataFr
     points = read_results(profile, "pareto") if pareto.is_file() else pd.DataFrame(
         columns=RESULT_COLUMNS["pareto"][0])
     moe = moe_comparison(points, profile) if len(points) else pd.DataFrame(columns=["trained_k"])
-    fitted = ("fits", "form_comparison", "width_depth", "width_depth_fit", "scale_fit", "convergence_summary",
-              "domain_agreement", "token_pairs", "seed_agreement")
-    return {**{k: t[k] for k in fitted}, "sparsity": analysis.load_results(profile)["sparsity"],
+    return {**{k: t[k] for k in FITTED}, "sparsity": analysis.load_results(profile)["sparsity"],
             "sparse_inference": si, "moe_comparison": moe, "pareto": points, "tradeoff": tradeoff(points)}
 
 
@@ -750,11 +751,14 @@ def markdown(df: pd.DataFrame, profile_name: str, git_sha: str, stale: list[str]
     return "\n".join(lines) + "\n"
 
 
+JUDGED = (*SOURCES, "pareto", *FITTED)  # the tables of results/<profile>/ whose rows the checks read
+
+
 def judged_on(folder: Path) -> dict[str, str]:
-    """sha256 of each base table in `folder` that the checks read (SOURCES and pareto.csv), by file name:
-    what claims.csv's sidecar records as `inputs`, so that `compare` can tell verdicts judged on other
-    tables than the folder holds now (a measure rerun without verify)."""
-    names = [f"{t}.csv" for t in (*SOURCES, "pareto")]
+    """sha256 of each table in `folder` that the checks read (JUDGED), by file name: what claims.csv's
+    sidecar records as `inputs`, so that `compare` can tell verdicts judged on other tables than the
+    folder holds now (a measure rerun, or a refit, without verify)."""
+    names = [f"{t}.csv" for t in JUDGED]
     return {n: hashlib.sha256((folder / n).read_bytes()).hexdigest() for n in names if (folder / n).is_file()}
 
 

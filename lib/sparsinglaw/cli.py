@@ -161,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         return 128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)
     finally:
         warnings.formatwarning, warnings.showwarning = formatwarning, showwarning
+        if (analysis := sys.modules.get(f"{__package__}.analysis")) is not None:
+            analysis._NOTED.clear()  # notes given once a process are given once a command here
         if on_term is not None:
             signal.signal(signal.SIGTERM, on_term)
 

@@ -55,15 +55,16 @@ def _read(folder: Path, name: str) -> pd.DataFrame | None:
 
 
 def _moved_inputs(folder: Path, claims: pd.DataFrame) -> str:
-    """The base tables of `folder` that differ from those its claims.csv was judged on (its sidecar's
-    `inputs`), comma-separated; "" when none did or the sidecar records none."""
+    """The tables of `folder` that differ from those its claims.csv was judged on (its sidecar's `inputs`;
+    a table recorded there and gone since differs too), comma-separated; "" when none did or the sidecar
+    records none (one written before `inputs` was recorded)."""
     from .claims import judged_on
 
     recorded = claims.attrs.get("meta", {}).get("inputs")
     if not isinstance(recorded, dict):
         return ""
     now = judged_on(folder)
-    return ", ".join(n for n in sorted(set(recorded) | set(now)) if recorded.get(n) != now.get(n))
+    return ", ".join(n for n in sorted(recorded) if recorded[n] != now.get(n))
 
 
 def _headline(value) -> str:

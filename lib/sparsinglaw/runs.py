@@ -708,15 +708,7 @@ def read_table(path: str | Path, columns: list[str] = (), numeric: list[str] = (
         raise TableError(f"{path}: no provenance sidecar {side.name} next to it, so it cannot be checked; {fix}")
     with folder_lock(path.parent, shared=True):  # the pair as one write_table left it
         text, data = side.read_bytes(), path.read_bytes()
-    try:
-        meta = json.loads(text)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise TableError(f"{side}: unreadable sidecar ({e}); {fix}") from None
-    if not isinstance(meta, dict):
-        raise TableError(f"{side}: unreadable sidecar (expected a JSON object); {fix}")
-    if hashlib.sha256(data).hexdigest() != meta.get("sha256"):
-        raise TableError(f"{path}: its sha256 does not match the one in {side.name} (edited by hand, or an "
-                         f"interrupted write); refusing it: {fix}")
+    meta = _checked_sidecar(path, text, hashlib.sha256(data).hexdigest(), fix)
     try:
         df = read_csv(io.BytesIO(data))
     except (ValueError, UnicodeDecodeError) as e:
@@ -733,6 +725,21 @@ def read_table(path: str | Path, columns: list[str] = (), numeric: list[str] = (
     _check_current(path, meta, expect, strict, fix)
     df.attrs["meta"] = meta
     return df
+
+
+def _checked_sidecar(path: Path, text: bytes, sha: str, fix: str) -> dict:
+    """read_table's sidecar checks: a JSON object that records `sha`, the table's own sha256."""
+    side = path.with_suffix(".meta.json")
+    try:
+        meta = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise TableError(f"{side}: unreadable sidecar ({e}); {fix}") from None
+    if not isinstance(meta, dict):
+        raise TableError(f"{side}: unreadable sidecar (expected a JSON object); {fix}")
+    if sha != meta.get("sha256"):
+        raise TableError(f"{path}: its sha256 does not match the one in {side.name} (edited by hand, or an "
+                         f"interrupted write); refusing it: {fix}")
+    return meta
 
 
 def _check_current(path: Path, meta: dict, expect, strict: bool, fix: str) -> None:
@@ -753,10 +760,16 @@ def _check_current(path: Path, meta: dict, expect, strict: bool, fix: str) -> No
                 found.append(path)
 
 
-def warn_if_stale(path: str | Path, expect, fix: str = "rerun the stage that writes it") -> None:
-    """read_table's StaleTableWarning for a table that is not read again (a cached fit reuses its inputs
-    by their sha256, not by the settings they were made under): its sidecar alone against `expect`."""
-    _check_current(Path(path), sidecar(path), expect, False, fix)
+def warn_if_stale(path: str | Path, sha: str, expect, fix: str = "rerun the stage that writes it") -> None:
+    """read_table's checks of a table that is not read again (a cached fit reuses its inputs by their
+    sha256 `sha`, not by the settings they were made under): its sidecar must exist, be readable and
+    record `sha` (else TableError), and differ from `expect` only with a StaleTableWarning."""
+    path = Path(path)
+    side = path.with_suffix(".meta.json")
+    if not side.is_file():
+        raise TableError(f"{path}: no provenance sidecar {side.name} next to it, so it cannot be checked; {fix}")
+    meta = _checked_sidecar(path, side.read_bytes(), sha, fix)
+    _check_current(path, meta, expect, False, fix)
 
 
 def as_bool(v) -> pd.Series | bool:
