@@ -676,6 +676,8 @@ def test_cett_monotone(steps_a, steps_r, expect):
                                           cett_sweep([-0.1] * 3, [0.01] * 3, run="silu-s4")]))
     assert row["verdict"] == expect and row["n"] == 2
     assert row["value"].split("; ")[1].startswith("relu-s4 (4 values of c, 0.05 to 0.2): A 0.5 to ")
+    assert row["note"].endswith("the activation ratio cannot rise (its half of the rule checks the code): the PPL "
+                                "half is the test")
 
 
 def test_cett_monotone_needs_a_step_and_counts_a_repeated_c_once():

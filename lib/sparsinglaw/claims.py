@@ -633,7 +633,8 @@ def cett_monotone(points: pd.DataFrame) -> dict:
     head = (f"A falls at {falling} of {steps} steps of c, the PPL ratio rises at {rising} of {steps} "
             f"({len(parts)} run(s))")  # the headline (claims.figure, compare): both trends, every run
     return _row("cett_monotone", "; ".join([head, *parts]), verdict, sweep["run"].nunique(),
-                "final checkpoint, one evaluation set")
+                "final checkpoint, one evaluation set; on one evaluation set every threshold grows with c, so the "
+                "activation ratio cannot rise (its half of the rule checks the code): the PPL half is the test")
 
 
 # -----------------------------------------------------------------------------------------------
