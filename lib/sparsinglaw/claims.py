@@ -421,12 +421,12 @@ def a0_scale_weak(scale_fit: pd.DataFrame) -> list[dict]:
         if "A0" not in g.index or not np.isfinite(g.loc["A0", "slope"]):
             msg = g.loc["A0", "message"] if "A0" in g.index else f"no {act} row in scale_fit"
             n = int(g.loc["A0", "n"]) if "A0" in g.index else 0
+            ref = ""  # the final ratios' slope: no verdict, but what the runs show (it was in the note only)
             if "A_last" in g.index and np.isfinite(g.loc["A_last", "slope"]):
                 a = g.loc["A_last"]
-                msg += f"; for reference, A_last slope {_interval(a['slope'], a['slope_lo'], a['slope_hi'])}/decade"
-            rows.append(_row(cid, "no A0 fit" + (f" (A_last slope {_interval(a['slope'], a['slope_lo'], a['slope_hi'])}"
-                                                 "/decade, for reference)" if "for reference" in msg else ""),
-                             "INCONCLUSIVE", n, msg))
+                ref = f"A_last slope {_interval(a['slope'], a['slope_lo'], a['slope_hi'])}/decade"
+                msg += f"; for reference, {ref}"
+            rows.append(_row(cid, f"no A0 fit ({ref}, for reference)" if ref else "no A0 fit", "INCONCLUSIVE", n, msg))
             continue
         r = g.loc["A0"]
         lo, hi = r["slope_lo"], r["slope_hi"]
