@@ -506,8 +506,6 @@ def write_results(profile: ProfileConfig, runs_dir=None, impl=None) -> pd.DataFr
     return table
 
 
-
-
 def read_results(profile: ProfileConfig, name: str = "sparsity", strict: bool = False) -> pd.DataFrame:
     """results/<profile>/<name>.csv read back with runs.read_table's checks: sidecar sha256, columns,
     numbers, and the recorded hash of the profile parts measurements are made from (runs.current)
