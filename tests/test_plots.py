@@ -777,6 +777,8 @@ def test_width_depth_activation_draws_converged_limits_and_a_fit_flat_above_the_
     unplaced = f"every candidate breakpoint lies in the interval: {laws.UNPLACED}"
     fig = plots.width_depth_activation(points, summary.assign(inside="False", message=unplaced))
     assert "piecewise fit (A0), breakpoint not placed\n(any of 10-30 fits)" in _legend(fig.axes[0])
+    assert not [ln for ln in fig.axes[0].lines if ln.get_linestyle() == "--"]  # no breakpoint drawn as if found
+    assert len(fig.axes[0].patches) == 1  # the interval, every candidate, stays shaded
     plt.close(fig)
 
 

@@ -561,11 +561,13 @@ def dead_neurons(table: pd.DataFrame, p: float = 1.0, group: str | None = "scale
     return fig
 
 
-def _piecewise_line(ax, row, x, **kw) -> None:
-    """Draw a flat-above piecewise-linear fit row (analysis.width_depth summary) over x."""
+def _piecewise_line(ax, row, x, mark: bool = True, **kw) -> None:
+    """Draw a flat-above piecewise-linear fit row (analysis.width_depth summary) over x, its breakpoint
+    interval shaded and, when `mark`, its breakpoint dashed (not for one the data do not place)."""
     xs = np.linspace(min(x), max(x), 200)
     ax.plot(xs, row["intercept"] + row["slope_below"] * np.minimum(xs, row["breakpoint"]), **kw)
-    ax.axvline(row["breakpoint"], color="0.4", lw=0.8, ls="--")
+    if mark:
+        ax.axvline(row["breakpoint"], color="0.4", lw=0.8, ls="--")
     ax.axvspan(row["breakpoint_lo"], row["breakpoint_hi"], color="0.5", alpha=0.12, lw=0)
 
 
@@ -592,11 +594,11 @@ def width_depth_activation(points: pd.DataFrame, summary: pd.DataFrame, paper_va
     pw = summary[(summary["kind"] == "piecewise_linear") & summary["breakpoint"].notna()]
     if len(pw):
         row = pw.iloc[0]
+        unplaced = UNPLACED in str(row.get("message", ""))
         where = (f"breakpoint not placed\n(any of {row['breakpoint_lo']:.3g}-{row['breakpoint_hi']:.3g} fits)"
-                 if UNPLACED in str(row.get("message", "")) else f"bottleneck {row['breakpoint']:.3g}"
-                 if as_bool(row["inside"]) else
+                 if unplaced else f"bottleneck {row['breakpoint']:.3g}" if as_bool(row["inside"]) else
                  f"breakpoint {row['breakpoint']:.3g}\n(candidates' edge: no bottleneck)")
-        _piecewise_line(ax, row, points["width_depth"], color=c, lw=1,
+        _piecewise_line(ax, row, points["width_depth"], mark=not unplaced, color=c, lw=1,
                         label=f"piecewise fit ({row['quantity']}), {where}")
     else:
         _note(ax, "no piecewise fit (too few runs)", "upper left")
