@@ -10,8 +10,8 @@ RUNS_ROOT := $(or $(SPARSINGLAW_RUNS),runs)
 RESULTS_ROOT := $(or $(SPARSINGLAW_RESULTS),results)
 FIGURES_ROOT := $(or $(SPARSINGLAW_FIGURES),figures)
 # make splits words at spaces: a folder with one would make `rm -rf` and the targets name other paths
-ifneq ($(words $(RUNS_ROOT)) $(words $(RESULTS_ROOT)),1 1)
-$(error SPARSINGLAW_RUNS or SPARSINGLAW_RESULTS holds a space ('$(SPARSINGLAW_RUNS)', '$(SPARSINGLAW_RESULTS)'): the Makefile cannot use such a path; pick one without spaces (the python -m sparsinglaw commands accept it))
+ifneq ($(words $(RUNS_ROOT)) $(words $(RESULTS_ROOT)) $(words $(FIGURES_ROOT)),1 1 1)
+$(error SPARSINGLAW_RUNS, SPARSINGLAW_RESULTS or SPARSINGLAW_FIGURES holds a space ('$(SPARSINGLAW_RUNS)', '$(SPARSINGLAW_RESULTS)', '$(SPARSINGLAW_FIGURES)'): the Makefile cannot use such a path; pick one without spaces (the python -m sparsinglaw commands accept it))
 endif
 EXEC := $(RUNS_ROOT)/$(PROFILE)/notebooks
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))

@@ -222,7 +222,8 @@ def test_make_follows_the_folder_variables():
     env = _make_n("figures", "PROFILE=smoke", "VENV=/tmp/conda-env", SPARSINGLAW_RUNS="/tmp/elsewhere")  # README
     assert "touch /tmp/conda-env/.installed" in env and ".venv/" not in env
     assert "/tmp/conda-env/bin/python -m sparsinglaw.notebooks run notebooks/00_overview.ipynb" in env
-    for var in ("SPARSINGLAW_RUNS", "SPARSINGLAW_RESULTS"):  # `rm -rf /tmp/my runs/smoke` would remove ./runs/smoke
+    for var in ("SPARSINGLAW_RUNS", "SPARSINGLAW_RESULTS", "SPARSINGLAW_FIGURES"):  # `rm -rf /tmp/my runs/smoke`
+        # would remove ./runs/smoke
         r = _make("-n", "clean-runs", "PROFILE=smoke", **{var: "/tmp/my runs"})
         assert r.returncode != 0 and r.stdout == "" and "holds a space" in r.stderr, (r.stdout, r.stderr)
 

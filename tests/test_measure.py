@@ -165,10 +165,15 @@ def test_impl_override_reaches_the_arrays_and_the_provenance(tiny, smoke_tokens,
     assert measure.with_impl(tiny, "reference") == ref and measure.with_impl(tiny, None) is tiny
 
 
-def test_pareto_points(tiny, smoke_tokens):
+def test_pareto_points(tiny, smoke_tokens, capsys):
     runs.train_profile(tiny, names=["relu-s1"], jobs=1, progress=False)
-    df = measure.pareto_run(tiny, tiny.run("relu-s1"), progress=False)
+    measure.measure_run(tiny, tiny.run("relu-s1"), progress=False)
+    capsys.readouterr()
+    df = measure.pareto_run(tiny, tiny.run("relu-s1"), progress=True)
     assert {"cett", "topk", "topk_batch", "fat", "zeros", "ppl-1%"} <= set(df["method"])
+    swept = (~df["method"].str.startswith("ppl-")).sum()  # the bar counts every swept point, to the end
+    last = capsys.readouterr().err.splitlines()[-1]  # tqdm's last redraw (splitlines breaks at \r too)
+    assert last.startswith("pareto relu-s1: 100%") and f" {swept}/{swept} " in last, last
     zeros = df[df["method"] == "zeros"].iloc[0]
     assert zeros["ppl_ratio"] == pytest.approx(1.0, abs=1e-6)  # dropping exact zeros of ReLU changes nothing
     cett = df[df["method"] == "cett"].sort_values("param")

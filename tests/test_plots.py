@@ -243,7 +243,8 @@ def test_form_comparison_marks_a_form_without_any_fit():
     assert len(no_fit) == 1 and no_fit[0].get_xdata()[0] == pytest.approx(0.2)  # relu-s1, second of two forms
     legend = ax.get_legend()
     labels = [t.get_text() for t in legend.get_texts()]
-    assert labels[:2] == ["logspace_power", "log"] and "no fit (no MSE)" in labels and "paper's form" in labels
+    assert labels[:2] == ["logspace_power: Eq. 4 (ReLU)", "log: rebuttal, logarithmic"]  # each form and its source
+    assert "no fit (no MSE)" in labels and "paper's form" in labels
     hatched = [t.get_text() for t, h in zip(legend.get_texts(), legend.legend_handles, strict=True)
                if getattr(h, "get_hatch", lambda: None)()]
     assert hatched == ["paper's form"]

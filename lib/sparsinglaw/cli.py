@@ -226,15 +226,15 @@ def _dispatch(args) -> int:
         raise ConfigError(f"--times {args.times}: no folder {Path(args.times).parent} to write it in")
     if getattr(args, "readme", None) is not None and not Path(args.readme).is_file():
         raise ConfigError(f"--readme {args.readme}: no such file; expected a Markdown file with the claims markers")
-    if args.command != "compare":  # the fit: section, checked with the rest of the profile (fit and verify read it)
-        from .analysis import fit_spec
+    # the fit: section, checked with the rest of the profile (fit and verify read it)
+    from .analysis import fit_spec
 
-        try:
-            fit_spec(profile)
-        except ValueError as e:  # led by the --set fit.X that wrote a value it names, as other sections' errors
-            by = [o for o in profile.overrides if (m := re.fullmatch(r"fit\.(\w+)", o.split("=", 1)[0].strip()))
-                  and re.search(rf"\b{m[1]}\b", str(e))]
-            raise ConfigError((f"--set {by[-1]!r} is refused: " if by else "") + f"{profile.path}: fit: {e}") from None
+    try:
+        fit_spec(profile)
+    except ValueError as e:  # led by the --set fit.X that wrote a value it names, as other sections' errors
+        by = [o for o in profile.overrides if (m := re.fullmatch(r"fit\.(\w+)", o.split("=", 1)[0].strip()))
+              and re.search(rf"\b{m[1]}\b", str(e))]
+        raise ConfigError((f"--set {by[-1]!r} is refused: " if by else "") + f"{profile.path}: fit: {e}") from None
     rank = _rank()
     if rank > 0 and args.command not in ("train", "compute"):
         print(f"rank {rank}: `{args.command}` runs on rank 0 alone under torchrun", file=sys.stderr)

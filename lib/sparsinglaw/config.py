@@ -49,7 +49,7 @@ class DataConfig:
     corpus: str = "python-env"  # "python-env" (offline default) or a path: .txt, folder, .jsonl, .parquet
     packages: list[str] = field(default_factory=lambda: ["stdlib", "torch", "numpy", "scipy"])  # python-env only
     max_mb: float = 30.0  # cap on corpus text used (MB of UTF-8); files are taken in a fixed hashed order
-    val_fraction: float = 0.02  # share of files held out for validation (split by file)
+    val_fraction: float = 0.02  # share of documents held out for validation (split by document)
     vocab_size: int = 4096  # byte-level BPE vocabulary size (tokens)
     tokenizer_mb: float = 10.0  # MB of training text used to learn the BPE merges
     text_field: str = "text"  # .jsonl field / .parquet column holding the text (user corpora)
@@ -70,7 +70,7 @@ class TrainConfig:
     decay_frac: float = 0.0  # share of steps in the final exponential decay (0: no decay stage)
     decay_min_lr_frac: float = 0.1  # lr at the very end of the decay, as a fraction of the peak
     checkpoints: int = 24  # number of checkpoint marks, geometric between first_checkpoint and stable end
-    first_checkpoint_frac: float = 0.05  # first mark as a share of the stable-stage tokens
+    first_checkpoint_frac: float = 0.05  # first mark as a share of the tokens at the stable stage's end
     checkpoint_tokens: list[int] = field(default_factory=list)  # explicit marks (tokens); overrides the grid
     eval_tokens: int = 32_768  # validation tokens scored at every checkpoint
     log_every: int = 20  # optimizer steps between train-loss rows in log.csv
@@ -87,14 +87,14 @@ class ComputeConfig:
     compile: bool | str = "auto"  # torch.compile the model: true, false, or "auto" (on CUDA only)
     compile_mode: str = "default"  # default, reduce-overhead (CUDA graphs: see train.check_parallel), or
     # max-autotune-no-cudagraphs
-    jobs: int = 0  # parallel training processes; 0 = one per CPU core this process may use
+    jobs: int = 0  # parallel processes (train, measure, sparse inference); 0 = one per usable CPU core
 
 
 @dataclass
 class SparsityConfig:
     """How activation sparsity is measured on every checkpoint (paper Section 3, Algorithm 1)."""
 
-    p: list[float] = field(default_factory=lambda: [1.0])  # PPL-p% levels in percent; 1 is always measured
+    p: list[float] = field(default_factory=lambda: [1.0])  # PPL-p% levels in percent; must include 1
     eval_tokens: int = 32_768  # validation tokens for thresholds and PPL (the authors: first 10 batches)
     batch_size: int = 16  # sequences per evaluation batch
     n_grid: int = 65_536  # candidate thresholds per layer (authors' code)
@@ -743,17 +743,14 @@ def in_repo(profile: ProfileConfig) -> bool:
     return Path(profile.path).resolve() == (repo_root() / "configs" / f"{profile.name}.yaml").resolve()
 
 
-def load_profile(profile: str | Path, configs_dir: Path | None = None, overrides: list[str] | None = None
-                 ) -> ProfileConfig:
+def load_profile(profile: str | Path, overrides: list[str] | None = None) -> ProfileConfig:
     """Load and validate a profile by name (configs/<name>.yaml) or path.
 
     A ``model.X``/``train.X`` override that runs set in their own sections gets a note on stderr.
     """
-    if configs_dir is None:
-        from .runs import repo_root
+    from .runs import repo_root
 
-        configs_dir = repo_root() / "configs"
-    path = resolve_profile_path(str(profile), configs_dir)
+    path = resolve_profile_path(str(profile), repo_root() / "configs")
     try:
         raw = yaml.load(path.read_text(encoding="utf-8"), Loader=ProfileLoader)
     except yaml.YAMLError as e:

@@ -455,7 +455,7 @@ def sparsity_table(profile: ProfileConfig, runs: list[RunConfig], runs_dir=None,
         df.insert(2, "groups", ",".join(r.groups))
         df.insert(3, "d_model", m.d_model)
         df.insert(4, "n_layers", m.n_layers)
-        df.insert(5, "width_depth", m.d_model / m.n_layers)
+        df.insert(5, "width_depth", m.width_depth_ratio)
         df.insert(6, "non_embedding_params", num_params_from_config(m, non_embedding=True))
         frames.append(df)
     return pd.concat(frames, ignore_index=True)
@@ -539,6 +539,7 @@ def pareto_run(profile: ProfileConfig, run: RunConfig, runs_dir=None, progress: 
     fingerprint) a cached sweep is refused when its checkpoint was trained on another corpus."""
     from . import sparsity as sp
     from .data import prepare
+    from .progress import progress_bar
 
     scfg = profile.sparsity
     d = run_dir(profile, run, runs_dir)
@@ -559,15 +560,26 @@ def pareto_run(profile: ProfileConfig, run: RunConfig, runs_dir=None, progress: 
         ck = stable_checkpoints(profile, run, runs_dir).iloc[-1]  # refused when one is missing or invalid
         require_corpus(run, ck["path"], tokens.fingerprint)
         model = load_model(run, ck["path"], dev)
+        ks = topk_ks(scfg.topk_fracs, run.model.d_ff)
+        zeros = run.model.activation == "relu" and not moe
+        n = run.model.n_experts if moe else len(scfg.cett_sweep) + 2 * len(ks) + len(scfg.fat_eps) + zeros
+        bar = progress_bar(total=n, desc=f"pareto {run.name}", disable=not progress, mininterval=2.0,
+                           dynamic_ncols=True)
+
+        def tick(event) -> None:  # one point swept
+            bar.update(1)
+
         if moe:  # its own curve, every number of routed experts (paper Fig. 2)
-            points = sp.sweep_experts(model, batches, range(1, run.model.n_experts + 1))
+            points = sp.sweep_experts(model, batches, range(1, run.model.n_experts + 1), tick)
         else:
-            ks = topk_ks(scfg.topk_fracs, run.model.d_ff)
-            points = sp.sweep_cett(model, batches, scfg.cett_sweep, scfg.n_grid)
-            points += sp.sweep_topk(model, batches, ks) + sp.sweep_topk(model, batches, ks, per_batch=True)
-            points += sp.sweep_fat(model, batches, scfg.fat_eps)
-        if run.model.activation == "relu" and not moe:
+            points = sp.sweep_cett(model, batches, scfg.cett_sweep, scfg.n_grid, tick)
+            points += sp.sweep_topk(model, batches, ks, progress=tick)
+            points += sp.sweep_topk(model, batches, ks, per_batch=True, progress=tick)
+            points += sp.sweep_fat(model, batches, scfg.fat_eps, tick)
+        if zeros:
             points.append(sp.zeros_point(model, batches, points[0].dense_loss if points else None))
+            tick(None)
+        bar.close()
         rows = [{"method": pt.method, "param": pt.param, "dense_loss": pt.dense_loss, "sparse_loss": pt.sparse_loss,
                  "ppl": pt.ppl, "ppl_ratio": pt.ppl_ratio, "activation_ratio": pt.activation_ratio} for pt in points]
         final = [r for r in record["rows"] if r["step"] == int(ck["step"])]

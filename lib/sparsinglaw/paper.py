@@ -78,13 +78,6 @@ A0_SCALE_CHANGE = {
     "citation": CITATION,
 }
 
-# Fig. 8 (qualitative): smaller models converge faster; |dA / d(D/N)| is larger for small models.
-CONVERGENCE_SPEED = {
-    "claim": "smaller models converge faster: |dA/d(D/N)| is larger in magnitude for smaller models",
-    "source": "Fig. 8 and Section 4.4 (v1)",
-    "citation": CITATION,
-}
-
 # Table 1 in one line: change versus dense, in benchmark score points, averaged over the ten models.
 TABLE1_AVERAGES = _table(
     [

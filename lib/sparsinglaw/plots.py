@@ -19,7 +19,7 @@ import pandas as pd  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 
 from .config import ProfileConfig  # noqa: E402
-from .laws import UNPLACED  # noqa: E402
+from .laws import FORMS, UNPLACED  # noqa: E402
 from .runs import as_bool, figures_dir, in_group, train_log_table  # noqa: E402
 
 # one palette for activation functions, used in every figure (colour-blind safe, Okabe-Ito)
@@ -201,7 +201,8 @@ def loss_curves(logs: dict[str, pd.DataFrame], info: pd.DataFrame, title: str = 
     legend); validation losses at the checkpoints as dots. Each train point is a logged row as it is (the
     mean loss over the log_every optimizer steps before it): no further smoothing.
 
-    `logs` maps run name -> its log (runs.load_log); `info` is runs.states_table restricted to the runs.
+    `logs` maps run name -> its rows of train_log.csv (runs.train_log_table) or its log.csv (runs.load_log);
+    `info` has run, activation and non_embedding_params (and width_depth for `by="width_depth"`), one row a run.
     """
     style()
     acts = list(dict.fromkeys(info["activation"]))
@@ -498,9 +499,10 @@ def activation_laws(table: pd.DataFrame, fits: pd.DataFrame, curves: pd.DataFram
 
 
 def form_comparison(comparison: pd.DataFrame):
-    """MSE of each law form on each run (the rebuttal's comparison); hatched bars: the paper's form for
-    the run's activation; an x above a bar: that fit did not converge; a form with no fit at all (no MSE)
-    gets a "no fit" mark at the bottom of its slot instead of a bar."""
+    """MSE of each law form on each run (the rebuttal's comparison), each form named in the legend with
+    its source (laws.Form.equation); hatched bars: the paper's form for the run's activation; an x above a
+    bar: that fit did not converge; a form with no fit at all (no MSE) gets a "no fit" mark at the bottom
+    of its slot instead of a bar."""
     from matplotlib.patches import Patch
 
     style()
@@ -522,14 +524,15 @@ def form_comparison(comparison: pd.DataFrame):
                 ax.plot(b.get_x() + w / 2, 0.02, "v", color=f"C{j}", mec="k", mew=0.4, ms=4,
                         transform=ax.get_xaxis_transform(), clip_on=False)
     # legend handles drawn here: a bar's own handle would carry the hatch of the first run's paper form
-    handles = [Patch(color=f"C{j}", label=form) for j, form in enumerate(forms)]
+    handles = [Patch(color=f"C{j}", label=f"{form}: {FORMS[form].equation}" if form in FORMS else form)
+               for j, form in enumerate(forms)]
     handles += [Patch(facecolor="white", edgecolor="0.3", hatch="////", label="paper's form"),
                 plt.Line2D([], [], ls="", marker="x", color="k", ms=3, label="not converged"),
                 plt.Line2D([], [], ls="", marker="v", color="0.6", mec="k", mew=0.4, ms=4, label="no fit (no MSE)")]
     ax.set_yscale("log")
     ax.set_xticks(np.arange(len(runs_)), runs_, rotation=30, ha="right")
     ax.set_ylabel("MSE (activation ratio$^2$)")
-    ax.legend(handles=handles, frameon=False, ncol=len(handles), loc="lower left", bbox_to_anchor=(0, 1))
+    ax.legend(handles=handles, frameon=False, ncol=4, loc="lower left", bbox_to_anchor=(0, 1))
     fig.tight_layout()
     return fig
 

@@ -593,7 +593,7 @@ def states_table(profile: ProfileConfig, runs_dir=None) -> pd.DataFrame:
         m = r.model
         rows.append({"run": r.name, "groups": ",".join(r.groups), "activation": m.activation,
                      "d_model": m.d_model, "n_layers": m.n_layers, "d_ff": m.d_ff, "n_experts": m.n_experts,
-                     "width_depth": round(m.d_model / m.n_layers, 2),
+                     "width_depth": round(m.width_depth_ratio, 2),
                      "non_embedding_params": num_params_from_config(m, non_embedding=True),
                      "tokens": r.train.tokens, "train_flops": flops_per_token(m) * r.train.tokens,
                      "status": s.status,
@@ -821,7 +821,7 @@ def train_log_table(profile: ProfileConfig, compute: bool = True, runs_dir=None)
         log = load_log(profile, r, runs_dir)
         m = r.model
         info = {"run": r.name, "groups": ",".join(r.groups), "activation": m.activation, "d_model": m.d_model,
-                "n_layers": m.n_layers, "width_depth": m.d_model / m.n_layers,
+                "n_layers": m.n_layers, "width_depth": m.width_depth_ratio,
                 "non_embedding_params": num_params_from_config(m, non_embedding=True)}
         frames.append(log[["step", "tokens", "split", "loss"]].assign(**info))
     df = pd.concat(frames, ignore_index=True)[TRAIN_LOG_COLUMNS]

@@ -83,7 +83,8 @@ prefix sums use one scan kernel instead of the CPU's loop).
 
 Read top to bottom: result dataclasses; Eq. 3, the grid and its inversion; inputs and hooks; keep rules
 for the baselines; evaluation passes and activation statistics; fast curves; the reference; Algorithm 1
-(``ppl_p_sparsity``, ``apply_cett``, ``run_protocol``); Pareto points and sweeps.
+(``ppl_p_sparsity``, ``apply_cett``); Pareto points and sweeps. The v4 App. E protocol of a whole run (c
+searched on its last stable-stage checkpoints, applied to every checkpoint) is ``measure.measure_run``.
 """
 
 from __future__ import annotations
@@ -104,6 +105,7 @@ from .model import GatedFFN, Transformer, sparse
 N_GRID = 65_536  # candidate thresholds per layer (authors' code)
 GRID_QUANTILE = 0.99  # top of the candidate grid: this quantile of the neuron output norms
 TOL = 1e-3  # Algorithm 1: stop when hi - lo <= TOL (authors' tolerance)
+C0 = 0.125  # fast search: the secant search's first probe of c
 DEAD_FREQ = 1e-3  # a neuron active on fewer than 0.1% of tokens is dead
 MIN_LOG_STEP = 0.05  # fast search: secant partners closer than 5% in c are too noisy for a slope
 CHUNK = 1 << 22  # float32 elements of the (d_ff, tokens, d_model) prefix-sum workspace (fast)
@@ -207,14 +209,6 @@ class PPLpResult:
     @property
     def sparse_loss(self) -> list[float]:
         return [r.sparse_loss for r in self.checkpoints]
-
-
-@dataclass
-class RunResult:
-    """The per-run protocol: one c searched on some checkpoints, applied to every checkpoint."""
-
-    search: PPLpResult
-    checkpoints: list[CheckpointResult]  # one per checkpoint of the run, in order
 
 
 @dataclass
@@ -834,7 +828,7 @@ def _check_impl(impl: str) -> None:
 
 def ppl_p_sparsity(models: Checkpoint | Sequence[Checkpoint], batches: Batches, p: float = 1.0, *,
                    impl: str = "fast", tol: float = TOL, n_grid: int = N_GRID, search: str = "bisect",
-                   c0: float = 0.125, progress: Progress = None, curves: Sequence[CettCurves] | None = None,
+                   progress: Progress = None, curves: Sequence[CettCurves] | None = None,
                    name: str = "") -> PPLpResult:
     """PPL-p% sparsity (Algorithm 1): the CETT value c at which the mean PPL ratio over ``models`` reaches
     1 + p/100, each checkpoint with its own per-layer thresholds tau_l(c).
@@ -849,7 +843,6 @@ def ppl_p_sparsity(models: Checkpoint | Sequence[Checkpoint], batches: Batches, 
       bisection's cell whenever the mean ratio is monotone in c; on real checkpoints the ratio is noisy at
       the scale of tol (each step of c moves a few (token, neuron) pairs across the thresholds), so it may
       return another valid crossing a few cells away, and the activation ratio there differs by a few 1e-3.
-    c0: first probe of the secant search (e.g. the c of a neighbouring checkpoint).
     progress: called with {"stage": "curves", "checkpoint"} after each checkpoint's curves (fast) and
       {"stage": "search", "c", "mean_ratio", "step"} after every tested c.
     curves (fast only): the checkpoints' ``cett_curves`` on these batches and n_grid, computed once by the
@@ -896,7 +889,7 @@ def ppl_p_sparsity(models: Checkpoint | Sequence[Checkpoint], batches: Batches, 
         return ratio
 
     secant = impl == "fast" and search == "secant"
-    a, b = _secant_search(f, m, target, c0) if secant else _bisect(f, m, target)
+    a, b = _secant_search(f, m, target, C0) if secant else _bisect(f, m, target)
     if a not in tested:  # lo = 0 was never tested
         tested[a] = at(0.0)
     reached = b < (1 << m)  # hi was tested (ratio >= target or NaN); else hi = 1 is the untested start
@@ -911,47 +904,18 @@ def ppl_p_sparsity(models: Checkpoint | Sequence[Checkpoint], batches: Batches, 
 
 
 def apply_cett(models: Sequence[Checkpoint], batches: Batches, c: float, *, impl: str = "fast",
-               n_grid: int = N_GRID, progress: Progress = None) -> list[CheckpointResult]:
+               n_grid: int = N_GRID) -> list[CheckpointResult]:
     """Sparsify each checkpoint with its own thresholds tau_l(c) for one shared c; one result each."""
     _check_impl(impl)
     out = []
-    for i, ck in enumerate(models):
+    for ck in models:
         counts = {"dense": 0, "sparse": 0}
         if impl == "fast":
             model = _load(ck)
             out += _fast_at(c, [model], batches, [cett_curves(model, batches, n_grid)], counts, {})
         else:
             out += _reference_at(c, [ck], batches, n_grid, counts)
-        if progress:
-            progress({"stage": "apply", "checkpoint": i, "c": c, "activation_ratio": out[-1].activation_ratio})
     return out
-
-
-def run_protocol(checkpoints: Sequence[Checkpoint], batches: Batches, p: float = 1.0, *,
-                 search_on: Sequence[int] | None = None, n_last: int = 5, impl: str = "fast",
-                 tol: float = TOL, n_grid: int = N_GRID, search: str = "bisect", c0: float = 0.125,
-                 progress: Progress = None, name: str = "") -> RunResult:
-    """One training run (v4 App. E): search c on the last stable-stage checkpoints jointly, then apply
-    that c to every checkpoint, each with its own thresholds.
-
-    checkpoints: every checkpoint of the run, in training order. search_on: indices of the checkpoints
-    to search on -- pass the last five *pre-decay* ones; by default the last ``n_last`` of the list.
-    The searched checkpoints reuse their results from the search (already at c). Other arguments as in
-    ``ppl_p_sparsity``.
-    """
-    if search_on is None and not n_last >= 1:
-        raise ValueError(f"n_last must be >= 1, got {n_last}")
-    idx = list(range(len(checkpoints)))[-n_last:] if search_on is None else list(search_on)
-    if not idx:
-        raise ValueError("no checkpoints to search on")
-    found = ppl_p_sparsity([checkpoints[i] for i in idx], batches, p, impl=impl, tol=tol, n_grid=n_grid,
-                           search=search, c0=c0, progress=progress, name=name)
-    done = dict(zip(idx, found.checkpoints, strict=True))
-    rest = [i for i in range(len(checkpoints)) if i not in done]
-    for i, r in zip(rest, apply_cett([checkpoints[i] for i in rest], batches, found.cett, impl=impl,
-                                     n_grid=n_grid, progress=progress), strict=True):
-        done[i] = r
-    return RunResult(found, [done[i] for i in range(len(checkpoints))])
 
 
 # ----------------------------------------------------------------------------- Pareto points and sweeps
