@@ -19,6 +19,9 @@ EXECUTED := $(patsubst notebooks/%,$(EXEC)/%,$(NOTEBOOKS))
 LIB := $(wildcard lib/sparsinglaw/*.py)
 
 export SOURCE_DATE_EPOCH := 0
+# this checkout's package, whichever checkout a shared venv's editable install points at: the package finds
+# its runs, results and figures folders from its own location (runs.repo_root)
+export PYTHONPATH := $(CURDIR)/lib$(if $(PYTHONPATH),:$(PYTHONPATH))
 export PYTHONUNBUFFERED := 1
 export TOKENIZERS_PARALLELISM := true
 

@@ -799,3 +799,27 @@ def test_times_of_a_compute_that_stops_are_marked_incomplete(tmp_path, monkeypat
     out = json.loads(times.read_text())
     assert out["complete"] is False and out["running"] == "training logs"
     assert list(out["seconds"]) == ["corpus", "train"]
+
+
+def test_another_checkout_is_named_and_make_imports_its_own_package(tmp_path, monkeypatch, capsys):
+    """A venv shared by two checkouts imports the package of the one its editable install points at, which
+    finds its folders from its own location: run in the other checkout, results and figures went to the
+    first. The CLI says so (and stays quiet in the package's own checkout, outside any, or under
+    SPARSINGLAW_ROOT), and make puts its own checkout's lib first on PYTHONPATH (notebook kernels too)."""
+    other = tmp_path / "other"
+    (other / "notebooks").mkdir(parents=True)
+    (other / "pyproject.toml").write_text('[project]\nname = "sparsinglaw"\n')
+    monkeypatch.delenv("SPARSINGLAW_ROOT", raising=False)
+    assert runs.other_checkout(other / "notebooks") == other
+    assert runs.other_checkout(runs.repo_root() / "lib") is None and runs.other_checkout(tmp_path) is None
+    monkeypatch.chdir(other)
+    assert cli.main(["runs", "--profile", "smoke", "--runs-dir", str(tmp_path / "r")]) == 0
+    err = capsys.readouterr().err
+    assert f"this is the package of {runs.repo_root()}, not of {other}" in err and f"PYTHONPATH={other}/lib" in err
+    monkeypatch.setenv("SPARSINGLAW_ROOT", str(runs.repo_root()))
+    assert runs.other_checkout() is None
+    if shutil.which("make"):
+        env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL", "PYTHONPATH")}
+        r = subprocess.run(["make", "-s", "--no-print-directory", "--eval", 'pp: ; @echo "$$PYTHONPATH"', "pp"],
+                           cwd=runs.repo_root(), capture_output=True, text=True, timeout=60, env=env)
+        assert r.stdout.strip() == f"{runs.repo_root()}/lib", (r.stdout, r.stderr)

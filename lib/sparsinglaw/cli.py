@@ -117,6 +117,17 @@ def _once(show):
     return once
 
 
+def _note_other_checkout() -> None:
+    """Say so when the working directory is another checkout than the package's: its folders are not used."""
+    from .runs import other_checkout, repo_root
+
+    there = other_checkout()
+    if there is not None:
+        print(f"note: this is the package of {repo_root()}, not of {there} (the checkout you are in): runs, results "
+              f"and figures go to {repo_root()}; to use {there}'s, run with PYTHONPATH={there / 'lib'} (make sets "
+              "it) or SPARSINGLAW_ROOT", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = _parser()
@@ -129,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.debug:
         one_line_warnings()
     warnings.showwarning = _once(showwarning)
+    _note_other_checkout()
     on_term = _terminate_as_interrupt()
     try:
         rc = _dispatch(args)

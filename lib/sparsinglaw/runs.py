@@ -55,6 +55,21 @@ def repo_root() -> Path:
     return Path.cwd()
 
 
+def other_checkout(cwd: Path | None = None) -> Path | None:
+    """The checkout of this package that `cwd` (default: the working directory) lies in, when it is not the
+    one the package was imported from (a venv shared by two checkouts, whose editable install points at the
+    other): runs, results and figures would go to repo_root(), not there. None when they agree, when cwd is
+    in no checkout, or when SPARSINGLAW_ROOT decides."""
+    if os.environ.get("SPARSINGLAW_ROOT"):
+        return None
+    here = (cwd or Path.cwd()).resolve()
+    for p in (here, *here.parents):
+        pp = p / "pyproject.toml"
+        if pp.is_file() and 'name = "sparsinglaw"' in pp.read_text(errors="replace"):
+            return None if p == repo_root() else p
+    return None
+
+
 def _root(env: str, default: str, override: str | Path | None = None) -> Path:
     if override is not None:
         return Path(override)
