@@ -205,7 +205,7 @@ def test_law_forms(deltas, expect):
 
 
 def test_law_forms_fails_only_when_the_gap_is_beyond_the_paper_forms_own_noise():
-    """FAIL needs some activation's Stouffer-combined null p below 0.05 / 2 (two activations), whatever the
+    """FAIL needs some activation's Stouffer-combined null p below 0.05 / 2 (ReLU and SiLU), whatever the
     share within 2 AICc; each activation is combined on its own."""
     deltas = {"relu-s1": 0.0, "relu-s2": 1.0, "relu-s3": 0.5, "silu-s1": 9.0, "silu-s2": 8.0}
     row = claims.law_forms(comparison(deltas, null_p={"silu-s1": 0.01, "silu-s2": 0.02}))
@@ -242,6 +242,33 @@ def test_runs_whose_ppl1_was_not_reached_are_left_out_of_the_trends_and_law_form
     assert row["n"] == 2 and "relu-s3" not in row["value"] and "not reached: relu-s3" in row["note"]
     only = claims.relu_falls(f[f["run"] == "relu-s3"])
     assert only["verdict"] == "INCONCLUSIVE" and "not reached: relu-s3" in only["note"]
+
+
+def test_runs_of_other_activations_are_named_not_judged():
+    """The paper's claims are about ReLU and SiLU; a gelu or relu2 run gets a law of our choosing
+    (analysis.FORM). law_forms FAILed on gelu runs alone ("gelu: combined p = 0.0004") and the trend, scale
+    and speed checks dropped such runs without a word: now they are left out of every verdict and named."""
+    deltas = {"relu-s1": 0.0, "relu-s2": 1.5, "silu-s1": 0.0, "gelu-s1": 9.0, "gelu-s2": 8.0}
+    row = claims.law_forms(comparison(deltas, null_p={"gelu-s1": 1e-3, "gelu-s2": 1e-3}))
+    assert row["verdict"] == "PASS" and row["n"] == 3 and "gelu" not in row["value"]
+    assert row["note"].endswith("not judged, the paper's claims being about ReLU and SiLU only: gelu (gelu-s1, gelu-s2)")
+    only = claims.law_forms(comparison({"gelu-s1": 9.0}))
+    assert only["verdict"] == "INCONCLUSIVE" and "gelu (gelu-s1)" in only["note"]
+    f = fits([("relu-s1", "relu", "scale", -0.9, 16), ("relu-s2", "relu", "scale", -0.8, 16),
+              ("relu2-s1", "relu2", "scale", 0.9, 16), ("relu2-s2", "relu2", "seeds", 0.5, 16),
+              ("gelu-wd1", "gelu", "width_depth", 0.9, 16)])
+    row = claims.relu_falls(f)
+    assert row["verdict"] == "PASS" and row["n"] == 2 and "relu2" not in row["value"]
+    assert "only: relu2 (relu2-s1, relu2-s2)" in row["note"] and "gelu" not in row["note"]  # the trend groups only
+    assert "relu2 (relu2-s1, relu2-s2)" in claims.silu_rises(f)["note"]
+    t = pd.concat([scale_fit((-0.02, 0.03), None), scale_fit((0.2, 0.3), None).assign(activation="gelu")])
+    assert [r["verdict"] for r in claims.a0_scale_weak(t)] == ["PASS", "INCONCLUSIVE"]
+    assert all(r["note"].endswith("only: gelu") for r in claims.a0_scale_weak(t))
+    gelu = conv_summary([1e-3, 2e-3, 3e-3]).assign(activation="gelu")
+    gelu["run"] = gelu["run"].str.replace("relu", "gelu")
+    rows = claims.small_converge_faster(pd.concat([conv_summary([-4e-3, -3e-3, -2e-3, -1e-3]), gelu]))
+    assert [r["verdict"] for r in rows] == ["PASS", "INCONCLUSIVE"]
+    assert all(r["note"].endswith("only: gelu (gelu-10000, gelu-20000, gelu-50000)") for r in rows)
 
 
 def test_law_forms_counts_the_converged_paper_fits_without_using_them():
