@@ -251,7 +251,8 @@ def test_runs_of_other_activations_are_named_not_judged():
     deltas = {"relu-s1": 0.0, "relu-s2": 1.5, "silu-s1": 0.0, "gelu-s1": 9.0, "gelu-s2": 8.0}
     row = claims.law_forms(comparison(deltas, null_p={"gelu-s1": 1e-3, "gelu-s2": 1e-3}))
     assert row["verdict"] == "PASS" and row["n"] == 3 and "gelu" not in row["value"]
-    assert row["note"].endswith("not judged, the paper's claims being about ReLU and SiLU only: gelu (gelu-s1, gelu-s2)")
+    assert row["note"].endswith("not judged, the paper's claims being about ReLU and SiLU only: "
+                                "gelu (gelu-s1, gelu-s2)")
     only = claims.law_forms(comparison({"gelu-s1": 9.0}))
     assert only["verdict"] == "INCONCLUSIVE" and "gelu (gelu-s1)" in only["note"]
     f = fits([("relu-s1", "relu", "scale", -0.9, 16), ("relu-s2", "relu", "scale", -0.8, 16),

@@ -24,6 +24,7 @@ from sparsinglaw.model import (
     register_activation,
     registered_activations,
     sparse,
+    zeroes_negatives,
 )
 
 TINY = ModelConfig(vocab_size=97, d_model=32, n_layers=2, head_dim=8, d_ff=80, activation="silu",
@@ -128,6 +129,21 @@ def test_unknown_activation_names_known_ones():
         Transformer(dataclasses.replace(TINY, activation="nope"))
     for name in ("relu", "silu", "gelu", "gelu_tanh", "relu2"):
         assert name in str(e.value)
+
+
+def test_relu_like_activations_are_told_by_their_exact_zeros():
+    """ReLU and ReLU^2 zero every negative input, so the measurement reports their exact-zero sparsity too
+    (it asked for the name "relu", leaving ReLU^2's zeros unmeasured); the smooth ones, and gelu_tanh, whose
+    float32 output is exactly 0 only far below zero, do not; a registered activation is probed the same way."""
+    assert [zeroes_negatives(a) for a in ("relu", "relu2", "silu", "gelu", "gelu_tanh")] == [True, True, False,
+                                                                                             False, False]
+    assert (get_activation("gelu_tanh")(torch.tensor([-10.0])) == 0).all()  # why the probe stays near zero
+    register_activation("test_step", lambda x: (x > 0) * x)
+    register_activation("test_leaky", lambda x: torch.nn.functional.leaky_relu(x, 0.01))
+    try:
+        assert zeroes_negatives("test_step") and not zeroes_negatives("test_leaky")
+    finally:
+        ACTIVATIONS.pop("test_step"), ACTIVATIONS.pop("test_leaky")
 
 
 def test_register_activation_is_used_by_the_model():

@@ -1012,7 +1012,7 @@ def test_pareto_curves_draw_exact_zeros_and_cap_the_axis_at_1_3_dense():
     pts = pd.DataFrame(rows, columns=["run", "activation", "method", "param", "dense_loss", "ppl", "activation_ratio"])
     fig = plots.pareto_curves(pts)
     ax = fig.axes[0]
-    z = _line(ax, "exact zeros (ReLU)")
+    z = _line(ax, "exact zeros (ReLU-like)")
     assert _xy(z) == ([0.42], [54.6]) and z.get_marker() == "x"
     assert ax.get_ylim()[1] == pytest.approx(1.3 * math.exp(4.0))  # 70.98: the top-k point at 500 is cut off
     plt.close(fig)

@@ -5,7 +5,8 @@ For each run of a profile (cached per run, resumable, locked like training):
      (Algorithm 1; v4 App. E), then applied to every checkpoint, each with its own thresholds tau_l(c);
      a p whose target ratio no tested c reaches is kept with reached = False (and a warning);
   2. per checkpoint: dense loss, activation ratio overall and per layer at PPL-p%, the activation ratio
-     of exact zeros (``nonzero_ratio``: the share of non-zero ReLU outputs; ReLU only), dead-neuron ratio
+     of exact zeros (``nonzero_ratio``: the share of non-zero outputs; ReLU-like activations only,
+     model.zeroes_negatives), dead-neuron ratio
      (neurons active on < dead_freq of the tokens at PPL-p%);
   3. on the final stable checkpoint: activation frequency of every neuron per data domain and the
      per-token activation ratio per vocabulary id (at PPL-1%), for Fig. 9 and 10.
@@ -44,6 +45,7 @@ from .config import (
 )
 from .data import CorpusError
 from .device import usable_cores
+from .model import zeroes_negatives
 from .runs import (
     RESULT_COLUMNS,
     checkpoints,
@@ -282,11 +284,11 @@ def measure_run(profile: ProfileConfig, run: RunConfig, runs_dir=None, progress:
                 [loaders[i] for i in search_idx], batches, p, impl=scfg.impl, tol=scfg.tol, n_grid=scfg.n_grid,
                 search=scfg.search, name=f"run {run.name}", progress=tick))
         rows, final_arrays = [], None
-        relu = run.model.activation == "relu"
+        zeroing = zeroes_negatives(run.model.activation)  # ReLU-like: its exact zeros are measured too
         for i, row in ck.iterrows():
             model = loaders[i]()
             curves = sp.cett_curves(model, batches, scfg.n_grid) if scfg.impl == "fast" else None
-            zeros = sp.activation_stats(model, batches, rule=sp.zeros_rule()) if relu else None
+            zeros = sp.activation_stats(model, batches, rule=sp.zeros_rule()) if zeroing else None
             last = i == len(ck) - 1
             for p in ps:
                 c = searches[p].cett
@@ -534,7 +536,7 @@ def results_for(profile: ProfileConfig, compute: bool = True, runs_dir=None) -> 
 def pareto_run(profile: ProfileConfig, run: RunConfig, runs_dir=None, progress: bool = True,
                corpus: dict | None = None) -> pd.DataFrame:
     """(activation ratio, PPL) points of PPL-p% (CETT swept), Top-k (per token and the authors' per-batch
-    variant), FAT-eps and exact zeros (ReLU) on the run's final stable checkpoint (cached). For an MoE run
+    variant), FAT-eps and exact zeros (ReLU-like) on the run's final stable checkpoint (cached). For an MoE run
     only its PPL at every number of routed experts k = 1..E (activation ratio k / E). With `corpus` (a
     fingerprint) a cached sweep is refused when its checkpoint was trained on another corpus."""
     from . import sparsity as sp
@@ -561,7 +563,7 @@ def pareto_run(profile: ProfileConfig, run: RunConfig, runs_dir=None, progress: 
         require_corpus(run, ck["path"], tokens.fingerprint)
         model = load_model(run, ck["path"], dev)
         ks = topk_ks(scfg.topk_fracs, run.model.d_ff)
-        zeros = run.model.activation == "relu" and not moe
+        zeros = zeroes_negatives(run.model.activation) and not moe
         n = run.model.n_experts if moe else len(scfg.cett_sweep) + 2 * len(ks) + len(scfg.fat_eps) + zeros
         bar = progress_bar(total=n, desc=f"pareto {run.name}", disable=not progress, mininterval=2.0,
                            dynamic_ncols=True)

@@ -98,6 +98,13 @@ def registered_activations() -> dict[str, Callable[[Tensor], Tensor]]:
     return {k: v for k, v in ACTIVATIONS.items() if BUILTIN_ACTIVATIONS.get(k) is not v}
 
 
+def zeroes_negatives(name: str) -> bool:
+    """Whether the activation outputs exact zeros on negative inputs, as ReLU and ReLU^2 do (probed at -0.5,
+    -1 and -2): then a share of its neurons is exactly inactive on every token, which the measurement
+    reports (the non-zero ratio, the Pareto sweep's exact-zeros point) besides PPL-p% sparsity."""
+    return bool((get_activation(name)(torch.tensor([-0.5, -1.0, -2.0])) == 0).all())
+
+
 def get_activation(name: str) -> Callable[[Tensor], Tensor]:
     if name not in ACTIVATIONS:
         raise ValueError(f"unknown activation {name!r}; known: {', '.join(sorted(ACTIVATIONS))}")

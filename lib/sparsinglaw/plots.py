@@ -271,7 +271,7 @@ def pareto_curves(df: pd.DataFrame):
                 ax.plot(m["activation_ratio"], m["ppl"], ls=ls, marker=mk, ms=3, lw=1, label=label)
         z = sub[sub["method"] == "zeros"]
         if len(z):
-            ax.plot(z["activation_ratio"], z["ppl"], "kx", ms=6, label="exact zeros (ReLU)")
+            ax.plot(z["activation_ratio"], z["ppl"], "kx", ms=6, label="exact zeros (ReLU-like)")
         for _, r in sub[sub["method"].str.startswith("ppl-")].iterrows():
             ax.plot(r["activation_ratio"], r["ppl"], "*", color="crimson", ms=9, label=r["method"].upper())
         ax.axhline(sub["dense_loss"].map(np.exp).iloc[0], color="grey", lw=0.8, ls=":", label="dense")
@@ -538,9 +538,9 @@ def form_comparison(comparison: pd.DataFrame):
 
 
 def dead_neurons(table: pd.DataFrame, p: float = 1.0, group: str | None = "scale"):
-    """Dead-neuron ratio vs tokens (left) and, for ReLU, the share of non-zero outputs (solid: the
-    activation ratio of exact zeros) next to the activation ratio at PPL-p% (dashed) vs tokens (right);
-    runs shaded by size."""
+    """Dead-neuron ratio vs tokens (left) and, for ReLU-like activations (model.zeroes_negatives), the share
+    of non-zero outputs (solid: the activation ratio of exact zeros) next to the activation ratio at PPL-p%
+    (dashed) vs tokens (right); runs shaded by size."""
     style()
     t = in_group(table[np.isclose(table["p"], p)], group)
     fig, (a1, a2) = plt.subplots(1, 2, figsize=DOUBLE)
@@ -557,7 +557,7 @@ def dead_neurons(table: pd.DataFrame, p: float = 1.0, group: str | None = "scale
         log_x(ax)
         ax.set_xlabel("training tokens (millions)")
     a1.set_ylabel("dead-neuron ratio (share of neurons)")
-    a2.set_ylabel("activation ratio (ReLU)")
+    a2.set_ylabel("activation ratio (ReLU-like)")
     a1.legend(frameon=False, fontsize=5.5)
     _note(a2, f"solid: share of non-zero ReLU outputs\ndashed: active at PPL-{p:g}%")
     fig.tight_layout()
