@@ -8,6 +8,7 @@ seeds); n_boot is small here to keep the file fast.
 """
 
 import dataclasses
+import re
 import shutil
 
 import numpy as np
@@ -354,6 +355,19 @@ def test_scale_summary_is_plain_ols_at_the_level_without_usable_intervals():
         assert (r["slope"], r["slope_lo"], r["slope_hi"]) == pytest.approx((slope, slope - half, slope + half),
                                                                             rel=1e-9)
         assert (r["N_min"], r["N_max"], r["n"]) == (2e4, 5e5, 5)
+
+
+def test_scale_without_enough_fitted_runs_says_how_many_have_a_fit():
+    """"needs at least 3 scales, got 0" read as if the profile had no scales (H3: three gelu sizes, none
+    with a converged law): the message says how many of the runs have what the fit needs."""
+    N = np.array([2e4, 5e4, 1e5, 2e5])
+    fits = synthetic_fits(np.full(N.size, 16.0), np.full(N.size, 0.1), groups="scale", N=N)
+    fits["converged"] = [True, True, False, False]
+    _, summary = analysis.scale(fits, synthetic_losses(fits, 4.0))
+    r = summary.set_index(["activation", "quantity"])
+    assert r.loc[("relu", "A0"), "message"] == ("not fitted: fit_A0_vs_scale needs at least 3 scales, got 2 (2 of 4 "
+                                                 "runs have a converged law fit)")
+    assert r.loc[("relu", "A_last"), "message"] == ""  # every run has a measured ratio
 
 
 def test_limit_loss_recovers_E(table):
@@ -728,6 +742,34 @@ def test_every_profile_fit_section_is_a_fit_spec():
 
     for name in ("smoke", "cpu", "gpu", "paper"):
         assert isinstance(analysis.fit_spec(load_profile(name)), laws.FitSpec)
+
+
+def test_a_profile_chooses_the_law_of_an_activation_the_paper_does_not_fit(table):
+    """gelu gets Eq. 5 by default (smooth like SiLU), a rising law that cannot follow a falling ratio: a
+    GELU run whose ratio falls as Eq. 4 has it got no converged fit. fit.activation_forms chooses Eq. 4
+    for it; ReLU and SiLU keep the paper's laws, and only the two laws with a limit A0 may be chosen."""
+    from sparsinglaw import config
+
+    gelu = run_rows("relu-s1", "relu", RELU, seed=1).assign(run="gelu-s1", activation="gelu")
+    default, _ = analysis.fit_activation_laws(gelu, SPEC)
+    assert default["form"].iloc[0] == "power" and not default["converged"].iloc[0]
+    profile = config.load_profile("smoke", overrides=["fit.activation_forms={gelu: logspace_power}"])
+    forms = analysis.activation_forms(profile)
+    assert forms == {**analysis.FORM, "gelu": "logspace_power"}
+    chosen, _ = analysis.fit_activation_laws(gelu, SPEC, activation_forms=forms)
+    assert chosen["form"].iloc[0] == "logspace_power" and chosen["converged"].iloc[0], chosen["message"].iloc[0]
+    comp = analysis.form_comparison(gelu, dataclasses.replace(SPEC, n_boot=0), activation_forms=forms)
+    assert comp.loc[comp["paper_form"], "form"].tolist() == ["logspace_power"]
+    assert analysis.fit_spec(profile) == analysis.fit_spec(config.load_profile("smoke"))  # not a FitSpec field
+    assert "activation_forms" in analysis._spec_payload(profile)  # another cache key
+    assert "activation_forms" not in analysis._spec_payload(config.load_profile("smoke"))
+    for value, error in (("{relu: power}", "relu keeps the paper's law (logspace_power)"),
+                         ("{gelu: sigmoid}", "gelu: 'sigmoid' is not a law with a limit A0"),
+                         ("[gelu]", "expected a mapping activation: form")):
+        with pytest.raises(ValueError, match=re.escape(error)):
+            analysis.activation_forms(config.load_profile("smoke", overrides=[f"fit.activation_forms={value}"]))
+    with pytest.raises(ValueError, match=re.escape("fit.activation_forms gives one, e.g. {mine: logspace_power}")):
+        analysis.form_for("mine", forms)
 
 
 def test_a_refit_with_overrides_into_the_committed_results_says_so(tmp_path, monkeypatch, capsys):

@@ -145,7 +145,12 @@ CLI_CASES = [
          ["error: --set 'fit.level=95' is refused: ", "fit: FitSpec: invalid level=95"]),
     Case("config-fit-unknown-field", ["verify", "--profile", "smoke", "--set", "fit.n_bootz=3"],
          ["--set 'fit.n_bootz=3' is refused: ",
-          "configs/smoke.yaml: fit: unknown FitSpec field(s) n_bootz; fields are "]),
+          "configs/smoke.yaml: fit: unknown FitSpec field(s) n_bootz; fields are ",
+          "; and activation_forms (analysis.activation_forms)"]),
+    Case("config-fit-paper-law-kept", ["verify", "--profile", "smoke", "--set", "fit.activation_forms={relu: power}"],
+         ["--set 'fit.activation_forms={relu: power}' is refused: ",
+          "configs/smoke.yaml: fit: activation_forms: relu keeps the paper's law (logspace_power); the setting "
+          "chooses the law of other activations"]),
     Case("cli-readme-missing", ["verify", "--profile", "smoke", "--readme", "{tmp}/README.md"],
          ["--readme {tmp}/README.md: no such file"]),
     Case("cli-times-folder-missing", ["compute", "--profile", "smoke", "--runs-dir", "{tmp}/runs",

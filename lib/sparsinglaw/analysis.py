@@ -51,8 +51,11 @@ CODE_FILES = ("laws.py", "analysis.py")  # the fitting code; its sha256 is recor
 
 # the paper's law for each activation: Eq. 4 for ReLU (falls towards A0), Eq. 5 for SiLU (rises
 # towards A0); the paper fits no other activation, we give ReLU-like ones Eq. 4 and smooth ones Eq. 5
+# (a profile's fit.activation_forms chooses another of the two for them, or a law for a registered one)
 FORM = {"relu": "logspace_power", "relu2": "logspace_power", "silu": "power", "gelu": "power",
         "gelu_tanh": "power"}
+PAPER_LAWS = ("relu", "silu")  # the activations whose law is the paper's (not to be chosen by a profile)
+LAWS = ("logspace_power", "power")  # the forms with a limit A0 that an activation's law may be
 ALTERNATIVES = ("logspace_power", "power", "log", "sigmoid")  # the forms compared (rebuttal)
 FORM_NULL_SIMS = 100  # simulated data sets per run for law_forms' test (laws.form_null; p in steps of 1/101)
 RUN_COLUMNS = ["run", "activation", "groups", "d_model", "n_layers", "width_depth", "non_embedding_params"]
@@ -93,14 +96,39 @@ def _frame(rows: list[dict], columns: list[str]) -> pd.DataFrame:
 
 
 def fit_spec(profile: ProfileConfig) -> laws.FitSpec:
-    """The profile's law-fit specification: its `fit:` section (FitSpec defaults for absent keys)."""
-    return laws.FitSpec.from_dict(profile.fit)
+    """The profile's law-fit specification: its `fit:` section (FitSpec defaults for absent keys) but
+    activation_forms (`activation_forms`)."""
+    try:
+        return laws.FitSpec.from_dict({k: v for k, v in profile.fit.items() if k != "activation_forms"})
+    except ValueError as e:
+        if str(e).startswith("unknown FitSpec field"):  # a section's keys: the FitSpec fields and one more
+            raise ValueError(f"{e}; and activation_forms (analysis.activation_forms)") from None
+        raise
 
 
-def form_for(activation: str) -> str:
-    if activation not in FORM:
-        raise ValueError(f"no law form for activation {activation!r}; known: {sorted(FORM)}")
-    return FORM[activation]
+def activation_forms(profile: ProfileConfig) -> dict[str, str]:
+    """The law fitted to each activation: FORM, with the profile's `fit.activation_forms` (activation: form)
+    for activations the paper gives no law, e.g. {gelu: logspace_power} for a GELU whose ratio falls."""
+    chosen = profile.fit.get("activation_forms") or {}
+    if not isinstance(chosen, dict):
+        raise ValueError(f"activation_forms: expected a mapping activation: form, got {chosen!r}")
+    for act, form in chosen.items():
+        if act in PAPER_LAWS:
+            raise ValueError(f"activation_forms: {act} keeps the paper's law ({FORM[act]}); the setting chooses "
+                             f"the law of other activations")
+        if form not in LAWS:
+            raise ValueError(f"activation_forms: {act}: {form!r} is not a law with a limit A0; one of "
+                             f"{', '.join(LAWS)} (Eq. 4, Eq. 5)")
+    return {**FORM, **chosen}
+
+
+def form_for(activation: str, forms: dict[str, str] | None = None) -> str:
+    """The law form of `activation` in `forms` (activation_forms; default FORM)."""
+    forms = FORM if forms is None else forms
+    if activation not in forms:
+        raise ValueError(f"no law form for activation {activation!r}; known: {sorted(forms)} (a profile's "
+                         f"fit.activation_forms gives one, e.g. {{{activation}: logspace_power}})")
+    return forms[activation]
 
 
 def run_info(table: pd.DataFrame) -> pd.DataFrame:
@@ -195,8 +223,10 @@ def _by_run(points: pd.DataFrame, desc: str, progress: bool):
 
 
 def fit_activation_laws(table: pd.DataFrame, spec: laws.FitSpec, p: float = 1.0,
-                        n_curve: int = 64, progress: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Fit each run's activation ratio A at PPL-p% vs D with its activation's form (FORM).
+                        n_curve: int = 64, progress: bool = False, activation_forms: dict[str, str] | None = None
+                        ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Fit each run's activation ratio A at PPL-p% vs D with its activation's form (`activation_forms`,
+    default FORM).
 
     Returns (fits, curves). fits: one row per run: run columns, p, n_points, D_min/D_max (all points),
     D_min_used, A_first/A_last (measured), rho_tokens (Spearman of A with tokens over the used points, or
@@ -208,7 +238,7 @@ def fit_activation_laws(table: pd.DataFrame, spec: laws.FitSpec, p: float = 1.0,
     """
     rows, curves = [], []
     for run, g in _by_run(activation_points(table, p, need=("activation_ratio",)), "Eq. 4/5 fits", progress):
-        form = form_for(g["activation"].iloc[0])
+        form = form_for(g["activation"].iloc[0], activation_forms)
         D, A = g["D"].to_numpy(), g["activation_ratio"].to_numpy()
         row = {**_info(g), "p": p, "n_points": len(g), "D_min": D.min(), "D_max": D.max(),
                "A_first": A[0], "A_last": A[-1]}
@@ -232,10 +262,12 @@ def fit_activation_laws(table: pd.DataFrame, spec: laws.FitSpec, p: float = 1.0,
 
 
 def form_comparison(table: pd.DataFrame, spec: laws.FitSpec, p: float = 1.0,
-                    forms=ALTERNATIVES, progress: bool = False) -> pd.DataFrame:
+                    forms=ALTERNATIVES, progress: bool = False, activation_forms: dict[str, str] | None = None
+                    ) -> pd.DataFrame:
     """Every form of `forms` on every run (same points and drop rule; no bootstrap): MSE, MAE, AIC, AICc,
     BIC (k identified parameters each), hold-out errors, convergence; delta_aic and delta_aicc from the run's
-    lowest (any form with one); paper_form marks the paper's form for the run's activation. On the paper
+    lowest (any form with one); paper_form marks the law of the run's activation (the paper's for ReLU and
+    SiLU; `activation_forms`, default FORM). On the paper
     form's row, null_p and null_n: laws.form_null's test of its AICc gap to the best other form against
     the gaps that data simulated from the paper form's own fit give (FORM_NULL_SIMS sets at most)."""
     out = []
@@ -248,7 +280,7 @@ def form_comparison(table: pd.DataFrame, spec: laws.FitSpec, p: float = 1.0,
                                                                      "message": f"not fitted: {err}"})
         c = _frame(rows, ["form", "n_params", "k", "n_used", "mse", "mae", "aic", "aicc", "bic", "converged",
                           "holdout_mse", "holdout_mae", "message"])
-        paper = form_for(g["activation"].iloc[0])
+        paper = form_for(g["activation"].iloc[0], activation_forms)
         null, _ = (None, why) if why or paper not in forms else _try_fit(
             laws.form_null, D, A, paper, tuple(f for f in forms if f != paper), spec,
             min(spec.n_boot, FORM_NULL_SIMS))
@@ -342,8 +374,9 @@ def scale(fits: pd.DataFrame, losses: pd.DataFrame, level: float = 0.95) -> tupl
     pts = pts.reset_index(drop=True)
     rows = []
     for act, g in pts.groupby("activation", sort=False):
-        for y, use in (("A0", as_bool(g["converged"])), ("A_last", g["A_last"].notna()),
-                       ("E", as_bool(g["loss_converged"]))):
+        for y, use, what in (("A0", as_bool(g["converged"]), "a converged law fit"),
+                             ("A_last", g["A_last"].notna(), "a measured ratio"),
+                             ("E", as_bool(g["loss_converged"]), "a converged limit-loss fit")):
             d = g[use]
             row = {"activation": act, "quantity": y, "n": len(d)}
             lo, hi = (d[f"{y}_lo"], d[f"{y}_hi"]) if f"{y}_lo" in d else (None, None)
@@ -351,7 +384,8 @@ def scale(fits: pd.DataFrame, losses: pd.DataFrame, level: float = 0.95) -> tupl
                 lo = hi = None  # unweighted when an interval is missing
             r, err = _try_fit(laws.fit_A0_vs_scale, d["non_embedding_params"], d[y], lo, hi, level)
             if r is None:
-                rows.append(row | {"message": f"not fitted: {err}"})
+                rows.append(row | {"message": f"not fitted: {err}" + (
+                    f" ({len(d)} of {len(g)} runs have {what})" if len(d) < len(g) else "")})
                 continue
             r.pop("ols")
             rows.append(row | r | {"N_min": d["non_embedding_params"].min(), "N_max": d["non_embedding_params"].max(),
@@ -666,7 +700,9 @@ def _note_overridden(profile: ProfileConfig, folder: Path) -> None:
 
 
 def _spec_payload(profile: ProfileConfig, **args) -> dict:
-    return {"fit_spec": dataclasses.asdict(fit_spec(profile)), "args": args}
+    chosen = profile.fit.get("activation_forms")  # in the key only when set: the default key stays as it was
+    return {"fit_spec": dataclasses.asdict(fit_spec(profile)), "args": args,
+            **({"activation_forms": activation_forms(profile)} if chosen else {})}
 
 
 # Each *_for below: `refit`, a set of table names to recompute even when cached (fit_profile's --refit);
@@ -678,7 +714,8 @@ def activation_laws_for(profile: ProfileConfig, p: float = 1.0, refit: set[str] 
     """fit_activation_laws on results/<profile>/sparsity.csv -> fits.csv, fit_curves.csv."""
     return _cached(profile, ("fits", "fit_curves"), ("sparsity",), _spec_payload(profile, p=p),
                    lambda: fit_activation_laws(load_results(profile)["sparsity"], fit_spec(profile), p,
-                                               progress=progress), refit)
+                                               progress=progress, activation_forms=activation_forms(profile)),
+                   refit)
 
 
 def form_comparison_for(profile: ProfileConfig, p: float = 1.0, refit: set[str] | None = None,
@@ -686,7 +723,8 @@ def form_comparison_for(profile: ProfileConfig, p: float = 1.0, refit: set[str] 
     """form_comparison on results/<profile>/sparsity.csv -> form_comparison.csv."""
     return _cached(profile, ("form_comparison",), ("sparsity",), _spec_payload(profile, p=p),
                    lambda: (form_comparison(load_results(profile)["sparsity"], fit_spec(profile), p,
-                                            progress=progress),), refit)[0]
+                                            progress=progress, activation_forms=activation_forms(profile)),),
+                   refit)[0]
 
 
 def limit_loss_for(profile: ProfileConfig, p: float = 1.0, refit: set[str] | None = None) -> pd.DataFrame:

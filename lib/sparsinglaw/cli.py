@@ -239,10 +239,11 @@ def _dispatch(args) -> int:
     if getattr(args, "readme", None) is not None and not Path(args.readme).is_file():
         raise ConfigError(f"--readme {args.readme}: no such file; expected a Markdown file with the claims markers")
     # the fit: section, checked with the rest of the profile (fit and verify read it)
-    from .analysis import fit_spec
+    from .analysis import activation_forms, fit_spec
 
     try:
         fit_spec(profile)
+        activation_forms(profile)
     except ValueError as e:  # led by the --set fit.X that wrote a value it names, as other sections' errors
         by = [o for o in profile.overrides if (m := re.fullmatch(r"fit\.(\w+)", o.split("=", 1)[0].strip()))
               and re.search(rf"\b{m[1]}\b", str(e))]
