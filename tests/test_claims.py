@@ -1137,3 +1137,18 @@ def test_relu_sparser_compares_the_final_checkpoints():
     t = pd.DataFrame(rows).iloc[::-1]  # rows in any order: the checkpoint with the most tokens counts
     row = claims.relu_sparser(t)
     assert row["verdict"] == "PASS" and "A 0.200 vs 0.400" in row["value"]
+
+
+def test_explain_shows_the_rows_in_full():
+    """Notebook 07's section cells showed the claims table, whose cells cut values and notes at 50
+    characters ("combined p(rho < 0) = 0.04, p(rho > 0) = 0.96;..."): explain prints them whole."""
+    long = "; ".join(f"relu-s{i}: -0.{i}1 (n=11)" for i in range(1, 9))
+    df = pd.DataFrame([claims._row("relu_falls", long, "INCONCLUSIVE", 8, "checkpoints are autocorrelated"),
+                       claims._row("cett_monotone", "every step", "PASS", 2)])
+    text = claims.explain(df, ["cett_monotone", "relu_falls"])
+    lines = text.splitlines()
+    assert lines[0] == "cett_monotone: PASS (n = 2)" and lines[1] == "  value: every step"
+    assert lines[2].startswith("  threshold: PASS:") and "note:" not in "".join(lines[:lines.index(
+        "relu_falls: INCONCLUSIVE (n = 8)")])  # an empty note is left out
+    assert " ".join(text.split()).count(long) == 1 and "note: checkpoints are autocorrelated" in text
+    assert max(map(len, lines)) <= 110

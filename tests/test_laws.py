@@ -629,6 +629,16 @@ def test_piecewise_interval_at_the_lower_edge_is_reported():
     assert "edge of the candidate range" in r.message, r.message
 
 
+def test_piecewise_fit_of_four_points_says_its_interval_is_the_whole_candidate_range():
+    """cpu's width-depth A0: four runs, every candidate breakpoint accepted. "breakpoint 13.1 [12, 18.7]"
+    read like a found interval; the message says that [12, 18.7] is all there was to choose from."""
+    x, y = np.array([3.56, 12.0, 18.67, 96.0]), np.array([0.143, 0.175, 0.174, 0.184])
+    r = laws.fit_piecewise_linear(x, y, above="flat")
+    cand, acc = accepted_by_hand(x, y)
+    assert acc.all() and r.breakpoint_interval == pytest.approx((12.0, 18.67))
+    assert r.message == f"the interval is the whole candidate range (12 to 18.7): {laws.UNPLACED}"
+
+
 def test_width_depth_and_scale_helpers_refuse_bad_input():
     """One line naming the input, not numpy's or statsmodels' error from inside (an SVD that did not
     converge, a zero-size reduction, a NaN best range, a silently ignored half interval)."""

@@ -775,7 +775,7 @@ def test_width_depth_activation_draws_converged_limits_and_a_fit_flat_above_the_
     assert "piecewise fit (A0), breakpoint 20\n(candidates' edge: no bottleneck)" in _legend(fig.axes[0])
     plt.close(fig)
     # every candidate inside the interval: the data do not place the breakpoint, and the label says so
-    unplaced = f"every candidate breakpoint lies in the interval: {laws.UNPLACED}"
+    unplaced = f"the interval is the whole candidate range (10 to 30): {laws.UNPLACED}"
     fig = plots.width_depth_activation(points, summary.assign(inside="False", message=unplaced))
     assert "piecewise fit (A0), breakpoint not placed\n(any of 10-30 fits)" in _legend(fig.axes[0])
     assert not [ln for ln in fig.axes[0].lines if ln.get_linestyle() == "--"]  # no breakpoint drawn as if found

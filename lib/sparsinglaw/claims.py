@@ -823,6 +823,22 @@ def update_readme(md_text: str, readme_path: str | Path, profile_name: str) -> b
     return True
 
 
+def explain(df: pd.DataFrame, ids, width: int = 110) -> str:
+    """The rows `ids` of a claims table in full (a table's cells cut long values and notes short): per
+    claim its verdict and n, then its value, rule and note, wrapped (notebook 07)."""
+    import textwrap
+
+    t, out = df.set_index("id"), []
+    for cid in ids:
+        r = t.loc[cid]
+        out.append(f"{cid}: {r['verdict']} (n = {r['n']})")
+        for key in ("value", "threshold", "note"):
+            if str(r[key]) not in ("", "nan"):
+                out.append(textwrap.fill(f"{key}: {r[key]}", width, initial_indent="  ", subsequent_indent="    ",
+                                         break_on_hyphens=False))
+    return "\n".join(out)
+
+
 def figure(df: pd.DataFrame, width: int = 70):
     """The verdicts at a glance: one line per claim, a coloured verdict box and the headline number (the
     value up to its first ';', wrapped at `width` characters, never cut; the figure grows with its lines)."""

@@ -880,7 +880,7 @@ def fit_piecewise_linear(x, y, above="flat", level=0.95, grid_per_gap=50) -> Pie
     lo, hi = float(cand[accepted].min()), float(cand[accepted].max())
     message = ""
     if accepted.all():
-        message = f"every candidate breakpoint lies in the interval: {UNPLACED}"
+        message = f"the interval is the whole candidate range ({lo:.3g} to {hi:.3g}): {UNPLACED}"
     elif accepted[0] or accepted[-1]:
         message = "breakpoint interval reaches the edge of the candidate range (it may be wider)"
     ols = sm.OLS(y, _hinge(x, bp, above)).fit()
