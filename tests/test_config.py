@@ -348,13 +348,13 @@ def test_a_yaml_named_like_a_builtin_profile_is_refused(tmp_path, monkeypatch):
     copy.write_text((REPO / "configs" / "smoke.yaml").read_text())
     monkeypatch.delenv("SPARSINGLAW_RESULTS")
     monkeypatch.delenv("SPARSINGLAW_FIGURES")
-    with pytest.raises(ConfigError, match=r"cpu.yaml: a profile is named by its file, and 'cpu' is the built-in "
+    with pytest.raises(ConfigError, match=r"cpu.yaml: a profile is named by its file, and 'cpu' is the profile "
                                           r".*configs/cpu.yaml: results/cpu/ and figures/cpu/ hold .*rename it"):
         load_profile(copy)
     assert load_profile(REPO / "configs" / "cpu.yaml").name == load_profile("cpu").name == "cpu"
     monkeypatch.setenv("SPARSINGLAW_RESULTS", str(tmp_path / "res"))  # the folders it would write are named
     res = re.escape(str(tmp_path / "res" / "cpu"))
-    with pytest.raises(ConfigError, match=rf"built-in .*: {res}/ and figures/cpu/"):
+    with pytest.raises(ConfigError, match=rf"is the profile .*: {res}/ and figures/cpu/"):
         load_profile(copy)
     shutil.copy(copy, tmp_path / "my-cpu.yaml")
     assert load_profile(tmp_path / "my-cpu.yaml").name == "my-cpu"

@@ -407,11 +407,16 @@ def test_rerun_without_done_keeps_the_final_loss(tiny_profile, smoke_tokens, tmp
     first run's final loss (from the sidecar), and the closing line claims no throughput."""
     run = tiny_profile.run("relu-s1")
     d = tmp_path / "run"
-    first = train(run, tiny_profile.data, d, smoke_tokens, progress=False)
-    (d / "DONE").unlink()
     capsys.readouterr()
+    first = train(run, tiny_profile.data, d, smoke_tokens, progress=False)
+    log = pd.read_csv(d / "log.csv")
+    val = log[log["split"] == "val"]["loss"].iloc[-1]  # the closing line's loss: the last checkpoint's validation
+    said = f"validation loss {val:.4f} (last step's training loss {first['final_loss']:.4f})"
+    assert said in capsys.readouterr().out
+    (d / "DONE").unlink()
     again = train(run, tiny_profile.data, d, smoke_tokens, progress=False)
     out = capsys.readouterr().out
+    assert said in out  # from the checkpoint's sidecar
 
     def no_constants(c):
         raise AssertionError(f"DONE holds {c}, not JSON")

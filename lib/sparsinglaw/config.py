@@ -564,7 +564,7 @@ def resolve_profile_path(profile: str, configs_dir: Path) -> Path:
         if builtin.is_file() and builtin.resolve() != p.resolve():
             results, figures = (Path(os.environ.get(f"SPARSINGLAW_{root.upper()}") or root) / p.stem
                                 for root in ("results", "figures"))
-            raise ConfigError(f"{p}: a profile is named by its file, and {p.stem!r} is the built-in {builtin}: "
+            raise ConfigError(f"{p}: a profile is named by its file, and {p.stem!r} is the profile {builtin}: "
                               f"{results}/ and {figures}/ hold that profile's tables and figures, "
                               f"which this file's runs would overwrite; rename it (e.g. my-{p.stem}.yaml)")
         return p

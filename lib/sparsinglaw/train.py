@@ -591,6 +591,7 @@ def train(run: RunConfig, data_cfg: DataConfig, run_dir: Path, tokens: TokenData
 
     step, kept = 0, "no checkpoint was saved yet"  # kept: what a divergence leaves to resume from
     last_loss = float("nan")  # the loss of the last step trained (from the sidecar after a resume)
+    last_val = float("nan")  # the validation loss of the newest checkpoint (its sidecar's after a resume)
     window = (0.0, 0)  # (sum, count) of the step losses since the last logged row (from the sidecar too)
     found = latest_valid_checkpoint(run_dir, config_hash, warn=print if ddp.main else (lambda _m: None),
                                     last_step=n_steps)
@@ -603,6 +604,7 @@ def train(run: RunConfig, data_cfg: DataConfig, run_dir: Path, tokens: TokenData
             load_optimizer(opt, state["optimizer"])
         torch.set_rng_state(state["rng"].cpu())
         step, last_loss = int(state["step"]), float(meta["loss"])
+        last_val = float(meta["val_loss"]) if meta.get("val_loss") is not None else last_val
         saved = meta.get("log_window", {})  # absent in checkpoints written before it was kept
         window = (float(saved.get("loss_sum", 0.0)), int(saved.get("n", 0)))
         kept = f"the last good checkpoint {run_dir / f'ckpt_{tag}.pt'} (step {step}) is kept"
@@ -740,7 +742,8 @@ def train(run: RunConfig, data_cfg: DataConfig, run_dir: Path, tokens: TokenData
             # the log is written before the checkpoint: a resume trims rows past its checkpoint (trim_log)
             if mark:
                 if ddp.main:
-                    val = evaluate(model, tokens.val, mcfg.seq_len, tcfg.batch_size, tcfg.eval_tokens, dev)
+                    val = last_val = evaluate(model, tokens.val, mcfg.seq_len, tcfg.batch_size, tcfg.eval_tokens,
+                                              dev)
                     rows.append({"step": step, "tokens": step * tps, "split": "val", "loss": f"{val:.6f}",
                                  "lr": f"{tcfg.lr * f:.6g}", "tok_s": "", "mfu": ""})
                     append_log(log_path, rows)
@@ -773,7 +776,8 @@ def train(run: RunConfig, data_cfg: DataConfig, run_dir: Path, tokens: TokenData
             "non_embedding_params": model.num_params(non_embedding=True),
             "flops_per_token": fpt, "versions": versions()}
     atomic_write_text(done_path, json.dumps(done, indent=1))
-    print(f"{run.name}: done, {n_steps * tps:,} tokens, final loss {last_loss:.4f}; "
+    print(f"{run.name}: done, {n_steps * tps:,} tokens, validation loss {last_val:.4f} (last step's training "
+          f"loss {last_loss:.4f}); "
           + session_summary(n_steps - step_start, tps, time.perf_counter() - t_start, fpt, peak, ddp.world)
           + f" on {dev}", flush=True)
     barrier()
