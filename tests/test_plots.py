@@ -702,14 +702,16 @@ def _law_inputs():
 def test_activation_laws_draw_the_used_points_and_the_fit_over_its_range():
     fig = plots.activation_laws(*_law_inputs())
     ax = fig.axes[0]
-    assert _legend(ax) == ["relu-s1 (1k)", "relu-s2 (2k), no fit"]
+    assert _legend(ax) == ["relu-s1 (1k)", "relu-s2 (2k), no fit", "hollow: dropped before fitting (fit.drop_*)",
+                           "dotted: the fitted limit $A_0$"]  # what the marks mean, in the figure
+    assert [_line(ax, r).get_marker() for r in ("relu-s1 (1k)", "relu-s2 (2k), no fit")] == ["o", "s"]  # one a run
     assert _xy(_line(ax, "relu-s1 (1k)")) == ([2.0, 3.0, 4.0], [0.3, 0.25, 0.22])  # p = 1 only, millions of tokens
     assert [_xy(ln) for ln in _hollow(ax) if len(ln.get_xdata())] == [([1.0], [0.4])]  # relu-s1's dropped point
     fit = [ln for ln in ax.lines if ln.get_marker() == "None" and ln.get_linestyle() == "-"]
     assert len(fit) == 1 and _xy(fit[0]) == ([2.0, 3.0, 4.0], [0.3, 0.26, 0.23])  # relu-s2: no fit, no curve
     band = ax.collections[0].get_paths()[0].vertices[:, 0]
     assert len(ax.collections) == 1 and (band.min(), band.max()) == (2.0, 4.0)
-    assert [_xy(ln)[1] for ln in ax.lines if ln.get_linestyle() == ":"] == [[0.2, 0.2]]  # relu-s1's A0
+    assert [_xy(ln)[1] for ln in ax.lines if ln.get_linestyle() == ":" and len(ln.get_xdata())] == [[0.2, 0.2]]
     plt.close(fig)
 
 
@@ -1036,8 +1038,11 @@ def test_activation_laws_shade_the_largest_run_darkest():
     big = to_rgb(_line(ax, "relu-s2 (2k), no fit").get_color())
     small = to_rgb(_line(ax, "relu-s1 (1k)").get_color())
     assert list(big) == pytest.approx(list(rgb))
-    assert list(small) == pytest.approx(list(rgb + (1 - rgb) * 0.65 * 0.5))  # 1 of 2: mixed 32.5% with white
+    assert list(small) == pytest.approx(list(rgb + (1 - rgb) * 0.75))  # the smaller of 2: mixed 75% with white
     plt.close(fig)
+    # six runs evenly spaced from 75% to 0% white (they were 54% to 0% in steps of 11%: hard to tell apart)
+    mixes = [(np.array(plots._shade("relu", i, 6)) - rgb) / (1 - rgb) for i in range(6)]
+    assert [m[1] for m in mixes] == pytest.approx([0.75, 0.6, 0.45, 0.3, 0.15, 0.0])
 
 
 # --- the paper's values as quoted above the panels ----------------------------------

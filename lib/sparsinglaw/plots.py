@@ -405,12 +405,17 @@ def layer_thresholds(table: pd.DataFrame, p: float = 1.0):
 # figures of notebooks 03-05 (drawn from the tables of analysis.py, so `results/` alone redraws them)
 
 
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "h")  # one a run where a panel's runs share one colour
+
+
 def _shade(activation: str, i: int, n: int):
-    """The activation's colour, lighter for smaller models: i-th of n (0 = smallest)."""
+    """The activation's colour, lighter for smaller models: i-th of n (0 = smallest, mixed 75% towards white;
+    the largest is the colour itself), evenly spaced (six runs spaced by 1/n between 54% and 0% were hard
+    to tell apart)."""
     from matplotlib.colors import to_rgb
 
     rgb = np.array(to_rgb(color(activation)))
-    mix = 0.65 * (1 - (i + 1) / n) if n > 1 else 0.0
+    mix = 0.75 * (1 - i / (n - 1)) if n > 1 else 0.0
     return tuple(rgb + (1 - rgb) * mix)
 
 
@@ -467,9 +472,10 @@ def activation_laws(table: pd.DataFrame, fits: pd.DataFrame, curves: pd.DataFram
         _nothing(axes[0][0], f"this profile has no run in group '{group}'")
     for ax, act in zip(axes[0], acts):
         names = _runs_by_size(t, act, "width_depth" if by_wd else "non_embedding_params")
-        any_miss = False
+        any_miss = any_dropped = any_limit = False
         for i, run in enumerate(names):
             g, c = t[t["run"] == run].sort_values("tokens"), _shade(act, i, len(names))
+            mk = MARKERS[i % len(MARKERS)]  # shades of one colour alone are hard to tell apart
             f = fits[fits["run"] == run].iloc[0]
             dropped = {int(v) for v in str(f.get("dropped_tokens", "") or "").split(";") if v not in ("", "nan")}
             used = ~g["tokens"].isin(dropped)
@@ -477,8 +483,9 @@ def activation_laws(table: pd.DataFrame, fits: pd.DataFrame, curves: pd.DataFram
             size = f"{g['non_embedding_params'].iloc[0] / 1e3:.0f}k"
             label = (f"{run} (d/L {g['width_depth'].iloc[0]:.3g}, {size})" if by_wd else f"{run} ({size})") + (
                 "" if ok else ", no fit")
-            ax.plot(g["tokens"][used] / 1e6, g["activation_ratio"][used], "o", ms=2.5, color=c, label=label)
-            ax.plot(g["tokens"][~used] / 1e6, g["activation_ratio"][~used], "o", ms=2.5, mfc="none", color=c)
+            ax.plot(g["tokens"][used] / 1e6, g["activation_ratio"][used], mk, ms=2.5, color=c, label=label)
+            ax.plot(g["tokens"][~used] / 1e6, g["activation_ratio"][~used], mk, ms=2.5, mfc="none", color=c)
+            any_dropped |= bool((~used).any())
             miss = _unreached(g)
             if miss.any():  # c only a lower bound there: not a PPL-p% activation ratio
                 ax.plot(g["tokens"][miss] / 1e6, g["activation_ratio"][miss], "x", ms=5, color="k", mew=0.8,
@@ -489,6 +496,11 @@ def activation_laws(table: pd.DataFrame, fits: pd.DataFrame, curves: pd.DataFram
                 ax.plot(cv["D"] * 1e3, cv["A_fit"], color=c, lw=1)
                 ax.fill_between(cv["D"] * 1e3, cv["A_lo"], cv["A_hi"], color=c, alpha=0.2, lw=0)
                 ax.axhline(f["A0"], color=c, lw=0.6, ls=":")
+                any_limit = True
+        if any_dropped:  # what the marks mean, once a panel
+            ax.plot([], [], "o", ms=2.5, mfc="none", color="0.4", label="hollow: dropped before fitting (fit.drop_*)")
+        if any_limit:
+            ax.plot([], [], ls=":", lw=0.6, color="0.4", label="dotted: the fitted limit $A_0$")
         log_x(ax)
         form = fits.loc[fits["activation"] == act, "form"].iloc[0]
         ax.set(xlabel="training tokens (millions)", title=f"{act} ({form})")
