@@ -650,7 +650,8 @@ def test_moe_vs_dense_draws_the_moes_perplexity_and_rings_the_trained_k(tiny_pro
     ax = fig.axes[0]
     moe = next(ln for ln in ax.lines if ln.get_label().startswith("silu-moe4: MoE"))
     assert _xy(moe) == ([0.25, 0.5, 0.75, 1.0], [80.0, 62.0, 61.0, 61.5])
-    rings = [ln for ln in _hollow(ax) if ln.get_markersize() == 9]
+    rings = [ln for ln in _hollow(ax) if ln.get_markersize() == 9 and len(ln.get_xdata())]
+    assert "ringed: the MoE as trained (its k)" in _legend(ax)  # the rings explained
     assert len(rings) == 1 and _xy(rings[0]) == ([0.5], [62.0])  # k = 2 of 4
     plt.close(fig)
 
@@ -664,7 +665,8 @@ def test_cett_sweep_draws_the_ppl_ratio_and_the_activation_ratio_against_c():
     assert _xy(_line(a1, "silu-s2")) == ([0.05, 0.2, 0.4], [1.005, 1.05, 1.2])
     assert _xy(_line(a2, "silu-s2")) == ([0.05, 0.2, 0.4], [0.6, 0.3, 0.2])
     assert a1.get_yscale() == "log"
-    assert [_xy(ln)[1] for ln in a1.lines if ln.get_linestyle() == ":"] == [[1.01, 1.01]]  # the PPL-1% target
+    assert _xy(_line(a1, "dotted: PPL-1% (ratio 1.01)"))[1] == [1.01, 1.01]  # the PPL-1% target, said in the legend
+    assert a1.yaxis.get_minor_formatter()(1.1) == "1.1"  # not 1.1 x 10^0
     plt.close(fig)
 
 
@@ -1108,7 +1110,8 @@ def test_sparse_inference_marker_legend_and_activation_ratio_range():
     lg = ax.get_legend()
     got = [(t.get_text(), h.get_marker(), h.get_markerfacecolor() == "none")
            for t, h in zip(lg.get_texts(), lg.legend_handles, strict=True)]
-    assert got == [("dense", "o", True), ("PPL-1%", "s", False), ("PPL-10%", "D", False)]
+    assert got == [("dense", "o", True), ("PPL-1%", "s", False), ("PPL-10%", "D", False),
+                   ("dotted: the p% targets", "None", False)]  # the targets' lines explained
     assert fig.axes[0].get_xlim() == pytest.approx((0.0, 1.02))  # activation ratios on one fixed scale
     plt.close(fig)
 

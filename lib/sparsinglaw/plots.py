@@ -308,6 +308,8 @@ def moe_vs_dense(df: pd.DataFrame, comparison: pd.DataFrame):
                 label=f"{run}: MoE, k of {E} experts routed (trained k={k})")
         t = sub[sub["trained_k"]]
         ax.plot(t["activation_ratio"], t["ppl_moe"], "o", mfc="none", mec=c, ms=9, mew=1.5)
+    if names:  # what the rings are
+        ax.plot([], [], "o", mfc="none", mec="0.4", ms=9, mew=1.5, label="ringed: the MoE as trained (its k)")
     log_x(ax)
     if curves:
         ax.set_ylim(top=min(ax.get_ylim()[1], 1.25 * max(ys[-1] for _, _, ys in curves.values())))
@@ -331,9 +333,12 @@ def cett_sweep(df: pd.DataFrame):
         kw = {"color": color(sub["activation"].iloc[0]), "marker": "o", "ms": 3, "lw": 1, "label": run}
         a1.plot(sub["param"], sub["ppl_ratio"], **kw)
         a2.plot(sub["param"], sub["activation_ratio"], **kw)
-    a1.axhline(1.01, color="grey", ls=":", lw=0.8)
-    a1.set(xlabel="CETT value c", ylabel="PPL ratio (sparse / dense)", yscale="log")
+    a1.axhline(1.01, color="grey", ls=":", lw=0.8, label="dotted: PPL-1% (ratio 1.01)")
+    a1.set(xlabel="CETT value c", ylabel="PPL ratio (sparse / dense), log scale", yscale="log")
+    for axis in (a1.yaxis.set_major_formatter, a1.yaxis.set_minor_formatter):  # 1.1, not 1.1 x 10^0
+        axis(ticker.FormatStrFormatter("%.2g"))
     a2.set(xlabel="CETT value c", ylabel="activation ratio")
+    a1.legend(frameon=False, loc="upper left")
     a2.legend(frameon=False)
     fig.tight_layout()
     return fig
@@ -935,6 +940,8 @@ def sparse_inference(df: pd.DataFrame):
     if _unreached(df).any():
         handles.append(Line2D([], [], ls="", marker="x", color="k", ms=6, mew=0.8,
                               label="target not reached (c a lower bound)"))
+    if [p for p in ps if p]:
+        handles.append(Line2D([], [], ls=":", lw=0.5, color="0.6", label="dotted: the p% targets"))
     axes[0][-1].legend(handles=handles, frameon=False, fontsize=5.5, loc="upper right")
     fig.tight_layout()
     return fig
