@@ -102,7 +102,7 @@ def test_perfect_opposite_trends_cancel():
     assert claims.stouffer([0.0, 1.0]) == pytest.approx(0.5)  # clipped symmetrically
     row = claims.relu_falls(fits([("relu-s1", "relu", "scale", -1.0, n), ("relu-s2", "relu", "scale", 1.0, n)]))
     assert row["verdict"] == "INCONCLUSIVE"
-    assert row["value"].startswith("combined p(rho < 0) = 0.5, p(rho > 0) = 0.5; ")
+    assert row["value"].startswith("1/2 runs rho < 0, combined p(rho < 0) = 0.5, p(rho > 0) = 0.5; ")
     row = claims.relu_falls(fits([("relu-s1", "relu", "scale", -1.0, n)] +
                                  [(f"relu-s{i}", "relu", "scale", 0.99, n) for i in (2, 3)]))
     assert row["verdict"] == "FAIL"  # two near-perfect rises outweigh one perfect fall, and only that way
@@ -212,6 +212,7 @@ def test_law_forms_fails_only_when_the_gap_is_beyond_the_paper_forms_own_noise()
     z = stats.norm.isf(0.01) + stats.norm.isf(0.02)
     p_silu = stats.norm.sf(z / np.sqrt(2))  # 1.3e-3
     assert row["verdict"] == "FAIL" and f"silu: 0/2 within 2, combined p = {p_silu:.2g}" in row["value"]
+    assert row["value"].startswith(f"silu's combined p = {p_silu:.2g} < 0.025; 3/5 runs")  # the FAIL's reason first
     assert "relu: 3/3 within 2, combined p = 0.5" in row["value"] and "silu-s1 (0.01), silu-s2 (0.02)" in row["note"]
     # each silu p 0.1: combined 0.037, below 0.05 but not below 0.025 (Bonferroni over relu and silu)
     p_two = stats.norm.sf(2 * stats.norm.isf(0.1) / np.sqrt(2))

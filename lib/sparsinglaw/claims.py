@@ -290,7 +290,9 @@ def _trend(fits: pd.DataFrame, cid: str, activation: str, sign: int) -> dict:
     verdict = ("PASS" if all_sign and p_claim < ALPHA else "FAIL" if p_opp < ALPHA else "INCONCLUSIVE")
     rel = "<" if sign < 0 else ">"
     other = ">" if sign < 0 else "<"
-    value = (f"combined p(rho {rel} 0) = {p_claim:.2g}, p(rho {other} 0) = {p_opp:.2g}; " + ", ".join(
+    k = int(np.sum(np.isfinite(rho) & (sign * rho > 0)))
+    value = (f"{k}/{len(rho)} runs rho {rel} 0, combined p(rho {rel} 0) = {p_claim:.2g}, p(rho {other} 0) = "
+             f"{p_opp:.2g}; " + ", ".join(
         f"{r}: {v:+.2f} (n={k})" for r, v, k in zip(f["run"], rho, n, strict=True)))
     note = ("checkpoints of one run are autocorrelated (cumulative training), so the per-run p-values and "
             "their combination are optimistic")
@@ -331,6 +333,8 @@ def law_forms(comparison: pd.DataFrame) -> dict:
     converged = ok & as_bool(c["converged"])
     value = (f"{int(ok.sum())}/{len(c)} runs ({share:.0%}) within 2 AICc; {per}; of these, {int(converged.sum())} "
              "with a converged paper-form fit")
+    if rejected:  # what decides the FAIL first (the figure shows a value's first part)
+        value = ", ".join(f"{a}'s combined p = {combined[a]:.2g} < {level:.2g}" for a in rejected) + "; " + value
     if "delta_aic" in c:  # the same rule by AIC, without the small-sample correction (reported, not used)
         value += f"; by AIC {int(c['delta_aic'].le(2.0).sum())}/{len(c)}"
     worst = c.loc[~ok, ["run", "delta_aicc"]]
