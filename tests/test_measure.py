@@ -198,6 +198,21 @@ def test_pareto_with_empty_sweeps_keeps_the_zeros_and_ppl_p_points(tiny, smoke_t
     assert zeros["ppl_ratio"] == pytest.approx(1.0, abs=1e-6)
 
 
+def test_relu_squared_gets_its_exact_zeros_measured(tiny, smoke_tokens):
+    """ReLU^2 zeroes negative inputs as ReLU does: its non-zero ratio and the Pareto sweep's exact-zeros
+    point are measured too (they were ReLU's only, by name, while sparse inference counted relu2's zeros)."""
+    p = load_profile("smoke", overrides=tiny.overrides + ["runs.relu-s1.model.activation=relu2"])
+    run = p.run("relu-s1")
+    runs.train_profile(p, names=["relu-s1"], jobs=1, progress=False)
+    rows = pd.DataFrame(measure.measure_run(p, run, progress=False)["rows"])
+    batches = measure.eval_set(p, smoke_tokens, run.model.seq_len)
+    ck = measure.stable_checkpoints(p, run)
+    last = np.mean(nonzero_share(measure.load_model(run, ck["path"].iloc[-1]), batches))
+    assert rows["nonzero_ratio"].notna().all() and rows["nonzero_ratio"].iloc[-1] == pytest.approx(last, abs=1e-9)
+    zeros = measure.pareto_run(p, run, progress=False).query("method == 'zeros'")
+    assert len(zeros) == 1 and zeros["activation_ratio"].iloc[0] == pytest.approx(last, abs=1e-9)
+
+
 def test_topk_ks_round_to_the_nearest_k():
     """k = round(f * d_ff), at least 1, each once: at d_ff = 32, 0.05 -> 1.6 -> 2 (not 1), 0.3 -> 9.6 -> 10."""
     assert measure.topk_ks([0.05, 0.1, 0.2, 0.3, 0.5, 0.7], 32) == [2, 3, 6, 10, 16, 22]
