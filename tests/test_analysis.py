@@ -358,7 +358,7 @@ def test_scale_summary_is_plain_ols_at_the_level_without_usable_intervals():
 
 
 def test_scale_without_enough_fitted_runs_says_how_many_have_a_fit():
-    """"needs at least 3 scales, got 0" read as if the profile had no scales (H3: three gelu sizes, none
+    """"needs at least 3 scales, got 0" read as if the profile had no scales (three gelu sizes, none
     with a converged law): the message says how many of the runs have what the fit needs."""
     N = np.array([2e4, 5e4, 1e5, 2e5])
     fits = synthetic_fits(np.full(N.size, 16.0), np.full(N.size, 0.1), groups="scale", N=N)

@@ -151,6 +151,12 @@ CLI_CASES = [
          ["--set 'fit.activation_forms={relu: power}' is refused: ",
           "configs/smoke.yaml: fit: activation_forms: relu keeps the paper's law (logspace_power); the setting "
           "chooses the law of other activations"]),
+    Case("config-fit-forms-unknown-activation", ["verify", "--profile", "smoke", "--set",
+                                                 "fit.activation_forms={gleu: logspace_power}"],
+         ["configs/smoke.yaml: fit.activation_forms: unknown activation 'gleu' (did you mean 'gelu'?); expected "
+          "one of: gelu, gelu_tanh, relu, relu2, silu"]),
+    Case("config-fit-forms-not-a-mapping", ["verify", "--profile", "smoke", "--set", "fit.activation_forms=[]"],
+         ["configs/smoke.yaml: fit.activation_forms: expected a mapping activation: form, got []"]),
     Case("cli-readme-missing", ["verify", "--profile", "smoke", "--readme", "{tmp}/README.md"],
          ["--readme {tmp}/README.md: no such file"]),
     Case("cli-times-folder-missing", ["compute", "--profile", "smoke", "--runs-dir", "{tmp}/runs",

@@ -212,7 +212,7 @@ def test_law_forms_fails_only_when_the_gap_is_beyond_the_paper_forms_own_noise()
     z = stats.norm.isf(0.01) + stats.norm.isf(0.02)
     p_silu = stats.norm.sf(z / np.sqrt(2))  # 1.3e-3
     assert row["verdict"] == "FAIL" and f"silu: 0/2 within 2, combined p = {p_silu:.2g}" in row["value"]
-    assert row["value"].startswith(f"silu's combined p = {p_silu:.2g} < 0.025; 3/5 runs")  # the FAIL's reason first
+    assert row["value"].startswith(f"silu's combined p = {p_silu:.3g} < 0.025; 3/5 runs")  # the FAIL's reason first
     assert "relu: 3/3 within 2, combined p = 0.5" in row["value"] and "silu-s1 (0.01), silu-s2 (0.02)" in row["note"]
     # each silu p 0.1: combined 0.037, below 0.05 but not below 0.025 (Bonferroni over relu and silu)
     p_two = stats.norm.sf(2 * stats.norm.isf(0.1) / np.sqrt(2))
@@ -266,6 +266,12 @@ def test_runs_of_other_activations_are_named_not_judged():
     t = pd.concat([scale_fit((-0.02, 0.03), None), scale_fit((0.2, 0.3), None).assign(activation="gelu")])
     assert [r["verdict"] for r in claims.a0_scale_weak(t)] == ["PASS", "INCONCLUSIVE"]
     assert all(r["note"].endswith("only: gelu") for r in claims.a0_scale_weak(t))
+    s = sparsity([("s1", 0.20, 4.0, 0.40, 4.05), ("s2", 0.15, 3.8, 0.38, 3.7)])
+    s.loc[s["run"] == "relu-s2", "activation"] = "relu2"  # named like a relu run: no ReLU/SiLU pair
+    row = claims.relu_sparser(s)
+    assert row["n"] == 1 and "relu-s2/silu-s2" not in row["value"] and row["note"].endswith("only: relu2 (relu-s2)")
+    assert claims._not_judged(pd.DataFrame({"run": ["a", "b"], "activation": ["relu", np.nan]})).endswith(
+        "only: nan (b)")  # an activation missing from a table is still named
     gelu = conv_summary([1e-3, 2e-3, 3e-3]).assign(activation="gelu")
     gelu["run"] = gelu["run"].str.replace("relu", "gelu")
     rows = claims.small_converge_faster(pd.concat([conv_summary([-4e-3, -3e-3, -2e-3, -1e-3]), gelu]))

@@ -816,6 +816,8 @@ def test_another_checkout_is_named_and_make_imports_its_own_package(tmp_path, mo
     assert cli.main(["runs", "--profile", "smoke", "--runs-dir", str(tmp_path / "r")]) == 0
     err = capsys.readouterr().err
     assert f"this is the package of {runs.repo_root()}, not of {other}" in err and f"PYTHONPATH={other}/lib" in err
+    assert cli.main(["compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 2  # no such folders: an error,
+    assert "this is the package" not in capsys.readouterr().err  # and no note (compare reads what it is given)
     monkeypatch.setenv("SPARSINGLAW_ROOT", str(runs.repo_root()))
     assert runs.other_checkout() is None
     if shutil.which("make"):

@@ -15,7 +15,7 @@ import torch
 
 from conftest import TINY, nonzero_share
 from sparsinglaw import measure, runs
-from sparsinglaw.config import SparsingLawError, load_profile
+from sparsinglaw.config import SparsingLawError, load_profile, stable_hash
 
 pytestmark = pytest.mark.slow
 
@@ -211,6 +211,14 @@ def test_relu_squared_gets_its_exact_zeros_measured(tiny, smoke_tokens):
     assert rows["nonzero_ratio"].notna().all() and rows["nonzero_ratio"].iloc[-1] == pytest.approx(last, abs=1e-9)
     zeros = measure.pareto_run(p, run, progress=False).query("method == 'zeros'")
     assert len(zeros) == 1 and zeros["activation_ratio"].iloc[0] == pytest.approx(last, abs=1e-9)
+
+    def before(pr, r):  # the key a measurement had when only relu's exact zeros were measured
+        return stable_hash({"v": measure.MEASURE_VERSION, "run": r.config_hash(pr.data),
+                            "sparsity": measure.measured_settings(pr)})[:10]
+
+    assert measure.measure_key(p, run) != before(p, run)  # a relu2 record without them is measured again
+    for r in tiny.runs:  # relu's, silu's and the MoE runs' records stay valid
+        assert measure.measure_key(tiny, r) == before(tiny, r), r.name
 
 
 def test_topk_ks_round_to_the_nearest_k():

@@ -21,6 +21,7 @@ import functools
 import hashlib
 import itertools
 import math
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +37,7 @@ ALPHA = 0.05  # significance level of every test below
 P_MIN = 1e-15  # Stouffer: each run's |z| at most isf(P_MIN) = 7.9, the same bound either way
 COLUMNS = ["id", "claim", "paper", "statistic", "value", "threshold", "verdict", "n", "note"]
 VERDICTS = ("PASS", "FAIL", "INCONCLUSIVE")
-PAPER_ACTIVATIONS = ("relu", "silu")  # what the paper's claims are about; runs of others are named, not judged
+PAPER_ACTIVATIONS = analysis.PAPER_LAWS  # what the paper's claims are about; runs of others are named, not judged
 TREND_GROUPS = ("scale", "seeds")  # runs whose activation-vs-data trend is tested (not width_depth-only runs)
 LOSS_TOL = 0.05  # "comparable loss": dense losses within 5% (relative) of each other
 A0_BAND = 0.05  # equivalence band of the A0 slope: +-5 points of activation ratio per decade of N
@@ -253,7 +254,7 @@ def _not_judged(df: pd.DataFrame) -> str:
         return ""
     if "run" in other:
         what = ", ".join(f"{a} ({', '.join(dict.fromkeys(g['run']))})"
-                         for a, g in other.groupby("activation", sort=False))
+                         for a, g in other.groupby("activation", sort=False, dropna=False))
     else:  # a table of activations (scale_fit)
         what = ", ".join(dict.fromkeys(other["activation"]))
     return f"not judged, the paper's claims being about ReLU and SiLU only: {what}"
@@ -290,8 +291,8 @@ def _trend(fits: pd.DataFrame, cid: str, activation: str, sign: int) -> dict:
     verdict = ("PASS" if all_sign and p_claim < ALPHA else "FAIL" if p_opp < ALPHA else "INCONCLUSIVE")
     rel = "<" if sign < 0 else ">"
     other = ">" if sign < 0 else "<"
-    k = int(np.sum(np.isfinite(rho) & (sign * rho > 0)))
-    value = (f"{k}/{len(rho)} runs rho {rel} 0, combined p(rho {rel} 0) = {p_claim:.2g}, p(rho {other} 0) = "
+    going = int(np.sum(np.isfinite(rho) & (sign * rho > 0)))  # runs going the claimed way
+    value = (f"{going}/{len(rho)} runs rho {rel} 0, combined p(rho {rel} 0) = {p_claim:.2g}, p(rho {other} 0) = "
              f"{p_opp:.2g}; " + ", ".join(
         f"{r}: {v:+.2f} (n={k})" for r, v, k in zip(f["run"], rho, n, strict=True)))
     note = ("checkpoints of one run are autocorrelated (cumulative training), so the per-run p-values and "
@@ -334,7 +335,7 @@ def law_forms(comparison: pd.DataFrame) -> dict:
     value = (f"{int(ok.sum())}/{len(c)} runs ({share:.0%}) within 2 AICc; {per}; of these, {int(converged.sum())} "
              "with a converged paper-form fit")
     if rejected:  # what decides the FAIL first (the figure shows a value's first part)
-        value = ", ".join(f"{a}'s combined p = {combined[a]:.2g} < {level:.2g}" for a in rejected) + "; " + value
+        value = ", ".join(f"{a}'s combined p = {combined[a]:.3g} < {level:.3g}" for a in rejected) + "; " + value
     if "delta_aic" in c:  # the same rule by AIC, without the small-sample correction (reported, not used)
         value += f"; by AIC {int(c['delta_aic'].le(2.0).sum())}/{len(c)}"
     worst = c.loc[~ok, ["run", "delta_aicc"]]
@@ -352,13 +353,18 @@ def law_forms(comparison: pd.DataFrame) -> dict:
 
 
 def relu_sparser(sparsity: pd.DataFrame) -> dict:
-    """relu-X vs silu-X (same name after the activation) at the final checkpoint, PPL-1%."""
+    """relu-X vs silu-X (same name after the activation; activations relu and silu) at the final checkpoint,
+    PPL-1%."""
     last = analysis.activation_points(sparsity, 1.0).groupby("run", sort=False).tail(1).set_index("run")
-    last = _in_groups(last.reset_index(), TREND_GROUPS).set_index("run")
-    pairs = [(r, "silu" + r[4:]) for r in last.index if r.startswith("relu") and "silu" + r[4:] in last.index]
+    last = _in_groups(last.reset_index(), TREND_GROUPS)
+    others = _not_judged(last)
+    last = last.set_index("run")
+    act = last["activation"]
+    pairs = [(r, "silu" + r[4:]) for r in last.index if r.startswith("relu") and act[r] == "relu"
+             and "silu" + r[4:] in last.index and act["silu" + r[4:]] == "silu"]
     if not pairs:
         return _row("relu_sparser", "no relu-X/silu-X pairs", "INCONCLUSIVE", 0,
-                    f"no silu run named like a relu run in groups {'/'.join(TREND_GROUPS)}")
+                    _joined(f"no silu run named like a relu run in groups {'/'.join(TREND_GROUPS)}", others))
     parts, comparable, sparser = [], [], []
     for r, s in pairs:
         a_r, a_s = last.loc[r, "activation_ratio"], last.loc[s, "activation_ratio"]
@@ -376,7 +382,7 @@ def relu_sparser(sparsity: pd.DataFrame) -> dict:
             f"{LOSS_TOL:.0%} apart, or PPL-1% not reached)")
     head = (f"ReLU sparser in {int((comparable & sparser).sum())} of the {int(comparable.sum())} comparable pairs "
             f"(losses within {LOSS_TOL:.0%}, PPL-1% reached), {len(pairs)} pairs in all")  # what the verdict judges
-    return _row("relu_sparser", "; ".join([head, *parts]), verdict, len(pairs), note)
+    return _row("relu_sparser", "; ".join([head, *parts]), verdict, len(pairs), _joined(note, others))
 
 
 def width_depth_linear(wd_fit: pd.DataFrame) -> dict:
@@ -830,8 +836,6 @@ def update_readme(md_text: str, readme_path: str | Path, profile_name: str) -> b
 def explain(df: pd.DataFrame, ids, width: int = 110) -> str:
     """The rows `ids` of a claims table in full (a table's cells cut long values and notes short): per
     claim its verdict and n, then its value, rule and note, wrapped (notebook 07)."""
-    import textwrap
-
     t, out = df.set_index("id"), []
     for cid in ids:
         r = t.loc[cid]
@@ -846,8 +850,6 @@ def explain(df: pd.DataFrame, ids, width: int = 110) -> str:
 def figure(df: pd.DataFrame, width: int = 70):
     """The verdicts at a glance: one line per claim, a coloured verdict box and the headline number (the
     value up to its first ';', wrapped at `width` characters, never cut; the figure grows with its lines)."""
-    import textwrap
-
     import matplotlib.pyplot as plt
 
     from .plots import DOUBLE, style

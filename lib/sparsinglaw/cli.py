@@ -117,15 +117,17 @@ def _once(show):
     return once
 
 
-def _note_other_checkout() -> None:
-    """Say so when the working directory is another checkout than the package's: its folders are not used."""
+def _note_other_checkout(command: str) -> None:
+    """Say so when the working directory is another checkout than the package's: its folders are not used
+    (compare reads the folders it is given: no note)."""
     from .runs import other_checkout, repo_root
 
     there = other_checkout()
-    if there is not None:
-        print(f"note: this is the package of {repo_root()}, not of {there} (the checkout you are in): runs, results "
-              f"and figures go to {repo_root()}; to use {there}'s, run with PYTHONPATH={there / 'lib'} (make sets "
-              "it) or SPARSINGLAW_ROOT", file=sys.stderr)
+    if there is not None and command != "compare":
+        print(f"note: this is the package of {repo_root()}, not of {there} (the checkout you are in): its configs/ "
+              f"and the runs/, results/ and figures/ that SPARSINGLAW_* or --runs-dir do not move are "
+              f"{repo_root()}'s; to use {there}'s, run with PYTHONPATH={there / 'lib'} (make sets it) or "
+              f"SPARSINGLAW_ROOT={there}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -140,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.debug:
         one_line_warnings()
     warnings.showwarning = _once(showwarning)
-    _note_other_checkout()
+    _note_other_checkout(args.command)
     on_term = _terminate_as_interrupt()
     try:
         rc = _dispatch(args)

@@ -525,6 +525,15 @@ def parse_profile(raw: Any, path: str, name: str) -> ProfileConfig:
         raise ConfigError(f"{path}: description: expected a string, got {desc!r}")
     if raw.get("fit") is not None and not isinstance(raw.get("fit"), dict):
         raise ConfigError(f"{path}: fit: expected a mapping of fields, got {raw.get('fit')!r}")
+    forms = (raw.get("fit") or {}).get("activation_forms")  # its values: analysis.activation_forms
+    if forms is not None and not isinstance(forms, dict):
+        raise ConfigError(f"{path}: fit.activation_forms: expected a mapping activation: form, got {forms!r}")
+    for act in forms or {}:  # a misspelled activation would leave the one meant with its default law
+        if act not in ACTIVATIONS:
+            close = difflib.get_close_matches(str(act), list(ACTIVATIONS), n=1)
+            raise ConfigError(f"{path}: fit.activation_forms: unknown activation {act!r}"
+                              + (f" (did you mean {close[0]!r}?)" if close else "")
+                              + f"; expected one of: {', '.join(sorted(ACTIVATIONS))}")
     sparsity = _build(SparsityConfig, raw.get("sparsity"), f"{path}: sparsity")
     validate_sparsity(sparsity, [r.name for r in runs], f"{path}: sparsity")
     longest = max(r.model.seq_len for r in runs)

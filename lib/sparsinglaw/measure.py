@@ -167,9 +167,13 @@ def measured_settings(profile: ProfileConfig) -> dict:
 
 
 def measure_key(profile: ProfileConfig, run: RunConfig) -> str:
-    """Hash of everything the PPL-p% measurement of `run` depends on: the run and `measured_settings`."""
-    return stable_hash({"v": MEASURE_VERSION, "run": run.config_hash(profile.data),
-                        "sparsity": measured_settings(profile)})[:10]
+    """Hash of everything the PPL-p% measurement of `run` depends on: the run and `measured_settings`; for
+    a ReLU-like activation other than relu (model.zeroes_negatives), that its exact zeros are measured too
+    (a relu2 measurement from before they were kept none: measured again, not reused)."""
+    key = {"v": MEASURE_VERSION, "run": run.config_hash(profile.data), "sparsity": measured_settings(profile)}
+    if run.model.activation != "relu" and zeroes_negatives(run.model.activation):
+        key["exact_zeros"] = True
+    return stable_hash(key)[:10]
 
 
 def pareto_key(profile: ProfileConfig, run: RunConfig) -> str:
@@ -564,24 +568,26 @@ def pareto_run(profile: ProfileConfig, run: RunConfig, runs_dir=None, progress: 
         model = load_model(run, ck["path"], dev)
         ks = topk_ks(scfg.topk_fracs, run.model.d_ff)
         zeros = zeroes_negatives(run.model.activation) and not moe
-        n = run.model.n_experts if moe else len(scfg.cett_sweep) + 2 * len(ks) + len(scfg.fat_eps) + zeros
-        bar = progress_bar(total=n, desc=f"pareto {run.name}", disable=not progress, mininterval=2.0,
-                           dynamic_ncols=True)
+        swept = len(scfg.cett_sweep) + 2 * len(ks) + len(scfg.fat_eps) + int(zeros)  # points, one pass each
+        bar = progress_bar(total=run.model.n_experts if moe else swept, desc=f"pareto {run.name}",
+                           disable=not progress, mininterval=2.0, dynamic_ncols=True)
 
         def tick(event) -> None:  # one point swept
             bar.update(1)
 
-        if moe:  # its own curve, every number of routed experts (paper Fig. 2)
-            points = sp.sweep_experts(model, batches, range(1, run.model.n_experts + 1), tick)
-        else:
-            points = sp.sweep_cett(model, batches, scfg.cett_sweep, scfg.n_grid, tick)
-            points += sp.sweep_topk(model, batches, ks, progress=tick)
-            points += sp.sweep_topk(model, batches, ks, per_batch=True, progress=tick)
-            points += sp.sweep_fat(model, batches, scfg.fat_eps, tick)
-        if zeros:
-            points.append(sp.zeros_point(model, batches, points[0].dense_loss if points else None))
-            tick(None)
-        bar.close()
+        try:
+            if moe:  # its own curve, every number of routed experts (paper Fig. 2)
+                points = sp.sweep_experts(model, batches, range(1, run.model.n_experts + 1), tick)
+            else:
+                points = sp.sweep_cett(model, batches, scfg.cett_sweep, scfg.n_grid, tick)
+                points += sp.sweep_topk(model, batches, ks, progress=tick)
+                points += sp.sweep_topk(model, batches, ks, per_batch=True, progress=tick)
+                points += sp.sweep_fat(model, batches, scfg.fat_eps, tick)
+            if zeros:
+                points.append(sp.zeros_point(model, batches, points[0].dense_loss if points else None))
+                tick(None)
+        finally:
+            bar.close()
         rows = [{"method": pt.method, "param": pt.param, "dense_loss": pt.dense_loss, "sparse_loss": pt.sparse_loss,
                  "ppl": pt.ppl, "ppl_ratio": pt.ppl_ratio, "activation_ratio": pt.activation_ratio} for pt in points]
         final = [r for r in record["rows"] if r["step"] == int(ck["step"])]

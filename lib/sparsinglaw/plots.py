@@ -335,8 +335,10 @@ def cett_sweep(df: pd.DataFrame):
         a2.plot(sub["param"], sub["activation_ratio"], **kw)
     a1.axhline(1.01, color="grey", ls=":", lw=0.8, label="dotted: PPL-1% (ratio 1.01)")
     a1.set(xlabel="CETT value c", ylabel="PPL ratio (sparse / dense), log scale", yscale="log")
-    for axis in (a1.yaxis.set_major_formatter, a1.yaxis.set_minor_formatter):  # 1.1, not 1.1 x 10^0
-        axis(ticker.FormatStrFormatter("%.2g"))
+    lo, hi = a1.get_ylim()
+    if hi < 10 * lo:  # within a decade: 1.1, not 1.1 x 10^0 (over decades matplotlib's own labels read well)
+        for axis in (a1.yaxis.set_major_formatter, a1.yaxis.set_minor_formatter):
+            axis(ticker.FormatStrFormatter("%.2g"))
     a2.set(xlabel="CETT value c", ylabel="activation ratio")
     a1.legend(frameon=False, loc="upper left")
     a2.legend(frameon=False)
@@ -576,7 +578,7 @@ def dead_neurons(table: pd.DataFrame, p: float = 1.0, group: str | None = "scale
     a1.set_ylabel("dead-neuron ratio (share of neurons)")
     a2.set_ylabel("activation ratio (ReLU-like)")
     a1.legend(frameon=False, fontsize=5.5)
-    _note(a2, f"solid: share of non-zero ReLU outputs\ndashed: active at PPL-{p:g}%")
+    _note(a2, f"solid: share of non-zero outputs (ReLU-like)\ndashed: active at PPL-{p:g}%")
     fig.tight_layout()
     return fig
 
@@ -940,7 +942,7 @@ def sparse_inference(df: pd.DataFrame):
     if _unreached(df).any():
         handles.append(Line2D([], [], ls="", marker="x", color="k", ms=6, mew=0.8,
                               label="target not reached (c a lower bound)"))
-    if [p for p in ps if p]:
+    if any(ps):
         handles.append(Line2D([], [], ls=":", lw=0.5, color="0.6", label="dotted: the p% targets"))
     axes[0][-1].legend(handles=handles, frameon=False, fontsize=5.5, loc="upper right")
     fig.tight_layout()
