@@ -416,13 +416,12 @@ MARKERS = ("o", "s", "^", "D", "v", "P", "X", "h")  # one a run where a panel's 
 
 
 def _shade(activation: str, i: int, n: int):
-    """The activation's colour, lighter for smaller models: i-th of n (0 = smallest, mixed 75% towards white;
-    the largest is the colour itself), evenly spaced (six runs spaced by 1/n between 54% and 0% were hard
-    to tell apart)."""
+    """The activation's colour, lighter for smaller models: i-th of n (0 = smallest, mixed 60% towards white;
+    the largest is the colour itself), evenly spaced (the runs of a panel also differ by marker, MARKERS)."""
     from matplotlib.colors import to_rgb
 
     rgb = np.array(to_rgb(color(activation)))
-    mix = 0.75 * (1 - i / (n - 1)) if n > 1 else 0.0
+    mix = 0.6 * (1 - i / (n - 1)) if n > 1 else 0.0
     return tuple(rgb + (1 - rgb) * mix)
 
 
