@@ -44,15 +44,21 @@ from .train import atomic_write_files, checkpoint_problem, read_done, read_meta
 # roots
 
 
+def _checkout_of(path: Path) -> Path | None:
+    """The checkout of this project that `path` lies in (the nearest folder up holding its pyproject.toml),
+    or None."""
+    for p in (path, *path.parents):
+        pp = p / "pyproject.toml"
+        if pp.is_file() and 'name = "sparsinglaw"' in pp.read_text(errors="replace"):
+            return p
+    return None
+
+
 def repo_root() -> Path:
     env = os.environ.get("SPARSINGLAW_ROOT")
     if env:
         return Path(env).resolve()
-    for p in Path(__file__).resolve().parents:
-        pp = p / "pyproject.toml"
-        if pp.is_file() and 'name = "sparsinglaw"' in pp.read_text():
-            return p
-    return Path.cwd()
+    return _checkout_of(Path(__file__).resolve()) or Path.cwd()
 
 
 def other_checkout(cwd: Path | None = None) -> Path | None:
@@ -62,12 +68,8 @@ def other_checkout(cwd: Path | None = None) -> Path | None:
     in no checkout, or when SPARSINGLAW_ROOT decides."""
     if os.environ.get("SPARSINGLAW_ROOT"):
         return None
-    here = (cwd or Path.cwd()).resolve()
-    for p in (here, *here.parents):
-        pp = p / "pyproject.toml"
-        if pp.is_file() and 'name = "sparsinglaw"' in pp.read_text(errors="replace"):
-            return None if p == repo_root() else p
-    return None
+    here = _checkout_of((cwd or Path.cwd()).resolve())
+    return None if here is None or here == repo_root() else here
 
 
 def _root(env: str, default: str, override: str | Path | None = None) -> Path:
