@@ -149,6 +149,49 @@ def test_compute_writes_every_results_table_replot_needs(tmp_path, monkeypatch, 
     assert stamps() == before  # nothing trained, measured or evaluated again: no file rewritten
 
 
+# Every process started with this folder first on PYTHONPATH (spawned workers too) cannot import the packages
+# named in BLOCK_PKGS: a machine without them, e.g. a GPU image with only the model stages' packages.
+BLOCKER = """import importlib.abc, os, sys
+BLOCK = set(filter(None, os.environ.get("BLOCK_PKGS", "").split(",")))
+class Blocker(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] in BLOCK:
+            raise ModuleNotFoundError(f"No module named {name!r} (blocked)", name=name)
+sys.meta_path.insert(0, Blocker())
+"""
+NOT_FOR_MODELS = ("statsmodels", "matplotlib", "seaborn", "papermill", "nbformat", "nbclient", "ipykernel",
+                  "IPython", "jupyter_client")
+
+
+def test_compute_needs_no_fitting_plotting_or_notebook_package(tmp_path, mini_path, smoke_tokens):
+    """`compute` (every stage that runs the models) goes through without statsmodels, matplotlib or the
+    notebook packages, as on a GPU machine with only the model stages' packages; fit and verify, which need
+    statsmodels, say so in one line."""
+    from conftest import MINI
+
+    (tmp_path / "blk").mkdir()
+    (tmp_path / "blk" / "sitecustomize.py").write_text(BLOCKER)
+    env = dict(os.environ, PYTHONPATH=f"{tmp_path / 'blk'}:{REPO / 'lib'}", OMP_NUM_THREADS="1",
+               BLOCK_PKGS=",".join(NOT_FOR_MODELS), SPARSINGLAW_RUNS=str(tmp_path / "runs"),
+               SPARSINGLAW_RESULTS=str(tmp_path / "results"))
+
+    def run(*args, timeout=600):
+        return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, timeout=timeout)
+
+    for pkg in NOT_FOR_MODELS[:2]:  # the blocker works (installed here, refused there)
+        assert "(blocked)" in run("-c", f"import {pkg}").stderr
+    sets = [a for kv in MINI for a in ("--set", kv)]
+    r = run("-m", "sparsinglaw", "compute", "--profile", str(mini_path), "--no-progress", "-j", "1", *sets)
+    assert r.returncode == 0, r.stderr
+    assert "total:" in r.stdout and "Traceback" not in r.stderr
+    for table in ("sparsity", "neurons", "tokens"):
+        assert (tmp_path / "results" / "mini" / f"{table}.csv").is_file()
+    for command in ("fit", "verify"):
+        r = run("-m", "sparsinglaw", command, "--profile", str(mini_path), *sets, timeout=120)
+        assert r.returncode == 2 and "Traceback" not in r.stderr
+        assert f"`{command}` needs the package 'statsmodels', which is not installed here" in r.stderr, r.stderr
+
+
 def test_compute_names_what_draws_the_figures_of_its_profile(mini_path):
     """make replot PROFILE=NAME loads configs/NAME.yaml only, and neither make nor the notebooks take --set."""
     from sparsinglaw import cli

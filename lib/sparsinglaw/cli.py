@@ -220,7 +220,7 @@ def _stdout_closed() -> bool:
 def _dispatch(args) -> int:
     import pandas as pd
 
-    from .config import ConfigError, load_profile
+    from .config import ConfigError, SparsingLawError, load_profile
     from .runs import states_table, train_profile
 
     if args.command == "compare":  # tables only: no profile
@@ -240,12 +240,19 @@ def _dispatch(args) -> int:
         raise ConfigError(f"--times {args.times}: no folder {Path(args.times).parent} to write it in")
     if getattr(args, "readme", None) is not None and not Path(args.readme).is_file():
         raise ConfigError(f"--readme {args.readme}: no such file; expected a Markdown file with the claims markers")
-    # the fit: section, checked with the rest of the profile (fit and verify read it)
-    from .analysis import activation_forms, fit_spec
-
+    # the fit: section, checked with the rest of the profile (fit and verify read it); the commands that run
+    # the models need no fitting package (statsmodels), so without one they go on and leave it unchecked
     try:
-        fit_spec(profile)
-        activation_forms(profile)
+        from .analysis import activation_forms, fit_spec
+    except ModuleNotFoundError as e:
+        if args.command in ("fit", "verify"):
+            raise SparsingLawError(f"`{args.command}` needs the package {e.name!r}, which is not installed here; "
+                                   "install the project's dependencies (make setup, or pip install -e .)") from None
+        activation_forms = fit_spec = None
+    try:
+        if fit_spec is not None:
+            fit_spec(profile)
+            activation_forms(profile)
     except ValueError as e:  # led by the --set fit.X that wrote a value it names, as other sections' errors
         by = [o for o in profile.overrides if (m := re.fullmatch(r"fit\.(\w+)", o.split("=", 1)[0].strip()))
               and re.search(rf"\b{m[1]}\b", str(e))]
