@@ -2,7 +2,8 @@
 # The prepared GPU checks, in two parts that each fit one device call (<= 10 minutes):
 #
 #   bash bench/gpu_session.sh profile       the gpu profile's model stages (python -m sparsinglaw compute),
-#                                           timed, then PPL-1% of one checkpoint on CPU vs CUDA
+#                                           timed (eager if a check of torch.compile fails), then PPL-1%
+#                                           of one checkpoint on CPU vs CUDA
 #                                           (COMPUTE_ARGS="--set KEY=VALUE ...": extra arguments)
 #   bash bench/gpu_session.sh bench PROBE   our trainer, then the bare probe, at each of SHAPES (default
 #                                           1M,108M; the same shapes), and our trainer eager at EAGER
@@ -71,17 +72,29 @@ case "$part" in
     nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 5 > "$OUT/gpu_load.csv" 2>&1 &
     smi=$!
     # COMPUTE_ARGS: extra arguments, e.g. "--set compute.compile=false"
-    # 75 s are kept for the CPU-vs-CUDA check (45 s) and the packing
+    compute_args=${COMPUTE_ARGS:-}
+    # torch.compile on this machine at all (Triton, a C compiler)? If not, every run would fail at its first
+    # step: train eager instead, and say so (compile_check.log comes back)
+    if [[ "$compute_args" != *compute.compile=false* ]]; then
+      if ! timeout -k 5 120 $PY -c "import torch; f = torch.compile(lambda x: (2 * x).sin().sum())
+print('torch.compile on', torch.cuda.get_device_name(0), 'works:', f(torch.ones(8, device='cuda')).item())" \
+          > "$OUT/compile_check.log" 2>&1; then
+        echo "torch.compile failed here (the lines above): training eager" >> "$OUT/compile_check.log"
+        compute_args="$compute_args --set compute.compile=false"
+      fi
+      cat "$OUT/compile_check.log"
+    fi
+    # 90 s are kept for the CPU-vs-CUDA check (60 s) and the packing
     # shellcheck disable=SC2086
-    timeout -k 5 "$(upto 75)" $PY -m sparsinglaw compute --profile gpu --no-progress \
-      --times "$OUT/compute_times.json" ${COMPUTE_ARGS:-} 2>&1 | tee "$OUT/compute.log"
+    timeout -k 5 "$(upto 90)" $PY -m sparsinglaw compute --profile gpu --no-progress \
+      --times "$OUT/compute_times.json" $compute_args 2>&1 | tee "$OUT/compute.log"
     kill $smi 2>/dev/null
     runs=${SPARSINGLAW_RUNS:-runs} results=${SPARSINGLAW_RESULTS:-results}
     # the last checkpoint of relu-s1 (the smallest ReLU run), else of any run that has one (cut off)
     ck=$(ls "$runs"/gpu/relu-s1-*/ckpt_0*.pt 2>/dev/null | tail -n 1)
     [ -n "$ck" ] || ck=$(ls "$runs"/gpu/*/ckpt_0*.pt 2>/dev/null | tail -n 1)
-    if [ -n "$ck" ] && [ "$(left)" -gt 60 ]; then
-      timeout -k 5 45 $PY bench/ppl_p_speed.py --checkpoint "$ck" --eval-tokens 16384 --threads 8 --compare-devices \
+    if [ -n "$ck" ] && [ "$(left)" -gt 75 ]; then
+      timeout -k 5 60 $PY bench/ppl_p_speed.py --checkpoint "$ck" --eval-tokens 16384 --threads 8 --compare-devices \
         --json "$OUT/ppl_devices.json" 2>&1 | tee "$OUT/ppl_devices.log"
     fi
     tar czf "$OUT/results_gpu.tgz" "$results"/gpu "$runs"/gpu/*/log.csv "$runs"/gpu/*/DONE \

@@ -40,7 +40,7 @@ def test_gpu_session_dry_run_trains_with_our_trainer(tmp_path):
 
 
 def test_gpu_session_profile_packs_what_it_has_when_cut_off(tmp_path):
-    """`profile` with a short LIMIT: compute is stopped at LIMIT - 75 s (15 s: enough to start and print its
+    """`profile` with a short LIMIT: compute is stopped at LIMIT - 90 s (15 s: enough to start and print its
     plan, not to build the corpus: its first stage); compute_times.json says which stage was cut off, and the results
     archive holds what earlier calls finished: the tables and each run's logs and records (a later call
     resumes from them on the machine), not the checkpoints."""
@@ -53,7 +53,7 @@ def test_gpu_session_profile_packs_what_it_has_when_cut_off(tmp_path):
     for f in kept + left_out:
         f.parent.mkdir(parents=True, exist_ok=True)
         f.write_text("x\n")
-    env = dict(os.environ, OUT=str(out), PY=sys.executable, OMP_NUM_THREADS="1", LIMIT="90",
+    env = dict(os.environ, OUT=str(out), PY=sys.executable, OMP_NUM_THREADS="1", LIMIT="105",
                COMPUTE_ARGS="--set compute.device=cpu --set compute.compile=false",
                SPARSINGLAW_RUNS=str(tmp_path / "runs"), SPARSINGLAW_RESULTS=str(tmp_path / "results"),
                SPARSINGLAW_DATA=str(tmp_path / "data"))
@@ -73,6 +73,23 @@ def test_gpu_session_profile_packs_what_it_has_when_cut_off(tmp_path):
         packed = {"/" + n for n in tar.getnames()}
     assert {str(f) for f in kept} <= packed, packed
     assert not {str(f) for f in left_out} & packed, packed
+
+
+def test_gpu_session_profile_trains_eager_where_torch_compile_fails(tmp_path):
+    """Before the profile, `profile` tries torch.compile on the GPU; where that fails (here: no GPU), it says
+    so and trains eager (--set compute.compile=false), rather than letting every run fail at its first step."""
+    py = _fake_py(tmp_path, "exit 0")
+    env = dict(os.environ, OUT=str(tmp_path / "out"), PY=str(py), OMP_NUM_THREADS="1", LIMIT="95",
+               COMPUTE_ARGS="--set compute.device=cpu", SPARSINGLAW_RUNS=str(tmp_path / "runs"),
+               SPARSINGLAW_RESULTS=str(tmp_path / "results"), SPARSINGLAW_DATA=str(tmp_path / "data"))
+    r = subprocess.run(["bash", "bench/gpu_session.sh", "profile"], cwd=REPO, env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    check = (tmp_path / "out" / "compile_check.log").read_text()
+    assert "torch.compile failed here (the lines above): training eager" in check and "Error" in check, check
+    calls = (tmp_path / "calls.txt").read_text().splitlines()
+    compute = [c for c in calls if c.startswith("-m sparsinglaw compute")]
+    assert len(compute) == 1 and compute[0].endswith("--set compute.device=cpu --set compute.compile=false")
 
 
 def test_probe_summary_is_parsed(tmp_path):

@@ -412,7 +412,8 @@ def test_rerun_without_done_keeps_the_final_loss(tiny_profile, smoke_tokens, tmp
     log = pd.read_csv(d / "log.csv")
     val = log[log["split"] == "val"]["loss"].iloc[-1]  # the closing line's loss: the last checkpoint's validation
     said = f"validation loss {val:.4f} (last step's training loss {first['final_loss']:.4f})"
-    assert said in capsys.readouterr().out
+    said_first = capsys.readouterr().out
+    assert said in said_first
     (d / "DONE").unlink()
     again = train(run, tiny_profile.data, d, smoke_tokens, progress=False)
     out = capsys.readouterr().out
@@ -423,6 +424,12 @@ def test_rerun_without_done_keeps_the_final_loss(tiny_profile, smoke_tokens, tmp
 
     done = json.loads((d / "DONE").read_text(), parse_constant=no_constants)
     assert math.isfinite(first["final_loss"])
+    # the session that trained: its steps, time and first step (compilation's share); the rerun trained none
+    n = first["steps"]
+    assert first["session"]["steps"] == n and first["session"]["compiled"] is False
+    assert 0 < first["session"]["first_step_s"] < first["session"]["wall_s"]
+    assert f"(first step {first['session']['first_step_s']:.1f} s; after it " in said_first
+    assert done["session"]["steps"] == 0 and done["session"]["first_step_s"] is None
     assert done["final_loss"] == again["final_loss"] == first["final_loss"]
     assert "no step trained in this session" in out and "tokens/s" not in out
 
@@ -435,6 +442,11 @@ def test_mfu_is_over_every_gpu():
     line = session_summary(10, 200, 1.0, 6e6, 1e12, 4)  # 2000 tokens/s over 4 GPUs of 1 TFLOP/s
     assert "2,000 tokens/s" in line and "MFU 0.3%" in line
     assert "MFU" not in session_summary(10, 200, 1.0, 6e6, None, 4)
+    # the first step (compilation) apart: 9 steps of 200 tokens in the 0.5 s after it
+    line = session_summary(10, 200, 1.5, 6e6, 1e12, 1, first=1.0)
+    assert "this session 1.5 s, 1,333 tokens/s, MFU 0.8%" in line
+    assert "(first step 1.0 s; after it 3,600 tokens/s, MFU 2.2%)" in line
+    assert "first step" not in session_summary(1, 200, 1.5, 6e6, None, 1, first=1.5)  # nothing after it
 
 
 def test_moe_logs_the_cross_entropy_alone(smoke_tokens, tmp_path):

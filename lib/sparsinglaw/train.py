@@ -532,13 +532,23 @@ def check_corpus(run: RunConfig, meta: dict, meta_path: Path, corpus: dict) -> N
                       "to train the run again")
 
 
-def session_summary(steps: int, tps: int, wall: float, fpt: float, peak: float | None, world: int) -> str:
-    """This session's time and throughput (evaluation and saving included) for the closing line."""
+def session_summary(steps: int, tps: int, wall: float, fpt: float, peak: float | None, world: int,
+                    first: float | None = None) -> str:
+    """This session's time and throughput (evaluation and saving included) for the closing line; with
+    `first`, the seconds its first step took (torch.compile's compilation happens there), also the
+    throughput after that step."""
     if steps == 0:
         return "no step trained in this session (the newest checkpoint was the last step)"
-    rate = steps * tps / max(wall, 1e-9)
-    util = mfu(rate, fpt, peak, world)
-    return f"this session {wall:.1f} s, {rate:,.0f} tokens/s" + (f", MFU {util:.1%}" if util is not None else "")
+
+    def rate(n: int, s: float) -> str:
+        r = n * tps / max(s, 1e-9)
+        util = mfu(r, fpt, peak, world)
+        return f"{r:,.0f} tokens/s" + (f", MFU {util:.1%}" if util is not None else "")
+
+    line = f"this session {wall:.1f} s, {rate(steps, wall)}"
+    if first is not None and steps > 1:
+        line += f" (first step {first:.1f} s; after it {rate(steps - 1, wall - first)})"
+    return line
 
 
 def train(run: RunConfig, data_cfg: DataConfig, run_dir: Path, tokens: TokenData, *, device: str = "auto",
@@ -672,7 +682,7 @@ def train(run: RunConfig, data_cfg: DataConfig, run_dir: Path, tokens: TokenData
     # or saved (a non-finite gradient norm with a finite loss has already written NaN weights).
     pending: list[torch.Tensor] = []  # (loss, grad norm) of each step since the last read-back
     (acc_loss, acc_n), t_last, tok_last = window, time.perf_counter(), step * tps
-    t_start, step_start = t_last, step
+    t_start, step_start, first_s = t_last, step, None
 
     def read_back() -> None:
         nonlocal last_loss, acc_loss, acc_n
@@ -724,6 +734,9 @@ def train(run: RunConfig, data_cfg: DataConfig, run_dir: Path, tokens: TokenData
             opt.zero_grad(set_to_none=True)
             step += 1
             bar.update(tps)
+            if first_s is None:  # one more read-back (a sync) a session: the first step's time, compilation in it
+                read_back()
+                first_s = time.perf_counter() - t_start
             mark = step in marks or step == n_steps
             logged = step % tcfg.log_every == 0 or step == n_steps
             if not (mark or logged or step % tcfg.resume_every == 0):
@@ -767,6 +780,7 @@ def train(run: RunConfig, data_cfg: DataConfig, run_dir: Path, tokens: TokenData
     if not ddp.main:
         barrier()  # rank 0 writes DONE
         return json.loads(done_path.read_text())
+    wall = time.perf_counter() - t_start
     for stale in ("ckpt_last.pt", "opt_last.pt", "meta_last.json"):
         (run_dir / stale).unlink(missing_ok=True)
     drop_optimizer_states(run_dir, 0)  # before DONE: a run killed now resumes from its final checkpoint,
@@ -774,11 +788,15 @@ def train(run: RunConfig, data_cfg: DataConfig, run_dir: Path, tokens: TokenData
     done = {"run": run.name, "config_hash": config_hash, "steps": n_steps, "tokens": n_steps * tps,
             "final_loss": last_loss, "checkpoints": sorted(marks | {n_steps}),
             "non_embedding_params": model.num_params(non_embedding=True),
-            "flops_per_token": fpt, "versions": versions()}
+            "flops_per_token": fpt, "versions": versions(),
+            # the session that finished the run (a resumed run's last): what its time went to, on which device
+            "session": {"steps": n_steps - step_start, "wall_s": round(wall, 3), "device": str(dev),
+                        "world_size": ddp.world, "compiled": bool(compile), "compile_mode": compile_mode,
+                        "first_step_s": None if first_s is None else round(first_s, 3)}}
     atomic_write_text(done_path, json.dumps(done, indent=1))
     print(f"{run.name}: done, {n_steps * tps:,} tokens, validation loss {last_val:.4f} (last step's training "
           f"loss {last_loss:.4f}); "
-          + session_summary(n_steps - step_start, tps, time.perf_counter() - t_start, fpt, peak, ddp.world)
+          + session_summary(n_steps - step_start, tps, wall, fpt, peak, ddp.world, first_s)
           + f" on {dev}", flush=True)
     barrier()
     return done
