@@ -475,3 +475,25 @@ def test_averages_by_hand():
     assert got.loc[("silu", 1.0), "ppl_increase_pct"] == pytest.approx(1.0)
     assert got.loc[("silu", 1.0), "accuracy_change_points"] == pytest.approx(1.0)
     assert got.loc[("relu", 0.0), ["ppl_increase_pct", "accuracy_change_points"]].tolist() == [0.0, 0.0]
+
+
+def test_cached_records_are_read_without_the_run_lock(inferred, measured_mini, monkeypatch):
+    """A finished measurement and sparse inference are read back without taking the run's lock (their
+    records are written whole), so a read-only archive of runs serves them; only computing takes it."""
+    import errno
+
+    profile, _ = inferred
+    run = profile.run("relu-s1")
+    measured = measure.measure_run(measured_mini, measured_mini.run("relu-s1"), progress=False)
+    evaluated = inference.inference_run(profile, run, progress=False)
+
+    def read_only(path, what, ddp=None):
+        raise OSError(errno.EROFS, "Read-only file system", str(path / ".lock"))
+
+    monkeypatch.setattr(measure, "run_lock", read_only)
+    monkeypatch.setattr(inference, "run_lock", read_only)
+    assert measure.measure_run(measured_mini, measured_mini.run("relu-s1"), progress=False) == measured
+    assert inference.inference_run(profile, run, progress=False) == evaluated
+    fresh = load_profile(profile.path, overrides=profile.overrides + ["inference.p=[3]"])  # not cached: computed
+    with pytest.raises(OSError, match="Read-only"):
+        inference.inference_run(fresh, fresh.run("relu-s1"), progress=False)

@@ -185,6 +185,38 @@ def test_pareto_points(tiny, smoke_tokens, capsys):
     np.testing.assert_allclose(top["activation_ratio"], top["param"] / d_ff, rtol=0, atol=1e-9)  # k of d_ff
 
 
+def test_a_damaged_pareto_cache_is_refused_naming_it(tiny, smoke_tokens, tmp_path, monkeypatch):
+    """A cached sweep cut short, emptied or edited is refused with one message naming the file and the fix;
+    it was returned as is, and the Pareto figures and claims went on with fewer or NaN points."""
+    from sparsinglaw.config import SparsingLawError
+
+    run = tiny.run("relu-s1")
+    runs.train_profile(tiny, names=["relu-s1"], jobs=1, progress=False)
+    df = measure.pareto_run(tiny, run, progress=False)
+    assert len(df) == measure.swept_points(tiny, run) + 1  # the swept points and the PPL-1% point
+    d = tmp_path / "runs"
+    shutil.copytree(runs.run_dir(tiny, run).parent, d / tiny.name)
+    monkeypatch.setenv("SPARSINGLAW_RUNS", str(d))
+    path = next(runs.run_dir(tiny, run).glob("pareto-*.csv"))
+    good = path.read_bytes()
+    pd.testing.assert_frame_equal(measure.pareto_run(tiny, run, progress=False), df)  # intact: cached
+    lines = good.decode().splitlines(keepends=True)
+    cut_row = "".join(lines[:5]) + lines[5][:25]  # a row cut in the middle of a number
+    text = good.decode().replace(lines[3].split(",")[-1].strip(), "x", 1)
+    for damaged, what in ((good[:0], "unreadable as CSV"), ("".join(lines[:-2]).encode(), f"{len(df) - 2} points"),
+                          (cut_row.encode(), "cut short: its last line has no end"), (good[:-3], "cut short"),
+                          (cut_row.encode() + b"\n", "5 points"), (text.encode(), "text in the numeric column"),
+                          (good.replace(b"ppl_ratio", b"ratio"), "its columns are")):
+        path.write_bytes(damaged)
+        with pytest.raises(SparsingLawError) as e:
+            measure.pareto_run(tiny, run, progress=False)
+        msg = str(e.value)
+        assert msg.startswith(f"{path}: the cached Pareto sweep of run relu-s1 is damaged (") and what in msg, msg
+        assert "delete it to sweep again (python -m sparsinglaw compute" in msg and "\n" not in msg
+    path.unlink()  # the fix it names
+    pd.testing.assert_frame_equal(measure.pareto_run(tiny, run, progress=False), df)
+
+
 def test_pareto_with_empty_sweeps_keeps_the_zeros_and_ppl_p_points(tiny, smoke_tokens):
     """No CETT, Top-k or FAT point asked for: the exact-zeros point takes its dense loss from its own pass
     (it read the first sweep point's, an IndexError), the same as the measurement's dense loss."""

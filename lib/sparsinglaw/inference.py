@@ -216,6 +216,8 @@ def inference_run(profile: ProfileConfig, run: RunConfig, runs_dir=None, progres
     require_trained(profile, run, runs_dir)
     out = record_path(profile, run, runs_dir)
     d = out.parent
+    if out.exists():  # cached (written whole, so read without the lock: a read-only archive of runs serves too)
+        return read_record(out, profile, run)
     with run_lock(d, f"sparse inference {run.name}"):
         if out.exists():
             return read_record(out, profile, run)

@@ -255,6 +255,8 @@ def measure_run(profile: ProfileConfig, run: RunConfig, runs_dir=None, progress:
     scfg = profile.sparsity
     out = record_path(profile, run, runs_dir)
     d = out.parent
+    if out.exists() and out.with_suffix(".npz").exists():  # cached (written whole, so read without the
+        return read_record(out, profile, run)  # lock: a read-only archive of runs serves too)
     with run_lock(d, f"measure {run.name}"):
         if out.exists():
             rec = read_record(out, profile, run)
@@ -537,6 +539,37 @@ def results_for(profile: ProfileConfig, compute: bool = True, runs_dir=None) -> 
 # Pareto curves on a final checkpoint (notebook 02: paper Fig. 3 / v4 Fig. 2 and v4 Fig. 15)
 
 
+def swept_points(profile: ProfileConfig, run: RunConfig) -> int:
+    """The points pareto_run sweeps on `run`, one pass each (an MoE run: one per number of routed experts)."""
+    if run.model.n_experts > 0:
+        return run.model.n_experts
+    scfg = profile.sparsity
+    return (len(scfg.cett_sweep) + 2 * len(topk_ks(scfg.topk_fracs, run.model.d_ff)) + len(scfg.fat_eps)
+            + int(zeroes_negatives(run.model.activation)))
+
+
+def sweep_damage(path: Path, rows: int) -> str | None:
+    """What is wrong with a cached sweep (pareto_run's CSV) that should hold `rows` points, or None: a file
+    cut short or edited would otherwise give the Pareto figures and claims fewer or broken points."""
+    columns, numeric = RESULT_COLUMNS["pareto"]
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):  # to_csv ends every row with one: a file cut in its last number
+        return "cut short: its last line has no end"
+    try:
+        df = read_csv(io.BytesIO(data))
+    except (ValueError, UnicodeDecodeError) as e:  # pandas' ParserError and EmptyDataError are ValueErrors
+        return f"unreadable as CSV ({str(e).strip().splitlines()[-1]})"
+    if list(df.columns) != columns:
+        return f"its columns are {list(df.columns)}, not {columns}"
+    if len(df) != rows:
+        return f"{len(df)} points, where the sweep makes {rows}"
+    text = [c for c in numeric if not pd.api.types.is_numeric_dtype(df[c])]
+    if text:
+        return f"text in the numeric column(s) {', '.join(text)}"
+    empty = [c for c in numeric if c != "param" and df[c].isna().any()]  # param: NaN for the exact-zeros point
+    return f"empty or NaN values in {', '.join(empty)}" if empty else None
+
+
 def pareto_run(profile: ProfileConfig, run: RunConfig, runs_dir=None, progress: bool = True,
                corpus: dict | None = None) -> pd.DataFrame:
     """(activation ratio, PPL) points of PPL-p% (CETT swept), Top-k (per token and the authors' per-batch
@@ -550,12 +583,16 @@ def pareto_run(profile: ProfileConfig, run: RunConfig, runs_dir=None, progress: 
     scfg = profile.sparsity
     d = run_dir(profile, run, runs_dir)
     out = d / f"pareto-{pareto_key(profile, run)}.csv"
+    moe = run.model.n_experts > 0
+    want = swept_points(profile, run) + (0 if moe else len({float(v) for v in scfg.p}))  # + the PPL-p% points
     if out.exists():
         metas = sorted(d.glob("meta_[0-9]*.json")) if corpus is not None else []
         if metas:  # the sweep ran on its run's corpus (checked when it was made): the newest sidecar's
             check_corpus(run, json.loads(metas[-1].read_text()), metas[-1], corpus)
+        if (damage := sweep_damage(out, want)) is not None:
+            raise SparsingLawError(f"{out}: the cached Pareto sweep of run {run.name} is damaged ({damage}); "
+                                   f"delete it to sweep again ({command_for(profile, 'compute', '02')})")
         return read_csv(out)
-    moe = run.model.n_experts > 0
     if moe:
         require_trained(profile, run, runs_dir)
     record = {"rows": []} if moe else measure_run(profile, run, runs_dir, progress=progress)
@@ -568,8 +605,7 @@ def pareto_run(profile: ProfileConfig, run: RunConfig, runs_dir=None, progress: 
         model = load_model(run, ck["path"], dev)
         ks = topk_ks(scfg.topk_fracs, run.model.d_ff)
         zeros = zeroes_negatives(run.model.activation) and not moe
-        swept = len(scfg.cett_sweep) + 2 * len(ks) + len(scfg.fat_eps) + int(zeros)  # points, one pass each
-        bar = progress_bar(total=run.model.n_experts if moe else swept, desc=f"pareto {run.name}",
+        bar = progress_bar(total=swept_points(profile, run), desc=f"pareto {run.name}",
                            disable=not progress, mininterval=2.0, dynamic_ncols=True)
 
         def tick(event) -> None:  # one point swept
