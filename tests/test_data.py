@@ -335,6 +335,57 @@ def test_concurrent_prepare_builds_once(tmp_path, monkeypatch):
     assert len(out) == 2 and len(calls) == 1 and out[0].root == out[1].root
 
 
+def test_a_token_array_of_the_wrong_size_is_built_again_with_a_note(tmp_path, monkeypatch, capsys):
+    """A token or domain array whose size is not what meta.json counts (a cut copy, a full disk) is never read:
+    the cache is rebuilt in place, with a note naming the file, and gives the tokens of the first build."""
+    from sparsinglaw import config
+
+    cfg = user_cfg(make_folder(tmp_path / "corpus"))
+    td = prepare(cfg, tmp_path / "cache", progress=False)
+    root, names = td.root, ("train.bin", "val.bin", "train.dom", "val.dom")
+    good = {f: (root / f).read_bytes() for f in names}
+    del td  # its memory maps must not see the files cut below
+    for name, size in [("train.bin", 100), ("val.dom", len(good["val.dom"]) + 1)]:  # cut, then grown
+        monkeypatch.setattr(config, "_NOTED", set())
+        os.truncate(root / name, size)
+        td = prepare(cfg, tmp_path / "cache", progress=False)
+        assert capsys.readouterr().err == (f"note: {root / name} holds {size} bytes where meta.json counts "
+                                           f"{len(good[name])} (a cut or damaged token cache): building the cache "
+                                           "again\n")
+        assert td.root == root and {f: (root / f).read_bytes() for f in names} == good
+        assert len(td.train) == len(td.train_domain) and len(td.val) == len(td.val_domain)
+        del td
+    prepare(cfg, tmp_path / "cache", progress=False)  # a sound cache: reused without a word
+    assert capsys.readouterr().err == ""
+
+
+def test_the_next_build_deletes_the_temporary_files_of_a_killed_one(tmp_path, monkeypatch):
+    """A build stopped while it writes (Ctrl-C here; a SIGKILL leaves the same) leaves its <file>.tmp.<pid>
+    files; the next build of that folder, under its lock, deletes those of every pid, and nothing else."""
+    cfg = user_cfg(make_folder(tmp_path / "corpus"))
+    root = prepare(cfg, tmp_path / "cache", progress=False).root
+    (root / "meta.json").unlink()  # an incomplete cache: the next call builds it again, in place
+    real = data.encode_documents
+
+    def interrupted(*a, **k):
+        yield next(real(*a, **k))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(data, "encode_documents", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(cfg, tmp_path / "cache", progress=False)
+
+    def temps():
+        return sorted(p.name for p in root.iterdir() if ".tmp." in p.name)
+
+    assert temps() == [f"train.bin.tmp.{os.getpid()}", f"train.dom.tmp.{os.getpid()}"]
+    (root / "val.bin.tmp.1").write_bytes(b"\0" * 10)  # another dead build's
+    (root / "notes.tmp.1").write_text("not a cache file: kept")
+    monkeypatch.undo()
+    td = prepare(cfg, tmp_path / "cache", progress=False)
+    assert temps() == ["notes.tmp.1"] and (root / "meta.json").is_file() and len(td.train) > 0
+
+
 # -----------------------------------------------------------------------------------------------
 # user corpora
 

@@ -46,7 +46,9 @@ Fingerprint: ``{"source", "files", "bytes", "sha256"}`` where ``files`` counts t
 ``DATA_VERSION`` and then, in order, each document's name, split, domain rule and text. The cache
 folder is named by that hash, the vocabulary size and the tokenizer budget (``tokenizer_mb``), so
 that configs that differ only in their tokenizer keep their own caches; the whole build key, with
-``DATA_VERSION``, is checked against meta.json and a mismatching cache is rebuilt in place.
+``DATA_VERSION``, is checked against meta.json and a mismatching cache is rebuilt in place, as is one whose
+token or domain arrays do not have the sizes meta.json counts (with a note naming the file); a rebuild first
+deletes the temporary files that a build killed mid-way left in the folder.
 """
 
 from __future__ import annotations
@@ -706,7 +708,9 @@ def _build_key(cfg: DataConfig, fingerprint: dict) -> dict:
             "tokenizer_mb": cfg.tokenizer_mb}
 
 
-def _read_meta(root: Path, key: dict) -> dict | None:
+def _read_meta(root: Path, key: dict, say: bool = False) -> dict | None:
+    """The cache's meta.json when the cache is complete and built for ``key``, else None (then it is rebuilt);
+    ``say``: note an array file whose size disagrees with meta.json (once, by the process that rebuilds)."""
     try:
         meta = json.loads((root / "meta.json").read_text())
     except (OSError, ValueError):
@@ -715,13 +719,49 @@ def _read_meta(root: Path, key: dict) -> dict | None:
         return None
     if not all((root / f).is_file() for f in CACHE_FILES):
         return None
+    try:
+        bad = _wrong_size(root, meta)
+    except (OSError, KeyError, TypeError, ValueError):  # a meta.json without token counts: unreadable, as above
+        return None
+    if bad is not None:
+        if say:
+            note_once(f"note: {root / bad[0]} holds {bad[1]} bytes where meta.json counts {bad[2]} (a cut or "
+                      "damaged token cache): building the cache again")
+        return None
     return meta
+
+
+def _array_bytes(meta: dict) -> dict[str, int]:
+    """The size meta.json implies for each token and domain array: its split's token count times the item size."""
+    item = np.dtype(meta["dtype"]).itemsize
+    return {f"{split}.{ext}": int(meta["tokens"][split]) * size
+            for split in ("train", "val") for ext, size in (("bin", item), ("dom", 1))}
+
+
+def _wrong_size(root: Path, meta: dict) -> tuple[str, int, int] | None:
+    """(file, bytes, expected) of the first array whose size is not what meta.json counts, else None (stat only,
+    no hashing: a cut or overwritten file is caught, a same-size corruption is not)."""
+    for name, n in _array_bytes(meta).items():
+        size = (root / name).stat().st_size
+        if size != n:
+            return name, size, n
+    return None
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f"{path.name}.tmp.{os.getpid()}")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def _remove_temps(root: Path) -> None:
+    """Delete the ``<cache file>.tmp.<pid>`` files of builds killed mid-way. Called under the folder's lock, which
+    every writer of these files holds while it writes: any such file left is a dead build's, whatever its pid."""
+    names = (*CACHE_FILES, "meta.json")
+    for path in root.iterdir():
+        name, _, pid = path.name.rpartition(".tmp.")
+        if name in names and pid.isdigit():
+            path.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -739,9 +779,9 @@ def prepare(cfg: DataConfig, cache_dir: Path, progress: bool = True) -> TokenDat
     """Tokenized corpus for ``cfg``, built once under ``cache_dir`` and reused afterwards.
 
     The fingerprint is recomputed on every call (it reads the corpus files, seconds at most);
-    a complete cache (meta.json present, written last) with the same fingerprint, vocabulary and
-    tokenizer budget is reused. An fcntl lock in ``cache_dir`` keeps two processes from building
-    the same cache at once: the second waits and then reuses the first one's files.
+    a complete cache (meta.json present, written last, and arrays of the sizes it counts) with the same
+    fingerprint, vocabulary and tokenizer budget is reused. An fcntl lock in ``cache_dir`` keeps two
+    processes from building the same cache at once: the second waits and then reuses the first one's files.
     """
     cache_dir = Path(cache_dir)
     t0 = time.perf_counter()
@@ -753,7 +793,7 @@ def prepare(cfg: DataConfig, cache_dir: Path, progress: bool = True) -> TokenDat
     if meta is not None:
         return _load(root, _this_call(meta, cfg, fingerprint))
     with _locked(cache_dir / f"{root.name}.lock"):
-        meta = _read_meta(root, key)
+        meta = _read_meta(root, key, say=True)
         if meta is None:
             fresh = not root.exists()
             try:
@@ -782,6 +822,7 @@ def _build(cfg: DataConfig, docs: list[Document], fingerprint: dict, key: dict, 
 
     root.mkdir(parents=True, exist_ok=True)
     (root / "meta.json").unlink(missing_ok=True)  # an incomplete or stale build is redone
+    _remove_temps(root)
     where = "data.packages" if cfg.corpus == "python-env" else str(cfg.corpus)
     domains = corpus_domains(cfg, docs)
     if len(domains) > 256:
