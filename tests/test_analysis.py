@@ -10,6 +10,7 @@ seeds); n_boot is small here to keep the file fast.
 import dataclasses
 import re
 import shutil
+import subprocess
 
 import numpy as np
 import pandas as pd
@@ -788,6 +789,14 @@ def test_a_refit_with_overrides_into_the_committed_results_says_so(tmp_path, mon
     for profile, folder in ((config.load_profile("smoke"), committed), (changed, elsewhere)):
         analysis._note_overridden(profile, folder)
     assert capsys.readouterr().err == ""
+    analysis._note_overridden(changed, committed)  # no table of the folder committed: no git checkout to offer
+    err = capsys.readouterr().err
+    assert f"--set fit.n_boot=7 replace the ones in {committed} (SPARSINGLAW_RESULTS=" in err and "git" not in err
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(tmp_path)]
+    (committed / "fits.csv").write_text("run\n")
+    for args in (["init", "-q"], ["add", "results"], ["commit", "-qm", "tables"]):
+        subprocess.run(git + args, check=True, capture_output=True)
+    monkeypatch.setattr(analysis, "_NOTED", set())
     analysis._note_overridden(changed, committed)
     analysis._note_overridden(changed, committed)
     err = capsys.readouterr().err

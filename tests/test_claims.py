@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import itertools
 import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +24,7 @@ import yaml
 from scipy import stats
 
 from conftest import REPO
-from sparsinglaw import claims, config, laws, runs
+from sparsinglaw import analysis, claims, config, laws, runs
 from sparsinglaw.config import SparsingLawError
 
 # -----------------------------------------------------------------------------------------------
@@ -1159,3 +1161,23 @@ def test_explain_shows_the_rows_in_full():
         "relu_falls: INCONCLUSIVE (n = 8)")])  # an empty note is left out
     assert " ".join(text.split()).count(long) == 1 and "note: checkpoints are autocorrelated" in text
     assert max(map(len, lines)) <= 110
+
+
+def test_a_damaged_fit_table_or_another_csv_does_not_stop_the_fits(synth_profile, tmp_path, monkeypatch):
+    """load_results reads the measurement tables only: a derived table that no longer parses (cut inside
+    a quoted message) is computed again by the fits that write it, and another CSV in the folder is left
+    alone; both stopped every fit, verify and replot with pandas' ParserError."""
+    P = config.load_profile(synth_profile)
+    analysis.fit_profile(P, progress=False)
+    shutil.copytree(runs.results_dir("synth"), tmp_path / "synth")
+    monkeypatch.setenv("SPARSINGLAW_RESULTS", str(tmp_path))
+    fits = tmp_path / "synth" / "fits.csv"
+    good = fits.read_bytes()
+    broken = b'a,b\n"x'  # pandas: "EOF inside string"
+    with pytest.raises(ValueError):
+        pd.read_csv(io.BytesIO(broken))
+    fits.write_bytes(broken)
+    (tmp_path / "synth" / "notes.csv").write_bytes(broken)
+    assert sorted(analysis.load_results(P)) == ["neurons", "sparsity", "tokens"]
+    analysis.fit_profile(P, progress=False)
+    assert fits.read_bytes() == good and (tmp_path / "synth" / "notes.csv").read_bytes() == broken

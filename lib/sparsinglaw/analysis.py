@@ -587,13 +587,13 @@ MEASURED = ("sparsity", "neurons", "tokens")  # the measurement tables every fit
 
 
 def load_results(profile: ProfileConfig | str) -> dict[str, pd.DataFrame]:
-    """Every table of results/<profile>/ by name (sparsity, neurons, tokens, and derived ones present).
-    The measurement tables (MEASURED) are read with runs.read_table's integrity checks: one edited by
-    hand, cut short, or without a readable sidecar is refused, not fitted; for a loaded profile, one
-    measured under other data, runs or sparsity settings (its stage_hash) gets a StaleTableWarning; one
-    without a column the fits read (FIT_INPUT, runs.RESULT_COLUMNS), or with text in a numeric one, is
-    refused naming it.
-    Derived tables are checked where they are reused (_cached)."""
+    """The measurement tables of results/<profile>/ (MEASURED: sparsity, and neurons and tokens where
+    present) by name, read with runs.read_table's integrity checks: one edited by hand, cut short, or
+    without a readable sidecar is refused, not fitted; for a loaded profile, one measured under other data,
+    runs or sparsity settings (its stage_hash) gets a StaleTableWarning; one without a column the fits
+    read (FIT_INPUT, runs.RESULT_COLUMNS), or with text in a numeric one, is refused naming it.
+    Derived tables are read where they are reused (_cached), so a damaged one, or another CSV in the
+    folder, does not stop the fits that would write it again."""
     name = profile if isinstance(profile, str) else profile.name
     folder = results_dir(name)
     measure_cmd = command_for(profile, "measure", "02")
@@ -601,11 +601,11 @@ def load_results(profile: ProfileConfig | str) -> dict[str, pd.DataFrame]:
         raise SparsingLawError(f"{folder / 'sparsity.csv'}: not measured yet; make it with {measure_cmd}")
     expect = None if isinstance(profile, str) else current(profile, "measure")
     out = {}
-    for path in sorted(folder.glob("*.csv")):
-        columns = FIT_INPUT if path.stem == "sparsity" else RESULT_COLUMNS.get(path.stem, ((), ()))
-        out[path.stem] = (read_table(path, *columns, expect=expect, fix=f"rerun {measure_cmd}")
-                          if path.stem in MEASURED else read_csv(path))
-        out[path.stem].attrs = {}
+    for path in (folder / f"{name}.csv" for name in MEASURED):
+        if path.exists():
+            columns = FIT_INPUT if path.stem == "sparsity" else RESULT_COLUMNS.get(path.stem, ((), ()))
+            out[path.stem] = read_table(path, *columns, expect=expect, fix=f"rerun {measure_cmd}")
+            out[path.stem].attrs = {}
     return out
 
 
@@ -694,9 +694,17 @@ def _note_overridden(profile: ProfileConfig, folder: Path) -> None:
         return
     _NOTED.add(str(folder))
     sets = " ".join(f"--set {o}" for o in profile.overrides)
-    print(f"note: tables computed with {sets} replace the committed ones in {folder} (git checkout "
-          f"{folder} restores them; SPARSINGLAW_RESULTS=<another folder> holding a copy of results/ keeps "
-          "them apart)", file=sys.stderr, flush=True)
+    import subprocess
+
+    try:  # committed tables (git tracks files in the folder) can be restored; a profile's own ones cannot
+        tracked = subprocess.run(["git", "ls-files", "--", str(folder)], cwd=repo_root(), capture_output=True,
+                                 text=True, timeout=10).stdout.strip() != ""
+    except (OSError, subprocess.SubprocessError):
+        tracked = False
+    restore = f"git checkout {folder} restores them; " if tracked else ""
+    print(f"note: tables computed with {sets} replace the {'committed ' if tracked else ''}ones in {folder} "
+          f"({restore}SPARSINGLAW_RESULTS=<another folder> holding a copy of results/ keeps them apart)",
+          file=sys.stderr, flush=True)
 
 
 def _spec_payload(profile: ProfileConfig, **args) -> dict:
