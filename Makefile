@@ -33,12 +33,19 @@ help: ## list every target
 	@echo "usage: make TARGET [PROFILE=smoke|cpu|cpu-long|gpu|paper]   (PROFILE=$(PROFILE))"
 	@grep -hE '^[a-zA-Z0-9_%-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
 
-$(STAMP): requirements.txt pyproject.toml
+# The venv is installed again when requirements.txt or pyproject.toml change in content (a checksum in the
+# stamp), not in time: a fresh clone's newer files would reinstall a venv that another checkout shares
+# (VENV=...), and its editable install would then point at the clone.
+DEPS_SUM := $(shell cat requirements.txt pyproject.toml 2>/dev/null | cksum)
+ifneq ($(DEPS_SUM),$(shell cat $(STAMP) 2>/dev/null))
+$(STAMP): FORCE
+endif
+$(STAMP):
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (sparsing-law)" >/dev/null
-	@touch $@
+	@echo '$(DEPS_SUM)' > $@
 
 setup: $(STAMP) ## create or refresh .venv from requirements.txt and install the package (editable)
 
@@ -51,12 +58,16 @@ test-fast: $(STAMP) ## run the unit tests only (no notebooks)
 # The oldest supported versions (requirements-min.txt, the floors in pyproject.toml) in their own venv.
 VENV_MIN ?= .venv-min
 STAMP_MIN := $(VENV_MIN)/.installed
-$(STAMP_MIN): requirements-min.txt pyproject.toml
+DEPS_MIN_SUM := $(shell cat requirements-min.txt pyproject.toml 2>/dev/null | cksum)
+ifneq ($(DEPS_MIN_SUM),$(shell cat $(STAMP_MIN) 2>/dev/null))
+$(STAMP_MIN): FORCE
+endif
+$(STAMP_MIN):
 	@test -x $(VENV_MIN)/bin/python || $(PYTHON) -m venv $(VENV_MIN)
 	$(VENV_MIN)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-min.txt
 	$(VENV_MIN)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	$(VENV_MIN)/bin/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (sparsing-law, oldest versions)" >/dev/null
-	@touch $@
+	@echo '$(DEPS_MIN_SUM)' > $@
 
 VERSIONS := runs/_versions
 PYVER := import platform; print(platform.python_version())

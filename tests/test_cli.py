@@ -31,6 +31,7 @@ def _cli(*args, debug=False):
     (["train", "--profile", "smoke", "--run", "nope"], "no run named"),
     (["train", "--profile", "smoke", "-j", "-3"], "--jobs"),
     (["train", "--profile", "smoke", "--set", "lr"], "KEY=VALUE"),
+    (["compute", "--profile", "smoke", "--runs-dir", ""], "--runs-dir is empty"),
     (["runs", "--profile", "/no/such/file.yaml"], "no such file"),
     (["train"], "--profile"),
     (["frobnicate"], "invalid choice"),
@@ -246,6 +247,26 @@ def test_make_figures_is_out_of_date_when_the_results_or_figures_folder_changes(
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_the_venv_is_installed_again_only_when_its_requirements_change(tmp_path):
+    """The venv's stamp holds a checksum of requirements.txt and pyproject.toml: a fresh clone's newer files
+    (same content) leave a shared venv as it is (its editable install went to the clone), and a change of
+    content, or an old stamp without the checksum, installs again."""
+    venv = tmp_path / "venv"
+    venv.mkdir()
+    stamp = venv / ".installed"
+    stamp.write_text("")  # an older make's stamp (touched), or one of other requirements
+    assert "pip install" in _make("-n", "setup", f"VENV={venv}").stdout
+    deps = subprocess.run("cat requirements.txt pyproject.toml | cksum", shell=True, cwd=REPO, text=True,
+                          capture_output=True, check=True).stdout.strip()
+    stamp.write_text(deps + "\n")
+    os.utime(stamp, (0, 0))  # older than both files: their time alone no longer installs again
+    r = _make("-n", "setup", f"VENV={venv}")
+    assert r.returncode == 0 and "pip install" not in r.stdout, r.stdout
+    stamp.write_text(deps.replace(deps.split()[0], str(int(deps.split()[0]) ^ 1)) + "\n")  # other content
+    assert "pip install" in _make("-n", "setup", f"VENV={venv}").stdout
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 def test_make_follows_the_folder_variables():
     """The Makefile's executed notebooks, report and clean-runs live under SPARSINGLAW_RUNS where it is set,
     and `make verify` rewrites the README's claims block only from the committed results folder."""
@@ -263,7 +284,7 @@ def test_make_follows_the_folder_variables():
     assert "notebooks run" not in replotted
     assert "runs/smoke/replot/07_claims.ipynb -o runs/smoke/report.html" in replotted
     env = _make_n("figures", "PROFILE=smoke", "VENV=/tmp/conda-env", SPARSINGLAW_RUNS="/tmp/elsewhere")  # README
-    assert "touch /tmp/conda-env/.installed" in env and ".venv/" not in env
+    assert "> /tmp/conda-env/.installed" in env and ".venv/" not in env
     assert "/tmp/conda-env/bin/python -m sparsinglaw.notebooks run notebooks/00_overview.ipynb" in env
     for var in ("SPARSINGLAW_RUNS", "SPARSINGLAW_RESULTS", "SPARSINGLAW_FIGURES"):  # `rm -rf /tmp/my runs/smoke`
         # would remove ./runs/smoke

@@ -86,9 +86,11 @@ def test_a_failed_run_leaves_no_output_that_make_would_take_as_executed(tmp_path
     assert out.is_file() and not failed.exists()
 
 
-def test_a_terminated_run_removes_its_output_as_a_failed_one(tmp_path):
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_a_terminated_run_removes_its_output_as_a_failed_one(tmp_path, sig):
     """SIGTERM (a timeout, a batch system) killed the run without cleanup: the partial file stayed and the
-    older output with it. Now it unwinds as Ctrl-C does: no output, the executed cells in out.failed.ipynb."""
+    older output with it. Now it unwinds as Ctrl-C does: no output, the executed cells in out.failed.ipynb.
+    Ctrl-C (SIGINT) ends with one line, not a traceback of papermill's internals."""
     import signal
     import time
 
@@ -97,11 +99,18 @@ def test_a_terminated_run_removes_its_output_as_a_failed_one(tmp_path):
     out.write_text("an older output")
     env = {**os.environ, "PYTHONPATH": str(REPO / "lib")}
     p = subprocess.Popen([sys.executable, "-m", "sparsinglaw.notebooks", "run", str(nb), str(out), "--profile",
-                          "smoke"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                          "smoke"], cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                         text=True)
     deadline = time.time() + 120
     while not (tmp_path / "out.partial.ipynb").exists() and time.time() < deadline:  # the kernel runs the cell
         time.sleep(0.2)
     time.sleep(1.0)
-    p.send_signal(signal.SIGTERM)
-    assert p.wait(timeout=60) == 128 + signal.SIGTERM
+    p.send_signal(getattr(signal, sig))
+    err = p.communicate(timeout=60)[1]
+    assert p.returncode == 128 + getattr(signal, sig)
     assert sorted(x.name for x in tmp_path.iterdir()) == ["nb.ipynb", "out.failed.ipynb"]
+    if sig == "SIGINT":
+        assert err.strip().splitlines()[-1] == (f"interrupted ({out} not written; the cells run so far: "
+                                                f"{tmp_path / 'out.failed.ipynb'}); rerun the same command (make "
+                                                "runs again what is not finished)"), err
+        assert "KeyboardInterrupt" not in err, err  # (the kernel, stopped mid-reply, may still log its own)

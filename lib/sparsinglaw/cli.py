@@ -229,6 +229,9 @@ def _dispatch(args) -> int:
         print(compare.report(compare.compare(args.a, args.b)), end="")
         return 0
     profile = load_profile(args.profile, overrides=args.overrides)
+    if args.runs_dir is not None and not args.runs_dir.strip():  # "" would be the working directory
+        raise ConfigError("--runs-dir is empty; give a folder for checkpoints and logs, or leave it out for "
+                          "the default (runs/, or SPARSINGLAW_RUNS)")
     if args.runs_dir is not None and Path(args.runs_dir).exists() and not Path(args.runs_dir).is_dir():
         raise ConfigError(f"--runs-dir {args.runs_dir}: not a folder; expected a folder for checkpoints and logs")
     if getattr(args, "jobs", None) is not None and args.jobs < 0:

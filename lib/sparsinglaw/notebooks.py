@@ -165,6 +165,10 @@ def _main(argv=None) -> int:
     except SparsingLawError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # Ctrl-C: one line, not the traceback of wherever papermill was waiting
+        done = f" ({args.out} not written; the cells run so far: {failed_path(args.out)})" if args.cmd == "run" else ""
+        print(f"interrupted{done}; rerun the same command (make runs again what is not finished)", file=sys.stderr)
+        return 130
     return 0
 
 
