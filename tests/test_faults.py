@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import hashlib
+import io
 import json
 import os
 import random
@@ -391,6 +392,86 @@ def test_log_is_trimmed_to_the_resumed_checkpoint(tmp_path):
     log.write_bytes(b"")
     append_log(log, [{"step": 2, "tokens": 16, "split": "train", "loss": 1.0}])
     assert pd.read_csv(log)["step"].tolist() == [2]
+
+
+def _logs_of(profile, session_roots, rd: Path) -> dict[str, Path]:
+    """Copies of the log.csv and DONE of each run of `profile` in runs folder `rd` (all that reading the
+    training logs needs); run name -> its copied log.csv."""
+    out = {}
+    for r in profile.runs:
+        d = runs.run_dir(profile, r, rd)
+        d.mkdir(parents=True)
+        for name in ("log.csv", "DONE"):
+            shutil.copy(runs.run_dir(profile, r, session_roots["SPARSINGLAW_RUNS"]) / name, d / name)
+        out[r.name] = d / "log.csv"
+    return out
+
+
+@pytest.mark.parametrize("damage,what", [
+    ("cut", "its last line '{last}' is cut off"),  # a row cut mid-write: it was read, with its cut loss
+    ("empty", "the file is empty"),  # it was a bare pandas EmptyDataError
+    ("garbage", "missing column(s) step, tokens, split, loss, lr, tok_s, mfu; its header line reads 'garbage'"),
+    ("last-rows-lost", "its train rows end at step {before}, not at the run's final step {steps}"),
+    ("not-a-loss", "line 3, column loss: 'x' is not a number"),
+], ids=["cut", "empty", "garbage", "last-rows-lost", "not-a-loss"])
+def test_a_damaged_log_of_a_finished_run_is_refused(tmp_path, monkeypatch, measured_mini, session_roots, damage,
+                                                    what):
+    """A finished run's log.csv that is cut off, empty, not the trainer's CSV, short of the final step or
+    holding a loss that is not a number is refused, naming the file, what is wrong and the fix: training it
+    again would skip it (a log cut mid-row was read as it was, so compute wrote a train_log.csv that lost the
+    rows after the cut and kept a cut loss; an empty one or a stray word raised pandas' EmptyDataError or
+    KeyError 'split'). Nothing is written."""
+    monkeypatch.setenv("SPARSINGLAW_RESULTS", str(tmp_path / "results"))
+    rd = tmp_path / "runs"
+    run = measured_mini.run("relu-s1")
+    log = _logs_of(measured_mini, session_roots, rd)["relu-s1"]
+    good = log.read_bytes()
+    lines = good.decode().splitlines(keepends=True)
+    steps = json.loads((log.parent / "DONE").read_text())["steps"]
+    assert lines[-1].startswith(f"{steps},") and lines[-1].endswith("\r\n")
+    fields = lines[-1].split(",")
+    cut = ",".join(fields[:3] + [fields[3][:4]])  # step, tokens, split and a cut loss
+    bad = {"cut": "".join(lines[:-1]) + cut, "empty": "", "garbage": "garbage\n",
+           "last-rows-lost": "".join(l for l in lines if not l.startswith(f"{steps},")),
+           "not-a-loss": "".join(lines[:2]) + lines[2].replace(lines[2].split(",")[3], "x", 1) + "".join(lines[3:])}
+    log.write_text(bad[damage], newline="")
+    before = max(int(l.split(",")[0]) for l in lines[1:] if not l.startswith(f"{steps},"))
+    want = (f"{log}: the training log of the finished run relu-s1 is damaged "
+            f"({what.format(last=cut, before=before, steps=steps)}); restore it, or delete the run folder "
+            f"{log.parent} and train the run again ({runs.train_command(measured_mini, rd, 'relu-s1')})")
+    with pytest.raises(SparsingLawError) as e:
+        runs.load_log(measured_mini, run, rd)
+    assert str(e.value) == want
+    with pytest.raises(SparsingLawError) as e:  # compute's "training logs" stage
+        runs.train_log_table(measured_mini, runs_dir=rd)
+    assert str(e.value) == want
+    assert not (tmp_path / "results").exists()
+    log.write_bytes(good)  # the log as the trainer left it is read as it was
+    pd.testing.assert_frame_equal(runs.load_log(measured_mini, run, rd),
+                                  runs.read_csv(log).sort_values(["split", "step"]).reset_index(drop=True))
+
+
+def test_an_unfinished_runs_log_is_read_as_its_resume_keeps_it(tmp_path, measured_mini, session_roots):
+    """The log of a run killed mid-write (not finished: no DONE) may end in a cut row, which its resume drops
+    (train.trim_log): it is read without it, as are lines that are not rows, instead of being refused or read
+    with a cut loss. A row of the trainer's shape with a loss that is not a number is still refused."""
+    rd = tmp_path / "runs"
+    run = measured_mini.run("relu-s1")
+    log = _logs_of(measured_mini, session_roots, rd)["relu-s1"]
+    (log.parent / "DONE").unlink()
+    lines = log.read_bytes().decode().splitlines(keepends=True)
+    whole = runs.read_csv(io.StringIO("".join(lines[:-1]))).sort_values(["split", "step"]).reset_index(drop=True)
+    for text in ("".join(lines[:-1]) + lines[-1][:12],  # a kill mid-write
+                 lines[0] + "garbage\r\n" + "".join(lines[1:-1]) + "1,2,val,3.0"):  # and a stray line
+        log.write_text(text, newline="")
+        got = runs.load_log(measured_mini, run, rd)
+        pd.testing.assert_frame_equal(got, whole, check_dtype=False)
+        trim_log(log, 10**9)  # what the resume keeps: the same rows
+        pd.testing.assert_frame_equal(runs.load_log(measured_mini, run, rd), whole, check_dtype=False)
+    log.write_text("".join(lines[:2]) + lines[2].replace(lines[2].split(",")[3], "x", 1), newline="")
+    with pytest.raises(SparsingLawError, match=r"the training log of run relu-s1 is damaged \(line 3, column loss: "
+                                               r"'x' is not a number\); restore it, or delete the run folder"):
+        runs.load_log(measured_mini, run, rd)
 
 
 def test_failing_write_through_the_cli(tmp_path, monkeypatch, capsys):

@@ -186,19 +186,14 @@ def test_corrupted_checkpoint_is_refused(tiny_profile, smoke_tokens, capsys):
 
 
 def test_log_dedup_after_resume(tiny_profile, tmp_path):
+    """A resumed (unfinished) run's log repeats the rows after its checkpoint: the last of each step wins."""
     run = tiny_profile.run("relu-s1")
-    d = runs.run_dir(tiny_profile, run)
-    d.mkdir(parents=True, exist_ok=True)
-    log = d / "log.csv"
-    saved = log.read_bytes() if log.exists() else None
-    try:
-        pd.DataFrame({"step": [2, 4, 4], "tokens": [1, 2, 2], "split": ["train"] * 3, "loss": [3.0, 2.0, 1.5],
-                      "lr": [0.1] * 3, "tok_s": [1] * 3, "mfu": [""] * 3}).to_csv(log, index=False)
-        got = runs.load_log(tiny_profile, run)
-        assert list(got["step"]) == [2, 4] and got["loss"].iloc[-1] == 1.5
-    finally:
-        if saved is not None:
-            log.write_bytes(saved)
+    d = runs.run_dir(tiny_profile, run, tmp_path)
+    d.mkdir(parents=True)
+    pd.DataFrame({"step": [2, 4, 4], "tokens": [1, 2, 2], "split": ["train"] * 3, "loss": [3.0, 2.0, 1.5],
+                  "lr": [0.1] * 3, "tok_s": [1] * 3, "mfu": [""] * 3}).to_csv(d / "log.csv", index=False)
+    got = runs.load_log(tiny_profile, run, tmp_path)
+    assert list(got["step"]) == [2, 4] and got["loss"].iloc[-1] == 1.5
 
 
 def test_state_dict_has_no_wrapper_prefixes(tiny_profile, smoke_tokens, tmp_path, monkeypatch):

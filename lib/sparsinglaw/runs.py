@@ -38,7 +38,7 @@ from .config import (
     load_profile,
     stable_hash,
 )
-from .train import atomic_write_files, checkpoint_problem, read_done, read_meta
+from .train import LOG_FIELDS, atomic_write_files, checkpoint_problem, log_row_step, read_done, read_meta
 
 # -----------------------------------------------------------------------------------------------
 # roots
@@ -351,18 +351,88 @@ def read_csv(source) -> pd.DataFrame:
 
 
 def load_log(profile: ProfileConfig, run: RunConfig, runs_dir=None) -> pd.DataFrame:
-    """The run's log.csv; rows repeated after a resume are dropped (the last one of each step wins)."""
+    """The run's log.csv; rows repeated after a resume are dropped (the last one of each step wins). A
+    finished run's log is read as it is and must be whole (the trainer's columns, numbers, no line cut
+    off, train and val rows up to the final step), else SparsingLawError: training it again would skip
+    it. An unfinished run's is read as its resume keeps it (train.trim_log): a last line cut by a kill,
+    and any other line that is not a row, left out."""
     path = run_dir(profile, run, runs_dir) / "log.csv"
+    finished = (path.parent / "DONE").exists()  # training it again would skip it
+    again = (f"delete the run folder {path.parent} and train the run again "
+             f"({train_command(profile, runs_dir, run.name)})")
     if not path.exists():
-        if (path.parent / "DONE").exists():  # training it again would skip it: it is finished
+        if finished:
             raise SparsingLawError(f"{path}: the training log of the finished run {run.name} is missing; restore "
-                                   f"it, or delete the run folder {path.parent} and train the run again "
-                                   f"({train_command(profile, runs_dir, run.name)})")
+                                   f"it, or {again}")
         raise SparsingLawError(f"{path}: no training log; train the run first "
                                f"({train_command(profile, runs_dir, run.name)})")
-    df = read_csv(path)
+    steps = (read_done(path.parent / "DONE") or {}).get("steps") if finished else None
+    df, problem = _read_log(path, finished)
+    problem = problem or _log_problem(df, steps if isinstance(steps, int) else None)
+    if problem:
+        whose = f"the finished run {run.name}" if finished else f"run {run.name}"
+        raise SparsingLawError(f"{path}: the training log of {whose} is damaged ({problem}); restore it, or {again}")
     df = df.drop_duplicates(subset=["step", "split"], keep="last")
     return df.sort_values(["split", "step"]).reset_index(drop=True)
+
+
+def _read_log(path: Path, whole: bool) -> tuple[pd.DataFrame | None, str | None]:
+    """log.csv as a table, or why it cannot be read. `whole` (a finished run): as it is, with its last line
+    complete. Otherwise as a resume keeps it (train.trim_log): the rows the trainer writes, each ending in a
+    line end, under its header; the original line numbers are kept in df.attrs["lines"]."""
+    data, numbers = path.read_bytes(), None
+    if whole:
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            return None, f"not UTF-8 text: {e}"
+        if not text.strip():
+            return None, "the file is empty"
+        if not text.endswith("\n"):
+            return None, f"its last line {text.splitlines()[-1][:60]!r} is cut off"
+    else:  # as trim_log reads it
+        lines = data.decode("utf-8", errors="replace").splitlines(keepends=True)
+        rows = [(k + 1, line) for k, line in enumerate(lines[1:], 1)
+                if line.endswith("\n") and log_row_step(line) is not None]
+        text = ",".join(LOG_FIELDS) + "\n" + "".join(line for _, line in rows)
+        numbers = [k for k, _ in rows]
+    try:
+        df = read_csv(io.StringIO(text))
+    except ValueError as e:  # pandas' ParserError and EmptyDataError
+        return None, f"not a readable CSV table: {str(e).strip()}"
+    if numbers is not None:
+        df.attrs["lines"] = numbers
+    return df, None
+
+
+def _log_problem(df: pd.DataFrame, steps: int | None) -> str | None:
+    """What is wrong with a training log read by _read_log, or None: a column the trainer writes missing, a
+    step or token count that is not a whole number, a loss that is not a number, a split neither train nor
+    val; with the run's final `steps` (a finished run), train or val rows that do not reach it."""
+    missing = [c for c in LOG_FIELDS if c not in df.columns]
+    if missing:
+        return f"missing column(s) {', '.join(missing)}; its header line reads {','.join(map(str, df.columns))!r}"
+    lines = df.attrs.get("lines") or range(2, len(df) + 2)
+    for c in ("step", "tokens", "loss", "split"):
+        if c == "split":
+            bad = ~df[c].isin(["train", "val"])
+        else:
+            v = pd.to_numeric(df[c], errors="coerce")
+            bad = v.isna() | v.isin([float("inf"), float("-inf")]) | ((v != v.round()) if c != "loss" else False)
+        if bad.any():
+            i = int(bad.to_numpy().argmax())
+            val = df[c].iloc[i]
+            shown = "''" if pd.isna(val) else repr(val) if isinstance(val, str) else str(val)
+            what = "train or val" if c == "split" else "a whole number" if c != "loss" else "a number"
+            return f"line {lines[i]}, column {c}: {shown} is not {what}"
+    if steps is None:
+        return None
+    for split in ("train", "val"):
+        last = df.loc[df["split"] == split, "step"].max()
+        if last != steps:
+            ends = f"no {split} rows" if pd.isna(last) else f"its {split} rows end at step {int(last)}"
+            return f"{ends}, not at the run's final step {steps}"
+    return None
 
 
 # -----------------------------------------------------------------------------------------------
@@ -445,12 +515,51 @@ def one_line_warnings() -> None:
     warnings.formatwarning = lambda message, category, *args, **kwargs: f"{category.__name__}: {message}\n"
 
 
-def _worker_init(relay=None, activations: bytes | None = None) -> None:
-    """In each worker of run_parallel: SIGINT ignored, then unblocked (it was blocked when the worker
-    started, so a Ctrl-C during its start-up stayed pending and is now dropped): Ctrl-C reaches the
-    parent alone, which terminates the workers. Progress bars take a thread lock instead of tqdm's
-    default multiprocessing lock, a named semaphore of this process alone that a terminated worker
-    would leave to the resource tracker (which then warns of leaked semaphores). Warnings take one line.
+PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h): the signal a process gets when its parent ends
+
+
+def exit_with_parent(parent: int) -> None:
+    """In a worker process started by process `parent`: end the worker when `parent` ends, however it
+    ends (a parent killed by SIGKILL or the OOM killer left its workers to PID 1, where they went on
+    with the queued calls and then waited forever). On Linux the kernel sends the worker SIGKILL
+    (PR_SET_PDEATHSIG) when the thread that started it ends: run_parallel's own thread starts every
+    worker (submit spawns them, directly: `spawn`, no fork server between) and waits for them. Elsewhere
+    a daemon thread checks the parent every second. A parent gone before this call ends it at once."""
+    if not _parent_death_signal():
+        import threading
+
+        threading.Thread(target=_watch_parent, args=(parent,), name="watch-parent", daemon=True).start()
+    if os.getppid() != parent:  # it ended before prctl: this worker was already handed to another
+        os._exit(1)
+
+
+def _parent_death_signal() -> bool:
+    """prctl(PR_SET_PDEATHSIG, SIGKILL) for this process; False where it is unavailable (not Linux)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+    import signal
+
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+    except (OSError, AttributeError):  # no libc to load, or no prctl in it
+        return False
+
+
+def _watch_parent(parent: int, every: float = 1.0) -> None:
+    """exit_with_parent's fallback: end this process once `parent` is no longer its parent."""
+    while os.getppid() == parent:
+        time.sleep(every)
+    os._exit(1)
+
+
+def _worker_init(relay=None, activations: bytes | None = None, parent: int | None = None) -> None:
+    """In each worker of run_parallel: it ends when its `parent` does (exit_with_parent). SIGINT
+    ignored, then unblocked (it was blocked when the worker started, so a Ctrl-C during its start-up
+    stayed pending and is now dropped): Ctrl-C reaches the parent alone, which terminates the workers.
+    Progress bars take a thread lock instead of tqdm's default multiprocessing lock, a named semaphore
+    of this process alone that a terminated worker would leave to the resource tracker (which then
+    warns of leaked semaphores). Warnings take one line.
     `relay`: the queue to the parent's stage bar, which then takes the worker's bars and output lines.
     `activations`: the parent's registered activations, pickled (model.register_activation).
     """
@@ -461,6 +570,8 @@ def _worker_init(relay=None, activations: bytes | None = None) -> None:
 
     from . import progress
 
+    if parent is not None:
+        exit_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     tqdm.set_lock(threading.RLock())
@@ -515,7 +626,8 @@ def run_parallel(fn, calls: list[tuple], jobs: int, what: str, keep_going: bool 
     Ctrl-C stops the workers at once and drops the queued calls (killed runs resume from their last
     checkpoint): while the workers are started SIGINT is blocked in this thread, so the workers start
     with it blocked (a spawned process keeps the mask) and ignore it once set up (_worker_init); a
-    Ctrl-C meanwhile stays pending here and is raised after the start."""
+    Ctrl-C meanwhile stays pending here and is raised after the start. This process killed outright
+    (SIGKILL, the OOM killer), its workers end with it (exit_with_parent)."""
     import multiprocessing as mp
     import signal
     import threading
@@ -556,7 +668,7 @@ def run_parallel(fn, calls: list[tuple], jobs: int, what: str, keep_going: bool 
             if relay is not None:
                 stage = StageBar(relay, what, weights or [1.0] * len(calls))
             pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init,
-                                       initargs=(relay, activations))
+                                       initargs=(relay, activations, os.getpid()))
             futures = {pool.submit(call, i, fn, *args): i for i, args in enumerate(calls)}  # starts the workers
         finally:
             if block:

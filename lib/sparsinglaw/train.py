@@ -370,13 +370,14 @@ def trim_log(path: Path, step: int) -> None:
     with open(path, encoding="utf-8", errors="replace", newline="") as f:
         text = f.read()  # newline="": the csv module's \r\n line ends are kept as they are
     keep = [line for line in text.splitlines(keepends=True)[1:]
-            if line.endswith("\n") and (s := _log_step(line)) is not None and s <= step]
+            if line.endswith("\n") and (s := log_row_step(line)) is not None and s <= step]
     trimmed = ",".join(LOG_FIELDS) + "\r\n" + "".join(keep)
     if trimmed != text:
         atomic_write_text(path, trimmed)
 
 
-def _log_step(line: str) -> int | None:
+def log_row_step(line: str) -> int | None:
+    """The step of a line of log.csv that is a row the trainer writes (its fields, a whole step), else None."""
     fields = next(csv.reader([line]), [])
     return int(fields[0]) if len(fields) == len(LOG_FIELDS) and fields[0].isdigit() else None
 
