@@ -74,9 +74,10 @@ case "$part" in
     # COMPUTE_ARGS: extra arguments, e.g. "--set compute.compile=false"
     compute_args=${COMPUTE_ARGS:-}
     # torch.compile on this machine at all (Triton, a C compiler)? If not, every run would fail at its first
-    # step: train eager instead, and say so (compile_check.log comes back)
-    if [[ "$compute_args" != *compute.compile=false* ]]; then
-      if ! timeout -k 5 120 $PY -c "import torch; f = torch.compile(lambda x: (2 * x).sin().sum())
+    # step: train eager instead, and say so (compile_check.log comes back). At most 120 s, and never into
+    # the 90 s kept below; a resuming call checks again (a fresh process compiles anew anyway)
+    if [[ "${compute_args,,}" != *compute.compile=false* ]]; then
+      if ! timeout -k 5 "$(( $(upto 90) < 120 ? $(upto 90) : 120 ))" $PY -c "import torch; f = torch.compile(lambda x: (2 * x).sin().sum())
 print('torch.compile on', torch.cuda.get_device_name(0), 'works:', f(torch.ones(8, device='cuda')).item())" \
           > "$OUT/compile_check.log" 2>&1; then
         echo "torch.compile failed here (the lines above): training eager" >> "$OUT/compile_check.log"

@@ -76,9 +76,14 @@ def test_gpu_session_profile_packs_what_it_has_when_cut_off(tmp_path):
 
 
 def test_gpu_session_profile_trains_eager_where_torch_compile_fails(tmp_path):
-    """Before the profile, `profile` tries torch.compile on the GPU; where that fails (here: no GPU), it says
-    so and trains eager (--set compute.compile=false), rather than letting every run fail at its first step."""
-    py = _fake_py(tmp_path, "exit 0")
+    """Before the profile, `profile` tries torch.compile on the GPU; where that fails (a stand-in python fails
+    it, on any machine), it says so and trains eager (--set compute.compile=false), rather than letting every
+    run fail at its first step."""
+    py = tmp_path / "py"
+    py.write_text(f"#!/usr/bin/env bash\nprintf '%s\\n' \"$*\" >> {tmp_path / 'calls.txt'}\n"
+                  "case \"$*\" in *torch.compile*) echo 'RuntimeError: no working Triton here' >&2; exit 1;; esac\n"
+                  f"exec {sys.executable} \"$@\"\n")
+    py.chmod(0o755)
     env = dict(os.environ, OUT=str(tmp_path / "out"), PY=str(py), OMP_NUM_THREADS="1", LIMIT="95",
                COMPUTE_ARGS="--set compute.device=cpu", SPARSINGLAW_RUNS=str(tmp_path / "runs"),
                SPARSINGLAW_RESULTS=str(tmp_path / "results"), SPARSINGLAW_DATA=str(tmp_path / "data"))

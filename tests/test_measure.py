@@ -203,7 +203,8 @@ def test_a_damaged_pareto_cache_is_refused_naming_it(tiny, smoke_tokens, tmp_pat
     lines = good.decode().splitlines(keepends=True)
     cut_row = "".join(lines[:5]) + lines[5][:25]  # a row cut in the middle of a number
     text = good.decode().replace(lines[3].split(",")[-1].strip(), "x", 1)
-    for damaged, what in ((good[:0], "unreadable as CSV"), ("".join(lines[:-2]).encode(), f"{len(df) - 2} points"),
+    for damaged, what in ((good[:0], "the file is empty"), (b'a,b\n"x\n', "unreadable as CSV"),
+                          ("".join(lines[:-2]).encode(), f"{len(df) - 2} points"),
                           (cut_row.encode(), "cut short: its last line has no end"), (good[:-3], "cut short"),
                           (cut_row.encode() + b"\n", "5 points"), (text.encode(), "text in the numeric column"),
                           (good.replace(b"ppl_ratio", b"ratio"), "its columns are")):

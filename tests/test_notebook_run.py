@@ -110,7 +110,6 @@ def test_a_terminated_run_removes_its_output_as_a_failed_one(tmp_path, sig):
     assert p.returncode == 128 + getattr(signal, sig)
     assert sorted(x.name for x in tmp_path.iterdir()) == ["nb.ipynb", "out.failed.ipynb"]
     if sig == "SIGINT":
-        assert err.strip().splitlines()[-1] == (f"interrupted ({out} not written; the cells run so far: "
-                                                f"{tmp_path / 'out.failed.ipynb'}); rerun the same command (make "
-                                                "runs again what is not finished)"), err
-        assert "KeyboardInterrupt" not in err, err  # (the kernel, stopped mid-reply, may still log its own)
+        assert (f"interrupted ({out} not written; the cells run so far: {tmp_path / 'out.failed.ipynb'}); rerun the "
+                "same command (make runs again what is not finished)") in err.splitlines(), err
+        assert "KeyboardInterrupt" not in err, err  # (the kernel, stopped mid-reply, may log a ZMQ error of its own)

@@ -248,6 +248,8 @@ def _dispatch(args) -> int:
     try:
         from .analysis import activation_forms, fit_spec
     except ModuleNotFoundError as e:
+        if (e.name or "").split(".")[0] == __package__:  # a module of this package itself: a broken install
+            raise
         if args.command in ("fit", "verify"):
             raise SparsingLawError(f"`{args.command}` needs the package {e.name!r}, which is not installed here; "
                                    "install the project's dependencies (make setup, or pip install -e .)") from None

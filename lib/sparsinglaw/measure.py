@@ -264,6 +264,7 @@ def measure_run(profile: ProfileConfig, run: RunConfig, runs_dir=None, progress:
                 return rec
             print(f"note: run {run.name}: the arrays of its measurement ({out.with_suffix('.npz').name}) are "
                   "missing; measuring it again", flush=True)
+            out.unlink()  # a reader without the lock must not pair this record with the new arrays
         remove_stale_temps(d)
         t0 = time.perf_counter()
         dev = measure_device(profile)
@@ -553,12 +554,14 @@ def sweep_damage(path: Path, rows: int) -> str | None:
     cut short or edited would otherwise give the Pareto figures and claims fewer or broken points."""
     columns, numeric = RESULT_COLUMNS["pareto"]
     data = path.read_bytes()
-    if data and not data.endswith(b"\n"):  # to_csv ends every row with one: a file cut in its last number
+    if not data.strip():
+        return "the file is empty"
+    if not data.endswith(b"\n"):  # to_csv ends every row with one: a file cut in its last number
         return "cut short: its last line has no end"
     try:
         df = read_csv(io.BytesIO(data))
-    except (ValueError, UnicodeDecodeError) as e:  # pandas' ParserError and EmptyDataError are ValueErrors
-        return f"unreadable as CSV ({str(e).strip().splitlines()[-1]})"
+    except ValueError as e:  # pandas' ParserError, a UnicodeDecodeError
+        return f"unreadable as CSV ({' '.join(str(e).split()) or type(e).__name__})"
     if list(df.columns) != columns:
         return f"its columns are {list(df.columns)}, not {columns}"
     if len(df) != rows:
@@ -591,7 +594,7 @@ def pareto_run(profile: ProfileConfig, run: RunConfig, runs_dir=None, progress: 
             check_corpus(run, json.loads(metas[-1].read_text()), metas[-1], corpus)
         if (damage := sweep_damage(out, want)) is not None:
             raise SparsingLawError(f"{out}: the cached Pareto sweep of run {run.name} is damaged ({damage}); "
-                                   f"delete it to sweep again ({command_for(profile, 'compute', '02')})")
+                                   f"delete it to sweep again ({command_for(profile, 'compute', '02', runs_dir)})")
         return read_csv(out)
     if moe:
         require_trained(profile, run, runs_dir)
@@ -636,6 +639,8 @@ def pareto_run(profile: ProfileConfig, run: RunConfig, runs_dir=None, progress: 
         df.insert(1, "activation", run.model.activation)
         df.insert(2, "step", int(ck["step"]))
         atomic_write_bytes(out, df.to_csv(index=False).encode())
+    if (damage := sweep_damage(out, want)) is not None:  # what the next call checks: made here to pass it
+        raise RuntimeError(f"pareto_run wrote {out} with {damage}: swept_points no longer counts what it sweeps")
     return read_csv(out)  # as a cached sweep returns it
 
 

@@ -120,6 +120,10 @@ def report(paths: list[str | Path], out: str | Path, title: str = "sparsing-law 
     return out
 
 
+class Interrupted(SystemExit):
+    """Ctrl-C during a notebook run (raised by its SIGINT handler)."""
+
+
 def _main(argv=None) -> int:
     import argparse
     import logging
@@ -148,8 +152,15 @@ def _main(argv=None) -> int:
 
             from papermill.exceptions import PapermillExecutionError
 
-            # a termination (a timeout, a batch system) unwinds as Ctrl-C does: execute's cleanup runs
+            # a termination (a timeout, a batch system) and Ctrl-C unwind as SystemExit: execute's cleanup runs.
+            # Ctrl-C is not left to Python's KeyboardInterrupt, which asyncio turns into a cancellation of the
+            # kernel client's task that can leave the process waiting for good.
             signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+
+            def interrupted(*_):
+                raise Interrupted(128 + signal.SIGINT)
+
+            signal.signal(signal.SIGINT, interrupted)
 
             logging.basicConfig(level=logging.INFO, format="%(message)s")  # as papermill's own command line
             try:
@@ -165,8 +176,10 @@ def _main(argv=None) -> int:
     except SparsingLawError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:  # Ctrl-C: one line, not the traceback of wherever papermill was waiting
-        done = f" ({args.out} not written; the cells run so far: {failed_path(args.out)})" if args.cmd == "run" else ""
+    except (KeyboardInterrupt, Interrupted):  # Ctrl-C: one line, not the traceback of where papermill waited
+        ran = failed_path(args.out) if args.cmd == "run" else None
+        done = (f" ({args.out} not written" + (f"; the cells run so far: {ran}" if ran.exists() else "") + ")"
+                if ran is not None else "")
         print(f"interrupted{done}; rerun the same command (make runs again what is not finished)", file=sys.stderr)
         return 130
     return 0

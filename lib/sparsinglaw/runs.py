@@ -38,7 +38,7 @@ from .config import (
     load_profile,
     stable_hash,
 )
-from .train import LOG_FIELDS, atomic_write_files, checkpoint_problem, log_row_step, read_done, read_meta
+from .train import LOG_FIELDS, atomic_write_files, checkpoint_problem, log_rows, read_done, read_meta
 
 # -----------------------------------------------------------------------------------------------
 # roots
@@ -372,6 +372,7 @@ def load_log(profile: ProfileConfig, run: RunConfig, runs_dir=None) -> pd.DataFr
     if problem:
         whose = f"the finished run {run.name}" if finished else f"run {run.name}"
         raise SparsingLawError(f"{path}: the training log of {whose} is damaged ({problem}); restore it, or {again}")
+    df.attrs.pop("lines", None)  # _read_log's line numbers: not the rows' once deduplicated and sorted
     df = df.drop_duplicates(subset=["step", "split"], keep="last")
     return df.sort_values(["split", "step"]).reset_index(drop=True)
 
@@ -391,11 +392,9 @@ def _read_log(path: Path, whole: bool) -> tuple[pd.DataFrame | None, str | None]
         if not text.endswith("\n"):
             return None, f"its last line {text.splitlines()[-1][:60]!r} is cut off"
     else:  # as trim_log reads it
-        lines = data.decode("utf-8", errors="replace").splitlines(keepends=True)
-        rows = [(k + 1, line) for k, line in enumerate(lines[1:], 1)
-                if line.endswith("\n") and log_row_step(line) is not None]
-        text = ",".join(LOG_FIELDS) + "\n" + "".join(line for _, line in rows)
-        numbers = [k for k, _ in rows]
+        rows = log_rows(data.decode("utf-8", errors="replace"))
+        text = ",".join(LOG_FIELDS) + "\n" + "".join(line for _, _, line in rows)
+        numbers = [k for k, _, _ in rows]
     try:
         df = read_csv(io.StringIO(text))
     except ValueError as e:  # pandas' ParserError and EmptyDataError
@@ -422,7 +421,7 @@ def _log_problem(df: pd.DataFrame, steps: int | None) -> str | None:
         if bad.any():
             i = int(bad.to_numpy().argmax())
             val = df[c].iloc[i]
-            shown = "''" if pd.isna(val) else repr(val) if isinstance(val, str) else str(val)
+            shown = "empty or NaN" if pd.isna(val) else repr(val) if isinstance(val, str) else str(val)
             what = "train or val" if c == "split" else "a whole number" if c != "loss" else "a number"
             return f"line {lines[i]}, column {c}: {shown} is not {what}"
     if steps is None:

@@ -369,17 +369,21 @@ def trim_log(path: Path, step: int) -> None:
         return
     with open(path, encoding="utf-8", errors="replace", newline="") as f:
         text = f.read()  # newline="": the csv module's \r\n line ends are kept as they are
-    keep = [line for line in text.splitlines(keepends=True)[1:]
-            if line.endswith("\n") and (s := log_row_step(line)) is not None and s <= step]
+    keep = [line for _, s, line in log_rows(text) if s <= step]
     trimmed = ",".join(LOG_FIELDS) + "\r\n" + "".join(keep)
     if trimmed != text:
         atomic_write_text(path, trimmed)
 
 
-def log_row_step(line: str) -> int | None:
-    """The step of a line of log.csv that is a row the trainer writes (its fields, a whole step), else None."""
-    fields = next(csv.reader([line]), [])
-    return int(fields[0]) if len(fields) == len(LOG_FIELDS) and fields[0].isdigit() else None
+def log_rows(text: str) -> list[tuple[int, int, str]]:
+    """(line number, step, line) of each line of log.csv's `text` that is a whole row the trainer writes
+    (its fields, a whole step, a line end), after the header: what a resume keeps (trim_log)."""
+    out = []
+    for k, line in enumerate(text.splitlines(keepends=True)[1:], 2):
+        fields = next(csv.reader([line]), [])
+        if line.endswith("\n") and len(fields) == len(LOG_FIELDS) and fields[0].isdigit():
+            out.append((k, int(fields[0]), line))
+    return out
 
 
 def read_done(path: Path) -> dict | None:
@@ -735,8 +739,9 @@ def train(run: RunConfig, data_cfg: DataConfig, run_dir: Path, tokens: TokenData
             opt.zero_grad(set_to_none=True)
             step += 1
             bar.update(tps)
-            if first_s is None:  # one more read-back (a sync) a session: the first step's time, compilation in it
-                read_back()
+            if first_s is None:  # the first step's time, compilation in it: one more sync a session
+                if dev.type == "cuda":  # (the losses are read back at their usual steps: sums in the same order)
+                    torch.cuda.synchronize(dev)
                 first_s = time.perf_counter() - t_start
             mark = step in marks or step == n_steps
             logged = step % tcfg.log_every == 0 or step == n_steps
