@@ -549,28 +549,28 @@ def swept_points(profile: ProfileConfig, run: RunConfig) -> int:
             + int(zeroes_negatives(run.model.activation)))
 
 
-def sweep_damage(path: Path, rows: int) -> str | None:
-    """What is wrong with a cached sweep (pareto_run's CSV) that should hold `rows` points, or None: a file
-    cut short or edited would otherwise give the Pareto figures and claims fewer or broken points."""
+def read_sweep(path: Path, rows: int) -> tuple[pd.DataFrame | None, str | None]:
+    """A sweep's CSV (pareto_run's) that should hold `rows` points, and what is wrong with it (None: nothing);
+    a file cut short or edited would otherwise give the Pareto figures and claims fewer or broken points."""
     columns, numeric = RESULT_COLUMNS["pareto"]
     data = path.read_bytes()
     if not data.strip():
-        return "the file is empty"
+        return None, "the file is empty"
     if not data.endswith(b"\n"):  # to_csv ends every row with one: a file cut in its last number
-        return "cut short: its last line has no end"
+        return None, "cut short: its last line has no end"
     try:
         df = read_csv(io.BytesIO(data))
     except ValueError as e:  # pandas' ParserError, a UnicodeDecodeError
-        return f"unreadable as CSV ({' '.join(str(e).split()) or type(e).__name__})"
+        return None, f"unreadable as CSV ({' '.join(str(e).split()) or type(e).__name__})"
     if list(df.columns) != columns:
-        return f"its columns are {list(df.columns)}, not {columns}"
+        return df, f"its columns are {list(df.columns)}, not {columns}"
     if len(df) != rows:
-        return f"{len(df)} points, where the sweep makes {rows}"
+        return df, f"{len(df)} points, where the sweep makes {rows}"
     text = [c for c in numeric if not pd.api.types.is_numeric_dtype(df[c])]
     if text:
-        return f"text in the numeric column(s) {', '.join(text)}"
+        return df, f"text in the numeric column(s) {', '.join(text)}"
     empty = [c for c in numeric if c != "param" and df[c].isna().any()]  # param: NaN for the exact-zeros point
-    return f"empty or NaN values in {', '.join(empty)}" if empty else None
+    return df, (f"empty or NaN values in {', '.join(empty)}" if empty else None)
 
 
 def pareto_run(profile: ProfileConfig, run: RunConfig, runs_dir=None, progress: bool = True,
@@ -592,10 +592,11 @@ def pareto_run(profile: ProfileConfig, run: RunConfig, runs_dir=None, progress: 
         metas = sorted(d.glob("meta_[0-9]*.json")) if corpus is not None else []
         if metas:  # the sweep ran on its run's corpus (checked when it was made): the newest sidecar's
             check_corpus(run, json.loads(metas[-1].read_text()), metas[-1], corpus)
-        if (damage := sweep_damage(out, want)) is not None:
+        cached, damage = read_sweep(out, want)
+        if damage is not None:
             raise SparsingLawError(f"{out}: the cached Pareto sweep of run {run.name} is damaged ({damage}); "
                                    f"delete it to sweep again ({command_for(profile, 'compute', '02', runs_dir)})")
-        return read_csv(out)
+        return cached
     if moe:
         require_trained(profile, run, runs_dir)
     record = {"rows": []} if moe else measure_run(profile, run, runs_dir, progress=progress)
@@ -639,9 +640,10 @@ def pareto_run(profile: ProfileConfig, run: RunConfig, runs_dir=None, progress: 
         df.insert(1, "activation", run.model.activation)
         df.insert(2, "step", int(ck["step"]))
         atomic_write_bytes(out, df.to_csv(index=False).encode())
-    if (damage := sweep_damage(out, want)) is not None:  # what the next call checks: made here to pass it
+    written, damage = read_sweep(out, want)  # as a cached sweep returns it, checked as the next call will
+    if damage is not None:
         raise RuntimeError(f"pareto_run wrote {out} with {damage}: swept_points no longer counts what it sweeps")
-    return read_csv(out)  # as a cached sweep returns it
+    return written
 
 
 def pareto_profile(profile: ProfileConfig, runs_dir=None, progress: bool = True) -> pd.DataFrame:

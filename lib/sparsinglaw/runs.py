@@ -367,30 +367,29 @@ def load_log(profile: ProfileConfig, run: RunConfig, runs_dir=None) -> pd.DataFr
         raise SparsingLawError(f"{path}: no training log; train the run first "
                                f"({train_command(profile, runs_dir, run.name)})")
     steps = (read_done(path.parent / "DONE") or {}).get("steps") if finished else None
-    df, problem = _read_log(path, finished)
-    problem = problem or _log_problem(df, steps if isinstance(steps, int) else None)
+    df, lines, problem = _read_log(path, finished)
+    problem = problem or _log_problem(df, lines, steps if isinstance(steps, int) else None)
     if problem:
         whose = f"the finished run {run.name}" if finished else f"run {run.name}"
         raise SparsingLawError(f"{path}: the training log of {whose} is damaged ({problem}); restore it, or {again}")
-    df.attrs.pop("lines", None)  # _read_log's line numbers: not the rows' once deduplicated and sorted
     df = df.drop_duplicates(subset=["step", "split"], keep="last")
     return df.sort_values(["split", "step"]).reset_index(drop=True)
 
 
-def _read_log(path: Path, whole: bool) -> tuple[pd.DataFrame | None, str | None]:
-    """log.csv as a table, or why it cannot be read. `whole` (a finished run): as it is, with its last line
-    complete. Otherwise as a resume keeps it (train.trim_log): the rows the trainer writes, each ending in a
-    line end, under its header; the original line numbers are kept in df.attrs["lines"]."""
-    data, numbers = path.read_bytes(), None
+def _read_log(path: Path, whole: bool) -> tuple[pd.DataFrame | None, list[int], str | None]:
+    """log.csv as a table, the file's line number of each of its rows, and why it cannot be read (None if
+    it can). `whole` (a finished run): as it is, with its last line complete. Otherwise as a resume keeps it
+    (train.log_rows): the rows the trainer writes, each ending in a line end, under its header."""
+    data = path.read_bytes()
     if whole:
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as e:
-            return None, f"not UTF-8 text: {e}"
+            return None, [], f"not UTF-8 text: {e}"
         if not text.strip():
-            return None, "the file is empty"
+            return None, [], "the file is empty"
         if not text.endswith("\n"):
-            return None, f"its last line {text.splitlines()[-1][:60]!r} is cut off"
+            return None, [], f"its last line {text.splitlines()[-1][:60]!r} is cut off"
     else:  # as trim_log reads it
         rows = log_rows(data.decode("utf-8", errors="replace"))
         text = ",".join(LOG_FIELDS) + "\n" + "".join(line for _, _, line in rows)
@@ -398,20 +397,17 @@ def _read_log(path: Path, whole: bool) -> tuple[pd.DataFrame | None, str | None]
     try:
         df = read_csv(io.StringIO(text))
     except ValueError as e:  # pandas' ParserError and EmptyDataError
-        return None, f"not a readable CSV table: {str(e).strip()}"
-    if numbers is not None:
-        df.attrs["lines"] = numbers
-    return df, None
+        return None, [], f"not a readable CSV table: {str(e).strip()}"
+    return df, (numbers if not whole else list(range(2, len(df) + 2))), None
 
 
-def _log_problem(df: pd.DataFrame, steps: int | None) -> str | None:
+def _log_problem(df: pd.DataFrame, lines: list[int], steps: int | None) -> str | None:
     """What is wrong with a training log read by _read_log, or None: a column the trainer writes missing, a
     step or token count that is not a whole number, a loss that is not a number, a split neither train nor
     val; with the run's final `steps` (a finished run), train or val rows that do not reach it."""
     missing = [c for c in LOG_FIELDS if c not in df.columns]
     if missing:
         return f"missing column(s) {', '.join(missing)}; its header line reads {','.join(map(str, df.columns))!r}"
-    lines = df.attrs.get("lines") or range(2, len(df) + 2)
     for c in ("step", "tokens", "loss", "split"):
         if c == "split":
             bad = ~df[c].isin(["train", "val"])
