@@ -6,11 +6,16 @@ real python-env corpus is capped at 1 MB of the standard library.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import os
+import signal
+import subprocess
+import sys
 import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -147,9 +152,9 @@ def test_segment_documents_parallel_equals_serial_without_forking_this_process(m
     monkeypatch.setattr(data, "PARALLEL_SEGMENT_BYTES", 0)
     contexts = []
 
-    def pool(workers, mp_context):
+    def pool(workers, mp_context, **kw):
         contexts.append(mp_context.get_start_method())
-        return ProcessPoolExecutor(workers, mp_context=mp_context)
+        return ProcessPoolExecutor(workers, mp_context=mp_context, **kw)
 
     def no_fork():
         raise AssertionError("segment_documents forked the calling process")
@@ -165,6 +170,74 @@ def test_segment_documents_parallel_equals_serial_without_forking_this_process(m
         stop.set()
         thread.join()
     assert contexts == ["forkserver"]  # the parallel path ran (Linux has a forkserver)
+
+
+KILLED_BUILD = """
+import os, sys, time
+from pathlib import Path
+from sparsinglaw import data
+from sparsinglaw.config import DataConfig
+
+def tagging(text):  # a worker that says it is tagging, then takes its time
+    Path(sys.argv[1], f"tagging.{os.getpid()}").touch()
+    time.sleep(60)
+    return data.python_segments(text)
+
+if __name__ == "__main__":
+    data.PARALLEL_SEGMENT_BYTES, data.usable_cores, data.python_segments = 0, lambda: 2, tagging
+    cfg = DataConfig(packages=["stdlib"], max_mb=1.0, vocab_size=300, tokenizer_mb=0.1)
+    data.prepare(cfg, Path(sys.argv[1], "cache"), progress=False)
+"""
+
+
+def _family(pid: int) -> set[int]:
+    """`pid` and every process below it, from the parent pids in /proc."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError):
+            parents[int(stat.parent.name)] = int(stat.read_text().rpartition(")")[2].split()[1])
+    family = {pid}
+    while below := {p for p, parent in parents.items() if parent in family} - family:
+        family |= below
+    return family
+
+
+def _alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie left to a PID 1 that does not reap it does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_tagging_workers_end_when_the_build_is_killed(tmp_path):
+    """A build killed outright (SIGKILL, the OOM killer) while its workers tag Python sources takes them
+    with it, within seconds, and the forkserver they came from: they are the forkserver's children, not
+    the build's, and used to go on tagging and then wait for more work forever."""
+    (tmp_path / "build.py").write_text(KILLED_BUILD)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(data.__file__).parents[1]))
+    proc = subprocess.Popen([sys.executable, str(tmp_path / "build.py"), str(tmp_path)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while len(list(tmp_path.glob("tagging.*"))) < 2 and time.time() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.communicate()
+        workers = {int(p.suffix[1:]) for p in tmp_path.glob("tagging.*")}
+        family = _family(proc.pid) - {proc.pid}
+        assert len(workers) == 2 and workers < family  # the workers and the forkserver (resource tracker)
+        proc.kill()
+        proc.wait()
+        deadline = time.time() + 10
+        while any(_alive(pid) for pid in family) and time.time() < deadline:
+            time.sleep(0.05)
+        assert not [pid for pid in family if _alive(pid)], "a process of the build outlived it"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # what outlived it
+        proc.communicate()
 
 
 # -----------------------------------------------------------------------------------------------
