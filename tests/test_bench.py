@@ -338,3 +338,21 @@ def types_ns(**kw):
     import argparse
 
     return argparse.Namespace(**kw)
+
+
+def test_compile_time_bench_compares_scopes_in_fresh_processes(tmp_path):
+    """bench/compile_time.py on the smoke profile: eager and blocks side by side, each in a process of its
+    own with a cold compile cache; the same loss (blocks compiles the same model), one row each."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "bench/compile_time.py", "--profile", "smoke", "--runs", "relu-s1", "--scopes",
+           "eager,blocks", "--seq", "32", "--steps", "4", "--device", "cpu"]
+    r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    rows = [line.split() for line in r.stdout.splitlines() if line.startswith("relu-s1")]
+    assert [row[3] for row in rows] == ["eager", "blocks"]
+    first = [float(row[6]) for row in rows]
+    loss = [float(row[row.index("loss") + 1]) for row in rows]
+    assert first[1] > first[0] >= 0 and loss[1] == pytest.approx(loss[0], rel=1e-3)
+    assert "(cpu, torch " in r.stdout
+    bad = subprocess.run([*cmd[:2], "--scopes", "layers"], cwd=REPO, env=env, capture_output=True, text=True)
+    assert bad.returncode == 2 and "--scopes: unknown layers" in bad.stderr

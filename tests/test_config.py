@@ -126,10 +126,13 @@ def test_overrides_and_unknown_profile(tmp_path):
         load_profile(str(bad))
 
 
-def test_compile_is_auto_true_or_false():
+def test_compile_is_auto_true_false_or_blocks():
     assert load_profile("smoke").compute.compile is False and load_profile("cpu").compute.compile == "auto"
     assert load_profile("smoke", overrides=["compute.compile=auto"]).compute.compile == "auto"
     assert load_profile("cpu", overrides=["compute.compile=true"]).compute.compile is True
+    assert load_profile("cpu", overrides=["compute.compile=blocks"]).compute.compile == "blocks"
+    with pytest.raises(ConfigError, match="expected true, false, auto .* or blocks"):
+        load_profile("cpu", overrides=["compute.compile=layers"])
 
 
 def test_run_identity():

@@ -12,7 +12,7 @@ from sparsinglaw.model import num_params_from_config
 
 def test_gpu_profile_matches_its_comments():
     prof = load_profile("gpu")
-    assert prof.compute.device == "cuda" and prof.compute.compile
+    assert prof.compute.device == "cuda" and prof.compute.compile == "blocks"  # compiles faster at depth 24
     comments = {}
     for line in (REPO / "configs" / "gpu.yaml").read_text().splitlines():
         m = re.search(r"name: ([\w.-]+),.*#\s*([\d.]+)M\s*$", line)

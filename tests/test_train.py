@@ -396,6 +396,48 @@ def test_compiled_training_follows_eager(tiny_profile, smoke_tokens, tmp_path, m
     assert not any(k.startswith(("_orig_mod.", "module.")) for k in sd)
 
 
+def test_blocks_compile_follows_eager_with_one_graph_for_every_block(tiny_profile, smoke_tokens, tmp_path):
+    """compute.compile: blocks compiles each block and the head in place (inductor, here on CPU): one graph
+    serves all three blocks and one the head, so compiling takes as long at any depth; evaluation runs
+    eager (no graph of its own); the losses are eager's up to float rounding; DONE says how it was
+    compiled, and the checkpoints hold the bare model's names."""
+    from torch._dynamo.utils import counters
+
+    from sparsinglaw.model import Transformer
+
+    base = tiny_profile.run("relu-s1")
+    run = dataclasses.replace(base, model=dataclasses.replace(base.model, n_layers=3))
+    done, before = {}, counters["stats"]["unique_graphs"]
+    for name, compile in (("eager", False), ("blocks", "blocks")):
+        done[name] = train(run, tiny_profile.data, tmp_path / name, smoke_tokens, compile=compile, progress=False)
+    assert counters["stats"]["unique_graphs"] - before == 2  # a block's and the head's
+    eager, blocks = (pd.read_csv(tmp_path / n / "log.csv") for n in ("eager", "blocks"))
+    assert list(eager["split"]) == list(blocks["split"]) and (eager["split"] == "val").sum() >= 2
+    assert blocks["loss"].to_numpy() == pytest.approx(eager["loss"].to_numpy(), rel=1e-4)
+    assert done["blocks"]["session"]["compiled"] is True and done["blocks"]["session"]["compile_scope"] == "blocks"
+    assert done["eager"]["session"]["compiled"] is False and done["eager"]["session"]["compile_scope"] is None
+    sd = torch.load(tmp_path / "blocks" / f"ckpt_{done['blocks']['steps']:07d}.pt", weights_only=True)["model"]
+    Transformer(run.model).load_state_dict(sd)  # strict: every name matches
+
+
+def test_blocks_compile_keeps_the_moe_balancing_loss(tiny_profile, smoke_tokens, tmp_path, monkeypatch):
+    """An MoE block compiled on its own appends its load-balancing loss to a list it is handed (a side
+    effect the compiled graph must replay): the training losses equal eager's. (The eager backend stands
+    in for inductor: the same graphs and side effects, without the compile time.)"""
+    real_compile, compiled = torch.compile, []
+    monkeypatch.setattr(torch, "compile",
+                        lambda f, mode=None, **k: compiled.append(f) or real_compile(f, backend="eager"))
+    run = tiny_profile.run("silu-moe4")
+    assert run.model.n_experts > 0 and run.model.aux_loss_coef > 0
+    for name, compile in (("eager", False), ("blocks", "blocks")):
+        train(run, tiny_profile.data, tmp_path / name, smoke_tokens, compile=compile, progress=False,
+              stop_after_step=6)
+    assert len(compiled) == run.model.n_layers + 1  # every block and the head, in place
+    eager, blocks = (pd.read_csv(tmp_path / n / "log.csv") for n in ("eager", "blocks"))
+    assert len(eager) >= 3 and list(eager["step"]) == list(blocks["step"])
+    assert blocks["loss"].to_numpy() == pytest.approx(eager["loss"].to_numpy(), rel=1e-6)
+
+
 def test_rerun_without_done_keeps_the_final_loss(tiny_profile, smoke_tokens, tmp_path, capsys):
     """A finished run whose DONE was lost (a failed write, a kill just before it) is rerun: its newest
     checkpoint is the last step, so no step is trained; DONE is written again as strict JSON with the

@@ -84,7 +84,8 @@ class ComputeConfig:
 
     device: str = "auto"  # "auto" (cuda if available), "cpu" or "cuda"
     threads: int = 1  # torch threads per process on CPU (1 avoids OpenMP spin-wait stalls)
-    compile: bool | str = "auto"  # torch.compile the model: true, false, or "auto" (on CUDA only)
+    compile: bool | str = "auto"  # torch.compile the model: true, false, "auto" (on CUDA only), or "blocks" (each
+    # block and the head apart: compiles in a time independent of depth, may run slower)
     compile_mode: str = "default"  # default, reduce-overhead (CUDA graphs: see train.check_parallel), or
     # max-autotune-no-cudagraphs
     jobs: int = 0  # parallel processes (train, measure, sparse inference); 0 = one per usable CPU core
@@ -451,8 +452,8 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
 def validate_compute(c: ComputeConfig, where: str) -> None:
     _check(c.device in ("auto", "cpu", "cuda"), f"{where}.device", f"expected auto, cpu or cuda, got {c.device!r}")
     _check(c.threads >= 1, f"{where}.threads", f"must be >= 1, got {c.threads}")
-    _check(c.compile in (True, False, "auto"), f"{where}.compile",
-           f"expected true, false or auto (on CUDA only), got {c.compile!r}")
+    _check(c.compile in (True, False, "auto", "blocks"), f"{where}.compile",
+           f"expected true, false, auto (on CUDA only) or blocks (each block apart), got {c.compile!r}")
     _check(c.compile_mode in COMPILE_MODES, f"{where}.compile_mode",
            f"expected one of {', '.join(COMPILE_MODES)}, got {c.compile_mode!r}")
     _check(c.jobs >= 0, f"{where}.jobs", f"must be >= 0 (0 = one per core), got {c.jobs}")

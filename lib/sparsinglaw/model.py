@@ -1,7 +1,7 @@
 """The model: a LLaMA/MiniCPM-style decoder with a gated FFN and a pluggable activation (paper Section 2).
 
 Read top to bottom: ModelConfig, the activation registry, RMSNorm, rotary embeddings, attention,
-HookPoint, GatedFFN, Block, Transformer, and helpers (parameter and FLOP counts, ``sparse``).
+HookPoint, GatedFFN, Block, LMHead, Transformer, and helpers (parameter and FLOP counts, ``sparse``).
 
 The FFN computes its intermediate ``h = act(W_gate x) * (W_up x)`` (Eq. 1-2) once and passes it through a
 named identity module, ``blocks.<l>.ffn.h`` (TransformerLens's hook point idea), so the sparsity code
@@ -259,6 +259,30 @@ class Block(nn.Module):
         return x + self.res_scale * self.ffn(self.norm2(x), aux)
 
 
+class LMHead(nn.Module):
+    """The output head, tied to the embedding (whose weight is passed in: the head holds none), and the
+    cross-entropy in (at least) float32 with ignore_index=-1. A module of its own so that it can be
+    compiled apart from the blocks (compute.compile: blocks)."""
+
+    def __init__(self, width_mult: float):
+        super().__init__()
+        self.width_mult = width_mult
+
+    def forward(self, x: Tensor, weight: Tensor, targets: Tensor | None = None, reduction: str = "mean",
+                return_logits: bool = True) -> tuple[Tensor | None, Tensor | None]:
+        """x (B, T, d) normed final hidden states -> (logits or None, loss or None)."""
+        logits = F.linear(x / self.width_mult, weight)  # muP: logits from h / (d_h / base)
+        loss = None
+        if targets is not None:
+            logits32 = logits.to(torch.promote_types(logits.dtype, torch.float32))
+            with torch.autocast(logits.device.type, enabled=False):
+                loss = F.cross_entropy(logits32.flatten(0, 1), targets.flatten(), ignore_index=-1,
+                                       reduction=reduction)
+            if reduction == "none":
+                loss = loss.view_as(targets)
+        return (logits if return_logits else None), loss
+
+
 # ----------------------------------------------------------------------------- model
 
 
@@ -271,6 +295,7 @@ class Transformer(nn.Module):
         self.rotary = Rotary(cfg.head_dim, cfg.seq_len, cfg.rope_theta)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.head = LMHead(cfg.width_mult)
         self.reset_parameters()
 
     @torch.no_grad()
@@ -303,24 +328,16 @@ class Transformer(nn.Module):
         aux = [] if (self.cfg.n_experts and self.training and targets is not None and reduction == "mean") else None
         for block in self.blocks:
             x = block(x, cos, sin, aux)
-        x = self.norm(x)
-        logits = F.linear(x / self.cfg.width_mult, self.embed.weight)  # muP: logits from h / (d_h / base)
+        if targets is not None and reduction not in ("mean", "sum", "none"):
+            raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+        logits, loss = self.head(self.norm(x), self.embed.weight, targets, reduction,
+                                 return_logits=return_logits or targets is None)
         if targets is None:
             return (logits, None, None) if return_ce else (logits, None)
-        if reduction not in ("mean", "sum", "none"):
-            raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
-        logits32 = logits.to(torch.promote_types(logits.dtype, torch.float32))
-        with torch.autocast(logits.device.type, enabled=False):  # the loss in (at least) float32
-            loss = F.cross_entropy(
-                logits32.flatten(0, 1), targets.flatten(), ignore_index=-1, reduction=reduction
-            )
-        if reduction == "none":
-            loss = loss.view_as(targets)
         ce = loss
         if aux:
             loss = loss + self.cfg.aux_loss_coef * torch.stack(aux).mean()
-        out = (logits if return_logits else None), loss
-        return (*out, ce) if return_ce else out
+        return (logits, loss, ce) if return_ce else (logits, loss)
 
     # ---- sizes
 

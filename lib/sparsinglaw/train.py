@@ -45,6 +45,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
+from torch import nn
 
 from . import __version__
 from .config import (
@@ -402,10 +403,11 @@ def evaluate(model: Transformer, tokens: np.ndarray, seq_len: int, batch_size: i
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
-    for x, y in eval_batches(tokens, seq_len, batch_size, max_tokens):
-        _, loss = model(x.to(device), y.to(device), reduction="none")
-        total += loss.double().sum().item()
-        count += y.numel()
+    with torch.compiler.set_stance("force_eager"):  # parts compiled in place (compute.compile: blocks) run
+        for x, y in eval_batches(tokens, seq_len, batch_size, max_tokens):  # eager: no inference graphs
+            _, loss = model(x.to(device), y.to(device), reduction="none")
+            total += loss.double().sum().item()
+            count += y.numel()
     model.train(was_training)
     return total / max(count, 1)
 
@@ -478,6 +480,22 @@ def short_split_note(what: str, field: str, want: int, n_val: int, seq_len: int)
             f"data.val_fraction or data.max_mb, or lower {field}")
 
 
+def compiled_forward(model: Transformer, wrapped: nn.Module, compile: bool | str, mode: str = "default") -> nn.Module:
+    """What a training step calls: `wrapped` (the model, or its DDP wrapper) eager (compile False), compiled
+    whole (True), or with each block and the head compiled in place ("blocks": one graph serves every block,
+    so compiling takes as long at any depth; evaluate() runs them eager). `mode`: torch.compile's mode."""
+    if not compile:
+        return wrapped
+    torch.compiler.reset()  # a fresh compile cache: one process trains many runs (torchrun, a reused worker),
+    # and past recompile_limit (8) versions torch falls back to eager, with a warning only
+    mode_ = None if mode == "default" else mode
+    if compile == "blocks":
+        for part in (*model.blocks, model.head):
+            part.compile(mode=mode_)
+        return wrapped
+    return torch.compile(wrapped, mode=mode_)
+
+
 def check_parallel(run: RunConfig, world: int, device_type: str, compile: bool | str, compile_mode: str) -> None:
     """Refuse a run that `world` torchrun processes cannot train (before any file of the run is written):
     every process needs a micro-batch each step, and CUDA graphs cannot accumulate gradients over several
@@ -487,7 +505,7 @@ def check_parallel(run: RunConfig, world: int, device_type: str, compile: bool |
         raise SparsingLawError(f"run {run.name}: train.grad_accum={ga} is below the {world} torchrun processes; each "
                                f"process takes whole micro-batches, so raise train.grad_accum to at least {world} "
                                "(a smaller train.batch_size keeps the batch) or start fewer processes")
-    compiled = compile is True or (compile == "auto" and device_type == "cuda")
+    compiled = compile in (True, "blocks") or (compile == "auto" and device_type == "cuda")
     if compiled and device_type == "cuda" and compile_mode == "reduce-overhead" and ga > world:
         raise SparsingLawError(f"run {run.name}: compute.compile_mode=reduce-overhead (CUDA graphs) with "
                                f"train.grad_accum={ga} over {world} process(es): CUDA graphs overwrite the gradients "
@@ -561,7 +579,8 @@ def train(run: RunConfig, data_cfg: DataConfig, run_dir: Path, tokens: TokenData
           fault: dict | None = None, prefetch: bool | None = None, compile_mode: str = "default") -> dict:
     """Train `run` into `run_dir`, resuming from its latest valid checkpoint; returns the DONE summary.
 
-    `compile`: torch.compile the model (True, False, or "auto": on CUDA only), in `compile_mode`
+    `compile`: torch.compile the model (True, False, "auto": on CUDA only, or "blocks": each block and the
+    head apart, which compiles faster on deep models and may run slower), in `compile_mode`
     ("reduce-overhead" adds CUDA graphs).
     `prefetch` draws batches in a background thread (default: on CUDA only; see Prefetcher).
     `stop_after_step` ends the loop early (for tests); `fault` injects failures (tests only):
@@ -642,9 +661,7 @@ def train(run: RunConfig, data_cfg: DataConfig, run_dir: Path, tokens: TokenData
                                           broadcast_buffers=False)
     if compile == "auto":
         compile = dev.type == "cuda"
-    if compile:  # a fresh compile cache: one process trains many runs (torchrun, a reused worker), and past
-        torch.compiler.reset()  # recompile_limit (8) versions torch falls back to eager, with a warning only
-    fwd = torch.compile(wrapped, mode=None if compile_mode == "default" else compile_mode) if compile else wrapped
+    fwd = compiled_forward(model, wrapped, compile, compile_mode)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else nullcontext())
     base_meta = {"run": run.name, "config_hash": config_hash, "config": run.identity(data_cfg),
                  "corpus": tokens.fingerprint, "versions": versions(), "device": str(dev), "world_size": ddp.world}
@@ -798,6 +815,7 @@ def train(run: RunConfig, data_cfg: DataConfig, run_dir: Path, tokens: TokenData
             # the session that finished the run (a resumed run's last): what its time went to, on which device
             "session": {"steps": n_steps - step_start, "wall_s": round(wall, 3), "device": str(dev),
                         "world_size": ddp.world, "compiled": bool(compile), "compile_mode": compile_mode,
+                        "compile_scope": ("blocks" if compile == "blocks" else "model") if compile else None,
                         "first_step_s": None if first_s is None else round(first_s, 3)}}
     atomic_write_text(done_path, json.dumps(done, indent=1))
     print(f"{run.name}: done, {n_steps * tps:,} tokens, validation loss {last_val:.4f} (last step's training "
