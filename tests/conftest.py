@@ -120,3 +120,12 @@ def committed(pattern: str) -> list[Path]:
 
     r = subprocess.run(["git", "ls-files", "--", pattern], cwd=REPO, capture_output=True, text=True, timeout=60)
     return [REPO / p for p in r.stdout.split()] if r.returncode == 0 else []
+
+
+def alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie left to a PID 1 that does not reap it does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")

@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import alive
 from sparsinglaw import data
 from sparsinglaw.config import DataConfig, SparsingLawError
 from sparsinglaw.data import (
@@ -202,15 +203,6 @@ def _family(pid: int) -> set[int]:
     return family
 
 
-def _alive(pid: int) -> bool:
-    """Whether process `pid` runs (a zombie left to a PID 1 that does not reap it does not)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
-
-
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
 def test_tagging_workers_end_when_the_build_is_killed(tmp_path):
     """A build killed outright (SIGKILL, the OOM killer) while its workers tag Python sources takes them
@@ -231,9 +223,9 @@ def test_tagging_workers_end_when_the_build_is_killed(tmp_path):
         proc.kill()
         proc.wait()
         deadline = time.time() + 10
-        while any(_alive(pid) for pid in family) and time.time() < deadline:
+        while any(alive(pid) for pid in family) and time.time() < deadline:
             time.sleep(0.05)
-        assert not [pid for pid in family if _alive(pid)], "a process of the build outlived it"
+        assert not [pid for pid in family if alive(pid)], "a process of the build outlived it"
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)  # what outlived it

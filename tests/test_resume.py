@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 import torch
 
-from conftest import REPO, TINY
+from conftest import REPO, TINY, alive
 from sparsinglaw import runs
 from sparsinglaw.config import checkpoint_steps, load_profile
 from sparsinglaw.model import Transformer
@@ -281,20 +281,22 @@ def test_workers_start_with_ctrl_c_blocked(tmp_path):
 
 
 ORPHANS = '''
-import os, sys, threading, time
+import os, sys, time
 from pathlib import Path
 
 from sparsinglaw import runs
 
-if __name__ == "__mp_main__" and sys.argv[2] == "poll":  # a worker: as where prctl is unavailable
-    runs._parent_death_signal = lambda: False
+if __name__ == "__mp_main__":  # a worker, importing this file before the pool's initializer runs
+    Path(sys.argv[1], f"importing.{os.getpid()}").touch()
+    if sys.argv[2] == "startup":  # it goes on only once its parent is gone (handed to another)
+        parent, deadline = os.getppid(), time.time() + 60
+        while os.getppid() == parent and time.time() < deadline:
+            time.sleep(0.05)
 
 
 def task(folder, i):
-    polls = any(t.name == "watch-parent" for t in threading.enumerate())
-    Path(folder, f"worker{i}").write_text(f"{os.getpid()} {polls}")
+    Path(folder, f"task{i}").touch()
     time.sleep(60)
-    Path(folder, f"done{i}").write_text("")
 
 
 if __name__ == "__main__":
@@ -302,54 +304,37 @@ if __name__ == "__main__":
 '''
 
 
-def _alive(pid: int) -> bool:
-    """Whether process `pid` runs (a zombie left to a PID 1 that does not reap it does not)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    return stat.rpartition(")")[2].split()[0] not in ("Z", "X")
-
-
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
-@pytest.mark.parametrize("how", ["prctl", "poll"])
-def test_workers_end_when_their_parent_is_killed(tmp_path, how):
+@pytest.mark.parametrize("when", ["running", "startup"])
+def test_workers_end_when_their_parent_is_killed(tmp_path, when):
     """A parallel command killed outright (SIGKILL, the OOM killer) takes its workers with it, within
     seconds, and none starts a queued call: they went on with the queue as children of PID 1, then
-    waited forever. `poll`: the workers' fallback where prctl(PR_SET_PDEATHSIG) is unavailable."""
+    waited forever. `running`: killed while two calls run. `startup`: killed while the workers still
+    import, before they could watch it; they find it gone and end before taking a call."""
     (tmp_path / "orphans.py").write_text(ORPHANS)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO / "lib"))
-    proc = subprocess.Popen([sys.executable, str(tmp_path / "orphans.py"), str(tmp_path), how], env=env,
+    proc = subprocess.Popen([sys.executable, str(tmp_path / "orphans.py"), str(tmp_path), when], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     try:
-        started = [tmp_path / "worker0", tmp_path / "worker1"]
+        ready = "task*" if when == "running" else "importing.*"
         deadline = time.time() + 120
-        while not all(p.exists() and p.read_text() for p in started) and time.time() < deadline:
+        while len(list(tmp_path.glob(ready))) < 2 and time.time() < deadline:
             time.sleep(0.05)
         assert proc.poll() is None, proc.communicate()
-        pids = [int(p.read_text().split()[0]) for p in started]
-        assert all(p.read_text().split()[1] == str(how == "poll") for p in started)  # the way asked for
+        pids = {int(p.suffix[1:]) for p in tmp_path.glob("importing.*")}
+        assert len(pids) == 2, pids
         proc.kill()
         proc.wait()
         deadline = time.time() + 10
-        while any(_alive(pid) for pid in pids) and time.time() < deadline:
+        while any(alive(pid) for pid in pids) and time.time() < deadline:
             time.sleep(0.05)
-        assert not any(_alive(pid) for pid in pids), "a worker outlived its killed parent"
-        assert sorted(p.name for p in tmp_path.glob("worker*")) == ["worker0", "worker1"]
+        assert not any(alive(pid) for pid in pids), "a worker outlived its killed parent"
+        started = sorted(p.name for p in tmp_path.glob("task*"))
+        assert started == (["task0", "task1"] if when == "running" else []), started  # no queued call
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)  # the workers, if they outlived it
         proc.communicate()
-
-
-def test_a_worker_whose_parent_is_already_gone_ends_at_once():
-    """exit_with_parent in a process whose parent is no longer the one that started it (it ended before
-    the worker could ask to end with it) ends the process at once; with its parent alive it returns."""
-    code = ("import os\nfrom sparsinglaw import runs\nruns.exit_with_parent(os.getppid())\nprint('kept', flush=True)"
-            "\nruns.exit_with_parent(os.getppid() + 1)\nprint('alive')")
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO / "lib"))
-    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    assert (r.returncode, r.stdout) == (1, "kept\n") and "Traceback" not in r.stderr, (r.stdout, r.stderr)
 
 
 def test_sequential_calls_all_run_then_their_errors_are_reported_together():

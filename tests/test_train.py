@@ -398,7 +398,7 @@ def test_compiled_training_follows_eager(tiny_profile, smoke_tokens, tmp_path, m
 
 def test_blocks_compile_follows_eager_with_one_graph_for_every_block(tiny_profile, smoke_tokens, tmp_path):
     """compute.compile: blocks compiles each block and the head in place (inductor, here on CPU): one graph
-    serves all three blocks and one the head, so compiling takes as long at any depth; evaluation runs
+    serves all three blocks and one the head, so compiling hardly grows with depth; evaluation runs
     eager (no graph of its own); the losses are eager's up to float rounding; DONE says how it was
     compiled, and the checkpoints hold the bare model's names."""
     from torch._dynamo.utils import counters

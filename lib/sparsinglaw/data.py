@@ -78,7 +78,7 @@ import torch
 from torch import Tensor
 
 from .config import DataConfig, SparsingLawError, note_once
-from .device import usable_cores
+from .device import exit_with_parent, usable_cores
 
 DATA_VERSION = 1  # bump when a change here changes the tokens built from the same corpus
 EOT = "<|endoftext|>"
@@ -595,7 +595,8 @@ def segment_documents(docs: list[Document], workers: int | None = None) -> list[
     warns that such a child may deadlock. As with every start method but fork, a script that calls this (or
     trains runs in parallel, see ``runs.run_parallel``) must guard its entry point with ``if __name__ ==
     "__main__":``, because each worker imports the script's main module. Killed outright (SIGKILL, the OOM
-    killer), this process takes the workers with it (``_exit_with_parent``), and so their forkserver.
+    killer), this process takes the workers with it (``exit_with_parent``), and so their forkserver, which
+    ends after its last worker (each holds its end of the pipe that keeps it alive).
     """
     py = [i for i, d in enumerate(docs) if d.python]
     out: list = [None if d.python else d.segments for d in docs]
@@ -603,7 +604,7 @@ def segment_documents(docs: list[Document], workers: int | None = None) -> list[
     py_bytes = sum(len(docs[i].text) for i in py)
     if workers > 1 and py_bytes > PARALLEL_SEGMENT_BYTES and not mp.current_process().daemon:
         method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context(method), initializer=_exit_with_parent) as pool:
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context(method), initializer=exit_with_parent) as pool:
             texts = (docs[i].text for i in py)
             for i, segs in zip(py, pool.map(python_segments, texts, chunksize=16), strict=True):
                 out[i] = segs
@@ -611,20 +612,6 @@ def segment_documents(docs: list[Document], workers: int | None = None) -> list[
         for i in py:
             out[i] = docs[i].segments
     return out
-
-
-def _exit_with_parent() -> None:
-    """In each of segment_documents' workers: end it as soon as the process that started the pool ends,
-    however it ends. A forkserver's child is the forkserver's, so neither prctl(PR_SET_PDEATHSIG) nor a
-    change of os.getppid() (``runs.exit_with_parent``) sees that process end; the worker's parent sentinel
-    does (a pipe whose write end only that process holds: it reads end-of-file once it is gone, at once if
-    it already is). A daemon thread waits on it, without polling. The forkserver ends after its last worker
-    (each holds its end of the pipe that keeps it alive)."""
-    import threading
-    from multiprocessing.connection import wait
-
-    sentinel = mp.parent_process().sentinel
-    threading.Thread(target=lambda: (wait([sentinel]), os._exit(1)), name="exit-with-parent", daemon=True).start()
 
 
 def encode_documents(tok, segmented: list[list[tuple[str, str]]], domains: list[str], dtype, bar=None

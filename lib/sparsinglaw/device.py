@@ -1,9 +1,11 @@
-"""Where training and measuring run: the device, CPU threads, the torchrun process group, the device's
-peak FLOP/s (for MFU) and the background batch prefetcher of the CUDA path."""
+"""Where training and measuring run: the device, CPU threads, worker processes that end with their
+parent, the torchrun process group, the device's peak FLOP/s (for MFU) and the background batch
+prefetcher of the CUDA path."""
 
 from __future__ import annotations
 
 import math
+import multiprocessing as mp
 import os
 from dataclasses import dataclass
 
@@ -29,6 +31,24 @@ def usable_cores() -> int:
         return len(os.sched_getaffinity(0)) or 1
     except (AttributeError, OSError):
         return os.cpu_count() or 1
+
+
+def exit_with_parent() -> None:
+    """Pool initializer: end this worker as soon as the process that started it ends, however it ends (a
+    process killed outright, by SIGKILL or the OOM killer, left its workers to go on with the queued calls,
+    then wait for work forever). segment_documents' workers and run_parallel's call it.
+
+    The worker's parent sentinel (``multiprocessing.parent_process()``) is a pipe whose write end only that
+    process holds: it reads end-of-file once that process is gone, at once if it already is. Unlike
+    prctl(PR_SET_PDEATHSIG) or a watch on os.getppid(), it works for a forkserver's children too, whose
+    parent is the forkserver. A daemon thread waits on it, without polling."""
+    import threading
+    from multiprocessing.connection import wait
+
+    sentinel = mp.parent_process().sentinel
+    if wait([sentinel], 0):  # gone while this worker started up: end before it takes a queued call
+        os._exit(1)
+    threading.Thread(target=lambda: (wait([sentinel]), os._exit(1)), name="exit-with-parent", daemon=True).start()
 
 
 def setup_torch(device: str = "auto", threads: int = 1) -> torch.device:

@@ -510,48 +510,11 @@ def one_line_warnings() -> None:
     warnings.formatwarning = lambda message, category, *args, **kwargs: f"{category.__name__}: {message}\n"
 
 
-PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h): the signal a process gets when its parent ends
-
-
-def exit_with_parent(parent: int) -> None:
-    """In a worker process started by process `parent`: end the worker when `parent` ends, however it
-    ends (a parent killed by SIGKILL or the OOM killer left its workers to PID 1, where they went on
-    with the queued calls and then waited forever). On Linux the kernel sends the worker SIGKILL
-    (PR_SET_PDEATHSIG) when the thread that started it ends: run_parallel's own thread starts every
-    worker (submit spawns them, directly: `spawn`, no fork server between) and waits for them. Elsewhere
-    a daemon thread checks the parent every second. A parent gone before this call ends it at once."""
-    if not _parent_death_signal():
-        import threading
-
-        threading.Thread(target=_watch_parent, args=(parent,), name="watch-parent", daemon=True).start()
-    if os.getppid() != parent:  # it ended before prctl: this worker was already handed to another
-        os._exit(1)
-
-
-def _parent_death_signal() -> bool:
-    """prctl(PR_SET_PDEATHSIG, SIGKILL) for this process; False where it is unavailable (not Linux)."""
-    if not sys.platform.startswith("linux"):
-        return False
-    import ctypes
-    import signal
-
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
-    except (OSError, AttributeError):  # no libc to load, or no prctl in it
-        return False
-
-
-def _watch_parent(parent: int, every: float = 1.0) -> None:
-    """exit_with_parent's fallback: end this process once `parent` is no longer its parent."""
-    while os.getppid() == parent:
-        time.sleep(every)
-    os._exit(1)
-
-
-def _worker_init(relay=None, activations: bytes | None = None, parent: int | None = None) -> None:
-    """In each worker of run_parallel: it ends when its `parent` does (exit_with_parent). SIGINT
-    ignored, then unblocked (it was blocked when the worker started, so a Ctrl-C during its start-up
-    stayed pending and is now dropped): Ctrl-C reaches the parent alone, which terminates the workers.
+def _worker_init(relay=None, activations: bytes | None = None) -> None:
+    """In each worker of run_parallel: it ends when the process that started it does (device.exit_with_parent;
+    first, so that a parent gone during the start-up leaves no queued call to run). SIGINT ignored, then
+    unblocked (it was blocked when the worker started, so a Ctrl-C during its start-up stayed pending and
+    is now dropped): Ctrl-C reaches the parent alone, which terminates the workers.
     Progress bars take a thread lock instead of tqdm's default multiprocessing lock, a named semaphore
     of this process alone that a terminated worker would leave to the resource tracker (which then
     warns of leaked semaphores). Warnings take one line.
@@ -564,9 +527,9 @@ def _worker_init(relay=None, activations: bytes | None = None, parent: int | Non
     from tqdm import tqdm
 
     from . import progress
+    from .device import exit_with_parent
 
-    if parent is not None:
-        exit_with_parent(parent)
+    exit_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     tqdm.set_lock(threading.RLock())
@@ -622,7 +585,7 @@ def run_parallel(fn, calls: list[tuple], jobs: int, what: str, keep_going: bool 
     checkpoint): while the workers are started SIGINT is blocked in this thread, so the workers start
     with it blocked (a spawned process keeps the mask) and ignore it once set up (_worker_init); a
     Ctrl-C meanwhile stays pending here and is raised after the start. This process killed outright
-    (SIGKILL, the OOM killer), its workers end with it (exit_with_parent)."""
+    (SIGKILL, the OOM killer), its workers end with it (device.exit_with_parent)."""
     import multiprocessing as mp
     import signal
     import threading
@@ -663,7 +626,7 @@ def run_parallel(fn, calls: list[tuple], jobs: int, what: str, keep_going: bool 
             if relay is not None:
                 stage = StageBar(relay, what, weights or [1.0] * len(calls))
             pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init,
-                                       initargs=(relay, activations, os.getpid()))
+                                       initargs=(relay, activations))
             futures = {pool.submit(call, i, fn, *args): i for i, args in enumerate(calls)}  # starts the workers
         finally:
             if block:

@@ -483,7 +483,7 @@ def short_split_note(what: str, field: str, want: int, n_val: int, seq_len: int)
 def compiled_forward(model: Transformer, wrapped: nn.Module, compile: bool | str, mode: str = "default") -> nn.Module:
     """What a training step calls: `wrapped` (the model, or its DDP wrapper) eager (compile False), compiled
     whole (True), or with each block and the head compiled in place ("blocks": one graph serves every block,
-    so compiling takes as long at any depth; evaluate() runs them eager). `mode`: torch.compile's mode."""
+    so compiling hardly grows with depth; evaluate() runs them eager). `mode`: torch.compile's mode."""
     if not compile:
         return wrapped
     torch.compiler.reset()  # a fresh compile cache: one process trains many runs (torchrun, a reused worker),
