@@ -8,7 +8,8 @@
 #   bash bench/gpu_session.sh bench PROBE   our trainer, then the bare probe, at each of SHAPES (default
 #                                           1M,108M; the same shapes), and our trainer eager at EAGER
 #                                           (default none). (KERNELS=1: also a torch.profiler kernel
-#                                           table of our trainer per shape; GRAPHS=1: also 1M with CUDA graphs)
+#                                           table of our trainer per shape; GRAPHS=1: also 1M with CUDA graphs;
+#                                           SCOPES=1: also bench/compile_time.py, whole model vs blocks)
 #   bash bench/gpu_session.sh dry           the bench part on the CPU at a toy size (checks the script)
 #
 # LIMIT (default 590): the seconds this device call may run (the run tool's timeout_s, or the device
@@ -18,7 +19,7 @@
 # calls on one warm machine, the second within 30 s of the first (before them, here:
 # `git rev-parse HEAD > .device/git_sha`; every call carries .device, so results name their commit):
 #   LIMIT=585 bash bench/gpu_session.sh profile                     (timeout_s 600: the profile first)
-#   SHAPES=1M,108M LIMIT=<left> bash bench/gpu_session.sh bench .device/gpu_probe.py   if it finished;
+#   SCOPES=1 SHAPES=1M,108M LIMIT=<left> bash bench/gpu_session.sh bench .device/gpu_probe.py   if it finished;
 #   LIMIT=<left> bash bench/gpu_session.sh profile                  if not: finished runs and measurements
 #                                                                   are kept in runs/gpu and it resumes
 #
@@ -64,6 +65,11 @@ case "$part" in
     if [ "${GRAPHS:-0}" = 1 ] && [ "$(left)" -gt 120 ]; then  # optional (about a minute): CUDA graphs at 1M
       timeout -k 5 "$(upto 10)" $PY bench/trainer_vs_probe.py --shapes 1M --compile-mode reduce-overhead \
         --out "$OUT/trainer_1M_cuda_graphs.md" 2>&1 | tee -a "$OUT/bench.log"
+    fi
+    if [ "${SCOPES:-0}" = 1 ] && [ "$(left)" -gt 150 ]; then  # optional (about two minutes): the gpu profile's
+      # compute.compile: whole model vs blocks at relu-s1 and its shape (compile time and step time, cold caches)
+      timeout -k 5 "$(upto 10)" $PY bench/compile_time.py --profile gpu --runs relu-s1 --scopes model,blocks \
+        --seq 1024 --batch 128 --steps 30 --device cuda 2>&1 | tee "$OUT/compile_time.txt"
     fi
     ;;
   profile)

@@ -183,7 +183,7 @@ def _fake_py(tmp_path, body):
 def _session(tmp_path, part, *args, timeout=60, **env_extra):
     out = tmp_path / "out"
     env = dict(os.environ, OUT=str(out), OMP_NUM_THREADS="1", **env_extra)
-    for k in ("SHAPES", "EAGER", "KERNELS", "GRAPHS", "LIMIT"):
+    for k in ("SHAPES", "EAGER", "KERNELS", "GRAPHS", "SCOPES", "LIMIT"):
         if k not in env_extra:
             env.pop(k, None)
     r = subprocess.run(["bash", "bench/gpu_session.sh", part, *args], cwd=REPO, env=env, capture_output=True,
@@ -194,7 +194,7 @@ def _session(tmp_path, part, *args, timeout=60, **env_extra):
 
 def test_gpu_session_bench_passes_shapes_and_eager(tmp_path):
     """The bench part's arguments (no GPU: the trainer_vs_probe call is a stand-in): by default 1M,108M
-    and no eager run; EAGER, KERNELS and GRAPHS add theirs."""
+    and no eager run; EAGER, KERNELS, GRAPHS and SCOPES add theirs."""
     py = _fake_py(tmp_path, "exit 0")
     r, out, calls = _session(tmp_path, "bench", ".device/gpu_probe.py", PY=str(py))
     assert r.returncode == 0, r.stderr
@@ -202,12 +202,16 @@ def test_gpu_session_bench_passes_shapes_and_eager(tmp_path):
                      f"--out {out}/trainer_vs_probe.md"]
     assert (out / "bench.log").exists() and (out / "env_bench.txt").exists()
     (tmp_path / "calls.txt").unlink()
-    r, out, calls = _session(tmp_path, "bench", "p.py", PY=str(py), SHAPES="1M", EAGER="1M", KERNELS="1", GRAPHS="1")
+    r, out, calls = _session(tmp_path, "bench", "p.py", PY=str(py), SHAPES="1M", EAGER="1M", KERNELS="1", GRAPHS="1",
+                             SCOPES="1")
     assert r.returncode == 0, r.stderr
     assert calls[0] == (f"bench/trainer_vs_probe.py --probe p.py --probe-seconds 10 --shapes 1M --eager 1M "
                         f"--profile-dir {out} --out {out}/trainer_vs_probe.md")
     assert calls[1] == (f"bench/trainer_vs_probe.py --shapes 1M --compile-mode reduce-overhead "
                         f"--out {out}/trainer_1M_cuda_graphs.md")
+    assert calls[2] == ("bench/compile_time.py --profile gpu --runs relu-s1 --scopes model,blocks --seq 1024 "
+                        "--batch 128 --steps 30 --device cuda")
+    assert len(calls) == 3 and (out / "compile_time.txt").exists()
 
 
 def test_gpu_session_bench_stops_a_hung_step_within_its_limit(tmp_path):

@@ -87,3 +87,14 @@ def test_empty_environment_numbers_mean_unset(monkeypatch):
     monkeypatch.setenv("SPARSINGLAW_DIST_TIMEOUT", "")
     assert device.peak_flops(torch.device("cpu")) is None
     assert device._timeout() == {}
+
+
+def test_exit_with_parent_outside_a_worker_does_nothing():
+    """Called where multiprocessing started nothing (this test process), it neither fails nor starts a
+    watcher that would end the process."""
+    import threading
+
+    from sparsinglaw.device import exit_with_parent
+
+    assert exit_with_parent() is None
+    assert not [t for t in threading.enumerate() if t.name == "exit-with-parent"]

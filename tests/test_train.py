@@ -422,16 +422,23 @@ def test_blocks_compile_follows_eager_with_one_graph_for_every_block(tiny_profil
 
 def test_blocks_compile_keeps_the_moe_balancing_loss(tiny_profile, smoke_tokens, tmp_path, monkeypatch):
     """An MoE block compiled on its own appends its load-balancing loss to a list it is handed (a side
-    effect the compiled graph must replay): the training losses equal eager's. (The eager backend stands
-    in for inductor: the same graphs and side effects, without the compile time.)"""
+    effect the compiled graph must replay): the training losses equal eager's, and at 9 layers one graph
+    still serves every block (a list shared by the blocks, one entry longer at each, made each depth a
+    graph of its own, and past recompile_limit (8) the deeper blocks ran eager). The eager backend
+    stands in for inductor: the same graphs and side effects, without the compile time."""
+    from torch._dynamo.utils import counters
+
     real_compile, compiled = torch.compile, []
     monkeypatch.setattr(torch, "compile",
                         lambda f, mode=None, **k: compiled.append(f) or real_compile(f, backend="eager"))
-    run = tiny_profile.run("silu-moe4")
+    base = tiny_profile.run("silu-moe4")
+    run = dataclasses.replace(base, model=dataclasses.replace(base.model, n_layers=9))
     assert run.model.n_experts > 0 and run.model.aux_loss_coef > 0
     for name, compile in (("eager", False), ("blocks", "blocks")):
+        before = counters["stats"]["unique_graphs"]
         train(run, tiny_profile.data, tmp_path / name, smoke_tokens, compile=compile, progress=False,
               stop_after_step=6)
+    assert counters["stats"]["unique_graphs"] - before == 2  # a block's and the head's
     assert len(compiled) == run.model.n_layers + 1  # every block and the head, in place
     eager, blocks = (pd.read_csv(tmp_path / n / "log.csv") for n in ("eager", "blocks"))
     assert len(eager) >= 3 and list(eager["step"]) == list(blocks["step"])

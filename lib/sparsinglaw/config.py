@@ -85,7 +85,7 @@ class ComputeConfig:
     device: str = "auto"  # "auto" (cuda if available), "cpu" or "cuda"
     threads: int = 1  # torch threads per process on CPU (1 avoids OpenMP spin-wait stalls)
     compile: bool | str = "auto"  # torch.compile the model: true, false, "auto" (on CUDA only), or "blocks" (each
-    # block and the head apart: compiles in a time independent of depth, may run slower)
+    # block and the head apart: compiling takes about as long at any depth, steps may run slower)
     compile_mode: str = "default"  # default, reduce-overhead (CUDA graphs: see train.check_parallel), or
     # max-autotune-no-cudagraphs
     jobs: int = 0  # parallel processes (train, measure, sparse inference); 0 = one per usable CPU core

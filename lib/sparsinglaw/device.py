@@ -38,14 +38,19 @@ def exit_with_parent() -> None:
     process killed outright, by SIGKILL or the OOM killer, left its workers to go on with the queued calls,
     then wait for work forever). segment_documents' workers and run_parallel's call it.
 
-    The worker's parent sentinel (``multiprocessing.parent_process()``) is a pipe whose write end only that
-    process holds: it reads end-of-file once that process is gone, at once if it already is. Unlike
-    prctl(PR_SET_PDEATHSIG) or a watch on os.getppid(), it works for a forkserver's children too, whose
-    parent is the forkserver. A daemon thread waits on it, without polling."""
+    The worker's parent sentinel (``multiprocessing.parent_process()``; on POSIX a pipe whose write end
+    only that process holds, on Windows its process handle) becomes ready once that process is gone, at
+    once if it already is. Unlike prctl(PR_SET_PDEATHSIG) or a watch on os.getppid(), it works for a
+    forkserver's children too, whose parent is the forkserver. A daemon thread waits on it, without
+    polling. (A child that process made by a bare fork() would hold the write end too, and keep the
+    workers until it ends; the package makes none.) Outside a multiprocessing worker it does nothing."""
     import threading
     from multiprocessing.connection import wait
 
-    sentinel = mp.parent_process().sentinel
+    parent = mp.parent_process()
+    if parent is None:  # not started by multiprocessing: no parent to watch
+        return
+    sentinel = parent.sentinel
     if wait([sentinel], 0):  # gone while this worker started up: end before it takes a queued call
         os._exit(1)
     threading.Thread(target=lambda: (wait([sentinel]), os._exit(1)), name="exit-with-parent", daemon=True).start()

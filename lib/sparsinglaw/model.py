@@ -327,7 +327,10 @@ class Transformer(nn.Module):
         x = self.embed(idx) * self.cfg.scale_emb
         aux = [] if (self.cfg.n_experts and self.training and targets is not None and reduction == "mean") else None
         for block in self.blocks:
-            x = block(x, cos, sin, aux)
+            mine = None if aux is None else []  # a fresh list for each block: one compiled on its own
+            x = block(x, cos, sin, mine)  # (compute.compile: blocks) then sees the same input at every depth
+            if mine:
+                aux += mine
         if targets is not None and reduction not in ("mean", "sum", "none"):
             raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
         logits, loss = self.head(self.norm(x), self.embed.weight, targets, reduction,
