@@ -155,12 +155,17 @@ def _main(argv=None) -> int:
             # a termination (a timeout, a batch system) and Ctrl-C unwind as SystemExit: execute's cleanup runs.
             # Ctrl-C is not left to Python's KeyboardInterrupt, which asyncio turns into a cancellation of the
             # kernel client's task that can leave the process waiting for good.
-            signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+            def stop(exit_type: type[SystemExit], code: int):
+                def handler(*_):
+                    # the kernel client's task is abandoned mid-cell: asyncio's "Task exception was never
+                    # retrieved" about it (its traceback, on Python 3.12) would follow the one-line message
+                    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+                    raise exit_type(code)
 
-            def interrupted(*_):
-                raise Interrupted(128 + signal.SIGINT)
+                return handler
 
-            signal.signal(signal.SIGINT, interrupted)
+            signal.signal(signal.SIGTERM, stop(SystemExit, 128 + signal.SIGTERM))
+            signal.signal(signal.SIGINT, stop(Interrupted, 128 + signal.SIGINT))
 
             logging.basicConfig(level=logging.INFO, format="%(message)s")  # as papermill's own command line
             try:
