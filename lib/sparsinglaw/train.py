@@ -480,6 +480,11 @@ def short_split_note(what: str, field: str, want: int, n_val: int, seq_len: int)
             f"data.val_fraction or data.max_mb, or lower {field}")
 
 
+def resolved_compile(compile: bool | str, device_type: str) -> bool | str:
+    """compute.compile as it applies on `device_type`: "auto" is True on CUDA and False elsewhere."""
+    return device_type == "cuda" if compile == "auto" else compile
+
+
 def compiled_forward(model: Transformer, wrapped: nn.Module, compile: bool | str, mode: str = "default") -> nn.Module:
     """What a training step calls: `wrapped` (the model, or its DDP wrapper) eager (compile False), compiled
     whole (True), or with each block and the head compiled in place ("blocks": one graph serves every block,
@@ -505,7 +510,7 @@ def check_parallel(run: RunConfig, world: int, device_type: str, compile: bool |
         raise SparsingLawError(f"run {run.name}: train.grad_accum={ga} is below the {world} torchrun processes; each "
                                f"process takes whole micro-batches, so raise train.grad_accum to at least {world} "
                                "(a smaller train.batch_size keeps the batch) or start fewer processes")
-    compiled = compile in (True, "blocks") or (compile == "auto" and device_type == "cuda")
+    compiled = bool(resolved_compile(compile, device_type))
     if compiled and device_type == "cuda" and compile_mode == "reduce-overhead" and ga > world:
         raise SparsingLawError(f"run {run.name}: compute.compile_mode=reduce-overhead (CUDA graphs) with "
                                f"train.grad_accum={ga} over {world} process(es): CUDA graphs overwrite the gradients "
@@ -659,8 +664,7 @@ def train(run: RunConfig, data_cfg: DataConfig, run_dir: Path, tokens: TokenData
         # no buffer broadcast: the only buffers are the rotary tables, constants equal on every rank
         wrapped = DistributedDataParallel(model, device_ids=[ddp.local_rank] if dev.type == "cuda" else None,
                                           broadcast_buffers=False)
-    if compile == "auto":
-        compile = dev.type == "cuda"
+    compile = resolved_compile(compile, dev.type)
     fwd = compiled_forward(model, wrapped, compile, compile_mode)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else nullcontext())
     base_meta = {"run": run.name, "config_hash": config_hash, "config": run.identity(data_cfg),
