@@ -604,7 +604,8 @@ def segment_documents(docs: list[Document], workers: int | None = None) -> list[
     py_bytes = sum(len(docs[i].text) for i in py)
     if workers > 1 and py_bytes > PARALLEL_SEGMENT_BYTES and not mp.current_process().daemon:
         method = "forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn"
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context(method), initializer=exit_with_parent) as pool:
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context(method), initializer=exit_with_parent,
+                                 initargs=(method,)) as pool:
             texts = (docs[i].text for i in py)
             for i, segs in zip(py, pool.map(python_segments, texts, chunksize=16), strict=True):
                 out[i] = segs

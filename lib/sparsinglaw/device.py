@@ -33,17 +33,23 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def exit_with_parent() -> None:
+def exit_with_parent(method: str = "spawn") -> None:
     """Pool initializer: end this worker as soon as the process that started it ends, however it ends (a
     process killed outright, by SIGKILL or the OOM killer, left its workers to go on with the queued calls,
-    then wait for work forever). segment_documents' workers and run_parallel's call it.
+    then wait for work forever). segment_documents' workers and run_parallel's call it; `method` is the
+    pool's start method.
 
     The worker's parent sentinel (``multiprocessing.parent_process()``; on POSIX a pipe whose write end
     only that process holds, on Windows its process handle) becomes ready once that process is gone, at
     once if it already is. Unlike prctl(PR_SET_PDEATHSIG) or a watch on os.getppid(), it works for a
     forkserver's children too, whose parent is the forkserver. A daemon thread waits on it, without
     polling. (A child that process made by a bare fork() would hold the write end too, and keep the
-    workers until it ends; the package makes none.) Outside a multiprocessing worker it does nothing."""
+    workers until it ends; the package makes none.) Outside a multiprocessing worker it does nothing.
+
+    At start-up a spawned (or forked) worker also ends if its parent pid is no longer its starter's: Linux
+    hands a dying process's children on to a reaper before the last of its threads has closed its files
+    (freeing a large address space can take milliseconds), so the sentinel can lag the new parent pid, long
+    enough for the worker to take a queued call. A forkserver's workers have the sentinel alone."""
     import threading
     from multiprocessing.connection import wait
 
@@ -51,7 +57,8 @@ def exit_with_parent() -> None:
     if parent is None:  # not started by multiprocessing: no parent to watch
         return
     sentinel = parent.sentinel
-    if wait([sentinel], 0):  # gone while this worker started up: end before it takes a queued call
+    handed_on = method != "forkserver" and os.getppid() != parent.pid
+    if handed_on or wait([sentinel], 0):  # gone while this worker started up: end before it takes a queued call
         os._exit(1)
     threading.Thread(target=lambda: (wait([sentinel]), os._exit(1)), name="exit-with-parent", daemon=True).start()
 

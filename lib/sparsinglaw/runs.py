@@ -529,7 +529,7 @@ def _worker_init(relay=None, activations: bytes | None = None) -> None:
     from . import progress
     from .device import exit_with_parent
 
-    exit_with_parent()
+    exit_with_parent("spawn")
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     tqdm.set_lock(threading.RLock())
