@@ -182,7 +182,9 @@ def test_pareto_points(tiny, smoke_tokens, capsys):
     ks = measure.topk_ks(tiny.sparsity.topk_fracs, d_ff)
     top = df[df["method"] == "topk"]
     assert sorted(top["param"].astype(int)) == ks
-    np.testing.assert_allclose(top["activation_ratio"], top["param"] / d_ff, rtol=0, atol=1e-9)  # k of d_ff
+    top = top.sort_values("param")  # at most k of d_ff: kept zeros do not count (test_sparsity has the oracle)
+    assert (top["activation_ratio"] <= top["param"] / d_ff + 1e-9).all()
+    assert top["activation_ratio"].is_monotonic_increasing
 
 
 def test_a_damaged_pareto_cache_is_refused_naming_it(tiny, smoke_tokens, tmp_path, monkeypatch):

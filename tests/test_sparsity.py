@@ -333,6 +333,8 @@ def test_c_zero_keeps_every_neuron(act, trained, val):
     assert res.loss == curves.dense_loss  # exactly: only exact zeros may be dropped
     if act != "relu":
         assert res.activation_ratio == 1.0
+    else:  # only the exact zeros, which c = 0 keeps too, are not counted active
+        assert res.active_per_layer == pytest.approx(nonzero_share(model, val), abs=1e-12)
     rows, _ = S.dense_rows(model, val)
     assert S.reference_thresholds(model, rows, 0.0, SMALL_GRID) == taus
 
@@ -359,8 +361,8 @@ def test_all_zero_rows_and_a_dead_layer(trained, val):
         r = S.ppl_p_sparsity(model, val, impl="reference", n_grid=SMALL_GRID)
         assert f.cett == r.cett and f.thresholds == r.thresholds and f.ratios == r.ratios
         assert_valid_bracket(S.ppl_p_sparsity(model, val, n_grid=SMALL_GRID))
-        assert f.thresholds[0][1] == 0.0  # degenerate grid {0}: the dead layer runs dense (counted active)
-        assert f.active_per_layer[0][1] == 1.0 and f.active_per_layer[0][0] < 1.0
+        assert f.thresholds[0][1] == 0.0  # degenerate grid {0}: the dead layer runs dense, its zeros inactive
+        assert f.active_per_layer[0][1] == 0.0 and 0.0 < f.active_per_layer[0][0] < 1.0
         st = S.activation_stats(model, val, rule=S.zeros_rule(), per_neuron=True)
         assert st.active_per_layer[1] == 0.0 and st.dead_ratio() >= 0.5
     finally:
@@ -550,6 +552,10 @@ def test_bad_inputs(trained, val):
     for impl in ("fast", "reference"):  # a one-point grid: a clear error (fast divided by zero in _bins)
         with pytest.raises(ValueError, match="n_grid must be >= 2"):
             S.ppl_p_sparsity(model, val, impl=impl, n_grid=1)
+        with pytest.raises(ValueError, match="at least one checkpoint"):  # was a ZeroDivisionError
+            S.ppl_p_sparsity([], val, impl=impl, n_grid=256)
+        with pytest.raises(ValueError, match="no batches, or every target is -1"):
+            S.ppl_p_sparsity(model, [], impl=impl, n_grid=256)
 
 
 # ----------------------------------------------------------------------------- the search on c
@@ -779,10 +785,14 @@ def test_threshold_rule_equals_the_models_sparse_forward(trained, val):
 def test_baselines(trained, val):
     model, d_ff = trained["relu"], CFG["d_ff"]
     dense = S.evaluate(model, val).loss
+    nz = nonzero_share(model, val)
     pts = S.sweep_topk(model, val, [8, 40, d_ff])
-    assert [p.activation_ratio for p in pts] == [8 / d_ff, 40 / d_ff, 1.0]
+    assert pts[0].activation_ratio == 8 / d_ff  # every token has at least 8 non-zero neurons
+    assert pts[1].active_per_layer == pytest.approx(kept_nonzero_oracle(model, val, 40), abs=1e-12)
+    assert pts[2].active_per_layer == pytest.approx(nz, abs=1e-12)  # all kept: the non-zero ones count
     beyond = S.topk_point(model, val, d_ff + 5, dense_loss=dense)  # k > d_ff keeps every neuron
-    assert beyond.activation_ratio == 1.0 and beyond.sparse_loss == pytest.approx(dense, abs=1e-6)
+    assert beyond.active_per_layer == pytest.approx(nz, abs=1e-12)
+    assert beyond.sparse_loss == pytest.approx(dense, abs=1e-6)
     assert pts[-1].sparse_loss == pytest.approx(dense, abs=1e-6) and pts[0].ppl_ratio > pts[1].ppl_ratio
     batch = S.topk_point(model, val, 8, per_batch=True, dense_loss=dense)
     assert batch.method == "topk_batch" and batch.activation_ratio == pytest.approx(8 / d_ff, abs=1e-9)
@@ -790,11 +800,11 @@ def test_baselines(trained, val):
     per_tok = st.token_sum.sum(0)[st.token_count > 0] / st.token_count[st.token_count > 0]
     assert per_tok.std() > 0  # a token may keep more or fewer than k
     fat = S.sweep_fat(model, val, [0.0, 0.05, 0.5])
-    assert fat[0].activation_ratio == 1.0 and fat[0].sparse_loss == pytest.approx(dense, abs=1e-6)
+    assert fat[0].active_per_layer == pytest.approx(nz, abs=1e-12)
+    assert fat[0].sparse_loss == pytest.approx(dense, abs=1e-6)
     assert fat[0].activation_ratio > fat[1].activation_ratio > fat[2].activation_ratio
     zeros = S.zeros_point(model, val, dense_loss=dense)
     assert zeros.sparse_loss == dense and zeros.ppl_ratio == 1.0 and zeros.ppl == math.exp(dense)
-    nz = nonzero_share(model, val)
     assert zeros.active_per_layer == pytest.approx(nz, abs=1e-12)
     cett = S.sweep_cett(model, val, [0.0, 0.1, 0.3], n_grid=SMALL_GRID)
     assert cett[0].ppl_ratio == 1.0 and cett[0].activation_ratio > cett[1].activation_ratio > cett[2].activation_ratio
@@ -859,6 +869,46 @@ def hand_batch_topk_loss(model: Transformer, batches, k: int) -> float:
         for hd in handles:
             hd.remove()
     return total / S.count_tokens(batches)
+
+
+def kept_nonzero_oracle(model: Transformer, batches, k: int, per_batch: bool = False) -> list[float]:
+    """Per layer, the share of valid (token, neuron) pairs that Top-k keeps with s_i != 0, counted from the
+    gate projection by forward hooks during the Top-k pass: a ReLU token with m positive s_i keeps
+    min(k, m) of them (per batch: min(k * n_valid, m summed over the batch's valid tokens))."""
+    counts, n, valid = [0] * model.cfg.n_layers, 0, None
+
+    def count(layer, out):
+        m = (torch.relu(out)[valid] != 0).sum(-1)
+        counts[layer] += int(m.sum().clamp(max=k * m.numel())) if per_batch else int(m.clamp(max=k).sum())
+
+    hooks = [f.w_gate.register_forward_hook(lambda m, i, o, l=l: count(l, o)) for l, f in enumerate(model.ffns())]
+    rule = S.topk_rule(k, per_batch)
+    try:
+        for x, y in batches:
+            valid = y != -1
+            S.activation_stats(model, [(x, y)], rule=rule)  # the Top-k pass: later layers see masked inputs
+            n += int(valid.sum())
+    finally:
+        for h in hooks:
+            h.remove()
+    return [c / (n * model.cfg.d_ff) for c in counts]
+
+
+@pytest.mark.parametrize("per_batch", [False, True], ids=["per-token", "per-batch"])
+def test_kept_zeros_are_not_counted_active(trained, val, per_batch):
+    """A neuron kept with h_i = 0 adds nothing, so it is not counted active: Top-k with k above a ReLU
+    token's non-zero neurons (it used to report k / d_ff, denser than the dense model), and thresholds of
+    0 (a ReLU layer non-zero on under 1% of the pairs has the grid {0}; it used to count as fully active)."""
+    model, d_ff = trained["relu"], CFG["d_ff"]
+    k = 56
+    got = S.topk_point(model, val, k, per_batch=per_batch, dense_loss=0.0).active_per_layer
+    want = kept_nonzero_oracle(model, val, k, per_batch)
+    assert got == pytest.approx(want, abs=1e-12)
+    assert max(want) < k / d_ff  # the case: some tokens have fewer than k non-zero neurons
+    st = S.activation_stats(model, val, taus=[0.0] * CFG["n_layers"], per_neuron=True)
+    assert st.active_per_layer == pytest.approx(nonzero_share(model, val), abs=1e-12)
+    zeros = S.activation_stats(model, val, rule=S.zeros_rule(), per_neuron=True)
+    assert torch.equal(st.neuron_active, zeros.neuron_active) and st.dead_ratio() == zeros.dead_ratio()
 
 
 def test_batch_topk_keeps_k_per_valid_token_and_leaves_padding_dense(trained):

@@ -16,7 +16,7 @@ Conventions shared by everything below (a caller must know these):
     (losses, CETT means, the grid, activation counts); the model still runs on it.
   * A token whose dense FFN output is exactly zero (an all-zero h row, a dead layer) has CETT_t := 0
     for every tau and still counts in the mean. A layer whose h is zero everywhere has the degenerate
-    grid {0}, so tau_l = 0: it runs dense and, by the rule n_i >= tau_l, counts as fully active.
+    grid {0}, so tau_l = 0: it runs dense and counts as inactive (see the activation ratio below).
   * Candidate grid: per layer ``N_GRID`` = 65,536 float32 points linspace(min n_i, q_0.99) (authors'
     code) where the 0.99 quantile (linear interpolation, computed in float64) is taken on every s-th
     entry of the flattened (valid tokens x d_ff) matrix of n_i in batch order, s the smallest stride
@@ -45,8 +45,12 @@ Conventions shared by everything below (a caller must know these):
     the run and p.
   * Unlike the authors (who recompute thresholds and the PPL ratio per batch and average), thresholds
     come from the whole evaluation set and the ratio is exp(mean sparse loss - mean dense loss).
-  * The activation ratio is the share of valid (token, neuron) pairs with n_i >= tau_l measured in the
-    sparse pass itself (so later layers see the already sparsified earlier layers), averaged over layers.
+  * The activation ratio is the share of valid (token, neuron) pairs with n_i >= tau_l and h_i != 0
+    measured in the sparse pass itself (so later layers see the already sparsified earlier layers),
+    averaged over layers. A neuron whose h_i is exactly 0 adds nothing to the output and is never counted
+    active, whatever keeps it: tau_l = 0 (a ReLU layer non-zero on under 1% of the pairs has the grid {0},
+    and c = 0 gives tau_l = 0) would otherwise count a ReLU layer's zeros as active, and Top-k the zeros
+    it keeps beyond a token's non-zero neurons, so that both read denser than the dense ReLU model.
 
 Two implementations of PPL-p% sit behind one signature, ``ppl_p_sparsity(..., impl=...)``:
   * ``reference`` -- the straightforward algorithm, kept as the oracle and benchmark baseline: at every
@@ -384,7 +388,7 @@ def _forward(model: Transformer, batches: Batches, on_h: Callable, *, need_gate:
                 pass
             count += int(state.valid.sum())
     if need_loss and count == 0:
-        raise ValueError("the evaluation set has no valid tokens (every target is -1)")
+        raise ValueError("the evaluation set has no valid tokens (no batches, or every target is -1)")
     return total, count
 
 
@@ -398,6 +402,8 @@ def topk_rule(k: int, per_batch: bool = False) -> Rule:
     """Top-k on |s_i| = |act(W_gate x)_i|.
 
     per_batch=False (ours, as the paper describes Top-k): each token keeps its k largest |s_i| per layer.
+    The activation ratio counts the kept neurons with h_i != 0 (activation_stats): a ReLU token with fewer
+    than k positive s_i keeps some zeros, which add nothing, so the ratio can be below k / d_ff.
     per_batch=True (the authors' code): each layer keeps the k * n_valid largest |s_i| of the whole batch,
     so a token may keep more or fewer than k; padding positions are left dense (and not counted).
     """
@@ -478,7 +484,8 @@ def activation_stats(model: Transformer, batches: Batches, *, taus: Sequence[flo
                      ) -> ActivationStats:
     """One pass that keeps neurons by thresholds ``taus`` (n_i >= tau_l, the model's own sparse forward),
     or by a ``rule`` (Top-k, FAT-eps, exact zeros: kept neurons pass, the rest are zeroed), or keeps
-    everything (both None: the dense pass). Counts kept (token, neuron) pairs over valid tokens per layer,
+    everything (both None: the dense pass). Counts kept (token, neuron) pairs with h_i != 0 over valid
+    tokens per layer (a kept zero contributes nothing; the dense pass counts the non-zero pairs),
     and optionally per token (``per_token``: by input id x, the token whose hidden state it is) and per
     neuron (``per_neuron``: activation frequency, and per domain when batches carry a domain tensor).
     Static masks set on the model are lifted during the pass. Dead neurons (``dead_ratio``) are counted
@@ -505,7 +512,7 @@ def activation_stats(model: Transformer, batches: Batches, *, taus: Sequence[flo
             keep = ~(neuron_norms(h, ffn.down_col_norms()) < ffn.threshold.to(h.device, h.dtype))
         else:
             keep = torch.ones_like(h, dtype=torch.bool)
-        kv = keep[b.valid]  # (n_valid, d_ff)
+        kv = (keep & (h != 0))[b.valid]  # (n_valid, d_ff): kept and contributing (module docstring)
         st.active[l] += int(kv.sum())
         if per_token:
             ids = b.x[b.valid]
@@ -547,7 +554,7 @@ def _grid_ranges(model: Transformer, batches: Batches, n_grid: int) -> tuple[lis
     L, d_ff = model.cfg.n_layers, model.cfg.d_ff
     n_tokens = count_tokens(batches)
     if n_tokens == 0:
-        raise ValueError("the evaluation set has no valid tokens (every target is -1)")
+        raise ValueError("the evaluation set has no valid tokens (no batches, or every target is -1)")
     stride = _grid_stride(n_tokens, d_ff, n_grid)
     mins = [math.inf] * L
     samples: list[list[Tensor]] = [[] for _ in range(L)]
@@ -857,6 +864,8 @@ def ppl_p_sparsity(models: Checkpoint | Sequence[Checkpoint], batches: Batches, 
         raise ValueError(f"p must be > 0 (percent), got {p}")
     t0 = time.perf_counter()
     ckpts = [models] if isinstance(models, nn.Module) or not isinstance(models, Sequence) else list(models)
+    if not ckpts:
+        raise ValueError("models: give at least one checkpoint (the mean PPL ratio is over them)")
     target, m = 1.0 + p / 100.0, _levels(tol)
     counts, memo = {"dense": 0, "sparse": 0}, {}
     if curves is not None:
