@@ -509,6 +509,21 @@ def test_moe_comparison_reads_only_the_ppl_p_curve():
     assert df["gap_pct"].tolist() == pytest.approx([100 * (80 / 65 - 1), 100 * (62 / (55.55 + 0.45 / 3) - 1)])
 
 
+def test_a_relu_ppl_p_curve_is_flat_from_its_exact_zero_point():
+    """c = 0 keeps every non-zero neuron and counts only those active, so a ReLU run's curve reaches the
+    unsparsified PPL at its exact-zero ratio and stays there to 1 (it was a line from the densest swept
+    point straight to ratio 1, too high in between)."""
+    profile = load_profile("smoke")  # silu-moe4: E = 4, trained top_k = 2
+    rows = [("relu-s2", "cett", c, ppl, a) for c, ppl, a in ((0.05, 56.0, 0.3), (0.2, 60.0, 0.2))]
+    rows += [("relu-s2", "zeros", 0, math.exp(4), 0.4), ("silu-moe4", "moe", 2, 62.0, 0.5)]
+    points = pd.DataFrame(rows, columns=["run", "method", "param", "ppl", "activation_ratio"]).assign(
+        activation="relu", dense_loss=4.0)
+    _, xs, ys = measure.ppl_p_curves(points)["relu-s2"]
+    assert xs.tolist() == [0.2, 0.3, 0.4, 1.0] and ys.tolist() == pytest.approx([60, 56, math.exp(4), math.exp(4)])
+    df = measure.moe_comparison(points, profile)
+    assert df["ppl_dense_at_ratio"].tolist() == pytest.approx([math.exp(4)])  # k = 2 of 4: ratio 0.5
+
+
 def test_each_p_gets_its_own_c_searched_on_the_last_n_last_checkpoints(tiny, smoke_tokens):
     """With sparsity.n_last = 2 and p = [1, 1.5] (both reached by the tiny model): the rows of each p carry
     that p's c, which equals Algorithm 1 run by hand on the last two stable checkpoints (loaded here)

@@ -690,14 +690,19 @@ def dense_curves(points: pd.DataFrame) -> pd.DataFrame:
 def ppl_p_curves(points: pd.DataFrame) -> dict[str, tuple[str, np.ndarray, np.ndarray]]:
     """Each dense run's PPL-p% curve among the Pareto points: run -> (activation, activation ratios
     ascending, perplexities), from its CETT sweep and PPL-p% points, closed by c = 0 (every neuron kept:
-    the unsparsified perplexity at ratio 1)."""
+    the unsparsified perplexity) at ratio 1 and, where the run has an exact-zero point denser than its
+    sweep, there too: c = 0 keeps every neuron with h_i != 0, and those are the ones counted active (a ReLU
+    model's non-zero share), so the curve is flat from there to 1."""
     dense = dense_curves(points)
     curves = {}
     for run, sub in dense[dense["curve"] == "cett"].groupby("run", sort=False):
         unsparsified = math.exp(float(sub["dense_loss"].iloc[0]))
         sub = sub.sort_values("activation_ratio")
-        curves[run] = (sub["activation"].iloc[0], np.append(sub["activation_ratio"].to_numpy(float), 1.0),
-                       np.append(sub["ppl"].to_numpy(float), unsparsified))
+        xs, ys = sub["activation_ratio"].to_numpy(float), sub["ppl"].to_numpy(float)
+        zeros = dense.loc[(dense["run"] == run) & (dense["method"] == "zeros"), "activation_ratio"].to_numpy(float)
+        close = [float(zeros[0])] if len(zeros) and xs[-1] < zeros[0] < 1.0 else []
+        curves[run] = (sub["activation"].iloc[0], np.append(xs, [*close, 1.0]),
+                       np.append(ys, [unsparsified] * (len(close) + 1)))
     return curves
 
 
