@@ -775,6 +775,9 @@ def test_markdown_lists_each_claim_with_its_value_threshold_and_verdict():
                   "| claim | statistic value | threshold | verdict |\n|---|---|---|---|\n"
                   f"| {c1} (`relu_falls`) | p = 0.01 \\| rho < 0 | {t1} | **PASS** |\n"
                   f"| {c2} (`ppl1_lossless`) | max +3% mean +1% | {t2} | **FAIL** |\n")
+    other = claims.markdown(df, "cpu", "0123456789abcdef", other_shas={"pareto": "fedcba9876543210"})
+    assert other.startswith("Claims checked on profile `cpu` (measurements of git 0123456789ab; pareto.csv of git "
+                            "fedcba987654): 1 PASS")
 
 
 # -----------------------------------------------------------------------------------------------

@@ -768,12 +768,15 @@ def _cell(v) -> str:
     return str(v).replace("|", "\\|").replace("\n", " ")
 
 
-def markdown(df: pd.DataFrame, profile_name: str, git_sha: str, stale: list[str] = ()) -> str:
+def markdown(df: pd.DataFrame, profile_name: str, git_sha: str, stale: list[str] = (),
+             other_shas: dict[str, str] | None = None) -> str:
     """claims.md: a header line naming the profile and the git sha its measurements were made at (so the
-    file changes only when the results or the verdicts do), the `stale` input tables if any, then
-    claim | value | threshold | verdict."""
+    file changes only when the results or the verdicts do; `other_shas`: measurement tables made at
+    another commit, table -> sha), the `stale` input tables if any, then claim | value | threshold | verdict."""
     counts = ", ".join(f"{(df['verdict'] == v).sum()} {v}" for v in VERDICTS)
-    lines = [f"Claims checked on profile `{profile_name}` (measurements of git {git_sha[:12]}): {counts}.", ""]
+    others = "".join(f"; {t}.csv of git {sha[:12]}" for t, sha in sorted((other_shas or {}).items()))
+    lines = [f"Claims checked on profile `{profile_name}` (measurements of git {git_sha[:12]}{others}): {counts}.",
+             ""]
     if stale:
         lines += [f"**Stale inputs**: {', '.join(stale)} were made under other settings than the profile's now "
                   "(other data, runs or stage settings): the verdicts that read them describe those settings; "
@@ -805,8 +808,10 @@ def write(profile: ProfileConfig | str, df: pd.DataFrame) -> str:
     if stale:
         meta["stale_inputs"] = stale
     write_table(df, folder / "claims.csv", meta)  # its sidecar names the code that first wrote these verdicts
-    sha = sidecar(folder / "sparsity.csv").get("git_sha")  # the commit that measured (checked before any claim)
-    md = markdown(df, profile.name, str(sha or meta["git_sha"]), stale)
+    sha = str(sidecar(folder / "sparsity.csv").get("git_sha") or meta["git_sha"])  # the commit that measured
+    others = {t: str(o) for t in ("pareto", "sparse_inference") if (folder / f"{t}.csv").is_file()
+              and (o := sidecar(folder / f"{t}.csv").get("git_sha")) and o != sha}  # remade at another commit
+    md = markdown(df, profile.name, sha, stale, others)
     atomic_write_text(folder / "claims.md", md)  # a temp file of this process's own: two verifies at once
     return md
 
