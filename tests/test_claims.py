@@ -955,6 +955,15 @@ def test_evaluate_and_write(synth_profile):
     recorded = back.attrs["meta"]["inputs"]  # the base tables judged, by sha256 (compare checks them)
     assert set(recorded) == {f"{t}.csv" for t in ("sparsity", "neurons", "tokens", "sparse_inference", *claims.FITTED)}
     assert recorded["sparsity.csv"] == hashlib.sha256((folder / "sparsity.csv").read_bytes()).hexdigest()
+    side = folder / "sparse_inference.meta.json"  # a measurement table remade at another commit is named
+    before = side.read_text()
+    try:
+        side.write_text(json.dumps({**json.loads(before), "git_sha": "fedcba9876543210"}))
+        assert claims.write(P, df).startswith("Claims checked on profile `synth` (measurements of git 0123456789ab; "
+                                              "sparse_inference.csv of git fedcba987654): ")
+    finally:
+        side.write_text(before)
+        claims.write(P, df)
 
 
 def test_evaluate_passes_progress_to_the_fits(synth_profile, monkeypatch):

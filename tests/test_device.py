@@ -96,5 +96,5 @@ def test_exit_with_parent_outside_a_worker_does_nothing():
 
     from sparsinglaw.device import exit_with_parent
 
-    assert exit_with_parent() is None
+    assert exit_with_parent("spawn") is None
     assert not [t for t in threading.enumerate() if t.name == "exit-with-parent"]

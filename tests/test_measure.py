@@ -491,7 +491,8 @@ def test_summary_takes_each_runs_final_checkpoint():
 def test_moe_comparison_reads_only_the_ppl_p_curve():
     """The dense curve MoE runs are read against holds the run's CETT sweep and PPL-p% points, closed by the
     unsparsified PPL exp(dense_loss) at ratio 1; its Top-k, FAT-eps and exact-zero points are other methods and
-    must not move it (hand interpolation)."""
+    must not move it (hand interpolation; an exact-zero point denser than the sweep would close it there too,
+    test_a_relu_ppl_p_curve_is_flat_from_its_exact_zero_point, but this one, at 0.4, is not)."""
     profile = load_profile("smoke")  # silu-moe4: E = 4, trained top_k = 2
     rows = [("silu-s2", "cett", c, ppl, a) for c, ppl, a in ((0.05, 56.0, 0.6), (0.2, 60.0, 0.3), (0.4, 70.0, 0.2))]
     rows += [("silu-s2", "ppl-1%", 0.1, 55.55, 0.45)]

@@ -288,7 +288,7 @@ from sparsinglaw import runs
 
 if __name__ == "__mp_main__":  # a worker, importing this file before the pool's initializer runs
     Path(sys.argv[1], f"importing.{os.getpid()}").touch()
-    if sys.argv[2] != "running":  # it goes on only once its parent is gone (handed to another)
+    if sys.argv[2] in ("startup", "lagging"):  # it goes on only once its parent is gone (handed to another)
         parent, deadline = os.getppid(), time.time() + 60
         while os.getppid() == parent and time.time() < deadline:
             time.sleep(0.05)
@@ -296,58 +296,67 @@ if __name__ == "__mp_main__":  # a worker, importing this file before the pool's
 
 def task(folder, i):
     Path(folder, f"task{i}").touch()
-    time.sleep(60)
+    time.sleep(3 if sys.argv[2] == "between" else 60)
 
 
-def hold_the_sentinels(folder):
-    """Once both workers import, a bare fork() makes a child that holds this process's end of each
-    worker's sentinel pipe for 60 s: the workers see their parent pid change long before the sentinel."""
-    while len(list(Path(folder).glob("importing.*"))) < 2:
+def hold_the_sentinels(folder, pattern):
+    """Once two files match `pattern` (the workers import, or run their first calls), a bare fork() makes a
+    child that holds this process's end of each worker's sentinel pipe for 60 s: the workers see their
+    parent pid change long before the sentinel."""
+    while len(list(Path(folder).glob(pattern))) < 2:
         time.sleep(0.01)
-    if os.fork() == 0:
+    child = os.fork()
+    if child == 0:
         time.sleep(60)
         os._exit(0)
-    Path(folder, "forked").touch()
+    Path(folder, "forked").write_text(str(child))
 
 
 if __name__ == "__main__":
-    if sys.argv[2] == "lagging":
-        threading.Thread(target=hold_the_sentinels, args=(sys.argv[1],), daemon=True).start()
+    if sys.argv[2] in ("lagging", "between"):
+        pattern = "importing.*" if sys.argv[2] == "lagging" else "task*"
+        threading.Thread(target=hold_the_sentinels, args=(sys.argv[1], pattern), daemon=True).start()
     runs.run_parallel(task, [(sys.argv[1], i) for i in range(4)], 2, "test")
 '''
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
-@pytest.mark.parametrize("when", ["running", "startup", "lagging"])
+@pytest.mark.parametrize("when", ["running", "startup", "lagging", "between"])
 def test_workers_end_when_their_parent_is_killed(tmp_path, when):
     """A parallel command killed outright (SIGKILL, the OOM killer) takes its workers with it, within
     seconds, and none starts a queued call: they went on with the queue as children of PID 1, then
     waited forever. `running`: killed while two calls run. `startup`: killed while the workers still
     import, before they could watch it; they find it gone and end before taking a call. `lagging`: as
     `startup`, with the parent's sentinel pipes held open (Linux hands on a dying process's children before
-    its last thread closes its files, so the sentinel can lag the parent pid; this test failed one run in
-    five of the whole suite when the workers had the sentinel alone)."""
+    its last thread closes its files, so the sentinel can lag the parent pid; `startup` failed one run in
+    five of the whole suite when the workers had the sentinel alone). `between`: as `running` with the
+    sentinels held and calls of 3 s: a worker that ends its call after its parent died takes no queued one
+    (and once the sentinels are let go, both end)."""
     (tmp_path / "orphans.py").write_text(ORPHANS)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO / "lib"))
     proc = subprocess.Popen([sys.executable, "-W", "ignore::DeprecationWarning", str(tmp_path / "orphans.py"),
                              str(tmp_path), when], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True)
     try:
-        ready = {"running": "task*", "startup": "importing.*", "lagging": "forked"}[when]
+        ready = {"running": "task*", "startup": "importing.*", "lagging": "forked", "between": "forked"}[when]
         deadline = time.time() + 120
-        while len(list(tmp_path.glob(ready))) < (1 if when == "lagging" else 2) and time.time() < deadline:
+        while len(list(tmp_path.glob(ready))) < (1 if ready == "forked" else 2) and time.time() < deadline:
             time.sleep(0.05)
         assert proc.poll() is None, proc.communicate()
         pids = {int(p.suffix[1:]) for p in tmp_path.glob("importing.*")}
         assert len(pids) == 2, pids
         proc.kill()
         proc.wait()
+        if when == "between":  # both calls end (3 s) with the parent gone; then the held sentinels are let go
+            time.sleep(6)
+            assert sorted(p.name for p in tmp_path.glob("task*")) == ["task0", "task1"]  # no queued call
+            os.kill(int((tmp_path / "forked").read_text()), signal.SIGKILL)
         deadline = time.time() + 10
         while any(alive(pid) for pid in pids) and time.time() < deadline:
             time.sleep(0.05)
         assert not any(alive(pid) for pid in pids), "a worker outlived its killed parent"
         started = sorted(p.name for p in tmp_path.glob("task*"))
-        assert started == (["task0", "task1"] if when == "running" else []), started  # no queued call
+        assert started == (["task0", "task1"] if when in ("running", "between") else []), started  # none queued
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)  # the workers, if they outlived it, and the bare fork's child

@@ -33,7 +33,10 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def exit_with_parent(method: str = "spawn") -> None:
+_STARTER: int | None = None  # in a spawned pool worker: the pid of the process that started it (exit_with_parent)
+
+
+def exit_with_parent(method: str) -> None:
     """Pool initializer: end this worker as soon as the process that started it ends, however it ends (a
     process killed outright, by SIGKILL or the OOM killer, left its workers to go on with the queued calls,
     then wait for work forever). segment_documents' workers and run_parallel's call it; `method` is the
@@ -46,10 +49,12 @@ def exit_with_parent(method: str = "spawn") -> None:
     polling. (A child that process made by a bare fork() would hold the write end too, and keep the
     workers until it ends; the package makes none.) Outside a multiprocessing worker it does nothing.
 
-    At start-up a spawned (or forked) worker also ends if its parent pid is no longer its starter's: Linux
-    hands a dying process's children on to a reaper before the last of its threads has closed its files
-    (freeing a large address space can take milliseconds), so the sentinel can lag the new parent pid, long
-    enough for the worker to take a queued call. A forkserver's workers have the sentinel alone."""
+    A spawned (or forked) worker also ends if its parent pid is no longer its starter's, at start-up and
+    before each call (``end_if_orphaned``): Linux hands a dying process's children on to a reaper before
+    the last of its threads has closed its files (freeing a large address space can take milliseconds), so
+    the sentinel can lag the new parent pid, long enough for the worker to take a queued call. A
+    forkserver's workers (whose parent is the forkserver) have the sentinel alone."""
+    global _STARTER
     import threading
     from multiprocessing.connection import wait
 
@@ -57,10 +62,18 @@ def exit_with_parent(method: str = "spawn") -> None:
     if parent is None:  # not started by multiprocessing: no parent to watch
         return
     sentinel = parent.sentinel
-    handed_on = method != "forkserver" and os.getppid() != parent.pid
-    if handed_on or wait([sentinel], 0):  # gone while this worker started up: end before it takes a queued call
+    _STARTER = None if method == "forkserver" else parent.pid
+    end_if_orphaned()
+    if wait([sentinel], 0):  # gone while this worker started up: end before it takes a queued call
         os._exit(1)
     threading.Thread(target=lambda: (wait([sentinel]), os._exit(1)), name="exit-with-parent", daemon=True).start()
+
+
+def end_if_orphaned() -> None:
+    """In a spawned pool worker (after exit_with_parent): end now if the process that started it is gone,
+    as its changed parent pid tells at once (its sentinel may lag; exit_with_parent). Elsewhere nothing."""
+    if _STARTER is not None and os.getppid() != _STARTER:
+        os._exit(1)
 
 
 def setup_torch(device: str = "auto", threads: int = 1) -> torch.device:

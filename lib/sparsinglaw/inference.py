@@ -148,19 +148,14 @@ def averaged_thresholds(model: Transformer, batches: list, cs: list[float], n_gr
     return (sums / total).tolist()
 
 
-def nonzero_rule() -> sp.Rule:
-    """Dense rows: neuron i counts as active when h_i != 0 (keeps h unchanged, so the pass stays dense)."""
-    return lambda l, h, s, valid: h != 0
-
-
 @torch.no_grad()
 def heldout_scores(model: Transformer, batches: list, taus: list[float] | None, domains: list[str]) -> list[dict]:
     """Quality of the model on held-out batches (x, y, domain) with thresholds ``taus`` (None: dense).
 
     One row for "all" and one per domain with tokens: n_tokens (valid targets), loss (mean cross-entropy,
     nats/token), ppl = exp(loss), accuracy (share of targets equal to the argmax of the logits), and
-    activation_ratio (``sparsity.activation_stats``: share of (token, neuron) pairs kept, over all layers;
-    dense: h_i != 0). The thresholds are set with ``model.sparse``, the model's own masking.
+    activation_ratio (``sparsity.activation_stats``: share of (token, neuron) pairs kept with h_i != 0, over
+    all layers; dense: h_i != 0). The thresholds are set with ``model.sparse``, the model's own masking.
     """
     n_dom = len(domains)
     dev = next(model.parameters()).device
@@ -174,7 +169,7 @@ def heldout_scores(model: Transformer, batches: list, taus: list[float] | None, 
             loss_sum += torch.bincount(d, weights=loss[valid].double(), minlength=n_dom).cpu().numpy()
             hits += torch.bincount(d, weights=(logits.argmax(-1) == y)[valid].double(), minlength=n_dom).cpu().numpy()
             count += torch.bincount(d, minlength=n_dom).cpu().numpy()
-    st = sp.activation_stats(model, batches, taus=taus, rule=nonzero_rule() if taus is None else None,
+    st = sp.activation_stats(model, batches, taus=taus,
                              per_neuron=True)
     per_token = model.cfg.n_layers * model.cfg.d_ff
     rows = [{"domain": "all", "n_tokens": int(count.sum()), "loss": loss_sum.sum() / count.sum(),

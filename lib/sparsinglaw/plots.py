@@ -297,7 +297,8 @@ def moe_vs_dense(df: pd.DataFrame, comparison: pd.DataFrame):
 
     curves = ppl_p_curves(df)
     for run, (act, xs, ys) in curves.items():
-        ax.plot(xs, ys, "-o", color=color(act), ms=3, lw=1.2, label=f"{run}: dense, PPL-p% (c swept; c = 0 at ratio 1)")
+        ax.plot(xs, ys, "-o", color=color(act), ms=3, lw=1.2,
+                label=f"{run}: dense, PPL-p% (c swept; c = 0 unsparsified)")
     moe = comparison.drop_duplicates(["moe_run", "k"])
     names = list(dict.fromkeys(moe.sort_values("n_experts")["moe_run"]))
     for i, run in enumerate(names):

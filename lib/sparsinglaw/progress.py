@@ -97,8 +97,12 @@ def relay_to(q) -> None:
 
 def call(i: int, fn, *args):
     """fn(*args) as call i of a stage (what a worker's bars report); its output ends flushed (the worker
-    outlives the call, and the flush of a worker's exit comes after its queue is closed)."""
+    outlives the call, and the flush of a worker's exit comes after its queue is closed). A spawned worker
+    whose parent is gone ends instead (device.end_if_orphaned)."""
     global _CALL
+    from .device import end_if_orphaned
+
+    end_if_orphaned()  # a worker whose parent died while it ran the previous call takes no queued one
     _CALL = i
     try:
         return fn(*args)

@@ -135,7 +135,7 @@ class PassResult:
 
     loss: float  # mean cross-entropy over valid tokens (nats)
     n_tokens: int  # valid tokens (y != -1)
-    active_per_layer: list[float]  # share of valid (token, neuron) pairs kept, per layer
+    active_per_layer: list[float]  # share of valid (token, neuron) pairs kept with h_i != 0, per layer
 
     @property
     def activation_ratio(self) -> float:
@@ -441,11 +441,11 @@ class ActivationStats:
 
     n_tokens: int
     loss: float  # mean loss of the pass
-    active: Tensor  # (L,) float64 kept (token, neuron) pairs per layer
+    active: Tensor  # (L,) float64 active (token, neuron) pairs per layer: kept, with h_i != 0
     d_ff: int
-    token_sum: Tensor | None = None  # (L, vocab) float64: sum over tokens with input id v of the share kept
+    token_sum: Tensor | None = None  # (L, vocab) float64: sum over tokens with input id v of the share active
     token_count: Tensor | None = None  # (vocab,) int64 valid tokens per input id
-    neuron_active: Tensor | None = None  # (L, d_ff) int64 tokens on which neuron i is kept
+    neuron_active: Tensor | None = None  # (L, d_ff) int64 tokens on which neuron i is active
     domain_neuron_active: Tensor | None = None  # (n_domains, L, d_ff) int64, when batches carry domains
     domain_tokens: Tensor | None = None  # (n_domains,) int64
 
@@ -458,11 +458,11 @@ class ActivationStats:
         return float(self.active.sum() / (self.n_tokens * self.d_ff * len(self.active)))
 
     def token_ratio(self) -> Tensor:
-        """(vocab,) share of neurons kept per vocabulary id, averaged over layers (nan for unseen ids)."""
+        """(vocab,) share of neurons active per vocabulary id, averaged over layers (nan for unseen ids)."""
         return self.token_sum.mean(0) / self.token_count.double()
 
     def neuron_frequency(self) -> Tensor:
-        """(L, d_ff) activation frequency: share of valid tokens on which each neuron is kept."""
+        """(L, d_ff) activation frequency: share of valid tokens on which each neuron is active."""
         return self.neuron_active.double() / self.n_tokens
 
     def domain_frequency(self) -> Tensor:
@@ -470,7 +470,7 @@ class ActivationStats:
         return self.domain_neuron_active.double() / self.domain_tokens.double()[:, None, None]
 
     def dead_ratio(self, min_freq: float = DEAD_FREQ) -> float:
-        """Share of neurons kept on fewer than min_freq of the tokens (dead neurons)."""
+        """Share of neurons active on fewer than min_freq of the tokens (dead neurons)."""
         return float((self.neuron_frequency() < min_freq).double().mean())
 
 
@@ -981,8 +981,10 @@ def sweep_fat(model: Transformer, batches: Batches, eps: Iterable[float], progre
 
 def expert_point(model: Transformer, batches: Batches, k: int, dense_loss: float | None = None) -> SparsePoint:
     """An MoE model routing every token to k of its E experts (paper Fig. 2's baseline): the activation
-    ratio is the share of neurons in routed experts, k / E, in every layer; ``dense_loss`` is the loss at
-    the trained top_k (the MoE as trained). Leaves the model routing its trained top_k."""
+    ratio is the share of neurons in routed experts, k / E, in every layer (by construction: unlike
+    activation_stats it counts a routed neuron whose h_i is 0, which a SiLU expert all but never has);
+    ``dense_loss`` is the loss at the trained top_k (the MoE as trained). Leaves the model routing its
+    trained top_k."""
     cfg = model.cfg
     if dense_loss is None:
         model.set_active_experts(None)
