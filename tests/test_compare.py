@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pandas as pd
@@ -297,16 +298,18 @@ def test_a_lost_training_log_and_a_claim_value_that_moved_are_named(tmp_path):
     the verdicts (only the wide table showed it)."""
     b = _copy(tmp_path, "b")
     _rewrite(b, "train_log", lambda df: df[(df["run"] != "silu-s3") | (df["split"] != "val")])  # its train rows stay
-    moved = runs.read_csv(COMMITTED / "claims.csv").set_index("id").at["dense_beats_moe", "value"]
-    assert "(+2.6%)" in moved.split(";")[1]  # the first MoE's gap, after the headline of counts
-    _rewrite(b, "claims", lambda df: df.assign(value=df["value"].where(df["id"] != "dense_beats_moe",
-                                                                       moved.replace("(+2.6%)", "(+0.1%)"))))
+    value = runs.read_csv(COMMITTED / "claims.csv").set_index("id").at["dense_beats_moe", "value"]
+    parts = value.split(";")  # the headline of counts, then each MoE ending with its gap, e.g. "(+2.3%)"
+    gap = re.search(r"\([+-][0-9.]+%\)$", parts[1]).group(0)
+    assert gap != "(+99.9%)"
+    moved = ";".join([parts[0], parts[1].replace(gap, "(+99.9%)"), *parts[2:]])  # the first MoE's gap moves
+    _rewrite(b, "claims", lambda df: df.assign(value=df["value"].where(df["id"] != "dense_beats_moe", moved)))
     t = compare.compare(COMMITTED, b)
     text = compare.summary(t)
     n = len(runs.read_csv(COMMITTED / "claims.csv"))
     assert f"claims: {n} of {n} verdicts the same; 1 of the same with another value: dense_beats_moe" in text
     row = t["claims"].set_index("id").loc["dense_beats_moe"]  # what moved, not the headline both share
-    assert row["value_a"].endswith("(+2.6%)") and row["value_b"].endswith("(+0.1%)") and not row["same_value"]
+    assert row["value_a"].endswith(gap) and row["value_b"].endswith("(+99.9%)") and not row["same_value"]
     assert "over 20 runs; a validation loss in one folder only: silu-s3 (no loss in B)" in text
     assert "runs in one folder only" not in text  # silu-s3 is measured in both
 
