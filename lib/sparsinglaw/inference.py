@@ -169,8 +169,7 @@ def heldout_scores(model: Transformer, batches: list, taus: list[float] | None, 
             loss_sum += torch.bincount(d, weights=loss[valid].double(), minlength=n_dom).cpu().numpy()
             hits += torch.bincount(d, weights=(logits.argmax(-1) == y)[valid].double(), minlength=n_dom).cpu().numpy()
             count += torch.bincount(d, minlength=n_dom).cpu().numpy()
-    st = sp.activation_stats(model, batches, taus=taus,
-                             per_neuron=True)
+    st = sp.activation_stats(model, batches, taus=taus, per_neuron=True)
     per_token = model.cfg.n_layers * model.cfg.d_ff
     rows = [{"domain": "all", "n_tokens": int(count.sum()), "loss": loss_sum.sum() / count.sum(),
              "accuracy": hits.sum() / count.sum(), "activation_ratio": st.activation_ratio}]

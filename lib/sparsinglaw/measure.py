@@ -76,9 +76,9 @@ from .train import (
     versions,
 )
 
-MEASURE_VERSION = 3  # bump when the measurement changes meaning (invalidates cached measurements); 3: neurons
-# kept with h_i = 0 are not counted active (sparsity.activation_stats)
+MEASURE_VERSION = 3  # bump when the measurement changes meaning (invalidates cached measurements)
 # 2: the grid's quantile sample walks over every neuron (sparsity._grid_stride); rows carry `reached`
+# 3: a neuron kept with h_i = 0 is not counted active (sparsity.activation_stats)
 
 
 # -----------------------------------------------------------------------------------------------
