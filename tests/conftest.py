@@ -92,20 +92,31 @@ def measured_mini(session_roots, mini_path, smoke_tokens):
     return profile
 
 
-def nonzero_share(model, batches) -> list[float]:
+def nonzero_share(model, batches, topk: int | None = None, per_batch: bool = False) -> list[float]:
     """Per layer, the share of valid (token, neuron) pairs (target != -1) with s = relu(W_gate x) != 0, read
-    straight from the gate projection by forward hooks: the exact-zero oracle of the ReLU models."""
+    straight from the gate projection by forward hooks: the exact-zero oracle of the ReLU models.
+    `topk`: in the Top-k pass instead (sparsity.topk_rule, per token or `per_batch`), the share Top-k keeps
+    with s != 0: a token with m positive s_i keeps min(k, m) of them (per batch: min(k * n_valid, the m
+    summed over the batch's valid tokens))."""
+    from sparsinglaw import sparsity
+
     counts, n, valid = [0] * model.cfg.n_layers, 0, None
 
     def count(layer, out):
-        counts[layer] += int((torch.relu(out)[valid] != 0).sum())
+        m = (torch.relu(out)[valid] != 0).sum(-1)
+        if topk is not None:
+            m = m.sum().clamp(max=topk * m.numel()) if per_batch else m.clamp(max=topk)
+        counts[layer] += int(m.sum())
 
     hooks = [f.w_gate.register_forward_hook(lambda m, i, o, l=l: count(l, o)) for l, f in enumerate(model.ffns())]
     try:
         with torch.no_grad():
             for x, y, *_ in batches:
                 valid = y != -1
-                model(x)
+                if topk is None:
+                    model(x)
+                else:  # the Top-k pass: later layers see masked inputs
+                    sparsity.activation_stats(model, [(x, y)], rule=sparsity.topk_rule(topk, per_batch))
                 n += int(valid.sum())
     finally:
         for h in hooks:

@@ -788,7 +788,7 @@ def test_baselines(trained, val):
     nz = nonzero_share(model, val)
     pts = S.sweep_topk(model, val, [8, 40, d_ff])
     assert pts[0].activation_ratio == 8 / d_ff  # every token has at least 8 non-zero neurons
-    assert pts[1].active_per_layer == pytest.approx(kept_nonzero_oracle(model, val, 40), abs=1e-12)
+    assert pts[1].active_per_layer == pytest.approx(nonzero_share(model, val, topk=40), abs=1e-12)
     assert pts[2].active_per_layer == pytest.approx(nz, abs=1e-12)  # all kept: the non-zero ones count
     beyond = S.topk_point(model, val, d_ff + 5, dense_loss=dense)  # k > d_ff keeps every neuron
     assert beyond.active_per_layer == pytest.approx(nz, abs=1e-12)
@@ -871,29 +871,6 @@ def hand_batch_topk_loss(model: Transformer, batches, k: int) -> float:
     return total / S.count_tokens(batches)
 
 
-def kept_nonzero_oracle(model: Transformer, batches, k: int, per_batch: bool = False) -> list[float]:
-    """Per layer, the share of valid (token, neuron) pairs that Top-k keeps with s_i != 0, counted from the
-    gate projection by forward hooks during the Top-k pass: a ReLU token with m positive s_i keeps
-    min(k, m) of them (per batch: min(k * n_valid, m summed over the batch's valid tokens))."""
-    counts, n, valid = [0] * model.cfg.n_layers, 0, None
-
-    def count(layer, out):
-        m = (torch.relu(out)[valid] != 0).sum(-1)
-        counts[layer] += int(m.sum().clamp(max=k * m.numel())) if per_batch else int(m.clamp(max=k).sum())
-
-    hooks = [f.w_gate.register_forward_hook(lambda m, i, o, l=l: count(l, o)) for l, f in enumerate(model.ffns())]
-    rule = S.topk_rule(k, per_batch)
-    try:
-        for x, y in batches:
-            valid = y != -1
-            S.activation_stats(model, [(x, y)], rule=rule)  # the Top-k pass: later layers see masked inputs
-            n += int(valid.sum())
-    finally:
-        for h in hooks:
-            h.remove()
-    return [c / (n * model.cfg.d_ff) for c in counts]
-
-
 @pytest.mark.parametrize("per_batch", [False, True], ids=["per-token", "per-batch"])
 def test_kept_zeros_are_not_counted_active(trained, val, per_batch):
     """A neuron kept with h_i = 0 adds nothing, so it is not counted active: Top-k with k above a ReLU
@@ -902,7 +879,7 @@ def test_kept_zeros_are_not_counted_active(trained, val, per_batch):
     model, d_ff = trained["relu"], CFG["d_ff"]
     k = 56
     got = S.topk_point(model, val, k, per_batch=per_batch, dense_loss=0.0).active_per_layer
-    want = kept_nonzero_oracle(model, val, k, per_batch)
+    want = nonzero_share(model, val, topk=k, per_batch=per_batch)
     assert got == pytest.approx(want, abs=1e-12)
     assert max(want) < k / d_ff  # the case: some tokens have fewer than k non-zero neurons
     st = S.activation_stats(model, val, taus=[0.0] * CFG["n_layers"], per_neuron=True)
