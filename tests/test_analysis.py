@@ -172,8 +172,9 @@ def test_form_comparison_prefers_the_true_form(table):
 
 
 def test_form_comparison_carries_form_nulls_test_on_the_paper_forms_row(table):
-    """null_p and null_n, on which law_forms' FAIL rests, are laws.form_null's on the run's own points
-    (FORM_NULL_SIMS or n_boot sets, whichever is fewer); the other forms' rows have none."""
+    """null_p and null_n, on which law_forms' FAIL rests, and alt_form, alt_p and alt_n, on which its PASS
+    rests, are laws.form_null's on the run's own points (FORM_NULL_SIMS or n_boot sets, whichever is fewer);
+    the other forms' rows have none."""
     spec = dataclasses.replace(SPEC, n_boot=12)
     for run, act in (("relu-s1", "relu"), ("silu-s1", "silu")):
         sub = table[table["run"] == run]
@@ -184,8 +185,12 @@ def test_form_comparison_carries_form_nulls_test_on_the_paper_forms_row(table):
                               tuple(f for f in analysis.ALTERNATIVES if f != paper), spec, 12)
         assert want["n_ok"] > 0 and np.isfinite(want["p"])
         assert (c.loc[paper, "null_p"], c.loc[paper, "null_n"]) == (want["p"], want["n_ok"]), run
+        assert want["n_alt"] > 0 and np.isfinite(want["p_alt"]) and want["alt"] in analysis.ALTERNATIVES
+        assert (c.loc[paper, "alt_form"], c.loc[paper, "alt_p"], c.loc[paper, "alt_n"]) == (
+            want["alt"], want["p_alt"], want["n_alt"]), run
         rest = c.drop(index=paper)
         assert rest["null_p"].isna().all() and (rest["null_n"] == 0).all()
+        assert rest["alt_p"].isna().all() and (rest["alt_n"] == 0).all() and (rest["alt_form"] == "").all()
 
 
 def test_activation_points_sort_each_run_by_tokens(table):
@@ -440,6 +445,31 @@ def test_convergence_ranks_sizes_by_the_size_of_a_falling_speed():
     assert summary["dA_dratio_common"].to_numpy() == pytest.approx(exact, rel=1e-6) and (exact < 0).all()
     expected = stats.spearmanr([N for N, _ in sizes], np.abs(exact)).statistic
     assert expected == pytest.approx(-1.0) and summary["rho_N_speed"].to_numpy() == pytest.approx(np.full(3, expected))
+
+
+def test_convergence_leaves_out_a_step_whose_slope_is_not_measured():
+    """A converged Eq. 4 fit with alpha on its bound is a step between two checkpoints (laws.is_step): its
+    limit may be measured, its slope is not (cpu relu-s1: alpha 10, dA/d(D/N) -5e-6 at the common ratio,
+    -4.8e-4 with alpha <= 1 at nearly the same RSS). It gets no curve and no speed, does not narrow the
+    common range, is named in the summary and in the claim's note; the other runs keep their speeds."""
+    k, sizes = 0.01, ((1e4, -0.5), (1e5, -1.0), (1e6, -1.5), (3e6, -1.6))
+    rows = [{"run": f"relu-{i}", "activation": "relu", "groups": "scale", "non_embedding_params": N,
+             "form": "logspace_power", "converged": True, "alpha": 0.5, "b": b, "c": k * (1e9 / N) ** 0.5, "A0": 0.1,
+             "D_min_used": 0.01, "D_max": 10.0} for i, (N, b) in enumerate(sizes)]
+    step = {**rows[1], "run": "relu-step", "non_embedding_params": 2e5, "alpha": 10.0, "c": 1e20, "D_max": 1.0}
+    curves, summary = analysis.convergence(pd.DataFrame([*rows, step]), n=16)
+    _, without = analysis.convergence(pd.DataFrame(rows), n=16)
+    assert "relu-step" not in set(curves["run"])
+    s = summary.set_index("run")
+    assert np.isnan(s.loc["relu-step", "dA_dratio_common"]) and "a step (alpha = 10" in s.loc["relu-step", "message"]
+    kept = s.drop(index="relu-step")
+    assert kept["dA_dratio_common"].to_numpy() == pytest.approx(without["dA_dratio_common"].to_numpy(), rel=1e-12)
+    assert (s["ratio_common"] == without["ratio_common"].iloc[0]).all()  # D_max 1 would have narrowed the range
+    assert (kept["message"] == "").all() and s.loc["relu-step", "rho_N_speed"] == without["rho_N_speed"].iloc[0]
+    row = claims.small_converge_faster(summary)[0]
+    assert row["n"] == 4 and "left out, steps whose slope is not measured (laws.is_step): relu-step" in row["note"]
+    assert laws.is_step("logspace_power", step) and not laws.is_step("logspace_power", {**step, "alpha": 9.99})
+    assert not laws.is_step("power", {"alpha": 10.0, "c": 1.0, "A0": 0.3})  # Eq. 5's alpha <= 10 is a hard bound
 
 
 def test_convergence_common_ratio_uses_the_fitted_range_of_the_scale_runs():

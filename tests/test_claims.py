@@ -156,7 +156,11 @@ def test_spearman_p_of_fewer_than_three_points_is_no_evidence():
     ([-0.9, -0.8, -0.95], "PASS"),
     ([0.9, 0.8, 0.95], "FAIL"),
     ([-0.9, 0.8, -0.2], "INCONCLUSIVE"),
-    ([-0.9, -0.8, np.nan], "INCONCLUSIVE"),  # a run without a trend cannot pass
+    ([-0.9, -0.8, 0.3], "PASS"),  # most runs fall and the combined p is small: one run the other way is noise
+    ([-0.9, -0.8, np.nan], "PASS"),  # a run without a trend counts as p = 0.5, and not as falling
+    ([-0.9, np.nan, np.nan], "INCONCLUSIVE"),  # 1 of 3 falling is not most
+    ([0.9, 0.8, -0.3], "FAIL"),  # the same rule the other way
+    ([0.99, 0.95, -0.3, -0.2], "INCONCLUSIVE"),  # combined p(rho > 0) 2e-8, but only 2 of 4 rise
 ])
 def test_relu_falls(rhos, expect):
     f = fits([(f"relu-s{i}", "relu", "scale", r, 16) for i, r in enumerate(rhos)])
@@ -168,7 +172,9 @@ def test_trend_uses_scale_and_seed_runs_only():
               ("relu-s2", "relu", "scale,width_depth", -0.7, 16), ("relu-wd1", "relu", "width_depth", 0.9, 16)])
     row = claims.relu_falls(f)
     assert row["verdict"] == "PASS" and row["n"] == 3 and "relu-wd1" not in row["value"]
-    f.loc[1, "rho_tokens"] = 0.9  # a seed replica going the other way blocks PASS
+    f.loc[1, "rho_tokens"] = 0.3  # a seed replica going the other way: 2 of 3 fall, still PASS
+    assert claims.relu_falls(f)["verdict"] == "PASS"
+    f.loc[2, "rho_tokens"] = 0.9  # and a scale run too: 1 of 3
     assert claims.relu_falls(f)["verdict"] != "PASS"
     assert claims.relu_falls(f.iloc[3:])["verdict"] == "INCONCLUSIVE"  # no scale/seeds runs
 
@@ -180,8 +186,8 @@ def test_silu_rises(rhos, expect):
     assert verdict(claims.silu_rises(f)) == expect
 
 
-def comparison(delta_by_run: dict, converged=True, null_p=None) -> pd.DataFrame:
-    """form_comparison rows: the paper form's dAICc per run and its null_p (null_p: run -> p; default 0.5)."""
+def comparison(delta_by_run: dict, converged=True, null_p=None, alt_p=None) -> pd.DataFrame:
+    """form_comparison rows: the paper form's dAICc per run, its null_p and alt_p (run -> p; default 0.5)."""
     rows = []
     for run, d in delta_by_run.items():
         act = run.split("-")[0]
@@ -190,20 +196,49 @@ def comparison(delta_by_run: dict, converged=True, null_p=None) -> pd.DataFrame:
             rows.append({"run": run, "activation": act, "form": form, "paper_form": paper,
                          "converged": converged or not paper, "delta_aic": 0.0,  # AIC is not what counts
                          "delta_aicc": d if paper else 0.0, "aicc": -100 + (d if paper else 0.0),
-                         "null_p": (null_p or {}).get(run, 0.5) if paper else np.nan, "null_n": 100 if paper else 0})
+                         "null_p": (null_p or {}).get(run, 0.5) if paper else np.nan, "null_n": 100 if paper else 0,
+                         "alt_form": "sigmoid" if paper else "", "alt_n": 100 if paper else 0,
+                         "alt_p": (alt_p or {}).get(run, 0.5) if paper else np.nan})
     return pd.DataFrame(rows)
 
 
-@pytest.mark.parametrize("deltas,expect", [
-    ({"relu-s1": 0.0, "relu-s2": 1.5, "silu-s1": 0.0}, "PASS"),
-    ({"relu-s1": 2.0, "relu-s2": 5.0, "silu-s1": 0.0}, "PASS"),  # 2/3, the PASS bound; dAICc 2 is within 2
-    ({"relu-s1": 5.0, "relu-s2": 1.5, "silu-s1": 30.0, "silu-s2": 0.0}, "INCONCLUSIVE"),  # 2/4
+SMALL = {"relu-s1": 0.01, "relu-s2": 0.01, "silu-s1": 0.001, "silu-s2": 0.01}  # alt_p: combined below 0.025
+
+
+@pytest.mark.parametrize("deltas,alt_p,expect", [
+    # every paper form within 2 AICc, but no test favours it over the others (alt_p 0.5): the data cannot tell
+    ({"relu-s1": 0.0, "relu-s2": 1.5, "silu-s1": 0.0}, None, "INCONCLUSIVE"),
+    ({"relu-s1": -9.0, "relu-s2": -5.0, "silu-s1": -8.0}, SMALL, "PASS"),
+    # the share within 2 AICc is not judged: 1/3 within 2, and the other forms beaten beyond their own noise
+    ({"relu-s1": 5.0, "relu-s2": 4.0, "silu-s1": -8.0}, SMALL, "PASS"),
+    ({"relu-s1": -9.0, "relu-s2": -5.0, "silu-s1": -8.0}, {"relu-s1": 0.01, "relu-s2": 0.01}, "INCONCLUSIVE"),
     # 1/3 and 0/3 within 2 AICc, but no gap larger than the paper form's own data give: not a FAIL
-    ({"relu-s1": 0.0, "relu-s2": 5.0, "silu-s1": 30.0}, "INCONCLUSIVE"),
-    ({"relu-s1": 5.0, "relu-s2": np.nan, "silu-s1": 30.0}, "INCONCLUSIVE"),  # no AICc counts as not within 2
+    ({"relu-s1": 0.0, "relu-s2": 5.0, "silu-s1": 30.0}, None, "INCONCLUSIVE"),
+    ({"relu-s1": 5.0, "relu-s2": np.nan, "silu-s1": 30.0}, None, "INCONCLUSIVE"),  # no AICc counts as not within 2
 ])
-def test_law_forms(deltas, expect):
-    assert verdict(claims.law_forms(comparison(deltas))) == expect
+def test_law_forms(deltas, alt_p, expect):
+    assert verdict(claims.law_forms(comparison(deltas, alt_p=alt_p))) == expect
+
+
+def test_law_forms_passes_when_every_activations_combined_alt_p_is_below_the_level():
+    """PASS: for ReLU and SiLU each, the Stouffer-combined alt_p (the paper form beats the best other form
+    by more than on data that form made) is below 0.05 / 2, and neither combined null_p is; the value
+    leads with the PASS's reason."""
+    deltas = {"relu-s1": -9.0, "relu-s2": -5.0, "silu-s1": -8.0, "silu-s2": -7.0}
+    row = claims.law_forms(comparison(deltas, alt_p=SMALL))
+    z_relu = stats.norm.sf(2 * stats.norm.isf(0.01) / np.sqrt(2))
+    assert row["verdict"] == "PASS" and row["value"].startswith(f"relu's combined p_alt = {z_relu:.3g}")
+    assert f"relu: 2/2 within 2, combined p = 0.5, p_alt = {z_relu:.2g}" in row["value"]
+    # alt_p 0.1 each: combined 0.037, below 0.05 but not 0.025 (Bonferroni over relu and silu)
+    weak = claims.law_forms(comparison(deltas, alt_p={**SMALL, "relu-s1": 0.1, "relu-s2": 0.1}))
+    assert weak["verdict"] == "INCONCLUSIVE"
+    # a rejected paper form (null_p) FAILs whatever alt_p says
+    both = claims.law_forms(comparison(deltas, null_p={"silu-s1": 0.001, "silu-s2": 0.001}, alt_p=SMALL))
+    assert both["verdict"] == "FAIL"
+    old = comparison(deltas, alt_p=SMALL).drop(columns=["alt_form", "alt_p", "alt_n"])  # before the alt test
+    row = claims.law_forms(old)
+    assert row["verdict"] == "INCONCLUSIVE"
+    assert "no test of the other forms (counted as p_alt = 0.5): relu-s1, relu-s2, silu-s1, silu-s2" in row["note"]
 
 
 def test_law_forms_fails_only_when_the_gap_is_beyond_the_paper_forms_own_noise():
@@ -221,8 +256,8 @@ def test_law_forms_fails_only_when_the_gap_is_beyond_the_paper_forms_own_noise()
     assert 0.025 < p_two < 0.05
     one = claims.law_forms(comparison(deltas, null_p={"silu-s1": 0.1, "silu-s2": 0.1}))
     assert f"combined p = {p_two:.2g}" in one["value"] and one["verdict"] == "INCONCLUSIVE"  # 3/5 within 2
-    both = {**deltas, "silu-s1": 1.0, "silu-s2": 2.0}  # 5/5 within 2 and nothing rejected: PASS
-    assert claims.law_forms(comparison(both, null_p={"silu-s1": 0.1, "silu-s2": 0.1}))["verdict"] == "PASS"
+    both = {**deltas, "silu-s1": 1.0, "silu-s2": 2.0}  # 5/5 within 2 and nothing rejected, nothing favoured
+    assert claims.law_forms(comparison(both, null_p={"silu-s1": 0.1, "silu-s2": 0.1}))["verdict"] == "INCONCLUSIVE"
     old = comparison(deltas).drop(columns=["null_p", "null_n"])  # a table from before the test: p = 0.5 each
     row = claims.law_forms(old)
     assert row["verdict"] == "INCONCLUSIVE" and "no test (counted as p = 0.5): relu-s1, relu-s2" in row["note"]
@@ -252,7 +287,7 @@ def test_runs_of_other_activations_are_named_not_judged():
     (analysis.FORM). law_forms FAILed on gelu runs alone ("gelu: combined p = 0.0004") and the trend, scale
     and speed checks dropped such runs without a word: now they are left out of every verdict and named."""
     deltas = {"relu-s1": 0.0, "relu-s2": 1.5, "silu-s1": 0.0, "gelu-s1": 9.0, "gelu-s2": 8.0}
-    row = claims.law_forms(comparison(deltas, null_p={"gelu-s1": 1e-3, "gelu-s2": 1e-3}))
+    row = claims.law_forms(comparison(deltas, null_p={"gelu-s1": 1e-3, "gelu-s2": 1e-3}, alt_p=SMALL))
     assert row["verdict"] == "PASS" and row["n"] == 3 and "gelu" not in row["value"]
     assert row["note"].endswith("not judged, the paper's claims being about ReLU and SiLU only: "
                                 "gelu (gelu-s1, gelu-s2)")
@@ -282,7 +317,7 @@ def test_runs_of_other_activations_are_named_not_judged():
 
 
 def test_law_forms_counts_the_converged_paper_fits_without_using_them():
-    row = claims.law_forms(comparison({"relu-s1": 0.0, "relu-s2": 1.5, "silu-s1": 0.0}, converged=False))
+    row = claims.law_forms(comparison({"relu-s1": 0.0, "relu-s2": 1.5, "silu-s1": 0.0}, converged=False, alt_p=SMALL))
     assert row["verdict"] == "PASS" and "of these, 0 with a converged paper-form fit;" in row["value"]
     row = claims.law_forms(comparison({"relu-s1": 0.0, "relu-s2": 5.0, "silu-s1": 0.0}))
     assert row["value"].endswith("of these, 2 with a converged paper-form fit; by AIC 3/3")

@@ -269,7 +269,9 @@ def form_comparison(table: pd.DataFrame, spec: laws.FitSpec, p: float = 1.0,
     lowest (any form with one); paper_form marks the law of the run's activation (the paper's for ReLU and
     SiLU; `activation_forms`, default FORM). On the paper
     form's row, null_p and null_n: laws.form_null's test of its AICc gap to the best other form against
-    the gaps that data simulated from the paper form's own fit give (FORM_NULL_SIMS sets at most)."""
+    the gaps that data simulated from the paper form's own fit give (FORM_NULL_SIMS sets at most); alt_form,
+    alt_p and alt_n: the same against data simulated from the best other form's fit (small alt_p: the paper
+    form wins by more than it does on such data)."""
     out = []
     for _, g in _by_run(activation_points(table, p, need=("activation_ratio",)), "fit forms", progress):
         D, A = g["D"].to_numpy(), g["activation_ratio"].to_numpy()
@@ -289,6 +291,9 @@ def form_comparison(table: pd.DataFrame, spec: laws.FitSpec, p: float = 1.0,
                      paper_form=c["form"] == paper)
         c["null_p"] = np.where(c["paper_form"], null["p"] if null else np.nan, np.nan)
         c["null_n"] = np.where(c["paper_form"], null["n_ok"] if null else 0, 0)
+        c["alt_form"] = np.where(c["paper_form"], null["alt"] if null else "", "")
+        c["alt_p"] = np.where(c["paper_form"], null["p_alt"] if null else np.nan, np.nan)
+        c["alt_n"] = np.where(c["paper_form"], null["n_alt"] if null else 0, 0)
         for k, v in reversed(list(_info(g).items())):
             c.insert(0, k, v)
         out.append(c)
@@ -400,10 +405,17 @@ def convergence(fits: pd.DataFrame, n: int = 64) -> tuple[pd.DataFrame, pd.DataF
     Returns (curves, summary). curves: run, activation, N, data_scale_ratio, dA_dratio over the run's
     fitted range. summary: per run, the speed at ratio_common, the geometric middle of the ratio range
     all converged runs of that activation share; rho_N_speed = Spearman of N with |speed| there
-    (negative: smaller models converge faster, the paper's claim).
+    (negative: smaller models converge faster, the paper's claim). A converged fit that is a step
+    (laws.is_step: its slope between two checkpoints is not measured) has no curve and is left out of the
+    common range and the rho: its summary row has a NaN speed and a message that says so.
     """
     f = in_group(fits, "scale")
     f = f[as_bool(f["converged"])]
+    step = np.array([laws.is_step(r["form"], r) for _, r in f.iterrows()], dtype=bool)
+    steps = [{"run": r["run"], "activation": r["activation"], "non_embedding_params": r["non_embedding_params"],
+              "message": f"a step (alpha = {r['alpha']:g}, on its bound): its slope between two checkpoints is not "
+                         "measured, no speed"} for _, r in f[step].iterrows()]
+    f = f[~step]
     cols = ["run", "activation", "non_embedding_params", "data_scale_ratio", "dA_dratio"]
     curves, rows = [], []
     for act, g in f.groupby("activation", sort=False):
@@ -419,14 +431,19 @@ def convergence(fits: pd.DataFrame, n: int = 64) -> tuple[pd.DataFrame, pd.DataF
             at = laws.convergence_speed(law, n_i, [common * n_i / laws.TOKENS_PER_D])[1][0] if lo < hi else np.nan
             speeds.append(at)
             rows.append({"run": r["run"], "activation": act, "non_embedding_params": n_i, "ratio_common": common,
-                         "dA_dratio_common": at})
+                         "dA_dratio_common": at, "message": ""})
         ok = np.isfinite(speeds)
         rho = stats.spearmanr(N[ok], np.abs(np.asarray(speeds)[ok])).statistic if ok.sum() > 2 else np.nan
         for row in rows[len(rows) - len(g):]:
             row["rho_N_speed"] = rho
+    for row in steps:  # beside their activation's rows, with its common ratio and rho (NaN without any)
+        same = [r for r in rows if r["activation"] == row["activation"] and r["message"] == ""]
+        row |= {k: same[0][k] if same else np.nan for k in ("ratio_common", "rho_N_speed")}
+        row["dA_dratio_common"] = np.nan
+    rows += steps
     return (pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(columns=cols),
             pd.DataFrame(rows, columns=["run", "activation", "non_embedding_params", "ratio_common",
-                                        "dA_dratio_common", "rho_N_speed"]))
+                                        "dA_dratio_common", "rho_N_speed", "message"]))
 
 
 # -----------------------------------------------------------------------------------------------

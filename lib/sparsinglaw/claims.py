@@ -68,18 +68,23 @@ _A0_STAT = ("slope of A0 on log10 N (runs of group scale) with its interval, per
             "(laws.fit_A0_vs_scale)")
 CLAIMS = {
     "relu_falls": ("ReLU activation ratio falls with training data", "Sec. 4.2, Fig. 4 (Eq. 4)", _TREND_STAT,
-                   "PASS: every run rho < 0 and combined p(rho < 0) < 0.05; FAIL: combined p(rho > 0) < 0.05"),
+                   "PASS: combined p(rho < 0) < 0.05 and most runs rho < 0; FAIL: combined p(rho > 0) < 0.05 and "
+                   "most runs rho > 0"),
     "silu_rises": ("SiLU activation ratio rises with training data", "Sec. 4.2, Fig. 4 (Eq. 5)", _TREND_STAT,
-                   "PASS: every run rho > 0 and combined p(rho > 0) < 0.05; FAIL: combined p(rho < 0) < 0.05"),
+                   "PASS: combined p(rho > 0) < 0.05 and most runs rho > 0; FAIL: combined p(rho < 0) < 0.05 and "
+                   "most runs rho < 0"),
     "law_forms": ("Eq. 4 (ReLU) / Eq. 5 (SiLU) fit at least as well as the alternative forms",
                   "Sec. 4.2, Eq. 4-5, Table 2; rebuttal (log, sigmoid forms)",
                   "per run, the paper form's AICc gap to the best other form (same points; forms Eq. 4, Eq. 5, "
                   "log, sigmoid; AICc counts identified parameters: 4 for Eq. 4, 3 for the others) and its "
-                  "parametric-bootstrap p, the share of data sets simulated from the run's own paper-form fit "
-                  "whose gap is at least as large (laws.form_null); p combined per activation by Stouffer's "
-                  "method; and the share of runs whose paper form is within 2 AICc of the best (by AIC too)",
-                  "PASS: share >= 2/3 and no activation's combined p < 0.05 / (activations judged: ReLU, SiLU "
-                  "or both); FAIL: some activation's combined p below that (the other forms beat the paper's "
+                  "two parametric-bootstrap p's (laws.form_null): p, the share of data sets simulated from the "
+                  "run's own paper-form fit whose gap is at least as large, and p_alt, the share of data sets "
+                  "simulated from the best other form's fit whose gap is at most as large; each combined per "
+                  "activation by Stouffer's method; the share of runs whose paper form is within 2 AICc of the "
+                  "best (by AIC too) is reported, not judged (a true Eq. 4 is within 2 only a few times in ten)",
+                  "PASS: every activation's combined p_alt < 0.05 / (activations judged: ReLU, SiLU or both) and "
+                  "none's combined p (the paper form beats the best other one by more than it does on data that "
+                  "form made); FAIL: some activation's combined p below that (the other forms beat the paper's "
                   "by more than they do on data the paper's form made)"),
     "relu_sparser": ("ReLU is sparser than SiLU at comparable loss", "Sec. 4.2, Fig. 4 (losses: Fig. 11)",
                      "per scale, relu-X vs silu-X at the final checkpoint: A at PPL-1% and dense validation "
@@ -287,11 +292,13 @@ def _trend(fits: pd.DataFrame, cid: str, activation: str, sign: int) -> dict:
     claimed, opposite = ("less", "greater") if sign < 0 else ("greater", "less")
     p_claim = stouffer([spearman_p(r, k, claimed) for r, k in zip(rho, n, strict=True)])
     p_opp = stouffer([spearman_p(r, k, opposite) for r, k in zip(rho, n, strict=True)])
-    all_sign = bool(np.all(np.isfinite(rho) & (sign * rho > 0)))
-    verdict = ("PASS" if all_sign and p_claim < ALPHA else "FAIL" if p_opp < ALPHA else "INCONCLUSIVE")
+    # the same rule both ways: a combined p and most runs (more than half) going that way
+    going = int(np.sum(np.isfinite(rho) & (sign * rho > 0)))  # runs going the claimed way
+    against = int(np.sum(np.isfinite(rho) & (sign * rho < 0)))
+    verdict = ("PASS" if p_claim < ALPHA and 2 * going > len(rho) else
+               "FAIL" if p_opp < ALPHA and 2 * against > len(rho) else "INCONCLUSIVE")
     rel = "<" if sign < 0 else ">"
     other = ">" if sign < 0 else "<"
-    going = int(np.sum(np.isfinite(rho) & (sign * rho > 0)))  # runs going the claimed way
     value = (f"{going}/{len(rho)} runs rho {rel} 0, combined p(rho {rel} 0) = {p_claim:.2g}, p(rho {other} 0) = "
              f"{p_opp:.2g}; " + ", ".join(
         f"{r}: {v:+.2f} (n={k})" for r, v, k in zip(f["run"], rho, n, strict=True)))
@@ -311,10 +318,12 @@ def silu_rises(fits: pd.DataFrame) -> dict:
 
 
 def law_forms(comparison: pd.DataFrame) -> dict:
-    """The paper form's AICc gap to the best other form, tested per activation against the gaps of data
-    simulated from the paper form itself (null_p of analysis.form_comparison), and the share of runs
-    within 2 AICc. The share alone would reject a true Eq. 4: at ~10 points AICc's penalty for its fourth
-    parameter keeps the true law within 2 of the three-parameter forms only a few times in ten."""
+    """The paper form's AICc gap to the best other form, tested per activation both ways (analysis.
+    form_comparison): against the gaps of data simulated from the paper form itself (null_p; small: the
+    paper form is rejected, FAIL) and from the best other form (alt_p; small: the others are, PASS). The share
+    of runs within 2 AICc is reported only: at ~10 points AICc's penalty for Eq. 4's fourth parameter keeps
+    the true law within 2 of the three-parameter forms only a few times in ten, so a rule on it would all but
+    never pass a true law."""
     others = _not_judged(comparison)
     paper = comparison[as_bool(comparison["paper_form"]) & comparison["activation"].isin(PAPER_ACTIVATIONS)]
     c, missed = _reached(paper.drop_duplicates("run"))
@@ -323,24 +332,31 @@ def law_forms(comparison: pd.DataFrame) -> dict:
                     _joined(missed or "form_comparison has no ReLU or SiLU paper-form rows", others))
     ok = c["delta_aicc"].le(2.0)  # NaN (no AICc) is not ok
     share = float(ok.mean())
-    null_p = pd.to_numeric(c["null_p"], errors="coerce") if "null_p" in c else pd.Series(np.nan, index=c.index)
+    null_p, alt_p = (pd.to_numeric(c[col], errors="coerce") if col in c else pd.Series(np.nan, index=c.index)
+                     for col in ("null_p", "alt_p"))
     groups = list(c.groupby("activation", sort=False).groups.items())
     level = ALPHA / len(groups)  # Bonferroni over the activations
     combined = {a: stouffer(null_p.loc[i].fillna(0.5).to_numpy()) for a, i in groups}
+    combined_alt = {a: stouffer(alt_p.loc[i].fillna(0.5).to_numpy()) for a, i in groups}
     rejected = [a for a, pc in combined.items() if pc < level]
-    verdict = "FAIL" if rejected else "PASS" if share >= 2 / 3 else "INCONCLUSIVE"
-    per = ", ".join(f"{a}: {int(ok.loc[i].sum())}/{len(i)} within 2, combined p = {combined[a]:.2g}"
-                    for a, i in groups)
+    favoured = [a for a, pc in combined_alt.items() if pc < level]
+    verdict = "FAIL" if rejected else "PASS" if len(favoured) == len(groups) else "INCONCLUSIVE"
+    per = ", ".join(f"{a}: {int(ok.loc[i].sum())}/{len(i)} within 2, combined p = {combined[a]:.2g}, "
+                    f"p_alt = {combined_alt[a]:.2g}" for a, i in groups)
     converged = ok & as_bool(c["converged"])
     value = (f"{int(ok.sum())}/{len(c)} runs ({share:.0%}) within 2 AICc; {per}; of these, {int(converged.sum())} "
              "with a converged paper-form fit")
     if rejected:  # what decides the FAIL first (the figure shows a value's first part)
         value = ", ".join(f"{a}'s combined p = {combined[a]:.3g} < {level:.3g}" for a in rejected) + "; " + value
+    elif verdict == "PASS":  # and the PASS's
+        value = ", ".join(f"{a}'s combined p_alt = {combined_alt[a]:.3g}" for a in favoured) + f" < {level:.3g}; " \
+            + value
     if "delta_aic" in c:  # the same rule by AIC, without the small-sample correction (reported, not used)
         value += f"; by AIC {int(c['delta_aic'].le(2.0).sum())}/{len(c)}"
     worst = c.loc[~ok, ["run", "delta_aicc"]]
     low = null_p[null_p < ALPHA]
     untested = c.loc[null_p.isna(), "run"].tolist()
+    untested_alt = c.loc[alt_p.isna() & null_p.notna(), "run"].tolist()
     n_sim = pd.to_numeric(c["null_n"], errors="coerce").max() if "null_n" in c else 0
     note = ("AICc on the same points and drop rule; a fit on a bound still counts as a curve; p per run from "
             f"{int(n_sim) if n_sim > 0 else 0} simulated data sets at most"
@@ -348,7 +364,9 @@ def law_forms(comparison: pd.DataFrame) -> dict:
                if len(worst) else "")
             + (f"; p < {ALPHA:g}: " + ", ".join(f"{r} ({_g(v)})" for r, v in zip(c.loc[low.index, "run"], low,
                                                                               strict=True)) if len(low) else "")
-            + (f"; no test (counted as p = 0.5): {', '.join(untested)}" if untested else ""))
+            + (f"; no test (counted as p = 0.5): {', '.join(untested)}" if untested else "")
+            + (f"; no test of the other forms (counted as p_alt = 0.5): {', '.join(untested_alt)}"
+               if untested_alt else ""))
     return _row("law_forms", value, verdict, len(c), _joined(note, missed, others))
 
 
@@ -478,10 +496,14 @@ def small_converge_faster(conv_summary: pd.DataFrame) -> list[dict]:
     for act in PAPER_ACTIVATIONS:
         cid = f"small_converge_faster_{act}"
         g = conv_summary[conv_summary["activation"] == act]
+        msg = g["message"].fillna("").astype(str) if "message" in g else pd.Series("", index=g.index)
+        steps = (f"left out, steps whose slope is not measured (laws.is_step): {', '.join(g.loc[msg != '', 'run'])}"
+                 if (msg != "").any() else "")
         g = g[np.isfinite(g["dA_dratio_common"].to_numpy(float))]
         if len(g) < 3:
             rows.append(_row(cid, f"{len(g)} run(s)", "INCONCLUSIVE", len(g),
-                             _joined(f"needs >= 3 converged {act} fits of group scale sharing a D/N range", others)))
+                             _joined(f"needs >= 3 converged {act} fits of group scale sharing a D/N range", steps,
+                                     others)))
             continue
         N, speed = g["non_embedding_params"].to_numpy(float), np.abs(g["dA_dratio_common"].to_numpy(float))
         rho = _spearman(N, speed)
@@ -498,7 +520,7 @@ def small_converge_faster(conv_summary: pd.DataFrame) -> list[dict]:
                  + f"; at D/N = {_g(g['ratio_common'].iloc[0])}, one-sided p = {p:.3g} ({how})")
         note = (f"smallest attainable one-sided p with {len(g)} runs: 1/{math.factorial(len(g))} = "
                 f"{1 / math.factorial(len(g)):.3g}" if len(g) <= EXACT_MAX else "")
-        rows.append(_row(cid, value, verdict, len(g), _joined(note, others)))
+        rows.append(_row(cid, value, verdict, len(g), _joined(note, steps, others)))
     return rows
 
 

@@ -139,6 +139,23 @@ def _chart_logspace_power(D, lo, hi):
     return to_z, to_x, [lo[0], lo[1], -inf, lo[3]], [hi[0], hi[1], inf, hi[3]]
 
 
+def _chart_power(D, lo, hi):
+    # Eq. 5: u = log(c) - alpha log(D_ref) in place of c, D_ref the geometric mean of D, so the term c * D**-alpha
+    # becomes exp(u) * (D/D_ref)**-alpha. c carries D's unit: a transient of 0.03 at D ~ 1e-3 (1e9 tokens) with
+    # alpha 1.6 is c ~ 2e-7, which a bound check in c took for its bound 0 (the same fit with D in 1e6 tokens
+    # has c ~ 0.02). In z the curve, its Jacobian and so the fit's judgement depend on D only through D/D_ref,
+    # whatever D's unit. 0 <= c < inf becomes -inf < u < inf
+    log_ref = float(np.mean(np.log(D)))
+
+    def to_z(x):
+        return np.array([x[0], np.log(max(x[1], TINY)) - x[0] * log_ref, x[2]])
+
+    def to_x(z):
+        return np.array([z[0], np.exp(z[1] + z[0] * log_ref), z[2]])
+
+    return to_z, to_x, [lo[0], -inf, lo[2]], [hi[0], inf, hi[2]]
+
+
 def _chart_log(D, lo, hi):
     # logarithmic form: log(a) in place of a, so that the pure-log limit a/b -> inf (with b held) is reached in
     # a few steps (moving a itself took 2-40 times the evaluations on the cpu and cpu-long runs and stopped
@@ -198,7 +215,7 @@ FORMS = {
     ),
     # c, alpha > 0; 0 < A0 < 1
     "power": Form(power, ("alpha", "c", "A0"), (0, 0, 0), (10, inf, 1), _starts_power, "Eq. 5 (SiLU)", k=3,
-                  limit="A0"),
+                  limit="A0", chart=_chart_power),
     # a, b > 0 keep a*D + b > 0; c of either sign (decreasing or increasing); A0 is an intercept. Three
     # identified parameters: a/b, c and A0 + c*log(b); the fit holds b at its start (1)
     "log": Form(log, ("a", "b", "c", "A0"), (0, 0, -inf, -inf), (inf, inf, inf, inf), _starts_log,
@@ -347,6 +364,16 @@ def _floats(x):
     return np.array(x, dtype=float)
 
 
+def _chart(form, D):
+    """The form's chart on data D for whole parameter vectors: (to_z, to_x, lower_z, upper_z); x itself and the
+    form's bounds without one. Charts keep each parameter's place and its finite bounds."""
+    lo, hi = np.array(form.lower, float), np.array(form.upper, float)
+    if form.chart is None:
+        return _floats, _floats, lo, hi
+    to_z, to_x, lo, hi = form.chart(D, lo, hi)
+    return to_z, to_x, np.array(lo, float), np.array(hi, float)
+
+
 def _coords(form, D, x0):
     """The optimizer's coordinates for `form` on data D from the start x0: (f_z, to_z, to_x, lower_z, upper_z).
     z is the form's `chart` of x (x itself without one), less a `redundant` parameter (one that only acts with
@@ -354,11 +381,7 @@ def _coords(form, D, x0):
     the optimizer to wander along (left free, the logarithmic form converged from no start on 4 of the 30 runs
     of cpu and cpu-long, and the sigmoid-like form stopped from some starts at minima many times worse than
     the held fit's)."""
-    lo, hi = np.array(form.lower, float), np.array(form.upper, float)
-    chart_z, chart_x = _floats, _floats
-    if form.chart is not None:
-        chart_z, chart_x, lo, hi = form.chart(D, lo, hi)
-        lo, hi = np.array(lo, float), np.array(hi, float)
+    chart_z, chart_x, lo, hi = _chart(form, D)
     keep = np.array([s != form.redundant for s in form.symbols])
     held = chart_z(_floats(x0))[~keep]
 
@@ -411,12 +434,15 @@ def _multistart(form, D, A, spec):
     return best, f"best of {n_starts} starts ({n_ok} converged)"
 
 
-def _at_bounds(form, x):
-    """(index, text) of each parameter whose value sits on a finite bound."""
+def _at_bounds(form, D, x):
+    """(index, text) of each parameter whose value sits on a finite bound of the optimizer's coordinates (the
+    form's chart on D): a bound that a chart moves to infinity (c >= 0 of Eq. 4 and Eq. 5) is approached, never
+    reached, and what that means the flat and constant checks of `_judge` say."""
+    to_z, _, lo, hi = _chart(form, D)
     out = []
-    for j, (s, v, lo, hi) in enumerate(zip(form.symbols, x, form.lower, form.upper, strict=True)):
-        for bound in (lo, hi):
-            if np.isfinite(bound) and abs(v - bound) <= 1e-6 * (1 + abs(bound)):
+    for j, (s, v, z) in enumerate(zip(form.symbols, x, to_z(x), strict=True)):
+        for bound in (lo[j], hi[j]):
+            if np.isfinite(bound) and abs(z - bound) <= 1e-6 * (1 + abs(bound)):
                 out.append((j, f"{s}={v:.3g} at bound {bound:g}"))
     return out
 
@@ -429,20 +455,25 @@ def _soft(form, j, x):
 
 
 def _unidentified(form, D, x):
-    """Symbols that the data cannot separate (null space of the column-scaled Jacobian at x)."""
-    J = np.empty((D.size, x.size))
-    for j in range(x.size):  # central differences (error ~h^2, far below the 1e-7 threshold) within bounds
-        h = 1e-5 * (1 + abs(x[j]))
-        up, dn = x.copy(), x.copy()
-        up[j], dn[j] = min(x[j] + h, form.upper[j]), max(x[j] - h, form.lower[j])
+    """Symbols that the data cannot separate: the null space of the column-scaled Jacobian at x, taken in the
+    optimizer's coordinates (the form's chart on D), where Eq. 4 and Eq. 5 see D only as D/D_ref: the same
+    answer whatever D's unit (in c, Eq. 5's alpha column is -log(D) times c's, nearly parallel to it when
+    log(D) is -9 to -6 and far from it when D is in 1e6 tokens)."""
+    to_z, to_x, lo, hi = _chart(form, D)
+    z = to_z(x)
+    J = np.empty((D.size, z.size))
+    for j in range(z.size):  # central differences (error ~h^2, far below the 1e-7 threshold) within bounds
+        h = 1e-5 * (1 + abs(z[j]))
+        up, dn = z.copy(), z.copy()
+        up[j], dn[j] = min(z[j] + h, hi[j]), max(z[j] - h, lo[j])
         with np.errstate(all="ignore"):
-            J[:, j] = (form.f(D, *up) - form.f(D, *dn)) / (up[j] - dn[j])
+            J[:, j] = (form.f(D, *to_x(up)) - form.f(D, *to_x(dn))) / (up[j] - dn[j])
     if not np.all(np.isfinite(J)):
         return list(form.symbols)
-    # a column is zero when the curve does not move under a relative change of its parameter: scaled by the
-    # parameter's size, since Eq. 4's c can be 1e30 and its derivative 1e-30 where the curve still depends on it
+    # a column is zero when the curve does not move under a relative change of its coordinate: scaled by the
+    # coordinate's size, so that a large one with a small derivative still counts
     norms = np.linalg.norm(J, axis=0)
-    moves = norms * (1 + np.abs(x))
+    moves = norms * (1 + np.abs(z))
     zero = moves <= 1e-12 * max(moves.max(), 1e-300)
     _, s, Vt = np.linalg.svd(J[:, ~zero] / norms[~zero], full_matrices=False)
     null = Vt[s <= 1e-7 * s[0]] if s.size else np.empty((0, 0))
@@ -492,7 +523,7 @@ def _judge(form, D, A, res, spec, unidentified=None):
     if res is None:
         return False, ["no start converged"]
     fails = [] if _ok(res) else [f"optimizer: {res.message}"]
-    hits = _at_bounds(form, res.x)
+    hits = _at_bounds(form, D, res.x)
     soft = [(j, text) for j, text in hits if _soft(form, j, res.x)]
     fails += [text for j, text in hits if (j, text) not in soft]
     with np.errstate(all="ignore"):
@@ -558,12 +589,12 @@ def _bootstrap(form, D, A, x, spec):
     return out
 
 
-def _limit_on_bound(form, boot):
+def _limit_on_bound(form, D, boot):
     """How many bootstrap samples put the law's limit on one of its bounds (0 for a form without a limit)."""
     if form.limit is None or not boot.size:
         return 0
     i = form.symbols.index(form.limit)
-    return sum(any(j == i for j, _ in _at_bounds(form, theta)) for theta in boot if np.all(np.isfinite(theta)))
+    return sum(any(j == i for j, _ in _at_bounds(form, D, theta)) for theta in boot if np.all(np.isfinite(theta)))
 
 
 def _holdout(form, D, A, spec):
@@ -695,7 +726,7 @@ def fit(form, D, A, spec=None, **overrides) -> FitResult:
                          for j, s in enumerate(law.symbols)}
             if len(good) < spec.n_boot:
                 notes.append(f"bootstrap: {spec.n_boot - len(good)}/{spec.n_boot} resamples failed")
-            on_bound = _limit_on_bound(law, good)
+            on_bound = _limit_on_bound(law, Du, good)
             if on_bound:  # kept: such a resample is a curve the data allow, so the interval must reach there
                 notes.append(f"bootstrap: {on_bound}/{len(good)} resamples put {law.limit} on a bound (kept)")
         else:
@@ -746,26 +777,30 @@ def _refit(form, D, A, x, spec):
 
 
 def form_null(D, A, paper, others, spec=None, n_sim=None) -> dict:
-    """Whether the data reject the `paper` form in favour of `others` more than its own noise would: a
-    parametric bootstrap of delta = AICc(paper) - min AICc(others) when the paper form is the truth.
+    """Whether the data reject the `paper` form in favour of `others` more than its own noise would, and the
+    other way round: two parametric bootstraps of delta = AICc(paper) - min AICc(others).
 
     AICc penalises Eq. 4's fourth identified parameter so much at ~10 points that the true law, simulated
     with a run's own fit and noise, comes within 2 AICc of the three-parameter alternatives only a few
-    times in ten (they imitate the curve within the noise): "within 2 AICc" alone would reject a true law.
-    Here the observed delta is compared with its distribution under the fitted paper curve plus resampled
-    rescaled residuals (as `_bootstrap` draws them; n_sim sets, default spec.n_boot, seed spec.seed),
-    each form refitted from its fit to the real data (`_refit`). p = (1 + #{delta_sim >= delta}) /
-    (1 + n_ok): small when the alternatives beat the paper form by more than they do on data the paper
-    form made. NaN (no test) when a fit fails, the paper form has no finite AICc (n <= k + 2 points) or
-    n_sim is 0.
-    Returns delta, p, n_sim and n_ok (the simulated sets whose paper-form refit converged)."""
+    times in ten (they imitate the curve within the noise): "within 2 AICc" alone would reject a true law,
+    and a true law would almost never pass it. So the observed delta is compared with its distribution on
+    data simulated from a fitted curve plus its resampled rescaled residuals (as `_bootstrap` draws them;
+    n_sim sets, default spec.n_boot), each form refitted from its fit to the real data (`_refit`):
+    - the paper form's own fit (seed spec.seed): p = (1 + #{delta_sim >= delta}) / (1 + n_ok), small when
+      the alternatives beat the paper form by more than they do on data the paper form made;
+    - the best other form's fit (`alt`, the lowest AICc of `others`; seed [spec.seed, 1]): p_alt =
+      (1 + #{delta_sim <= delta}) / (1 + n_alt), small when the paper form beats the alternatives by more
+      than it does on data the best of them made.
+    NaN (no test) when a fit fails, the paper form has no finite AICc (n <= k + 2 points) or n_sim is 0.
+    Returns delta, p, n_sim, n_ok (the simulated sets whose paper-form refit converged), alt, p_alt, n_alt."""
     spec = _resolve_spec(spec, {})
     n_sim = spec.n_boot if n_sim is None else n_sim
     law = _form(paper)
     D, A = _check_data(D, A, spec.log_residuals, law.ratio)
     keep, _ = _drop(D, A, spec)
     Du, Au = D[keep], A[keep]
-    out = {"delta": math.nan, "p": math.nan, "n_sim": int(n_sim), "n_ok": 0}
+    out = {"delta": math.nan, "p": math.nan, "n_sim": int(n_sim), "n_ok": 0, "alt": "", "p_alt": math.nan,
+           "n_alt": 0}
     forms = {name: _form(name) for name in (paper, *others)}
     if Du.size < max(len(f.symbols) for f in forms.values()) + 1:
         return out
@@ -782,20 +817,32 @@ def form_null(D, A, paper, others, spec=None, n_sim=None) -> dict:
     out["delta"] = obs = delta(Au, {n: (r.x if r is not None else None) for n, r in fits.items()})
     if not np.isfinite(obs) or n_sim == 0:
         return out
-    rng = np.random.default_rng(spec.seed)
-    pred = law.f(Du, *fits[paper].x)
-    r = np.log(Au) - np.log(pred) if spec.log_residuals else Au - pred
-    r = (r - r.mean()) * math.sqrt(Du.size / (Du.size - law.k))
-    sims = []
-    for _ in range(n_sim):
-        rb = rng.choice(r, Du.size)
-        Ab = pred * np.exp(rb) if spec.log_residuals else pred + rb
-        xs = {name: _refit(f, Du, Ab, fits[name].x, spec) if fits[name] is not None else None
-              for name, f in forms.items()}
-        if xs[paper] is not None:
-            sims.append(delta(Ab, xs))
-    sims = np.array([v for v in sims if np.isfinite(v)])
+
+    def simulate(truth, rng):
+        """delta on n_sim data sets made by form `truth`'s fit plus its resampled rescaled residuals."""
+        form = forms[truth]
+        pred = form.f(Du, *fits[truth].x)
+        r = np.log(Au) - np.log(pred) if spec.log_residuals else Au - pred
+        r = (r - r.mean()) * math.sqrt(Du.size / (Du.size - form.k))
+        sims = []
+        for _ in range(n_sim):
+            rb = rng.choice(r, Du.size)
+            Ab = pred * np.exp(rb) if spec.log_residuals else pred + rb
+            xs = {name: _refit(f, Du, Ab, fits[name].x, spec) if fits[name] is not None else None
+                  for name, f in forms.items()}
+            if xs[paper] is not None:
+                sims.append(delta(Ab, xs))
+        return np.array([v for v in sims if np.isfinite(v)])
+
+    sims = simulate(paper, np.random.default_rng(spec.seed))
     out.update(n_ok=int(sims.size), p=float((1 + np.sum(sims >= obs)) / (1 + sims.size)) if sims.size else math.nan)
+    aicc = {n: _aicc_of(forms[n], Du, Au, r.x) for n, r in fits.items() if n != paper and r is not None}
+    aicc = {n: v for n, v in aicc.items() if np.isfinite(v)}
+    if aicc:
+        out["alt"] = alt = min(aicc, key=aicc.get)
+        sims = simulate(alt, np.random.default_rng([spec.seed, 1]))
+        out.update(n_alt=int(sims.size),
+                   p_alt=float((1 + np.sum(sims <= obs)) / (1 + sims.size)) if sims.size else math.nan)
     return out
 
 
@@ -979,6 +1026,18 @@ def fit_A0_vs_scale(N, A0, A0_lo=None, A0_hi=None, level=0.95) -> dict:
             "change_fit": float(ols.params[1] * np.log10(N.max() / N.min())),
             "change_observed": float(A0[np.argmax(N)] - A0[np.argmin(N)]), "n": int(N.size),
             "weighted": A0_lo is not None and A0_hi is not None, "level": level, "ols": ols}
+
+
+def is_step(form, params) -> bool:
+    """Whether a fit of `form` (a key of FORMS; params: symbol -> value) is a step: Eq. 4's alpha on its bound,
+    where a transient that ends between two measured points sharpens without end (FORMS). Its limit may be
+    measured (`_judge`'s nuisance check) but its slope is not: where between the points the step falls, and
+    how steep it is, the data do not say."""
+    law = _form(form)
+    if law.relaxed_upper is None or "alpha" not in law.symbols:
+        return False
+    j = law.symbols.index("alpha")
+    return law.relaxed_upper[j] != law.upper[j] and _soft(law, j, np.array([params[s] for s in law.symbols]))
 
 
 def convergence_speed(result, N, D_grid, rel_step=1e-4):
