@@ -38,6 +38,8 @@ def one(profile: str, run_name: str, scope: str, seq: int, batch: int, steps: in
     prof = load_profile(profile)
     run = prof.run(run_name)
     dev = setup_torch(device, 1)
+    if dev.type == "cuda":  # as train() does: the step times are those of the trainer's matmuls
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     torch.manual_seed(0)
     mcfg = dataclasses.replace(run.model, seq_len=seq)
     model = Transformer(mcfg).to(dev)

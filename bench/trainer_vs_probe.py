@@ -1,6 +1,7 @@
 """Our trainer against the bare GPU probe at the probe's shapes, side by side in one call.
 
-    python bench/trainer_vs_probe.py --probe PATH/gpu_probe.py [--shapes 1M,108M] [--out RESULTS.md]
+    python bench/trainer_vs_probe.py --probe PATH/gpu_probe.py [--shapes 1M,108M] [--scopes blocks,model]
+                                     [--out RESULTS.md]
     python bench/trainer_vs_probe.py --device cpu --shapes tiny --no-compile     (the CPU smoke check)
 
 For every shape the probe (its own process, PROBE_SIZES=<shape>) and our trainer (its own process:
@@ -11,10 +12,13 @@ each) after the first two (compilation and warm-up). The table gives both and th
 >= 1.0x at 1M and 108M non-embedding parameters. The --out file is rewritten after every measurement,
 so a run cut off at its time limit keeps the rows it finished.
 
-At each shape our trainer runs first, then the probe: a call cut off at its time limit loses the probe's
-row, whose numbers are already known (the GPU issue quotes them), rather than ours. `--eager 1M` also
-trains our trainer without torch.compile at that shape (tokens/s and warm-up seconds beside the compiled
-row's).
+`--scopes` says what of our trainer torch.compile compiles: `blocks` (each block and the head apart, as
+the gpu profile trains: compute.compile: blocks) or `model` (the whole model, as the probe does); the
+table's last column names it. At each shape our trainer in the first scope runs first, then the probe:
+a call cut off at its time limit loses the probe's row, whose numbers are already known (the GPU issue
+quotes them), rather than ours. The other scopes follow once every shape has both rows, then `--eager
+1M`, our trainer without torch.compile at that shape (tokens/s and warm-up seconds beside the compiled
+rows').
 """
 
 from __future__ import annotations
@@ -43,11 +47,11 @@ SEQ, VOCAB = 1024, 8192
 STEPS = {"1M": 160, "4M": 120, "16M": 100, "64M": 60, "108M": 60, "tiny": 8}
 
 
-def trainer_run(shape: str, device: str, compile_: bool, steps: int, log_every: int,
+def trainer_run(shape: str, device: str, compile_: bool | str, steps: int, log_every: int,
                 profile_out: Path | None = None, profile_steps: int = 12, compile_mode: str = "default") -> dict:
-    """Train `steps` optimizer steps of `shape` with sparsinglaw's trainer; tokens/s from its log. With
-    `profile_out`, a second short run under torch.profiler writes its kernel table there (where the
-    time goes, if the trainer trails the probe)."""
+    """Train `steps` optimizer steps of `shape` with sparsinglaw's trainer (`compile_`: False, True for the
+    whole model, or "blocks"); tokens/s from its log. With `profile_out`, a second short run under
+    torch.profiler writes its kernel table there (where the time goes, if the trainer trails the probe)."""
     import torch
     from trainer_cpu_speed import random_tokens, trainer_rates  # bench/, beside this file
 
@@ -87,6 +91,7 @@ def trainer_run(shape: str, device: str, compile_: bool, steps: int, log_every: 
     n_nonemb = num_params_from_config(model, non_embedding=True)
     warm = max(wall - steps * batch * seq / tok_s, 0.0)  # set-up and compilation: what the steps do not explain
     return {"shape": shape, "who": "trainer" if compile_ else "trainer-eager", "compile_mode": compile_mode,
+            "compile_scope": scope_of(compile_),
             "tok_s": tok_s, "windows": rates, "wall_s": wall, "warm_s": warm, "n_nonemb": n_nonemb,
             "batch": batch, "seq": seq, "steps": steps,
             "mfu_nonemb": 6 * n_nonemb * tok_s / peak if peak else None, "peak": peak,
@@ -117,15 +122,44 @@ def _find(results: list[dict], shape: str, who: str) -> dict | None:
     return next((r for r in results if r["shape"] == shape and r["who"] == who), None)
 
 
+def scope_of(compile_: bool | str) -> str | None:
+    """The compile scope of a trainer row: "blocks", "model" (the whole model) or None (eager)."""
+    return "blocks" if compile_ == "blocks" else ("model" if compile_ else None)
+
+
+def _compiled(t: dict | None) -> str:
+    """The table's "trainer compile" cell: what torch.compile compiled, and its mode unless the default."""
+    if t is None:
+        return "-"
+    if t["who"] == "trainer-eager":
+        return "none (eager)"
+    what = {"blocks": "blocks", "model": "whole model"}.get(t.get("compile_scope"), "?")
+    mode = t.get("compile_mode", "default")
+    return what if mode == "default" else f"{what}, {mode}"
+
+
+def peak_note(results: list[dict]) -> str:
+    """The table's caption: the two MFUs have different peaks (ours device.peak_flops, e.g. 989e12 for an
+    H200; the probe's its PEAK_FLOPS, 790e12 unless set), so the rows compare tokens/s."""
+    ours = next((r["peak"] for r in results if r.get("peak")), None)
+    theirs = next((r["probe_peak"] for r in results if r.get("probe_peak")), None)
+    ours_s = f"{ours:.3g} FLOP/s" if ours else "no known peak here"
+    theirs_s = f"{theirs:.3g} FLOP/s" if theirs else "its PEAK_FLOPS (790e12 unless set)"
+    return (f"MFU is ours over device.peak_flops ({ours_s}); the probe's own MFU (raw numbers below) is over "
+            f"{theirs_s}: different peaks, so compare tokens/s.")
+
+
 def table(results: list[dict]) -> str:
-    lines = ["| shape | non-emb params | batch x seq | probe tok/s | trainer tok/s | trainer / probe "
-             "| trainer MFU (non-emb) | trainer warm-up s |", "|---|---|---|---|---|---|---|---|"]
+    lines = [peak_note(results), "",
+             "| shape | non-emb params | batch x seq | probe tok/s | trainer tok/s | trainer / probe "
+             "| trainer MFU (non-emb, our peak) | trainer warm-up s | trainer compile |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for shape in dict.fromkeys(r["shape"] for r in results):
         p = _find(results, shape, "probe")
-        for who, label in (("trainer", shape), ("trainer-eager", f"{shape} (trainer eager)")):
-            t = _find(results, shape, who)
-            if t is None and (who == "trainer-eager" or p is None):
-                continue
+        ours = [r for r in results if r["shape"] == shape]
+        compiled = [r for r in ours if r["who"] == "trainer"] or ([None] if p else [])  # None: not run
+        for t in compiled + [r for r in ours if r["who"] == "trainer-eager"]:
+            label = f"{shape} (trainer eager)" if t and t["who"] == "trainer-eager" else shape
             pt = f"{p['tok_s']:,.0f}" if p and "tok_s" in p else ("error" if p else "not run")
             tt = f"{t['tok_s']:,.0f}" if t and "tok_s" in t else ("error" if t else "not run")
             ratio = f"{t['tok_s'] / p['tok_s']:.2f}x" if p and t and "tok_s" in p and "tok_s" in t else "-"
@@ -135,8 +169,12 @@ def table(results: list[dict]) -> str:
             bs = f"{t['batch']} x {t['seq']}" if t and "batch" in t else f"{(p or {}).get('batch', '?')} x {SEQ}"
             if p and t and "batch" in t and p.get("batch") not in (None, t["batch"]):  # the probe halves on OOM
                 bs += f" (probe: {p['batch']})"
-            lines.append(f"| {label} | {n / 1e6:.2f}M | {bs} | {pt} | {tt} | {ratio} | {mfu} | {warm} |")
+            lines.append(f"| {label} | {n / 1e6:.2f}M | {bs} | {pt} | {tt} | {ratio} | {mfu} | {warm} "
+                         f"| {_compiled(t)} |")
     return "\n".join(lines)
+
+
+SCOPES = {"blocks": "blocks", "model": True}  # --scopes: train()'s compile argument
 
 
 def main() -> None:
@@ -145,6 +183,9 @@ def main() -> None:
     ap.add_argument("--shapes", default="1M,108M", help=f"comma list of {', '.join(SHAPES)}")
     ap.add_argument("--device", default="cuda", choices=["cuda", "cpu", "auto"])
     ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--scopes", default="blocks",
+                    help="comma list of what torch.compile compiles in our trainer: blocks (each block and the head "
+                         "apart, as the gpu profile) and/or model (the whole model); the first runs beside the probe")
     ap.add_argument("--compile-mode", default="default",
                     choices=["default", "reduce-overhead", "max-autotune-no-cudagraphs"],
                     help="torch.compile mode of our trainer (reduce-overhead adds CUDA graphs)")
@@ -153,7 +194,8 @@ def main() -> None:
     ap.add_argument("--probe-seconds", type=float, default=15.0, help="the probe's timed seconds per shape")
     ap.add_argument("--out", type=Path, default=None, help="also write the table and the raw numbers here")
     ap.add_argument("--profile-dir", type=Path, default=None,
-                    help="also write a torch.profiler kernel table of our trainer per shape: DIR/trainer_<shape>.txt")
+                    help="also write a torch.profiler kernel table of our trainer (its first scope) per shape: "
+                         "DIR/trainer_<shape>.txt")
     ap.add_argument("--eager", default="", help="comma list of shapes also trained by our trainer without compile")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: one trainer run, JSON out
     a = ap.parse_args()
@@ -161,46 +203,57 @@ def main() -> None:
     bad = [s for s in shapes if s not in SHAPES]
     if bad:
         ap.error(f"unknown shape(s) {bad}; known: {', '.join(SHAPES)}")
+    scopes = [s for s in a.scopes.split(",") if s]
+    if not scopes or any(s not in SCOPES for s in scopes):
+        ap.error(f"--scopes {a.scopes!r}: expected a comma list of {', '.join(SCOPES)}")
     eager = [s for s in a.eager.split(",") if s]
     if a.profile_dir:
         a.profile_dir.mkdir(parents=True, exist_ok=True)
     if a.one:
         steps = a.steps or STEPS[a.one]
         prof = a.profile_dir / f"trainer_{a.one}.txt" if a.profile_dir else None
-        r = trainer_run(a.one, a.device, not a.no_compile, steps, a.log_every or max(steps // 8, 1), prof,
+        compile_ = False if a.no_compile else SCOPES[scopes[0]]
+        r = trainer_run(a.one, a.device, compile_, steps, a.log_every or max(steps // 8, 1), prof,
                         compile_mode=a.compile_mode)
         print("RESULT " + json.dumps(r))
         return
     results = []
-    # our trainer and the probe at each shape, then the eager runs (a call cut short loses these first)
-    todo = [(shape, who) for shape in shapes for who in ("trainer", "probe")]
-    todo += [(shape, "trainer-eager") for shape in eager if not a.no_compile]
-    for shape, who in todo:
+    # our trainer (first scope) and the probe at each shape, then the other scopes, then the eager runs (a
+    # call cut short loses these first)
+    todo = [(shape, who, scopes[0]) for shape in shapes for who in ("trainer", "probe")]
+    todo += [(shape, "trainer", scope) for scope in scopes[1:] for shape in shapes if not a.no_compile]
+    todo += [(shape, "trainer-eager", None) for shape in eager if not a.no_compile]
+    for shape, who, scope in todo:
         if who == "probe":
             if a.probe is None:
                 continue
             results.append(probe_run(a.probe, shape, a.probe_seconds))
         else:
-            results.append(trainer_subprocess(a, shape, compiled=who == "trainer" and not a.no_compile))
+            results.append(trainer_subprocess(a, shape, compiled=who == "trainer" and not a.no_compile, scope=scope,
+                                              kernels=scope == scopes[0] or a.no_compile))
         print(f"{who} {shape}: {results[-1]}", flush=True)
         write_table(results, a.out)
     print(table(results))
 
 
-def trainer_subprocess(a: argparse.Namespace, shape: str, compiled: bool) -> dict:
-    """One trainer run in its own process (a clean CUDA context and compile cache per measurement)."""
+def trainer_subprocess(a: argparse.Namespace, shape: str, compiled: bool, scope: str | None = None,
+                       kernels: bool = True) -> dict:
+    """One trainer run in its own process (a clean CUDA context and compile cache per measurement), compiled
+    as `scope` (blocks or model); with `kernels` and --profile-dir, also its kernel table."""
     cmd = [sys.executable, __file__, "--one", shape, "--shapes", shape, "--device", a.device]
+    cmd += ["--scopes", scope] if compiled and scope else []
     cmd += [] if compiled else ["--no-compile"]
     cmd += ["--compile-mode", a.compile_mode]
     cmd += ["--steps", str(a.steps)] if a.steps else []
     cmd += ["--log-every", str(a.log_every)] if a.log_every else []
-    if a.profile_dir and (compiled or a.no_compile):  # one kernel table per shape: the compiled run's
+    if a.profile_dir and kernels and (compiled or a.no_compile):  # one kernel table per shape: the compiled run's
         cmd += ["--profile-dir", str(a.profile_dir)]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     line = next((x for x in r.stdout.splitlines() if x.startswith("RESULT ")), None)
     if line is None:
         sys.stderr.write(r.stdout[-3000:] + r.stderr[-3000:])
-        return {"shape": shape, "who": "trainer" if compiled else "trainer-eager", "error": r.stderr[-300:]}
+        return {"shape": shape, "who": "trainer" if compiled else "trainer-eager", "error": r.stderr[-300:],
+                "compile_scope": scope if compiled else None, "compile_mode": a.compile_mode}
     return json.loads(line[len("RESULT "):])
 
 

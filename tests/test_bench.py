@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -22,20 +23,39 @@ def _load(name):
     return mod
 
 
+def _packed(tgz) -> dict[str, str]:
+    """The files of a logs archive that bench/gpu_session.sh brings back: name -> text."""
+    with tarfile.open(tgz) as tar:
+        return {os.path.basename(m.name): tar.extractfile(m).read().decode() for m in tar.getmembers() if m.isfile()}
+
+
+def _rows(table: str) -> list[list[str]]:
+    """The cells of each row of a benchmark table (below its header)."""
+    lines = table.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("|---")) + 1
+    return [[c.strip() for c in line.strip("|").split("|")] for line in lines[start:] if line.startswith("| ")]
+
+
 def test_gpu_session_dry_run_trains_with_our_trainer(tmp_path):
+    """The bench part's calls on the CPU at a toy size, every option on: our trainer compiled per block and
+    whole, and eager, with a kernel table; two files come back (the device tool brings back 8 at most)."""
     env = dict(os.environ, OUT=str(tmp_path), PY=sys.executable, OMP_NUM_THREADS="1")
     r = subprocess.run(["bash", "bench/gpu_session.sh", "dry"], cwd=REPO, env=env, capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["logs_dry.tgz", "trainer_vs_probe.md"]
+    assert "2 files under" in r.stdout
     table = (tmp_path / "trainer_vs_probe.md").read_text()
-    row = next(line for line in table.splitlines() if line.startswith("| tiny"))
-    cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[3] == "not run" and float(cells[4].replace(",", "")) > 0  # trainer tokens/s measured
-    eager = next(line for line in table.splitlines() if line.startswith("| tiny (trainer eager)"))
-    cells = [c.strip() for c in eager.strip("|").split("|")]
-    assert float(cells[4].replace(",", "")) > 0 and float(cells[7]) >= 0  # eager tokens/s and warm-up seconds
-    assert (tmp_path / "env_dry.txt").exists()
-    prof = (tmp_path / "trainer_tiny.txt").read_text()
+    assert "different peaks, so compare tokens/s" in table.splitlines()[0]
+    rows = _rows(table)
+    assert [(row[0], row[8]) for row in rows] == [("tiny", "blocks"), ("tiny", "whole model"),
+                                                  ("tiny (trainer eager)", "none (eager)")]
+    for cells in rows:
+        assert cells[3] == "not run" and float(cells[4].replace(",", "")) > 0  # trainer tokens/s measured
+        assert float(cells[7]) >= 0  # warm-up seconds
+    logs = _packed(tmp_path / "logs_dry.tgz")
+    assert "torch" in logs["env_dry.txt"] and "trainer tiny" in logs["bench.log"]
+    prof = logs["trainer_tiny.txt"]
     assert "self_cpu_time_total" in prof and "aten::" in prof  # the profiler's kernel table of our trainer
 
 
@@ -54,7 +74,7 @@ def test_gpu_session_profile_packs_what_it_has_when_cut_off(tmp_path):
         f.parent.mkdir(parents=True, exist_ok=True)
         f.write_text("x\n")
     env = dict(os.environ, OUT=str(out), PY=sys.executable, OMP_NUM_THREADS="1", LIMIT="105",
-               COMPUTE_ARGS="--set compute.device=cpu --set compute.compile=false",
+               COMPUTE_ARGS="--set compute.device=cpu --set compute.compile=false", TORCHINDUCTOR_COMPILE_THREADS="7",
                SPARSINGLAW_RUNS=str(tmp_path / "runs"), SPARSINGLAW_RESULTS=str(tmp_path / "results"),
                SPARSINGLAW_DATA=str(tmp_path / "data"))
     r = subprocess.run(["bash", "bench/gpu_session.sh", "profile"], cwd=REPO, env=env, capture_output=True,
@@ -63,7 +83,11 @@ def test_gpu_session_profile_packs_what_it_has_when_cut_off(tmp_path):
     from sparsinglaw.config import load_profile
 
     n = len(load_profile("gpu").runs)
-    assert f"profile gpu: {n} runs on cpu" in (out / "compute.log").read_text()
+    assert sorted(p.name for p in out.rglob("*") if p.is_file()) == ["compute_times.json", "logs_profile.tgz",
+                                                                     "results_gpu.tgz"]
+    logs = _packed(out / "logs_profile.tgz")
+    assert f"profile gpu: {n} runs on cpu" in logs["compute.log"]
+    assert "torch.compile workers per run: 7 (TORCHINDUCTOR_COMPILE_THREADS as set)" in logs["preflight.log"]
     import json
 
     times = json.loads((out / "compute_times.json").read_text())
@@ -78,7 +102,8 @@ def test_gpu_session_profile_packs_what_it_has_when_cut_off(tmp_path):
 def test_gpu_session_profile_trains_eager_where_torch_compile_fails(tmp_path):
     """Before the profile, `profile` tries torch.compile on the GPU; where that fails (a stand-in python fails
     it, on any machine), it says so and trains eager (--set compute.compile=false), rather than letting every
-    run fail at its first step."""
+    run fail at its first step. The three runs that share the GPU (compute.jobs in configs/gpu.yaml) compile
+    with a third of the cores' workers each."""
     py = tmp_path / "py"
     py.write_text(f"#!/usr/bin/env bash\nprintf '%s\\n' \"$*\" >> {tmp_path / 'calls.txt'}\n"
                   "case \"$*\" in *torch.compile*) echo 'RuntimeError: no working Triton here' >&2; exit 1;; esac\n"
@@ -87,11 +112,14 @@ def test_gpu_session_profile_trains_eager_where_torch_compile_fails(tmp_path):
     env = dict(os.environ, OUT=str(tmp_path / "out"), PY=str(py), OMP_NUM_THREADS="1", LIMIT="95",
                COMPUTE_ARGS="--set compute.device=cpu", SPARSINGLAW_RUNS=str(tmp_path / "runs"),
                SPARSINGLAW_RESULTS=str(tmp_path / "results"), SPARSINGLAW_DATA=str(tmp_path / "data"))
+    env.pop("TORCHINDUCTOR_COMPILE_THREADS", None)
     r = subprocess.run(["bash", "bench/gpu_session.sh", "profile"], cwd=REPO, env=env, capture_output=True,
                        text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    check = (tmp_path / "out" / "compile_check.log").read_text()
+    check = _packed(tmp_path / "out" / "logs_profile.tgz")["preflight.log"]
     assert "torch.compile failed here (the lines above): training eager" in check and "Error" in check, check
+    cores = len(os.sched_getaffinity(0))
+    assert f"torch.compile workers per run: {max(1, cores // 3)} ({cores} cores / compute.jobs 3)" in check, check
     calls = (tmp_path / "calls.txt").read_text().splitlines()
     compute = [c for c in calls if c.startswith("-m sparsinglaw compute")]
     assert len(compute) == 1 and compute[0].endswith("--set compute.device=cpu --set compute.compile=false")
@@ -134,10 +162,12 @@ def test_benchmark_table_is_written_after_every_measurement(tmp_path, monkeypatc
         "print(f\"{n:>5} {128:>4} {4:>3} {1.05:>9.2f}M {256:>4} {10.63:>8.2f} {1.4:>6.1f} {2.0:>6.1f}\")\n")
     calls = []
 
-    def trainer(a, shape, compiled):
+    def trainer(a, shape, compiled, scope=None, kernels=True):
         calls.append(("trainer", shape))
+        assert compiled and scope == "blocks" and kernels  # the default scope: the gpu profile's
         return {"shape": shape, "who": "trainer", "tok_s": 1.2e7 if shape == "1M" else 6e5, "warm_s": 30.0,
-                "n_nonemb": 1.05e6 if shape == "1M" else 113.2e6, "batch": 256, "seq": 1024, "mfu_nonemb": 0.1}
+                "n_nonemb": 1.05e6 if shape == "1M" else 113.2e6, "batch": 256, "seq": 1024, "mfu_nonemb": 0.1,
+                "compile_scope": scope}
 
     real_probe = tvp.probe_run
 
@@ -158,6 +188,32 @@ def test_benchmark_table_is_written_after_every_measurement(tmp_path, monkeypatc
     assert len(rows) == 2 and "10,630,000" in rows[0] and "12,000,000" in rows[0] and "1.13x" in rows[0]
     cells = [c.strip() for c in rows[1].strip("|").split("|")]
     assert cells[0] == "108M" and cells[3] == "not run" and cells[4] == "600,000"  # ours kept, the probe's cut
+
+
+def test_other_compile_scopes_follow_once_every_shape_has_its_rows(tmp_path, monkeypatch):
+    """--scopes blocks,model: our trainer per block at every shape (beside the probe, with its kernel
+    table), then compiled whole at every shape, then eager; one row each, the scope in the last column."""
+    tvp = _load("trainer_vs_probe")
+    calls = []
+
+    def trainer(a, shape, compiled, scope=None, kernels=True):
+        calls.append((shape, scope if compiled else "eager", kernels))
+        return {"shape": shape, "who": "trainer" if compiled else "trainer-eager", "tok_s": 1e6, "warm_s": 1.0,
+                "n_nonemb": 1e6, "batch": 256, "seq": 1024, "compile_scope": scope if compiled else None}
+
+    monkeypatch.setattr(tvp, "trainer_subprocess", trainer)
+    out = tmp_path / "t.md"
+    monkeypatch.setattr(sys, "argv", ["tvp", "--shapes", "1M,108M", "--scopes", "blocks,model", "--eager", "1M",
+                                      "--out", str(out)])
+    tvp.main()
+    assert calls == [("1M", "blocks", True), ("108M", "blocks", True), ("1M", "model", False),
+                     ("108M", "model", False), ("1M", "eager", False)]
+    assert [(r[0], r[8]) for r in _rows(out.read_text())] == [
+        ("1M", "blocks"), ("1M", "whole model"), ("1M (trainer eager)", "none (eager)"), ("108M", "blocks"),
+        ("108M", "whole model")]
+    monkeypatch.setattr(sys, "argv", ["tvp", "--scopes", "blocks,layers"])
+    with pytest.raises(SystemExit):
+        tvp.main()
 
 
 def test_device_agreement_report(capsys):
@@ -183,7 +239,7 @@ def _fake_py(tmp_path, body):
 def _session(tmp_path, part, *args, timeout=60, **env_extra):
     out = tmp_path / "out"
     env = dict(os.environ, OUT=str(out), OMP_NUM_THREADS="1", **env_extra)
-    for k in ("SHAPES", "EAGER", "KERNELS", "GRAPHS", "SCOPES", "LIMIT"):
+    for k in ("SHAPES", "EAGER", "KERNELS", "GRAPHS", "SCOPES", "TRAINER_SCOPES", "LIMIT"):
         if k not in env_extra:
             env.pop(k, None)
     r = subprocess.run(["bash", "bench/gpu_session.sh", part, *args], cwd=REPO, env=env, capture_output=True,
@@ -193,50 +249,84 @@ def _session(tmp_path, part, *args, timeout=60, **env_extra):
 
 
 def test_gpu_session_bench_passes_shapes_and_eager(tmp_path):
-    """The bench part's arguments (no GPU: the trainer_vs_probe call is a stand-in): by default 1M,108M
-    and no eager run; EAGER, KERNELS, GRAPHS and SCOPES add theirs."""
+    """The bench part's arguments (no GPU: the trainer_vs_probe call is a stand-in): by default 1M,108M,
+    compiled per block and whole, and no eager run; EAGER, KERNELS, GRAPHS and SCOPES add theirs, whose
+    files go into the logs archive."""
     py = _fake_py(tmp_path, "exit 0")
     r, out, calls = _session(tmp_path, "bench", ".device/gpu_probe.py", PY=str(py))
     assert r.returncode == 0, r.stderr
     assert calls == [f"bench/trainer_vs_probe.py --probe .device/gpu_probe.py --probe-seconds 10 --shapes 1M,108M "
-                     f"--out {out}/trainer_vs_probe.md"]
-    assert (out / "bench.log").exists() and (out / "env_bench.txt").exists()
+                     f"--scopes blocks,model --out {out}/trainer_vs_probe.md"]
+    assert {"bench.log", "env_bench.txt"} <= set(_packed(out / "logs_bench.tgz"))
     (tmp_path / "calls.txt").unlink()
     r, out, calls = _session(tmp_path, "bench", "p.py", PY=str(py), SHAPES="1M", EAGER="1M", KERNELS="1", GRAPHS="1",
-                             SCOPES="1")
+                             SCOPES="1", TRAINER_SCOPES="model")
     assert r.returncode == 0, r.stderr
-    assert calls[0] == (f"bench/trainer_vs_probe.py --probe p.py --probe-seconds 10 --shapes 1M --eager 1M "
-                        f"--profile-dir {out} --out {out}/trainer_vs_probe.md")
-    assert calls[1] == (f"bench/trainer_vs_probe.py --shapes 1M --compile-mode reduce-overhead "
-                        f"--out {out}/trainer_1M_cuda_graphs.md")
+    first = re.fullmatch(r"bench/trainer_vs_probe.py --probe p.py --probe-seconds 10 --shapes 1M --scopes model "
+                         rf"--eager 1M --profile-dir (\S+)/logs --out {out}/trainer_vs_probe.md", calls[0])
+    assert first, calls[0]
+    work = first.group(1)  # the logs' folder, outside $OUT
+    assert calls[1] == (f"bench/trainer_vs_probe.py --shapes 1M --scopes model --compile-mode reduce-overhead "
+                        f"--out {work}/logs/trainer_1M_cuda_graphs.md")
     assert calls[2] == ("bench/compile_time.py --profile gpu --runs relu-s1 --scopes model,blocks --seq 1024 "
                         "--batch 128 --steps 30 --device cuda")
-    assert len(calls) == 3 and (out / "compile_time.txt").exists()
+    assert len(calls) == 3 and "compile_time.txt" in _packed(out / "logs_bench.tgz")
+    assert not os.path.exists(work)  # removed once packed
+
+
+def test_gpu_session_bench_brings_back_two_files_whatever_it_writes(tmp_path):
+    """The device tool brings back at most 8 files: every option on at all five shapes (a kernel table
+    each, the CUDA-graphs table, the compile-scope timings) still leaves two files in $OUT, the table and
+    the logs archive holding the rest."""
+    body = ('a=("$@"); for ((i = 0; i < $#; i++)); do case "${a[i]}" in\n'
+            '  --out) echo "| table |" > "${a[i+1]}" ;;\n'
+            '  --profile-dir) for s in 1M 4M 16M 64M 108M; do echo kernels > "${a[i+1]}/trainer_$s.txt"; done ;;\n'
+            'esac; done; exit 0')
+    py = _fake_py(tmp_path, body)
+    r, out, calls = _session(tmp_path, "bench", "p.py", PY=str(py), SHAPES="1M,4M,16M,64M,108M", EAGER="1M,108M",
+                             KERNELS="1", GRAPHS="1", SCOPES="1", LIMIT="400")
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in out.rglob("*") if p.is_file()) == ["logs_bench.tgz", "trainer_vs_probe.md"]
+    assert "2 files under" in r.stdout
+    logs = _packed(out / "logs_bench.tgz")
+    assert {f"trainer_{s}.txt" for s in ("1M", "4M", "16M", "64M", "108M")} <= set(logs)
+    assert {"trainer_1M_cuda_graphs.md", "compile_time.txt", "bench.log", "env_bench.txt"} <= set(logs)
 
 
 def test_gpu_session_bench_stops_a_hung_step_within_its_limit(tmp_path):
     """A trainer_vs_probe that hangs (even ignoring SIGTERM) is stopped LIMIT - 15 s into the call (killed
-    5 s later), and the script still ends with the listing of what it has."""
+    5 s later), and the script still packs its logs and ends with the listing of what it has."""
     py = _fake_py(tmp_path, "trap '' TERM; echo started; sleep 100 & wait; sleep 100")
     t0 = time.perf_counter()
     r, out, calls = _session(tmp_path, "bench", "p.py", PY=str(py), LIMIT="20", timeout=60)
     took = time.perf_counter() - t0
     assert r.returncode == 0, r.stderr
     assert took < 20, took
-    assert "started" in (out / "bench.log").read_text() and "bench.log" in r.stdout  # ls -la "$OUT"
+    assert "started" in _packed(out / "logs_bench.tgz")["bench.log"] and "logs_bench.tgz" in r.stdout  # ls -la
+
+
+def test_gpu_session_refuses_a_bench_without_the_probe_at_once(tmp_path):
+    """A missing argument stops the script before anything starts (no packer left behind)."""
+    for args in (["bench"], ["nonsense"]):
+        r = subprocess.run(["bash", "bench/gpu_session.sh", *args], cwd=REPO, capture_output=True, text=True,
+                           env=dict(os.environ, OUT=str(tmp_path / "out")), timeout=30)
+        assert r.returncode != 0 and ("PATH/gpu_probe.py" in r.stderr or "unknown part" in r.stderr), r.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_table_without_probe_keeps_a_failed_trainer_row():
     """No probe (the CUDA-graphs call, `make bench` without PROBE) and a trainer run that failed: an
     'error' row, not an AttributeError that loses the table."""
     tvp = _load("trainer_vs_probe")
-    res = [{"shape": "1M", "who": "trainer", "error": "CUDA graphs: boom"}]
-    rows = tvp.table(res).splitlines()[2:]
-    assert len(rows) == 1 and rows[0].startswith("| 1M |")
-    cells = [c.strip() for c in rows[0].strip("|").split("|")]
+    res = [{"shape": "1M", "who": "trainer", "error": "CUDA graphs: boom", "compile_scope": "model",
+            "compile_mode": "reduce-overhead"}]
+    rows = _rows(tvp.table(res))
+    assert len(rows) == 1 and rows[0][0] == "1M"
+    cells = rows[0]
     assert cells[2] == "? x 1024" and cells[3] == "not run" and cells[4] == "error" and cells[5] == "-"
-    eager = tvp.table([{"shape": "1M", "who": "trainer-eager", "error": "x"}]).splitlines()[2:]
-    assert len(eager) == 1 and eager[0].startswith("| 1M (trainer eager) |") and "| error |" in eager[0]
+    assert cells[8] == "whole model, reduce-overhead"
+    eager = _rows(tvp.table([{"shape": "1M", "who": "trainer-eager", "error": "x"}]))
+    assert len(eager) == 1 and eager[0][0] == "1M (trainer eager)" and eager[0][4] == "error"
 
 
 def test_table_notes_the_probes_smaller_batch_and_ratio_direction():
@@ -244,9 +334,10 @@ def test_table_notes_the_probes_smaller_batch_and_ratio_direction():
     tvp = _load("trainer_vs_probe")
     p = {"shape": "108M", "who": "probe", "tok_s": 4e5, "n_nonemb": 113.2e6, "batch": 32}
     t = {"shape": "108M", "who": "trainer", "tok_s": 5e5, "n_nonemb": 113.2e6, "batch": 64, "seq": 1024,
-         "mfu_nonemb": 0.3, "warm_s": 61.26}
+         "mfu_nonemb": 0.3, "warm_s": 61.26, "compile_scope": "blocks", "compile_mode": "default"}
     cells = [c.strip() for c in tvp.table([p, t]).splitlines()[-1].strip("|").split("|")]
-    assert cells == ["108M", "113.20M", "64 x 1024 (probe: 32)", "400,000", "500,000", "1.25x", "30.0%", "61.3"]
+    assert cells == ["108M", "113.20M", "64 x 1024 (probe: 32)", "400,000", "500,000", "1.25x", "30.0%", "61.3",
+                     "blocks"]
 
 
 def test_probe_output_last_summary_line_and_environment(tmp_path):
@@ -295,7 +386,11 @@ def test_trainer_run_units(monkeypatch, tmp_path):
     n = num_params_from_config(ModelConfig(vocab_size=8192, d_model=32, n_layers=2, head_dim=16, d_ff=64,
                                            seq_len=128), non_embedding=True)
     assert r["n_nonemb"] == n and r["mfu_nonemb"] == pytest.approx(6 * n * 200.0 / 1e9) and r["peak"] == 1e9
-    assert tvp.trainer_run("tiny", "cpu", False, 8, 2)["who"] == "trainer-eager"
+    assert r["compile_scope"] == "model"
+    eager = tvp.trainer_run("tiny", "cpu", False, 8, 2)
+    assert eager["who"] == "trainer-eager" and eager["compile_scope"] is None
+    blocks = tvp.trainer_run("tiny", "cpu", "blocks", 8, 2)
+    assert seen["compile"] == "blocks" and blocks["who"] == "trainer" and blocks["compile_scope"] == "blocks"
 
 
 def test_kernel_table_of_fewer_steps_than_a_log_window(tmp_path, monkeypatch):
@@ -312,8 +407,9 @@ def test_kernel_table_of_fewer_steps_than_a_log_window(tmp_path, monkeypatch):
 
 
 def test_trainer_subprocess_flags(monkeypatch, tmp_path):
-    """Each trainer measurement runs in its own process with its shape, device, compile flag and mode;
-    only the compiled run writes the kernel table; a run that prints no RESULT line is an error row."""
+    """Each trainer measurement runs in its own process with its shape, device, compile scope (or none) and
+    mode; only the compiled run of the first scope writes the kernel table; a run that prints no RESULT line
+    is an error row."""
     tvp = _load("trainer_vs_probe")
     cmds = []
 
@@ -324,18 +420,24 @@ def test_trainer_subprocess_flags(monkeypatch, tmp_path):
     monkeypatch.setattr(tvp.subprocess, "run", run)
     a = types_ns(device="cuda", compile_mode="reduce-overhead", steps=None, log_every=None, profile_dir=tmp_path,
                  no_compile=False)
-    assert tvp.trainer_subprocess(a, "1M", compiled=True) == {"shape": "1M", "tok_s": 5.0}
+    assert tvp.trainer_subprocess(a, "1M", compiled=True, scope="blocks") == {"shape": "1M", "tok_s": 5.0}
+    tvp.trainer_subprocess(a, "1M", compiled=True, scope="model", kernels=False)
     tvp.trainer_subprocess(a, "1M", compiled=False)
     a.steps, a.log_every, a.profile_dir = 30, 5, None
-    tvp.trainer_subprocess(a, "108M", compiled=True)
-    assert cmds == [["--one", "1M", "--shapes", "1M", "--device", "cuda", "--compile-mode", "reduce-overhead",
-                     "--profile-dir", str(tmp_path)],
+    tvp.trainer_subprocess(a, "108M", compiled=True, scope="model")
+    assert cmds == [["--one", "1M", "--shapes", "1M", "--device", "cuda", "--scopes", "blocks", "--compile-mode",
+                     "reduce-overhead", "--profile-dir", str(tmp_path)],
+                    ["--one", "1M", "--shapes", "1M", "--device", "cuda", "--scopes", "model", "--compile-mode",
+                     "reduce-overhead"],
                     ["--one", "1M", "--shapes", "1M", "--device", "cuda", "--no-compile", "--compile-mode",
                      "reduce-overhead"],
-                    ["--one", "108M", "--shapes", "108M", "--device", "cuda", "--compile-mode", "reduce-overhead",
-                     "--steps", "30", "--log-every", "5"]]
+                    ["--one", "108M", "--shapes", "108M", "--device", "cuda", "--scopes", "model", "--compile-mode",
+                     "reduce-overhead", "--steps", "30", "--log-every", "5"]]
     monkeypatch.setattr(tvp.subprocess, "run", lambda cmd, **kw: subprocess.CompletedProcess(cmd, 1, "", "OOM"))
-    assert tvp.trainer_subprocess(a, "1M", compiled=False) == {"shape": "1M", "who": "trainer-eager", "error": "OOM"}
+    assert tvp.trainer_subprocess(a, "1M", compiled=False) == {"shape": "1M", "who": "trainer-eager", "error": "OOM",
+                                                               "compile_scope": None,
+                                                               "compile_mode": "reduce-overhead"}
+    assert tvp.trainer_subprocess(a, "1M", compiled=True, scope="blocks")["compile_scope"] == "blocks"
 
 
 def types_ns(**kw):

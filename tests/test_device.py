@@ -98,3 +98,57 @@ def test_exit_with_parent_outside_a_worker_does_nothing():
 
     assert exit_with_parent("spawn") is None
     assert not [t for t in threading.enumerate() if t.name == "exit-with-parent"]
+
+
+# ----------------------------------------------------------------------------- the CUDA path, checked on the CPU
+
+
+def test_pinned_memory_that_fails_means_unpinned_batches(monkeypatch, capsys):
+    """Where host memory cannot be pinned (cudaHostAlloc refused, say under a sandbox), the check says so
+    in one line, once per process and device, and answers False: the trainer then copies its batches
+    unpinned instead of failing every run at its first batch. Where pinning and the non_blocking copy
+    work, True; on a CPU nothing is pinned."""
+    tried = []
+
+    def refuse(self):
+        tried.append(1)
+        raise RuntimeError("CUDA error: operation not permitted\nCUDA kernel errors might be reported later")
+
+    gpu = torch.device("cuda", 0)
+    monkeypatch.setattr(device, "_PINNED", {})
+    monkeypatch.setattr(torch.Tensor, "pin_memory", refuse)
+    assert device.pinned_memory_works(gpu) is False and device.pinned_memory_works(gpu) is False
+    out = capsys.readouterr().out
+    assert tried == [1] and out == ("note: pinned host memory fails on cuda:0 (RuntimeError: CUDA error: operation "
+                                    "not permitted): training batches are copied unpinned\n")
+    assert device.pinned_memory_works(torch.device("cpu")) is False and tried == [1]
+    monkeypatch.setattr(device, "_PINNED", {})
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self: self)
+    monkeypatch.setattr(torch.Tensor, "to", lambda self, *a, **k: self.clone())  # the "device" copy, here on the CPU
+    assert device.pinned_memory_works(gpu) is True and capsys.readouterr().out == ""
+    monkeypatch.setattr(device, "_PINNED", {})
+    monkeypatch.setattr(torch.Tensor, "to", lambda self, *a, **k: self.flip(0))  # a copy that came back wrong
+    assert device.pinned_memory_works(gpu) is False and "the copy came back wrong" in capsys.readouterr().out
+
+
+
+def test_an_nccl_group_is_bound_to_the_ranks_gpu(monkeypatch):
+    """Under torchrun on CUDA the process group is told its GPU (device_id: barriers need not guess it
+    from the rank); gloo on the CPU is started as before. The CUDA calls are stand-ins here."""
+    import torch.distributed as dist
+
+    started, chosen = [], []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.delenv("SPARSINGLAW_DIST_TIMEOUT", raising=False)
+    monkeypatch.setattr(device, "resolve_device", lambda d="auto": d)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda backend, **kw: started.append((backend, kw)))
+    assert device.init_distributed("cuda") == device.Dist(rank=1, world=2, local_rank=1)
+    assert chosen == [1] and started == [("nccl", {"device_id": torch.device("cuda", 1)})]
+    started.clear()
+    device.init_distributed("cpu")
+    assert started == [("gloo", {})] and chosen == [1]

@@ -963,6 +963,69 @@ def test_activation_stats_per_token_neuron_and_domain(trained):
     assert torch.equal(st.domain_neuron_active, dom_active)
 
 
+def host_counts(model, batches, taus=None, rule=None) -> dict:
+    """activation_stats' counts as they were made before the counts stayed on the activations' device:
+    every layer's (tokens, d_ff) kept mask copied to the host and added there, batch by batch."""
+    L, d_ff = CFG["n_layers"], CFG["d_ff"]
+    out = {"active": torch.zeros(L, dtype=torch.float64), "neuron_active": torch.zeros(L, d_ff, dtype=torch.int64),
+           "domain_neuron_active": torch.zeros(0, L, d_ff, dtype=torch.int64),
+           "domain_tokens": torch.zeros(0, dtype=torch.int64)}
+    b = S._Batch()
+
+    def on_h(l, ffn, h, s):
+        if rule is not None:
+            keep = rule(l, h, s, b.valid)
+        elif ffn.threshold is not None:
+            keep = ~(S.neuron_norms(h, ffn.down_col_norms()) < ffn.threshold.to(h.device, h.dtype))
+        else:
+            keep = torch.ones_like(h, dtype=torch.bool)
+        kv = (keep & (h != 0))[b.valid]
+        out["active"][l] += int(kv.sum())
+        out["neuron_active"][l] += kv.sum(0).cpu()
+        dom = b.domain[b.valid].cpu()
+        n_dom = int(dom.max()) + 1 if dom.numel() else 0
+        out["domain_neuron_active"] = S._grow(out["domain_neuron_active"], n_dom)
+        out["domain_tokens"] = S._grow(out["domain_tokens"], n_dom)
+        out["domain_neuron_active"][:, l].index_add_(0, dom, kv.long().cpu())
+        if l == 0:
+            out["domain_tokens"].index_add_(0, dom, torch.ones_like(dom))
+        return None if rule is None else h * keep.to(h.dtype)
+
+    with sparse(model, taus=taus):
+        S._forward(model, batches, on_h, need_gate=rule is not None, state=b)
+    return out
+
+
+@pytest.mark.parametrize("how", ["taus", "zeros", "topk"])
+def test_per_neuron_and_domain_counts_equal_the_host_side_counts(how, trained, monkeypatch):
+    """The counts kept on the activations' device (a GPU's in the measurement) equal, bit for bit, those
+    that were copied to the host and added there for every layer and batch (the committed measurements'
+    way), with padding and three domains whose ids first appear in later batches; the (tokens, d_ff)
+    masks are no longer copied to the host per layer: as many copies for three batches as for one."""
+    model = trained["relu"]
+    seqs = markov(48, 31)
+    dom = torch.zeros(48, T, dtype=torch.long)
+    dom[16:, ::2], dom[32:, ::5] = 1, 2
+    valid = torch.arange(T) < 20 + torch.arange(48)[:, None] // 16  # padding, longer in earlier batches
+    batches = [(x, y.masked_fill(~v, -1), d) for (x, y), v, d in
+               zip(batches_of(seqs, 16), valid.split(16), dom.split(16), strict=True)]
+    taus = S.ppl_p_sparsity(model, batches, n_grid=SMALL_GRID).thresholds[0] if how == "taus" else None
+    rule = {"taus": None, "zeros": S.zeros_rule(), "topk": S.topk_rule(7)}[how]
+    st = S.activation_stats(model, batches, taus=taus, rule=rule, per_neuron=True)
+    want = host_counts(model, batches, taus=taus, rule=rule)
+    assert st.domain_tokens.tolist() == [int(((dom == k) & valid).sum()) for k in range(3)]
+    for name, value in want.items():
+        got = getattr(st, name)
+        assert got.device.type == "cpu" and got.dtype == value.dtype and torch.equal(got, value), name
+    copies = []
+    real_cpu = torch.Tensor.cpu
+    monkeypatch.setattr(torch.Tensor, "cpu", lambda t, *a, **k: copies.append(tuple(t.shape)) or real_cpu(t, *a, **k))
+    for n in (1, 3):
+        copies.clear()
+        S.activation_stats(model, batches[:n], taus=taus, rule=rule, per_neuron=True)
+        assert len(copies) == 4, copies  # active, neuron_active, domain_tokens, domain_neuron_active: once each
+
+
 def test_dead_ratio_counts_neurons_active_on_fewer_than_the_threshold():
     """DEAD_FREQ = 1e-3: over 1000 tokens a neuron active once (frequency exactly 1e-3) is alive, one never
     active is dead; a threshold counts neurons strictly below it."""

@@ -313,6 +313,27 @@ def test_prefetched_training_is_identical_and_logs_mfu_with_a_known_peak(tiny_pr
     assert tr["mfu"].to_numpy() == pytest.approx(tr["tok_s"].to_numpy() * fpt / 1e12, rel=1e-3, abs=1e-4)
 
 
+def test_the_prefetcher_pins_only_where_pinned_memory_works(tiny_profile, smoke_tokens, tmp_path, monkeypatch):
+    """train() asks device.pinned_memory_works before its prefetcher pins anything (a sandbox can refuse
+    page-locked memory, and pinning would then fail every run at its first batch); the prefetcher is built
+    with its answer (here a CPU run with the prefetcher on, as on CUDA)."""
+    from sparsinglaw import train as tr
+
+    asked, pins = [], []
+
+    class Spy(Prefetcher):
+        def __init__(self, *a, pin=True, **k):
+            pins.append(pin)
+            super().__init__(*a, pin=pin, **k)
+
+    monkeypatch.setattr(tr, "pinned_memory_works", lambda dev: asked.append(dev.type) or False)
+    monkeypatch.setattr(tr, "Prefetcher", Spy)
+    run = tiny_profile.run("relu-s1")
+    assert train(run, tiny_profile.data, tmp_path / "r", smoke_tokens, progress=False, prefetch=True,
+                 stop_after_step=2) == {"stopped_at": 2}
+    assert asked == ["cpu"] and pins == [False]
+
+
 def test_peak_flops(monkeypatch):
     monkeypatch.delenv("SPARSINGLAW_PEAK_FLOPS", raising=False)
     assert peak_flops(torch.device("cpu")) is None  # no MFU on CPUs: tokens/s only
@@ -604,9 +625,15 @@ def test_check_parallel_refuses_what_torchrun_processes_cannot_train():
         check_parallel(run, 16, "cuda", "auto", "default")
     with pytest.raises(SparsingLawError, match="compute.compile_mode=reduce-overhead"):
         check_parallel(run, 8, "cuda", "auto", "reduce-overhead")
-    check_parallel(run, 10, "cuda", "auto", "reduce-overhead")  # one micro-batch per process
-    check_parallel(run, 1, "cpu", True, "reduce-overhead")  # no CUDA graphs on a CPU
-    check_parallel(run, 1, "cuda", False, "reduce-overhead")  # not compiled
+    # CUDA graphs under DDP: refused even with one micro-batch per process (known PyTorch failures)
+    with pytest.raises(SparsingLawError, match=r"reduce-overhead \(CUDA graphs\) with 10 torchrun processes: CUDA "
+                                               r"graphs under DDP are known to fail"):
+        check_parallel(run, 10, "cuda", "auto", "reduce-overhead")
+    one = dataclasses.replace(run, train=dataclasses.replace(run.train, grad_accum=1))
+    check_parallel(one, 1, "cuda", "auto", "reduce-overhead")  # one process, one micro-batch a step
+    check_parallel(run, 2, "cpu", True, "reduce-overhead")  # no CUDA graphs on a CPU
+    check_parallel(run, 2, "cuda", False, "reduce-overhead")  # not compiled
+    check_parallel(run, 10, "cuda", "auto", "max-autotune-no-cudagraphs")
     assert rank_shares(10, 2) == ""
     assert rank_shares(10, 8) == ("10 micro-batches a step over 8 processes: 2 take 2, the other 6 take 1 and "
                                   "wait for them (62% of the devices' time is used)")

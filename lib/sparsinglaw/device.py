@@ -143,7 +143,10 @@ def init_distributed(device: str) -> Dist:
     if device == "cuda":
         torch.cuda.set_device(ddp.local_rank)  # also for a group the caller started: collectives use it
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device == "cuda" else "gloo", **timeout)
+        # nccl bound to this rank's GPU (device_id, torch >= 2.3): barriers then need not guess the device
+        # from the rank, and the communicator is set up at once, where a wrong device fails first
+        bound = {"device_id": torch.device("cuda", ddp.local_rank)} if device == "cuda" else {}
+        dist.init_process_group("nccl" if device == "cuda" else "gloo", **timeout, **bound)
     return ddp
 
 
@@ -203,10 +206,37 @@ def peak_flops(device: torch.device) -> float | None:
     return next((peak for key, peak in PEAK_BF16 if key in name), None)
 
 
+_PINNED: dict[str, bool] = {}  # device -> whether pinned_memory_works there (checked once per process)
+
+
+def pinned_memory_works(device: torch.device) -> bool:
+    """Whether batches can go to `device` from pinned (page-locked) host memory: a small tensor is pinned
+    and copied non_blocking, once per process and device. Pinning can fail where the host memory cannot
+    be locked (cudaHostAlloc refused, e.g. under a sandbox's memory limits); the Prefetcher's thread would
+    then fail every run at its first batch. On failure a one-line note, and False: unpinned batches (a
+    synchronous copy, slower, not wrong). False on CPU, where nothing is copied."""
+    if device.type != "cuda":
+        return False
+    key = str(device)
+    if key not in _PINNED:
+        try:
+            host = torch.arange(1024, dtype=torch.int64).pin_memory()
+            back = host.to(device, non_blocking=True).cpu()  # .cpu() waits for the copy
+            _PINNED[key] = bool(torch.equal(back, torch.arange(1024)))
+            why = "" if _PINNED[key] else "the copy came back wrong"
+        except RuntimeError as e:  # torch's CUDA errors are RuntimeErrors
+            _PINNED[key], why = False, f"{type(e).__name__}: {(str(e).splitlines() or [''])[0]}"
+        if not _PINNED[key]:
+            print(f"note: pinned host memory fails on {device} ({why}): training batches are copied unpinned",
+                  flush=True)
+    return _PINNED[key]
+
+
 class Prefetcher:
     """Draws the micro-batches of this rank, step by step from `step`, in a background thread into pinned
-    memory, `depth` batches ahead, so the GPU never waits for the CPU's gather (CUDA only: on CPU the
-    batches are drawn inline, where a second thread would only compete for the cores)."""
+    memory (`pin`; see pinned_memory_works), `depth` batches ahead, so the GPU never waits for the CPU's
+    gather (CUDA only: on CPU the batches are drawn inline, where a second thread would only compete for
+    the cores)."""
 
     def __init__(self, draw, step: int, micros: list[int], depth: int = 4, pin: bool = True):
         import queue

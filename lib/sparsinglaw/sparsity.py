@@ -497,15 +497,22 @@ def activation_stats(model: Transformer, batches: Batches, *, taus: Sequence[flo
         raise ValueError("give thresholds taus or a keep rule, not both")
     L, d_ff, V = model.cfg.n_layers, model.cfg.d_ff, model.cfg.vocab_size
     st = ActivationStats(0, 0.0, torch.zeros(L, dtype=torch.float64), d_ff)
+    # the integer counts stay on the activations' device until the pass ends: copying a (tokens, d_ff)
+    # tensor to the host for every layer and batch, and summing it there on one thread, took longer than
+    # the forward on a GPU; integer sums are exact in any order, so the counts do not depend on where
+    dev = next(model.parameters()).device
+    active = torch.zeros(L, dtype=torch.int64, device=dev)
     if per_token:
         st.token_sum, st.token_count = torch.zeros(L, V, dtype=torch.float64), torch.zeros(V, dtype=torch.int64)
     if per_neuron:
-        st.neuron_active = torch.zeros(L, d_ff, dtype=torch.int64)
-        st.domain_neuron_active = torch.zeros(0, L, d_ff, dtype=torch.int64)
-        st.domain_tokens = torch.zeros(0, dtype=torch.int64)
+        st.neuron_active = torch.zeros(L, d_ff, dtype=torch.int64, device=dev)
+        st.domain_neuron_active = torch.zeros(0, L, d_ff, dtype=torch.int64, device=dev)
+        st.domain_tokens = torch.zeros(0, dtype=torch.int64, device=dev)
     b = _Batch()
+    dom = torch.zeros(0, dtype=torch.int64)  # the batch's valid tokens' domains (set at layer 0)
 
     def on_h(l: int, ffn: GatedFFN, h: Tensor, s: Tensor | None) -> Tensor | None:
+        nonlocal dom
         if rule is not None:
             keep = rule(l, h, s, b.valid)
         elif ffn.threshold is not None:  # the comparison GatedFFN makes
@@ -513,26 +520,30 @@ def activation_stats(model: Transformer, batches: Batches, *, taus: Sequence[flo
         else:
             keep = torch.ones_like(h, dtype=torch.bool)
         kv = (keep & (h != 0))[b.valid]  # (n_valid, d_ff): kept and contributing (module docstring)
-        st.active[l] += int(kv.sum())
-        if per_token:
+        active[l] += kv.sum()
+        if per_token:  # float sums: added on the CPU in one fixed order (a GPU's atomic adds have none)
             ids = b.x[b.valid]
             st.token_sum[l].index_add_(0, ids.cpu(), kv.double().mean(-1).cpu())
             if l == 0:
                 st.token_count.index_add_(0, ids.cpu(), torch.ones_like(ids.cpu()))
         if per_neuron:
-            st.neuron_active[l] += kv.sum(0).cpu()
+            st.neuron_active[l] += kv.sum(0)
             if b.domain is not None:
-                dom = b.domain[b.valid].cpu()
-                n_dom = int(dom.max()) + 1 if dom.numel() else 0
-                st.domain_neuron_active = _grow(st.domain_neuron_active, n_dom)
-                st.domain_tokens = _grow(st.domain_tokens, n_dom)
-                st.domain_neuron_active[:, l].index_add_(0, dom, kv.long().cpu())
-                if l == 0:
+                if l == 0:  # once per batch: the domains are the same at every layer
+                    dom = b.domain[b.valid]
+                    n_dom = int(dom.max()) + 1 if dom.numel() else 0
+                    st.domain_neuron_active = _grow(st.domain_neuron_active, n_dom)
+                    st.domain_tokens = _grow(st.domain_tokens, n_dom)
                     st.domain_tokens.index_add_(0, dom, torch.ones_like(dom))
+                st.domain_neuron_active[:, l].index_add_(0, dom, kv.long())
         return None if rule is None else h * keep.to(h.dtype)
 
     with sparse(model, taus=taus):
         total, st.n_tokens = _forward(model, batches, on_h, need_gate=rule is not None, state=b)
+    st.active = active.cpu().double()  # exact: far below 2**53 pairs
+    if per_neuron:  # one copy to the host, at the end
+        st.neuron_active, st.domain_tokens = st.neuron_active.cpu(), st.domain_tokens.cpu()
+        st.domain_neuron_active = st.domain_neuron_active.cpu()
     st.loss = total / st.n_tokens
     return st
 

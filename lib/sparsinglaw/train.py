@@ -59,7 +59,7 @@ from .config import (
     total_steps,
 )
 from .data import CorpusError, TokenData, eval_batches, get_batch
-from .device import Prefetcher, init_distributed, peak_flops, setup_torch
+from .device import Prefetcher, init_distributed, peak_flops, pinned_memory_works, setup_torch
 from .model import Transformer
 
 LOG_FIELDS = ["step", "tokens", "split", "loss", "lr", "tok_s", "mfu"]
@@ -503,14 +503,21 @@ def compiled_forward(model: Transformer, wrapped: nn.Module, compile: bool | str
 
 def check_parallel(run: RunConfig, world: int, device_type: str, compile: bool | str, compile_mode: str) -> None:
     """Refuse a run that `world` torchrun processes cannot train (before any file of the run is written):
-    every process needs a micro-batch each step, and CUDA graphs cannot accumulate gradients over several
-    micro-batches of a step (their output buffers are reused by the next forward; pytorch/pytorch#169545)."""
+    every process needs a micro-batch each step; CUDA graphs cannot accumulate gradients over several
+    micro-batches of a step (their output buffers are reused by the next forward; pytorch/pytorch#169545),
+    nor be trusted under DDP (several processes: crashes and broken training with compiled DDP and CUDA
+    graphs, pytorch/pytorch#128218, #140395)."""
     ga = run.train.grad_accum
     if ga < world:
         raise SparsingLawError(f"run {run.name}: train.grad_accum={ga} is below the {world} torchrun processes; each "
                                f"process takes whole micro-batches, so raise train.grad_accum to at least {world} "
                                "(a smaller train.batch_size keeps the batch) or start fewer processes")
     compiled = bool(resolved_compile(compile, device_type))
+    if compiled and device_type == "cuda" and compile_mode == "reduce-overhead" and world > 1:
+        raise SparsingLawError(f"run {run.name}: compute.compile_mode=reduce-overhead (CUDA graphs) with {world} "
+                               "torchrun processes: CUDA graphs under DDP are known to fail in PyTorch (crashes, "
+                               "pytorch/pytorch#128218, #140395); set compute.compile_mode: default (or "
+                               "max-autotune-no-cudagraphs) for several processes")
     if compiled and device_type == "cuda" and compile_mode == "reduce-overhead" and ga > world:
         raise SparsingLawError(f"run {run.name}: compute.compile_mode=reduce-overhead (CUDA graphs) with "
                                f"train.grad_accum={ga} over {world} process(es): CUDA graphs overwrite the gradients "
@@ -701,7 +708,8 @@ def train(run: RunConfig, data_cfg: DataConfig, run_dir: Path, tokens: TokenData
     fpt = model.flops_per_token()
     if prefetch is None:
         prefetch = dev.type == "cuda"
-    ahead = Prefetcher(draw, step, mine, pin=dev.type == "cuda") if prefetch else None  # closed in finally
+    pin = prefetch and pinned_memory_works(dev)  # unpinned, with a note, where pinning fails
+    ahead = Prefetcher(draw, step, mine, pin=pin) if prefetch else None  # closed in finally
     next_batch = ahead.get if ahead is not None else draw
     # Step losses and gradient norms stay on the device and are read back (one sync) only at log,
     # checkpoint and resume steps; a non-finite one raises there, before anything of that step is logged
@@ -741,8 +749,9 @@ def train(run: RunConfig, data_cfg: DataConfig, run_dir: Path, tokens: TokenData
                 x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
                 # all-reduce gradients only after the last micro-batch of the step
                 sync = nullcontext() if (ddp.world == 1 or i == len(mine) - 1) else wrapped.no_sync()
-                with sync, autocast:
-                    _, loss, ce = fwd(x, y, return_logits=False, return_ce=True)
+                with sync:
+                    with autocast:  # the forward alone: backward ops run in the dtypes their forward chose
+                        _, loss, ce = fwd(x, y, return_logits=False, return_ce=True)
                     # DDP averages over ranks, so each rank scales by world / grad_accum: the sum over all
                     # micro-batches / grad_accum, exactly as in one process
                     (loss * (ddp.world / tcfg.grad_accum)).backward()
