@@ -445,6 +445,27 @@ def test_convergence_speed_names_the_scale_runs_without_a_converged_fit():
     plt.close(fig)
 
 
+def test_convergence_speed_names_a_step_apart_from_the_runs_without_a_fit():
+    """A converged fit that is a step has no curve (analysis.convergence: its slope is not measured); its
+    summary row's message says so, and the panel names it as a step, not as a run without a fit."""
+    curves, summary, runs_ = _speeds()
+    msg = "a step (alpha = 10, on its bound): its slope between two checkpoints is not measured, no speed"
+    summary = pd.concat([summary.assign(message=""),
+                         pd.DataFrame([{"run": "relu-s3", "activation": "relu", "non_embedding_params": 1e5,
+                                        "ratio_common": 20.0, "dA_dratio_common": np.nan, "rho_N_speed": 0.5,
+                                        "message": msg},
+                                       {"run": "silu-s2", "activation": "silu", "non_embedding_params": 5e4,
+                                        "ratio_common": np.nan, "dA_dratio_common": np.nan, "rho_N_speed": np.nan,
+                                        "message": msg}])], ignore_index=True)
+    fig = plots.convergence_speed(curves, summary, runs_)
+    legend = _legend(fig.axes[0])
+    assert "a step, no measured slope: relu-s3" in legend and "no converged fit" not in legend
+    silu = [t.get_text() for t in fig.axes[1].texts]
+    assert len(silu) == 1 and "no converged law fit among\nsilu-s1;" in silu[0]
+    assert "steps (no measured slope):\nsilu-s2" in silu[0]
+    plt.close(fig)
+
+
 def _empty_width_depth():
     cols = ["run", "activation", "groups", "d_model", "n_layers", "width_depth", "non_embedding_params", "form",
             "converged", "A0", "A0_lo", "A0_hi", "A_first", "A_last", "loss_converged", "E", "E_lo", "E_hi",

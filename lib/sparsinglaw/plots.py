@@ -746,9 +746,13 @@ def convergence_speed(curves: pd.DataFrame, summary: pd.DataFrame, runs: pd.Data
     for ax, act in zip(axes[0], acts):
         g = curves[curves["activation"] == act]
         names = _runs_by_size(g, act)
-        missing = [r for r in _runs_by_size(runs, act) if r not in names]
+        msg = summary["message"].fillna("").astype(str) if "message" in summary else pd.Series("", summary.index)
+        steps = list(summary.loc[(summary["activation"] == act) & (msg != ""), "run"])  # analysis.convergence
+        missing = [r for r in _runs_by_size(runs, act) if r not in names and r not in steps]
         if not names:
-            _nothing(ax, f"no converged law fit among\n{', '.join(missing)}:\nno convergence speed to draw")
+            why = ([f"no converged law fit among\n{', '.join(missing)}"] if missing else []) + (
+                [f"steps (no measured slope):\n{', '.join(steps)}"] if steps else [])
+            _nothing(ax, ";\n".join(why or ["no converged law fit"]) + ":\nno convergence speed to draw")
             ax.set_title(act)
             continue
         shades = {run: _shade(act, i, len(names)) for i, run in enumerate(names)}
@@ -773,6 +777,8 @@ def convergence_speed(curves: pd.DataFrame, summary: pd.DataFrame, runs: pd.Data
                         f"Spearman rho(N, speed) undefined:\n{len(at)} run(s) with a speed there, needs 3"))
         if missing:  # said in the legend, as in a0_vs_scale
             ax.plot([], [], " ", label=f"no converged fit: {', '.join(missing)}")
+        if steps:
+            ax.plot([], [], " ", label=f"a step, no measured slope: {', '.join(steps)}")
         log_x(ax)
         if np.isfinite(top) and top > 0:
             # symmetric log: a saturating law's tiny speeds no longer stretch the axis, and zeros show
