@@ -62,7 +62,7 @@ OUT=${OUT:-/tmp/gpu_session}
 PY=${PY:-python3}
 mkdir -p "$OUT"
 # the logs, until packed into $OUT: beside it (on its file system, so that a move into it is a rename)
-WORK=$(mktemp -d "$OUT.work.XXXXXX" 2>/dev/null || mktemp -d)
+WORK=$(mktemp -d "${OUT%/}.work.XXXXXX" 2>/dev/null || mktemp -d)
 mkdir -p "$WORK/logs"
 LOGS=$WORK/logs
 export PYTHONPATH="$PWD/lib${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=true
@@ -148,6 +148,7 @@ case "$part" in
     # GPU load and memory every 5 s while the profile runs: is the GPU kept busy?
     nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv -l 5 > "$LOGS/gpu_load.csv" 2>&1 &
     smi=$!
+    trap 'kill $smi 2>/dev/null' EXIT  # however the script ends
     # COMPUTE_ARGS: extra arguments, e.g. "--set compute.compile=false"
     compute_args=${COMPUTE_ARGS:-}
     # compute.jobs runs share the GPU, each compiling with a worker per core by default: capped at cores / jobs

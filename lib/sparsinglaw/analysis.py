@@ -436,7 +436,7 @@ def convergence(fits: pd.DataFrame, n: int = 64) -> tuple[pd.DataFrame, pd.DataF
         rho = stats.spearmanr(N[ok], np.abs(np.asarray(speeds)[ok])).statistic if ok.sum() > 2 else np.nan
         for row in rows[len(rows) - len(g):]:
             row["rho_N_speed"] = rho
-    for row in steps:  # beside their activation's rows, with its common ratio and rho (NaN without any)
+    for row in steps:  # after the other rows, with their activation's common ratio and rho (NaN without any)
         same = [r for r in rows if r["activation"] == row["activation"] and r["message"] == ""]
         row |= {k: same[0][k] if same else np.nan for k in ("ratio_common", "rho_N_speed")}
         row["dA_dratio_common"] = np.nan

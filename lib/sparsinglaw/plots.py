@@ -732,7 +732,8 @@ def convergence_speed(curves: pd.DataFrame, summary: pd.DataFrame, runs: pd.Data
     """|dA / d(D/N)| of each fitted law vs the data-scale ratio D/N (paper Fig. 8), one panel per
     activation, runs shaded by size; the dotted line marks the common ratio of analysis.convergence, each
     run's speed there a ringed point. The y axis is symmetric-log, linear below 1e-4 of the panel's
-    fastest speed, so that a law flat over a stretch (dA/d(D/N) exactly 0) is drawn at "0 (flat)".
+    fastest speed, so that a law flat over a stretch (dA/d(D/N) exactly 0) is drawn at "0 (flat)". A fit
+    that is a step (summary's message: analysis.convergence leaves it out) is named as one, without a curve.
 
     `runs`: the runs of group "scale" (run, activation, non_embedding_params; e.g. analysis.scale's
     points): then every activation among them gets a panel, and the runs without a converged law fit
@@ -746,7 +747,8 @@ def convergence_speed(curves: pd.DataFrame, summary: pd.DataFrame, runs: pd.Data
     for ax, act in zip(axes[0], acts):
         g = curves[curves["activation"] == act]
         names = _runs_by_size(g, act)
-        msg = summary["message"].fillna("").astype(str) if "message" in summary else pd.Series("", summary.index)
+        msg = (summary["message"].astype(object).where(summary["message"].notna(), "").astype(str)
+               if "message" in summary else pd.Series("", index=summary.index, dtype=object))
         steps = list(summary.loc[(summary["activation"] == act) & (msg != ""), "run"])  # analysis.convergence
         missing = [r for r in _runs_by_size(runs, act) if r not in names and r not in steps]
         if not names:
