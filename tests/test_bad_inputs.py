@@ -315,7 +315,8 @@ def test_init_distributed_joins_on_the_local_gpu_with_the_devices_backend(fake_t
         monkeypatch.setattr(dist, "init_process_group", lambda backend, **kw: calls.append((backend, kw)))
         monkeypatch.setattr(dist, "is_initialized", lambda: False)
         assert init_distributed(device) == Dist(rank=3, world=4, local_rank=1)
-        want = [("nccl" if device == "cuda" else "gloo", {"timeout": datetime.timedelta(seconds=90)})]
+        bound = {"device_id": torch.device("cuda", 1)} if device == "cuda" else {}  # nccl bound to LOCAL_RANK's GPU
+        want = [("nccl" if device == "cuda" else "gloo", {"timeout": datetime.timedelta(seconds=90), **bound})]
         assert calls == ([("set_device", 1)] if device == "cuda" else []) + want, device
     calls.clear()
     monkeypatch.setattr(dist, "is_initialized", lambda: True)  # the caller's group: joined already
