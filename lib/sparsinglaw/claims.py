@@ -30,7 +30,7 @@ from scipy import stats
 
 from . import analysis, laws
 from .config import ProfileConfig, SparsingLawError, command_for, profile_flags
-from .runs import as_bool, folder_lock, noting_stale_tables, provenance, results_dir, sidecar, write_table
+from .runs import as_bool, as_text, folder_lock, noting_stale_tables, provenance, results_dir, sidecar, write_table
 from .train import atomic_write_text
 
 ALPHA = 0.05  # significance level of every test below
@@ -265,13 +265,6 @@ def _not_judged(df: pd.DataFrame) -> str:
     return f"not judged, the paper's claims being about ReLU and SiLU only: {what}"
 
 
-def _texts(df: pd.DataFrame, column: str) -> pd.Series:
-    """A text column as strings, "" where it is empty or missing (a CSV column with no text reads as NaN floats)."""
-    if column not in df:
-        return pd.Series("", index=df.index, dtype=object)
-    return df[column].astype(object).where(df[column].notna(), "").astype(str)
-
-
 def _joined(*notes: str) -> str:
     return "; ".join(n for n in notes if n)
 
@@ -503,7 +496,7 @@ def small_converge_faster(conv_summary: pd.DataFrame) -> list[dict]:
     for act in PAPER_ACTIVATIONS:
         cid = f"small_converge_faster_{act}"
         g = conv_summary[conv_summary["activation"] == act]
-        msg = _texts(g, "message")
+        msg = as_text(g, "message")
         steps = (f"left out, steps whose slope is not measured (laws.is_step): {', '.join(g.loc[msg != '', 'run'])}"
                  if (msg != "").any() else "")
         g = g[np.isfinite(g["dA_dratio_common"].to_numpy(float))]

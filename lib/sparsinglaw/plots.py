@@ -20,7 +20,7 @@ from matplotlib import ticker  # noqa: E402
 
 from .config import ProfileConfig  # noqa: E402
 from .laws import FORMS, UNPLACED  # noqa: E402
-from .runs import as_bool, figures_dir, in_group, train_log_table  # noqa: E402
+from .runs import as_bool, as_text, figures_dir, in_group, train_log_table  # noqa: E402
 
 # one palette for activation functions, used in every figure (colour-blind safe, Okabe-Ito)
 ACTIVATION_COLORS = {"relu": "#0072B2", "silu": "#D55E00", "gelu": "#009E73", "gelu_tanh": "#56B4E9",
@@ -747,8 +747,7 @@ def convergence_speed(curves: pd.DataFrame, summary: pd.DataFrame, runs: pd.Data
     for ax, act in zip(axes[0], acts):
         g = curves[curves["activation"] == act]
         names = _runs_by_size(g, act)
-        msg = (summary["message"].astype(object).where(summary["message"].notna(), "").astype(str)
-               if "message" in summary else pd.Series("", index=summary.index, dtype=object))
+        msg = as_text(summary, "message")
         steps = list(summary.loc[(summary["activation"] == act) & (msg != ""), "run"])  # analysis.convergence
         missing = [r for r in _runs_by_size(runs, act) if r not in names and r not in steps]
         if not names:

@@ -867,6 +867,14 @@ def as_bool(v) -> pd.Series | bool:
     return str(v).strip().lower() == "true"
 
 
+def as_text(df: pd.DataFrame, column: str) -> pd.Series:
+    """A text column as it comes back from a CSV: strings, "" where a cell is empty or the column missing (a
+    column with no text at all reads back as NaN floats)."""
+    if column not in df:
+        return pd.Series("", index=df.index, dtype=object)
+    return df[column].astype(object).where(df[column].notna(), "").astype(str)
+
+
 def group_runs(profile: ProfileConfig, group: str | None = None) -> list[RunConfig]:
     """Runs of `profile` that feed analysis `group` ("scale", "width_depth"; None = all)."""
     return [r for r in profile.runs if group is None or group in r.groups]
