@@ -18,7 +18,7 @@ For each run of the group ``inference.group`` (cached per run, locked like train
   3. those thresholds are applied to *held-out* windows taken from the end of the validation split,
      disjoint from the calibration windows (``heldout_set``): per domain and for "all", the loss, the
      perplexity, the accuracy (argmax == target) and the activation ratio (share of (token, neuron) pairs
-     with n_i = |h_i| ||W_down[:, i]|| >= tau_l, over all layers); p = 0 rows are the dense model, whose
+     with n_i = |h_i| ||W_down[:, i]|| >= tau_l and h_i != 0, over all layers); p = 0 rows are the dense model, whose
      activation ratio is the share of neurons with h_i != 0.
 
 Results of one run: runs/<profile>/<run key>/inference-<key>.json (written atomically);
@@ -75,8 +75,9 @@ from .runs import (
 )
 from .train import atomic_write_files, remove_stale_temps, versions
 
-INFERENCE_VERSION = 2  # bump when the evaluation changes meaning (invalidates cached records)
+INFERENCE_VERSION = 3  # bump when the evaluation changes meaning (invalidates cached records)
 # 2: grid sample over every neuron (sparsity._grid_stride), token-weighted averaged thresholds, new columns
+# 3: a kept neuron with h_i = 0 is not counted active (sparsity.activation_stats, as measure's version 3)
 TABLE = "sparse_inference"  # results/<profile>/sparse_inference.csv
 COLUMNS = ["run", "activation", "non_embedding_params", "p", "cett", "domain", "n_tokens", "loss", "ppl",
            "accuracy", "activation_ratio", "dense_loss", "dense_accuracy", "ppl_ratio", "calib_ppl_ratio",
