@@ -451,6 +451,43 @@ def test_a_damaged_log_of_a_finished_run_is_refused(tmp_path, monkeypatch, measu
                                   runs.read_csv(log).sort_values(["split", "step"]).reset_index(drop=True))
 
 
+def test_the_training_logs_record_the_corpus_the_runs_were_trained_on(tmp_path, monkeypatch, measured_mini,
+                                                                         session_roots):
+    """train_log.csv's sidecar records the corpus the runs' newest checkpoints record, not the one data.*
+    selects now: a finished run is not trained again after its corpus changed, and the table used to be
+    written with this machine's corpus. Runs trained on different corpora are refused, naming the run that
+    is not on today's corpus; nothing is written."""
+    monkeypatch.setenv("SPARSINGLAW_RESULTS", str(tmp_path / "results"))
+    rd = tmp_path / "runs"
+    newest = {}
+    for r in measured_mini.runs:
+        d = runs.run_dir(measured_mini, r, rd)
+        shutil.copytree(runs.run_dir(measured_mini, r, session_roots["SPARSINGLAW_RUNS"]), d)
+        newest[r.name] = Path(runs.checkpoints(measured_mini, r, rd)["path"].iloc[-1]).with_suffix(".json")
+        newest[r.name] = newest[r.name].with_name(newest[r.name].name.replace("ckpt_", "meta_"))
+    today = runs.corpus_fingerprint(measured_mini.data)
+    sidecar = tmp_path / "results" / measured_mini.name / "train_log.meta.json"
+    runs.train_log_table(measured_mini, runs_dir=rd)
+    assert json.loads(sidecar.read_text())["corpus"] == today
+    old = dict(today, sha256="ab" * 32, bytes=today["bytes"] - 1)
+
+    def record(name, corpus):
+        meta = json.loads(newest[name].read_text())
+        newest[name].write_text(json.dumps(dict(meta, corpus=corpus)))
+
+    record("relu-s1", old)
+    sidecar.unlink()
+    with pytest.raises(SparsingLawError) as e:
+        runs.train_log_table(measured_mini, runs_dir=rd)
+    assert str(e.value).startswith(f"{measured_mini.path}: the runs were trained on different corpora (sha256 "
+                                   f"{'ab' * 6}, {today['sha256'][:12]})"), e.value
+    assert "run(s) relu-s1 on another corpus than data.* gives now" in str(e.value)
+    assert not sidecar.exists()
+    record("silu-s1", old)  # every run on the old corpus: the table says so
+    runs.train_log_table(measured_mini, runs_dir=rd)
+    assert json.loads(sidecar.read_text())["corpus"] == old
+
+
 def test_an_unfinished_runs_log_is_read_as_its_resume_keeps_it(tmp_path, measured_mini, session_roots):
     """The log of a run killed mid-write (not finished: no DONE) may end in a cut row, which its resume drops
     (train.trim_log): it is read without it, as are lines that are not rows, instead of being refused or read

@@ -297,7 +297,7 @@ def test_cached_runs_start_no_worker(measured_mini, session_roots, tmp_path, mon
         pass
 
     def spy(fn, calls, jobs, what, **kwargs):
-        sent.append([c[3] for c in calls])  # the run names
+        sent.append(kwargs["names"])  # the run names
         if calls:
             raise Sent
 

@@ -411,10 +411,55 @@ def test_runs_train_longest_first(tmp_path, monkeypatch, smoke_tokens):
     profile = load_profile("smoke", overrides=["runs.relu-s1.train.tokens=98304", "runs.silu-s1.train.tokens=12288"])
     runs.train_profile(profile, jobs=2, runs_dir=tmp_path, progress=False)
     cost = {r.name: r.train.tokens * r.model.d_model * r.model.n_layers for r in profile.runs}
-    names = [c[2] for c in calls["c"]]
+    names = [c[1] for c in calls["c"]]
     assert sorted(names) == sorted(cost) and len(set(cost.values())) > 2
     assert [cost[n] for n in names] == sorted(cost.values(), reverse=True)
-    assert calls["weights"] == [cost[n] for n in names]
+    assert calls["weights"] == [cost[n] for n in names] and calls["names"] == names
+
+
+def test_a_profile_file_edited_meanwhile_does_not_change_what_is_trained(tmp_path, mini_path, smoke_tokens):
+    """train_profile trains the profile it is given: its file edited after loading (a sweep's config
+    tuned while the runs train) used to be reloaded for each run, which then trained another config, in
+    another folder, while the caller reported its own run untrained."""
+    from conftest import MINI
+
+    path = tmp_path / "edited.yaml"
+    path.write_text(mini_path.read_text())
+    profile = load_profile(path, overrides=MINI)
+    text = path.read_text()
+    assert "lr: 0.01\n" in text
+    path.write_text(text.replace("lr: 0.01\n", "lr: 0.02\n"))
+    rd = tmp_path / "runs"
+    (state,) = runs.train_profile(profile, names=["relu-s1"], jobs=1, runs_dir=rd, progress=False)
+    assert state.status == "done" and state.key == profile.run("relu-s1").key(profile.data)
+    assert [p.name for p in rd.glob("*/relu-s1-*")] == [state.key]
+    assert load_profile(path, overrides=MINI).run("relu-s1").key(profile.data) != state.key  # the edit counts
+
+
+def _killed_or_sleeps(folder, i):
+    Path(folder, f"started{i}").write_text("")
+    if i == 1:
+        time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGKILL)  # as the OOM killer does
+    time.sleep(0.1 if i == 0 else 5)
+    Path(folder, f"done{i}").write_text("")
+
+
+@pytest.mark.parametrize("progress", [False, True])
+def test_a_worker_killed_outright_is_a_clear_error(tmp_path, progress):
+    """A worker killed outright (SIGKILL, the OOM killer) breaks the pool, which stops the other calls: one
+    SparsingLawError names the calls that did not finish and the fix (fewer jobs; a rerun resumes), instead
+    of concurrent.futures' BrokenProcessPool traceback. The call that had finished is kept."""
+    from sparsinglaw.config import SparsingLawError
+
+    with pytest.raises(SparsingLawError) as e:
+        runs.run_parallel(_killed_or_sleeps, [(str(tmp_path), i) for i in range(4)], 2, "training",
+                          progress=progress, names=["r0", "r1", "r2", "r3"])
+    assert str(e.value).startswith("training: a worker process was killed from outside (SIGKILL; most often the "
+                                   "kernel's OOM killer, when 2 parallel jobs need more memory than the machine "
+                                   "has), which stopped every unfinished call: r1, r2, r3; run the command again "
+                                   "with fewer jobs"), e.value
+    assert (tmp_path / "done0").exists() and not list(tmp_path.glob("done[123]"))
 
 
 def _fails(msg):

@@ -331,9 +331,9 @@ def sparse_inference_for(profile: ProfileConfig, compute: bool = True, runs_dir=
     todo = [r for r in runs if not record_path(profile, r, runs_dir).exists()]  # cached runs spawn nothing
     todo.sort(key=lambda r: -r.model.d_model * r.model.n_layers)  # longest first
     jobs = max(1, min(jobs or profile.compute.jobs or usable_cores(), len(todo) or 1))
-    calls = [(inference_run, profile.path, profile.overrides, r.name, runs_dir, progress) for r in todo]
+    calls = [(inference_run, profile, r.name, runs_dir, progress) for r in todo]
     run_parallel(run_worker, calls, jobs, "sparse inference", progress=progress,
-                 weights=[r.model.d_model * r.model.n_layers for r in todo])
+                 weights=[r.model.d_model * r.model.n_layers for r in todo], names=[r.name for r in todo])
     df = inference_table(profile, runs, runs_dir, corpus=tokens.fingerprint)
     meta = provenance(profile, stage="inference", corpus=tokens.fingerprint,
                       sparsity=dataclasses.asdict(profile.sparsity),

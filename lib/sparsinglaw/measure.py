@@ -398,13 +398,12 @@ def final_arrays(profile: ProfileConfig, run: RunConfig, runs_dir=None, impl: st
 # a whole profile
 
 
-def run_worker(fn, profile_path: str, overrides: list[str], name: str, runs_dir, progress: bool, *args) -> None:
-    """fn(profile, run, runs_dir, progress, *args) in a worker process of runs.run_parallel (the profile is
-    reloaded there; torch with compute.threads threads on CPU; models on compute.device)."""
-    from .config import load_profile
+def run_worker(fn, profile: ProfileConfig, name: str, runs_dir, progress: bool, *args) -> None:
+    """fn(profile, run, runs_dir, progress, *args) in a worker process of runs.run_parallel (the caller's
+    profile itself, not its file reloaded; torch with compute.threads threads on CPU; models on
+    compute.device)."""
     from .device import setup_torch
 
-    profile = load_profile(profile_path, overrides=overrides)
     setup_torch("cpu", profile.compute.threads)  # CPU threads (the CPU share of the work on CUDA, too)
     fn(profile, profile.run(name), runs_dir, progress, *args)
 
@@ -442,9 +441,9 @@ def measure_profile(profile: ProfileConfig, names: list[str] | None = None, jobs
     todo.sort(key=lambda r: -r.model.d_model * r.model.n_layers)  # longest first
     jobs = jobs or profile.compute.jobs or usable_cores()
     jobs = max(1, min(jobs, len(todo) or 1))
-    calls = [(measure_run, profile.path, profile.overrides, r.name, runs_dir, progress, impl) for r in todo]
+    calls = [(measure_run, profile, r.name, runs_dir, progress, impl) for r in todo]
     run_parallel(run_worker, calls, jobs, "measurement", progress=progress,
-                 weights=[r.model.d_model * r.model.n_layers for r in todo])
+                 weights=[r.model.d_model * r.model.n_layers for r in todo], names=[r.name for r in todo])
     return write_results(profile, runs_dir, impl) if not names else sparsity_table(profile, runs, runs_dir, impl)
 
 

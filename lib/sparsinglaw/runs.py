@@ -35,7 +35,6 @@ from .config import (
     SparsingLawError,
     command_for,
     command_line,
-    load_profile,
     stable_hash,
 )
 from .train import LOG_FIELDS, atomic_write_files, checkpoint_problem, log_rows, read_done, read_meta
@@ -434,13 +433,14 @@ def _log_problem(df: pd.DataFrame, lines: list[int], steps: int | None) -> str |
 # training a profile (the "get or compute" entry point of notebook 01 and the CLI)
 
 
-def _train_one(profile_path: str, overrides: list[str], name: str, runs_dir: str | None, progress: bool) -> dict:
-    """Train one run in this process (used directly and as a worker of the process pool)."""
+def _train_one(profile: ProfileConfig, name: str, runs_dir: str | None, progress: bool) -> dict:
+    """Train one run in this process (used directly and as a worker of the process pool). The worker gets
+    the caller's profile itself, not its file to reload: an edit of the file meanwhile, or a profile
+    changed in memory (a notebook's), would train another config than the caller waits for."""
     from .data import prepare
     from .device import init_distributed
     from .train import train
 
-    profile = load_profile(profile_path, overrides=overrides)
     run = profile.run(name)
     d = run_dir(profile, run, runs_dir)
     tokens = prepare(profile.data, data_cache_dir(runs_dir), progress=False)
@@ -496,10 +496,10 @@ def train_profile(profile: ProfileConfig, names: list[str] | None = None, jobs: 
         jobs = max(1, min(jobs, len(todo)))
         if world > 1:
             jobs = 1  # under torchrun all ranks train one run after another together
-        args = (profile.path, profile.overrides)  # workers reload the same profile
         rd = str(runs_dir) if runs_dir is not None else None
-        run_parallel(_train_one, [(*args, r.name, rd, progress) for r in todo], jobs, "training",
-                     keep_going=world == 1, progress=progress, weights=[cost[r.name] for r in todo])
+        run_parallel(_train_one, [(profile, r.name, rd, progress) for r in todo], jobs, "training",
+                     keep_going=world == 1, progress=progress, weights=[cost[r.name] for r in todo],
+                     names=[r.name for r in todo])
     return [run_state(profile, r, runs_dir) for r in runs]
 
 
@@ -573,7 +573,7 @@ def _importable(module: str | None) -> bool:
 
 
 def run_parallel(fn, calls: list[tuple], jobs: int, what: str, keep_going: bool = True, progress: bool = False,
-                 weights: list[float] | None = None) -> None:
+                 weights: list[float] | None = None, names: list[str] | None = None) -> None:
     """fn(*args) for each args in `calls`: in this process when jobs == 1, else in `jobs` spawned
     processes; every call runs even when another fails, then the user errors are reported together
     (and any other error raised, the first one); a single call raises its own error. `keep_going`
@@ -585,15 +585,18 @@ def run_parallel(fn, calls: list[tuple], jobs: int, what: str, keep_going: bool 
     checkpoint): while the workers are started SIGINT is blocked in this thread, so the workers start
     with it blocked (a spawned process keeps the mask) and ignore it once set up (_worker_init); a
     Ctrl-C meanwhile stays pending here and is raised after the start. This process killed outright
-    (SIGKILL, the OOM killer), its workers end with it (device.exit_with_parent)."""
+    (SIGKILL, the OOM killer), its workers end with it (device.exit_with_parent). A worker killed outright
+    breaks the pool, which stops the others: SparsingLawError naming the calls (`names`, e.g. the runs)
+    that did not finish, after the errors of those that did."""
     import multiprocessing as mp
     import signal
     import threading
     from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
 
     from .progress import StageBar, call
 
-    errors, crash, pool, stage = [], None, None, None
+    errors, crash, pool, stage, broken = [], None, None, None, []
     activations, stuck = _sendable_activations() if jobs > 1 and len(calls) > 1 else (None, [])
     if stuck:
         print(f"note: {what}: the registered activation(s) {', '.join(stuck)} cannot reach worker processes (a "
@@ -638,6 +641,8 @@ def run_parallel(fn, calls: list[tuple], jobs: int, what: str, keep_going: bool 
                 fut.result()
             except SparsingLawError as e:
                 errors.append(str(e))
+            except BrokenProcessPool:  # a worker was killed (SIGKILL, the OOM killer): every unfinished call fails
+                broken.append(futures[fut])
             except Exception as e:  # a bug or a system error: the other calls still run, then it is raised
                 crash = crash or e
         pool.shutdown(wait=True)
@@ -652,6 +657,19 @@ def run_parallel(fn, calls: list[tuple], jobs: int, what: str, keep_going: bool 
         if stage is not None:
             stage.close(drain=False)
         raise
+    if broken:
+        names = names or [f"call {i + 1}" for i in range(len(calls))]
+        killed = (f"{what}: a worker process was killed from outside (SIGKILL; most often the kernel's OOM killer, "
+                  f"when {jobs} parallel jobs need more memory than the machine has), which stopped every "
+                  f"unfinished call: {', '.join(names[i] for i in sorted(broken))}; run the command again with "
+                  "fewer jobs (-j, compute.jobs): what finished is kept, and a killed run's training resumes from "
+                  "its last checkpoint")
+        if errors:
+            print(f"error: {what} failed for {len(errors)} run(s):\n" + "\n".join(errors), file=sys.stderr)
+        if crash is not None:
+            print(f"error: {killed}", file=sys.stderr)
+            raise crash
+        raise SparsingLawError(killed)
     _raise_collected(errors, crash, what)
 
 
@@ -920,8 +938,37 @@ def train_log_table(profile: ProfileConfig, compute: bool = True, runs_dir=None)
                 "non_embedding_params": num_params_from_config(m, non_embedding=True)}
         frames.append(log[["step", "tokens", "split", "loss"]].assign(**info))
     df = pd.concat(frames, ignore_index=True)[TRAIN_LOG_COLUMNS]
-    write_table(df, path, provenance(profile, stage="train"))
+    corpus = trained_corpus(profile, runs_dir)
+    write_table(df, path, provenance(profile, stage="train", **({"corpus": corpus} if corpus else {})))
     return df
+
+
+def trained_corpus(profile: ProfileConfig, runs_dir=None) -> dict | None:
+    """The corpus fingerprint the runs' newest checkpoints record (what train_log.csv is made from, not
+    what data.* selects on this machine now: a finished run is not trained again after the corpus
+    changed); None when none records one. SparsingLawError when two runs record different corpora."""
+    from .train import corpus_differs
+
+    found: dict[str, dict] = {}
+    for r in profile.runs:
+        ck = checkpoints(profile, r, runs_dir)
+        if len(ck):
+            newest = Path(ck["path"].iloc[-1])
+            c = read_meta(newest.parent, newest.stem.removeprefix("ckpt_")).get("corpus")
+            if isinstance(c, dict) and "sha256" in c:
+                found[r.name] = c
+    if not found:
+        return None
+    corpus = next(iter(found.values()))
+    if any(corpus_differs(c, corpus) for c in found.values()):
+        now = corpus_fingerprint(profile.data)
+        old = [n for n, c in found.items() if corpus_differs(c, now)] or list(found)
+        raise SparsingLawError(f"{profile.path}: the runs were trained on different corpora (sha256 "
+                               f"{', '.join(sorted({c['sha256'][:12] for c in found.values()}))}), whose logs "
+                               f"cannot be compared; run(s) {', '.join(old)} on another corpus than data.* gives "
+                               "now: restore the corpus they were trained on, or delete their run folders and "
+                               f"train them again ({train_command(profile, runs_dir)})")
+    return corpus
 
 
 def in_group(df: pd.DataFrame, group: str | None) -> pd.DataFrame:
