@@ -940,6 +940,14 @@ def test_a_table_of_ones_own_without_a_column_is_refused_naming_it(table, isolat
         analysis.form_comparison(table.drop(columns="groups"), SPEC)
     with pytest.raises(ValueError, match=r"column p holds text \('1%' ...\), expected numbers"):
         analysis.fit_activation_laws(table.assign(p="1%"), SPEC)
+    with pytest.raises(ValueError, match="sparsity table without rows; the fits need measured points"):
+        analysis.fit_activation_laws(table.iloc[:0].astype(object), SPEC)  # as a CSV of its header alone reads
+    gap = table.assign(activation_ratio=table["activation_ratio"].where(table.index != 3))
+    with pytest.raises(ValueError, match=r"column activation_ratio is empty in 1 row\(s\) \(the first of run "
+                                         rf"'{table['run'].iloc[3]}'\); every point needs a value"):
+        analysis.fit_activation_laws(gap, SPEC)
+    one = table[(table["run"] == "relu-s1") & (table["p"] == 1)].assign(groups=np.nan)  # groups may be empty
+    assert analysis.fit_activation_laws(one, SPEC)[0]["run"].tolist() == ["relu-s1"]
     with pytest.raises(ValueError, match=r"tokens is a count of training tokens; got 0.01 for run relu-s1 \(billions\? "
                                          r"multiply by 1e9\)"):
         analysis.fit_activation_laws(table.assign(tokens=table["tokens"] / 1e9), SPEC)

@@ -11,6 +11,7 @@ also as real subprocesses below); "{tmp}" in arguments and messages is the case'
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -409,6 +410,18 @@ def _edit_csv(path: Path, fn) -> None:
     _reseal(path)
 
 
+def _cut_row(path: Path, line: int) -> None:
+    """Line `line` (0 = the header) of a CSV cut to its first 15 fields, the sha256 resealed."""
+    import csv as csv_
+
+    rows = list(csv_.reader(io.StringIO(path.read_text(), newline="")))
+    rows[line] = rows[line][:15]
+    out = io.StringIO()
+    csv_.writer(out, lineterminator="\n").writerows(rows)
+    path.write_text(out.getvalue())
+    _reseal(path)
+
+
 def _record(d: Path) -> Path:
     return next(d.glob("sparsity-fast-*.json"))
 
@@ -438,6 +451,19 @@ TABLE_CASES = [
     ("table-not-a-number", lambda res, d: _edit_csv(TABLE(res), lambda df: df.assign(
         ppl_ratio=df["ppl_ratio"].astype(object).where(df.index != 2, "abc"))),
      "table", ["sparsity.csv: line 4, column ppl_ratio: 'abc' is not a number"]),
+    # hand edits that keep the sha256 in step (a table made elsewhere): pandas fills a row cut short with NaN,
+    # and a point without a value dropped a point or a run from the fits without a word
+    ("table-row-cut-short", lambda res, d: _cut_row(TABLE(res), 3),
+     "table", ["sparsity.csv: line 4 has 15 of the header's 22 fields (a row cut short); rerun"]),
+    ("table-value-missing", lambda res, d: _edit_csv(TABLE(res), lambda df: df.assign(
+        activation_ratio=df["activation_ratio"].where(df.index != 2))),
+     "table", ["sparsity.csv: line 4, column activation_ratio: empty, where every row needs a value; rerun"]),
+    ("table-header-only", lambda res, d: _edit_csv(TABLE(res), lambda df: df.iloc[:0]),
+     "table", ["sparsity.csv: no rows, only its header; rerun"]),
+    ("fit-table-header-only", lambda res, d: _edit_csv(TABLE(res), lambda df: df.iloc[:0]),
+     "fit", ["sparsity.csv: no rows, only its header; rerun"]),  # was an IndexError traceback
+    ("fit-table-row-cut-short", lambda res, d: _cut_row(TABLE(res), 3),
+     "fit", ["sparsity.csv: line 4 has 15 of the header's 22 fields (a row cut short)"]),
     ("table-no-sidecar", lambda res, d: (res / "sparsity.meta.json").unlink(),
      "table", ["sparsity.csv: no provenance sidecar sparsity.meta.json next to it"]),
     ("table-sidecar-not-json", lambda res, d: (res / "sparsity.meta.json").write_text("{"),
@@ -508,6 +534,19 @@ def test_edited_results_are_refused(cid, edit, load, expect, tmp_path, monkeypat
         assert want in str(e.value), str(e.value)
     assert _tree(tmp_path) == before  # refusing writes nothing
     assert "computing" not in capsys.readouterr().err  # refused before a fit is announced
+
+
+def test_a_training_log_table_with_a_loss_missing_is_refused(tmp_path, monkeypatch, measured_mini, session_roots):
+    """train_log.csv with a row without its loss (its sha256 resealed) is refused naming the line: the loss
+    figures and the limit-loss fits dropped the point without a word."""
+    monkeypatch.setenv("SPARSINGLAW_RESULTS", str(tmp_path / "results"))
+    runs.train_log_table(measured_mini, runs_dir=session_roots["SPARSINGLAW_RUNS"])
+    path = tmp_path / "results" / measured_mini.name / "train_log.csv"
+    assert len(runs.train_log_table(measured_mini, compute=False))
+    _edit_csv(path, lambda df: df.assign(loss=df["loss"].where(df.index != 4)))
+    with pytest.raises(SparsingLawError, match=r"train_log.csv: line 6, column loss: empty, where every row needs "
+                                               r"a value; make it with python -m sparsinglaw compute"):
+        runs.train_log_table(measured_mini, compute=False)
 
 
 def test_an_unreadable_fit_sidecar_is_computed_again(tmp_path, monkeypatch, measured_mini, session_roots):

@@ -165,6 +165,8 @@ def test_missing_tables_and_folders(tmp_path):
     assert "claims.csv (in neither folder)" in compare.summary(compare.compare(b, b))  # was "only in neither"
     with pytest.raises(SparsingLawError, match="no such folder"):
         compare.compare(COMMITTED, tmp_path / "nope")
+    with pytest.raises(SparsingLawError, match=r"claims\.csv: a file, not a folder; expected a results folder"):
+        compare.compare(COMMITTED, COMMITTED / "claims.csv")
     c, d = _copy(tmp_path, "c"), _copy(tmp_path, "d")
     for f in (c, d):
         _rewrite(f, "claims", lambda df: df.iloc[:0])  # claims.csv with its header only

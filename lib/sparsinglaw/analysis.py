@@ -32,6 +32,7 @@ from scipy import stats
 from . import laws, paper
 from .config import ProfileConfig, SparsingLawError, command_for, in_repo, profile_flags, stable_hash
 from .runs import (
+    REQUIRED,
     RESULT_COLUMNS,
     as_bool,
     current,
@@ -140,16 +141,22 @@ def activation_points(table: pd.DataFrame, p: float = 1.0, need: tuple[str, ...]
     """The rows of a sparsity table at PPL-p%, sorted by tokens within each run (runs in table order),
     with D (1e9 tokens) and the data-scale ratio D/N (tokens per non-embedding parameter). The table
     needs RUN_COLUMNS, p, tokens (training tokens, a count) and the columns `need` (activation_ratio for
-    the law fits, dense_loss for the limit loss), numbers where they are numeric (FIT_INPUT)."""
+    the law fits, dense_loss for the limit loss), numbers where they are numeric (FIT_INPUT), a value in
+    every row (groups may be empty)."""
     want = RUN_COLUMNS + ["p", "tokens", *need]
     missing = [c for c in want if c not in table.columns]
     if missing:
         raise ValueError(f"sparsity table without column(s) {', '.join(missing)}; this fit reads "
                          f"{', '.join(want)} (README: fitting your own measurements), got "
                          f"{', '.join(map(str, table.columns))}")
+    if table.empty:
+        raise ValueError("sparsity table without rows; the fits need measured points")
     for c in want:
         if c in FIT_INPUT[1] and not pd.api.types.is_numeric_dtype(table[c]):
             raise ValueError(f"sparsity table: column {c} holds text ({table[c].iloc[0]!r} ...), expected numbers")
+        if c != "groups" and (empty := table[c].isna()).any():  # a missing value would drop a point, or a run
+            raise ValueError(f"sparsity table: column {c} is empty in {int(empty.sum())} row(s) (the first of "
+                             f"run {table.loc[empty, 'run'].iloc[0]!r}); every point needs a value")
     tokens = table["tokens"]
     odd = table[(tokens < 1) | ((tokens % 1 != 0) & (tokens < 1e6))]
     if len(odd):  # billions of tokens in this column fit a curve in D 1e9 times too small, and "converge"
@@ -621,7 +628,8 @@ def load_results(profile: ProfileConfig | str) -> dict[str, pd.DataFrame]:
     for path in (folder / f"{name}.csv" for name in MEASURED):
         if path.exists():
             columns = FIT_INPUT if path.stem == "sparsity" else RESULT_COLUMNS.get(path.stem, ((), ()))
-            out[path.stem] = read_table(path, *columns, expect=expect, fix=f"rerun {measure_cmd}")
+            out[path.stem] = read_table(path, *columns, expect=expect, fix=f"rerun {measure_cmd}",
+                                        required=REQUIRED.get(path.stem, ()))
             out[path.stem].attrs = {}
     return out
 
@@ -674,7 +682,7 @@ def _cached(profile: ProfileConfig, outputs: tuple[str, ...], inputs: tuple[str,
         why = "refit" if len(metas) == len(outputs) else "missing or stale"
         for t in inputs:  # a damaged input is refused before the line that announces the computation
             read_table(folder / f"{t}.csv", fix=f"rerun {command_for(profile, 'measure', '02')}" if t in MEASURED
-                       else f"recompute it: {refit_command(profile)}")
+                       else f"recompute it: {refit_command(profile)}", required=REQUIRED.get(t, ()))
         _note_overridden(profile, folder)
         print(f"{folder}: computing {names} ({why}) ...", file=sys.stderr, flush=True)
         t0 = time.perf_counter()

@@ -175,7 +175,8 @@ def compare(a: str | Path, b: str | Path) -> dict[str, pd.DataFrame]:
     a, b = Path(a), Path(b)
     for f in (a, b):
         if not f.is_dir():
-            raise SparsingLawError(f"{f}: no such folder; expected a results folder such as results/cpu")
+            what = "a file, not a folder" if f.exists() else "no such folder"
+            raise SparsingLawError(f"{f}: {what}; expected a results folder such as results/cpu")
     ta, tb = ({n: _read(f, n) for n in TABLES} for f in (a, b))
     shared = [n for n in TABLES if ta[n] is not None and tb[n] is not None]
     if not shared:

@@ -47,6 +47,7 @@ from .data import CorpusError
 from .device import usable_cores
 from .model import zeroes_negatives
 from .runs import (
+    REQUIRED,
     RESULT_COLUMNS,
     checkpoints,
     current,
@@ -520,7 +521,7 @@ def read_results(profile: ProfileConfig, name: str = "sparsity", strict: bool = 
     numbers, and the recorded hash of the profile parts measurements are made from (runs.current)
     against the current profile's: a warning, or an error when `strict`."""
     columns, numeric = RESULT_COLUMNS.get(name, ([], []))
-    return read_table(results_dir(profile.name) / f"{name}.csv", columns, numeric,
+    return read_table(results_dir(profile.name) / f"{name}.csv", columns, numeric, required=REQUIRED.get(name, ()),
                       expect=current(profile, "measure"), strict=strict,
                       fix=f"rerun {command_for(profile, 'compute' if name == 'pareto' else 'measure', '02')}")
 

@@ -799,9 +799,12 @@ def same_build(versions: dict) -> dict:
 
 
 def read_table(path: str | Path, columns: list[str] = (), numeric: list[str] = (), expect=None,
-               strict: bool = False, fix: str = "rerun the stage that writes it") -> pd.DataFrame:
+               strict: bool = False, fix: str = "rerun the stage that writes it", required: list[str] = ()
+               ) -> pd.DataFrame:
     """A results table written by write_table, checked: its sidecar exists and carries the CSV's sha256
-    (else it was edited by hand or half-written), the `columns` exist, the `numeric` columns hold numbers.
+    (else it was edited by hand or half-written), every row has the header's fields, the `columns` exist,
+    the `numeric` columns hold numbers; with `required` (REQUIRED), the table has rows and those columns
+    a value in each.
     Recorded provenance that differs from `expect` (a dict such as {"config_hash": profile.config_hash()},
     or a function of the sidecar returning one, such as current(profile, stage)) gives a
     StaleTableWarning, or a TableError when `strict`. The sidecar is returned in df.attrs["meta"]."""
@@ -816,8 +819,12 @@ def read_table(path: str | Path, columns: list[str] = (), numeric: list[str] = (
     meta = _checked_sidecar(path, text, hashlib.sha256(data).hexdigest(), fix)
     try:
         df = read_csv(io.BytesIO(data))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise TableError(f"{path}: not a readable CSV table ({e}); {fix}") from None
+        short = _short_row(data)
+    except (ValueError, UnicodeDecodeError) as e:  # pandas' ParserError: its message spans lines
+        raise TableError(f"{path}: not a readable CSV table ({' '.join(str(e).split())}); {fix}") from None
+    if short:  # pandas fills the missing fields with NaN
+        raise TableError(f"{path}: line {short[0]} has {short[1]} of the header's {short[2]} fields (a row cut "
+                         f"short); {fix}")
     missing = [c for c in columns if c not in df.columns]
     if missing:
         raise TableError(f"{path}: missing column(s) {', '.join(missing)}; expected at least the columns "
@@ -827,9 +834,28 @@ def read_table(path: str | Path, columns: list[str] = (), numeric: list[str] = (
         if bad.any():
             i = int(bad.to_numpy().argmax())
             raise TableError(f"{path}: line {i + 2}, column {c}: {df[c].iloc[i]!r} is not a number; {fix}")
+    if required and df.empty:
+        raise TableError(f"{path}: no rows, only its header; {fix}")
+    for c in (c for c in required if c in df.columns):
+        if (empty := df[c].isna()).any():
+            raise TableError(f"{path}: line {int(empty.to_numpy().argmax()) + 2}, column {c}: empty, where every "
+                             f"row needs a value; {fix}")
     _check_current(path, meta, expect, strict, fix)
     df.attrs["meta"] = meta
     return df
+
+
+def _short_row(data: bytes) -> tuple[int, int, int] | None:
+    """(line, fields, header's fields) of the first row of CSV `data` with fewer fields than its header,
+    or None."""
+    import csv
+
+    rows = csv.reader(io.StringIO(data.decode("utf-8"), newline=""))
+    width = len(next(rows, []))
+    for r in rows:
+        if len(r) < width and (r or width > 1):  # a blank line is a one-column table's empty value
+            return rows.line_num, len(r), width
+    return None
 
 
 def _checked_sidecar(path: Path, text: bytes, sha: str, fix: str) -> dict:
@@ -916,6 +942,11 @@ RESULT_COLUMNS = {
 
 TRAIN_LOG_COLUMNS = ["run", "groups", "activation", "d_model", "n_layers", "width_depth", "non_embedding_params",
                      "step", "tokens", "split", "loss"]
+# the columns of a measured table that every row fills (read_table's `required`): what the fits and the
+# loss figures read (a value missing there would drop a point, or a run, without a word)
+REQUIRED = {"sparsity": ["run", "activation", "d_model", "n_layers", "width_depth", "non_embedding_params", "step",
+                         "tokens", "p", "dense_loss", "activation_ratio"],
+            "train_log": [c for c in TRAIN_LOG_COLUMNS if c != "groups"]}
 
 
 def train_log_table(profile: ProfileConfig, compute: bool = True, runs_dir=None) -> pd.DataFrame:
@@ -927,6 +958,7 @@ def train_log_table(profile: ProfileConfig, compute: bool = True, runs_dir=None)
     path = results_dir(profile.name) / "train_log.csv"
     if not compute:
         return read_table(path, TRAIN_LOG_COLUMNS, ["step", "tokens", "loss", "non_embedding_params"],
+                          required=REQUIRED["train_log"],
                           expect=current(profile, "train"),
                           fix=f"make it with {command_for(profile, 'compute', '01_train', runs_dir)}")
     frames = []
