@@ -814,7 +814,10 @@ def form_null(D, A, paper, others, spec=None, n_sim=None) -> dict:
         rest = [v for v in rest if np.isfinite(v)]
         return own - min(rest) if rest and np.isfinite(own) else math.nan
 
-    out["delta"] = obs = delta(Au, {n: (r.x if r is not None else None) for n, r in fits.items()})
+    aicc = {n: _aicc_of(forms[n], Du, Au, r.x) for n, r in fits.items() if n != paper and r is not None}
+    aicc = {n: v for n, v in aicc.items() if np.isfinite(v)}  # as delta() on simulated data
+    own = _aicc_of(law, Du, Au, fits[paper].x)
+    out["delta"] = obs = own - min(aicc.values()) if aicc and np.isfinite(own) else math.nan
     if not np.isfinite(obs) or n_sim == 0:
         return out
 
@@ -836,13 +839,10 @@ def form_null(D, A, paper, others, spec=None, n_sim=None) -> dict:
 
     sims = simulate(paper, np.random.default_rng(spec.seed))
     out.update(n_ok=int(sims.size), p=float((1 + np.sum(sims >= obs)) / (1 + sims.size)) if sims.size else math.nan)
-    aicc = {n: _aicc_of(forms[n], Du, Au, r.x) for n, r in fits.items() if n != paper and r is not None}
-    aicc = {n: v for n, v in aicc.items() if np.isfinite(v)}
-    if aicc:
-        out["alt"] = alt = min(aicc, key=aicc.get)
-        sims = simulate(alt, np.random.default_rng([spec.seed, 1]))
-        out.update(n_alt=int(sims.size),
-                   p_alt=float((1 + np.sum(sims <= obs)) / (1 + sims.size)) if sims.size else math.nan)
+    out["alt"] = alt = min(aicc, key=aicc.get)  # obs is finite: some other form has a finite AICc
+    sims = simulate(alt, np.random.default_rng([spec.seed, 1]))
+    out.update(n_alt=int(sims.size),
+               p_alt=float((1 + np.sum(sims <= obs)) / (1 + sims.size)) if sims.size else math.nan)
     return out
 
 
