@@ -436,29 +436,39 @@ def test_a_profile_file_edited_meanwhile_does_not_change_what_is_trained(tmp_pat
     assert load_profile(path, overrides=MINI).run("relu-s1").key(profile.data) != state.key  # the edit counts
 
 
-def _killed_or_sleeps(folder, i):
+def _ends_abruptly(folder, i, how):
+    """Call 0 ends; call 1 ends its worker once call 0 is done (`how`: SIGKILL, as the OOM killer does, or
+    os._exit(3)); calls 2 and 3 wait for a file that never comes (the broken pool stops them)."""
     Path(folder, f"started{i}").write_text("")
+    deadline = time.time() + 120
     if i == 1:
-        time.sleep(0.5)
-        os.kill(os.getpid(), signal.SIGKILL)  # as the OOM killer does
-    time.sleep(0.1 if i == 0 else 5)
+        while not Path(folder, "done0").exists() and time.time() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.2)  # call 0's result on its way to the parent
+        if how == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        os._exit(3)
+    while i > 1 and not Path(folder, "never").exists() and time.time() < deadline:
+        time.sleep(0.05)
     Path(folder, f"done{i}").write_text("")
 
 
-@pytest.mark.parametrize("progress", [False, True])
-def test_a_worker_killed_outright_is_a_clear_error(tmp_path, progress):
-    """A worker killed outright (SIGKILL, the OOM killer) breaks the pool, which stops the other calls: one
-    SparsingLawError names the calls that did not finish and the fix (fewer jobs; a rerun resumes), instead
-    of concurrent.futures' BrokenProcessPool traceback. The call that had finished is kept."""
+@pytest.mark.parametrize("how,progress", [("kill", False), ("kill", True), ("exit", False)])
+def test_a_worker_ended_abruptly_is_a_clear_error(tmp_path, how, progress):
+    """A worker killed outright (SIGKILL, the OOM killer) or ending without a word (os._exit, a crash in
+    native code) breaks the pool, which stops the other calls: one SparsingLawError names the calls that did
+    not finish, the cause (SIGKILL: fewer jobs; otherwise the exit code or signal) and that a rerun resumes,
+    instead of concurrent.futures' BrokenProcessPool traceback. The call that had finished is kept."""
     from sparsinglaw.config import SparsingLawError
 
     with pytest.raises(SparsingLawError) as e:
-        runs.run_parallel(_killed_or_sleeps, [(str(tmp_path), i) for i in range(4)], 2, "training",
+        runs.run_parallel(_ends_abruptly, [(str(tmp_path), i, how) for i in range(4)], 2, "training",
                           progress=progress, names=["r0", "r1", "r2", "r3"])
-    assert str(e.value).startswith("training: a worker process was killed from outside (SIGKILL; most often the "
-                                   "kernel's OOM killer, when 2 parallel jobs need more memory than the machine "
-                                   "has), which stopped every unfinished call: r1, r2, r3; run the command again "
-                                   "with fewer jobs"), e.value
+    cause = ("was killed (SIGKILL; most often the kernel's OOM killer, when 2 parallel jobs need more memory than "
+             "the machine has)" if how == "kill" else "ended abruptly (exit code 3)")
+    fix = "run the command again with fewer jobs" if how == "kill" else "see the messages above, then run the command"
+    assert str(e.value).startswith(f"training: a worker process {cause}, which stopped every unfinished call: r1, "
+                                   f"r2, r3; {fix}"), e.value
     assert (tmp_path / "done0").exists() and not list(tmp_path.glob("done[123]"))
 
 

@@ -18,6 +18,7 @@ import io
 import json
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import time
@@ -631,6 +632,7 @@ def run_parallel(fn, calls: list[tuple], jobs: int, what: str, keep_going: bool 
             pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init,
                                        initargs=(relay, activations))
             futures = {pool.submit(call, i, fn, *args): i for i, args in enumerate(calls)}  # starts the workers
+            procs = list(getattr(pool, "_processes", {}).values())  # their exit codes tell why a broken pool broke
         finally:
             if block:
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # a pending Ctrl-C is raised now
@@ -641,8 +643,8 @@ def run_parallel(fn, calls: list[tuple], jobs: int, what: str, keep_going: bool 
                 fut.result()
             except SparsingLawError as e:
                 errors.append(str(e))
-            except BrokenProcessPool:  # a worker was killed (SIGKILL, the OOM killer): every unfinished call fails
-                broken.append(futures[fut])
+            except BrokenProcessPool as e:  # a worker ended abruptly: every unfinished call fails
+                broken.append((futures[fut], e))
             except Exception as e:  # a bug or a system error: the other calls still run, then it is raised
                 crash = crash or e
         pool.shutdown(wait=True)
@@ -658,12 +660,8 @@ def run_parallel(fn, calls: list[tuple], jobs: int, what: str, keep_going: bool 
             stage.close(drain=False)
         raise
     if broken:
-        names = names or [f"call {i + 1}" for i in range(len(calls))]
-        killed = (f"{what}: a worker process was killed from outside (SIGKILL; most often the kernel's OOM killer, "
-                  f"when {jobs} parallel jobs need more memory than the machine has), which stopped every "
-                  f"unfinished call: {', '.join(names[i] for i in sorted(broken))}; run the command again with "
-                  "fewer jobs (-j, compute.jobs): what finished is kept, and a killed run's training resumes from "
-                  "its last checkpoint")
+        killed = _broken_message(what, jobs, [p.exitcode for p in procs], broken,
+                                 names or [f"call {i + 1}" for i in range(len(calls))])
         if errors:
             print(f"error: {what} failed for {len(errors)} run(s):\n" + "\n".join(errors), file=sys.stderr)
         if crash is not None:
@@ -671,6 +669,36 @@ def run_parallel(fn, calls: list[tuple], jobs: int, what: str, keep_going: bool 
             raise crash
         raise SparsingLawError(killed)
     _raise_collected(errors, crash, what)
+
+
+def _broken_message(what: str, jobs: int, codes: list[int | None], broken: list, names: list[str]) -> str:
+    """run_parallel's message for a pool that broke: a worker ended abruptly, which stopped the unfinished
+    calls (`broken`: their index and BrokenProcessPool). `codes`: the workers' exit codes, -N for signal N
+    (the pool itself ends the others with SIGTERM): SIGKILL is most often the OOM killer."""
+    left = ", ".join(names[i] for i, _ in sorted(broken, key=lambda b: b[0]))
+    if -signal.SIGKILL in codes:
+        why = (f"was killed (SIGKILL; most often the kernel's OOM killer, when {jobs} parallel jobs need more "
+               "memory than the machine has)")
+        fix = "run the command again with fewer jobs (-j, compute.jobs)"
+    else:
+        ends = [c for c in codes if c not in (None, 0, -signal.SIGTERM)] or [c for c in codes if c not in (None, 0)]
+        shown = ", ".join(map(_exit_status, dict.fromkeys(ends)))
+        cause = next((e.__cause__ for _, e in broken if e.__cause__ is not None), None)
+        why = (f"ended abruptly ({shown or 'no exit code'}"
+               + (f"; {type(cause).__name__}: {' '.join(str(cause).split())}" if cause is not None else "") + ")")
+        fix = "see the messages above, then run the command again"
+    return (f"{what}: a worker process {why}, which stopped every unfinished call: {left}; {fix}: what finished "
+            "is kept, and a stopped run's training resumes from its last checkpoint")
+
+
+def _exit_status(code: int) -> str:
+    """A process's exit code as words: "exit code 3", "SIGABRT" (code -6)."""
+    if code >= 0:
+        return f"exit code {code}"
+    try:
+        return signal.Signals(-code).name
+    except ValueError:
+        return f"signal {-code}"
 
 
 def _raise_collected(errors: list[str], crash: Exception | None, what: str) -> None:
