@@ -522,7 +522,6 @@ def _worker_init(relay=None, activations: bytes | None = None) -> None:
     `relay`: the queue to the parent's stage bar, which then takes the worker's bars and output lines.
     `activations`: the parent's registered activations, pickled (model.register_activation).
     """
-    import signal
     import threading
 
     from tqdm import tqdm
@@ -586,11 +585,11 @@ def run_parallel(fn, calls: list[tuple], jobs: int, what: str, keep_going: bool 
     checkpoint): while the workers are started SIGINT is blocked in this thread, so the workers start
     with it blocked (a spawned process keeps the mask) and ignore it once set up (_worker_init); a
     Ctrl-C meanwhile stays pending here and is raised after the start. This process killed outright
-    (SIGKILL, the OOM killer), its workers end with it (device.exit_with_parent). A worker killed outright
-    breaks the pool, which stops the others: SparsingLawError naming the calls (`names`, e.g. the runs)
-    that did not finish, after the errors of those that did."""
+    (SIGKILL, the OOM killer), its workers end with it (device.exit_with_parent). A worker that ends
+    abruptly (killed outright, a crash in native code) breaks the pool, which stops the others:
+    SparsingLawError naming the cause and the calls (`names`, e.g. the runs) that did not finish, after
+    the errors of those that did (_broken_message)."""
     import multiprocessing as mp
-    import signal
     import threading
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from concurrent.futures.process import BrokenProcessPool
