@@ -1003,19 +1003,22 @@ def train_log_table(profile: ProfileConfig, compute: bool = True, runs_dir=None)
 
 
 def trained_corpus(profile: ProfileConfig, runs_dir=None) -> dict | None:
-    """The corpus fingerprint the runs' newest checkpoints record (what train_log.csv is made from, not
-    what data.* selects on this machine now: a finished run is not trained again after the corpus
-    changed); None when none records one. SparsingLawError when two runs record different corpora."""
+    """The corpus fingerprint the runs' newest checkpoint sidecars record (what train_log.csv is made from,
+    not what data.* selects on this machine now: a finished run is not trained again after the corpus
+    changed); None when none records one. SparsingLawError when two runs record different corpora. Only
+    the sidecars are read: what a session recorded, not whether its weights are whole (no checksums)."""
     from .train import corpus_differs
 
     found: dict[str, dict] = {}
     for r in profile.runs:
-        ck = checkpoints(profile, r, runs_dir)
-        if len(ck):
-            newest = Path(ck["path"].iloc[-1])
-            c = read_meta(newest.parent, newest.stem.removeprefix("ckpt_")).get("corpus")
-            if isinstance(c, dict) and "sha256" in c:
-                found[r.name] = c
+        h, metas = r.config_hash(profile.data), []
+        for p in run_dir(profile, r, runs_dir).glob("meta_[0-9]*.json"):
+            with contextlib.suppress(OSError, ValueError):
+                metas.append(json.loads(p.read_text()))
+        metas = [m for m in metas if isinstance(m, dict) and m.get("config_hash") == h and "step" in m]
+        c = max(metas, key=lambda m: m["step"]).get("corpus") if metas else None
+        if isinstance(c, dict) and "sha256" in c:
+            found[r.name] = c
     if not found:
         return None
     corpus = next(iter(found.values()))
