@@ -327,7 +327,7 @@ def cett_sweep(df: pd.DataFrame):
     fig, (a1, a2) = plt.subplots(1, 2, figsize=DOUBLE)
     if not (df["method"] == "cett").any():
         for ax in (a1, a2):
-            _nothing(ax, "no CETT sweep: no dense run among sparsity.pareto_runs")
+            _nothing(ax, "no CETT sweep: no dense run\namong sparsity.pareto_runs")  # one line is wider than a panel
         return fig
     for run, sub in df[df["method"] == "cett"].groupby("run", sort=False):
         sub = sub.sort_values("param")
@@ -458,6 +458,40 @@ def _ticks_at(ax, values) -> None:
     ax.xaxis.set_minor_formatter(ticker.NullFormatter())
 
 
+# the hollow points of the limit-loss figures: analysis.limit_loss's final_loss, the loss the E fits use,
+# on the sparsity.eval_tokens set (the loss curves' validation points score train.eval_tokens)
+LAST_LOSS = "last checkpoint (dense loss on sparsity.eval_tokens)"
+AT_BOUND = 1e-4  # an interval end this close to a bound of A0 (0 or 1) runs to the bound (tables: %.6g)
+
+
+def _interval_bars(ax, x, y, lo, hi, bounds: tuple[float, float] | None, **kw) -> None:
+    """Point estimates y with their intervals [lo, hi], drawn after the axes' other lines. With `bounds` (those
+    of the fitted quantity), an end within AT_BOUND of a bound does not set the y range: the axis keeps to
+    the estimates, the other ends and the lines drawn before, the bar runs off its edge, and a triangle at
+    the edge marks it (once in the legend: "interval runs to the bound")."""
+    x, y, lo, hi = (np.asarray(v, dtype=float) for v in (x, y, lo, hi))
+    before = [np.asarray(ln.get_ydata(), dtype=float) for ln in ax.get_lines()
+              if ln.get_transform() is ax.transData]  # not axvline's (axes coordinates)
+    ax.errorbar(x, y, yerr=[y - lo, hi - y], fmt="o", ms=3, lw=0.8, capsize=2, **kw)
+    if bounds is None or not len(y):
+        return
+    low, high = lo <= bounds[0] + AT_BOUND, hi >= bounds[1] - AT_BOUND
+    if not (low.any() or high.any()):
+        return
+    shown = np.concatenate([y, lo[~low], hi[~high], *before])
+    shown = shown[np.isfinite(shown)]
+    pad = 0.08 * max(np.ptp(shown), 0.02 * np.abs(shown).max(), 1e-12)
+    ymin, ymax = shown.min() - pad, shown.max() + pad
+    ax.set_ylim(ymin, ymax)
+    c = kw.get("color")
+    for sel, edge, mk in ((low, ymin, "v"), (high, ymax, "^")):
+        if sel.any():
+            ax.plot(x[sel], np.full(sel.sum(), edge), mk, ms=4, color=c, clip_on=False)
+    names = {float(bounds[0]): low.any(), float(bounds[1]): high.any()}
+    ends = " and ".join(f"{b:g}" for b, hit in names.items() if hit)
+    ax.plot([], [], "v" if low.any() else "^", ms=4, color=c, label=f"interval runs to the bound {ends}")
+
+
 def _paper_note(ax, text: str) -> None:
     """The paper's value for this panel, quoted above it (an annotation, not data)."""
     ax.set_title(text, fontsize=6.5, color="0.35", loc="left")
@@ -474,7 +508,9 @@ def activation_laws(table: pd.DataFrame, fits: pd.DataFrame, curves: pd.DataFram
     t = in_group(table[np.isclose(table["p"], p)], group)
     acts = list(dict.fromkeys(t["activation"]))
     by_wd = group == "width_depth" and "width_depth" in t.columns
-    fig, axes = plt.subplots(1, max(len(acts), 1), figsize=DOUBLE, squeeze=False)
+    # the legends go below the panels, clear of the points (inside, they covered up to 10 markers)
+    fig, axes = plt.subplots(1, max(len(acts), 1), figsize=(DOUBLE[0], DOUBLE[1] + 0.9), squeeze=False,
+                             layout="constrained")
     if not acts:
         _nothing(axes[0][0], f"this profile has no run in group '{group}'")
     for ax, act in zip(axes[0], acts):
@@ -511,9 +547,8 @@ def activation_laws(table: pd.DataFrame, fits: pd.DataFrame, curves: pd.DataFram
         log_x(ax)
         form = fits.loc[fits["activation"] == act, "form"].iloc[0]
         ax.set(xlabel="training tokens (millions)", title=f"{act} ({form})")
-        ax.legend(frameon=False, fontsize=5.5)
+        ax.legend(frameon=False, fontsize=5.5, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
     axes[0][0].set_ylabel(f"activation ratio at PPL-{p:g}%")
-    fig.tight_layout()
     return fig
 
 
@@ -593,13 +628,14 @@ def _piecewise_line(ax, row, x, mark: bool = True, **kw) -> None:
     ax.axvspan(row["breakpoint_lo"], row["breakpoint_hi"], color="0.5", alpha=0.12, lw=0)
 
 
-def _fitted_and_last(ax, points: pd.DataFrame, converged: str, fitted: str, last: str, c, label: str) -> None:
+def _fitted_and_last(ax, points: pd.DataFrame, converged: str, fitted: str, last: str, c, label: str,
+                     last_label: str, bounds: tuple[float, float] | None = None) -> None:
     """Per run against its width-depth ratio: the fitted limit with its interval where the fit converged
-    (filled) and the last measured value (hollow)."""
+    (filled; `bounds`: the fitted quantity's, see _interval_bars) and the last measured value (hollow)."""
     f = points[points[converged].eq(True)]
-    ax.errorbar(f["width_depth"], f[fitted], yerr=[f[fitted] - f[f"{fitted}_lo"], f[f"{fitted}_hi"] - f[fitted]],
-                fmt="o", ms=3, color=c, lw=0.8, capsize=2, label=label)
-    ax.plot(points["width_depth"], points[last], "o", mfc="none", ms=3, color=c, label="last checkpoint")
+    ax.plot(points["width_depth"], points[last], "o", mfc="none", ms=3, color=c, label=last_label)
+    _interval_bars(ax, f["width_depth"], f[fitted], f[f"{fitted}_lo"], f[f"{fitted}_hi"], bounds, color=c,
+                   label=label)
 
 
 def width_depth_activation(points: pd.DataFrame, summary: pd.DataFrame, paper_values: dict | None = None):
@@ -612,7 +648,6 @@ def width_depth_activation(points: pd.DataFrame, summary: pd.DataFrame, paper_va
         _nothing(ax, "this profile has no run in group 'width_depth'")
         return fig
     c = color("relu")
-    _fitted_and_last(ax, points, "converged", "A0", "A_last", c, "fitted limit $A_0$")
     pw = summary[(summary["kind"] == "piecewise_linear") & summary["breakpoint"].notna()]
     if len(pw):
         row = pw.iloc[0]
@@ -624,9 +659,10 @@ def width_depth_activation(points: pd.DataFrame, summary: pd.DataFrame, paper_va
                         label=f"piecewise fit ({row['quantity']}), {where}")
     else:
         _note(ax, "no piecewise fit (too few runs)", "upper left")
+    _fitted_and_last(ax, points, "converged", "A0", "A_last", c, "fitted limit $A_0$", "last checkpoint", (0.0, 1.0))
     if paper_values:
-        _paper_note(ax, f"paper (0.1B): bottleneck ~{paper_values['bottleneck']:g}, "
-                        f"~{paper_values['limit_activation_ratio_above']:.0%} above it")
+        _paper_note(ax, f"paper (0.1B): bottleneck ~{paper_values['bottleneck']:g}, limit activation ratio "
+                        f"~{paper_values['limit_activation_ratio_above']:.2g} above it")
     ax.set(xlabel="width-depth ratio $d_h / L$", ylabel="limit activation ratio")
     ax.legend(frameon=False, loc="lower right")
     fig.tight_layout()
@@ -666,7 +702,7 @@ def width_depth_loss(points: pd.DataFrame, summary: pd.DataFrame, paper_values: 
         _nothing(ax, "this profile has no run in group 'width_depth'")
         return fig
     c = color("relu")
-    _fitted_and_last(ax, points, "loss_converged", "E", "final_loss", c, "fitted limit loss $E$")
+    _fitted_and_last(ax, points, "loss_converged", "E", "final_loss", c, "fitted limit loss $E$", LAST_LOSS)
     br = summary[(summary["kind"] == "best_range") & summary["best_lo"].notna()]
     for q, kw in (("E", {"color": c, "alpha": 0.15}), ("final_loss", {"facecolor": "none", "edgecolor": "0.55",
                                                                      "hatch": "////", "alpha": 0.6})):
@@ -703,18 +739,19 @@ def a0_vs_scale(points: pd.DataFrame, summary: pd.DataFrame, paper_values: dict 
     for ax, act in zip(axes[0], acts):
         g, c = points[points["activation"] == act], color(act)
         a = g[g["converged"].eq(True)]
-        if len(a):
-            ax.errorbar(a["non_embedding_params"] / 1e3, a["A0"], yerr=[a["A0"] - a["A0_lo"], a["A0_hi"] - a["A0"]],
-                        fmt="o", ms=3, color=c, lw=0.8, capsize=2, label="fitted limit $A_0$")
         ax.plot(g["non_embedding_params"] / 1e3, g["A_last"], "o", mfc="none", ms=3, color=c, label="last checkpoint")
         s = summary[(summary["activation"] == act) & (summary["quantity"] == "A0")]
         if len(s) and np.isfinite(s["slope"].iloc[0]):
             r = s.iloc[0]
             N = np.geomspace(r["N_min"], r["N_max"], 20)
+            pts = [100 * r[k] for k in ("slope", "slope_lo", "slope_hi")]  # percentage points, as the paper's
             ax.plot(N / 1e3, r["intercept"] + r["slope"] * np.log10(N), color=c, lw=1,
-                    label=f"slope {r['slope']:+.3f} [{r['slope_lo']:+.3f}, {r['slope_hi']:+.3f}] / decade")
+                    label=f"slope {pts[0]:+.1f} [{pts[1]:+.1f}, {pts[2]:+.1f}] points / decade of N")
         else:  # said in the legend, which keeps clear of the points
             ax.plot([], [], " ", label=f"no A0 line: {int(s['n'].iloc[0]) if len(s) else 0} converged fit(s)")
+        if len(a):
+            _interval_bars(ax, a["non_embedding_params"] / 1e3, a["A0"], a["A0_lo"], a["A0_hi"], (0.0, 1.0), color=c,
+                           label="fitted limit $A_0$")
         _ticks_at(ax, g["non_embedding_params"] / 1e3)
         ax.set(xlabel="non-embedding parameters N (thousands)")
         if paper_values and f"{act}_points" in paper_values:
@@ -723,7 +760,7 @@ def a0_vs_scale(points: pd.DataFrame, summary: pd.DataFrame, paper_values: dict 
         else:
             ax.set_title(act)
         ax.legend(frameon=False, loc="best", fontsize=5.5)
-    axes[0][0].set_ylabel("limit activation ratio")
+    axes[0][0].set_ylabel("limit activation ratio (0.01 = 1 point)")
     fig.tight_layout()
     return fig
 
@@ -901,7 +938,7 @@ def limit_loss_vs_scale(points: pd.DataFrame):
         ax.errorbar(e["non_embedding_params"] / 1e3, e["E"], yerr=[e["E"] - e["E_lo"], e["E_hi"] - e["E"]], fmt="o-",
                     ms=3, lw=0.8, capsize=2, color=c, label=f"{act}: fitted limit loss E")
         ax.plot(g["non_embedding_params"] / 1e3, g["final_loss"], "o--", mfc="none", ms=3, lw=0.6, color=c,
-                label=f"{act}: last checkpoint")
+                label=f"{act}: {LAST_LOSS}")
     _ticks_at(ax, points["non_embedding_params"] / 1e3)
     ax.set(xlabel="non-embedding parameters N (thousands)", ylabel="loss (nats/token)")
     ax.legend(frameon=False, fontsize=5.5)
