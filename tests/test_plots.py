@@ -1104,7 +1104,8 @@ def test_the_paper_values_are_quoted_as_the_paper_gives_them():
                        "E_lo": [2.8, 2.7], "E_hi": [3.2, 3.1], "final_loss": [4.0, 3.9]})
     empty = pd.DataFrame(columns=["kind", "quantity", "breakpoint", "best_lo", "best_hi"])
     fig = plots.width_depth_activation(wd, empty, paper.WIDTH_DEPTH)
-    assert fig.axes[0].get_title(loc="left") == "paper (0.1B): bottleneck ~114, limit activation ratio ~0.08 above it"  # Fig. 5, Sec. 4.3
+    # Fig. 5, Sec. 4.3
+    assert fig.axes[0].get_title(loc="left") == "paper (0.1B): bottleneck ~114, limit activation ratio ~0.08 above it"
     plt.close(fig)
     fig = plots.width_depth_loss(wd, empty, paper.WIDTH_DEPTH)
     assert fig.axes[0].get_title(loc="left") == "paper (0.1B): best range 74-282"  # Fig. 6

@@ -941,8 +941,8 @@ def limit_loss_vs_scale(points: pd.DataFrame):
                 label=f"{act}: {LAST_LOSS}")
     _ticks_at(ax, points["non_embedding_params"] / 1e3)
     ax.set(xlabel="non-embedding parameters N (thousands)", ylabel="loss (nats/token)")
-    ax.legend(frameon=False, fontsize=5.5)
-    fig.tight_layout()
+    fig.set_layout_engine("constrained")  # the legend below the axes: inside, it lay over the hollow points
+    fig.legend(*ax.get_legend_handles_labels(), frameon=False, loc="outside lower left", fontsize=5.5, ncol=2)
     return fig
 
 
