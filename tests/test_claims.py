@@ -49,7 +49,7 @@ def verdict(row_or_rows, cid=None) -> str:
 def test_spearman_p_and_stouffer_match_scipy():
     rng = np.random.default_rng(0)
     ps, rhos = [], []
-    for slope, n in ((-1.0, 16), (-0.3, 12), (0.2, 20)):
+    for slope, n in ((-1.0, 16), (-0.3, 15), (0.2, 20)):  # above EXACT_MAX = 14: the t approximation
         x = np.arange(n, dtype=float)
         y = slope * x / n + rng.normal(0, 0.3, n)
         r = stats.spearmanr(x, y, alternative="less")
@@ -66,10 +66,10 @@ def test_spearman_p_and_stouffer_match_scipy():
     assert got == pytest.approx(expect, rel=0.05)
 
 
-@pytest.mark.parametrize("n", [3, 5, 7, 8])
+@pytest.mark.parametrize("n", [3, 5, 7, 8, 9])
 def test_spearman_p_is_exact_for_few_points(n):
-    """Up to EXACT_MAX points the per-run p is the exact permutation p (scipy's permutation test as the
-    oracle), not the t approximation, which gives p = 0 for a perfect trend at any n."""
+    """Up to EXACT_MAX points the per-run p is the exact permutation p (scipy's permutation test over every
+    ordering as the oracle), not the t approximation, which gives p = 0 for a perfect trend at any n."""
     rng = np.random.default_rng(n)
     x = np.arange(n, dtype=float)
 
@@ -85,17 +85,66 @@ def test_spearman_p_is_exact_for_few_points(n):
                                          n_resamples=np.inf, vectorized=True).pvalue
             assert claims.spearman_p(rho, n, alt) == pytest.approx(ref), (y, alt)
     assert claims.spearman_p(-1.0, 3, "less") == pytest.approx(1 / 6)
-    assert claims.spearman_p(-1.0, 8, "less") == pytest.approx(1 / 40320)  # EXACT_MAX = 8: still exact
+    assert claims.spearman_p(-1.0, 8, "less") == pytest.approx(1 / 40320)
+    assert claims.spearman_p(-1.0, 14, "less") == pytest.approx(1 / math.factorial(14))  # EXACT_MAX: still exact
     # above it the t approximation, which gives 0 for a perfect trend, kept at the exact p of one: 1/n!
-    assert claims.spearman_p(-1.0, 9, "less") == pytest.approx(1 / math.factorial(9), rel=1e-9)
+    assert claims.spearman_p(-1.0, 15, "less") == pytest.approx(1 / math.factorial(15), rel=1e-9)
     row = claims.relu_falls(fits([(f"relu-s{i}", "relu", "scale", -1.0, 3) for i in range(2)]))
     assert row["verdict"] == "INCONCLUSIVE"  # two perfect 3-point trends: combined p 0.09, not significant
 
 
-def test_perfect_opposite_trends_cancel():
-    """Two runs of 11 points, one perfectly falling and one perfectly rising, are no evidence either way
-    (the t approximation's p = 0 and p = 1 used to weigh z = +37 against z = -8: both directions 'significant')."""
+@pytest.mark.parametrize("n", [11, 14])
+def test_spearman_p_of_many_points_matches_a_monte_carlo_permutation_test(n):
+    """Between ENUM_MAX and EXACT_MAX points the exact p comes from the distribution of the sum of squared
+    rank differences (dynamic programming); the oracle: scipy's permutation test on 400,000 random orderings
+    (standard error at p = 0.05: 0.00034). The t approximation is off by more here (n = 11, rho = -0.6:
+    0.0255 against an exact 0.0281), and the tables' 11-point trends are judged on these p-values."""
+    rng = np.random.default_rng(n)
+    x = np.arange(n, dtype=float)
+
+    def rho_of(yy, axis):
+        r = stats.rankdata(yy, axis=axis) - (n + 1) / 2
+        return (r @ (x - x.mean())) / (np.linalg.norm(r, axis=axis) * np.linalg.norm(x - x.mean()))
+
+    for y in (rng.permutation(n).astype(float), -x + rng.normal(0, 4, n), x + rng.normal(0, 6, n)):
+        rho = stats.spearmanr(x, y).statistic
+        for alt in ("less", "greater"):
+            ref = stats.permutation_test((y,), rho_of, permutation_type="pairings", alternative=alt,
+                                         n_resamples=400_000, vectorized=True, batch=50_000, rng=rng).pvalue
+            se = math.sqrt(max(ref * (1 - ref), 1e-4) / 400_000)
+            assert claims.spearman_p(rho, n, alt) == pytest.approx(ref, abs=4 * se), (y, alt)
+    assert claims._sum_sq_counts(n).sum() == math.factorial(n)  # every ordering counted once
+    t_approx = stats.t.cdf(-0.6 * math.sqrt(9 / 0.64), 9)
+    assert claims.spearman_p(-0.6, 11, "less") > t_approx + 0.002
+
+
+def test_seed_replicas_of_one_shape_are_one_piece_of_evidence():
+    """Two shapes whose activation ratio falls clearly and three seeds of a third shape rising a little:
+    counted run by run the seeds outvote the two shapes (2 of 5 runs fall: INCONCLUSIVE); counted by shape
+    (seeds combined by Stouffer first) 2 of 3 shapes fall, and the combined p is Stouffer's over the shapes,
+    computed here by hand from scipy's normal distribution."""
     n = 11
+    rows = [("relu-s2", "scale", -0.9, 40), ("relu-s3", "scale", -0.9, 64)] + [
+        (name, "scale,seeds" if name == "relu-s1" else "seeds", 0.2, 32)
+        for name in ("relu-s1", "relu-s1-seed1", "relu-s1-seed2")]
+    f = pd.DataFrame([{"run": r, "activation": "relu", "groups": g, "rho_tokens": rho, "n_used": n, "n_points": 16,
+                       "d_model": d, "n_layers": 4, "non_embedding_params": 12 * d * d * 4} for r, g, rho, d in rows])
+    row = claims.relu_falls(f)
+    z_fall = stats.norm.isf(claims.spearman_p(-0.9, n, "less"))
+    z_seed = stats.norm.isf(claims.spearman_p(0.2, n, "less"))
+    expect = stats.norm.sf((2 * z_fall + 3 * z_seed / math.sqrt(3)) / math.sqrt(3))
+    got = float(re.search(r"combined p\(rho < 0\) = ([0-9.e+-]+),", row["value"]).group(1))
+    assert got == pytest.approx(expect, rel=0.05) and expect < claims.ALPHA
+    assert row["verdict"] == "PASS" and row["n"] == 3
+    assert row["value"].startswith("2/3 shapes rho < 0 (5 runs: seed replicas of one shape combined first)")
+    runs_alone = claims.relu_falls(f.drop(columns=["d_model"]))  # without the shape columns: each run a shape
+    assert runs_alone["verdict"] == "INCONCLUSIVE" and runs_alone["value"].startswith("2/5 shapes rho < 0,")
+
+
+def test_perfect_opposite_trends_cancel():
+    """Two runs of 15 points, one perfectly falling and one perfectly rising, are no evidence either way
+    (the t approximation's p = 0 and p = 1 used to weigh z = +37 against z = -8: both directions 'significant')."""
+    n = 15
     floor = 1 / math.factorial(n)
     assert claims.spearman_p(-1.0, n, "less") == pytest.approx(floor, rel=1e-9)
     assert claims.spearman_p(-1.0, n, "greater") == pytest.approx(1 - floor, rel=1e-9)
@@ -104,7 +153,7 @@ def test_perfect_opposite_trends_cancel():
     assert claims.stouffer([0.0, 1.0]) == pytest.approx(0.5)  # clipped symmetrically
     row = claims.relu_falls(fits([("relu-s1", "relu", "scale", -1.0, n), ("relu-s2", "relu", "scale", 1.0, n)]))
     assert row["verdict"] == "INCONCLUSIVE"
-    assert row["value"].startswith("1/2 runs rho < 0, combined p(rho < 0) = 0.5, p(rho > 0) = 0.5; ")
+    assert row["value"].startswith("1/2 shapes rho < 0, combined p(rho < 0) = 0.5, p(rho > 0) = 0.5; ")
     row = claims.relu_falls(fits([("relu-s1", "relu", "scale", -1.0, n)] +
                                  [(f"relu-s{i}", "relu", "scale", 0.99, n) for i in (2, 3)]))
     assert row["verdict"] == "FAIL"  # two near-perfect rises outweigh one perfect fall, and only that way

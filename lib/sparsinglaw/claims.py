@@ -45,7 +45,8 @@ PEARSON_PASS, PEARSON_FAIL = 0.5, 0.3  # per-token agreement: every lower bound 
 KS_PASS, KS_FAIL = 0.2, 0.5  # per-domain agreement: largest Kolmogorov-Smirnov distance <= 0.2 / > 0.5
 PPL_PASS, PPL_FAIL = 0.02, 0.05  # PPL-1% held-out perplexity increase (ratio - 1)
 ACC_PASS, ACC_FAIL = 1.0, 3.0  # PPL-1% held-out accuracy drop (percentage points)
-EXACT_MAX = 8  # exact permutation test up to this many runs (8! = 40,320 orderings)
+ENUM_MAX = 8  # every ordering enumerated (ties kept) up to this many points (8! = 40,320 orderings)
+EXACT_MAX = 14  # exact p of untied ranks up to this many points (by dynamic programming, _sum_sq_counts)
 # dense-vs-MoE perplexity margin: two separately trained models differ by about this much by chance (the
 # cpu profile's three seeds of relu-s1 end at dense losses 4.371-4.405, perplexities 3.5% apart)
 MOE_MARGIN = 0.03
@@ -61,18 +62,19 @@ FITTED = ("fits", "form_comparison", "width_depth", "width_depth_fit", "scale_fi
 
 # id -> (claim, where in the paper, statistic, PASS/FAIL rule)
 _TREND_STAT = ("per run, Spearman rho(tokens, A at PPL-1%) over the checkpoints its law fit used (runs of "
-               "groups scale/seeds); one-sided p per run, exact up to 8 points, else from rho's t-distribution "
-               "(scipy's spearmanr), combined by Stouffer's method")
+               "groups scale/seeds); one-sided p per run, exact up to 14 points, else from rho's t-distribution "
+               "(scipy's spearmanr); the seed replicas of one shape combined into one p by Stouffer's method, "
+               "then the shapes' p by the same")
 _A0_STAT = ("slope of A0 on log10 N (runs of group scale) with its interval, per decade of N: the wider of OLS "
             "(scatter between runs) and least squares with the A0 bootstrap intervals as known errors "
             "(laws.fit_A0_vs_scale)")
 CLAIMS = {
     "relu_falls": ("ReLU activation ratio falls with training data", "Sec. 4.2, Fig. 4 (Eq. 4)", _TREND_STAT,
-                   "PASS: combined p(rho < 0) < 0.05 and most runs rho < 0; FAIL: combined p(rho > 0) < 0.05 and "
-                   "most runs rho > 0"),
+                   "PASS: combined p(rho < 0) < 0.05 and most shapes rho < 0; FAIL: combined p(rho > 0) < 0.05 and "
+                   "most shapes rho > 0"),
     "silu_rises": ("SiLU activation ratio rises with training data", "Sec. 4.2, Fig. 4 (Eq. 5)", _TREND_STAT,
-                   "PASS: combined p(rho > 0) < 0.05 and most runs rho > 0; FAIL: combined p(rho < 0) < 0.05 and "
-                   "most runs rho < 0"),
+                   "PASS: combined p(rho > 0) < 0.05 and most shapes rho > 0; FAIL: combined p(rho < 0) < 0.05 and "
+                   "most shapes rho < 0"),
     "law_forms": ("Eq. 4 (ReLU) / Eq. 5 (SiLU) fit at least as well as the alternative forms",
                   "Sec. 4.2, Eq. 4-5, Table 2; rebuttal (log, sigmoid forms)",
                   "per run, the paper form's AICc gap to the best other form (same points; forms Eq. 4, Eq. 5, "
@@ -110,13 +112,13 @@ CLAIMS = {
                            f"equivalence: PASS: interval within +-{A0_BAND:g}; FAIL: interval outside it"),
     "small_converge_faster_relu": ("Smaller ReLU models converge faster", "Sec. 4.4, Fig. 8",
                                    "Spearman rho(N, |dA/d(D/N)|) at the common data-scale ratio D/N of the "
-                                   "converged fits; exact one-sided permutation p (t approximation above "
-                                   f"{EXACT_MAX} runs)",
+                                   "converged fits; exact one-sided permutation p (ranks taken as untied above "
+                                   f"{ENUM_MAX} runs, t approximation above {EXACT_MAX})",
                                    "PASS: rho < 0 and p < 0.05; FAIL: rho > 0 and p < 0.05"),
     "small_converge_faster_silu": ("Smaller SiLU models converge faster", "Sec. 4.4, Fig. 8",
                                    "Spearman rho(N, |dA/d(D/N)|) at the common data-scale ratio D/N of the "
-                                   "converged fits; exact one-sided permutation p (t approximation above "
-                                   f"{EXACT_MAX} runs)",
+                                   "converged fits; exact one-sided permutation p (ranks taken as untied above "
+                                   f"{ENUM_MAX} runs, t approximation above {EXACT_MAX})",
                                    "PASS: rho < 0 and p < 0.05; FAIL: rho > 0 and p < 0.05"),
     "patterns_agree": ("Activation patterns agree across scales (per token, per domain)", "Sec. 4.4, Fig. 9-10",
                        "per-token activation ratios: Pearson r with Fisher-z 95% interval for every pair of runs "
@@ -199,19 +201,45 @@ def _exact_tail(null: np.ndarray, rho: float, alternative: str) -> float:
     return float(np.mean(null <= rho + eps) if alternative == "less" else np.mean(null >= rho - eps))
 
 
+@functools.cache
+def _sum_sq_counts(n: int) -> np.ndarray:
+    """counts[S]: how many of the n! orderings of n untied ranks have sum of squared rank differences S
+    (Spearman's rho = 1 - 6 S / (n (n^2 - 1))): the exact null distribution, by dynamic programming over the
+    set of ranks given to the first i points (n 2^(n-1) steps: 0.03 s at n = 11, under a second at 14)."""
+    top = n * (n * n - 1) // 3  # the largest S, of the reversed order
+    layer = {0: np.zeros(top + 1, dtype=np.int64)}
+    layer[0][0] = 1
+    for i in range(n):
+        nxt: dict[int, np.ndarray] = {}
+        for used, counts in layer.items():
+            for j in range(n):
+                if not used >> j & 1:
+                    d = (i - j) ** 2
+                    into = nxt.get(used | 1 << j)
+                    if into is None:
+                        into = nxt[used | 1 << j] = np.zeros(top + 1, dtype=np.int64)
+                    into[d:] += counts[:top + 1 - d]
+        layer = nxt
+    return layer[(1 << n) - 1]
+
+
 def spearman_p(rho: float, n: int, alternative: str) -> float:
     """One-sided p-value of a Spearman rho over n points ("less": rho < 0, "greater": rho > 0): exact
-    (every ordering of n untied ranks) up to EXACT_MAX points, where the t approximation is far too
-    optimistic (it gives p = 0 for rho = -1 at n = 3, the exact p being 1/6); above, the t-distribution
-    with n - 2 degrees of freedom, as scipy.stats.spearmanr computes it, kept within [1/n!, 1 - 1/n!]: no
-    ordering of n points has an exact p below 1/n! (the t approximation gives 0 at rho = -1), and the
-    same margin at the top keeps the two directions' p adding up to 1. 0.5 (no evidence either way)
-    when rho is undefined or n < 3."""
+    (the share of the n! orderings of n untied ranks with a rho at least as extreme) up to EXACT_MAX points,
+    where the t approximation is too optimistic (it gives p = 0 for rho = -1 at n = 3, the exact p being
+    1/6; at 11 points 0.010 where the exact p is 0.016); above, the t-distribution with n - 2 degrees of
+    freedom, as scipy.stats.spearmanr computes it, kept within [1/n!, 1 - 1/n!]: no ordering of n points
+    has an exact p below 1/n! (the t approximation gives 0 at rho = -1), and the same margin at the top
+    keeps the two directions' p adding up to 1. 0.5 (no evidence either way) when rho is undefined or
+    n < 3."""
     if not np.isfinite(rho) or n < 3:
         return 0.5
     if n <= EXACT_MAX:
-        ranks = tuple(float(i) for i in range(int(n)))
-        return _exact_tail(_exact_null(ranks, ranks), rho, alternative)
+        counts = _sum_sq_counts(int(n))
+        S = (1 - rho) * n * (n * n - 1) / 6  # rho <= rho_obs exactly when S >= S_obs
+        at = np.arange(counts.size)
+        tail = counts[at >= S - 1e-6] if alternative == "less" else counts[at <= S + 1e-6]
+        return float(tail.sum() / counts.sum())
     t = rho * math.sqrt((n - 2) / max((1 + rho) * (1 - rho), 1e-300))
     p = stats.t.cdf(t, n - 2) if alternative == "less" else stats.t.sf(t, n - 2)
     floor = math.exp(-math.lgamma(n + 1))  # 1/n!
@@ -236,12 +264,13 @@ def _spearman(x, y) -> float:
 
 def permutation_p(x, y, alternative: str) -> float:
     """Exact one-sided permutation p-value of Spearman's rho (every ordering of y against x, ties kept;
-    "less": P(rho_perm <= rho), "greater": P(rho_perm >= rho)); above EXACT_MAX points, spearman_p."""
+    "less": P(rho_perm <= rho), "greater": P(rho_perm >= rho)); above ENUM_MAX points, spearman_p (ranks
+    taken as untied)."""
     x, y = np.asarray(x, float), np.asarray(y, float)
     rho = _spearman(x, y)
     if not np.isfinite(rho):
         return float("nan")
-    if x.size > EXACT_MAX:
+    if x.size > ENUM_MAX:
         return spearman_p(rho, x.size, alternative)
     null = _exact_null(tuple(stats.rankdata(x).tolist()), tuple(stats.rankdata(y).tolist()))
     return _exact_tail(null, rho, alternative)
@@ -279,8 +308,14 @@ def _reached(df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     return df[~missed], (f"left out, PPL-1% not reached: {', '.join(names)}" if names else "")
 
 
+SHAPE = ["d_model", "n_layers", "non_embedding_params"]  # runs alike in these are seed replicas of one shape
+
+
 def _trend(fits: pd.DataFrame, cid: str, activation: str, sign: int) -> dict:
-    """relu_falls (sign -1) / silu_rises (sign +1): per-run Spearman trends combined by Stouffer."""
+    """relu_falls (sign -1) / silu_rises (sign +1): per-run Spearman trends, the seed replicas of a shape
+    combined by Stouffer into one p, then the shapes' p by Stouffer again. A shape is one piece of evidence,
+    however many seeds it has: counted run by run, the cpu profile's three seeds of its smallest shape
+    outvoted the other three shapes of each activation."""
     others = _not_judged(_in_groups(fits, TREND_GROUPS))
     f, missed = _reached(_in_groups(fits[fits["activation"] == activation], TREND_GROUPS))
     if f.empty:
@@ -290,23 +325,28 @@ def _trend(fits: pd.DataFrame, cid: str, activation: str, sign: int) -> dict:
     n_used = pd.to_numeric(f["n_used"], errors="coerce").fillna(0).to_numpy(int)
     n = np.where(n_used > 0, n_used, f["n_points"].to_numpy(int))  # rho_tokens is over all points if not fitted
     claimed, opposite = ("less", "greater") if sign < 0 else ("greater", "less")
-    p_claim = stouffer([spearman_p(r, k, claimed) for r, k in zip(rho, n, strict=True)])
-    p_opp = stouffer([spearman_p(r, k, opposite) for r, k in zip(rho, n, strict=True)])
-    # the same rule both ways: a combined p and most runs (more than half) going that way
-    going = int(np.sum(np.isfinite(rho) & (sign * rho > 0)))  # runs going the claimed way
-    against = int(np.sum(np.isfinite(rho) & (sign * rho < 0)))
-    verdict = ("PASS" if p_claim < ALPHA and 2 * going > len(rho) else
-               "FAIL" if p_opp < ALPHA and 2 * against > len(rho) else "INCONCLUSIVE")
+    p_run = {d: np.array([spearman_p(r, k, d) for r, k in zip(rho, n, strict=True)]) for d in (claimed, opposite)}
+    shape = (f[SHAPE].astype(str).agg("|".join, axis=1) if set(SHAPE) <= set(f.columns)
+             else f["run"]).to_numpy()  # a table without the shape columns: each run its own shape
+    shapes = list(dict.fromkeys(shape))
+    p_shape = {d: np.array([stouffer(v[shape == s]) for s in shapes]) for d, v in p_run.items()}
+    p_claim, p_opp = stouffer(p_shape[claimed]), stouffer(p_shape[opposite])
+    # the same rule both ways: a combined p and most shapes (more than half) going that way
+    going = int(np.sum(p_shape[claimed] < p_shape[opposite]))  # shapes going the claimed way
+    against = int(np.sum(p_shape[opposite] < p_shape[claimed]))
+    verdict = ("PASS" if p_claim < ALPHA and 2 * going > len(shapes) else
+               "FAIL" if p_opp < ALPHA and 2 * against > len(shapes) else "INCONCLUSIVE")
     rel = "<" if sign < 0 else ">"
     other = ">" if sign < 0 else "<"
-    value = (f"{going}/{len(rho)} runs rho {rel} 0, combined p(rho {rel} 0) = {p_claim:.2g}, p(rho {other} 0) = "
-             f"{p_opp:.2g}; " + ", ".join(
+    runs = "" if len(shapes) == len(rho) else f" ({len(rho)} runs: seed replicas of one shape combined first)"
+    value = (f"{going}/{len(shapes)} shapes rho {rel} 0{runs}, combined p(rho {rel} 0) = {p_claim:.2g}, "
+             f"p(rho {other} 0) = {p_opp:.2g}; " + ", ".join(
         f"{r}: {v:+.2f} (n={k})" for r, v, k in zip(f["run"], rho, n, strict=True)))
     note = ("checkpoints of one run are autocorrelated (cumulative training), so the per-run p-values and "
             "their combination are optimistic")
     if np.isnan(rho).any():
         note += f"; {int(np.isnan(rho).sum())} run(s) without a rho counted as p = 0.5"
-    return _row(cid, value, verdict, len(f), _joined(note, missed, others))
+    return _row(cid, value, verdict, len(shapes), _joined(note, missed, others))
 
 
 def relu_falls(fits: pd.DataFrame) -> dict:
@@ -513,7 +553,7 @@ def small_converge_faster(conv_summary: pd.DataFrame) -> list[dict]:
         p = permutation_p(N, speed, "less" if rho < 0 else "greater")
         verdict = "PASS" if rho < 0 and p < ALPHA else "FAIL" if rho > 0 and p < ALPHA else "INCONCLUSIVE"
         how = "exact permutation" if len(g) <= EXACT_MAX else "t approximation"
-        least = 1 / math.factorial(len(g)) if len(g) <= EXACT_MAX else 0.0
+        least = 1 / math.factorial(len(g)) if len(g) <= EXACT_MAX else 0.0  # ties: at least this
         value = (f"rho = {rho:+.2f} (point estimate: {'smaller' if rho < 0 else 'larger'} models faster) over "
                  f"{len(g)} runs"
                  + (f", too few for p < {ALPHA:g}" if least >= ALPHA else "")
