@@ -62,9 +62,9 @@ FITTED = ("fits", "form_comparison", "width_depth", "width_depth_fit", "scale_fi
 
 # id -> (claim, where in the paper, statistic, PASS/FAIL rule)
 _TREND_STAT = ("per run, Spearman rho(tokens, A at PPL-1%) over the checkpoints its law fit used (runs of "
-               "groups scale/seeds); one-sided p per run, exact up to 14 points, else from rho's t-distribution "
-               "(scipy's spearmanr); the seed replicas of one shape combined into one p by Stouffer's method, "
-               "then the shapes' p by the same")
+               f"groups scale/seeds); one-sided p per run, exact up to {EXACT_MAX} points, else from rho's "
+               "t-distribution (scipy's spearmanr); the seed replicas of one shape combined into one p by "
+               "Stouffer's method, then the shapes' p by the same")
 _A0_STAT = ("slope of A0 on log10 N (runs of group scale) with its interval, per decade of N: the wider of OLS "
             "(scatter between runs) and least squares with the A0 bootstrap intervals as known errors "
             "(laws.fit_A0_vs_scale)")
@@ -227,7 +227,7 @@ def spearman_p(rho: float, n: int, alternative: str) -> float:
     """One-sided p-value of a Spearman rho over n points ("less": rho < 0, "greater": rho > 0): exact
     (the share of the n! orderings of n untied ranks with a rho at least as extreme) up to EXACT_MAX points,
     where the t approximation is too optimistic (it gives p = 0 for rho = -1 at n = 3, the exact p being
-    1/6; at 11 points 0.010 where the exact p is 0.016); above, the t-distribution with n - 2 degrees of
+    1/6; at 11 points and rho -0.6, 0.0255 where the exact p is 0.0281); above, the t-distribution with n - 2 degrees of
     freedom, as scipy.stats.spearmanr computes it, kept within [1/n!, 1 - 1/n!]: no ordering of n points
     has an exact p below 1/n! (the t approximation gives 0 at rho = -1), and the same margin at the top
     keeps the two directions' p adding up to 1. 0.5 (no evidence either way) when rho is undefined or
@@ -313,9 +313,10 @@ SHAPE = ["d_model", "n_layers", "non_embedding_params"]  # runs alike in these a
 
 def _trend(fits: pd.DataFrame, cid: str, activation: str, sign: int) -> dict:
     """relu_falls (sign -1) / silu_rises (sign +1): per-run Spearman trends, the seed replicas of a shape
-    combined by Stouffer into one p, then the shapes' p by Stouffer again. A shape is one piece of evidence,
-    however many seeds it has: counted run by run, the cpu profile's three seeds of its smallest shape
-    outvoted the other three shapes of each activation."""
+    combined by Stouffer into one p, then the shapes' p by Stouffer again, and "most" counts shapes: a shape
+    is one vote however many seeds it has, and one z in the combination (sharper than one run's when its
+    seeds agree: up to sqrt(k) for k seeds). Counted run by run, the cpu profile's three seeds of its
+    smallest shape outvoted the other three shapes of each activation."""
     others = _not_judged(_in_groups(fits, TREND_GROUPS))
     f, missed = _reached(_in_groups(fits[fits["activation"] == activation], TREND_GROUPS))
     if f.empty:
@@ -552,7 +553,8 @@ def small_converge_faster(conv_summary: pd.DataFrame) -> list[dict]:
             continue
         p = permutation_p(N, speed, "less" if rho < 0 else "greater")
         verdict = "PASS" if rho < 0 and p < ALPHA else "FAIL" if rho > 0 and p < ALPHA else "INCONCLUSIVE"
-        how = "exact permutation" if len(g) <= EXACT_MAX else "t approximation"
+        how = ("exact permutation" if len(g) <= ENUM_MAX else "exact permutation, ranks taken as untied"
+               if len(g) <= EXACT_MAX else "t approximation")
         least = 1 / math.factorial(len(g)) if len(g) <= EXACT_MAX else 0.0  # ties: at least this
         value = (f"rho = {rho:+.2f} (point estimate: {'smaller' if rho < 0 else 'larger'} models faster) over "
                  f"{len(g)} runs"

@@ -461,17 +461,18 @@ def _ticks_at(ax, values) -> None:
 # the hollow points of the limit-loss figures: analysis.limit_loss's final_loss, the loss the E fits use,
 # on the sparsity.eval_tokens set (the loss curves' validation points score train.eval_tokens)
 LAST_LOSS = "last checkpoint (dense loss on sparsity.eval_tokens)"
-AT_BOUND = 1e-4  # an interval end this close to a bound of A0 (0 or 1) runs to the bound (tables: %.6g)
+AT_BOUND = 1e-4  # an interval end this close to a bound of A0 (0 or 1) runs to the bound
 
 
 def _interval_bars(ax, x, y, lo, hi, bounds: tuple[float, float] | None, **kw) -> None:
     """Point estimates y with their intervals [lo, hi], drawn after the axes' other lines. With `bounds` (those
     of the fitted quantity), an end within AT_BOUND of a bound does not set the y range: the axis keeps to
-    the estimates, the other ends and the lines drawn before, the bar runs off its edge, and a triangle at
-    the edge marks it (once in the legend: "interval runs to the bound")."""
+    the estimates, the other ends and the data-coordinate lines drawn before (not axvline/axhline's), the bar
+    runs off its edge, and a triangle at the edge marks it (once in the legend: "interval runs to the
+    bound")."""
     x, y, lo, hi = (np.asarray(v, dtype=float) for v in (x, y, lo, hi))
     before = [np.asarray(ln.get_ydata(), dtype=float) for ln in ax.get_lines()
-              if ln.get_transform() is ax.transData]  # not axvline's (axes coordinates)
+              if ln.get_transform() is ax.transData]  # not axvline's/axhline's (blended transforms)
     ax.errorbar(x, y, yerr=[y - lo, hi - y], fmt="o", ms=3, lw=0.8, capsize=2, **kw)
     if bounds is None or not len(y):
         return
@@ -480,6 +481,8 @@ def _interval_bars(ax, x, y, lo, hi, bounds: tuple[float, float] | None, **kw) -
         return
     shown = np.concatenate([y, lo[~low], hi[~high], *before])
     shown = shown[np.isfinite(shown)]
+    if not shown.size:  # nothing finite to keep to: matplotlib's own range
+        return
     pad = 0.08 * max(np.ptp(shown), 0.02 * np.abs(shown).max(), 1e-12)
     ymin, ymax = shown.min() - pad, shown.max() + pad
     ax.set_ylim(ymin, ymax)
