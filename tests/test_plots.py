@@ -184,7 +184,14 @@ def test_run_grid_labels_each_shape_once_and_marks_moe_runs():
         "width_depth": [16.0, 16.0, 16.0, 16.0, 16.0, 16.0, 9.0],
         "non_embedding_params": [23712, 23712, 23712, 188992, 193088, 190016, 190000]})
     fig = plots.run_grid(states)
-    assert sorted(t.get_text() for t in fig.axes[0].texts) == ["moe4/moe16/s4", "s1 (+1 seed runs)", "wd9"]
+    assert sorted(t.get_text() for t in fig.axes[0].texts) == ["moe4/moe16/s4", "s1 (+1 relu seed run)", "wd9"]
+    plt.close(fig)
+    more = pd.concat([states, pd.DataFrame({"run": ["silu-s1-seed1", "silu-s1-seed2"], "activation": "silu",
+                                            "n_experts": 0, "width_depth": 16.0, "non_embedding_params": 23712})])
+    fig = plots.run_grid(more)  # whose seeds they are: the activation names them
+    assert "s1 (+1 relu, +2 silu seed runs)" in [t.get_text() for t in fig.axes[0].texts]
+    plt.close(fig)
+    fig = plots.run_grid(states)
     assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["relu", "silu", "silu MoE"]
     fig.canvas.draw()
     xlabels = [t.get_text() for t in fig.axes[0].get_xticklabels(which="both") if t.get_text()]

@@ -143,7 +143,7 @@ def _row_value(field: str, value: str):
 def run_grid(states: pd.DataFrame):
     """The profile's runs: non-embedding parameters vs width-depth ratio (our Table 3 analog), one
     marker per activation (MoE runs hollow diamonds); runs at one shape share a label (activation prefix
-    dropped, seed replicas counted). `states` is runs.states_table."""
+    dropped, seed replicas counted per activation). `states` is runs.states_table."""
     style()
     fig, ax = plt.subplots(figsize=SINGLE)
     kind = states["activation"].where(states["n_experts"] == 0, states["activation"] + " MoE")
@@ -159,9 +159,10 @@ def run_grid(states: pd.DataFrame):
         for _, g in at.groupby((at["non_embedding_params"].pct_change() > 0.03).cumsum()):
             names = sorted({r.split("-", 1)[-1].split("-seed")[0] for r in g["run"]},
                            key=lambda v: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", v)])
-            seeds = g["run"].str.contains("-seed").sum()
-            labels.append((g["width_depth"].iloc[0], g["non_embedding_params"].min(),
-                           "/".join(names) + (f" (+{seeds} seed runs)" if seeds else "")))
+            seeds = g[g["run"].str.contains("-seed")]["activation"].value_counts(sort=False)  # per activation
+            extra = ", ".join(f"+{k} {a}" for a, k in seeds.items())
+            labels.append((g["width_depth"].iloc[0], g["non_embedding_params"].min(), "/".join(names) + (
+                f" ({extra} seed run{'s' if seeds.sum() > 1 else ''})" if len(seeds) else "")))
     # labels centred on their points; shapes at about one size (a width-depth grid) take turns above and
     # below, left to right, so that neighbours never share a side
     labels.sort(key=lambda r: r[1])
