@@ -1074,6 +1074,7 @@ def test_pareto_curves_draw_exact_zeros_and_cap_the_axis_at_1_3_dense():
     z = _line(ax, "exact zeros (ReLU-like)")
     assert _xy(z) == ([0.42], [54.6]) and z.get_marker() == "x"
     assert ax.get_ylim()[1] == pytest.approx(1.3 * math.exp(4.0))  # 70.98: the top-k point at 500 is cut off
+    assert ax.get_title() == "relu-s1 (relu); 1 point above PPL 71, off the axis"  # and the title says so
     plt.close(fig)
 
 

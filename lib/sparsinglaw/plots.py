@@ -277,13 +277,20 @@ def pareto_curves(df: pd.DataFrame):
             ax.plot(r["activation_ratio"], r["ppl"], "*", color="crimson", ms=9, label=r["method"].upper())
         ax.axhline(sub["dense_loss"].map(np.exp).iloc[0], color="grey", lw=0.8, ls=":", label="dense")
         ax.set_xlabel("activation ratio")
-        ax.set_title(f"{run} ({sub['activation'].iloc[0]})")
         top = sub["dense_loss"].map(np.exp).iloc[0] * 1.3
         ax.set_ylim(top=min(ax.get_ylim()[1], top))
+        ax.set_title(f"{run} ({sub['activation'].iloc[0]})" + _off_top(sub["ppl"], ax.get_ylim()[1]))
     axes[0][0].set_ylabel("validation perplexity")
     axes[0][0].legend(frameon=False, fontsize=6)
     fig.tight_layout()
     return fig
+
+
+def _off_top(ppl, top: float) -> str:
+    """'; N point(s) above PPL X, off the axis' for a panel whose y axis is cut at `top` (the sparsest
+    points' perplexities would flatten the rest), else ''."""
+    n = int(np.sum(np.asarray(ppl, float) > top))
+    return f"; {n} point{'s' if n > 1 else ''} above PPL {top:.0f}, off the axis" if n else ""
 
 
 def moe_vs_dense(df: pd.DataFrame, comparison: pd.DataFrame):
@@ -315,6 +322,9 @@ def moe_vs_dense(df: pd.DataFrame, comparison: pd.DataFrame):
     log_x(ax)
     if curves:
         ax.set_ylim(top=min(ax.get_ylim()[1], 1.25 * max(ys[-1] for _, _, ys in curves.values())))
+        shown = np.concatenate([np.asarray(ys, float) for _, _, ys in curves.values()]
+                               + [moe["ppl_moe"].to_numpy(float)])
+        ax.set_title(_off_top(shown, ax.get_ylim()[1]).lstrip("; "), fontsize=6.5, color="0.35", loc="left")
     ax.set(xlabel="activation ratio (MoE: k / E)", ylabel="validation perplexity")
     ax.legend(frameon=False, fontsize=6)
     fig.tight_layout()
