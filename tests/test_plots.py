@@ -729,6 +729,22 @@ def _law_inputs():
     return table, fits, curves
 
 
+def test_the_fitted_curve_starts_at_the_first_fitted_point_between_grid_points():
+    """The law's grid starts at the first checkpoint; a fit that drops early points starts between two grid
+    points, and the curve starts there (interpolated in log D), not at the next grid point after it."""
+    table, fits, curves = _law_inputs()
+    fits.loc[fits["run"] == "relu-s1", "D_min_used"] = 0.0025
+    fig = plots.activation_laws(table, fits, curves)
+    ax = fig.axes[0]
+    law = next(ln for ln in ax.lines if ln.get_linestyle() == "-" and len(ln.get_xdata()) > 1)
+    w = math.log(1.25) / math.log(1.5)  # 0.0025 between the grid's 0.002 and 0.003, in log D
+    xs, ys = _xy(law)
+    assert xs == pytest.approx([2.5, 3.0, 4.0]) and ys == pytest.approx([0.3 + w * (0.26 - 0.3), 0.26, 0.23])
+    v = ax.collections[0].get_paths()[0].vertices  # the band starts there too
+    assert v[:, 0].min() == pytest.approx(2.5)
+    plt.close(fig)
+
+
 def test_activation_laws_draw_the_used_points_and_the_fit_over_its_range():
     fig = plots.activation_laws(*_law_inputs())
     ax = fig.axes[0]

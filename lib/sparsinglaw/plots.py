@@ -511,6 +511,21 @@ def _paper_note(ax, text: str) -> None:
     ax.set_title(text, fontsize=6.5, color="0.35", loc="left")
 
 
+def _from(curve: pd.DataFrame, D0: float) -> pd.DataFrame:
+    """The rows of one run's curve (D, A_fit, A_lo, A_hi; analysis' grid from the first checkpoint) at
+    D >= D0, the first fitted point: a row at D0 itself, interpolated in log D between the grid points
+    around it, starts the curve there rather than at the next grid point."""
+    curve = curve.sort_values("D")
+    at = curve[curve["D"] >= D0 * (1 - 1e-9)]
+    below = curve[curve["D"] < D0 * (1 - 1e-9)]
+    if not len(at) or not len(below) or np.isclose(at["D"].iloc[0], D0, rtol=1e-9):
+        return at
+    a, b = below.iloc[-1], at.iloc[0]
+    w = (np.log(D0) - np.log(a["D"])) / (np.log(b["D"]) - np.log(a["D"]))
+    first = {k: a[k] + w * (b[k] - a[k]) for k in ("A_fit", "A_lo", "A_hi")} | {"D": D0}
+    return pd.concat([pd.DataFrame([first]), at[["D", "A_fit", "A_lo", "A_hi"]]], ignore_index=True)
+
+
 def activation_laws(table: pd.DataFrame, fits: pd.DataFrame, curves: pd.DataFrame, p: float = 1.0,
                     group: str | None = "scale"):
     """Activation ratio at PPL-p% vs training tokens per run, with the fitted law (Eq. 4 ReLU, Eq. 5
@@ -548,7 +563,7 @@ def activation_laws(table: pd.DataFrame, fits: pd.DataFrame, curves: pd.DataFram
                 ax.plot(g["tokens"][miss] / 1e6, g["activation_ratio"][miss], "x", ms=5, color="k", mew=0.8,
                         label=None if any_miss else f"PPL-{p:g}% not reached (c a lower bound)")
                 any_miss = True
-            cv = curves[(curves["run"] == run) & (curves["D"] >= f["D_min_used"] * (1 - 1e-9))]  # fitted range
+            cv = _from(curves[curves["run"] == run], f["D_min_used"])  # the fitted range
             if ok and len(cv):
                 ax.plot(cv["D"] * 1e3, cv["A_fit"], color=c, lw=1)
                 ax.fill_between(cv["D"] * 1e3, cv["A_lo"], cv["A_hi"], color=c, alpha=0.2, lw=0)
