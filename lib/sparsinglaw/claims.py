@@ -188,7 +188,7 @@ def _in_groups(df: pd.DataFrame, groups) -> pd.DataFrame:
 @functools.cache
 def _exact_null(rx: tuple[float, ...], ry: tuple[float, ...]) -> np.ndarray:
     """Spearman's rho of every ordering of the ranks ry against the ranks rx (ties kept): the exact null
-    distribution of rho (cached: the untied ranks of n points give one per n)."""
+    distribution of rho with ties (permutation_p, up to ENUM_MAX points; untied ranks: _sum_sq_counts)."""
     x, y = np.asarray(rx), np.asarray(ry)
     perms = np.array([y[list(p)] for p in itertools.permutations(range(y.size))])
     x, perms = x - x.mean(), perms - perms.mean(axis=1, keepdims=True)
@@ -227,11 +227,11 @@ def spearman_p(rho: float, n: int, alternative: str) -> float:
     """One-sided p-value of a Spearman rho over n points ("less": rho < 0, "greater": rho > 0): exact
     (the share of the n! orderings of n untied ranks with a rho at least as extreme) up to EXACT_MAX points,
     where the t approximation is too optimistic (it gives p = 0 for rho = -1 at n = 3, the exact p being
-    1/6; at 11 points and rho -0.6, 0.0255 where the exact p is 0.0281); above, the t-distribution with n - 2 degrees of
-    freedom, as scipy.stats.spearmanr computes it, kept within [1/n!, 1 - 1/n!]: no ordering of n points
-    has an exact p below 1/n! (the t approximation gives 0 at rho = -1), and the same margin at the top
-    keeps the two directions' p adding up to 1. 0.5 (no evidence either way) when rho is undefined or
-    n < 3."""
+    1/6; at 11 points and rho -0.6, 0.0255 where the exact p is 0.0281); above, the t-distribution with
+    n - 2 degrees of freedom, as scipy.stats.spearmanr computes it, kept within [1/n!, 1 - 1/n!]: no
+    ordering of n points has an exact p below 1/n! (the t approximation gives 0 at rho = -1), and the same
+    margin at the top keeps the two directions' p adding up to 1. 0.5 (no evidence either way) when rho is
+    undefined or n < 3."""
     if not np.isfinite(rho) or n < 3:
         return 0.5
     if n <= EXACT_MAX:

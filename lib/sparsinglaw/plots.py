@@ -501,8 +501,7 @@ def _interval_bars(ax, x, y, lo, hi, bounds: tuple[float, float] | None, **kw) -
     for sel, edge, mk in ((low, ymin, "v"), (high, ymax, "^")):
         if sel.any():
             ax.plot(x[sel], np.full(sel.sum(), edge), mk, ms=4, color=c, clip_on=False)
-    names = {float(bounds[0]): low.any(), float(bounds[1]): high.any()}
-    ends = " and ".join(f"{b:g}" for b, hit in names.items() if hit)
+    ends = " and ".join(f"{b:g}" for b, hit in zip(bounds, (low.any(), high.any()), strict=True) if hit)
     ax.plot([], [], "v" if low.any() else "^", ms=4, color=c, label=f"interval runs to the bound {ends}")
 
 
