@@ -80,7 +80,7 @@ test-min: $(STAMP_MIN) $(STAMP) ## the test suite on the oldest supported versio
 # $(call smoke_in,NAME,PYTHON): the smoke profile's model stages with PYTHON into $(VERSIONS)/NAME
 smoke_in = SPARSINGLAW_RUNS=$(VERSIONS)/$(1) SPARSINGLAW_RESULTS=$(VERSIONS)/$(1)/results $(2) -m sparsinglaw compute \
   --profile smoke --no-progress >$(VERSIONS)/$(1).log 2>&1 || { cat $(VERSIONS)/$(1).log; exit 1; }
-compare-min: $(STAMP_MIN) $(STAMP)
+compare-min: $(STAMP_MIN) $(STAMP) ## the smoke profile's tables of the pinned venv and of the oldest versions compared byte for byte (part of test-min)
 	rm -rf $(VERSIONS) && mkdir -p $(VERSIONS)
 	$(call smoke_in,pinned,$(PY))
 	$(call smoke_in,min,$(VENV_MIN)/bin/python)

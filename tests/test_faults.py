@@ -545,6 +545,33 @@ def test_failing_results_table_write_keeps_previous(tmp_path, measured_mini, mon
     assert runs.read_table(out / "t.csv", ["run", "x"], ["x"])["x"].tolist() == [1.0, 2.0]
 
 
+def test_an_atomic_write_syncs_its_folders_after_the_renames(tmp_path, monkeypatch):
+    """A rename is durable only once its folder is synced: each folder of the set is synced once, after
+    every file is in place; a file system that refuses to sync a folder leaves the write done."""
+    import stat
+
+    from sparsinglaw.train import atomic_write_files
+
+    synced, real_fsync = [], os.fsync
+
+    def fsync(fd):
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            placed = {p.name: p.exists() for p in files}
+            synced.append((st.st_ino, placed))
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+        return real_fsync(fd)
+
+    (tmp_path / "sub").mkdir()
+    files = {tmp_path / "a.csv": b"a", tmp_path / "sub" / "b.csv": b"b", tmp_path / "c.json": b"c"}
+    monkeypatch.setattr(os, "fsync", fsync)
+    atomic_write_files(files)
+    monkeypatch.undo()
+    assert [ino for ino, _ in synced] == [tmp_path.stat().st_ino, (tmp_path / "sub").stat().st_ino]
+    assert all(all(placed.values()) for _, placed in synced)
+    assert {p.read_bytes() for p in files} == {b"a", b"b", b"c"} and not _temps(tmp_path)
+
+
 def test_unchanged_results_table_is_left_as_it_is(tmp_path):
     """Writing the same table again with only time, git state or the kernel build changed keeps both files
     byte for byte (and untouched); new values or other provenance (package versions) rewrite them."""

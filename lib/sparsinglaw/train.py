@@ -138,7 +138,8 @@ def atomic_write_files(files: dict[Path, bytes]) -> None:
     over its target in order, so the last one (a sidecar) commits the set. A failing write (a full disk
     fails while the temp files are written) raises WriteError naming the file, leaves the previous files
     in place and removes the temp files. A rename failing after an earlier one leaves a new file beside
-    an old sidecar, which the sidecar's sha256 check then refuses."""
+    an old sidecar, which the sidecar's sha256 check then refuses. The folders are synced after the
+    renames, so that the new set survives a power cut."""
     tmps = {path: temp_path(path) for path in files}
     current = next(iter(files))
     try:
@@ -162,6 +163,20 @@ def atomic_write_files(files: dict[Path, bytes]) -> None:
         for tmp in tmps.values():
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
+    for folder in dict.fromkeys(path.parent for path in files):
+        fsync_dir(folder)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Sync a folder's entries, so that a rename into it survives a power cut. Best effort: where the
+    platform cannot open a folder (Windows) or the file system refuses to sync one, the renames are
+    done all the same, only not yet durable."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
