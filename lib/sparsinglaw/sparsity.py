@@ -747,7 +747,9 @@ def _levels(tol: float) -> int:
 
 
 def _bisect(f: Callable[[int], float], m: int, target: float) -> tuple[int, int]:
-    """Algorithm 1 on the integer scale j / 2^m: halve [0, 2^m] until one cell is left."""
+    """Algorithm 1 on the integer scale j / 2^m: halve [0, 2^m] until one cell is left. The cell is a
+    crossing (below the target at a, not below at b), not necessarily the first: where the ratio falls
+    back below the target between lattice points (noise of a few 1e-4 on a toy checkpoint), a later one."""
     a, b = 0, 1 << m
     while b - a > 1:
         j = (a + b) // 2
