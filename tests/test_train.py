@@ -581,7 +581,12 @@ def test_a_run_is_not_resumed_or_measured_on_another_corpus(tmp_path, monkeypatc
     with pytest.raises(CorpusError, match="was trained on another corpus"):
         measure.measure_run(p, run, progress=False)
     assert not list(d.glob("sparsity-*.json"))
+    # nor is the finished run reported done by the trainer, which would otherwise skip it
+    with pytest.raises(CorpusError, match=f"run relu-s1: .*was trained on another corpus.*delete {d}"):
+        runs.train_profile(p, names=["relu-s1"], progress=False)
+    assert (d / "DONE").exists()
     added.unlink()
+    assert [s.status for s in runs.train_profile(p, names=["relu-s1"], progress=False)] == ["done"]
     rec = measure.measure_run(p, run, progress=False)
     assert rec["corpus"] == before.fingerprint and rec["rows"]
     # a results table never mixes corpora: the cached record is refused against another fingerprint

@@ -473,6 +473,7 @@ def train_profile(profile: ProfileConfig, names: list[str] | None = None, jobs: 
     states = [run_state(profile, r, runs_dir) for r in runs]
     if damaged := [s for s in states if s.status == "damaged"]:  # training would skip them: they are finished
         raise SparsingLawError(damaged_message(profile, damaged, runs_dir))
+    check_finished_corpus(profile, [r for r, s in zip(runs, states, strict=True) if s.status == "done"], runs_dir)
     todo = [r for r, s in zip(runs, states, strict=True) if not s.trained]
     c = profile.compute
     world = dist_env("cpu").world  # torchrun's variables; the device is checked below, if there is work
@@ -502,6 +503,32 @@ def train_profile(profile: ProfileConfig, names: list[str] | None = None, jobs: 
                      keep_going=world == 1, progress=progress, weights=[cost[r.name] for r in todo],
                      names=[r.name for r in todo])
     return [run_state(profile, r, runs_dir) for r in runs]
+
+
+def check_finished_corpus(profile: ProfileConfig, finished: list[RunConfig], runs_dir=None) -> None:
+    """Refuse finished runs whose newest checkpoint was trained on another corpus than data.* selects now
+    (train.check_corpus; the default corpus changes with the installed packages): training would skip
+    them as done, and every later stage would refuse them one by one. Reads the corpus's fingerprint
+    alone (data.corpus_documents: no token cache is built)."""
+    from .data import CorpusError, corpus_documents
+    from .train import check_corpus
+
+    if not finished:
+        return
+    corpus = corpus_documents(profile.data)[1]
+    errors = []
+    for r in finished:
+        ck = checkpoints(profile, r, runs_dir)
+        if ck.empty:
+            continue
+        path = Path(ck["path"].iloc[-1])
+        tag = path.stem.removeprefix("ckpt_")
+        try:
+            check_corpus(r, read_meta(path.parent, tag), path.parent / f"meta_{tag}.json", corpus)
+        except CorpusError as e:
+            errors.append(str(e))
+    if errors:
+        raise CorpusError("; ".join(errors))
 
 
 def one_line_warnings() -> None:
