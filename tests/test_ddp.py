@@ -214,6 +214,53 @@ def test_ranks_take_rank_0s_list_of_runs(tmp_path, session_roots, smoke_tokens):
     _final(tmp_path)  # trained to the end
 
 
+OWN_FOLDER = """
+import os, sys
+from sparsinglaw import cli
+if os.environ["RANK"] == "1":  # rank 1 on a node of its own, without the shared runs folder
+    sys.argv[sys.argv.index("--runs-dir") + 1] = os.environ["OTHER_RUNS"]
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_ranks_that_see_different_run_folders_stop_with_a_message(tmp_path, session_roots, smoke_tokens):
+    """Nodes without one shared runs folder: rank 0 would resume a partial run while rank 1 started it from
+    step 0 (and trained on alone when rank 0 was done: a hang). Every rank stops at once, naming what each
+    sees and that the folder must be shared; nothing is trained."""
+    from sparsinglaw.config import checkpoint_steps
+    from sparsinglaw.data import prepare
+    from sparsinglaw.train import train
+
+    p = load_profile("smoke", overrides=ARGS)
+    run = p.run("relu-s2")
+    d = runs.run_dir(p, run, tmp_path / "shared")
+    tokens = prepare(p.data, session_roots["SPARSINGLAW_DATA"], progress=False)
+    train(run, p.data, d, tokens, progress=False, stop_after_step=checkpoint_steps(run.model, run.train)[0])
+    before = {f.name: f.read_bytes() for f in d.iterdir()}
+    script = tmp_path / "own_folder.py"
+    script.write_text(OWN_FOLDER)
+    cmd = _cmd(tmp_path / "shared", 2)
+    cmd[cmd.index("-m", 3):cmd.index("sparsinglaw", 3) + 1] = [str(script)]
+    err_path = tmp_path / "stderr.txt"
+    with open(err_path, "w") as err_file:
+        proc = subprocess.Popen(cmd, env=dict(_env(session_roots), OTHER_RUNS=str(tmp_path / "own"),
+                                              SPARSINGLAW_DIST_TIMEOUT="60"),
+                                text=True, stdout=subprocess.DEVNULL, stderr=err_file, start_new_session=True)
+    try:
+        proc.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        _stop(proc)
+        pytest.fail(f"the ranks hung\n{err_path.read_text()[-2000:]}")
+    err = err_path.read_text()
+    assert proc.returncode != 0, err[-3000:]
+    assert re.search(r"run relu-s2: the ranks see different run folders \(rank 0: not done, checkpoint "
+                     r"sidecars meta_\d{7}\.json meta_last\.json; rank 1: not done, no checkpoint\).*must be shared",
+                     err), err[-3000:]
+    after = {f.name: f.read_bytes() for f in d.iterdir() if f.name != ".lock"}  # rank 0 took the run's lock
+    assert after == before  # and trained nothing more
+    assert not list((tmp_path / "own").glob("smoke/*/meta_*.json"))
+
+
 TWICE = """
 import json, sys
 from sparsinglaw import runs

@@ -451,8 +451,36 @@ def _train_one(profile: ProfileConfig, name: str, runs_dir: str | None, progress
     # trains, instead of rank 0 alone returning).
     ddp = init_distributed(c.device)
     with run_lock(d, f"run {name}", ddp):
+        same_folder_on_every_rank(d, name, ddp)
         return train(run, profile.data, d, tokens, device=c.device, threads=c.threads, compile=c.compile,
                      compile_mode=c.compile_mode, progress=progress)
+
+
+def same_folder_on_every_rank(d: Path, name: str, ddp) -> None:
+    """Under torchrun (`ddp`, a device.Dist), with rank 0 holding the run's lock: refuse to train unless
+    every rank sees the run folder alike (its DONE and checkpoint sidecars, by name). Ranks on nodes
+    without one shared runs folder would each resume from their own checkpoint, or one would find the run
+    done alone: wrong training, or a hang until the process group's timeout."""
+    if ddp.world == 1:
+        return
+    import torch.distributed as dist
+
+    seen = ((d / "DONE").exists(), sorted(p.name for p in d.glob("meta_*.json")))
+    every: list = [None] * ddp.world
+    dist.all_gather_object(every, seen)
+    if all(v == every[0] for v in every):
+        return
+
+    def shown(v) -> str:
+        done, metas = v
+        more = f" and {len(metas) - 4} more" if len(metas) > 4 else ""
+        return ("DONE" if done else "not done") + (f", checkpoint sidecars {' '.join(metas[:4])}{more}"
+                                                   if metas else ", no checkpoint")
+    ranks = "; ".join(f"rank {r}: {shown(v)}" for r, v in enumerate(every))
+    raise SparsingLawError(f"run {name}: the ranks see different run folders ({ranks}): under torchrun every "
+                           "rank reads and writes one runs folder (this rank's: "
+                           f"{d.parent.parent}), which must be shared by every node (--runs-dir or "
+                           "SPARSINGLAW_RUNS on a shared file system)")
 
 
 def train_profile(profile: ProfileConfig, names: list[str] | None = None, jobs: int | None = None,
