@@ -490,19 +490,25 @@ def test_a_single_failing_call_raises_its_own_error(jobs):
 
 def test_temp_files_of_live_writers_are_kept(tmp_path):
     """remove_stale_temps deletes the temp files of writers that are gone, and keeps those of a writer that
-    still runs (another process writing the same folder) and this process's own."""
-    from sparsinglaw.train import remove_stale_temps
+    still runs (another process writing the same folder), this process's own, and another machine's (whose
+    process ids mean nothing here: a folder shared by the nodes of a cluster)."""
+    from sparsinglaw.train import remove_stale_temps, temp_path
 
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
+    host = temp_path(tmp_path / "t.csv").name.rsplit(".", 2)[-2].partition("-")[2]
+    assert host and temp_path(tmp_path / "t.csv").name == f".t.csv.{os.getpid()}-{host}.tmp"
     try:
-        files = {k: tmp_path / f".t.csv.{pid}.tmp" for k, pid in (("live", live.pid), ("dead", dead.pid),
-                                                                     ("own", os.getpid()))}
+        files = {k: tmp_path / f".t.csv.{pid}-{host}.tmp" for k, pid in (("live", live.pid), ("dead", dead.pid),
+                                                                            ("own", os.getpid()))}
+        files["unnamed"] = tmp_path / f".u.csv.{dead.pid}.tmp"  # named without its machine: this one's
+        files["other"] = tmp_path / f".o.csv.{dead.pid}-{host}x.tmp"  # another machine's
         for f in files.values():
             f.write_text("x")
-        assert remove_stale_temps(tmp_path) == [files["dead"]]
-        assert files["live"].exists() and files["own"].exists() and not files["dead"].exists()
+        assert sorted(remove_stale_temps(tmp_path)) == sorted([files["dead"], files["unnamed"]])
+        assert files["live"].exists() and files["own"].exists() and files["other"].exists()
+        assert not files["dead"].exists() and not files["unnamed"].exists()
     finally:
         live.kill()
         live.wait()

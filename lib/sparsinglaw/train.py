@@ -128,9 +128,16 @@ def _test_fault(kind: str, path: Path) -> bool:
     return spec.partition(":")[::2] == (kind, path.name)
 
 
+def _host() -> str:
+    """This machine's name as it goes into a temp file's name (no dots or dashes)."""
+    return "".join(ch if ch.isalnum() else "_" for ch in platform.node()) or "host"
+
+
 def temp_path(path: Path) -> Path:
-    """The temp file of an atomic write of `path` (hidden, so no glob of final names matches it)."""
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """The temp file of an atomic write of `path` (hidden, so no glob of final names matches it), named
+    by the writing process and its machine: on a folder shared by several machines, a process id says
+    whether the writer is gone only on its own machine (remove_stale_temps)."""
+    return path.with_name(f".{path.name}.{os.getpid()}-{_host()}.tmp")
 
 
 def atomic_write_files(files: dict[Path, bytes]) -> None:
@@ -188,11 +195,13 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def remove_stale_temps(folder: Path) -> list[Path]:
-    """Delete the temp files of atomic writes whose process is gone (killed between write and rename)."""
+    """Delete the temp files of atomic writes whose process is gone (killed between write and rename).
+    Only this machine's: another machine's writer cannot be looked up here (a temp file named without a
+    machine, as before the machine was added, counts as this machine's)."""
     removed = []
     for p in folder.glob(".*.tmp"):
-        pid = p.name.rsplit(".", 2)[-2]
-        if not pid.isdigit() or int(pid) == os.getpid():
+        pid, _, host = p.name.rsplit(".", 2)[-2].partition("-")
+        if not pid.isdigit() or int(pid) == os.getpid() or host not in ("", _host()):
             continue
         try:
             os.kill(int(pid), 0)
