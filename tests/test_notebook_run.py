@@ -86,6 +86,28 @@ def test_a_failed_run_leaves_no_output_that_make_would_take_as_executed(tmp_path
     assert out.is_file() and not failed.exists()
 
 
+def test_a_missing_notebook_an_unknown_profile_or_the_notebook_as_its_own_output_stop_before_a_kernel(tmp_path):
+    """Each is one message, before a kernel starts, and nothing is written or removed: run with OUT equal to
+    the notebook, a failing cell used to remove the notebook itself."""
+    nb = _notebook(tmp_path / "nb.ipynb", "raise ValueError('fails')")
+    kept = _notebook(tmp_path / "x.failed.ipynb", "raise ValueError('fails')")  # out x.ipynb would fail into it
+    before = nb.read_bytes()
+    missing = tmp_path / "missing.ipynb"
+    cases = {(str(missing), "out.ipynb", "smoke"): f"error: {missing}: no such notebook",
+             (str(nb), str(nb), "smoke"): f"error: {nb}: the executed copy must go elsewhere than the notebook",
+             (str(kept), "x.ipynb", "smoke"): "error: x.ipynb: the executed copy must go elsewhere than the notebook",
+             (str(nb), "out.ipynb", "smok"): "error: profile 'smok': not found; known profiles in",
+             (str(nb), "out.ipynb", "mine.yaml"): "error: profile 'mine.yaml': no such file"}
+    for (src, out, profile), message in cases.items():
+        r = _run(src, out, "--profile", profile, cwd=tmp_path)
+        assert r.returncode == 1 and r.stderr.strip().splitlines()[-1].startswith(message), r.stderr
+        assert "Traceback" not in r.stderr and "Executing" not in r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nb.ipynb", "x.failed.ipynb"] and nb.read_bytes() == before
+    (tmp_path / "mine.yaml").write_text((REPO / "configs" / "smoke.yaml").read_text())  # from cwd, as the kernel
+    r = _run(str(nb), "out.ipynb", "--profile", "mine.yaml", cwd=tmp_path)
+    assert r.returncode == 1 and "failed at In [3] with ValueError: fails" in r.stderr, r.stderr
+
+
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
 def test_a_terminated_run_removes_its_output_as_a_failed_one(tmp_path, sig):
     """SIGTERM (a timeout, a batch system) killed the run without cleanup: the partial file stayed and the

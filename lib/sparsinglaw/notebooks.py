@@ -35,6 +35,8 @@ def strip(path: str | Path) -> bool:
 
 
 def strip_all(folder: str | Path = "notebooks") -> None:
+    if not Path(folder).is_dir():
+        raise SparsingLawError(f"{folder}: no such folder (strip takes the folder of the notebooks)")
     for p in sorted(Path(folder).glob("*.ipynb")):
         if strip(p):
             print(f"stripped {p}")
@@ -70,8 +72,17 @@ def execute(notebook: str | Path, out: str | Path, profile: str, *, replot: bool
     ``failed_path(out)``, so that make never takes a failed notebook for an executed one."""
     import papermill as pm
 
-    out = Path(out)
+    from .config import load_profile
+
+    notebook, out = Path(notebook), Path(out)
     part, failed = out.with_name(f"{out.stem}.partial.ipynb"), failed_path(out)
+    if not notebook.is_file():
+        raise SparsingLawError(f"{notebook}: no such notebook")
+    if notebook.resolve() in {p.resolve() for p in (out, part, failed)}:
+        raise SparsingLawError(f"{out}: the executed copy must go elsewhere than the notebook {notebook} itself "
+                               "(a failing run removes it), e.g. runs/<profile>/notebooks/ as make writes it")
+    # an unknown or invalid profile stops here, before a kernel starts (a YAML path as the kernel reads it, from cwd)
+    load_profile(Path(cwd) / profile if Path(profile).suffix in (".yaml", ".yml") else profile)
     params = {"profile": profile, **({"replot": True} if replot else {})}
     try:
         pm.execute_notebook(str(notebook), str(part), parameters=params, kernel_name="python3", cwd=str(cwd),
@@ -129,7 +140,8 @@ def _main(argv=None) -> int:
     import logging
     import sys
 
-    ap = argparse.ArgumentParser(prog="python -m sparsinglaw.notebooks", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m sparsinglaw.notebooks",
+                                 description=" ".join(__doc__.split("\n\n")[0].split()))
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("strip", help="strip notebooks/ in place").add_argument("folder", nargs="?", default="notebooks")
     ep = sub.add_parser("run", help="execute one notebook for a profile (papermill)")
