@@ -58,6 +58,16 @@ def test_abbreviated_options_are_refused(args, capsys):
         capsys.readouterr().err
 
 
+def test_an_unknown_option_is_named_under_its_commands_usage(capsys):
+    """An option the command does not take (runs has no -j) is refused under that command's usage line,
+    which lists what it takes, not under the top-level one."""
+    with pytest.raises(SystemExit) as e:
+        cli.main(["runs", "--profile", "smoke", "-j", "3"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("usage: python -m sparsinglaw runs [-h] --profile PROFILE")
+    assert err.strip().splitlines()[-1] == "python -m sparsinglaw runs: error: unrecognized arguments: -j 3"
+
+
 def test_debug_shows_traceback():
     r = _cli("--debug", "train", "--profile", "nope")
     assert r.returncode != 0 and "Traceback" in r.stderr

@@ -30,8 +30,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    p.commands = {}  # name -> its parser, whose usage line an error in its arguments shows
+
     def command(name, **kw):  # no abbreviated options: --run on compute was taken for --runs-dir
-        return sub.add_parser(name, allow_abbrev=False, **kw)
+        p.commands[name] = sub.add_parser(name, allow_abbrev=False, **kw)
+        return p.commands[name]
 
     def common(sp):
         sp.add_argument("--profile", required=True,
@@ -133,7 +136,9 @@ def _note_other_checkout(command: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = _parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # under the command's own usage line, not the top-level one
+        parser.commands[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
     from .config import SparsingLawError
     from .runs import one_line_warnings
 
