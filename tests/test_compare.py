@@ -172,8 +172,12 @@ def test_missing_tables_and_folders(tmp_path):
         _rewrite(f, "claims", lambda df: df.iloc[:0])  # claims.csv with its header only
     assert "claims: 0 of 0 verdicts the same" in compare.summary(compare.compare(c, d))
     (tmp_path / "empty").mkdir()
-    with pytest.raises(SparsingLawError, match="share none of the tables"):
+    with pytest.raises(SparsingLawError, match="share none of the tables") as e:
         compare.compare(COMMITTED, tmp_path / "empty")
+    assert "a profile's folder" not in str(e.value)
+    with pytest.raises(SparsingLawError, match=r"of one profile \(a profile's folder, e\.g\. "
+                                               + re.escape(f"{COMMITTED.parent}/{{cpu,cpu-long}}?)")):
+        compare.compare(COMMITTED.parent, tmp_path / "empty")  # results/, not results/cpu
 
 
 def test_cli_prints_the_report_or_one_error_line(tmp_path, capsys):
