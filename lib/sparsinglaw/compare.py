@@ -180,9 +180,9 @@ def compare(a: str | Path, b: str | Path) -> dict[str, pd.DataFrame]:
     ta, tb = ({n: _read(f, n) for n in TABLES} for f in (a, b))
     shared = [n for n in TABLES if ta[n] is not None and tb[n] is not None]
     if not shared:
-        inner = [f"{f}/{{{','.join(sorted(p.name for p in f.iterdir() if (p / 'sparsity.csv').is_file()))}}}"
-                 for f in (a, b) if any((p / "sparsity.csv").is_file() for p in f.iterdir())]
-        hint = f" (a profile's folder, e.g. {', '.join(inner)}?)" if inner else ""
+        inner = {f: sorted(p.name for p in f.iterdir() if (p / "sparsity.csv").is_file()) for f in (a, b)}
+        named = ", ".join(f"{f}/{{{','.join(names)}}}" for f, names in inner.items() if names)
+        hint = f" (a profile's folder, e.g. {named}?)" if named else ""
         raise SparsingLawError(f"{a} and {b} share none of the tables {', '.join(f'{n}.csv' for n in TABLES)}; "
                                f"expected two results folders of one profile{hint}")
     first = next(n for n in ("sparsity", "train_log", "fits", "claims") if n in shared)  # a base table first

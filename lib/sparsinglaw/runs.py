@@ -535,11 +535,11 @@ def train_profile(profile: ProfileConfig, names: list[str] | None = None, jobs: 
 
 def check_finished_corpus(profile: ProfileConfig, finished: list[RunConfig], runs_dir=None) -> None:
     """Refuse finished runs whose newest checkpoint was trained on another corpus than data.* selects now
-    (train.check_corpus; the default corpus changes with the installed packages): training would skip
-    them as done, and every later stage would refuse them one by one. Reads the corpus's fingerprint
-    alone (data.corpus_documents: no token cache is built)."""
+    (measure.require_corpus, as every later stage checks it; the default corpus changes with the installed
+    packages): training would skip them as done, and every later stage would refuse them one by one.
+    Reads the corpus's fingerprint alone (data.corpus_documents: no token cache is built)."""
     from .data import CorpusError, corpus_documents
-    from .train import check_corpus
+    from .measure import require_corpus
 
     if not finished:
         return
@@ -549,10 +549,8 @@ def check_finished_corpus(profile: ProfileConfig, finished: list[RunConfig], run
         ck = checkpoints(profile, r, runs_dir)
         if ck.empty:
             continue
-        path = Path(ck["path"].iloc[-1])
-        tag = path.stem.removeprefix("ckpt_")
         try:
-            check_corpus(r, read_meta(path.parent, tag), path.parent / f"meta_{tag}.json", corpus)
+            require_corpus(r, ck["path"].iloc[-1], corpus)
         except CorpusError as e:
             errors.append(str(e))
     if errors:
