@@ -156,6 +156,77 @@ def test_sha256_file_remembers_only_unchanged_files(tmp_path, monkeypatch):
     assert tr.sha256_file(f) == oracle and len(hashed) == 5
 
 
+def test_checkpoint_digests_are_kept_for_later_processes_and_a_load_reads_the_bytes(tiny_profile, smoke_tokens,
+                                                                                  tmp_path, monkeypatch):
+    """A listing hashes each checkpoint once for every later process (the digest is kept in the run folder's
+    DIGEST_MEMO under the file's inode, size, mtime and ctime), and hashes it again once the file changes; a
+    load reads the bytes whatever is remembered, so a file whose bytes changed behind an unchanged stat (bit
+    rot, stood in for by a forged memo entry) is refused there. Oracle: hashlib on the bytes; a new process
+    is stood in for by an empty in-process memo."""
+    import hashlib
+    import os
+    import types
+
+    from sparsinglaw import measure
+    from sparsinglaw import train as tr
+
+    run = tiny_profile.run("relu-s1")
+    d = tmp_path / "run"
+    train(run, tiny_profile.data, d, smoke_tokens, progress=False)
+    h = run.config_hash(tiny_profile.data)
+    hashed = []
+    monkeypatch.setattr(tr, "hashlib", types.SimpleNamespace(sha256=lambda: hashed.append(1) or hashlib.sha256()))
+    monkeypatch.setattr(tr, "HASH_MEMO_AGE_S", -1.0)  # the files were just written (the age rule: test above)
+
+    def new_process():
+        monkeypatch.setattr(tr, "_hashed", {})
+        return len(hashed)
+
+    tags = tr.checkpoint_tags(d)
+    new_process()
+    assert len(tags) >= 3 and all(tr.checkpoint_problem(d, t, h) is None for t in tags) and len(hashed) == len(tags)
+    memo = json.loads((d / tr.DIGEST_MEMO).read_text())
+    assert {k: v[-1] for k, v in memo.items()} == {f"ckpt_{t}.pt": hashlib.sha256((d / f"ckpt_{t}.pt").read_bytes())
+                                                   .hexdigest() for t in tags}
+    before = new_process()
+    assert all(tr.checkpoint_problem(d, t, h) is None for t in tags) and len(hashed) == before  # read nothing
+
+    # a rewrite in place, same size, mtime put back: ctime changed, so it is read again and refused
+    pt = d / f"ckpt_{tags[0]}.pt"
+    st, data = os.stat(pt), bytearray(pt.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    pt.write_bytes(bytes(data))
+    os.utime(pt, ns=(st.st_atime_ns, st.st_mtime_ns))
+    before = new_process()
+    assert "checksum" in tr.checkpoint_problem(d, tags[0], h) and len(hashed) == before + 1
+
+    # bit rot: new bytes behind a stat the memo knows. The listing trusts it, a load does not
+    pt = d / f"ckpt_{tags[1]}.pt"
+    data = bytearray(pt.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    pt.write_bytes(bytes(data))
+    st = os.stat(pt)
+    memo = json.loads((d / tr.DIGEST_MEMO).read_text())
+    memo[pt.name] = [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, tr.read_meta(d, tags[1])["sha256"]]
+    (d / tr.DIGEST_MEMO).write_text(json.dumps(memo))
+    new_process()
+    assert tr.checkpoint_problem(d, tags[1], h) is None
+    assert "checksum" in tr.checkpoint_problem(d, tags[1], h, fresh=True)
+    with pytest.raises(tr.CheckpointError, match="checksum"):
+        tr.load_checkpoint(d, tags[1], h, optimizer=False)
+    with pytest.raises(tr.CheckpointError, match=f"refusing checkpoint {pt}: checksum mismatch"):
+        measure.load_model(run, pt)
+    measure.load_model(run, d / f"ckpt_{tags[2]}.pt")  # an intact one loads
+
+    # an unreadable memo only costs a read; a deleted file's entry goes at the next write
+    (d / tr.DIGEST_MEMO).write_text("{not json")
+    before = new_process()
+    assert tr.checkpoint_problem(d, tags[2], h) is None and len(hashed) == before + 1
+    (d / f"ckpt_{tags[2]}.pt").unlink()
+    tr.checkpoint_problem(d, tags[-1], h)
+    assert set(json.loads((d / tr.DIGEST_MEMO).read_text())) == {f"ckpt_{tags[-1]}.pt"}
+
+
 def test_corrupted_checkpoint_is_refused(tiny_profile, smoke_tokens, capsys):
     p = tiny_profile
     run = p.run("relu-wd1")

@@ -216,27 +216,63 @@ def remove_stale_temps(folder: Path) -> list[Path]:
 
 HASH_MEMO_AGE_S = 2.0  # a file's digest is remembered only if it was last written this long before hashing
 _hashed: dict[str, tuple[tuple, str]] = {}  # absolute path -> (stat key, sha256) in this process
+DIGEST_MEMO = ".sha256.json"  # in a run folder: file name -> [inode, size, mtime_ns, ctime_ns, sha256]
 
 
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes. Remembered in this process while the file keeps its device, inode,
-    size, mtime and ctime, so that listing a run's checkpoints again (every stage checks them) does not
-    read gigabytes again; only for a file last written HASH_MEMO_AGE_S before it was hashed (as git's
-    "racily clean" rule: a rewrite within the file system's timestamp granularity could keep its mtime)."""
+def sha256_file(path: Path, keep: bool = False, fresh: bool = False) -> str:
+    """Hex sha256 of a file's bytes. Remembered while the file keeps its inode, size, mtime and ctime:
+    in this process, and with `keep` also in its folder's DIGEST_MEMO for later processes, so that
+    listing a run's checkpoints again (every stage and every command checks them: hundreds of GB at the
+    paper profile's scale) does not read them again. `fresh`: read the bytes whatever is remembered (a
+    load does, so that a file changed without its timestamps, as by bit rot, is never loaded). Only a
+    file last written HASH_MEMO_AGE_S before it was hashed is remembered (as git's "racily clean" rule:
+    a rewrite within the file system's timestamp granularity could keep its mtime)."""
     st = os.stat(path)
-    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    key = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
     name = os.path.abspath(path)
-    hit = _hashed.get(name)
-    if hit is not None and hit[0] == key:
-        return hit[1]
+    memo = Path(name).parent / DIGEST_MEMO
+    if not fresh:
+        hit = _hashed.get(name)
+        if hit is not None and hit[0] == (st.st_dev, *key):
+            return hit[1]
+        kept = _read_digest_memo(memo).get(Path(name).name) if keep else None
+        if isinstance(kept, list) and len(kept) == 5 and tuple(kept[:4]) == key and isinstance(kept[4], str):
+            _hashed[name] = ((st.st_dev, *key), kept[4])
+            return kept[4]
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     digest = h.hexdigest()
     if time.time_ns() - max(st.st_mtime_ns, st.st_ctime_ns) > HASH_MEMO_AGE_S * 1e9:
-        _hashed[name] = (key, digest)
+        _hashed[name] = ((st.st_dev, *key), digest)
+        if keep:
+            _remember_digest(memo, Path(name).name, [*key, digest])
     return digest
+
+
+def _read_digest_memo(memo: Path) -> dict:
+    """A folder's DIGEST_MEMO, or {} where it is missing or unreadable (it only saves reading files)."""
+    try:
+        got = json.loads(memo.read_text())
+    except (OSError, ValueError):
+        return {}
+    return got if isinstance(got, dict) else {}
+
+
+def _remember_digest(memo: Path, name: str, entry: list) -> None:
+    """Add `name`'s entry to the folder's DIGEST_MEMO and drop those of files no longer there. Best
+    effort, not synced: a lost or stale entry (two processes writing at once keep one's) only means a
+    file is read again; a folder that cannot be written keeps no memo."""
+    kept = {k: v for k, v in _read_digest_memo(memo).items() if (memo.parent / k).exists()}
+    kept[name] = entry
+    tmp = temp_path(memo)
+    try:
+        tmp.write_text(json.dumps(kept, sort_keys=True))
+        os.replace(tmp, memo)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
 
 
 def _rng_b64() -> str:
@@ -283,8 +319,9 @@ def drop_optimizer_states(run_dir: Path, keep: int) -> None:
         (run_dir / f"opt_{tag}.pt").unlink(missing_ok=True)
 
 
-def checkpoint_problem(run_dir: Path, tag: str, config_hash: str) -> str | None:
-    """Why checkpoint `tag` cannot be used, or None when it is valid."""
+def checkpoint_problem(run_dir: Path, tag: str, config_hash: str, fresh: bool = False) -> str | None:
+    """Why checkpoint `tag` cannot be used, or None when it is valid. Its sha256 is the one remembered
+    for its unchanged file (sha256_file), or with `fresh` read from its bytes."""
     meta_path, pt = run_dir / f"meta_{tag}.json", run_dir / f"ckpt_{tag}.pt"
     if not meta_path.exists():
         return f"{pt.name}: no sidecar {meta_path.name} (an interrupted write)"
@@ -301,7 +338,7 @@ def checkpoint_problem(run_dir: Path, tag: str, config_hash: str) -> str | None:
         return f"{pt}: missing although {meta_path.name} names it"
     if pt.stat().st_size != meta.get("bytes"):
         return f"{pt}: truncated ({pt.stat().st_size} bytes, sidecar says {meta.get('bytes')})"
-    if sha256_file(pt) != meta.get("sha256"):
+    if sha256_file(pt, keep=True, fresh=fresh) != meta.get("sha256"):
         return f"{pt}: checksum mismatch (a corrupted file, or a write interrupted between it and its sidecar)"
     return None
 
@@ -315,7 +352,7 @@ def read_meta(run_dir: Path, tag: str) -> dict:
     return json.loads((run_dir / f"meta_{tag}.json").read_text())
 
 
-def optimizer_problem(run_dir: Path, tag: str) -> str | None:
+def optimizer_problem(run_dir: Path, tag: str, fresh: bool = False) -> str | None:
     """Why valid checkpoint `tag` cannot be resumed from (its optimizer state is gone or damaged), or None.
     Checkpoints written before opt_<tag>.pt existed hold the state in ckpt_<tag>.pt itself."""
     saved = read_meta(run_dir, tag).get("optimizer")
@@ -324,7 +361,8 @@ def optimizer_problem(run_dir: Path, tag: str) -> str | None:
     opt_pt = run_dir / saved["file"]
     if not opt_pt.exists():
         return f"{opt_pt.name}: dropped (older checkpoints keep weights only)"
-    if opt_pt.stat().st_size != saved.get("bytes") or sha256_file(opt_pt) != saved.get("sha256"):
+    if (opt_pt.stat().st_size != saved.get("bytes")
+            or sha256_file(opt_pt, keep=True, fresh=fresh) != saved.get("sha256")):
         return f"{opt_pt}: truncated or corrupted (size or sha256 differs from meta_{tag}.json)"
     return None
 
@@ -332,7 +370,8 @@ def optimizer_problem(run_dir: Path, tag: str) -> str | None:
 def load_checkpoint(run_dir: Path, tag: str, config_hash: str, map_location="cpu", optimizer: bool = True) -> dict:
     """A valid checkpoint's state, with its optimizer state when `optimizer` (refused without one: see
     optimizer_problem)."""
-    problem = checkpoint_problem(run_dir, tag, config_hash) or (optimizer and optimizer_problem(run_dir, tag))
+    problem = (checkpoint_problem(run_dir, tag, config_hash, fresh=True)
+               or (optimizer and optimizer_problem(run_dir, tag, fresh=True)))
     if problem:
         raise CheckpointError(f"refusing checkpoint {problem}")
     state = torch.load(run_dir / f"ckpt_{tag}.pt", map_location=map_location, weights_only=True)
