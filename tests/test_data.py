@@ -337,6 +337,35 @@ def test_two_builds_identical(tmp_path):
 # cache
 
 
+def test_cache_files_are_synced_before_meta_json_commits_them(tmp_path, monkeypatch):
+    """meta.json, written last, commits the cache: each cache file's bytes are synced to disk before it is
+    renamed into place, meta.json's before its rename, and the folder after it (a power cut keeps no meta.json
+    counting arrays whose bytes were lost). The events are read from os.fsync's descriptors and os.replace."""
+    cfg = user_cfg(make_folder(tmp_path / "corpus"))
+    events, real_fsync, real_replace = [], os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", Path(os.readlink(f"/proc/self/fd/{fd}")).name))
+        return real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", Path(src).name, Path(dst).name))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    td = prepare(cfg, tmp_path / "cache", progress=False)
+    monkeypatch.undo()
+    renamed = {e[2]: i for i, e in enumerate(events) if e[0] == "replace"}
+    assert set(renamed) == {*data.CACHE_FILES, "meta.json"}
+    for i, e in enumerate(events):
+        if e[0] == "replace":
+            assert ("fsync", e[1]) in events[:i], e  # its temp file's bytes first
+    last = renamed["meta.json"]
+    assert all(renamed[f] < last for f in data.CACHE_FILES)
+    assert ("fsync", td.root.name) in events[last + 1:]  # then the folder's entries
+
+
 def test_cache_reused_without_retokenizing(tmp_path, monkeypatch):
     cfg = user_cfg(make_folder(tmp_path / "corpus"))
     td = prepare(cfg, tmp_path / "cache", progress=False)

@@ -48,7 +48,9 @@ folder is named by that hash, the vocabulary size and the tokenizer budget (``to
 that configs that differ only in their tokenizer keep their own caches; the whole build key, with
 ``DATA_VERSION``, is checked against meta.json and a mismatching cache is rebuilt in place, as is one whose
 token or domain arrays do not have the sizes meta.json counts (with a note naming the file); a rebuild first
-deletes the temporary files that a build killed mid-way left in the folder.
+deletes the temporary files that a build killed mid-way left in the folder. Every cache file is synced to
+disk before meta.json is renamed into place (and the folder after it): a power cut cannot leave a
+meta.json that counts arrays of the right size holding other bytes.
 """
 
 from __future__ import annotations
@@ -754,7 +756,21 @@ def _wrong_size(root: Path, meta: dict) -> tuple[str, int, int] | None:
 def _atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f"{path.name}.tmp.{os.getpid()}")
     tmp.write_text(text)
+    _fsync(tmp)
     os.replace(tmp, path)
+    _fsync(path.parent)
+
+
+def _fsync(path: Path) -> None:
+    """Sync a file's bytes or a folder's entries to disk, so that meta.json, written last, never survives a
+    power cut that the arrays it counts did not. Best effort: a file system that refuses (a folder on some
+    platforms) leaves the write done, only not yet durable."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _remove_temps(root: Path) -> None:
@@ -841,6 +857,7 @@ def _build(cfg: DataConfig, docs: list[Document], fingerprint: dict, key: dict, 
     tok = train_tokenizer(_tokenizer_texts(docs, budget), cfg.vocab_size, where)
     tmp = root / f"tokenizer.json.tmp.{os.getpid()}"
     tok.save(str(tmp))
+    _fsync(tmp)
     os.replace(tmp, root / "tokenizer.json")
     t_bpe = time.perf_counter() - t0
 
@@ -864,6 +881,8 @@ def _build(cfg: DataConfig, docs: list[Document], fingerprint: dict, key: dict, 
                     doms.tofile(fd)
                     counts += np.bincount(doms, minlength=len(domains))
                     n += len(ids)
+            _fsync(tmp_bin)
+            _fsync(tmp_dom)
             os.replace(tmp_bin, root / f"{split}.bin")
             os.replace(tmp_dom, root / f"{split}.dom")
             tokens[split] = n
