@@ -32,6 +32,7 @@ def test_gpu_profile_matches_its_comments():
     wd = [r for r in prof.runs if "width_depth" in r.groups]
     ratios = sorted(r.model.d_model / r.model.n_layers for r in wd)
     assert len(set(ratios)) >= 6 and ratios[0] <= 4 and ratios[-1] >= 128
+    assert ratios[1] < 114 < ratios[-2]  # laws.fit_piecewise_linear's breakpoints span the paper's bottleneck
     params = [num_params_from_config(r.model) for r in wd]
     assert max(params) / min(params) < 1.3  # one parameter budget across the grid
     s1 = min(scale, key=lambda r: num_params_from_config(r.model))
