@@ -554,8 +554,8 @@ def activation_laws(table: pd.DataFrame, fits: pd.DataFrame, curves: pd.DataFram
             size = f"{g['non_embedding_params'].iloc[0] / 1e3:.0f}k"
             label = (f"{run} (d/L {g['width_depth'].iloc[0]:.3g}, {size})" if by_wd else f"{run} ({size})") + (
                 "" if ok else ", no fit")
-            ax.plot(g["tokens"][used] / 1e6, g["activation_ratio"][used], mk, ms=2.5, color=c, label=label)
-            ax.plot(g["tokens"][~used] / 1e6, g["activation_ratio"][~used], mk, ms=2.5, mfc="none", color=c)
+            ax.plot(g["tokens"][used] / 1e6, g["activation_ratio"][used], mk, ms=3.5, mew=0.6, color=c, label=label)
+            ax.plot(g["tokens"][~used] / 1e6, g["activation_ratio"][~used], mk, ms=3.5, mew=0.6, mfc="none", color=c)
             any_dropped |= bool((~used).any())
             miss = _unreached(g)
             if miss.any():  # c only a lower bound there: not a PPL-p% activation ratio
@@ -569,7 +569,8 @@ def activation_laws(table: pd.DataFrame, fits: pd.DataFrame, curves: pd.DataFram
                 ax.axhline(f["A0"], color=c, lw=0.6, ls=":")
                 any_limit = True
         if any_dropped:  # what the marks mean, once a panel
-            ax.plot([], [], "o", ms=2.5, mfc="none", color="0.4", label="hollow: dropped before fitting (fit.drop_*)")
+            ax.plot([], [], "o", ms=3.5, mew=0.6, mfc="none", color="0.4",
+                    label="hollow: dropped before fitting (fit.drop_*)")
         if any_limit:
             ax.plot([], [], ls=":", lw=0.6, color="0.4", label="dotted: the fitted limit $A_0$")
         log_x(ax)
