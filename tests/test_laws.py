@@ -456,6 +456,31 @@ def test_nuisance_bound_is_accepted_only_when_the_limit_does_not_move():
     assert not to_zero.converged and "more than nuisance_tol" in to_zero.message
 
 
+def test_a_parameter_short_of_its_nuisance_bound_is_held_by_it():
+    """trf scales a gradient by the distance to its bound, so Eq. 4's b can stop at -7e-5 where the least-squares
+    optimum is on b = 0, beyond _at_bounds' reach: the bound is found by lifting it (the refit crosses it with a
+    smaller cost) and judged as a bound hit is. Oracle: scipy's curve_fit of Eq. 4 with b held at 0 fits at
+    least as well, so the bound holds b; A0 moves by more than nuisance_tol once b is free: not converged."""
+    from scipy.optimize import curve_fit
+
+    rng = np.random.default_rng(2)
+    D = np.linspace(5, 90, 12)
+    A = np.exp(-0.286 * D**0.449 - 3.05) + 0.0674 + rng.normal(0, 5e-4, D.size)
+    r = laws.fit("logspace_power", D, A, n_boot=0)
+    assert -1e-3 < r.params["b"] < -1e-6, r.params
+    rss = float(np.sum((A - r.predict(D)) ** 2))
+    x0 = [r.params["alpha"], r.params["c"], r.params["A0"]]
+    on_bound, _ = curve_fit(lambda D, alpha, c, A0: np.exp(-c * D**alpha) + A0, D, A, p0=x0,
+                            bounds=([0, 0, 0], [10, np.inf, 1]))
+    assert float(np.sum((A - np.exp(-on_bound[1] * D ** on_bound[0]) - on_bound[2]) ** 2)) <= rss * (1 + 1e-9)
+    assert not r.converged
+    assert re.search(r"b=-[\d.e-]+ near bound 0 \(refitted with b <= 30, A0 moves by [\d.e-]+ [^;]*more than "
+                     r"nuisance_tol 0.001\)", r.message), r.message
+    # an interior optimum: the refit with b <= 30 stays where it is, nothing is near a bound
+    inner = laws.fit("logspace_power", D, np.exp(-0.3 * D**0.5 + np.log(0.2)) + 0.1, n_boot=0)
+    assert inner.converged and "bound" not in inner.message, inner.message
+
+
 def test_a_flat_fit_or_an_unidentified_limit_is_no_law():
     """Eq. 4 on data that rise: its best fit is a constant (the transient is 0 at every point, A0 anywhere
     from 0 to the level once it is), which is no law, whatever the bounds say; and a curve whose limit

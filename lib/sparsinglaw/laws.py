@@ -519,13 +519,24 @@ def _judge(form, D, A, res, spec, unidentified=None):
     is identified (other values of it would not fit as well) and no parameter sits on a bound, except a
     nuisance bound (`Form.relaxed_upper`) that the limit does not depend on: refitted from the optimum
     with those bounds lifted, the limit moves by at most spec.nuisance_tol (the move is reported either
-    way). `unidentified`: _unidentified at res.x, when the caller has it already."""
+    way). A parameter that stopped short of its nuisance bound is held by it as well when that refit
+    crosses the bound with a smaller cost. `unidentified`: _unidentified at res.x, when the caller has it
+    already."""
     if res is None:
         return False, ["no start converged"]
     fails = [] if _ok(res) else [f"optimizer: {res.message}"]
     hits = _at_bounds(form, D, res.x)
     soft = [(j, text) for j, text in hits if _soft(form, j, res.x)]
     fails += [text for j, text in hits if (j, text) not in soft]
+    again = None
+    if form.relaxed_upper is not None:
+        again = _lsq(dataclasses.replace(form, upper=form.relaxed_upper), D, A, res.x, spec)
+        if not soft:  # trf scales a gradient by the distance to its bound, so it can stop short of one (b =
+            # -7e-5 where the optimum is b = 0): a nuisance bound holds when lifting it lets the fit cross it
+            soft = [(j, f"{s}={v:.3g} near bound {hi:g}") for j, (s, v, hi, up) in
+                    enumerate(zip(form.symbols, res.x, form.upper, form.relaxed_upper, strict=True))
+                    if s != form.limit and up != hi and np.isfinite(again.x[j]) and again.cost < res.cost
+                    and again.x[j] > hi + 1e-6 * (1 + abs(hi))]
     with np.errstate(all="ignore"):
         span = float(np.ptp(form.f(D, *res.x)))
     if np.ptp(A) == 0:
@@ -541,8 +552,6 @@ def _judge(form, D, A, res, spec, unidentified=None):
         fails.append(f"the limit {form.limit} is not identified: other values of it fit the data as well")
     notes = []
     if soft:
-        relaxed = dataclasses.replace(form, upper=form.relaxed_upper)
-        again = _lsq(relaxed, D, A, res.x, spec)
         # a step-like transient sharpens without end once alpha is free: the refit may run out of evaluations
         # on its way, each one a better fit than the bound's; how far the limit has moved by then is the answer
         stopped = again.status == 0 and np.all(np.isfinite(again.x)) and again.cost <= res.cost
