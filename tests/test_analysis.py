@@ -468,7 +468,8 @@ def test_convergence_leaves_out_a_step_whose_slope_is_not_measured():
     assert (s["ratio_common"] == without["ratio_common"].iloc[0]).all()  # D_max 1 would have narrowed the range
     assert (kept["message"] == "").all() and s.loc["relu-step", "rho_N_speed"] == without["rho_N_speed"].iloc[0]
     row = claims.small_converge_faster(summary)[0]
-    assert row["n"] == 4 and "left out, steps whose slope is not measured (laws.is_step): relu-step" in row["note"]
+    assert row["n"] == 4 and "left out, fits whose slope is not measured (a step, laws.is_step, or a transient whose " \
+        "alpha and c are not identified): relu-step" in row["note"]
     assert laws.is_step("logspace_power", step) and not laws.is_step("logspace_power", {**step, "alpha": 9.99})
     assert laws.is_step("logspace_power", {**step, "alpha": "9.999999999999998"})  # as a CSV can give it back
     with warnings.catch_warnings():  # a table without steps reads its message column back as NaN floats
@@ -476,6 +477,30 @@ def test_convergence_leaves_out_a_step_whose_slope_is_not_measured():
         quiet = claims.small_converge_faster(without.assign(message=np.nan))[0]
     assert "steps" not in quiet["note"]
     assert not laws.is_step("power", {"alpha": 10.0, "c": 1.0, "A0": 0.3})  # Eq. 5's alpha <= 10 is a hard bound
+
+
+def test_convergence_leaves_out_a_fit_whose_transient_is_not_identified():
+    """A converged Eq. 4 fit whose alpha and c the data cannot separate (`unidentified`; cpu relu-wd12:
+    alpha 9.12, just short of its bound, c 1.5e34, flat after its second checkpoint) has no measured slope
+    either: a speed of 0 there would rank it slowest. Left out as a step is, named in its message."""
+    k, sizes = 0.01, ((1e4, -0.5), (1e5, -1.0), (1e6, -1.5), (3e6, -1.6))
+    rows = [{"run": f"relu-{i}", "activation": "relu", "groups": "scale", "non_embedding_params": N,
+             "form": "logspace_power", "converged": True, "alpha": 0.5, "b": b, "c": k * (1e9 / N) ** 0.5, "A0": 0.1,
+             "D_min_used": 0.01, "D_max": 10.0, "unidentified": np.nan} for i, (N, b) in enumerate(sizes)]
+    loose = {**rows[1], "run": "relu-loose", "non_embedding_params": 2e5, "alpha": 9.12, "c": 1.5e34,
+             "unidentified": "alpha;c"}
+    D = np.geomspace(loose["D_min_used"], loose["D_max"], 5)
+    flat = analysis.Law.from_row(pd.Series(loose)).predict(D)
+    assert np.ptp(flat) == 0  # its fitted curve: flat over the range, a slope of 0 if it were kept
+    _, summary = analysis.convergence(pd.DataFrame([*rows, loose]), n=16)
+    _, without = analysis.convergence(pd.DataFrame(rows), n=16)
+    s = summary.set_index("run")
+    assert np.isnan(s.loc["relu-loose", "dA_dratio_common"])
+    assert "its transient is not identified (alpha;c not separately identified: alpha = 9.12" in \
+        s.loc["relu-loose", "message"]
+    assert s.drop(index="relu-loose")["dA_dratio_common"].to_numpy() == pytest.approx(
+        without["dA_dratio_common"].to_numpy(), rel=1e-12)
+    assert "relu-loose" in claims.small_converge_faster(summary)[0]["note"]
 
 
 def test_convergence_common_ratio_uses_the_fitted_range_of_the_scale_runs():
@@ -951,6 +976,19 @@ def test_a_table_of_ones_own_without_a_column_is_refused_naming_it(table, isolat
     with pytest.raises(ValueError, match=r"tokens is a count of training tokens; got 0.01 for run relu-s1 \(billions\? "
                                          r"multiply by 1e9\)"):
         analysis.fit_activation_laws(table.assign(tokens=table["tokens"] / 1e9), SPEC)
+    with pytest.raises(ValueError, match=r"got -1.0 for run relu-s1 \(a count is positive\)"):
+        analysis.fit_activation_laws(table.assign(tokens=-1.0), SPEC)
+    pct = re.escape(repr(float(table["activation_ratio"].iloc[0] * 100)))
+    with pytest.raises(ValueError, match=r"activation_ratio is the share of active neurons, in \[0, 1\]; got "
+                                         rf"{pct} for run relu-s1 \(percent\? divide by 100\)"):
+        analysis.fit_activation_laws(table.assign(activation_ratio=table["activation_ratio"] * 100), SPEC)
+    with pytest.raises(ValueError, match=r"got -0.5 for run relu-s1 \(a share is not negative\)"):
+        analysis.fit_activation_laws(table.assign(activation_ratio=-0.5), SPEC)
+    assert len(analysis.limit_loss(table.assign(activation_ratio=-0.5), SPEC))  # a column that fit does not read
+    whole = table.assign(tokens=np.ceil(table["tokens"] / 1e9))  # whole billions: 1, 2, ... pass as counts
+    with pytest.raises(ValueError, match=r"run [\w.-]+ has at most 1.0, .* per non-embedding parameter \(billions\? "
+                                         r"multiply by 1e9\)"):
+        analysis.fit_activation_laws(whole, SPEC)
     # counts computed in floating point (np.geomspace) are counts: only small fractional ones are refused
     fits, _ = analysis.fit_activation_laws(table.assign(tokens=table["tokens"] + 0.25), SPEC)
     assert len(fits) == table["run"].nunique()

@@ -161,8 +161,24 @@ def activation_points(table: pd.DataFrame, p: float = 1.0, need: tuple[str, ...]
     odd = table[(tokens < 1) | ((tokens % 1 != 0) & (tokens < 1e6))]
     if len(odd):  # billions of tokens in this column fit a curve in D 1e9 times too small, and "converge"
         first = odd.iloc[0]
+        why = "billions? multiply by 1e9" if first["tokens"] > 0 else "a count is positive"
         raise ValueError(f"sparsity table: tokens is a count of training tokens; got {float(first['tokens'])!r} for "
-                         f"run {first['run']} (billions? multiply by 1e9)")
+                         f"run {first['run']} ({why})")
+    per_param = (tokens / table["non_embedding_params"]).groupby(table["run"], sort=False).max()
+    if (per_param < 1e-3).any():  # whole billions pass the count check: D and D/N would be 1e9 times too small
+        run = per_param.index[per_param < 1e-3][0]
+        last = table.loc[table["run"] == run, "tokens"].max()
+        raise ValueError(f"sparsity table: tokens is a count of training tokens; run {run} has at most "
+                         f"{float(last)!r}, {per_param[run]:.2g} per non-embedding parameter (billions? multiply "
+                         "by 1e9)")
+    if "activation_ratio" in need:  # a percentage would fit laws 100 times too large, or fail as unconverged
+        ratio = table["activation_ratio"]
+        odd = table[(ratio < 0) | (ratio > 1)]
+        if len(odd):
+            first = odd.iloc[0]
+            why = "percent? divide by 100" if first["activation_ratio"] > 1 else "a share is not negative"
+            raise ValueError(f"sparsity table: activation_ratio is the share of active neurons, in [0, 1]; got "
+                             f"{float(first['activation_ratio'])!r} for run {first['run']} ({why})")
     t = table[np.isclose(table["p"], p)]
     if t.empty:
         raise ValueError(f"no rows at p={p}; measured p: {sorted(table['p'].unique())}")
@@ -413,16 +429,23 @@ def convergence(fits: pd.DataFrame, n: int = 64) -> tuple[pd.DataFrame, pd.DataF
     fitted range. summary: per run, the speed at ratio_common, the geometric middle of the ratio range
     all converged runs of that activation share; rho_N_speed = Spearman of N with |speed| there
     (negative: smaller models converge faster, the paper's claim). A converged fit that is a step
-    (laws.is_step: its slope between two checkpoints is not measured) has no curve and is left out of the
-    common range and the rho: its summary row has a NaN speed and a message that says so.
+    (laws.is_step: its slope between two checkpoints is not measured), or whose transient's alpha or c is
+    not identified (`unidentified`: a step whose alpha stopped short of its bound; the data fix no slope),
+    has no curve and is left out of the common range and the rho: its summary row has a NaN speed and a
+    message that says so.
     """
     f = in_group(fits, "scale")
     f = f[as_bool(f["converged"])]
     step = np.array([laws.is_step(r["form"], r) for _, r in f.iterrows()], dtype=bool)
+    loose = np.array([not step[i] and bool({"alpha", "c"} & set(str(r.get("unidentified", "") or "").split(";")))
+                      for i, (_, r) in enumerate(f.iterrows())], dtype=bool)
     steps = [{"run": r["run"], "activation": r["activation"], "non_embedding_params": r["non_embedding_params"],
               "message": f"a step (alpha = {r['alpha']:g}, on its bound): its slope between two checkpoints is not "
-                         "measured, no speed"} for _, r in f[step].iterrows()]
-    f = f[~step]
+                         "measured, no speed" if is_step else
+                         f"its transient is not identified ({r['unidentified']} not separately identified: alpha = "
+                         f"{r['alpha']:g}, c = {r['c']:g}): its slope is not measured, no speed"}
+             for (_, r), is_step in zip(f[step | loose].iterrows(), step[step | loose], strict=True)]
+    f = f[~(step | loose)]
     cols = ["run", "activation", "non_embedding_params", "data_scale_ratio", "dA_dratio"]
     curves, rows = [], []
     for act, g in f.groupby("activation", sort=False):

@@ -538,8 +538,8 @@ def small_converge_faster(conv_summary: pd.DataFrame) -> list[dict]:
         cid = f"small_converge_faster_{act}"
         g = conv_summary[conv_summary["activation"] == act]
         msg = as_text(g, "message")
-        steps = (f"left out, steps whose slope is not measured (laws.is_step): {', '.join(g.loc[msg != '', 'run'])}"
-                 if (msg != "").any() else "")
+        steps = (f"left out, fits whose slope is not measured (a step, laws.is_step, or a transient whose alpha "
+                 f"and c are not identified): {', '.join(g.loc[msg != '', 'run'])}" if (msg != "").any() else "")
         g = g[np.isfinite(g["dA_dratio_common"].to_numpy(float))]
         if len(g) < 3:
             rows.append(_row(cid, f"{len(g)} run(s)", "INCONCLUSIVE", len(g),
