@@ -756,15 +756,16 @@ def _wrong_size(root: Path, meta: dict) -> tuple[str, int, int] | None:
 def _atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f"{path.name}.tmp.{os.getpid()}")
     tmp.write_text(text)
-    _fsync(tmp)
+    fsync_path(tmp)
     os.replace(tmp, path)
-    _fsync(path.parent)
+    fsync_path(path.parent)
 
 
-def _fsync(path: Path) -> None:
-    """Sync a file's bytes or a folder's entries to disk, so that meta.json, written last, never survives a
-    power cut that the arrays it counts did not. Best effort: a file system that refuses (a folder on some
-    platforms) leaves the write done, only not yet durable."""
+def fsync_path(path: Path) -> None:
+    """Sync a file's bytes or a folder's entries to disk (after a rename into it), so that what a later
+    write commits survives a power cut: meta.json here, a checkpoint's sidecar in train. Best effort: where
+    the platform cannot open a folder (Windows) or the file system refuses to sync one, the write is done
+    all the same, only not yet durable."""
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)
         try:
@@ -857,7 +858,7 @@ def _build(cfg: DataConfig, docs: list[Document], fingerprint: dict, key: dict, 
     tok = train_tokenizer(_tokenizer_texts(docs, budget), cfg.vocab_size, where)
     tmp = root / f"tokenizer.json.tmp.{os.getpid()}"
     tok.save(str(tmp))
-    _fsync(tmp)
+    fsync_path(tmp)
     os.replace(tmp, root / "tokenizer.json")
     t_bpe = time.perf_counter() - t0
 
@@ -881,8 +882,8 @@ def _build(cfg: DataConfig, docs: list[Document], fingerprint: dict, key: dict, 
                     doms.tofile(fd)
                     counts += np.bincount(doms, minlength=len(domains))
                     n += len(ids)
-            _fsync(tmp_bin)
-            _fsync(tmp_dom)
+            fsync_path(tmp_bin)
+            fsync_path(tmp_dom)
             os.replace(tmp_bin, root / f"{split}.bin")
             os.replace(tmp_dom, root / f"{split}.dom")
             tokens[split] = n

@@ -58,7 +58,7 @@ from .config import (
     tokens_per_step,
     total_steps,
 )
-from .data import CorpusError, TokenData, eval_batches, get_batch
+from .data import CorpusError, TokenData, eval_batches, fsync_path, get_batch
 from .device import Prefetcher, init_distributed, peak_flops, pinned_memory_works, setup_torch
 from .model import Transformer
 
@@ -171,19 +171,7 @@ def atomic_write_files(files: dict[Path, bytes]) -> None:
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
     for folder in dict.fromkeys(path.parent for path in files):
-        fsync_dir(folder)
-
-
-def fsync_dir(folder: Path) -> None:
-    """Sync a folder's entries, so that a rename into it survives a power cut. Best effort: where the
-    platform cannot open a folder (Windows) or the file system refuses to sync one, the renames are
-    done all the same, only not yet durable."""
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_path(folder)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
