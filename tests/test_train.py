@@ -77,9 +77,12 @@ def test_train_writes_checkpoints_log_and_done(tiny_profile, smoke_tokens):
     assert math.log(512) > log[log["split"] == "train"]["loss"].iloc[-1]  # better than uniform
     assert not (d / "ckpt_last.pt").exists()
     # a finished run is skipped: nothing is rewritten
-    before = {p.name: p.stat().st_mtime_ns for p in d.iterdir()}
+    def stamps():  # but the checkpoint digests a listing keeps (train.DIGEST_MEMO: a cache)
+        return {p.name: p.stat().st_mtime_ns for p in d.iterdir() if p.name != ".sha256.json"}
+
+    before = stamps()
     _, _, again = _train(tiny_profile, "relu-s1")
-    assert again == done and {p.name: p.stat().st_mtime_ns for p in d.iterdir()} == before
+    assert again == done and stamps() == before
 
 
 def test_train_profile_skips_finished(tiny_profile, smoke_tokens, monkeypatch):
@@ -165,6 +168,8 @@ def test_checkpoint_digests_are_kept_for_later_processes_and_a_load_reads_the_by
     is stood in for by an empty in-process memo."""
     import hashlib
     import os
+    import subprocess
+    import sys
     import types
 
     from sparsinglaw import measure
@@ -218,10 +223,18 @@ def test_checkpoint_digests_are_kept_for_later_processes_and_a_load_reads_the_by
         measure.load_model(run, pt)
     measure.load_model(run, d / f"ckpt_{tags[2]}.pt")  # an intact one loads
 
-    # an unreadable memo only costs a read; a deleted file's entry goes at the next write
+    # an unreadable memo only costs a read; a deleted file's entry goes at the next write, and so does the temp
+    # file of a writer killed mid-write (another file's, in this folder, is left to the run's own writers)
     (d / tr.DIGEST_MEMO).write_text("{not json")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    killed = tr.temp_path(d / tr.DIGEST_MEMO).with_name(f".{tr.DIGEST_MEMO}.{dead.pid}-{tr._host()}.tmp")
+    other = killed.with_name(f".log.csv.{dead.pid}-{tr._host()}.tmp")
+    killed.write_text("{")
+    other.write_text("x")
     before = new_process()
     assert tr.checkpoint_problem(d, tags[2], h) is None and len(hashed) == before + 1
+    assert not killed.exists() and other.exists()
     (d / f"ckpt_{tags[2]}.pt").unlink()
     tr.checkpoint_problem(d, tags[-1], h)
     assert set(json.loads((d / tr.DIGEST_MEMO).read_text())) == {f"ckpt_{tags[-1]}.pt"}

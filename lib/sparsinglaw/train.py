@@ -182,12 +182,12 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def remove_stale_temps(folder: Path) -> list[Path]:
-    """Delete the temp files of atomic writes whose process is gone (killed between write and rename).
-    Only this machine's: another machine's writer cannot be looked up here (a temp file named without a
-    machine, as before the machine was added, counts as this machine's)."""
+def remove_stale_temps(folder: Path, name: str = "*") -> list[Path]:
+    """Delete the temp files of atomic writes (of files called `name`: a glob) whose process is gone (killed
+    between write and rename). Only this machine's: another machine's writer cannot be looked up here (a
+    temp file named without a machine, as before the machine was added, counts as this machine's)."""
     removed = []
-    for p in folder.glob(".*.tmp"):
+    for p in folder.glob(f".{name}.*.tmp"):
         pid, _, host = p.name.rsplit(".", 2)[-2].partition("-")
         if not pid.isdigit() or int(pid) == os.getpid() or host not in ("", _host()):
             continue
@@ -254,6 +254,8 @@ def _remember_digest(memo: Path, name: str, entry: list) -> None:
     file is read again; a folder that cannot be written keeps no memo."""
     kept = {k: v for k, v in _read_digest_memo(memo).items() if (memo.parent / k).exists()}
     kept[name] = entry
+    with contextlib.suppress(OSError):  # a writer killed mid-write (its entry is missing: a later miss comes here)
+        remove_stale_temps(memo.parent, memo.name)
     tmp = temp_path(memo)
     try:
         tmp.write_text(json.dumps(kept, sort_keys=True))
