@@ -163,9 +163,9 @@ def test_checkpoint_digests_are_kept_for_later_processes_and_a_load_reads_the_by
                                                                                   tmp_path, monkeypatch):
     """A listing hashes each checkpoint once for every later process (the digest is kept in the run folder's
     DIGEST_MEMO under the file's inode, size, mtime and ctime), and hashes it again once the file changes; a
-    load reads the bytes whatever is remembered, so a file whose bytes changed behind an unchanged stat (bit
-    rot, stood in for by a forged memo entry) is refused there. Oracle: hashlib on the bytes; a new process
-    is stood in for by an empty in-process memo."""
+    load counts only what its own process read from the bytes (once), so a file whose bytes changed behind an
+    unchanged stat (bit rot, stood in for by a forged memo entry) is refused there. Oracle: hashlib on the
+    bytes; a new process is stood in for by an empty in-process memo."""
     import hashlib
     import os
     import subprocess
@@ -216,12 +216,15 @@ def test_checkpoint_digests_are_kept_for_later_processes_and_a_load_reads_the_by
     (d / tr.DIGEST_MEMO).write_text(json.dumps(memo))
     new_process()
     assert tr.checkpoint_problem(d, tags[1], h) is None
-    assert "checksum" in tr.checkpoint_problem(d, tags[1], h, fresh=True)
+    assert "checksum" in tr.checkpoint_problem(d, tags[1], h, kept=False)
     with pytest.raises(tr.CheckpointError, match="checksum"):
         tr.load_checkpoint(d, tags[1], h, optimizer=False)
     with pytest.raises(tr.CheckpointError, match=f"refusing checkpoint {pt}: checksum mismatch"):
         measure.load_model(run, pt)
-    measure.load_model(run, d / f"ckpt_{tags[2]}.pt")  # an intact one loads
+    before = len(hashed)
+    measure.load_model(run, d / f"ckpt_{tags[2]}.pt")  # an intact one loads, its bytes read once in a process
+    measure.load_model(run, d / f"ckpt_{tags[2]}.pt")  # (a search loads its checkpoints again at every probe)
+    assert len(hashed) == before + 1
 
     # an unreadable memo only costs a read; a deleted file's entry goes at the next write, and so does the temp
     # file of a writer killed mid-write (another file's, in this folder, is left to the run's own writers)

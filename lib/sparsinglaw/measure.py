@@ -101,13 +101,13 @@ def measure_device(profile: ProfileConfig) -> torch.device:
 
 def load_model(run: RunConfig, path: str | Path, device: torch.device | str = "cpu"):
     """A float32 Transformer on `device` with the weights of checkpoint `path` (listed by
-    runs.checkpoints; its bytes are checked again here against its sidecar's sha256, since a listing
-    trusts the digest remembered for an unchanged file)."""
+    runs.checkpoints; its bytes are checked here against its sidecar's sha256, once in a process, since
+    a listing trusts the digest its run folder keeps for an unchanged file)."""
     from .model import Transformer
 
     path = Path(path)
     tag = path.stem.removeprefix("ckpt_")
-    if sha256_file(path, fresh=True) != read_meta(path.parent, tag).get("sha256"):
+    if sha256_file(path) != read_meta(path.parent, tag).get("sha256"):
         raise CheckpointError(f"refusing checkpoint {path}: checksum mismatch (its bytes changed after it was "
                               f"written); restore it, or delete the run folder {path.parent} and train the run "
                               "again")

@@ -207,26 +207,25 @@ _hashed: dict[str, tuple[tuple, str]] = {}  # absolute path -> (stat key, sha256
 DIGEST_MEMO = ".sha256.json"  # in a run folder: file name -> [inode, size, mtime_ns, ctime_ns, sha256]
 
 
-def sha256_file(path: Path, keep: bool = False, fresh: bool = False) -> str:
-    """Hex sha256 of a file's bytes. Remembered while the file keeps its inode, size, mtime and ctime:
-    in this process, and with `keep` also in its folder's DIGEST_MEMO for later processes, so that
-    listing a run's checkpoints again (every stage and every command checks them: hundreds of GB at the
-    paper profile's scale) does not read them again. `fresh`: read the bytes whatever is remembered (a
-    load does, so that a file changed without its timestamps, as by bit rot, is never loaded). Only a
-    file last written HASH_MEMO_AGE_S before it was hashed is remembered (as git's "racily clean" rule:
-    a rewrite within the file system's timestamp granularity could keep its mtime)."""
+def sha256_file(path: Path, keep: bool = False) -> str:
+    """Hex sha256 of a file's bytes, remembered in this process while the file keeps its device, inode,
+    size, mtime and ctime. With `keep` also kept in its folder's DIGEST_MEMO for later processes, and
+    taken from there, so that listing a run's checkpoints again (every stage and every command checks
+    them: hundreds of GB at the paper profile's scale) does not read them again. Without `keep` (a load)
+    only a digest this process read from the bytes counts, so that a file changed without its timestamps,
+    as by bit rot, is never loaded. Only a file last written HASH_MEMO_AGE_S before it was hashed is
+    remembered (as git's "racily clean" rule: a rewrite within the file system's timestamp granularity
+    could keep its mtime)."""
     st = os.stat(path)
     key = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
     name = os.path.abspath(path)
     memo = Path(name).parent / DIGEST_MEMO
-    if not fresh:
-        hit = _hashed.get(name)
-        if hit is not None and hit[0] == (st.st_dev, *key):
-            return hit[1]
-        kept = _read_digest_memo(memo).get(Path(name).name) if keep else None
-        if isinstance(kept, list) and len(kept) == 5 and tuple(kept[:4]) == key and isinstance(kept[4], str):
-            _hashed[name] = ((st.st_dev, *key), kept[4])
-            return kept[4]
+    hit = _hashed.get(name)
+    if hit is not None and hit[0] == (st.st_dev, *key):
+        return hit[1]
+    kept = _read_digest_memo(memo).get(Path(name).name) if keep else None
+    if isinstance(kept, list) and len(kept) == 5 and tuple(kept[:4]) == key and isinstance(kept[4], str):
+        return kept[4]  # not into _hashed: that holds what this process read
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -250,19 +249,14 @@ def _read_digest_memo(memo: Path) -> dict:
 
 def _remember_digest(memo: Path, name: str, entry: list) -> None:
     """Add `name`'s entry to the folder's DIGEST_MEMO and drop those of files no longer there. Best
-    effort, not synced: a lost or stale entry (two processes writing at once keep one's) only means a
-    file is read again; a folder that cannot be written keeps no memo."""
+    effort: a lost or stale entry (two processes writing at once keep one's) only means a file is read
+    again; a folder that cannot be written keeps no memo."""
     kept = {k: v for k, v in _read_digest_memo(memo).items() if (memo.parent / k).exists()}
     kept[name] = entry
     with contextlib.suppress(OSError):  # a writer killed mid-write (its entry is missing: a later miss comes here)
         remove_stale_temps(memo.parent, memo.name)
-    tmp = temp_path(memo)
-    try:
-        tmp.write_text(json.dumps(kept, sort_keys=True))
-        os.replace(tmp, memo)
-    except OSError:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
+    with contextlib.suppress(WriteError):
+        atomic_write_bytes(memo, json.dumps(kept, sort_keys=True).encode())
 
 
 def _rng_b64() -> str:
@@ -309,9 +303,10 @@ def drop_optimizer_states(run_dir: Path, keep: int) -> None:
         (run_dir / f"opt_{tag}.pt").unlink(missing_ok=True)
 
 
-def checkpoint_problem(run_dir: Path, tag: str, config_hash: str, fresh: bool = False) -> str | None:
-    """Why checkpoint `tag` cannot be used, or None when it is valid. Its sha256 is the one remembered
-    for its unchanged file (sha256_file), or with `fresh` read from its bytes."""
+def checkpoint_problem(run_dir: Path, tag: str, config_hash: str, kept: bool = True) -> str | None:
+    """Why checkpoint `tag` cannot be used, or None when it is valid. Its sha256 may come from the run
+    folder's DIGEST_MEMO when `kept` (a listing), else from this process's reading of the bytes (a load:
+    sha256_file)."""
     meta_path, pt = run_dir / f"meta_{tag}.json", run_dir / f"ckpt_{tag}.pt"
     if not meta_path.exists():
         return f"{pt.name}: no sidecar {meta_path.name} (an interrupted write)"
@@ -328,7 +323,7 @@ def checkpoint_problem(run_dir: Path, tag: str, config_hash: str, fresh: bool = 
         return f"{pt}: missing although {meta_path.name} names it"
     if pt.stat().st_size != meta.get("bytes"):
         return f"{pt}: truncated ({pt.stat().st_size} bytes, sidecar says {meta.get('bytes')})"
-    if sha256_file(pt, keep=True, fresh=fresh) != meta.get("sha256"):
+    if sha256_file(pt, keep=kept) != meta.get("sha256"):
         return f"{pt}: checksum mismatch (a corrupted file, or a write interrupted between it and its sidecar)"
     return None
 
@@ -342,7 +337,7 @@ def read_meta(run_dir: Path, tag: str) -> dict:
     return json.loads((run_dir / f"meta_{tag}.json").read_text())
 
 
-def optimizer_problem(run_dir: Path, tag: str, fresh: bool = False) -> str | None:
+def optimizer_problem(run_dir: Path, tag: str, kept: bool = True) -> str | None:
     """Why valid checkpoint `tag` cannot be resumed from (its optimizer state is gone or damaged), or None.
     Checkpoints written before opt_<tag>.pt existed hold the state in ckpt_<tag>.pt itself."""
     saved = read_meta(run_dir, tag).get("optimizer")
@@ -352,7 +347,7 @@ def optimizer_problem(run_dir: Path, tag: str, fresh: bool = False) -> str | Non
     if not opt_pt.exists():
         return f"{opt_pt.name}: dropped (older checkpoints keep weights only)"
     if (opt_pt.stat().st_size != saved.get("bytes")
-            or sha256_file(opt_pt, keep=True, fresh=fresh) != saved.get("sha256")):
+            or sha256_file(opt_pt, keep=kept) != saved.get("sha256")):
         return f"{opt_pt}: truncated or corrupted (size or sha256 differs from meta_{tag}.json)"
     return None
 
@@ -360,8 +355,8 @@ def optimizer_problem(run_dir: Path, tag: str, fresh: bool = False) -> str | Non
 def load_checkpoint(run_dir: Path, tag: str, config_hash: str, map_location="cpu", optimizer: bool = True) -> dict:
     """A valid checkpoint's state, with its optimizer state when `optimizer` (refused without one: see
     optimizer_problem)."""
-    problem = (checkpoint_problem(run_dir, tag, config_hash, fresh=True)
-               or (optimizer and optimizer_problem(run_dir, tag, fresh=True)))
+    problem = (checkpoint_problem(run_dir, tag, config_hash, kept=False)
+               or (optimizer and optimizer_problem(run_dir, tag, kept=False)))
     if problem:
         raise CheckpointError(f"refusing checkpoint {problem}")
     state = torch.load(run_dir / f"ckpt_{tag}.pt", map_location=map_location, weights_only=True)
