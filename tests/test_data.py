@@ -37,6 +37,7 @@ from sparsinglaw.data import (
     python_segments,
     segment_documents,
     token_dtype,
+    window_coverage,
 )
 
 PY_SOURCE = '''"""Module docstring: explains the module."""
@@ -594,6 +595,25 @@ def test_get_batch_shapes_shift_and_determinism():
     assert not torch.equal(x, x3)
     with pytest.raises(CorpusError, match="seq_len"):
         get_batch(tokens[:17], 2, 16, g1)
+
+
+@pytest.mark.parametrize("passes", [0.3, 0.9, 2.5])
+def test_window_coverage_matches_sampling_windows(passes):
+    """window_coverage's seen and repeated shares against a count over the windows get_batch draws
+    (tokens are their positions, so a batch names the positions it covers)."""
+    n, T, B = 20_000, 16, 32
+    tokens = np.arange(n, dtype=np.int32)
+    g = torch.Generator().manual_seed(0)
+    hits = np.zeros(n, dtype=np.int64)
+    drawn = 0
+    while drawn < passes * n:
+        x, _ = get_batch(tokens, B, T, g)
+        np.add.at(hits, x.numpy().ravel(), 1)
+        drawn += x.numel()
+    seen, repeated = window_coverage(drawn / n)
+    assert abs((hits > 0).mean() - seen) < 0.01
+    assert abs(1 - (hits > 0).sum() / drawn - repeated) < 0.01
+    assert window_coverage(0) == (0.0, 0.0)
 
 
 def test_get_batch_on_memmap(env_tokens):

@@ -83,6 +83,7 @@ def test_two_gloo_processes_equal_one(tmp_path, session_roots, smoke_tokens, ext
     for n in (1, 2):
         r = subprocess.run(_cmd(tmp_path / f"n{n}", n, extra), env=env, capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr[-3000:]
+        assert "deprecated" not in r.stderr, r.stderr[-3000:]
         if n == 2:
             assert ("3 micro-batches a step over 2 processes: 1 take 2" in r.stdout) == bool(extra), r.stdout
         metas = sorted((tmp_path / f"n{n}").glob("smoke/*/meta_0*.json"))
@@ -312,28 +313,33 @@ def test_an_error_on_one_rank_stops_every_rank(tmp_path, session_roots, smoke_to
     assert list(tmp_path.glob("smoke/relu-s1-*")) and not list(tmp_path.glob("smoke/silu-s1-*"))
 
 
-def test_ddp_does_not_broadcast_buffers(tmp_path, smoke_tokens, monkeypatch):
-    """The model's only buffers are the rotary tables, constants equal on every rank: DDP is built with
-    broadcast_buffers=False (no broadcast before every forward). Checked in this process, with the
-    process group and DDP replaced by stand-ins that record how DDP is built."""
+def _ddp_2_13(module, device_ids=None, forward_sync_buffers=None):  # torch >= 2.13's keyword
+    raise _Built({"forward_sync_buffers": forward_sync_buffers})
+
+
+def _ddp_2_11(module, device_ids=None, broadcast_buffers=True):  # older torch (the lent GPU image: 2.11)
+    raise _Built({"broadcast_buffers": broadcast_buffers})
+
+
+class _Built(Exception):
+    pass
+
+
+@pytest.mark.parametrize("fake_ddp", [_ddp_2_13, _ddp_2_11], ids=["forward_sync_buffers", "broadcast_buffers"])
+def test_ddp_does_not_broadcast_buffers(tmp_path, smoke_tokens, monkeypatch, fake_ddp):
+    """The model's only buffers are the rotary tables, constants equal on every rank: DDP is built without
+    a buffer sync before every forward, by the keyword the installed torch has (forward_sync_buffers from
+    2.13 on, where broadcast_buffers warns as deprecated; broadcast_buffers before). Checked in this
+    process, with the process group and DDP replaced by stand-ins that record how DDP is built."""
     from sparsinglaw import train as tr
     from sparsinglaw.device import Dist
     from sparsinglaw.model import Transformer
-
-    class Built(Exception):
-        pass
-
-    seen = {}
-
-    def fake_ddp(module, **kw):
-        seen.update(kw)
-        raise Built
 
     monkeypatch.setattr(tr, "init_distributed", lambda _device: Dist(rank=0, world=2))
     monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", fake_ddp)
     p = load_profile("smoke", overrides=ARGS)
     run = p.run("relu-s2")
-    with pytest.raises(Built):
+    with pytest.raises(_Built) as built:
         tr.train(run, p.data, tmp_path / "run", smoke_tokens, progress=False)
-    assert seen.get("broadcast_buffers") is False
+    assert list(built.value.args[0].values()) == [False]
     assert {n.rsplit(".", 1)[-1] for n, _ in Transformer(run.model).named_buffers()} == {"cos", "sin"}

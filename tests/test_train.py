@@ -927,9 +927,10 @@ def test_check_tokens_refuses_a_train_split_without_two_window_starts(tiny_profi
 
 
 def test_a_run_longer_than_its_corpus_says_how_many_passes_it_makes(tmp_path, monkeypatch, capsys):
-    """A run that trains on more tokens than the corpus's train split holds repeats its data; the paper's runs
-    see theirs about once, so the trainer says how many passes (two small files: 12,288 tokens over a few
-    thousand). A corpus larger than the run gets no note."""
+    """A run whose random windows repeat much of its data says so (two small files: 12,288 tokens over a
+    few thousand), with the passes, the share of the split seen and the share of drawn tokens repeated
+    (data.window_coverage); the paper's runs see theirs about once. A run that repeats no more than
+    REPEAT_NOTE of its tokens gets no note: at most ~0.46 passes."""
     import shutil
     import sysconfig
     from pathlib import Path
@@ -952,12 +953,14 @@ def test_a_run_longer_than_its_corpus_says_how_many_passes_it_makes(tmp_path, mo
     n = len(tokens.train)
     assert 0 < n < run.train.tokens
     train(run, p.data, runs.run_dir(p, run), tokens, progress=False, stop_after_step=1)
-    want = (f"note: run relu-s1 trains 12,288 tokens, {12288 / n:.1f} passes over the {n:,} training tokens of "
-            f"data.corpus={corpus} (the paper's runs see their data about once); add text or raise data.max_mb "
-            "for fewer repeats")
+    seen = 1 - math.exp(-12288 / n)
+    want = (f"note: run relu-s1 trains 12,288 tokens, {12288 / n:.2f} passes over the {n:,} training tokens of "
+            f"data.corpus={corpus}: its random windows (drawn with replacement) see about {seen:.0%} of them, "
+            f"and about {1 - seen * n / 12288:.0%} of the tokens it draws repeat text it has seen (the paper's "
+            "runs see their data about once); add text or raise data.max_mb for fewer repeats")
     assert want in capsys.readouterr().out.splitlines()
-    big = SimpleNamespace(train=range(12_288), meta=lambda: {})
-    assert passes_note(run, big) is None and passes_note(run, SimpleNamespace(train=range(12_287), meta=dict))
+    assert passes_note(run, SimpleNamespace(train=range(12_288 * 3), meta=dict)) is None  # 1/3 pass: 15%
+    assert "0.50 passes" in passes_note(run, SimpleNamespace(train=range(12_288 * 2), meta=dict))  # 21%
 
 
 # ----------------------------------------------------------------------------- schedule, log and snapshots

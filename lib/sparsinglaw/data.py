@@ -915,7 +915,8 @@ def _build(cfg: DataConfig, docs: list[Document], fingerprint: dict, key: dict, 
 
 def get_batch(tokens: np.ndarray, batch_size: int, seq_len: int, generator: torch.Generator
               ) -> tuple[Tensor, Tensor]:
-    """Random windows: x = tokens[s:s+T], y = tokens[s+1:s+T+1] as int64 (B, T) tensors."""
+    """Random windows: x = tokens[s:s+T], y = tokens[s+1:s+T+1] as int64 (B, T) tensors. The starts are
+    drawn with replacement, so windows repeat even under one pass over the split (window_coverage)."""
     high = len(tokens) - seq_len - 1
     if high < 1:
         raise CorpusError(f"a split of {len(tokens)} tokens is too short for windows of seq_len={seq_len} "
@@ -924,6 +925,17 @@ def get_batch(tokens: np.ndarray, batch_size: int, seq_len: int, generator: torc
     idx = starts[:, None] + np.arange(seq_len + 1)
     buf = torch.from_numpy(np.asarray(tokens[idx]).astype(np.int64))
     return buf[:, :-1].contiguous(), buf[:, 1:].contiguous()
+
+
+def window_coverage(passes: float) -> tuple[float, float]:
+    """(seen, repeated) after a run draws `passes` times its split's length in random windows (get_batch):
+    a token misses each of the k windows of T tokens with chance 1 - T/n, so it is still unseen with chance
+    (1 - T/n)^k ~ exp(-kT/n) = exp(-passes); seen = 1 - exp(-passes) of the split, and repeated =
+    1 - seen / passes of the tokens drawn are text the run had already seen (the paper's runs: none)."""
+    if passes <= 0:
+        return 0.0, 0.0
+    seen = -np.expm1(-passes)
+    return float(seen), float(1.0 - seen / passes)
 
 
 def eval_batches(tokens: np.ndarray, seq_len: int, batch_size: int, max_tokens: int,

@@ -33,6 +33,7 @@ import contextlib
 import csv
 import errno
 import hashlib
+import inspect
 import json
 import math
 import os
@@ -58,7 +59,7 @@ from .config import (
     tokens_per_step,
     total_steps,
 )
-from .data import CorpusError, TokenData, eval_batches, fsync_path, get_batch
+from .data import CorpusError, TokenData, eval_batches, fsync_path, get_batch, window_coverage
 from .device import Prefetcher, init_distributed, peak_flops, pinned_memory_works, setup_torch
 from .model import Transformer
 
@@ -506,15 +507,22 @@ def check_tokens(run: RunConfig, tokens: TokenData) -> None:
                               "model.seq_len")
 
 
+REPEAT_NOTE = 0.2  # passes_note: a run whose random windows repeat more than this share of their tokens
+
+
 def passes_note(run: RunConfig, tokens: TokenData) -> str | None:
-    """A note when the run trains on more tokens than its corpus's train split holds: it sees each window
-    several times, while the paper's runs see their data about once (so the laws' D is new text)."""
+    """A note when more than REPEAT_NOTE of the tokens a run draws repeat text it has already seen
+    (data.window_coverage: from ~0.46 passes over the train split on, as its windows are drawn with
+    replacement), while the paper's runs see their data about once (so the laws' D is new text)."""
     n = len(tokens.train)
-    if run.train.tokens <= n:
+    passes = run.train.tokens / n
+    seen, repeated = window_coverage(passes)
+    if repeated <= REPEAT_NOTE:
         return None
-    return (f"note: run {run.name} trains {run.train.tokens:,} tokens, {run.train.tokens / n:.1f} passes over the "
-            f"{n:,} training tokens of data.corpus={_corpus(tokens)} (the paper's runs see their data about once); add "
-            "text or raise data.max_mb for fewer repeats")
+    return (f"note: run {run.name} trains {run.train.tokens:,} tokens, {passes:.2f} passes over the {n:,} "
+            f"training tokens of data.corpus={_corpus(tokens)}: its random windows (drawn with replacement) see "
+            f"about {seen:.0%} of them, and about {repeated:.0%} of the tokens it draws repeat text it has seen "
+            "(the paper's runs see their data about once); add text or raise data.max_mb for fewer repeats")
 
 
 def short_split_note(what: str, field: str, want: int, n_val: int, seq_len: int) -> str | None:
@@ -716,9 +724,12 @@ def train(run: RunConfig, data_cfg: DataConfig, run_dir: Path, tokens: TokenData
     if ddp.world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
-        # no buffer broadcast: the only buffers are the rotary tables, constants equal on every rank
+        # no buffer sync at each forward: the only buffers are the rotary tables, constants equal on every
+        # rank (torch >= 2.13 names it forward_sync_buffers; its broadcast_buffers warns as deprecated)
+        ddp_args = inspect.signature(DistributedDataParallel).parameters
+        no_sync = "forward_sync_buffers" if "forward_sync_buffers" in ddp_args else "broadcast_buffers"
         wrapped = DistributedDataParallel(model, device_ids=[ddp.local_rank] if dev.type == "cuda" else None,
-                                          broadcast_buffers=False)
+                                          **{no_sync: False})
     compile = resolved_compile(compile, dev.type)
     fwd = compiled_forward(model, wrapped, compile, compile_mode)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else nullcontext())
