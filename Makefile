@@ -88,12 +88,29 @@ compare-min: $(STAMP_MIN) $(STAMP) ## the smoke profile's tables of the pinned v
 	  && echo "smoke profile: every results table of the oldest versions is byte for byte the pinned venv's ($(VERSIONS)/*/results/smoke)" \
 	  || { echo "error: the smoke tables differ between the pinned and the oldest versions: diff -r -x '*.meta.json' $(VERSIONS)/pinned/results/smoke $(VERSIONS)/min/results/smoke" >&2; exit 1; }
 
-# a PROFILE without its configs/PROFILE.yaml (an empty one, or one with a /, included) stops before any setup
-# or deletion, naming the profiles there: `make clean-runs PROFILE=` would otherwise remove the whole runs root
+# a PROFILE without its configs/PROFILE.yaml (an empty one, one with a /, a space or a glob character
+# included) stops before any setup or deletion, naming the profiles there: `make clean-runs PROFILE=` would
+# otherwise remove the whole runs root, PROFILE='*' every profile's runs, PROFILE='cpu*' cpu-long's too
 PROFILE_GOALS := figures replot verify report measure compute fit runs clean-runs nb-%
+NOT_A_NAME = $(or $(filter-out 1,$(words $(1))),$(findstring /,$(1)),$(findstring *,$(1)),$(findstring ?,$(1)),$(findstring [,$(1)))
 ifneq ($(filter $(PROFILE_GOALS),$(MAKECMDGOALS)),)
-ifeq ($(if $(findstring /,$(PROFILE)),,$(wildcard configs/$(PROFILE).yaml)),)
-$(error configs/$(PROFILE).yaml not found: PROFILE=$(PROFILE) is not a profile; profiles: $(sort $(patsubst configs/%.yaml,%,$(wildcard configs/*.yaml))))
+PROFILES = $(sort $(patsubst configs/%.yaml,%,$(wildcard configs/*.yaml)))
+ifneq ($(call NOT_A_NAME,$(PROFILE)),)
+$(error PROFILE='$(PROFILE)' is not a profile: a profile is one name without a space, /, *, ? or [; profiles: $(PROFILES))
+endif
+ifeq ($(wildcard configs/$(PROFILE).yaml),)
+$(error configs/$(PROFILE).yaml not found: PROFILE=$(PROFILE) is not a profile; profiles: $(PROFILES))
+endif
+endif
+# switches: an unknown value stops (REFIT=false would otherwise refit; FROM=replott run every notebook)
+ifneq ($(filter fit,$(MAKECMDGOALS)),)
+ifneq ($(filter-out 0 1,$(REFIT)),)
+$(error REFIT='$(REFIT)': REFIT=1 fits again, REFIT=0 (or none) reuses the cached fits)
+endif
+endif
+ifneq ($(filter report,$(MAKECMDGOALS)),)
+ifneq ($(filter-out replot,$(FROM)),)
+$(error FROM='$(FROM)': FROM=replot reports make replot's notebooks; without FROM, make figures' (run first where missing))
 endif
 endif
 
@@ -153,7 +170,7 @@ compute: $(STAMP) ## the model stages of PROFILE without notebooks (train, measu
 	$(PY) -m sparsinglaw compute --profile $(PROFILE)
 
 fit: $(STAMP) ## fit every law on results/PROFILE (Eq. 4/5, width-depth, scale, convergence; cached; REFIT=1: recompute) and print them
-	$(PY) -m sparsinglaw fit --profile $(PROFILE)$(if $(filter-out 0,$(REFIT)), --refit)
+	$(PY) -m sparsinglaw fit --profile $(PROFILE)$(if $(filter 1,$(REFIT)), --refit)
 
 runs: $(STAMP) ## list the runs of PROFILE and their state
 	$(PY) -m sparsinglaw runs --profile $(PROFILE)
@@ -182,4 +199,4 @@ clean: ## remove executed notebooks and caches (keeps checkpoints)
 	find . -name __pycache__ -not -path './.venv/*' -prune -exec rm -rf {} +
 
 clean-runs: ## delete runs/PROFILE (checkpoints and logs of this profile only; SPARSINGLAW_RUNS/PROFILE where that is set)
-	rm -rf $(RUNS_ROOT)/$(PROFILE)
+	rm -rf -- '$(RUNS_ROOT)/$(PROFILE)'

@@ -287,8 +287,9 @@ def test_make_follows_the_folder_variables():
     assert "--readme" not in _make_n("verify", "PROFILE=smoke")
     for same in ("results", str(REPO / "results")):  # the committed folder, named explicitly
         assert "--readme README.md" in _make_n("verify", "PROFILE=cpu", SPARSINGLAW_RESULTS=same)
-    assert _make_n("clean-runs", "PROFILE=smoke", SPARSINGLAW_RUNS="/tmp/elsewhere") == "rm -rf /tmp/elsewhere/smoke\n"
-    assert _make_n("clean-runs", "PROFILE=smoke") == "rm -rf runs/smoke\n"
+    elsewhere = _make_n("clean-runs", "PROFILE=smoke", SPARSINGLAW_RUNS="/tmp/elsewhere")
+    assert elsewhere == "rm -rf -- '/tmp/elsewhere/smoke'\n"
+    assert _make_n("clean-runs", "PROFILE=smoke") == "rm -rf -- 'runs/smoke'\n"
     figures = _make_n("figures", "PROFILE=smoke", SPARSINGLAW_RUNS="/tmp/elsewhere")
     assert "notebooks run notebooks/00_overview.ipynb /tmp/elsewhere/smoke/notebooks/00_overview.ipynb" in figures
     replotted = _make_n("report", "PROFILE=smoke", "FROM=replot")
@@ -319,6 +320,18 @@ def test_make_with_an_unknown_profile_names_the_profiles(target):
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+@pytest.mark.parametrize("goal, switch", [("fit", "REFIT=false"), ("fit", "REFIT=yes"), ("report", "FROM=replott")])
+def test_make_refuses_a_switch_value_it_does_not_know(goal, switch):
+    """REFIT=false read as "not 0" would refit (minutes on cpu) and FROM=replott as "not replot" would run
+    every notebook (an hour of training): an unknown value stops before anything runs."""
+    r = _make("-n", "-o", ".venv/.installed", goal, "PROFILE=smoke", switch)
+    name, value = switch.split("=")
+    assert r.returncode != 0 and r.stdout == "" and f"{name}='{value}': " in r.stderr, (r.stdout, r.stderr)
+    assert "--refit" in _make_n("fit", "PROFILE=smoke", "REFIT=1")
+    assert "--refit" not in _make_n("fit", "PROFILE=smoke", "REFIT=0") + _make_n("fit", "PROFILE=smoke")
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
 def test_make_nb_with_no_such_notebook_names_the_numbers():
     r = _make("nb-9", "PROFILE=smoke")
     numbers = " ".join(sorted(p.name[:2] for p in (REPO / "notebooks").glob("[0-9][0-9]_*.ipynb")))
@@ -327,17 +340,23 @@ def test_make_nb_with_no_such_notebook_names_the_numbers():
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
-@pytest.mark.parametrize("profile", ["", "../results", "../configs/smoke", "cpu_long"])
+@pytest.mark.parametrize("profile", ["", "../results", "../configs/smoke", "cpu_long", "*", "cpu*", "cp?", "[c]pu",
+                                     "smoke.yaml lib"])
 def test_make_clean_runs_refuses_what_is_not_a_profile(tmp_path, profile):
-    """`make clean-runs PROFILE=` would be `rm -rf <runs root>/` (every profile, the corpus cache) and
-    PROFILE=../results the committed tables: only a profile of configs/ is cleaned, and nothing is removed."""
-    for name in ("smoke", "cpu", "_data"):
+    """`make clean-runs PROFILE=` would be `rm -rf <runs root>/` (every profile, the corpus cache),
+    PROFILE=../results the committed tables, PROFILE='*' every profile's runs (configs/*.yaml exists),
+    PROFILE='cpu*' cpu-long's too and 'smoke.yaml lib' the package: only a profile of configs/ is cleaned,
+    and nothing is removed."""
+    for name in ("smoke", "cpu", "cpu-long", "_data"):
         (tmp_path / name).mkdir()
     r = _make("clean-runs", f"PROFILE={profile}", SPARSINGLAW_RUNS=str(tmp_path))
-    assert r.returncode != 0 and r.stdout == "" and f"PROFILE={profile} is not a profile" in r.stderr, r.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["_data", "cpu", "smoke"]
-    r = _make("clean-runs", "PROFILE=smoke", SPARSINGLAW_RUNS=str(tmp_path))
-    assert r.returncode == 0 and sorted(p.name for p in tmp_path.iterdir()) == ["_data", "cpu"]
+    not_a_name = set(profile) & set(" /*?[") or not profile
+    said = (f"PROFILE='{profile}' is not a profile: a profile is one name" if not_a_name
+            else f"PROFILE={profile} is not a profile; profiles: cpu cpu-long")
+    assert r.returncode != 0 and r.stdout == "" and said in r.stderr, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["_data", "cpu", "cpu-long", "smoke"]
+    r = _make("clean-runs", "PROFILE=cpu", SPARSINGLAW_RUNS=str(tmp_path))
+    assert r.returncode == 0 and sorted(p.name for p in tmp_path.iterdir()) == ["_data", "cpu-long", "smoke"]
 
 
 def test_under_torchrun_the_stages_after_training_run_on_rank_0_alone(tmp_path, monkeypatch, capsys):
