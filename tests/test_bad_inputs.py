@@ -36,6 +36,7 @@ class Case:
     argv: list[str]  # CLI arguments
     expect: list[str]  # substrings of the error message
     files: dict[str, bytes] = field(default_factory=dict)  # files created under {tmp} first
+    env: dict[str, str] = field(default_factory=dict)  # environment variables set first
 
 
 def _python_text() -> bytes:
@@ -125,6 +126,15 @@ CLI_CASES = [
     Case("cli-missing-profile", ["train"], ["the following arguments are required: --profile"]),
     Case("cli-runs-dir-is-a-file", ["train", "--profile", "smoke", "--runs-dir", "{tmp}/afile"],
          ["--runs-dir {tmp}/afile: not a folder; expected a folder"], {"afile": b"x"}),
+    Case("cli-runs-dir-under-a-file", ["train", "--profile", "smoke", "--runs-dir", "{tmp}/afile/runs"],
+         ["--runs-dir {tmp}/afile/runs: not a folder ({tmp}/afile is a file); expected a folder"], {"afile": b"x"}),
+    Case("cli-results-env-under-a-file", ["compute", "--profile", "smoke", "--runs-dir", "{tmp}/runs"],
+         ["SPARSINGLAW_RESULTS={tmp}/afile/results: not a folder ({tmp}/afile is a file); point it at a folder "
+          "for results tables, or unset it for the default"], {"afile": b"x"},
+         {"SPARSINGLAW_RESULTS": "{tmp}/afile/results"}),
+    Case("cli-runs-env-is-a-file", ["runs", "--profile", "smoke"],
+         ["SPARSINGLAW_RUNS={tmp}/afile: not a folder; point it at a folder for checkpoints and logs"],
+         {"afile": b"x"}, {"SPARSINGLAW_RUNS": "{tmp}/afile"}),
     Case("cli-measure-untrained", ["measure", "--profile", "smoke", "--runs-dir", "{tmp}/runs", "--run", "relu-s1",
                                    "-j", "1"],
          ["run relu-s1 is not trained (new, 0 of", "train it first: python -m sparsinglaw train --profile smoke "
@@ -185,8 +195,10 @@ def roots(tmp_path, monkeypatch) -> dict[str, Path]:
 
 
 @pytest.mark.parametrize("case", CLI_CASES, ids=[c.id for c in CLI_CASES])
-def test_bad_cli_input(case, tmp_path, roots, capsys):
+def test_bad_cli_input(case, tmp_path, roots, capsys, monkeypatch):
     sub = lambda s: s.replace("{tmp}", str(tmp_path))
+    for var, value in case.env.items():
+        monkeypatch.setenv(var, sub(value))
     for name, data in case.files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(data)

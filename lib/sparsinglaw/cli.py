@@ -226,7 +226,7 @@ def _dispatch(args) -> int:
     import pandas as pd
 
     from .config import ConfigError, SparsingLawError, load_profile
-    from .runs import states_table, train_profile
+    from .runs import ROOT_VARS, blocking_file, states_table, train_profile
 
     if args.command == "compare":  # tables only: no profile
         from . import compare
@@ -237,8 +237,15 @@ def _dispatch(args) -> int:
     if args.runs_dir is not None and not args.runs_dir.strip():  # "" would be the working directory
         raise ConfigError("--runs-dir is empty; give a folder for checkpoints and logs, or leave it out for "
                           "the default (runs/, or SPARSINGLAW_RUNS)")
-    if args.runs_dir is not None and Path(args.runs_dir).exists() and not Path(args.runs_dir).is_dir():
-        raise ConfigError(f"--runs-dir {args.runs_dir}: not a folder; expected a folder for checkpoints and logs")
+    # the folders are checked now: a file there would stop the command only where it first writes (after
+    # the training, for results/), or pass unnoticed where it only reads (runs would list every run as new)
+    if args.runs_dir is not None and (f := blocking_file(args.runs_dir)):
+        raise ConfigError(f"--runs-dir {args.runs_dir}: not a folder" + (f" ({f} is a file)" if f != Path(
+            args.runs_dir) else "") + "; expected a folder for checkpoints and logs")
+    for var, holds in ROOT_VARS.items():
+        if (value := os.environ.get(var)) and (f := blocking_file(value)):
+            raise ConfigError(f"{var}={value}: not a folder" + (f" ({f} is a file)" if f != Path(value) else "")
+                              + f"; point it at a folder for {holds}, or unset it for the default")
     if getattr(args, "jobs", None) is not None and args.jobs < 0:
         raise ConfigError(f"-j/--jobs: expected a number of processes >= 0, got {args.jobs}")
     # paths written at the end are checked now, not after the work

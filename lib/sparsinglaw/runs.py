@@ -96,6 +96,21 @@ def data_cache_dir(runs_dir: str | Path | None = None) -> Path:
     return Path(env) if env else runs_root(runs_dir) / "_data"
 
 
+# the folder settings and what each holds (the CLI checks them before any work: see blocking_file)
+ROOT_VARS = {"SPARSINGLAW_RUNS": "checkpoints and logs", "SPARSINGLAW_RESULTS": "results tables",
+             "SPARSINGLAW_FIGURES": "figures", "SPARSINGLAW_DATA": "the corpus and tokenizer caches"}
+
+
+def blocking_file(path: str | Path) -> Path | None:
+    """The file that keeps `path` from being a folder (itself, or the nearest existing of its parents
+    when that is a file, as /etc/passwd in /etc/passwd/cpu), or None when it is or can be made one."""
+    p = Path(path)
+    for q in (p, *p.parents):
+        if q.exists():
+            return None if q.is_dir() else q
+    return None
+
+
 def folder_setting(path: str | Path, runs_dir: str | Path | None = None) -> str | None:
     """The setting that chose the folder `path` lies in (the file of an OSError: a read-only or full disk,
     a file where a folder should be), for the message that tells the user what to change; None elsewhere."""
