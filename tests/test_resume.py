@@ -169,7 +169,7 @@ def test_resumed_optimizer_keeps_this_process_fused_flag(saved_fused):
 # Ctrl-C on parallel runs (-j N)
 
 PARALLEL = '''
-import sys, time
+import signal, sys, time
 from pathlib import Path
 
 from sparsinglaw.runs import run_parallel  # imports torch: a spawned worker starts for seconds
@@ -192,20 +192,23 @@ if __name__ == "__main__":
     Path(folder, "spawning").write_text("")
     try:
         run_parallel(task, [(folder, i, seconds, crash) for i in range(4)], 2, "test")
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # as python -m sparsinglaw does (__main__.py)
         print("interrupted", file=sys.stderr)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         sys.exit(130)
 '''
 
 
 @pytest.mark.parametrize("when,target", [("startup", "group"), ("running", "group"), ("running", "parent"),
-                                         ("crash", "group")])
+                                         ("crash", "group"), ("running", "twice")])
 def test_ctrl_c_stops_parallel_runs(tmp_path, when, target):
     """Ctrl-C (SIGINT to the process group, as a terminal sends it; or to the parent alone, as a notebook
     kernel's interrupt does) while `-j 2` workers start up or run: the command stops within seconds with
     no worker traceback nor warning, starts none of the queued calls and leaves no worker behind (the
     pool used to run every queued call to its end first, and each worker interrupted while importing
-    printed a traceback; after one call had crashed, Ctrl-C was not handled at all)."""
+    printed a traceback; after one call had crashed, Ctrl-C was not handled at all). "twice": more Ctrl-Cs
+    to the parent while it stops the workers (a terminal's Ctrl-C relayed by `timeout`, an impatient user)
+    must not cut that short (it said "interrupted", then waited for the workers to finish their runs)."""
     (tmp_path / "par.py").write_text(PARALLEL)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO / "lib"))
     # as a terminal's foreground command: Ctrl-C not ignored, even when the tests run in the background
@@ -224,6 +227,12 @@ def test_ctrl_c_stops_parallel_runs(tmp_path, when, target):
         t0 = time.time()
         if target == "group":
             os.killpg(proc.pid, signal.SIGINT)
+        elif target == "twice":
+            os.killpg(proc.pid, signal.SIGINT)
+            for pause in (0.0, 0.001, 0.003, 0.01, 0.03, 0.1):
+                time.sleep(pause)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGINT)
         else:
             os.kill(proc.pid, signal.SIGINT)
         _, err = proc.communicate(timeout=40)

@@ -650,9 +650,10 @@ def run_parallel(fn, calls: list[tuple], jobs: int, what: str, keep_going: bool 
     progress.StageBar), the workers' own bars and output lines sent to it.
 
     Ctrl-C stops the workers at once and drops the queued calls (killed runs resume from their last
-    checkpoint): while the workers are started SIGINT is blocked in this thread, so the workers start
-    with it blocked (a spawned process keeps the mask) and ignore it once set up (_worker_init); a
-    Ctrl-C meanwhile stays pending here and is raised after the start. This process killed outright
+    checkpoint); more Ctrl-Cs while they stop are let go, so that they all end before this returns. While
+    the workers are started SIGINT is blocked in this thread, so the workers start with it blocked (a
+    spawned process keeps the mask) and ignore it once set up (_worker_init); a Ctrl-C meanwhile stays
+    pending here and is raised after the start. This process killed outright
     (SIGKILL, the OOM killer), its workers end with it (device.exit_with_parent). A worker that ends
     abruptly (killed outright, a crash in native code) breaks the pool, which stops the others:
     SparsingLawError naming the cause and the calls (`names`, e.g. the runs) that did not finish, after
@@ -688,44 +689,68 @@ def run_parallel(fn, calls: list[tuple], jobs: int, what: str, keep_going: bool 
     before = set(mp.active_children())
     block = threading.current_thread() is threading.main_thread()
     resource_tracker.ensure_running()  # now: its first start unblocks SIGINT in this thread (undoing the block)
+    stopping = []
+    held = signal.getsignal(signal.SIGINT) if block else None
+    guard = block and held is not signal.SIG_IGN  # a run started with Ctrl-C ignored (nohup, &) keeps it so
+
+    def first_ctrl_c(signum, frame):  # more Ctrl-Cs while the workers are stopped would cut that short and
+        if not stopping:  # leave them to run on (the exit then waits for them): only the first one counts
+            stopping.append(signum)
+            if callable(held):
+                held(signum, frame)
+            raise KeyboardInterrupt
+
+    if guard:
+        signal.signal(signal.SIGINT, first_ctrl_c)
     try:
-        if block:
-            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
-            ctx = mp.get_context("spawn")
-            relay = ctx.Queue() if progress else None
-            if relay is not None:
-                stage = StageBar(relay, what, weights or [1.0] * len(calls))
-            pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init,
-                                       initargs=(relay, activations))
-            futures = {pool.submit(call, i, fn, *args): i for i, args in enumerate(calls)}  # starts the workers
-            procs = list(getattr(pool, "_processes", {}).values())  # their exit codes tell why a broken pool broke
-        finally:
             if block:
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # a pending Ctrl-C is raised now
-        for fut in as_completed(futures):
-            if stage is not None:
-                stage.finished(futures[fut])
+                signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
             try:
-                fut.result()
-            except SparsingLawError as e:
-                errors.append(str(e))
-            except BrokenProcessPool as e:  # a worker ended abruptly: every unfinished call fails
-                broken.append((futures[fut], e))
-            except Exception as e:  # a bug or a system error: the other calls still run, then it is raised
-                crash = crash or e
-        pool.shutdown(wait=True)
-        if stage is not None:
-            stage.close()
-            relay.close()
-    except BaseException:  # Ctrl-C (or SystemExit): stop every worker now
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
-        for p in set(mp.active_children()) - before:
-            p.terminate()
-        if stage is not None:
-            stage.close(drain=False)
-        raise
+                ctx = mp.get_context("spawn")
+                relay = ctx.Queue() if progress else None
+                if relay is not None:
+                    stage = StageBar(relay, what, weights or [1.0] * len(calls))
+                pool = ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_worker_init,
+                                           initargs=(relay, activations))
+                futures = {pool.submit(call, i, fn, *args): i for i, args in enumerate(calls)}  # starts the workers
+                procs = list(getattr(pool, "_processes", {}).values())  # exit codes: why a broken pool broke
+            finally:
+                if block:
+                    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # a pending Ctrl-C is raised now
+            for fut in as_completed(futures):
+                if stage is not None:
+                    stage.finished(futures[fut])
+                try:
+                    fut.result()
+                except SparsingLawError as e:
+                    errors.append(str(e))
+                except BrokenProcessPool as e:  # a worker ended abruptly: every unfinished call fails
+                    broken.append((futures[fut], e))
+                except Exception as e:  # a bug or a system error: the other calls still run, then it is raised
+                    crash = crash or e
+            pool.shutdown(wait=True)
+            if stage is not None:
+                stage.close()
+                relay.close()
+        except BaseException:  # Ctrl-C (or SIGTERM, SystemExit): stop every worker now, and wait for them
+            stopping.append(None)
+            workers = set(mp.active_children()) - before
+            for p in workers:
+                p.terminate()
+            for p in workers:
+                p.join(10)
+                if p.is_alive():
+                    p.kill()
+                    p.join()
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)  # its workers gone: at once
+            if stage is not None:
+                stage.close(drain=False)
+            raise
+    finally:
+        if guard:
+            signal.signal(signal.SIGINT, signal.default_int_handler if held is None else held)
     if broken:
         killed = _broken_message(what, jobs, [p.exitcode for p in procs], broken,
                                  names or [f"call {i + 1}" for i in range(len(calls))])
