@@ -94,6 +94,15 @@ def test_a_record_without_its_arrays_is_measured_again(tiny, smoke_tokens, capsy
         np.testing.assert_array_equal(v, arrays[k])
 
 
+def test_a_run_named_twice_is_trained_and_measured_once(tiny, smoke_tokens, capsys):
+    """`train --run relu-s1 --run relu-s1` said "2/2 runs done" and a -j 2 train would have given both
+    workers the same run: the names are taken once each, in their order."""
+    states = runs.train_profile(tiny, names=["relu-s1", "relu-s1"], jobs=2, progress=False)
+    assert [s.name for s in states] == ["relu-s1"]
+    table = measure.measure_profile(tiny, names=["relu-s1", "relu-s1"], jobs=2, progress=False)
+    assert set(table["run"]) == {"relu-s1"} and not table.duplicated(["run", "step", "p"]).any()
+
+
 def test_keys_read_only_the_settings_they_depend_on():
     """Every sparsity field but the Pareto sweeps' changes the measurement's key, so a cached measurement
     is never reused under other settings; the sweeps' values change only the sweep's key, and which runs

@@ -434,7 +434,7 @@ def measure_profile(profile: ProfileConfig, names: list[str] | None = None, jobs
     """Measure every dense run (parallel processes, like training; cached runs start none; a line on stdout
     names each MoE run left out), then write the profile's results tables; with `names`, return those runs'
     rows without writing any table."""
-    runs = [profile.run(n) for n in names] if names else list(profile.runs)
+    runs = [profile.run(n) for n in dict.fromkeys(names)] if names else list(profile.runs)  # a name given twice: once
     for r in runs:
         if r.model.n_experts:  # skipped, not refused: a job array may send every run of a profile here
             print(f"{r.name}: an MoE run, not measured checkpoint by checkpoint; its curve comes with the "

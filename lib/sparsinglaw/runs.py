@@ -512,7 +512,7 @@ def train_profile(profile: ProfileConfig, names: list[str] | None = None, jobs: 
     from .device import dist_env, init_distributed, resolve_device, usable_cores
     from .train import check_parallel, check_tokens
 
-    runs = [profile.run(n) for n in names] if names else list(profile.runs)
+    runs = [profile.run(n) for n in dict.fromkeys(names)] if names else list(profile.runs)  # a name given twice: once
     states = [run_state(profile, r, runs_dir) for r in runs]
     if damaged := [s for s in states if s.status == "damaged"]:  # training would skip them: they are finished
         raise SparsingLawError(damaged_message(profile, damaged, runs_dir))
