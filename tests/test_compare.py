@@ -156,6 +156,25 @@ def test_checkpoints_without_values_and_repeated_rows(tmp_path):
         compare.compare(a, b)
 
 
+@pytest.mark.parametrize("table, column, value, said", [
+    ("sparsity", "activation_ratio", "high", "'high' is not a number"),
+    ("sparsity", "step", "last", "'last' is not a number"),
+    ("train_log", "loss", "low", "'low' is not a number"),
+    ("fits", "A0", "?", "'?' is not a number"),
+    ("fits", "converged", "maybe", "'maybe' is not True or False"),
+    ("sparsity", "reached", "yes", "'yes' is not True or False"),
+])
+def test_a_value_of_the_wrong_kind_is_named(tmp_path, capsys, table, column, value, said):
+    """A table whose sidecar matches (written by a script of one's own) but with text where compare needs a
+    number, or a truth value other than True/False: exit 2 with the file, line and column (it was an
+    ArrowNotImplementedError or TypeError traceback, and fits.converged = maybe read as False)."""
+    b = _copy(tmp_path, "b")
+    _rewrite(b, table, lambda df: df.astype({column: object}).assign(**{column: [value] + list(df[column].iloc[1:])}))
+    assert cli.main(["compare", str(COMMITTED), str(b)]) == 2
+    err = capsys.readouterr().err
+    assert f"{b / table}.csv: line 2, column {column}: {said}" in err and len(err.splitlines()) == 1, err
+
+
 def test_missing_tables_and_folders(tmp_path):
     b = _copy(tmp_path, "b")
     for f in ("claims.csv", "claims.meta.json"):

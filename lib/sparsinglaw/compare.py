@@ -38,6 +38,9 @@ TABLES = {"claims": ["id", "verdict", "value"],
 
 KEYS = {"claims": ["id"], "sparsity": ["run", "step", "p"], "train_log": ["run", "step", "split"],
         "fits": ["run", "form"]}  # one row per key in each table
+NUMERIC = {"sparsity": ["step", "p", "activation_ratio"], "train_log": ["step", "loss"],
+           "fits": ["A0", "A0_lo", "A0_hi"]}  # compared as numbers
+BOOLEAN = {"sparsity": ["reached"], "fits": ["converged"]}  # True or False (where the table has the column)
 
 
 def _read(folder: Path, name: str) -> pd.DataFrame | None:
@@ -46,7 +49,12 @@ def _read(folder: Path, name: str) -> pd.DataFrame | None:
     if not path.is_file():
         return None
     fix = "rerun the stage of its profile that writes it (make figures, or python -m sparsinglaw compute, fit, verify)"
-    df = read_table(path, TABLES[name], fix=fix)
+    df = read_table(path, TABLES[name], numeric=NUMERIC.get(name, []), fix=fix)
+    for c in (c for c in BOOLEAN.get(name, []) if c in df):
+        bad = ~df[c].astype(str).str.strip().str.lower().isin(["true", "false"])
+        if bad.any():  # as_bool would read it as False
+            i = int(bad.to_numpy().argmax())
+            raise SparsingLawError(f"{path}: line {i + 2}, column {c}: {df[c].iloc[i]!r} is not True or False; {fix}")
     if df.duplicated(KEYS[name]).any():  # a pairing of A's and B's rows would be arbitrary
         row = df[df.duplicated(KEYS[name])].iloc[0]
         raise SparsingLawError(f"{path}: repeated rows for {', '.join(f'{k} {row[k]}' for k in KEYS[name])}; "
