@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import re
+import signal
 
 import nbformat
 import pytest
@@ -38,6 +39,30 @@ def test_report_refuses_missing_notebooks(tmp_path, capsys):
     assert notebooks._main(["report", str(tmp_path / "nope.ipynb"), "-o", str(tmp_path / "r.html")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error:") and "Traceback" not in err and not (tmp_path / "r.html").exists()
+
+
+@pytest.mark.parametrize("text, said", [("<<<<<<< HEAD\n{}\n", "Notebook does not appear to be JSON"),
+                                        ('{"cells": 3}', "")])
+@pytest.mark.parametrize("cmd", ["report", "run", "strip"])
+def test_a_damaged_notebook_is_named_in_one_line(tmp_path, capsys, cmd, text, said):
+    """Conflict markers left by a merge, or JSON that is not a notebook: every subcommand names the file and
+    how to restore it in one line, exit 1 (it was nbformat's traceback), before any kernel starts."""
+    nb = tmp_path / "nbs" / "01_x.ipynb"
+    nb.parent.mkdir()
+    nb.write_text(text)
+    argv = {"report": ["report", str(nb), "-o", str(tmp_path / "r.html")],
+            "run": ["run", str(nb), str(tmp_path / "out.ipynb"), "--profile", "smoke"],
+            "strip": ["strip", str(nb.parent)]}[cmd]
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}  # run sets its own
+    try:
+        assert notebooks._main(argv) == 1
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {nb}: not a readable notebook ({said}") and len(err.splitlines()) == 1, err
+    assert f"restore it (git checkout -- {nb}" in err and nb.read_text() == text
+    assert not (tmp_path / "r.html").exists() and not (tmp_path / "out.ipynb").exists()
 
 
 def test_report_of_no_notebook_is_refused(tmp_path):

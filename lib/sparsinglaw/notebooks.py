@@ -13,11 +13,24 @@ from .config import SparsingLawError
 KEEP_METADATA = {"kernelspec"}  # language_info carries the version of the Python that last ran it
 
 
+def read(path: str | Path):
+    """The notebook at `path` (nbformat v4), or a SparsingLawError naming it when it is not a readable
+    notebook (a merge's conflict markers, a cut or hand-edited file)."""
+    try:
+        return nbformat.read(path, as_version=4)
+    except OSError:  # a missing or unreadable file: the caller's message
+        raise
+    except Exception as e:  # not JSON (NotJSONError), or JSON that is not a notebook (jsonschema's ValidationError)
+        why = " ".join(str(e).split())[:120]
+        raise SparsingLawError(f"{path}: not a readable notebook ({why}); restore it (git checkout -- {path}, or "
+                               "run the command that wrote it again)") from None
+
+
 def strip(path: str | Path) -> bool:
     """Remove outputs, execution counts, editor metadata and papermill's injected-parameters cell; returns True
     when the file changed."""
     path = Path(path)
-    nb = nbformat.read(path, as_version=4)
+    nb = read(path)
     before = nbformat.writes(nb)
     nb.metadata = {k: v for k, v in nb.metadata.items() if k in KEEP_METADATA}
     nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
@@ -81,6 +94,7 @@ def execute(notebook: str | Path, out: str | Path, profile: str, *, replot: bool
     if notebook.resolve() in {p.resolve() for p in (out, part, failed)}:
         raise SparsingLawError(f"{out}: the executed copy must go elsewhere than the notebook {notebook} itself "
                                "(a failing run removes it), e.g. runs/<profile>/notebooks/ as make writes it")
+    read(notebook)  # a damaged notebook stops here, before a kernel starts
     # an unknown or invalid profile stops here, before a kernel starts (a YAML path as the kernel reads it, from cwd)
     load_profile(Path(cwd) / profile if Path(profile).suffix in (".yaml", ".yml") else profile)
     params = {"profile": profile, **({"replot": True} if replot else {})}
@@ -114,7 +128,7 @@ def report(paths: list[str | Path], out: str | Path, title: str = "sparsing-law 
     toc = "\n".join(f"{i + 1}. [{p.stem}](#{p.stem})" for i, p in enumerate(paths))
     merged = new_notebook(cells=[new_markdown_cell(f"# {title}\n\n{toc}")])
     for p in paths:
-        nb = nbformat.read(p, as_version=4)
+        nb = read(p)
         if nb.metadata.get("papermill", {}).get("exception"):  # saved after a failing cell (papermill itself)
             raise SparsingLawError(f"{p}: this notebook stopped at a failing cell; run it again (make figures, or "
                                    "make replot for FROM=replot) before the report")
