@@ -25,6 +25,8 @@ import time
 
 import torch
 
+from sparsinglaw.cli import script_main, whole
+
 SCOPES = {"eager": False, "model": True, "blocks": "blocks"}
 
 
@@ -69,9 +71,9 @@ def main() -> None:
     ap.add_argument("--profile", default="gpu")
     ap.add_argument("--runs", default="relu-s1,relu-wd4", help="comma list of the profile's runs")
     ap.add_argument("--scopes", default="eager,model,blocks", help=f"comma list of {', '.join(SCOPES)}")
-    ap.add_argument("--seq", type=int, default=256, help="context length (tokens) instead of the run's")
-    ap.add_argument("--batch", type=int, default=2, help="sequences per step")
-    ap.add_argument("--steps", type=int, default=24, help="steps per measurement (at least 4)")
+    ap.add_argument("--seq", type=whole, default=256, help="context length (tokens) instead of the run's")
+    ap.add_argument("--batch", type=whole, default=2, help="sequences per step")
+    ap.add_argument("--steps", type=whole, default=24, help="steps per measurement (at least 4)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # run:scope, in the child process
     a = ap.parse_args()
@@ -102,4 +104,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main)

@@ -17,6 +17,7 @@ import argparse
 import numpy as np
 
 from sparsinglaw import laws, paper
+from sparsinglaw.cli import script_main, whole
 
 RANGE = {"power": (2.0, 0.001), "logspace_power": (3.0, 0.0005)}  # the smallest D, the noise sd
 
@@ -34,8 +35,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--form", choices=sorted(RANGE), default="power")
     ap.add_argument("--scale", default="0.2B", help="the Table 2 row taken as the truth (default 0.2B)")
-    ap.add_argument("--points", type=int, default=11)
-    ap.add_argument("--reps", type=int, default=300)
+    ap.add_argument("--points", type=whole, default=11)
+    ap.add_argument("--reps", type=whole, default=300)
     ap.add_argument("--seed", type=int, default=123)
     a = ap.parse_args()
     true, (d_min, sd) = truth(a.form, a.scale), RANGE[a.form]
@@ -55,4 +56,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main)

@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 from sparsinglaw import sparsity
+from sparsinglaw.cli import script_main, whole
 from sparsinglaw.model import ModelConfig, Transformer
 
 SYNTHETIC = dict(vocab_size=4096, d_model=64, n_layers=4, head_dim=16, d_ff=160, seq_len=256)
@@ -143,13 +144,13 @@ def main() -> None:
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", help="trainer checkpoint .pt (config.yaml in the same folder)")
     src.add_argument("--synthetic", action="store_true", help="random-init model of relu-s4's widths, random tokens")
-    ap.add_argument("--eval-tokens", type=int, default=16384, help="evaluation tokens (default 16384)")
-    ap.add_argument("--batch-size", type=int, default=16, help="sequences per evaluation batch")
+    ap.add_argument("--eval-tokens", type=whole, default=16384, help="evaluation tokens (default 16384)")
+    ap.add_argument("--batch-size", type=whole, default=16, help="sequences per evaluation batch")
     ap.add_argument("--p", type=float, default=1.0, help="PPL-p%%: allowed perplexity increase in percent")
     ap.add_argument("--tol", type=float, default=sparsity.TOL, help="bisection tolerance on c")
     ap.add_argument("--activation", default="silu", help="activation of the --synthetic model")
     ap.add_argument("--seed", type=int, default=0, help="seed of the --synthetic model and tokens")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads in each worker")
+    ap.add_argument("--threads", type=whole, default=1, help="torch threads in each worker")
     ap.add_argument("--search", choices=["bisect", "secant", "both"], default="both",
                     help="search on c of the fast implementation (default: run both)")
     ap.add_argument("--json", help="also write all answers to this JSON file")
@@ -161,6 +162,11 @@ def main() -> None:
                     help="fast bisection in float32 and under bf16 autocast on --device")
     ap.add_argument("--worker", choices=["fast-bisect", "fast-secant", "reference"], help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.checkpoint and not Path(args.checkpoint).is_file():
+        ap.error(f"--checkpoint {args.checkpoint}: no such file; expected a trainer checkpoint (runs/<profile>/"
+                 "<run>/ckpt_*.pt)")
+    if args.checkpoint and not (Path(args.checkpoint).parent / "config.yaml").is_file():
+        ap.error(f"--checkpoint {args.checkpoint}: no config.yaml beside it; expected a checkpoint in its run folder")
     if (args.compare_devices or args.device == "cuda") and not torch.cuda.is_available():
         sys.exit("error: --compare-devices and --device cuda need a CUDA GPU; torch sees none")
     if args.worker:
@@ -185,4 +191,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from sparsinglaw.cli import script_main
 from sparsinglaw.config import load_profile
 from sparsinglaw.runs import load_log, run_dir
 
@@ -77,4 +78,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main)

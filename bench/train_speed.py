@@ -20,6 +20,7 @@ import time
 
 import torch
 
+from sparsinglaw.cli import script_main, whole
 from sparsinglaw.config import load_profile, tokens_per_step
 from sparsinglaw.device import setup_torch
 from sparsinglaw.model import Transformer
@@ -61,8 +62,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--profile", default="cpu", help="profile name or YAML path")
     ap.add_argument("--run", default=None, help="run to time (default: largest ReLU run of the scale grid)")
-    ap.add_argument("--steps", type=int, default=20, help="optimizer steps per timed window")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads")
+    ap.add_argument("--steps", type=whole, default=20, help="optimizer steps per timed window")
+    ap.add_argument("--threads", type=whole, default=1, help="torch threads")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile measurement")
     ap.add_argument("--neighbor", action="store_true", help="keep another core busy while timing")
     a = ap.parse_args()
@@ -97,4 +98,4 @@ def run_bench(a) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main)

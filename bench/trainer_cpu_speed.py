@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from sparsinglaw.cli import script_main, whole
 from sparsinglaw.config import DataConfig, load_profile
 from sparsinglaw.data import TokenData
 from sparsinglaw.train import train
@@ -62,7 +63,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--profile", default="cpu")
     ap.add_argument("--run", default="relu-s4")
-    ap.add_argument("--steps", type=int, default=120, help="optimizer steps (log windows of 10)")
+    ap.add_argument("--steps", type=whole, default=120, help="optimizer steps (log windows of 10)")
     ap.add_argument("--label", default="trainer", help="name printed with the result")
     a = ap.parse_args()
     torch.set_num_threads(1)
@@ -77,4 +78,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main)

@@ -34,6 +34,8 @@ import sys
 import time
 from pathlib import Path
 
+from sparsinglaw.cli import script_main, whole
+
 # name: (d_model, n_layers, d_ff, heads, batch), as in the probe's SIZES; "tiny" is the CPU check
 SHAPES = {
     "1M": (128, 4, 512, 2, 256),
@@ -189,8 +191,8 @@ def main() -> None:
     ap.add_argument("--compile-mode", default="default",
                     choices=["default", "reduce-overhead", "max-autotune-no-cudagraphs"],
                     help="torch.compile mode of our trainer (reduce-overhead adds CUDA graphs)")
-    ap.add_argument("--steps", type=int, default=None, help="optimizer steps per trainer run (default per shape)")
-    ap.add_argument("--log-every", type=int, default=None, help="steps per timed window (default steps // 8)")
+    ap.add_argument("--steps", type=whole, default=None, help="optimizer steps per trainer run (default per shape)")
+    ap.add_argument("--log-every", type=whole, default=None, help="steps per timed window (default steps // 8)")
     ap.add_argument("--probe-seconds", type=float, default=15.0, help="the probe's timed seconds per shape")
     ap.add_argument("--out", type=Path, default=None, help="also write the table and the raw numbers here")
     ap.add_argument("--profile-dir", type=Path, default=None,
@@ -264,4 +266,4 @@ def write_table(results: list[dict], out: Path | None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script_main(main)

@@ -462,3 +462,22 @@ def test_compile_time_bench_compares_scopes_in_fresh_processes(tmp_path):
     assert "(cpu, torch " in r.stdout
     bad = subprocess.run([*cmd[:2], "--scopes", "layers"], cwd=REPO, env=env, capture_output=True, text=True)
     assert bad.returncode == 2 and "--scopes: unknown layers" in bad.stderr
+
+
+@pytest.mark.parametrize("script, args, said", [
+    ("train_speed", ["--steps", "0"], "argument --steps: expected a whole number >= 1, got 0"),
+    ("train_speed", ["--threads", "two"], "argument --threads: expected a whole number >= 1, got 'two'"),
+    ("train_speed", ["--profile", "nosuch"], "error: profile 'nosuch': not found"),
+    ("ppl_p_speed", ["--checkpoint", "/nonexistent.pt"], "--checkpoint /nonexistent.pt: no such file"),
+    ("trainer_cpu_speed", ["--run", "nosuch"], "configs/cpu.yaml: no run named 'nosuch'"),
+])
+def test_bench_scripts_refuse_bad_arguments_in_one_line(script, args, said):
+    """A bad count, profile, run or file: one line (after argparse's usage), exit 2, no traceback (a
+    ZeroDivisionError, a torch RuntimeError, a ConfigError traceback, a FileNotFoundError naming
+    /config.yaml)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO / "lib"))
+    r = subprocess.run([sys.executable, str(REPO / "bench" / f"{script}.py"), *args], capture_output=True, text=True,
+                       env=env, timeout=120)
+    assert r.returncode == 2 and said in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert len([line for line in r.stderr.splitlines() if not line.startswith(("usage:", " "))]) == 1, r.stderr
+

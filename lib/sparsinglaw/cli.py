@@ -21,6 +21,29 @@ import warnings
 from pathlib import Path
 
 
+def whole(text: str) -> int:
+    """argparse type of a count that must be at least 1 (steps, threads, tokens, sequences)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {n}")
+    return n
+
+
+def script_main(main) -> None:
+    """Run a script's main (bench/): a SparsingLawError (a profile, run or file that is not there) is one
+    line on stderr and exit 2, as in python -m sparsinglaw, not a traceback."""
+    from .config import SparsingLawError
+
+    try:
+        main()
+    except SparsingLawError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m sparsinglaw", description=__doc__.split("\n")[0], allow_abbrev=False,
                                 epilog="Environment: SPARSINGLAW_RUNS, SPARSINGLAW_RESULTS and SPARSINGLAW_FIGURES "
