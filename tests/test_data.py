@@ -454,6 +454,34 @@ def test_a_token_array_of_the_wrong_size_is_built_again_with_a_note(tmp_path, mo
     assert capsys.readouterr().err == ""
 
 
+def test_an_array_with_an_id_out_of_range_is_built_again_with_a_note(tmp_path, monkeypatch, capsys):
+    """Bytes overwritten in place (same size): a token id past the vocabulary stopped training at the
+    embedding with an IndexError traceback, naming no file; now the cache is rebuilt, with a note."""
+    from sparsinglaw import config
+
+    cfg = user_cfg(make_folder(tmp_path / "corpus"))
+    td = prepare(cfg, tmp_path / "cache", progress=False)
+    root, names = td.root, ("train.bin", "val.bin", "train.dom", "val.dom")
+    vocab, n_dom = td.vocab_size, len(td.domains)
+    good = {f: (root / f).read_bytes() for f in names}
+    item = td.train.dtype.itemsize
+    del td
+    for name, at, value, what in [("train.bin", 40, vocab, f"vocabulary of {vocab}"),
+                                  ("val.dom", 3, 255, f"{n_dom} domain(s)")]:
+        monkeypatch.setattr(config, "_NOTED", set())
+        raw = bytearray(good[name])
+        size = item if name.endswith(".bin") else 1
+        raw[at * size:(at + 1) * size] = value.to_bytes(size, "little")
+        (root / name).write_bytes(bytes(raw))
+        td = prepare(cfg, tmp_path / "cache", progress=False)
+        assert capsys.readouterr().err == (f"note: {root / name} holds the id {value}, outside its {what} (a "
+                                           "damaged token cache): building the cache again\n")
+        assert {f: (root / f).read_bytes() for f in names} == good
+        del td
+    prepare(cfg, tmp_path / "cache", progress=False)
+    assert capsys.readouterr().err == ""
+
+
 def test_the_next_build_deletes_the_temporary_files_of_a_killed_one(tmp_path, monkeypatch):
     """A build stopped while it writes (Ctrl-C here; a SIGKILL leaves the same) leaves its <file>.tmp.<pid>
     files; the next build of that folder, under its lock, deletes those of every pid, and nothing else."""

@@ -715,7 +715,8 @@ def _build_key(cfg: DataConfig, fingerprint: dict) -> dict:
 
 def _read_meta(root: Path, key: dict, say: bool = False) -> dict | None:
     """The cache's meta.json when the cache is complete and built for ``key``, else None (then it is rebuilt);
-    ``say``: note an array file whose size disagrees with meta.json (once, by the process that rebuilds)."""
+    ``say``: note an array file whose size disagrees with meta.json, or that holds an id out of range (once,
+    by the process that rebuilds)."""
     try:
         meta = json.loads((root / "meta.json").read_text())
     except (OSError, ValueError):
@@ -726,6 +727,7 @@ def _read_meta(root: Path, key: dict, say: bool = False) -> dict | None:
         return None
     try:
         bad = _wrong_size(root, meta)
+        value = _out_of_range(root, meta) if bad is None else None
     except (OSError, KeyError, TypeError, ValueError):  # a meta.json without token counts: unreadable, as above
         return None
     if bad is not None:
@@ -733,7 +735,29 @@ def _read_meta(root: Path, key: dict, say: bool = False) -> dict | None:
             note_once(f"note: {root / bad[0]} holds {bad[1]} bytes where meta.json counts {bad[2]} (a cut or "
                       "damaged token cache): building the cache again")
         return None
+    if value is not None:
+        if say:
+            note_once(f"note: {root / value[0]} holds the id {value[1]}, outside its {value[2]} (a damaged token "
+                      "cache): building the cache again")
+        return None
     return meta
+
+
+def _out_of_range(root: Path, meta: dict) -> tuple[str, int, str] | None:
+    """(file, id, what it must lie in) of the first array holding an id no token or domain has (bytes
+    overwritten in place, which the sizes do not show; the model would stop at its embedding), else None.
+    One pass over each array (a max: ~1 ms for 10M tokens read from the page cache); other same-size damage
+    goes unseen."""
+    n_dom = len(meta["domains"])
+    for name, limit, what in (("train.bin", meta["vocab_size"], "vocabulary of {n}"),
+                              ("val.bin", meta["vocab_size"], "vocabulary of {n}"),
+                              ("train.dom", n_dom, "{n} domain(s)"), ("val.dom", n_dom, "{n} domain(s)")):
+        arr = _memmap(root / name, np.dtype(meta["dtype"]) if name.endswith(".bin") else np.uint8)
+        top = int(arr.max()) if len(arr) else -1
+        del arr
+        if top >= int(limit):
+            return name, top, what.format(n=limit)
+    return None
 
 
 def _array_bytes(meta: dict) -> dict[str, int]:
@@ -745,7 +769,8 @@ def _array_bytes(meta: dict) -> dict[str, int]:
 
 def _wrong_size(root: Path, meta: dict) -> tuple[str, int, int] | None:
     """(file, bytes, expected) of the first array whose size is not what meta.json counts, else None (stat only,
-    no hashing: a cut or overwritten file is caught, a same-size corruption is not)."""
+    no hashing: a cut or overwritten file is caught; of a same-size corruption, only ids out of range are:
+    _out_of_range)."""
     for name, n in _array_bytes(meta).items():
         size = (root / name).stat().st_size
         if size != n:
@@ -799,7 +824,8 @@ def prepare(cfg: DataConfig, cache_dir: Path, progress: bool = True) -> TokenDat
     """Tokenized corpus for ``cfg``, built once under ``cache_dir`` and reused afterwards.
 
     The fingerprint is recomputed on every call (it reads the corpus files, seconds at most);
-    a complete cache (meta.json present, written last, and arrays of the sizes it counts) with the same
+    a complete cache (meta.json present, written last, and arrays of the sizes it counts, with no id outside
+    the vocabulary or the domains) with the same
     fingerprint, vocabulary and tokenizer budget is reused. An fcntl lock in ``cache_dir`` keeps two
     processes from building the same cache at once: the second waits and then reuses the first one's files.
     """
