@@ -496,7 +496,7 @@ def test_convergence_leaves_out_a_fit_whose_transient_is_not_identified():
     _, without = analysis.convergence(pd.DataFrame(rows), n=16)
     s = summary.set_index("run")
     assert np.isnan(s.loc["relu-loose", "dA_dratio_common"])
-    assert "its transient is not identified (alpha;c not separately identified: alpha = 9.12" in \
+    assert "its transient is not identified (alpha and c not separately identified: alpha = 9.12" in \
         s.loc["relu-loose", "message"]
     assert s.drop(index="relu-loose")["dA_dratio_common"].to_numpy() == pytest.approx(
         without["dA_dratio_common"].to_numpy(), rel=1e-12)
@@ -989,6 +989,11 @@ def test_a_table_of_ones_own_without_a_column_is_refused_naming_it(table, isolat
     with pytest.raises(ValueError, match=r"run [\w.-]+ has at most 1.0, .* per non-embedding parameter \(billions\? "
                                          r"multiply by 1e9\)"):
         analysis.fit_activation_laws(whole, SPEC)
+    row = table[table["p"] == 1].iloc[2]
+    twice = pd.concat([table, row.to_frame().T.astype(table.dtypes)], ignore_index=True)  # it would weigh twice
+    with pytest.raises(ValueError, match=rf"run {row['run']} has more than one row at tokens {int(row['tokens'])} "
+                                         r"and p=1; expected one point per checkpoint"):
+        analysis.fit_activation_laws(twice, SPEC)
     # counts computed in floating point (np.geomspace) are counts: only small fractional ones are refused
     fits, _ = analysis.fit_activation_laws(table.assign(tokens=table["tokens"] + 0.25), SPEC)
     assert len(fits) == table["run"].nunique()

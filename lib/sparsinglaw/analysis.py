@@ -182,6 +182,10 @@ def activation_points(table: pd.DataFrame, p: float = 1.0, need: tuple[str, ...]
     t = table[np.isclose(table["p"], p)]
     if t.empty:
         raise ValueError(f"no rows at p={p}; measured p: {sorted(table['p'].unique())}")
+    if (twice := t.duplicated(["run", "tokens"])).any():  # a point counted twice would weigh twice in a fit
+        first = t[twice].iloc[0]
+        raise ValueError(f"sparsity table: run {first['run']} has more than one row at tokens {int(first['tokens'])} "
+                         f"and p={p:g}; expected one point per checkpoint (a row repeated, or two runs of one name)")
     order = {r: i for i, r in enumerate(dict.fromkeys(t["run"]))}
     t = t.assign(_o=t["run"].map(order)).sort_values(["_o", "tokens"], kind="stable").drop(columns="_o")
     return t.assign(D=laws.tokens_to_D(t["tokens"]), data_scale_ratio=t["tokens"] / t["non_embedding_params"])
@@ -421,6 +425,11 @@ def scale(fits: pd.DataFrame, losses: pd.DataFrame, level: float = 0.95) -> tupl
     return pts, _frame(rows, SCALE_COLUMNS)
 
 
+def _listed(names: list[str]) -> str:
+    """"a", "a and b", "a, b and c"."""
+    return " and ".join(filter(None, [", ".join(names[:-1]), names[-1]]))
+
+
 def convergence(fits: pd.DataFrame, n: int = 64) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Convergence speed (Fig. 8): dA/d(D/N) of each converged fitted law vs the data-scale ratio D/N,
     runs of group "scale" (laws.convergence_speed).
@@ -442,7 +451,8 @@ def convergence(fits: pd.DataFrame, n: int = 64) -> tuple[pd.DataFrame, pd.DataF
     steps = [{"run": r["run"], "activation": r["activation"], "non_embedding_params": r["non_embedding_params"],
               "message": f"a step (alpha = {r['alpha']:g}, on its bound): its slope between two checkpoints is not "
                          "measured, no speed" if is_step else
-                         f"its transient is not identified ({r['unidentified']} not separately identified: alpha = "
+                         f"its transient is not identified ({_listed(str(r['unidentified']).split(';'))} not "
+                         "separately identified: alpha = "
                          f"{r['alpha']:g}, c = {r['c']:g}): its slope is not measured, no speed"}
              for (_, r), is_step in zip(f[step | loose].iterrows(), step[step | loose], strict=True)]
     f = f[~(step | loose)]
