@@ -665,6 +665,7 @@ def test_states_table_by_hand_from_done_files(tmp_path, monkeypatch, capsys):
     d = runs.run_dir(p, r)
     d.mkdir(parents=True)
     (d / "DONE").write_text(json.dumps({"config_hash": r.config_hash(p.data)}))
+    (d / "log.csv").write_text("step,tokens,split,loss,lr,tok_s,mfu\n25,12800,train,4.5,0.01,1000,\n")
     row = runs.states_table(p).set_index("run").loc["relu-s1"]
     assert row["status"] == "done" and row["progress"] == "100%"
     assert row["width_depth"] == 5.33
@@ -682,6 +683,20 @@ def test_states_table_by_hand_from_done_files(tmp_path, monkeypatch, capsys):
                                         f"used ({d}/ckpt_0000005.pt: missing); restore the file(s), or delete the run "
                                         f"folder {d} and train the run again (python -m sparsinglaw train "
                                         f"{config.profile_flags(p)} --run relu-s1)\n")
+    # its training log cut off: damaged as well (compute would refuse it later, `runs` listed the run as done)
+    (d / "DONE").write_text(json.dumps({"config_hash": r.config_hash(p.data)}))
+    (d / "log.csv").write_text("step,tokens,split,loss,lr,tok_s,mfu\n25,12800,train,4.")
+    s = runs.run_state(p, r)
+    assert (s.status, s.problems) == ("damaged", ()) and s.log_problem.endswith("its last line '25,12800,train,4.' "
+                                                                                  "is cut off")
+    assert cli.main(args) == 0
+    out, err = capsys.readouterr()
+    assert "damaged" in out and err == (f"warning: run relu-s1 finished training, but its training log cannot be used "
+                                        f"({d}/log.csv: its last line '25,12800,train,4.' is cut off); restore the "
+                                        f"file(s), or delete the run folder {d} and train the run again (python -m "
+                                        f"sparsinglaw train {config.profile_flags(p)} --run relu-s1)\n")
+    (d / "log.csv").unlink()
+    assert runs.run_state(p, r).log_problem == f"{d}/log.csv: missing"
 
 
 @pytest.mark.parametrize("seconds, shown", [(90, "at least 90 s "), (119, "at least 119 s "), (120, "at least 2 min "),

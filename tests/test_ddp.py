@@ -151,6 +151,7 @@ def test_ranks_agree_when_another_process_finishes_the_run(tmp_path, session_roo
     def holder():
         with runs.run_lock(d, "test"):
             release.wait(120)
+            (d / "log.csv").write_text("step,tokens,split,loss,lr,tok_s,mfu\n1,512,train,4.5,0.01,1000,\n")
             (d / "DONE").write_text(json.dumps({"run": run.name, "config_hash": run.config_hash(p.data)}))
 
     t = threading.Thread(target=holder)

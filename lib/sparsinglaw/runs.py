@@ -285,12 +285,14 @@ def run_lock(path: Path, what: str, ddp=None):
 class RunState:
     name: str
     key: str
-    status: str  # "done", "damaged" (done, but a checkpoint it wrote is missing or invalid), "partial" or "new"
+    status: str  # "done", "damaged" (done, but a checkpoint it wrote or its log is missing or invalid), "partial"
+    # or "new"
     tokens_seen: int
     tokens_total: int
     checkpoints: int  # valid mark checkpoints on disk
     path: Path
     problems: tuple[str, ...] = ()  # "damaged": why each lost checkpoint cannot be used
+    log_problem: str = ""  # "damaged": why its training log cannot be used (finished_log_problem)
 
     @property
     def trained(self) -> bool:
@@ -313,11 +315,25 @@ def train_command(profile: ProfileConfig, runs_dir=None, run: str | None = None)
 
 
 def damaged_message(profile: ProfileConfig, states: list[RunState], runs_dir=None) -> str:
-    """What to do about finished runs whose checkpoints were lost or damaged after training."""
+    """What to do about finished runs whose checkpoints or training log were lost or damaged after training."""
     return "; ".join(
-        f"run {s.name} finished training, but {len(s.problems)} of its checkpoints cannot be used "
-        f"({s.problems[0]}); restore the file(s), or delete the run folder {s.path} and train the run again "
+        f"run {s.name} finished training, but "
+        + (f"{len(s.problems)} of its checkpoints cannot be used ({s.problems[0]})" if s.problems
+           else f"its training log cannot be used ({s.log_problem})")
+        + f"; restore the file(s), or delete the run folder {s.path} and train the run again "
         f"({train_command(profile, runs_dir, s.name)})" for s in states)
+
+
+def finished_log_problem(d: Path, done: dict) -> str:
+    """Why the log.csv of the finished run in folder `d` (its DONE record `done`) cannot be used, as load_log
+    would refuse it, or ""."""
+    path = d / "log.csv"
+    if not path.exists():
+        return f"{path}: missing"
+    steps = done.get("steps")
+    df, lines, problem = _read_log(path, True)
+    problem = problem or _log_problem(df, lines, steps if isinstance(steps, int) else None)
+    return f"{path}: {problem}" if problem else ""
 
 
 def checkpoints(profile: ProfileConfig, run: RunConfig, runs_dir=None) -> pd.DataFrame:
@@ -346,7 +362,9 @@ def run_state(profile: ProfileConfig, run: RunConfig, runs_dir=None) -> RunState
         kept = set(ck["step"])
         lost = [s for s in done.get("checkpoints", []) if s not in kept]
         problems = tuple(mark_problem(d, s, h) for s in lost)
-        return RunState(run.name, d.name, "damaged" if lost else "done", total, total, len(ck), d, problems)
+        log = "" if lost else finished_log_problem(d, done)
+        return RunState(run.name, d.name, "damaged" if lost or log else "done", total, total, len(ck), d, problems,
+                        log)
     seen = 0
     if d.exists():
         for p in d.glob("meta_*.json"):
